@@ -1,0 +1,137 @@
+/*
+ * ca: pure CA logic on OpenSSL. Builds the root and issuing CA certificates, parses and checks
+ * PKCS#10 requests under the CSR policy, issues leaves under fixed profiles and builds full and
+ * delta CRLs. It signs through the EVP_PKEY that hsm/ hands it and never touches sockets, files
+ * or SQL: the caller decides, the CA signs.
+ */
+#ifndef MQPKI_CA_H
+#define MQPKI_CA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+/* A CSR larger than this is refused before parsing. */
+#define CA_CSR_MAX (64 * 1024)
+#define CA_SERIAL_LEN 16
+#define CA_SERIAL_HEX_MAX (2 * CA_SERIAL_LEN + 3)
+
+struct ca;
+
+enum ca_profile { CA_PROFILE_DEVICE, CA_PROFILE_BROKER, CA_PROFILE_SERVICE };
+
+/* RFC 5280 5.3.1 reason codes (numeric values as in the standard). */
+enum ca_reason {
+    CA_REASON_UNSPECIFIED = 0,
+    CA_REASON_KEY_COMPROMISE = 1,
+    CA_REASON_CA_COMPROMISE = 2,
+    CA_REASON_AFFILIATION_CHANGED = 3,
+    CA_REASON_SUPERSEDED = 4,
+    CA_REASON_CESSATION = 5,
+    CA_REASON_HOLD = 6,
+};
+
+/* "device", "broker", "service" <-> enum; -1 / NULL when unknown. */
+int ca_profile_parse(const char *name);
+const char *ca_profile_name(enum ca_profile profile);
+
+/* CLI names ("key-compromise", "ca-compromise", "affiliation-changed", "superseded",
+ * "cessation", "hold", "unspecified") <-> enum; -1 / NULL when unknown. */
+int ca_reason_parse(const char *name);
+const char *ca_reason_name(enum ca_reason reason);
+
+/*
+ * Self-signed root CA: subject CN=name, basicConstraints critical CA:TRUE, keyUsage critical
+ * keyCertSign+cRLSign, SKI. Signed with key (an hsm/ key).
+ */
+int ca_root_create(EVP_PKEY *key, const char *name, int days, X509 **out);
+
+/*
+ * Issuing CA under root: subject CN=name, CA:TRUE pathlen 0, keyCertSign+cRLSign, SKI/AKI.
+ * issuing_key supplies the public key; root_key signs.
+ */
+int ca_issuing_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *issuing_key, const char *name,
+                      int days, X509 **out);
+
+/*
+ * Opens an issuer: the issuing CA certificate and its (token) key, the root, and the base URL
+ * for the CRL distribution point (URL/crl/issuing.crl; NULL for none). Takes its own
+ * references; the caller keeps and frees its own. Checks that key matches issuing_cert.
+ */
+int ca_open(X509 *issuing_cert, EVP_PKEY *issuing_key, X509 *root, const char *base_url,
+            struct ca **out);
+void ca_free(struct ca *ca);
+
+/* The issuing CA certificate and the root (borrowed references). */
+X509 *ca_issuing_cert(const struct ca *ca);
+X509 *ca_root_cert(const struct ca *ca);
+
+/*
+ * Parses a PKCS#10 request from DER, PEM, or base64 DER (as EST sends it), at most CA_CSR_MAX
+ * bytes, and rejects trailing garbage. MQPKI_ERR_TOO_LARGE, MQPKI_ERR_PARSE; *out NULL on
+ * failure.
+ */
+int ca_csr_parse(const unsigned char *data, size_t len, X509_REQ **out);
+
+/*
+ * CSR policy (DESIGN.md 4): the self-signature verifies (proof of possession) and the key is
+ * EC P-256, EC P-384 or RSA >= 2048 (and <= 8192). MQPKI_ERR_POLICY with a detail naming the
+ * rule. Extensions and subject in the request are ignored, never refused or copied.
+ */
+int ca_csr_check(X509_REQ *req);
+
+/* SHA-256 of the DER SubjectPublicKeyInfo, hex (65 bytes), to detect key reuse across assets. */
+int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65]);
+
+/* Fresh random serial: CA_SERIAL_LEN bytes from the CSPRNG, top bit cleared, never zero; as
+ * upper-case hex without leading zeros stripped (always 32 digits). */
+int ca_serial_new(char out[CA_SERIAL_HEX_MAX]);
+
+struct ca_issue_opts {
+    enum ca_profile profile;
+    const char *asset_id;   /* CN and SAN URI urn:mqpki:asset:ID (device), CN (broker/service) */
+    const char *const *dns; /* SAN dNSName entries (broker, service) */
+    size_t n_dns;
+    const char *const *ips; /* SAN iPAddress entries, textual v4/v6 (broker, service) */
+    size_t n_ips;
+    int days;               /* validity; the profile's default when 0 */
+    int64_t not_before;     /* 0: now minus 5 minutes of clock-skew allowance */
+    const char *serial_hex; /* from ca_serial_new */
+};
+
+/*
+ * Issues a leaf for pub under opts. Sets subject, validity, KU/EKU by profile, basicConstraints
+ * critical CA:FALSE, SKI/AKI, SAN, CRL distribution point; nothing comes from the request.
+ * Signs with the issuing key (SHA-256, or SHA-384 for a P-384 CA). Thread-safe.
+ */
+int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts, X509 **out);
+
+struct ca_crl_entry {
+    const char *serial_hex;
+    int64_t revoked_at;
+    enum ca_reason reason;
+};
+
+/*
+ * Builds and signs a v2 CRL: CRL number, AKI, entries with reason codes (unspecified is
+ * omitted, as RFC 5280 5.3.1 recommends), thisUpdate/nextUpdate. base_crl_number >= 0 makes it
+ * a delta CRL (critical deltaCRLIndicator naming that base). Entries must be valid.
+ */
+int ca_crl_build(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
+                 const struct ca_crl_entry *entries, size_t n_entries, int64_t this_update,
+                 int64_t next_update, X509_CRL **out);
+
+/* PEM / DER encodings into a heap buffer the caller frees (OPENSSL_free is not needed: free). */
+int ca_cert_pem(X509 *cert, char **out, size_t *len);
+int ca_crl_pem(X509_CRL *crl, char **out, size_t *len);
+int ca_crl_der(X509_CRL *crl, unsigned char **out, size_t *len);
+
+/* Parses one PEM certificate (at most 64 KiB). */
+int ca_cert_from_pem(const char *pem, size_t len, X509 **out);
+
+/* Serial of cert as upper-case hex (as ca_serial_new formats it). */
+int ca_cert_serial_hex(X509 *cert, char out[CA_SERIAL_HEX_MAX]);
+
+#endif

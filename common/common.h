@@ -1,0 +1,117 @@
+/*
+ * common: what every mqpki module shares: the project-wide error codes, the error-detail
+ * channel, the logger, bounded file I/O with atomic replacement, and identifier checks.
+ *
+ * Libraries never print: they log through mqpki_log() (stderr unless the caller installs a
+ * handler) and report a failure as an error code plus a one-line detail (mqpki_fail()), which
+ * the CLI prints and the daemon logs.
+ */
+#ifndef MQPKI_COMMON_H
+#define MQPKI_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifdef UNIT_TESTING
+#define MQPKI_STATIC
+#else
+#define MQPKI_STATIC static
+#endif
+
+/*
+ * The one list of error codes. X(name, user_error, text): user_error says whether the error is
+ * the caller's (bad input, refused by policy: CLI exit 1) or ours (exit 2).
+ */
+#define MQPKI_ERRORS(X)                                                                  \
+    X(MQPKI_OK, 0, "success")                                                            \
+    X(MQPKI_ERR_INVALID, 1, "invalid argument")                                          \
+    X(MQPKI_ERR_PARSE, 1, "malformed input")                                             \
+    X(MQPKI_ERR_TOO_LARGE, 1, "input too large")                                         \
+    X(MQPKI_ERR_NOT_FOUND, 1, "not found")                                               \
+    X(MQPKI_ERR_EXISTS, 1, "already exists")                                             \
+    X(MQPKI_ERR_POLICY, 1, "refused by policy")                                          \
+    X(MQPKI_ERR_AUTH, 1, "authentication failed")                                        \
+    X(MQPKI_ERR_STATE, 1, "not allowed in the current state")                            \
+    X(MQPKI_ERR_RATE, 1, "rate limited")                                                 \
+    X(MQPKI_ERR_TAMPERED, 1, "integrity check failed")                                   \
+    X(MQPKI_ERR_IO, 2, "I/O error")                                                      \
+    X(MQPKI_ERR_NOMEM, 2, "out of memory")                                               \
+    X(MQPKI_ERR_HSM, 2, "HSM failure")                                                   \
+    X(MQPKI_ERR_STORE, 2, "store failure")                                               \
+    X(MQPKI_ERR_BUSY, 2, "store busy")                                                   \
+    X(MQPKI_ERR_CRYPTO, 2, "cryptographic failure")                                      \
+    X(MQPKI_ERR_INTERNAL, 2, "internal error")
+
+#define MQPKI_ERR_ENUM_(name, user, text) name,
+enum mqpki_err { MQPKI_ERRORS(MQPKI_ERR_ENUM_) MQPKI_ERR_COUNT_ };
+#undef MQPKI_ERR_ENUM_
+
+/* Short fixed text for an error code; never NULL. */
+const char *mqpki_strerror(int rc);
+
+/* 1 when rc is the caller's fault (exit status 1), 2 for an internal failure, 0 for MQPKI_OK. */
+int mqpki_err_exit_status(int rc);
+
+/*
+ * Records a one-line detail for the current thread ("asset dev1: CSR key is RSA-1024; ...") and
+ * returns rc, so that `return mqpki_fail(MQPKI_ERR_POLICY, "...", ...)` reads naturally. The
+ * detail must never contain a secret.
+ */
+int mqpki_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The current thread's last detail, or the error text of rc when none was recorded. */
+const char *mqpki_err_detail(int rc);
+
+/* Forgets the current thread's detail. */
+void mqpki_err_clear(void);
+
+/* Logging. */
+enum mqpki_log_level { MQPKI_LOG_ERROR, MQPKI_LOG_WARN, MQPKI_LOG_INFO, MQPKI_LOG_DEBUG };
+typedef void (*mqpki_log_fn)(enum mqpki_log_level level, const char *msg, void *ctx);
+
+/* Installs a log handler (NULL restores stderr) and the most verbose level emitted. */
+void mqpki_log_set_handler(mqpki_log_fn fn, void *ctx);
+void mqpki_log_set_level(enum mqpki_log_level level);
+void mqpki_log(enum mqpki_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Reads a whole file of at most max bytes into a NUL-terminated heap buffer (*out, length in
+ * *len). MQPKI_ERR_TOO_LARGE when larger, MQPKI_ERR_NOT_FOUND when missing. Caller frees.
+ */
+int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *len);
+
+/*
+ * Replaces path atomically: writes path.tmp.PID with the given mode (created with O_EXCL),
+ * fsyncs it, renames it over path and fsyncs the directory. Either the old or the new content
+ * survives a crash.
+ */
+int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+
+/* Creates a directory and its parents (mkdir -p) with the given mode for the new ones. */
+int mqpki_mkdir_p(const char *path, unsigned mode);
+
+/* snprintf into a fixed buffer; MQPKI_ERR_TOO_LARGE instead of truncation. */
+int mqpki_path(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/*
+ * Asset identifiers become MQTT topic levels, certificate names and file names: 1 to 64
+ * characters of [A-Za-z0-9._-], not starting with '.' or '-'. Returns 1 when valid.
+ */
+#define MQPKI_ASSET_ID_MAX 64
+int mqpki_asset_id_valid(const char *id);
+
+/* Lower-case hex of len bytes into out (2*len+1 bytes). */
+void mqpki_hex(const unsigned char *in, size_t len, char *out);
+
+/* Seconds since the epoch. */
+int64_t mqpki_now(void);
+
+/* Formats t as RFC 3339 UTC ("2026-11-25T02:21:49Z") into out (at least 21 bytes). */
+void mqpki_time_str(int64_t t, char out[32]);
+
+/* Parses a duration such as "90s", "15m", "24h", "7d" into seconds; -1 when malformed. */
+int64_t mqpki_duration_parse(const char *s);
+
+#endif

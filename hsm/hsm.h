@@ -1,0 +1,76 @@
+/*
+ * hsm: PKCS#11 token access. Loads a module, logs in once, keeps a thread-safe pool of
+ * sessions, generates key pairs inside the token (private key CKA_SENSITIVE, non-extractable)
+ * and hands out an EVP_PKEY whose private operations (signing) run inside the token, so that
+ * OpenSSL's X509_sign / X509_CRL_sign work unchanged. No private key material ever leaves it.
+ *
+ * The PIN is a secret: it never appears in argv, logs or error details; callers wipe their
+ * copies with OPENSSL_cleanse.
+ */
+#ifndef MQPKI_HSM_H
+#define MQPKI_HSM_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+
+/* Debian's SoftHSM2 module, the embedded default. */
+#define HSM_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#define HSM_PIN_MAX 128
+
+struct hsm;
+
+enum hsm_key_type { HSM_KEY_EC_P256, HSM_KEY_EC_P384, HSM_KEY_RSA_3072 };
+
+struct hsm_config {
+    const char *module;      /* path of the PKCS#11 module */
+    const char *token_label; /* label of the token to use */
+    const char *pin;         /* user PIN; hsm_open does not keep the pointer */
+};
+
+/*
+ * Embedded default: makes DIR/softhsm2.conf (token directory DIR/tokens, 0700) unless it exists,
+ * and points SOFTHSM2_CONF at it for this process. Call before hsm_open/hsm_token_init.
+ */
+int hsm_softhsm_prepare(const char *dir);
+
+/*
+ * Initializes a token in the first uninitialized slot of module with label, SO PIN and user
+ * PIN. MQPKI_ERR_EXISTS when a token with that label already exists.
+ */
+int hsm_token_init(const char *module, const char *label, const char *so_pin,
+                   const char *user_pin);
+
+/*
+ * Loads the module, finds the token by label and logs in as user. Errors: MQPKI_ERR_NOT_FOUND
+ * (no such module or token), MQPKI_ERR_AUTH (wrong PIN, never echoed), MQPKI_ERR_HSM.
+ */
+int hsm_open(const struct hsm_config *cfg, struct hsm **out);
+
+/* Logs out, closes every session, finalizes the module. NULL-safe. Keys from hsm_key_load must
+ * be freed before. */
+void hsm_close(struct hsm *hsm);
+
+/*
+ * Generates a key pair of the given type in the token under label (CKA_LABEL; a random CKA_ID):
+ * private key CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, non-extractable, CKA_SIGN only.
+ * MQPKI_ERR_EXISTS when a private key with that label exists.
+ */
+int hsm_key_generate(struct hsm *hsm, const char *label, enum hsm_key_type type);
+
+/*
+ * Returns an EVP_PKEY for the token key under label: public parameters read from the token,
+ * private operations (ECDSA, RSA PKCS#1 v1.5 signatures) performed by C_Sign on a pooled
+ * session. Safe to use from several threads at once. Valid while hsm is open; the caller frees
+ * it with EVP_PKEY_free. MQPKI_ERR_NOT_FOUND when no such key.
+ */
+int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out);
+
+/*
+ * Reads the user PIN: the MQPKI_PIN environment variable when set, else the first line of
+ * pin_file (which must not be readable by group or others). Returns MQPKI_ERR_NOT_FOUND when
+ * neither exists. out gets at most HSM_PIN_MAX-1 characters; wipe it after use.
+ */
+int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+
+#endif

@@ -1,0 +1,195 @@
+/*
+ * inventory: the SQLite (WAL) store of one CA: assets and their lifecycle, certificates,
+ * revocations, enrollment tokens, CRL numbers and the hash-chained audit log. Every change is
+ * one transaction together with its audit event. Several processes may use one store at once
+ * (SQLite locking, busy timeout); one handle is used by one thread at a time.
+ */
+#ifndef MQPKI_INVENTORY_H
+#define MQPKI_INVENTORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct inventory;
+
+/* Asset lifecycle (DESIGN.md 8). */
+enum inventory_state {
+    INV_STATE_REGISTERED,
+    INV_STATE_ENROLLED,
+    INV_STATE_ACTIVE,
+    INV_STATE_SUSPENDED,
+    INV_STATE_REVOKED,
+    INV_STATE_DECOMMISSIONED,
+};
+/* "registered", ... <-> enum; -1 / NULL when unknown. */
+int inventory_state_parse(const char *name);
+const char *inventory_state_name(int state);
+
+enum inventory_kind { INV_KIND_DEVICE, INV_KIND_BROKER, INV_KIND_SERVICE };
+int inventory_kind_parse(const char *name);
+const char *inventory_kind_name(int kind);
+
+/* Certificate states. "valid", "revoked", "expired" (derived from not_after at read time),
+ * "superseded" (replaced by a re-enrollment, still valid until it expires). */
+enum inventory_cert_state { INV_CERT_VALID, INV_CERT_REVOKED, INV_CERT_EXPIRED, INV_CERT_SUPERSEDED };
+int inventory_cert_state_parse(const char *name);
+const char *inventory_cert_state_name(int state);
+
+#define INV_TEXT_MAX 256
+
+struct inventory_asset {
+    char id[65];
+    int kind;                    /* enum inventory_kind */
+    int state;                   /* enum inventory_state */
+    char model[INV_TEXT_MAX];    /* "" when unset */
+    char hw_serial[INV_TEXT_MAX];
+    char firmware[INV_TEXT_MAX];
+    char location[INV_TEXT_MAX];
+    char *tags_json;             /* JSON object text, "{}" when none; freed by inventory_asset_clear */
+    int64_t created_at;
+    int64_t updated_at;
+    int64_t last_seen;           /* 0 when never seen by a broker */
+    char last_address[INV_TEXT_MAX];
+    char last_broker[INV_TEXT_MAX];
+};
+/* Frees what an inventory_asset owns (tags_json). NULL-safe. */
+void inventory_asset_clear(struct inventory_asset *a);
+
+struct inventory_cert {
+    char serial[40];    /* upper-case hex */
+    char asset_id[65];
+    char profile[16];   /* "device", "broker", "service" */
+    int64_t not_before;
+    int64_t not_after;
+    int state;          /* enum inventory_cert_state, expiry derived at read time */
+    char key_fp[65];    /* SHA-256 of the SubjectPublicKeyInfo, hex */
+    int64_t revoked_at; /* 0 unless revoked */
+    int reason;         /* RFC 5280 reason code when revoked, else -1 */
+    char *pem;          /* freed by inventory_cert_clear; NULL when not requested */
+};
+void inventory_cert_clear(struct inventory_cert *c);
+
+/*
+ * Opens (creating when missing) the store at path: WAL, foreign keys, busy timeout, schema
+ * migrated to the current version in one transaction. MQPKI_ERR_STORE with a detail when the
+ * file is not a database or is corrupt.
+ */
+int inventory_open(const char *path, struct inventory **out);
+void inventory_close(struct inventory *inv);
+
+/*
+ * Transactions: several calls may be grouped in one durable commit (used by enrollment to
+ * record a certificate and consume its token at once, and by the daemon to share one fsync among
+ * several issuances). Calls made outside begin/commit run in their own transaction. Nested
+ * begin is an error. rollback is NULL-safe and harmless without an open transaction.
+ */
+int inventory_begin(struct inventory *inv);
+int inventory_commit(struct inventory *inv);
+void inventory_rollback(struct inventory *inv);
+
+/* Assets. actor names who acts ("cli:root", "est:10.0.0.5", "daemon") for the audit log. */
+int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, const char *actor);
+int inventory_asset_get(struct inventory *inv, const char *id, struct inventory_asset *out);
+
+/* Lists assets in id order; state/kind -1 for any. The callback returns non-zero to stop. The
+ * asset passed is valid only during the call. */
+typedef int (*inventory_asset_cb)(const struct inventory_asset *a, void *ctx);
+int inventory_asset_list(struct inventory *inv, int state, int kind, inventory_asset_cb cb,
+                         void *ctx);
+
+/* Updates the fields given (NULL leaves a field as is); tag_key/tag_value sets one tag
+ * (empty value deletes it). An audit event records old and new values. */
+int inventory_asset_update(struct inventory *inv, const char *id, const char *firmware,
+                           const char *location, const char *tag_key, const char *tag_value,
+                           const char *actor);
+
+/*
+ * Moves an asset to a new lifecycle state if DESIGN.md 8 allows it (MQPKI_ERR_STATE with
+ * "asset X: cannot go from A to B" otherwise); an audit event with actor and reason.
+ */
+int inventory_asset_transition(struct inventory *inv, const char *id, int new_state,
+                               const char *actor, const char *reason);
+
+/* Records that a broker saw the asset connect: last_seen, address, broker; registered or
+ * enrolled assets become active. */
+int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, const char *address,
+                         const char *broker);
+
+/* Lifecycle history of an asset, oldest first, from the audit log. */
+struct inventory_event {
+    int64_t seq;
+    int64_t time;
+    char actor[INV_TEXT_MAX];
+    char action[64];    /* "asset.add", "asset.state", "cert.issue", "cert.revoke", ... */
+    char subject[INV_TEXT_MAX]; /* asset id or serial */
+    char *detail;       /* JSON text; valid only during the callback */
+};
+typedef int (*inventory_event_cb)(const struct inventory_event *e, void *ctx);
+int inventory_asset_history(struct inventory *inv, const char *id, inventory_event_cb cb, void *ctx);
+
+/*
+ * Records an issued certificate (serial unique: MQPKI_ERR_EXISTS on collision) with its audit
+ * event; the asset goes from registered to enrolled. When supersede is set, the asset's other
+ * valid certificates become superseded. Refuses (MQPKI_ERR_POLICY) a key fingerprint already
+ * certified for another asset.
+ */
+int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
+                       const char *actor);
+
+/* One certificate by serial (hex, any case); with_pem fills c->pem. */
+int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
+                       struct inventory_cert *out);
+
+/* Lists certificates in issue order; asset NULL for all, state -1 for any. */
+typedef int (*inventory_cert_cb)(const struct inventory_cert *c, void *ctx);
+int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, int with_pem,
+                        inventory_cert_cb cb, void *ctx);
+
+/*
+ * Revokes one certificate (reason: RFC 5280 code). A hold (6) may later be lifted by
+ * inventory_cert_unhold; any other reason is final (revoking an already revoked certificate is
+ * MQPKI_ERR_STATE, except turning a hold into a final reason). Moves the asset: hold ->
+ * suspended; final revocation of its last live certificate -> revoked. Audit event.
+ */
+int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason, int64_t when,
+                          const char *actor);
+
+/* Lifts a hold: the certificate is valid again, the asset active again (enrolled if it was
+ * never seen). MQPKI_ERR_STATE when the certificate is not on hold. */
+int inventory_cert_unhold(struct inventory *inv, const char *serial, const char *actor);
+
+/* Revoked (or held) certificates not yet expired at `now` (they drop out of CRLs after expiry),
+ * in revocation order; with since > 0 only those revoked at or after `since` (delta CRLs). */
+typedef int (*inventory_revoked_cb)(const char *serial, int64_t revoked_at, int reason, void *ctx);
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since,
+                           inventory_revoked_cb cb, void *ctx);
+
+/* Takes the next CRL number (monotonic, durable). */
+int inventory_crl_number_next(struct inventory *inv, int64_t *out);
+
+/*
+ * Enrollment tokens. create: 16 random bytes -> token text (base64url, no padding, printed once,
+ * at most 64 chars) into token_out; only a salted SHA-256 hash is stored. consume: checks asset,
+ * hash (constant time), expiry and single use, and marks it used, inside the caller's
+ * transaction when one is open. MQPKI_ERR_AUTH for any mismatch (no detail saying which).
+ */
+int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t ttl,
+                           const char *actor, char token_out[64]);
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token);
+
+/* Appends an audit event (time, actor, action, subject, detail JSON) to the hash chain. */
+int inventory_audit_append(struct inventory *inv, const char *actor, const char *action,
+                           const char *subject, const char *detail_json);
+
+/*
+ * Recomputes the hash chain. MQPKI_OK when intact (*count = events checked);
+ * MQPKI_ERR_TAMPERED with *bad_seq = first sequence number whose row was edited, or after which
+ * one was deleted.
+ */
+int inventory_audit_verify(struct inventory *inv, int64_t *count, int64_t *bad_seq);
+
+/* Key/value metadata (CA name, schema facts) stored with the data. */
+int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
+int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
+
+#endif
