@@ -1,1 +1,121 @@
-int main(void){return 0;}
+/* mqpki: the operator's command line (DESIGN.md 3). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/x509.h>
+
+#include "cli.h"
+#include "common.h"
+#include "datadir.h"
+
+struct command {
+    const char *group; /* NULL for a top-level command */
+    const char *name;
+    cli_fn fn;
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {NULL, "init", cmd_init, "create a CA: token, keys, store, daemon identity"},
+    {"ca", "export", cmd_ca_export, "print the issuing + root CA chain (PEM)"},
+    {"asset", "add", cmd_asset_add, "register an asset (device, broker, service)"},
+    {"asset", "list", cmd_asset_list, "list assets, by state or kind"},
+    {"asset", "show", cmd_asset_show, "one asset with its certificates and history"},
+    {"asset", "set", cmd_asset_set, "update firmware, location or tags"},
+    {"asset", "decommission", cmd_asset_decommission, "revoke and retire an asset"},
+    {"token", "create", cmd_token_create, "one-time enrollment token, printed once"},
+    {NULL, "issue", cmd_issue, "issue a certificate from a CSR"},
+    {"cert", "list", cmd_cert_list, "list certificates"},
+    {NULL, "revoke", cmd_revoke, "revoke a certificate or all of an asset's"},
+    {NULL, "unhold", cmd_unhold, "lift a hold (certificateHold)"},
+    {NULL, "crl", cmd_crl, "sign and print the current full CRL"},
+    {"audit", "verify", cmd_audit_verify, "check the audit log's hash chain"},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mqpki [--home DIR] COMMAND [ARGS] (each command takes --help)\n\n"
+               "The data directory is --home, else $MQPKI_HOME, else ./mqpki-data.\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s%s%s", commands[i].group ? commands[i].group : "",
+                 commands[i].group ? " " : "", commands[i].name);
+        fprintf(f, "  %-20s %s\n", name, commands[i].summary);
+    }
+    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"home", required_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli cli;
+    const char *home = NULL;
+    const struct command *cmd = NULL;
+    char cmdname[64];
+    int c, rc, first, shift;
+
+    memset(&cli, 0, sizeof(cli));
+    /* Whatever mqpki creates is private unless a file is explicitly made public (CRLs, certs). */
+    umask(077);
+    /* '+': stop at the command name; the command parses the rest. */
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'H': home = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("mqpki %s\n", MQPKI_VERSION); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 1;
+    }
+    first = optind;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const struct command *k = &commands[i];
+        if (k->group == NULL && strcmp(argv[first], k->name) == 0) {
+            cmd = k;
+            shift = 1;
+            break;
+        }
+        if (k->group != NULL && strcmp(argv[first], k->group) == 0 && first + 1 < argc &&
+            strcmp(argv[first + 1], k->name) == 0) {
+            cmd = k;
+            shift = 2;
+            break;
+        }
+    }
+    if (cmd == NULL) {
+        fprintf(stderr, "mqpki: unknown command '%s%s%s' (see 'mqpki --help')\n", argv[first],
+                first + 1 < argc && argv[first + 1][0] != '-' ? " " : "",
+                first + 1 < argc && argv[first + 1][0] != '-' ? argv[first + 1] : "");
+        return 1;
+    }
+    snprintf(cmdname, sizeof(cmdname), "%s%s%s", cmd->group ? cmd->group : "",
+             cmd->group ? " " : "", cmd->name);
+    cli.cmd = cmdname;
+    if ((rc = datadir_resolve_home(home, cli.home)) != MQPKI_OK) {
+        fprintf(stderr, "mqpki: %s\n", mqpki_err_detail(rc));
+        return mqpki_err_exit_status(rc);
+    }
+    /* The command sees argv[0] = its name, then its own arguments. */
+    optind = 0;
+    rc = cmd->fn(&cli, argc - first - shift + 1, argv + first + shift - 1);
+    if (rc == CLI_HELP_SHOWN)
+        return 0;
+    if (rc != MQPKI_OK) {
+        fprintf(stderr, "mqpki %s: %s\n", cmdname, mqpki_err_detail(rc));
+        return mqpki_err_exit_status(rc);
+    }
+    return 0;
+}

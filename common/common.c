@@ -1,5 +1,4 @@
 /* common: error codes, error detail, logging, bounded file I/O, identifiers. */
-#define _GNU_SOURCE
 #include "common.h"
 
 #include <errno.h>
@@ -34,7 +33,7 @@ int mqpki_err_exit_status(int rc)
         return 0;
     if (rc < 0 || rc >= MQPKI_ERR_COUNT_)
         return 2;
-    return err_user[rc] ? 1 : 2;
+    return err_user[rc];
 }
 
 int mqpki_fail(int rc, const char *fmt, ...)

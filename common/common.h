@@ -21,8 +21,8 @@
 #endif
 
 /*
- * The one list of error codes. X(name, user_error, text): user_error says whether the error is
- * the caller's (bad input, refused by policy: CLI exit 1) or ours (exit 2).
+ * The one list of error codes. X(name, exit_status, text): exit_status 1 when the error is the
+ * caller's (bad input, refused by policy), 2 when it is ours (I/O, store, HSM).
  */
 #define MQPKI_ERRORS(X)                                                                  \
     X(MQPKI_OK, 0, "success")                                                            \

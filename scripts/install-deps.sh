@@ -11,8 +11,8 @@ pkgs=(
   libsqlite3-dev sqlite3
   libmosquitto-dev mosquitto-dev mosquitto mosquitto-clients
   libcurl4-openssl-dev curl
-  libjansson-dev
-  libcmocka-dev
+  libjansson-dev libinih-dev
+  libcmocka-dev jq
 )
 # shellcheck disable=SC2206
 pkgs+=(${MQPKI_DEPS_EXTRA:-})

@@ -1,0 +1,59 @@
+/* cli: the operator's command line. Each command is one function taking its own argv. */
+#ifndef MQPKI_CLI_H
+#define MQPKI_CLI_H
+
+#include <limits.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+struct datadir;
+
+struct cli {
+    char home[PATH_MAX]; /* resolved data directory */
+    const char *cmd;     /* "asset add", for messages */
+};
+
+/* A command: returns an mqpki error code (common.h); main turns it into the exit status. */
+typedef int (*cli_fn)(struct cli *cli, int argc, char **argv);
+
+int cmd_init(struct cli *cli, int argc, char **argv);
+int cmd_ca_export(struct cli *cli, int argc, char **argv);
+int cmd_crl(struct cli *cli, int argc, char **argv);
+int cmd_audit_verify(struct cli *cli, int argc, char **argv);
+int cmd_asset_add(struct cli *cli, int argc, char **argv);
+int cmd_asset_list(struct cli *cli, int argc, char **argv);
+int cmd_asset_show(struct cli *cli, int argc, char **argv);
+int cmd_asset_set(struct cli *cli, int argc, char **argv);
+int cmd_asset_decommission(struct cli *cli, int argc, char **argv);
+int cmd_token_create(struct cli *cli, int argc, char **argv);
+int cmd_issue(struct cli *cli, int argc, char **argv);
+int cmd_cert_list(struct cli *cli, int argc, char **argv);
+int cmd_revoke(struct cli *cli, int argc, char **argv);
+int cmd_unhold(struct cli *cli, int argc, char **argv);
+
+/* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */
+int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prints usage text for --help and returns -1 so the caller exits 0 (see cli_help_requested). */
+int cli_help(const char *text);
+#define CLI_HELP_SHOWN (-1)
+
+/* Opens the data directory with the given parts (DATADIR_STORE, DATADIR_CA). */
+int cli_open(struct cli *cli, unsigned what, struct datadir **out);
+
+/* Writes data to path (0644, atomically) or to stdout when path is NULL. */
+int cli_output(const char *path, const void *data, size_t len);
+
+/* Prints a JSON value on stdout, followed by a newline, and releases it. */
+int cli_print_json(json_t *v);
+
+/* RFC 3339 time, or null/"-" for 0. */
+json_t *cli_json_time(long long t);
+const char *cli_time(long long t, char buf[32]);
+
+/* Revokes every live certificate of an asset (or one serial) and refreshes the CRL. */
+int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, const char *actor,
+                     int *count);
+
+#endif

@@ -1,0 +1,324 @@
+/* cli: certificates: issue, cert list, revoke, unhold. */
+#include <ctype.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "cli.h"
+#include "common.h"
+#include "datadir.h"
+#include "enrollment.h"
+#include "inventory.h"
+
+json_t *cli_cert_json(const struct inventory_cert *c);
+
+json_t *cli_cert_json(const struct inventory_cert *c)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s?, s:s}", "serial", c->serial, "asset",
+                     c->asset_id, "profile", c->profile, "state",
+                     inventory_cert_state_name(c->state), "not_before",
+                     cli_json_time(c->not_before), "not_after", cli_json_time(c->not_after),
+                     "revoked_at", cli_json_time(c->revoked_at), "reason",
+                     c->reason >= 0 && c->revoked_at ? ca_reason_name((enum ca_reason)c->reason)
+                                                     : NULL,
+                     "key_fingerprint", c->key_fp);
+}
+
+static int parse_days(struct cli *cli, const char *text, int *out)
+{
+    char *end = NULL;
+    long v = strtol(text, &end, 10);
+
+    if (end == text || *end != '\0' || v < 1 || v > 825)
+        return cli_usage_error(cli, "--days '%.40s': expected 1 to 825", text);
+    *out = (int)v;
+    return MQPKI_OK;
+}
+
+int cmd_issue(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"asset", required_argument, NULL, 'a'}, {"csr", required_argument, NULL, 'c'},
+        {"profile", required_argument, NULL, 'p'}, {"days", required_argument, NULL, 'd'},
+        {"out", required_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct enrollment_issue_req req;
+    struct datadir *dd = NULL;
+    const char *csr_path = NULL, *out = NULL;
+    unsigned char *csr = NULL;
+    X509 *cert = NULL;
+    char *pem = NULL;
+    size_t csr_len = 0, pem_len;
+    int c, rc = MQPKI_OK;
+
+    memset(&req, 0, sizeof(req));
+    req.profile = -1;
+    while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': req.asset_id = optarg; break;
+        case 'c': csr_path = optarg; break;
+        case 'o': out = optarg; break;
+        case 'p':
+            if ((req.profile = ca_profile_parse(optarg)) < 0 || req.profile == CA_PROFILE_SERVICE)
+                rc = cli_usage_error(cli, "--profile '%.40s': use device or broker", optarg);
+            break;
+        case 'd': rc = parse_days(cli, optarg, &req.days); break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki issue --asset ID --csr FILE [--profile device|broker] [--days N]\n"
+                "                   [--out FILE]\n\n"
+                "Issues a certificate for a registered asset from a PKCS#10 request (PEM or\n"
+                "DER). The CA checks the request's signature and key (EC P-256/P-384, RSA >=\n"
+                "2048) and sets subject and extensions itself: nothing is copied from the\n"
+                "request. The profile defaults to the asset's kind. Prints the certificate\n"
+                "(PEM) once it is recorded in the store.\n");
+        default: rc = cli_usage_error(cli, "unknown option"); break;
+        }
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    if (optind != argc) {
+        rc = cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+        goto out;
+    }
+    if (req.asset_id == NULL || csr_path == NULL) {
+        rc = cli_usage_error(cli, "--asset and --csr are required");
+        goto out;
+    }
+    if (!mqpki_asset_id_valid(req.asset_id)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
+                        req.asset_id);
+        goto out;
+    }
+    if ((rc = mqpki_file_read(csr_path, CA_CSR_MAX, &csr, &csr_len)) != MQPKI_OK)
+        goto out;
+    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+        goto out;
+    req.csr = csr;
+    req.csr_len = csr_len;
+    req.actor = "cli";
+    req.device_days = datadir_config(dd)->device_days;
+    req.broker_days = datadir_config(dd)->broker_days;
+    if ((rc = enrollment_issue(datadir_ca(dd), datadir_inventory(dd), &req, &cert)) != MQPKI_OK)
+        goto out;
+    if ((rc = ca_cert_pem(cert, &pem, &pem_len)) != MQPKI_OK)
+        goto out;
+    rc = cli_output(out, pem, pem_len);
+out:
+    free(pem);
+    free(csr);
+    X509_free(cert);
+    datadir_close(dd);
+    return rc;
+}
+
+struct cert_list_ctx {
+    int json;
+    size_t n;
+};
+
+static int print_cert(const struct inventory_cert *c, void *ctx)
+{
+    struct cert_list_ctx *l = ctx;
+    char t[32];
+
+    if (l->json) {
+        json_t *v = cli_cert_json(c);
+        fputs(l->n ? ",\n  " : "\n  ", stdout);
+        json_dumpf(v, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(v);
+    } else {
+        if (l->n == 0)
+            printf("%-32s  %-20s %-8s %-10s %-14s %s\n", "SERIAL", "ASSET", "PROFILE", "STATE",
+                   "REASON", "NOT AFTER");
+        printf("%-32s  %-20s %-8s %-10s %-14s %s\n", c->serial, c->asset_id, c->profile,
+               inventory_cert_state_name(c->state),
+               c->revoked_at && c->reason >= 0 ? ca_reason_name((enum ca_reason)c->reason) : "-",
+               cli_time(c->not_after, t));
+    }
+    l->n++;
+    return 0;
+}
+
+int cmd_cert_list(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"asset", required_argument, NULL, 'a'}, {"state", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cert_list_ctx l = {0};
+    struct datadir *dd = NULL;
+    const char *asset = NULL;
+    int c, rc, state = -1;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': asset = optarg; break;
+        case 's':
+            if ((state = inventory_cert_state_parse(optarg)) < 0)
+                return cli_usage_error(cli, "--state '%.40s': use valid, revoked, expired or "
+                                            "superseded",
+                                       optarg);
+            break;
+        case 'j': l.json = 1; break;
+        case 'h':
+            return cli_help("usage: mqpki cert list [--asset ID] [--state valid|revoked|expired|"
+                            "superseded] [--json]\n\n"
+                            "Lists certificates in issue order.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (asset != NULL && !mqpki_asset_id_valid(asset))
+        return cli_usage_error(cli, "--asset '%.80s': not a valid asset id", asset);
+    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+        goto out;
+    if (l.json)
+        fputs("[", stdout);
+    rc = inventory_cert_list(datadir_inventory(dd), asset, state, 0, print_cert, &l);
+    if (l.json)
+        fputs(l.n ? "\n]\n" : "]\n", stdout);
+out:
+    datadir_close(dd);
+    return rc;
+}
+
+/* A serial as typed by a user: hex digits, optional 0x and colons; upper-cased. */
+static int normalize_serial(struct cli *cli, const char *in, char out[CA_SERIAL_HEX_MAX])
+{
+    size_t n = 0;
+
+    if (in[0] == '0' && (in[1] == 'x' || in[1] == 'X'))
+        in += 2;
+    for (; *in != '\0'; in++) {
+        if (*in == ':')
+            continue;
+        if (!isxdigit((unsigned char)*in) || n + 1 >= CA_SERIAL_HEX_MAX)
+            return cli_usage_error(cli, "--serial: expected a hexadecimal serial number");
+        out[n++] = (char)toupper((unsigned char)*in);
+    }
+    out[n] = '\0';
+    if (n == 0)
+        return cli_usage_error(cli, "--serial: expected a hexadecimal serial number");
+    return MQPKI_OK;
+}
+
+int cmd_revoke(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"serial", required_argument, NULL, 's'}, {"asset", required_argument, NULL, 'a'},
+        {"reason", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct datadir *dd = NULL;
+    const char *serial_arg = NULL, *asset = NULL;
+    char serial[CA_SERIAL_HEX_MAX];
+    int c, rc, reason = CA_REASON_UNSPECIFIED, count = 0;
+    X509_CRL *crl = NULL;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': serial_arg = optarg; break;
+        case 'a': asset = optarg; break;
+        case 'r':
+            if ((reason = ca_reason_parse(optarg)) < 0)
+                return cli_usage_error(cli,
+                                       "--reason '%.40s': use key-compromise, ca-compromise, "
+                                       "affiliation-changed, superseded, cessation or hold",
+                                       optarg);
+            break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki revoke (--serial HEX | --asset ID) [--reason REASON]\n\n"
+                "Revokes one certificate, or every live certificate of an asset, and signs a\n"
+                "new CRL (crl/issuing.crl); a running mqpkid publishes it to the brokers.\n"
+                "REASON: key-compromise, ca-compromise, affiliation-changed, superseded,\n"
+                "cessation, hold (lifted again by 'mqpki unhold'); default unspecified.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((serial_arg == NULL) == (asset == NULL))
+        return cli_usage_error(cli, "give exactly one of --serial and --asset");
+    if (serial_arg != NULL && (rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
+        return rc;
+    if (asset != NULL && !mqpki_asset_id_valid(asset))
+        return cli_usage_error(cli, "--asset '%.80s': not a valid asset id", asset);
+    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+        goto out;
+    if (asset != NULL) {
+        rc = cli_revoke_asset(dd, asset, reason, "cli", &count);
+        if (rc == MQPKI_OK && count == 0)
+            rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s has no live certificate to revoke", asset);
+    } else {
+        rc = inventory_cert_revoke(datadir_inventory(dd), serial, reason, mqpki_now(), "cli");
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
+        count = 1;
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_crl_refresh(dd, &crl)) != MQPKI_OK)
+        goto out;
+    {
+        const ASN1_INTEGER *num = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);
+        long n = num ? ASN1_INTEGER_get(num) : -1;
+        ASN1_INTEGER_free((ASN1_INTEGER *)num);
+        printf("revoked %d certificate%s (%s); CRL %ld written to crl/issuing.crl\n", count,
+               count == 1 ? "" : "s", ca_reason_name((enum ca_reason)reason), n);
+    }
+out:
+    X509_CRL_free(crl);
+    datadir_close(dd);
+    return rc;
+}
+
+int cmd_unhold(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"serial", required_argument, NULL, 's'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    struct datadir *dd = NULL;
+    const char *serial_arg = NULL;
+    char serial[CA_SERIAL_HEX_MAX];
+    int c, rc;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': serial_arg = optarg; break;
+        case 'h':
+            return cli_help("usage: mqpki unhold --serial HEX\n\n"
+                            "Lifts a 'hold' (certificateHold) revocation: the certificate is\n"
+                            "valid again and the next CRL no longer lists it.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (serial_arg == NULL)
+        return cli_usage_error(cli, "--serial is required");
+    if ((rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
+        return rc;
+    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+        goto out;
+    rc = inventory_cert_unhold(datadir_inventory(dd), serial, "cli");
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = mqpki_fail(rc, "no certificate with serial %s", serial);
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
+        goto out;
+    printf("hold lifted on %s; new CRL written to crl/issuing.crl\n", serial);
+out:
+    datadir_close(dd);
+    return rc;
+}

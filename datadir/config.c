@@ -1,0 +1,152 @@
+/* datadir: mqpki.conf, an INI file parsed by inih; every key is documented in
+ * docs/configuration.md. Unknown sections or keys are errors: a typo must not silently fall back
+ * to a default in a CA's configuration. */
+#include "datadir.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "common.h"
+#include "datadir_int.h"
+#include "hsm.h"
+
+#define CONF_MAX (64 * 1024)
+
+struct parse_ctx {
+    const char *home;
+    struct datadir_config *cfg;
+    char error[256];
+};
+
+static int set_text(char *dst, size_t size, const char *value)
+{
+    if (strlen(value) >= size)
+        return 0;
+    memcpy(dst, value, strlen(value) + 1);
+    return 1;
+}
+
+static int set_days(int *dst, const char *value)
+{
+    char *end = NULL;
+    long v;
+
+    errno = 0;
+    v = strtol(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || v < 1 || v > 3650)
+        return 0;
+    *dst = (int)v;
+    return 1;
+}
+
+static int set_duration(int64_t *dst, const char *value)
+{
+    int64_t v = mqpki_duration_parse(value);
+
+    if (v <= 0)
+        return 0;
+    *dst = v;
+    return 1;
+}
+
+static int on_entry(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_ctx *p = user;
+    struct datadir_config *c = p->cfg;
+    int ok;
+
+#define KEY(s, n) (strcmp(section, s) == 0 && strcmp(name, n) == 0)
+    if (KEY("ca", "name"))
+        ok = set_text(c->ca_name, sizeof(c->ca_name), value) && value[0] != '\0';
+    else if (KEY("ca", "key"))
+        ok = set_text(c->key_type, sizeof(c->key_type), value) &&
+             (strcmp(value, "ec-p256") == 0 || strcmp(value, "ec-p384") == 0 ||
+              strcmp(value, "rsa-3072") == 0);
+    else if (KEY("ca", "url"))
+        ok = set_text(c->url, sizeof(c->url), value) &&
+             (strncmp(value, "https://", 8) == 0 || strncmp(value, "http://", 7) == 0);
+    else if (KEY("ca", "crl_validity"))
+        ok = set_duration(&c->crl_validity, value);
+    else if (KEY("ca", "device_days"))
+        ok = set_days(&c->device_days, value);
+    else if (KEY("ca", "broker_days"))
+        ok = set_days(&c->broker_days, value);
+    else if (KEY("hsm", "module"))
+        ok = set_text(c->hsm_module, sizeof(c->hsm_module), value);
+    else if (KEY("hsm", "token"))
+        ok = set_text(c->hsm_token, sizeof(c->hsm_token), value) && value[0] != '\0';
+    else if (KEY("hsm", "pin_file")) {
+        if (value[0] == '/')
+            ok = set_text(c->pin_file, sizeof(c->pin_file), value);
+        else
+            ok = mqpki_path(c->pin_file, sizeof(c->pin_file), "%s/%s", p->home, value) ==
+                 MQPKI_OK;
+    } else if (KEY("daemon", "listen"))
+        ok = set_text(c->listen, sizeof(c->listen), value) && strchr(value, ':') != NULL;
+    else if (KEY("enrollment", "token_ttl"))
+        ok = set_duration(&c->token_ttl, value);
+    else {
+        snprintf(p->error, sizeof(p->error), "unknown key [%.40s] %.60s", section, name);
+        return 0;
+    }
+#undef KEY
+    if (!ok) {
+        snprintf(p->error, sizeof(p->error), "[%.40s] %.60s: invalid value", section, name);
+        return 0;
+    }
+    return 1;
+}
+
+void datadir_config_defaults(const char *home, struct datadir_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->ca_name, sizeof(c->ca_name), "mqpki");
+    snprintf(c->key_type, sizeof(c->key_type), "ec-p256");
+    snprintf(c->url, sizeof(c->url), "https://localhost:8443");
+    c->crl_validity = 24 * 3600;
+    c->device_days = 90;
+    c->broker_days = 90;
+    snprintf(c->hsm_token, sizeof(c->hsm_token), "mqpki");
+    if (mqpki_path(c->pin_file, sizeof(c->pin_file), "%s/secrets/pin", home) != MQPKI_OK)
+        c->pin_file[0] = '\0';
+    snprintf(c->listen, sizeof(c->listen), "127.0.0.1:8443");
+    c->token_ttl = 24 * 3600;
+}
+
+int datadir_config_load(const char *home, struct datadir_config *cfg)
+{
+    struct parse_ctx p;
+    char path[PATH_MAX];
+    unsigned char *text = NULL;
+    size_t len;
+    int rc, line;
+
+    datadir_config_defaults(home, cfg);
+    memset(&p, 0, sizeof(p));
+    p.home = home;
+    p.cfg = cfg;
+    if (mqpki_path(path, sizeof(path), "%s/mqpki.conf", home) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+    rc = mqpki_file_read(path, CONF_MAX, &text, &len);
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        return mqpki_fail(rc, "%s: no CA here (run 'mqpki init' first)", home);
+    if (rc != MQPKI_OK)
+        return rc;
+    if (memchr(text, '\0', len) != NULL) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: NUL byte in configuration", path);
+        goto out;
+    }
+    line = ini_parse_string((const char *)text, on_entry, &p);
+    if (line != 0) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s:%d: %s", path, line,
+                        p.error[0] ? p.error : "syntax error");
+        goto out;
+    }
+out:
+    free(text);
+    return rc;
+}

@@ -1,0 +1,85 @@
+/*
+ * datadir: one CA's data directory (DESIGN.md 2), as the CLI and the daemon open it:
+ * configuration (mqpki.conf), the PIN, the token, the store and the CA, and the files derived
+ * from them (CA certificates, CRLs). `datadir_init` creates it; nothing here writes outside it.
+ */
+#ifndef MQPKI_DATADIR_H
+#define MQPKI_DATADIR_H
+
+#include <limits.h>
+#include <stdint.h>
+
+#include <openssl/x509.h>
+
+struct ca;
+struct hsm;
+struct inventory;
+struct datadir;
+
+/* Everything mqpki.conf can set (docs/configuration.md), with defaults filled in. */
+struct datadir_config {
+    char ca_name[128];        /* [ca] name */
+    char key_type[16];        /* [ca] key: ec-p256 | ec-p384 | rsa-3072 */
+    char url[256];            /* [ca] url: base of the CRL distribution point and EST */
+    int64_t crl_validity;     /* [ca] crl_validity: nextUpdate - thisUpdate, seconds */
+    int device_days;          /* [ca] device_days */
+    int broker_days;          /* [ca] broker_days */
+    char hsm_module[PATH_MAX]; /* [hsm] module: "" for the embedded SoftHSM */
+    char hsm_token[64];       /* [hsm] token: token label */
+    char pin_file[PATH_MAX];  /* [hsm] pin_file: absolute after loading */
+    char listen[128];         /* [daemon] listen: ADDR:PORT */
+    int64_t token_ttl;        /* [enrollment] token_ttl: default TTL of enrollment tokens */
+};
+
+struct datadir_init_opts {
+    const char *ca_name;          /* NULL: "mqpki" */
+    const char *key_type;         /* NULL: "ec-p256" */
+    const char *url;              /* NULL: https://localhost:8443 */
+    const char *const *hostnames; /* extra names for mqpkid's TLS certificate */
+    size_t n_hostnames;
+};
+
+/* What datadir_open opens besides the configuration. */
+enum { DATADIR_STORE = 1, DATADIR_CA = 2 };
+
+/* The data directory: arg when given, else $MQPKI_HOME, else ./mqpki-data; made absolute. */
+int datadir_resolve_home(const char *arg, char out[PATH_MAX]);
+
+/*
+ * Creates the data directory: layout, embedded SoftHSM token with a random PIN in secrets/pin
+ * (0600), root and issuing CA keys generated in the token, CA certificates in ca/, the store,
+ * mqpkid's TLS identity in tls/, a first CRL in crl/ and, last, mqpki.conf. MQPKI_ERR_EXISTS if
+ * home already holds a CA. progress (may be NULL) is called with one line per step.
+ */
+int datadir_init(const char *home, const struct datadir_init_opts *opts,
+                 void (*progress)(const char *step));
+
+/* Opens home with the parts in `what` (DATADIR_STORE, DATADIR_CA: token login + CA). */
+int datadir_open(const char *home, unsigned what, struct datadir **out);
+void datadir_close(struct datadir *dd);
+
+const char *datadir_home(const struct datadir *dd);
+const struct datadir_config *datadir_config(const struct datadir *dd);
+struct inventory *datadir_inventory(struct datadir *dd);
+struct ca *datadir_ca(struct datadir *dd);
+
+/* home/rel into out. */
+int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
+
+/* Loads a configuration file (defaults for missing keys; unknown keys are errors). */
+int datadir_config_load(const char *home, struct datadir_config *cfg);
+
+/*
+ * Signs a new full CRL of every revoked or held, unexpired certificate (next CRL number,
+ * nextUpdate = now + crl_validity) and writes crl/issuing.crl (DER) atomically. The CRL is
+ * returned in *out when out is not NULL.
+ */
+int datadir_crl_refresh(struct datadir *dd, X509_CRL **out);
+
+/*
+ * Signs a delta CRL (RFC 5280 5.2.4) against the last full CRL: the revocations since it was
+ * signed. Writes crl/issuing-delta.crl atomically.
+ */
+int datadir_crl_delta(struct datadir *dd, X509_CRL **out);
+
+#endif

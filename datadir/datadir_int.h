@@ -1,0 +1,27 @@
+/* datadir internals shared by its files. */
+#ifndef MQPKI_DATADIR_INT_H
+#define MQPKI_DATADIR_INT_H
+
+#include "datadir.h"
+
+/* Labels of the CA keys in the token. */
+#define DATADIR_ROOT_KEY "mqpki-root"
+#define DATADIR_ISSUING_KEY "mqpki-issuing"
+/* The asset id of mqpkid's own TLS and feed identity. */
+#define DATADIR_SERVICE_ASSET "mqpkid"
+
+struct datadir {
+    char home[PATH_MAX];
+    struct datadir_config cfg;
+    struct hsm *hsm;
+    struct inventory *inv;
+    struct ca *ca;
+};
+
+/* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
+int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct hsm **out);
+
+/* Fills cfg with the defaults for home (what an empty mqpki.conf means). */
+void datadir_config_defaults(const char *home, struct datadir_config *cfg);
+
+#endif

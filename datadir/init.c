@@ -1,0 +1,360 @@
+/* datadir: `mqpki init`, creating one CA's data directory. */
+#include "datadir.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include "ca.h"
+#include "common.h"
+#include "datadir_int.h"
+#include "enrollment.h"
+#include "hsm.h"
+#include "inventory.h"
+
+#define ROOT_DAYS (20 * 365)
+#define ISSUING_DAYS (10 * 365)
+#define MAX_NAMES 32
+
+static void say(void (*progress)(const char *), const char *step)
+{
+    if (progress != NULL)
+        progress(step);
+}
+
+/* A random secret as 32 hex digits (128 bits). */
+static int random_secret(char out[33])
+{
+    unsigned char raw[16];
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        return mqpki_fail(MQPKI_ERR_CRYPTO, "random generator failed");
+    mqpki_hex(raw, sizeof(raw), out);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    return MQPKI_OK;
+}
+
+static int key_type(const char *name, enum hsm_key_type *out)
+{
+    if (strcmp(name, "ec-p256") == 0)
+        *out = HSM_KEY_EC_P256;
+    else if (strcmp(name, "ec-p384") == 0)
+        *out = HSM_KEY_EC_P384;
+    else if (strcmp(name, "rsa-3072") == 0)
+        *out = HSM_KEY_RSA_3072;
+    else
+        return mqpki_fail(MQPKI_ERR_INVALID, "key type '%.40s': use ec-p256, ec-p384 or rsa-3072",
+                          name);
+    return MQPKI_OK;
+}
+
+static int write_file(const char *home, const char *rel, const void *data, size_t len,
+                      unsigned mode)
+{
+    char path[PATH_MAX];
+
+    if (mqpki_path(path, sizeof(path), "%s/%s", home, rel) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
+    return mqpki_file_write_atomic(path, data, len, mode);
+}
+
+static int write_certs(const char *home, const char *rel, X509 *a, X509 *b)
+{
+    char *pa = NULL, *pb = NULL, *all = NULL;
+    size_t la = 0, lb = 0;
+    int rc;
+
+    if ((rc = ca_cert_pem(a, &pa, &la)) != MQPKI_OK)
+        goto out;
+    if (b != NULL && (rc = ca_cert_pem(b, &pb, &lb)) != MQPKI_OK)
+        goto out;
+    if ((all = malloc(la + lb + 1)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(all, pa, la);
+    if (pb != NULL)
+        memcpy(all + la, pb, lb);
+    rc = write_file(home, rel, all, la + lb, 0644);
+out:
+    free(pa);
+    free(pb);
+    free(all);
+    return rc;
+}
+
+/* mqpkid's own identity: a software key (the only private key outside the token, in tls/). */
+static int make_service_identity(struct datadir *dd, const struct datadir_init_opts *opts)
+{
+    const char *dns[MAX_NAMES + 2], *ips[MAX_NAMES + 2];
+    size_t n_dns = 0, n_ips = 0;
+    char host[256];
+    struct enrollment_issue_req req;
+    EVP_PKEY *key = NULL;
+    X509_REQ *csr = NULL;
+    X509 *cert = NULL;
+    unsigned char *der = NULL;
+    BIO *bio = NULL;
+    char *pem = NULL;
+    long pem_len;
+    int der_len, rc;
+
+    dns[n_dns++] = "localhost";
+    if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0' && strcmp(host, "localhost"))
+        dns[n_dns++] = host;
+    ips[n_ips++] = "127.0.0.1";
+    ips[n_ips++] = "::1";
+    if (opts->n_hostnames > MAX_NAMES) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "at most %d --hostname names", MAX_NAMES);
+        goto out;
+    }
+    for (size_t i = 0; i < opts->n_hostnames; i++) {
+        unsigned char buf[16];
+        const char *h = opts->hostnames[i];
+        if (inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1)
+            ips[n_ips++] = h;
+        else
+            dns[n_dns++] = h;
+    }
+
+    if ((key = EVP_EC_gen("P-256")) == NULL || (csr = X509_REQ_new()) == NULL ||
+        X509_REQ_set_pubkey(csr, key) != 1 || X509_REQ_sign(csr, key, EVP_sha256()) <= 0 ||
+        (der_len = i2d_X509_REQ(csr, &der)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot make mqpkid's TLS key and request");
+        goto out;
+    }
+    memset(&req, 0, sizeof(req));
+    req.asset_id = DATADIR_SERVICE_ASSET;
+    req.csr = der;
+    req.csr_len = (size_t)der_len;
+    req.profile = CA_PROFILE_SERVICE;
+    req.actor = "init";
+    req.dns = dns;
+    req.n_dns = n_dns;
+    req.ips = ips;
+    req.n_ips = n_ips;
+    if ((rc = enrollment_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
+        goto out;
+    if ((bio = BIO_new(BIO_s_mem())) == NULL ||
+        PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (pem_len = BIO_get_mem_data(bio, &pem)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode mqpkid's TLS key");
+        goto out;
+    }
+    if ((rc = write_file(dd->home, "tls/mqpkid.key", pem, (size_t)pem_len, 0600)) != MQPKI_OK)
+        goto out;
+    rc = write_certs(dd->home, "tls/mqpkid.pem", cert, ca_issuing_cert(dd->ca));
+out:
+    if (bio != NULL) {
+        /* The buffer held a private key. */
+        if (pem != NULL && pem_len > 0)
+            OPENSSL_cleanse(pem, (size_t)pem_len);
+        BIO_free(bio);
+    }
+    OPENSSL_free(der);
+    X509_free(cert);
+    X509_REQ_free(csr);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+static int write_config(const char *home, const struct datadir_config *c)
+{
+    char text[4096];
+    int n;
+
+    n = snprintf(text, sizeof(text),
+                 "# mqpki configuration; every key is described in docs/configuration.md\n"
+                 "[ca]\n"
+                 "name = %s\n"
+                 "key = %s\n"
+                 "url = %s\n"
+                 "crl_validity = %llds\n"
+                 "device_days = %d\n"
+                 "broker_days = %d\n"
+                 "\n"
+                 "[hsm]\n"
+                 "# module = /path/to/pkcs11.so   (unset: the embedded SoftHSM token in hsm/)\n"
+                 "token = %s\n"
+                 "pin_file = secrets/pin\n"
+                 "\n"
+                 "[daemon]\n"
+                 "listen = %s\n"
+                 "\n"
+                 "[enrollment]\n"
+                 "token_ttl = %llds\n",
+                 c->ca_name, c->key_type, c->url, (long long)c->crl_validity, c->device_days,
+                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl);
+    if (n < 0 || (size_t)n >= sizeof(text))
+        return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
+    return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
+}
+
+static int make_layout(const char *home)
+{
+    static const char *const dirs[] = {"", "/secrets", "/hsm", "/ca", "/tls", "/crl", "/brokers"};
+    char path[PATH_MAX];
+    int rc;
+
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (mqpki_path(path, sizeof(path), "%s%s", home, dirs[i]) != MQPKI_OK)
+            return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
+        if ((rc = mqpki_mkdir_p(path, 0700)) != MQPKI_OK)
+            return rc;
+    }
+    /* Only secrets/ and hsm/ hold secrets, but nothing here is for other users to browse. */
+    if (chmod(home, 0700) != 0)
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", home, strerror(errno));
+    return MQPKI_OK;
+}
+
+int datadir_init(const char *home, const struct datadir_init_opts *opts,
+                 void (*progress)(const char *step))
+{
+    struct datadir *dd = NULL;
+    char path[PATH_MAX], pin[33] = "", so_pin[33] = "";
+    enum hsm_key_type type = HSM_KEY_EC_P256;
+    EVP_PKEY *root_key = NULL, *issuing_key = NULL;
+    X509 *root = NULL, *issuing = NULL;
+    struct inventory_asset svc;
+    struct stat st;
+    int rc;
+
+    memset(&svc, 0, sizeof(svc));
+    if ((dd = calloc(1, sizeof(*dd))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    snprintf(dd->home, sizeof(dd->home), "%s", home);
+    datadir_config_defaults(home, &dd->cfg);
+    if (opts->ca_name != NULL) {
+        if (opts->ca_name[0] == '\0' || strlen(opts->ca_name) >= sizeof(dd->cfg.ca_name) ||
+            strpbrk(opts->ca_name, "\n\r") != NULL) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "--ca-name: 1 to 127 characters on one line");
+            goto out;
+        }
+        snprintf(dd->cfg.ca_name, sizeof(dd->cfg.ca_name), "%s", opts->ca_name);
+    }
+    if (opts->key_type != NULL)
+        snprintf(dd->cfg.key_type, sizeof(dd->cfg.key_type), "%s", opts->key_type);
+    if ((rc = key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
+        goto out;
+    if (opts->url != NULL) {
+        if (strncmp(opts->url, "https://", 8) != 0 || strlen(opts->url) >= sizeof(dd->cfg.url) ||
+            strpbrk(opts->url, " \n\r\t") != NULL) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "--url: expected https://HOST:PORT");
+            goto out;
+        }
+        snprintf(dd->cfg.url, sizeof(dd->cfg.url), "%s", opts->url);
+    }
+    for (size_t i = 0; i < opts->n_hostnames; i++) {
+        const char *h = opts->hostnames[i];
+        if (h[0] == '\0' || strlen(h) > 253 || strspn(h, "abcdefghijklmnopqrstuvwxyz"
+                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
+                                                   != strlen(h)) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "--hostname '%.80s': not a host name or address",
+                            h);
+            goto out;
+        }
+    }
+
+    /* mqpki.conf is written last: its presence means a complete CA. */
+    if (mqpki_path(path, sizeof(path), "%s/mqpki.conf", home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+        goto out;
+    }
+    if (stat(path, &st) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS, "%s already holds a CA (mqpki.conf exists)", home);
+        goto out;
+    }
+    if (mqpki_path(path, sizeof(path), "%s/hsm/tokens", home) == MQPKI_OK && stat(path, &st) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS,
+                        "%s holds an incomplete set-up (no mqpki.conf); remove it or pick "
+                        "another --home",
+                        home);
+        goto out;
+    }
+    say(progress, "creating the data directory");
+    if ((rc = make_layout(home)) != MQPKI_OK)
+        goto out;
+
+    say(progress, "creating the token (SoftHSM) and its PIN in secrets/pin");
+    if ((rc = random_secret(pin)) != MQPKI_OK || (rc = random_secret(so_pin)) != MQPKI_OK)
+        goto out;
+    if ((rc = write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
+        (rc = write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) != MQPKI_OK)
+        goto out;
+    if (mqpki_path(path, sizeof(path), "%s/hsm", home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+        goto out;
+    }
+    if ((rc = hsm_softhsm_prepare(path)) != MQPKI_OK)
+        goto out;
+    if ((rc = hsm_token_init(HSM_SOFTHSM_MODULE, dd->cfg.hsm_token, so_pin, pin)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_hsm_open(home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
+        goto out;
+
+    say(progress, "generating the root and issuing CA keys inside the token");
+    if ((rc = hsm_key_generate(dd->hsm, DATADIR_ROOT_KEY, type)) != MQPKI_OK ||
+        (rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK)
+        goto out;
+    if ((rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key)) != MQPKI_OK ||
+        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK)
+        goto out;
+    say(progress, "signing the root and issuing CA certificates");
+    {
+        char name[160];
+        snprintf(name, sizeof(name), "%s Root CA", dd->cfg.ca_name);
+        if ((rc = ca_root_create(root_key, name, ROOT_DAYS, &root)) != MQPKI_OK)
+            goto out;
+        snprintf(name, sizeof(name), "%s Issuing CA", dd->cfg.ca_name);
+        rc = ca_issuing_create(root, root_key, issuing_key, name, ISSUING_DAYS, &issuing);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
+    if ((rc = write_certs(home, "ca/root.pem", root, NULL)) != MQPKI_OK ||
+        (rc = write_certs(home, "ca/issuing.pem", issuing, NULL)) != MQPKI_OK ||
+        (rc = write_certs(home, "ca/chain.pem", issuing, root)) != MQPKI_OK)
+        goto out;
+    if ((rc = ca_open(issuing, issuing_key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
+        goto out;
+
+    say(progress, "creating the inventory store mqpki.db");
+    if ((rc = datadir_path(dd, "mqpki.db", path)) != MQPKI_OK ||
+        (rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
+        goto out;
+    if ((rc = inventory_meta_set(dd->inv, "ca.name", dd->cfg.ca_name)) != MQPKI_OK)
+        goto out;
+    snprintf(svc.id, sizeof(svc.id), "%s", DATADIR_SERVICE_ASSET);
+    svc.kind = INV_KIND_SERVICE;
+    snprintf(svc.model, sizeof(svc.model), "mqpkid");
+    if ((rc = inventory_asset_add(dd->inv, &svc, "init")) != MQPKI_OK)
+        goto out;
+
+    say(progress, "issuing mqpkid's TLS certificate into tls/");
+    if ((rc = make_service_identity(dd, opts)) != MQPKI_OK)
+        goto out;
+    say(progress, "signing the first CRL into crl/issuing.crl");
+    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
+        goto out;
+    if ((rc = write_config(home, &dd->cfg)) != MQPKI_OK)
+        goto out;
+out:
+    OPENSSL_cleanse(pin, sizeof(pin));
+    OPENSSL_cleanse(so_pin, sizeof(so_pin));
+    X509_free(root);
+    X509_free(issuing);
+    /* Token keys go before the token session they sign through. */
+    EVP_PKEY_free(root_key);
+    EVP_PKEY_free(issuing_key);
+    datadir_close(dd);
+    return rc;
+}
