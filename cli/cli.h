@@ -31,6 +31,10 @@ int cmd_issue(struct cli *cli, int argc, char **argv);
 int cmd_cert_list(struct cli *cli, int argc, char **argv);
 int cmd_revoke(struct cli *cli, int argc, char **argv);
 int cmd_unhold(struct cli *cli, int argc, char **argv);
+/* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
+int cmd_broker_init(struct cli *cli, int argc, char **argv);
+int cmd_broker_run(struct cli *cli, int argc, char **argv);
+int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 
 /* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */
 int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -33,6 +33,9 @@ static const struct command commands[] = {
     {NULL, "unhold", cmd_unhold, "lift a hold (certificateHold)"},
     {NULL, "crl", cmd_crl, "sign and print the current full CRL"},
     {"audit", "verify", cmd_audit_verify, "check the audit log's hash chain"},
+    {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
+    {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
+    {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
