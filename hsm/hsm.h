@@ -30,7 +30,8 @@ struct hsm_config {
 
 /*
  * Embedded default: makes DIR/softhsm2.conf (token directory DIR/tokens, 0700) unless it exists,
- * and points SOFTHSM2_CONF at it for this process. Call before hsm_open/hsm_token_init.
+ * and points SOFTHSM2_CONF at it for this process. Call before hsm_open/hsm_token_init; a new
+ * value takes effect only once every handle on the module is closed.
  */
 int hsm_softhsm_prepare(const char *dir);
 
@@ -47,8 +48,9 @@ int hsm_token_init(const char *module, const char *label, const char *so_pin,
  */
 int hsm_open(const struct hsm_config *cfg, struct hsm **out);
 
-/* Logs out, closes every session, finalizes the module. NULL-safe. Keys from hsm_key_load must
- * be freed before. */
+/* Closes every session and finalizes the module; logs out unless another handle of this process
+ * is still logged in to the same token (PKCS#11 login state is per application). NULL-safe.
+ * Keys from hsm_key_load must be freed before. */
 void hsm_close(struct hsm *hsm);
 
 /*
