@@ -1,1 +1,538 @@
-/* placeholder */
+/*
+ * inventory/certs.c: issued certificates, revocation and holds, and the revoked list that CRLs
+ * are built from. "expired" is never stored: a valid or superseded certificate whose not_after
+ * has passed reads as expired.
+ */
+#include "inventory_int.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REASON_KEY_COMPROMISE  1
+#define REASON_HOLD            6
+#define REASON_REMOVE_FROM_CRL 8
+#define REASON_MAX             10
+
+static const char *const cert_state_names[] = {"valid", "revoked", "expired", "superseded"};
+#define N_CERT_STATES ((int)(sizeof(cert_state_names) / sizeof(cert_state_names[0])))
+
+static const char *const profiles[] = {"device", "broker", "service"};
+
+int inventory_cert_state_parse(const char *name)
+{
+    if (name == NULL)
+        return -1;
+    for (int i = 0; i < N_CERT_STATES; i++)
+        if (strcmp(cert_state_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+const char *inventory_cert_state_name(int state)
+{
+    return state >= 0 && state < N_CERT_STATES ? cert_state_names[state] : NULL;
+}
+
+void inventory_cert_clear(struct inventory_cert *c)
+{
+    if (c == NULL)
+        return;
+    free(c->pem);
+    c->pem = NULL;
+}
+
+/* Serials are stored upper-case; lookups accept any case. */
+static int serial_norm(const char *in, char out[40])
+{
+    size_t n;
+
+    if (in == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial missing");
+    n = strnlen(in, 40);
+    if (n == 0 || n >= 40)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: 1 to 39 hex digits expected");
+    for (size_t i = 0; i < n; i++) {
+        if (!isxdigit((unsigned char)in[i]))
+            return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: hex digits expected");
+        out[i] = (char)toupper((unsigned char)in[i]);
+    }
+    out[n] = '\0';
+    return MQPKI_OK;
+}
+
+/* Key fingerprints are SHA-256 in lower-case hex, as mqpki_hex writes them. */
+static int key_fp_norm(const char *in, char out[65])
+{
+    if (in == NULL || strnlen(in, 65) != 64)
+        return mqpki_fail(MQPKI_ERR_INVALID, "key fingerprint: 64 hex digits expected");
+    for (size_t i = 0; i < 64; i++) {
+        if (!isxdigit((unsigned char)in[i]))
+            return mqpki_fail(MQPKI_ERR_INVALID, "key fingerprint: hex digits expected");
+        out[i] = (char)tolower((unsigned char)in[i]);
+    }
+    out[64] = '\0';
+    return MQPKI_OK;
+}
+
+static int profile_valid(const char *p)
+{
+    if (p == NULL || strnlen(p, 16) >= 16)
+        return 0;
+    for (size_t i = 0; i < sizeof(profiles) / sizeof(profiles[0]); i++)
+        if (strcmp(p, profiles[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Fills c from a row of INV_CERT_COLS; pem points into the row when with_pem. */
+static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct inventory_cert *c)
+{
+    const char *state = (const char *)sqlite3_column_text(st, 5);
+
+    memset(c, 0, sizeof(*c));
+    inv_col_text(st, 0, c->serial, sizeof(c->serial));
+    inv_col_text(st, 1, c->asset_id, sizeof(c->asset_id));
+    inv_col_text(st, 2, c->profile, sizeof(c->profile));
+    c->not_before = sqlite3_column_int64(st, 3);
+    c->not_after = sqlite3_column_int64(st, 4);
+    c->state = inventory_cert_state_parse(state);
+    if ((c->state == INV_CERT_VALID || c->state == INV_CERT_SUPERSEDED) && c->not_after < now)
+        c->state = INV_CERT_EXPIRED;
+    inv_col_text(st, 6, c->key_fp, sizeof(c->key_fp));
+    c->revoked_at = sqlite3_column_type(st, 7) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 7);
+    c->reason = sqlite3_column_type(st, 8) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 8);
+    c->pem = with_pem ? (char *)sqlite3_column_text(st, 9) : NULL;
+}
+
+/* Refuses a key that is compromised anywhere or certified for another asset. */
+static int key_check(struct inventory *inv, const char *asset_id, const char *key_fp)
+{
+    char other[MQPKI_ASSET_ID_MAX + 1] = "";
+    sqlite3_stmt *st = NULL;
+    int rc, src, compromised = 0;
+
+    rc = inv_stmt(inv, SQL_CERT_KEY_USE, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = inv_bind_text(inv, st, 1, key_fp)) != MQPKI_OK)
+        goto out;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *owner = (const char *)sqlite3_column_text(st, 0);
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL &&
+            sqlite3_column_int(st, 1) == REASON_KEY_COMPROMISE)
+            compromised = 1;
+        if (owner != NULL && strcmp(owner, asset_id) != 0 && other[0] == '\0')
+            snprintf(other, sizeof(other), "%s", owner);
+    }
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "key check");
+        goto out;
+    }
+    if (compromised)
+        rc = mqpki_fail(MQPKI_ERR_POLICY, "asset %s: public key was revoked for key compromise",
+                        asset_id);
+    else if (other[0] != '\0')
+        rc = mqpki_fail(MQPKI_ERR_POLICY, "asset %s: public key already certified for asset %s",
+                        asset_id, other);
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
+{
+    int src = sqlite3_step(st);
+
+    inv_stmt_done(st);
+    if (src != SQLITE_DONE)
+        return inv_db_fail(inv, src, what);
+    return MQPKI_OK;
+}
+
+int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
+                       const char *actor)
+{
+    char serial[40], key_fp[65];
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int rc, src, state = -1, started = 0;
+
+    if (inv == NULL || c == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate add: arguments missing");
+    rc = inv_check_id(c->asset_id);
+    if (rc == MQPKI_OK)
+        rc = serial_norm(c->serial, serial);
+    if (rc == MQPKI_OK)
+        rc = key_fp_norm(c->key_fp, key_fp);
+    if (rc == MQPKI_OK)
+        rc = inv_check_text(actor, INV_TEXT_MAX, "actor");
+    if (rc == MQPKI_OK && !profile_valid(c->profile))
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "certificate %s: unknown profile", serial);
+    if (rc == MQPKI_OK && c->not_after < c->not_before)
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "certificate %s: not_after before not_before", serial);
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        goto out;
+    started = 1;
+    rc = inv_asset_state(inv, c->asset_id, &state, NULL);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (state == INV_STATE_DECOMMISSIONED) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s is decommissioned", c->asset_id);
+        goto out;
+    }
+    rc = inv_stmt(inv, SQL_CERT_EXISTS, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, serial)) != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    inv_stmt_done(st);
+    st = NULL;
+    if (src == SQLITE_ROW) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS, "certificate serial %s already exists", serial);
+        goto out;
+    }
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "certificate add");
+        goto out;
+    }
+    rc = key_check(inv, c->asset_id, key_fp);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (supersede) {
+        rc = inv_stmt(inv, SQL_CERT_SUPERSEDE, &st);
+        if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, c->asset_id)) != MQPKI_OK)
+            goto out;
+        rc = step_done(inv, st, "supersede");
+        st = NULL;
+        if (rc != MQPKI_OK)
+            goto out;
+    }
+    rc = inv_stmt(inv, SQL_CERT_INSERT, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = inv_bind_text(inv, st, 1, serial)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, c->asset_id)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 3, c->profile)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 6, key_fp)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 7, c->pem)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 4, c->not_before);
+    sqlite3_bind_int64(st, 5, c->not_after);
+    rc = step_done(inv, st, "certificate add");
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_audit(inv, actor, "cert.issue", serial,
+                   json_pack("{s:s,s:s,s:I,s:I,s:s,s:b}", "asset", c->asset_id, "profile",
+                             c->profile, "not_before", (json_int_t)c->not_before, "not_after",
+                             (json_int_t)c->not_after, "key_fp", key_fp, "supersede",
+                             supersede != 0));
+    if (rc != MQPKI_OK)
+        goto out;
+    /* First certificate, or recovery after revocation. */
+    if (state == INV_STATE_REGISTERED || state == INV_STATE_REVOKED)
+        rc = inv_asset_move(inv, c->asset_id, state, INV_STATE_ENROLLED, actor,
+                            "certificate issued");
+out:
+    inv_stmt_done(st);
+    if (started)
+        rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    return rc;
+}
+
+int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
+                       struct inventory_cert *out)
+{
+    sqlite3_stmt *st = NULL;
+    char norm[40];
+    int rc, src;
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (inv == NULL || out == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate get: arguments missing");
+    rc = serial_norm(serial, norm);
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_stmt(inv, SQL_CERT_GET, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src == SQLITE_DONE) {
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "certificate %s not found", norm);
+        goto out;
+    }
+    if (src != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "certificate get");
+        goto out;
+    }
+    cert_from_row(st, mqpki_now(), with_pem, out);
+    if (with_pem && out->pem != NULL) {
+        out->pem = strdup(out->pem);
+        if (out->pem == NULL)
+            rc = MQPKI_ERR_NOMEM;
+    }
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, int with_pem,
+                        inventory_cert_cb cb, void *ctx)
+{
+    struct inventory_cert c;
+    sqlite3_stmt *st = NULL;
+    const char *cond = "";
+    int64_t now = mqpki_now();
+    char sql[512];
+    int rc = MQPKI_OK, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate list: arguments missing");
+    if (asset_id != NULL && (rc = inv_check_id(asset_id)) != MQPKI_OK)
+        return rc;
+    /* Fixed fragments only; ?1 asset, ?2 now. Expiry is derived here as in cert_from_row. */
+    switch (state) {
+    case -1: cond = "1"; break;
+    case INV_CERT_VALID: cond = "state = 'valid' AND not_after >= ?2"; break;
+    case INV_CERT_SUPERSEDED: cond = "state = 'superseded' AND not_after >= ?2"; break;
+    case INV_CERT_EXPIRED: cond = "state IN ('valid', 'superseded') AND not_after < ?2"; break;
+    case INV_CERT_REVOKED: cond = "state = 'revoked'"; break;
+    default: return mqpki_fail(MQPKI_ERR_INVALID, "certificate list: unknown state %d", state);
+    }
+    snprintf(sql, sizeof(sql), "SELECT " INV_CERT_COLS " FROM certs WHERE %s%s ORDER BY issued_seq",
+             cond, asset_id != NULL ? " AND asset_id = ?1" : "");
+    rc = inv_prepare(inv, sql, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (asset_id != NULL && (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    if (sqlite3_bind_parameter_index(st, "?2") > 0)
+        sqlite3_bind_int64(st, 2, now);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        cert_from_row(st, now, with_pem, &c);
+        if (cb(&c, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "certificate list");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int count_certs(struct inventory *inv, enum inv_sql which, const char *asset_id, int64_t now,
+                       int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    *n = 0;
+    rc = inv_stmt(inv, which, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "certificate count");
+        goto out;
+    }
+    *n = sqlite3_column_int64(st, 0);
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+enum follow { AFTER_HOLD, AFTER_FINAL, AFTER_UNHOLD };
+
+/*
+ * Where the asset stands after a hold, a final revocation or an unhold (DESIGN.md 8):
+ * hold -> suspended; final revocation of its last live (valid or superseded, unexpired, not
+ * held) certificate -> revoked; no hold left -> active again (enrolled if never seen), and a
+ * revoked asset whose held certificate comes back is enrolled again (recovery).
+ */
+static int asset_follow(struct inventory *inv, const char *asset_id, enum follow what,
+                        const char *actor, const char *reason)
+{
+    int64_t live = 0, held = 0, last_seen = 0, now = mqpki_now();
+    int rc, state = -1, to = -1, back;
+
+    rc = inv_asset_state(inv, asset_id, &state, &last_seen);
+    if (rc == MQPKI_OK)
+        rc = count_certs(inv, SQL_CERT_COUNT_LIVE, asset_id, now, &live);
+    if (rc == MQPKI_OK)
+        rc = count_certs(inv, SQL_CERT_COUNT_HELD, asset_id, now, &held);
+    if (rc != MQPKI_OK || state == INV_STATE_DECOMMISSIONED)
+        return rc;
+    back = last_seen > 0 ? INV_STATE_ACTIVE : INV_STATE_ENROLLED;
+    switch (what) {
+    case AFTER_HOLD:
+        if (state == INV_STATE_ENROLLED || state == INV_STATE_ACTIVE)
+            to = INV_STATE_SUSPENDED;
+        break;
+    case AFTER_FINAL:
+        if (live == 0 && state != INV_STATE_REVOKED)
+            to = INV_STATE_REVOKED;
+        else if (live > 0 && held == 0 && state == INV_STATE_SUSPENDED)
+            to = back;
+        break;
+    case AFTER_UNHOLD:
+        if (held == 0 && state == INV_STATE_SUSPENDED)
+            to = back;
+        else if (live > 0 && state == INV_STATE_REVOKED)
+            to = INV_STATE_ENROLLED;
+        break;
+    }
+    if (to < 0 || to == state)
+        return MQPKI_OK;
+    return inv_asset_move(inv, asset_id, state, to, actor, reason);
+}
+
+int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason, int64_t when,
+                          const char *actor)
+{
+    struct inventory_cert c = {0};
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    char norm[40], why[64];
+    int rc, started = 0;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "revoke: no store");
+    rc = serial_norm(serial, norm);
+    if (rc == MQPKI_OK)
+        rc = inv_check_text(actor, INV_TEXT_MAX, "actor");
+    /* RFC 5280 5.3.1: 7 is unused; removeFromCRL (8) only appears in delta CRLs. */
+    if (rc == MQPKI_OK &&
+        (reason < 0 || reason > REASON_MAX || reason == 7 || reason == REASON_REMOVE_FROM_CRL))
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "certificate %s: reason code %d not allowed "
+                        "(RFC 5280 5.3.1)",
+                        norm, reason);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (when <= 0)
+        when = mqpki_now();
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        goto out;
+    started = 1;
+    rc = inventory_cert_get(inv, norm, 0, &c);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (c.state == INV_CERT_REVOKED && (c.reason != REASON_HOLD || reason == REASON_HOLD)) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "certificate %s is already %s", norm,
+                        c.reason == REASON_HOLD ? "on hold" : "revoked");
+        goto out;
+    }
+    /* A hold turned final gets the new date, so delta CRLs since the hold carry it. */
+    rc = inv_stmt(inv, SQL_CERT_REVOKE, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, when);
+    sqlite3_bind_int(st, 3, reason);
+    rc = step_done(inv, st, "revoke");
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_audit(inv, actor, "cert.revoke", norm,
+                   json_pack("{s:s,s:i,s:I,s:b}", "asset", c.asset_id, "reason", reason,
+                             "revoked_at", (json_int_t)when, "was_held",
+                             c.state == INV_CERT_REVOKED));
+    if (rc != MQPKI_OK)
+        goto out;
+    snprintf(why, sizeof(why), "%s %s", reason == REASON_HOLD ? "hold" : "revocation", norm);
+    rc =
+        asset_follow(inv, c.asset_id, reason == REASON_HOLD ? AFTER_HOLD : AFTER_FINAL, actor, why);
+out:
+    inv_stmt_done(st);
+    if (started)
+        rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    inventory_cert_clear(&c);
+    return rc;
+}
+
+int inventory_cert_unhold(struct inventory *inv, const char *serial, const char *actor)
+{
+    struct inventory_cert c = {0};
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    char norm[40], why[64];
+    int rc, started = 0;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "unhold: no store");
+    rc = serial_norm(serial, norm);
+    if (rc == MQPKI_OK)
+        rc = inv_check_text(actor, INV_TEXT_MAX, "actor");
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        goto out;
+    started = 1;
+    rc = inventory_cert_get(inv, norm, 0, &c);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (c.state != INV_CERT_REVOKED || c.reason != REASON_HOLD) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "certificate %s is not on hold", norm);
+        goto out;
+    }
+    rc = inv_stmt(inv, SQL_CERT_UNHOLD, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
+        goto out;
+    rc = step_done(inv, st, "unhold");
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_audit(inv, actor, "cert.unhold", norm, json_pack("{s:s}", "asset", c.asset_id));
+    if (rc != MQPKI_OK)
+        goto out;
+    snprintf(why, sizeof(why), "hold lifted %s", norm);
+    rc = asset_follow(inv, c.asset_id, AFTER_UNHOLD, actor, why);
+out:
+    inv_stmt_done(st);
+    if (started)
+        rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    inventory_cert_clear(&c);
+    return rc;
+}
+
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since,
+                           inventory_revoked_cb cb, void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "revoked list: arguments missing");
+    /* Streams in revocation order through the partial index on revoked certificates; pinned
+     * so the planner never falls back to sorting a million rows in a temporary b-tree. */
+    rc = inv_prepare(inv,
+                     "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked "
+                     "WHERE state = 'revoked' AND not_after >= ?1 AND revoked_at >= ?2 "
+                     "ORDER BY revoked_at, serial",
+                     &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int64(st, 2, since > 0 ? since : INT64_MIN);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
+               sqlite3_column_int(st, 2), ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "revoked list");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}

@@ -172,6 +172,10 @@ int inventory_crl_number_next(struct inventory *inv, int64_t *out);
  * at most 64 chars) into token_out; only a salted SHA-256 hash is stored. consume: checks asset,
  * hash (constant time), expiry and single use, and marks it used, inside the caller's
  * transaction when one is open. MQPKI_ERR_AUTH for any mismatch (no detail saying which).
+ * A refused attempt is still recorded (failure count of the asset's live tokens; a token is
+ * burned at 5 failures): committed at once when no transaction is open; inside the caller's
+ * transaction otherwise, so after MQPKI_ERR_AUTH the caller should COMMIT, not roll back, or
+ * the attempt limit does not hold. The call's own changes are atomic (savepoint) either way.
  */
 int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t ttl,
                            const char *actor, char token_out[64]);

@@ -1,1 +1,586 @@
-/* placeholder */
+/*
+ * inventory/store.c: opening the store (pragmas, schema migrations), the statement cache,
+ * transactions, metadata and the CRL number counter.
+ */
+#include "inventory_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define INV_SQL_TEXT_(name, sql) sql,
+static const char *const sql_text[SQL_COUNT_] = {INV_SQL_LIST(INV_SQL_TEXT_)};
+#undef INV_SQL_TEXT_
+
+/*
+ * Schema migrations: step i brings the schema from version i to i + 1. Each step runs in its
+ * own transaction together with the user_version bump, so a crash leaves a whole version.
+ * Never edit a released step: append a new one.
+ */
+static const char *const migrations[] = {
+    /* 0 -> 1: initial schema. */
+    "CREATE TABLE assets("
+    " id TEXT PRIMARY KEY NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('device', 'broker', 'service')),"
+    " state TEXT NOT NULL CHECK (state IN ('registered', 'enrolled', 'active', 'suspended',"
+    "  'revoked', 'decommissioned')),"
+    " model TEXT NOT NULL DEFAULT '',"
+    " hw_serial TEXT NOT NULL DEFAULT '',"
+    " firmware TEXT NOT NULL DEFAULT '',"
+    " location TEXT NOT NULL DEFAULT '',"
+    " tags TEXT NOT NULL DEFAULT '{}',"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " last_seen INTEGER NOT NULL DEFAULT 0,"
+    " last_address TEXT NOT NULL DEFAULT '',"
+    " last_broker TEXT NOT NULL DEFAULT '');"
+    /* (state, id) and (kind, id): listings by state or kind come out in id order from the
+     * index alone, without sorting a million rows. */
+    "CREATE INDEX assets_state ON assets(state, id);"
+    "CREATE INDEX assets_kind ON assets(kind, id);"
+    "CREATE TABLE certs("
+    " serial TEXT PRIMARY KEY NOT NULL,"
+    " asset_id TEXT NOT NULL REFERENCES assets(id),"
+    " profile TEXT NOT NULL,"
+    " not_before INTEGER NOT NULL,"
+    " not_after INTEGER NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('valid', 'revoked', 'superseded')),"
+    " key_fp TEXT NOT NULL,"
+    " pem TEXT,"
+    " revoked_at INTEGER,"
+    " reason INTEGER,"
+    " issued_seq INTEGER NOT NULL UNIQUE);"
+    "CREATE INDEX certs_asset ON certs(asset_id, issued_seq);"
+    "CREATE INDEX certs_key ON certs(key_fp);"
+    "CREATE INDEX certs_state ON certs(state, not_after);"
+    /* CRL building streams revocations in revocation order. */
+    "CREATE INDEX certs_revoked ON certs(revoked_at, serial) WHERE state = 'revoked';"
+    "CREATE TABLE tokens("
+    " id INTEGER PRIMARY KEY,"
+    " asset_id TEXT NOT NULL REFERENCES assets(id),"
+    " salt BLOB NOT NULL,"
+    " hash BLOB NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " used_at INTEGER,"
+    " failures INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX tokens_asset ON tokens(asset_id);"
+    "CREATE TABLE audit("
+    " seq INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " actor TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " subject TEXT NOT NULL,"
+    " detail TEXT NOT NULL,"
+    " prev_hash BLOB NOT NULL,"
+    " hash BLOB NOT NULL);"
+    "CREATE INDEX audit_subject ON audit(subject, seq);"
+    "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);"
+    "CREATE TABLE counters(name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);"
+    "INSERT INTO counters(name, value) VALUES ('crl_number', 0);",
+};
+
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what)
+{
+    const char *path = inv != NULL && inv->path != NULL ? inv->path : "store";
+    const char *msg =
+        inv != NULL && inv->db != NULL ? sqlite3_errmsg(inv->db) : sqlite3_errstr(sqlite_rc);
+    int primary = sqlite_rc & 0xff;
+
+    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+        return mqpki_fail(MQPKI_ERR_BUSY, "%s: %s: store busy (%s)", path, what, msg);
+    if (primary == SQLITE_NOMEM)
+        return mqpki_fail(MQPKI_ERR_NOMEM, "%s: %s: out of memory", path, what);
+    return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
+}
+
+int inv_exec(struct inventory *inv, const char *sql)
+{
+    int src = sqlite3_exec(inv->db, sql, NULL, NULL, NULL);
+
+    if (src != SQLITE_OK)
+        return inv_db_fail(inv, src, "exec");
+    return MQPKI_OK;
+}
+
+int inv_prepare(struct inventory *inv, const char *sql, sqlite3_stmt **out)
+{
+    int src = sqlite3_prepare_v2(inv->db, sql, -1, out, NULL);
+
+    if (src != SQLITE_OK) {
+        *out = NULL;
+        return inv_db_fail(inv, src, "prepare");
+    }
+    return MQPKI_OK;
+}
+
+int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out)
+{
+    int src;
+
+    *out = NULL;
+    if (which < 0 || which >= SQL_COUNT_)
+        return mqpki_fail(MQPKI_ERR_INTERNAL, "inventory: unknown statement %d", (int)which);
+    if (inv->stmt[which] == NULL) {
+        /* PERSISTENT: the statement lives as long as the handle. */
+        src = sqlite3_prepare_v3(inv->db, sql_text[which], -1, SQLITE_PREPARE_PERSISTENT,
+                                 &inv->stmt[which], NULL);
+        if (src != SQLITE_OK) {
+            inv->stmt[which] = NULL;
+            return inv_db_fail(inv, src, "prepare");
+        }
+    }
+    sqlite3_reset(inv->stmt[which]);
+    sqlite3_clear_bindings(inv->stmt[which]);
+    *out = inv->stmt[which];
+    return MQPKI_OK;
+}
+
+void inv_stmt_done(sqlite3_stmt *st)
+{
+    if (st != NULL) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
+
+int inv_bind_text(struct inventory *inv, sqlite3_stmt *st, int idx, const char *s)
+{
+    int src;
+
+    if (s == NULL)
+        src = sqlite3_bind_null(st, idx);
+    else
+        src = sqlite3_bind_text(st, idx, s, -1, SQLITE_STATIC);
+    if (src != SQLITE_OK)
+        return inv_db_fail(inv, src, "bind");
+    return MQPKI_OK;
+}
+
+void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+
+    if (size == 0)
+        return;
+    if (t == NULL) {
+        out[0] = '\0';
+        return;
+    }
+    snprintf(out, size, "%s", (const char *)t);
+}
+
+int inv_check_id(const char *id)
+{
+    char shown[MQPKI_ASSET_ID_MAX + 8];
+    size_t i;
+
+    if (mqpki_asset_id_valid(id))
+        return MQPKI_OK;
+    if (id == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset id missing");
+    /* Show the offending id, but never raw control characters in a log line. */
+    for (i = 0; id[i] != '\0' && i < sizeof(shown) - 4; i++)
+        shown[i] = (id[i] >= 0x20 && id[i] < 0x7f) ? id[i] : '?';
+    if (id[i] != '\0')
+        shown[i++] = '.', shown[i++] = '.', shown[i++] = '.';
+    shown[i] = '\0';
+    return mqpki_fail(MQPKI_ERR_INVALID,
+                      "asset id '%s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters, "
+                      "not starting with . or -",
+                      shown);
+}
+
+int inv_check_text(const char *s, size_t max, const char *what)
+{
+    json_t *probe;
+
+    if (s == NULL)
+        return MQPKI_OK;
+    if (memchr(s, '\0', max) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: longer than %zu characters", what, max - 1);
+    /* jansson refuses invalid UTF-8; the audit detail must be valid JSON. */
+    probe = json_string(s);
+    if (probe == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: not valid UTF-8 text", what);
+    json_decref(probe);
+    return MQPKI_OK;
+}
+
+/* One PRAGMA returning one integer. */
+static int pragma_int(struct inventory *inv, const char *sql, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    rc = inv_prepare(inv, sql, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "read schema version");
+        goto out;
+    }
+    *out = sqlite3_column_int(st, 0);
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int migrate(struct inventory *inv)
+{
+    char sql[64];
+    int version = 0, rc = MQPKI_OK;
+
+    rc = pragma_int(inv, "PRAGMA user_version", &version);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (version > N_MIGRATIONS) {
+        rc = mqpki_fail(MQPKI_ERR_STORE,
+                        "%s: schema version %d is newer than this mqpki understands (%d)",
+                        inv->path, version, N_MIGRATIONS);
+        goto out;
+    }
+    while (version < N_MIGRATIONS) {
+        rc = inv_exec(inv, "BEGIN IMMEDIATE");
+        if (rc != MQPKI_OK)
+            goto out;
+        /* Another process may have migrated while we waited for the write lock. */
+        rc = pragma_int(inv, "PRAGMA user_version", &version);
+        if (rc == MQPKI_OK && version < N_MIGRATIONS) {
+            rc = inv_exec(inv, migrations[version]);
+            if (rc == MQPKI_OK) {
+                snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
+                rc = inv_exec(inv, sql);
+            }
+            if (rc == MQPKI_OK)
+                version++;
+        }
+        if (rc == MQPKI_OK)
+            rc = inv_exec(inv, "COMMIT");
+        if (rc != MQPKI_OK) {
+            if (!sqlite3_get_autocommit(inv->db))
+                sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+            goto out;
+        }
+    }
+out:
+    return rc;
+}
+
+/*
+ * The database holds token hashes and the audit log: create it 0600 rather than with the
+ * process umask (SQLite gives the -wal and -shm files the database's mode).
+ */
+static int precreate(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+        if (errno == EEXIST)
+            return MQPKI_OK;
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    close(fd);
+    return MQPKI_OK;
+}
+
+int inventory_open(const char *path, struct inventory **out)
+{
+    struct inventory *inv = NULL;
+    sqlite3_stmt *st = NULL;
+    const unsigned char *mode;
+    int rc = MQPKI_OK, src;
+
+    if (out == NULL || path == NULL || path[0] == '\0')
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_open: path missing");
+    *out = NULL;
+    inv = calloc(1, sizeof(*inv));
+    if (inv == NULL || (inv->path = strdup(path)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    rc = precreate(path);
+    if (rc != MQPKI_OK)
+        goto out;
+    /* NOMUTEX: one handle is used by one thread at a time (the contract in inventory.h). */
+    src = sqlite3_open_v2(path, &inv->db,
+                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (src != SQLITE_OK) {
+        rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", path,
+                        inv->db != NULL ? sqlite3_errmsg(inv->db) : sqlite3_errstr(src));
+        goto out;
+    }
+    sqlite3_extended_result_codes(inv->db, 1);
+    sqlite3_busy_timeout(inv->db, 5000);
+    /* The first statement reads the header: a file that is not a database fails here. */
+    src = sqlite3_prepare_v2(inv->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (src == SQLITE_OK)
+        src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        int primary = src & 0xff;
+        if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+            rc = inv_db_fail(inv, src, "open");
+        else /* "mqpki.db: file is not a database" */
+            rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", path, sqlite3_errmsg(inv->db));
+        goto out;
+    }
+    mode = sqlite3_column_text(st, 0);
+    if (mode == NULL || strcmp((const char *)mode, "wal") != 0) {
+        rc = mqpki_fail(MQPKI_ERR_STORE, "%s: cannot switch to WAL journal mode", path);
+        goto out;
+    }
+    /* A pending statement would keep the migration's COMMIT from completing. */
+    sqlite3_finalize(st);
+    st = NULL;
+    /*
+     * FULL: a certificate a client has received must survive power loss, so every commit is
+     * fsynced (WAL + NORMAL could lose the last commits). Callers batch several issuances in
+     * one transaction to share the fsync.
+     */
+    rc = inv_exec(inv, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON");
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = migrate(inv);
+out:
+    sqlite3_finalize(st);
+    if (rc != MQPKI_OK) {
+        inventory_close(inv);
+        inv = NULL;
+    }
+    if (out != NULL)
+        *out = inv;
+    return rc;
+}
+
+void inventory_close(struct inventory *inv)
+{
+    if (inv == NULL)
+        return;
+    for (int i = 0; i < SQL_COUNT_; i++)
+        sqlite3_finalize(inv->stmt[i]);
+    if (inv->db != NULL) {
+        /* An abandoned caller transaction is rolled back, never committed implicitly. */
+        if (!sqlite3_get_autocommit(inv->db))
+            sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_close_v2(inv->db);
+    }
+    free(inv->path);
+    free(inv);
+}
+
+int inventory_begin(struct inventory *inv)
+{
+    int rc;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_begin: no store");
+    if (inv->in_tx)
+        return mqpki_fail(MQPKI_ERR_STATE, "%s: a transaction is already open", inv->path);
+    /* IMMEDIATE: writers queue for the lock up front instead of failing on upgrade. */
+    rc = inv_exec(inv, "BEGIN IMMEDIATE");
+    if (rc == MQPKI_OK)
+        inv->in_tx = 1;
+    return rc;
+}
+
+int inventory_commit(struct inventory *inv)
+{
+    int rc = MQPKI_OK;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_commit: no store");
+    if (!inv->in_tx)
+        return mqpki_fail(MQPKI_ERR_STATE, "%s: no transaction is open", inv->path);
+    rc = inv_exec(inv, "COMMIT");
+    if (rc != MQPKI_OK && !sqlite3_get_autocommit(inv->db))
+        sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+    inv->in_tx = 0;
+    return rc;
+}
+
+void inventory_rollback(struct inventory *inv)
+{
+    if (inv == NULL || inv->db == NULL)
+        return;
+    if (!sqlite3_get_autocommit(inv->db))
+        sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+    inv->in_tx = 0;
+}
+
+int inv_tx_start(struct inventory *inv, struct inv_tx *tx)
+{
+    int rc;
+
+    tx->own = 0;
+    tx->savepoint = 0;
+    if (inv->in_tx) {
+        rc = inv_exec(inv, "SAVEPOINT inv_call");
+        if (rc == MQPKI_OK)
+            tx->savepoint = 1;
+        return rc;
+    }
+    rc = inv_exec(inv, "BEGIN IMMEDIATE");
+    if (rc == MQPKI_OK)
+        tx->own = 1;
+    return rc;
+}
+
+int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc)
+{
+    int crc;
+
+    if (tx->own) {
+        if (keep) {
+            /* A failed commit outranks rc (which is an error only for kept refusals). */
+            crc = inv_exec(inv, "COMMIT");
+            if (crc != MQPKI_OK)
+                rc = crc;
+            if (crc != MQPKI_OK && !sqlite3_get_autocommit(inv->db))
+                sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+        } else if (!sqlite3_get_autocommit(inv->db)) {
+            sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+    } else if (tx->savepoint) {
+        /* Some errors (disk full, I/O) make SQLite roll back the whole transaction itself. */
+        if (sqlite3_get_autocommit(inv->db)) {
+            inv->in_tx = 0;
+        } else if (keep) {
+            crc = inv_exec(inv, "RELEASE inv_call");
+            if (crc != MQPKI_OK)
+                rc = crc;
+        } else {
+            sqlite3_exec(inv->db, "ROLLBACK TO inv_call; RELEASE inv_call", NULL, NULL, NULL);
+        }
+    }
+    tx->own = 0;
+    tx->savepoint = 0;
+    return rc;
+}
+
+#ifdef UNIT_TESTING
+sqlite3 *inv_test_db(struct inventory *inv)
+{
+    return inv->db;
+}
+#endif
+
+int inventory_meta_set(struct inventory *inv, const char *key, const char *value)
+{
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || key == NULL || key[0] == '\0' || value == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_meta_set: key and value required");
+    /* The audit chain head must only move with the chain itself. */
+    if (strncmp(key, "audit.", 6) == 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "meta key '%s' is reserved", key);
+    rc = inv_check_text(key, INV_TEXT_MAX, "meta key");
+    if (rc == MQPKI_OK)
+        rc = inv_check_text(value, 4096, "meta value");
+    if (rc != MQPKI_OK)
+        return rc;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        return rc;
+    rc = inv_stmt(inv, SQL_META_SET, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = inv_bind_text(inv, st, 1, key)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, value)) != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "meta set");
+        goto out;
+    }
+    inv_stmt_done(st);
+    st = NULL;
+    rc = inv_audit(inv, "system", "meta.set", key, json_pack("{s:s}", "value", value));
+out:
+    inv_stmt_done(st);
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+}
+
+int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *v;
+    int rc, src;
+
+    if (inv == NULL || key == NULL || out == NULL || out_size == 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_meta_get: key and buffer required");
+    out[0] = '\0';
+    rc = inv_stmt(inv, SQL_META_GET, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    if ((rc = inv_bind_text(inv, st, 1, key)) != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src == SQLITE_DONE) {
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "meta key '%s' not set", key);
+        goto out;
+    }
+    if (src != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "meta get");
+        goto out;
+    }
+    v = sqlite3_column_text(st, 0);
+    if (v == NULL)
+        v = (const unsigned char *)"";
+    if ((size_t)sqlite3_column_bytes(st, 0) >= out_size) {
+        rc = mqpki_fail(MQPKI_ERR_TOO_LARGE, "meta key '%s': value longer than the buffer", key);
+        goto out;
+    }
+    memcpy(out, v, (size_t)sqlite3_column_bytes(st, 0) + 1);
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_crl_number_next(struct inventory *inv, int64_t *out)
+{
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int64_t n = 0;
+    int rc, src;
+
+    if (inv == NULL || out == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_crl_number_next: arguments missing");
+    *out = 0;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        return rc;
+    rc = inv_stmt(inv, SQL_CRL_NEXT, &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE
+                 ? mqpki_fail(MQPKI_ERR_STORE, "%s: CRL number counter missing", inv->path)
+                 : inv_db_fail(inv, src, "CRL number");
+        goto out;
+    }
+    n = sqlite3_column_int64(st, 0);
+    /* RETURNING: the update only completes when the statement has run to the end. */
+    src = sqlite3_step(st);
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "CRL number");
+        goto out;
+    }
+    inv_stmt_done(st);
+    st = NULL;
+    rc = inv_audit(inv, "system", "crl.number", "crl", json_pack("{s:I}", "number", (json_int_t)n));
+out:
+    inv_stmt_done(st);
+    rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    if (rc == MQPKI_OK)
+        *out = n;
+    return rc;
+}

@@ -1,1 +1,283 @@
-/* placeholder */
+/*
+ * inventory/tokens.c: one-time enrollment tokens. The token text is shown once and never
+ * stored or logged: the store keeps a random per-token salt and SHA-256(salt || token).
+ */
+#include "inventory_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define TOKEN_BYTES    16
+#define SALT_BYTES     16
+#define TTL_MAX        (30 * 86400)
+#define TOKEN_TEXT_MAX 64
+
+/* The one reply for every refusal: never say whether asset, token or expiry was wrong. */
+#define REFUSED "enrollment token refused"
+
+static int token_hash(const unsigned char *salt, const char *token, size_t len,
+                      unsigned char out[INV_HASH_LEN])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int rc = MQPKI_OK;
+
+    if (md == NULL)
+        return MQPKI_ERR_NOMEM;
+    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(md, salt, SALT_BYTES) != 1 || EVP_DigestUpdate(md, token, len) != 1 ||
+        EVP_DigestFinal_ex(md, out, &n) != 1 || n != INV_HASH_LEN)
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "token: SHA-256 failed");
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+/* base64url without padding (RFC 4648 section 5) of len bytes; out holds 4*ceil(len/3)+1. */
+static void base64url(const unsigned char *in, int len, char *out)
+{
+    int n = EVP_EncodeBlock((unsigned char *)out, in, len);
+
+    while (n > 0 && out[n - 1] == '=')
+        n--;
+    out[n] = '\0';
+    for (int i = 0; i < n; i++) {
+        if (out[i] == '+')
+            out[i] = '-';
+        else if (out[i] == '/')
+            out[i] = '_';
+    }
+}
+
+/* inventory_token_create with an explicit clock (unit tests create expired tokens). */
+MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, int64_t ttl,
+                                 int64_t now, const char *actor, char token_out[64])
+{
+    unsigned char raw[TOKEN_BYTES], salt[SALT_BYTES], hash[INV_HASH_LEN];
+    char text[4 * ((TOKEN_BYTES + 2) / 3) + 1];
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int rc, src, state = -1, started = 0;
+    int64_t id = 0;
+
+    if (token_out != NULL)
+        memset(token_out, 0, 64);
+    if (inv == NULL || token_out == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token create: arguments missing");
+    rc = inv_check_id(asset_id);
+    if (rc == MQPKI_OK)
+        rc = inv_check_text(actor, INV_TEXT_MAX, "actor");
+    if (rc == MQPKI_OK && (ttl <= 0 || ttl > TTL_MAX))
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "asset %s: token lifetime must be between 1 second and 30 days", asset_id);
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        goto out;
+    started = 1;
+    rc = inv_asset_state(inv, asset_id, &state, NULL);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (state == INV_STATE_DECOMMISSIONED) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s is decommissioned", asset_id);
+        goto out;
+    }
+    if (RAND_bytes(raw, sizeof(raw)) != 1 || RAND_bytes(salt, sizeof(salt)) != 1) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "token: random generator failed");
+        goto out;
+    }
+    base64url(raw, sizeof(raw), text);
+    rc = token_hash(salt, text, strlen(text), hash);
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_stmt(inv, SQL_TOKEN_INSERT, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_blob(st, 2, salt, SALT_BYTES, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, hash, INV_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int64(st, 5, now + ttl);
+    src = sqlite3_step(st);
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "token create");
+        goto out;
+    }
+    id = sqlite3_last_insert_rowid(inv->db);
+    inv_stmt_done(st);
+    st = NULL;
+    /* The event names the token by its row id, never by its text. */
+    rc = inv_audit(
+        inv, actor, "token.create", asset_id,
+        json_pack("{s:I,s:I}", "token_id", (json_int_t)id, "expires_at", (json_int_t)(now + ttl)));
+out:
+    inv_stmt_done(st);
+    if (started)
+        rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    if (rc == MQPKI_OK)
+        memcpy(token_out, text, strlen(text) + 1);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    OPENSSL_cleanse(text, sizeof(text));
+    return rc;
+}
+
+int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t ttl,
+                           const char *actor, char token_out[64])
+{
+    return token_create_at(inv, asset_id, ttl, mqpki_now(), actor, token_out);
+}
+
+/* Finds the asset's live token matching text; *match_id 0 when none. */
+static int token_find(struct inventory *inv, const char *asset_id, const char *token, size_t len,
+                      int64_t now, int64_t *match_id)
+{
+    unsigned char calc[INV_HASH_LEN];
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    *match_id = 0;
+    rc = inv_stmt(inv, SQL_TOKEN_LIVE, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, now);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *salt = sqlite3_column_blob(st, 1);
+        const void *hash = sqlite3_column_blob(st, 2);
+
+        if (salt == NULL || hash == NULL || sqlite3_column_bytes(st, 1) != SALT_BYTES ||
+            sqlite3_column_bytes(st, 2) != INV_HASH_LEN)
+            continue;
+        rc = token_hash(salt, token, len, calc);
+        if (rc != MQPKI_OK)
+            goto out;
+        /* Constant time: the comparison must not reveal how much of a guess was right. */
+        if (CRYPTO_memcmp(calc, hash, INV_HASH_LEN) == 0 && *match_id == 0)
+            *match_id = sqlite3_column_int64(st, 0);
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "token check");
+out:
+    OPENSSL_cleanse(calc, sizeof(calc));
+    inv_stmt_done(st);
+    return rc;
+}
+
+/*
+ * Bookkeeping of a refused attempt: one more failure on each live token of the asset, and the
+ * tokens that reached the limit are burned (used without issuance).
+ */
+static int token_failed(struct inventory *inv, const char *asset_id, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *burned = NULL;
+    int rc, src, bumped;
+
+    rc = inv_stmt(inv, SQL_TOKEN_FAIL, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "token failure");
+        goto out;
+    }
+    bumped = sqlite3_changes(inv->db);
+    inv_stmt_done(st);
+    st = NULL;
+    /* Nothing live to guess at: an unknown asset or no token out; nothing to record. */
+    if (bumped == 0)
+        goto out;
+    rc = inv_audit(inv, "enrollment", "token.refused", asset_id,
+                   json_pack("{s:i}", "live_tokens", bumped));
+    if (rc != MQPKI_OK)
+        goto out;
+    burned = json_array();
+    if (burned == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    rc = inv_stmt(inv, SQL_TOKEN_BURN, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int(st, 3, INV_TOKEN_MAX_FAILURES);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (json_array_append_new(burned, json_integer(sqlite3_column_int64(st, 0))) != 0) {
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "token burn");
+        goto out;
+    }
+    inv_stmt_done(st);
+    st = NULL;
+    if (json_array_size(burned) > 0) {
+        rc = inv_audit(
+            inv, "enrollment", "token.burned", asset_id,
+            json_pack("{s:O,s:i}", "token_ids", burned, "failures", INV_TOKEN_MAX_FAILURES));
+    }
+out:
+    inv_stmt_done(st);
+    json_decref(burned);
+    return rc;
+}
+
+/*
+ * Transaction behaviour (see inventory.h): a match marks the token used inside the unit of work
+ * (the caller's transaction when one is open, so it commits with the certificate). A refusal
+ * returns MQPKI_ERR_AUTH but still records the failure: committed at once when no caller
+ * transaction is open; inside the caller's transaction otherwise, which the caller must then
+ * COMMIT (not roll back) for the attempt limit to hold. The bookkeeping runs in a savepoint, so
+ * committing after an AUTH refusal never commits half-done work of this call.
+ */
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token)
+{
+    struct inv_tx tx = {0};
+    int64_t now = mqpki_now(), match = 0;
+    size_t len;
+    int rc, keep;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token consume: no store");
+    /* A malformed id names no asset: the same refusal as any other mismatch. */
+    if (!mqpki_asset_id_valid(asset_id))
+        return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
+    rc = inv_tx_start(inv, &tx);
+    if (rc != MQPKI_OK)
+        return rc;
+    if (len > 0 && len < TOKEN_TEXT_MAX)
+        rc = token_find(inv, asset_id, token, len, now, &match);
+    if (rc == MQPKI_OK && match != 0) {
+        sqlite3_stmt *st = NULL;
+        rc = inv_stmt(inv, SQL_TOKEN_USE, &st);
+        if (rc == MQPKI_OK) {
+            sqlite3_bind_int64(st, 1, match);
+            sqlite3_bind_int64(st, 2, now);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                rc = inv_db_fail(inv, sqlite3_errcode(inv->db), "token use");
+        }
+        inv_stmt_done(st);
+        if (rc == MQPKI_OK)
+            rc = inv_audit(inv, "enrollment", "token.use", asset_id,
+                           json_pack("{s:I}", "token_id", (json_int_t)match));
+        keep = rc == MQPKI_OK;
+    } else if (rc == MQPKI_OK) {
+        rc = token_failed(inv, asset_id, now);
+        /* The failure is kept (committed) even though the call reports AUTH. */
+        keep = rc == MQPKI_OK;
+        if (rc == MQPKI_OK)
+            rc = MQPKI_ERR_AUTH;
+    } else {
+        keep = 0;
+    }
+    rc = inv_tx_end(inv, &tx, keep, rc);
+    if (rc == MQPKI_ERR_AUTH)
+        mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    return rc;
+}

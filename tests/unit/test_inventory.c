@@ -1,1 +1,834 @@
-int main(void){return 0;}
+/* Unit tests for inventory/: a fresh store in a temporary directory per test. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "inventory_int.h"
+
+#include <cmocka.h>
+
+/* MQPKI_STATIC helper from tokens.c. */
+int token_create_at(struct inventory *inv, const char *asset_id, int64_t ttl, int64_t now,
+                    const char *actor, char token_out[64]);
+
+#define DAY 86400
+
+struct fx {
+    char dir[64];
+    char path[128];
+    struct inventory *inv;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/test_inventory.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/mqpki.db", f->dir);
+    assert_int_equal(inventory_open(f->path, &f->inv), MQPKI_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char p[160];
+
+    inventory_close(f->inv);
+    unlink(f->path);
+    snprintf(p, sizeof(p), "%s-wal", f->path);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s-shm", f->path);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/garbage.db", f->dir);
+    unlink(p);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static void reopen(struct fx *f)
+{
+    inventory_close(f->inv);
+    f->inv = NULL;
+    assert_int_equal(inventory_open(f->path, &f->inv), MQPKI_OK);
+}
+
+/* Runs SQL on the file through a separate connection, as a tamperer would. */
+static void raw_sql(struct fx *f, const char *sql)
+{
+    sqlite3 *db = NULL;
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void add_asset(struct inventory *inv, const char *id, int kind)
+{
+    struct inventory_asset a = {0};
+
+    snprintf(a.id, sizeof(a.id), "%s", id);
+    a.kind = kind;
+    assert_int_equal(inventory_asset_add(inv, &a, "test"), MQPKI_OK);
+}
+
+static int asset_state(struct inventory *inv, const char *id)
+{
+    struct inventory_asset a;
+    int st;
+
+    assert_int_equal(inventory_asset_get(inv, id, &a), MQPKI_OK);
+    st = a.state;
+    inventory_asset_clear(&a);
+    return st;
+}
+
+static void make_cert(struct inventory_cert *c, const char *serial, const char *asset, char fp,
+                      int64_t not_after)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->serial, sizeof(c->serial), "%s", serial);
+    snprintf(c->asset_id, sizeof(c->asset_id), "%s", asset);
+    snprintf(c->profile, sizeof(c->profile), "device");
+    memset(c->key_fp, fp, 64);
+    c->key_fp[64] = '\0';
+    c->not_before = mqpki_now() - 60;
+    c->not_after = not_after != 0 ? not_after : mqpki_now() + 90 * DAY;
+    c->pem = (char *)"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+}
+
+static int cert_add(struct inventory *inv, const char *serial, const char *asset, char fp,
+                    int supersede)
+{
+    struct inventory_cert c;
+
+    make_cert(&c, serial, asset, fp, 0);
+    return inventory_cert_add(inv, &c, supersede, "test");
+}
+
+static int cert_state(struct inventory *inv, const char *serial)
+{
+    struct inventory_cert c;
+    int st;
+
+    assert_int_equal(inventory_cert_get(inv, serial, 0, &c), MQPKI_OK);
+    st = c.state;
+    inventory_cert_clear(&c);
+    return st;
+}
+
+static int count_cb(const struct inventory_asset *a, void *ctx)
+{
+    (void)a;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int count_assets(struct inventory *inv, int state, int kind)
+{
+    int n = 0;
+
+    assert_int_equal(inventory_asset_list(inv, state, kind, count_cb, &n), MQPKI_OK);
+    return n;
+}
+
+static int cert_count_cb(const struct inventory_cert *c, void *ctx)
+{
+    (void)c;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int count_certs(struct inventory *inv, const char *asset, int state)
+{
+    int n = 0;
+
+    assert_int_equal(inventory_cert_list(inv, asset, state, 0, cert_count_cb, &n), MQPKI_OK);
+    return n;
+}
+
+static int64_t raw_int(struct fx *f, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t v;
+
+    assert_int_equal(sqlite3_prepare_v2(inv_test_db(f->inv), sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void test_open_schema_reopen(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *second = NULL;
+    struct inventory_asset a;
+
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
+    assert_int_equal(raw_int(f, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(raw_int(f, "PRAGMA synchronous"), 2);
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    reopen(f);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), 1);
+    assert_int_equal(inventory_asset_get(f->inv, "dev1", &a), MQPKI_OK);
+    assert_string_equal(a.id, "dev1");
+    inventory_asset_clear(&a);
+    /* A second handle on the same file (another process in real life). */
+    assert_int_equal(inventory_open(f->path, &second), MQPKI_OK);
+    assert_int_equal(asset_state(second, "dev1"), INV_STATE_REGISTERED);
+    inventory_close(second);
+    inventory_close(NULL);
+}
+
+static void test_garbage_file(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *inv = (struct inventory *)1;
+    char path[160], junk[4096];
+    FILE *fp;
+
+    snprintf(path, sizeof(path), "%s/garbage.db", f->dir);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (char)('a' + i % 26);
+    fp = fopen(path, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(junk, 1, sizeof(junk), fp), sizeof(junk));
+    fclose(fp);
+    mqpki_err_clear();
+    assert_int_equal(inventory_open(path, &inv), MQPKI_ERR_STORE);
+    assert_null(inv);
+    assert_non_null(
+        strstr(mqpki_err_detail(MQPKI_ERR_STORE), "garbage.db: file is not a database"));
+}
+
+static void test_assets(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_asset a = {0}, g;
+
+    snprintf(a.id, sizeof(a.id), "dev1");
+    a.kind = INV_KIND_DEVICE;
+    snprintf(a.model, sizeof(a.model), "TH-100");
+    snprintf(a.hw_serial, sizeof(a.hw_serial), "SN42");
+    snprintf(a.firmware, sizeof(a.firmware), "1.0");
+    snprintf(a.location, sizeof(a.location), "hall 3");
+    a.tags_json = (char *)"{\"line\":\"a\",\"zone\":\"z1\"}";
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli:root"), MQPKI_OK);
+    add_asset(f->inv, "dev2", INV_KIND_DEVICE);
+    add_asset(f->inv, "brk1", INV_KIND_BROKER);
+
+    assert_int_equal(inventory_asset_get(f->inv, "dev1", &g), MQPKI_OK);
+    assert_int_equal(g.kind, INV_KIND_DEVICE);
+    assert_int_equal(g.state, INV_STATE_REGISTERED);
+    assert_string_equal(g.model, "TH-100");
+    assert_string_equal(g.hw_serial, "SN42");
+    assert_string_equal(g.location, "hall 3");
+    assert_string_equal(g.tags_json, "{\"line\":\"a\",\"zone\":\"z1\"}");
+    assert_true(g.created_at > 0);
+    assert_int_equal(g.last_seen, 0);
+    inventory_asset_clear(&g);
+    inventory_asset_clear(&g);
+
+    assert_int_equal(inventory_asset_get(f->inv, "dev2", &g), MQPKI_OK);
+    assert_string_equal(g.tags_json, "{}");
+    inventory_asset_clear(&g);
+
+    assert_int_equal(inventory_asset_get(f->inv, "nope", &g), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(count_assets(f->inv, -1, -1), 3);
+    assert_int_equal(count_assets(f->inv, INV_STATE_REGISTERED, -1), 3);
+    assert_int_equal(count_assets(f->inv, INV_STATE_ACTIVE, -1), 0);
+    assert_int_equal(count_assets(f->inv, -1, INV_KIND_BROKER), 1);
+    assert_int_equal(count_assets(f->inv, INV_STATE_REGISTERED, INV_KIND_DEVICE), 2);
+    assert_int_equal(inventory_asset_list(f->inv, 42, -1, count_cb, &(int){0}), MQPKI_ERR_INVALID);
+
+    /* Update: firmware, a new tag, a changed tag, a deleted tag. */
+    assert_int_equal(inventory_asset_update(f->inv, "dev1", "1.1", NULL, "owner", "ops", "cli"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_update(f->inv, "dev1", NULL, "hall 4", "zone", "", "cli"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_get(f->inv, "dev1", &g), MQPKI_OK);
+    assert_string_equal(g.firmware, "1.1");
+    assert_string_equal(g.location, "hall 4");
+    assert_string_equal(g.model, "TH-100");
+    assert_string_equal(g.tags_json, "{\"line\":\"a\",\"owner\":\"ops\"}");
+    inventory_asset_clear(&g);
+    assert_int_equal(inventory_asset_update(f->inv, "dev1", NULL, NULL, "", "x", "cli"),
+                     MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_asset_update(f->inv, "ghost", "2", NULL, NULL, NULL, "cli"),
+                     MQPKI_ERR_NOT_FOUND);
+
+    /* Duplicate. */
+    mqpki_err_clear();
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_EXISTS);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_EXISTS), "asset dev1 already exists");
+
+    /* Bad tags and overlong text. */
+    snprintf(a.id, sizeof(a.id), "dev9");
+    a.tags_json = (char *)"[\"x\"]";
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_INVALID);
+    a.tags_json = (char *)"{\"n\":1}";
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_INVALID);
+    a.tags_json = (char *)"{not json";
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_INVALID);
+    a.tags_json = NULL;
+    memset(a.model, 'm', sizeof(a.model));
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_INVALID);
+    a.model[INV_TEXT_MAX - 1] = '\0';
+    a.kind = 7;
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_ERR_INVALID);
+    a.kind = INV_KIND_SERVICE;
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_OK);
+    assert_int_equal(count_assets(f->inv, -1, INV_KIND_SERVICE), 1);
+
+    assert_int_equal(inventory_state_parse("suspended"), INV_STATE_SUSPENDED);
+    assert_int_equal(inventory_state_parse("bogus"), -1);
+    assert_string_equal(inventory_state_name(INV_STATE_DECOMMISSIONED), "decommissioned");
+    assert_null(inventory_state_name(99));
+    assert_int_equal(inventory_kind_parse("broker"), INV_KIND_BROKER);
+    assert_int_equal(inventory_cert_state_parse("expired"), INV_CERT_EXPIRED);
+}
+
+static void test_invalid_ids(void **state)
+{
+    struct fx *f = *state;
+    static const char *const bad[] = {"a/b",
+                                      "a+b",
+                                      "a#b",
+                                      "a\x01"
+                                      "b",
+                                      "",
+                                      ".a",
+                                      "-a",
+                                      "a b"};
+    struct inventory_asset a = {0}, g;
+    char tok[64];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(a.id, sizeof(a.id), "%s", bad[i]);
+        mqpki_err_clear();
+        assert_int_equal(inventory_asset_add(f->inv, &a, "t"), MQPKI_ERR_INVALID);
+        assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_INVALID),
+                               "only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters"));
+        assert_int_equal(inventory_asset_get(f->inv, bad[i], &g), MQPKI_ERR_INVALID);
+        assert_int_equal(inventory_token_create(f->inv, bad[i], 3600, "t", tok), MQPKI_ERR_INVALID);
+        assert_int_equal(inventory_asset_transition(f->inv, bad[i], INV_STATE_ENROLLED, "t", NULL),
+                         MQPKI_ERR_INVALID);
+    }
+    assert_int_equal(inventory_asset_add(f->inv, &a, "t"), MQPKI_ERR_INVALID);
+    /* 65 characters. */
+    char long_id[70];
+    memset(long_id, 'x', 65);
+    long_id[65] = '\0';
+    assert_int_equal(inventory_asset_get(f->inv, long_id, &g), MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_asset_history(f->inv, long_id, NULL, NULL), MQPKI_ERR_INVALID);
+    /* 64 is fine. */
+    long_id[64] = '\0';
+    memcpy(a.id, long_id, 65);
+    assert_int_equal(inventory_asset_add(f->inv, &a, "t"), MQPKI_OK);
+    mqpki_err_clear();
+    assert_int_equal(inventory_asset_get(f->inv, "a\nb", &g), MQPKI_ERR_INVALID);
+    assert_null(strchr(mqpki_err_detail(MQPKI_ERR_INVALID), '\n'));
+}
+
+struct hist {
+    int n;
+    char actions[32][64];
+};
+
+static int hist_cb(const struct inventory_event *e, void *ctx)
+{
+    struct hist *h = ctx;
+
+    if (h->n < 32)
+        snprintf(h->actions[h->n], 64, "%s", e->action);
+    h->n++;
+    return 0;
+}
+
+static void test_lifecycle(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_asset a;
+    struct hist h = {0};
+    char tok[64];
+
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(f->inv, "0A01", "dev1", 'a', 0), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_ENROLLED);
+    assert_int_equal(inventory_asset_seen(f->inv, "dev1", mqpki_now(), "10.0.0.7:5555", "brk1"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_get(f->inv, "dev1", &a), MQPKI_OK);
+    assert_int_equal(a.state, INV_STATE_ACTIVE);
+    assert_true(a.last_seen > 0);
+    assert_string_equal(a.last_address, "10.0.0.7:5555");
+    assert_string_equal(a.last_broker, "brk1");
+    inventory_asset_clear(&a);
+
+    /* Hold -> suspended; a second hold is refused; unhold -> active. */
+    assert_int_equal(inventory_cert_revoke(f->inv, "0a01", 6, 0, "cli"), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_SUSPENDED);
+    assert_int_equal(cert_state(f->inv, "0A01"), INV_CERT_REVOKED);
+    assert_int_equal(inventory_cert_revoke(f->inv, "0A01", 6, 0, "cli"), MQPKI_ERR_STATE);
+    assert_int_equal(inventory_cert_unhold(f->inv, "0a01", "cli"), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_ACTIVE);
+    assert_int_equal(cert_state(f->inv, "0A01"), INV_CERT_VALID);
+    assert_int_equal(inventory_cert_unhold(f->inv, "0A01", "cli"), MQPKI_ERR_STATE);
+
+    /* Key compromise -> revoked; again -> already revoked. */
+    assert_int_equal(inventory_cert_revoke(f->inv, "0A01", 1, 0, "cli"), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_REVOKED);
+    mqpki_err_clear();
+    assert_int_equal(inventory_cert_revoke(f->inv, "0A01", 4, 0, "cli"), MQPKI_ERR_STATE);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_STATE), "certificate 0A01 is already revoked");
+    assert_int_equal(inventory_cert_revoke(f->inv, "0A01", 7, 0, "cli"), MQPKI_ERR_INVALID);
+
+    /* Recovery: a new certificate with a new key -> enrolled. */
+    assert_int_equal(cert_add(f->inv, "0A02", "dev1", 'b', 1), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_ENROLLED);
+
+    /* Decommission: terminal. */
+    assert_int_equal(
+        inventory_asset_transition(f->inv, "dev1", INV_STATE_DECOMMISSIONED, "cli", "retired"),
+        MQPKI_OK);
+    mqpki_err_clear();
+    assert_int_equal(cert_add(f->inv, "0A03", "dev1", 'c', 1), MQPKI_ERR_STATE);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_STATE), "asset dev1 is decommissioned");
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", tok), MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "dev1", INV_STATE_ACTIVE, "cli", NULL),
+                     MQPKI_ERR_STATE);
+    /* Its certificate may still be revoked (decommission revokes live certificates). */
+    assert_int_equal(inventory_cert_revoke(f->inv, "0A02", 5, 0, "cli"), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "dev1"), INV_STATE_DECOMMISSIONED);
+
+    /* History: asset events and the events of its certificates, oldest first. */
+    assert_int_equal(inventory_asset_history(f->inv, "dev1", hist_cb, &h), MQPKI_OK);
+    assert_true(h.n >= 12);
+    assert_string_equal(h.actions[0], "asset.add");
+    assert_string_equal(h.actions[1], "cert.issue");
+    assert_string_equal(h.actions[2], "asset.state");
+    assert_string_equal(h.actions[3], "asset.state");
+    assert_string_equal(h.actions[4], "cert.revoke");
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+static void test_illegal_transitions(void **state)
+{
+    struct fx *f = *state;
+
+    add_asset(f->inv, "d", INV_KIND_DEVICE);
+    mqpki_err_clear();
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_ACTIVE, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_STATE),
+                        "asset d: cannot go from registered to active");
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_SUSPENDED, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_REGISTERED, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", 99, "t", NULL), MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_asset_transition(f->inv, "x", INV_STATE_ENROLLED, "t", NULL),
+                     MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_ENROLLED, "t", "manual"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_REGISTERED, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_SUSPENDED, "t", NULL),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_ENROLLED, "t", NULL),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_REVOKED, "t", NULL),
+                     MQPKI_OK);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_ACTIVE, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_SUSPENDED, "t", NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_asset_transition(f->inv, "d", INV_STATE_DECOMMISSIONED, "t", NULL),
+                     MQPKI_OK);
+    for (int s = INV_STATE_REGISTERED; s <= INV_STATE_DECOMMISSIONED; s++)
+        assert_int_equal(inventory_asset_transition(f->inv, "d", s, "t", NULL), MQPKI_ERR_STATE);
+    /* The table itself. */
+    assert_true(inv_transition_allowed(INV_STATE_ACTIVE, INV_STATE_DECOMMISSIONED));
+    assert_false(inv_transition_allowed(INV_STATE_ACTIVE, INV_STATE_ENROLLED));
+    assert_false(inv_transition_allowed(INV_STATE_REVOKED, INV_STATE_ACTIVE));
+}
+
+static void test_cert_policy(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_cert c;
+
+    add_asset(f->inv, "a1", INV_KIND_DEVICE);
+    add_asset(f->inv, "a2", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(f->inv, "ABCDEF01", "a1", '1', 0), MQPKI_OK);
+    /* Serial collision in any case. */
+    assert_int_equal(cert_add(f->inv, "abcdef01", "a2", '2', 0), MQPKI_ERR_EXISTS);
+    assert_int_equal(cert_add(f->inv, "XYZ", "a2", '2', 0), MQPKI_ERR_INVALID);
+    assert_int_equal(cert_add(f->inv, "01", "ghost", '2', 0), MQPKI_ERR_NOT_FOUND);
+    /* Same key on another asset: refused. */
+    mqpki_err_clear();
+    assert_int_equal(cert_add(f->inv, "02", "a2", '1', 0), MQPKI_ERR_POLICY);
+    assert_non_null(
+        strstr(mqpki_err_detail(MQPKI_ERR_POLICY), "public key already certified for asset a1"));
+    /* Same key, same asset (renewal): allowed, and supersede applies. */
+    assert_int_equal(cert_add(f->inv, "03", "a1", '1', 1), MQPKI_OK);
+    assert_int_equal(cert_state(f->inv, "ABCDEF01"), INV_CERT_SUPERSEDED);
+    assert_int_equal(cert_state(f->inv, "03"), INV_CERT_VALID);
+    /* Without supersede the old one stays valid. */
+    assert_int_equal(cert_add(f->inv, "04", "a1", '4', 0), MQPKI_OK);
+    assert_int_equal(cert_state(f->inv, "03"), INV_CERT_VALID);
+    /* Compromised key: refused everywhere, even for its own asset. */
+    assert_int_equal(inventory_cert_revoke(f->inv, "04", 1, 0, "t"), MQPKI_OK);
+    mqpki_err_clear();
+    assert_int_equal(cert_add(f->inv, "05", "a1", '4', 0), MQPKI_ERR_POLICY);
+    assert_non_null(
+        strstr(mqpki_err_detail(MQPKI_ERR_POLICY), "public key was revoked for key compromise"));
+    assert_int_equal(cert_add(f->inv, "06", "a2", '4', 0), MQPKI_ERR_POLICY);
+    /* The asset keeps live certificates: not revoked. */
+    assert_int_equal(asset_state(f->inv, "a1"), INV_STATE_ENROLLED);
+
+    /* Expired is derived at read time, also for listing. */
+    make_cert(&c, "07", "a2", '7', mqpki_now() - 10);
+    c.not_before = mqpki_now() - 100;
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "t"), MQPKI_OK);
+    assert_int_equal(cert_state(f->inv, "07"), INV_CERT_EXPIRED);
+    assert_int_equal(count_certs(f->inv, NULL, INV_CERT_EXPIRED), 1);
+    assert_int_equal(count_certs(f->inv, "a2", INV_CERT_VALID), 0);
+    assert_int_equal(count_certs(f->inv, "a1", INV_CERT_VALID), 1);
+    assert_int_equal(count_certs(f->inv, "a1", INV_CERT_SUPERSEDED), 1);
+    assert_int_equal(count_certs(f->inv, NULL, INV_CERT_REVOKED), 1);
+    assert_int_equal(count_certs(f->inv, NULL, -1), 4);
+    assert_int_equal(count_certs(f->inv, "a1", -1), 3);
+
+    /* Get with PEM. */
+    assert_int_equal(inventory_cert_get(f->inv, "abcdef01", 1, &c), MQPKI_OK);
+    assert_string_equal(c.serial, "ABCDEF01");
+    assert_string_equal(c.asset_id, "a1");
+    assert_non_null(c.pem);
+    assert_non_null(strstr(c.pem, "BEGIN CERTIFICATE"));
+    assert_int_equal(c.reason, -1);
+    inventory_cert_clear(&c);
+    assert_null(c.pem);
+    assert_int_equal(inventory_cert_get(f->inv, "FF", 0, &c), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_cert_get(f->inv, "04", 0, &c), MQPKI_OK);
+    assert_int_equal(c.reason, 1);
+    assert_true(c.revoked_at > 0);
+    assert_null(c.pem);
+}
+
+struct revoked {
+    int n;
+    char serials[8][40];
+    int64_t at[8];
+};
+
+static int revoked_cb(const char *serial, int64_t revoked_at, int reason, void *ctx)
+{
+    struct revoked *r = ctx;
+
+    (void)reason;
+    if (r->n < 8) {
+        snprintf(r->serials[r->n], 40, "%s", serial);
+        r->at[r->n] = revoked_at;
+    }
+    r->n++;
+    return 0;
+}
+
+static void test_revoked_list(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_cert c;
+    struct revoked r = {0};
+    int64_t now = mqpki_now();
+
+    add_asset(f->inv, "a", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(f->inv, "11", "a", '1', 0), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "12", "a", '2', 0), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "13", "a", '3', 0), MQPKI_OK);
+    make_cert(&c, "14", "a", '4', now + 100);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "t"), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "15", "a", '5', 0), MQPKI_OK);
+    assert_int_equal(inventory_cert_revoke(f->inv, "12", 4, now - 300, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_revoke(f->inv, "11", 1, now - 200, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_revoke(f->inv, "13", 6, now - 100, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_revoke(f->inv, "14", 4, now - 50, "t"), MQPKI_OK);
+
+    /* Revocation order, held included. */
+    assert_int_equal(inventory_revoked_list(f->inv, now, 0, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 4);
+    assert_string_equal(r.serials[0], "12");
+    assert_string_equal(r.serials[1], "11");
+    assert_string_equal(r.serials[2], "13");
+    assert_string_equal(r.serials[3], "14");
+    assert_int_equal(r.at[0], now - 300);
+    /* After 14 expired it drops out. */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now + 1000, 0, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 3);
+    /* Delta: since. */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now, now - 150, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 2);
+    assert_string_equal(r.serials[0], "13");
+    /* A hold turned final moves to the new date (so deltas carry it). */
+    assert_int_equal(inventory_cert_revoke(f->inv, "13", 1, now - 10, "t"), MQPKI_OK);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now, now - 20, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.serials[0], "13");
+    /* One live certificate (15) remains: asset not revoked; revoke it -> revoked. */
+    assert_int_not_equal(asset_state(f->inv, "a"), INV_STATE_REVOKED);
+    assert_int_equal(inventory_cert_revoke(f->inv, "15", 5, 0, "t"), MQPKI_OK);
+    assert_int_equal(asset_state(f->inv, "a"), INV_STATE_REVOKED);
+}
+
+static int64_t token_failures(struct fx *f, const char *where)
+{
+    char sql[256];
+
+    snprintf(sql, sizeof(sql), "SELECT IFNULL(SUM(failures), 0) FROM tokens WHERE %s", where);
+    return raw_int(f, sql);
+}
+
+static void test_tokens(void **state)
+{
+    struct fx *f = *state;
+    char tok[64], tok2[64], expired[64];
+
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev2", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", tok), MQPKI_OK);
+    assert_int_equal(strlen(tok), 22);
+    assert_int_equal(
+        strspn(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"), 22);
+    /* Never stored in clear, not in the audit log either. */
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE length(hash) = 32 "
+                                "AND length(salt) = 16"),
+                     1);
+    {
+        char sql[160];
+        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM audit WHERE instr(detail, '%s') > 0", tok);
+        assert_int_equal(raw_int(f, sql), 0);
+    }
+    assert_int_equal(inventory_token_create(f->inv, "ghost", 3600, "cli", tok2),
+                     MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 0, "cli", tok2), MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 31 * DAY, "cli", tok2),
+                     MQPKI_ERR_INVALID);
+    assert_int_equal(tok2[0], '\0');
+
+    /* Wrong asset, then the right one; second use refused. */
+    mqpki_err_clear();
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_AUTH), "enrollment token refused");
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok), MQPKI_OK);
+    mqpki_err_clear();
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok), MQPKI_ERR_AUTH);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_AUTH), "enrollment token refused");
+    assert_int_equal(inventory_token_consume(f->inv, "a/b", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", NULL), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", ""), MQPKI_ERR_AUTH);
+
+    /* Expired. */
+    assert_int_equal(token_create_at(f->inv, "dev2", 3600, mqpki_now() - 2 * 3600, "cli", expired),
+                     MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", expired), MQPKI_ERR_AUTH);
+
+    /* Wrong token, then 5 failures burn the live token. */
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", tok2), MQPKI_OK);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(inventory_token_consume(f->inv, "dev1", "AAAAAAAAAAAAAAAAAAAAAA"),
+                         MQPKI_ERR_AUTH);
+    assert_int_equal(token_failures(f, "asset_id = 'dev1' AND used_at IS NULL"), 4);
+    /* A failure inside a caller transaction persists when the caller commits. */
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", "wrong"), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE asset_id = 'dev1' "
+                                "AND used_at IS NULL"),
+                     0);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok2), MQPKI_ERR_AUTH);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.burned'"), 1);
+
+    /* Consumed inside a caller transaction and rolled back: still usable. */
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", tok), MQPKI_OK);
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_OK);
+    inventory_rollback(f->inv);
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "0D02", "dev2", 'd', 1), MQPKI_OK);
+    assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+/* A store with a known number of audit events; returns the count. */
+static int64_t audit_events(struct fx *f)
+{
+    int64_t n = 0, bad = -1;
+
+    add_asset(f->inv, "d1", INV_KIND_DEVICE);
+    add_asset(f->inv, "d2", INV_KIND_DEVICE);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", "{\"b\":1,\"a\":\"x\"}"),
+                     MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "AA", "d1", 'a', 0), MQPKI_OK);
+    assert_int_equal(inventory_asset_update(f->inv, "d2", "2.0", NULL, NULL, NULL, "cli"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d2", NULL), MQPKI_OK);
+    assert_int_equal(inventory_audit_verify(f->inv, &n, &bad), MQPKI_OK);
+    assert_int_equal(bad, 0);
+    assert_int_equal(n, 7);
+    return n;
+}
+
+static void test_audit_ok(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(audit_events(f), 7);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", "{bad"), MQPKI_ERR_PARSE);
+    reopen(f);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+    /* Detail is canonical JSON: sorted, compact. */
+    assert_int_equal(
+        raw_int(f, "SELECT COUNT(*) FROM audit WHERE detail = '{\"a\":\"x\",\"b\":1}'"), 1);
+}
+
+static void test_audit_edit(void **state)
+{
+    struct fx *f = *state;
+    int64_t n = 0, bad = 0;
+
+    audit_events(f);
+    raw_sql(f, "UPDATE audit SET detail = '{\"kind\":\"broker\"}' WHERE seq = 3");
+    mqpki_err_clear();
+    assert_int_equal(inventory_audit_verify(f->inv, &n, &bad), MQPKI_ERR_TAMPERED);
+    assert_int_equal(bad, 3);
+    assert_int_equal(n, 2);
+}
+
+static void test_audit_delete_middle(void **state)
+{
+    struct fx *f = *state;
+    int64_t bad = 0;
+
+    audit_events(f);
+    raw_sql(f, "DELETE FROM audit WHERE seq = 4");
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_ERR_TAMPERED);
+    assert_int_equal(bad, 3);
+}
+
+static void test_audit_delete_newest(void **state)
+{
+    struct fx *f = *state;
+    int64_t bad = 0;
+
+    audit_events(f);
+    raw_sql(f, "DELETE FROM audit WHERE seq = 7");
+    reopen(f);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_ERR_TAMPERED);
+    assert_int_equal(bad, 6);
+    /* Appending after tampering does not paper over it. */
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_ERR_TAMPERED);
+}
+
+static void test_crl_numbers(void **state)
+{
+    struct fx *f = *state;
+    int64_t n = 0;
+
+    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(n, 2);
+    reopen(f);
+    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(n, 3);
+    /* A rolled-back number is handed out again; a committed one never. */
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(n, 4);
+    inventory_rollback(f->inv);
+    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(n, 4);
+}
+
+static void test_transactions(void **state)
+{
+    struct fx *f = *state;
+
+    add_asset(f->inv, "a", INV_KIND_DEVICE);
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_begin(f->inv), MQPKI_ERR_STATE);
+    assert_int_equal(cert_add(f->inv, "01", "a", '1', 0), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "02", "a", '2', 0), MQPKI_OK);
+    /* A failed call inside the transaction leaves nothing behind but keeps the others. */
+    assert_int_equal(cert_add(f->inv, "02", "a", '3', 0), MQPKI_ERR_EXISTS);
+    assert_int_equal(cert_add(f->inv, "03", "a", '3', 0), MQPKI_OK);
+    assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_commit(f->inv), MQPKI_ERR_STATE);
+    reopen(f);
+    assert_int_equal(count_certs(f->inv, "a", -1), 3);
+
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "04", "a", '4', 0), MQPKI_OK);
+    inventory_rollback(f->inv);
+    inventory_rollback(f->inv);
+    inventory_rollback(NULL);
+    assert_int_equal(count_certs(f->inv, "a", -1), 3);
+    assert_int_equal(cert_add(f->inv, "04", "a", '4', 0), MQPKI_OK);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+static void test_meta(void **state)
+{
+    struct fx *f = *state;
+    char buf[64], tiny[4];
+
+    assert_int_equal(inventory_meta_get(f->inv, "ca.name", buf, sizeof(buf)), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_meta_set(f->inv, "ca.name", "Plant CA"), MQPKI_OK);
+    assert_int_equal(inventory_meta_set(f->inv, "ca.name", "Plant 7 CA"), MQPKI_OK);
+    reopen(f);
+    assert_int_equal(inventory_meta_get(f->inv, "ca.name", buf, sizeof(buf)), MQPKI_OK);
+    assert_string_equal(buf, "Plant 7 CA");
+    assert_int_equal(inventory_meta_get(f->inv, "ca.name", tiny, sizeof(tiny)),
+                     MQPKI_ERR_TOO_LARGE);
+    assert_int_equal(inventory_meta_set(f->inv, "audit.head", "1 00"), MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_schema_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_assets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_ids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_illegal_transitions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cert_policy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoked_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_ok, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_edit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_delete_middle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_delete_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crl_numbers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

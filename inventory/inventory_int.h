@@ -1,0 +1,167 @@
+/*
+ * inventory internals shared by store.c, assets.c, certs.c, tokens.c and audit.c. Not part of
+ * the public API: the CLI and the daemon use inventory.h only.
+ */
+#ifndef MQPKI_INVENTORY_INT_H
+#define MQPKI_INVENTORY_INT_H
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "common.h"
+#include "inventory.h"
+
+/* Current schema version (PRAGMA user_version). */
+#define INV_SCHEMA_VERSION 1
+
+/* SHA-256 length of audit hashes and token hashes. */
+#define INV_HASH_LEN 32
+
+/* Token failures after which a token is burned. */
+#define INV_TOKEN_MAX_FAILURES 5
+
+/* Reserved meta key holding the audit chain head: "SEQ HEXHASH". */
+#define INV_META_AUDIT_HEAD "audit.head"
+
+#define INV_ASSET_COLS                                                                             \
+    "id, kind, state, model, hw_serial, firmware, location, tags, created_at, updated_at, "        \
+    "last_seen, last_address, last_broker"
+
+#define INV_CERT_COLS                                                                              \
+    "serial, asset_id, profile, not_before, not_after, state, key_fp, revoked_at, reason, pem"
+
+/*
+ * Statements prepared once per handle and reused (hot paths and fixed lookups). X(name, sql).
+ * Dynamic list queries are prepared per call instead: they run once per listing.
+ */
+#define INV_SQL_LIST(X)                                                                            \
+    X(SQL_ASSET_GET, "SELECT " INV_ASSET_COLS " FROM assets WHERE id = ?1")                        \
+    X(SQL_ASSET_STATE_GET, "SELECT state, last_seen FROM assets WHERE id = ?1")                    \
+    X(SQL_ASSET_STATE_SET, "UPDATE assets SET state = ?2, updated_at = ?3 WHERE id = ?1")          \
+    X(SQL_CERT_GET, "SELECT " INV_CERT_COLS " FROM certs WHERE serial = ?1")                       \
+    X(SQL_CERT_EXISTS, "SELECT 1 FROM certs WHERE serial = ?1")                                    \
+    X(SQL_CERT_KEY_USE, "SELECT asset_id, reason FROM certs WHERE key_fp = ?1")                    \
+    X(SQL_CERT_SUPERSEDE,                                                                          \
+      "UPDATE certs SET state = 'superseded' WHERE asset_id = ?1 AND state = 'valid'")             \
+    X(SQL_CERT_INSERT,                                                                             \
+      "INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, "        \
+      "pem, issued_seq) VALUES(?1, ?2, ?3, ?4, ?5, 'valid', ?6, ?7, "                              \
+      "(SELECT IFNULL(MAX(issued_seq), 0) + 1 FROM certs))")                                       \
+    X(SQL_CERT_COUNT_LIVE,                                                                         \
+      "SELECT COUNT(*) FROM certs WHERE asset_id = ?1 AND state IN ('valid', 'superseded') "       \
+      "AND not_after >= ?2")                                                                       \
+    X(SQL_CERT_COUNT_HELD,                                                                         \
+      "SELECT COUNT(*) FROM certs WHERE asset_id = ?1 AND state = 'revoked' AND reason = 6 "       \
+      "AND not_after >= ?2")                                                                       \
+    X(SQL_CERT_REVOKE,                                                                             \
+      "UPDATE certs SET state = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1")        \
+    X(SQL_CERT_UNHOLD,                                                                             \
+      "UPDATE certs SET state = 'valid', revoked_at = NULL, reason = NULL WHERE serial = ?1")      \
+    X(SQL_TOKEN_INSERT, "INSERT INTO tokens(asset_id, salt, hash, created_at, expires_at) "        \
+                        "VALUES(?1, ?2, ?3, ?4, ?5)")                                              \
+    X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
+                      "AND expires_at > ?2 ORDER BY id")                                           \
+    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2 WHERE id = ?1")                               \
+    X(SQL_TOKEN_FAIL,                                                                              \
+      "UPDATE tokens SET failures = failures + 1 WHERE asset_id = ?1 AND used_at IS NULL "         \
+      "AND expires_at > ?2")                                                                       \
+    X(SQL_TOKEN_BURN, "UPDATE tokens SET used_at = ?2 WHERE asset_id = ?1 AND used_at IS NULL "    \
+                      "AND failures >= ?3 RETURNING id")                                           \
+    X(SQL_AUDIT_INSERT,                                                                            \
+      "INSERT INTO audit(seq, time, actor, action, subject, detail, prev_hash, hash) "             \
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                                    \
+    X(SQL_META_GET, "SELECT value FROM meta WHERE key = ?1")                                       \
+    X(SQL_META_SET, "INSERT INTO meta(key, value) VALUES(?1, ?2) "                                 \
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value")                       \
+    X(SQL_CRL_NEXT,                                                                                \
+      "UPDATE counters SET value = value + 1 WHERE name = 'crl_number' RETURNING value")
+
+#define INV_SQL_ENUM_(name, sql) name,
+enum inv_sql { INV_SQL_LIST(INV_SQL_ENUM_) SQL_COUNT_ };
+#undef INV_SQL_ENUM_
+
+struct inventory {
+    sqlite3 *db;
+    char *path; /* for error details */
+    int in_tx;  /* 1 while the caller holds an inventory_begin transaction */
+    sqlite3_stmt *stmt[SQL_COUNT_];
+};
+
+/*
+ * A unit of work of one public call: its own BEGIN IMMEDIATE transaction when the caller has
+ * none open, else a savepoint inside the caller's transaction so that a failed call leaves
+ * nothing half-done behind (the caller may still commit its other work).
+ */
+struct inv_tx {
+    int own;
+    int savepoint;
+};
+
+/* Starts the unit of work. */
+int inv_tx_start(struct inventory *inv, struct inv_tx *tx);
+
+/*
+ * Ends it: keep != 0 commits (or releases the savepoint), else rolls back. Returns rc unchanged
+ * when rc is an error, or the commit's failure when committing failed.
+ */
+int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc);
+
+/* The cached statement `which`, reset with its bindings cleared. */
+int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out);
+
+/* Resets a statement after use (releases its read snapshot). NULL-safe. */
+void inv_stmt_done(sqlite3_stmt *st);
+
+/* Prepares a one-off statement (caller finalizes). */
+int inv_prepare(struct inventory *inv, const char *sql, sqlite3_stmt **out);
+
+/* Runs SQL without results. */
+int inv_exec(struct inventory *inv, const char *sql);
+
+/*
+ * Turns a failed SQLite call into an mqpki error with a detail naming the store and what was
+ * being done: BUSY for lock timeouts, STORE otherwise.
+ */
+int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what);
+
+/* Binds a C string as TEXT (static lifetime for the statement's current run). */
+int inv_bind_text(struct inventory *inv, sqlite3_stmt *st, int idx, const char *s);
+
+/* Copies column col as text into out (truncating safely; "" for NULL). */
+void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size);
+
+/* MQPKI_ERR_INVALID with the standard detail unless id is a valid asset identifier. */
+int inv_check_id(const char *id);
+
+/*
+ * MQPKI_ERR_INVALID unless s is NUL-terminated within max bytes (so at most max-1 characters)
+ * and valid UTF-8 (the audit log is JSON). what names the field in the detail.
+ */
+int inv_check_text(const char *s, size_t max, const char *what);
+
+/* Current state of an asset; MQPKI_ERR_NOT_FOUND with a detail when unknown. */
+int inv_asset_state(struct inventory *inv, const char *id, int *state, int64_t *last_seen);
+
+/* 1 when DESIGN.md 8 allows the move from -> to. */
+int inv_transition_allowed(int from, int to);
+
+/*
+ * Moves an asset from its current state `from` to `to` inside the current unit of work and
+ * appends the "asset.state" event. Checks the lifecycle table.
+ */
+int inv_asset_move(struct inventory *inv, const char *id, int from, int to, const char *actor,
+                   const char *reason);
+
+/*
+ * Appends an audit event inside the current transaction. Takes ownership of detail (a JSON
+ * object, dumped compact with sorted keys); NULL detail means the caller's json_pack failed.
+ */
+int inv_audit(struct inventory *inv, const char *actor, const char *action, const char *subject,
+              json_t *detail);
+
+/* Under UNIT_TESTING only: the raw SQLite handle, to plant rows that time cannot produce. */
+#ifdef UNIT_TESTING
+sqlite3 *inv_test_db(struct inventory *inv);
+#endif
+
+#endif
