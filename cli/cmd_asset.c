@@ -146,9 +146,9 @@ static int print_asset(const struct inventory_asset *a, void *ctx)
         json_decref(v);
     } else {
         if (l->n == 0)
-            printf("%-24s %-8s %-14s %-16s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
+            printf("%-24s %-8s %-14s %-24s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
                    "LOCATION");
-        printf("%-24s %-8s %-14s %-16s %-20s %s\n", a->id, inventory_kind_name(a->kind),
+        printf("%-24s %-8s %-14s %-24.24s %-20s %s\n", a->id, inventory_kind_name(a->kind),
                inventory_state_name(a->state), a->model[0] ? a->model : "-",
                cli_time(a->last_seen, t), a->location[0] ? a->location : "-");
     }

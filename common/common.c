@@ -43,6 +43,10 @@ int mqpki_fail(int rc, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
     va_end(ap);
+    /* Details quote hostile input (ids, file names) and end up on terminals and in logs. */
+    for (char *p = err_detail; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return rc;
 }
 

@@ -57,7 +57,7 @@ int mqpki_err_exit_status(int rc);
 /*
  * Records a one-line detail for the current thread ("asset dev1: CSR key is RSA-1024; ...") and
  * returns rc, so that `return mqpki_fail(MQPKI_ERR_POLICY, "...", ...)` reads naturally. The
- * detail must never contain a secret.
+ * detail must never contain a secret; control characters in it are replaced by '?'.
  */
 int mqpki_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -30,6 +30,8 @@ static void test_errors(void **state)
     assert_string_equal(mqpki_err_detail(MQPKI_ERR_IO), "I/O error");
     assert_int_equal(mqpki_fail(MQPKI_ERR_POLICY, "asset %s: no", "dev1"), MQPKI_ERR_POLICY);
     assert_string_equal(mqpki_err_detail(MQPKI_ERR_POLICY), "asset dev1: no");
+    mqpki_fail(MQPKI_ERR_INVALID, "id '%s'", "a\033[2Jb\n");
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_INVALID), "id 'a?[2Jb?'");
     mqpki_err_clear();
 }
 
