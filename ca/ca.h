@@ -16,7 +16,7 @@
 /* A CSR larger than this is refused before parsing. */
 #define CA_CSR_MAX (64 * 1024)
 #define CA_SERIAL_LEN 16
-#define CA_SERIAL_HEX_MAX (2 * CA_SERIAL_LEN + 3)
+#define CA_SERIAL_HEX_MAX 43 /* any RFC 5280 serial (20 bytes) in hex, NUL */
 
 struct ca;
 
@@ -63,6 +63,10 @@ int ca_issuing_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *issuing_key, con
 int ca_open(X509 *issuing_cert, EVP_PKEY *issuing_key, X509 *root, const char *base_url,
             struct ca **out);
 void ca_free(struct ca *ca);
+
+/* Signs a fixed message with the issuing key and verifies it with the issuing certificate:
+ * MQPKI_OK when the token is reachable and holds the key (health checks). */
+int ca_selftest(struct ca *ca);
 
 /* The issuing CA certificate and the root (borrowed references). */
 X509 *ca_issuing_cert(const struct ca *ca);

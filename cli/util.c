@@ -73,7 +73,7 @@ const char *cli_time(long long t, char buf[32])
 }
 
 struct serials {
-    char (*v)[40];
+    char (*v)[44];
     size_t n, cap;
 };
 

@@ -327,6 +327,38 @@ out:
     return rc;
 }
 
+int inventory_cert_count(struct inventory *inv, int state, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    const char *cond;
+    char sql[256];
+    int rc, src;
+
+    *out = 0;
+    /* Fixed fragments only; ?1 now. The same derivation of expiry as inventory_cert_list. */
+    switch (state) {
+    case -1: cond = "1"; break;
+    case INV_CERT_VALID: cond = "state = 'valid' AND not_after >= ?1"; break;
+    case INV_CERT_SUPERSEDED: cond = "state = 'superseded' AND not_after >= ?1"; break;
+    case INV_CERT_EXPIRED: cond = "state IN ('valid', 'superseded') AND not_after < ?1"; break;
+    case INV_CERT_REVOKED: cond = "state = 'revoked'"; break;
+    default: return mqpki_fail(MQPKI_ERR_INVALID, "certificate count: unknown state %d", state);
+    }
+    snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM certs WHERE %s", cond);
+    if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
+        goto out;
+    if (sqlite3_bind_parameter_index(st, "?1") > 0)
+        sqlite3_bind_int64(st, 1, mqpki_now());
+    if ((src = sqlite3_step(st)) != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "certificate count");
+        goto out;
+    }
+    *out = sqlite3_column_int64(st, 0);
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static int count_certs(struct inventory *inv, enum inv_sql which, const char *asset_id, int64_t now,
                        int64_t *n)
 {

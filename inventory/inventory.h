@@ -56,7 +56,7 @@ struct inventory_asset {
 void inventory_asset_clear(struct inventory_asset *a);
 
 struct inventory_cert {
-    char serial[40];    /* upper-case hex */
+    char serial[44];    /* upper-case hex */
     char asset_id[65];
     char profile[16];   /* "device", "broker", "service" */
     int64_t not_before;
@@ -144,6 +144,9 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
 typedef int (*inventory_cert_cb)(const struct inventory_cert *c, void *ctx);
 int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, int with_pem,
                         inventory_cert_cb cb, void *ctx);
+
+/* Number of certificates in a state (-1 for all), expiry derived as in inventory_cert_list. */
+int inventory_cert_count(struct inventory *inv, int state, int64_t *out);
 
 /*
  * Revokes one certificate (reason: RFC 5280 code). A hold (6) may later be lifted by
