@@ -43,6 +43,19 @@ static int set_days(int *dst, const char *value)
     return 1;
 }
 
+static int set_int(int *dst, const char *value, long min, long max)
+{
+    char *end = NULL;
+    long v;
+
+    errno = 0;
+    v = strtol(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || v < min || v > max)
+        return 0;
+    *dst = (int)v;
+    return 1;
+}
+
 static int set_duration(int64_t *dst, const char *value)
 {
     int64_t v = mqpki_duration_parse(value);
@@ -88,7 +101,17 @@ static int on_entry(void *user, const char *section, const char *name, const cha
     } else if (KEY("daemon", "listen"))
         ok = set_text(c->listen, sizeof(c->listen), value) && strchr(value, ':') != NULL;
     else if (KEY("enrollment", "token_ttl"))
-        ok = set_duration(&c->token_ttl, value);
+        ok = set_duration(&c->token_ttl, value) && c->token_ttl <= 30 * 86400;
+    else if (KEY("enrollment", "auth_failures"))
+        ok = set_int(&c->auth_failures, value, 1, 1000);
+    else if (KEY("enrollment", "auth_window"))
+        ok = set_duration(&c->auth_window, value) && c->auth_window <= 86400;
+    else if (KEY("enrollment", "rate")) {
+        int rate = 0;
+        ok = set_int(&rate, value, 0, 1000000);
+        c->rate_per_address = rate;
+    } else if (KEY("enrollment", "burst"))
+        ok = set_int(&c->rate_burst, value, 1, 1000000);
     else {
         snprintf(p->error, sizeof(p->error), "unknown key [%.40s] %.60s", section, name);
         return 0;
@@ -115,6 +138,10 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
         c->pin_file[0] = '\0';
     snprintf(c->listen, sizeof(c->listen), "127.0.0.1:8443");
     c->token_ttl = 24 * 3600;
+    c->auth_failures = 5;
+    c->auth_window = 60;
+    c->rate_per_address = 200;
+    c->rate_burst = 400;
 }
 
 int datadir_config_load(const char *home, struct datadir_config *cfg)

@@ -29,6 +29,10 @@ struct datadir_config {
     char pin_file[PATH_MAX];  /* [hsm] pin_file: absolute after loading */
     char listen[128];         /* [daemon] listen: ADDR:PORT */
     int64_t token_ttl;        /* [enrollment] token_ttl: default TTL of enrollment tokens */
+    int auth_failures;        /* [enrollment] auth_failures: per address/asset per window */
+    int64_t auth_window;      /* [enrollment] auth_window: seconds of the failure window */
+    double rate_per_address;  /* [enrollment] rate: EST requests per second per address; 0 off */
+    int rate_burst;           /* [enrollment] burst */
 };
 
 struct datadir_init_opts {
@@ -65,6 +69,13 @@ struct ca *datadir_ca(struct datadir *dd);
 
 /* home/rel into out. */
 int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
+
+/*
+ * Renews mqpkid's TLS certificate (tls/mqpkid.pem, tls/mqpkid.key) with a fresh key and the same
+ * names once two thirds of its lifetime have passed, or at once with force. Also completes a
+ * renewal that a crash interrupted. *renewed says whether new files were installed.
+ */
+int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 
 /* Loads a configuration file (defaults for missing keys; unknown keys are errors). */
 int datadir_config_load(const char *home, struct datadir_config *cfg);

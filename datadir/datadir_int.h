@@ -24,4 +24,16 @@ int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct 
 /* Fills cfg with the defaults for home (what an empty mqpki.conf means). */
 void datadir_config_defaults(const char *home, struct datadir_config *cfg);
 
+/* Names for a service certificate's SAN. */
+#define DATADIR_NAMES_MAX 34
+struct datadir_names {
+    char dns[DATADIR_NAMES_MAX][256];
+    char ips[DATADIR_NAMES_MAX][64];
+    size_t n_dns, n_ips;
+};
+
+/* Issues mqpkid's TLS identity for names (a fresh software EC P-256 key) and installs it in tls/
+ * crash-safely; supersede marks the previous certificate superseded. */
+int datadir_tls_issue(struct datadir *dd, const struct datadir_names *names, int supersede);
+
 #endif

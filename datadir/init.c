@@ -23,7 +23,6 @@
 
 #define ROOT_DAYS (20 * 365)
 #define ISSUING_DAYS (10 * 365)
-#define MAX_NAMES 32
 
 static void say(void (*progress)(const char *), const char *step)
 {
@@ -92,79 +91,27 @@ out:
     return rc;
 }
 
-/* mqpkid's own identity: a software key (the only private key outside the token, in tls/). */
-static int make_service_identity(struct datadir *dd, const struct datadir_init_opts *opts)
+/* mqpkid's names: localhost, this host, the loopback addresses and every --hostname. */
+static int service_names(const struct datadir_init_opts *opts, struct datadir_names *n)
 {
-    const char *dns[MAX_NAMES + 2], *ips[MAX_NAMES + 2];
-    size_t n_dns = 0, n_ips = 0;
-    char host[256];
-    struct enrollment_issue_req req;
-    EVP_PKEY *key = NULL;
-    X509_REQ *csr = NULL;
-    X509 *cert = NULL;
-    unsigned char *der = NULL;
-    BIO *bio = NULL;
-    char *pem = NULL;
-    long pem_len;
-    int der_len, rc;
-
-    dns[n_dns++] = "localhost";
-    if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0' && strcmp(host, "localhost"))
-        dns[n_dns++] = host;
-    ips[n_ips++] = "127.0.0.1";
-    ips[n_ips++] = "::1";
-    if (opts->n_hostnames > MAX_NAMES) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "at most %d --hostname names", MAX_NAMES);
-        goto out;
-    }
+    memset(n, 0, sizeof(*n));
+    snprintf(n->dns[n->n_dns++], sizeof(n->dns[0]), "localhost");
+    if (gethostname(n->dns[n->n_dns], sizeof(n->dns[0])) == 0 && n->dns[n->n_dns][0] != '\0' &&
+        strcmp(n->dns[n->n_dns], "localhost") != 0)
+        n->n_dns++;
+    snprintf(n->ips[n->n_ips++], sizeof(n->ips[0]), "127.0.0.1");
+    snprintf(n->ips[n->n_ips++], sizeof(n->ips[0]), "::1");
+    if (opts->n_hostnames > DATADIR_NAMES_MAX - 2)
+        return mqpki_fail(MQPKI_ERR_INVALID, "at most %d --hostname names", DATADIR_NAMES_MAX - 2);
     for (size_t i = 0; i < opts->n_hostnames; i++) {
         unsigned char buf[16];
         const char *h = opts->hostnames[i];
         if (inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1)
-            ips[n_ips++] = h;
+            snprintf(n->ips[n->n_ips++], sizeof(n->ips[0]), "%s", h);
         else
-            dns[n_dns++] = h;
+            snprintf(n->dns[n->n_dns++], sizeof(n->dns[0]), "%s", h);
     }
-
-    if ((key = EVP_EC_gen("P-256")) == NULL || (csr = X509_REQ_new()) == NULL ||
-        X509_REQ_set_pubkey(csr, key) != 1 || X509_REQ_sign(csr, key, EVP_sha256()) <= 0 ||
-        (der_len = i2d_X509_REQ(csr, &der)) <= 0) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot make mqpkid's TLS key and request");
-        goto out;
-    }
-    memset(&req, 0, sizeof(req));
-    req.asset_id = DATADIR_SERVICE_ASSET;
-    req.csr = der;
-    req.csr_len = (size_t)der_len;
-    req.profile = CA_PROFILE_SERVICE;
-    req.actor = "init";
-    req.dns = dns;
-    req.n_dns = n_dns;
-    req.ips = ips;
-    req.n_ips = n_ips;
-    if ((rc = enrollment_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
-        goto out;
-    if ((bio = BIO_new(BIO_s_mem())) == NULL ||
-        PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||
-        (pem_len = BIO_get_mem_data(bio, &pem)) <= 0) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode mqpkid's TLS key");
-        goto out;
-    }
-    if ((rc = write_file(dd->home, "tls/mqpkid.key", pem, (size_t)pem_len, 0600)) != MQPKI_OK)
-        goto out;
-    rc = write_certs(dd->home, "tls/mqpkid.pem", cert, ca_issuing_cert(dd->ca));
-out:
-    if (bio != NULL) {
-        /* The buffer held a private key. */
-        if (pem != NULL && pem_len > 0)
-            OPENSSL_cleanse(pem, (size_t)pem_len);
-        BIO_free(bio);
-    }
-    OPENSSL_free(der);
-    X509_free(cert);
-    X509_REQ_free(csr);
-    EVP_PKEY_free(key);
-    return rc;
+    return MQPKI_OK;
 }
 
 static int write_config(const char *home, const struct datadir_config *c)
@@ -191,9 +138,15 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "listen = %s\n"
                  "\n"
                  "[enrollment]\n"
-                 "token_ttl = %llds\n",
+                 "token_ttl = %llds\n"
+                 "auth_failures = %d\n"
+                 "auth_window = %llds\n"
+                 "rate = %d\n"
+                 "burst = %d\n",
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity, c->device_days,
-                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl);
+                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl,
+                 c->auth_failures, (long long)c->auth_window, (int)c->rate_per_address,
+                 c->rate_burst);
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
@@ -226,6 +179,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     EVP_PKEY *root_key = NULL, *issuing_key = NULL;
     X509 *root = NULL, *issuing = NULL;
     struct inventory_asset svc;
+    struct datadir_names names;
     struct stat st;
     int rc;
 
@@ -340,7 +294,8 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         goto out;
 
     say(progress, "issuing mqpkid's TLS certificate into tls/");
-    if ((rc = make_service_identity(dd, opts)) != MQPKI_OK)
+    if ((rc = service_names(opts, &names)) != MQPKI_OK ||
+        (rc = datadir_tls_issue(dd, &names, 0)) != MQPKI_OK)
         goto out;
     say(progress, "signing the first CRL into crl/issuing.crl");
     if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)

@@ -41,4 +41,59 @@ struct enrollment_issue_req {
 int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollment_issue_req *req,
                      X509 **out);
 
+/*
+ * EST (RFC 7030) request handling, independent of sockets: the daemon passes what it read off
+ * the connection and sends back what it is given.
+ */
+struct est;
+
+/* A request body larger than this gets 413 before it is read. */
+#define EST_BODY_MAX (96 * 1024)
+
+struct est_config {
+    int device_days, broker_days;  /* default validity by profile ([ca] *_days) */
+    int failures_per_window;       /* failed authentications per address or asset per window */
+    int window_seconds;            /*   before 429 with Retry-After */
+    double requests_per_second;    /* per client address (token bucket); 0 = unlimited */
+    int burst;                     /*   bucket size */
+};
+
+struct est_request {
+    const char *method;               /* "GET", "POST" */
+    const char *path;                 /* "/.well-known/est/simpleenroll" */
+    const char *content_type;         /* may be NULL */
+    const char *authorization;        /* the Authorization header, may be NULL */
+    const char *client_addr;          /* textual address, for limits and the audit log */
+    const unsigned char *body;
+    size_t body_len;
+    const unsigned char *client_cert; /* DER of the TLS client's leaf certificate, or NULL */
+    size_t client_cert_len;
+};
+
+struct est_response {
+    int status;                /* HTTP status */
+    const char *content_type;  /* static string */
+    char *body;                /* heap; est_response_clear frees it */
+    size_t body_len;
+    int retry_after;           /* seconds, for 429/503; 0 = none */
+    int www_authenticate;      /* add WWW-Authenticate: Basic realm="mqpki" */
+    int base64;                /* add Content-Transfer-Encoding: base64 */
+    const char *result;        /* for metrics: "ok", "bad_request", "unauthorized", ... */
+};
+
+/* Creates the EST handler over a CA (thread-safe signing). Precomputes /cacerts, /csrattrs. */
+int est_new(struct ca *ca, const struct est_config *cfg, struct est **out);
+void est_free(struct est *est);
+
+/* 1 when path is under /.well-known/est/. */
+int est_handles(const char *path);
+
+/*
+ * Handles one EST request on the calling thread's own store connection inv. Always fills resp
+ * (status and a short fixed plain-text reason on errors; details go to the log).
+ */
+void est_handle(struct est *est, struct inventory *inv, const struct est_request *req,
+                struct est_response *resp);
+void est_response_clear(struct est_response *resp);
+
 #endif

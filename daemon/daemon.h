@@ -1,0 +1,53 @@
+/*
+ * daemon: mqpkid's parts. main.c owns the process (arguments, signals, scheduler), http.c the
+ * HTTPS server (libmicrohttpd), metrics.c the counters behind /metrics and /healthz, feed.c the
+ * CRL feed over MQTT (feed.h).
+ */
+#ifndef MQPKI_DAEMON_H
+#define MQPKI_DAEMON_H
+
+#include <stdint.h>
+
+struct datadir;
+struct est;
+struct feed;
+struct http;
+struct inventory;
+
+/* Everything the request handlers need, shared by all server threads. */
+struct daemon_ctx {
+    struct datadir *dd; /* the CA (thread-safe signing) and configuration */
+    struct est *est;    /* EST handler */
+    struct feed *feed;  /* NULL when no broker feed runs */
+    char db_path[4096]; /* each server thread opens its own store connection */
+};
+
+/*
+ * Starts the HTTPS server on listen ("ADDR:PORT", "[V6]:PORT"; port 0 picks a free one) with
+ * tls/mqpkid.pem + tls/mqpkid.key, requesting (not requiring) client certificates from the CA,
+ * TLS 1.2+, `threads` worker threads. listen_fd >= 0 reuses an already bound socket (restart
+ * after a certificate renewal or SIGHUP, without refusing connections meanwhile).
+ */
+int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsigned threads,
+               struct http **out);
+
+/* The calling server thread's own store connection, opened on first use; NULL when the store
+ * cannot be opened. */
+struct inventory *http_thread_inventory(struct daemon_ctx *ctx);
+
+/* The bound port. */
+unsigned http_port(struct http *h);
+
+/* Stops accepting and hands back the listening socket (for http_start), then waits for the
+ * requests in flight to complete and frees the server. Returns -1 when there is no socket. */
+int http_stop(struct http *h, int keep_socket);
+
+/* Metrics (thread-safe counters). */
+void metrics_enrollment(const char *result, double seconds);
+void metrics_request(void);
+/* Prometheus text for /metrics into a heap buffer (caller frees). */
+char *metrics_render(struct daemon_ctx *ctx, size_t *len);
+/* JSON for /healthz into a heap buffer; *ready 1 when token, store and feed are healthy. */
+char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len);
+
+#endif

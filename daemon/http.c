@@ -1,0 +1,429 @@
+/* daemon: the HTTPS server (libmicrohttpd over GnuTLS) in front of the EST handlers. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "common.h"
+#include "daemon.h"
+#include "datadir.h"
+#include "enrollment.h"
+#include "inventory.h"
+
+/* Limits against slow or oversized clients (slowloris, header floods). */
+#define CONNECTION_TIMEOUT 10          /* seconds of inactivity */
+#define CONNECTION_LIMIT 1024
+#define PER_IP_CONNECTION_LIMIT 128
+#define CONNECTION_MEMORY (32 * 1024)  /* request line + headers per connection */
+#define CRL_FILE_MAX (256 * 1024 * 1024)
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
+struct http {
+    struct MHD_Daemon *mhd;
+    struct daemon_ctx *ctx;
+    char *cert_pem, *key_pem, *trust_pem;
+    size_t key_len;
+    unsigned port;
+};
+
+/* Per-request state across the access handler's calls. */
+struct request {
+    unsigned char *body;
+    size_t len;
+    int too_large;
+    struct timespec start;
+};
+
+/* One store connection per server thread (SQLite handles are not shared across threads). */
+static pthread_key_t inv_key;
+static pthread_once_t inv_once = PTHREAD_ONCE_INIT;
+
+static void inv_destroy(void *p)
+{
+    inventory_close(p);
+}
+
+static void inv_key_make(void)
+{
+    pthread_key_create(&inv_key, inv_destroy);
+}
+
+struct inventory *http_thread_inventory(struct daemon_ctx *ctx)
+{
+    struct inventory *inv;
+
+    pthread_once(&inv_once, inv_key_make);
+    inv = pthread_getspecific(inv_key);
+    if (inv == NULL) {
+        if (inventory_open(ctx->db_path, &inv) != MQPKI_OK) {
+            mqpki_log(MQPKI_LOG_ERROR, "store: %s", mqpki_err_detail(MQPKI_ERR_STORE));
+            return NULL;
+        }
+        pthread_setspecific(inv_key, inv);
+    }
+    return inv;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    size_t n;
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    mqpki_log(MQPKI_LOG_DEBUG, "http: %s", msg);
+}
+
+static enum MHD_Result send_buffer(struct MHD_Connection *c, int status, const char *ct,
+                                   char *body, size_t len, const struct est_response *er)
+{
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+    char num[16];
+
+    /* MHD takes the buffer and frees it with free(). */
+    r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (r == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ct);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (er != NULL && er->base64)
+        MHD_add_response_header(r, "Content-Transfer-Encoding", "base64");
+    if (er != NULL && er->retry_after > 0) {
+        snprintf(num, sizeof(num), "%d", er->retry_after);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, num);
+    }
+    if (er != NULL && er->www_authenticate)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"mqpki\"");
+    ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, int status, const char *text)
+{
+    char *body = strdup(text);
+
+    if (body == NULL)
+        return MHD_NO;
+    return send_buffer(c, status, "text/plain; charset=utf-8", body, strlen(body), NULL);
+}
+
+static void client_address(struct MHD_Connection *c, char out[INET6_ADDRSTRLEN])
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+    snprintf(out, INET6_ADDRSTRLEN, "?");
+    if (sa == NULL)
+        return;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, INET6_ADDRSTRLEN);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, INET6_ADDRSTRLEN);
+}
+
+/* The TLS client's leaf certificate (DER) as GnuTLS received it; the handshake proved that the
+ * client holds its key. The chain is verified by the EST handler against our CA. */
+static const gnutls_datum_t *client_certificate(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    const gnutls_datum_t *peers;
+    unsigned int n = 0;
+
+    if (ci == NULL || ci->tls_session == NULL)
+        return NULL;
+    peers = gnutls_certificate_get_peers((gnutls_session_t)ci->tls_session, &n);
+    return n > 0 ? peers : NULL;
+}
+
+static enum MHD_Result serve_crl(struct http *h, struct MHD_Connection *c, const char *which,
+                                 int pem)
+{
+    char path[4096];
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (datadir_path(h->ctx->dd, which, path) != MQPKI_OK)
+        return send_text(c, 500, "internal error\n");
+    rc = mqpki_file_read(path, CRL_FILE_MAX, &der, &len);
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        return send_text(c, 404, "no such CRL yet\n");
+    if (rc != MQPKI_OK)
+        return send_text(c, 503, "CRL unavailable\n");
+    if (pem) {
+        const unsigned char *p = der;
+        X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)len);
+        char *text = NULL;
+        size_t text_len = 0;
+        free(der);
+        if (crl == NULL || ca_crl_pem(crl, &text, &text_len) != MQPKI_OK) {
+            X509_CRL_free(crl);
+            return send_text(c, 503, "CRL unavailable\n");
+        }
+        X509_CRL_free(crl);
+        return send_buffer(c, 200, "application/x-pem-file", text, text_len, NULL);
+    }
+    return send_buffer(c, 200, "application/pkix-crl", (char *)der, len, NULL);
+}
+
+static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const char *url,
+                                const char *method, struct request *rq)
+{
+    struct daemon_ctx *ctx = h->ctx;
+    char addr[INET6_ADDRSTRLEN];
+
+    metrics_request();
+    if (est_handles(url)) {
+        struct est_request er;
+        struct est_response resp;
+        const gnutls_datum_t *cert = client_certificate(c);
+        struct inventory *inv = http_thread_inventory(ctx);
+        struct timespec end;
+        enum MHD_Result ret;
+
+        if (inv == NULL) {
+            metrics_enrollment("unavailable", 0);
+            return send_text(c, 503, "service unavailable, retry later\n");
+        }
+        client_address(c, addr);
+        memset(&er, 0, sizeof(er));
+        er.method = method;
+        er.path = url;
+        er.content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+        er.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        er.client_addr = addr;
+        er.body = rq->body;
+        er.body_len = rq->too_large ? EST_BODY_MAX + 1 : rq->len;
+        if (cert != NULL) {
+            er.client_cert = cert->data;
+            er.client_cert_len = cert->size;
+        }
+        est_handle(ctx->est, inv, &er, &resp);
+        if (strstr(url, "enroll") != NULL) {
+            clock_gettime(CLOCK_MONOTONIC, &end);
+            metrics_enrollment(resp.result ? resp.result : "error",
+                               (double)(end.tv_sec - rq->start.tv_sec) +
+                                   (double)(end.tv_nsec - rq->start.tv_nsec) / 1e9);
+        }
+        ret = send_buffer(c, resp.status, resp.content_type, resp.body, resp.body_len, &resp);
+        resp.body = NULL; /* now MHD's */
+        est_response_clear(&resp);
+        return ret;
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return send_text(c, 405, "method not allowed\n");
+    if (strcmp(url, "/crl/issuing.crl") == 0)
+        return serve_crl(h, c, "crl/issuing.crl", 0);
+    if (strcmp(url, "/crl/issuing.pem") == 0)
+        return serve_crl(h, c, "crl/issuing.crl", 1);
+    if (strcmp(url, "/crl/issuing-delta.crl") == 0)
+        return serve_crl(h, c, "crl/issuing-delta.crl", 0);
+    if (strcmp(url, "/healthz") == 0) {
+        int ready = 0;
+        size_t len = 0;
+        char *body = health_render(ctx, &ready, &len);
+        if (body == NULL)
+            return send_text(c, 500, "internal error\n");
+        return send_buffer(c, ready ? 200 : 503, "application/json", body, len, NULL);
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        size_t len = 0;
+        char *body = metrics_render(ctx, &len);
+        if (body == NULL)
+            return send_text(c, 500, "internal error\n");
+        return send_buffer(c, 200, "text/plain; version=0.0.4", body, len, NULL);
+    }
+    return send_text(c, 404, "not found\n");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct http *h = cls;
+    struct request *rq = *con_cls;
+
+    if (rq == NULL) {
+        if ((rq = calloc(1, sizeof(*rq))) == NULL)
+            return MHD_NO;
+        clock_gettime(CLOCK_MONOTONIC, &rq->start);
+        *con_cls = rq;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        /* Bodies are capped: past the limit the rest is read and dropped, then 413. */
+        if (!rq->too_large && rq->len + *upload_data_size <= EST_BODY_MAX) {
+            unsigned char *b = realloc(rq->body, rq->len + *upload_data_size + 1);
+            if (b == NULL)
+                return MHD_NO;
+            rq->body = b;
+            memcpy(rq->body + rq->len, upload_data, *upload_data_size);
+            rq->len += *upload_data_size;
+            rq->body[rq->len] = '\0';
+        } else {
+            rq->too_large = 1;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    return dispatch(h, c, url, method, rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct request *rq = *con_cls;
+
+    if (rq == NULL)
+        return;
+    free(rq->body);
+    free(rq);
+    *con_cls = NULL;
+}
+
+/* "127.0.0.1:8443", "[::1]:8443", "0.0.0.0:0" into a socket address. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[128];
+    const char *colon, *h = listen;
+    size_t hl;
+    char *end = NULL;
+    long port;
+
+    memset(ss, 0, sizeof(*ss));
+    colon = strrchr(listen, ':');
+    if (colon == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "listen '%.80s': expected ADDR:PORT", listen);
+    port = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end != '\0' || port < 0 || port > 65535)
+        return mqpki_fail(MQPKI_ERR_INVALID, "listen '%.80s': bad port", listen);
+    hl = (size_t)(colon - listen);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= sizeof(host))
+        return mqpki_fail(MQPKI_ERR_INVALID, "listen '%.80s': bad address", listen);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+        ((struct sockaddr_in *)ss)->sin_family = AF_INET;
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+        *len = sizeof(struct sockaddr_in);
+    } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+        ((struct sockaddr_in6 *)ss)->sin6_family = AF_INET6;
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+        *len = sizeof(struct sockaddr_in6);
+    } else {
+        return mqpki_fail(MQPKI_ERR_INVALID, "listen '%.80s': address must be numeric IPv4 or "
+                                             "IPv6",
+                          listen);
+    }
+    return MQPKI_OK;
+}
+
+static int read_text(struct daemon_ctx *ctx, const char *rel, char **out, size_t *len)
+{
+    char path[4096];
+    int rc;
+
+    if ((rc = datadir_path(ctx->dd, rel, path)) != MQPKI_OK)
+        return rc;
+    return mqpki_file_read(path, 256 * 1024, (unsigned char **)out, len);
+}
+
+int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsigned threads,
+               struct http **out)
+{
+    struct http *h;
+    struct sockaddr_storage ss;
+    socklen_t ss_len = 0;
+    const union MHD_DaemonInfo *info;
+    size_t len;
+    int rc;
+
+    *out = NULL;
+    if ((h = calloc(1, sizeof(*h))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    h->ctx = ctx;
+    if ((rc = read_text(ctx, "tls/mqpkid.pem", &h->cert_pem, &len)) != MQPKI_OK ||
+        (rc = read_text(ctx, "tls/mqpkid.key", &h->key_pem, &h->key_len)) != MQPKI_OK ||
+        (rc = read_text(ctx, "ca/chain.pem", &h->trust_pem, &len)) != MQPKI_OK)
+        goto out;
+    if (listen_fd < 0 && (rc = parse_listen(listen, &ss, &ss_len)) != MQPKI_OK)
+        goto out;
+    /* MHD_USE_ITC lets MHD_quiesce_daemon hand the socket over for a restart. */
+    h->mhd = MHD_start_daemon(
+        MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+            MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+        0, NULL, NULL, on_request, h, MHD_OPTION_HTTPS_MEM_CERT, h->cert_pem,
+        MHD_OPTION_HTTPS_MEM_KEY, h->key_pem, MHD_OPTION_HTTPS_MEM_TRUST, h->trust_pem,
+        MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)CONNECTION_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)PER_IP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
+        listen_fd >= 0 ? (void *)(intptr_t)listen_fd : (void *)&ss, MHD_OPTION_END);
+    if (h->mhd == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot listen on %s (address in use, or a bad TLS "
+                                      "certificate in tls/)",
+                        listen);
+        goto out;
+    }
+    info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info != NULL ? info->port : 0;
+    *out = h;
+    h = NULL;
+out:
+    if (h != NULL)
+        http_stop(h, 0);
+    return rc;
+}
+
+unsigned http_port(struct http *h)
+{
+    return h->port;
+}
+
+int http_stop(struct http *h, int keep_socket)
+{
+    int fd = -1;
+
+    if (h == NULL)
+        return -1;
+    if (h->mhd != NULL) {
+        if (keep_socket)
+            fd = (int)MHD_quiesce_daemon(h->mhd);
+        MHD_stop_daemon(h->mhd);
+    }
+    if (h->key_pem != NULL)
+        OPENSSL_cleanse(h->key_pem, h->key_len);
+    free(h->cert_pem);
+    free(h->key_pem);
+    free(h->trust_pem);
+    free(h);
+    return fd;
+}

@@ -1,0 +1,212 @@
+/* mqpkid: the enrollment daemon (DESIGN.md 5, 6). Foreground, logs to stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ca.h"
+#include "common.h"
+#include "daemon.h"
+#include "datadir.h"
+#include "enrollment.h"
+#include "feed.h"
+#include "inventory.h"
+
+#define DEFAULT_THREADS 4
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mqpkid [--home DIR] [--listen ADDR:PORT] [--threads N] [--verbose]\n\n"
+               "The enrollment daemon: EST (RFC 7030) over HTTPS, CRLs over HTTP and the CRL\n"
+               "feed to the registered brokers. Runs in the foreground and logs to stderr.\n"
+               "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
+               "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
+               "  --threads N       HTTPS worker threads (default %d)\n"
+               "  --verbose         debug logging\n\n"
+               "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
+               "mqpki.conf and tls/ without dropping the listening socket.\n",
+            DEFAULT_THREADS);
+}
+
+static void est_config_from(const struct datadir_config *c, struct est_config *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->device_days = c->device_days;
+    e->broker_days = c->broker_days;
+    e->failures_per_window = c->auth_failures;
+    e->window_seconds = (int)c->auth_window;
+    e->requests_per_second = c->rate_per_address;
+    e->burst = c->rate_burst;
+}
+
+/* Re-signs the full CRL when a quarter of its validity has passed (well before nextUpdate). */
+static void crl_tick(struct datadir *dd)
+{
+    const struct datadir_config *cfg = datadir_config(dd);
+    char path[4096];
+    struct stat st;
+    int rc;
+
+    if (datadir_path(dd, "crl/issuing.crl", path) != MQPKI_OK)
+        return;
+    if (stat(path, &st) == 0 && mqpki_now() - (int64_t)st.st_mtime < cfg->crl_validity / 4)
+        return;
+    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_ERROR, "CRL refresh failed: %s", mqpki_err_detail(rc));
+    else
+        mqpki_log(MQPKI_LOG_INFO, "full CRL re-signed before its nextUpdate");
+}
+
+/* Renews mqpkid's own TLS certificate once two thirds of its lifetime have passed. */
+static int tls_tick(struct datadir *dd)
+{
+    int renewed = 0, rc;
+
+    if ((rc = datadir_tls_renew(dd, 0, &renewed)) != MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_ERROR, "TLS certificate renewal failed: %s", mqpki_err_detail(rc));
+        return 0;
+    }
+    if (renewed)
+        mqpki_log(MQPKI_LOG_INFO, "TLS certificate renewed (tls/mqpkid.pem)");
+    return renewed;
+}
+
+/* Quiesces the server, swaps configuration and certificates, and starts again on the same
+ * socket: connections wait in the backlog meanwhile instead of being refused. */
+static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, unsigned threads)
+{
+    struct datadir_config cfg;
+    struct est_config ec;
+    struct est *est = NULL;
+    int fd, rc;
+
+    if ((rc = datadir_config_load(datadir_home(ctx->dd), &cfg)) != MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_ERROR, "reload refused, keeping the running configuration: %s",
+                  mqpki_err_detail(rc));
+        return rc;
+    }
+    est_config_from(&cfg, &ec);
+    if ((rc = est_new(datadir_ca(ctx->dd), &ec, &est)) != MQPKI_OK)
+        return rc;
+    fd = http_stop(*h, 1);
+    *h = NULL;
+    est_free(ctx->est);
+    ctx->est = est;
+    if ((rc = http_start(ctx, listen, fd, threads, h)) != MQPKI_OK)
+        return rc;
+    mqpki_log(MQPKI_LOG_INFO, "reloaded configuration and TLS certificate");
+    return MQPKI_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"home", required_argument, NULL, 'H'},   {"listen", required_argument, NULL, 'l'},
+        {"threads", required_argument, NULL, 't'}, {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    struct daemon_ctx ctx;
+    struct est_config ec;
+    struct http *h = NULL;
+    const char *home_arg = NULL, *listen_arg = NULL;
+    char home[4096], listen[160];
+    unsigned threads = DEFAULT_THREADS;
+    sigset_t sigs;
+    time_t last_tls_check = 0;
+    int c, rc, sig;
+
+    memset(&ctx, 0, sizeof(ctx));
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'H': home_arg = optarg; break;
+        case 'l': listen_arg = optarg; break;
+        case 't':
+            threads = (unsigned)strtoul(optarg, NULL, 10);
+            if (threads < 1 || threads > 256) {
+                fprintf(stderr, "mqpkid: --threads: expected 1 to 256\n");
+                return 1;
+            }
+            break;
+        case 'v': mqpki_log_set_level(MQPKI_LOG_DEBUG); break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("mqpkid %s\n", MQPKI_VERSION); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "mqpkid: unexpected argument '%s' (see mqpkid --help)\n", argv[optind]);
+        return 1;
+    }
+    umask(077);
+    /* Signals are taken synchronously by the main thread; workers never see them. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if ((rc = datadir_resolve_home(home_arg, home)) != MQPKI_OK ||
+        (rc = datadir_open(home, DATADIR_CA, &ctx.dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_path(ctx.dd, "mqpki.db", ctx.db_path)) != MQPKI_OK)
+        goto out;
+    snprintf(listen, sizeof(listen), "%s",
+             listen_arg != NULL ? listen_arg : datadir_config(ctx.dd)->listen);
+    est_config_from(datadir_config(ctx.dd), &ec);
+    if ((rc = est_new(datadir_ca(ctx.dd), &ec, &ctx.est)) != MQPKI_OK)
+        goto out;
+    crl_tick(ctx.dd);
+    if (tls_tick(ctx.dd))
+        last_tls_check = time(NULL);
+    if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));
+        goto out;
+    }
+    if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
+        goto out;
+    mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
+              (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
+
+    for (;;) {
+        struct timespec tick = {1, 0};
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT) {
+            mqpki_log(MQPKI_LOG_INFO, "%s: finishing requests in flight, then stopping",
+                      sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            break;
+        }
+        if (sig == SIGHUP) {
+            if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
+                rc = MQPKI_ERR_IO;
+                goto out;
+            }
+            continue;
+        }
+        crl_tick(ctx.dd);
+        if (time(NULL) - last_tls_check >= 3600) {
+            last_tls_check = time(NULL);
+            if (tls_tick(ctx.dd) && restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
+                rc = MQPKI_ERR_IO;
+                goto out;
+            }
+        }
+    }
+    rc = MQPKI_OK;
+out:
+    if (rc != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
+    (void)http_stop(h, 0);
+    feed_stop(ctx.feed);
+    est_free(ctx.est);
+    datadir_close(ctx.dd);
+    if (rc == MQPKI_OK)
+        mqpki_log(MQPKI_LOG_INFO, "stopped");
+    return mqpki_err_exit_status(rc);
+}

@@ -1,0 +1,170 @@
+/* daemon: counters for /metrics (Prometheus text format) and the /healthz readiness report. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <jansson.h>
+
+#include "ca.h"
+#include "common.h"
+#include "daemon.h"
+#include "datadir.h"
+#include "feed.h"
+#include "inventory.h"
+
+static const char *const results[] = {"ok",        "bad_request", "unauthorized", "forbidden",
+                                      "too_large", "rate_limited", "unavailable", "bad_method",
+                                      "not_found", "error"};
+#define N_RESULTS (sizeof(results) / sizeof(results[0]))
+static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+static atomic_ullong enrollments[N_RESULTS];
+static atomic_ullong latency_le[N_BUCKETS];
+static atomic_ullong latency_count, requests;
+static double latency_sum;
+static pthread_mutex_t sum_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void metrics_request(void)
+{
+    atomic_fetch_add(&requests, 1);
+}
+
+void metrics_enrollment(const char *result, double seconds)
+{
+    size_t i;
+
+    for (i = 0; i < N_RESULTS - 1 && strcmp(results[i], result) != 0; i++)
+        ;
+    atomic_fetch_add(&enrollments[i], 1);
+    for (size_t b = 0; b < N_BUCKETS; b++)
+        if (seconds <= buckets[b])
+            atomic_fetch_add(&latency_le[b], 1);
+    atomic_fetch_add(&latency_count, 1);
+    pthread_mutex_lock(&sum_lock);
+    latency_sum += seconds;
+    pthread_mutex_unlock(&sum_lock);
+}
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->p == NULL)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            free(b->p);
+            b->p = NULL;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        char *p = realloc(b->p, b->cap * 2 + (size_t)n);
+        if (p == NULL) {
+            free(b->p);
+            b->p = NULL;
+            return;
+        }
+        b->p = p;
+        b->cap = b->cap * 2 + (size_t)n;
+    }
+}
+
+/* Number and age of the current full CRL, from the store's record and the file. */
+static void crl_facts(struct daemon_ctx *ctx, struct inventory *inv, long long *number,
+                      long long *age)
+{
+    char text[32], path[4096];
+    struct stat st;
+
+    *number = -1;
+    *age = -1;
+    if (inv != NULL && inventory_meta_get(inv, "crl.full.number", text, sizeof(text)) == MQPKI_OK)
+        *number = strtoll(text, NULL, 10);
+    if (datadir_path(ctx->dd, "crl/issuing.crl", path) == MQPKI_OK && stat(path, &st) == 0)
+        *age = (long long)(mqpki_now() - (int64_t)st.st_mtime);
+}
+
+char *metrics_render(struct daemon_ctx *ctx, size_t *len)
+{
+    struct buf b = {malloc(4096), 0, 4096};
+    struct inventory *inv = http_thread_inventory(ctx);
+    long long number, age;
+    int64_t revoked = -1;
+    double sum;
+
+    if (inv == NULL || inventory_cert_count(inv, INV_CERT_REVOKED, &revoked) != MQPKI_OK)
+        revoked = -1;
+    crl_facts(ctx, inv, &number, &age);
+    pthread_mutex_lock(&sum_lock);
+    sum = latency_sum;
+    pthread_mutex_unlock(&sum_lock);
+
+    put(&b, "# HELP mqpki_http_requests_total HTTP requests served.\n"
+            "# TYPE mqpki_http_requests_total counter\n"
+            "mqpki_http_requests_total %llu\n",
+        (unsigned long long)atomic_load(&requests));
+    put(&b, "# HELP mqpki_enrollments_total EST enrollments and re-enrollments by result.\n"
+            "# TYPE mqpki_enrollments_total counter\n");
+    for (size_t i = 0; i < N_RESULTS; i++)
+        put(&b, "mqpki_enrollments_total{result=\"%s\"} %llu\n", results[i],
+            (unsigned long long)atomic_load(&enrollments[i]));
+    put(&b, "# HELP mqpki_enrollment_seconds Time from request to response of EST enrollments.\n"
+            "# TYPE mqpki_enrollment_seconds histogram\n");
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        put(&b, "mqpki_enrollment_seconds_bucket{le=\"%g\"} %llu\n", buckets[i],
+            (unsigned long long)atomic_load(&latency_le[i]));
+    put(&b, "mqpki_enrollment_seconds_bucket{le=\"+Inf\"} %llu\n",
+        (unsigned long long)atomic_load(&latency_count));
+    put(&b, "mqpki_enrollment_seconds_sum %.6f\nmqpki_enrollment_seconds_count %llu\n", sum,
+        (unsigned long long)atomic_load(&latency_count));
+    put(&b, "# HELP mqpki_certificates_revoked Revoked or held certificates in the store.\n"
+            "# TYPE mqpki_certificates_revoked gauge\n"
+            "mqpki_certificates_revoked %lld\n",
+        (long long)revoked);
+    put(&b, "# HELP mqpki_crl_number Number of the current full CRL.\n"
+            "# TYPE mqpki_crl_number gauge\nmqpki_crl_number %lld\n"
+            "# HELP mqpki_crl_age_seconds Seconds since the current full CRL was written.\n"
+            "# TYPE mqpki_crl_age_seconds gauge\nmqpki_crl_age_seconds %lld\n",
+        number, age);
+    *len = b.len;
+    return b.p;
+}
+
+char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)
+{
+    struct inventory *inv = http_thread_inventory(ctx);
+    char text[32];
+    int token_ok, store_ok, feed_ok;
+    json_t *v;
+    char *out;
+
+    store_ok = inv != NULL && inventory_meta_get(inv, "ca.name", text, sizeof(text)) == MQPKI_OK;
+    token_ok = ca_selftest(datadir_ca(ctx->dd)) == MQPKI_OK;
+    feed_ok = ctx->feed == NULL || feed_healthy(ctx->feed);
+    *ready = token_ok && store_ok && feed_ok;
+    v = json_pack("{s:s, s:s, s:s, s:s}", "status", *ready ? "ok" : "degraded", "token",
+                  token_ok ? "ok" : "failing", "store", store_ok ? "ok" : "failing", "feed",
+                  ctx->feed == NULL ? "off" : feed_ok ? "ok" : "degraded");
+    out = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (out != NULL)
+        *len = strlen(out);
+    return out;
+}

@@ -1,0 +1,197 @@
+/* datadir: mqpkid's own TLS identity in tls/: issued at init, renewed before expiry. A software
+ * key: the only PEM private key of the data directory, a leaf that can be revoked like any. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "ca.h"
+#include "common.h"
+#include "datadir_int.h"
+#include "enrollment.h"
+#include "inventory.h"
+
+/*
+ * Install order, so that a crash at any point leaves a matching key and certificate:
+ *   1. tls/mqpkid.key.next, then tls/mqpkid.pem.next (each written atomically);
+ *   2. rename key.next -> mqpkid.key, then pem.next -> mqpkid.pem.
+ * pem.next present means both .next files are complete: finish step 2 (roll forward). Only
+ * key.next present means step 1 was cut short: drop it (the old pair is intact).
+ */
+static int install_recover(struct datadir *dd)
+{
+    char key_next[PATH_MAX], pem_next[PATH_MAX], key[PATH_MAX], pem[PATH_MAX];
+    struct stat st;
+
+    if (datadir_path(dd, "tls/mqpkid.key.next", key_next) != MQPKI_OK ||
+        datadir_path(dd, "tls/mqpkid.pem.next", pem_next) != MQPKI_OK ||
+        datadir_path(dd, "tls/mqpkid.key", key) != MQPKI_OK ||
+        datadir_path(dd, "tls/mqpkid.pem", pem) != MQPKI_OK)
+        return MQPKI_ERR_INVALID;
+    if (stat(pem_next, &st) == 0) {
+        if (stat(key_next, &st) == 0 && rename(key_next, key) != 0)
+            return mqpki_fail(MQPKI_ERR_IO, "%s: %s", key, strerror(errno));
+        if (rename(pem_next, pem) != 0)
+            return mqpki_fail(MQPKI_ERR_IO, "%s: %s", pem, strerror(errno));
+        return MQPKI_OK;
+    }
+    if (stat(key_next, &st) == 0)
+        (void)unlink(key_next);
+    return MQPKI_OK;
+}
+
+int datadir_tls_issue(struct datadir *dd, const struct datadir_names *names, int supersede)
+{
+    const char *dns[DATADIR_NAMES_MAX], *ips[DATADIR_NAMES_MAX];
+    struct enrollment_issue_req req;
+    EVP_PKEY *key = NULL;
+    X509_REQ *csr = NULL;
+    X509 *cert = NULL;
+    unsigned char *der = NULL;
+    BIO *bio = NULL;
+    char *key_pem = NULL, *cert_pem = NULL, *chain_pem = NULL, *both = NULL, path[PATH_MAX];
+    size_t cert_len = 0, chain_len = 0;
+    long key_len = 0;
+    int der_len, rc;
+
+    for (size_t i = 0; i < names->n_dns; i++)
+        dns[i] = names->dns[i];
+    for (size_t i = 0; i < names->n_ips; i++)
+        ips[i] = names->ips[i];
+    if ((key = EVP_EC_gen("P-256")) == NULL || (csr = X509_REQ_new()) == NULL ||
+        X509_REQ_set_pubkey(csr, key) != 1 || X509_REQ_sign(csr, key, EVP_sha256()) <= 0 ||
+        (der_len = i2d_X509_REQ(csr, &der)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot make mqpkid's TLS key and request");
+        goto out;
+    }
+    memset(&req, 0, sizeof(req));
+    req.asset_id = DATADIR_SERVICE_ASSET;
+    req.csr = der;
+    req.csr_len = (size_t)der_len;
+    req.profile = CA_PROFILE_SERVICE;
+    req.supersede = supersede;
+    req.actor = supersede ? "mqpkid" : "init";
+    req.dns = dns;
+    req.n_dns = names->n_dns;
+    req.ips = ips;
+    req.n_ips = names->n_ips;
+    if ((rc = enrollment_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
+        goto out;
+    if ((bio = BIO_new(BIO_s_mem())) == NULL ||
+        PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (key_len = BIO_get_mem_data(bio, &key_pem)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode mqpkid's TLS key");
+        goto out;
+    }
+    if ((rc = ca_cert_pem(cert, &cert_pem, &cert_len)) != MQPKI_OK ||
+        (rc = ca_cert_pem(ca_issuing_cert(dd->ca), &chain_pem, &chain_len)) != MQPKI_OK)
+        goto out;
+    if ((both = malloc(cert_len + chain_len)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(both, cert_pem, cert_len);
+    memcpy(both + cert_len, chain_pem, chain_len);
+    if ((rc = datadir_path(dd, "tls/mqpkid.key.next", path)) != MQPKI_OK ||
+        (rc = mqpki_file_write_atomic(path, key_pem, (size_t)key_len, 0600)) != MQPKI_OK ||
+        (rc = datadir_path(dd, "tls/mqpkid.pem.next", path)) != MQPKI_OK ||
+        (rc = mqpki_file_write_atomic(path, both, cert_len + chain_len, 0644)) != MQPKI_OK)
+        goto out;
+    rc = install_recover(dd);
+out:
+    if (bio != NULL) {
+        if (key_pem != NULL && key_len > 0)
+            OPENSSL_cleanse(key_pem, (size_t)key_len);
+        BIO_free(bio);
+    }
+    free(both);
+    free(cert_pem);
+    free(chain_pem);
+    OPENSSL_free(der);
+    X509_free(cert);
+    X509_REQ_free(csr);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+/* The DNS and IP names of the current certificate, to renew it for the same names. */
+static int current_names(X509 *cert, struct datadir_names *n)
+{
+    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+
+    memset(n, 0, sizeof(*n));
+    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type == GEN_DNS && n->n_dns < DATADIR_NAMES_MAX &&
+            ASN1_STRING_length(g->d.dNSName) < (int)sizeof(n->dns[0])) {
+            snprintf(n->dns[n->n_dns++], sizeof(n->dns[0]), "%.*s",
+                     ASN1_STRING_length(g->d.dNSName),
+                     (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+        } else if (g->type == GEN_IPADD && n->n_ips < DATADIR_NAMES_MAX) {
+            int len = ASN1_STRING_length(g->d.iPAddress);
+            const unsigned char *ip = ASN1_STRING_get0_data(g->d.iPAddress);
+            if ((len == 4 && inet_ntop(AF_INET, ip, n->ips[n->n_ips], sizeof(n->ips[0]))) ||
+                (len == 16 && inet_ntop(AF_INET6, ip, n->ips[n->n_ips], sizeof(n->ips[0]))))
+                n->n_ips++;
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    return MQPKI_OK;
+}
+
+int datadir_tls_renew(struct datadir *dd, int force, int *renewed)
+{
+    struct datadir_names names;
+    char path[PATH_MAX];
+    unsigned char *pem = NULL;
+    size_t len;
+    X509 *cert = NULL;
+    int64_t nb, na;
+    struct tm tm;
+    int rc;
+
+    *renewed = 0;
+    if ((rc = install_recover(dd)) != MQPKI_OK)
+        return rc;
+    if ((rc = datadir_path(dd, "tls/mqpkid.pem", path)) != MQPKI_OK ||
+        (rc = mqpki_file_read(path, 256 * 1024, &pem, &len)) != MQPKI_OK)
+        goto out;
+    {
+        /* The leaf comes first; the issuing CA follows it in the same file. */
+        BIO *bio = BIO_new_mem_buf(pem, (int)len);
+        cert = bio != NULL ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+        BIO_free(bio);
+    }
+    if (cert == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: no certificate", path);
+        goto out;
+    }
+    if (ASN1_TIME_to_tm(X509_get0_notBefore(cert), &tm) != 1) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable notBefore", path);
+        goto out;
+    }
+    nb = (int64_t)timegm(&tm);
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable notAfter", path);
+        goto out;
+    }
+    na = (int64_t)timegm(&tm);
+    if (!force && mqpki_now() < nb + (na - nb) * 2 / 3)
+        goto out;
+    if ((rc = current_names(cert, &names)) != MQPKI_OK ||
+        (rc = datadir_tls_issue(dd, &names, 1)) != MQPKI_OK)
+        goto out;
+    *renewed = 1;
+out:
+    free(pem);
+    X509_free(cert);
+    return rc;
+}
