@@ -71,3 +71,46 @@ make_csr() {
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
     -keyout "$T/$name.key" -out "$T/$name.csr" "$@" 2>/dev/null
 }
+
+# start_mqpkid [args...]: starts mqpkid on an ephemeral loopback port, waits until it listens;
+# sets MQPKID_PID, MQPKID_PORT, MQPKID_URL and MQPKID_LOG.
+start_mqpkid() {
+  MQPKID_LOG="$T/mqpkid.$(date +%s%N).log"
+  mqpkid --listen 127.0.0.1:0 "$@" 2>"$MQPKID_LOG" &
+  MQPKID_PID=$!
+  PIDS+=("$MQPKID_PID")
+  local i
+  for i in $(seq 1 100); do
+    MQPKID_PORT=$(grep -o 'listening on https://[^ ]*' "$MQPKID_LOG" 2>/dev/null | sed 's/.*://')
+    [ -n "$MQPKID_PORT" ] && break
+    kill -0 "$MQPKID_PID" 2>/dev/null || { cat "$MQPKID_LOG"; return 1; }
+    sleep 0.05
+  done
+  [ -n "$MQPKID_PORT" ] || { cat "$MQPKID_LOG"; return 1; }
+  MQPKID_URL="https://localhost:$MQPKID_PORT"
+}
+
+# stop_pid PID [SIGNAL]: signals a process and waits for it to end.
+stop_pid() {
+  kill "-${2:-TERM}" "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# est_csr NAME: an EC P-256 key $T/NAME.key and its CSR as base64 DER in $T/NAME.b64.
+est_csr() {
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+    -keyout "$T/$1.key" -outform DER 2>/dev/null | base64 >"$T/$1.b64"
+}
+
+# est_enroll ASSET TOKEN NAME [PATH]: POST simpleenroll; prints the HTTP status; the
+# certificate (PEM) lands in $T/NAME.pem on 200.
+est_enroll() {
+  local code
+  code=$(curl -sS --cacert "$T/chain.pem" -u "$1:$2" -H "Content-Type: application/pkcs10" \
+    --data-binary @"$T/$3.b64" -o "$T/$3.p7" -w '%{http_code}' \
+    "$MQPKID_URL${4:-/.well-known/est/simpleenroll}") || true
+  if [ "$code" = 200 ]; then
+    base64 -d "$T/$3.p7" | openssl pkcs7 -inform DER -print_certs >"$T/$3.pem"
+  fi
+  echo "$code"
+}
