@@ -10,6 +10,7 @@
 
 struct datadir;
 struct est;
+struct enrollment_committer;
 struct feed;
 struct http;
 struct inventory;
@@ -18,6 +19,7 @@ struct inventory;
 struct daemon_ctx {
     struct datadir *dd; /* the CA (thread-safe signing) and configuration */
     struct est *est;    /* EST handler */
+    struct enrollment_committer *committer; /* group commit of issued certificates */
     struct feed *feed;  /* NULL when no broker feed runs */
     char db_path[4096]; /* each server thread opens its own store connection */
 };

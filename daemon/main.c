@@ -91,7 +91,7 @@ static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, 
         return rc;
     }
     est_config_from(&cfg, &ec);
-    if ((rc = est_new(datadir_ca(ctx->dd), &ec, &est)) != MQPKI_OK)
+    if ((rc = est_new(datadir_ca(ctx->dd), ctx->committer, &ec, &est)) != MQPKI_OK)
         return rc;
     fd = http_stop(*h, 1);
     *h = NULL;
@@ -160,11 +160,12 @@ int main(int argc, char **argv)
     snprintf(listen, sizeof(listen), "%s",
              listen_arg != NULL ? listen_arg : datadir_config(ctx.dd)->listen);
     est_config_from(datadir_config(ctx.dd), &ec);
-    if ((rc = est_new(datadir_ca(ctx.dd), &ec, &ctx.est)) != MQPKI_OK)
+    if ((rc = enrollment_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
+        (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
         goto out;
     crl_tick(ctx.dd);
-    if (tls_tick(ctx.dd))
-        last_tls_check = time(NULL);
+    (void)tls_tick(ctx.dd);
+    last_tls_check = time(NULL);
     if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));
         goto out;
@@ -205,6 +206,7 @@ out:
     (void)http_stop(h, 0);
     feed_stop(ctx.feed);
     est_free(ctx.est);
+    enrollment_committer_stop(ctx.committer);
     datadir_close(ctx.dd);
     if (rc == MQPKI_OK)
         mqpki_log(MQPKI_LOG_INFO, "stopped");

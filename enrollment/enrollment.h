@@ -42,6 +42,20 @@ int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollme
                      X509 **out);
 
 /*
+ * Group commit: one thread that records the certificates of many concurrent issuances in one
+ * durable commit (its own store connection on db_path).
+ */
+struct enrollment_committer;
+int enrollment_committer_start(const char *db_path, struct enrollment_committer **out);
+/* Finishes the queued records, then stops. NULL-safe. */
+void enrollment_committer_stop(struct enrollment_committer *cm);
+
+/* enrollment_issue, with the record written by the committer cm (NULL: on inv, as
+ * enrollment_issue). inv is still used, read-only, for the asset checks. */
+int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enrollment_committer *cm,
+                             const struct enrollment_issue_req *req, X509 **out);
+
+/*
  * EST (RFC 7030) request handling, independent of sockets: the daemon passes what it read off
  * the connection and sends back what it is given.
  */
@@ -81,8 +95,10 @@ struct est_response {
     const char *result;        /* for metrics: "ok", "bad_request", "unauthorized", ... */
 };
 
-/* Creates the EST handler over a CA (thread-safe signing). Precomputes /cacerts, /csrattrs. */
-int est_new(struct ca *ca, const struct est_config *cfg, struct est **out);
+/* Creates the EST handler over a CA (thread-safe signing), recording through committer cm
+ * (NULL: each request commits on its own). Precomputes /cacerts and /csrattrs. */
+int est_new(struct ca *ca, struct enrollment_committer *cm, const struct est_config *cfg,
+            struct est **out);
 void est_free(struct est *est);
 
 /* 1 when path is under /.well-known/est/. */

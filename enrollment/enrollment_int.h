@@ -21,4 +21,14 @@ int ratelimit_check(struct ratelimit *rl, const char *addr, const char *asset);
 /* Records a failed authentication from addr for asset (either may be NULL). */
 void ratelimit_failure(struct ratelimit *rl, const char *addr, const char *asset);
 
+struct inventory_cert;
+
+/* Records an issued certificate (consuming token first when given) in the open transaction. */
+int enrollment_record(struct inventory *inv, const struct inventory_cert *rec, const char *token,
+                      int supersede, const char *actor);
+
+/* Hands a record to the committer and waits until its batch is durable; the record's result. */
+int enrollment_committer_record(struct enrollment_committer *cm, const struct inventory_cert *rec,
+                                const char *token, int supersede, const char *actor);
+
 #endif

@@ -29,6 +29,7 @@ static const char *const CT_TEXT = "text/plain; charset=utf-8";
 
 struct est {
     struct ca *ca;
+    struct enrollment_committer *cm;
     struct est_config cfg;
     struct ratelimit *limits;
     X509_STORE *trust; /* root + issuing, to verify re-enrollment client certificates */
@@ -124,7 +125,8 @@ out:
     return rc;
 }
 
-int est_new(struct ca *ca, const struct est_config *cfg, struct est **out)
+int est_new(struct ca *ca, struct enrollment_committer *cm, const struct est_config *cfg,
+            struct est **out)
 {
     struct est *est;
     X509 *chain[2];
@@ -134,6 +136,7 @@ int est_new(struct ca *ca, const struct est_config *cfg, struct est **out)
     if ((est = calloc(1, sizeof(*est))) == NULL)
         return MQPKI_ERR_NOMEM;
     est->ca = ca;
+    est->cm = cm;
     est->cfg = *cfg;
     chain[0] = ca_issuing_cert(ca);
     chain[1] = ca_root_cert(ca);
@@ -449,7 +452,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         ir.token = re ? NULL : token;
         ir.supersede = re;
         ir.actor = actor;
-        rc = enrollment_issue(est->ca, inv, &ir, &cert);
+        rc = enrollment_issue_batched(est->ca, inv, est->cm, &ir, &cert);
     }
     if (rc != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_WARN, "%s %s from %s refused: %s", req->method, req->path,

@@ -3,11 +3,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/x509.h>
 
 #include "ca.h"
 #include "common.h"
+#include "enrollment_int.h"
 #include "inventory.h"
 
 /* Serial collisions are astronomically rare with 127 random bits; retry a few times anyway. */
@@ -23,22 +25,26 @@ static int profile_for_kind(int kind)
     }
 }
 
-/* Signs and records one certificate inside an open transaction. */
-static int sign_and_record(struct ca *ca, struct inventory *inv,
-                           const struct enrollment_issue_req *req, int profile, EVP_PKEY *pub,
-                           const char *key_fp, X509 **out)
+static int64_t asn1_time(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    return ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+/* Signs a certificate for pub and fills its store record (rec->pem is heap, caller frees). */
+static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profile, EVP_PKEY *pub,
+                const char *key_fp, X509 **out, struct inventory_cert *rec)
 {
     struct ca_issue_opts opts;
-    struct inventory_cert rec;
     char serial[CA_SERIAL_HEX_MAX];
-    X509 *cert = NULL;
     size_t pem_len = 0;
     int rc;
 
     memset(&opts, 0, sizeof(opts));
-    memset(&rec, 0, sizeof(rec));
+    memset(rec, 0, sizeof(*rec));
     if ((rc = ca_serial_new(serial)) != MQPKI_OK)
-        goto out;
+        return rc;
     opts.profile = (enum ca_profile)profile;
     opts.asset_id = req->asset_id;
     opts.dns = req->dns;
@@ -51,55 +57,51 @@ static int sign_and_record(struct ca *ca, struct inventory *inv,
     else if (opts.days == 0 && profile == CA_PROFILE_BROKER)
         opts.days = req->broker_days;
     opts.serial_hex = serial;
-    if ((rc = ca_issue_cert(ca, pub, &opts, &cert)) != MQPKI_OK)
-        goto out;
-
-    snprintf(rec.serial, sizeof(rec.serial), "%s", serial);
-    snprintf(rec.asset_id, sizeof(rec.asset_id), "%s", req->asset_id);
-    snprintf(rec.profile, sizeof(rec.profile), "%s", ca_profile_name(opts.profile));
-    snprintf(rec.key_fp, sizeof(rec.key_fp), "%s", key_fp);
-    rec.not_before = (int64_t)0;
-    {
-        const ASN1_TIME *nb = X509_get0_notBefore(cert), *na = X509_get0_notAfter(cert);
-        struct tm tm;
-        if (ASN1_TIME_to_tm(nb, &tm) == 1)
-            rec.not_before = (int64_t)timegm(&tm);
-        if (ASN1_TIME_to_tm(na, &tm) == 1)
-            rec.not_after = (int64_t)timegm(&tm);
+    if ((rc = ca_issue_cert(ca, pub, &opts, out)) != MQPKI_OK)
+        return rc;
+    snprintf(rec->serial, sizeof(rec->serial), "%s", serial);
+    snprintf(rec->asset_id, sizeof(rec->asset_id), "%s", req->asset_id);
+    snprintf(rec->profile, sizeof(rec->profile), "%s", ca_profile_name(opts.profile));
+    snprintf(rec->key_fp, sizeof(rec->key_fp), "%s", key_fp);
+    rec->not_before = asn1_time(X509_get0_notBefore(*out));
+    rec->not_after = asn1_time(X509_get0_notAfter(*out));
+    rec->state = INV_CERT_VALID;
+    rec->reason = -1;
+    if ((rc = ca_cert_pem(*out, &rec->pem, &pem_len)) != MQPKI_OK) {
+        X509_free(*out);
+        *out = NULL;
     }
-    rec.state = INV_CERT_VALID;
-    rec.reason = -1;
-    if ((rc = ca_cert_pem(cert, &rec.pem, &pem_len)) != MQPKI_OK)
-        goto out;
-    if ((rc = inventory_cert_add(inv, &rec, req->supersede, req->actor)) != MQPKI_OK)
-        goto out;
-    *out = cert;
-    cert = NULL;
-out:
-    free(rec.pem);
-    X509_free(cert);
     return rc;
 }
 
-int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollment_issue_req *req,
-                     X509 **out)
+int enrollment_record(struct inventory *inv, const struct inventory_cert *rec, const char *token,
+                      int supersede, const char *actor)
 {
-    struct inventory_asset asset;
-    X509_REQ *csr = NULL;
-    EVP_PKEY *pub = NULL;
-    X509 *cert = NULL;
-    char key_fp[65];
-    int rc, profile, in_tx = 0;
+    int rc;
 
-    *out = NULL;
-    memset(&asset, 0, sizeof(asset));
+    if (token != NULL) {
+        rc = inventory_token_consume(inv, rec->asset_id, token);
+        if (rc != MQPKI_OK)
+            return rc == MQPKI_ERR_AUTH
+                       ? mqpki_fail(rc, "asset %s: enrollment token refused", rec->asset_id)
+                       : rc;
+    }
+    return inventory_cert_add(inv, rec, supersede, actor);
+}
+
+/* Untrusted bytes are parsed and checked before the token or the store is touched. */
+static int check_request(const struct enrollment_issue_req *req, EVP_PKEY **pub, char key_fp[65])
+{
+    X509_REQ *csr = NULL;
+    int rc;
+
+    *pub = NULL;
     if (!mqpki_asset_id_valid(req->asset_id)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID,
                         "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
                         req->asset_id != NULL ? req->asset_id : "");
         goto out;
     }
-    /* Untrusted bytes are parsed and checked before the token or the store is touched. */
     if ((rc = ca_csr_parse(req->csr, req->csr_len, &csr)) != MQPKI_OK)
         goto out;
     if ((rc = ca_csr_check(csr)) != MQPKI_OK) {
@@ -108,29 +110,26 @@ int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollme
         rc = mqpki_fail(rc, "asset %s: %s", req->asset_id, detail);
         goto out;
     }
-    if ((pub = X509_REQ_get_pubkey(csr)) == NULL) {
+    if ((*pub = X509_REQ_get_pubkey(csr)) == NULL) {
         rc = mqpki_fail(MQPKI_ERR_PARSE, "asset %s: CSR has no usable public key", req->asset_id);
         goto out;
     }
-    if ((rc = ca_pubkey_fingerprint(pub, key_fp)) != MQPKI_OK)
-        goto out;
-
-    if ((rc = inventory_begin(inv)) != MQPKI_OK)
-        goto out;
-    in_tx = 1;
-    /* The token is checked first: an unauthenticated caller learns nothing about the asset. */
-    if (req->token != NULL) {
-        rc = inventory_token_consume(inv, req->asset_id, req->token);
-        if (rc == MQPKI_ERR_AUTH) {
-            /* The failure count written by the consume call must persist (attempt limits). */
-            (void)inventory_commit(inv);
-            in_tx = 0;
-            rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused", req->asset_id);
-            goto out;
-        }
-        if (rc != MQPKI_OK)
-            goto out;
+    if ((rc = ca_pubkey_fingerprint(*pub, key_fp)) != MQPKI_OK) {
+        EVP_PKEY_free(*pub);
+        *pub = NULL;
     }
+out:
+    X509_REQ_free(csr);
+    return rc;
+}
+
+/* The asset may receive a certificate under the requested profile; gives the profile. */
+static int check_asset(struct inventory *inv, const struct enrollment_issue_req *req, int *profile)
+{
+    struct inventory_asset asset;
+    int rc;
+
+    memset(&asset, 0, sizeof(asset));
     if ((rc = inventory_asset_get(inv, req->asset_id, &asset)) != MQPKI_OK) {
         if (rc == MQPKI_ERR_NOT_FOUND)
             rc = mqpki_fail(rc, "unknown asset %s", req->asset_id);
@@ -140,31 +139,82 @@ int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollme
         rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s is decommissioned", req->asset_id);
         goto out;
     }
-    profile = profile_for_kind(asset.kind);
-    if (req->profile >= 0 && req->profile != profile) {
+    *profile = profile_for_kind(asset.kind);
+    if (req->profile >= 0 && req->profile != *profile)
         rc = mqpki_fail(MQPKI_ERR_POLICY, "asset %s is a %s; profile %s is not allowed for it",
                         req->asset_id, inventory_kind_name(asset.kind),
                         ca_profile_name((enum ca_profile)req->profile));
+out:
+    inventory_asset_clear(&asset);
+    return rc;
+}
+
+int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enrollment_committer *cm,
+                             const struct enrollment_issue_req *req, X509 **out)
+{
+    struct inventory_cert rec;
+    EVP_PKEY *pub = NULL;
+    X509 *cert = NULL;
+    char key_fp[65];
+    int rc, profile = -1, in_tx = 0;
+
+    *out = NULL;
+    memset(&rec, 0, sizeof(rec));
+    if ((rc = check_request(req, &pub, key_fp)) != MQPKI_OK)
         goto out;
+    if (cm == NULL) {
+        if ((rc = inventory_begin(inv)) != MQPKI_OK)
+            goto out;
+        in_tx = 1;
     }
+    /* With a token, an unknown asset must look like a wrong token from outside. */
+    rc = check_asset(inv, req, &profile);
+    if (rc == MQPKI_ERR_NOT_FOUND && req->token != NULL)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused (unknown asset)",
+                        req->asset_id);
+    if (rc != MQPKI_OK)
+        goto out;
     for (int i = 0; i < SERIAL_TRIES; i++) {
-        rc = sign_and_record(ca, inv, req, profile, pub, key_fp, &cert);
+        free(rec.pem);
+        X509_free(cert);
+        cert = NULL;
+        if ((rc = sign(ca, req, profile, pub, key_fp, &cert, &rec)) != MQPKI_OK)
+            goto out;
+        if (cm != NULL)
+            rc = enrollment_committer_record(cm, &rec, req->token, req->supersede, req->actor);
+        else
+            rc = enrollment_record(inv, &rec, req->token, req->supersede, req->actor);
         if (rc != MQPKI_ERR_EXISTS)
             break;
     }
+    if (rc == MQPKI_ERR_AUTH && in_tx) {
+        /* The failure count written by the token check must persist (attempt limits). */
+        char detail[300];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        (void)inventory_commit(inv);
+        in_tx = 0;
+        rc = mqpki_fail(rc, "%s", detail);
+    }
     if (rc != MQPKI_OK)
         goto out;
-    if ((rc = inventory_commit(inv)) != MQPKI_OK)
-        goto out;
-    in_tx = 0;
+    if (in_tx) {
+        if ((rc = inventory_commit(inv)) != MQPKI_OK)
+            goto out;
+        in_tx = 0;
+    }
     *out = cert;
     cert = NULL;
 out:
     if (in_tx)
         inventory_rollback(inv);
-    inventory_asset_clear(&asset);
+    free(rec.pem);
     X509_free(cert);
     EVP_PKEY_free(pub);
-    X509_REQ_free(csr);
     return rc;
+}
+
+int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollment_issue_req *req,
+                     X509 **out)
+{
+    return enrollment_issue_batched(ca, inv, NULL, req, out);
 }

@@ -87,6 +87,11 @@ int inventory_begin(struct inventory *inv);
 int inventory_commit(struct inventory *inv);
 void inventory_rollback(struct inventory *inv);
 
+/* A group of calls inside the open transaction that stand or fall together (one enrollment in
+ * a batch sharing one commit): savepoint_end with keep 0 undoes the group only. */
+int inventory_savepoint(struct inventory *inv);
+int inventory_savepoint_end(struct inventory *inv, int keep);
+
 /* Assets. actor names who acts ("cli:root", "est:10.0.0.5", "daemon") for the audit log. */
 int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, const char *actor);
 int inventory_asset_get(struct inventory *inv, const char *id, struct inventory_asset *out);

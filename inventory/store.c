@@ -413,6 +413,27 @@ void inventory_rollback(struct inventory *inv)
     inv->in_tx = 0;
 }
 
+int inventory_savepoint(struct inventory *inv)
+{
+    if (inv == NULL || !inv->in_tx)
+        return mqpki_fail(MQPKI_ERR_STATE, "inventory_savepoint: no transaction is open");
+    return inv_exec(inv, "SAVEPOINT inv_group");
+}
+
+int inventory_savepoint_end(struct inventory *inv, int keep)
+{
+    if (inv == NULL || !inv->in_tx)
+        return mqpki_fail(MQPKI_ERR_STATE, "inventory_savepoint_end: no transaction is open");
+    /* Some errors (disk full, I/O) make SQLite roll back the whole transaction itself. */
+    if (sqlite3_get_autocommit(inv->db)) {
+        inv->in_tx = 0;
+        return mqpki_fail(MQPKI_ERR_STORE, "%s: the transaction was rolled back", inv->path);
+    }
+    if (keep)
+        return inv_exec(inv, "RELEASE inv_group");
+    return inv_exec(inv, "ROLLBACK TO inv_group; RELEASE inv_group");
+}
+
 int inv_tx_start(struct inventory *inv, struct inv_tx *tx)
 {
     int rc;
