@@ -116,7 +116,10 @@ static int key_check(struct inventory *inv, const char *asset_id, const char *ke
     rc = inv_stmt(inv, SQL_CERT_KEY_USE, &st);
     if (rc != MQPKI_OK)
         goto out;
-    if ((rc = inv_bind_text(inv, st, 1, key_fp)) != MQPKI_OK)
+    /* Only a conflicting row matters: another asset's, or one revoked for key compromise
+     * (first); renewals of one asset with one key do not make this grow. */
+    if ((rc = inv_bind_text(inv, st, 1, key_fp)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, asset_id)) != MQPKI_OK)
         goto out;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
         const char *owner = (const char *)sqlite3_column_text(st, 0);

@@ -54,6 +54,8 @@ static const char *const migrations[] = {
     " reason INTEGER,"
     " issued_seq INTEGER NOT NULL UNIQUE);"
     "CREATE INDEX certs_asset ON certs(asset_id, issued_seq);"
+    /* Issue order: MAX(issued_seq) on every insert must not scan the table. */
+    "CREATE UNIQUE INDEX certs_seq ON certs(issued_seq);"
     "CREATE INDEX certs_key ON certs(key_fp);"
     "CREATE INDEX certs_state ON certs(state, not_after);"
     /* CRL building streams revocations in revocation order. */
