@@ -1,18 +1,790 @@
-/* cli: bundled broker commands (broker init, broker run) and crl-sync: not built yet. */
+/*
+ * cli: the bundled broker (broker init, broker run) and crl-sync, the CRL feed consumer for
+ * other brokers (DESIGN.md 3 and 6, docs/broker.md).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "ca.h"
 #include "cli.h"
 #include "common.h"
+#include "crlcheck.h"
+#include "datadir.h"
+#include "enrollment.h"
+#include "inventory.h"
+
+#define PLUGIN_NAME "mqpki_mosquitto.so"
+#define SERVICE_ID  "mqpkid"
+#define CHAIN_MAX   (256 * 1024)
+
+/* ---- broker init ---------------------------------------------------------------------- */
+
+/* The plugin next to this binary: BIN/../lib/mqpki_mosquitto.so, as built and as installed. */
+static int plugin_path(char out[PATH_MAX])
+{
+    char exe[PATH_MAX], *slash;
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    struct stat st;
+    int rc = MQPKI_OK;
+
+    if (n <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot find the mqpki binary (/proc/self/exe)");
+        goto out;
+    }
+    exe[n] = '\0';
+    if ((slash = strrchr(exe, '/')) != NULL)
+        *slash = '\0';
+    if ((slash = strrchr(exe, '/')) != NULL)
+        *slash = '\0';
+    if (mqpki_path(out, PATH_MAX, "%s/lib/%s", exe, PLUGIN_NAME) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
+        goto out;
+    }
+    if (stat(out, &st) != 0)
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "the broker plugin %s is missing (build it first)",
+                        out);
+out:
+    return rc;
+}
+
+static int is_ip(const char *h)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+static int valid_host(const char *h)
+{
+    size_t n = strlen(h);
+    return n > 0 && n <= 253 &&
+           strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") == n &&
+           h[0] != '-';
+}
+
+/* Asset NAME of kind broker: registered now unless it exists (then it must be a broker). */
+static int ensure_broker_asset(struct inventory *inv, const char *name)
+{
+    struct inventory_asset a;
+    int rc;
+
+    memset(&a, 0, sizeof(a));
+    rc = inventory_asset_get(inv, name, &a);
+    if (rc == MQPKI_OK && a.kind != INV_KIND_BROKER)
+        rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s exists and is a %s, not a broker", name,
+                        inventory_kind_name(a.kind));
+    inventory_asset_clear(&a);
+    if (rc != MQPKI_ERR_NOT_FOUND)
+        goto out;
+    mqpki_err_clear();
+    memset(&a, 0, sizeof(a));
+    snprintf(a.id, sizeof(a.id), "%s", name);
+    a.kind = INV_KIND_BROKER;
+    snprintf(a.model, sizeof(a.model), "mosquitto (bundled)");
+    rc = inventory_asset_add(inv, &a, "cli");
+out:
+    return rc;
+}
+
+/* A software EC P-256 key and a certificate of the broker profile for it. */
+static int issue_broker_cert(struct datadir *dd, const char *name, const char *host,
+                             EVP_PKEY **key_out, X509 **cert_out)
+{
+    const char *dns[3], *ips[3];
+    size_t n_dns = 0, n_ips = 0;
+    struct enrollment_issue_req req;
+    X509_REQ *csr = NULL;
+    unsigned char *der = NULL;
+    EVP_PKEY *key = NULL;
+    char hostname[256];
+    int der_len, rc;
+
+    *key_out = NULL;
+    *cert_out = NULL;
+    dns[n_dns++] = "localhost";
+    ips[n_ips++] = "127.0.0.1";
+    ips[n_ips++] = "::1";
+    /* A wildcard listen address names no host; the machine's name is the best guess then. */
+    if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
+        if (gethostname(hostname, sizeof(hostname)) == 0 && hostname[0] != '\0' &&
+            strcmp(hostname, "localhost") != 0 && valid_host(hostname))
+            dns[n_dns++] = hostname;
+    } else if (is_ip(host)) {
+        if (strcmp(host, "127.0.0.1") != 0 && strcmp(host, "::1") != 0)
+            ips[n_ips++] = host;
+    } else if (strcmp(host, "localhost") != 0) {
+        dns[n_dns++] = host;
+    }
+    if ((key = EVP_EC_gen("P-256")) == NULL || (csr = X509_REQ_new()) == NULL ||
+        X509_REQ_set_pubkey(csr, key) != 1 || X509_REQ_sign(csr, key, EVP_sha256()) <= 0 ||
+        (der_len = i2d_X509_REQ(csr, &der)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot make the broker's key and request");
+        goto out;
+    }
+    memset(&req, 0, sizeof(req));
+    req.asset_id = name;
+    req.csr = der;
+    req.csr_len = (size_t)der_len;
+    req.profile = CA_PROFILE_BROKER;
+    req.broker_days = datadir_config(dd)->broker_days;
+    req.device_days = datadir_config(dd)->device_days;
+    req.actor = "cli";
+    req.dns = dns;
+    req.n_dns = n_dns;
+    req.ips = ips;
+    req.n_ips = n_ips;
+    if ((rc = enrollment_issue(datadir_ca(dd), datadir_inventory(dd), &req, cert_out)))
+        goto out;
+    *key_out = key;
+    key = NULL;
+out:
+    OPENSSL_free(der);
+    X509_REQ_free(csr);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+static int write_key(const char *path, EVP_PKEY *key)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long len = 0;
+    int rc;
+
+    if (bio == NULL || PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (len = BIO_get_mem_data(bio, &pem)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode the broker's key");
+        goto out;
+    }
+    rc = mqpki_file_write_atomic(path, pem, (size_t)len, 0600);
+out:
+    /* The buffer held a private key. */
+    if (pem != NULL && len > 0)
+        OPENSSL_cleanse(pem, (size_t)len);
+    BIO_free(bio);
+    return rc;
+}
+
+static int write_cert_chain(const char *path, X509 *leaf, X509 *issuing)
+{
+    char *a = NULL, *b = NULL, *all = NULL;
+    size_t la = 0, lb = 0;
+    int rc;
+
+    if ((rc = ca_cert_pem(leaf, &a, &la)) != MQPKI_OK ||
+        (rc = ca_cert_pem(issuing, &b, &lb)) != MQPKI_OK)
+        goto out;
+    if ((all = malloc(la + lb)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(all, a, la);
+    memcpy(all + la, b, lb);
+    rc = mqpki_file_write_atomic(path, all, la + lb, 0644);
+out:
+    free(a);
+    free(b);
+    free(all);
+    return rc;
+}
+
+static int write_text(const char *dir, const char *name, const char *text, unsigned mode)
+{
+    char path[PATH_MAX];
+
+    if (mqpki_path(path, sizeof(path), "%s/%s", dir, name) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
+    return mqpki_file_write_atomic(path, text, strlen(text), mode);
+}
+
+static int write_mosquitto_conf(const char *dir, const char *name, const char *host, int port,
+                                const char *plugin)
+{
+    struct passwd *pw = getpwuid(geteuid());
+    char *text = NULL;
+    int n, rc;
+
+    if (pw == NULL || pw->pw_name == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot find the current user's name");
+        goto out;
+    }
+    /* Paths may not hold spaces: Mosquitto's config reader would split them. */
+    if (strpbrk(dir, " \t\n") != NULL || strpbrk(plugin, " \t\n") != NULL) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: Mosquitto cannot read paths with spaces", dir);
+        goto out;
+    }
+    n = asprintf(&text,
+                 "# Bundled broker %s, written by 'mqpki broker init' (docs/broker.md).\n"
+                 "# Run it with 'mqpki broker run %s'.\n"
+                 "per_listener_settings false\n"
+                 "# Run as the owner of the data directory: the key below is 0600.\n"
+                 "user %s\n"
+                 "log_dest stderr\n"
+                 "log_type error\n"
+                 "log_type warning\n"
+                 "log_type notice\n"
+                 "log_type information\n"
+                 "log_timestamp_format %%Y-%%m-%%dT%%H:%%M:%%S\n"
+                 "persistence true\n"
+                 "persistence_location %s/data/\n"
+                 "allow_anonymous false\n"
+                 "\n"
+                 "# The plugin authenticates by certificate, enforces the CRL feed and the ACL.\n"
+                 "plugin %s\n"
+                 "plugin_opt_ca_file %s/ca.pem\n"
+                 "plugin_opt_state_dir %s/state\n"
+                 "plugin_opt_service_id %s\n"
+                 "plugin_opt_broker_name %s\n"
+                 "plugin_opt_fail_closed false\n"
+                 "#plugin_opt_acl_file %s/acl.conf\n"
+                 "\n"
+                 "listener %d %s\n"
+                 "cafile %s/ca.pem\n"
+                 "certfile %s/broker.pem\n"
+                 "keyfile %s/broker.key\n"
+                 "require_certificate true\n"
+                 "# Off, so that the plugin's BASIC_AUTH runs and names the client (DESIGN.md 6).\n"
+                 "use_identity_as_username false\n"
+                 "tls_version tlsv1.2\n"
+                 "# Without it each TLS handshake waits on Nagle's algorithm (~48 ms).\n"
+                 "set_tcp_nodelay true\n",
+                 name, name, pw->pw_name, dir, plugin, dir, dir, SERVICE_ID, name, dir, port, host,
+                 dir, dir, dir);
+    if (n < 0) {
+        text = NULL;
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    rc = write_text(dir, "mosquitto.conf", text, 0600);
+out:
+    free(text);
+    return rc;
+}
+
+static int parse_port(struct cli *cli, const char *text, int *out)
+{
+    char *end = NULL;
+    long v = strtol(text, &end, 10);
+
+    if (end == text || *end != '\0' || v < 1 || v > 65535)
+        return cli_usage_error(cli, "--port '%.20s': expected 1 to 65535", text);
+    *out = (int)v;
+    return MQPKI_OK;
+}
 
 int cmd_broker_init(struct cli *cli, int argc, char **argv)
 {
-    return mqpki_fail(MQPKI_ERR_INVALID, "not available yet");
+    static const struct option opts[] = {
+        {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct datadir *dd = NULL;
+    const char *name, *host = "127.0.0.1";
+    char plugin[PATH_MAX], dir[PATH_MAX], path[PATH_MAX], conf[512];
+    unsigned char *chain = NULL;
+    size_t chain_len = 0;
+    EVP_PKEY *key = NULL;
+    X509 *cert = NULL;
+    struct stat st;
+    int c, rc = MQPKI_OK, port = 8883;
+
+    while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'H': host = optarg; break;
+        case 'p': rc = parse_port(cli, optarg, &port); break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki broker init NAME [--host H] [--port P]\n\n"
+                "Registers the bundled broker NAME (an asset of kind broker), issues its TLS\n"
+                "certificate (names localhost, 127.0.0.1, ::1 and H) and writes brokers/NAME/:\n"
+                "broker.key, broker.pem, ca.pem, broker.conf and mosquitto.conf (one TLS\n"
+                "listener on H:P, default 127.0.0.1:8883, client certificates required, the\n"
+                "mqpki plugin). mqpkid then feeds it the CRLs; run it with 'mqpki broker run'.\n");
+        default: rc = cli_usage_error(cli, "unknown option"); break;
+        }
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    if (optind + 1 != argc) {
+        rc = cli_usage_error(cli, "expected one broker NAME");
+        goto out;
+    }
+    name = argv[optind];
+    if (!mqpki_asset_id_valid(name)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "broker name '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
+                        name);
+        goto out;
+    }
+    if (!valid_host(host)) {
+        rc = cli_usage_error(cli, "--host '%.80s': not a host name or address", host);
+        goto out;
+    }
+    if ((rc = plugin_path(plugin)) != MQPKI_OK)
+        goto out;
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers/%s", cli->home, name) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+        goto out;
+    }
+    /* Room for the file names below, so that none of them can be cut short. */
+    if (strlen(dir) + 32 >= sizeof(dir)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+        goto out;
+    }
+    if (stat(dir, &st) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS, "broker %s already exists (%s)", name, dir);
+        goto out;
+    }
+    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_path(dd, "ca/chain.pem", path)) != MQPKI_OK ||
+        (rc = mqpki_file_read(path, CHAIN_MAX, &chain, &chain_len)) != MQPKI_OK)
+        goto out;
+    if ((rc = ensure_broker_asset(datadir_inventory(dd), name)) != MQPKI_OK)
+        goto out;
+    if ((rc = issue_broker_cert(dd, name, host, &key, &cert)) != MQPKI_OK)
+        goto out;
+    if ((rc = mqpki_mkdir_p(dir, 0700)) != MQPKI_OK)
+        goto out;
+    (void)mqpki_path(path, sizeof(path), "%s/data", dir);
+    if ((rc = mqpki_mkdir_p(path, 0700)) != MQPKI_OK)
+        goto out;
+    (void)mqpki_path(path, sizeof(path), "%s/state", dir);
+    if ((rc = mqpki_mkdir_p(path, 0700)) != MQPKI_OK)
+        goto out;
+    (void)mqpki_path(path, sizeof(path), "%s/broker.key", dir);
+    if ((rc = write_key(path, key)) != MQPKI_OK)
+        goto out;
+    (void)mqpki_path(path, sizeof(path), "%s/broker.pem", dir);
+    if ((rc = write_cert_chain(path, cert, ca_issuing_cert(datadir_ca(dd)))) != MQPKI_OK)
+        goto out;
+    (void)mqpki_path(path, sizeof(path), "%s/ca.pem", dir);
+    if ((rc = mqpki_file_write_atomic(path, chain, chain_len, 0644)) != MQPKI_OK)
+        goto out;
+    snprintf(conf, sizeof(conf),
+             "# Bundled broker %s: where mqpkid's CRL feed finds it (docs/broker.md).\n"
+             "host = %s\nport = %d\n",
+             name, host, port);
+    if ((rc = write_text(dir, "broker.conf", conf, 0644)) != MQPKI_OK)
+        goto out;
+    if ((rc = write_mosquitto_conf(dir, name, host, port, plugin)) != MQPKI_OK)
+        goto out;
+    printf("broker %s: certificate issued; configuration in %s/mosquitto.conf "
+           "(listener %s:%d)\n",
+           name, dir, host, port);
+out:
+    free(chain);
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    datadir_close(dd);
+    return rc;
 }
+
+/* ---- broker run ----------------------------------------------------------------------- */
 
 int cmd_broker_run(struct cli *cli, int argc, char **argv)
 {
-    return mqpki_fail(MQPKI_ERR_INVALID, "not available yet");
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    char conf[PATH_MAX];
+    struct stat st;
+    int c, rc = MQPKI_OK;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            return cli_help("usage: mqpki broker run NAME\n\n"
+                            "Runs Mosquitto in the foreground with brokers/NAME/mosquitto.conf\n"
+                            "(written by 'mqpki broker init'); logs go to stderr.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cli, "expected one broker NAME");
+    if (!mqpki_asset_id_valid(argv[optind]))
+        return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
+    if (mqpki_path(conf, sizeof(conf), "%s/brokers/%s/mosquitto.conf", cli->home, argv[optind]) !=
+        MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+    if (stat(conf, &st) != 0)
+        return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s (run 'mqpki broker init %s')",
+                          argv[optind], argv[optind]);
+    fflush(NULL);
+    execlp("mosquitto", "mosquitto", "-c", conf, (char *)NULL);
+    execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);
+    rc = mqpki_fail(MQPKI_ERR_NOT_FOUND,
+                    "cannot run mosquitto (%s); install the mosquitto "
+                    "package",
+                    strerror(errno));
+    return rc;
+}
+
+/* ---- crl-sync ------------------------------------------------------------------------- */
+
+struct sync {
+    STACK_OF(X509) * cas;
+    const char *out, *delta_out, *exec;
+    int64_t held_full, held_delta;
+    int once, done, connected, failed;
+};
+
+static volatile sig_atomic_t sync_stop;
+
+static void on_signal(int sig)
+{
+    sync_stop = 1;
+}
+
+static void run_exec(const char *cmd)
+{
+    pid_t pid;
+    int status = 0;
+
+    fflush(NULL);
+    if ((pid = fork()) < 0) {
+        fprintf(stderr, "crl-sync: cannot run --exec: %s\n", strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        printf("  --exec done\n");
+    else
+        printf("  --exec failed (status %d)\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    fflush(stdout);
+}
+
+/* Writes a verified CRL as PEM to path, atomically (most brokers' crlfile wants PEM). */
+static int write_crl_pem(const char *path, X509_CRL *crl)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long len;
+    int rc;
+
+    if (bio == NULL || PEM_write_bio_X509_CRL(bio, crl) != 1 ||
+        (len = BIO_get_mem_data(bio, &pem)) <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode the CRL");
+        goto out;
+    }
+    rc = mqpki_file_write_atomic(path, pem, (size_t)len, 0644);
+out:
+    BIO_free(bio);
+    return rc;
+}
+
+static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta)
+{
+    struct crlcheck_info info;
+    X509_CRL *crl = NULL;
+    char why[256];
+    const char *path = delta ? s->delta_out : s->out;
+    enum crlcheck_order order;
+    int rc;
+
+    if (crlcheck_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        crlcheck_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
+        goto refused;
+    if ((info.base >= 0) != delta) {
+        snprintf(why, sizeof(why), "a %s CRL on the %s topic", delta ? "full" : "delta",
+                 delta ? "delta" : "full");
+        goto refused;
+    }
+    order = crlcheck_order(&info, s->held_full, s->held_delta, why, sizeof(why));
+    if (order == CRLCHECK_REFUSE)
+        goto refused;
+    if (order == CRLCHECK_SAME) {
+        if (!delta)
+            s->done = 1;
+        goto out;
+    }
+    if ((rc = write_crl_pem(path, crl)) != MQPKI_OK) {
+        printf("CRL %lld not written: %s\n", (long long)info.number, mqpki_err_detail(rc));
+        s->failed = 1;
+        goto out;
+    }
+    if (delta)
+        s->held_delta = info.number;
+    else
+        s->held_full = info.number;
+    printf("%s CRL %lld (%zu entries) verified and written to %s\n", delta ? "delta" : "full",
+           (long long)info.number, info.n_entries, path);
+    fflush(stdout);
+    if (s->exec != NULL)
+        run_exec(s->exec);
+    if (!delta)
+        s->done = 1;
+    goto out;
+refused:
+    printf("%s ignored: %s\n", delta ? "delta CRL" : "CRL", why);
+    fflush(stdout);
+out:
+    X509_CRL_free(crl);
+}
+
+static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
+{
+    struct sync *s = ud;
+
+    if (strcmp(msg->topic, "mqpki/v1/crl/full") == 0)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0);
+    else if (strcmp(msg->topic, "mqpki/v1/crl/delta") == 0 && s->delta_out != NULL)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1);
+}
+
+static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
+{
+    struct sync *s = ud;
+
+    if (rc != 0) {
+        printf("broker refused the connection: %s\n", mosquitto_connack_string(rc));
+        fflush(stdout);
+        return;
+    }
+    s->connected = 1;
+    mosquitto_subscribe(m, NULL, "mqpki/v1/crl/full", 1);
+    if (s->delta_out != NULL)
+        mosquitto_subscribe(m, NULL, "mqpki/v1/crl/delta", 1);
+}
+
+/* mqtts://HOST[:PORT] or mqtts://[V6]:PORT into host and port. */
+static int parse_broker_url(struct cli *cli, const char *url, char *host, size_t size, int *port)
+{
+    const char *p, *colon, *end;
+    size_t n;
+    int rc = MQPKI_OK;
+
+    *port = 8883;
+    if (strncmp(url, "mqtts://", 8) != 0) {
+        rc = cli_usage_error(cli, "--broker '%.80s': expected mqtts://HOST:PORT", url);
+        goto out;
+    }
+    p = url + 8;
+    if (*p == '[') {
+        end = strchr(p, ']');
+        if (end == NULL) {
+            rc = cli_usage_error(cli, "--broker: unterminated [address]");
+            goto out;
+        }
+        n = (size_t)(end - p - 1);
+        p++;
+        colon = end[1] == ':' ? end + 1 : NULL;
+    } else {
+        colon = strrchr(p, ':');
+        n = colon != NULL ? (size_t)(colon - p) : strlen(p);
+    }
+    if (n == 0 || n >= size) {
+        rc = cli_usage_error(cli, "--broker '%.80s': missing or overlong host", url);
+        goto out;
+    }
+    memcpy(host, p, n);
+    host[n] = '\0';
+    if (colon != NULL)
+        rc = parse_port(cli, colon + 1, port);
+out:
+    return rc;
+}
+
+/* The held CRL number of an existing --out file (PEM or DER) that verifies; -1 otherwise. */
+static int64_t held_number(struct sync *s, const char *path)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    X509_CRL *crl = NULL;
+    struct crlcheck_info info;
+    int64_t n = -1;
+    BIO *bio = NULL;
+
+    if (mqpki_file_read(path, CRLCHECK_MAX_DER, &buf, &len) != MQPKI_OK)
+        goto out;
+    if ((bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
+        goto out;
+    crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL);
+    if (crl == NULL && crlcheck_parse(buf, len, &crl, NULL, 0) != 0)
+        goto out;
+    if (crlcheck_verify(crl, s->cas, &info, NULL, 0) == 0)
+        n = info.number;
+out:
+    mqpki_err_clear();
+    BIO_free(bio);
+    X509_CRL_free(crl);
+    free(buf);
+    return n;
+}
+
+static int default_file(struct cli *cli, const char *rel, char out[PATH_MAX])
+{
+    struct stat st;
+
+    return mqpki_path(out, PATH_MAX, "%s/%s", cli->home, rel) == MQPKI_OK && stat(out, &st) == 0;
 }
 
 int cmd_crl_sync(struct cli *cli, int argc, char **argv)
 {
-    return mqpki_fail(MQPKI_ERR_INVALID, "not available yet");
+    static const struct option opts[] = {
+        {"broker", required_argument, NULL, 'b'},
+        {"out", required_argument, NULL, 'o'},
+        {"delta-out", required_argument, NULL, 'd'},
+        {"exec", required_argument, NULL, 'e'},
+        {"cert", required_argument, NULL, 'c'},
+        {"key", required_argument, NULL, 'k'},
+        {"ca", required_argument, NULL, 'a'},
+        {"client-id", required_argument, NULL, 'i'},
+        {"once", no_argument, NULL, '1'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct sync s;
+    struct mosquitto *m = NULL;
+    struct sigaction sa;
+    const char *url = NULL, *cert = NULL, *key = NULL, *ca = NULL, *client_id = NULL;
+    char host[256], dcert[PATH_MAX], dkey[PATH_MAX], dca[PATH_MAX], why[256], idbuf[64];
+    int64_t timeout = 0, started;
+    int c, rc = MQPKI_OK, port, delay = 1, lib = 0;
+
+    memset(&s, 0, sizeof(s));
+    s.held_full = s.held_delta = -1;
+    while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': url = optarg; break;
+        case 'o': s.out = optarg; break;
+        case 'd': s.delta_out = optarg; break;
+        case 'e': s.exec = optarg; break;
+        case 'c': cert = optarg; break;
+        case 'k': key = optarg; break;
+        case 'a': ca = optarg; break;
+        case 'i': client_id = optarg; break;
+        case '1': s.once = 1; break;
+        case 't':
+            if ((timeout = mqpki_duration_parse(optarg)) <= 0)
+                rc = cli_usage_error(cli, "--timeout '%.20s': expected e.g. 30s", optarg);
+            break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki crl-sync --broker mqtts://HOST:PORT --out FILE [--exec CMD]\n"
+                "                      [--delta-out FILE] [--cert FILE --key FILE] [--ca FILE]\n"
+                "                      [--client-id ID] [--once [--timeout 30s]]\n\n"
+                "Follows the CRL feed (mqpki/v1/crl/full) of a bundled broker for another broker:\n"
+                "each CRL is verified against the issuing CA (--ca), refused when older than the\n"
+                "one held, written to FILE atomically as PEM, then CMD runs (/bin/sh -c), e.g. a\n"
+                "reload. Connects with --cert/--key (default: the data directory's tls/mqpkid.*;\n"
+                "--ca defaults to ca/chain.pem). Runs until SIGINT/SIGTERM; --once stops after\n"
+                "the first good CRL (exit 1 if none arrives within --timeout).\n");
+        default: rc = cli_usage_error(cli, "unknown option"); break;
+        }
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    if (optind != argc) {
+        rc = cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+        goto out;
+    }
+    if (url == NULL || s.out == NULL) {
+        rc = cli_usage_error(cli, "--broker and --out are required");
+        goto out;
+    }
+    if ((rc = parse_broker_url(cli, url, host, sizeof(host), &port)) != MQPKI_OK)
+        goto out;
+    if (cert == NULL && default_file(cli, "tls/mqpkid.pem", dcert))
+        cert = dcert;
+    if (key == NULL && default_file(cli, "tls/mqpkid.key", dkey))
+        key = dkey;
+    if (ca == NULL && default_file(cli, "ca/chain.pem", dca))
+        ca = dca;
+    if (cert == NULL || key == NULL || ca == NULL) {
+        rc = cli_usage_error(cli, "--cert, --key and --ca are required outside a data directory");
+        goto out;
+    }
+    if (crlcheck_load_cas(ca, &s.cas, why, sizeof(why)) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "--ca: %s", why);
+        goto out;
+    }
+    s.held_full = held_number(&s, s.out);
+    if (s.delta_out != NULL)
+        s.held_delta = held_number(&s, s.delta_out);
+    if (timeout == 0)
+        timeout = s.once ? 30 : 0;
+    if (client_id == NULL) {
+        snprintf(idbuf, sizeof(idbuf), "mqpki-crl-sync-%ld", (long)getpid());
+        client_id = idbuf;
+    }
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    mosquitto_lib_init();
+    lib = 1;
+    if ((m = mosquitto_new(client_id, true, &s)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "cannot create the MQTT client");
+        goto out;
+    }
+    if (mosquitto_tls_set(m, ca, NULL, cert, key, NULL) != MOSQ_ERR_SUCCESS ||
+        mosquitto_tls_opts_set(m, 1, "tlsv1.2", NULL) != MOSQ_ERR_SUCCESS) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "cannot use --cert %s / --key %s / --ca %s", cert, key,
+                        ca);
+        goto out;
+    }
+    mosquitto_connect_callback_set(m, on_sync_connect);
+    mosquitto_message_callback_set(m, on_sync_message);
+    if (s.held_full >= 0)
+        printf("following %s (holding CRL %lld in %s)\n", url, (long long)s.held_full, s.out);
+    else
+        printf("following %s (no CRL held yet)\n", url);
+    fflush(stdout);
+    started = mqpki_now();
+    rc = mosquitto_connect(m, host, port, 60);
+    while (!sync_stop && !(s.once && s.done) && !s.failed) {
+        if (timeout > 0 && mqpki_now() - started >= timeout)
+            break;
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_loop(m, 200, 1);
+        if (rc != MOSQ_ERR_SUCCESS && !sync_stop) {
+            /* Back off up to a minute: a broker restart must not turn into a tight loop. */
+            if (s.connected || delay == 1)
+                printf("broker %s:%d unreachable (%s); retrying\n", host, port,
+                       rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+            fflush(stdout);
+            s.connected = 0;
+            sleep((unsigned)delay);
+            delay = delay < 60 ? delay * 2 : 60;
+            rc = mosquitto_reconnect(m);
+        } else if (s.connected) {
+            delay = 1;
+        }
+    }
+    rc = MQPKI_OK;
+    if (s.failed)
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot write %s", s.out);
+    else if (s.once && !s.done)
+        rc = mqpki_fail(MQPKI_ERR_STATE, "no valid CRL from %s within %llds", url,
+                        (long long)timeout);
+    mosquitto_disconnect(m);
+out:
+    mosquitto_destroy(m);
+    if (lib)
+        mosquitto_lib_cleanup();
+    sk_X509_pop_free(s.cas, X509_free);
+    return rc;
 }

@@ -1,0 +1,93 @@
+/*
+ * broker: internals of the Mosquitto plugin mqpki_mosquitto.so (DESIGN.md 6). Nothing here is
+ * exported from the plugin (only mosquitto_plugin_*); the header exists for the plugin's own
+ * files and for tests/unit/test_broker.c. The plugin speaks X.509, CRLs and MQTT only: it never
+ * links ca/, inventory/, hsm/ or datadir/.
+ */
+#ifndef MQPKI_BROKER_H
+#define MQPKI_BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/x509.h>
+
+#include "crlcheck.h"
+
+/*
+ * serialset: the revoked serials of one CRL as 16-byte keys (crlcheck_serial_key) in an
+ * open-addressing table (linear probing, load <= 1/2): O(1) lookups, 16 bytes a slot, so a
+ * million serials take 32 MiB.
+ */
+struct serialset;
+
+/* A set sized for about `expected` keys (it grows past that). NULL when out of memory. */
+struct serialset *serialset_new(size_t expected);
+void serialset_free(struct serialset *s);
+/* Adds key (a no-op when present). 0, or -1 when out of memory. */
+int serialset_add(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+/* Removes key when present. */
+void serialset_remove(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+/* 1 when key is in the set. NULL-safe (0). */
+int serialset_has(const struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+size_t serialset_count(const struct serialset *s);
+/* Bytes held by the set's table. */
+size_t serialset_bytes(const struct serialset *s);
+
+/*
+ * revset: what the plugin believes is revoked: the held full CRL, optionally extended by the
+ * held delta CRL. Immutable once built; a new CRL builds a new revset that is swapped in (parts
+ * unchanged by it, such as the full CRL under a new delta, are shared by reference count).
+ */
+struct revset;
+
+/* An empty revset (no CRL held yet). */
+struct revset *revset_new_empty(void);
+void revset_free(struct revset *r);
+
+/*
+ * Builds the revset that results from applying a verified CRL (info from crlcheck_verify, order
+ * already checked with crlcheck_order) to cur (may be NULL or empty). A full CRL replaces the
+ * full part and keeps cur's delta only if it still extends it; a delta replaces the delta part.
+ * 0, or -1 when out of memory.
+ */
+int revset_apply(const struct revset *cur, X509_CRL *crl, const struct crlcheck_info *info,
+                 struct revset **out);
+
+/* CRL numbers held (-1 when none) and the full CRL's nextUpdate (0 when none). */
+int64_t revset_full_number(const struct revset *r);
+int64_t revset_delta_number(const struct revset *r);
+int64_t revset_next_update(const struct revset *r);
+/* Number of serials currently considered revoked or on hold. */
+size_t revset_count(const struct revset *r);
+
+/* 1 when the serial key, issued by the CA whose name digest is issuer, is revoked or on hold. */
+int revset_is_revoked(const struct revset *r, const unsigned char issuer[CRLCHECK_ISSUER_LEN],
+                      const unsigned char key[CRLCHECK_KEY_LEN]);
+
+/*
+ * acl: who may do what. The service identity may publish, subscribe and read under mqpki/v1/
+ * only; every other identity ID may publish and subscribe under fleet/ID/#, subscribe to and
+ * read mqpki/v1/assets/ID/cmd, and what the ACL file grants, but never publish under mqpki/v1/.
+ */
+enum acl_access { ACL_READ = 1, ACL_WRITE = 2, ACL_SUBSCRIBE = 4, ACL_UNSUBSCRIBE = 8 };
+
+struct acl;
+
+/*
+ * Loads an ACL file: one rule a line, `WHO PATTERN read|write|readwrite`, WHO an asset id or `*`,
+ * PATTERN a topic filter in which `%u` stands for the client's asset id; `#` starts a comment.
+ * A subscription is granted when `read` covers its whole filter. NULL path: no extra rules.
+ */
+int acl_load(const char *path, struct acl **out, char *why, size_t why_len);
+void acl_free(struct acl *a);
+
+/* 1 when identity id (service when is_service) may do access on topic (a filter for
+ * ACL_SUBSCRIBE). acl may be NULL. */
+int acl_allowed(const struct acl *a, const char *id, int is_service, int access, const char *topic);
+
+/* 1 when pattern (a filter with + and #) covers subject (a topic, or a filter whose wildcards
+ * must then be covered by wildcards of pattern). */
+int acl_topic_covers(const char *pattern, const char *subject);
+
+#endif

@@ -1,0 +1,169 @@
+/* broker: the revset, the revoked serials of the held full CRL and delta CRL. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509v3.h>
+
+#include "broker.h"
+
+/* One held CRL: its serials (revoked or on hold) and, for a delta, those it takes off. */
+struct part {
+    struct serialset *listed;
+    struct serialset *removed; /* delta only: removeFromCRL entries (RFC 5280 5.3.1) */
+    unsigned char issuer[CRLCHECK_ISSUER_LEN];
+    int64_t number, base, next_update;
+    int refs; /* the plugin runs on Mosquitto's one thread; plain counting is enough */
+};
+
+struct revset {
+    struct part *full;  /* NULL: no CRL held */
+    struct part *delta; /* NULL: no delta held */
+};
+
+static void part_unref(struct part *p)
+{
+    if (p == NULL || --p->refs > 0)
+        return;
+    serialset_free(p->listed);
+    serialset_free(p->removed);
+    free(p);
+}
+
+static struct part *part_ref(struct part *p)
+{
+    if (p != NULL)
+        p->refs++;
+    return p;
+}
+
+static int part_build(X509_CRL *crl, const struct crlcheck_info *info, struct part **out)
+{
+    STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
+    unsigned char key[CRLCHECK_KEY_LEN];
+    struct part *p;
+    int rc = -1;
+
+    *out = NULL;
+    if ((p = calloc(1, sizeof(*p))) == NULL)
+        goto out;
+    p->refs = 1;
+    p->number = info->number;
+    p->base = info->base;
+    p->next_update = info->next_update;
+    memcpy(p->issuer, info->issuer, sizeof(p->issuer));
+    if ((p->listed = serialset_new(info->n_entries)) == NULL ||
+        (p->removed = serialset_new(0)) == NULL)
+        goto out;
+    for (int i = 0; i < sk_X509_REVOKED_num(revoked); i++) {
+        X509_REVOKED *r = sk_X509_REVOKED_value(revoked, i);
+        ASN1_ENUMERATED *reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
+        int remove = reason != NULL && ASN1_ENUMERATED_get(reason) == CRL_REASON_REMOVE_FROM_CRL;
+        ASN1_ENUMERATED_free(reason);
+        crlcheck_serial_key(X509_REVOKED_get0_serialNumber(r), key);
+        /* removeFromCRL only means something in a delta; in a full CRL the entry is ignored. */
+        if (remove && info->base >= 0 && serialset_add(p->removed, key) != 0)
+            goto out;
+        if (!remove && serialset_add(p->listed, key) != 0)
+            goto out;
+    }
+    *out = p;
+    p = NULL;
+    rc = 0;
+out:
+    part_unref(p);
+    return rc;
+}
+
+struct revset *revset_new_empty(void)
+{
+    return calloc(1, sizeof(struct revset));
+}
+
+void revset_free(struct revset *r)
+{
+    if (r == NULL)
+        return;
+    part_unref(r->full);
+    part_unref(r->delta);
+    free(r);
+}
+
+int revset_apply(const struct revset *cur, X509_CRL *crl, const struct crlcheck_info *info,
+                 struct revset **out)
+{
+    struct revset *r = NULL;
+    struct part *p = NULL;
+    int rc = -1;
+
+    *out = NULL;
+    if ((r = revset_new_empty()) == NULL || part_build(crl, info, &p) != 0)
+        goto out;
+    if (info->base < 0) {
+        r->full = p;
+        /* The held delta still extends the new full CRL only if it is newer and based on it
+         * or an older one (RFC 5280 5.2.4). */
+        if (cur != NULL && cur->delta != NULL && cur->delta->number > info->number &&
+            cur->delta->base <= info->number)
+            r->delta = part_ref(cur->delta);
+    } else {
+        r->full = cur != NULL ? part_ref(cur->full) : NULL;
+        r->delta = p;
+    }
+    p = NULL;
+    *out = r;
+    r = NULL;
+    rc = 0;
+out:
+    part_unref(p);
+    revset_free(r);
+    return rc;
+}
+
+int64_t revset_full_number(const struct revset *r)
+{
+    return r != NULL && r->full != NULL ? r->full->number : -1;
+}
+
+int64_t revset_delta_number(const struct revset *r)
+{
+    return r != NULL && r->delta != NULL ? r->delta->number : -1;
+}
+
+int64_t revset_next_update(const struct revset *r)
+{
+    return r != NULL && r->full != NULL ? r->full->next_update : 0;
+}
+
+size_t revset_count(const struct revset *r)
+{
+    size_t n = 0;
+
+    if (r != NULL && r->full != NULL)
+        n += serialset_count(r->full->listed);
+    if (r != NULL && r->delta != NULL)
+        n += serialset_count(r->delta->listed);
+    return n;
+}
+
+int revset_is_revoked(const struct revset *r, const unsigned char issuer[CRLCHECK_ISSUER_LEN],
+                      const unsigned char key[CRLCHECK_KEY_LEN])
+{
+    int in_full = 0, revoked = 0;
+
+    if (r == NULL || r->full == NULL)
+        goto out;
+    /* A serial only means something next to the CA that issued it. */
+    if (memcmp(r->full->issuer, issuer, CRLCHECK_ISSUER_LEN) == 0)
+        in_full = serialset_has(r->full->listed, key);
+    if (r->delta != NULL && memcmp(r->delta->issuer, issuer, CRLCHECK_ISSUER_LEN) == 0) {
+        if (serialset_has(r->delta->listed, key)) {
+            revoked = 1;
+            goto out;
+        }
+        if (serialset_has(r->delta->removed, key))
+            in_full = 0;
+    }
+    revoked = in_full;
+out:
+    return revoked;
+}

@@ -1,0 +1,649 @@
+/*
+ * broker: mqpki_mosquitto.so, the Mosquitto 2.0 plugin (DESIGN.md 6). It authenticates clients
+ * by their certificate (refusing revoked or held serials), confines them to their topics,
+ * consumes the signed CRL feed, disconnects clients whose certificate became revoked, and
+ * publishes security events for mqpkid. Mosquitto runs all callbacks on its one main thread.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <openssl/bn.h>
+#include <openssl/x509v3.h>
+
+#include "broker.h"
+#include "common.h"
+
+#define EXPORT      __attribute__((visibility("default")))
+#define TOPIC_FULL  "mqpki/v1/crl/full"
+#define TOPIC_DELTA "mqpki/v1/crl/delta"
+#define URN_PREFIX  "urn:mqpki:asset:"
+#define WHY_MAX     256
+
+/* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
+ * clients and may be taken over, a context is not. */
+struct client {
+    const struct mosquitto *ctx;
+    char *client_id;
+    char asset[MQPKI_ASSET_ID_MAX + 1];
+    char serial_hex[48];
+    unsigned char serial[CRLCHECK_KEY_LEN];
+    unsigned char issuer[CRLCHECK_ISSUER_LEN];
+    int kick;
+    struct client *next;
+};
+
+struct plugin {
+    mosquitto_plugin_id_t *id;
+    STACK_OF(X509) * cas;
+    struct revset *rev;
+    struct acl *acl;
+    char *state_dir;
+    char service_id[MQPKI_ASSET_ID_MAX + 1];
+    char broker_name[MQPKI_ASSET_ID_MAX + 1];
+    char events_topic[128];
+    int fail_closed;
+    struct client **bucket;
+    size_t n_buckets, n_clients, pending_kicks;
+};
+
+static size_t bucket_of(const struct plugin *pl, const struct mosquitto *ctx)
+{
+    uintptr_t p = (uintptr_t)ctx;
+    return (size_t)((p >> 4) ^ (p >> 12)) & (pl->n_buckets - 1);
+}
+
+static void client_free(struct client *c)
+{
+    if (c == NULL)
+        return;
+    free(c->client_id);
+    free(c);
+}
+
+static struct client *client_take(struct plugin *pl, const struct mosquitto *ctx)
+{
+    struct client **pp = &pl->bucket[bucket_of(pl, ctx)], *c;
+
+    for (; (c = *pp) != NULL; pp = &c->next) {
+        if (c->ctx == ctx) {
+            *pp = c->next;
+            pl->n_clients--;
+            if (c->kick)
+                pl->pending_kicks--;
+            c->next = NULL;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static int client_put(struct plugin *pl, struct client *c)
+{
+    size_t b;
+
+    client_free(client_take(pl, c->ctx));
+    /* Keep chains short: double the buckets when clients outnumber them twice. */
+    if (pl->n_clients + 1 > 2 * pl->n_buckets) {
+        size_t n = pl->n_buckets * 2, old_n = pl->n_buckets;
+        struct client **nb = calloc(n, sizeof(*nb)), **ob = pl->bucket;
+        if (nb != NULL) {
+            pl->bucket = nb;
+            pl->n_buckets = n;
+            for (size_t i = 0; i < old_n; i++) {
+                struct client *x = ob[i], *next;
+                for (; x != NULL; x = next) {
+                    next = x->next;
+                    b = bucket_of(pl, x->ctx);
+                    x->next = nb[b];
+                    nb[b] = x;
+                }
+            }
+            free(ob);
+        }
+    }
+    b = bucket_of(pl, c->ctx);
+    c->next = pl->bucket[b];
+    pl->bucket[b] = c;
+    pl->n_clients++;
+    return 0;
+}
+
+/* Publishes one security event as JSON on mqpki/v1/events/BROKER (QoS 1, not retained). */
+static void emit(struct plugin *pl, const char *type, const char *asset, const char *client_id,
+                 const char *address, const char *serial, const char *reason)
+{
+    char when[32];
+    json_t *v;
+    char *text = NULL;
+
+    mqpki_time_str(mqpki_now(), when);
+    v = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:s, s:s}", "type", type, "asset", asset,
+                  "client_id", client_id, "address", address, "serial", serial, "reason", reason,
+                  "broker", pl->broker_name, "time", when);
+    if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
+        goto out;
+    if (mosquitto_broker_publish_copy(NULL, pl->events_topic, (int)strlen(text), text, 1, false,
+                                      NULL) != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: cannot publish a %s event", type);
+out:
+    free(text);
+    json_decref(v);
+}
+
+/* The asset id a certificate names: SAN URI urn:mqpki:asset:ID, else its CN. */
+static int cert_asset_id(X509 *cert, char out[MQPKI_ASSET_ID_MAX + 1])
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    size_t plen = strlen(URN_PREFIX);
+    int found = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < sk_GENERAL_NAME_num(names) && !found; i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        const char *s;
+        int len;
+        if (gn->type != GEN_URI)
+            continue;
+        s = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+        len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+        if ((size_t)len <= plen || (size_t)len - plen > MQPKI_ASSET_ID_MAX ||
+            strncmp(s, URN_PREFIX, plen) != 0 || memchr(s, '\0', (size_t)len) != NULL)
+            continue;
+        memcpy(out, s + plen, (size_t)len - plen);
+        out[(size_t)len - plen] = '\0';
+        found = mqpki_asset_id_valid(out);
+    }
+    GENERAL_NAMES_free(names);
+    if (!found) {
+        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out,
+                                          MQPKI_ASSET_ID_MAX + 1);
+        found = n > 0 && (size_t)n == strlen(out) && mqpki_asset_id_valid(out);
+    }
+    if (!found)
+        out[0] = '\0';
+    return found;
+}
+
+static void serial_hex(X509 *cert, char out[48])
+{
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+
+    snprintf(out, 48, "%s", hex != NULL && strlen(hex) < 48 ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+}
+
+static int crl_fresh(const struct plugin *pl)
+{
+    int64_t next = revset_next_update(pl->rev);
+
+    return revset_full_number(pl->rev) >= 0 && (next == 0 || next > mqpki_now());
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_basic_auth *ed = event_data;
+    struct plugin *pl = userdata;
+    const char *cid = mosquitto_client_id(ed->client);
+    const char *addr = mosquitto_client_address(ed->client);
+    struct client *c = NULL;
+    X509 *cert = mosquitto_client_certificate(ed->client);
+    char asset[MQPKI_ASSET_ID_MAX + 1] = "", hex[48] = "";
+    unsigned char key[CRLCHECK_KEY_LEN], issuer[CRLCHECK_ISSUER_LEN];
+    int rc = MOSQ_ERR_AUTH, is_service;
+
+    if (cert == NULL) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: client from %s refused: no certificate",
+                             addr ? addr : "?");
+        emit(pl, "auth_failure", NULL, cid, addr, NULL, "no client certificate");
+        goto out;
+    }
+    serial_hex(cert, hex);
+    if (!cert_asset_id(cert, asset)) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: certificate %s refused: no asset id "
+                             "(SAN urn:mqpki:asset:ID or CN)",
+                             hex);
+        emit(pl, "auth_failure", NULL, cid, addr, hex, "certificate names no asset");
+        goto out;
+    }
+    crlcheck_serial_key(X509_get0_serialNumber(cert), key);
+    if (crlcheck_name_digest(X509_get_issuer_name(cert), issuer) != 0)
+        goto out;
+    is_service = strcmp(asset, pl->service_id) == 0;
+    if (revset_is_revoked(pl->rev, issuer, key)) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: %s (certificate %s) refused: "
+                             "certificate revoked or on hold",
+                             asset, hex);
+        emit(pl, "revoked_attempt", asset, cid, addr, hex, "certificate revoked or on hold");
+        goto out;
+    }
+    /* The service must get in to deliver the CRL that fail_closed waits for. */
+    if (pl->fail_closed && !is_service && !crl_fresh(pl)) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: %s refused: fail_closed and no fresh "
+                             "CRL held",
+                             asset);
+        emit(pl, "auth_failure", asset, cid, addr, hex, "no fresh CRL (fail_closed)");
+        goto out;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL ||
+        (c->client_id = strdup(cid != NULL ? cid : "")) == NULL) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    /* Authorization (ACL_CHECK) goes by this name, not by anything the client sent. */
+    if (mosquitto_set_username(ed->client, asset) != MOSQ_ERR_SUCCESS) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    c->ctx = ed->client;
+    snprintf(c->asset, sizeof(c->asset), "%s", asset);
+    snprintf(c->serial_hex, sizeof(c->serial_hex), "%s", hex);
+    memcpy(c->serial, key, sizeof(key));
+    memcpy(c->issuer, issuer, sizeof(issuer));
+    client_put(pl, c);
+    c = NULL;
+    emit(pl, "connect", asset, cid, addr, hex, NULL);
+    rc = MOSQ_ERR_SUCCESS;
+out:
+    client_free(c);
+    X509_free(cert);
+    return rc;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_disconnect *ed = event_data;
+    struct plugin *pl = userdata;
+    struct client *c = client_take(pl, ed->client);
+
+    if (c != NULL) {
+        emit(pl, "disconnect", c->asset, c->client_id, mosquitto_client_address(ed->client),
+             c->serial_hex, NULL);
+        client_free(c);
+    }
+    return MOSQ_ERR_SUCCESS;
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_acl_check *ed = event_data;
+    struct plugin *pl = userdata;
+    const char *user = mosquitto_client_username(ed->client);
+    int access = 0, rc = MOSQ_ERR_ACL_DENIED;
+
+    switch (ed->access) {
+    case MOSQ_ACL_READ: access = ACL_READ; break;
+    case MOSQ_ACL_WRITE: access = ACL_WRITE; break;
+    case MOSQ_ACL_SUBSCRIBE: access = ACL_SUBSCRIBE; break;
+    case MOSQ_ACL_UNSUBSCRIBE: access = ACL_UNSUBSCRIBE; break;
+    default: goto out;
+    }
+    if (user != NULL && ed->topic != NULL &&
+        acl_allowed(pl->acl, user, strcmp(user, pl->service_id) == 0, access, ed->topic)) {
+        rc = MOSQ_ERR_SUCCESS;
+        goto out;
+    }
+    /* Reads are checked per delivered message: log them quietly, report only active attempts. */
+    if (access == ACL_READ) {
+        mosquitto_log_printf(MOSQ_LOG_DEBUG, "mqpki: %s may not read %s", user ? user : "?",
+                             ed->topic ? ed->topic : "?");
+        goto out;
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
+                         user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
+                         ed->topic ? ed->topic : "?");
+    emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
+         mosquitto_client_address(ed->client), NULL, access == ACL_WRITE ? "publish" : "subscribe");
+out:
+    return rc;
+}
+
+static void persist(struct plugin *pl, const char *name, const void *der, size_t len)
+{
+    char path[4096];
+
+    if (pl->state_dir == NULL)
+        return;
+    if (mqpki_path(path, sizeof(path), "%s/%s", pl->state_dir, name) != MQPKI_OK ||
+        mqpki_file_write_atomic(path, der, len, 0600) != MQPKI_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot keep the CRL in %s: %s", pl->state_dir,
+                             mqpki_err_detail(MQPKI_ERR_IO));
+}
+
+/* Marks every connected client whose certificate the held CRLs now revoke. */
+static size_t mark_revoked(struct plugin *pl)
+{
+    size_t n = 0;
+
+    for (size_t b = 0; b < pl->n_buckets; b++) {
+        for (struct client *c = pl->bucket[b]; c != NULL; c = c->next) {
+            if (c->kick || !revset_is_revoked(pl->rev, c->issuer, c->serial))
+                continue;
+            c->kick = 1;
+            pl->pending_kicks++;
+            n++;
+        }
+    }
+    return n;
+}
+
+/*
+ * Verifies and applies one CRL. Returns 0 when accepted (or the one held), -1 when refused
+ * (`why` says why). `source` names where it came from, for the log.
+ */
+static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, int want_delta,
+                     int persist_it, char *why, size_t why_len)
+{
+    struct crlcheck_info info;
+    struct revset *next = NULL;
+    X509_CRL *crl = NULL;
+    enum crlcheck_order order;
+    int rc = -1;
+
+    if (crlcheck_parse(der, len, &crl, why, why_len) != 0 ||
+        crlcheck_verify(crl, pl->cas, &info, why, why_len) != 0)
+        goto out;
+    if ((info.base >= 0) != want_delta) {
+        snprintf(why, why_len, "CRL %lld: a %s CRL on the %s topic", (long long)info.number,
+                 info.base >= 0 ? "delta" : "full", want_delta ? "delta" : "full");
+        goto out;
+    }
+    order = crlcheck_order(&info, revset_full_number(pl->rev), revset_delta_number(pl->rev), why,
+                           why_len);
+    if (order == CRLCHECK_REFUSE)
+        goto out;
+    if (order == CRLCHECK_SAME) {
+        rc = 0;
+        goto out;
+    }
+    if (revset_apply(pl->rev, crl, &info, &next) != 0) {
+        snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
+        goto out;
+    }
+    if (persist_it) {
+        persist(pl, want_delta ? "delta.der" : "full.der", der, len);
+        /* A delta the new full CRL no longer extends must not come back at restart. */
+        if (!want_delta && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
+            char path[4096];
+            if (mqpki_path(path, sizeof(path), "%s/delta.der", pl->state_dir) == MQPKI_OK)
+                (void)unlink(path);
+        }
+    }
+    revset_free(pl->rev);
+    pl->rev = next;
+    next = NULL;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "mqpki: %s CRL %lld accepted: %zu serials revoked or "
+                         "on hold; %zu connected clients to disconnect",
+                         want_delta ? "delta" : "full", (long long)info.number,
+                         revset_count(pl->rev), mark_revoked(pl));
+    rc = 0;
+out:
+    revset_free(next);
+    X509_CRL_free(crl);
+    return rc;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_message *ed = event_data;
+    struct plugin *pl = userdata;
+    const char *user = mosquitto_client_username(ed->client);
+    char why[WHY_MAX] = "";
+    int delta, rc = MOSQ_ERR_SUCCESS;
+
+    if (ed->topic == NULL || strncmp(ed->topic, "mqpki/v1/", 9) != 0)
+        goto out;
+    if (user == NULL || strcmp(user, pl->service_id) != 0) {
+        /* The ACL check denies this before; never trust a topic for authenticity anyway. */
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "mqpki: publish on %.200s by %s ignored: only the "
+                             "service identity publishes under mqpki/v1/",
+                             ed->topic, user ? user : "an unnamed client");
+        rc = MOSQ_ERR_ACL_DENIED;
+        goto out;
+    }
+    if (strcmp(ed->topic, TOPIC_FULL) == 0)
+        delta = 0;
+    else if (strcmp(ed->topic, TOPIC_DELTA) == 0)
+        delta = 1;
+    else
+        goto out;
+    if (apply_crl(pl, ed->payload, ed->payloadlen, delta, 1, why, sizeof(why)) != 0) {
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", ed->topic, why);
+        /* Denied, the message is dropped: a refused CRL never replaces the retained good one. */
+        rc = MOSQ_ERR_ACL_DENIED;
+    }
+out:
+    return rc;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+    struct plugin *pl = userdata;
+    char **ids = NULL;
+    size_t n = 0;
+
+    if (pl->pending_kicks == 0)
+        goto out;
+    /* Kicking fires on_disconnect, which edits the table: collect first, kick after. */
+    if ((ids = calloc(pl->pending_kicks, sizeof(*ids))) == NULL)
+        goto out;
+    for (size_t b = 0; b < pl->n_buckets && n < pl->pending_kicks; b++) {
+        for (struct client *c = pl->bucket[b]; c != NULL && n < pl->pending_kicks; c = c->next) {
+            if (!c->kick)
+                continue;
+            mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                                 "mqpki: disconnecting %s (client %.100s, "
+                                 "certificate %s): certificate revoked",
+                                 c->asset, c->client_id, c->serial_hex);
+            ids[n++] = strdup(c->client_id);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] != NULL)
+            mosquitto_kick_client_by_clientid(ids[i], false);
+        free(ids[i]);
+    }
+    /* Whatever could not be kicked (already gone) is forgotten: it is re-checked at connect. */
+    for (size_t b = 0; b < pl->n_buckets; b++)
+        for (struct client *c = pl->bucket[b]; c != NULL; c = c->next)
+            c->kick = 0;
+    pl->pending_kicks = 0;
+out:
+    free(ids);
+    return MOSQ_ERR_SUCCESS;
+}
+
+/* Loads the last good CRLs kept in state_dir, checked like fresh ones. */
+static void load_state(struct plugin *pl)
+{
+    static const char *const names[] = {"full.der", "delta.der"};
+    char path[4096], why[WHY_MAX];
+
+    if (pl->state_dir == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        unsigned char *der = NULL;
+        size_t len = 0;
+        if (mqpki_path(path, sizeof(path), "%s/%s", pl->state_dir, names[i]) != MQPKI_OK)
+            continue;
+        if (mqpki_file_read(path, CRLCHECK_MAX_DER, &der, &len) != MQPKI_OK) {
+            if (i == 0)
+                mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: no CRL kept in %s yet",
+                                     pl->state_dir);
+            continue;
+        }
+        if (apply_crl(pl, der, len, i == 1, 0, why, sizeof(why)) != 0)
+            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: kept %s ignored: %s", path, why);
+        free(der);
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "mqpki: holding full CRL %lld, delta CRL %lld: %zu "
+                         "serials revoked or on hold",
+                         (long long)revset_full_number(pl->rev),
+                         (long long)revset_delta_number(pl->rev), revset_count(pl->rev));
+}
+
+static void plugin_free(struct plugin *pl)
+{
+    if (pl == NULL)
+        return;
+    for (size_t b = 0; b < pl->n_buckets; b++) {
+        struct client *c = pl->bucket[b], *next;
+        for (; c != NULL; c = next) {
+            next = c->next;
+            client_free(c);
+        }
+    }
+    free(pl->bucket);
+    sk_X509_pop_free(pl->cas, X509_free);
+    revset_free(pl->rev);
+    acl_free(pl->acl);
+    free(pl->state_dir);
+    free(pl);
+}
+
+static int set_name(char out[MQPKI_ASSET_ID_MAX + 1], const char *key, const char *value)
+{
+    if (!mqpki_asset_id_valid(value)) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_%s '%.80s': not a valid asset id",
+                             key, value);
+        return -1;
+    }
+    snprintf(out, MQPKI_ASSET_ID_MAX + 1, "%s", value);
+    return 0;
+}
+
+static int parse_options(struct plugin *pl, struct mosquitto_opt *opts, int n, const char **ca_file,
+                         const char **acl_file)
+{
+    int rc = -1;
+
+    for (int i = 0; i < n; i++) {
+        const char *k = opts[i].key, *v = opts[i].value ? opts[i].value : "";
+        if (strcmp(k, "ca_file") == 0) {
+            *ca_file = v;
+        } else if (strcmp(k, "acl_file") == 0) {
+            *acl_file = v;
+        } else if (strcmp(k, "state_dir") == 0) {
+            free(pl->state_dir);
+            if ((pl->state_dir = strdup(v)) == NULL)
+                goto out;
+        } else if (strcmp(k, "service_id") == 0) {
+            if (set_name(pl->service_id, k, v) != 0)
+                goto out;
+        } else if (strcmp(k, "broker_name") == 0) {
+            if (set_name(pl->broker_name, k, v) != 0)
+                goto out;
+        } else if (strcmp(k, "fail_closed") == 0) {
+            if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+                mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_fail_closed: use true "
+                                                   "or false");
+                goto out;
+            }
+            pl->fail_closed = strcmp(v, "true") == 0;
+        } else {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: unknown option plugin_opt_%.60s", k);
+            goto out;
+        }
+    }
+    if (*ca_file == NULL) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_ca_file is required (the issuing "
+                                           "CA chain that signs CRLs)");
+        goto out;
+    }
+    rc = 0;
+out:
+    return rc;
+}
+
+EXPORT int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+    for (int i = 0; i < supported_version_count; i++)
+        if (supported_versions[i] == 5)
+            return 5;
+    return -1;
+}
+
+EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+                                 struct mosquitto_opt *opts, int opt_count)
+{
+    struct plugin *pl = NULL;
+    const char *ca_file = NULL, *acl_file = NULL;
+    char why[WHY_MAX] = "";
+    int rc = MOSQ_ERR_INVAL;
+
+    if ((pl = calloc(1, sizeof(*pl))) == NULL) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    pl->id = identifier;
+    snprintf(pl->service_id, sizeof(pl->service_id), "mqpkid");
+    snprintf(pl->broker_name, sizeof(pl->broker_name), "broker");
+    pl->n_buckets = 64;
+    if ((pl->bucket = calloc(pl->n_buckets, sizeof(*pl->bucket))) == NULL ||
+        (pl->rev = revset_new_empty()) == NULL) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    if (parse_options(pl, opts, opt_count, &ca_file, &acl_file) != 0)
+        goto out;
+    snprintf(pl->events_topic, sizeof(pl->events_topic), "mqpki/v1/events/%s", pl->broker_name);
+    if (crlcheck_load_cas(ca_file, &pl->cas, why, sizeof(why)) != 0 ||
+        acl_load(acl_file, &pl->acl, why, sizeof(why)) != 0) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
+        goto out;
+    }
+    if (pl->state_dir != NULL && mqpki_mkdir_p(pl->state_dir, 0700) != MQPKI_OK) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_state_dir: %s",
+                             mqpki_err_detail(MQPKI_ERR_IO));
+        goto out;
+    }
+    load_state(pl);
+    if (mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, pl) ||
+        mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, pl) ||
+        mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, pl) ||
+        mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, pl) ||
+        mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, pl)) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot register the plugin's callbacks");
+        goto out;
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "mqpki: plugin ready for broker %s (service %s, "
+                         "fail_closed %s)",
+                         pl->broker_name, pl->service_id, pl->fail_closed ? "true" : "false");
+    *userdata = pl;
+    pl = NULL;
+    rc = MOSQ_ERR_SUCCESS;
+out:
+    plugin_free(pl);
+    return rc;
+}
+
+EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
+{
+    struct plugin *pl = userdata;
+
+    if (pl != NULL) {
+        mosquitto_callback_unregister(pl->id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+        mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+        mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, on_message, NULL);
+        mosquitto_callback_unregister(pl->id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+        mosquitto_callback_unregister(pl->id, MOSQ_EVT_TICK, on_tick, NULL);
+    }
+    plugin_free(pl);
+    return MOSQ_ERR_SUCCESS;
+}

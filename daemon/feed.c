@@ -1,0 +1,469 @@
+/*
+ * feed: mqpkid's CRL publisher (feed.h, DESIGN.md 6). One MQTT link per bundled broker
+ * (brokers/NAME/broker.conf), each with its own thread running libmosquitto's loop and
+ * reconnecting with backoff; one inotify thread on crl/ that publishes a replaced CRL file to
+ * every connected broker at once (the revocation latency path); the brokers' security events
+ * come back on mqpki/v1/events/+ and update the inventory (last seen, address, broker).
+ */
+#include "feed.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <mosquitto.h>
+
+#include "common.h"
+#include "inventory.h"
+
+#define FEED_MAX_BROKERS 256
+#define FEED_CRL_MAX     (64u * 1024u * 1024u)
+#define FEED_EVENT_MAX   4096
+#define SERVICE_ID       "mqpkid"
+#define TOPIC_FULL       "mqpki/v1/crl/full"
+#define TOPIC_DELTA      "mqpki/v1/crl/delta"
+#define BACKOFF_MAX_MS   30000
+
+struct link {
+    struct feed *f;
+    char name[MQPKI_ASSET_ID_MAX + 1];
+    char host[256];
+    int port;
+    struct mosquitto *m;
+    pthread_t thread;
+    int started;
+    atomic_int connected;
+};
+
+struct feed {
+    char home[PATH_MAX];
+    char crl_dir[PATH_MAX];
+    struct inventory *inv;
+    pthread_mutex_t inv_lock; /* the links' threads share the one store connection */
+    struct link *links;
+    size_t n_links;
+    atomic_int stop;
+    int ino_fd;
+    int wake[2]; /* written by feed_stop to end the inotify thread's poll */
+    pthread_t ino_thread;
+    int ino_started;
+};
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+static void lib_init(void)
+{
+    mosquitto_lib_init();
+}
+
+/* Publishes one CRL file (retained, QoS 1) on one link; quiet when the file does not exist. */
+static void publish_file(struct link *l, const char *file, const char *topic)
+{
+    char path[PATH_MAX];
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (mqpki_path(path, sizeof(path), "%s/%s", l->f->crl_dir, file) != MQPKI_OK)
+        goto out;
+    rc = mqpki_file_read(path, FEED_CRL_MAX, &der, &len);
+    if (rc == MQPKI_ERR_NOT_FOUND || len == 0)
+        goto out;
+    if (rc != MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: %s", mqpki_err_detail(rc));
+        goto out;
+    }
+    rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish %s: %s", l->name, topic,
+                  mosquitto_strerror(rc));
+    else if (rc == MOSQ_ERR_SUCCESS)
+        mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: %s published (%zu bytes)", l->name, topic,
+                  len);
+out:
+    free(der);
+}
+
+static void publish_all(struct link *l)
+{
+    publish_file(l, "issuing.crl", TOPIC_FULL);
+    publish_file(l, "issuing-delta.crl", TOPIC_DELTA);
+}
+
+static void on_connect(struct mosquitto *m, void *ud, int rc)
+{
+    struct link *l = ud;
+
+    if (rc != 0) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s refused mqpkid: %s", l->name,
+                  mosquitto_connack_string(rc));
+        return;
+    }
+    mqpki_log(MQPKI_LOG_INFO, "feed: connected to broker %s (%s:%d)", l->name, l->host, l->port);
+    atomic_store(&l->connected, 1);
+    mosquitto_subscribe(m, NULL, "mqpki/v1/events/+", 1);
+    /* A broker that was down gets the current CRLs as soon as it is back. */
+    publish_all(l);
+}
+
+static void on_disconnect(struct mosquitto *m, void *ud, int rc)
+{
+    struct link *l = ud;
+
+    if (atomic_exchange(&l->connected, 0) && !atomic_load(&l->f->stop))
+        mqpki_log(MQPKI_LOG_WARN, "feed: lost broker %s (%s); reconnecting", l->name,
+                  mosquitto_strerror(rc));
+}
+
+/* A security event from the broker plugin: connects update the asset's last-seen record. */
+static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
+{
+    struct link *l = ud;
+    json_error_t err;
+    json_t *v = NULL;
+    const char *type, *asset, *address;
+    int rc;
+
+    if (strncmp(msg->topic, "mqpki/v1/events/", 16) != 0)
+        goto out;
+    if (msg->payloadlen <= 0 || msg->payloadlen > FEED_EVENT_MAX) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: event of %d bytes ignored", l->name,
+                  msg->payloadlen);
+        goto out;
+    }
+    v = json_loadb(msg->payload, (size_t)msg->payloadlen, JSON_REJECT_DUPLICATES, &err);
+    if (v == NULL || !json_is_object(v)) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: malformed event ignored", l->name);
+        goto out;
+    }
+    type = json_string_value(json_object_get(v, "type"));
+    asset = json_string_value(json_object_get(v, "asset"));
+    address = json_string_value(json_object_get(v, "address"));
+    if (type == NULL)
+        goto out;
+    if (strcmp(type, "connect") != 0) {
+        if (strcmp(type, "disconnect") != 0)
+            mqpki_log(MQPKI_LOG_INFO, "feed: broker %s: %s by %s from %s", l->name, type,
+                      asset != NULL && mqpki_asset_id_valid(asset) ? asset : "?",
+                      address != NULL && strlen(address) < 64 ? address : "?");
+        goto out;
+    }
+    if (asset == NULL || !mqpki_asset_id_valid(asset) || strcmp(asset, SERVICE_ID) == 0)
+        goto out;
+    if (address != NULL && strlen(address) >= INV_TEXT_MAX)
+        address = NULL;
+    pthread_mutex_lock(&l->f->inv_lock);
+    rc = inventory_asset_seen(l->f->inv, asset, mqpki_now(), address ? address : "", l->name);
+    pthread_mutex_unlock(&l->f->inv_lock);
+    if (rc != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: asset %s seen: %s", l->name, asset,
+                  mqpki_err_detail(rc));
+out:
+    json_decref(v);
+}
+
+/* Sleeps ms milliseconds unless the feed stops first. */
+static void nap(struct feed *f, int ms)
+{
+    for (int i = 0; i < ms && !atomic_load(&f->stop); i += 50)
+        usleep(50 * 1000);
+}
+
+static void *link_thread(void *arg)
+{
+    struct link *l = arg;
+    int rc, backoff = 500, linked = 0;
+
+    while (!atomic_load(&l->f->stop)) {
+        if (!linked) {
+            rc = mosquitto_connect(l->m, l->host, l->port, 30);
+            if (rc != MOSQ_ERR_SUCCESS) {
+                mqpki_log(backoff <= 500 ? MQPKI_LOG_WARN : MQPKI_LOG_DEBUG,
+                          "feed: broker %s (%s:%d) unreachable: %s; retrying", l->name, l->host,
+                          l->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+                nap(l->f, backoff);
+                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+                continue;
+            }
+            linked = 1;
+        }
+        rc = mosquitto_loop(l->m, 200, 1);
+        if (rc == MOSQ_ERR_SUCCESS) {
+            if (atomic_load(&l->connected))
+                backoff = 500;
+            continue;
+        }
+        /* Lost or refused: back off (at most 30 s) and start a fresh connection. */
+        atomic_store(&l->connected, 0);
+        mosquitto_disconnect(l->m);
+        linked = 0;
+        nap(l->f, backoff);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    if (linked) {
+        mosquitto_disconnect(l->m);
+        (void)mosquitto_loop(l->m, 100, 1);
+    }
+    atomic_store(&l->connected, 0);
+    return NULL;
+}
+
+static void *inotify_thread(void *arg)
+{
+    struct feed *f = arg;
+    /* Aligned as inotify_event requires. */
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    struct pollfd pfd[2];
+
+    pfd[0].fd = f->ino_fd;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = f->wake[0];
+    pfd[1].events = POLLIN;
+    while (!atomic_load(&f->stop)) {
+        ssize_t n;
+        int full = 0, delta = 0;
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            mqpki_log(MQPKI_LOG_ERROR, "feed: poll: %s", strerror(errno));
+            break;
+        }
+        if (pfd[1].revents != 0)
+            break;
+        n = read(f->ino_fd, buf, sizeof(buf));
+        if (n <= 0)
+            continue;
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            if (ev->len > 0 && strcmp(ev->name, "issuing.crl") == 0)
+                full = 1;
+            else if (ev->len > 0 && strcmp(ev->name, "issuing-delta.crl") == 0)
+                delta = 1;
+            p += sizeof(*ev) + ev->len;
+        }
+        /* Files are replaced by rename: the new one is complete when we see it. */
+        for (size_t i = 0; i < f->n_links; i++) {
+            if (!atomic_load(&f->links[i].connected))
+                continue;
+            if (full)
+                publish_file(&f->links[i], "issuing.crl", TOPIC_FULL);
+            if (delta)
+                publish_file(&f->links[i], "issuing-delta.crl", TOPIC_DELTA);
+        }
+    }
+    return NULL;
+}
+
+/* Reads brokers/NAME/broker.conf ("host = H", "port = P"). 0 when usable. */
+static int read_broker_conf(const char *path, struct link *l)
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    char *line, *save = NULL;
+    int rc = -1;
+
+    l->port = 8883;
+    snprintf(l->host, sizeof(l->host), "127.0.0.1");
+    if (mqpki_file_read(path, 16 * 1024, &text, &len) != MQPKI_OK)
+        goto out;
+    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char key[16], value[256];
+        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
+            continue;
+        if (strcmp(key, "host") == 0)
+            snprintf(l->host, sizeof(l->host), "%s", value);
+        else if (strcmp(key, "port") == 0)
+            l->port = atoi(value);
+    }
+    if (l->port < 1 || l->port > 65535)
+        goto out;
+    /* A wildcard listener is reached on the loopback address. */
+    if (strcmp(l->host, "0.0.0.0") == 0)
+        snprintf(l->host, sizeof(l->host), "127.0.0.1");
+    else if (strcmp(l->host, "::") == 0)
+        snprintf(l->host, sizeof(l->host), "::1");
+    rc = 0;
+out:
+    if (rc != 0)
+        mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
+    free(text);
+    return rc;
+}
+
+static int load_brokers(struct feed *f)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    struct dirent *de;
+    DIR *d = NULL;
+    int rc = MQPKI_OK;
+
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers", f->home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
+        goto out;
+    }
+    if ((d = opendir(dir)) == NULL)
+        goto out; /* no broker registered: nothing to feed */
+    if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    while ((de = readdir(d)) != NULL && f->n_links < FEED_MAX_BROKERS) {
+        struct link *l = &f->links[f->n_links];
+        if (!mqpki_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
+            mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
+            access(path, F_OK) != 0)
+            continue;
+        if (read_broker_conf(path, l) != 0)
+            continue;
+        l->f = f;
+        memcpy(l->name, de->d_name, strlen(de->d_name) + 1);
+        f->n_links++;
+    }
+out:
+    if (d != NULL)
+        closedir(d);
+    return rc;
+}
+
+static int link_setup(struct feed *f, struct link *l)
+{
+    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+    int rc = MQPKI_OK;
+
+    if (mqpki_path(ca, sizeof(ca), "%s/ca/chain.pem", f->home) != MQPKI_OK ||
+        mqpki_path(cert, sizeof(cert), "%s/tls/mqpkid.pem", f->home) != MQPKI_OK ||
+        mqpki_path(key, sizeof(key), "%s/tls/mqpkid.key", f->home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
+        goto out;
+    }
+    if ((l->m = mosquitto_new(SERVICE_ID, true, l)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "feed: cannot create an MQTT client");
+        goto out;
+    }
+    /* Our own loop thread: publishes from the inotify thread are queued and wake it. */
+    mosquitto_threaded_set(l->m, true);
+    if (mosquitto_tls_set(l->m, ca, NULL, cert, key, NULL) != MOSQ_ERR_SUCCESS ||
+        mosquitto_tls_opts_set(l->m, 1, "tlsv1.2", NULL) != MOSQ_ERR_SUCCESS) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "feed: cannot load mqpkid's TLS identity from %s/tls",
+                        f->home);
+        goto out;
+    }
+    mosquitto_connect_callback_set(l->m, on_connect);
+    mosquitto_disconnect_callback_set(l->m, on_disconnect);
+    mosquitto_message_callback_set(l->m, on_message);
+    if (pthread_create(&l->thread, NULL, link_thread, l) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "feed: cannot start a thread");
+        goto out;
+    }
+    l->started = 1;
+out:
+    return rc;
+}
+
+int feed_start(const char *home, struct feed **out)
+{
+    struct feed *f;
+    char path[PATH_MAX];
+    int rc;
+
+    *out = NULL;
+    if ((f = calloc(1, sizeof(*f))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    f->ino_fd = f->wake[0] = f->wake[1] = -1;
+    pthread_mutex_init(&f->inv_lock, NULL);
+    snprintf(f->home, sizeof(f->home), "%s", home);
+    if (mqpki_path(f->crl_dir, sizeof(f->crl_dir), "%s/crl", home) != MQPKI_OK ||
+        mqpki_path(path, sizeof(path), "%s/mqpki.db", home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
+        goto out;
+    }
+    pthread_once(&lib_once, lib_init);
+    if ((rc = load_brokers(f)) != MQPKI_OK)
+        goto out;
+    if (f->n_links == 0) {
+        mqpki_log(MQPKI_LOG_INFO, "feed: no bundled broker registered (mqpki broker init)");
+        *out = f;
+        f = NULL;
+        goto out;
+    }
+    if ((rc = inventory_open(path, &f->inv)) != MQPKI_OK)
+        goto out;
+    if (pipe(f->wake) != 0 || (f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK)) < 0 ||
+        inotify_add_watch(f->ino_fd, f->crl_dir, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "feed: cannot watch %s: %s", f->crl_dir, strerror(errno));
+        goto out;
+    }
+    if (pthread_create(&f->ino_thread, NULL, inotify_thread, f) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "feed: cannot start a thread");
+        goto out;
+    }
+    f->ino_started = 1;
+    for (size_t i = 0; i < f->n_links; i++)
+        if ((rc = link_setup(f, &f->links[i])) != MQPKI_OK)
+            goto out;
+    mqpki_log(MQPKI_LOG_INFO, "feed: publishing CRLs to %zu broker%s", f->n_links,
+              f->n_links == 1 ? "" : "s");
+    *out = f;
+    f = NULL;
+out:
+    feed_stop(f);
+    return rc;
+}
+
+int feed_healthy(struct feed *f)
+{
+    if (f == NULL)
+        return 1;
+    for (size_t i = 0; i < f->n_links; i++)
+        if (!atomic_load(&f->links[i].connected))
+            return 0;
+    return 1;
+}
+
+int feed_publish_now(struct feed *f)
+{
+    if (f == NULL)
+        return MQPKI_OK;
+    for (size_t i = 0; i < f->n_links; i++)
+        if (atomic_load(&f->links[i].connected))
+            publish_all(&f->links[i]);
+    return MQPKI_OK;
+}
+
+void feed_stop(struct feed *f)
+{
+    if (f == NULL)
+        return;
+    atomic_store(&f->stop, 1);
+    if (f->ino_started) {
+        if (write(f->wake[1], "x", 1) < 0)
+            mqpki_log(MQPKI_LOG_WARN, "feed: cannot wake the inotify thread");
+        pthread_join(f->ino_thread, NULL);
+    }
+    for (size_t i = 0; i < f->n_links; i++) {
+        struct link *l = &f->links[i];
+        if (l->started)
+            pthread_join(l->thread, NULL);
+        mosquitto_destroy(l->m);
+    }
+    if (f->ino_fd >= 0)
+        close(f->ino_fd);
+    if (f->wake[0] >= 0)
+        close(f->wake[0]);
+    if (f->wake[1] >= 0)
+        close(f->wake[1]);
+    inventory_close(f->inv);
+    pthread_mutex_destroy(&f->inv_lock);
+    free(f->links);
+    free(f);
+}

@@ -1,0 +1,478 @@
+/* Unit tests of the broker plugin's core: revoked-serial set, CRL checks, revset, ACL. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "broker.h"
+#include "crlcheck.h"
+
+struct test_ca {
+    EVP_PKEY *key;
+    X509 *cert;
+};
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *ext;
+
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    assert_non_null(ext);
+    assert_int_equal(X509_add_ext(cert, ext, -1), 1);
+    X509_EXTENSION_free(ext);
+}
+
+static void make_ca(struct test_ca *ca, const char *cn)
+{
+    X509_NAME *name;
+
+    ca->key = EVP_EC_gen("P-256");
+    assert_non_null(ca->key);
+    ca->cert = X509_new();
+    assert_non_null(ca->cert);
+    X509_set_version(ca->cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(ca->cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(ca->cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(ca->cert), 86400);
+    name = X509_get_subject_name(ca->cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(ca->cert, name);
+    X509_set_pubkey(ca->cert, ca->key);
+    add_ext(ca->cert, ca->cert, NID_basic_constraints, "critical,CA:TRUE");
+    add_ext(ca->cert, ca->cert, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_ext(ca->cert, ca->cert, NID_subject_key_identifier, "hash");
+    assert_true(X509_sign(ca->cert, ca->key, EVP_sha256()) > 0);
+}
+
+static void free_ca(struct test_ca *ca)
+{
+    X509_free(ca->cert);
+    EVP_PKEY_free(ca->key);
+}
+
+/* A serial of 16 bytes derived from a small number (mqpki's serials are 16 bytes). */
+static ASN1_INTEGER *serial16(unsigned v)
+{
+    unsigned char b[16];
+    BIGNUM *bn;
+    ASN1_INTEGER *i;
+
+    memset(b, 0x5a, sizeof(b));
+    b[12] = (unsigned char)(v >> 24);
+    b[13] = (unsigned char)(v >> 16);
+    b[14] = (unsigned char)(v >> 8);
+    b[15] = (unsigned char)v;
+    bn = BN_bin2bn(b, sizeof(b), NULL);
+    i = BN_to_ASN1_INTEGER(bn, NULL);
+    BN_free(bn);
+    return i;
+}
+
+/* A signed CRL as DER: number, base (-1: full), serials with reason (-1: none). */
+static unsigned char *make_crl(struct test_ca *ca, long number, long base, const unsigned *serials,
+                               const int *reasons, size_t n, size_t *len)
+{
+    X509_CRL *crl = X509_CRL_new();
+    ASN1_TIME *t = ASN1_TIME_new();
+    ASN1_INTEGER *num = ASN1_INTEGER_new();
+    unsigned char *der = NULL;
+    X509V3_CTX ctx;
+    X509_EXTENSION *ext;
+    int l;
+
+    X509_CRL_set_version(crl, 1);
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca->cert));
+    X509_gmtime_adj(t, 0);
+    X509_CRL_set1_lastUpdate(crl, t);
+    X509_gmtime_adj(t, 86400);
+    X509_CRL_set1_nextUpdate(crl, t);
+    for (size_t i = 0; i < n; i++) {
+        X509_REVOKED *r = X509_REVOKED_new();
+        ASN1_INTEGER *s = serial16(serials[i]);
+        X509_gmtime_adj(t, 0);
+        X509_REVOKED_set_serialNumber(r, s);
+        X509_REVOKED_set_revocationDate(r, t);
+        if (reasons != NULL && reasons[i] >= 0) {
+            ASN1_ENUMERATED *e = ASN1_ENUMERATED_new();
+            ASN1_ENUMERATED_set(e, reasons[i]);
+            X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, e, 0, 0);
+            ASN1_ENUMERATED_free(e);
+        }
+        X509_CRL_add0_revoked(crl, r);
+        ASN1_INTEGER_free(s);
+    }
+    ASN1_INTEGER_set(num, number);
+    X509_CRL_add1_ext_i2d(crl, NID_crl_number, num, 0, 0);
+    if (base >= 0) {
+        ASN1_INTEGER_set(num, base);
+        X509_CRL_add1_ext_i2d(crl, NID_delta_crl, num, 1, 0);
+    }
+    X509V3_set_ctx(&ctx, ca->cert, NULL, NULL, crl, 0);
+    ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_authority_key_identifier, "keyid:always");
+    assert_non_null(ext);
+    X509_CRL_add_ext(crl, ext, -1);
+    X509_EXTENSION_free(ext);
+    X509_CRL_sort(crl);
+    assert_true(X509_CRL_sign(crl, ca->key, EVP_sha256()) > 0);
+    l = i2d_X509_CRL(crl, &der);
+    assert_true(l > 0);
+    *len = (size_t)l;
+    X509_EXTENSION_free(NULL);
+    ASN1_INTEGER_free(num);
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    return der;
+}
+
+static STACK_OF(X509) * trust(struct test_ca *ca)
+{
+    STACK_OF(X509) *s = sk_X509_new_null();
+    X509_up_ref(ca->cert);
+    sk_X509_push(s, ca->cert);
+    return s;
+}
+
+static void key_of(unsigned v, unsigned char key[CRLCHECK_KEY_LEN])
+{
+    ASN1_INTEGER *s = serial16(v);
+    crlcheck_serial_key(s, key);
+    ASN1_INTEGER_free(s);
+}
+
+/* Verifies and orders der against r, applying it on acceptance. Returns the verdict or -1. */
+static int feed(struct revset **r, STACK_OF(X509) * cas, const unsigned char *der, size_t len,
+                char *why)
+{
+    struct crlcheck_info info;
+    struct revset *next = NULL;
+    X509_CRL *crl = NULL;
+    int v = -1;
+
+    why[0] = '\0';
+    if (crlcheck_parse(der, len, &crl, why, 256) != 0 ||
+        crlcheck_verify(crl, cas, &info, why, 256) != 0)
+        goto out;
+    v = crlcheck_order(&info, revset_full_number(*r), revset_delta_number(*r), why, 256);
+    if (v == CRLCHECK_ACCEPT) {
+        assert_int_equal(revset_apply(*r, crl, &info, &next), 0);
+        revset_free(*r);
+        *r = next;
+    }
+out:
+    X509_CRL_free(crl);
+    return v;
+}
+
+static void test_serialset_basic(void **state)
+{
+    struct serialset *s = serialset_new(0);
+    unsigned char k[CRLCHECK_KEY_LEN], zero[CRLCHECK_KEY_LEN] = {0};
+
+    assert_non_null(s);
+    for (unsigned i = 1; i <= 1000; i++) {
+        key_of(i, k);
+        assert_int_equal(serialset_add(s, k), 0);
+        assert_int_equal(serialset_add(s, k), 0);
+    }
+    assert_int_equal(serialset_count(s), 1000);
+    for (unsigned i = 1; i <= 2000; i++) {
+        key_of(i, k);
+        assert_int_equal(serialset_has(s, k), i <= 1000);
+    }
+    /* Removal keeps every other key reachable (backward-shift deletion). */
+    for (unsigned i = 1; i <= 1000; i += 2) {
+        key_of(i, k);
+        serialset_remove(s, k);
+    }
+    for (unsigned i = 1; i <= 1000; i++) {
+        key_of(i, k);
+        assert_int_equal(serialset_has(s, k), i % 2 == 0);
+    }
+    assert_int_equal(serialset_has(s, zero), 0);
+    assert_int_equal(serialset_add(s, zero), 0);
+    assert_int_equal(serialset_has(s, zero), 1);
+    assert_int_equal(serialset_has(NULL, zero), 0);
+    serialset_free(s);
+    serialset_free(NULL);
+}
+
+static void test_serialset_million(void **state)
+{
+    struct serialset *s = serialset_new(0);
+    unsigned char k[CRLCHECK_KEY_LEN];
+
+    assert_non_null(s);
+    for (uint32_t i = 1; i <= 1000000; i++) {
+        memset(k, 0x33, sizeof(k));
+        memcpy(k, &i, sizeof(i));
+        assert_int_equal(serialset_add(s, k), 0);
+    }
+    assert_int_equal(serialset_count(s), 1000000);
+    /* Well under the 100 MB RSS target: 2^21 slots of 16 bytes. */
+    assert_true(serialset_bytes(s) <= 40u * 1024 * 1024);
+    for (uint32_t i = 1; i <= 1000000; i += 997) {
+        memset(k, 0x33, sizeof(k));
+        memcpy(k, &i, sizeof(i));
+        assert_true(serialset_has(s, k));
+        k[15] ^= 1;
+        assert_false(serialset_has(s, k));
+    }
+    serialset_free(s);
+}
+
+static void test_serial_key(void **state)
+{
+    unsigned char a[CRLCHECK_KEY_LEN], b[CRLCHECK_KEY_LEN];
+    ASN1_INTEGER *small = ASN1_INTEGER_new(), *big;
+    BIGNUM *bn = BN_new();
+
+    ASN1_INTEGER_set(small, 0x1234);
+    crlcheck_serial_key(small, a);
+    assert_int_equal(a[0], 2);
+    assert_int_equal(a[14], 0x12);
+    assert_int_equal(a[15], 0x34);
+    /* A 20-byte serial goes through the digest and differs from the short one. */
+    BN_set_bit(bn, 159);
+    big = BN_to_ASN1_INTEGER(bn, NULL);
+    crlcheck_serial_key(big, b);
+    assert_memory_not_equal(a, b, CRLCHECK_KEY_LEN);
+    ASN1_INTEGER_free(small);
+    ASN1_INTEGER_free(big);
+    BN_free(bn);
+}
+
+static void test_crl_accept_and_refuse(void **state)
+{
+    struct test_ca ca, other;
+    STACK_OF(X509) * cas;
+    struct revset *r = revset_new_empty();
+    unsigned s1[] = {1, 2, 3}, s2[] = {1, 2, 3, 4};
+    unsigned char *der, *der2, *der_other, k[CRLCHECK_KEY_LEN], iss[CRLCHECK_ISSUER_LEN];
+    size_t len, len2, len_other;
+    char why[256];
+
+    make_ca(&ca, "Test Issuing CA");
+    make_ca(&other, "Test Issuing CA"); /* same name, other key: the forger's favourite */
+    cas = trust(&ca);
+    crlcheck_name_digest(X509_get_subject_name(ca.cert), iss);
+
+    der = make_crl(&ca, 5, -1, s1, NULL, 3, &len);
+    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_ACCEPT);
+    assert_int_equal(revset_full_number(r), 5);
+    key_of(2, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(4, k);
+    assert_false(revset_is_revoked(r, iss, k));
+    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_SAME);
+
+    /* Another CA with the same name: signature refused. */
+    der_other = make_crl(&other, 9, -1, s2, NULL, 4, &len_other);
+    assert_int_equal(feed(&r, cas, der_other, len_other, why), -1);
+    assert_non_null(strstr(why, "unknown CA"));
+
+    /* Truncated, garbage, trailing bytes. */
+    assert_int_equal(feed(&r, cas, der, len - 1, why), -1);
+    assert_non_null(strstr(why, "truncated or garbage"));
+    assert_int_equal(feed(&r, cas, (const unsigned char *)"garbage!", 8, why), -1);
+    {
+        unsigned char *longer = malloc(len + 1);
+        memcpy(longer, der, len);
+        longer[len] = 0;
+        assert_int_equal(feed(&r, cas, longer, len + 1, why), -1);
+        assert_non_null(strstr(why, "after the DER CRL"));
+        free(longer);
+    }
+    /* A flipped byte in the signed part breaks the signature. */
+    {
+        unsigned char *bad = malloc(len);
+        memcpy(bad, der, len);
+        bad[len / 2] ^= 0x01;
+        assert_int_equal(feed(&r, cas, bad, len, why), -1);
+        free(bad);
+    }
+
+    /* Newer is taken; then the older one is a rollback. */
+    der2 = make_crl(&ca, 7, -1, s2, NULL, 4, &len2);
+    assert_int_equal(feed(&r, cas, der2, len2, why), CRLCHECK_ACCEPT);
+    key_of(4, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_REFUSE);
+    assert_string_equal(why, "CRL 5 refused: CRL number lower than held 7 (RFC 5280 5.2.3)");
+    assert_int_equal(revset_full_number(r), 7);
+
+    OPENSSL_free(der);
+    OPENSSL_free(der2);
+    OPENSSL_free(der_other);
+    revset_free(r);
+    sk_X509_pop_free(cas, X509_free);
+    free_ca(&ca);
+    free_ca(&other);
+}
+
+static void test_delta_merge(void **state)
+{
+    struct test_ca ca;
+    STACK_OF(X509) * cas;
+    struct revset *r = revset_new_empty();
+    unsigned full_s[] = {1, 2}, delta_s[] = {3, 2}, delta2_s[] = {5};
+    int delta_reasons[] = {1, 8 /* removeFromCRL */};
+    unsigned char *full, *delta, *delta2, *full2, k[CRLCHECK_KEY_LEN], iss[CRLCHECK_ISSUER_LEN];
+    size_t lf, ld, ld2, lf2;
+    char why[256];
+
+    make_ca(&ca, "Delta CA");
+    cas = trust(&ca);
+    crlcheck_name_digest(X509_get_subject_name(ca.cert), iss);
+    delta = make_crl(&ca, 11, 10, delta_s, delta_reasons, 2, &ld);
+    /* No full CRL held: a delta has nothing to extend. */
+    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_REFUSE);
+
+    full = make_crl(&ca, 10, -1, full_s, NULL, 2, &lf);
+    assert_int_equal(feed(&r, cas, full, lf, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_ACCEPT);
+    assert_int_equal(revset_delta_number(r), 11);
+    key_of(1, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(3, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(2, k); /* taken off by the delta (removeFromCRL) */
+    assert_false(revset_is_revoked(r, iss, k));
+
+    /* A delta based on a newer full CRL than held is refused; an older delta too. */
+    delta2 = make_crl(&ca, 13, 12, delta2_s, NULL, 1, &ld2);
+    assert_int_equal(feed(&r, cas, delta2, ld2, why), CRLCHECK_REFUSE);
+    assert_non_null(strstr(why, "newer than the held full CRL"));
+
+    /* A new full CRL 12 keeps no delta numbered below it. */
+    full2 = make_crl(&ca, 12, -1, full_s, NULL, 1, &lf2);
+    assert_int_equal(feed(&r, cas, full2, lf2, why), CRLCHECK_ACCEPT);
+    assert_int_equal(revset_delta_number(r), -1);
+    key_of(3, k);
+    assert_false(revset_is_revoked(r, iss, k));
+    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_REFUSE);
+    assert_int_equal(feed(&r, cas, delta2, ld2, why), CRLCHECK_ACCEPT);
+    key_of(5, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    /* A serial of another issuer is not judged by this CRL. */
+    iss[0] ^= 1;
+    assert_false(revset_is_revoked(r, iss, k));
+
+    OPENSSL_free(full);
+    OPENSSL_free(full2);
+    OPENSSL_free(delta);
+    OPENSSL_free(delta2);
+    revset_free(r);
+    sk_X509_pop_free(cas, X509_free);
+    free_ca(&ca);
+}
+
+static void test_topic_covers(void **state)
+{
+    assert_true(acl_topic_covers("fleet/+/status", "fleet/dev1/status"));
+    assert_false(acl_topic_covers("fleet/+/status", "fleet/dev1/status/x"));
+    assert_true(acl_topic_covers("fleet/#", "fleet"));
+    assert_true(acl_topic_covers("fleet/#", "fleet/a/b"));
+    assert_true(acl_topic_covers("fleet/#", "fleet/+/b"));
+    assert_false(acl_topic_covers("fleet/+", "fleet/#"));
+    assert_false(acl_topic_covers("fleet/a", "fleet/+"));
+    assert_false(acl_topic_covers("#", "$SYS/broker"));
+    assert_true(acl_topic_covers("a/b", "a/b"));
+    assert_false(acl_topic_covers("a/b", "a/bc"));
+}
+
+static void test_acl_rules(void **state)
+{
+    char path[] = "/tmp/test_broker_acl.XXXXXX", why[256];
+    struct acl *a = NULL;
+    FILE *f;
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    f = fdopen(fd, "w");
+    fputs("# comment\n* mqpki/v1/crl/# read\ndev1 plant/%u/+ readwrite  # trailing\n"
+          "* mqpki/v1/evil write\n",
+          f);
+    fclose(f);
+    assert_int_equal(acl_load(path, &a, why, sizeof(why)), 0);
+
+    /* The service identity: the control plane only. */
+    assert_true(acl_allowed(a, "mqpkid", 1, ACL_WRITE, "mqpki/v1/crl/full"));
+    assert_true(acl_allowed(a, "mqpkid", 1, ACL_SUBSCRIBE, "mqpki/v1/events/+"));
+    assert_false(acl_allowed(a, "mqpkid", 1, ACL_WRITE, "fleet/dev1/x"));
+    /* Devices: their own fleet subtree and command topic. */
+    assert_true(acl_allowed(a, "dev1", 0, ACL_WRITE, "fleet/dev1/temp"));
+    assert_true(acl_allowed(a, "dev1", 0, ACL_SUBSCRIBE, "fleet/dev1/#"));
+    assert_false(acl_allowed(a, "dev1", 0, ACL_SUBSCRIBE, "fleet/#"));
+    assert_false(acl_allowed(a, "dev1", 0, ACL_SUBSCRIBE, "fleet/+/temp"));
+    assert_false(acl_allowed(a, "dev1", 0, ACL_WRITE, "fleet/dev10/temp"));
+    assert_true(acl_allowed(a, "dev1", 0, ACL_SUBSCRIBE, "mqpki/v1/assets/dev1/cmd"));
+    assert_false(acl_allowed(a, "dev1", 0, ACL_SUBSCRIBE, "mqpki/v1/assets/dev2/cmd"));
+    /* Never a publish under mqpki/v1/, whatever the file grants. */
+    assert_false(acl_allowed(a, "dev1", 0, ACL_WRITE, "mqpki/v1/crl/full"));
+    assert_false(acl_allowed(a, "dev1", 0, ACL_WRITE, "mqpki/v1/evil"));
+    /* The file's grants. */
+    assert_true(acl_allowed(a, "dev2", 0, ACL_SUBSCRIBE, "mqpki/v1/crl/full"));
+    assert_true(acl_allowed(a, "dev2", 0, ACL_SUBSCRIBE, "mqpki/v1/crl/#"));
+    assert_false(acl_allowed(a, "dev2", 0, ACL_SUBSCRIBE, "mqpki/v1/#"));
+    assert_true(acl_allowed(a, "dev1", 0, ACL_WRITE, "plant/dev1/x"));
+    assert_false(acl_allowed(a, "dev2", 0, ACL_WRITE, "plant/dev2/x"));
+    assert_true(acl_allowed(a, "dev2", 0, ACL_UNSUBSCRIBE, "anything"));
+    acl_free(a);
+
+    /* Malformed files are refused with the line number. */
+    f = fopen(path, "w");
+    fputs("dev1 a/b sometimes\n", f);
+    fclose(f);
+    assert_int_equal(acl_load(path, &a, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, ":1: access"));
+    unlink(path);
+    assert_int_equal(acl_load(NULL, &a, why, sizeof(why)), 0);
+    assert_false(acl_allowed(a, "dev1", 0, ACL_WRITE, "other"));
+    acl_free(a);
+}
+
+static void test_load_cas(void **state)
+{
+    char path[] = "/tmp/test_broker_ca.XXXXXX", why[256];
+    struct test_ca root;
+    STACK_OF(X509) *cas = NULL;
+    FILE *f;
+    int fd = mkstemp(path);
+
+    make_ca(&root, "Root");
+    f = fdopen(fd, "w");
+    PEM_write_X509(f, root.cert);
+    fclose(f);
+    assert_int_equal(crlcheck_load_cas(path, &cas, why, sizeof(why)), 0);
+    assert_int_equal(sk_X509_num(cas), 1);
+    sk_X509_pop_free(cas, X509_free);
+    f = fopen(path, "w");
+    fputs("not a certificate\n", f);
+    fclose(f);
+    assert_int_equal(crlcheck_load_cas(path, &cas, why, sizeof(why)), -1);
+    assert_null(cas);
+    unlink(path);
+    free_ca(&root);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_serialset_basic), cmocka_unit_test(test_serialset_million),
+        cmocka_unit_test(test_serial_key),      cmocka_unit_test(test_crl_accept_and_refuse),
+        cmocka_unit_test(test_delta_merge),     cmocka_unit_test(test_topic_covers),
+        cmocka_unit_test(test_acl_rules),       cmocka_unit_test(test_load_cas),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
