@@ -153,6 +153,22 @@ if command -v mosquitto >/dev/null && mqpki broker init b1 --port "$bport" >"$T/
   check "sensor (file store) publishes over mTLS" mqpki-sensor "$D1" "mqtts://localhost:$bport"
   assert "sensor names its topic" contains "$T/out" "fleet/dev-file/telemetry"
   check "sensor (pkcs11 store) publishes over mTLS" mqpki-sensor "$D2" "mqtts://localhost:$bport"
+
+  # --- the agent killed (SIGKILL) at random points of real renewals ---
+  # File store only: SoftHSM's file object store rewrites its token file in place when a key is
+  # generated, so a SIGKILL at that moment can destroy the test token itself (seen here). A real
+  # device's TPM or secure element does not share that weakness (docs/device.md).
+  for round in $(seq 1 16); do
+    mqpki-device --dir "$D1" renew --force >/dev/null 2>&1 &
+    victim=$!
+    sleep "0.0$((RANDOM % 9))"
+    kill -KILL "$victim" 2>/dev/null || true
+    wait "$victim" 2>/dev/null || true
+  done
+  ok "16 renewals killed with SIGKILL at random points"
+  check "identity loads after the kills" mqpki-device --dir "$D1" status
+  check "identity still connects after the kills" mqpki-sensor "$D1" "mqtts://localhost:$bport"
+  check "renewal works again after the kills" mqpki-device --dir "$D1" renew --force
 else
   echo "# skip: bundled broker not available ($(head -1 "$T/binit" 2>/dev/null))"
 fi
