@@ -168,6 +168,22 @@ if command -v mosquitto >/dev/null && mqpki broker init b1 --port "$bport" >"$T/
   ok "16 renewals killed with SIGKILL at random points"
   check "identity loads after the kills" mqpki-device --dir "$D1" status
   check "identity still connects after the kills" mqpki-sensor "$D1" "mqtts://localhost:$bport"
+
+  # --- the agent obeys {"op":"renew"} from the PKI service identity ---
+  before=$(serial_of "$D1/cert.pem")
+  mqpki-device --dir "$D1" run --broker "mqtts://localhost:$bport" 2>"$T/run-cmd.log" &
+  agent=$!
+  PIDS+=("$agent")
+  renewed=""
+  for i in $(seq 1 50); do
+    mosquitto_pub -h localhost -p "$bport" --cafile "$T/chain.pem" \
+      --cert "$MQPKI_HOME/tls/mqpkid.pem" --key "$MQPKI_HOME/tls/mqpkid.key" -i "mqpkid-cmd" \
+      -q 1 -t mqpki/v1/assets/dev-file/cmd -m '{"op":"renew"}' 2>/dev/null || true
+    sleep 0.2
+    if [ "$(serial_of "$D1/cert.pem")" != "$before" ]; then renewed=yes; break; fi
+  done
+  assert "agent renews on {\"op\":\"renew\"}" test -n "$renewed"
+  stop_pid "$agent" TERM
   check "renewal works again after the kills" mqpki-device --dir "$D1" renew --force
 else
   echo "# skip: bundled broker not available ($(head -1 "$T/binit" 2>/dev/null))"
