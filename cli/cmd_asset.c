@@ -407,7 +407,7 @@ int cmd_asset_decommission(struct cli *cli, int argc, char **argv)
                                     "cli", "decommissioned by operator");
     if (rc != MQPKI_OK)
         goto out;
-    if (count > 0 && (rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
+    if (count > 0 && (rc = datadir_crl_update(dd, NULL)) != MQPKI_OK)
         goto out;
     printf("asset %s decommissioned; %d certificate%s revoked\n", argv[optind], count,
            count == 1 ? "" : "s");

@@ -267,7 +267,7 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
     }
     if (rc != MQPKI_OK)
         goto out;
-    if ((rc = datadir_crl_refresh(dd, &crl)) != MQPKI_OK)
+    if ((rc = datadir_crl_update(dd, &crl)) != MQPKI_OK)
         goto out;
     {
         const ASN1_INTEGER *num = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);

@@ -256,3 +256,13 @@ int datadir_crl_delta(struct datadir *dd, X509_CRL **out)
 {
     return crl_publish(dd, 1, out);
 }
+
+int datadir_crl_update(struct datadir *dd, X509_CRL **out)
+{
+    int rc = crl_publish(dd, 1, NULL);
+
+    /* Without a full CRL to base it on there is no delta: the full CRL says it all. */
+    if (rc != MQPKI_OK && rc != MQPKI_ERR_STATE)
+        return rc;
+    return crl_publish(dd, 0, out);
+}

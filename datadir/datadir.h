@@ -93,4 +93,10 @@ int datadir_crl_refresh(struct datadir *dd, X509_CRL **out);
  */
 int datadir_crl_delta(struct datadir *dd, X509_CRL **out);
 
+/*
+ * After revocations: signs and writes a delta CRL first (small, so that brokers act on it within
+ * milliseconds even when the full CRL holds a million entries), then the new full CRL (*out).
+ */
+int datadir_crl_update(struct datadir *dd, X509_CRL **out);
+
 #endif
