@@ -276,17 +276,6 @@ out:
     return rc;
 }
 
-static int parse_port(struct cli *cli, const char *text, int *out)
-{
-    char *end = NULL;
-    long v = strtol(text, &end, 10);
-
-    if (end == text || *end != '\0' || v < 1 || v > 65535)
-        return cli_usage_error(cli, "--port '%.20s': expected 1 to 65535", text);
-    *out = (int)v;
-    return MQPKI_OK;
-}
-
 int cmd_broker_init(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -308,7 +297,7 @@ int cmd_broker_init(struct cli *cli, int argc, char **argv)
     while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'H': host = optarg; break;
-        case 'p': rc = parse_port(cli, optarg, &port); break;
+        case 'p': rc = cli_parse_int(cli, "--port", optarg, 1, 65535, &port); break;
         case 'h':
             return cli_help(
                 "usage: mqpki broker init NAME [--host H] [--port P]\n\n"
@@ -600,7 +589,7 @@ static int parse_broker_url(struct cli *cli, const char *url, char *host, size_t
     memcpy(host, p, n);
     host[n] = '\0';
     if (colon != NULL)
-        rc = parse_port(cli, colon + 1, port);
+        rc = cli_parse_int(cli, "--broker port", colon + 1, 1, 65535, port);
 out:
     return rc;
 }

@@ -28,17 +28,6 @@ json_t *cli_cert_json(const struct inventory_cert *c)
                      "key_fingerprint", c->key_fp);
 }
 
-static int parse_days(struct cli *cli, const char *text, int *out)
-{
-    char *end = NULL;
-    long v = strtol(text, &end, 10);
-
-    if (end == text || *end != '\0' || v < 1 || v > 825)
-        return cli_usage_error(cli, "--days '%.40s': expected 1 to 825", text);
-    *out = (int)v;
-    return MQPKI_OK;
-}
-
 int cmd_issue(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -67,7 +56,7 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
             if ((req.profile = ca_profile_parse(optarg)) < 0 || req.profile == CA_PROFILE_SERVICE)
                 rc = cli_usage_error(cli, "--profile '%.40s': use device or broker", optarg);
             break;
-        case 'd': rc = parse_days(cli, optarg, &req.days); break;
+        case 'd': rc = cli_parse_int(cli, "--days", optarg, 1, 825, &req.days); break;
         case 'h':
             return cli_help(
                 "usage: mqpki issue --asset ID --csr FILE [--profile device|broker] [--days N]\n"

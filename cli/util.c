@@ -21,6 +21,18 @@ int cli_usage_error(struct cli *cli, const char *fmt, ...)
     return mqpki_fail(MQPKI_ERR_INVALID, "%s (see 'mqpki %s --help')", msg, cli->cmd);
 }
 
+int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max,
+                  int *out)
+{
+    char *end = NULL;
+    long v = strtol(text, &end, 10);
+
+    if (end == text || *end != '\0' || v < min || v > max)
+        return cli_usage_error(cli, "%s '%.40s': expected %ld to %ld", opt, text, min, max);
+    *out = (int)v;
+    return MQPKI_OK;
+}
+
 int cli_help(const char *text)
 {
     fputs(text, stdout);

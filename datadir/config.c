@@ -30,19 +30,6 @@ static int set_text(char *dst, size_t size, const char *value)
     return 1;
 }
 
-static int set_days(int *dst, const char *value)
-{
-    char *end = NULL;
-    long v;
-
-    errno = 0;
-    v = strtol(value, &end, 10);
-    if (errno != 0 || end == value || *end != '\0' || v < 1 || v > 3650)
-        return 0;
-    *dst = (int)v;
-    return 1;
-}
-
 static int set_int(int *dst, const char *value, long min, long max)
 {
     char *end = NULL;
@@ -85,9 +72,9 @@ static int on_entry(void *user, const char *section, const char *name, const cha
     else if (KEY("ca", "crl_validity"))
         ok = set_duration(&c->crl_validity, value);
     else if (KEY("ca", "device_days"))
-        ok = set_days(&c->device_days, value);
+        ok = set_int(&c->device_days, value, 1, 3650);
     else if (KEY("ca", "broker_days"))
-        ok = set_days(&c->broker_days, value);
+        ok = set_int(&c->broker_days, value, 1, 3650);
     else if (KEY("hsm", "module"))
         ok = set_text(c->hsm_module, sizeof(c->hsm_module), value);
     else if (KEY("hsm", "token"))
