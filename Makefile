@@ -29,13 +29,44 @@ integration: build
 demo: build
 	bash scripts/demo.sh
 
+# Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
+# runs unattended (about 10 minutes on 2 cores), prints a table, writes bench/results/latest.json
+# and docs/performance.md. Never part of `make test`.
+BENCH_BUILD ?= build-bench
+bench:
+	@MQPKI_DEPS_EXTRA="golang-cfssl hyperfine" bash scripts/install-deps.sh
+	$(CMAKE) -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build $(BENCH_BUILD) -j$(JOBS)
+	bash bench/run.sh $(BENCH_BUILD)
+
+# ASan + UBSan + LSan over every unit and integration test. Sanitizer reports of every process
+# (also daemons and brokers the tests start and stop) go to build-sanitize/san-logs; any report
+# fails the target. Third-party leaks are suppressed in tests/sanitize/lsan.supp.
+SAN_LOGS = $(CURDIR)/build-sanitize/san-logs
 sanitize: deps
 	$(CMAKE) -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DMQPKI_SANITIZE=ON
 	$(CMAKE) --build build-sanitize -j$(JOBS)
-	cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j$(JOBS)
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	cd build-sanitize && \
+	  ASAN_OPTIONS=detect_leaks=1:log_path=$(SAN_LOGS)/asan \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan \
+	  ctest --output-on-failure -j$(JOBS) $(CTEST_ARGS)
+	@if [ -n "$$(ls -A $(SAN_LOGS))" ]; then cat $(SAN_LOGS)/*; \
+	  echo "sanitize: reports in $(SAN_LOGS)"; exit 1; fi
+	@echo "sanitize: clean"
+
+# libFuzzer targets (tests/fuzz), clang + ASan + UBSan, each run FUZZ_SECONDS from the seeds.
+FUZZ_SECONDS ?= 60
+fuzz:
+	MQPKI_DEPS_EXTRA="clang libclang-rt-dev $(MQPKI_DEPS_EXTRA)" bash scripts/install-deps.sh
+	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQPKI_SANITIZE=ON \
+	  -DMQPKI_FUZZ=ON
+	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_all
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh build-fuzz
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-sanitize
+	rm -rf $(BUILD) build-sanitize $(BENCH_BUILD) build-fuzz

@@ -66,6 +66,10 @@ static int dbuf_reserve(struct dbuf *b, size_t n)
 
 static void dbuf_put(struct dbuf *b, const void *data, size_t n)
 {
+    /* An empty part (no revoked entries yet) may have no buffer at all: memcpy(.., NULL, 0) is
+     * undefined behaviour (C11 7.24.1). */
+    if (n == 0)
+        return;
     if (dbuf_reserve(b, n)) {
         memcpy(b->p + b->len, data, n);
         b->len += n;

@@ -265,6 +265,7 @@ struct broker {
     char host[256];
     int port;
     char topic[160];
+    int connected_once; /* broker_connect ran before: a reconnect after a renewal */
 };
 
 static void on_connect(struct mosquitto *mosq, void *ud, int rc)
@@ -304,6 +305,17 @@ static int broker_connect(struct mqpki_device *dev, struct broker *b)
         mosquitto_disconnect(b->mosq);
         mosquitto_loop_stop(b->mosq, 0);
     }
+    if (b->connected_once) {
+        /* libmosquitto 2.0 drops its reference on a replaced SSL_CTX without freeing it: after
+         * a renewal start from a fresh client, which releases the old context. */
+        struct mqpki_device_info info;
+        if (mqpki_device_info(dev, &info) != MQPKI_DEVICE_OK ||
+            mosquitto_reinitialise(b->mosq, info.asset, true, b) != MOSQ_ERR_SUCCESS)
+            return MQPKI_DEVICE_ERR_INTERNAL;
+        mosquitto_connect_callback_set(b->mosq, on_connect);
+        mosquitto_message_callback_set(b->mosq, on_message);
+    }
+    b->connected_once = 1;
     rc = mqpki_device_mosquitto_tls(dev, b->mosq);
     if (rc != MQPKI_DEVICE_OK)
         return rc;

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# 07-crash: kill -9 of mqpkid and of the bundled broker at random points during bursts of
+# enrollments and revocations (a bounded number of rounds). Afterwards the store passes
+# integrity_check and the audit chain verifies, every certificate a client received is in the
+# store, every revocation that returned 0 is recorded, and the restarted broker refuses every
+# revoked certificate.
+. "$(dirname "$0")/lib.sh"
+
+ROUNDS=${CRASH_ROUNDS:-5}
+PER_ROUND=6
+N=$((ROUNDS * PER_ROUND))
+free_port() {
+  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+wait_for() {
+  local limit=$(($1 * 10)) i=0; shift
+  until "$@" 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
+    sleep 0.1
+  done
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+H=$MQPKI_HOME
+P=$(free_port)
+P2=$(free_port)
+check "mqpki init" init_ca
+sed -i 's/^rate = .*/rate = 0/' "$H/mqpki.conf"
+check "broker init b1" mqpki broker init b1 --port "$P"
+for i in $(seq 1 "$N"); do
+  mqpki asset add "d$i" --kind device >/dev/null
+  mqpki token create "d$i" >"$T/d$i.token"
+  est_csr "d$i"
+  base64 -d "$T/d$i.b64" >/dev/null
+done
+ok "registered $N assets with tokens and CSRs"
+
+BROKER=""
+MQPKID=""
+start_broker() {
+  mqpki broker run b1 >>"$T/broker.log" 2>&1 &
+  BROKER=$!
+  PIDS+=("$BROKER")
+  wait_for 10 listening "$P"
+}
+start_daemon() {
+  mqpkid --home "$H" --listen "127.0.0.1:$P2" >>"$T/mqpkid.log" 2>&1 &
+  MQPKID=$!
+  PIDS+=("$MQPKID")
+  wait_for 10 listening "$P2"
+}
+MQPKID_URL="https://localhost:$P2"
+
+# enroll_burst FIRST LAST: enrolls dFIRST..dLAST, two at a time.
+enroll_burst() {
+  local i
+  for i in $(seq "$1" "$2"); do
+    est_enroll "d$i" "$(cat "$T/d$i.token")" "d$i" >"$T/d$i.code" 2>/dev/null &
+    [ $((i % 2)) -eq 0 ] && wait
+  done
+  wait
+}
+# revoke_burst: revokes up to 3 received certificates not revoked yet; records each success.
+revoke_burst() {
+  local f name serial n=0
+  for f in $(grep -l '^200$' "$T"/d*.code 2>/dev/null | shuf); do
+    name=$(basename "$f" .code)
+    [ -e "$T/$name.revoked" ] && continue
+    serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
+    if mqpki revoke --serial "$serial" --reason key-compromise >/dev/null 2>&1; then
+      echo "$serial" >"$T/$name.revoked"
+    fi
+    n=$((n + 1)); [ "$n" -ge 3 ] && break
+  done
+}
+
+start=$(date +%s)
+for r in $(seq 1 "$ROUNDS"); do
+  [ -n "$BROKER" ] && kill -0 "$BROKER" 2>/dev/null || start_broker || true
+  [ -n "$MQPKID" ] && kill -0 "$MQPKID" 2>/dev/null || start_daemon || true
+  first=$(((r - 1) * PER_ROUND + 1))
+  enroll_burst "$first" $((first + PER_ROUND - 1)) &
+  burst=$!
+  revoke_burst &
+  rburst=$!
+  sleep "$((RANDOM % 2)).$((RANDOM % 9 + 1))"
+  case $((RANDOM % 3)) in
+    0) victims="$MQPKID" ;;
+    1) victims="$BROKER" ;;
+    *) victims="$MQPKID $BROKER" ;;
+  esac
+  for v in $victims; do kill -9 "$v" 2>/dev/null || true; wait "$v" 2>/dev/null || true; done
+  wait "$burst" "$rburst" 2>/dev/null || true
+done
+ok "$ROUNDS rounds of kill -9 in $(($(date +%s) - start)) s"
+
+# After the storm: both restart.
+kill -0 "$BROKER" 2>/dev/null || check "broker restarts" start_broker
+kill -0 "$MQPKID" 2>/dev/null || check "mqpkid restarts" start_daemon
+assert "store passes integrity_check" \
+  test "$(sqlite3 "$H/mqpki.db" 'PRAGMA integrity_check')" = ok
+check "audit chain intact" mqpki audit verify
+
+mqpki cert list --json >"$T/certs.json"
+received=0
+missing=0
+for f in $(grep -l '^200$' "$T"/d*.code); do
+  name=$(basename "$f" .code)
+  serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
+  received=$((received + 1))
+  jq -e --arg s "$serial" 'any(.[]; .serial == $s)' "$T/certs.json" >/dev/null ||
+    missing=$((missing + 1))
+done
+assert "every certificate a client received is in the store ($received received, $missing \
+missing)" test "$missing" -eq 0
+assert "some enrollments succeeded" test "$received" -gt 0
+lost=0
+revoked=0
+for f in "$T"/*.revoked; do
+  [ -e "$f" ] || continue
+  revoked=$((revoked + 1))
+  jq -e --arg s "$(cat "$f")" 'any(.[]; .serial == $s and .state == "revoked")' \
+    "$T/certs.json" >/dev/null || lost=$((lost + 1))
+done
+assert "no revocation lost ($revoked revoked, $lost lost)" test "$lost" -eq 0
+
+# The restarted broker refuses every revoked certificate (it may need a moment for the feed).
+TLS=(-h 127.0.0.1 -p "$P" --cafile "$T/chain.pem")
+refused() {
+  ! mosquitto_pub "${TLS[@]}" --cert "$T/$1.pem" --key "$T/$1.key" -i "$1-probe" -q 1 \
+    -t "fleet/$1/t" -m x >/dev/null 2>&1
+}
+connects() { ! refused "$1"; }
+accepted=0
+for f in "$T"/*.revoked; do
+  [ -e "$f" ] || continue
+  name=$(basename "$f" .revoked)
+  wait_for 15 refused "$name" || { accepted=$((accepted + 1)); echo "# $name accepted"; }
+done
+assert "the broker refuses all $revoked revoked certificates ($accepted accepted)" \
+  test "$accepted" -eq 0
+for f in $(grep -l '^200$' "$T"/d*.code | head -20); do
+  name=$(basename "$f" .code)
+  [ -e "$T/$name.revoked" ] && continue
+  check "a valid certificate ($name) still connects" connects "$name"
+  break
+done
+finish
