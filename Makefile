@@ -27,7 +27,7 @@ integration: build
 	cd $(BUILD) && ctest --output-on-failure -L integration
 
 demo: build
-	bash scripts/demo.sh
+	MQPKI_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
 
 # Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
 # runs unattended (about 10 minutes on 2 cores), prints a table, writes bench/results/latest.json
