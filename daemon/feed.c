@@ -32,6 +32,7 @@
 #define TOPIC_FULL       "mqpki/v1/crl/full"
 #define TOPIC_DELTA      "mqpki/v1/crl/delta"
 #define BACKOFF_MAX_MS   30000
+#define RESCAN_MS        2000 /* how soon a broker registered meanwhile gets the feed */
 
 struct link {
     struct feed *f;
@@ -49,8 +50,8 @@ struct feed {
     char crl_dir[PATH_MAX];
     struct inventory *inv;
     pthread_mutex_t inv_lock; /* the links' threads share the one store connection */
-    struct link *links;
-    size_t n_links;
+    struct link *links;  /* FEED_MAX_BROKERS slots, filled in order by the inotify thread */
+    atomic_size_t n_links;
     atomic_int stop;
     int ino_fd;
     int wake[2]; /* written by feed_stop to end the inotify thread's poll */
@@ -217,6 +218,8 @@ static void *link_thread(void *arg)
     return NULL;
 }
 
+static void rescan(struct feed *f);
+
 static void *inotify_thread(void *arg)
 {
     struct feed *f = arg;
@@ -231,7 +234,8 @@ static void *inotify_thread(void *arg)
     while (!atomic_load(&f->stop)) {
         ssize_t n;
         int full = 0, delta = 0;
-        if (poll(pfd, 2, -1) < 0) {
+        int ready = poll(pfd, 2, RESCAN_MS);
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             mqpki_log(MQPKI_LOG_ERROR, "feed: poll: %s", strerror(errno));
@@ -239,6 +243,11 @@ static void *inotify_thread(void *arg)
         }
         if (pfd[1].revents != 0)
             break;
+        if (ready == 0) {
+            /* `mqpki broker init` while we run: the new broker gets the feed too. */
+            rescan(f);
+            continue;
+        }
         n = read(f->ino_fd, buf, sizeof(buf));
         if (n <= 0)
             continue;
@@ -251,7 +260,7 @@ static void *inotify_thread(void *arg)
             p += sizeof(*ev) + ev->len;
         }
         /* Files are replaced by rename: the new one is complete when we see it. */
-        for (size_t i = 0; i < f->n_links; i++) {
+        for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
             if (!atomic_load(&f->links[i].connected))
                 continue;
             if (full)
@@ -300,41 +309,6 @@ out:
     return rc;
 }
 
-static int load_brokers(struct feed *f)
-{
-    char dir[PATH_MAX], path[PATH_MAX];
-    struct dirent *de;
-    DIR *d = NULL;
-    int rc = MQPKI_OK;
-
-    if (mqpki_path(dir, sizeof(dir), "%s/brokers", f->home) != MQPKI_OK) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
-        goto out;
-    }
-    if ((d = opendir(dir)) == NULL)
-        goto out; /* no broker registered: nothing to feed */
-    if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
-        rc = MQPKI_ERR_NOMEM;
-        goto out;
-    }
-    while ((de = readdir(d)) != NULL && f->n_links < FEED_MAX_BROKERS) {
-        struct link *l = &f->links[f->n_links];
-        if (!mqpki_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
-            mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
-            access(path, F_OK) != 0)
-            continue;
-        if (read_broker_conf(path, l) != 0)
-            continue;
-        l->f = f;
-        memcpy(l->name, de->d_name, strlen(de->d_name) + 1);
-        f->n_links++;
-    }
-out:
-    if (d != NULL)
-        closedir(d);
-    return rc;
-}
-
 static int link_setup(struct feed *f, struct link *l)
 {
     char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
@@ -370,6 +344,52 @@ out:
     return rc;
 }
 
+static int known(struct feed *f, const char *name)
+{
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++)
+        if (strcmp(f->links[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Links every broker registered under brokers/ (NAME/broker.conf) that is not linked yet. Runs
+ * on one thread at a time (feed_start, then the inotify thread). */
+static void rescan(struct feed *f)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    struct dirent *de;
+    DIR *d;
+
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers", f->home) != MQPKI_OK ||
+        (d = opendir(dir)) == NULL)
+        return; /* no broker registered: nothing to feed */
+    while ((de = readdir(d)) != NULL && atomic_load(&f->n_links) < FEED_MAX_BROKERS) {
+        struct link *l = &f->links[atomic_load(&f->n_links)];
+        if (!mqpki_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
+            known(f, de->d_name) ||
+            mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
+            access(path, F_OK) != 0)
+            continue;
+        memset(l, 0, sizeof(*l));
+        if (read_broker_conf(path, l) != 0)
+            continue;
+        l->f = f;
+        memcpy(l->name, de->d_name, strlen(de->d_name) + 1);
+        if (link_setup(f, l) != MQPKI_OK) {
+            mqpki_log(MQPKI_LOG_ERROR, "feed: broker %s: %s", l->name,
+                      mqpki_err_detail(MQPKI_ERR_INTERNAL));
+            mosquitto_destroy(l->m);
+            memset(l, 0, sizeof(*l));
+            continue;
+        }
+        /* Published only once set up: other threads never see a half-made link. */
+        atomic_fetch_add(&f->n_links, 1);
+        mqpki_log(MQPKI_LOG_INFO, "feed: publishing CRLs to broker %s (%s:%d)", l->name, l->host,
+                  l->port);
+    }
+    closedir(d);
+}
+
 int feed_start(const char *home, struct feed **out)
 {
     struct feed *f;
@@ -388,12 +408,8 @@ int feed_start(const char *home, struct feed **out)
         goto out;
     }
     pthread_once(&lib_once, lib_init);
-    if ((rc = load_brokers(f)) != MQPKI_OK)
-        goto out;
-    if (f->n_links == 0) {
-        mqpki_log(MQPKI_LOG_INFO, "feed: no bundled broker registered (mqpki broker init)");
-        *out = f;
-        f = NULL;
+    if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
         goto out;
     }
     if ((rc = inventory_open(path, &f->inv)) != MQPKI_OK)
@@ -403,16 +419,14 @@ int feed_start(const char *home, struct feed **out)
         rc = mqpki_fail(MQPKI_ERR_IO, "feed: cannot watch %s: %s", f->crl_dir, strerror(errno));
         goto out;
     }
+    rescan(f);
     if (pthread_create(&f->ino_thread, NULL, inotify_thread, f) != 0) {
         rc = mqpki_fail(MQPKI_ERR_INTERNAL, "feed: cannot start a thread");
         goto out;
     }
     f->ino_started = 1;
-    for (size_t i = 0; i < f->n_links; i++)
-        if ((rc = link_setup(f, &f->links[i])) != MQPKI_OK)
-            goto out;
-    mqpki_log(MQPKI_LOG_INFO, "feed: publishing CRLs to %zu broker%s", f->n_links,
-              f->n_links == 1 ? "" : "s");
+    if (atomic_load(&f->n_links) == 0)
+        mqpki_log(MQPKI_LOG_INFO, "feed: no bundled broker registered yet (mqpki broker init)");
     *out = f;
     f = NULL;
 out:
@@ -424,7 +438,7 @@ int feed_healthy(struct feed *f)
 {
     if (f == NULL)
         return 1;
-    for (size_t i = 0; i < f->n_links; i++)
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++)
         if (!atomic_load(&f->links[i].connected))
             return 0;
     return 1;
@@ -434,7 +448,7 @@ int feed_publish_now(struct feed *f)
 {
     if (f == NULL)
         return MQPKI_OK;
-    for (size_t i = 0; i < f->n_links; i++)
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++)
         if (atomic_load(&f->links[i].connected))
             publish_all(&f->links[i]);
     return MQPKI_OK;
@@ -450,7 +464,7 @@ void feed_stop(struct feed *f)
             mqpki_log(MQPKI_LOG_WARN, "feed: cannot wake the inotify thread");
         pthread_join(f->ino_thread, NULL);
     }
-    for (size_t i = 0; i < f->n_links; i++) {
+    for (size_t i = 0; f->links != NULL && i < FEED_MAX_BROKERS; i++) {
         struct link *l = &f->links[i];
         if (l->started)
             pthread_join(l->thread, NULL);

@@ -13,12 +13,21 @@
 #include <mosquitto.h>
 #include <mqpki_device.h>
 
-static int published;
+static int published, refused;
 
 static void on_publish(struct mosquitto *mosq, void *ud, int mid)
 {
     published = 1;
     mosquitto_disconnect(mosq);
+}
+
+/* A refused identity (revoked, unknown) will not be accepted on retry: stop instead. */
+static void on_connect(struct mosquitto *mosq, void *ud, int rc)
+{
+    if (rc != 0) {
+        refused = rc;
+        mosquitto_disconnect(mosq);
+    }
 }
 
 static int parse_url(const char *url, char *host, size_t size, int *port)
@@ -59,6 +68,7 @@ int main(int argc, char **argv)
     if (mosq == NULL)
         goto out;
     mosquitto_publish_callback_set(mosq, on_publish);
+    mosquitto_connect_callback_set(mosq, on_connect);
     /* One call: TLS 1.2+, the provisioned CA only, our certificate and key. */
     rc = mqpki_device_mosquitto_tls(dev, mosq);
     if (rc != MQPKI_DEVICE_OK) {
@@ -77,6 +87,11 @@ int main(int argc, char **argv)
     /* Runs until the broker acknowledged the QoS 1 message and we disconnected. */
     if (rc == MOSQ_ERR_SUCCESS)
         rc = mosquitto_loop_forever(mosq, 10000, 1);
+    if (refused) {
+        fprintf(stderr, "mqpki-sensor: broker refused the connection: %s\n",
+                mosquitto_connack_string(refused));
+        goto out;
+    }
     if (!published) {
         fprintf(stderr, "mqpki-sensor: publish on %s failed: %s\n", topic,
                 mosquitto_strerror(rc));

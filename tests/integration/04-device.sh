@@ -184,7 +184,21 @@ if command -v mosquitto >/dev/null && mqpki broker init b1 --port "$bport" >"$T/
   done
   assert "agent renews on {\"op\":\"renew\"}" test -n "$renewed"
   stop_pid "$agent" TERM
+
   check "renewal works again after the kills" mqpki-device --dir "$D1" renew --force
+
+  # --- a revoked identity: mqpkid's feed found the broker registered after it started ---
+  check "revoke dev-file" mqpki revoke --asset dev-file --reason key-compromise
+  refused=""
+  for i in $(seq 1 50); do
+    if ! timeout 10 mqpki-sensor "$D1" "mqtts://localhost:$bport" >"$T/out" 2>"$T/err"; then
+      refused=yes
+      break
+    fi
+    sleep 0.2
+  done
+  assert "the revoked sensor is refused and says so: $(cat "$T/err")" \
+    bash -c "[ -n '$refused' ] && grep -q 'refused' '$T/err'"
 else
   echo "# skip: bundled broker not available ($(head -1 "$T/binit" 2>/dev/null))"
 fi
