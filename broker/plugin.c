@@ -189,6 +189,18 @@ static int crl_fresh(const struct plugin *pl)
     return revset_full_number(pl->rev) >= 0 && (next == 0 || next > mqpki_now());
 }
 
+/*
+ * A device's MQTT client id is its asset id, or starts with "ASSET-" (several connections of one
+ * asset). Otherwise any device could connect under another's client id and, by MQTT's session
+ * takeover, throw that device off the broker.
+ */
+MQPKI_STATIC int client_id_allowed(const char *cid, const char *asset)
+{
+    size_t n = strlen(asset);
+
+    return cid != NULL && strncmp(cid, asset, n) == 0 && (cid[n] == '\0' || cid[n] == '-');
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_basic_auth *ed = event_data;
@@ -226,6 +238,14 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
                              "certificate revoked or on hold",
                              asset, hex);
         emit(pl, "revoked_attempt", asset, cid, addr, hex, "certificate revoked or on hold");
+        goto out;
+    }
+    if (!is_service && !client_id_allowed(cid, asset)) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: %s refused: client id '%.64s' is not its own (use '%s' or "
+                             "'%s-...')",
+                             asset, cid ? cid : "", asset, asset);
+        emit(pl, "auth_failure", asset, cid, addr, hex, "client id of another asset");
         goto out;
     }
     /* The service must get in to deliver the CRL that fail_closed waits for. */

@@ -97,6 +97,13 @@ if [ "$MQPKID" = 1 ]; then
   assert "last seen on broker b1" test "$(mqpki asset show dev1 --json | jq -r .last_broker)" = b1
 fi
 
+# A device cannot take over another device's session by using its client id.
+expect_fail 5 "dev2 cannot connect as client id dev1" bash -c "mosquitto_sub ${TLS[*]} \
+  --cert '$T/dev2.pem' --key '$T/dev2.key' -i dev1 -t 'fleet/dev2/#' -C 1 -W 5 2>&1 >/dev/null \
+  | head -1 >&2; exit \${PIPESTATUS[0]}"
+assert "the broker names the client id rule" contains "$T/broker1.log" "is not its own"
+assert "dev1's subscriber was not thrown off" alive "$SUB_dev1"
+
 # Revocation cuts dev1 off; dev2 stays.
 check "revoke dev1 for key compromise" mqpki revoke --asset dev1 --reason key-compromise
 [ "$MQPKID" = 1 ] || service_pub -t mqpki/v1/crl/full -r -f "$H/crl/issuing.crl"
