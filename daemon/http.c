@@ -215,8 +215,11 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
         er.body = rq->body;
         er.body_len = rq->too_large ? EST_BODY_MAX + 1 : rq->len;
         if (cert != NULL) {
+            const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
             er.client_cert = cert->data;
             er.client_cert_len = cert->size;
+            er.peer = ci != NULL ? ci->socket_context : NULL;
         }
         est_handle(ctx->est, inv, &er, &resp);
         if (strstr(url, "enroll") != NULL) {
@@ -302,6 +305,19 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Per connection: the client certificate verified on it (struct est_peer), so that keep-alive
+ * requests do not verify the same chain again. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = calloc(1, sizeof(struct est_peer));
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        free(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
 /* "127.0.0.1:8443", "[::1]:8443", "0.0.0.0:0" into a socket address. */
 static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -384,6 +400,7 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
         (unsigned)CONNECTION_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)PER_IP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
         listen_fd >= 0 ? (void *)(intptr_t)listen_fd : (void *)&ss, MHD_OPTION_END);

@@ -17,7 +17,8 @@
 #include "feed.h"
 #include "inventory.h"
 
-#define DEFAULT_THREADS 4
+/* Workers mostly wait for the group commit's fsync; enough of them keep a batch full. */
+#define DEFAULT_THREADS 32
 
 static void usage(FILE *f)
 {

@@ -7,8 +7,12 @@
 #define MQPKI_ENROLLMENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/x509.h>
+
+#include "ca.h"     /* CA_SERIAL_HEX_MAX */
+#include "common.h" /* MQPKI_ASSET_ID_MAX */
 
 struct ca;
 struct inventory;
@@ -72,6 +76,21 @@ struct est_config {
     int burst;                     /*   bucket size */
 };
 
+/*
+ * What the server remembers about one TLS connection's client certificate once its chain has
+ * verified: later requests on the same connection presenting the same certificate bytes skip
+ * parsing and chain verification while the whole chain is within its validity period. The
+ * store lookup (revocation, hold, supersession) still runs on every request. The server zeroes
+ * one per connection when it opens and frees it when it closes; est_handle fills it.
+ */
+struct est_peer {
+    int verified;                   /* 1 when the fields below hold a verified certificate */
+    unsigned char cert_sha256[32];  /* SHA-256 of the verified certificate's DER */
+    int64_t valid_from, valid_until; /* latest notBefore, earliest notAfter of the chain */
+    char serial[CA_SERIAL_HEX_MAX];
+    char asset[MQPKI_ASSET_ID_MAX + 1];
+};
+
 struct est_request {
     const char *method;               /* "GET", "POST" */
     const char *path;                 /* "/.well-known/est/simpleenroll" */
@@ -82,6 +101,7 @@ struct est_request {
     size_t body_len;
     const unsigned char *client_cert; /* DER of the TLS client's leaf certificate, or NULL */
     size_t client_cert_len;
+    struct est_peer *peer;            /* the connection's cache, or NULL: verify every time */
 };
 
 struct est_response {

@@ -1,10 +1,12 @@
 /* enrollment: EST (RFC 7030) request handling, independent of sockets. */
 #include "enrollment.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
@@ -12,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pkcs7.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -315,6 +318,42 @@ MQPKI_STATIC int cert_asset_id(X509 *cert, char out[MQPKI_ASSET_ID_MAX + 1])
     return found;
 }
 
+static int64_t asn1_to_time(const ASN1_TIME *t, int64_t fallback)
+{
+    struct tm tm;
+
+    return t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : fallback;
+}
+
+/* Remembers a verified chain for the rest of the connection (struct est_peer). */
+static void peer_remember(struct est_peer *peer, const unsigned char hash[32],
+                          X509_STORE_CTX *ctx, const char *serial, const char *asset)
+{
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
+    int64_t from = INT64_MIN, until = INT64_MAX;
+
+    peer->verified = 0;
+    if (chain == NULL || sk_X509_num(chain) < 1)
+        return;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        X509 *c = sk_X509_value(chain, i);
+        int64_t nb = asn1_to_time(X509_get0_notBefore(c), INT64_MAX);
+        int64_t na = asn1_to_time(X509_get0_notAfter(c), INT64_MIN);
+        if (nb > from)
+            from = nb;
+        if (na < until)
+            until = na;
+    }
+    if (from > until)
+        return;
+    memcpy(peer->cert_sha256, hash, sizeof(peer->cert_sha256));
+    peer->valid_from = from;
+    peer->valid_until = until;
+    snprintf(peer->serial, sizeof(peer->serial), "%s", serial);
+    snprintf(peer->asset, sizeof(peer->asset), "%s", asset);
+    peer->verified = 1;
+}
+
 /*
  * Authenticates a re-enrollment by its TLS client certificate (the TLS handshake proved
  * possession of its key): it chains to our CA, is one of ours in the store, and is neither
@@ -327,7 +366,10 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
     X509 *cert = NULL;
     X509_STORE_CTX *ctx = NULL;
     struct inventory_cert rec;
+    struct est_peer *peer = req->peer;
+    unsigned char hash[32];
     char serial[CA_SERIAL_HEX_MAX];
+    int64_t now = mqpki_now();
     int rc = MQPKI_ERR_AUTH;
 
     memset(&rec, 0, sizeof(rec));
@@ -335,6 +377,21 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         mqpki_fail(rc, "re-enrollment without a TLS client certificate");
         goto out;
     }
+    /* Same bytes as a chain this connection already verified, still within its validity:
+     * parsing and verifying again would give the same answer. */
+    if (SHA256(p, req->client_cert_len, hash) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot hash the client certificate");
+        goto out;
+    }
+    if (peer != NULL && peer->verified &&
+        CRYPTO_memcmp(hash, peer->cert_sha256, sizeof(hash)) == 0 && now >= peer->valid_from &&
+        now <= peer->valid_until) {
+        snprintf(serial, sizeof(serial), "%s", peer->serial);
+        snprintf(asset, MQPKI_ASSET_ID_MAX + 1, "%s", peer->asset);
+        goto lookup;
+    }
+    if (peer != NULL)
+        peer->verified = 0;
     cert = d2i_X509(NULL, &p, (long)req->client_cert_len);
     if (cert == NULL || p != req->client_cert + req->client_cert_len) {
         mqpki_fail(rc, "re-enrollment: unparsable client certificate");
@@ -355,6 +412,9 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         mqpki_fail(rc, "re-enrollment: client certificate names no mqpki asset");
         goto out;
     }
+    if (peer != NULL)
+        peer_remember(peer, hash, ctx, serial, asset);
+lookup:
     if (inventory_cert_get(inv, serial, 0, &rec) != MQPKI_OK) {
         mqpki_fail(rc, "re-enrollment: certificate %s is not in the store", serial);
         goto out;

@@ -58,6 +58,9 @@ static const char *const migrations[] = {
     "CREATE UNIQUE INDEX certs_seq ON certs(issued_seq);"
     "CREATE INDEX certs_key ON certs(key_fp);"
     "CREATE INDEX certs_state ON certs(state, not_after);"
+    /* Superseding on renewal finds the asset's valid certificate here, not by walking the
+     * asset's renewals or every valid certificate of the fleet. */
+    "CREATE INDEX certs_live ON certs(asset_id) WHERE state = 'valid';"
     /* CRL building streams revocations in revocation order. */
     "CREATE INDEX certs_revoked ON certs(revoked_at, serial) WHERE state = 'revoked';"
     "CREATE TABLE tokens("
