@@ -30,7 +30,7 @@ demo: build
 	MQPKI_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
 
 # Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
-# runs unattended (about 10 minutes on 2 cores), prints a table, writes bench/results/latest.json
+# runs unattended (4-6 minutes on 2 cores), prints a table, writes bench/results/latest.json
 # and docs/performance.md. Never part of `make test`.
 BENCH_BUILD ?= build-bench
 bench:

@@ -1,0 +1,541 @@
+/*
+ * pkibench: the small drivers behind `make bench` that need mqpki's own modules or a precise
+ * clock. One JSON line per run on stdout. Every loop is bounded in count and in time.
+ *
+ *   pkibench limits HOME SECONDS
+ *       ECDSA P-256 through the CA's SoftHSM token (C_Sign via the hsm EVP_PKEY, 1 and 2
+ *       threads) and in software (OpenSSL sign and verify, 1 and 2 threads).
+ *   pkibench crl-build HOME N OUT.der
+ *       builds and signs (issuing key in the token) a full CRL of N random serials.
+ *   pkibench crl-load CHAIN.pem CRL.der
+ *       what the broker plugin does with a CRL (parse, verify, build the revoked set), then
+ *       the cost of one revoked-serial lookup; RSS before and after.
+ *   pkibench connects HOST PORT CAFILE CERT KEY SECONDS
+ *       TLS handshake + MQTT CONNECT/CONNACK + DISCONNECT in a loop, one connection at a time.
+ *   pkibench revoke HOST PORT CAFILE DIR N MQPKI_BIN
+ *       N subscribers DIR/rI.pem|key (client id rI) connect; each is revoked in turn with
+ *       `MQPKI_BIN revoke --asset rI --reason key-compromise`; records the time from the
+ *       command's exit to the broker closing that subscriber's connection.
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "broker.h"
+#include "ca.h"
+#include "common.h"
+#include "crlcheck.h"
+#include "datadir.h"
+#include "datadir_int.h"
+#include "hsm.h"
+
+extern char **environ;
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* VmHWM (peak resident set) of this process, MB. */
+static double peak_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb / 1024.0;
+}
+
+static double rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+
+    if (f == NULL)
+        return -1;
+    if (fscanf(f, "%ld %ld", &pages, &res) != 2)
+        res = 0;
+    fclose(f);
+    return (double)res * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
+}
+
+/* ---- limits ---- */
+
+struct signer {
+    EVP_PKEY *key;
+    int verify;
+    const unsigned char *sig;
+    size_t sig_len;
+    double seconds;
+    long ops;
+    pthread_t thread;
+};
+
+static void *sign_loop(void *arg)
+{
+    struct signer *s = arg;
+    unsigned char dgst[32], sig[256];
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(s->key, NULL);
+    double end = now() + s->seconds;
+
+    memset(dgst, 7, sizeof(dgst));
+    if (ctx == NULL || (s->verify ? EVP_PKEY_verify_init(ctx) : EVP_PKEY_sign_init(ctx)) != 1)
+        goto out;
+    /* Check the clock every 16 operations; at most 10 million operations. */
+    while (s->ops < 10000000 && now() < end) {
+        for (int i = 0; i < 16; i++) {
+            size_t len = sizeof(sig);
+            int ok = s->verify ? EVP_PKEY_verify(ctx, s->sig, s->sig_len, dgst, sizeof(dgst))
+                               : EVP_PKEY_sign(ctx, sig, &len, dgst, sizeof(dgst));
+            if (ok != 1)
+                goto out;
+            s->ops++;
+        }
+    }
+out:
+    EVP_PKEY_CTX_free(ctx);
+    return NULL;
+}
+
+static double rate(EVP_PKEY *key, int verify, const unsigned char *sig, size_t sig_len,
+                   int threads, double seconds)
+{
+    struct signer s[2];
+    long ops = 0;
+    double t0 = now();
+
+    for (int i = 0; i < threads; i++) {
+        memset(&s[i], 0, sizeof(s[i]));
+        s[i].key = key;
+        s[i].verify = verify;
+        s[i].sig = sig;
+        s[i].sig_len = sig_len;
+        s[i].seconds = seconds;
+        pthread_create(&s[i].thread, NULL, sign_loop, &s[i]);
+    }
+    for (int i = 0; i < threads; i++) {
+        pthread_join(s[i].thread, NULL);
+        ops += s[i].ops;
+    }
+    return (double)ops / (now() - t0);
+}
+
+static int cmd_limits(const char *home, double seconds)
+{
+    struct datadir *dd = NULL;
+    EVP_PKEY *hkey = NULL, *skey = EVP_EC_gen("P-256");
+    EVP_PKEY_CTX *ctx = NULL;
+    unsigned char dgst[32], sig[128];
+    size_t sig_len = sizeof(sig);
+    int rc;
+
+    if ((rc = datadir_open(home, DATADIR_CA, &dd)) != MQPKI_OK ||
+        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &hkey)) != MQPKI_OK) {
+        fprintf(stderr, "pkibench: %s\n", mqpki_err_detail(rc));
+        datadir_close(dd);
+        return 1;
+    }
+    memset(dgst, 7, sizeof(dgst));
+    ctx = EVP_PKEY_CTX_new(skey, NULL);
+    if (ctx == NULL || EVP_PKEY_sign_init(ctx) != 1 ||
+        EVP_PKEY_sign(ctx, sig, &sig_len, dgst, sizeof(dgst)) != 1)
+        return 1;
+    printf("{\"softhsm_sign_per_s\": %.0f, \"softhsm_sign_2t_per_s\": %.0f, "
+           "\"openssl_sign_per_s\": %.0f, \"openssl_verify_per_s\": %.0f, "
+           "\"openssl_verify_2t_per_s\": %.0f}\n",
+           rate(hkey, 0, NULL, 0, 1, seconds), rate(hkey, 0, NULL, 0, 2, seconds),
+           rate(skey, 0, NULL, 0, 1, seconds), rate(skey, 1, sig, sig_len, 1, seconds),
+           rate(skey, 1, sig, sig_len, 2, seconds));
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(skey);
+    EVP_PKEY_free(hkey);
+    datadir_close(dd);
+    return 0;
+}
+
+/* ---- CRL ---- */
+
+static int cmd_crl_build(const char *home, long n, const char *out)
+{
+    struct datadir *dd = NULL;
+    struct ca_crl_entry *e = calloc((size_t)n + 1, sizeof(*e));
+    char *hex = malloc((size_t)n * 33 + 1);
+    unsigned char *der = NULL, raw[16];
+    size_t der_len = 0;
+    X509_CRL *crl = NULL;
+    int64_t t = (int64_t)time(NULL);
+    double t0, t1;
+    FILE *f;
+    int rc;
+
+    if (e == NULL || hex == NULL || n < 1 || n > 5000000)
+        return 1;
+    if ((rc = datadir_open(home, DATADIR_CA, &dd)) != MQPKI_OK) {
+        fprintf(stderr, "pkibench: %s\n", mqpki_err_detail(rc));
+        return 1;
+    }
+    /* mqpki serials: 16 random bytes, top bit clear. */
+    for (long i = 0; i < n; i++) {
+        RAND_bytes(raw, sizeof(raw));
+        raw[0] = (unsigned char)((raw[0] & 0x7f) | 0x01);
+        for (int k = 0; k < 16; k++)
+            sprintf(hex + i * 33 + k * 2, "%02X", raw[k]);
+        e[i].serial_hex = hex + i * 33;
+        e[i].revoked_at = t - (n - i);
+        e[i].reason = (i % 4) == 0 ? 1 : 0;
+    }
+    t0 = now();
+    rc = ca_crl_build(datadir_ca(dd), 1000000 + n, -1, e, (size_t)n, t, t + 86400, &crl);
+    if (rc == MQPKI_OK)
+        rc = ca_crl_der(crl, &der, &der_len);
+    t1 = now();
+    if (rc != MQPKI_OK) {
+        fprintf(stderr, "pkibench: %s\n", mqpki_err_detail(rc));
+        return 1;
+    }
+    if ((f = fopen(out, "wb")) == NULL || fwrite(der, 1, der_len, f) != der_len ||
+        fclose(f) != 0)
+        return 1;
+    printf("{\"entries\": %ld, \"build_s\": %.3f, \"der_bytes\": %zu}\n", n, t1 - t0, der_len);
+    free(der);
+    X509_CRL_free(crl);
+    free(e);
+    free(hex);
+    datadir_close(dd);
+    return 0;
+}
+
+static int cmd_crl_load(const char *chain, const char *path)
+{
+    STACK_OF(X509) *cas = NULL;
+    X509_CRL *crl = NULL;
+    struct crlcheck_info info;
+    struct revset *empty = revset_new_empty(), *rs = NULL;
+    unsigned char *der = NULL, key[CRLCHECK_KEY_LEN];
+    size_t len = 0;
+    char why[256];
+    double rss0, rss1, t0, t1, t2, t3;
+    const long lookups = 2000000;
+    long hits = 0;
+    int rc;
+
+    if (crlcheck_load_cas(chain, &cas, why, sizeof(why)) != 0) {
+        fprintf(stderr, "pkibench: %s\n", why);
+        return 1;
+    }
+    rss0 = rss_mb();
+    t0 = now();
+    /* The plugin reads the persisted CRL file, then parses, verifies and indexes it. */
+    if ((rc = mqpki_file_read(path, 512u * 1024 * 1024, &der, &len)) != MQPKI_OK)
+        return 1;
+    if (crlcheck_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        crlcheck_verify(crl, cas, &info, why, sizeof(why)) != 0) {
+        fprintf(stderr, "pkibench: %s\n", why);
+        return 1;
+    }
+    t1 = now();
+    if (revset_apply(empty, crl, &info, &rs) != 0)
+        return 1;
+    t2 = now();
+    /* Lookups as connects do them: half revoked serials, half not. */
+    {
+        const STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);
+        int nrev = sk_X509_REVOKED_num(rev);
+        t3 = now();
+        for (long i = 0; i < lookups; i++) {
+            if (i % 2 == 0 && nrev > 0) {
+                const X509_REVOKED *r = sk_X509_REVOKED_value(rev, (int)((i / 2) % nrev));
+                crlcheck_serial_key(X509_REVOKED_get0_serialNumber(r), key);
+            } else {
+                memset(key, 0, sizeof(key));
+                memcpy(key, &i, sizeof(i));
+                key[15] = 0x55;
+            }
+            hits += revset_is_revoked(rs, info.issuer, key);
+        }
+        t3 = now() - t3;
+    }
+    /* As the plugin does: the parsed CRL and its DER are freed once the set is built. */
+    X509_CRL_free(crl);
+    free(der);
+    rss1 = rss_mb();
+    /* What returning the parsed CRL's freed heap to the system would leave. */
+    malloc_trim(0);
+    printf("{\"entries\": %zu, \"der_bytes\": %zu, \"parse_verify_s\": %.3f, "
+           "\"index_s\": %.3f, \"load_s\": %.3f, \"rss_before_mb\": %.1f, "
+           "\"rss_after_mb\": %.1f, \"rss_added_mb\": %.1f, \"peak_rss_mb\": %.1f, "
+           "\"rss_trimmed_mb\": %.1f, \"lookup_ns\": %.0f, \"lookup_hits\": %ld}\n",
+           revset_count(rs), len, t1 - t0, t2 - t1, t2 - t0, rss0, rss1, rss1 - rss0,
+           peak_rss_mb(), rss_mb(), t3 / (double)lookups * 1e9, hits);
+    revset_free(rs);
+    revset_free(empty);
+    sk_X509_pop_free(cas, X509_free);
+    return 0;
+}
+
+/* ---- broker connects ---- */
+
+static int read_full(SSL *ssl, unsigned char *buf, int n)
+{
+    int got = 0;
+
+    while (got < n) {
+        int r = SSL_read(ssl, buf + got, n - got);
+        if (r <= 0)
+            return -1;
+        got += r;
+    }
+    return 0;
+}
+
+/* One TLS connection, MQTT 3.1.1 CONNECT, CONNACK accepted, DISCONNECT. 0 on success. */
+static int one_connect(SSL_CTX *ctx, const struct sockaddr_in *sa, const char *client_id)
+{
+    unsigned char pkt[128], ack[4];
+    size_t idlen = strlen(client_id), n = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1, rc = -1;
+    SSL *ssl = NULL;
+
+    if (fd < 0 || idlen > 64)
+        goto out;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0)
+        goto out;
+    if ((ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1)
+        goto out;
+    pkt[n++] = 0x10;
+    pkt[n++] = (unsigned char)(10 + 2 + idlen);
+    memcpy(pkt + n, "\x00\x04MQTT\x04\x02\x00\x3c", 10); /* clean session, keepalive 60 */
+    n += 10;
+    pkt[n++] = 0;
+    pkt[n++] = (unsigned char)idlen;
+    memcpy(pkt + n, client_id, idlen);
+    n += idlen;
+    if (SSL_write(ssl, pkt, (int)n) != (int)n || read_full(ssl, ack, 4) != 0 || ack[0] != 0x20 ||
+        ack[3] != 0)
+        goto out;
+    if (SSL_write(ssl, "\xe0\x00", 2) != 2)
+        goto out;
+    SSL_shutdown(ssl);
+    rc = 0;
+out:
+    SSL_free(ssl);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static int cmd_connects(const char *host, int port, const char *cafile, const char *cert,
+                        const char *key, double seconds, const char *client_id)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    struct sockaddr_in sa;
+    long ok = 0, fail = 0;
+    double t0, end;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, cafile, NULL) != 1 ||
+        SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        fprintf(stderr, "pkibench: cannot load the client identity\n");
+        return 1;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    /* Every connect is a full handshake, as a fleet reconnecting after a broker restart. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    t0 = now();
+    end = t0 + seconds;
+    while (now() < end && ok + fail < 1000000 && fail < 1000) {
+        if (one_connect(ctx, &sa, client_id) == 0)
+            ok++;
+        else
+            fail++;
+    }
+    printf("{\"connects\": %ld, \"failures\": %ld, \"per_s\": %.1f}\n", ok, fail,
+           (double)ok / (now() - t0));
+    SSL_CTX_free(ctx);
+    return fail > ok ? 1 : 0;
+}
+
+/* ---- revocation -> disconnect ---- */
+
+struct sub {
+    struct mosquitto *m;
+    char id[32];
+    atomic_int connected;
+    _Atomic double disconnected_at;
+};
+
+static void on_connect(struct mosquitto *m, void *obj, int rc)
+{
+    struct sub *s = obj;
+
+    if (rc == 0) {
+        char topic[64];
+        snprintf(topic, sizeof(topic), "fleet/%s/#", s->id);
+        mosquitto_subscribe(m, NULL, topic, 0);
+        atomic_store(&s->connected, 1);
+    }
+}
+
+static void on_disconnect(struct mosquitto *m, void *obj, int rc)
+{
+    struct sub *s = obj;
+    double zero = 0;
+
+    (void)m;
+    (void)rc;
+    atomic_compare_exchange_strong(&s->disconnected_at, &zero, now());
+}
+
+static int cmpd(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_revoke(const char *host, int port, const char *cafile, const char *dir, int n,
+                      const char *mqpki)
+{
+    struct sub *subs = calloc((size_t)n, sizeof(*subs));
+    double *lat = calloc((size_t)n, sizeof(double)), *lat_start = calloc((size_t)n, sizeof(double));
+    double sum_cmd = 0;
+    int got = 0, missed = 0;
+    posix_spawn_file_actions_t quiet;
+
+    if (subs == NULL || lat == NULL || lat_start == NULL || n < 1 || n > 1000)
+        return 1;
+    mosquitto_lib_init();
+    for (int i = 0; i < n; i++) {
+        char cert[512], key[512];
+        struct sub *s = &subs[i];
+        snprintf(s->id, sizeof(s->id), "r%d", i);
+        snprintf(cert, sizeof(cert), "%s/r%d.pem", dir, i);
+        snprintf(key, sizeof(key), "%s/r%d.key", dir, i);
+        s->m = mosquitto_new(s->id, true, s);
+        if (s->m == NULL || mosquitto_tls_set(s->m, cafile, NULL, cert, key, NULL) != 0)
+            return 1;
+        mosquitto_connect_callback_set(s->m, on_connect);
+        mosquitto_disconnect_callback_set(s->m, on_disconnect);
+        /* Reconnect attempts would be refused anyway; keep them rare. */
+        mosquitto_reconnect_delay_set(s->m, 30, 30, false);
+        if (mosquitto_connect(s->m, host, port, 60) != 0 || mosquitto_loop_start(s->m) != 0) {
+            fprintf(stderr, "pkibench: %s cannot connect\n", s->id);
+            return 1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        double end = now() + 10;
+        while (!atomic_load(&subs[i].connected) && now() < end)
+            usleep(1000);
+        if (!atomic_load(&subs[i].connected)) {
+            fprintf(stderr, "pkibench: r%d did not connect\n", i);
+            return 1;
+        }
+    }
+    usleep(300000); /* every subscription settled */
+    /* The command's report goes to /dev/null: stdout carries this program's JSON. */
+    posix_spawn_file_actions_init(&quiet);
+    posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+    for (int i = 0; i < n; i++) {
+        char asset[32];
+        char *argv[] = {(char *)mqpki, "revoke", "--asset", asset, "--reason", "key-compromise",
+                        NULL};
+        pid_t pid;
+        int status = 0;
+        double t0, t1, end;
+
+        snprintf(asset, sizeof(asset), "r%d", i);
+        t0 = now();
+        if (posix_spawn(&pid, mqpki, &quiet, NULL, argv, environ) != 0 ||
+            waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "pkibench: mqpki revoke --asset %s failed\n", asset);
+            return 1;
+        }
+        t1 = now();
+        sum_cmd += t1 - t0;
+        end = t1 + 5;
+        while (atomic_load(&subs[i].disconnected_at) == 0 && now() < end)
+            usleep(200);
+        if (atomic_load(&subs[i].disconnected_at) == 0) {
+            missed++;
+            continue;
+        }
+        lat[got] = (atomic_load(&subs[i].disconnected_at) - t1) * 1000;
+        lat_start[got] = (atomic_load(&subs[i].disconnected_at) - t0) * 1000;
+        got++;
+        usleep(20000);
+    }
+    qsort(lat, (size_t)got, sizeof(double), cmpd);
+    qsort(lat_start, (size_t)got, sizeof(double), cmpd);
+    printf("{\"revocations\": %d, \"disconnected\": %d, \"missed\": %d, \"p50_ms\": %.1f, "
+           "\"p99_ms\": %.1f, \"max_ms\": %.1f, \"min_ms\": %.1f, \"from_start_p50_ms\": %.1f, "
+           "\"from_start_p99_ms\": %.1f, \"revoke_cmd_mean_ms\": %.1f}\n",
+           n, got, missed, got ? lat[got / 2] : 0, got ? lat[(int)((got - 1) * 0.99 + 0.5)] : 0,
+           got ? lat[got - 1] : 0, got ? lat[0] : 0, got ? lat_start[got / 2] : 0,
+           got ? lat_start[(int)((got - 1) * 0.99 + 0.5)] : 0, sum_cmd / n * 1000);
+    for (int i = 0; i < n; i++) {
+        mosquitto_disconnect(subs[i].m);
+        mosquitto_loop_stop(subs[i].m, true);
+        mosquitto_destroy(subs[i].m);
+    }
+    mosquitto_lib_cleanup();
+    posix_spawn_file_actions_destroy(&quiet);
+    free(subs);
+    free(lat);
+    free(lat_start);
+    return missed > 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "";
+
+    if (strcmp(cmd, "limits") == 0 && argc == 4)
+        return cmd_limits(argv[2], atof(argv[3]));
+    if (strcmp(cmd, "crl-build") == 0 && argc == 5)
+        return cmd_crl_build(argv[2], atol(argv[3]), argv[4]);
+    if (strcmp(cmd, "crl-load") == 0 && argc == 4)
+        return cmd_crl_load(argv[2], argv[3]);
+    if (strcmp(cmd, "connects") == 0 && argc == 9)
+        return cmd_connects(argv[2], atoi(argv[3]), argv[4], argv[5], argv[6], atof(argv[7]),
+                            argv[8]);
+    if (strcmp(cmd, "revoke") == 0 && argc == 8)
+        return cmd_revoke(argv[2], atoi(argv[3]), argv[4], argv[5], atoi(argv[6]), argv[7]);
+    fprintf(stderr, "usage: pkibench limits HOME SECONDS | crl-build HOME N OUT | "
+                    "crl-load CHAIN CRL | connects HOST PORT CAFILE CERT KEY SECONDS CLIENTID | "
+                    "revoke HOST PORT CAFILE DIR N MQPKI_BIN\n");
+    return 2;
+}
