@@ -82,7 +82,7 @@ for r in rows:
         put(f"crl.{n}.plugin_rss_mb", agg([x["rss_after_mb"] for x in l]), nd=1)
         put(f"crl.{n}.plugin_rss_added_mb", agg([x["rss_added_mb"] for x in l]), nd=1)
         put(f"crl.{n}.plugin_peak_rss_mb", agg([x.get("peak_rss_mb", 0) for x in l]), nd=1)
-        put(f"crl.{n}.plugin_rss_trimmed_mb", agg([x.get("rss_trimmed_mb", 0) for x in l]),
+        put(f"crl.{n}.plugin_rss_untrimmed_mb", agg([x.get("rss_untrimmed_mb", 0) for x in l]),
             nd=1)
         put(f"crl.{n}.lookup_ns", agg([x["lookup_ns"] for x in l]), nd=0)
 bp, bq = runs("broker_plugin"), runs("broker_plain")

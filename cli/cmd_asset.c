@@ -111,19 +111,48 @@ out:
     return rc;
 }
 
+/* A text field as JSON: user input is checked as UTF-8 by jansson; null when empty (optional). */
+static json_t *text_or_null(const char *t)
+{
+    return t[0] != '\0' ? json_string(t) : json_null();
+}
+
+/*
+ * Fills v, a JSON object, with the asset's fields. A listing reuses one object for every asset:
+ * a million assets then cost no per-asset object, key or hash-table allocation.
+ */
+static int asset_json_fill(json_t *v, const struct inventory_asset *a)
+{
+    const char *tags = a->tags_json != NULL ? a->tags_json : "{}";
+    int bad = 0;
+
+    bad |= json_object_set_new(v, "id", json_string_nocheck(a->id));
+    bad |= json_object_set_new(v, "kind", json_string_nocheck(inventory_kind_name(a->kind)));
+    bad |= json_object_set_new(v, "state", json_string_nocheck(inventory_state_name(a->state)));
+    bad |= json_object_set_new(v, "model", json_string(a->model));
+    bad |= json_object_set_new(v, "serial", json_string(a->hw_serial));
+    bad |= json_object_set_new(v, "firmware", json_string(a->firmware));
+    bad |= json_object_set_new(v, "location", json_string(a->location));
+    bad |= json_object_set_new(v, "tags", strcmp(tags, "{}") == 0 ? json_object()
+                                                                 : json_loads(tags, 0, NULL));
+    bad |= json_object_set_new(v, "created_at", cli_json_time(a->created_at));
+    bad |= json_object_set_new(v, "updated_at", cli_json_time(a->updated_at));
+    bad |= json_object_set_new(v, "last_seen", cli_json_time(a->last_seen));
+    bad |= json_object_set_new(v, "last_address", text_or_null(a->last_address));
+    bad |= json_object_set_new(v, "last_broker", text_or_null(a->last_broker));
+    return bad ? mqpki_fail(MQPKI_ERR_INTERNAL, "asset %s: cannot encode as JSON", a->id)
+               : MQPKI_OK;
+}
+
 static json_t *asset_json(const struct inventory_asset *a)
 {
-    json_t *tags = json_loads(a->tags_json ? a->tags_json : "{}", 0, NULL);
+    json_t *v = json_object();
 
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:s?, s:s?}", "id",
-                     a->id, "kind", inventory_kind_name(a->kind), "state",
-                     inventory_state_name(a->state), "model", a->model, "serial", a->hw_serial,
-                     "firmware", a->firmware, "location", a->location, "tags",
-                     tags ? tags : json_object(), "created_at", cli_json_time(a->created_at),
-                     "updated_at", cli_json_time(a->updated_at), "last_seen",
-                     cli_json_time(a->last_seen), "last_address",
-                     a->last_address[0] ? a->last_address : NULL, "last_broker",
-                     a->last_broker[0] ? a->last_broker : NULL);
+    if (v != NULL && asset_json_fill(v, a) != MQPKI_OK) {
+        json_decref(v);
+        v = NULL;
+    }
+    return v;
 }
 
 struct list_ctx {
@@ -132,28 +161,30 @@ struct list_ctx {
     int failed;
 };
 
+/* --json: the store encodes each asset; a million never sit in memory at once. */
+static int print_asset_json(const char *json, size_t len, void *ctx)
+{
+    struct list_ctx *l = ctx;
+
+    if (fputs(l->n ? ",\n  " : "\n  ", stdout) == EOF || fwrite(json, 1, len, stdout) != len)
+        l->failed = 1;
+    l->n++;
+    return l->failed;
+}
+
 static int print_asset(const struct inventory_asset *a, void *ctx)
 {
     struct list_ctx *l = ctx;
     char t[32];
 
-    if (l->json) {
-        /* Streamed one object at a time: a million assets never sit in memory at once. */
-        json_t *v = asset_json(a);
-        fputs(l->n ? ",\n  " : "\n  ", stdout);
-        if (v == NULL || json_dumpf(v, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0)
-            l->failed = 1;
-        json_decref(v);
-    } else {
-        if (l->n == 0)
-            printf("%-24s %-8s %-14s %-24s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
-                   "LOCATION");
-        printf("%-24s %-8s %-14s %-24.24s %-20s %s\n", a->id, inventory_kind_name(a->kind),
-               inventory_state_name(a->state), a->model[0] ? a->model : "-",
-               cli_time(a->last_seen, t), a->location[0] ? a->location : "-");
-    }
+    if (l->n == 0)
+        printf("%-24s %-8s %-14s %-24s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
+               "LOCATION");
+    printf("%-24s %-8s %-14s %-24.24s %-20s %s\n", a->id, inventory_kind_name(a->kind),
+           inventory_state_name(a->state), a->model[0] ? a->model : "-", cli_time(a->last_seen, t),
+           a->location[0] ? a->location : "-");
     l->n++;
-    return l->failed;
+    return 0;
 }
 
 int cmd_asset_list(struct cli *cli, int argc, char **argv)
@@ -192,11 +223,17 @@ int cmd_asset_list(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
-    if (l.json)
+    /* Large listings go out in large writes. */
+    setvbuf(stdout, NULL, _IOFBF, 1 << 20);
+    if (l.json) {
         fputs("[", stdout);
-    rc = inventory_asset_list(datadir_inventory(dd), state, kind, print_asset, &l);
-    if (l.json)
+        rc = inventory_asset_list_json(datadir_inventory(dd), state, kind, print_asset_json, &l);
         fputs(l.n ? "\n]\n" : "]\n", stdout);
+    } else {
+        rc = inventory_asset_list(datadir_inventory(dd), state, kind, print_asset, &l);
+    }
+    if (fflush(stdout) != 0)
+        l.failed = 1;
     if (rc == MQPKI_OK && l.failed)
         rc = mqpki_fail(MQPKI_ERR_IO, "cannot write to standard output");
 out:

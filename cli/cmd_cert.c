@@ -119,8 +119,11 @@ static int print_cert(const struct inventory_cert *c, void *ctx)
 
     if (l->json) {
         json_t *v = cli_cert_json(c);
+        char *text = v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         fputs(l->n ? ",\n  " : "\n  ", stdout);
-        json_dumpf(v, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (text != NULL)
+            fputs(text, stdout);
+        free(text);
         json_decref(v);
     } else {
         if (l->n == 0)

@@ -319,31 +319,84 @@ out:
     return rc;
 }
 
+/*
+ * One asset as a JSON object, encoded by SQLite's JSON functions in the query itself: a listing
+ * of a million assets then makes no per-asset allocation or encoding pass of its own. Times as
+ * RFC 3339 UTC, null when never; empty optional texts as null.
+ */
+#define INV_ASSET_JSON                                                                         \
+    "json_object('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, " \
+    "'firmware', firmware, 'location', location, 'tags', json(tags), "                        \
+    "'created_at', " INV_RFC3339("created_at") ", 'updated_at', " INV_RFC3339("updated_at")   \
+    ", 'last_seen', " INV_RFC3339("last_seen") ", 'last_address', NULLIF(last_address, ''), "  \
+    "'last_broker', NULLIF(last_broker, ''))"
+#define INV_RFC3339(col)                                                                       \
+    "CASE WHEN " col " = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', " col                \
+    ", 'unixepoch') END"
+
+/* The shared filter of the listings: fixed fragments only, values bound as ?1 and ?2. */
+static int list_prepare(struct inventory *inv, const char *cols, int state, int kind,
+                        sqlite3_stmt **st)
+{
+    char sql[1024];
+    int rc;
+
+    *st = NULL;
+    if (state != -1 && inventory_state_name(state) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset list: unknown state %d", state);
+    if (kind != -1 && inventory_kind_name(kind) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset list: unknown kind %d", kind);
+    /* Index (state, id) or (kind, id) yields id order without a sort. */
+    snprintf(sql, sizeof(sql), "SELECT %s FROM assets%s%s%s ORDER BY id", cols,
+             state != -1 || kind != -1 ? " WHERE " : "", state != -1 ? "state = ?1" : "",
+             kind != -1 ? (state != -1 ? " AND kind = ?2" : "kind = ?2") : "");
+    if ((rc = inv_prepare(inv, sql, st)) != MQPKI_OK)
+        return rc;
+    if (state != -1 && (rc = inv_bind_text(inv, *st, 1, inventory_state_name(state))) != MQPKI_OK)
+        goto fail;
+    if (kind != -1 && (rc = inv_bind_text(inv, *st, 2, inventory_kind_name(kind))) != MQPKI_OK)
+        goto fail;
+    return MQPKI_OK;
+fail:
+    sqlite3_finalize(*st);
+    *st = NULL;
+    return rc;
+}
+
+int inventory_asset_list_json(struct inventory *inv, int state, int kind,
+                              inventory_json_cb cb, void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset list: arguments missing");
+    if ((rc = list_prepare(inv, INV_ASSET_JSON, state, kind, &st)) != MQPKI_OK)
+        goto out;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *json = (const char *)sqlite3_column_text(st, 0);
+        if (json != NULL && cb(json, (size_t)sqlite3_column_bytes(st, 0), ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "asset list");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
 int inventory_asset_list(struct inventory *inv, int state, int kind, inventory_asset_cb cb,
                          void *ctx)
 {
     struct inventory_asset a;
     sqlite3_stmt *st = NULL;
     int rc = MQPKI_OK, src;
-    char sql[256];
 
     if (inv == NULL || cb == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset list: arguments missing");
-    if (state != -1 && inventory_state_name(state) == NULL)
-        return mqpki_fail(MQPKI_ERR_INVALID, "asset list: unknown state %d", state);
-    if (kind != -1 && inventory_kind_name(kind) == NULL)
-        return mqpki_fail(MQPKI_ERR_INVALID, "asset list: unknown kind %d", kind);
-    /* Only fixed fragments go into the SQL; values are bound. Index (state, id) or
-     * (kind, id) yields id order without a sort. */
-    snprintf(sql, sizeof(sql), "SELECT " INV_ASSET_COLS " FROM assets%s%s%s ORDER BY id",
-             state != -1 || kind != -1 ? " WHERE " : "", state != -1 ? "state = ?1" : "",
-             kind != -1 ? (state != -1 ? " AND kind = ?2" : "kind = ?2") : "");
-    rc = inv_prepare(inv, sql, &st);
-    if (rc != MQPKI_OK)
-        goto out;
-    if (state != -1 && (rc = inv_bind_text(inv, st, 1, inventory_state_name(state))) != MQPKI_OK)
-        goto out;
-    if (kind != -1 && (rc = inv_bind_text(inv, st, 2, inventory_kind_name(kind))) != MQPKI_OK)
+    if ((rc = list_prepare(inv, INV_ASSET_COLS, state, kind, &st)) != MQPKI_OK)
         goto out;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
         asset_from_row(st, &a);

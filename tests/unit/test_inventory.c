@@ -10,6 +10,7 @@
 
 #include "inventory_int.h"
 
+#include <jansson.h>
 #include <cmocka.h>
 
 /* MQPKI_STATIC helper from tokens.c. */
@@ -296,6 +297,54 @@ static void test_assets(void **state)
     assert_null(inventory_state_name(99));
     assert_int_equal(inventory_kind_parse("broker"), INV_KIND_BROKER);
     assert_int_equal(inventory_cert_state_parse("expired"), INV_CERT_EXPIRED);
+}
+
+static int collect_json(const char *json, size_t len, void *ctx)
+{
+    json_t *arr = ctx;
+    json_error_t err;
+
+    return json_array_append_new(arr, json_loadb(json, len, 0, &err)) != 0;
+}
+
+/* The store-encoded listing: valid JSON per asset, the same fields as the struct listing. */
+static void test_asset_list_json(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_asset a = {0};
+    json_t *arr = json_array(), *o;
+
+    snprintf(a.id, sizeof(a.id), "dev1");
+    a.kind = INV_KIND_DEVICE;
+    snprintf(a.model, sizeof(a.model), "quote \" and caf\xc3\xa9");
+    a.tags_json = (char *)"{\"zone\":\"z1\"}";
+    assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_OK);
+    add_asset(f->inv, "brk1", INV_KIND_BROKER);
+    assert_int_equal(inventory_asset_seen(f->inv, "dev1", 1795570000, "10.0.0.7", "b1"), MQPKI_OK);
+
+    assert_int_equal(inventory_asset_list_json(f->inv, -1, INV_KIND_DEVICE, collect_json, arr),
+                     MQPKI_OK);
+    assert_int_equal(json_array_size(arr), 1);
+    o = json_array_get(arr, 0);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "id")), "dev1");
+    assert_string_equal(json_string_value(json_object_get(o, "kind")), "device");
+    assert_string_equal(json_string_value(json_object_get(o, "model")), "quote \" and caf\xc3\xa9");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "tags"), "zone")),
+                        "z1");
+    assert_string_equal(json_string_value(json_object_get(o, "last_seen")),
+                        "2026-11-25T01:26:40Z");
+    assert_string_equal(json_string_value(json_object_get(o, "last_address")), "10.0.0.7");
+    json_array_clear(arr);
+    assert_int_equal(inventory_asset_list_json(f->inv, INV_STATE_REGISTERED, -1, collect_json,
+                                               arr),
+                     MQPKI_OK);
+    assert_int_equal(json_array_size(arr), 1);
+    o = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "id")), "brk1");
+    assert_true(json_is_null(json_object_get(o, "last_seen")));
+    assert_true(json_is_null(json_object_get(o, "last_address")));
+    json_decref(arr);
 }
 
 static void test_invalid_ids(void **state)
@@ -815,6 +864,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_schema_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_assets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_asset_list_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_illegal_transitions, setup, teardown),
