@@ -37,6 +37,10 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
  * cannot be opened. */
 struct inventory *http_thread_inventory(struct daemon_ctx *ctx);
 
+/* Closes connections whose request (headers, body or answer) is past its deadline: the defence
+ * against slow clients that libmicrohttpd's inactivity timeout lets through. Call every second. */
+void http_reap(struct http *h);
+
 /* The bound port. */
 unsigned http_port(struct http *h);
 

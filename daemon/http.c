@@ -29,6 +29,21 @@
 #define CONNECTION_MEMORY (32 * 1024)  /* request line + headers per connection */
 #define CRL_FILE_MAX (256 * 1024 * 1024)
 #define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+#define HEADER_DEADLINE 10             /* seconds for a whole request line and headers */
+#define BODY_DEADLINE 30               /* seconds for a body, and for sending a response */
+
+/*
+ * One per TCP connection (MHD's socket context): the client certificate verified on it, and the
+ * deadline of what the connection is doing. libmicrohttpd 0.9.75's timeout counts only silence,
+ * so a client dripping one header byte every few seconds would hold a connection for ever
+ * (slowloris); http_reap closes connections past their deadline.
+ */
+struct conn {
+    struct est_peer peer;
+    int fd;
+    int64_t deadline;        /* 0: none (the handler is working on a request) */
+    struct conn *prev, *next;
+};
 
 struct http {
     struct MHD_Daemon *mhd;
@@ -36,6 +51,8 @@ struct http {
     char *cert_pem, *key_pem, *trust_pem;
     size_t key_len;
     unsigned port;
+    pthread_mutex_t conns_lock;
+    struct conn *conns;
 };
 
 /* Per-request state across the access handler's calls. */
@@ -219,7 +236,8 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
                 MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
             er.client_cert = cert->data;
             er.client_cert_len = cert->size;
-            er.peer = ci != NULL ? ci->socket_context : NULL;
+            struct conn *cn = ci != NULL ? ci->socket_context : NULL;
+            er.peer = cn != NULL ? &cn->peer : NULL;
         }
         est_handle(ctx->est, inv, &er, &resp);
         if (strstr(url, "enroll") != NULL) {
@@ -259,6 +277,8 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     return send_text(c, 404, "not found\n");
 }
 
+static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds);
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -272,6 +292,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         clock_gettime(CLOCK_MONOTONIC, &rq->start);
         *con_cls = rq;
+        /* Headers are in: the body, if any, gets its own deadline. */
+        conn_deadline(h, c, BODY_DEADLINE);
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
@@ -290,6 +312,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* Sending the answer must not take for ever either (a client that reads slowly). */
+    conn_deadline(h, c, BODY_DEADLINE);
     return dispatch(h, c, url, method, rq);
 }
 
@@ -298,6 +322,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     struct request *rq = *con_cls;
 
+    /* Keep-alive: the next request's headers are due within HEADER_DEADLINE. */
+    conn_deadline(cls, c, HEADER_DEADLINE);
+
     if (rq == NULL)
         return;
     free(rq->body);
@@ -305,17 +332,71 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
-/* Per connection: the client certificate verified on it (struct est_peer), so that keep-alive
- * requests do not verify the same chain again. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
+    struct http *h = cls;
+    struct conn *cn = *socket_context;
+
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        *socket_context = calloc(1, sizeof(struct est_peer));
-    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-        free(*socket_context);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if ((cn = calloc(1, sizeof(*cn))) == NULL)
+            return;
+        cn->fd = ci != NULL ? ci->connect_fd : -1;
+        /* The TLS handshake and the first request's headers. */
+        cn->deadline = mqpki_now() + HEADER_DEADLINE;
+        pthread_mutex_lock(&h->conns_lock);
+        cn->next = h->conns;
+        if (h->conns != NULL)
+            h->conns->prev = cn;
+        h->conns = cn;
+        pthread_mutex_unlock(&h->conns_lock);
+        *socket_context = cn;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && cn != NULL) {
+        pthread_mutex_lock(&h->conns_lock);
+        if (cn->prev != NULL)
+            cn->prev->next = cn->next;
+        else
+            h->conns = cn->next;
+        if (cn->next != NULL)
+            cn->next->prev = cn->prev;
+        pthread_mutex_unlock(&h->conns_lock);
+        free(cn);
         *socket_context = NULL;
     }
+}
+
+static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *cn = ci != NULL ? ci->socket_context : NULL;
+
+    if (cn == NULL)
+        return;
+    pthread_mutex_lock(&h->conns_lock);
+    cn->deadline = mqpki_now() + seconds;
+    pthread_mutex_unlock(&h->conns_lock);
+}
+
+void http_reap(struct http *h)
+{
+    int64_t now = mqpki_now();
+
+    if (h == NULL)
+        return;
+    pthread_mutex_lock(&h->conns_lock);
+    for (struct conn *cn = h->conns; cn != NULL; cn = cn->next) {
+        if (cn->deadline == 0 || now <= cn->deadline || cn->fd < 0)
+            continue;
+        /* MHD's thread sees the socket fail and closes the connection itself. */
+        (void)shutdown(cn->fd, SHUT_RDWR);
+        cn->deadline = 0;
+        mqpki_log(MQPKI_LOG_INFO, "http: connection closed: request not complete within its "
+                                  "deadline (slow client)");
+    }
+    pthread_mutex_unlock(&h->conns_lock);
 }
 
 /* "127.0.0.1:8443", "[::1]:8443", "0.0.0.0:0" into a socket address. */
@@ -383,6 +464,7 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
     if ((h = calloc(1, sizeof(*h))) == NULL)
         return MQPKI_ERR_NOMEM;
     h->ctx = ctx;
+    pthread_mutex_init(&h->conns_lock, NULL);
     if ((rc = read_text(ctx, "tls/mqpkid.pem", &h->cert_pem, &len)) != MQPKI_OK ||
         (rc = read_text(ctx, "tls/mqpkid.key", &h->key_pem, &h->key_len)) != MQPKI_OK ||
         (rc = read_text(ctx, "ca/chain.pem", &h->trust_pem, &len)) != MQPKI_OK)
@@ -399,8 +481,8 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)CONNECTION_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)PER_IP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+        (size_t)CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
         listen_fd >= 0 ? (void *)(intptr_t)listen_fd : (void *)&ss, MHD_OPTION_END);
@@ -441,6 +523,7 @@ int http_stop(struct http *h, int keep_socket)
     free(h->cert_pem);
     free(h->key_pem);
     free(h->trust_pem);
+    pthread_mutex_destroy(&h->conns_lock);
     free(h);
     return fd;
 }

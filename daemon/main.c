@@ -191,6 +191,7 @@ int main(int argc, char **argv)
             }
             continue;
         }
+        http_reap(h);
         crl_tick(ctx.dd);
         if (time(NULL) - last_tls_check >= 3600) {
             last_tls_check = time(NULL);

@@ -40,10 +40,9 @@ healthy() {
 check "mqpkid serves cacerts" healthy
 
 # Slowloris: TLS clients that send their request headers one byte at a time. One stalls after
-# a few bytes: mqpkid closes it at its 10 s inactivity timeout. One drips a byte every 4 seconds:
-# libmicrohttpd's timeout is one of inactivity, so that connection stays open (a known gap,
-# docs/security.md); what bounds the attack is the per-address connection limit, and other
-# clients must be served meanwhile.
+# a few bytes: mqpkid closes it at its 10 s inactivity timeout. One drips a byte every 4 seconds,
+# which libmicrohttpd's inactivity timeout alone would let through: mqpkid's own deadline for
+# complete headers (10 s) closes it. Other clients must be served meanwhile.
 cat >"$T/slow.py" <<'EOF'
 import socket, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[2])
@@ -84,14 +83,19 @@ wait "$DRIP" 2>/dev/null || true
 stall=$(cat "$T/stall.out")
 assert "a stalled request is closed within 15 s ($stall)" \
   awk -v s="$stall" 'BEGIN { split(s, a, " "); exit !(a[1] == "closed" && a[2] <= 15) }'
-echo "# a client dripping one header byte every 4 s: $(cat "$T/drip.out") s (known gap)"
+drip=$(cat "$T/drip.out")
+assert "a client dripping one header byte every 4 s is closed within 19 s ($drip)" \
+  awk -v s="$drip" 'BEGIN { split(s, a, " "); exit !(a[1] == "closed" && a[2] <= 19) }'
+assert "mqpkid says why" grep -q "request not complete within its deadline" "$MQPKID_LOG"
 check "mqpkid serves after the slowloris" healthy
 
 # Oversized headers: 64 KiB in one header.
 big=$(head -c 65536 /dev/zero | tr '\0' 'a')
 code=$(curl -sS --cacert "$T/chain.pem" -H "X-Big: $big" -o /dev/null -w '%{http_code}' \
   "$MQPKID_URL/.well-known/est/cacerts" 2>/dev/null) || true
-assert "a 64 KiB header gets a 4xx ($code)" test "${code:0:1}" = 4
+# 431, or, when mqpkid closes before curl has sent all 64 KiB, a reset that loses the answer
+# (a race of TCP, not of mqpkid): either way refused, and mqpkid must go on serving.
+assert "a 64 KiB header is refused ($code)" test "${code:0:1}" = 4 -o "$code" = 000
 check "mqpkid still serves after the big header" healthy
 
 # Half-open TLS: 200 TCP connections that never send a ClientHello. The per-address limit
