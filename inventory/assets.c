@@ -84,22 +84,10 @@ int inv_transition_allowed(int from, int to)
 int inv_asset_state(struct inventory *inv, const char *id, int *state, int64_t *last_seen)
 {
     sqlite3_stmt *st = NULL;
-    int rc, src;
+    int rc;
 
-    rc = inv_stmt(inv, SQL_ASSET_STATE_GET, &st);
-    if (rc != MQPKI_OK)
+    if ((rc = inv_stmt_row(inv, SQL_ASSET_STATE_GET, id, "asset", &st)) != MQPKI_OK)
         goto out;
-    if ((rc = inv_bind_text(inv, st, 1, id)) != MQPKI_OK)
-        goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE) {
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "asset %s not found", id);
-        goto out;
-    }
-    if (src != SQLITE_ROW) {
-        rc = inv_db_fail(inv, src, "asset state");
-        goto out;
-    }
     *state = inventory_state_parse((const char *)sqlite3_column_text(st, 0));
     if (last_seen != NULL)
         *last_seen = sqlite3_column_int64(st, 1);
@@ -286,7 +274,7 @@ int inventory_asset_get(struct inventory *inv, const char *id, struct inventory_
 {
     sqlite3_stmt *st = NULL;
     const char *tags;
-    int rc, src;
+    int rc;
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
@@ -295,20 +283,8 @@ int inventory_asset_get(struct inventory *inv, const char *id, struct inventory_
     rc = inv_check_id(id);
     if (rc != MQPKI_OK)
         goto out;
-    rc = inv_stmt(inv, SQL_ASSET_GET, &st);
-    if (rc != MQPKI_OK)
+    if ((rc = inv_stmt_row(inv, SQL_ASSET_GET, id, "asset", &st)) != MQPKI_OK)
         goto out;
-    if ((rc = inv_bind_text(inv, st, 1, id)) != MQPKI_OK)
-        goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE) {
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "asset %s not found", id);
-        goto out;
-    }
-    if (src != SQLITE_ROW) {
-        rc = inv_db_fail(inv, src, "asset get");
-        goto out;
-    }
     asset_from_row(st, out);
     tags = out->tags_json != NULL ? out->tags_json : "{}";
     out->tags_json = strdup(tags);

@@ -252,7 +252,7 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
 {
     sqlite3_stmt *st = NULL;
     char norm[40];
-    int rc, src;
+    int rc;
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
@@ -261,18 +261,8 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
     rc = serial_norm(serial, norm);
     if (rc != MQPKI_OK)
         goto out;
-    rc = inv_stmt(inv, SQL_CERT_GET, &st);
-    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
+    if ((rc = inv_stmt_row(inv, SQL_CERT_GET, norm, "certificate", &st)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE) {
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "certificate %s not found", norm);
-        goto out;
-    }
-    if (src != SQLITE_ROW) {
-        rc = inv_db_fail(inv, src, "certificate get");
-        goto out;
-    }
     cert_from_row(st, mqpki_now(), with_pem, out);
     if (with_pem && out->pem != NULL) {
         out->pem = strdup(out->pem);

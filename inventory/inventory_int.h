@@ -113,6 +113,11 @@ int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out);
 /* Resets a statement after use (releases its read snapshot). NULL-safe. */
 void inv_stmt_done(sqlite3_stmt *st);
 
+/* Runs a cached one-row lookup by key (?1): MQPKI_OK with the row ready in *st,
+ * MQPKI_ERR_NOT_FOUND ("WHAT KEY not found") or a store failure. inv_stmt_done(*st) after. */
+int inv_stmt_row(struct inventory *inv, enum inv_sql which, const char *key, const char *what,
+                 sqlite3_stmt **st);
+
 /* Prepares a one-off statement (caller finalizes). */
 int inv_prepare(struct inventory *inv, const char *sql, sqlite3_stmt **out);
 

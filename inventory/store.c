@@ -154,6 +154,22 @@ void inv_stmt_done(sqlite3_stmt *st)
     }
 }
 
+int inv_stmt_row(struct inventory *inv, enum inv_sql which, const char *key, const char *what,
+                 sqlite3_stmt **st)
+{
+    int rc, src;
+
+    if ((rc = inv_stmt(inv, which, st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, *st, 1, key)) != MQPKI_OK)
+        return rc;
+    src = sqlite3_step(*st);
+    if (src == SQLITE_ROW)
+        return MQPKI_OK;
+    if (src == SQLITE_DONE)
+        return mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s %s not found", what, key);
+    return inv_db_fail(inv, src, what);
+}
+
 int inv_bind_text(struct inventory *inv, sqlite3_stmt *st, int idx, const char *s)
 {
     int src;
@@ -538,25 +554,13 @@ int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t
 {
     sqlite3_stmt *st = NULL;
     const unsigned char *v;
-    int rc, src;
+    int rc;
 
     if (inv == NULL || key == NULL || out == NULL || out_size == 0)
         return mqpki_fail(MQPKI_ERR_INVALID, "inventory_meta_get: key and buffer required");
     out[0] = '\0';
-    rc = inv_stmt(inv, SQL_META_GET, &st);
-    if (rc != MQPKI_OK)
+    if ((rc = inv_stmt_row(inv, SQL_META_GET, key, "meta key", &st)) != MQPKI_OK)
         goto out;
-    if ((rc = inv_bind_text(inv, st, 1, key)) != MQPKI_OK)
-        goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE) {
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "meta key '%s' not set", key);
-        goto out;
-    }
-    if (src != SQLITE_ROW) {
-        rc = inv_db_fail(inv, src, "meta get");
-        goto out;
-    }
     v = sqlite3_column_text(st, 0);
     if (v == NULL)
         v = (const unsigned char *)"";
