@@ -191,15 +191,16 @@ static int crl_fresh(const struct plugin *pl)
 }
 
 /*
- * A device's MQTT client id is its asset id, or starts with "ASSET-" (several connections of one
- * asset). Otherwise any device could connect under another's client id and, by MQTT's session
- * takeover, throw that device off the broker.
+ * A device's MQTT client id is its asset id, or starts with "ASSET:" (several connections of one
+ * asset; ':' cannot occur in an asset id, so no asset's prefix is another's id). Otherwise any
+ * device could connect under another's client id and, by MQTT's session takeover, throw that
+ * device off the broker.
  */
 MQPKI_STATIC int client_id_allowed(const char *cid, const char *asset)
 {
     size_t n = strlen(asset);
 
-    return cid != NULL && strncmp(cid, asset, n) == 0 && (cid[n] == '\0' || cid[n] == '-');
+    return cid != NULL && strncmp(cid, asset, n) == 0 && (cid[n] == '\0' || cid[n] == ':');
 }
 
 static int on_basic_auth(int event, void *event_data, void *userdata)
@@ -244,7 +245,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     if (!is_service && !client_id_allowed(cid, asset)) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "mqpki: %s refused: client id '%.64s' is not its own (use '%s' or "
-                             "'%s-...')",
+                             "'%s:...')",
                              asset, cid ? cid : "", asset, asset);
         emit(pl, "auth_failure", asset, cid, addr, hex, "client id of another asset");
         goto out;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <openssl/bio.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
@@ -251,6 +252,7 @@ out:
 
 int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65])
 {
+    EVP_PKEY *canon = NULL;
     unsigned char *der = NULL;
     unsigned char md[32];
     unsigned int mdlen = 0;
@@ -259,6 +261,18 @@ int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65])
     out[0] = '\0';
     if (pub == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "ca_pubkey_fingerprint: no key");
+    /* One EC key has several encodings (compressed, uncompressed, hybrid points): hash one form
+     * only, or a key refused for compromise or owned by another asset would pass re-encoded. */
+    if (EVP_PKEY_base_id(pub) == EVP_PKEY_EC) {
+        if ((canon = EVP_PKEY_dup(pub)) == NULL ||
+            EVP_PKEY_set_utf8_string_param(canon, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                           OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED) !=
+                1) {
+            rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "canonical EC public key");
+            goto out;
+        }
+        pub = canon;
+    }
     derlen = i2d_PUBKEY(pub, &der);
     if (derlen <= 0) {
         rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "encode SubjectPublicKeyInfo");
@@ -271,5 +285,6 @@ int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65])
     mqpki_hex(md, sizeof(md), out);
 out:
     OPENSSL_free(der);
+    EVP_PKEY_free(canon);
     return rc;
 }

@@ -207,7 +207,7 @@ openssl pkcs8 -in "$DEMO/devices/supply/key-$gen.pem" -out "$DEMO/probe-supply.k
   -passin "file:$DEMO/devices/supply/secret" 2>/dev/null
 chmod 600 "$DEMO/probe-supply.key"
 PROBE=(-h 127.0.0.1 -p "$BPORT" --cafile "$DEMO/chain.pem" --cert "$DEMO/devices/supply/cert.pem"
-  --key "$DEMO/probe-supply.key" -i supply-probe -q 1)
+  --key "$DEMO/probe-supply.key" -i supply:probe -q 1)
 mosquitto_pub "${PROBE[@]}" -t fleet/meter/voltage -m '{"run":99,"volts":130,"status":"high"}' \
   >/dev/null 2>&1 || true
 check "the supply may not publish under fleet/meter/" wait_for 5 \

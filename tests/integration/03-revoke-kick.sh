@@ -118,7 +118,7 @@ expect_fail 5 "dev1 cannot reconnect" bash -c "mosquitto_sub ${TLS[*]} --cert '$
 assert "the broker says why" contains "$T/broker1.log" "dev1 (certificate $serial1) refused"
 
 # Hostile feed input is ignored with a log line and leaves the held CRL in place.
-mosquitto_pub "${TLS[@]}" --cert "$T/dev2.pem" --key "$T/dev2.key" -i dev2-pub -q 1 \
+mosquitto_pub "${TLS[@]}" --cert "$T/dev2.pem" --key "$T/dev2.key" -i dev2:pub -q 1 \
   -t mqpki/v1/crl/full -f "$T/crl-first.der" >/dev/null 2>&1 || true
 check "a device's publish under mqpki/v1/ is denied" \
   wait_for 5 grep -q "acl denied: dev2 may not publish on mqpki/v1/crl/full" "$T/broker1.log"

@@ -127,7 +127,7 @@ assert "no revocation lost ($revoked revoked, $lost lost)" test "$lost" -eq 0
 # The restarted broker refuses every revoked certificate (it may need a moment for the feed).
 TLS=(-h 127.0.0.1 -p "$P" --cafile "$T/chain.pem")
 refused() {
-  ! mosquitto_pub "${TLS[@]}" --cert "$T/$1.pem" --key "$T/$1.key" -i "$1-probe" -q 1 \
+  ! mosquitto_pub "${TLS[@]}" --cert "$T/$1.pem" --key "$T/$1.key" -i "$1:probe" -q 1 \
     -t "fleet/$1/t" -m x >/dev/null 2>&1
 }
 connects() { ! refused "$1"; }

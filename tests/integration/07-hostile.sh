@@ -185,9 +185,9 @@ check "a CRL declaring a huge length is ignored" \
 assert "the broker is alive" alive "$BROKER"
 
 # A device may not publish under mqpki/v1/.
-mosquitto_pub "${TLS[@]}" --cert "$T/dev1.pem" --key "$T/dev1.key" -i dev1-pub -q 1 \
+mosquitto_pub "${TLS[@]}" --cert "$T/dev1.pem" --key "$T/dev1.key" -i dev1:pub -q 1 \
   -t mqpki/v1/crl/full -f "$crl" >/dev/null 2>&1 || true
-mosquitto_pub "${TLS[@]}" --cert "$T/dev1.pem" --key "$T/dev1.key" -i dev1-pub -q 1 \
+mosquitto_pub "${TLS[@]}" --cert "$T/dev1.pem" --key "$T/dev1.key" -i dev1:pub -q 1 \
   -t mqpki/v1/assets/dev2/cmd -m '{"op":"renew"}' >/dev/null 2>&1 || true
 check "a device's publish under mqpki/v1/ is denied" \
   wait_for 5 grep -q "acl denied: dev1 may not publish on mqpki/v1/crl/full" "$T/broker.log"
@@ -195,7 +195,7 @@ check "and on another asset's command topic" \
   wait_for 5 grep -q "acl denied: dev1 may not publish on mqpki/v1/assets/dev2/cmd" \
   "$T/broker.log"
 check "the broker still accepts the device" mosquitto_pub "${TLS[@]}" --cert "$T/dev1.pem" \
-  --key "$T/dev1.key" -i dev1-pub2 -q 1 -t fleet/dev1/t -m hello
+  --key "$T/dev1.key" -i dev1:pub2 -q 1 -t fleet/dev1/t -m hello
 
 # Secrets: the PIN and the tokens are in no log and no command line.
 pin=$(cat "$H/secrets/pin")

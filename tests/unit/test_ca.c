@@ -23,6 +23,7 @@
 #undef realloc
 #undef free
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -702,6 +703,27 @@ static void test_fingerprint(void **state)
     OPENSSL_free(der);
     assert_int_equal(ca_pubkey_fingerprint(f->root_key, b), MQPKI_OK);
     assert_string_not_equal(a, b);
+
+    /* The same EC key with compressed points: one fingerprint, or a key refused for compromise
+     * (or owned by another asset) would pass again re-encoded. */
+    {
+        EVP_PKEY *compressed = EVP_PKEY_dup(f->issuing_key);
+        unsigned char *d1 = NULL, *d2 = NULL;
+        int n1, n2;
+        assert_non_null(compressed);
+        assert_int_equal(EVP_PKEY_set_utf8_string_param(
+                             compressed, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                             OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED),
+                         1);
+        n1 = i2d_PUBKEY(f->issuing_key, &d1);
+        n2 = i2d_PUBKEY(compressed, &d2);
+        assert_true(n1 > 0 && n2 > 0 && n1 != n2); /* really another encoding */
+        assert_int_equal(ca_pubkey_fingerprint(compressed, c), MQPKI_OK);
+        assert_string_equal(a, c);
+        OPENSSL_free(d1);
+        OPENSSL_free(d2);
+        EVP_PKEY_free(compressed);
+    }
 }
 
 static int reason_of(X509_REVOKED *rev)
