@@ -18,9 +18,7 @@
 
 struct job {
     const struct inventory_cert *rec;
-    const char *token;
-    int supersede;
-    const char *actor;
+    const struct enrollment_auth *auth;
     int rc;
     int done;
     char detail[300];
@@ -55,15 +53,21 @@ static void commit_batch(struct enrollment_committer *cm, struct job *batch)
         return;
     }
     for (struct job *j = batch; j != NULL; j = j->next) {
+        int src;
         mqpki_err_clear();
-        if ((rc = inventory_savepoint(cm->inv)) == MQPKI_OK) {
-            rc = enrollment_record(cm->inv, j->rec, j->token, j->supersede, j->actor);
+        if ((src = inventory_savepoint(cm->inv)) == MQPKI_OK) {
+            rc = enrollment_record(cm->inv, j->rec, j->auth);
             /* A refused token keeps its failure count (attempt limits); anything else that
              * failed is undone so that the token stays unspent. */
-            int keep = rc == MQPKI_OK || rc == MQPKI_ERR_AUTH;
-            int src = inventory_savepoint_end(cm->inv, keep);
-            if (rc == MQPKI_OK)
-                rc = src;
+            src = inventory_savepoint_end(cm->inv, rc == MQPKI_OK || rc == MQPKI_ERR_AUTH);
+        }
+        if (src != MQPKI_OK) {
+            /* The transaction itself is gone (I/O error, disk full): nothing of this batch
+             * will be durable, and the clients should retry (503), not give up (403). */
+            for (struct job *k = batch; k != NULL; k = k->next)
+                finish(k, MQPKI_ERR_STORE);
+            inventory_rollback(cm->inv);
+            return;
         }
         finish(j, rc);
     }
@@ -158,15 +162,13 @@ void enrollment_committer_stop(struct enrollment_committer *cm)
 }
 
 int enrollment_committer_record(struct enrollment_committer *cm, const struct inventory_cert *rec,
-                                const char *token, int supersede, const char *actor)
+                                const struct enrollment_auth *auth)
 {
     struct job j;
 
     memset(&j, 0, sizeof(j));
     j.rec = rec;
-    j.token = token;
-    j.supersede = supersede;
-    j.actor = actor;
+    j.auth = auth;
     pthread_mutex_lock(&cm->lock);
     if (cm->stopping) {
         pthread_mutex_unlock(&cm->lock);

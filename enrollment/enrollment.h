@@ -26,6 +26,9 @@ struct enrollment_issue_req {
     int device_days;          /*   device profile ([ca] device_days; 0: CA default) */
     int broker_days;          /*   broker profile ([ca] broker_days; 0: CA default) */
     const char *token;        /* one-time token consumed with the record, or NULL (operator) */
+    const char *auth_serial;  /* re-enrollment: the client certificate that authenticated it,
+                                 checked again (valid or superseded, same asset) in the
+                                 transaction that records the new one; NULL otherwise */
     int supersede;            /* re-enrollment: the asset's other valid certificates superseded */
     const char *actor;        /* for the audit log: "cli", "est:ADDR", ... */
     const char *const *dns;   /* SAN DNS names (broker, service profiles) */

@@ -360,19 +360,18 @@ static void peer_remember(struct est_peer *peer, const unsigned char hash[32],
  * revoked, on hold nor expired. Fills the asset id.
  */
 static int check_client_cert(struct est *est, struct inventory *inv, const struct est_request *req,
-                             char asset[MQPKI_ASSET_ID_MAX + 1])
+                             char asset[MQPKI_ASSET_ID_MAX + 1],
+                             char serial_out[CA_SERIAL_HEX_MAX])
 {
     const unsigned char *p = req->client_cert;
     X509 *cert = NULL;
     X509_STORE_CTX *ctx = NULL;
-    struct inventory_cert rec;
     struct est_peer *peer = req->peer;
     unsigned char hash[32];
     char serial[CA_SERIAL_HEX_MAX];
     int64_t now = mqpki_now();
     int rc = MQPKI_ERR_AUTH;
 
-    memset(&rec, 0, sizeof(rec));
     if (p == NULL || req->client_cert_len == 0 || req->client_cert_len > 64 * 1024) {
         mqpki_fail(rc, "re-enrollment without a TLS client certificate");
         goto out;
@@ -415,19 +414,11 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
     if (peer != NULL)
         peer_remember(peer, hash, ctx, serial, asset);
 lookup:
-    if (inventory_cert_get(inv, serial, 0, &rec) != MQPKI_OK) {
-        mqpki_fail(rc, "re-enrollment: certificate %s is not in the store", serial);
+    /* Checked again inside the transaction that records the new certificate. */
+    if ((rc = enrollment_check_auth_cert(inv, serial, asset)) != MQPKI_OK)
         goto out;
-    }
-    if (strcmp(rec.asset_id, asset) != 0 ||
-        (rec.state != INV_CERT_VALID && rec.state != INV_CERT_SUPERSEDED)) {
-        mqpki_fail(rc, "re-enrollment: certificate %s of asset %s is %s", serial, rec.asset_id,
-                   inventory_cert_state_name(rec.state));
-        goto out;
-    }
-    rc = MQPKI_OK;
+    snprintf(serial_out, CA_SERIAL_HEX_MAX, "%s", serial);
 out:
-    inventory_cert_clear(&rec);
     X509_STORE_CTX_free(ctx);
     X509_free(cert);
     return rc;
@@ -469,6 +460,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
 {
     struct enrollment_issue_req ir;
     char asset[MQPKI_ASSET_ID_MAX + 1] = "", token[AUTH_MAX] = "", actor[96];
+    char auth_serial[CA_SERIAL_HEX_MAX] = "";
     X509 *cert = NULL;
     int rc, wait;
 
@@ -491,7 +483,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         goto out;
     }
     if (re) {
-        rc = check_client_cert(est, inv, req, asset);
+        rc = check_client_cert(est, inv, req, asset, auth_serial);
     } else if (!parse_basic_auth(req->authorization, asset, token)) {
         rc = mqpki_fail(MQPKI_ERR_AUTH, "enrollment without valid HTTP Basic ASSET:TOKEN");
     } else if ((wait = ratelimit_check(est->limits, NULL, asset)) > 0) {
@@ -510,6 +502,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         ir.device_days = est->cfg.device_days;
         ir.broker_days = est->cfg.broker_days;
         ir.token = re ? NULL : token;
+        ir.auth_serial = re ? auth_serial : NULL;
         ir.supersede = re;
         ir.actor = actor;
         rc = enrollment_issue_batched(est->ca, inv, est->cm, &ir, &cert);

@@ -74,19 +74,45 @@ static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profi
     return rc;
 }
 
-int enrollment_record(struct inventory *inv, const struct inventory_cert *rec, const char *token,
-                      int supersede, const char *actor)
+int enrollment_check_auth_cert(struct inventory *inv, const char *serial, const char *asset)
+{
+    struct inventory_cert c;
+    int rc = MQPKI_ERR_AUTH;
+
+    memset(&c, 0, sizeof(c));
+    if (inventory_cert_get(inv, serial, 0, &c) != MQPKI_OK) {
+        mqpki_fail(rc, "re-enrollment: certificate %s is not in the store", serial);
+        goto out;
+    }
+    if (strcmp(c.asset_id, asset) != 0 ||
+        (c.state != INV_CERT_VALID && c.state != INV_CERT_SUPERSEDED)) {
+        mqpki_fail(rc, "re-enrollment: certificate %s of asset %s is %s", serial, c.asset_id,
+                   inventory_cert_state_name(c.state));
+        goto out;
+    }
+    rc = MQPKI_OK;
+out:
+    inventory_cert_clear(&c);
+    return rc;
+}
+
+int enrollment_record(struct inventory *inv, const struct inventory_cert *rec,
+                      const struct enrollment_auth *auth)
 {
     int rc;
 
-    if (token != NULL) {
-        rc = inventory_token_consume(inv, rec->asset_id, token);
+    if (auth->token != NULL) {
+        rc = inventory_token_consume(inv, rec->asset_id, auth->token);
         if (rc != MQPKI_OK)
             return rc == MQPKI_ERR_AUTH
                        ? mqpki_fail(rc, "asset %s: enrollment token refused", rec->asset_id)
                        : rc;
     }
-    return inventory_cert_add(inv, rec, supersede, actor);
+    /* A revocation or hold that committed while this request was being signed wins. */
+    if (auth->auth_serial != NULL &&
+        (rc = enrollment_check_auth_cert(inv, auth->auth_serial, rec->asset_id)) != MQPKI_OK)
+        return rc;
+    return inventory_cert_add(inv, rec, auth->supersede, auth->actor);
 }
 
 /* Untrusted bytes are parsed and checked before the token or the store is touched. */
@@ -153,6 +179,7 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
                              const struct enrollment_issue_req *req, X509 **out)
 {
     struct inventory_cert rec;
+    struct enrollment_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
     char key_fp[65];
@@ -181,9 +208,9 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
         if ((rc = sign(ca, req, profile, pub, key_fp, &cert, &rec)) != MQPKI_OK)
             goto out;
         if (cm != NULL)
-            rc = enrollment_committer_record(cm, &rec, req->token, req->supersede, req->actor);
+            rc = enrollment_committer_record(cm, &rec, &auth);
         else
-            rc = enrollment_record(inv, &rec, req->token, req->supersede, req->actor);
+            rc = enrollment_record(inv, &rec, &auth);
         if (rc != MQPKI_ERR_EXISTS)
             break;
     }
