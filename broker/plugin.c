@@ -187,7 +187,9 @@ static int crl_fresh(const struct plugin *pl)
 {
     int64_t next = revset_next_update(pl->rev);
 
-    return revset_full_number(pl->rev) >= 0 && (next == 0 || next > mqpki_now());
+    /* A CRL without nextUpdate says nothing about its freshness: fail_closed treats it as
+     * stale (ours always carry one). */
+    return revset_full_number(pl->rev) >= 0 && next != 0 && next > mqpki_now();
 }
 
 /*

@@ -1,12 +1,14 @@
 /* daemon: the HTTPS server (libmicrohttpd over GnuTLS) in front of the EST handlers. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -172,35 +174,36 @@ static const gnutls_datum_t *client_certificate(struct MHD_Connection *c)
     return n > 0 ? peers : NULL;
 }
 
+/* A CRL file as it is on disk: streamed from the open file (which a concurrent atomic
+ * replacement does not change), never read whole or parsed per request. */
 static enum MHD_Result serve_crl(struct http *h, struct MHD_Connection *c, const char *which,
-                                 int pem)
+                                 const char *content_type)
 {
+    struct MHD_Response *r;
+    enum MHD_Result ret;
     char path[4096];
-    unsigned char *der = NULL;
-    size_t len = 0;
-    int rc;
+    struct stat st;
+    int fd;
 
     if (datadir_path(h->ctx->dd, which, path) != MQPKI_OK)
         return send_text(c, 500, "internal error\n");
-    rc = mqpki_file_read(path, CRL_FILE_MAX, &der, &len);
-    if (rc == MQPKI_ERR_NOT_FOUND)
-        return send_text(c, 404, "no such CRL yet\n");
-    if (rc != MQPKI_OK)
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return send_text(c, errno == ENOENT ? 404 : 503,
+                         errno == ENOENT ? "no such CRL yet\n" : "CRL unavailable\n");
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > CRL_FILE_MAX) {
+        close(fd);
         return send_text(c, 503, "CRL unavailable\n");
-    if (pem) {
-        const unsigned char *p = der;
-        X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)len);
-        char *text = NULL;
-        size_t text_len = 0;
-        free(der);
-        if (crl == NULL || ca_crl_pem(crl, &text, &text_len) != MQPKI_OK) {
-            X509_CRL_free(crl);
-            return send_text(c, 503, "CRL unavailable\n");
-        }
-        X509_CRL_free(crl);
-        return send_buffer(c, 200, "application/x-pem-file", text, text_len, NULL);
     }
-    return send_buffer(c, 200, "application/pkix-crl", (char *)der, len, NULL);
+    /* MHD closes fd with the response. */
+    if ((r = MHD_create_response_from_fd((uint64_t)st.st_size, fd)) == NULL) {
+        close(fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const char *url,
@@ -254,11 +257,11 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_text(c, 405, "method not allowed\n");
     if (strcmp(url, "/crl/issuing.crl") == 0)
-        return serve_crl(h, c, "crl/issuing.crl", 0);
+        return serve_crl(h, c, "crl/issuing.crl", "application/pkix-crl");
     if (strcmp(url, "/crl/issuing.pem") == 0)
-        return serve_crl(h, c, "crl/issuing.crl", 1);
+        return serve_crl(h, c, "crl/issuing.pem", "application/x-pem-file");
     if (strcmp(url, "/crl/issuing-delta.crl") == 0)
-        return serve_crl(h, c, "crl/issuing-delta.crl", 0);
+        return serve_crl(h, c, "crl/issuing-delta.crl", "application/pkix-crl");
     if (strcmp(url, "/healthz") == 0) {
         int ready = 0;
         size_t len = 0;

@@ -227,6 +227,18 @@ static int crl_publish(struct datadir *dd, int delta, X509_CRL **out)
         goto out;
     if ((rc = mqpki_file_write_atomic(path, der, der_len, 0644)) != MQPKI_OK)
         goto out;
+    /* The same full CRL as PEM, for mqpkid's /crl/issuing.pem and tools that want PEM; after
+     * the DER, which is what brokers are waiting for. */
+    if (!delta) {
+        char *pem = NULL;
+        size_t pem_len = 0;
+        if ((rc = ca_crl_pem(crl, &pem, &pem_len)) == MQPKI_OK &&
+            (rc = datadir_path(dd, "crl/issuing.pem", path)) == MQPKI_OK)
+            rc = mqpki_file_write_atomic(path, pem, pem_len, 0644);
+        free(pem);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     if (!delta) {
         snprintf(text, sizeof(text), "%lld", (long long)number);
         if ((rc = inventory_meta_set(dd->inv, "crl.full.number", text)) != MQPKI_OK)
