@@ -201,6 +201,15 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
                         req->asset_id);
     if (rc != MQPKI_OK)
         goto out;
+    /* No signature for a wrong token: the token is tested before the CA signs (an attacker who
+     * knows an asset id gets no free HSM work, nor a timing that tells the asset exists). The
+     * refusal is counted like the consume's (attempt limits). */
+    if (req->token != NULL &&
+        (rc = inventory_token_check(inv, req->asset_id, req->token)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_AUTH && (rc = inventory_token_refused(inv, req->asset_id)) == MQPKI_OK)
+            rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused", req->asset_id);
+        goto auth_failed;
+    }
     for (int i = 0; i < SERIAL_TRIES; i++) {
         free(rec.pem);
         X509_free(cert);
@@ -214,6 +223,7 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
         if (rc != MQPKI_ERR_EXISTS)
             break;
     }
+auth_failed:
     if (rc == MQPKI_ERR_AUTH && in_tx) {
         /* The failure count written by the token check must persist (attempt limits). */
         char detail[300];

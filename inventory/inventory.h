@@ -195,6 +195,15 @@ int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t 
                            const char *actor, char token_out[64]);
 int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token);
 
+/* The same test as inventory_token_consume, read-only: MQPKI_OK when token would be accepted now,
+ * MQPKI_ERR_AUTH otherwise. Nothing is written (no use, no failure count): a cheap gate before
+ * work such as signing; the consume in the recording transaction stays the decision. */
+int inventory_token_check(struct inventory *inv, const char *asset_id, const char *token);
+
+/* Counts one refused attempt on the asset's live tokens (burning those that reach the limit),
+ * with its audit events: what inventory_token_consume records on a mismatch. */
+int inventory_token_refused(struct inventory *inv, const char *asset_id);
+
 /* Appends an audit event (time, actor, action, subject, detail JSON) to the hash chain. */
 int inventory_audit_append(struct inventory *inv, const char *actor, const char *action,
                            const char *subject, const char *detail_json);

@@ -235,6 +235,38 @@ out:
  * COMMIT (not roll back) for the attempt limit to hold. The bookkeeping runs in a savepoint, so
  * committing after an AUTH refusal never commits half-done work of this call.
  */
+int inventory_token_refused(struct inventory *inv, const char *asset_id)
+{
+    struct inv_tx tx = {0};
+    int rc;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token refused: no store");
+    if (!mqpki_asset_id_valid(asset_id))
+        return MQPKI_OK; /* names no asset: nothing to count */
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    rc = token_failed(inv, asset_id, mqpki_now());
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+}
+
+int inventory_token_check(struct inventory *inv, const char *asset_id, const char *token)
+{
+    int64_t match = 0;
+    size_t len;
+    int rc;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token check: no store");
+    len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
+    if (!mqpki_asset_id_valid(asset_id) || len == 0 || len >= TOKEN_TEXT_MAX)
+        return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    rc = token_find(inv, asset_id, token, len, mqpki_now(), &match);
+    if (rc == MQPKI_OK && match == 0)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    return rc;
+}
+
 int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token)
 {
     struct inv_tx tx = {0};

@@ -676,6 +676,20 @@ static void test_tokens(void **state)
                      MQPKI_ERR_INVALID);
     assert_int_equal(tok2[0], '\0');
 
+    /* The read-only check spends nothing and counts nothing. */
+    assert_int_equal(inventory_token_check(f->inv, "dev1", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_check(f->inv, "dev1", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_check(f->inv, "dev1", "wrong"), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_check(f->inv, "a/b", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE failures > 0 OR used_at "
+                                "IS NOT NULL"),
+                     0);
+    /* A refusal counted apart from a consume (enrollment's pre-signing gate). */
+    assert_int_equal(inventory_token_refused(f->inv, "dev1"), MQPKI_OK);
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE asset_id = 'dev1'"), 1);
+    assert_int_equal(inventory_token_check(f->inv, "dev1", tok), MQPKI_OK);
+
     /* Wrong asset, then the right one; second use refused. */
     mqpki_err_clear();
     assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
