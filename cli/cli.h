@@ -60,8 +60,9 @@ int cli_print_json(json_t *v);
 json_t *cli_json_time(long long t);
 const char *cli_time(long long t, char buf[32]);
 
-/* Revokes every live certificate of an asset (or one serial) and refreshes the CRL. */
-int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, const char *actor,
-                     int *count);
+/* Revokes every live certificate of an asset and, when then_state >= 0, moves the asset to it,
+ * in one transaction. The caller signs the new CRLs. */
+int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, int then_state,
+                     const char *actor, int *count);
 
 #endif

@@ -437,11 +437,8 @@ int cmd_asset_decommission(struct cli *cli, int argc, char **argv)
         return rc;
     if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
         goto out;
-    rc = cli_revoke_asset(dd, argv[optind], CA_REASON_CESSATION, "cli", &count);
-    if (rc != MQPKI_OK)
-        goto out;
-    rc = inventory_asset_transition(datadir_inventory(dd), argv[optind], INV_STATE_DECOMMISSIONED,
-                                    "cli", "decommissioned by operator");
+    rc = cli_revoke_asset(dd, argv[optind], CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, "cli",
+                          &count);
     if (rc != MQPKI_OK)
         goto out;
     if (count > 0 && (rc = datadir_crl_update(dd, NULL)) != MQPKI_OK)

@@ -248,7 +248,7 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
     if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
         goto out;
     if (asset != NULL) {
-        rc = cli_revoke_asset(dd, asset, reason, "cli", &count);
+        rc = cli_revoke_asset(dd, asset, reason, -1, "cli", &count);
         if (rc == MQPKI_OK && count == 0)
             rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s has no live certificate to revoke", asset);
     } else {

@@ -109,8 +109,8 @@ static int collect_live(const struct inventory_cert *c, void *ctx)
     return 0;
 }
 
-int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, const char *actor,
-                     int *count)
+int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, int then_state,
+                     const char *actor, int *count)
 {
     struct inventory *inv = datadir_inventory(dd);
     struct inventory_asset a;
@@ -134,6 +134,12 @@ int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, const
         if (rc != MQPKI_OK)
             goto out;
     }
+    /* In the same transaction: no certificate can be issued between the revocations and the
+     * new state (a decommissioned asset must not keep one issued in that gap). */
+    if (then_state >= 0 &&
+        (rc = inventory_asset_transition(inv, asset_id, then_state, actor,
+                                         "decommissioned by operator")) != MQPKI_OK)
+        goto out;
     if ((rc = inventory_commit(inv)) != MQPKI_OK)
         goto out;
     in_tx = 0;
