@@ -126,8 +126,8 @@ out:
     return NULL;
 }
 
-static double rate(EVP_PKEY *key, int verify, const unsigned char *sig, size_t sig_len,
-                   int threads, double seconds)
+static double rate(EVP_PKEY *key, int verify, const unsigned char *sig, size_t sig_len, int threads,
+                   double seconds)
 {
     struct signer s[2];
     long ops = 0;
@@ -222,8 +222,7 @@ static int cmd_crl_build(const char *home, long n, const char *out)
         fprintf(stderr, "pkibench: %s\n", mqpki_err_detail(rc));
         return 1;
     }
-    if ((f = fopen(out, "wb")) == NULL || fwrite(der, 1, der_len, f) != der_len ||
-        fclose(f) != 0)
+    if ((f = fopen(out, "wb")) == NULL || fwrite(der, 1, der_len, f) != der_len || fclose(f) != 0)
         return 1;
     printf("{\"entries\": %ld, \"build_s\": %.3f, \"der_bytes\": %zu}\n", n, t1 - t0, der_len);
     free(der);
@@ -295,8 +294,8 @@ static int cmd_crl_load(const char *chain, const char *path)
            "\"index_s\": %.3f, \"load_s\": %.3f, \"rss_before_mb\": %.1f, "
            "\"rss_after_mb\": %.1f, \"rss_added_mb\": %.1f, \"peak_rss_mb\": %.1f, "
            "\"rss_untrimmed_mb\": %.1f, \"lookup_ns\": %.0f, \"lookup_hits\": %ld}\n",
-           revset_count(rs), len, t1 - t0, t2 - t1, t2 - t0, rss0, rss1, rss1 - rss0,
-           peak_rss_mb(), rss_untrimmed, t3 / (double)lookups * 1e9, hits);
+           revset_count(rs), len, t1 - t0, t2 - t1, t2 - t0, rss0, rss1, rss1 - rss0, peak_rss_mb(),
+           rss_untrimmed, t3 / (double)lookups * 1e9, hits);
     revset_free(rs);
     revset_free(empty);
     sk_X509_pop_free(cas, X509_free);
@@ -472,8 +471,8 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
     posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
     for (int i = 0; i < n; i++) {
         char asset[32];
-        char *argv[] = {(char *)mqpki, "revoke", "--asset", asset, "--reason", "key-compromise",
-                        NULL};
+        char *argv[] = {(char *)mqpki, "revoke",         "--asset", asset,
+                        "--reason",    "key-compromise", NULL};
         pid_t pid;
         int status = 0;
         double t0, t1, end;

@@ -14,8 +14,8 @@
 #include <openssl/x509.h>
 
 /* A CSR larger than this is refused before parsing. */
-#define CA_CSR_MAX (64 * 1024)
-#define CA_SERIAL_LEN 16
+#define CA_CSR_MAX        (64 * 1024)
+#define CA_SERIAL_LEN     16
 #define CA_SERIAL_HEX_MAX 43 /* any RFC 5280 serial (20 bytes) in hex, NUL */
 
 struct ca;

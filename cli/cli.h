@@ -40,8 +40,7 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* An integer option value within [min, max], else a usage error naming opt. */
-int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max,
-                  int *out);
+int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max, int *out);
 
 /* Prints usage text for --help and returns -1 so the caller exits 0 (see cli_help_requested). */
 int cli_help(const char *text);

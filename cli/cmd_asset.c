@@ -133,8 +133,8 @@ static int asset_json_fill(json_t *v, const struct inventory_asset *a)
     bad |= json_object_set_new(v, "serial", json_string(a->hw_serial));
     bad |= json_object_set_new(v, "firmware", json_string(a->firmware));
     bad |= json_object_set_new(v, "location", json_string(a->location));
-    bad |= json_object_set_new(v, "tags", strcmp(tags, "{}") == 0 ? json_object()
-                                                                 : json_loads(tags, 0, NULL));
+    bad |= json_object_set_new(v, "tags",
+                               strcmp(tags, "{}") == 0 ? json_object() : json_loads(tags, 0, NULL));
     bad |= json_object_set_new(v, "created_at", cli_json_time(a->created_at));
     bad |= json_object_set_new(v, "updated_at", cli_json_time(a->updated_at));
     bad |= json_object_set_new(v, "last_seen", cli_json_time(a->last_seen));
@@ -190,8 +190,10 @@ static int print_asset(const struct inventory_asset *a, void *ctx)
 int cmd_asset_list(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"state", required_argument, NULL, 's'}, {"kind", required_argument, NULL, 'k'},
-        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {"state", required_argument, NULL, 's'},
+        {"kind", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct list_ctx l = {0};
@@ -252,11 +254,10 @@ static int collect_event(const struct inventory_event *e, void *ctx)
 {
     json_t *detail = e->detail ? json_loads(e->detail, 0, NULL) : NULL;
 
-    return json_array_append_new(ctx, json_pack("{s:I, s:o, s:s, s:s, s:s, s:o}", "seq",
-                                                 (json_int_t)e->seq, "time", cli_json_time(e->time),
-                                                 "actor", e->actor, "action", e->action, "subject",
-                                                 e->subject, "detail",
-                                                 detail ? detail : json_null())) != 0;
+    return json_array_append_new(
+               ctx, json_pack("{s:I, s:o, s:s, s:s, s:s, s:o}", "seq", (json_int_t)e->seq, "time",
+                              cli_json_time(e->time), "actor", e->actor, "action", e->action,
+                              "subject", e->subject, "detail", detail ? detail : json_null())) != 0;
 }
 
 int cmd_asset_show(struct cli *cli, int argc, char **argv)
@@ -348,8 +349,10 @@ out:
 int cmd_asset_set(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"firmware", required_argument, NULL, 'f'}, {"location", required_argument, NULL, 'l'},
-        {"tag", required_argument, NULL, 't'},      {"help", no_argument, NULL, 'h'},
+        {"firmware", required_argument, NULL, 'f'},
+        {"location", required_argument, NULL, 'l'},
+        {"tag", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *firmware = NULL, *location = NULL, *tags[MAX_TAGS];
@@ -365,8 +368,9 @@ int cmd_asset_set(struct cli *cli, int argc, char **argv)
             if (n_tags == MAX_TAGS)
                 return cli_usage_error(cli, "at most %d --tag", MAX_TAGS);
             if (strchr(optarg, '=') == NULL || optarg[0] == '=')
-                return cli_usage_error(cli, "--tag '%.80s': expected KEY=VALUE (empty VALUE "
-                                            "deletes)",
+                return cli_usage_error(cli,
+                                       "--tag '%.80s': expected KEY=VALUE (empty VALUE "
+                                       "deletes)",
                                        optarg);
             tags[n_tags++] = optarg;
             break;
@@ -452,8 +456,9 @@ out:
 
 int cmd_token_create(struct cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"ttl", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"ttl", required_argument, NULL, 't'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct datadir *dd = NULL;
     const char *ttl_text = NULL;
     char token[64] = "";
@@ -464,10 +469,11 @@ int cmd_token_create(struct cli *cli, int argc, char **argv)
         switch (c) {
         case 't': ttl_text = optarg; break;
         case 'h':
-            return cli_help("usage: mqpki token create ID [--ttl 24h]\n\n"
-                            "Creates a one-time enrollment token for the asset and prints it alone\n"
-                            "on stdout, once: only a salted hash is stored. TTL: Ns, Nm, Nh or Nd,\n"
-                            "at most 30d (default: [enrollment] token_ttl, 24h).\n");
+            return cli_help(
+                "usage: mqpki token create ID [--ttl 24h]\n\n"
+                "Creates a one-time enrollment token for the asset and prints it alone\n"
+                "on stdout, once: only a salted hash is stored. TTL: Ns, Nm, Nh or Nd,\n"
+                "at most 30d (default: [enrollment] token_ttl, 24h).\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }

@@ -23,7 +23,7 @@ static void init_progress(const char *step)
 int cmd_init(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"ca-name", required_argument, NULL, 'n'}, {"key", required_argument, NULL, 'k'},
+        {"ca-name", required_argument, NULL, 'n'},  {"key", required_argument, NULL, 'k'},
         {"hostname", required_argument, NULL, 'H'}, {"url", required_argument, NULL, 'u'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
@@ -69,8 +69,9 @@ int cmd_init(struct cli *cli, int argc, char **argv)
 
 int cmd_ca_export(struct cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"out", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     const char *out = NULL;
     struct datadir *dd = NULL;
     char path[PATH_MAX];
@@ -187,8 +188,9 @@ int cmd_audit_verify(struct cli *cli, int argc, char **argv)
         printf("audit log intact: %lld events\n", (long long)count);
     }
     if (rc == MQPKI_ERR_TAMPERED)
-        rc = mqpki_fail(rc, "audit log tampered: event %lld was edited, or an event near it "
-                            "deleted",
+        rc = mqpki_fail(rc,
+                        "audit log tampered: event %lld was edited, or an event near it "
+                        "deleted",
                         (long long)bad);
 out:
     datadir_close(dd);

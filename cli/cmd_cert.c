@@ -18,22 +18,24 @@ json_t *cli_cert_json(const struct inventory_cert *c);
 
 json_t *cli_cert_json(const struct inventory_cert *c)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s?, s:s}", "serial", c->serial, "asset",
-                     c->asset_id, "profile", c->profile, "state",
-                     inventory_cert_state_name(c->state), "not_before",
-                     cli_json_time(c->not_before), "not_after", cli_json_time(c->not_after),
-                     "revoked_at", cli_json_time(c->revoked_at), "reason",
-                     c->reason >= 0 && c->revoked_at ? ca_reason_name((enum ca_reason)c->reason)
-                                                     : NULL,
-                     "key_fingerprint", c->key_fp);
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s?, s:s}", "serial", c->serial, "asset", c->asset_id,
+        "profile", c->profile, "state", inventory_cert_state_name(c->state), "not_before",
+        cli_json_time(c->not_before), "not_after", cli_json_time(c->not_after), "revoked_at",
+        cli_json_time(c->revoked_at), "reason",
+        c->reason >= 0 && c->revoked_at ? ca_reason_name((enum ca_reason)c->reason) : NULL,
+        "key_fingerprint", c->key_fp);
 }
 
 int cmd_issue(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"asset", required_argument, NULL, 'a'}, {"csr", required_argument, NULL, 'c'},
-        {"profile", required_argument, NULL, 'p'}, {"days", required_argument, NULL, 'd'},
-        {"out", required_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
+        {"asset", required_argument, NULL, 'a'},
+        {"csr", required_argument, NULL, 'c'},
+        {"profile", required_argument, NULL, 'p'},
+        {"days", required_argument, NULL, 'd'},
+        {"out", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct enrollment_issue_req req;
@@ -141,8 +143,10 @@ static int print_cert(const struct inventory_cert *c, void *ctx)
 int cmd_cert_list(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"asset", required_argument, NULL, 'a'}, {"state", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {"asset", required_argument, NULL, 'a'},
+        {"state", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct cert_list_ctx l = {0};
@@ -155,8 +159,9 @@ int cmd_cert_list(struct cli *cli, int argc, char **argv)
         case 'a': asset = optarg; break;
         case 's':
             if ((state = inventory_cert_state_parse(optarg)) < 0)
-                return cli_usage_error(cli, "--state '%.40s': use valid, revoked, expired or "
-                                            "superseded",
+                return cli_usage_error(cli,
+                                       "--state '%.40s': use valid, revoked, expired or "
+                                       "superseded",
                                        optarg);
             break;
         case 'j': l.json = 1; break;
@@ -206,8 +211,10 @@ static int normalize_serial(struct cli *cli, const char *in, char out[CA_SERIAL_
 int cmd_revoke(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"serial", required_argument, NULL, 's'}, {"asset", required_argument, NULL, 'a'},
-        {"reason", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
+        {"serial", required_argument, NULL, 's'},
+        {"asset", required_argument, NULL, 'a'},
+        {"reason", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct datadir *dd = NULL;

@@ -21,8 +21,7 @@ int cli_usage_error(struct cli *cli, const char *fmt, ...)
     return mqpki_fail(MQPKI_ERR_INVALID, "%s (see 'mqpki %s --help')", msg, cli->cmd);
 }
 
-int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max,
-                  int *out)
+int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max, int *out)
 {
     char *end = NULL;
     long v = strtol(text, &end, 10);

@@ -144,8 +144,8 @@ int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *l
             break;
         used += (size_t)n;
         if (used > max) {
-            rc = mqpki_fail(MQPKI_ERR_TOO_LARGE, "%s: file exceeds the limit of %zu bytes",
-                            path, max);
+            rc = mqpki_fail(MQPKI_ERR_TOO_LARGE, "%s: file exceeds the limit of %zu bytes", path,
+                            max);
             goto out;
         }
     }

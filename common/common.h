@@ -24,24 +24,24 @@
  * The one list of error codes. X(name, exit_status, text): exit_status 1 when the error is the
  * caller's (bad input, refused by policy), 2 when it is ours (I/O, store, HSM).
  */
-#define MQPKI_ERRORS(X)                                                                  \
-    X(MQPKI_OK, 0, "success")                                                            \
-    X(MQPKI_ERR_INVALID, 1, "invalid argument")                                          \
-    X(MQPKI_ERR_PARSE, 1, "malformed input")                                             \
-    X(MQPKI_ERR_TOO_LARGE, 1, "input too large")                                         \
-    X(MQPKI_ERR_NOT_FOUND, 1, "not found")                                               \
-    X(MQPKI_ERR_EXISTS, 1, "already exists")                                             \
-    X(MQPKI_ERR_POLICY, 1, "refused by policy")                                          \
-    X(MQPKI_ERR_AUTH, 1, "authentication failed")                                        \
-    X(MQPKI_ERR_STATE, 1, "not allowed in the current state")                            \
-    X(MQPKI_ERR_RATE, 1, "rate limited")                                                 \
-    X(MQPKI_ERR_TAMPERED, 1, "integrity check failed")                                   \
-    X(MQPKI_ERR_IO, 2, "I/O error")                                                      \
-    X(MQPKI_ERR_NOMEM, 2, "out of memory")                                               \
-    X(MQPKI_ERR_HSM, 2, "HSM failure")                                                   \
-    X(MQPKI_ERR_STORE, 2, "store failure")                                               \
-    X(MQPKI_ERR_BUSY, 2, "store busy")                                                   \
-    X(MQPKI_ERR_CRYPTO, 2, "cryptographic failure")                                      \
+#define MQPKI_ERRORS(X)                                                                            \
+    X(MQPKI_OK, 0, "success")                                                                      \
+    X(MQPKI_ERR_INVALID, 1, "invalid argument")                                                    \
+    X(MQPKI_ERR_PARSE, 1, "malformed input")                                                       \
+    X(MQPKI_ERR_TOO_LARGE, 1, "input too large")                                                   \
+    X(MQPKI_ERR_NOT_FOUND, 1, "not found")                                                         \
+    X(MQPKI_ERR_EXISTS, 1, "already exists")                                                       \
+    X(MQPKI_ERR_POLICY, 1, "refused by policy")                                                    \
+    X(MQPKI_ERR_AUTH, 1, "authentication failed")                                                  \
+    X(MQPKI_ERR_STATE, 1, "not allowed in the current state")                                      \
+    X(MQPKI_ERR_RATE, 1, "rate limited")                                                           \
+    X(MQPKI_ERR_TAMPERED, 1, "integrity check failed")                                             \
+    X(MQPKI_ERR_IO, 2, "I/O error")                                                                \
+    X(MQPKI_ERR_NOMEM, 2, "out of memory")                                                         \
+    X(MQPKI_ERR_HSM, 2, "HSM failure")                                                             \
+    X(MQPKI_ERR_STORE, 2, "store failure")                                                         \
+    X(MQPKI_ERR_BUSY, 2, "store busy")                                                             \
+    X(MQPKI_ERR_CRYPTO, 2, "cryptographic failure")                                                \
     X(MQPKI_ERR_INTERNAL, 2, "internal error")
 
 #define MQPKI_ERR_ENUM_(name, user, text) name,
@@ -74,7 +74,8 @@ typedef void (*mqpki_log_fn)(enum mqpki_log_level level, const char *msg, void *
 /* Installs a log handler (NULL restores stderr) and the most verbose level emitted. */
 void mqpki_log_set_handler(mqpki_log_fn fn, void *ctx);
 void mqpki_log_set_level(enum mqpki_log_level level);
-void mqpki_log(enum mqpki_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mqpki_log(enum mqpki_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /*
  * Reads a whole file of at most max bytes into a NUL-terminated heap buffer (*out, length in

@@ -17,11 +17,11 @@ struct inventory;
 
 /* Everything the request handlers need, shared by all server threads. */
 struct daemon_ctx {
-    struct datadir *dd; /* the CA (thread-safe signing) and configuration */
-    struct est *est;    /* EST handler */
+    struct datadir *dd;                     /* the CA (thread-safe signing) and configuration */
+    struct est *est;                        /* EST handler */
     struct enrollment_committer *committer; /* group commit of issued certificates */
-    struct feed *feed;  /* NULL when no broker feed runs */
-    char db_path[4096]; /* each server thread opens its own store connection */
+    struct feed *feed;                      /* NULL when no broker feed runs */
+    char db_path[4096];                     /* each server thread opens its own store connection */
 };
 
 /*

@@ -50,7 +50,7 @@ struct feed {
     char crl_dir[PATH_MAX];
     struct inventory *inv;
     pthread_mutex_t inv_lock; /* the links' threads share the one store connection */
-    struct link *links;  /* FEED_MAX_BROKERS slots, filled in order by the inotify thread */
+    struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by the inotify thread */
     atomic_size_t n_links;
     atomic_int stop;
     int ino_fd;

@@ -25,14 +25,14 @@
 #include "inventory.h"
 
 /* Limits against slow or oversized clients (slowloris, header floods). */
-#define CONNECTION_TIMEOUT 10          /* seconds of inactivity */
-#define CONNECTION_LIMIT 1024
+#define CONNECTION_TIMEOUT      10 /* seconds of inactivity */
+#define CONNECTION_LIMIT        1024
 #define PER_IP_CONNECTION_LIMIT 128
-#define CONNECTION_MEMORY (32 * 1024)  /* request line + headers per connection */
-#define CRL_FILE_MAX (256 * 1024 * 1024)
-#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
-#define HEADER_DEADLINE 10             /* seconds for a whole request line and headers */
-#define BODY_DEADLINE 30               /* seconds for a body, and for sending a response */
+#define CONNECTION_MEMORY       (32 * 1024) /* request line + headers per connection */
+#define CRL_FILE_MAX            (256 * 1024 * 1024)
+#define TLS_PRIORITIES          "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+#define HEADER_DEADLINE         10 /* seconds for a whole request line and headers */
+#define BODY_DEADLINE           30 /* seconds for a body, and for sending a response */
 
 /*
  * One per TCP connection (MHD's socket context): the client certificate verified on it, and the
@@ -43,7 +43,7 @@
 struct conn {
     struct est_peer peer;
     int fd;
-    int64_t deadline;        /* 0: none (the handler is working on a request) */
+    int64_t deadline; /* 0: none (the handler is working on a request) */
     struct conn *prev, *next;
 };
 
@@ -107,8 +107,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     mqpki_log(MQPKI_LOG_DEBUG, "http: %s", msg);
 }
 
-static enum MHD_Result send_buffer(struct MHD_Connection *c, int status, const char *ct,
-                                   char *body, size_t len, const struct est_response *er)
+static enum MHD_Result send_buffer(struct MHD_Connection *c, int status, const char *ct, char *body,
+                                   size_t len, const struct est_response *er)
 {
     struct MHD_Response *r;
     enum MHD_Result ret;
@@ -283,9 +283,8 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
 static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds);
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct http *h = cls;
     struct request *rq = *con_cls;
@@ -436,8 +435,9 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
         *len = sizeof(struct sockaddr_in6);
     } else {
-        return mqpki_fail(MQPKI_ERR_INVALID, "listen '%.80s': address must be numeric IPv4 or "
-                                             "IPv6",
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "listen '%.80s': address must be numeric IPv4 or "
+                          "IPv6",
                           listen);
     }
     return MQPKI_OK;
@@ -485,13 +485,13 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
         (unsigned)CONNECTION_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)PER_IP_CONNECTION_LIMIT, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)CONNECTION_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
         listen_fd >= 0 ? (void *)(intptr_t)listen_fd : (void *)&ss, MHD_OPTION_END);
     if (h->mhd == NULL) {
-        rc = mqpki_fail(MQPKI_ERR_IO, "cannot listen on %s (address in use, or a bad TLS "
-                                      "certificate in tls/)",
+        rc = mqpki_fail(MQPKI_ERR_IO,
+                        "cannot listen on %s (address in use, or a bad TLS "
+                        "certificate in tls/)",
                         listen);
         goto out;
     }

@@ -22,15 +22,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mqpkid [--home DIR] [--listen ADDR:PORT] [--threads N] [--verbose]\n\n"
-               "The enrollment daemon: EST (RFC 7030) over HTTPS, CRLs over HTTP and the CRL\n"
-               "feed to the registered brokers. Runs in the foreground and logs to stderr.\n"
-               "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
-               "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
-               "  --threads N       HTTPS worker threads (default %d)\n"
-               "  --verbose         debug logging\n\n"
-               "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
-               "mqpki.conf and tls/ without dropping the listening socket.\n",
+    fprintf(f,
+            "usage: mqpkid [--home DIR] [--listen ADDR:PORT] [--threads N] [--verbose]\n\n"
+            "The enrollment daemon: EST (RFC 7030) over HTTPS, CRLs over HTTP and the CRL\n"
+            "feed to the registered brokers. Runs in the foreground and logs to stderr.\n"
+            "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
+            "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
+            "  --threads N       HTTPS worker threads (default %d)\n"
+            "  --verbose         debug logging\n\n"
+            "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
+            "mqpki.conf and tls/ without dropping the listening socket.\n",
             DEFAULT_THREADS);
 }
 
@@ -107,9 +108,12 @@ static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"home", required_argument, NULL, 'H'},   {"listen", required_argument, NULL, 'l'},
-        {"threads", required_argument, NULL, 't'}, {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, 'V'},
+        {"home", required_argument, NULL, 'H'},
+        {"listen", required_argument, NULL, 'l'},
+        {"threads", required_argument, NULL, 't'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     struct daemon_ctx ctx;

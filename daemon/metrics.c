@@ -15,8 +15,8 @@
 #include "feed.h"
 #include "inventory.h"
 
-static const char *const results[] = {"ok",        "bad_request", "unauthorized", "forbidden",
-                                      "too_large", "rate_limited", "unavailable", "bad_method",
+static const char *const results[] = {"ok",        "bad_request",  "unauthorized", "forbidden",
+                                      "too_large", "rate_limited", "unavailable",  "bad_method",
                                       "not_found", "error"};
 #define N_RESULTS (sizeof(results) / sizeof(results[0]))
 static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
@@ -116,9 +116,10 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
     sum = latency_sum;
     pthread_mutex_unlock(&sum_lock);
 
-    put(&b, "# HELP mqpki_http_requests_total HTTP requests served.\n"
-            "# TYPE mqpki_http_requests_total counter\n"
-            "mqpki_http_requests_total %llu\n",
+    put(&b,
+        "# HELP mqpki_http_requests_total HTTP requests served.\n"
+        "# TYPE mqpki_http_requests_total counter\n"
+        "mqpki_http_requests_total %llu\n",
         (unsigned long long)atomic_load(&requests));
     put(&b, "# HELP mqpki_enrollments_total EST enrollments and re-enrollments by result.\n"
             "# TYPE mqpki_enrollments_total counter\n");
@@ -134,14 +135,16 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         (unsigned long long)atomic_load(&latency_count));
     put(&b, "mqpki_enrollment_seconds_sum %.6f\nmqpki_enrollment_seconds_count %llu\n", sum,
         (unsigned long long)atomic_load(&latency_count));
-    put(&b, "# HELP mqpki_certificates_revoked Revoked or held certificates in the store.\n"
-            "# TYPE mqpki_certificates_revoked gauge\n"
-            "mqpki_certificates_revoked %lld\n",
+    put(&b,
+        "# HELP mqpki_certificates_revoked Revoked or held certificates in the store.\n"
+        "# TYPE mqpki_certificates_revoked gauge\n"
+        "mqpki_certificates_revoked %lld\n",
         (long long)revoked);
-    put(&b, "# HELP mqpki_crl_number Number of the current full CRL.\n"
-            "# TYPE mqpki_crl_number gauge\nmqpki_crl_number %lld\n"
-            "# HELP mqpki_crl_age_seconds Seconds since the current full CRL was written.\n"
-            "# TYPE mqpki_crl_age_seconds gauge\nmqpki_crl_age_seconds %lld\n",
+    put(&b,
+        "# HELP mqpki_crl_number Number of the current full CRL.\n"
+        "# TYPE mqpki_crl_number gauge\nmqpki_crl_number %lld\n"
+        "# HELP mqpki_crl_age_seconds Seconds since the current full CRL was written.\n"
+        "# TYPE mqpki_crl_age_seconds gauge\nmqpki_crl_age_seconds %lld\n",
         number, age);
     *len = b.len;
     return b.p;
@@ -161,7 +164,9 @@ char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)
     *ready = token_ok && store_ok && feed_ok;
     v = json_pack("{s:s, s:s, s:s, s:s}", "status", *ready ? "ok" : "degraded", "token",
                   token_ok ? "ok" : "failing", "store", store_ok ? "ok" : "failing", "feed",
-                  ctx->feed == NULL ? "off" : feed_ok ? "ok" : "degraded");
+                  ctx->feed == NULL ? "off"
+                  : feed_ok         ? "ok"
+                                    : "degraded");
     out = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (out != NULL)

@@ -83,8 +83,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         if (value[0] == '/')
             ok = set_text(c->pin_file, sizeof(c->pin_file), value);
         else
-            ok = mqpki_path(c->pin_file, sizeof(c->pin_file), "%s/%s", p->home, value) ==
-                 MQPKI_OK;
+            ok = mqpki_path(c->pin_file, sizeof(c->pin_file), "%s/%s", p->home, value) == MQPKI_OK;
     } else if (KEY("daemon", "listen"))
         ok = set_text(c->listen, sizeof(c->listen), value) && strchr(value, ':') != NULL;
     else if (KEY("enrollment", "token_ttl"))

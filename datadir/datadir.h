@@ -18,21 +18,21 @@ struct datadir;
 
 /* Everything mqpki.conf can set (docs/configuration.md), with defaults filled in. */
 struct datadir_config {
-    char ca_name[128];        /* [ca] name */
-    char key_type[16];        /* [ca] key: ec-p256 | ec-p384 | rsa-3072 */
-    char url[256];            /* [ca] url: base of the CRL distribution point and EST */
-    int64_t crl_validity;     /* [ca] crl_validity: nextUpdate - thisUpdate, seconds */
-    int device_days;          /* [ca] device_days */
-    int broker_days;          /* [ca] broker_days */
+    char ca_name[128];         /* [ca] name */
+    char key_type[16];         /* [ca] key: ec-p256 | ec-p384 | rsa-3072 */
+    char url[256];             /* [ca] url: base of the CRL distribution point and EST */
+    int64_t crl_validity;      /* [ca] crl_validity: nextUpdate - thisUpdate, seconds */
+    int device_days;           /* [ca] device_days */
+    int broker_days;           /* [ca] broker_days */
     char hsm_module[PATH_MAX]; /* [hsm] module: "" for the embedded SoftHSM */
-    char hsm_token[64];       /* [hsm] token: token label */
-    char pin_file[PATH_MAX];  /* [hsm] pin_file: absolute after loading */
-    char listen[128];         /* [daemon] listen: ADDR:PORT */
-    int64_t token_ttl;        /* [enrollment] token_ttl: default TTL of enrollment tokens */
-    int auth_failures;        /* [enrollment] auth_failures: per address/asset per window */
-    int64_t auth_window;      /* [enrollment] auth_window: seconds of the failure window */
-    double rate_per_address;  /* [enrollment] rate: EST requests per second per address; 0 off */
-    int rate_burst;           /* [enrollment] burst */
+    char hsm_token[64];        /* [hsm] token: token label */
+    char pin_file[PATH_MAX];   /* [hsm] pin_file: absolute after loading */
+    char listen[128];          /* [daemon] listen: ADDR:PORT */
+    int64_t token_ttl;         /* [enrollment] token_ttl: default TTL of enrollment tokens */
+    int auth_failures;         /* [enrollment] auth_failures: per address/asset per window */
+    int64_t auth_window;       /* [enrollment] auth_window: seconds of the failure window */
+    double rate_per_address;   /* [enrollment] rate: EST requests per second per address; 0 off */
+    int rate_burst;            /* [enrollment] burst */
 };
 
 struct datadir_init_opts {

@@ -5,7 +5,7 @@
 #include "datadir.h"
 
 /* Labels of the CA keys in the token. */
-#define DATADIR_ROOT_KEY "mqpki-root"
+#define DATADIR_ROOT_KEY    "mqpki-root"
 #define DATADIR_ISSUING_KEY "mqpki-issuing"
 /* The asset id of mqpkid's own TLS and feed identity. */
 #define DATADIR_SERVICE_ASSET "mqpkid"

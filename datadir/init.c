@@ -21,7 +21,7 @@
 #include "hsm.h"
 #include "inventory.h"
 
-#define ROOT_DAYS (20 * 365)
+#define ROOT_DAYS    (20 * 365)
 #define ISSUING_DAYS (10 * 365)
 
 static void say(void (*progress)(const char *), const char *step)
@@ -144,9 +144,8 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "rate = %d\n"
                  "burst = %d\n",
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity, c->device_days,
-                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl,
-                 c->auth_failures, (long long)c->auth_window, (int)c->rate_per_address,
-                 c->rate_burst);
+                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl, c->auth_failures,
+                 (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst);
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
@@ -210,11 +209,10 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     }
     for (size_t i = 0; i < opts->n_hostnames; i++) {
         const char *h = opts->hostnames[i];
-        if (h[0] == '\0' || strlen(h) > 253 || strspn(h, "abcdefghijklmnopqrstuvwxyz"
-                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
-                                                   != strlen(h)) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID, "--hostname '%.80s': not a host name or address",
-                            h);
+        if (h[0] == '\0' || strlen(h) > 253 ||
+            strspn(h, "abcdefghijklmnopqrstuvwxyz"
+                      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") != strlen(h)) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "--hostname '%.80s': not a host name or address", h);
             goto out;
         }
     }

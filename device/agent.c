@@ -126,12 +126,16 @@ out:
 
 static int cmd_enroll(struct mqpki_device *dev, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"server", required_argument, NULL, 's'}, {"ca", required_argument, NULL, 'c'},
-        {"ca-fingerprint", required_argument, NULL, 'f'}, {"asset", required_argument, NULL, 'a'},
-        {"token", required_argument, NULL, 't'}, {"token-file", required_argument, NULL, 'T'},
-        {"store", required_argument, NULL, 'S'}, {"force", no_argument, NULL, 'F'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"server", required_argument, NULL, 's'},
+                                         {"ca", required_argument, NULL, 'c'},
+                                         {"ca-fingerprint", required_argument, NULL, 'f'},
+                                         {"asset", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {"token-file", required_argument, NULL, 'T'},
+                                         {"store", required_argument, NULL, 'S'},
+                                         {"force", no_argument, NULL, 'F'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct mqpki_device_enroll_opts eo = {0};
     const char *token_arg = NULL, *token_file = NULL;
     char token[TOKEN_MAX];
@@ -148,7 +152,10 @@ static int cmd_enroll(struct mqpki_device *dev, int argc, char **argv)
         case 'T': token_file = optarg; break;
         case 'S': eo.store = optarg; break;
         case 'F': eo.force = 1; break;
-        case 'h': fputs(usage_enroll, stdout); rc = 0; goto out;
+        case 'h':
+            fputs(usage_enroll, stdout);
+            rc = 0;
+            goto out;
         default: rc = usage_error("enroll", "unknown option"); goto out;
         }
     }
@@ -175,9 +182,8 @@ out:
 
 static int cmd_renew(struct mqpki_device *dev, int argc, char **argv)
 {
-    static const struct option opts[] = {{"force", no_argument, NULL, 'F'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"force", no_argument, NULL, 'F'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     struct mqpki_device_info info;
     int c, force = 0, renewed = 0, rc;
 
@@ -207,9 +213,8 @@ static int cmd_renew(struct mqpki_device *dev, int argc, char **argv)
 
 static int cmd_status(struct mqpki_device *dev, int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     struct mqpki_device_info info;
     char nb[32], na[32], ra[32];
     json_t *o;
@@ -238,14 +243,15 @@ static int cmd_status(struct mqpki_device *dev, int argc, char **argv)
     if (!json) {
         printf("asset       %s\nsubject     %s\nserial      %s\nnot_before  %s\n"
                "not_after   %s\nrenew_at    %s%s\nstore       %s\nserver      %s\n"
-               "generation  %u\n", info.asset, info.subject, info.serial, nb, na, ra,
-               due ? " (due)" : "", info.store, info.server, info.generation);
+               "generation  %u\n",
+               info.asset, info.subject, info.serial, nb, na, ra, due ? " (due)" : "", info.store,
+               info.server, info.generation);
         return 0;
     }
     o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s, s:i}", "asset", info.asset,
-                  "subject", info.subject, "serial", info.serial, "not_before", nb, "not_after",
-                  na, "renew_at", ra, "renewal_due", due, "store", info.store, "server",
-                  info.server, "generation", (int)info.generation);
+                  "subject", info.subject, "serial", info.serial, "not_before", nb, "not_after", na,
+                  "renew_at", ra, "renewal_due", due, "store", info.store, "server", info.server,
+                  "generation", (int)info.generation);
     text = o != NULL ? json_dumps(o, JSON_INDENT(2)) : NULL;
     json_decref(o);
     if (text == NULL)

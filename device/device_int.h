@@ -16,13 +16,13 @@
 
 #include "common.h"
 
-#define DEV_PATH_MAX       4096
-#define DEV_RESPONSE_MAX   (1024 * 1024) /* cap of any EST response body */
-#define DEV_FILE_MAX       (256 * 1024)  /* cap of any file we read from the device directory */
-#define DEV_SECRET_MAX     256
-#define DEV_TOKEN_MAX      512
-#define DEV_RETRY_BASE     5
-#define DEV_RETRY_CAP      3600
+#define DEV_PATH_MAX     4096
+#define DEV_RESPONSE_MAX (1024 * 1024) /* cap of any EST response body */
+#define DEV_FILE_MAX     (256 * 1024)  /* cap of any file we read from the device directory */
+#define DEV_SECRET_MAX   256
+#define DEV_TOKEN_MAX    512
+#define DEV_RETRY_BASE   5
+#define DEV_RETRY_CAP    3600
 
 /* Errors and logging (device/error.c). */
 int dev_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -74,7 +74,7 @@ struct mqpki_device {
     unsigned generation;
     uint32_t jitter;
     /* the provisioned CA chain (ca.pem) */
-    STACK_OF(X509) *ca_certs;
+    STACK_OF(X509) * ca_certs;
     X509_STORE *trust;
     char *ca_pem;
     size_t ca_pem_len;
@@ -82,9 +82,9 @@ struct mqpki_device {
     const struct mqpki_keystore_ops *ops;
     void *store;
     X509 *cert;
-    STACK_OF(X509) *chain; /* intermediates sent with cert */
+    STACK_OF(X509) * chain; /* intermediates sent with cert */
     EVP_PKEY *key;
-    SSL_CTX *ssl_ctx;      /* mqpki_device_mosquitto_tls */
+    SSL_CTX *ssl_ctx; /* mqpki_device_mosquitto_tls */
     int64_t retry_after;
     /* mqpki_device_info / _ca_path buffers */
     char serial[80], subject[512], store_text[DEV_PATH_MAX + 16], ca_path[DEV_PATH_MAX + 8];
@@ -99,24 +99,24 @@ int dev_secret_read(const char *env, const char *file, char *out, size_t size);
 
 /* EST client (device/est.c). */
 struct dev_est {
-    const char *server;        /* base URL */
-    X509_STORE *trust;         /* NULL: no peer verification (pin bootstrap only) */
-    const char *ca_pem;        /* the same trust as PEM (CURLOPT_CAINFO_BLOB) */
+    const char *server; /* base URL */
+    X509_STORE *trust;  /* NULL: no peer verification (pin bootstrap only) */
+    const char *ca_pem; /* the same trust as PEM (CURLOPT_CAINFO_BLOB) */
     size_t ca_pem_len;
-    X509 *client_cert;         /* reenroll: TLS client identity */
-    STACK_OF(X509) *client_chain;
+    X509 *client_cert; /* reenroll: TLS client identity */
+    STACK_OF(X509) * client_chain;
     EVP_PKEY *client_key;
-    int64_t retry_after;       /* out: Retry-After of a 429/503/202, else 0 */
+    int64_t retry_after; /* out: Retry-After of a 429/503/202, else 0 */
 };
 
-int dev_est_cacerts(struct dev_est *est, STACK_OF(X509) **certs);
+int dev_est_cacerts(struct dev_est *est, STACK_OF(X509) * *certs);
 /* POST simpleenroll (user/token set) or simplereenroll (client_cert set). */
 int dev_est_enroll(struct dev_est *est, const char *asset, const char *token, X509_REQ *csr,
                    X509 **cert);
 
 /* Pure helpers, also exercised by tests/unit/test_device.c. */
 /* Parses a base64 PKCS#7 certs-only body into a stack of certificates (at least one). */
-int dev_p7_certs_decode(const char *body, size_t len, STACK_OF(X509) **out);
+int dev_p7_certs_decode(const char *body, size_t len, STACK_OF(X509) * *out);
 /* Parses a SHA-256 fingerprint (64 hex digits, colons and spaces allowed, any case). */
 int dev_fingerprint_parse(const char *text, unsigned char out[32]);
 /* The renewal instant for a certificate valid [nb, na]: nb + 2/3 (na-nb) + jitter in [0, 10%]. */

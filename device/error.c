@@ -63,20 +63,11 @@ int dev_from_common(int common_rc, int fallback)
     int rc = fallback;
 
     switch (common_rc) {
-    case MQPKI_OK:
-        rc = MQPKI_DEVICE_OK;
-        break;
-    case MQPKI_ERR_NOMEM:
-        rc = MQPKI_DEVICE_ERR_NOMEM;
-        break;
-    case MQPKI_ERR_AUTH:
-        rc = MQPKI_DEVICE_ERR_STORE_LOCKED;
-        break;
-    case MQPKI_ERR_IO:
-        rc = MQPKI_DEVICE_ERR_IO;
-        break;
-    default:
-        break;
+    case MQPKI_OK: rc = MQPKI_DEVICE_OK; break;
+    case MQPKI_ERR_NOMEM: rc = MQPKI_DEVICE_ERR_NOMEM; break;
+    case MQPKI_ERR_AUTH: rc = MQPKI_DEVICE_ERR_STORE_LOCKED; break;
+    case MQPKI_ERR_IO: rc = MQPKI_DEVICE_ERR_IO; break;
+    default: break;
     }
     if (rc != MQPKI_DEVICE_OK)
         dev_fail(rc, "%s", mqpki_err_detail(common_rc));

@@ -89,8 +89,7 @@ static CURLcode sslctx_cb(CURL *curl, void *sslctx, void *userdata)
     if (est->client_cert != NULL) {
         if (SSL_CTX_use_certificate(ctx, est->client_cert) != 1 ||
             SSL_CTX_use_PrivateKey(ctx, est->client_key) != 1 ||
-            (est->client_chain != NULL &&
-             SSL_CTX_set1_chain(ctx, est->client_chain) != 1)) {
+            (est->client_chain != NULL && SSL_CTX_set1_chain(ctx, est->client_chain) != 1)) {
             rc = CURLE_SSL_CERTPROBLEM;
             goto out;
         }
@@ -123,44 +122,44 @@ static int status_error(struct dev_est *est, long status, const struct buf *b, c
     reason_of(b, reason);
     switch (status) {
     case 202:
-        rc = dev_fail(MQPKI_DEVICE_ERR_UNAVAILABLE, "%s: request pending at the server (202); "
-                      "retry later", what);
+        rc = dev_fail(MQPKI_DEVICE_ERR_UNAVAILABLE,
+                      "%s: request pending at the server (202); "
+                      "retry later",
+                      what);
         break;
     case 400:
         rc = dev_fail(MQPKI_DEVICE_ERR_BAD_REQUEST, "%s: bad request (400): %s", what, reason);
         break;
     case 401:
-        rc = dev_fail(MQPKI_DEVICE_ERR_REFUSED, "%s: credentials refused (401): %s", what,
-                      reason);
+        rc = dev_fail(MQPKI_DEVICE_ERR_REFUSED, "%s: credentials refused (401): %s", what, reason);
         break;
     case 403:
         rc = dev_fail(MQPKI_DEVICE_ERR_POLICY, "%s: refused by policy (403): %s", what, reason);
         break;
     case 404:
-        rc = dev_fail(MQPKI_DEVICE_ERR_BAD_REQUEST, "%s: not found on the server (404): %s",
-                      what, reason);
+        rc = dev_fail(MQPKI_DEVICE_ERR_BAD_REQUEST, "%s: not found on the server (404): %s", what,
+                      reason);
         break;
     case 413:
         rc = dev_fail(MQPKI_DEVICE_ERR_BAD_REQUEST, "%s: request too large (413)", what);
         break;
     case 429:
-        rc = dev_fail(MQPKI_DEVICE_ERR_RATE, "%s: rate limited (429), retry after %llds: %s",
-                      what, (long long)est->retry_after, reason);
+        rc = dev_fail(MQPKI_DEVICE_ERR_RATE, "%s: rate limited (429), retry after %llds: %s", what,
+                      (long long)est->retry_after, reason);
         break;
     case 503:
         rc = dev_fail(MQPKI_DEVICE_ERR_UNAVAILABLE, "%s: server unavailable (503): %s", what,
                       reason);
         break;
     default:
-        rc = dev_fail(MQPKI_DEVICE_ERR_PROTOCOL, "%s: unexpected HTTP status %ld: %s", what,
-                      status, reason);
+        rc = dev_fail(MQPKI_DEVICE_ERR_PROTOCOL, "%s: unexpected HTTP status %ld: %s", what, status,
+                      reason);
         break;
     }
     return rc;
 }
 
-static int curl_error(const struct dev_est *est, CURLcode cc, const char *errbuf,
-                      const char *what)
+static int curl_error(const struct dev_est *est, CURLcode cc, const char *errbuf, const char *what)
 {
     const char *text = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc);
     int rc;
@@ -179,7 +178,8 @@ static int curl_error(const struct dev_est *est, CURLcode cc, const char *errbuf
     case CURLE_SSL_CACERT_BADFILE:
         rc = dev_fail(MQPKI_DEVICE_ERR_TLS,
                       "%s: server %s not trusted (its TLS certificate does not chain to the "
-                      "provisioned CA or does not name the host): %s", what, est->server, text);
+                      "provisioned CA or does not name the host): %s",
+                      what, est->server, text);
         break;
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_SSL_CERTPROBLEM:
@@ -187,8 +187,8 @@ static int curl_error(const struct dev_est *est, CURLcode cc, const char *errbuf
                       est->server, text);
         break;
     case CURLE_WRITE_ERROR:
-        rc = dev_fail(MQPKI_DEVICE_ERR_PROTOCOL, "%s: response larger than %d bytes refused",
-                      what, DEV_RESPONSE_MAX);
+        rc = dev_fail(MQPKI_DEVICE_ERR_PROTOCOL, "%s: response larger than %d bytes refused", what,
+                      DEV_RESPONSE_MAX);
         break;
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
@@ -294,7 +294,7 @@ out:
     return rc;
 }
 
-int dev_p7_certs_decode(const char *body, size_t len, STACK_OF(X509) **out)
+int dev_p7_certs_decode(const char *body, size_t len, STACK_OF(X509) * *out)
 {
     EVP_ENCODE_CTX *ectx = NULL;
     unsigned char *der = NULL;
@@ -323,8 +323,8 @@ int dev_p7_certs_decode(const char *body, size_t len, STACK_OF(X509) **out)
     }
     p = der;
     p7 = d2i_PKCS7(NULL, &p, n + m);
-    if (p7 == NULL || !PKCS7_type_is_signed(p7) || p7->d.sign == NULL ||
-        p7->d.sign->cert == NULL || sk_X509_num(p7->d.sign->cert) == 0) {
+    if (p7 == NULL || !PKCS7_type_is_signed(p7) || p7->d.sign == NULL || p7->d.sign->cert == NULL ||
+        sk_X509_num(p7->d.sign->cert) == 0) {
         rc = dev_fail(MQPKI_DEVICE_ERR_PROTOCOL,
                       "response is not a PKCS#7 certs-only structure with certificates");
         goto out;
@@ -387,7 +387,7 @@ out:
     return rc;
 }
 
-int dev_est_cacerts(struct dev_est *est, STACK_OF(X509) **certs)
+int dev_est_cacerts(struct dev_est *est, STACK_OF(X509) * *certs)
 {
     struct buf resp = {0};
     long status;

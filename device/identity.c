@@ -67,8 +67,8 @@ int64_t dev_renew_at(int64_t not_before, int64_t not_after, uint32_t jitter_seed
         return not_before;
     /* Two thirds of the lifetime, plus up to a tenth of it so that a fleet enrolled in the
      * same hour does not come back in the same minute. */
-    return not_before + life * 2 / 3 + (int64_t)((uint64_t)(life / 10) * (jitter_seed % 10001u) /
-                                                 10000u);
+    return not_before + life * 2 / 3 +
+           (int64_t)((uint64_t)(life / 10) * (jitter_seed % 10001u) / 10000u);
 }
 
 int64_t dev_backoff(unsigned attempt, uint32_t r)
@@ -85,7 +85,7 @@ int64_t dev_backoff(unsigned attempt, uint32_t r)
 
 /* PEM file of certificates -> stack (1..CA_CERTS_MAX) and its PEM text. */
 static int certs_from_pem(const char *what, const unsigned char *pem, size_t len,
-                          STACK_OF(X509) **out)
+                          STACK_OF(X509) * *out)
 {
     STACK_OF(X509) *certs = sk_X509_new_null();
     BIO *mem = BIO_new_mem_buf(pem, (int)len);
@@ -117,7 +117,7 @@ out:
     return rc;
 }
 
-static int certs_to_pem(X509 *leaf, STACK_OF(X509) *certs, char **out, size_t *out_len)
+static int certs_to_pem(X509 *leaf, STACK_OF(X509) * certs, char **out, size_t *out_len)
 {
     BIO *mem = BIO_new(BIO_s_mem());
     char *p;
@@ -149,7 +149,7 @@ out:
 }
 
 /* Builds the trust store (every certificate a trust anchor candidate) from a CA chain. */
-static int trust_build(STACK_OF(X509) *ca, X509_STORE **out)
+static int trust_build(STACK_OF(X509) * ca, X509_STORE **out)
 {
     X509_STORE *st = X509_STORE_new();
     int rc = MQPKI_DEVICE_OK;
@@ -241,7 +241,7 @@ out:
 }
 
 /* Reads cert-N.pem into leaf + intermediates. */
-static int cert_load(struct mqpki_device *dev, unsigned gen, X509 **leaf, STACK_OF(X509) **chain)
+static int cert_load(struct mqpki_device *dev, unsigned gen, X509 **leaf, STACK_OF(X509) * *chain)
 {
     char name[32], path[DEV_PATH_MAX];
     unsigned char *pem = NULL;
@@ -300,9 +300,9 @@ static int config_load(struct mqpki_device *dev)
     root = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
     asset = server = store = label = NULL;
     if (root == NULL ||
-        json_unpack(root, "{s:s, s:s, s:s, s:s, s?o, s:I, s:I}", "asset", &asset, "server",
-                    &server, "store", &store, "token_label", &label, "ca_fingerprint", &pin,
-                    "generation", &gen, "jitter", &jitter) != 0 ||
+        json_unpack(root, "{s:s, s:s, s:s, s:s, s?o, s:I, s:I}", "asset", &asset, "server", &server,
+                    "store", &store, "token_label", &label, "ca_fingerprint", &pin, "generation",
+                    &gen, "jitter", &jitter) != 0 ||
         !mqpki_asset_id_valid(asset) || gen < 1 || gen > 1000000 ||
         strlen(label) >= sizeof(dev->token_label)) {
         rc = dev_fail(MQPKI_DEVICE_ERR_IO, "%s: corrupted device.json", path);
@@ -334,8 +334,8 @@ static int config_write(const struct mqpki_device *dev, const char *fingerprint)
     rc = path_of(dev, path, sizeof(path), "device.json");
     if (rc != MQPKI_DEVICE_OK)
         goto out;
-    root = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s?, s:I, s:I}", "version", 1, "asset",
-                     dev->asset, "server", dev->server, "store", dev->store_spec, "token_label",
+    root = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s?, s:I, s:I}", "version", 1, "asset", dev->asset,
+                     "server", dev->server, "store", dev->store_spec, "token_label",
                      dev->token_label, "ca_fingerprint", fingerprint, "generation",
                      (json_int_t)dev->generation, "jitter", (json_int_t)dev->jitter);
     text = root != NULL ? json_dumps(root, JSON_INDENT(2)) : NULL;
@@ -460,8 +460,8 @@ static int csr_make(const char *asset, EVP_PKEY *key, X509_REQ **out)
 
     *out = NULL;
     if (req == NULL || (name = X509_NAME_new()) == NULL ||
-        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)asset, -1,
-                                   -1, 0) != 1 ||
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)asset, -1, -1,
+                                   0) != 1 ||
         X509_REQ_set_version(req, 0) != 1 || X509_REQ_set_subject_name(req, name) != 1 ||
         X509_REQ_set_pubkey(req, key) != 1 || X509_REQ_sign(req, key, EVP_sha256()) <= 0) {
         rc = dev_fail(MQPKI_DEVICE_ERR_CRYPTO, "cannot build or sign the CSR");
@@ -487,8 +487,7 @@ static int has_asset_uri(X509 *cert, const char *asset)
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
         if (gn->type == GEN_URI &&
             (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier) == strlen(want) &&
-            memcmp(ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier), want,
-                   strlen(want)) == 0)
+            memcmp(ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier), want, strlen(want)) == 0)
             found = 1;
     }
     GENERAL_NAMES_free(sans);
@@ -500,8 +499,8 @@ static int has_asset_uri(X509 *cert, const char *asset)
  * provisioned CA for TLS client use, certifies the key we just generated, and names our asset.
  * *chain gets the intermediates to send along (the verified chain minus leaf and root).
  */
-MQPKI_STATIC int verify_issued(X509_STORE *trust, STACK_OF(X509) *ca, X509 *cert, EVP_PKEY *key,
-                               const char *asset, STACK_OF(X509) **chain)
+MQPKI_STATIC int verify_issued(X509_STORE *trust, STACK_OF(X509) * ca, X509 *cert, EVP_PKEY *key,
+                               const char *asset, STACK_OF(X509) * *chain)
 {
     X509_STORE_CTX *sctx = X509_STORE_CTX_new();
     STACK_OF(X509) *full = NULL;
@@ -525,8 +524,8 @@ MQPKI_STATIC int verify_issued(X509_STORE *trust, STACK_OF(X509) *ca, X509 *cert
         goto out;
     }
     if (!has_asset_uri(cert, asset)) {
-        rc = dev_fail(MQPKI_DEVICE_ERR_VERIFY, "issued certificate does not name %s%s",
-                      ASSET_URI, asset);
+        rc = dev_fail(MQPKI_DEVICE_ERR_VERIFY, "issued certificate does not name %s%s", ASSET_URI,
+                      asset);
         goto out;
     }
     full = X509_STORE_CTX_get1_chain(sctx);
@@ -553,7 +552,7 @@ out:
  * Commits generation gen: cert-GEN.pem, then (optionally) ca.pem, then device.json (the
  * switch), then the cert.pem copy. See the order at the top of this file.
  */
-static int commit(struct mqpki_device *dev, X509 *cert, STACK_OF(X509) *chain,
+static int commit(struct mqpki_device *dev, X509 *cert, STACK_OF(X509) * chain,
                   const char *fingerprint, int write_ca)
 {
     char path[DEV_PATH_MAX], name[32];
@@ -718,8 +717,10 @@ MQPKI_DEVICE_EXPORT int mqpki_device_enroll(struct mqpki_device *dev,
     if (rc != MQPKI_DEVICE_OK)
         goto out;
     if (dev->enrolled && !opts->force) {
-        rc = dev_fail(MQPKI_DEVICE_ERR_EXISTS, "%s: already enrolled as %s (renew, or force a "
-                      "new enrollment)", dev->dir, dev->asset);
+        rc = dev_fail(MQPKI_DEVICE_ERR_EXISTS,
+                      "%s: already enrolled as %s (renew, or force a "
+                      "new enrollment)",
+                      dev->dir, dev->asset);
         goto out;
     }
     /* The old identity stays on disk untouched until the commit; the handle reloads it on
@@ -889,8 +890,7 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
         goto out;
     }
     generated = 0;
-    dev_log(DEV_LOG_INFO, "%s: renewed %s (generation %u)", dev->dir, dev->asset,
-            dev->generation);
+    dev_log(DEV_LOG_INFO, "%s: renewed %s (generation %u)", dev->dir, dev->asset, dev->generation);
     /* Switch in memory, then forget the superseded generation. */
     X509_free(dev->cert);
     sk_X509_pop_free(dev->chain, X509_free);

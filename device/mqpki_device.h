@@ -31,28 +31,28 @@ extern "C" {
  * Error codes. X(name, exit_status, text): exit_status 1 when the cause is outside the device
  * (input, server refusal, trust, credentials), 2 for a local internal failure.
  */
-#define MQPKI_DEVICE_ERRORS(X)                                                           \
-    X(MQPKI_DEVICE_OK, 0, "success")                                                     \
-    X(MQPKI_DEVICE_ERR_INVALID, 1, "invalid argument")                                   \
-    X(MQPKI_DEVICE_ERR_NOT_ENROLLED, 1, "device not enrolled")                           \
-    X(MQPKI_DEVICE_ERR_EXISTS, 1, "device already enrolled")                             \
-    X(MQPKI_DEVICE_ERR_UNREACHABLE, 1, "server unreachable")                             \
-    X(MQPKI_DEVICE_ERR_TLS, 1, "server certificate not trusted")                         \
-    X(MQPKI_DEVICE_ERR_CA_PIN, 1, "CA fingerprint pin mismatch")                         \
-    X(MQPKI_DEVICE_ERR_REFUSED, 1, "credentials refused by the server")                  \
-    X(MQPKI_DEVICE_ERR_POLICY, 1, "request refused by the server's policy")              \
-    X(MQPKI_DEVICE_ERR_BAD_REQUEST, 1, "request rejected by the server")                 \
-    X(MQPKI_DEVICE_ERR_RATE, 1, "rate limited by the server; retry later")               \
-    X(MQPKI_DEVICE_ERR_UNAVAILABLE, 1, "server temporarily unavailable")                 \
-    X(MQPKI_DEVICE_ERR_PROTOCOL, 1, "malformed response from the server")                \
-    X(MQPKI_DEVICE_ERR_VERIFY, 1, "issued certificate failed verification")              \
-    X(MQPKI_DEVICE_ERR_STORE_LOCKED, 1, "key store locked (wrong secret or PIN)")        \
-    X(MQPKI_DEVICE_ERR_KEY_MISSING, 1, "private key missing")                            \
-    X(MQPKI_DEVICE_ERR_KEY_CORRUPT, 1, "private key file corrupted")                     \
-    X(MQPKI_DEVICE_ERR_IO, 2, "I/O error")                                               \
-    X(MQPKI_DEVICE_ERR_NOMEM, 2, "out of memory")                                        \
-    X(MQPKI_DEVICE_ERR_HSM, 2, "PKCS#11 token failure")                                  \
-    X(MQPKI_DEVICE_ERR_CRYPTO, 2, "cryptographic failure")                               \
+#define MQPKI_DEVICE_ERRORS(X)                                                                     \
+    X(MQPKI_DEVICE_OK, 0, "success")                                                               \
+    X(MQPKI_DEVICE_ERR_INVALID, 1, "invalid argument")                                             \
+    X(MQPKI_DEVICE_ERR_NOT_ENROLLED, 1, "device not enrolled")                                     \
+    X(MQPKI_DEVICE_ERR_EXISTS, 1, "device already enrolled")                                       \
+    X(MQPKI_DEVICE_ERR_UNREACHABLE, 1, "server unreachable")                                       \
+    X(MQPKI_DEVICE_ERR_TLS, 1, "server certificate not trusted")                                   \
+    X(MQPKI_DEVICE_ERR_CA_PIN, 1, "CA fingerprint pin mismatch")                                   \
+    X(MQPKI_DEVICE_ERR_REFUSED, 1, "credentials refused by the server")                            \
+    X(MQPKI_DEVICE_ERR_POLICY, 1, "request refused by the server's policy")                        \
+    X(MQPKI_DEVICE_ERR_BAD_REQUEST, 1, "request rejected by the server")                           \
+    X(MQPKI_DEVICE_ERR_RATE, 1, "rate limited by the server; retry later")                         \
+    X(MQPKI_DEVICE_ERR_UNAVAILABLE, 1, "server temporarily unavailable")                           \
+    X(MQPKI_DEVICE_ERR_PROTOCOL, 1, "malformed response from the server")                          \
+    X(MQPKI_DEVICE_ERR_VERIFY, 1, "issued certificate failed verification")                        \
+    X(MQPKI_DEVICE_ERR_STORE_LOCKED, 1, "key store locked (wrong secret or PIN)")                  \
+    X(MQPKI_DEVICE_ERR_KEY_MISSING, 1, "private key missing")                                      \
+    X(MQPKI_DEVICE_ERR_KEY_CORRUPT, 1, "private key file corrupted")                               \
+    X(MQPKI_DEVICE_ERR_IO, 2, "I/O error")                                                         \
+    X(MQPKI_DEVICE_ERR_NOMEM, 2, "out of memory")                                                  \
+    X(MQPKI_DEVICE_ERR_HSM, 2, "PKCS#11 token failure")                                            \
+    X(MQPKI_DEVICE_ERR_CRYPTO, 2, "cryptographic failure")                                         \
     X(MQPKI_DEVICE_ERR_INTERNAL, 2, "internal error")
 
 #define MQPKI_DEVICE_ERR_ENUM_(name, exit_status, text) name,
@@ -120,13 +120,13 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
 struct mqpki_device_info {
     const char *asset;
     const char *server;
-    const char *store;      /* "file" or "pkcs11:MODULE" */
-    const char *serial;     /* lower-case hex */
-    const char *subject;    /* one-line RFC 2253 */
-    int64_t not_before;     /* seconds since the epoch */
+    const char *store;   /* "file" or "pkcs11:MODULE" */
+    const char *serial;  /* lower-case hex */
+    const char *subject; /* one-line RFC 2253 */
+    int64_t not_before;  /* seconds since the epoch */
     int64_t not_after;
-    int64_t renew_at;       /* when the next renewal is due (2/3 of the lifetime + jitter) */
-    unsigned generation;    /* identity generation (1 after enrollment, +1 per renewal) */
+    int64_t renew_at;    /* when the next renewal is due (2/3 of the lifetime + jitter) */
+    unsigned generation; /* identity generation (1 after enrollment, +1 per renewal) */
 };
 
 /* Fills *info from the committed identity; MQPKI_DEVICE_ERR_NOT_ENROLLED when there is none. */

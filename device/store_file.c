@@ -160,9 +160,9 @@ static int file_load(void *state, const char *name, EVP_PKEY **out)
     }
     p8inf = PKCS8_decrypt(p8, fs->secret, (int)strlen(fs->secret));
     if (p8inf == NULL) {
-        rc = dev_fail(MQPKI_DEVICE_ERR_STORE_LOCKED,
-                      "%s: cannot decrypt the key: wrong device secret (or damaged key file)",
-                      path);
+        rc =
+            dev_fail(MQPKI_DEVICE_ERR_STORE_LOCKED,
+                     "%s: cannot decrypt the key: wrong device secret (or damaged key file)", path);
         goto out;
     }
     *out = EVP_PKCS82PKEY(p8inf);

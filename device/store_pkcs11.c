@@ -90,8 +90,7 @@ static int p11_load(void *state, const char *name, EVP_PKEY **out)
     if (hrc == MQPKI_ERR_NOT_FOUND)
         rc = dev_fail(MQPKI_DEVICE_ERR_KEY_MISSING, "token key '%s' missing", label);
     else if (hrc != MQPKI_OK)
-        rc = dev_fail(MQPKI_DEVICE_ERR_HSM, "token key '%s': %s", label,
-                      mqpki_err_detail(hrc));
+        rc = dev_fail(MQPKI_DEVICE_ERR_HSM, "token key '%s': %s", label, mqpki_err_detail(hrc));
 out:
     return rc;
 }

@@ -21,19 +21,19 @@ struct enrollment_issue_req {
     const char *asset_id;
     const unsigned char *csr; /* DER, PEM or base64 DER; at most CA_CSR_MAX bytes */
     size_t csr_len;
-    int profile;              /* enum ca_profile, or -1 for the one matching the asset's kind */
-    int days;                 /* validity; 0 for the configured default of the profile: */
-    int device_days;          /*   device profile ([ca] device_days; 0: CA default) */
-    int broker_days;          /*   broker profile ([ca] broker_days; 0: CA default) */
-    const char *token;        /* one-time token consumed with the record, or NULL (operator) */
-    const char *auth_serial;  /* re-enrollment: the client certificate that authenticated it,
-                                 checked again (valid or superseded, same asset) in the
-                                 transaction that records the new one; NULL otherwise */
-    int supersede;            /* re-enrollment: the asset's other valid certificates superseded */
-    const char *actor;        /* for the audit log: "cli", "est:ADDR", ... */
-    const char *const *dns;   /* SAN DNS names (broker, service profiles) */
+    int profile;             /* enum ca_profile, or -1 for the one matching the asset's kind */
+    int days;                /* validity; 0 for the configured default of the profile: */
+    int device_days;         /*   device profile ([ca] device_days; 0: CA default) */
+    int broker_days;         /*   broker profile ([ca] broker_days; 0: CA default) */
+    const char *token;       /* one-time token consumed with the record, or NULL (operator) */
+    const char *auth_serial; /* re-enrollment: the client certificate that authenticated it,
+                                checked again (valid or superseded, same asset) in the
+                                transaction that records the new one; NULL otherwise */
+    int supersede;           /* re-enrollment: the asset's other valid certificates superseded */
+    const char *actor;       /* for the audit log: "cli", "est:ADDR", ... */
+    const char *const *dns;  /* SAN DNS names (broker, service profiles) */
     size_t n_dns;
-    const char *const *ips;   /* SAN IP addresses (broker, service profiles) */
+    const char *const *ips; /* SAN IP addresses (broker, service profiles) */
     size_t n_ips;
 };
 
@@ -72,11 +72,11 @@ struct est;
 #define EST_BODY_MAX (96 * 1024)
 
 struct est_config {
-    int device_days, broker_days;  /* default validity by profile ([ca] *_days) */
-    int failures_per_window;       /* failed authentications per address or asset per window */
-    int window_seconds;            /*   before 429 with Retry-After */
-    double requests_per_second;    /* per client address (token bucket); 0 = unlimited */
-    int burst;                     /*   bucket size */
+    int device_days, broker_days; /* default validity by profile ([ca] *_days) */
+    int failures_per_window;      /* failed authentications per address or asset per window */
+    int window_seconds;           /*   before 429 with Retry-After */
+    double requests_per_second;   /* per client address (token bucket); 0 = unlimited */
+    int burst;                    /*   bucket size */
 };
 
 /*
@@ -87,35 +87,35 @@ struct est_config {
  * one per connection when it opens and frees it when it closes; est_handle fills it.
  */
 struct est_peer {
-    int verified;                   /* 1 when the fields below hold a verified certificate */
-    unsigned char cert_sha256[32];  /* SHA-256 of the verified certificate's DER */
+    int verified;                    /* 1 when the fields below hold a verified certificate */
+    unsigned char cert_sha256[32];   /* SHA-256 of the verified certificate's DER */
     int64_t valid_from, valid_until; /* latest notBefore, earliest notAfter of the chain */
     char serial[CA_SERIAL_HEX_MAX];
     char asset[MQPKI_ASSET_ID_MAX + 1];
 };
 
 struct est_request {
-    const char *method;               /* "GET", "POST" */
-    const char *path;                 /* "/.well-known/est/simpleenroll" */
-    const char *content_type;         /* may be NULL */
-    const char *authorization;        /* the Authorization header, may be NULL */
-    const char *client_addr;          /* textual address, for limits and the audit log */
+    const char *method;        /* "GET", "POST" */
+    const char *path;          /* "/.well-known/est/simpleenroll" */
+    const char *content_type;  /* may be NULL */
+    const char *authorization; /* the Authorization header, may be NULL */
+    const char *client_addr;   /* textual address, for limits and the audit log */
     const unsigned char *body;
     size_t body_len;
     const unsigned char *client_cert; /* DER of the TLS client's leaf certificate, or NULL */
     size_t client_cert_len;
-    struct est_peer *peer;            /* the connection's cache, or NULL: verify every time */
+    struct est_peer *peer; /* the connection's cache, or NULL: verify every time */
 };
 
 struct est_response {
-    int status;                /* HTTP status */
-    const char *content_type;  /* static string */
-    char *body;                /* heap; est_response_clear frees it */
+    int status;               /* HTTP status */
+    const char *content_type; /* static string */
+    char *body;               /* heap; est_response_clear frees it */
     size_t body_len;
-    int retry_after;           /* seconds, for 429/503; 0 = none */
-    int www_authenticate;      /* add WWW-Authenticate: Basic realm="mqpki" */
-    int base64;                /* add Content-Transfer-Encoding: base64 */
-    const char *result;        /* for metrics: "ok", "bad_request", "unauthorized", ... */
+    int retry_after;      /* seconds, for 429/503; 0 = none */
+    int www_authenticate; /* add WWW-Authenticate: Basic realm="mqpki" */
+    int base64;           /* add Content-Transfer-Encoding: base64 */
+    const char *result;   /* for metrics: "ok", "bad_request", "unauthorized", ... */
 };
 
 /* Creates the EST handler over a CA (thread-safe signing), recording through committer cm

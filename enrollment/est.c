@@ -24,7 +24,7 @@
 #include "inventory.h"
 
 #define EST_PREFIX "/.well-known/est/"
-#define AUTH_MAX 512
+#define AUTH_MAX   512
 
 static const char *const CT_PKCS7 = "application/pkcs7-mime; smime-type=certs-only";
 static const char *const CT_CSRATTRS = "application/csrattrs";
@@ -38,7 +38,7 @@ struct est {
     X509_STORE *trust; /* root + issuing, to verify re-enrollment client certificates */
     char *cacerts;     /* precomputed base64 PKCS#7 of issuing + root */
     size_t cacerts_len;
-    char *csrattrs;    /* precomputed base64 CsrAttrs */
+    char *csrattrs; /* precomputed base64 CsrAttrs */
     size_t csrattrs_len;
 };
 
@@ -187,8 +187,7 @@ void est_response_clear(struct est_response *resp)
 }
 
 /* A short fixed reason for the client; the details went to the log. */
-static void reply_text(struct est_response *resp, int status, const char *result,
-                       const char *text)
+static void reply_text(struct est_response *resp, int status, const char *result, const char *text)
 {
     size_t n = strlen(text);
 
@@ -326,8 +325,8 @@ static int64_t asn1_to_time(const ASN1_TIME *t, int64_t fallback)
 }
 
 /* Remembers a verified chain for the rest of the connection (struct est_peer). */
-static void peer_remember(struct est_peer *peer, const unsigned char hash[32],
-                          X509_STORE_CTX *ctx, const char *serial, const char *asset)
+static void peer_remember(struct est_peer *peer, const unsigned char hash[32], X509_STORE_CTX *ctx,
+                          const char *serial, const char *asset)
 {
     STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
     int64_t from = INT64_MIN, until = INT64_MAX;
@@ -360,8 +359,7 @@ static void peer_remember(struct est_peer *peer, const unsigned char hash[32],
  * revoked, on hold nor expired. Fills the asset id.
  */
 static int check_client_cert(struct est *est, struct inventory *inv, const struct est_request *req,
-                             char asset[MQPKI_ASSET_ID_MAX + 1],
-                             char serial_out[CA_SERIAL_HEX_MAX])
+                             char asset[MQPKI_ASSET_ID_MAX + 1], char serial_out[CA_SERIAL_HEX_MAX])
 {
     const unsigned char *p = req->client_cert;
     X509 *cert = NULL;

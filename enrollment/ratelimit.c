@@ -9,8 +9,8 @@
 #include "enrollment_int.h"
 
 /* A fixed table: an attacker cycling addresses recycles entries instead of growing memory. */
-#define SLOTS 4096
-#define PROBE 8
+#define SLOTS   4096
+#define PROBE   8
 #define KEY_MAX 80
 
 struct slot {
@@ -58,7 +58,8 @@ static struct slot *slot_for(struct ratelimit *rl, char kind, const char *name, 
         struct slot *s = &rl->slots[(h + (uint64_t)i) % SLOTS];
         if (strcmp(s->key, key) == 0)
             return s;
-        if (victim == NULL || s->key[0] == '\0' || (victim->key[0] != '\0' && s->last < victim->last))
+        if (victim == NULL || s->key[0] == '\0' ||
+            (victim->key[0] != '\0' && s->last < victim->last))
             victim = s;
     }
     memset(victim, 0, sizeof(*victim));

@@ -16,7 +16,7 @@
 
 /* Debian's SoftHSM2 module, the embedded default. */
 #define HSM_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
-#define HSM_PIN_MAX 128
+#define HSM_PIN_MAX        128
 
 struct hsm;
 
@@ -39,8 +39,7 @@ int hsm_softhsm_prepare(const char *dir);
  * Initializes a token in the first uninitialized slot of module with label, SO PIN and user
  * PIN. MQPKI_ERR_EXISTS when a token with that label already exists.
  */
-int hsm_token_init(const char *module, const char *label, const char *so_pin,
-                   const char *user_pin);
+int hsm_token_init(const char *module, const char *label, const char *so_pin, const char *user_pin);
 
 /*
  * Loads the module, finds the token by label and logs in as user. Errors: MQPKI_ERR_NOT_FOUND

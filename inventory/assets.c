@@ -300,15 +300,17 @@ out:
  * of a million assets then makes no per-asset allocation or encoding pass of its own. Times as
  * RFC 3339 UTC, null when never; empty optional texts as null.
  */
-#define INV_ASSET_JSON                                                                         \
-    "json_object('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, " \
-    "'firmware', firmware, 'location', location, 'tags', json(tags), "                        \
-    "'created_at', " INV_RFC3339("created_at") ", 'updated_at', " INV_RFC3339("updated_at")   \
-    ", 'last_seen', " INV_RFC3339("last_seen") ", 'last_address', NULLIF(last_address, ''), "  \
-    "'last_broker', NULLIF(last_broker, ''))"
-#define INV_RFC3339(col)                                                                       \
-    "CASE WHEN " col " = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', " col                \
-    ", 'unixepoch') END"
+#define INV_ASSET_JSON                                                                             \
+    "json_object('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, "    \
+    "'firmware', firmware, 'location', location, 'tags', json(tags), "                             \
+    "'created_at', " INV_RFC3339("created_at") ", 'updated_at', " INV_RFC3339(                     \
+        "updated_at") ", 'last_seen', " INV_RFC3339("last_seen") ", 'last_address', "              \
+                                                                 "NULLIF(last_address, ''), "      \
+                                                                 "'last_broker', "                 \
+                                                                 "NULLIF(last_broker, ''))"
+#define INV_RFC3339(col)                                                                           \
+    "CASE WHEN " col " = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', " col ", 'unixepoch') "   \
+                                                                               "END"
 
 /* The shared filter of the listings: fixed fragments only, values bound as ?1 and ?2. */
 static int list_prepare(struct inventory *inv, const char *cols, int state, int kind,
@@ -339,8 +341,8 @@ fail:
     return rc;
 }
 
-int inventory_asset_list_json(struct inventory *inv, int state, int kind,
-                              inventory_json_cb cb, void *ctx)
+int inventory_asset_list_json(struct inventory *inv, int state, int kind, inventory_json_cb cb,
+                              void *ctx)
 {
     sqlite3_stmt *st = NULL;
     int rc, src;

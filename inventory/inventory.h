@@ -31,7 +31,12 @@ const char *inventory_kind_name(int kind);
 
 /* Certificate states. "valid", "revoked", "expired" (derived from not_after at read time),
  * "superseded" (replaced by a re-enrollment, still valid until it expires). */
-enum inventory_cert_state { INV_CERT_VALID, INV_CERT_REVOKED, INV_CERT_EXPIRED, INV_CERT_SUPERSEDED };
+enum inventory_cert_state {
+    INV_CERT_VALID,
+    INV_CERT_REVOKED,
+    INV_CERT_EXPIRED,
+    INV_CERT_SUPERSEDED
+};
 int inventory_cert_state_parse(const char *name);
 const char *inventory_cert_state_name(int state);
 
@@ -39,16 +44,16 @@ const char *inventory_cert_state_name(int state);
 
 struct inventory_asset {
     char id[65];
-    int kind;                    /* enum inventory_kind */
-    int state;                   /* enum inventory_state */
-    char model[INV_TEXT_MAX];    /* "" when unset */
+    int kind;                 /* enum inventory_kind */
+    int state;                /* enum inventory_state */
+    char model[INV_TEXT_MAX]; /* "" when unset */
     char hw_serial[INV_TEXT_MAX];
     char firmware[INV_TEXT_MAX];
     char location[INV_TEXT_MAX];
-    char *tags_json;             /* JSON object text, "{}" when none; freed by inventory_asset_clear */
+    char *tags_json; /* JSON object text, "{}" when none; freed by inventory_asset_clear */
     int64_t created_at;
     int64_t updated_at;
-    int64_t last_seen;           /* 0 when never seen by a broker */
+    int64_t last_seen; /* 0 when never seen by a broker */
     char last_address[INV_TEXT_MAX];
     char last_broker[INV_TEXT_MAX];
 };
@@ -56,9 +61,9 @@ struct inventory_asset {
 void inventory_asset_clear(struct inventory_asset *a);
 
 struct inventory_cert {
-    char serial[44];    /* upper-case hex */
+    char serial[44]; /* upper-case hex */
     char asset_id[65];
-    char profile[16];   /* "device", "broker", "service" */
+    char profile[16]; /* "device", "broker", "service" */
     int64_t not_before;
     int64_t not_after;
     int state;          /* enum inventory_cert_state, expiry derived at read time */
@@ -131,12 +136,13 @@ struct inventory_event {
     int64_t seq;
     int64_t time;
     char actor[INV_TEXT_MAX];
-    char action[64];    /* "asset.add", "asset.state", "cert.issue", "cert.revoke", ... */
+    char action[64];            /* "asset.add", "asset.state", "cert.issue", "cert.revoke", ... */
     char subject[INV_TEXT_MAX]; /* asset id or serial */
-    char *detail;       /* JSON text; valid only during the callback */
+    char *detail;               /* JSON text; valid only during the callback */
 };
 typedef int (*inventory_event_cb)(const struct inventory_event *e, void *ctx);
-int inventory_asset_history(struct inventory *inv, const char *id, inventory_event_cb cb, void *ctx);
+int inventory_asset_history(struct inventory *inv, const char *id, inventory_event_cb cb,
+                            void *ctx);
 
 /*
  * Records an issued certificate (serial unique: MQPKI_ERR_EXISTS on collision) with its audit

@@ -41,7 +41,7 @@
     X(SQL_CERT_GET, "SELECT " INV_CERT_COLS " FROM certs WHERE serial = ?1")                       \
     X(SQL_CERT_EXISTS, "SELECT 1 FROM certs WHERE serial = ?1")                                    \
     X(SQL_CERT_KEY_USE, "SELECT asset_id, reason FROM certs WHERE key_fp = ?1 "                    \
-                        "AND (asset_id <> ?2 OR reason = 1) ORDER BY reason = 1 DESC LIMIT 1")      \
+                        "AND (asset_id <> ?2 OR reason = 1) ORDER BY reason = 1 DESC LIMIT 1")     \
     X(SQL_CERT_SUPERSEDE,                                                                          \
       "UPDATE certs SET state = 'superseded' WHERE asset_id = ?1 AND state = 'valid'")             \
     X(SQL_CERT_INSERT,                                                                             \

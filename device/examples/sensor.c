@@ -77,8 +77,7 @@ int main(int argc, char **argv)
     }
     rc = mosquitto_connect(mosq, host, port, 30);
     if (rc != MOSQ_ERR_SUCCESS) {
-        fprintf(stderr, "mqpki-sensor: connect %s:%d: %s\n", host, port,
-                mosquitto_strerror(rc));
+        fprintf(stderr, "mqpki-sensor: connect %s:%d: %s\n", host, port, mosquitto_strerror(rc));
         goto out;
     }
     snprintf(topic, sizeof(topic), "fleet/%s/telemetry", info.asset);
@@ -93,8 +92,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!published) {
-        fprintf(stderr, "mqpki-sensor: publish on %s failed: %s\n", topic,
-                mosquitto_strerror(rc));
+        fprintf(stderr, "mqpki-sensor: publish on %s failed: %s\n", topic, mosquitto_strerror(rc));
         goto out;
     }
     printf("published on %s\n", topic);

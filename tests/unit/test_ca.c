@@ -711,10 +711,10 @@ static void test_fingerprint(void **state)
         unsigned char *d1 = NULL, *d2 = NULL;
         int n1, n2;
         assert_non_null(compressed);
-        assert_int_equal(EVP_PKEY_set_utf8_string_param(
-                             compressed, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
-                             OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED),
-                         1);
+        assert_int_equal(
+            EVP_PKEY_set_utf8_string_param(compressed, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                           OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED),
+            1);
         n1 = i2d_PUBKEY(f->issuing_key, &d1);
         n2 = i2d_PUBKEY(compressed, &d2);
         assert_true(n1 > 0 && n2 > 0 && n1 != n2); /* really another encoding */

@@ -114,8 +114,8 @@ static void test_file_store(void **state)
 
 static void test_pkcs11_store(void **state)
 {
-    struct dev_store_args args = {.param = HSM_SOFTHSM_MODULE, .asset = "a1",
-                                  .token_label = "devtest"};
+    struct dev_store_args args = {
+        .param = HSM_SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
     EVP_PKEY *gen = NULL, *back = NULL;
     unsigned char sig[128];
     size_t siglen = sizeof(sig);
@@ -207,16 +207,15 @@ static void test_p7_decode(void **state)
     assert_non_null(strchr(body, '\n'));
     assert_int_equal(dev_p7_certs_decode(body, strlen(body), &certs), MQPKI_DEVICE_OK);
     assert_int_equal(sk_X509_num(certs), 2);
-    assert_int_equal(X509_cmp(sk_X509_value(certs, 0), a) == 0 ||
-                         X509_cmp(sk_X509_value(certs, 1), a) == 0, 1);
+    assert_int_equal(
+        X509_cmp(sk_X509_value(certs, 0), a) == 0 || X509_cmp(sk_X509_value(certs, 1), a) == 0, 1);
     sk_X509_pop_free(certs, X509_free);
     free(body);
 
     /* Garbage of every kind: an error, never a crash, never a partial result. */
     assert_int_equal(dev_p7_certs_decode("", 0, &certs), MQPKI_DEVICE_ERR_PROTOCOL);
     assert_null(certs);
-    assert_int_equal(dev_p7_certs_decode("!!not base64!!", 14, &certs),
-                     MQPKI_DEVICE_ERR_PROTOCOL);
+    assert_int_equal(dev_p7_certs_decode("!!not base64!!", 14, &certs), MQPKI_DEVICE_ERR_PROTOCOL);
     assert_int_equal(dev_p7_certs_decode("aGVsbG8gd29ybGQ=", 16, &certs),
                      MQPKI_DEVICE_ERR_PROTOCOL);
     body = p7_b64(NULL, NULL);
@@ -244,16 +243,24 @@ static void test_fingerprint(void **state)
     assert_int_equal(a[0], 0x9b);
     assert_int_equal(a[31], 0xf0);
     assert_int_equal(dev_fingerprint_parse("sha256:9b6578736bfb910f8fe29e1a70baca2528d5752cb758ee8c"
-                                           "3fc30cb52fd81df0", b), MQPKI_DEVICE_OK);
+                                           "3fc30cb52fd81df0",
+                                           b),
+                     MQPKI_DEVICE_OK);
     assert_memory_equal(a, b, 32);
     assert_int_equal(dev_fingerprint_parse("9b65", a), MQPKI_DEVICE_ERR_INVALID);
     assert_int_equal(dev_fingerprint_parse(NULL, a), MQPKI_DEVICE_ERR_INVALID);
     assert_int_equal(dev_fingerprint_parse("9b6578736bfb910f8fe29e1a70baca2528d5752cb758ee8c3fc3"
-                                           "0cb52fd81df00", a), MQPKI_DEVICE_ERR_INVALID);
+                                           "0cb52fd81df00",
+                                           a),
+                     MQPKI_DEVICE_ERR_INVALID);
     assert_int_equal(dev_fingerprint_parse("9g6578736bfb910f8fe29e1a70baca2528d5752cb758ee8c3fc3"
-                                           "0cb52fd81df0", a), MQPKI_DEVICE_ERR_INVALID);
+                                           "0cb52fd81df0",
+                                           a),
+                     MQPKI_DEVICE_ERR_INVALID);
     assert_int_equal(dev_fingerprint_parse("9b6578736bfb910f8fe29e1a70baca2528d5752cb758ee8c3fc3"
-                                           "0cb52fd81df", a), MQPKI_DEVICE_ERR_INVALID);
+                                           "0cb52fd81df",
+                                           a),
+                     MQPKI_DEVICE_ERR_INVALID);
 }
 
 static void test_renew_schedule(void **state)

@@ -332,12 +332,10 @@ static void test_asset_list_json(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "model")), "quote \" and caf\xc3\xa9");
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "tags"), "zone")),
                         "z1");
-    assert_string_equal(json_string_value(json_object_get(o, "last_seen")),
-                        "2026-11-25T01:26:40Z");
+    assert_string_equal(json_string_value(json_object_get(o, "last_seen")), "2026-11-25T01:26:40Z");
     assert_string_equal(json_string_value(json_object_get(o, "last_address")), "10.0.0.7");
     json_array_clear(arr);
-    assert_int_equal(inventory_asset_list_json(f->inv, INV_STATE_REGISTERED, -1, collect_json,
-                                               arr),
+    assert_int_equal(inventory_asset_list_json(f->inv, INV_STATE_REGISTERED, -1, collect_json, arr),
                      MQPKI_OK);
     assert_int_equal(json_array_size(arr), 1);
     o = json_array_get(arr, 0);
