@@ -43,6 +43,10 @@ int ca_ossl_fail(int rc, const char *step);
  */
 const EVP_MD *ca_md_for_key(EVP_PKEY *key);
 
+/* Adds to x the extension nid built from the structure val (i2d'd by nid's method), critical or
+ * not, replacing one already there; `what` names it in the error. */
+int ca_add_ext(X509 *x, int nid, void *val, int crit, const char *what);
+
 /* Parses a serial in hex (1 to 40 digits, positive, non-zero) into a new ASN1_INTEGER. */
 int ca_serial_parse(const char *hex, ASN1_INTEGER **out);
 

@@ -190,13 +190,6 @@ out:
     return rc;
 }
 
-static int add_ext(X509 *x, int nid, void *val, int crit, const char *what)
-{
-    if (X509_add1_ext_i2d(x, nid, val, crit, X509V3_ADD_REPLACE) != 1)
-        return ca_ossl_fail(MQPKI_ERR_CRYPTO, what);
-    return MQPKI_OK;
-}
-
 /* The profile's extensions for leaf x (whose public key is already set). */
 static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_issue_opts *opts)
 {
@@ -234,11 +227,12 @@ static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_
     }
     if ((rc = ca_key_id(x, &ski)) != MQPKI_OK || (rc = build_san(opts, &san)) != MQPKI_OK)
         goto out;
-    if ((rc = add_ext(x, NID_basic_constraints, bc, 1, "basicConstraints")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_key_usage, ku, 1, "keyUsage")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_ext_key_usage, eku, 0, "extendedKeyUsage")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_subject_key_identifier, ski, 0, "subjectKeyIdentifier")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_subject_alt_name, san, 0, "subjectAltName")) != MQPKI_OK)
+    if ((rc = ca_add_ext(x, NID_basic_constraints, bc, 1, "basicConstraints")) != MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_key_usage, ku, 1, "keyUsage")) != MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_ext_key_usage, eku, 0, "extendedKeyUsage")) != MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_subject_key_identifier, ski, 0, "subjectKeyIdentifier")) !=
+            MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_subject_alt_name, san, 0, "subjectAltName")) != MQPKI_OK)
         goto out;
     /* The prebuilt extensions of struct ca are only read (X509_add_ext() copies them). */
     if (!X509_add_ext(x, ca->aki, -1) || (ca->crl_dp != NULL && !X509_add_ext(x, ca->crl_dp, -1))) {

@@ -148,8 +148,7 @@ out:
     return rc;
 }
 
-/* Adds ext built from the structure val (i2d'd by nid's method), critical or not. */
-static int add_ext(X509 *x, int nid, void *val, int crit, const char *what)
+int ca_add_ext(X509 *x, int nid, void *val, int crit, const char *what)
 {
     if (X509_add1_ext_i2d(x, nid, val, crit, X509V3_ADD_REPLACE) != 1)
         return ca_ossl_fail(MQPKI_ERR_CRYPTO, what);
@@ -193,10 +192,11 @@ static int add_ca_exts(X509 *x, long pathlen, const ASN1_OCTET_STRING *issuer_ki
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    if ((rc = add_ext(x, NID_basic_constraints, bc, 1, "basicConstraints")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_key_usage, ku, 1, "keyUsage")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_subject_key_identifier, ski, 0, "subjectKeyIdentifier")) != MQPKI_OK ||
-        (rc = add_ext(x, NID_authority_key_identifier, aki, 0, "authorityKeyIdentifier")) !=
+    if ((rc = ca_add_ext(x, NID_basic_constraints, bc, 1, "basicConstraints")) != MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_key_usage, ku, 1, "keyUsage")) != MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_subject_key_identifier, ski, 0, "subjectKeyIdentifier")) !=
+            MQPKI_OK ||
+        (rc = ca_add_ext(x, NID_authority_key_identifier, aki, 0, "authorityKeyIdentifier")) !=
             MQPKI_OK)
         goto out;
 out:
