@@ -9,9 +9,6 @@ if [ ! -x "$MQPKI_BUILD/bin/mqpkid" ] || [ ! -x "$MQPKI_BUILD/bin/mqpki-device" 
   exit 0
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'; }
 

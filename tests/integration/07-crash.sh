@@ -9,18 +9,6 @@
 ROUNDS=${CRASH_ROUNDS:-5}
 PER_ROUND=6
 N=$((ROUNDS * PER_ROUND))
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-wait_for() {
-  local limit=$(($1 * 10)) i=0; shift
-  until "$@" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
-    sleep 0.1
-  done
-}
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 H=$MQPKI_HOME
 P=$(free_port)
 P2=$(free_port)

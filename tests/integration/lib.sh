@@ -59,6 +59,24 @@ finish() {
   [ "$FAILED" -eq 0 ]
 }
 
+# free_port: a free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+
+# wait_for SECONDS COMMAND...: polls every 0.1 s until the command succeeds.
+wait_for() {
+  local limit=$(($1 * 10)) i=0; shift
+  until "$@" 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
+    sleep 0.1
+  done
+}
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+alive() { kill -0 "$1" 2>/dev/null; }
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
 # A fresh CA in $MQPKI_HOME.
 init_ca() {
   mqpki init "$@" >"$T/init.out" 2>"$T/init.err" || { cat "$T/init.err"; return 1; }
