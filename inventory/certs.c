@@ -44,15 +44,16 @@ void inventory_cert_clear(struct inventory_cert *c)
 }
 
 /* Serials are stored upper-case; lookups accept any case. */
-static int serial_norm(const char *in, char out[40])
+/* Serials in hex, as any RFC 5280 serial (at most 20 bytes) can be written: 1 to 40 digits. */
+static int serial_norm(const char *in, char out[44])
 {
     size_t n;
 
     if (in == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial missing");
-    n = strnlen(in, 40);
-    if (n == 0 || n >= 40)
-        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: 1 to 39 hex digits expected");
+    n = strnlen(in, 41);
+    if (n == 0 || n > 40)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: 1 to 40 hex digits expected");
     for (size_t i = 0; i < n; i++) {
         if (!isxdigit((unsigned char)in[i]))
             return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: hex digits expected");
@@ -251,7 +252,7 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
                        struct inventory_cert *out)
 {
     sqlite3_stmt *st = NULL;
-    char norm[40];
+    char norm[44];
     int rc;
 
     if (out != NULL)
@@ -425,7 +426,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
-    char norm[40], why[64];
+    char norm[44], why[64];
     int rc, started = 0;
 
     if (inv == NULL)
@@ -488,7 +489,7 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
-    char norm[40], why[64];
+    char norm[44], why[64];
     int rc, started = 0;
 
     if (inv == NULL)
