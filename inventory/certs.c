@@ -158,7 +158,7 @@ static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
                        const char *actor)
 {
-    char serial[40], key_fp[65];
+    char serial[44], key_fp[65];
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
