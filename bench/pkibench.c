@@ -44,7 +44,7 @@
 #include "broker.h"
 #include "ca.h"
 #include "common.h"
-#include "crlcheck.h"
+#include "proto.h"
 #include "datadir.h"
 #include "datadir_int.h"
 #include "hsm.h"
@@ -237,9 +237,9 @@ static int cmd_crl_load(const char *chain, const char *path)
 {
     STACK_OF(X509) *cas = NULL;
     X509_CRL *crl = NULL;
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     struct revset *empty = revset_new_empty(), *rs = NULL;
-    unsigned char *der = NULL, key[CRLCHECK_KEY_LEN];
+    unsigned char *der = NULL, key[PROTO_SERIAL_KEY_LEN];
     size_t len = 0;
     char why[256];
     double rss0, rss1, rss_untrimmed, t0, t1, t2, t3;
@@ -247,7 +247,7 @@ static int cmd_crl_load(const char *chain, const char *path)
     long hits = 0;
     int rc;
 
-    if (crlcheck_load_cas(chain, &cas, why, sizeof(why)) != 0) {
+    if (proto_crl_load_cas(chain, &cas, why, sizeof(why)) != 0) {
         fprintf(stderr, "pkibench: %s\n", why);
         return 1;
     }
@@ -256,8 +256,8 @@ static int cmd_crl_load(const char *chain, const char *path)
     /* The plugin reads the persisted CRL file, then parses, verifies and indexes it. */
     if ((rc = mqpki_file_read(path, 512u * 1024 * 1024, &der, &len)) != MQPKI_OK)
         return 1;
-    if (crlcheck_parse(der, len, &crl, why, sizeof(why)) != 0 ||
-        crlcheck_verify(crl, cas, &info, why, sizeof(why)) != 0) {
+    if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        proto_crl_verify(crl, cas, &info, why, sizeof(why)) != 0) {
         fprintf(stderr, "pkibench: %s\n", why);
         return 1;
     }
@@ -273,7 +273,7 @@ static int cmd_crl_load(const char *chain, const char *path)
         for (long i = 0; i < lookups; i++) {
             if (i % 2 == 0 && nrev > 0) {
                 const X509_REVOKED *r = sk_X509_REVOKED_value(rev, (int)((i / 2) % nrev));
-                crlcheck_serial_key(X509_REVOKED_get0_serialNumber(r), key);
+                proto_serial_key(X509_REVOKED_get0_serialNumber(r), key);
             } else {
                 memset(key, 0, sizeof(key));
                 memcpy(key, &i, sizeof(i));

@@ -10,9 +10,9 @@
 #define ACL_LINE_MAX  1024
 
 struct rule {
-    char who[65];  /* asset id or "*" */
-    char *pattern; /* may hold %u */
-    int access;    /* ACL_READ | ACL_WRITE */
+    char who[PROTO_ASSET_ID_MAX + 1]; /* asset id or "*" */
+    char *pattern;                    /* may hold %u */
+    int access;                       /* ACL_READ | ACL_WRITE */
 };
 
 struct acl {
@@ -118,11 +118,11 @@ int acl_allowed(const struct acl *a, const char *id, int is_service, int access,
         goto out;
     }
     if (is_service) {
-        ok = under(topic, "mqpki/", "v1");
+        ok = proto_topic_is_control(topic);
         goto out;
     }
     /* Only the service publishes on the control plane, whatever the ACL file says. */
-    if (access == ACL_WRITE && under(topic, "mqpki/", "v1")) {
+    if (access == ACL_WRITE && proto_topic_is_control(topic)) {
         ok = 0;
         goto out;
     }
@@ -132,9 +132,8 @@ int acl_allowed(const struct acl *a, const char *id, int is_service, int access,
         goto out;
     }
     if (access != ACL_WRITE) {
-        char own[96];
-        snprintf(own, sizeof(own), "mqpki/v1/assets/%s/cmd", id);
-        if (strcmp(topic, own) == 0) {
+        char own[PROTO_TOPIC_MAX];
+        if (proto_topic_asset_cmd(id, own) == 0 && strcmp(topic, own) == 0) {
             ok = 1;
             goto out;
         }

@@ -12,10 +12,10 @@
 
 #include <openssl/x509.h>
 
-#include "crlcheck.h"
+#include "proto.h"
 
 /*
- * serialset: the revoked serials of one CRL as 16-byte keys (crlcheck_serial_key) in an
+ * serialset: the revoked serials of one CRL as 16-byte keys (proto_serial_key) in an
  * open-addressing table (linear probing, load <= 1/2): O(1) lookups, 16 bytes a slot, so a
  * million serials take 32 MiB.
  */
@@ -25,11 +25,11 @@ struct serialset;
 struct serialset *serialset_new(size_t expected);
 void serialset_free(struct serialset *s);
 /* Adds key (a no-op when present). 0, or -1 when out of memory. */
-int serialset_add(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+int serialset_add(struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN]);
 /* Removes key when present. */
-void serialset_remove(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+void serialset_remove(struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN]);
 /* 1 when key is in the set. NULL-safe (0). */
-int serialset_has(const struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN]);
+int serialset_has(const struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN]);
 size_t serialset_count(const struct serialset *s);
 /* Bytes held by the set's table. */
 size_t serialset_bytes(const struct serialset *s);
@@ -46,12 +46,12 @@ struct revset *revset_new_empty(void);
 void revset_free(struct revset *r);
 
 /*
- * Builds the revset that results from applying a verified CRL (info from crlcheck_verify, order
- * already checked with crlcheck_order) to cur (may be NULL or empty). A full CRL replaces the
+ * Builds the revset that results from applying a verified CRL (info from proto_crl_verify, order
+ * already checked with proto_crl_order) to cur (may be NULL or empty). A full CRL replaces the
  * full part and keeps cur's delta only if it still extends it; a delta replaces the delta part.
  * 0, or -1 when out of memory.
  */
-int revset_apply(const struct revset *cur, X509_CRL *crl, const struct crlcheck_info *info,
+int revset_apply(const struct revset *cur, X509_CRL *crl, const struct proto_crl_info *info,
                  struct revset **out);
 
 /* CRL numbers held (-1 when none) and the full CRL's nextUpdate (0 when none). */
@@ -62,8 +62,8 @@ int64_t revset_next_update(const struct revset *r);
 size_t revset_count(const struct revset *r);
 
 /* 1 when the serial key, issued by the CA whose name digest is issuer, is revoked or on hold. */
-int revset_is_revoked(const struct revset *r, const unsigned char issuer[CRLCHECK_ISSUER_LEN],
-                      const unsigned char key[CRLCHECK_KEY_LEN]);
+int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_ISSUER_LEN],
+                      const unsigned char key[PROTO_SERIAL_KEY_LEN]);
 
 /*
  * acl: who may do what. The service identity may publish, subscribe and read under mqpki/v1/

@@ -10,7 +10,7 @@
 struct part {
     struct serialset *listed;
     struct serialset *removed; /* delta only: removeFromCRL entries (RFC 5280 5.3.1) */
-    unsigned char issuer[CRLCHECK_ISSUER_LEN];
+    unsigned char issuer[PROTO_ISSUER_LEN];
     int64_t number, base, next_update;
     int refs; /* the plugin runs on Mosquitto's one thread; plain counting is enough */
 };
@@ -36,10 +36,10 @@ static struct part *part_ref(struct part *p)
     return p;
 }
 
-static int part_build(X509_CRL *crl, const struct crlcheck_info *info, struct part **out)
+static int part_build(X509_CRL *crl, const struct proto_crl_info *info, struct part **out)
 {
     STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
-    unsigned char key[CRLCHECK_KEY_LEN];
+    unsigned char key[PROTO_SERIAL_KEY_LEN];
     struct part *p;
     int rc = -1;
 
@@ -59,7 +59,7 @@ static int part_build(X509_CRL *crl, const struct crlcheck_info *info, struct pa
         ASN1_ENUMERATED *reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
         int remove = reason != NULL && ASN1_ENUMERATED_get(reason) == CRL_REASON_REMOVE_FROM_CRL;
         ASN1_ENUMERATED_free(reason);
-        crlcheck_serial_key(X509_REVOKED_get0_serialNumber(r), key);
+        proto_serial_key(X509_REVOKED_get0_serialNumber(r), key);
         /* removeFromCRL only means something in a delta; in a full CRL the entry is ignored. */
         if (remove && info->base >= 0 && serialset_add(p->removed, key) != 0)
             goto out;
@@ -88,7 +88,7 @@ void revset_free(struct revset *r)
     free(r);
 }
 
-int revset_apply(const struct revset *cur, X509_CRL *crl, const struct crlcheck_info *info,
+int revset_apply(const struct revset *cur, X509_CRL *crl, const struct proto_crl_info *info,
                  struct revset **out)
 {
     struct revset *r = NULL;
@@ -145,17 +145,17 @@ size_t revset_count(const struct revset *r)
     return n;
 }
 
-int revset_is_revoked(const struct revset *r, const unsigned char issuer[CRLCHECK_ISSUER_LEN],
-                      const unsigned char key[CRLCHECK_KEY_LEN])
+int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_ISSUER_LEN],
+                      const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     int in_full = 0, revoked = 0;
 
     if (r == NULL || r->full == NULL)
         goto out;
     /* A serial only means something next to the CA that issued it. */
-    if (memcmp(r->full->issuer, issuer, CRLCHECK_ISSUER_LEN) == 0)
+    if (memcmp(r->full->issuer, issuer, PROTO_ISSUER_LEN) == 0)
         in_full = serialset_has(r->full->listed, key);
-    if (r->delta != NULL && memcmp(r->delta->issuer, issuer, CRLCHECK_ISSUER_LEN) == 0) {
+    if (r->delta != NULL && memcmp(r->delta->issuer, issuer, PROTO_ISSUER_LEN) == 0) {
         if (serialset_has(r->delta->listed, key)) {
             revoked = 1;
             goto out;

@@ -21,22 +21,20 @@
 
 #include "broker.h"
 #include "common.h"
+#include "proto.h"
 
-#define EXPORT      __attribute__((visibility("default")))
-#define TOPIC_FULL  "mqpki/v1/crl/full"
-#define TOPIC_DELTA "mqpki/v1/crl/delta"
-#define URN_PREFIX  "urn:mqpki:asset:"
-#define WHY_MAX     256
+#define EXPORT  __attribute__((visibility("default")))
+#define WHY_MAX 256
 
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
 struct client {
     const struct mosquitto *ctx;
     char *client_id;
-    char asset[MQPKI_ASSET_ID_MAX + 1];
-    char serial_hex[48];
-    unsigned char serial[CRLCHECK_KEY_LEN];
-    unsigned char issuer[CRLCHECK_ISSUER_LEN];
+    char asset[PROTO_ASSET_ID_MAX + 1];
+    char serial_hex[PROTO_SERIAL_HEX_MAX + 1];
+    unsigned char serial[PROTO_SERIAL_KEY_LEN];
+    unsigned char issuer[PROTO_ISSUER_LEN];
     int kick;
     struct client *next;
 };
@@ -47,9 +45,9 @@ struct plugin {
     struct revset *rev;
     struct acl *acl;
     char *state_dir;
-    char service_id[MQPKI_ASSET_ID_MAX + 1];
-    char broker_name[MQPKI_ASSET_ID_MAX + 1];
-    char events_topic[128];
+    char service_id[PROTO_ASSET_ID_MAX + 1];
+    char broker_name[PROTO_ASSET_ID_MAX + 1];
+    char events_topic[PROTO_TOPIC_MAX];
     int fail_closed;
     struct client **bucket;
     size_t n_buckets, n_clients, pending_kicks;
@@ -139,48 +137,11 @@ out:
     json_decref(v);
 }
 
-/* The asset id a certificate names: SAN URI urn:mqpki:asset:ID, else its CN. */
-static int cert_asset_id(X509 *cert, char out[MQPKI_ASSET_ID_MAX + 1])
+/* The serial for log lines and events; "?" for one that is not ours to print. */
+static void serial_hex(X509 *cert, char out[PROTO_SERIAL_HEX_MAX + 1])
 {
-    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    size_t plen = strlen(URN_PREFIX);
-    int found = 0;
-
-    out[0] = '\0';
-    for (int i = 0; i < sk_GENERAL_NAME_num(names) && !found; i++) {
-        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
-        const char *s;
-        int len;
-        if (gn->type != GEN_URI)
-            continue;
-        s = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
-        len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
-        if ((size_t)len <= plen || (size_t)len - plen > MQPKI_ASSET_ID_MAX ||
-            strncmp(s, URN_PREFIX, plen) != 0 || memchr(s, '\0', (size_t)len) != NULL)
-            continue;
-        memcpy(out, s + plen, (size_t)len - plen);
-        out[(size_t)len - plen] = '\0';
-        found = mqpki_asset_id_valid(out);
-    }
-    GENERAL_NAMES_free(names);
-    if (!found) {
-        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out,
-                                          MQPKI_ASSET_ID_MAX + 1);
-        found = n > 0 && (size_t)n == strlen(out) && mqpki_asset_id_valid(out);
-    }
-    if (!found)
-        out[0] = '\0';
-    return found;
-}
-
-static void serial_hex(X509 *cert, char out[48])
-{
-    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
-    char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
-
-    snprintf(out, 48, "%s", hex != NULL && strlen(hex) < 48 ? hex : "?");
-    OPENSSL_free(hex);
-    BN_free(bn);
+    if (proto_serial_hex(X509_get0_serialNumber(cert), out) != 0)
+        snprintf(out, PROTO_SERIAL_HEX_MAX + 1, "?");
 }
 
 static int crl_fresh(const struct plugin *pl)
@@ -213,8 +174,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     const char *addr = mosquitto_client_address(ed->client);
     struct client *c = NULL;
     X509 *cert = mosquitto_client_certificate(ed->client);
-    char asset[MQPKI_ASSET_ID_MAX + 1] = "", hex[48] = "";
-    unsigned char key[CRLCHECK_KEY_LEN], issuer[CRLCHECK_ISSUER_LEN];
+    char asset[PROTO_ASSET_ID_MAX + 1] = "", hex[PROTO_SERIAL_HEX_MAX + 1] = "";
+    unsigned char key[PROTO_SERIAL_KEY_LEN], issuer[PROTO_ISSUER_LEN];
     int rc = MOSQ_ERR_AUTH, is_service;
 
     if (cert == NULL) {
@@ -224,16 +185,16 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
         goto out;
     }
     serial_hex(cert, hex);
-    if (!cert_asset_id(cert, asset)) {
+    if (!proto_cert_asset_id(cert, asset)) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "mqpki: certificate %s refused: no asset id "
-                             "(SAN urn:mqpki:asset:ID or CN)",
+                             "(SAN " PROTO_ASSET_URN "ID)",
                              hex);
         emit(pl, "auth_failure", NULL, cid, addr, hex, "certificate names no asset");
         goto out;
     }
-    crlcheck_serial_key(X509_get0_serialNumber(cert), key);
-    if (crlcheck_name_digest(X509_get_issuer_name(cert), issuer) != 0)
+    proto_serial_key(X509_get0_serialNumber(cert), key);
+    if (proto_name_digest(X509_get_issuer_name(cert), issuer) != 0)
         goto out;
     is_service = strcmp(asset, pl->service_id) == 0;
     if (revset_is_revoked(pl->rev, issuer, key)) {
@@ -370,25 +331,25 @@ static size_t mark_revoked(struct plugin *pl)
 static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, int want_delta,
                      int persist_it, char *why, size_t why_len)
 {
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     struct revset *next = NULL;
     X509_CRL *crl = NULL;
-    enum crlcheck_order order;
+    enum proto_crl_order order;
     int rc = -1;
 
-    if (crlcheck_parse(der, len, &crl, why, why_len) != 0 ||
-        crlcheck_verify(crl, pl->cas, &info, why, why_len) != 0)
+    if (proto_crl_parse(der, len, &crl, why, why_len) != 0 ||
+        proto_crl_verify(crl, pl->cas, &info, why, why_len) != 0)
         goto out;
     if ((info.base >= 0) != want_delta) {
         snprintf(why, why_len, "CRL %lld: a %s CRL on the %s topic", (long long)info.number,
                  info.base >= 0 ? "delta" : "full", want_delta ? "delta" : "full");
         goto out;
     }
-    order = crlcheck_order(&info, revset_full_number(pl->rev), revset_delta_number(pl->rev), why,
-                           why_len);
-    if (order == CRLCHECK_REFUSE)
+    order = proto_crl_order(&info, revset_full_number(pl->rev), revset_delta_number(pl->rev), why,
+                            why_len);
+    if (order == PROTO_CRL_REFUSE)
         goto out;
-    if (order == CRLCHECK_SAME) {
+    if (order == PROTO_CRL_SAME) {
         rc = 0;
         goto out;
     }
@@ -432,7 +393,7 @@ static int on_message(int event, void *event_data, void *userdata)
     char why[WHY_MAX] = "";
     int delta, rc = MOSQ_ERR_SUCCESS;
 
-    if (ed->topic == NULL || strncmp(ed->topic, "mqpki/v1/", 9) != 0)
+    if (ed->topic == NULL || !proto_topic_is_control(ed->topic))
         goto out;
     if (user == NULL || strcmp(user, pl->service_id) != 0) {
         /* The ACL check denies this before; never trust a topic for authenticity anyway. */
@@ -443,9 +404,9 @@ static int on_message(int event, void *event_data, void *userdata)
         rc = MOSQ_ERR_ACL_DENIED;
         goto out;
     }
-    if (strcmp(ed->topic, TOPIC_FULL) == 0)
+    if (strcmp(ed->topic, PROTO_TOPIC_CRL_FULL) == 0)
         delta = 0;
-    else if (strcmp(ed->topic, TOPIC_DELTA) == 0)
+    else if (strcmp(ed->topic, PROTO_TOPIC_CRL_DELTA) == 0)
         delta = 1;
     else
         goto out;
@@ -508,7 +469,7 @@ static void load_state(struct plugin *pl)
         size_t len = 0;
         if (mqpki_path(path, sizeof(path), "%s/%s", pl->state_dir, names[i]) != MQPKI_OK)
             continue;
-        if (mqpki_file_read(path, CRLCHECK_MAX_DER, &der, &len) != MQPKI_OK) {
+        if (mqpki_file_read(path, PROTO_CRL_MAX_DER, &der, &len) != MQPKI_OK) {
             if (i == 0)
                 mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: no CRL kept in %s yet",
                                      pl->state_dir);
@@ -544,14 +505,14 @@ static void plugin_free(struct plugin *pl)
     free(pl);
 }
 
-static int set_name(char out[MQPKI_ASSET_ID_MAX + 1], const char *key, const char *value)
+static int set_name(char out[PROTO_ASSET_ID_MAX + 1], const char *key, const char *value)
 {
-    if (!mqpki_asset_id_valid(value)) {
+    if (!proto_asset_id_valid(value)) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_%s '%.80s': not a valid asset id",
                              key, value);
         return -1;
     }
-    snprintf(out, MQPKI_ASSET_ID_MAX + 1, "%s", value);
+    snprintf(out, PROTO_ASSET_ID_MAX + 1, "%s", value);
     return 0;
 }
 
@@ -619,7 +580,7 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
         goto out;
     }
     pl->id = identifier;
-    snprintf(pl->service_id, sizeof(pl->service_id), "mqpkid");
+    snprintf(pl->service_id, sizeof(pl->service_id), "%s", PROTO_SERVICE_ID);
     snprintf(pl->broker_name, sizeof(pl->broker_name), "broker");
     pl->n_buckets = 64;
     if ((pl->bucket = calloc(pl->n_buckets, sizeof(*pl->bucket))) == NULL ||
@@ -629,8 +590,8 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     }
     if (parse_options(pl, opts, opt_count, &ca_file, &acl_file) != 0)
         goto out;
-    snprintf(pl->events_topic, sizeof(pl->events_topic), "mqpki/v1/events/%s", pl->broker_name);
-    if (crlcheck_load_cas(ca_file, &pl->cas, why, sizeof(why)) != 0 ||
+    (void)proto_topic_events(pl->broker_name, pl->events_topic);
+    if (proto_crl_load_cas(ca_file, &pl->cas, why, sizeof(why)) != 0 ||
         acl_load(acl_file, &pl->acl, why, sizeof(why)) != 0) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
         goto out;

@@ -5,13 +5,13 @@
 #include "broker.h"
 
 struct serialset {
-    unsigned char (*slot)[CRLCHECK_KEY_LEN];
+    unsigned char (*slot)[PROTO_SERIAL_KEY_LEN];
     size_t cap;   /* power of two */
     size_t count; /* keys in slots, the zero key excluded */
     int has_zero; /* the all-zero key marks an empty slot, so it is held apart */
 };
 
-static const unsigned char zero_key[CRLCHECK_KEY_LEN];
+static const unsigned char zero_key[PROTO_SERIAL_KEY_LEN];
 
 /* splitmix64 finalizer over both halves: CA serials are random, but other CAs count up. */
 static uint64_t mix(uint64_t x)
@@ -24,7 +24,7 @@ static uint64_t mix(uint64_t x)
     return x;
 }
 
-static size_t hash(const unsigned char key[CRLCHECK_KEY_LEN], size_t cap)
+static size_t hash(const unsigned char key[PROTO_SERIAL_KEY_LEN], size_t cap)
 {
     uint64_t a, b;
 
@@ -35,7 +35,7 @@ static size_t hash(const unsigned char key[CRLCHECK_KEY_LEN], size_t cap)
 
 static int alloc_table(struct serialset *s, size_t cap)
 {
-    s->slot = calloc(cap, CRLCHECK_KEY_LEN);
+    s->slot = calloc(cap, PROTO_SERIAL_KEY_LEN);
     if (s->slot == NULL)
         return -1;
     s->cap = cap;
@@ -68,16 +68,16 @@ void serialset_free(struct serialset *s)
     free(s);
 }
 
-static void insert_slot(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN])
+static void insert_slot(struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     size_t i = hash(key, s->cap);
 
-    while (memcmp(s->slot[i], zero_key, CRLCHECK_KEY_LEN) != 0) {
-        if (memcmp(s->slot[i], key, CRLCHECK_KEY_LEN) == 0)
+    while (memcmp(s->slot[i], zero_key, PROTO_SERIAL_KEY_LEN) != 0) {
+        if (memcmp(s->slot[i], key, PROTO_SERIAL_KEY_LEN) == 0)
             return;
         i = (i + 1) & (s->cap - 1);
     }
-    memcpy(s->slot[i], key, CRLCHECK_KEY_LEN);
+    memcpy(s->slot[i], key, PROTO_SERIAL_KEY_LEN);
     s->count++;
 }
 
@@ -89,7 +89,7 @@ static int grow(struct serialset *s)
     if (alloc_table(&bigger, s->cap * 2) != 0)
         goto out;
     for (size_t i = 0; i < s->cap; i++)
-        if (memcmp(s->slot[i], zero_key, CRLCHECK_KEY_LEN) != 0)
+        if (memcmp(s->slot[i], zero_key, PROTO_SERIAL_KEY_LEN) != 0)
             insert_slot(&bigger, s->slot[i]);
     free(s->slot);
     s->slot = bigger.slot;
@@ -99,11 +99,11 @@ out:
     return rc;
 }
 
-int serialset_add(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN])
+int serialset_add(struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     int rc = 0;
 
-    if (memcmp(key, zero_key, CRLCHECK_KEY_LEN) == 0) {
+    if (memcmp(key, zero_key, PROTO_SERIAL_KEY_LEN) == 0) {
         s->has_zero = 1;
         goto out;
     }
@@ -114,52 +114,52 @@ out:
     return rc;
 }
 
-static size_t find(const struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN])
+static size_t find(const struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     size_t i = hash(key, s->cap);
 
-    while (memcmp(s->slot[i], zero_key, CRLCHECK_KEY_LEN) != 0) {
-        if (memcmp(s->slot[i], key, CRLCHECK_KEY_LEN) == 0)
+    while (memcmp(s->slot[i], zero_key, PROTO_SERIAL_KEY_LEN) != 0) {
+        if (memcmp(s->slot[i], key, PROTO_SERIAL_KEY_LEN) == 0)
             return i;
         i = (i + 1) & (s->cap - 1);
     }
     return s->cap;
 }
 
-void serialset_remove(struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN])
+void serialset_remove(struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     size_t i, j;
 
-    if (memcmp(key, zero_key, CRLCHECK_KEY_LEN) == 0) {
+    if (memcmp(key, zero_key, PROTO_SERIAL_KEY_LEN) == 0) {
         s->has_zero = 0;
         return;
     }
     if ((i = find(s, key)) == s->cap)
         return;
     /* Backward-shift deletion: no tombstones, so lookups stay O(1) after many removals. */
-    memset(s->slot[i], 0, CRLCHECK_KEY_LEN);
+    memset(s->slot[i], 0, PROTO_SERIAL_KEY_LEN);
     s->count--;
     j = i;
     for (;;) {
         size_t home;
         j = (j + 1) & (s->cap - 1);
-        if (memcmp(s->slot[j], zero_key, CRLCHECK_KEY_LEN) == 0)
+        if (memcmp(s->slot[j], zero_key, PROTO_SERIAL_KEY_LEN) == 0)
             break;
         home = hash(s->slot[j], s->cap);
         /* Move slot j back to i unless its home lies cyclically in (i, j]. */
         if ((i <= j) ? (i < home && home <= j) : (i < home || home <= j))
             continue;
-        memcpy(s->slot[i], s->slot[j], CRLCHECK_KEY_LEN);
-        memset(s->slot[j], 0, CRLCHECK_KEY_LEN);
+        memcpy(s->slot[i], s->slot[j], PROTO_SERIAL_KEY_LEN);
+        memset(s->slot[j], 0, PROTO_SERIAL_KEY_LEN);
         i = j;
     }
 }
 
-int serialset_has(const struct serialset *s, const unsigned char key[CRLCHECK_KEY_LEN])
+int serialset_has(const struct serialset *s, const unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     if (s == NULL)
         return 0;
-    if (memcmp(key, zero_key, CRLCHECK_KEY_LEN) == 0)
+    if (memcmp(key, zero_key, PROTO_SERIAL_KEY_LEN) == 0)
         return s->has_zero;
     return find(s, key) != s->cap;
 }
@@ -171,5 +171,5 @@ size_t serialset_count(const struct serialset *s)
 
 size_t serialset_bytes(const struct serialset *s)
 {
-    return s == NULL ? 0 : s->cap * CRLCHECK_KEY_LEN + sizeof(*s);
+    return s == NULL ? 0 : s->cap * PROTO_SERIAL_KEY_LEN + sizeof(*s);
 }

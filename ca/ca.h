@@ -13,14 +13,35 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "proto.h"
+
 /* A CSR larger than this is refused before parsing. */
-#define CA_CSR_MAX        (64 * 1024)
-#define CA_SERIAL_LEN     16
-#define CA_SERIAL_HEX_MAX 43 /* any RFC 5280 serial (20 bytes) in hex, NUL */
+#define CA_CSR_MAX    (64 * 1024)
+#define CA_SERIAL_LEN 16
 
 struct ca;
 
-enum ca_profile { CA_PROFILE_DEVICE, CA_PROFILE_BROKER, CA_PROFILE_SERVICE };
+enum ca_profile { CA_PROFILE_DEVICE, CA_PROFILE_BROKER, CA_PROFILE_SERVICE, CA_PROFILE_COUNT_ };
+
+/* Key usage bits of a profile; KEY_ENCIPHERMENT_RSA applies to RSA subject keys only. */
+enum { CA_KU_DIGITAL_SIGNATURE = 1, CA_KU_KEY_ENCIPHERMENT_RSA = 2 };
+/* subjectAltName kinds a profile may carry (the asset URI always). */
+enum { CA_SAN_URI = 1, CA_SAN_DNS = 2, CA_SAN_IP = 4 };
+#define CA_PROFILE_EKU_MAX 4
+
+/* A certificate profile (DESIGN.md 4): one row of the table in ca/profile.c. */
+struct ca_profile_info {
+    enum ca_profile id;
+    const char *name;            /* "device", "broker", "service": also the asset kind it fits */
+    unsigned key_usage;          /* CA_KU_* */
+    int eku[CA_PROFILE_EKU_MAX]; /* extended key usage NIDs, 0-terminated */
+    int default_days;            /* validity when the request names none */
+    unsigned san;                /* CA_SAN_* allowed */
+    int requestable;             /* may be asked for by an operator or over EST (not: service) */
+};
+
+/* The profile's row; NULL for an unknown profile. */
+const struct ca_profile_info *ca_profile(int profile);
 
 /* RFC 5280 5.3.1 reason codes (numeric values as in the standard). */
 enum ca_reason {
@@ -86,12 +107,12 @@ int ca_csr_parse(const unsigned char *data, size_t len, X509_REQ **out);
  */
 int ca_csr_check(X509_REQ *req);
 
-/* SHA-256 of the DER SubjectPublicKeyInfo, hex (65 bytes), to detect key reuse across assets. */
-int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65]);
+/* SHA-256 of the DER SubjectPublicKeyInfo, hex, to detect key reuse across assets. */
+int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1]);
 
 /* Fresh random serial: CA_SERIAL_LEN bytes from the CSPRNG, top bit cleared, never zero; as
  * upper-case hex without leading zeros stripped (always 32 digits). */
-int ca_serial_new(char out[CA_SERIAL_HEX_MAX]);
+int ca_serial_new(char out[PROTO_SERIAL_HEX_MAX + 1]);
 
 struct ca_issue_opts {
     enum ca_profile profile;
@@ -136,6 +157,6 @@ int ca_crl_der(X509_CRL *crl, unsigned char **out, size_t *len);
 int ca_cert_from_pem(const char *pem, size_t len, X509 **out);
 
 /* Serial of cert as upper-case hex (as ca_serial_new formats it). */
-int ca_cert_serial_hex(X509 *cert, char out[CA_SERIAL_HEX_MAX]);
+int ca_cert_serial_hex(X509 *cert, char out[PROTO_SERIAL_HEX_MAX + 1]);
 
 #endif

@@ -178,35 +178,13 @@ out:
     return rc;
 }
 
-int ca_cert_serial_hex(X509 *cert, char out[CA_SERIAL_HEX_MAX])
+int ca_cert_serial_hex(X509 *cert, char out[PROTO_SERIAL_HEX_MAX + 1])
 {
-    BIGNUM *bn = NULL;
-    char *hex = NULL;
-    size_t n;
-    int rc = MQPKI_OK;
-
     out[0] = '\0';
     if (cert == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "ca_cert_serial_hex: no certificate");
-    bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
-    if (bn == NULL || (hex = BN_bn2hex(bn)) == NULL) {
-        rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "certificate serial");
-        goto out;
-    }
-    if (BN_is_negative(bn)) {
-        rc = mqpki_fail(MQPKI_ERR_PARSE, "certificate serial is negative (RFC 5280 4.1.2.2)");
-        goto out;
-    }
-    /* BN_bn2hex() writes upper case, whole octets: the format of ca_serial_new(). */
-    n = strlen(hex);
-    if (n >= CA_SERIAL_HEX_MAX) {
-        rc = mqpki_fail(MQPKI_ERR_TOO_LARGE, "certificate serial has %zu hex digits; at most %d", n,
-                        CA_SERIAL_HEX_MAX - 1);
-        goto out;
-    }
-    memcpy(out, hex, n + 1);
-out:
-    BN_free(bn);
-    OPENSSL_free(hex);
-    return rc;
+    if (proto_serial_hex(X509_get0_serialNumber(cert), out) != 0)
+        return mqpki_fail(MQPKI_ERR_PARSE, "certificate serial is negative or longer than 20 "
+                                           "octets (RFC 5280 4.1.2.2)");
+    return MQPKI_OK;
 }

@@ -14,13 +14,14 @@
 
 #include "ca_int.h"
 #include "common.h"
+#include "proto.h"
 
 /* Longest accepted leaf validity: 10 years. */
 #define LEAF_DAYS_MAX 3650
 /* RFC 5280 4.1.2.2: serials are at most 20 octets. */
 #define SERIAL_HEX_DIGITS_MAX 40
 
-int ca_serial_new(char out[CA_SERIAL_HEX_MAX])
+int ca_serial_new(char out[PROTO_SERIAL_HEX_MAX + 1])
 {
     static const char digits[] = "0123456789ABCDEF";
     unsigned char buf[CA_SERIAL_LEN];
@@ -147,7 +148,7 @@ out:
 static int build_san(const struct ca_issue_opts *opts, GENERAL_NAMES **out)
 {
     GENERAL_NAMES *names = GENERAL_NAMES_new();
-    char uri[sizeof("urn:mqpki:asset:") + MQPKI_ASSET_ID_MAX];
+    char uri[sizeof("urn:mqpki:asset:") + PROTO_ASSET_ID_MAX];
     unsigned char ip[16];
     size_t i;
     int rc = MQPKI_OK;
@@ -191,14 +192,15 @@ out:
 }
 
 /* The profile's extensions for leaf x (whose public key is already set). */
-static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_issue_opts *opts)
+static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_profile_info *prof,
+                         const struct ca_issue_opts *opts)
 {
     BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
     ASN1_BIT_STRING *ku = ASN1_BIT_STRING_new();
     EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
     ASN1_OCTET_STRING *ski = NULL;
     GENERAL_NAMES *san = NULL;
-    int rc;
+    int rc = MQPKI_OK;
 
     if (bc == NULL || ku == NULL || eku == NULL) {
         rc = MQPKI_ERR_NOMEM;
@@ -206,25 +208,16 @@ static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_
     }
     bc->ca = 0; /* CA:FALSE, whatever the request asked for */
     /* KeyUsage bits (RFC 5280 4.2.1.3): digitalSignature (0), keyEncipherment (2). */
-    if (!ASN1_BIT_STRING_set_bit(ku, 0, 1)) {
+    if ((prof->key_usage & CA_KU_DIGITAL_SIGNATURE) && !ASN1_BIT_STRING_set_bit(ku, 0, 1))
         rc = MQPKI_ERR_NOMEM;
-        goto out;
-    }
-    /* TLS servers with RSA keys may still be offered RSA key transport (TLS 1.2). */
-    if (opts->profile != CA_PROFILE_DEVICE && EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA &&
-        !ASN1_BIT_STRING_set_bit(ku, 2, 1)) {
+    if (rc == MQPKI_OK && (prof->key_usage & CA_KU_KEY_ENCIPHERMENT_RSA) &&
+        EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA && !ASN1_BIT_STRING_set_bit(ku, 2, 1))
         rc = MQPKI_ERR_NOMEM;
+    for (int i = 0; rc == MQPKI_OK && i < CA_PROFILE_EKU_MAX && prof->eku[i] != 0; i++)
+        if (!sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(prof->eku[i])))
+            rc = MQPKI_ERR_NOMEM;
+    if (rc != MQPKI_OK)
         goto out;
-    }
-    if (opts->profile != CA_PROFILE_DEVICE &&
-        !sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_server_auth))) {
-        rc = MQPKI_ERR_NOMEM;
-        goto out;
-    }
-    if (!sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_client_auth))) {
-        rc = MQPKI_ERR_NOMEM;
-        goto out;
-    }
     if ((rc = ca_key_id(x, &ski)) != MQPKI_OK || (rc = build_san(opts, &san)) != MQPKI_OK)
         goto out;
     if ((rc = ca_add_ext(x, NID_basic_constraints, bc, 1, "basicConstraints")) != MQPKI_OK ||
@@ -248,36 +241,34 @@ out:
     return rc;
 }
 
-/* Checks opts and sets *days to the validity (the profile's default for 0). */
-static int check_opts(const struct ca_issue_opts *opts, int *days)
+/* Checks opts against the profile and sets *days to the validity (the profile's default for 0). */
+static int check_opts(const struct ca_issue_opts *opts, const struct ca_profile_info **prof,
+                      int *days)
 {
-    if (opts->profile != CA_PROFILE_DEVICE && opts->profile != CA_PROFILE_BROKER &&
-        opts->profile != CA_PROFILE_SERVICE)
+    if ((*prof = ca_profile((int)opts->profile)) == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "unknown certificate profile %d", (int)opts->profile);
-    if (opts->asset_id == NULL || !mqpki_asset_id_valid(opts->asset_id))
+    if (opts->asset_id == NULL || !proto_asset_id_valid(opts->asset_id))
         return mqpki_fail(MQPKI_ERR_INVALID,
                           "asset id \"%.80s\" must be 1 to 64 of [A-Za-z0-9._-], not starting "
                           "with '.' or '-'",
                           opts->asset_id != NULL ? opts->asset_id : "(null)");
-    if (opts->profile == CA_PROFILE_DEVICE && (opts->n_dns > 0 || opts->n_ips > 0))
+    if ((opts->n_dns > 0 && !((*prof)->san & CA_SAN_DNS)) ||
+        (opts->n_ips > 0 && !((*prof)->san & CA_SAN_IP)))
         return mqpki_fail(MQPKI_ERR_INVALID,
-                          "asset %s: the device profile carries no DNS or IP "
-                          "names (DESIGN.md 4)",
-                          opts->asset_id);
+                          "asset %s: the %s profile carries no DNS or IP names (DESIGN.md 4)",
+                          opts->asset_id, (*prof)->name);
     if ((opts->n_dns > 0 && opts->dns == NULL) || (opts->n_ips > 0 && opts->ips == NULL))
         return mqpki_fail(MQPKI_ERR_INVALID, "asset %s: SAN lists missing", opts->asset_id);
     if (opts->days < 0 || opts->days > LEAF_DAYS_MAX)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset %s: validity must be 1 to %d days",
                           opts->asset_id, LEAF_DAYS_MAX);
-    if (opts->days > 0)
-        *days = opts->days;
-    else
-        *days = opts->profile == CA_PROFILE_SERVICE ? 30 : 90;
+    *days = opts->days > 0 ? opts->days : (*prof)->default_days;
     return MQPKI_OK;
 }
 
 int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts, X509 **out)
 {
+    const struct ca_profile_info *prof = NULL;
     X509 *x = NULL;
     X509_NAME *subject = NULL;
     ASN1_INTEGER *serial = NULL;
@@ -292,7 +283,7 @@ int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts
         rc = mqpki_fail(MQPKI_ERR_INVALID, "ca_issue_cert: CA, key and options are needed");
         goto out;
     }
-    if ((rc = check_opts(opts, &days)) != MQPKI_OK)
+    if ((rc = check_opts(opts, &prof, &days)) != MQPKI_OK)
         goto out;
     /* ca_csr_check() applies the full allow-list; this only keeps the profile logic sound. */
     if (ca_md_for_key(pub) == NULL) {
@@ -317,7 +308,7 @@ int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts
     not_before = opts->not_before != 0 ? opts->not_before : mqpki_now() - CA_SKEW_SECONDS;
     if ((rc = ca_set_validity(x, not_before, CA_SKEW_SECONDS + (int64_t)days * 86400)) !=
             MQPKI_OK ||
-        (rc = add_leaf_exts(ca, x, pub, opts)) != MQPKI_OK)
+        (rc = add_leaf_exts(ca, x, pub, prof, opts)) != MQPKI_OK)
         goto out;
     if (X509_sign(x, ca->key, ca->md) <= 0) {
         rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "sign certificate");

@@ -250,7 +250,7 @@ out:
     return rc;
 }
 
-int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[65])
+int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1])
 {
     EVP_PKEY *canon = NULL;
     unsigned char *der = NULL;

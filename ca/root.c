@@ -12,12 +12,6 @@
 #include "ca_int.h"
 #include "common.h"
 
-static const char *const profile_names[] = {
-    [CA_PROFILE_DEVICE] = "device",
-    [CA_PROFILE_BROKER] = "broker",
-    [CA_PROFILE_SERVICE] = "service",
-};
-
 static const char *const reason_names[] = {
     [CA_REASON_UNSPECIFIED] = "unspecified",
     [CA_REASON_KEY_COMPROMISE] = "key-compromise",
@@ -32,23 +26,6 @@ static const char *const reason_names[] = {
 
 /* Longest accepted CA validity: 100 years. */
 #define CA_DAYS_MAX 36500
-
-int ca_profile_parse(const char *name)
-{
-    size_t i;
-
-    for (i = 0; name != NULL && i < NELEM(profile_names); i++)
-        if (strcmp(name, profile_names[i]) == 0)
-            return (int)i;
-    return -1;
-}
-
-const char *ca_profile_name(enum ca_profile profile)
-{
-    if ((unsigned)profile >= NELEM(profile_names))
-        return NULL;
-    return profile_names[profile];
-}
 
 int ca_reason_parse(const char *name)
 {
@@ -210,7 +187,7 @@ out:
 /* A fresh random serial as an ASN1_INTEGER. */
 static int new_serial(ASN1_INTEGER **out)
 {
-    char hex[CA_SERIAL_HEX_MAX];
+    char hex[PROTO_SERIAL_HEX_MAX + 1];
     int rc;
 
     if ((rc = ca_serial_new(hex)) != MQPKI_OK)

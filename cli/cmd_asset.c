@@ -11,12 +11,13 @@
 #include "common.h"
 #include "datadir.h"
 #include "inventory.h"
+#include "proto.h"
 
 #define MAX_TAGS 32
 
 static int check_id(struct cli *cli, const char *id)
 {
-    if (!mqpki_asset_id_valid(id))
+    if (!proto_asset_id_valid(id))
         return mqpki_fail(MQPKI_ERR_INVALID,
                           "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters, "
                           "not starting with . or -",

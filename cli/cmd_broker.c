@@ -24,13 +24,12 @@
 #include "ca.h"
 #include "cli.h"
 #include "common.h"
-#include "crlcheck.h"
 #include "datadir.h"
 #include "enrollment.h"
 #include "inventory.h"
+#include "proto.h"
 
 #define PLUGIN_NAME "mqpki_mosquitto.so"
-#define SERVICE_ID  "mqpkid"
 #define CHAIN_MAX   (256 * 1024)
 
 /* ---- broker init ---------------------------------------------------------------------- */
@@ -263,8 +262,8 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
                  "tls_version tlsv1.2\n"
                  "# Without it each TLS handshake waits on Nagle's algorithm (~48 ms).\n"
                  "set_tcp_nodelay true\n",
-                 name, name, pw->pw_name, dir, plugin, dir, dir, SERVICE_ID, name, dir, port, host,
-                 dir, dir, dir);
+                 name, name, pw->pw_name, dir, plugin, dir, dir, PROTO_SERVICE_ID, name, dir, port,
+                 host, dir, dir, dir);
     if (n < 0) {
         text = NULL;
         rc = MQPKI_ERR_NOMEM;
@@ -316,7 +315,7 @@ int cmd_broker_init(struct cli *cli, int argc, char **argv)
         goto out;
     }
     name = argv[optind];
-    if (!mqpki_asset_id_valid(name)) {
+    if (!proto_asset_id_valid(name)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID,
                         "broker name '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
                         name);
@@ -406,7 +405,7 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
     }
     if (optind + 1 != argc)
         return cli_usage_error(cli, "expected one broker NAME");
-    if (!mqpki_asset_id_valid(argv[optind]))
+    if (!proto_asset_id_valid(argv[optind]))
         return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
     if (mqpki_path(conf, sizeof(conf), "%s/brokers/%s/mosquitto.conf", cli->home, argv[optind]) !=
         MQPKI_OK)
@@ -484,25 +483,25 @@ out:
 
 static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta)
 {
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     X509_CRL *crl = NULL;
     char why[256];
     const char *path = delta ? s->delta_out : s->out;
-    enum crlcheck_order order;
+    enum proto_crl_order order;
     int rc;
 
-    if (crlcheck_parse(der, len, &crl, why, sizeof(why)) != 0 ||
-        crlcheck_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
+    if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
         goto refused;
     if ((info.base >= 0) != delta) {
         snprintf(why, sizeof(why), "a %s CRL on the %s topic", delta ? "full" : "delta",
                  delta ? "delta" : "full");
         goto refused;
     }
-    order = crlcheck_order(&info, s->held_full, s->held_delta, why, sizeof(why));
-    if (order == CRLCHECK_REFUSE)
+    order = proto_crl_order(&info, s->held_full, s->held_delta, why, sizeof(why));
+    if (order == PROTO_CRL_REFUSE)
         goto refused;
-    if (order == CRLCHECK_SAME) {
+    if (order == PROTO_CRL_SAME) {
         if (!delta)
             s->done = 1;
         goto out;
@@ -535,9 +534,9 @@ static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitt
 {
     struct sync *s = ud;
 
-    if (strcmp(msg->topic, "mqpki/v1/crl/full") == 0)
+    if (strcmp(msg->topic, PROTO_TOPIC_CRL_FULL) == 0)
         sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0);
-    else if (strcmp(msg->topic, "mqpki/v1/crl/delta") == 0 && s->delta_out != NULL)
+    else if (strcmp(msg->topic, PROTO_TOPIC_CRL_DELTA) == 0 && s->delta_out != NULL)
         sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1);
 }
 
@@ -551,9 +550,9 @@ static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
         return;
     }
     s->connected = 1;
-    mosquitto_subscribe(m, NULL, "mqpki/v1/crl/full", 1);
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_FULL, 1);
     if (s->delta_out != NULL)
-        mosquitto_subscribe(m, NULL, "mqpki/v1/crl/delta", 1);
+        mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_DELTA, 1);
 }
 
 /* mqtts://HOST[:PORT] or mqtts://[V6]:PORT into host and port. */
@@ -600,18 +599,18 @@ static int64_t held_number(struct sync *s, const char *path)
     unsigned char *buf = NULL;
     size_t len = 0;
     X509_CRL *crl = NULL;
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     int64_t n = -1;
     BIO *bio = NULL;
 
-    if (mqpki_file_read(path, CRLCHECK_MAX_DER, &buf, &len) != MQPKI_OK)
+    if (mqpki_file_read(path, PROTO_CRL_MAX_DER, &buf, &len) != MQPKI_OK)
         goto out;
     if ((bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
         goto out;
     crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL);
-    if (crl == NULL && crlcheck_parse(buf, len, &crl, NULL, 0) != 0)
+    if (crl == NULL && proto_crl_parse(buf, len, &crl, NULL, 0) != 0)
         goto out;
-    if (crlcheck_verify(crl, s->cas, &info, NULL, 0) == 0)
+    if (proto_crl_verify(crl, s->cas, &info, NULL, 0) == 0)
         n = info.number;
 out:
     mqpki_err_clear();
@@ -674,7 +673,8 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
                 "usage: mqpki crl-sync --broker mqtts://HOST:PORT --out FILE [--exec CMD]\n"
                 "                      [--delta-out FILE] [--cert FILE --key FILE] [--ca FILE]\n"
                 "                      [--client-id ID] [--once [--timeout 30s]]\n\n"
-                "Follows the CRL feed (mqpki/v1/crl/full) of a bundled broker for another broker:\n"
+                "Follows the CRL feed (" PROTO_TOPIC_CRL_FULL
+                ") of a bundled broker for another broker:\n"
                 "each CRL is verified against the issuing CA (--ca), refused when older than the\n"
                 "one held, written to FILE atomically as PEM, then CMD runs (/bin/sh -c), e.g. a\n"
                 "reload. Connects with --cert/--key (default: the data directory's tls/mqpkid.*;\n"
@@ -705,7 +705,7 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
         rc = cli_usage_error(cli, "--cert, --key and --ca are required outside a data directory");
         goto out;
     }
-    if (crlcheck_load_cas(ca, &s.cas, why, sizeof(why)) != 0) {
+    if (proto_crl_load_cas(ca, &s.cas, why, sizeof(why)) != 0) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "--ca: %s", why);
         goto out;
     }

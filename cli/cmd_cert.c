@@ -13,6 +13,7 @@
 #include "datadir.h"
 #include "enrollment.h"
 #include "inventory.h"
+#include "proto.h"
 
 json_t *cli_cert_json(const struct inventory_cert *c);
 
@@ -55,7 +56,8 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
         case 'c': csr_path = optarg; break;
         case 'o': out = optarg; break;
         case 'p':
-            if ((req.profile = ca_profile_parse(optarg)) < 0 || req.profile == CA_PROFILE_SERVICE)
+            if ((req.profile = ca_profile_parse(optarg)) < 0 ||
+                !ca_profile(req.profile)->requestable)
                 rc = cli_usage_error(cli, "--profile '%.40s': use device or broker", optarg);
             break;
         case 'd': rc = cli_parse_int(cli, "--days", optarg, 1, 825, &req.days); break;
@@ -81,7 +83,7 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
         rc = cli_usage_error(cli, "--asset and --csr are required");
         goto out;
     }
-    if (!mqpki_asset_id_valid(req.asset_id)) {
+    if (!proto_asset_id_valid(req.asset_id)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID,
                         "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
                         req.asset_id);
@@ -174,7 +176,7 @@ int cmd_cert_list(struct cli *cli, int argc, char **argv)
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
-    if (asset != NULL && !mqpki_asset_id_valid(asset))
+    if (asset != NULL && !proto_asset_id_valid(asset))
         return cli_usage_error(cli, "--asset '%.80s': not a valid asset id", asset);
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
@@ -189,22 +191,13 @@ out:
 }
 
 /* A serial as typed by a user: hex digits, optional 0x and colons; upper-cased. */
-static int normalize_serial(struct cli *cli, const char *in, char out[CA_SERIAL_HEX_MAX])
+static int normalize_serial(struct cli *cli, const char *in, char out[PROTO_SERIAL_HEX_MAX + 1])
 {
-    size_t n = 0;
-
-    if (in[0] == '0' && (in[1] == 'x' || in[1] == 'X'))
-        in += 2;
-    for (; *in != '\0'; in++) {
-        if (*in == ':')
-            continue;
-        if (!isxdigit((unsigned char)*in) || n + 1 >= CA_SERIAL_HEX_MAX)
-            return cli_usage_error(cli, "--serial: expected a hexadecimal serial number");
-        out[n++] = (char)toupper((unsigned char)*in);
-    }
-    out[n] = '\0';
-    if (n == 0)
-        return cli_usage_error(cli, "--serial: expected a hexadecimal serial number");
+    if (proto_serial_norm(in, out) != 0)
+        return cli_usage_error(cli,
+                               "--serial: expected a hexadecimal serial number (at most %d "
+                               "digits)",
+                               PROTO_SERIAL_HEX_MAX);
     return MQPKI_OK;
 }
 
@@ -219,7 +212,7 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
     };
     struct datadir *dd = NULL;
     const char *serial_arg = NULL, *asset = NULL;
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
     int c, rc, reason = CA_REASON_UNSPECIFIED, count = 0;
     X509_CRL *crl = NULL;
 
@@ -250,7 +243,7 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "give exactly one of --serial and --asset");
     if (serial_arg != NULL && (rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
         return rc;
-    if (asset != NULL && !mqpki_asset_id_valid(asset))
+    if (asset != NULL && !proto_asset_id_valid(asset))
         return cli_usage_error(cli, "--asset '%.80s': not a valid asset id", asset);
     if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
         goto out;
@@ -288,7 +281,7 @@ int cmd_unhold(struct cli *cli, int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     struct datadir *dd = NULL;
     const char *serial_arg = NULL;
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
     int c, rc;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

@@ -84,7 +84,7 @@ const char *cli_time(long long t, char buf[32])
 }
 
 struct serials {
-    char (*v)[44];
+    char (*v)[PROTO_SERIAL_HEX_MAX + 1];
     size_t n, cap;
 };
 

@@ -263,24 +263,6 @@ int mqpki_path(char *buf, size_t size, const char *fmt, ...)
     return MQPKI_OK;
 }
 
-int mqpki_asset_id_valid(const char *id)
-{
-    size_t n;
-
-    if (id == NULL)
-        return 0;
-    n = strlen(id);
-    if (n == 0 || n > MQPKI_ASSET_ID_MAX || id[0] == '.' || id[0] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 void mqpki_hex(const unsigned char *in, size_t len, char *out)
 {
     static const char digits[] = "0123456789abcdef";

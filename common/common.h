@@ -96,13 +96,6 @@ int mqpki_mkdir_p(const char *path, unsigned mode);
 /* snprintf into a fixed buffer; MQPKI_ERR_TOO_LARGE instead of truncation. */
 int mqpki_path(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/*
- * Asset identifiers become MQTT topic levels, certificate names and file names: 1 to 64
- * characters of [A-Za-z0-9._-], not starting with '.' or '-'. Returns 1 when valid.
- */
-#define MQPKI_ASSET_ID_MAX 64
-int mqpki_asset_id_valid(const char *id);
-
 /* Lower-case hex of len bytes into out (2*len+1 bytes). */
 void mqpki_hex(const unsigned char *in, size_t len, char *out);
 

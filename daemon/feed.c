@@ -24,19 +24,20 @@
 
 #include "common.h"
 #include "inventory.h"
+#include "proto.h"
 
 #define FEED_MAX_BROKERS 256
 #define FEED_CRL_MAX     (64u * 1024u * 1024u)
 #define FEED_EVENT_MAX   4096
-#define SERVICE_ID       "mqpkid"
-#define TOPIC_FULL       "mqpki/v1/crl/full"
-#define TOPIC_DELTA      "mqpki/v1/crl/delta"
+#define SERVICE_ID       PROTO_SERVICE_ID
+#define TOPIC_FULL       PROTO_TOPIC_CRL_FULL
+#define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
 #define BACKOFF_MAX_MS   30000
 #define RESCAN_MS        2000 /* how soon a broker registered meanwhile gets the feed */
 
 struct link {
     struct feed *f;
-    char name[MQPKI_ASSET_ID_MAX + 1];
+    char name[PROTO_ASSET_ID_MAX + 1];
     char host[256];
     int port;
     struct mosquitto *m;
@@ -111,7 +112,7 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     }
     mqpki_log(MQPKI_LOG_INFO, "feed: connected to broker %s (%s:%d)", l->name, l->host, l->port);
     atomic_store(&l->connected, 1);
-    mosquitto_subscribe(m, NULL, "mqpki/v1/events/+", 1);
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_EVENTS_ALL, 1);
     /* A broker that was down gets the current CRLs as soon as it is back. */
     publish_all(l);
 }
@@ -134,7 +135,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     const char *type, *asset, *address;
     int rc;
 
-    if (strncmp(msg->topic, "mqpki/v1/events/", 16) != 0)
+    if (strncmp(msg->topic, PROTO_TOPIC_EVENTS, strlen(PROTO_TOPIC_EVENTS)) != 0)
         goto out;
     if (msg->payloadlen <= 0 || msg->payloadlen > FEED_EVENT_MAX) {
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: event of %d bytes ignored", l->name,
@@ -154,11 +155,11 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     if (strcmp(type, "connect") != 0) {
         if (strcmp(type, "disconnect") != 0)
             mqpki_log(MQPKI_LOG_INFO, "feed: broker %s: %s by %s from %s", l->name, type,
-                      asset != NULL && mqpki_asset_id_valid(asset) ? asset : "?",
+                      asset != NULL && proto_asset_id_valid(asset) ? asset : "?",
                       address != NULL && strlen(address) < 64 ? address : "?");
         goto out;
     }
-    if (asset == NULL || !mqpki_asset_id_valid(asset) || strcmp(asset, SERVICE_ID) == 0)
+    if (asset == NULL || !proto_asset_id_valid(asset) || strcmp(asset, SERVICE_ID) == 0)
         goto out;
     if (address != NULL && strlen(address) >= INV_TEXT_MAX)
         address = NULL;
@@ -365,7 +366,7 @@ static void rescan(struct feed *f)
         return; /* no broker registered: nothing to feed */
     while ((de = readdir(d)) != NULL && atomic_load(&f->n_links) < FEED_MAX_BROKERS) {
         struct link *l = &f->links[atomic_load(&f->n_links)];
-        if (!mqpki_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
+        if (!proto_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
             known(f, de->d_name) ||
             mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
             access(path, F_OK) != 0)

@@ -161,7 +161,7 @@ struct ca *datadir_ca(struct datadir *dd)
 
 struct entry_list {
     struct ca_crl_entry *v;
-    char (*serials)[CA_SERIAL_HEX_MAX + 8];
+    char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
     size_t n, cap;
 };
 

@@ -3,12 +3,13 @@
 #define MQPKI_DATADIR_INT_H
 
 #include "datadir.h"
+#include "proto.h"
 
 /* Labels of the CA keys in the token. */
 #define DATADIR_ROOT_KEY    "mqpki-root"
 #define DATADIR_ISSUING_KEY "mqpki-issuing"
 /* The asset id of mqpkid's own TLS and feed identity. */
-#define DATADIR_SERVICE_ASSET "mqpkid"
+#define DATADIR_SERVICE_ASSET PROTO_SERVICE_ID
 
 struct datadir {
     char home[PATH_MAX];

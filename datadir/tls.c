@@ -18,6 +18,7 @@
 #include "datadir_int.h"
 #include "enrollment.h"
 #include "inventory.h"
+#include "proto.h"
 
 /*
  * Install order, so that a crash at any point leaves a matching key and certificate:
@@ -155,7 +156,6 @@ int datadir_tls_renew(struct datadir *dd, int force, int *renewed)
     size_t len;
     X509 *cert = NULL;
     int64_t nb, na;
-    struct tm tm;
     int rc;
 
     *renewed = 0;
@@ -174,16 +174,11 @@ int datadir_tls_renew(struct datadir *dd, int force, int *renewed)
         rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: no certificate", path);
         goto out;
     }
-    if (ASN1_TIME_to_tm(X509_get0_notBefore(cert), &tm) != 1) {
-        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable notBefore", path);
+    if (proto_asn1_time(X509_get0_notBefore(cert), &nb) != 0 ||
+        proto_asn1_time(X509_get0_notAfter(cert), &na) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable validity", path);
         goto out;
     }
-    nb = (int64_t)timegm(&tm);
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
-        rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable notAfter", path);
-        goto out;
-    }
-    na = (int64_t)timegm(&tm);
     if (!force && mqpki_now() < nb + (na - nb) * 2 / 3)
         goto out;
     if ((rc = current_names(cert, &names)) != MQPKI_OK ||

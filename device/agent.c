@@ -24,11 +24,11 @@
 #include <mosquitto.h>
 
 #include "mqpki_device.h"
+#include "proto.h"
 
-#define TOKEN_ENV     "MQPKI_DEVICE_TOKEN"
-#define TOKEN_MAX     512
-#define CHECK_EVERY   3600 /* run: re-check the schedule at least hourly */
-#define CMD_TOPIC_FMT "mqpki/v1/assets/%s/cmd"
+#define TOKEN_ENV   "MQPKI_DEVICE_TOKEN"
+#define TOKEN_MAX   512
+#define CHECK_EVERY 3600 /* run: re-check the schedule at least hourly */
 
 static const char *prog = "mqpki-device";
 static volatile sig_atomic_t stop_flag;
@@ -40,7 +40,8 @@ static const char usage_main[] =
     "  enroll   first enrollment over EST (key generated in the key store)\n"
     "  renew    renew the certificate now if due (--force: regardless)\n"
     "  status   identity, serial, expiry, renewal due, store, server (--json)\n"
-    "  run      keep the identity fresh; obey mqpki/v1/assets/ID/cmd (--broker)\n"
+    "  run      keep the identity fresh; obey " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
+    " (--broker)\n"
     "every command takes --help\n";
 static const char usage_enroll[] =
     "usage: mqpki-device --dir DIR enroll --server https://HOST:PORT\n"
@@ -58,7 +59,8 @@ static const char usage_status[] = "usage: mqpki-device --dir DIR status [--json
 static const char usage_run[] =
     "usage: mqpki-device --dir DIR run [--broker mqtts://HOST:PORT]\n"
     "renews when due (retrying with backoff); with --broker, connects with the identity and\n"
-    "renews at once on {\"op\":\"renew\"} on mqpki/v1/assets/ID/cmd. SIGTERM/SIGINT stop it.\n";
+    "renews at once on {\"op\":\"renew\"} on " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
+    ". SIGTERM/SIGINT stop it.\n";
 
 /* One line on stderr, exit status from the error's kind. */
 static int fail(const char *cmd, int rc)
@@ -270,7 +272,7 @@ struct broker {
     struct mosquitto *mosq;
     char host[256];
     int port;
-    char topic[160];
+    char topic[PROTO_TOPIC_MAX];
     int connected_once; /* broker_connect ran before: a reconnect after a renewal */
 };
 
@@ -392,7 +394,7 @@ static int cmd_run(struct mqpki_device *dev, int argc, char **argv)
     mqpki_device_set_logger(log_stderr, NULL, 2);
     if (broker_url != NULL) {
         mosquitto_lib_init();
-        snprintf(b.topic, sizeof(b.topic), CMD_TOPIC_FMT, info.asset);
+        (void)proto_topic_asset_cmd(info.asset, b.topic);
         b.mosq = mosquitto_new(info.asset, true, &b);
         if (b.mosq == NULL) {
             rc = fail("run", MQPKI_DEVICE_ERR_NOMEM);

@@ -15,6 +15,7 @@
 #include "mqpki_device.h"
 
 #include "common.h"
+#include "proto.h"
 
 #define DEV_PATH_MAX     4096
 #define DEV_RESPONSE_MAX (1024 * 1024) /* cap of any EST response body */
@@ -67,7 +68,7 @@ struct mqpki_device {
     char dir[DEV_PATH_MAX];
     int enrolled;
     /* device.json */
-    char asset[MQPKI_ASSET_ID_MAX + 1];
+    char asset[PROTO_ASSET_ID_MAX + 1];
     char token_label[128];
     char *server;
     char *store_spec;
@@ -87,7 +88,8 @@ struct mqpki_device {
     SSL_CTX *ssl_ctx; /* mqpki_device_mosquitto_tls */
     int64_t retry_after;
     /* mqpki_device_info / _ca_path buffers */
-    char serial[80], subject[512], store_text[DEV_PATH_MAX + 16], ca_path[DEV_PATH_MAX + 8];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], subject[512], store_text[DEV_PATH_MAX + 16],
+        ca_path[DEV_PATH_MAX + 8];
 };
 
 /* Store spec "file" or "pkcs11:MODULE" -> ops and param (points into spec). */

@@ -29,10 +29,10 @@
 #include <openssl/x509v3.h>
 
 #include "device_int.h"
+#include "proto.h"
 
 #define JSON_MAX        (16 * 1024)
 #define CA_CERTS_MAX    16
-#define ASSET_URI       "urn:mqpki:asset:"
 #define TOKEN_LABEL_ENV "MQPKI_DEVICE_TOKEN_LABEL"
 #define DEFAULT_LABEL   "device"
 
@@ -52,11 +52,9 @@ static int write_file(const char *path, const void *data, size_t len, unsigned m
 
 static int64_t asn1_time_epoch(const ASN1_TIME *t)
 {
-    struct tm tm;
+    int64_t v;
 
-    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
-        return 0;
-    return (int64_t)timegm(&tm);
+    return proto_asn1_time(t, &v) == 0 ? v : 0;
 }
 
 int64_t dev_renew_at(int64_t not_before, int64_t not_after, uint32_t jitter_seed)
@@ -303,7 +301,7 @@ static int config_load(struct mqpki_device *dev)
         json_unpack(root, "{s:s, s:s, s:s, s:s, s?o, s:I, s:I}", "asset", &asset, "server", &server,
                     "store", &store, "token_label", &label, "ca_fingerprint", &pin, "generation",
                     &gen, "jitter", &jitter) != 0 ||
-        !mqpki_asset_id_valid(asset) || gen < 1 || gen > 1000000 ||
+        !proto_asset_id_valid(asset) || gen < 1 || gen > 1000000 ||
         strlen(label) >= sizeof(dev->token_label)) {
         rc = dev_fail(MQPKI_DEVICE_ERR_IO, "%s: corrupted device.json", path);
         goto out;
@@ -476,22 +474,12 @@ out:
     return rc;
 }
 
+/* The certificate names exactly our asset (the rule every side of mqpki applies, proto.h). */
 static int has_asset_uri(X509 *cert, const char *asset)
 {
-    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    char want[sizeof(ASSET_URI) + MQPKI_ASSET_ID_MAX];
-    int found = 0;
+    char named[PROTO_ASSET_ID_MAX + 1];
 
-    snprintf(want, sizeof(want), "%s%s", ASSET_URI, asset);
-    for (int i = 0; i < sk_GENERAL_NAME_num(sans) && !found; i++) {
-        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
-        if (gn->type == GEN_URI &&
-            (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier) == strlen(want) &&
-            memcmp(ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier), want, strlen(want)) == 0)
-            found = 1;
-    }
-    GENERAL_NAMES_free(sans);
-    return found;
+    return proto_cert_asset_id(cert, named) && strcmp(named, asset) == 0;
 }
 
 /*
@@ -524,8 +512,8 @@ MQPKI_STATIC int verify_issued(X509_STORE *trust, STACK_OF(X509) * ca, X509 *cer
         goto out;
     }
     if (!has_asset_uri(cert, asset)) {
-        rc = dev_fail(MQPKI_DEVICE_ERR_VERIFY, "issued certificate does not name %s%s", ASSET_URI,
-                      asset);
+        rc = dev_fail(MQPKI_DEVICE_ERR_VERIFY, "issued certificate does not name %s%s",
+                      PROTO_ASSET_URN, asset);
         goto out;
     }
     full = X509_STORE_CTX_get1_chain(sctx);
@@ -685,7 +673,7 @@ static int check_enroll_opts(const struct mqpki_device_enroll_opts *o)
     else if ((o->ca_file == NULL) == (o->ca_fingerprint == NULL))
         rc = dev_fail(MQPKI_DEVICE_ERR_INVALID,
                       "give exactly one of a CA file and a CA fingerprint");
-    else if (o->asset == NULL || !mqpki_asset_id_valid(o->asset))
+    else if (o->asset == NULL || !proto_asset_id_valid(o->asset))
         rc = dev_fail(MQPKI_DEVICE_ERR_INVALID,
                       "asset id: 1 to 64 characters of [A-Za-z0-9._-], not starting with . or -");
     else if (o->token == NULL || o->token[0] == '\0' || strlen(o->token) >= DEV_TOKEN_MAX)
@@ -924,8 +912,6 @@ out:
 
 MQPKI_DEVICE_EXPORT int mqpki_device_info(struct mqpki_device *dev, struct mqpki_device_info *info)
 {
-    BIGNUM *bn = NULL;
-    char *hex = NULL;
     BIO *mem = NULL;
     int rc = MQPKI_DEVICE_OK, n;
 
@@ -939,15 +925,12 @@ MQPKI_DEVICE_EXPORT int mqpki_device_info(struct mqpki_device *dev, struct mqpki
         rc = dev_fail(MQPKI_DEVICE_ERR_NOT_ENROLLED, "%s: device not enrolled", dev->dir);
         goto out;
     }
-    bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(dev->cert), NULL);
-    hex = bn != NULL ? BN_bn2hex(bn) : NULL;
     mem = BIO_new(BIO_s_mem());
-    if (hex == NULL || mem == NULL ||
+    if (proto_serial_hex(X509_get0_serialNumber(dev->cert), dev->serial) != 0 || mem == NULL ||
         X509_NAME_print_ex(mem, X509_get_subject_name(dev->cert), 0, XN_FLAG_RFC2253) < 0) {
         rc = dev_fail(MQPKI_DEVICE_ERR_NOMEM, "out of memory");
         goto out;
     }
-    snprintf(dev->serial, sizeof(dev->serial), "%s", hex);
     for (char *p = dev->serial; *p != '\0'; p++)
         *p = (char)tolower((unsigned char)*p);
     n = BIO_read(mem, dev->subject, sizeof(dev->subject) - 1);
@@ -964,8 +947,6 @@ MQPKI_DEVICE_EXPORT int mqpki_device_info(struct mqpki_device *dev, struct mqpki
     info->generation = dev->generation;
 out:
     BIO_free(mem);
-    OPENSSL_free(hex);
-    BN_free(bn);
     return rc;
 }
 

@@ -14,12 +14,13 @@
 
 #include "device_int.h"
 #include "hsm.h"
+#include "proto.h"
 
 #define PIN_ENV "MQPKI_DEVICE_PIN"
 
 struct p11_store {
     struct hsm *hsm;
-    char asset[MQPKI_ASSET_ID_MAX + 1];
+    char asset[PROTO_ASSET_ID_MAX + 1];
 };
 
 static int label_of(const struct p11_store *ps, const char *name, char *buf, size_t size)
@@ -42,7 +43,7 @@ static int p11_open(const char *dir, const struct dev_store_args *args, void **s
         rc = dev_fail(MQPKI_DEVICE_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if (args->asset == NULL || strlen(args->asset) > MQPKI_ASSET_ID_MAX) {
+    if (args->asset == NULL || strlen(args->asset) > PROTO_ASSET_ID_MAX) {
         rc = dev_fail(MQPKI_DEVICE_ERR_INVALID, "pkcs11 store needs the asset id");
         goto out;
     }

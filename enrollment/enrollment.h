@@ -11,8 +11,9 @@
 
 #include <openssl/x509.h>
 
-#include "ca.h"     /* CA_SERIAL_HEX_MAX */
-#include "common.h" /* MQPKI_ASSET_ID_MAX */
+#include "ca.h"
+#include "common.h"
+#include "proto.h"
 
 struct ca;
 struct inventory;
@@ -90,8 +91,8 @@ struct est_peer {
     int verified;                    /* 1 when the fields below hold a verified certificate */
     unsigned char cert_sha256[32];   /* SHA-256 of the verified certificate's DER */
     int64_t valid_from, valid_until; /* latest notBefore, earliest notAfter of the chain */
-    char serial[CA_SERIAL_HEX_MAX];
-    char asset[MQPKI_ASSET_ID_MAX + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
+    char asset[PROTO_ASSET_ID_MAX + 1];
 };
 
 struct est_request {

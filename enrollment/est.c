@@ -1,5 +1,6 @@
 /* enrollment: EST (RFC 7030) request handling, independent of sockets. */
 #include "enrollment.h"
+#include "proto.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -248,7 +249,7 @@ static void reply_error(struct est_response *resp, int rc)
  * Splits "Basic base64(ASSET:TOKEN)" (RFC 7617). The decoded form must be printable ASCII, with
  * the first ':' separating asset and token. Returns 0 when malformed.
  */
-MQPKI_STATIC int parse_basic_auth(const char *header, char asset[MQPKI_ASSET_ID_MAX + 1],
+MQPKI_STATIC int parse_basic_auth(const char *header, char asset[PROTO_ASSET_ID_MAX + 1],
                                   char token[AUTH_MAX])
 {
     unsigned char decoded[AUTH_MAX];
@@ -279,7 +280,7 @@ MQPKI_STATIC int parse_basic_auth(const char *header, char asset[MQPKI_ASSET_ID_
     if ((colon = strchr((char *)decoded, ':')) == NULL)
         goto out;
     *colon = '\0';
-    if (!mqpki_asset_id_valid((char *)decoded) || strlen(colon + 1) == 0 ||
+    if (!proto_asset_id_valid((char *)decoded) || strlen(colon + 1) == 0 ||
         strlen(colon + 1) >= AUTH_MAX)
         goto out;
     /* Both lengths were checked above. */
@@ -291,37 +292,12 @@ out:
     return ok;
 }
 
-/* The asset a certificate of ours names: SAN URI urn:mqpki:asset:ID. */
-MQPKI_STATIC int cert_asset_id(X509 *cert, char out[MQPKI_ASSET_ID_MAX + 1])
-{
-    static const char prefix[] = "urn:mqpki:asset:";
-    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    int found = 0;
-
-    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names) && !found; i++) {
-        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
-        const unsigned char *uri;
-        int len;
-        if (gn->type != GEN_URI)
-            continue;
-        uri = ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
-        len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
-        if (len <= (int)sizeof(prefix) - 1 || len - (int)sizeof(prefix) + 1 > MQPKI_ASSET_ID_MAX ||
-            memcmp(uri, prefix, sizeof(prefix) - 1) != 0)
-            continue;
-        memcpy(out, uri + sizeof(prefix) - 1, (size_t)len - (sizeof(prefix) - 1));
-        out[len - (sizeof(prefix) - 1)] = '\0';
-        found = mqpki_asset_id_valid(out);
-    }
-    GENERAL_NAMES_free(names);
-    return found;
-}
-
+/* A certificate time, or fallback when unreadable. */
 static int64_t asn1_to_time(const ASN1_TIME *t, int64_t fallback)
 {
-    struct tm tm;
+    int64_t v;
 
-    return t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : fallback;
+    return proto_asn1_time(t, &v) == 0 ? v : fallback;
 }
 
 /* Remembers a verified chain for the rest of the connection (struct est_peer). */
@@ -359,14 +335,15 @@ static void peer_remember(struct est_peer *peer, const unsigned char hash[32], X
  * revoked, on hold nor expired. Fills the asset id.
  */
 static int check_client_cert(struct est *est, struct inventory *inv, const struct est_request *req,
-                             char asset[MQPKI_ASSET_ID_MAX + 1], char serial_out[CA_SERIAL_HEX_MAX])
+                             char asset[PROTO_ASSET_ID_MAX + 1],
+                             char serial_out[PROTO_SERIAL_HEX_MAX + 1])
 {
     const unsigned char *p = req->client_cert;
     X509 *cert = NULL;
     X509_STORE_CTX *ctx = NULL;
     struct est_peer *peer = req->peer;
     unsigned char hash[32];
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
     int64_t now = mqpki_now();
     int rc = MQPKI_ERR_AUTH;
 
@@ -384,7 +361,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         CRYPTO_memcmp(hash, peer->cert_sha256, sizeof(hash)) == 0 && now >= peer->valid_from &&
         now <= peer->valid_until) {
         snprintf(serial, sizeof(serial), "%s", peer->serial);
-        snprintf(asset, MQPKI_ASSET_ID_MAX + 1, "%s", peer->asset);
+        snprintf(asset, PROTO_ASSET_ID_MAX + 1, "%s", peer->asset);
         goto lookup;
     }
     if (peer != NULL)
@@ -405,7 +382,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
                    X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
         goto out;
     }
-    if (ca_cert_serial_hex(cert, serial) != MQPKI_OK || !cert_asset_id(cert, asset)) {
+    if (ca_cert_serial_hex(cert, serial) != MQPKI_OK || !proto_cert_asset_id(cert, asset)) {
         mqpki_fail(rc, "re-enrollment: client certificate names no mqpki asset");
         goto out;
     }
@@ -415,7 +392,7 @@ lookup:
     /* Checked again inside the transaction that records the new certificate. */
     if ((rc = enrollment_check_auth_cert(inv, serial, asset)) != MQPKI_OK)
         goto out;
-    snprintf(serial_out, CA_SERIAL_HEX_MAX, "%s", serial);
+    snprintf(serial_out, PROTO_SERIAL_HEX_MAX + 1, "%s", serial);
 out:
     X509_STORE_CTX_free(ctx);
     X509_free(cert);
@@ -438,7 +415,7 @@ MQPKI_STATIC int parse_est_path(const char *path, int *profile, const char **op)
         memcpy(label, rest, n);
         label[n] = '\0';
         *profile = ca_profile_parse(label);
-        if (*profile != CA_PROFILE_DEVICE && *profile != CA_PROFILE_BROKER)
+        if (ca_profile(*profile) == NULL || !ca_profile(*profile)->requestable)
             return 0;
         *op = slash + 1;
     }
@@ -457,8 +434,8 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
                    int profile, int re, struct est_response *resp)
 {
     struct enrollment_issue_req ir;
-    char asset[MQPKI_ASSET_ID_MAX + 1] = "", token[AUTH_MAX] = "", actor[96];
-    char auth_serial[CA_SERIAL_HEX_MAX] = "";
+    char asset[PROTO_ASSET_ID_MAX + 1] = "", token[AUTH_MAX] = "", actor[96];
+    char auth_serial[PROTO_SERIAL_HEX_MAX + 1] = "";
     X509 *cert = NULL;
     int rc, wait;
 
@@ -516,7 +493,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         goto out;
     }
     {
-        char *b64 = NULL, serial[CA_SERIAL_HEX_MAX] = "";
+        char *b64 = NULL, serial[PROTO_SERIAL_HEX_MAX + 1] = "";
         size_t len = 0;
         if (certs_only(&cert, 1, &b64, &len) != MQPKI_OK) {
             reply_text(resp, 500, "error", "internal error");

@@ -1,5 +1,6 @@
 /* enrollment: the one issuance path, shared by the operator CLI and EST. */
 #include "enrollment.h"
+#include "proto.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -15,21 +16,10 @@
 /* Serial collisions are astronomically rare with 127 random bits; retry a few times anyway. */
 #define SERIAL_TRIES 3
 
+/* An asset of kind K gets the profile named K (ca/profile.c). */
 static int profile_for_kind(int kind)
 {
-    switch (kind) {
-    case INV_KIND_DEVICE: return CA_PROFILE_DEVICE;
-    case INV_KIND_BROKER: return CA_PROFILE_BROKER;
-    case INV_KIND_SERVICE: return CA_PROFILE_SERVICE;
-    default: return -1;
-    }
-}
-
-static int64_t asn1_time(const ASN1_TIME *t)
-{
-    struct tm tm;
-
-    return ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+    return ca_profile_parse(inventory_kind_name(kind));
 }
 
 /* Signs a certificate for pub and fills its store record (rec->pem is heap, caller frees). */
@@ -37,7 +27,7 @@ static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profi
                 const char *key_fp, X509 **out, struct inventory_cert *rec)
 {
     struct ca_issue_opts opts;
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
     size_t pem_len = 0;
     int rc;
 
@@ -63,8 +53,8 @@ static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profi
     snprintf(rec->asset_id, sizeof(rec->asset_id), "%s", req->asset_id);
     snprintf(rec->profile, sizeof(rec->profile), "%s", ca_profile_name(opts.profile));
     snprintf(rec->key_fp, sizeof(rec->key_fp), "%s", key_fp);
-    rec->not_before = asn1_time(X509_get0_notBefore(*out));
-    rec->not_after = asn1_time(X509_get0_notAfter(*out));
+    (void)proto_asn1_time(X509_get0_notBefore(*out), &rec->not_before);
+    (void)proto_asn1_time(X509_get0_notAfter(*out), &rec->not_after);
     rec->state = INV_CERT_VALID;
     rec->reason = -1;
     if ((rc = ca_cert_pem(*out, &rec->pem, &pem_len)) != MQPKI_OK) {
@@ -116,13 +106,14 @@ int enrollment_record(struct inventory *inv, const struct inventory_cert *rec,
 }
 
 /* Untrusted bytes are parsed and checked before the token or the store is touched. */
-static int check_request(const struct enrollment_issue_req *req, EVP_PKEY **pub, char key_fp[65])
+static int check_request(const struct enrollment_issue_req *req, EVP_PKEY **pub,
+                         char key_fp[PROTO_FP_HEX_LEN + 1])
 {
     X509_REQ *csr = NULL;
     int rc;
 
     *pub = NULL;
-    if (!mqpki_asset_id_valid(req->asset_id)) {
+    if (!proto_asset_id_valid(req->asset_id)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID,
                         "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
                         req->asset_id != NULL ? req->asset_id : "");
@@ -182,7 +173,7 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
     struct enrollment_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
-    char key_fp[65];
+    char key_fp[PROTO_FP_HEX_LEN + 1];
     int rc, profile = -1, in_tx = 0;
 
     *out = NULL;

@@ -310,7 +310,7 @@ out:
                                                                  "NULLIF(last_broker, ''))"
 #define INV_RFC3339(col)                                                                           \
     "CASE WHEN " col " = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', " col ", 'unixepoch') "   \
-                                                                               "END"
+    "END"
 
 /* The shared filter of the listings: fixed fragments only, values bound as ?1 and ?2. */
 static int list_prepare(struct inventory *inv, const char *cols, int state, int kind,

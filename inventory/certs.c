@@ -43,37 +43,30 @@ void inventory_cert_clear(struct inventory_cert *c)
     c->pem = NULL;
 }
 
-/* Serials are stored upper-case; lookups accept any case. */
-/* Serials in hex, as any RFC 5280 serial (at most 20 bytes) can be written: 1 to 40 digits. */
-static int serial_norm(const char *in, char out[44])
+/* Serials are stored as proto_serial_norm writes them (upper-case hex); lookups accept any case,
+ * a 0x prefix and colons. */
+static int serial_norm(const char *in, char out[PROTO_SERIAL_HEX_MAX + 1])
 {
-    size_t n;
-
     if (in == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial missing");
-    n = strnlen(in, 41);
-    if (n == 0 || n > 40)
-        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: 1 to 40 hex digits expected");
-    for (size_t i = 0; i < n; i++) {
-        if (!isxdigit((unsigned char)in[i]))
-            return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: hex digits expected");
-        out[i] = (char)toupper((unsigned char)in[i]);
-    }
-    out[n] = '\0';
+    if (proto_serial_norm(in, out) != 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate serial: 1 to %d hex digits expected",
+                          PROTO_SERIAL_HEX_MAX);
     return MQPKI_OK;
 }
 
 /* Key fingerprints are SHA-256 in lower-case hex, as mqpki_hex writes them. */
-static int key_fp_norm(const char *in, char out[65])
+static int key_fp_norm(const char *in, char out[PROTO_FP_HEX_LEN + 1])
 {
-    if (in == NULL || strnlen(in, 65) != 64)
-        return mqpki_fail(MQPKI_ERR_INVALID, "key fingerprint: 64 hex digits expected");
-    for (size_t i = 0; i < 64; i++) {
+    if (in == NULL || strnlen(in, PROTO_FP_HEX_LEN + 1) != PROTO_FP_HEX_LEN)
+        return mqpki_fail(MQPKI_ERR_INVALID, "key fingerprint: %d hex digits expected",
+                          PROTO_FP_HEX_LEN);
+    for (size_t i = 0; i < PROTO_FP_HEX_LEN; i++) {
         if (!isxdigit((unsigned char)in[i]))
             return mqpki_fail(MQPKI_ERR_INVALID, "key fingerprint: hex digits expected");
         out[i] = (char)tolower((unsigned char)in[i]);
     }
-    out[64] = '\0';
+    out[PROTO_FP_HEX_LEN] = '\0';
     return MQPKI_OK;
 }
 
@@ -110,7 +103,7 @@ static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct in
 /* Refuses a key that is compromised anywhere or certified for another asset. */
 static int key_check(struct inventory *inv, const char *asset_id, const char *key_fp)
 {
-    char other[MQPKI_ASSET_ID_MAX + 1] = "";
+    char other[PROTO_ASSET_ID_MAX + 1] = "";
     sqlite3_stmt *st = NULL;
     int rc, src, compromised = 0;
 
@@ -158,7 +151,7 @@ static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
                        const char *actor)
 {
-    char serial[44], key_fp[65];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
@@ -252,7 +245,7 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
                        struct inventory_cert *out)
 {
     sqlite3_stmt *st = NULL;
-    char norm[44];
+    char norm[PROTO_SERIAL_HEX_MAX + 1];
     int rc;
 
     if (out != NULL)
@@ -426,7 +419,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
-    char norm[44], why[64];
+    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
     int rc, started = 0;
 
     if (inv == NULL)
@@ -489,7 +482,7 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
-    char norm[44], why[64];
+    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
     int rc, started = 0;
 
     if (inv == NULL)

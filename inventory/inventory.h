@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto.h"
+
 struct inventory;
 
 /* Asset lifecycle (DESIGN.md 8). */
@@ -43,7 +45,7 @@ const char *inventory_cert_state_name(int state);
 #define INV_TEXT_MAX 256
 
 struct inventory_asset {
-    char id[65];
+    char id[PROTO_ASSET_ID_MAX + 1];
     int kind;                 /* enum inventory_kind */
     int state;                /* enum inventory_state */
     char model[INV_TEXT_MAX]; /* "" when unset */
@@ -61,16 +63,16 @@ struct inventory_asset {
 void inventory_asset_clear(struct inventory_asset *a);
 
 struct inventory_cert {
-    char serial[44]; /* upper-case hex */
-    char asset_id[65];
+    char serial[PROTO_SERIAL_HEX_MAX + 1]; /* upper-case hex */
+    char asset_id[PROTO_ASSET_ID_MAX + 1];
     char profile[16]; /* "device", "broker", "service" */
     int64_t not_before;
     int64_t not_after;
-    int state;          /* enum inventory_cert_state, expiry derived at read time */
-    char key_fp[65];    /* SHA-256 of the SubjectPublicKeyInfo, hex */
-    int64_t revoked_at; /* 0 unless revoked */
-    int reason;         /* RFC 5280 reason code when revoked, else -1 */
-    char *pem;          /* freed by inventory_cert_clear; NULL when not requested */
+    int state;                         /* enum inventory_cert_state, expiry derived at read time */
+    char key_fp[PROTO_FP_HEX_LEN + 1]; /* SHA-256 of the SubjectPublicKeyInfo, hex */
+    int64_t revoked_at;                /* 0 unless revoked */
+    int reason;                        /* RFC 5280 reason code when revoked, else -1 */
+    char *pem;                         /* freed by inventory_cert_clear; NULL when not requested */
 };
 void inventory_cert_clear(struct inventory_cert *c);
 

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "inventory.h"
+#include "proto.h"
 
 /* Current schema version (PRAGMA user_version). */
 #define INV_SCHEMA_VERSION 1

@@ -198,10 +198,10 @@ void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size)
 
 int inv_check_id(const char *id)
 {
-    char shown[MQPKI_ASSET_ID_MAX + 8];
+    char shown[PROTO_ASSET_ID_MAX + 8];
     size_t i;
 
-    if (mqpki_asset_id_valid(id))
+    if (proto_asset_id_valid(id))
         return MQPKI_OK;
     if (id == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset id missing");

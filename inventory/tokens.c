@@ -242,7 +242,7 @@ int inventory_token_refused(struct inventory *inv, const char *asset_id)
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "token refused: no store");
-    if (!mqpki_asset_id_valid(asset_id))
+    if (!proto_asset_id_valid(asset_id))
         return MQPKI_OK; /* names no asset: nothing to count */
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         return rc;
@@ -259,7 +259,7 @@ int inventory_token_check(struct inventory *inv, const char *asset_id, const cha
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "token check: no store");
     len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
-    if (!mqpki_asset_id_valid(asset_id) || len == 0 || len >= TOKEN_TEXT_MAX)
+    if (!proto_asset_id_valid(asset_id) || len == 0 || len >= TOKEN_TEXT_MAX)
         return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
     rc = token_find(inv, asset_id, token, len, mqpki_now(), &match);
     if (rc == MQPKI_OK && match == 0)
@@ -277,7 +277,7 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "token consume: no store");
     /* A malformed id names no asset: the same refusal as any other mismatch. */
-    if (!mqpki_asset_id_valid(asset_id))
+    if (!proto_asset_id_valid(asset_id))
         return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
     len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
     rc = inv_tx_start(inv, &tx);

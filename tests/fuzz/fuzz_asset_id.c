@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "proto.h"
 
 static int reference(const char *id)
 {
@@ -29,9 +29,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(id, data, size);
     id[size] = '\0';
-    if ((mqpki_asset_id_valid(id) != 0) != reference(id))
+    if ((proto_asset_id_valid(id) != 0) != reference(id))
         __builtin_trap();
-    if (mqpki_asset_id_valid(id) && (strchr(id, '/') || strchr(id, '+') || strchr(id, '#')))
+    if (proto_asset_id_valid(id) && (strchr(id, '/') || strchr(id, '+') || strchr(id, '#')))
         __builtin_trap();
     free(id);
     return 0;

@@ -13,7 +13,7 @@
 #include <openssl/x509v3.h>
 
 #include "broker.h"
-#include "crlcheck.h"
+#include "proto.h"
 
 static STACK_OF(X509) * cas;
 static struct revset *held; /* a full CRL 5 held, as a running broker would */
@@ -22,13 +22,13 @@ static void setup(void)
 {
     char why[256];
     unsigned char der[4096];
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     struct revset *next = NULL;
     X509_CRL *crl = NULL;
     size_t len;
     FILE *f;
 
-    if (crlcheck_load_cas(FUZZ_DIR "/crl-ca/ca.pem", &cas, why, sizeof(why)) != 0)
+    if (proto_crl_load_cas(FUZZ_DIR "/crl-ca/ca.pem", &cas, why, sizeof(why)) != 0)
         __builtin_trap();
     held = revset_new_empty();
     f = fopen(FUZZ_DIR "/corpus/crl/full.der", "rb");
@@ -36,8 +36,8 @@ static void setup(void)
         __builtin_trap();
     len = fread(der, 1, sizeof(der), f);
     fclose(f);
-    if (crlcheck_parse(der, len, &crl, why, sizeof(why)) != 0 ||
-        crlcheck_verify(crl, cas, &info, why, sizeof(why)) != 0 ||
+    if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        proto_crl_verify(crl, cas, &info, why, sizeof(why)) != 0 ||
         revset_apply(NULL, crl, &info, &next) != 0)
         __builtin_trap();
     revset_free(held);
@@ -45,10 +45,10 @@ static void setup(void)
     X509_CRL_free(crl);
 }
 
-static void apply(X509_CRL *crl, const struct crlcheck_info *info)
+static void apply(X509_CRL *crl, const struct proto_crl_info *info)
 {
     struct revset *next = NULL;
-    unsigned char issuer[CRLCHECK_ISSUER_LEN], key[CRLCHECK_KEY_LEN];
+    unsigned char issuer[PROTO_ISSUER_LEN], key[PROTO_SERIAL_KEY_LEN];
     STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
 
     if (revset_apply(held, crl, info, &next) != 0)
@@ -59,7 +59,7 @@ static void apply(X509_CRL *crl, const struct crlcheck_info *info)
         ASN1_ENUMERATED *reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
         int remove = reason != NULL && ASN1_ENUMERATED_get(reason) == CRL_REASON_REMOVE_FROM_CRL;
         ASN1_ENUMERATED_free(reason);
-        crlcheck_serial_key(X509_REVOKED_get0_serialNumber(r), key);
+        proto_serial_key(X509_REVOKED_get0_serialNumber(r), key);
         /* A listed serial of a full CRL must be found (removeFromCRL entries mean nothing in a
          * full CRL and are skipped by design). */
         if (info->base < 0 && !remove && !revset_is_revoked(next, issuer, key))
@@ -71,24 +71,24 @@ static void apply(X509_CRL *crl, const struct crlcheck_info *info)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     X509_CRL *crl = NULL;
     char why[512];
 
     if (cas == NULL)
         setup();
-    if (crlcheck_parse(data, size, &crl, why, sizeof(why)) != 0)
+    if (proto_crl_parse(data, size, &crl, why, sizeof(why)) != 0)
         goto out;
     memset(&info, 0, sizeof(info));
-    if (crlcheck_verify(crl, cas, &info, why, sizeof(why)) == 0) {
-        if (crlcheck_order(&info, revset_full_number(held), revset_delta_number(held), why,
-                           sizeof(why)) != CRLCHECK_REFUSE)
+    if (proto_crl_verify(crl, cas, &info, why, sizeof(why)) == 0) {
+        if (proto_crl_order(&info, revset_full_number(held), revset_delta_number(held), why,
+                            sizeof(why)) != PROTO_CRL_REFUSE)
             apply(crl, &info);
     } else {
         memset(&info, 0, sizeof(info));
         info.number = size > 0 ? data[0] : 1;
         info.base = size > 1 && (data[1] & 1) ? data[1] : -1;
-        if (crlcheck_name_digest(X509_CRL_get_issuer(crl), info.issuer) == 0)
+        if (proto_name_digest(X509_CRL_get_issuer(crl), info.issuer) == 0)
             apply(crl, &info);
     }
 out:

@@ -12,7 +12,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     X509_REQ *req = NULL;
-    char fp[65];
+    char fp[PROTO_FP_HEX_LEN + 1];
 
     fuzz_quiet();
     if (ca_csr_parse(data, size, &req) == MQPKI_OK) {

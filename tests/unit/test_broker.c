@@ -14,7 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "broker.h"
-#include "crlcheck.h"
+#include "proto.h"
 
 struct test_ca {
     EVP_PKEY *key;
@@ -143,10 +143,10 @@ static STACK_OF(X509) * trust(struct test_ca *ca)
     return s;
 }
 
-static void key_of(unsigned v, unsigned char key[CRLCHECK_KEY_LEN])
+static void key_of(unsigned v, unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     ASN1_INTEGER *s = serial16(v);
-    crlcheck_serial_key(s, key);
+    proto_serial_key(s, key);
     ASN1_INTEGER_free(s);
 }
 
@@ -154,17 +154,17 @@ static void key_of(unsigned v, unsigned char key[CRLCHECK_KEY_LEN])
 static int feed(struct revset **r, STACK_OF(X509) * cas, const unsigned char *der, size_t len,
                 char *why)
 {
-    struct crlcheck_info info;
+    struct proto_crl_info info;
     struct revset *next = NULL;
     X509_CRL *crl = NULL;
     int v = -1;
 
     why[0] = '\0';
-    if (crlcheck_parse(der, len, &crl, why, 256) != 0 ||
-        crlcheck_verify(crl, cas, &info, why, 256) != 0)
+    if (proto_crl_parse(der, len, &crl, why, 256) != 0 ||
+        proto_crl_verify(crl, cas, &info, why, 256) != 0)
         goto out;
-    v = crlcheck_order(&info, revset_full_number(*r), revset_delta_number(*r), why, 256);
-    if (v == CRLCHECK_ACCEPT) {
+    v = proto_crl_order(&info, revset_full_number(*r), revset_delta_number(*r), why, 256);
+    if (v == PROTO_CRL_ACCEPT) {
         assert_int_equal(revset_apply(*r, crl, &info, &next), 0);
         revset_free(*r);
         *r = next;
@@ -177,7 +177,7 @@ out:
 static void test_serialset_basic(void **state)
 {
     struct serialset *s = serialset_new(0);
-    unsigned char k[CRLCHECK_KEY_LEN], zero[CRLCHECK_KEY_LEN] = {0};
+    unsigned char k[PROTO_SERIAL_KEY_LEN], zero[PROTO_SERIAL_KEY_LEN] = {0};
 
     assert_non_null(s);
     for (unsigned i = 1; i <= 1000; i++) {
@@ -210,7 +210,7 @@ static void test_serialset_basic(void **state)
 static void test_serialset_million(void **state)
 {
     struct serialset *s = serialset_new(0);
-    unsigned char k[CRLCHECK_KEY_LEN];
+    unsigned char k[PROTO_SERIAL_KEY_LEN];
 
     assert_non_null(s);
     for (uint32_t i = 1; i <= 1000000; i++) {
@@ -233,20 +233,20 @@ static void test_serialset_million(void **state)
 
 static void test_serial_key(void **state)
 {
-    unsigned char a[CRLCHECK_KEY_LEN], b[CRLCHECK_KEY_LEN];
+    unsigned char a[PROTO_SERIAL_KEY_LEN], b[PROTO_SERIAL_KEY_LEN];
     ASN1_INTEGER *small = ASN1_INTEGER_new(), *big;
     BIGNUM *bn = BN_new();
 
     ASN1_INTEGER_set(small, 0x1234);
-    crlcheck_serial_key(small, a);
+    proto_serial_key(small, a);
     assert_int_equal(a[0], 2);
     assert_int_equal(a[14], 0x12);
     assert_int_equal(a[15], 0x34);
     /* A 20-byte serial goes through the digest and differs from the short one. */
     BN_set_bit(bn, 159);
     big = BN_to_ASN1_INTEGER(bn, NULL);
-    crlcheck_serial_key(big, b);
-    assert_memory_not_equal(a, b, CRLCHECK_KEY_LEN);
+    proto_serial_key(big, b);
+    assert_memory_not_equal(a, b, PROTO_SERIAL_KEY_LEN);
     ASN1_INTEGER_free(small);
     ASN1_INTEGER_free(big);
     BN_free(bn);
@@ -258,23 +258,23 @@ static void test_crl_accept_and_refuse(void **state)
     STACK_OF(X509) * cas;
     struct revset *r = revset_new_empty();
     unsigned s1[] = {1, 2, 3}, s2[] = {1, 2, 3, 4};
-    unsigned char *der, *der2, *der_other, k[CRLCHECK_KEY_LEN], iss[CRLCHECK_ISSUER_LEN];
+    unsigned char *der, *der2, *der_other, k[PROTO_SERIAL_KEY_LEN], iss[PROTO_ISSUER_LEN];
     size_t len, len2, len_other;
     char why[256];
 
     make_ca(&ca, "Test Issuing CA");
     make_ca(&other, "Test Issuing CA"); /* same name, other key: the forger's favourite */
     cas = trust(&ca);
-    crlcheck_name_digest(X509_get_subject_name(ca.cert), iss);
+    proto_name_digest(X509_get_subject_name(ca.cert), iss);
 
     der = make_crl(&ca, 5, -1, s1, NULL, 3, &len);
-    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, der, len, why), PROTO_CRL_ACCEPT);
     assert_int_equal(revset_full_number(r), 5);
     key_of(2, k);
     assert_true(revset_is_revoked(r, iss, k));
     key_of(4, k);
     assert_false(revset_is_revoked(r, iss, k));
-    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_SAME);
+    assert_int_equal(feed(&r, cas, der, len, why), PROTO_CRL_SAME);
 
     /* Another CA with the same name: signature refused. */
     der_other = make_crl(&other, 9, -1, s2, NULL, 4, &len_other);
@@ -304,10 +304,10 @@ static void test_crl_accept_and_refuse(void **state)
 
     /* Newer is taken; then the older one is a rollback. */
     der2 = make_crl(&ca, 7, -1, s2, NULL, 4, &len2);
-    assert_int_equal(feed(&r, cas, der2, len2, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, der2, len2, why), PROTO_CRL_ACCEPT);
     key_of(4, k);
     assert_true(revset_is_revoked(r, iss, k));
-    assert_int_equal(feed(&r, cas, der, len, why), CRLCHECK_REFUSE);
+    assert_int_equal(feed(&r, cas, der, len, why), PROTO_CRL_REFUSE);
     assert_string_equal(why, "CRL 5 refused: CRL number lower than held 7 (RFC 5280 5.2.3)");
     assert_int_equal(revset_full_number(r), 7);
 
@@ -327,20 +327,20 @@ static void test_delta_merge(void **state)
     struct revset *r = revset_new_empty();
     unsigned full_s[] = {1, 2}, delta_s[] = {3, 2}, delta2_s[] = {5};
     int delta_reasons[] = {1, 8 /* removeFromCRL */};
-    unsigned char *full, *delta, *delta2, *full2, k[CRLCHECK_KEY_LEN], iss[CRLCHECK_ISSUER_LEN];
+    unsigned char *full, *delta, *delta2, *full2, k[PROTO_SERIAL_KEY_LEN], iss[PROTO_ISSUER_LEN];
     size_t lf, ld, ld2, lf2;
     char why[256];
 
     make_ca(&ca, "Delta CA");
     cas = trust(&ca);
-    crlcheck_name_digest(X509_get_subject_name(ca.cert), iss);
+    proto_name_digest(X509_get_subject_name(ca.cert), iss);
     delta = make_crl(&ca, 11, 10, delta_s, delta_reasons, 2, &ld);
     /* No full CRL held: a delta has nothing to extend. */
-    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_REFUSE);
+    assert_int_equal(feed(&r, cas, delta, ld, why), PROTO_CRL_REFUSE);
 
     full = make_crl(&ca, 10, -1, full_s, NULL, 2, &lf);
-    assert_int_equal(feed(&r, cas, full, lf, why), CRLCHECK_ACCEPT);
-    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, full, lf, why), PROTO_CRL_ACCEPT);
+    assert_int_equal(feed(&r, cas, delta, ld, why), PROTO_CRL_ACCEPT);
     assert_int_equal(revset_delta_number(r), 11);
     key_of(1, k);
     assert_true(revset_is_revoked(r, iss, k));
@@ -351,17 +351,17 @@ static void test_delta_merge(void **state)
 
     /* A delta based on a newer full CRL than held is refused; an older delta too. */
     delta2 = make_crl(&ca, 13, 12, delta2_s, NULL, 1, &ld2);
-    assert_int_equal(feed(&r, cas, delta2, ld2, why), CRLCHECK_REFUSE);
+    assert_int_equal(feed(&r, cas, delta2, ld2, why), PROTO_CRL_REFUSE);
     assert_non_null(strstr(why, "newer than the held full CRL"));
 
     /* A new full CRL 12 keeps no delta numbered below it. */
     full2 = make_crl(&ca, 12, -1, full_s, NULL, 1, &lf2);
-    assert_int_equal(feed(&r, cas, full2, lf2, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, full2, lf2, why), PROTO_CRL_ACCEPT);
     assert_int_equal(revset_delta_number(r), -1);
     key_of(3, k);
     assert_false(revset_is_revoked(r, iss, k));
-    assert_int_equal(feed(&r, cas, delta, ld, why), CRLCHECK_REFUSE);
-    assert_int_equal(feed(&r, cas, delta2, ld2, why), CRLCHECK_ACCEPT);
+    assert_int_equal(feed(&r, cas, delta, ld, why), PROTO_CRL_REFUSE);
+    assert_int_equal(feed(&r, cas, delta2, ld2, why), PROTO_CRL_ACCEPT);
     key_of(5, k);
     assert_true(revset_is_revoked(r, iss, k));
     /* A serial of another issuer is not judged by this CRL. */
@@ -454,13 +454,13 @@ static void test_load_cas(void **state)
     f = fdopen(fd, "w");
     PEM_write_X509(f, root.cert);
     fclose(f);
-    assert_int_equal(crlcheck_load_cas(path, &cas, why, sizeof(why)), 0);
+    assert_int_equal(proto_crl_load_cas(path, &cas, why, sizeof(why)), 0);
     assert_int_equal(sk_X509_num(cas), 1);
     sk_X509_pop_free(cas, X509_free);
     f = fopen(path, "w");
     fputs("not a certificate\n", f);
     fclose(f);
-    assert_int_equal(crlcheck_load_cas(path, &cas, why, sizeof(why)), -1);
+    assert_int_equal(proto_crl_load_cas(path, &cas, why, sizeof(why)), -1);
     assert_null(cas);
     unlink(path);
     free_ca(&root);

@@ -137,7 +137,7 @@ static int verify_leaf(struct fixture *f, X509 *leaf, int purpose)
 
 static void issue(struct fixture *f, EVP_PKEY *pub, struct ca_issue_opts *o, X509 **out)
 {
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
 
     assert_int_equal(ca_serial_new(serial), MQPKI_OK);
     o->serial_hex = serial;
@@ -273,7 +273,7 @@ static void test_open_mismatch(void **state)
     {
         EVP_PKEY *k = EVP_EC_gen("P-256");
         struct ca_issue_opts o = {.profile = CA_PROFILE_DEVICE, .asset_id = "nodp"};
-        char serial[CA_SERIAL_HEX_MAX];
+        char serial[PROTO_SERIAL_HEX_MAX + 1];
         X509 *leaf = NULL;
 
         assert_int_equal(ca_serial_new(serial), MQPKI_OK);
@@ -295,7 +295,7 @@ static void test_leaf_from_ca_true_csr(void **state)
     X509 *leaf = NULL;
     BASIC_CONSTRAINTS *bc;
     CRL_DIST_POINTS *dps;
-    char serial[CA_SERIAL_HEX_MAX], got[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], got[PROTO_SERIAL_HEX_MAX + 1];
     char buf[128];
 
     assert_int_equal(ca_csr_check(req), MQPKI_OK);
@@ -422,7 +422,7 @@ static void test_issue_refusals(void **state)
     const char *bad_ip[] = {"1.2.3.4x"};
     const char *bad_dns[] = {"bad host"};
     const char *dns[] = {"a.example"};
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
     struct ca_issue_opts o = {.profile = CA_PROFILE_BROKER, .asset_id = "b1"};
     X509 *leaf = (X509 *)1;
 
@@ -666,7 +666,7 @@ static int cmp_str(const void *a, const void *b)
 static void test_serials(void **state)
 {
     enum { N = 1000 };
-    static char s[N][CA_SERIAL_HEX_MAX];
+    static char s[N][PROTO_SERIAL_HEX_MAX + 1];
     int i, j;
 
     for (i = 0; i < N; i++) {
@@ -687,7 +687,7 @@ static void test_serials(void **state)
 static void test_fingerprint(void **state)
 {
     struct fixture *f = *state;
-    char a[65], b[65], c[65];
+    char a[PROTO_FP_HEX_LEN + 1], b[PROTO_FP_HEX_LEN + 1], c[PROTO_FP_HEX_LEN + 1];
     unsigned char *der = NULL, md[32];
     int n;
 
@@ -878,7 +878,7 @@ static void test_crl_scale(void **state)
     enum { N = 100000 };
     struct fixture *f = *state;
     struct ca_crl_entry *e = calloc(N, sizeof(*e));
-    char(*hex)[CA_SERIAL_HEX_MAX] = calloc(N, sizeof(*hex));
+    char(*hex)[PROTO_SERIAL_HEX_MAX + 1] = calloc(N, sizeof(*hex));
     struct timespec t0, t1;
     X509_CRL *crl = NULL;
     unsigned char *der = NULL;
@@ -937,7 +937,7 @@ static void test_cert_pem(void **state)
     char *pem = NULL, *two, *big;
     size_t len = 0;
     X509 *back = (X509 *)1;
-    char serial[CA_SERIAL_HEX_MAX];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
 
     assert_int_equal(ca_cert_pem(f->issuing, &pem, &len), MQPKI_OK);
     assert_int_equal(strlen(pem), len);
@@ -971,7 +971,7 @@ static void *issue_many(void *arg)
     int i;
 
     for (i = 0; i < 200; i++) {
-        char serial[CA_SERIAL_HEX_MAX], id[32];
+        char serial[PROTO_SERIAL_HEX_MAX + 1], id[32];
         struct ca_issue_opts o = {.profile = CA_PROFILE_DEVICE, .asset_id = id};
         X509 *x = NULL;
 

@@ -1,4 +1,4 @@
-/* Unit tests for common/: error table, details, files, ids, durations. */
+/* Unit tests for common/: error table, details, files, durations. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,31 +33,6 @@ static void test_errors(void **state)
     mqpki_fail(MQPKI_ERR_INVALID, "id '%s'", "a\033[2Jb\n");
     assert_string_equal(mqpki_err_detail(MQPKI_ERR_INVALID), "id 'a?[2Jb?'");
     mqpki_err_clear();
-}
-
-static void test_asset_ids(void **state)
-{
-    char long_id[70];
-
-    (void)state;
-    assert_true(mqpki_asset_id_valid("meter"));
-    assert_true(mqpki_asset_id_valid("cap_bank-2.a"));
-    memset(long_id, 'x', 64);
-    long_id[64] = '\0';
-    assert_true(mqpki_asset_id_valid(long_id));
-    long_id[64] = 'x';
-    long_id[65] = '\0';
-    assert_false(mqpki_asset_id_valid(long_id));
-    assert_false(mqpki_asset_id_valid(""));
-    assert_false(mqpki_asset_id_valid(NULL));
-    assert_false(mqpki_asset_id_valid("a/b"));
-    assert_false(mqpki_asset_id_valid("a+b"));
-    assert_false(mqpki_asset_id_valid("a#b"));
-    assert_false(mqpki_asset_id_valid("a b"));
-    assert_false(mqpki_asset_id_valid("a\nb"));
-    assert_false(mqpki_asset_id_valid(".hidden"));
-    assert_false(mqpki_asset_id_valid("-opt"));
-    assert_false(mqpki_asset_id_valid("caf\xc3\xa9"));
 }
 
 static void test_durations(void **state)
@@ -133,8 +108,9 @@ static void test_format(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_errors),    cmocka_unit_test(test_asset_ids),
-        cmocka_unit_test(test_durations), cmocka_unit_test(test_files),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_files),
         cmocka_unit_test(test_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,5 +1,5 @@
 /* crlcheck: CRL parsing, signature and ordering checks shared by the plugin and crl-sync. */
-#include "crlcheck.h"
+#include "proto.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,7 +30,7 @@ static int is_self_signed(X509 *c)
     return X509_NAME_cmp(X509_get_subject_name(c), X509_get_issuer_name(c)) == 0;
 }
 
-int crlcheck_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len)
+int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len)
 {
     STACK_OF(X509) *all = NULL, *keep = NULL;
     X509 *c = NULL;
@@ -84,7 +84,7 @@ out:
     return rc;
 }
 
-int crlcheck_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why, size_t why_len)
+int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why, size_t why_len)
 {
     const unsigned char *p = der;
     X509_CRL *crl = NULL;
@@ -95,9 +95,9 @@ int crlcheck_parse(const unsigned char *der, size_t len, X509_CRL **out, char *w
         refuse(why, why_len, "empty payload");
         goto out;
     }
-    if (len > CRLCHECK_MAX_DER) {
+    if (len > PROTO_CRL_MAX_DER) {
         refuse(why, why_len, "payload of %zu bytes exceeds the CRL limit of %u", len,
-               CRLCHECK_MAX_DER);
+               PROTO_CRL_MAX_DER);
         goto out;
     }
     crl = d2i_X509_CRL(NULL, &p, (long)len);
@@ -118,22 +118,12 @@ out:
     return rc;
 }
 
-int crlcheck_name_digest(const X509_NAME *name, unsigned char out[CRLCHECK_ISSUER_LEN])
+int proto_name_digest(const X509_NAME *name, unsigned char out[PROTO_ISSUER_LEN])
 {
     unsigned int n = 0;
 
-    if (X509_NAME_digest(name, EVP_sha256(), out, &n) != 1 || n != CRLCHECK_ISSUER_LEN)
+    if (X509_NAME_digest(name, EVP_sha256(), out, &n) != 1 || n != PROTO_ISSUER_LEN)
         return -1;
-    return 0;
-}
-
-static int asn1_time_secs(const ASN1_TIME *t, int64_t *out)
-{
-    struct tm tm;
-
-    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
-        return -1;
-    *out = (int64_t)timegm(&tm);
     return 0;
 }
 
@@ -179,12 +169,12 @@ out:
     return rc;
 }
 
-int crlcheck_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct crlcheck_info *info, char *why,
-                    size_t why_len)
+int proto_crl_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct proto_crl_info *info, char *why,
+                     size_t why_len)
 {
     X509 *ca;
     EVP_PKEY *pub;
-    int present, n, rc = -1;
+    int rc = -1;
 
     memset(info, 0, sizeof(*info));
     info->base = -1;
@@ -200,6 +190,17 @@ int crlcheck_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct crlcheck_info *i
         refuse(why, why_len, "CRL signature does not verify against the issuing CA");
         goto out;
     }
+    rc = proto_crl_describe(crl, info, why, why_len);
+out:
+    return rc;
+}
+
+int proto_crl_describe(X509_CRL *crl, struct proto_crl_info *info, char *why, size_t why_len)
+{
+    int present, n, rc = -1;
+
+    memset(info, 0, sizeof(*info));
+    info->base = -1;
     if (X509_CRL_get_version(crl) != 1) {
         refuse(why, why_len, "CRL is not v2 (RFC 5280 5.1.2.1)");
         goto out;
@@ -213,16 +214,16 @@ int crlcheck_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct crlcheck_info *i
                (long long)info->number);
         goto out;
     }
-    if (asn1_time_secs(X509_CRL_get0_lastUpdate(crl), &info->this_update) != 0) {
+    if (proto_asn1_time(X509_CRL_get0_lastUpdate(crl), &info->this_update) != 0) {
         refuse(why, why_len, "CRL %lld: unreadable thisUpdate", (long long)info->number);
         goto out;
     }
     if (X509_CRL_get0_nextUpdate(crl) != NULL &&
-        asn1_time_secs(X509_CRL_get0_nextUpdate(crl), &info->next_update) != 0) {
+        proto_asn1_time(X509_CRL_get0_nextUpdate(crl), &info->next_update) != 0) {
         refuse(why, why_len, "CRL %lld: unreadable nextUpdate", (long long)info->number);
         goto out;
     }
-    if (crlcheck_name_digest(X509_CRL_get_issuer(crl), info->issuer) != 0) {
+    if (proto_name_digest(X509_CRL_get_issuer(crl), info->issuer) != 0) {
         refuse(why, why_len, "CRL issuer name cannot be encoded");
         goto out;
     }
@@ -234,10 +235,10 @@ out:
     return rc;
 }
 
-enum crlcheck_order crlcheck_order(const struct crlcheck_info *info, int64_t held_full,
-                                   int64_t held_delta, char *why, size_t why_len)
+enum proto_crl_order proto_crl_order(const struct proto_crl_info *info, int64_t held_full,
+                                     int64_t held_delta, char *why, size_t why_len)
 {
-    enum crlcheck_order v = CRLCHECK_REFUSE;
+    enum proto_crl_order v = PROTO_CRL_REFUSE;
     long long n = (long long)info->number;
 
     if (info->base < 0) {
@@ -247,7 +248,7 @@ enum crlcheck_order crlcheck_order(const struct crlcheck_info *info, int64_t hel
                    "(RFC 5280 5.2.3)",
                    n, (long long)held_full);
         else
-            v = info->number == held_full ? CRLCHECK_SAME : CRLCHECK_ACCEPT;
+            v = info->number == held_full ? PROTO_CRL_SAME : PROTO_CRL_ACCEPT;
     } else if (held_full < 0) {
         refuse(why, why_len, "delta CRL %lld refused: no full CRL held to apply it to", n);
     } else if (info->number < held_delta || info->number <= held_full) {
@@ -262,28 +263,28 @@ enum crlcheck_order crlcheck_order(const struct crlcheck_info *info, int64_t hel
                "held full CRL %lld (RFC 5280 5.2.4)",
                n, (long long)info->base, (long long)held_full);
     } else {
-        v = info->number == held_delta ? CRLCHECK_SAME : CRLCHECK_ACCEPT;
+        v = info->number == held_delta ? PROTO_CRL_SAME : PROTO_CRL_ACCEPT;
     }
     return v;
 }
 
-void crlcheck_serial_key(const ASN1_INTEGER *serial, unsigned char key[CRLCHECK_KEY_LEN])
+void proto_serial_key(const ASN1_INTEGER *serial, unsigned char key[PROTO_SERIAL_KEY_LEN])
 {
     const unsigned char *p = ASN1_STRING_get0_data(serial);
     size_t n = (size_t)ASN1_STRING_length(serial);
     unsigned char md[32];
 
-    memset(key, 0, CRLCHECK_KEY_LEN);
+    memset(key, 0, PROTO_SERIAL_KEY_LEN);
     /* Magnitudes come without leading zero bytes; skip any a hostile encoder left. */
     while (n > 0 && p[0] == 0) {
         p++;
         n--;
     }
-    if (ASN1_STRING_type(serial) == V_ASN1_INTEGER && n == CRLCHECK_KEY_LEN) {
+    if (ASN1_STRING_type(serial) == V_ASN1_INTEGER && n == PROTO_SERIAL_KEY_LEN) {
         memcpy(key, p, n);
-    } else if (ASN1_STRING_type(serial) == V_ASN1_INTEGER && n < CRLCHECK_KEY_LEN) {
+    } else if (ASN1_STRING_type(serial) == V_ASN1_INTEGER && n < PROTO_SERIAL_KEY_LEN) {
         key[0] = (unsigned char)n;
-        memcpy(key + CRLCHECK_KEY_LEN - n, p, n);
+        memcpy(key + PROTO_SERIAL_KEY_LEN - n, p, n);
     } else {
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
         unsigned char tag = (unsigned char)(ASN1_STRING_type(serial) & 0xff);
@@ -291,9 +292,9 @@ void crlcheck_serial_key(const ASN1_INTEGER *serial, unsigned char key[CRLCHECK_
         if (ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
             EVP_DigestUpdate(ctx, &tag, 1) == 1 && EVP_DigestUpdate(ctx, p, n) == 1 &&
             EVP_DigestFinal_ex(ctx, md, &len) == 1)
-            memcpy(key, md, CRLCHECK_KEY_LEN);
+            memcpy(key, md, PROTO_SERIAL_KEY_LEN);
         else
-            memset(key, 0xff, CRLCHECK_KEY_LEN);
+            memset(key, 0xff, PROTO_SERIAL_KEY_LEN);
         EVP_MD_CTX_free(ctx);
     }
 }

@@ -1,0 +1,150 @@
+/*
+ * proto: the wire contract between mqpki's parts (DESIGN.md 6, 10). Topic names, the asset URN
+ * and the certificate-to-asset rule, asset identifiers, serial and time helpers, named sizes,
+ * and the checks every consumer applies to a CRL arriving over MQTT. The publisher (mqpkid),
+ * the broker plugin, `mqpki crl-sync`, the device library, the CA and the CLI all link this one
+ * copy, so they cannot drift apart. Depends on OpenSSL only.
+ *
+ * Functions that refuse hostile input say why in `why` (one line, no secrets) where they take
+ * one, and return 0 on success, -1 on refusal.
+ */
+#ifndef MQPKI_PROTO_H
+#define MQPKI_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/x509.h>
+
+/* Sizes, each named once next to what it measures (text lengths exclude the NUL). */
+#define PROTO_ASSET_ID_MAX   64  /* asset id: 1 to 64 of [A-Za-z0-9._-], not starting . or - */
+#define PROTO_SERIAL_HEX_MAX 40  /* any RFC 5280 serial (at most 20 octets) in hex */
+#define PROTO_FP_HEX_LEN     64  /* SHA-256 key fingerprint in hex */
+#define PROTO_TOPIC_MAX      128 /* longest topic mqpki builds, NUL included */
+
+/* Topics (DESIGN.md 6). Every mqpki control topic lives under PROTO_TOPIC_ROOT. */
+#define PROTO_TOPIC_ROOT       "mqpki/v1/"
+#define PROTO_TOPIC_CRL_FULL   "mqpki/v1/crl/full"
+#define PROTO_TOPIC_CRL_DELTA  "mqpki/v1/crl/delta"
+#define PROTO_TOPIC_CRL_ALL    "mqpki/v1/crl/#"
+#define PROTO_TOPIC_EVENTS     "mqpki/v1/events/" /* + BROKER */
+#define PROTO_TOPIC_EVENTS_ALL "mqpki/v1/events/+"
+#define PROTO_TOPIC_ASSETS     "mqpki/v1/assets/" /* + ID + PROTO_TOPIC_CMD_SUFFIX */
+#define PROTO_TOPIC_CMD_SUFFIX "/cmd"
+#define PROTO_TOPIC_ALERTS     "mqpki/v1/alerts"
+
+/* What every certificate mqpki issues names its asset by: a SAN URI PROTO_ASSET_URN + ID. */
+#define PROTO_ASSET_URN "urn:mqpki:asset:"
+/* The asset id of mqpkid's own identity (TLS, feed): the one service that publishes under
+ * PROTO_TOPIC_ROOT. */
+#define PROTO_SERVICE_ID "mqpkid"
+
+_Static_assert(sizeof(PROTO_TOPIC_ASSETS) - 1 + PROTO_ASSET_ID_MAX +
+                       sizeof(PROTO_TOPIC_CMD_SUFFIX) <=
+                   PROTO_TOPIC_MAX,
+               "an asset's command topic fits PROTO_TOPIC_MAX");
+_Static_assert(sizeof(PROTO_TOPIC_EVENTS) + PROTO_ASSET_ID_MAX <= PROTO_TOPIC_MAX,
+               "a broker's events topic fits PROTO_TOPIC_MAX");
+
+/* 1 when id is a valid asset id (it becomes topic levels, certificate names, file names). */
+int proto_asset_id_valid(const char *id);
+
+/*
+ * The asset a certificate names: exactly one SAN URI PROTO_ASSET_URN + ID with a valid ID and
+ * no embedded NUL. Returns 1 and fills out, else 0 with out empty (also when two such URIs name
+ * different assets: a certificate never speaks for two).
+ */
+int proto_cert_asset_id(X509 *cert, char out[PROTO_ASSET_ID_MAX + 1]);
+
+/* 1 when topic is PROTO_TOPIC_ROOT's level itself or below it (the control plane). */
+int proto_topic_is_control(const char *topic);
+
+/* "mqpki/v1/events/BROKER" and "mqpki/v1/assets/ID/cmd": 0, or -1 for an invalid id. */
+int proto_topic_events(const char *broker, char out[PROTO_TOPIC_MAX]);
+int proto_topic_asset_cmd(const char *asset, char out[PROTO_TOPIC_MAX]);
+
+/* An ASN1_TIME as seconds since the epoch: 0, or -1 when unreadable. */
+int proto_asn1_time(const ASN1_TIME *t, int64_t *out);
+
+/* A serial as upper-case hex, whole octets, no sign ("0A1B..."): 0, or -1 for a negative or
+ * longer than 20-octet serial. */
+int proto_serial_hex(const ASN1_INTEGER *serial, char out[PROTO_SERIAL_HEX_MAX + 1]);
+
+/* A serial as a person or a script types it (hex digits, optional 0x prefix and ':' between
+ * octets, any case) in the form proto_serial_hex gives, leading zero octets kept: 0, or -1 when
+ * it is not 1 to 40 hex digits. */
+int proto_serial_norm(const char *in, char out[PROTO_SERIAL_HEX_MAX + 1]);
+
+/*
+ * CRL checks shared by the broker plugin, `mqpki crl-sync` and the CLI. Every CRL arriving over
+ * MQTT is hostile until proven otherwise: it must parse exactly, be signed by one of the trusted
+ * CA certificates, and fit the CRL number sequence held (no rollback, RFC 5280 5.2.3).
+ */
+
+/* Hard cap on a CRL payload: 1,000,000 entries of ~40 bytes fit well within it. */
+#define PROTO_CRL_MAX_DER (64u * 1024u * 1024u)
+/* Serial numbers are compared as 16-byte keys (proto_serial_key). */
+#define PROTO_SERIAL_KEY_LEN 16
+/* SHA-256 of an issuer name's DER, to tell which CA a serial belongs to. */
+#define PROTO_ISSUER_LEN 32
+
+struct proto_crl_info {
+    int64_t number;      /* cRLNumber */
+    int64_t base;        /* deltaCRLIndicator's BaseCRLNumber; -1 for a full CRL */
+    int64_t this_update; /* seconds since the epoch */
+    int64_t next_update; /* 0 when absent */
+    unsigned char issuer[PROTO_ISSUER_LEN];
+    size_t n_entries;
+};
+
+/*
+ * Loads the trusted CRL signers from a PEM bundle (the issuing chain). Only CA certificates are
+ * kept; when the bundle holds a non-self-signed CA (the issuing CA), self-signed roots are left
+ * out, so that a root's own CRL cannot replace the issuing CA's list. Caller frees with
+ * sk_X509_pop_free(.., X509_free).
+ */
+int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len);
+
+/* Parses a DER CRL of at most PROTO_CRL_MAX_DER bytes, refusing trailing bytes. */
+int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why,
+                    size_t why_len);
+
+/*
+ * Verifies crl: issuer among cas (name and, when present, AKI = SKI of the CA), the CA may sign
+ * CRLs (keyUsage cRLSign when keyUsage is present), the signature, a CRL number, and a base
+ * for a delta CRL. Fills *info.
+ */
+int proto_crl_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct proto_crl_info *info, char *why,
+                     size_t why_len);
+
+/* Reads number, base, times and entry count of a CRL without checking its signature (for
+ * showing what a file holds; never for trusting it). 0, or -1 when unreadable. */
+int proto_crl_describe(X509_CRL *crl, struct proto_crl_info *info, char *why, size_t why_len);
+
+/* Verdicts of proto_crl_order. */
+enum proto_crl_order {
+    PROTO_CRL_ACCEPT, /* newer: take it */
+    PROTO_CRL_SAME,   /* the one already held (a retained copy re-delivered): nothing to do */
+    PROTO_CRL_REFUSE, /* older than held, or a delta without a usable base */
+};
+
+/*
+ * Places a verified CRL against what is held (held_full / held_delta: CRL numbers, -1 when none).
+ * A full CRL is refused when its number is lower than the held full one; a delta when its
+ * number is lower than the held delta, not above the held full CRL, or when its base is newer
+ * than the held full CRL (RFC 5280 5.2.4: the delta extends a complete CRL numbered >= base).
+ */
+enum proto_crl_order proto_crl_order(const struct proto_crl_info *info, int64_t held_full,
+                                     int64_t held_delta, char *why, size_t why_len);
+
+/*
+ * The 16-byte key of a serial number: its magnitude right-aligned when it has at most 15 bytes
+ * (the first byte then holds the length), a 16-byte magnitude as is (mqpki's serials), else a
+ * SHA-256 prefix. Equal serials give equal keys; distinct ones collide with negligible odds.
+ */
+void proto_serial_key(const ASN1_INTEGER *serial, unsigned char key[PROTO_SERIAL_KEY_LEN]);
+
+/* SHA-256 of the DER of a name. Returns 0, or -1 when it cannot be encoded. */
+int proto_name_digest(const X509_NAME *name, unsigned char out[PROTO_ISSUER_LEN]);
+
+#endif
