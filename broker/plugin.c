@@ -137,6 +137,28 @@ out:
     json_decref(v);
 }
 
+/* Tells mqpkid which CRLs this broker enforces now (`mqpki crl`, `mqpki revoke` run again). */
+static void emit_crl_held(struct plugin *pl)
+{
+    char when[32];
+    json_t *v;
+    char *text = NULL;
+
+    mqpki_time_str(mqpki_now(), when);
+    v = json_pack("{s:s, s:I, s:I, s:I, s:s, s:s}", "type", "crl", "full",
+                  (json_int_t)revset_full_number(pl->rev), "delta",
+                  (json_int_t)revset_delta_number(pl->rev), "serials",
+                  (json_int_t)revset_count(pl->rev), "broker", pl->broker_name, "time", when);
+    if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
+        goto out;
+    if (mosquitto_broker_publish_copy(NULL, pl->events_topic, (int)strlen(text), text, 1, false,
+                                      NULL) != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: cannot publish a crl event");
+out:
+    free(text);
+    json_decref(v);
+}
+
 /* The serial for log lines and events; "?" for one that is not ours to print. */
 static void serial_hex(X509 *cert, char out[PROTO_SERIAL_HEX_MAX + 1])
 {
@@ -415,6 +437,8 @@ static int on_message(int event, void *event_data, void *userdata)
         /* Denied, the message is dropped: a refused CRL never replaces the retained good one. */
         rc = MOSQ_ERR_ACL_DENIED;
     }
+    /* Also after a refusal or a repeat: what the broker holds is what mqpkid must know. */
+    emit_crl_held(pl);
 out:
     return rc;
 }

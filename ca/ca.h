@@ -52,6 +52,8 @@ enum ca_reason {
     CA_REASON_SUPERSEDED = 4,
     CA_REASON_CESSATION = 5,
     CA_REASON_HOLD = 6,
+    /* 7 is not used; removeFromCRL (8) appears only in delta CRLs: a hold lifted. */
+    CA_REASON_REMOVE_FROM_CRL = 8,
 };
 
 /* "device", "broker", "service" <-> enum; -1 / NULL when unknown. */
@@ -59,7 +61,7 @@ int ca_profile_parse(const char *name);
 const char *ca_profile_name(enum ca_profile profile);
 
 /* CLI names ("key-compromise", "ca-compromise", "affiliation-changed", "superseded",
- * "cessation", "hold", "unspecified") <-> enum; -1 / NULL when unknown. */
+ * "cessation", "hold", "unspecified", "remove-from-crl") <-> enum; -1 / NULL when unknown. */
 int ca_reason_parse(const char *name);
 const char *ca_reason_name(enum ca_reason reason);
 
@@ -142,11 +144,21 @@ struct ca_crl_entry {
 /*
  * Builds and signs a v2 CRL: CRL number, AKI, entries with reason codes (unspecified is
  * omitted, as RFC 5280 5.3.1 recommends), thisUpdate/nextUpdate. base_crl_number >= 0 makes it
- * a delta CRL (critical deltaCRLIndicator naming that base). Entries must be valid.
+ * a delta CRL (critical deltaCRLIndicator naming that base), the only kind that may carry
+ * removeFromCRL entries. Entries must be valid.
  */
 int ca_crl_build(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
                  const struct ca_crl_entry *entries, size_t n_entries, int64_t this_update,
                  int64_t next_update, X509_CRL **out);
+
+/*
+ * ca_crl_build() without the final parse into an X509_CRL: the signed CRL as DER in a malloc'd
+ * buffer (*der, caller frees with free()). For callers that only store and publish the bytes,
+ * this skips OpenSSL's decoding of every entry, the larger part of the cost of a big CRL.
+ */
+int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
+                  const struct ca_crl_entry *entries, size_t n_entries, int64_t this_update,
+                  int64_t next_update, unsigned char **der, size_t *der_len);
 
 /* PEM / DER encodings into a heap buffer the caller frees (OPENSSL_free is not needed: free). */
 int ca_cert_pem(X509 *cert, char **out, size_t *len);

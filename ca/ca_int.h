@@ -65,13 +65,4 @@ int ca_set_validity(X509 *x, int64_t not_before, int64_t seconds);
 /* Builds "O=mqpki, CN=cn" (CN of 1..64 characters, the X.520 upper bound). */
 int ca_name_build(const char *cn, X509_NAME **out);
 
-/*
- * ca_crl_build() without the final parse into an X509_CRL: the signed CRL as DER in a malloc'd
- * buffer (*der, caller frees with free()). For callers that only publish the bytes, this skips
- * OpenSSL's decoding of every entry, the larger part of the cost of a big CRL.
- */
-int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
-                  const struct ca_crl_entry *entries, size_t n_entries, int64_t this_update,
-                  int64_t next_update, unsigned char **der, size_t *der_len);
-
 #endif

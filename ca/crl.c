@@ -19,7 +19,8 @@
 #include "ca_int.h"
 #include "common.h"
 
-#define REASON_COUNT (CA_REASON_HOLD + 1)
+#define REASON_COUNT (CA_REASON_REMOVE_FROM_CRL + 1)
+#define REASON_UNUSED 7 /* RFC 5280 5.3.1: value 7 is not used */
 /* DER tags. */
 #define TAG_SEQUENCE   0x30
 #define TAG_BIT_STRING 0x03
@@ -175,15 +176,19 @@ bad:
 }
 
 /* Checks and converts the caller's entries, then sorts them by serial. */
-static int load_entries(const struct ca_crl_entry *entries, size_t n, struct rec *recs)
+static int load_entries(const struct ca_crl_entry *entries, size_t n, int delta, struct rec *recs)
 {
     size_t i;
     int rc;
 
     for (i = 0; i < n; i++) {
-        if ((unsigned)entries[i].reason >= REASON_COUNT)
+        if ((unsigned)entries[i].reason >= REASON_COUNT || entries[i].reason == REASON_UNUSED)
             return mqpki_fail(MQPKI_ERR_INVALID, "CRL entry %zu: unknown reason code %d", i,
                               (int)entries[i].reason);
+        if (entries[i].reason == CA_REASON_REMOVE_FROM_CRL && !delta)
+            return mqpki_fail(MQPKI_ERR_INVALID,
+                              "CRL entry %zu: removeFromCRL only in a delta CRL (RFC 5280 5.3.1)",
+                              i);
         if (entries[i].revoked_at < 0 || entries[i].revoked_at > TIME_MAX)
             return mqpki_fail(MQPKI_ERR_INVALID, "CRL entry %zu: revocation date out of range", i);
         if ((rc = serial_der(entries[i].serial_hex, &recs[i])) != MQPKI_OK)
@@ -255,6 +260,9 @@ static int encode_reasons(struct reason_der r[REASON_COUNT])
     }
     for (i = CA_REASON_KEY_COMPROMISE; i < REASON_COUNT; i++) {
         unsigned char *q = r[i].der;
+
+        if (i == REASON_UNUSED)
+            continue;
 
         /* The enum values are the RFC 5280 5.3.1 codes: hold is certificateHold (6). */
         if (!ASN1_ENUMERATED_set(e, i) || (ext = X509V3_EXT_i2d(NID_crl_reason, 0, e)) == NULL) {
@@ -443,7 +451,7 @@ int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    if ((rc = load_entries(entries, n_entries, recs)) != MQPKI_OK ||
+    if ((rc = load_entries(entries, n_entries, base_crl_number >= 0, recs)) != MQPKI_OK ||
         (rc = encode_reasons(reasons)) != MQPKI_OK ||
         (rc = encode_entries(recs, n_entries, reasons, &tbs[1])) != MQPKI_OK ||
         (rc = crl_exts(ca, crl_number, base_crl_number, &exts)) != MQPKI_OK ||

@@ -20,6 +20,7 @@ static const char *const reason_names[] = {
     [CA_REASON_SUPERSEDED] = "superseded",
     [CA_REASON_CESSATION] = "cessation",
     [CA_REASON_HOLD] = "hold",
+    [CA_REASON_REMOVE_FROM_CRL] = "remove-from-crl",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -32,7 +33,7 @@ int ca_reason_parse(const char *name)
     size_t i;
 
     for (i = 0; name != NULL && i < NELEM(reason_names); i++)
-        if (strcmp(name, reason_names[i]) == 0)
+        if (reason_names[i] != NULL && strcmp(name, reason_names[i]) == 0)
             return (int)i;
     return -1;
 }

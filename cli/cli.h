@@ -20,6 +20,7 @@ typedef int (*cli_fn)(struct cli *cli, int argc, char **argv);
 int cmd_init(struct cli *cli, int argc, char **argv);
 int cmd_ca_export(struct cli *cli, int argc, char **argv);
 int cmd_crl(struct cli *cli, int argc, char **argv);
+int cmd_crl_publish(struct cli *cli, int argc, char **argv);
 int cmd_audit_verify(struct cli *cli, int argc, char **argv);
 int cmd_asset_add(struct cli *cli, int argc, char **argv);
 int cmd_asset_list(struct cli *cli, int argc, char **argv);
@@ -46,7 +47,10 @@ int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, 
 int cli_help(const char *text);
 #define CLI_HELP_SHOWN (-1)
 
-/* Opens the data directory with the given parts (DATADIR_STORE, DATADIR_CA). */
+/* Opens the data directory with the given parts (DATADIR_STORE, DATADIR_CA). With CLI_MUTATES
+ * (a command that changes something) it first finishes any CRL publication an interrupted
+ * command left open. */
+#define CLI_MUTATES 0x100u
 int cli_open(struct cli *cli, unsigned what, struct datadir **out);
 
 /* Writes data to path (0644, atomically) or to stdout when path is NULL. */
@@ -59,9 +63,14 @@ int cli_print_json(json_t *v);
 json_t *cli_json_time(long long t);
 const char *cli_time(long long t, char buf[32]);
 
-/* Revokes every live certificate of an asset and, when then_state >= 0, moves the asset to it,
- * in one transaction. The caller signs the new CRLs. */
-int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, int then_state,
-                     const char *actor, int *count);
+/*
+ * After a lifecycle change: publishes it (datadir_publish) and prints one line saying what
+ * changed and where the CRL went; for a change made before (nothing changed now), says so and
+ * publishes again when no CRL, or some broker's CRL, does not list it yet. verb: "revoked",
+ * "put on hold", ...; reason may be NULL.
+ */
+struct lifecycle_change;
+int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, const char *verb,
+                       const char *reason);
 
 #endif

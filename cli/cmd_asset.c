@@ -11,6 +11,7 @@
 #include "common.h"
 #include "datadir.h"
 #include "inventory.h"
+#include "lifecycle.h"
 #include "proto.h"
 
 #define MAX_TAGS 32
@@ -101,7 +102,7 @@ int cmd_asset_add(struct cli *cli, int argc, char **argv)
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     if ((rc = inventory_asset_add(datadir_inventory(dd), &a, "cli")) == MQPKI_OK)
         printf("asset %s registered (%s)\n", a.id, inventory_kind_name(a.kind));
@@ -392,7 +393,7 @@ int cmd_asset_set(struct cli *cli, int argc, char **argv)
     if ((firmware && strlen(firmware) >= INV_TEXT_MAX) ||
         (location && strlen(location) >= INV_TEXT_MAX))
         return cli_usage_error(cli, "values are at most %d characters", INV_TEXT_MAX - 1);
-    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     struct inventory *inv = datadir_inventory(dd);
     if ((rc = inventory_begin(inv)) != MQPKI_OK)
@@ -424,15 +425,17 @@ out:
 int cmd_asset_decommission(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct lifecycle_change ch;
     struct datadir *dd = NULL;
-    int c, rc, count = 0;
+    int c, rc;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             return cli_help("usage: mqpki asset decommission ID\n\n"
-                            "Revokes the asset's live certificates (reason cessationOfOperation),\n"
-                            "signs a new CRL and retires the asset for good.\n");
+                            "Revokes the asset's live certificates (reason cessationOfOperation)\n"
+                            "and retires the asset for good, in one step; publishes the delta\n"
+                            "CRL as 'mqpki revoke' does.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -440,16 +443,19 @@ int cmd_asset_decommission(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, optind == argc ? "asset ID missing" : "one asset ID expected");
     if ((rc = check_id(cli, argv[optind])) != MQPKI_OK)
         return rc;
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
-    rc = cli_revoke_asset(dd, argv[optind], CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, "cli",
-                          &count);
-    if (rc != MQPKI_OK)
+    if ((rc = lifecycle_decommission(datadir_lifecycle(dd), argv[optind], "cli", &ch)) != MQPKI_OK)
         goto out;
-    if (count > 0 && (rc = datadir_crl_update(dd, NULL)) != MQPKI_OK)
+    if (ch.asset_was == INV_STATE_DECOMMISSIONED)
+        printf("asset %s was already decommissioned; ", argv[optind]);
+    else
+        printf("asset %s decommissioned; ", argv[optind]);
+    if (ch.changed == 0 && ch.already == 0) {
+        printf("it has no unexpired certificate\n");
         goto out;
-    printf("asset %s decommissioned; %d certificate%s revoked\n", argv[optind], count,
-           count == 1 ? "" : "s");
+    }
+    rc = cli_publish_change(dd, &ch, "revoked", ca_reason_name(CA_REASON_CESSATION));
 out:
     datadir_close(dd);
     return rc;
@@ -482,7 +488,7 @@ int cmd_token_create(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, optind == argc ? "asset ID missing" : "one asset ID expected");
     if ((rc = check_id(cli, argv[optind])) != MQPKI_OK)
         return rc;
-    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     ttl = datadir_config(dd)->token_ttl;
     if (ttl_text != NULL) {

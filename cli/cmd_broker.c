@@ -340,7 +340,7 @@ int cmd_broker_init(struct cli *cli, int argc, char **argv)
         rc = mqpki_fail(MQPKI_ERR_EXISTS, "broker %s already exists (%s)", name, dir);
         goto out;
     }
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     if ((rc = datadir_path(dd, "ca/chain.pem", path)) != MQPKI_OK ||
         (rc = mqpki_file_read(path, CHAIN_MAX, &chain, &chain_len)) != MQPKI_OK)

@@ -12,6 +12,7 @@
 #include "common.h"
 #include "datadir.h"
 #include "inventory.h"
+#include "lifecycle.h"
 
 #define MAX_HOSTNAMES 32
 
@@ -104,50 +105,237 @@ out:
     return rc;
 }
 
+/* What `mqpki crl` shows of one CRL. */
+static json_t *crl_json(const struct inventory_crl *c)
+{
+    static const char *const states[] = {"pending", "signed", "published"};
+
+    return json_pack("{s:I, s:s, s:s, s:s, s:o, s:o, s:I, s:o, s:o}", "number",
+                     (json_int_t)c->number, "kind", c->kind == INV_CRL_FULL ? "full" : "delta",
+                     "state", c->state >= 0 && c->state < 3 ? states[c->state] : "?", "reason",
+                     c->reason, "this_update", cli_json_time(c->this_update), "next_update",
+                     cli_json_time(c->next_update), "entries", (json_int_t)c->entries, "base",
+                     c->base >= 0 ? json_integer(c->base) : json_null(), "requested",
+                     cli_json_time(c->created_at));
+}
+
+struct crl_show {
+    json_t *open, *brokers;
+};
+
+static int show_open(const struct inventory_crl *c, void *ctx)
+{
+    struct crl_show *s = ctx;
+
+    json_array_append_new(s->open, crl_json(c));
+    return 0;
+}
+
+static int show_broker(const char *broker, int64_t full, int64_t delta, int64_t when, void *ctx)
+{
+    struct crl_show *s = ctx;
+
+    json_array_append_new(s->brokers, json_pack("{s:s, s:o, s:o, s:o}", "broker", broker, "full",
+                                                full >= 0 ? json_integer(full) : json_null(),
+                                                "delta",
+                                                delta >= 0 ? json_integer(delta) : json_null(),
+                                                "reported", cli_json_time(when)));
+    return 0;
+}
+
+static void print_crl_line(const char *label, json_t *c)
+{
+    if (c == NULL || json_is_null(c)) {
+        printf("%-6s none\n", label);
+        return;
+    }
+    printf("%-6s CRL %lld  thisUpdate %s  nextUpdate %s  %lld entr%s", label,
+           (long long)json_integer_value(json_object_get(c, "number")),
+           json_string_value(json_object_get(c, "this_update")),
+           json_string_value(json_object_get(c, "next_update")),
+           (long long)json_integer_value(json_object_get(c, "entries")),
+           json_integer_value(json_object_get(c, "entries")) == 1 ? "y" : "ies");
+    if (json_is_integer(json_object_get(c, "base")))
+        printf("  base %lld", (long long)json_integer_value(json_object_get(c, "base")));
+    printf("\n");
+}
+
+/* Writes the newest CRL of kind from the store (the truth; crl/ holds the same bytes). */
+static int crl_write(struct inventory *inv, int kind, const char *out, int as_der)
+{
+    struct inventory_crl c;
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    X509_CRL *crl = NULL;
+    char *pem = NULL;
+    size_t len = 0;
+    int rc;
+
+    if ((rc = inventory_crl_latest(inv, kind, &c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "no %s CRL has been signed yet",
+                            kind == INV_CRL_FULL ? "full" : "delta");
+        return rc;
+    }
+    if ((rc = inventory_crl_der(inv, c.number, &der, &len)) != MQPKI_OK)
+        return rc;
+    if (as_der) {
+        rc = cli_output(out, der, len);
+        goto out;
+    }
+    p = der;
+    if ((crl = d2i_X509_CRL(NULL, &p, (long)len)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "CRL %lld in the store does not parse",
+                        (long long)c.number);
+        goto out;
+    }
+    if ((rc = ca_crl_pem(crl, &pem, &len)) == MQPKI_OK)
+        rc = cli_output(out, pem, len);
+out:
+    free(der);
+    free(pem);
+    X509_CRL_free(crl);
+    return rc;
+}
+
 int cmd_crl(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
                                          {"der", no_argument, NULL, 'd'},
+                                         {"pem", no_argument, NULL, 'p'},
+                                         {"delta", no_argument, NULL, 'D'},
+                                         {"json", no_argument, NULL, 'j'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *out = NULL;
+    struct crl_show show = {NULL, NULL};
+    struct inventory_crl c;
     struct datadir *dd = NULL;
-    X509_CRL *crl = NULL;
-    unsigned char *der = NULL;
-    char *pem = NULL;
-    size_t len;
-    int c, rc, as_der = 0;
+    struct inventory *inv;
+    const char *out = NULL;
+    json_t *v = NULL, *full = NULL, *delta = NULL;
+    int64_t open = 0;
+    int ch, rc, as_der = 0, as_pem = 0, kind = INV_CRL_FULL, json = 0;
 
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
         case 'o': out = optarg; break;
         case 'd': as_der = 1; break;
+        case 'p': as_pem = 1; break;
+        case 'D': kind = INV_CRL_DELTA; break;
+        case 'j': json = 1; break;
         case 'h':
-            return cli_help("usage: mqpki crl [--out FILE] [--der]\n\n"
-                            "Signs a new full CRL of every revoked or held, unexpired certificate\n"
-                            "(also written to crl/issuing.crl) and prints it, PEM unless --der.\n");
+            return cli_help(
+                "usage: mqpki crl [--json]\n"
+                "       mqpki crl (--pem | --der | --out FILE) [--delta]\n\n"
+                "Shows the CRLs without signing anything: the newest full and delta CRL\n"
+                "(number, thisUpdate, nextUpdate, entries), publications still open, and\n"
+                "which CRL each broker reported holding. --pem prints the newest full CRL\n"
+                "(--delta: delta CRL) as PEM, --der as DER, --out FILE writes it to FILE.\n"
+                "'mqpki crl publish' signs a new full CRL now.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (as_der && as_pem)
+        return cli_usage_error(cli, "give one of --pem and --der");
+    if (json && (as_der || as_pem || out != NULL))
+        return cli_usage_error(cli, "--json shows the state; it does not go with --pem, --der, "
+                                    "--out");
     if (as_der && out == NULL && isatty(1))
         return cli_usage_error(cli, "--der writes binary: give --out FILE or redirect stdout");
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
-    if ((rc = datadir_crl_refresh(dd, &crl)) != MQPKI_OK)
+    inv = datadir_inventory(dd);
+    if (as_der || as_pem || out != NULL) {
+        rc = crl_write(inv, kind, out, as_der);
         goto out;
-    if (as_der) {
-        if ((rc = ca_crl_der(crl, &der, &len)) == MQPKI_OK)
-            rc = cli_output(out, der, len);
-    } else {
-        if ((rc = ca_crl_pem(crl, &pem, &len)) == MQPKI_OK)
-            rc = cli_output(out, pem, len);
+    }
+    show.open = json_array();
+    show.brokers = json_array();
+    if ((rc = inventory_crl_latest(inv, INV_CRL_FULL, &c)) == MQPKI_OK)
+        full = crl_json(&c);
+    if (rc == MQPKI_OK || rc == MQPKI_ERR_NOT_FOUND)
+        rc = inventory_crl_latest(inv, INV_CRL_DELTA, &c);
+    if (rc == MQPKI_OK)
+        delta = crl_json(&c);
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = MQPKI_OK;
+    if (rc != MQPKI_OK || (rc = inventory_crl_open(inv, show_open, &show, &open)) != MQPKI_OK ||
+        (rc = inventory_broker_crl_list(inv, show_broker, &show)) != MQPKI_OK)
+        goto out;
+    v = json_pack("{s:o, s:o, s:O, s:O}", "full", full ? full : json_null(), "delta",
+                  delta ? delta : json_null(), "open", show.open, "brokers", show.brokers);
+    full = delta = NULL;
+    if (v == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    if (json) {
+        rc = cli_print_json(v);
+        v = NULL;
+        goto out;
+    }
+    print_crl_line("full", json_object_get(v, "full"));
+    print_crl_line("delta", json_object_get(v, "delta"));
+    if (open > 0)
+        printf("open   %lld publication%s not finished (any mutating mqpki command or mqpkid "
+               "finishes %s)\n",
+               (long long)open, open == 1 ? "" : "s", open == 1 ? "it" : "them");
+    for (size_t i = 0; i < json_array_size(show.brokers); i++) {
+        json_t *b = json_array_get(show.brokers, i);
+        char f[24] = "none", d[24] = "none";
+        if (json_is_integer(json_object_get(b, "full")))
+            snprintf(f, sizeof(f), "%lld", (long long)json_integer_value(json_object_get(b, "full")));
+        if (json_is_integer(json_object_get(b, "delta")))
+            snprintf(d, sizeof(d), "%lld", (long long)json_integer_value(json_object_get(b, "delta")));
+        printf("broker %-20s holds full CRL %s, delta CRL %s (reported %s)\n",
+               json_string_value(json_object_get(b, "broker")), f, d,
+               json_string_value(json_object_get(b, "reported")));
     }
 out:
-    free(der);
-    free(pem);
-    X509_CRL_free(crl);
+    json_decref(v);
+    json_decref(full);
+    json_decref(delta);
+    json_decref(show.open);
+    json_decref(show.brokers);
+    datadir_close(dd);
+    return rc;
+}
+
+int cmd_crl_publish(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct datadir_publication pub;
+    struct datadir *dd = NULL;
+    int64_t number = 0;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            return cli_help("usage: mqpki crl publish\n\n"
+                            "Signs a new full CRL now from the store, publishes it (through\n"
+                            "mqpkid to every broker when it runs) and writes crl/issuing.crl.\n"
+                            "mqpkid does this by itself on its schedule ([ca] crl_full_every).\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_FULL, "operator", "cli",
+                                    &number)) != MQPKI_OK ||
+        (rc = datadir_publish(dd, &pub)) != MQPKI_OK)
+        goto out;
+    printf("full CRL %lld signed and published", (long long)pub.full_number);
+    if (pub.by_daemon)
+        printf("; mqpkid fed %d of %d broker%s\n", pub.brokers_linked, pub.brokers,
+               pub.brokers == 1 ? "" : "s");
+    else
+        printf(" to crl/; mqpkid is not running: brokers get it when it starts\n");
+out:
     datadir_close(dd);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include "datadir.h"
 #include "enrollment.h"
 #include "inventory.h"
+#include "lifecycle.h"
 #include "proto.h"
 
 json_t *cli_cert_json(const struct inventory_cert *c);
@@ -91,7 +92,7 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
     }
     if ((rc = mqpki_file_read(csr_path, CA_CSR_MAX, &csr, &csr_len)) != MQPKI_OK)
         goto out;
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     req.csr = csr;
     req.csr_len = csr_len;
@@ -210,18 +211,18 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct lifecycle_change ch;
     struct datadir *dd = NULL;
     const char *serial_arg = NULL, *asset = NULL;
     char serial[PROTO_SERIAL_HEX_MAX + 1];
-    int c, rc, reason = CA_REASON_UNSPECIFIED, count = 0;
-    X509_CRL *crl = NULL;
+    int c, rc, reason = CA_REASON_UNSPECIFIED;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's': serial_arg = optarg; break;
         case 'a': asset = optarg; break;
         case 'r':
-            if ((reason = ca_reason_parse(optarg)) < 0)
+            if ((reason = ca_reason_parse(optarg)) < 0 || reason == CA_REASON_REMOVE_FROM_CRL)
                 return cli_usage_error(cli,
                                        "--reason '%.40s': use key-compromise, ca-compromise, "
                                        "affiliation-changed, superseded, cessation or hold",
@@ -230,8 +231,12 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         case 'h':
             return cli_help(
                 "usage: mqpki revoke (--serial HEX | --asset ID) [--reason REASON]\n\n"
-                "Revokes one certificate, or every live certificate of an asset, and signs a\n"
-                "new CRL (crl/issuing.crl); a running mqpkid publishes it to the brokers.\n"
+                "Revokes one certificate, or every live certificate of an asset, and publishes\n"
+                "a delta CRL at once: through mqpkid to every broker when it runs, and to\n"
+                "crl/issuing-delta.crl. The revocation is recorded before anything is\n"
+                "published; if publishing fails or is cut short, mqpkid and every later mqpki\n"
+                "command finish it. Revoking again is safe: it says what is already revoked\n"
+                "and publishes again if no CRL lists it yet.\n"
                 "REASON: key-compromise, ca-compromise, affiliation-changed, superseded,\n"
                 "cessation, hold (lifted again by 'mqpki unhold'); default unspecified.\n");
         default: return cli_usage_error(cli, "unknown option");
@@ -245,31 +250,17 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         return rc;
     if (asset != NULL && !proto_asset_id_valid(asset))
         return cli_usage_error(cli, "--asset '%.80s': not a valid asset id", asset);
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
-    if (asset != NULL) {
-        rc = cli_revoke_asset(dd, asset, reason, -1, "cli", &count);
-        if (rc == MQPKI_OK && count == 0)
-            rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s has no live certificate to revoke", asset);
-    } else {
-        rc = inventory_cert_revoke(datadir_inventory(dd), serial, reason, mqpki_now(), "cli");
-        if (rc == MQPKI_ERR_NOT_FOUND)
-            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
-        count = 1;
-    }
+    if (asset != NULL)
+        rc = lifecycle_revoke_asset(datadir_lifecycle(dd), asset, reason, "cli", &ch);
+    else
+        rc = lifecycle_revoke(datadir_lifecycle(dd), serial, reason, "cli", &ch);
     if (rc != MQPKI_OK)
         goto out;
-    if ((rc = datadir_crl_update(dd, &crl)) != MQPKI_OK)
-        goto out;
-    {
-        const ASN1_INTEGER *num = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);
-        long n = num ? ASN1_INTEGER_get(num) : -1;
-        ASN1_INTEGER_free((ASN1_INTEGER *)num);
-        printf("revoked %d certificate%s (%s); CRL %ld written to crl/issuing.crl\n", count,
-               count == 1 ? "" : "s", ca_reason_name((enum ca_reason)reason), n);
-    }
+    rc = cli_publish_change(dd, &ch, reason == CA_REASON_HOLD ? "put on hold" : "revoked",
+                            ca_reason_name((enum ca_reason)reason));
 out:
-    X509_CRL_free(crl);
     datadir_close(dd);
     return rc;
 }
@@ -279,6 +270,7 @@ int cmd_unhold(struct cli *cli, int argc, char **argv)
     static const struct option opts[] = {{"serial", required_argument, NULL, 's'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
+    struct lifecycle_change ch;
     struct datadir *dd = NULL;
     const char *serial_arg = NULL;
     char serial[PROTO_SERIAL_HEX_MAX + 1];
@@ -290,7 +282,8 @@ int cmd_unhold(struct cli *cli, int argc, char **argv)
         case 'h':
             return cli_help("usage: mqpki unhold --serial HEX\n\n"
                             "Lifts a 'hold' (certificateHold) revocation: the certificate is\n"
-                            "valid again and the next CRL no longer lists it.\n");
+                            "valid again; a delta CRL says removeFromCRL at once and the next\n"
+                            "full CRL no longer lists it.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -300,16 +293,11 @@ int cmd_unhold(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "--serial is required");
     if ((rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
         return rc;
-    if ((rc = cli_open(cli, DATADIR_CA, &dd)) != MQPKI_OK)
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
-    rc = inventory_cert_unhold(datadir_inventory(dd), serial, "cli");
-    if (rc == MQPKI_ERR_NOT_FOUND)
-        rc = mqpki_fail(rc, "no certificate with serial %s", serial);
-    if (rc != MQPKI_OK)
+    if ((rc = lifecycle_unhold(datadir_lifecycle(dd), serial, "cli", &ch)) != MQPKI_OK)
         goto out;
-    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
-        goto out;
-    printf("hold lifted on %s; new CRL written to crl/issuing.crl\n", serial);
+    rc = cli_publish_change(dd, &ch, "released from hold", NULL);
 out:
     datadir_close(dd);
     return rc;

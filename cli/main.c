@@ -31,7 +31,9 @@ static const struct command commands[] = {
     {"cert", "list", cmd_cert_list, "list certificates"},
     {NULL, "revoke", cmd_revoke, "revoke a certificate or all of an asset's"},
     {NULL, "unhold", cmd_unhold, "lift a hold (certificateHold)"},
-    {NULL, "crl", cmd_crl, "sign and print the current full CRL"},
+    /* Before the top-level "crl": a group entry matches only with its second word. */
+    {"crl", "publish", cmd_crl_publish, "sign and publish a new full CRL now"},
+    {NULL, "crl", cmd_crl, "show the CRLs and what each broker holds (signs nothing)"},
     {"audit", "verify", cmd_audit_verify, "check the audit log's hash chain"},
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "datadir.h"
 #include "inventory.h"
+#include "lifecycle.h"
 
 int cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
@@ -40,7 +41,14 @@ int cli_help(const char *text)
 
 int cli_open(struct cli *cli, unsigned what, struct datadir **out)
 {
-    return datadir_open(cli->home, what, out);
+    int rc = datadir_open(cli->home, what & ~(unsigned)CLI_MUTATES, out);
+
+    /* Before its own change, a command finishes what an interrupted one left open. */
+    if (rc == MQPKI_OK && (what & CLI_MUTATES) && (rc = datadir_publish_pending(*out)) != MQPKI_OK) {
+        datadir_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int cli_output(const char *path, const void *data, size_t len)
@@ -83,70 +91,101 @@ const char *cli_time(long long t, char buf[32])
     return buf;
 }
 
-struct serials {
-    char (*v)[PROTO_SERIAL_HEX_MAX + 1];
-    size_t n, cap;
+/* A broker whose CRL predates a revocation (from what its plugin reported to mqpkid). */
+struct lag {
+    struct inventory *inv;
+    int64_t rev_seq;
+    char names[256];
+    int n;
 };
 
-static int collect_live(const struct inventory_cert *c, void *ctx)
+static int note_lag(const char *broker, int64_t full, int64_t delta, int64_t when, void *ctx)
 {
-    struct serials *s = ctx;
+    struct lag *l = ctx;
+    struct inventory_crl c;
+    int64_t held = delta > full ? delta : full;
 
-    /* Live: still accepted somewhere (valid, superseded but unexpired, or merely on hold). */
-    if (!(c->state == INV_CERT_VALID || c->state == INV_CERT_SUPERSEDED ||
-          (c->state == INV_CERT_REVOKED && c->reason == CA_REASON_HOLD)))
+    if (inventory_crl_get(l->inv, held, &c) == MQPKI_OK && c.cutoff >= l->rev_seq)
         return 0;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 8;
-        void *v = realloc(s->v, cap * sizeof(*s->v));
-        if (v == NULL)
-            return 1;
-        s->v = v;
-        s->cap = cap;
-    }
-    snprintf(s->v[s->n++], sizeof(s->v[0]), "%s", c->serial);
+    mqpki_err_clear();
+    if (l->n++ < 4)
+        snprintf(l->names + strlen(l->names), sizeof(l->names) - strlen(l->names), "%s%s %lld",
+                 l->n > 1 ? ", " : "", broker, (long long)held);
     return 0;
 }
 
-int cli_revoke_asset(struct datadir *dd, const char *asset_id, int reason, int then_state,
-                     const char *actor, int *count)
+/* Where the newest CRL went, for the one line a command prints. */
+static void say_published(const struct datadir_publication *pub, int64_t reserved)
 {
-    struct inventory *inv = datadir_inventory(dd);
-    struct inventory_asset a;
-    struct serials s = {0};
-    int rc, in_tx = 0;
+    int full = pub->full_number >= pub->delta_number;
+    int64_t n = full ? pub->full_number : pub->delta_number;
 
-    *count = 0;
-    memset(&a, 0, sizeof(a));
-    if ((rc = inventory_asset_get(inv, asset_id, &a)) != MQPKI_OK) {
-        if (rc == MQPKI_ERR_NOT_FOUND)
-            rc = mqpki_fail(rc, "unknown asset %s", asset_id);
-        goto out;
+    printf("%s CRL %lld published", full ? "full" : "delta", (long long)n);
+    if (n < reserved)
+        printf(" (CRL %lld still open)", (long long)reserved);
+    if (pub->by_daemon)
+        printf("; mqpkid fed %d of %d broker%s\n", pub->brokers_linked, pub->brokers,
+               pub->brokers == 1 ? "" : "s");
+    else
+        printf(" to crl/; mqpkid is not running: brokers get it when it starts\n");
+}
+
+int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, const char *verb,
+                       const char *reason)
+{
+    struct datadir_publication pub;
+    struct lag lag = {0};
+    char what[160], why[64] = "";
+    int64_t number = 0;
+    int rc = MQPKI_OK, covered = 1;
+
+    if (reason != NULL)
+        snprintf(why, sizeof(why), " (%s)", reason);
+    if (ch->serial[0] != '\0')
+        snprintf(what, sizeof(what), "certificate %s of asset %s", ch->serial, ch->asset);
+    else
+        snprintf(what, sizeof(what), "%d certificate%s of asset %s",
+                 ch->changed > 0 ? ch->changed : ch->already,
+                 (ch->changed > 0 ? ch->changed : ch->already) == 1 ? "" : "s", ch->asset);
+    if (ch->changed > 0) {
+        rc = datadir_publish(dd, &pub);
+        if (rc != MQPKI_OK) {
+            char detail[300];
+            snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+            return mqpki_fail(rc,
+                              "%s %s%s and recorded, but publishing CRL %lld failed: %s; mqpkid "
+                              "finishes it within a second once this is fixed, and so does "
+                              "every mqpki command",
+                              what, verb, why, (long long)ch->crl_number, detail);
+        }
+        printf("%s %s%s; ", what, verb, why);
+        say_published(&pub, ch->crl_number);
+        return MQPKI_OK;
     }
-    if ((rc = inventory_begin(inv)) != MQPKI_OK)
-        goto out;
-    in_tx = 1;
-    if ((rc = inventory_cert_list(inv, asset_id, -1, 0, collect_live, &s)) != MQPKI_OK)
-        goto out;
-    for (size_t i = 0; i < s.n; i++) {
-        rc = inventory_cert_revoke(inv, s.v[i], reason, mqpki_now(), actor);
-        if (rc != MQPKI_OK)
-            goto out;
+    /* Nothing changed: the command ran before. Make sure what it did reached everyone. */
+    if (ch->already == 0)
+        return MQPKI_OK;
+    if ((rc = lifecycle_crl_covers(datadir_lifecycle(dd), ch->rev_seq, &covered)) != MQPKI_OK)
+        return rc;
+    lag.inv = datadir_inventory(dd);
+    lag.rev_seq = ch->rev_seq;
+    if ((rc = inventory_broker_crl_list(lag.inv, note_lag, &lag)) != MQPKI_OK)
+        return rc;
+    printf("%s already %s", what, verb);
+    if (covered && lag.n == 0) {
+        printf("; the published CRLs list %s\n", ch->already == 1 ? "it" : "them");
+        return MQPKI_OK;
     }
-    /* In the same transaction: no certificate can be issued between the revocations and the
-     * new state (a decommissioned asset must not keep one issued in that gap). */
-    if (then_state >= 0 &&
-        (rc = inventory_asset_transition(inv, asset_id, then_state, actor,
-                                         "decommissioned by operator")) != MQPKI_OK)
-        goto out;
-    if ((rc = inventory_commit(inv)) != MQPKI_OK)
-        goto out;
-    in_tx = 0;
-    *count = (int)s.n;
-out:
-    if (in_tx)
-        inventory_rollback(inv);
-    inventory_asset_clear(&a);
-    free(s.v);
-    return rc;
+    if (!covered)
+        printf("; no published CRL lists %s yet", ch->already == 1 ? "it" : "them");
+    else
+        printf("; broker%s %s hold%s an older CRL", lag.n == 1 ? "" : "s", lag.names,
+               lag.n == 1 ? "s" : "");
+    printf(": publishing again\n");
+    if ((rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_DELTA, "republish", "cli",
+                                    &number)) != MQPKI_OK ||
+        (rc = datadir_publish(dd, &pub)) != MQPKI_OK)
+        return rc;
+    say_published(&pub, number);
+    return MQPKI_OK;
 }

@@ -197,7 +197,8 @@ int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsi
     (void)unlink(tmp); /* a leftover of a crashed run of the same pid */
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
-        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", tmp, strerror(errno));
+        return mqpki_fail(errno == ENOSPC || errno == EDQUOT ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO,
+                          "%s: %s", tmp, strerror(errno));
     /* The mode given to open() is filtered by umask; secrets must end up exactly at mode. */
     if (fchmod(fd, (mode_t)mode) != 0)
         goto io_error;
@@ -222,7 +223,10 @@ int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsi
         return mqpki_fail(MQPKI_ERR_IO, "%s: fsync of directory: %s", path, strerror(errno));
     return MQPKI_OK;
 io_error:
-    rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    if (errno == ENOSPC || errno == EDQUOT)
+        rc = mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full (%s)", path, strerror(errno));
+    else
+        rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     (void)unlink(tmp);

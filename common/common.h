@@ -37,6 +37,7 @@
     X(MQPKI_ERR_RATE, 1, "rate limited")                                                           \
     X(MQPKI_ERR_TAMPERED, 1, "integrity check failed")                                             \
     X(MQPKI_ERR_IO, 2, "I/O error")                                                                \
+    X(MQPKI_ERR_NOSPACE, 2, "disk full")                                                           \
     X(MQPKI_ERR_NOMEM, 2, "out of memory")                                                         \
     X(MQPKI_ERR_HSM, 2, "HSM failure")                                                             \
     X(MQPKI_ERR_STORE, 2, "store failure")                                                         \
@@ -86,7 +87,7 @@ int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *l
 /*
  * Replaces path atomically: writes path.tmp.PID with the given mode (created with O_EXCL),
  * fsyncs it, renames it over path and fsyncs the directory. Either the old or the new content
- * survives a crash.
+ * survives a crash. MQPKI_ERR_NOSPACE ("PATH: disk full") when the file system is full.
  */
 int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
 

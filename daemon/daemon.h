@@ -1,14 +1,18 @@
 /*
- * daemon: mqpkid's parts. main.c owns the process (arguments, signals, scheduler), http.c the
- * HTTPS server (libmicrohttpd), metrics.c the counters behind /metrics and /healthz, feed.c the
- * CRL feed over MQTT (feed.h).
+ * daemon: mqpkid's parts. main.c owns the process (arguments, signals, TLS renewal), http.c the
+ * HTTPS server (libmicrohttpd), metrics.c the counters behind /metrics and /healthz,
+ * publisher.c the CRL publisher working through the store's outbox, feed.c the CRL feed over
+ * MQTT (feed.h), control.c the local socket the CLI talks to.
  */
 #ifndef MQPKI_DAEMON_H
 #define MQPKI_DAEMON_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct datadir;
+struct lifecycle_publication;
+struct publisher;
 struct est;
 struct enrollment_committer;
 struct feed;
@@ -21,6 +25,7 @@ struct daemon_ctx {
     struct est *est;                        /* EST handler */
     struct enrollment_committer *committer; /* group commit of issued certificates */
     struct feed *feed;                      /* NULL when no broker feed runs */
+    struct publisher *publisher;            /* the one CRL publisher */
     char db_path[4096];                     /* each server thread opens its own store connection */
 };
 
@@ -47,6 +52,18 @@ unsigned http_port(struct http *h);
 /* Stops accepting and hands back the listening socket (for http_start), then waits for the
  * requests in flight to complete and frees the server. Returns -1 when there is no socket. */
 int http_stop(struct http *h, int keep_socket);
+
+/* Starts the publisher thread (its own store connection); it publishes at once, then every
+ * second, signing a full CRL when one is due ([ca] crl_full_every). */
+int publisher_start(struct daemon_ctx *ctx, struct publisher **out);
+
+/* Runs a publication cycle now and waits for it (thread-safe); resend also sends the newest
+ * CRLs to every connected broker again. error gets the failure's detail. */
+int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out,
+                  char *error, size_t error_size);
+
+/* Stops after the cycle in progress. NULL-safe. */
+void publisher_stop(struct publisher *p);
 
 /* Metrics (thread-safe counters). */
 void metrics_enrollment(const char *result, double seconds);

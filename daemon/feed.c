@@ -1,22 +1,22 @@
 /*
- * feed: mqpkid's CRL publisher (feed.h, DESIGN.md 6). One MQTT link per bundled broker
+ * feed: mqpkid's CRL feed (feed.h, DESIGN.md 6). One MQTT link per bundled broker
  * (brokers/NAME/broker.conf), each with its own thread running libmosquitto's loop and
- * reconnecting with backoff; one inotify thread on crl/ that publishes a replaced CRL file to
- * every connected broker at once (the revocation latency path); the brokers' security events
- * come back on mqpki/v1/events/+ and update the inventory (last seen, address, broker).
+ * reconnecting with backoff. CRLs come from the store's outbox: the publisher offers each CRL
+ * as soon as it is signed (the revocation latency path), and a link that (re)connects gets the
+ * newest full and delta CRL read from the store. A link never sends a lower CRL number after a
+ * higher one. The brokers' security events come back on mqpki/v1/events/+ and update the
+ * inventory (last seen, address, broker, the CRL numbers each broker holds).
  */
 #include "feed.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -27,13 +27,11 @@
 #include "proto.h"
 
 #define FEED_MAX_BROKERS 256
-#define FEED_CRL_MAX     (64u * 1024u * 1024u)
 #define FEED_EVENT_MAX   4096
 #define SERVICE_ID       PROTO_SERVICE_ID
 #define TOPIC_FULL       PROTO_TOPIC_CRL_FULL
 #define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
 #define BACKOFF_MAX_MS   30000
-#define RESCAN_MS        2000 /* how soon a broker registered meanwhile gets the feed */
 
 struct link {
     struct feed *f;
@@ -44,20 +42,17 @@ struct link {
     pthread_t thread;
     int started;
     atomic_int connected;
+    pthread_mutex_t sent_lock; /* guards sent[]: the publisher and the link thread both send */
+    int64_t sent[2];           /* highest full and delta CRL number sent on this connection */
 };
 
 struct feed {
     char home[PATH_MAX];
-    char crl_dir[PATH_MAX];
     struct inventory *inv;
     pthread_mutex_t inv_lock; /* the links' threads share the one store connection */
-    struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by the inotify thread */
+    struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by feed_rescan */
     atomic_size_t n_links;
     atomic_int stop;
-    int ino_fd;
-    int wake[2]; /* written by feed_stop to end the inotify thread's poll */
-    pthread_t ino_thread;
-    int ino_started;
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -67,38 +62,53 @@ static void lib_init(void)
     mosquitto_lib_init();
 }
 
-/* Publishes one CRL file (retained, QoS 1) on one link; quiet when the file does not exist. */
-static void publish_file(struct link *l, const char *file, const char *topic)
+/* Sends one CRL (retained, QoS 1) on one link unless it already sent this number or a higher
+ * one of the same kind on this connection. */
+static void send_crl(struct link *l, int kind, int64_t number, const unsigned char *der, size_t len)
 {
-    char path[PATH_MAX];
-    unsigned char *der = NULL;
-    size_t len = 0;
+    const char *topic = kind == INV_CRL_FULL ? TOPIC_FULL : TOPIC_DELTA;
     int rc;
 
-    if (mqpki_path(path, sizeof(path), "%s/%s", l->f->crl_dir, file) != MQPKI_OK)
-        goto out;
-    rc = mqpki_file_read(path, FEED_CRL_MAX, &der, &len);
-    if (rc == MQPKI_ERR_NOT_FOUND || len == 0)
-        goto out;
-    if (rc != MQPKI_OK) {
-        mqpki_log(MQPKI_LOG_WARN, "feed: %s", mqpki_err_detail(rc));
-        goto out;
+    pthread_mutex_lock(&l->sent_lock);
+    if (number <= l->sent[kind]) {
+        pthread_mutex_unlock(&l->sent_lock);
+        return;
     }
     rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    if (rc == MOSQ_ERR_SUCCESS)
+        l->sent[kind] = number;
+    pthread_mutex_unlock(&l->sent_lock);
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
-        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish %s: %s", l->name, topic,
-                  mosquitto_strerror(rc));
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish CRL %lld: %s", l->name,
+                  (long long)number, mosquitto_strerror(rc));
     else if (rc == MOSQ_ERR_SUCCESS)
-        mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: %s published (%zu bytes)", l->name, topic,
-                  len);
-out:
-    free(der);
+        mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: CRL %lld published on %s (%zu bytes)",
+                  l->name, (long long)number, topic, len);
 }
 
-static void publish_all(struct link *l)
+/* Sends the newest full CRL and, when it extends it, the newest delta, read from the store. */
+static void send_latest(struct link *l)
 {
-    publish_file(l, "issuing.crl", TOPIC_FULL);
-    publish_file(l, "issuing-delta.crl", TOPIC_DELTA);
+    struct feed *f = l->f;
+    struct inventory_crl c[2];
+    unsigned char *der[2] = {NULL, NULL};
+    size_t len[2] = {0, 0};
+    int have[2] = {0, 0};
+
+    pthread_mutex_lock(&f->inv_lock);
+    for (int k = INV_CRL_FULL; k <= INV_CRL_DELTA; k++)
+        have[k] = inventory_crl_latest(f->inv, k, &c[k]) == MQPKI_OK &&
+                  inventory_crl_der(f->inv, c[k].number, &der[k], &len[k]) == MQPKI_OK;
+    pthread_mutex_unlock(&f->inv_lock);
+    if (have[INV_CRL_FULL])
+        send_crl(l, INV_CRL_FULL, c[INV_CRL_FULL].number, der[INV_CRL_FULL], len[INV_CRL_FULL]);
+    /* A delta older than the full CRL extends nothing a broker holds. */
+    if (have[INV_CRL_DELTA] &&
+        (!have[INV_CRL_FULL] || c[INV_CRL_DELTA].number > c[INV_CRL_FULL].number))
+        send_crl(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA],
+                 len[INV_CRL_DELTA]);
+    free(der[0]);
+    free(der[1]);
 }
 
 static void on_connect(struct mosquitto *m, void *ud, int rc)
@@ -111,10 +121,14 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
         return;
     }
     mqpki_log(MQPKI_LOG_INFO, "feed: connected to broker %s (%s:%d)", l->name, l->host, l->port);
+    /* A new connection starts from nothing sent: the broker may have restarted. */
+    pthread_mutex_lock(&l->sent_lock);
+    l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+    pthread_mutex_unlock(&l->sent_lock);
     atomic_store(&l->connected, 1);
     mosquitto_subscribe(m, NULL, PROTO_TOPIC_EVENTS_ALL, 1);
     /* A broker that was down gets the current CRLs as soon as it is back. */
-    publish_all(l);
+    send_latest(l);
 }
 
 static void on_disconnect(struct mosquitto *m, void *ud, int rc)
@@ -152,6 +166,20 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     address = json_string_value(json_object_get(v, "address"));
     if (type == NULL)
         goto out;
+    /* The plugin took a CRL: what this broker enforces now (`mqpki crl`, revoke again). */
+    if (strcmp(type, "crl") == 0) {
+        json_t *full = json_object_get(v, "full"), *delta = json_object_get(v, "delta");
+        if (!json_is_integer(full) || !json_is_integer(delta))
+            goto out;
+        pthread_mutex_lock(&l->f->inv_lock);
+        rc = inventory_broker_crl_set(l->f->inv, l->name, json_integer_value(full),
+                                      json_integer_value(delta), mqpki_now());
+        pthread_mutex_unlock(&l->f->inv_lock);
+        if (rc != MQPKI_OK)
+            mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: CRL report: %s", l->name,
+                      mqpki_err_detail(rc));
+        goto out;
+    }
     if (strcmp(type, "connect") != 0) {
         if (strcmp(type, "disconnect") != 0)
             mqpki_log(MQPKI_LOG_INFO, "feed: broker %s: %s by %s from %s", l->name, type,
@@ -219,60 +247,6 @@ static void *link_thread(void *arg)
     return NULL;
 }
 
-static void rescan(struct feed *f);
-
-static void *inotify_thread(void *arg)
-{
-    struct feed *f = arg;
-    /* Aligned as inotify_event requires. */
-    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-    struct pollfd pfd[2];
-
-    pfd[0].fd = f->ino_fd;
-    pfd[0].events = POLLIN;
-    pfd[1].fd = f->wake[0];
-    pfd[1].events = POLLIN;
-    while (!atomic_load(&f->stop)) {
-        ssize_t n;
-        int full = 0, delta = 0;
-        int ready = poll(pfd, 2, RESCAN_MS);
-        if (ready < 0) {
-            if (errno == EINTR)
-                continue;
-            mqpki_log(MQPKI_LOG_ERROR, "feed: poll: %s", strerror(errno));
-            break;
-        }
-        if (pfd[1].revents != 0)
-            break;
-        if (ready == 0) {
-            /* `mqpki broker init` while we run: the new broker gets the feed too. */
-            rescan(f);
-            continue;
-        }
-        n = read(f->ino_fd, buf, sizeof(buf));
-        if (n <= 0)
-            continue;
-        for (char *p = buf; p < buf + n;) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
-            if (ev->len > 0 && strcmp(ev->name, "issuing.crl") == 0)
-                full = 1;
-            else if (ev->len > 0 && strcmp(ev->name, "issuing-delta.crl") == 0)
-                delta = 1;
-            p += sizeof(*ev) + ev->len;
-        }
-        /* Files are replaced by rename: the new one is complete when we see it. */
-        for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
-            if (!atomic_load(&f->links[i].connected))
-                continue;
-            if (full)
-                publish_file(&f->links[i], "issuing.crl", TOPIC_FULL);
-            if (delta)
-                publish_file(&f->links[i], "issuing-delta.crl", TOPIC_DELTA);
-        }
-    }
-    return NULL;
-}
-
 /* Reads brokers/NAME/broker.conf ("host = H", "port = P"). 0 when usable. */
 static int read_broker_conf(const char *path, struct link *l)
 {
@@ -325,7 +299,7 @@ static int link_setup(struct feed *f, struct link *l)
         rc = mqpki_fail(MQPKI_ERR_NOMEM, "feed: cannot create an MQTT client");
         goto out;
     }
-    /* Our own loop thread: publishes from the inotify thread are queued and wake it. */
+    /* Our own loop thread: publishes from the publisher's thread are queued and wake it. */
     mosquitto_threaded_set(l->m, true);
     if (mosquitto_tls_set(l->m, ca, NULL, cert, key, NULL) != MOSQ_ERR_SUCCESS ||
         mosquitto_tls_opts_set(l->m, 1, "tlsv1.2", NULL) != MOSQ_ERR_SUCCESS) {
@@ -354,7 +328,7 @@ static int known(struct feed *f, const char *name)
 }
 
 /* Links every broker registered under brokers/ (NAME/broker.conf) that is not linked yet. Runs
- * on one thread at a time (feed_start, then the inotify thread). */
+ * on one thread at a time (feed_start, then feed_tick's caller). */
 static void rescan(struct feed *f)
 {
     char dir[PATH_MAX], path[PATH_MAX];
@@ -375,6 +349,8 @@ static void rescan(struct feed *f)
         if (read_broker_conf(path, l) != 0)
             continue;
         l->f = f;
+        l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+        pthread_mutex_init(&l->sent_lock, NULL);
         memcpy(l->name, de->d_name, strlen(de->d_name) + 1);
         if (link_setup(f, l) != MQPKI_OK) {
             mqpki_log(MQPKI_LOG_ERROR, "feed: broker %s: %s", l->name,
@@ -400,11 +376,9 @@ int feed_start(const char *home, struct feed **out)
     *out = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return MQPKI_ERR_NOMEM;
-    f->ino_fd = f->wake[0] = f->wake[1] = -1;
     pthread_mutex_init(&f->inv_lock, NULL);
     snprintf(f->home, sizeof(f->home), "%s", home);
-    if (mqpki_path(f->crl_dir, sizeof(f->crl_dir), "%s/crl", home) != MQPKI_OK ||
-        mqpki_path(path, sizeof(path), "%s/mqpki.db", home) != MQPKI_OK) {
+    if (mqpki_path(path, sizeof(path), "%s/mqpki.db", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
         goto out;
     }
@@ -415,17 +389,7 @@ int feed_start(const char *home, struct feed **out)
     }
     if ((rc = inventory_open(path, &f->inv)) != MQPKI_OK)
         goto out;
-    if (pipe(f->wake) != 0 || (f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK)) < 0 ||
-        inotify_add_watch(f->ino_fd, f->crl_dir, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
-        rc = mqpki_fail(MQPKI_ERR_IO, "feed: cannot watch %s: %s", f->crl_dir, strerror(errno));
-        goto out;
-    }
     rescan(f);
-    if (pthread_create(&f->ino_thread, NULL, inotify_thread, f) != 0) {
-        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "feed: cannot start a thread");
-        goto out;
-    }
-    f->ino_started = 1;
     if (atomic_load(&f->n_links) == 0)
         mqpki_log(MQPKI_LOG_INFO, "feed: no bundled broker registered yet (mqpki broker init)");
     *out = f;
@@ -433,6 +397,12 @@ int feed_start(const char *home, struct feed **out)
 out:
     feed_stop(f);
     return rc;
+}
+
+void feed_tick(struct feed *f)
+{
+    if (f != NULL && !atomic_load(&f->stop))
+        rescan(f);
 }
 
 int feed_healthy(struct feed *f)
@@ -445,14 +415,40 @@ int feed_healthy(struct feed *f)
     return 1;
 }
 
-int feed_publish_now(struct feed *f)
+void feed_links(struct feed *f, int *total, int *connected)
 {
+    *total = *connected = 0;
     if (f == NULL)
-        return MQPKI_OK;
+        return;
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        (*total)++;
+        *connected += atomic_load(&f->links[i].connected) != 0;
+    }
+}
+
+void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *der, size_t len)
+{
+    if (f == NULL || (kind != INV_CRL_FULL && kind != INV_CRL_DELTA))
+        return;
     for (size_t i = 0; i < atomic_load(&f->n_links); i++)
         if (atomic_load(&f->links[i].connected))
-            publish_all(&f->links[i]);
-    return MQPKI_OK;
+            send_crl(&f->links[i], kind, number, der, len);
+}
+
+void feed_resend(struct feed *f)
+{
+    if (f == NULL)
+        return;
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        /* Sent again even if this connection sent them before: the broker lacks them. */
+        pthread_mutex_lock(&l->sent_lock);
+        l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+        pthread_mutex_unlock(&l->sent_lock);
+        send_latest(l);
+    }
 }
 
 void feed_stop(struct feed *f)
@@ -460,23 +456,14 @@ void feed_stop(struct feed *f)
     if (f == NULL)
         return;
     atomic_store(&f->stop, 1);
-    if (f->ino_started) {
-        if (write(f->wake[1], "x", 1) < 0)
-            mqpki_log(MQPKI_LOG_WARN, "feed: cannot wake the inotify thread");
-        pthread_join(f->ino_thread, NULL);
-    }
     for (size_t i = 0; f->links != NULL && i < FEED_MAX_BROKERS; i++) {
         struct link *l = &f->links[i];
         if (l->started)
             pthread_join(l->thread, NULL);
         mosquitto_destroy(l->m);
+        if (l->f != NULL)
+            pthread_mutex_destroy(&l->sent_lock);
     }
-    if (f->ino_fd >= 0)
-        close(f->ino_fd);
-    if (f->wake[0] >= 0)
-        close(f->wake[0]);
-    if (f->wake[1] >= 0)
-        close(f->wake[1]);
     inventory_close(f->inv);
     pthread_mutex_destroy(&f->inv_lock);
     free(f->links);

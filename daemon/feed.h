@@ -1,24 +1,38 @@
 /*
- * feed: mqpkid's CRL publisher (DESIGN.md 6). Connects to every registered bundled broker with
- * mqpkid's own service identity (tls/mqpkid.pem + tls/mqpkid.key, mTLS, libmosquitto), publishes
- * the CRL files of the data directory retained with QoS 1 (crl/issuing.crl on mqpki/v1/crl/full,
- * crl/issuing-delta.crl on mqpki/v1/crl/delta) whenever they change (inotify on crl/), and
- * consumes the brokers' security events (mqpki/v1/events/+) into the inventory.
+ * feed: mqpkid's CRL feed (DESIGN.md 6). Connects to every registered bundled broker with
+ * mqpkid's own service identity (tls/mqpkid.pem + tls/mqpkid.key, mTLS, libmosquitto),
+ * publishes CRLs retained with QoS 1 on mqpki/v1/crl/full and mqpki/v1/crl/delta as the
+ * publisher offers them from the store's outbox (and the newest ones to a broker that
+ * connects), and consumes the brokers' security events (mqpki/v1/events/+) into the inventory.
  */
 #ifndef MQPKI_FEED_H
 #define MQPKI_FEED_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 struct feed;
 
-/* Starts the feed for the data directory home: its own thread(s), its own store connection.
- * Brokers that are down are retried with backoff; a broker coming back gets the current CRLs. */
+/* Starts the feed for the data directory home: a thread per broker, its own store connection.
+ * Brokers that are down are retried with backoff; a broker coming back gets the newest CRLs. */
 int feed_start(const char *home, struct feed **out);
+
+/* Links brokers registered meanwhile (`mqpki broker init`). Call about every second from one
+ * thread. */
+void feed_tick(struct feed *f);
 
 /* 1 when every registered broker is connected (or none is registered), else 0. */
 int feed_healthy(struct feed *f);
 
-/* Publishes the current CRL files at once (also done by itself on every change). */
-int feed_publish_now(struct feed *f);
+/* Brokers registered with the feed and how many of them are connected now. */
+void feed_links(struct feed *f, int *total, int *connected);
+
+/* Publishes a signed CRL (kind: INV_CRL_FULL or INV_CRL_DELTA) to every connected broker that
+ * has not been sent this number or a higher one. der is copied by libmosquitto. */
+void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *der, size_t len);
+
+/* Sends the newest CRLs from the store to every connected broker again. */
+void feed_resend(struct feed *f);
 
 /* Stops, disconnecting cleanly. NULL-safe. */
 void feed_stop(struct feed *f);

@@ -46,24 +46,6 @@ static void est_config_from(const struct datadir_config *c, struct est_config *e
     e->burst = c->rate_burst;
 }
 
-/* Re-signs the full CRL when a quarter of its validity has passed (well before nextUpdate). */
-static void crl_tick(struct datadir *dd)
-{
-    const struct datadir_config *cfg = datadir_config(dd);
-    char path[4096];
-    struct stat st;
-    int rc;
-
-    if (datadir_path(dd, "crl/issuing.crl", path) != MQPKI_OK)
-        return;
-    if (stat(path, &st) == 0 && mqpki_now() - (int64_t)st.st_mtime < cfg->crl_validity / 4)
-        return;
-    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
-        mqpki_log(MQPKI_LOG_ERROR, "CRL refresh failed: %s", mqpki_err_detail(rc));
-    else
-        mqpki_log(MQPKI_LOG_INFO, "full CRL re-signed before its nextUpdate");
-}
-
 /* Renews mqpkid's own TLS certificate once two thirds of its lifetime have passed. */
 static int tls_tick(struct datadir *dd)
 {
@@ -168,13 +150,15 @@ int main(int argc, char **argv)
     if ((rc = enrollment_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
         (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
         goto out;
-    crl_tick(ctx.dd);
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
     if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));
         goto out;
     }
+    /* Publishes what a crashed process left open before serving anyone. */
+    if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK)
+        goto out;
     if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
         goto out;
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
@@ -196,7 +180,6 @@ int main(int argc, char **argv)
             continue;
         }
         http_reap(h);
-        crl_tick(ctx.dd);
         if (time(NULL) - last_tls_check >= 3600) {
             last_tls_check = time(NULL);
             if (tls_tick(ctx.dd) && restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
@@ -210,6 +193,7 @@ out:
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
+    publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);
     est_free(ctx.est);
     enrollment_committer_stop(ctx.committer);

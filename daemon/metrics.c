@@ -86,32 +86,42 @@ static void put(struct buf *b, const char *fmt, ...)
     }
 }
 
-/* Number and age of the current full CRL, from the store's record and the file. */
-static void crl_facts(struct daemon_ctx *ctx, struct inventory *inv, long long *number,
-                      long long *age)
-{
-    char text[32], path[4096];
-    struct stat st;
+/* The newest full and delta CRL numbers, the full CRL's age and the publications still open,
+ * from the store (the one truth about CRLs). */
+struct crl_facts {
+    long long full, delta, age, open;
+};
 
-    *number = -1;
-    *age = -1;
-    if (inv != NULL && inventory_meta_get(inv, "crl.full.number", text, sizeof(text)) == MQPKI_OK)
-        *number = strtoll(text, NULL, 10);
-    if (datadir_path(ctx->dd, "crl/issuing.crl", path) == MQPKI_OK && stat(path, &st) == 0)
-        *age = (long long)(mqpki_now() - (int64_t)st.st_mtime);
+static void crl_facts(struct inventory *inv, struct crl_facts *f)
+{
+    struct inventory_crl c;
+    int64_t open = -1;
+
+    f->full = f->delta = f->age = f->open = -1;
+    if (inv == NULL)
+        return;
+    if (inventory_crl_latest(inv, INV_CRL_FULL, &c) == MQPKI_OK) {
+        f->full = c.number;
+        f->age = (long long)(mqpki_now() - c.this_update);
+    }
+    if (inventory_crl_latest(inv, INV_CRL_DELTA, &c) == MQPKI_OK)
+        f->delta = c.number;
+    if (inventory_crl_open(inv, NULL, NULL, &open) == MQPKI_OK)
+        f->open = open;
+    mqpki_err_clear();
 }
 
 char *metrics_render(struct daemon_ctx *ctx, size_t *len)
 {
     struct buf b = {malloc(4096), 0, 4096};
     struct inventory *inv = http_thread_inventory(ctx);
-    long long number, age;
+    struct crl_facts crl;
     int64_t revoked = -1;
     double sum;
 
     if (inv == NULL || inventory_cert_count(inv, INV_CERT_REVOKED, &revoked) != MQPKI_OK)
         revoked = -1;
-    crl_facts(ctx, inv, &number, &age);
+    crl_facts(inv, &crl);
     pthread_mutex_lock(&sum_lock);
     sum = latency_sum;
     pthread_mutex_unlock(&sum_lock);
@@ -141,11 +151,15 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         "mqpki_certificates_revoked %lld\n",
         (long long)revoked);
     put(&b,
-        "# HELP mqpki_crl_number Number of the current full CRL.\n"
+        "# HELP mqpki_crl_number Number of the newest full CRL.\n"
         "# TYPE mqpki_crl_number gauge\nmqpki_crl_number %lld\n"
-        "# HELP mqpki_crl_age_seconds Seconds since the current full CRL was written.\n"
-        "# TYPE mqpki_crl_age_seconds gauge\nmqpki_crl_age_seconds %lld\n",
-        number, age);
+        "# HELP mqpki_crl_delta_number Number of the newest delta CRL.\n"
+        "# TYPE mqpki_crl_delta_number gauge\nmqpki_crl_delta_number %lld\n"
+        "# HELP mqpki_crl_age_seconds Seconds since the newest full CRL's thisUpdate.\n"
+        "# TYPE mqpki_crl_age_seconds gauge\nmqpki_crl_age_seconds %lld\n"
+        "# HELP mqpki_crl_publications_open CRL publications not finished (should stay 0).\n"
+        "# TYPE mqpki_crl_publications_open gauge\nmqpki_crl_publications_open %lld\n",
+        crl.full, crl.delta, crl.age, crl.open);
     *len = b.len;
     return b.p;
 }

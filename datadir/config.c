@@ -43,6 +43,19 @@ static int set_int(int *dst, const char *value, long min, long max)
     return 1;
 }
 
+static int set_int64(int64_t *dst, const char *value, long long min, long long max)
+{
+    char *end = NULL;
+    long long v;
+
+    errno = 0;
+    v = strtoll(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || v < min || v > max)
+        return 0;
+    *dst = (int64_t)v;
+    return 1;
+}
+
 static int set_duration(int64_t *dst, const char *value)
 {
     int64_t v = mqpki_duration_parse(value);
@@ -71,6 +84,17 @@ static int on_entry(void *user, const char *section, const char *name, const cha
              (strncmp(value, "https://", 8) == 0 || strncmp(value, "http://", 7) == 0);
     else if (KEY("ca", "crl_validity"))
         ok = set_duration(&c->crl_validity, value);
+    else if (KEY("ca", "crl_full_every"))
+        ok = set_duration(&c->crl_full_every, value);
+    else if (KEY("ca", "crl_full_after")) {
+        /* 0 is allowed here: no full CRL follows deltas before crl_full_every. */
+        int64_t v = mqpki_duration_parse(value);
+        ok = v >= 0;
+        if (ok)
+            c->crl_full_after = v;
+    }
+    else if (KEY("ca", "crl_delta_max"))
+        ok = set_int64(&c->crl_delta_max, value, 1, 100000000);
     else if (KEY("ca", "device_days"))
         ok = set_int(&c->device_days, value, 1, 3650);
     else if (KEY("ca", "broker_days"))
@@ -117,6 +141,9 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     snprintf(c->key_type, sizeof(c->key_type), "ec-p256");
     snprintf(c->url, sizeof(c->url), "https://localhost:8443");
     c->crl_validity = 24 * 3600;
+    c->crl_full_every = 6 * 3600;
+    c->crl_full_after = 60;
+    c->crl_delta_max = 10000;
     c->device_days = 90;
     c->broker_days = 90;
     snprintf(c->hsm_token, sizeof(c->hsm_token), "mqpki");

@@ -14,6 +14,7 @@
 #include "datadir_int.h"
 #include "hsm.h"
 #include "inventory.h"
+#include "lifecycle.h"
 
 int datadir_resolve_home(const char *arg, char out[PATH_MAX])
 {
@@ -87,11 +88,44 @@ static int load_pem_cert(const char *home, const char *rel, X509 **out)
     return rc;
 }
 
+/* The lifecycle's settings from mqpki.conf. */
+static void lifecycle_config_from(const struct datadir_config *cfg, struct lifecycle_config *lc)
+{
+    memset(lc, 0, sizeof(*lc));
+    lc->crl_validity = cfg->crl_validity;
+    lc->crl_full_every = cfg->crl_full_every;
+    lc->crl_full_after = cfg->crl_full_after;
+    lc->crl_delta_max = cfg->crl_delta_max;
+}
+
+int datadir_ca_open(struct datadir *dd)
+{
+    X509 *root = NULL, *issuing = NULL;
+    EVP_PKEY *key = NULL;
+    int rc;
+
+    if (dd->ca != NULL)
+        return MQPKI_OK;
+    if (dd->hsm == NULL && (rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
+        goto out;
+    if ((rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &key)) != MQPKI_OK)
+        goto out;
+    if ((rc = load_pem_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
+        goto out;
+    if ((rc = load_pem_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
+        goto out;
+    rc = ca_open(issuing, key, root, dd->cfg.url, &dd->ca);
+out:
+    X509_free(root);
+    X509_free(issuing);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 int datadir_open(const char *home, unsigned what, struct datadir **out)
 {
     struct datadir *dd;
-    X509 *root = NULL, *issuing = NULL;
-    EVP_PKEY *key = NULL;
+    struct lifecycle_config lcfg;
     char path[PATH_MAX];
     int rc;
 
@@ -99,6 +133,7 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
     if ((dd = calloc(1, sizeof(*dd))) == NULL)
         return MQPKI_ERR_NOMEM;
     snprintf(dd->home, sizeof(dd->home), "%s", home);
+    dd->actor = "cli";
     if ((rc = datadir_config_load(home, &dd->cfg)) != MQPKI_OK)
         goto out;
     if (what & (DATADIR_STORE | DATADIR_CA)) {
@@ -106,25 +141,15 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
             goto out;
         if ((rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
             goto out;
-    }
-    if (what & DATADIR_CA) {
-        if ((rc = datadir_hsm_open(home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
-            goto out;
-        if ((rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &key)) != MQPKI_OK)
-            goto out;
-        if ((rc = load_pem_cert(home, "ca/root.pem", &root)) != MQPKI_OK)
-            goto out;
-        if ((rc = load_pem_cert(home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
-            goto out;
-        if ((rc = ca_open(issuing, key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
+        lifecycle_config_from(&dd->cfg, &lcfg);
+        if ((rc = lifecycle_new(dd->inv, &lcfg, &dd->lc)) != MQPKI_OK)
             goto out;
     }
+    if ((what & DATADIR_CA) && (rc = datadir_ca_open(dd)) != MQPKI_OK)
+        goto out;
     *out = dd;
     dd = NULL;
 out:
-    X509_free(root);
-    X509_free(issuing);
-    EVP_PKEY_free(key);
     datadir_close(dd);
     return rc;
 }
@@ -135,6 +160,7 @@ void datadir_close(struct datadir *dd)
         return;
     ca_free(dd->ca);
     hsm_close(dd->hsm);
+    lifecycle_free(dd->lc);
     inventory_close(dd->inv);
     free(dd);
 }
@@ -154,127 +180,92 @@ struct inventory *datadir_inventory(struct datadir *dd)
     return dd->inv;
 }
 
+struct lifecycle *datadir_lifecycle(struct datadir *dd)
+{
+    return dd->lc;
+}
+
 struct ca *datadir_ca(struct datadir *dd)
 {
     return dd->ca;
 }
 
-struct entry_list {
-    struct ca_crl_entry *v;
-    char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
-    size_t n, cap;
-};
-
-static int collect_revoked(const char *serial, int64_t revoked_at, int reason, void *ctx)
+int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
+                       size_t len)
 {
-    struct entry_list *l = ctx;
-
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 256;
-        void *v = realloc(l->v, cap * sizeof(*l->v));
-        if (v == NULL)
-            return 1;
-        l->v = v;
-        v = realloc(l->serials, cap * sizeof(*l->serials));
-        if (v == NULL)
-            return 1;
-        l->serials = v;
-        l->cap = cap;
-    }
-    snprintf(l->serials[l->n], sizeof(l->serials[l->n]), "%s", serial);
-    l->v[l->n].revoked_at = revoked_at;
-    l->v[l->n].reason = (enum ca_reason)(reason < 0 ? 0 : reason);
-    l->n++;
-    return 0;
-}
-
-/* Builds, signs and writes a full (base < 0) or delta CRL of revocations since `since`. */
-static int crl_publish(struct datadir *dd, int delta, X509_CRL **out)
-{
-    struct entry_list l = {0};
+    const unsigned char *p = der;
     X509_CRL *crl = NULL;
-    unsigned char *der = NULL;
-    char path[PATH_MAX], text[32];
-    int64_t now = mqpki_now(), number, base = -1, since = 0;
-    size_t der_len;
+    char path[PATH_MAX], *pem = NULL;
+    size_t pem_len = 0;
     int rc;
 
-    if (out != NULL)
-        *out = NULL;
-    if (delta) {
-        /* A delta names the full CRL it extends (RFC 5280 5.2.4); without one there is none. */
-        if (inventory_meta_get(dd->inv, "crl.full.number", text, sizeof(text)) != MQPKI_OK ||
-            inventory_meta_get(dd->inv, "crl.full.time", path, sizeof(path)) != MQPKI_OK) {
-            rc = mqpki_fail(MQPKI_ERR_STATE, "no full CRL yet to base a delta CRL on");
-            goto out;
-        }
-        base = strtoll(text, NULL, 10);
-        since = strtoll(path, NULL, 10);
+    if (c->kind == INV_CRL_DELTA) {
+        if ((rc = datadir_path(dd, "crl/issuing-delta.crl", path)) != MQPKI_OK)
+            return rc;
+        return mqpki_file_write_atomic(path, der, len, 0644);
     }
-    rc = inventory_revoked_list(dd->inv, now, since, collect_revoked, &l);
-    if (rc != MQPKI_OK)
-        goto out;
-    for (size_t i = 0; i < l.n; i++)
-        l.v[i].serial_hex = l.serials[i];
-    if ((rc = inventory_crl_number_next(dd->inv, &number)) != MQPKI_OK)
-        goto out;
-    rc = ca_crl_build(dd->ca, number, base, l.v, l.n, now, now + dd->cfg.crl_validity, &crl);
-    if (rc != MQPKI_OK)
-        goto out;
-    if ((rc = ca_crl_der(crl, &der, &der_len)) != MQPKI_OK)
-        goto out;
-    if ((rc = datadir_path(dd, delta ? "crl/issuing-delta.crl" : "crl/issuing.crl", path)))
-        goto out;
-    if ((rc = mqpki_file_write_atomic(path, der, der_len, 0644)) != MQPKI_OK)
-        goto out;
+    if ((rc = datadir_path(dd, "crl/issuing.crl", path)) != MQPKI_OK ||
+        (rc = mqpki_file_write_atomic(path, der, len, 0644)) != MQPKI_OK)
+        return rc;
     /* The same full CRL as PEM, for mqpkid's /crl/issuing.pem and tools that want PEM; after
-     * the DER, which is what brokers are waiting for. */
-    if (!delta) {
-        char *pem = NULL;
-        size_t pem_len = 0;
-        if ((rc = ca_crl_pem(crl, &pem, &pem_len)) == MQPKI_OK &&
-            (rc = datadir_path(dd, "crl/issuing.pem", path)) == MQPKI_OK)
-            rc = mqpki_file_write_atomic(path, pem, pem_len, 0644);
-        free(pem);
-        if (rc != MQPKI_OK)
-            goto out;
+     * the DER, which is what consumers of the files wait for. */
+    if ((crl = d2i_X509_CRL(NULL, &p, (long)len)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "CRL %lld: cannot parse the signed DER",
+                        (long long)c->number);
+        goto out;
     }
-    if (!delta) {
-        snprintf(text, sizeof(text), "%lld", (long long)number);
-        if ((rc = inventory_meta_set(dd->inv, "crl.full.number", text)) != MQPKI_OK)
-            goto out;
-        snprintf(text, sizeof(text), "%lld", (long long)now);
-        if ((rc = inventory_meta_set(dd->inv, "crl.full.time", text)) != MQPKI_OK)
-            goto out;
-    }
-    if (out != NULL) {
-        *out = crl;
-        crl = NULL;
-    }
+    if ((rc = ca_crl_pem(crl, &pem, &pem_len)) == MQPKI_OK &&
+        (rc = datadir_path(dd, "crl/issuing.pem", path)) == MQPKI_OK)
+        rc = mqpki_file_write_atomic(path, pem, pem_len, 0644);
 out:
-    free(der);
-    free(l.v);
-    free(l.serials);
+    free(pem);
     X509_CRL_free(crl);
     return rc;
 }
 
-int datadir_crl_refresh(struct datadir *dd, X509_CRL **out)
+static int export_sink(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                       size_t len)
 {
-    return crl_publish(dd, 0, out);
+    return datadir_crl_export(ctx, c, der, len);
 }
 
-int datadir_crl_delta(struct datadir *dd, X509_CRL **out)
+int datadir_publish(struct datadir *dd, struct datadir_publication *out)
 {
-    return crl_publish(dd, 1, out);
-}
+    struct lifecycle_publication pub;
+    struct lifecycle_sink sink = {NULL, export_sink, dd};
+    int64_t open = 0;
+    int rc;
 
-int datadir_crl_update(struct datadir *dd, X509_CRL **out)
-{
-    int rc = crl_publish(dd, 1, NULL);
-
-    /* Without a full CRL to base it on there is no delta: the full CRL says it all. */
-    if (rc != MQPKI_OK && rc != MQPKI_ERR_STATE)
+    if (out != NULL) {
+        memset(out, 0, sizeof(*out));
+        out->full_number = out->delta_number = -1;
+    }
+    if (dd->lc == NULL)
+        return mqpki_fail(MQPKI_ERR_STATE, "datadir_publish: the store is not open");
+    /* The CA is needed only for what is pending, not for an export left over. */
+    if ((rc = lifecycle_open_count(dd->lc, &open)) != MQPKI_OK)
         return rc;
-    return crl_publish(dd, 0, out);
+    if (open > 0 && (rc = datadir_ca_open(dd)) != MQPKI_OK)
+        return rc;
+    rc = lifecycle_publish(dd->lc, dd->ca, &sink, dd->actor, PUBLISH_LOCK_MS, &pub);
+    if (out != NULL) {
+        out->signed_count = pub.signed_count;
+        out->full_number = pub.full_number;
+        out->delta_number = pub.delta_number;
+    }
+    return rc;
+}
+
+int datadir_publish_pending(struct datadir *dd)
+{
+    int64_t open = 0;
+    int rc;
+
+    if (dd->lc == NULL)
+        return MQPKI_OK;
+    if ((rc = lifecycle_open_count(dd->lc, &open)) != MQPKI_OK || open == 0)
+        return rc;
+    mqpki_log(MQPKI_LOG_INFO, "finishing %lld CRL publication%s left open", (long long)open,
+              open == 1 ? "" : "s");
+    return datadir_publish(dd, NULL);
 }

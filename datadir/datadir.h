@@ -14,6 +14,8 @@
 struct ca;
 struct hsm;
 struct inventory;
+struct inventory_crl;
+struct lifecycle;
 struct datadir;
 
 /* Everything mqpki.conf can set (docs/configuration.md), with defaults filled in. */
@@ -22,6 +24,9 @@ struct datadir_config {
     char key_type[16];         /* [ca] key: ec-p256 | ec-p384 | rsa-3072 */
     char url[256];             /* [ca] url: base of the CRL distribution point and EST */
     int64_t crl_validity;      /* [ca] crl_validity: nextUpdate - thisUpdate, seconds */
+    int64_t crl_full_every;    /* [ca] crl_full_every: re-sign the full CRL this often */
+    int64_t crl_full_after;    /* [ca] crl_full_after: a full CRL follows a delta this soon */
+    int64_t crl_delta_max;     /* [ca] crl_delta_max: a larger delta becomes a full CRL */
     int device_days;           /* [ca] device_days */
     int broker_days;           /* [ca] broker_days */
     char hsm_module[PATH_MAX]; /* [hsm] module: "" for the embedded SoftHSM */
@@ -43,7 +48,8 @@ struct datadir_init_opts {
     size_t n_hostnames;
 };
 
-/* What datadir_open opens besides the configuration. */
+/* What datadir_open opens besides the configuration: the store (and the lifecycle use cases
+ * on it), the CA (token login). */
 enum { DATADIR_STORE = 1, DATADIR_CA = 2 };
 
 /* The data directory: arg when given, else $MQPKI_HOME, else ./mqpki-data; made absolute. */
@@ -65,7 +71,13 @@ void datadir_close(struct datadir *dd);
 const char *datadir_home(const struct datadir *dd);
 const struct datadir_config *datadir_config(const struct datadir *dd);
 struct inventory *datadir_inventory(struct datadir *dd);
+/* The lifecycle use cases over the store (DATADIR_STORE). */
+struct lifecycle *datadir_lifecycle(struct datadir *dd);
+/* The CA when opened (DATADIR_CA or datadir_ca_open), else NULL. */
 struct ca *datadir_ca(struct datadir *dd);
+
+/* Opens the CA of an already opened data directory when it is not open yet. */
+int datadir_ca_open(struct datadir *dd);
 
 /* home/rel into out. */
 int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
@@ -81,22 +93,32 @@ int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 int datadir_config_load(const char *home, struct datadir_config *cfg);
 
 /*
- * Signs a new full CRL of every revoked or held, unexpired certificate (next CRL number,
- * nextUpdate = now + crl_validity) and writes crl/issuing.crl (DER) atomically. The CRL is
- * returned in *out when out is not NULL.
+ * The CRL export: writes a signed CRL where readers look, atomically: a full CRL to
+ * crl/issuing.crl (DER) and crl/issuing.pem, a delta CRL to crl/issuing-delta.crl. The store
+ * holds the truth (lifecycle/); these files serve HTTP, crl-sync and people.
  */
-int datadir_crl_refresh(struct datadir *dd, X509_CRL **out);
+int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
+                       size_t len);
+
+/* What a publication did (datadir_publish). */
+struct datadir_publication {
+    int by_daemon;        /* 1 when the running mqpkid published (and fed its brokers) */
+    int signed_count;     /* CRLs signed */
+    int64_t full_number;  /* newest full CRL afterwards, -1 when none */
+    int64_t delta_number; /* newest delta CRL afterwards, -1 when none */
+    int brokers;          /* brokers registered with mqpkid's feed (by_daemon only) */
+    int brokers_linked;   /* of which connected */
+};
 
 /*
- * Signs a delta CRL (RFC 5280 5.2.4) against the last full CRL: the revocations since it was
- * signed. Writes crl/issuing-delta.crl atomically.
+ * Finishes every open CRL publication (lifecycle_publish): through the running mqpkid when
+ * there is one (it signs, exports and feeds its brokers at once), else here, opening the CA
+ * when something must be signed. out may be NULL.
  */
-int datadir_crl_delta(struct datadir *dd, X509_CRL **out);
+int datadir_publish(struct datadir *dd, struct datadir_publication *out);
 
-/*
- * After revocations: signs and writes a delta CRL first (small, so that brokers act on it within
- * milliseconds even when the full CRL holds a million entries), then the new full CRL (*out).
- */
-int datadir_crl_update(struct datadir *dd, X509_CRL **out);
+/* datadir_publish only when a publication is open (a crash left one, or another process is
+ * about to finish it): every mutating command calls this before its own work. */
+int datadir_publish_pending(struct datadir *dd);
 
 #endif

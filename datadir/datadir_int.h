@@ -8,6 +8,9 @@
 /* Labels of the CA keys in the token. */
 #define DATADIR_ROOT_KEY    "mqpki-root"
 #define DATADIR_ISSUING_KEY "mqpki-issuing"
+/* How long a publisher waits for another one to finish (a million-entry CRL takes seconds). */
+#define PUBLISH_LOCK_MS 60000
+
 /* The asset id of mqpkid's own TLS and feed identity. */
 #define DATADIR_SERVICE_ASSET PROTO_SERVICE_ID
 
@@ -16,7 +19,9 @@ struct datadir {
     struct datadir_config cfg;
     struct hsm *hsm;
     struct inventory *inv;
+    struct lifecycle *lc;
     struct ca *ca;
+    const char *actor; /* who publishes, for the audit log ("cli", "init") */
 };
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */

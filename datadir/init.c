@@ -20,6 +20,7 @@
 #include "enrollment.h"
 #include "hsm.h"
 #include "inventory.h"
+#include "lifecycle.h"
 
 #define ROOT_DAYS    (20 * 365)
 #define ISSUING_DAYS (10 * 365)
@@ -126,6 +127,9 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "key = %s\n"
                  "url = %s\n"
                  "crl_validity = %llds\n"
+                 "crl_full_every = %llds\n"
+                 "crl_full_after = %llds\n"
+                 "crl_delta_max = %lld\n"
                  "device_days = %d\n"
                  "broker_days = %d\n"
                  "\n"
@@ -143,7 +147,8 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "auth_window = %llds\n"
                  "rate = %d\n"
                  "burst = %d\n",
-                 c->ca_name, c->key_type, c->url, (long long)c->crl_validity, c->device_days,
+                 c->ca_name, c->key_type, c->url, (long long)c->crl_validity,
+                 (long long)c->crl_full_every, (long long)c->crl_full_after, (long long)c->crl_delta_max, c->device_days,
                  c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl, c->auth_failures,
                  (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst);
     if (n < 0 || (size_t)n >= sizeof(text))
@@ -186,6 +191,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((dd = calloc(1, sizeof(*dd))) == NULL)
         return MQPKI_ERR_NOMEM;
     snprintf(dd->home, sizeof(dd->home), "%s", home);
+    dd->actor = "init";
     datadir_config_defaults(home, &dd->cfg);
     if (opts->ca_name != NULL) {
         if (opts->ca_name[0] == '\0' || strlen(opts->ca_name) >= sizeof(dd->cfg.ca_name) ||
@@ -296,8 +302,16 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         (rc = datadir_tls_issue(dd, &names, 0)) != MQPKI_OK)
         goto out;
     say(progress, "signing the first CRL into crl/issuing.crl");
-    if ((rc = datadir_crl_refresh(dd, NULL)) != MQPKI_OK)
-        goto out;
+    {
+        struct lifecycle_config lcfg = {dd->cfg.crl_validity, dd->cfg.crl_full_every,
+                                        dd->cfg.crl_full_after, dd->cfg.crl_delta_max};
+        int64_t number = 0;
+        if ((rc = lifecycle_new(dd->inv, &lcfg, &dd->lc)) != MQPKI_OK ||
+            (rc = lifecycle_crl_request(dd->lc, INV_CRL_FULL, "init", "init", &number)) !=
+                MQPKI_OK ||
+            (rc = datadir_publish(dd, NULL)) != MQPKI_OK)
+            goto out;
+    }
     if ((rc = write_config(home, &dd->cfg)) != MQPKI_OK)
         goto out;
 out:

@@ -98,6 +98,7 @@ static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct in
     c->revoked_at = sqlite3_column_type(st, 7) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 7);
     c->reason = sqlite3_column_type(st, 8) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 8);
     c->pem = with_pem ? (char *)sqlite3_column_text(st, 9) : NULL;
+    c->rev_seq = sqlite3_column_type(st, 10) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 10);
 }
 
 /* Refuses a key that is compromised anywhere or certified for another asset. */
@@ -420,6 +421,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
+    int64_t seq = 0;
     int rc, started = 0;
 
     if (inv == NULL)
@@ -450,20 +452,24 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
                         c.reason == REASON_HOLD ? "on hold" : "revoked");
         goto out;
     }
-    /* A hold turned final gets the new date, so delta CRLs since the hold carry it. */
+    /* A hold turned final gets the new date and a new place in the revocation sequence, so
+     * delta CRLs since the hold carry it. */
+    if ((rc = inv_rev_next(inv, &seq)) != MQPKI_OK)
+        goto out;
     rc = inv_stmt(inv, SQL_CERT_REVOKE, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
         goto out;
     sqlite3_bind_int64(st, 2, when);
     sqlite3_bind_int(st, 3, reason);
+    sqlite3_bind_int64(st, 4, seq);
     rc = step_done(inv, st, "revoke");
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
     rc = inv_audit(inv, actor, "cert.revoke", norm,
-                   json_pack("{s:s,s:i,s:I,s:b}", "asset", c.asset_id, "reason", reason,
+                   json_pack("{s:s,s:i,s:I,s:b,s:I}", "asset", c.asset_id, "reason", reason,
                              "revoked_at", (json_int_t)when, "was_held",
-                             c.state == INV_CERT_REVOKED));
+                             c.state == INV_CERT_REVOKED, "rev_seq", (json_int_t)seq));
     if (rc != MQPKI_OK)
         goto out;
     snprintf(why, sizeof(why), "%s %s", reason == REASON_HOLD ? "hold" : "revocation", norm);
@@ -483,6 +489,7 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
+    int64_t seq = 0;
     int rc, started = 0;
 
     if (inv == NULL)
@@ -503,14 +510,21 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
         rc = mqpki_fail(MQPKI_ERR_STATE, "certificate %s is not on hold", norm);
         goto out;
     }
+    /* Lifting a hold is a change of revocation state too: the next delta CRL carries it as
+     * removeFromCRL (RFC 5280 5.3.1). */
+    if ((rc = inv_rev_next(inv, &seq)) != MQPKI_OK)
+        goto out;
     rc = inv_stmt(inv, SQL_CERT_UNHOLD, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
         goto out;
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, mqpki_now());
     rc = step_done(inv, st, "unhold");
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
-    rc = inv_audit(inv, actor, "cert.unhold", norm, json_pack("{s:s}", "asset", c.asset_id));
+    rc = inv_audit(inv, actor, "cert.unhold", norm,
+                   json_pack("{s:s,s:I}", "asset", c.asset_id, "rev_seq", (json_int_t)seq));
     if (rc != MQPKI_OK)
         goto out;
     snprintf(why, sizeof(why), "hold lifted %s", norm);
@@ -523,28 +537,44 @@ out:
     return rc;
 }
 
-int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since,
-                           inventory_revoked_cb cb, void *ctx)
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq,
+                           int64_t upto_seq, inventory_revoked_cb cb, void *ctx)
 {
     sqlite3_stmt *st = NULL;
+    int delta = since_seq >= 0;
     int rc, src;
 
     if (inv == NULL || cb == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "revoked list: arguments missing");
-    /* Streams in revocation order through the partial index on revoked certificates; pinned
-     * so the planner never falls back to sorting a million rows in a temporary b-tree. */
-    rc = inv_prepare(inv,
-                     "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked "
-                     "WHERE state = 'revoked' AND not_after >= ?1 AND revoked_at >= ?2 "
-                     "ORDER BY revoked_at, serial",
-                     &st);
+    if (!delta)
+        /* Streams in revocation order through the partial index on revoked certificates;
+         * pinned so the planner never falls back to sorting a million rows in a temporary
+         * b-tree. */
+        rc = inv_prepare(inv,
+                         "SELECT serial, revoked_at, reason, state FROM certs INDEXED BY "
+                         "certs_revoked WHERE state = 'revoked' AND not_after >= ?1 "
+                         "AND rev_seq <= ?3 ORDER BY revoked_at, serial",
+                         &st);
+    else
+        /* What changed after the base: revocations, holds made final, holds lifted. */
+        rc = inv_prepare(inv,
+                         "SELECT serial, rev_time, reason, state FROM certs INDEXED BY "
+                         "certs_rev_seq WHERE rev_seq > ?2 AND rev_seq <= ?3 AND "
+                         "not_after >= ?1 ORDER BY rev_seq",
+                         &st);
     if (rc != MQPKI_OK)
         goto out;
     sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_int64(st, 2, since > 0 ? since : INT64_MIN);
+    if (delta)
+        sqlite3_bind_int64(st, 2, since_seq);
+    sqlite3_bind_int64(st, 3, upto_seq);
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
-               sqlite3_column_int(st, 2), ctx) != 0) {
+        const char *state = (const char *)sqlite3_column_text(st, 3);
+        int reason = sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : sqlite3_column_int(st, 2);
+        if (state == NULL || strcmp(state, "revoked") != 0)
+            reason = REASON_REMOVE_FROM_CRL;
+        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1), reason,
+               ctx) != 0) {
             src = SQLITE_DONE;
             break;
         }

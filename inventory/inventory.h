@@ -73,6 +73,8 @@ struct inventory_cert {
     int64_t revoked_at;                /* 0 unless revoked */
     int reason;                        /* RFC 5280 reason code when revoked, else -1 */
     char *pem;                         /* freed by inventory_cert_clear; NULL when not requested */
+    int64_t rev_seq; /* place of its last revocation-state change in the revocation sequence
+                        (0: never revoked); a CRL with cutoff >= rev_seq shows it */
 };
 void inventory_cert_clear(struct inventory_cert *c);
 
@@ -171,23 +173,115 @@ int inventory_cert_count(struct inventory *inv, int state, int64_t *out);
  * Revokes one certificate (reason: RFC 5280 code). A hold (6) may later be lifted by
  * inventory_cert_unhold; any other reason is final (revoking an already revoked certificate is
  * MQPKI_ERR_STATE, except turning a hold into a final reason). Moves the asset: hold ->
- * suspended; final revocation of its last live certificate -> revoked. Audit event.
+ * suspended; final revocation of its last live certificate -> revoked. Takes the next value of
+ * the revocation sequence. Audit event. Publication is the caller's (lifecycle/).
  */
 int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason, int64_t when,
                           const char *actor);
 
 /* Lifts a hold: the certificate is valid again, the asset active again (enrolled if it was
- * never seen). MQPKI_ERR_STATE when the certificate is not on hold. */
+ * never seen); a new place in the revocation sequence (the next delta CRL says removeFromCRL).
+ * MQPKI_ERR_STATE when the certificate is not on hold. */
 int inventory_cert_unhold(struct inventory *inv, const char *serial, const char *actor);
 
-/* Revoked (or held) certificates not yet expired at `now` (they drop out of CRLs after expiry),
- * in revocation order; with since > 0 only those revoked at or after `since` (delta CRLs). */
-typedef int (*inventory_revoked_cb)(const char *serial, int64_t revoked_at, int reason, void *ctx);
-int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since,
-                           inventory_revoked_cb cb, void *ctx);
+/*
+ * The entries of a CRL as of revocation sequence value upto_seq (see inventory_rev_current).
+ * Full CRL (since_seq < 0): every revoked or held certificate not yet expired at `now` (they
+ * drop out of CRLs after expiry), in revocation order. Delta CRL (since_seq >= 0): every
+ * unexpired certificate whose revocation state changed after since_seq: revoked or held ones
+ * with their reason, those whose hold was lifted with CA reason 8 (removeFromCRL) dated when
+ * it was lifted. Call inside a snapshot so that upto_seq and the rows agree.
+ */
+typedef int (*inventory_revoked_cb)(const char *serial, int64_t when, int reason, void *ctx);
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq,
+                           int64_t upto_seq, inventory_revoked_cb cb, void *ctx);
 
-/* Takes the next CRL number (monotonic, durable). */
-int inventory_crl_number_next(struct inventory *inv, int64_t *out);
+/* The current value of the revocation sequence (the last revocation-state change). */
+int inventory_rev_current(struct inventory *inv, int64_t *out);
+
+/*
+ * A read snapshot: every read between begin and end sees the store as of begin (WAL), without
+ * taking the write lock, so a CRL of a million entries never blocks issuance. Not inside a
+ * write transaction. end is NULL-safe and harmless without a snapshot.
+ */
+int inventory_snapshot_begin(struct inventory *inv);
+void inventory_snapshot_end(struct inventory *inv);
+
+/*
+ * CRL publications: the outbox (docs/architecture.md, "A revocation"). A CRL number is reserved
+ * in the transaction of the change that needs it (pending); the publisher signs it from store
+ * state and keeps the DER (signed), exports it (done). Full and delta CRLs share one number
+ * sequence (RFC 5280 5.2.3).
+ */
+enum inventory_crl_kind { INV_CRL_FULL, INV_CRL_DELTA };
+enum inventory_crl_state { INV_CRL_PENDING, INV_CRL_SIGNED, INV_CRL_DONE };
+
+struct inventory_crl {
+    int64_t number;
+    int kind;        /* enum inventory_crl_kind */
+    int state;       /* enum inventory_crl_state */
+    char reason[32]; /* what asked for it: "revoke", "unhold", "schedule", "operator", ... */
+    int64_t created_at;
+    int64_t base;        /* delta: the full CRL it extends; -1 otherwise or while pending */
+    int64_t cutoff;      /* revocation sequence value it reflects; -1 while pending */
+    int64_t this_update; /* 0 while pending */
+    int64_t next_update;
+    int64_t entries;
+    int64_t signed_at, done_at;
+    int64_t folded_into; /* a pending number published as part of a later CRL; 0 otherwise */
+};
+typedef int (*inventory_crl_cb)(const struct inventory_crl *c, void *ctx);
+
+/* Reserves the next CRL number for a publication of kind, inside the caller's transaction when
+ * one is open (else in its own); audit event "crl.reserve". */
+int inventory_crl_reserve(struct inventory *inv, int kind, const char *reason, const char *actor,
+                          int64_t *number);
+
+/* The publications not done yet (pending or signed), lowest number first; *count when count is
+ * not NULL and cb is NULL. */
+int inventory_crl_open(struct inventory *inv, inventory_crl_cb cb, void *ctx, int64_t *count);
+
+/* One publication by number; MQPKI_ERR_NOT_FOUND when unknown. */
+int inventory_crl_get(struct inventory *inv, int64_t number, struct inventory_crl *out);
+
+/* The newest signed or done CRL of kind; MQPKI_ERR_NOT_FOUND when there is none. */
+int inventory_crl_latest(struct inventory *inv, int kind, struct inventory_crl *out);
+
+/* The oldest signed or done CRL of kind numbered above `after`; MQPKI_ERR_NOT_FOUND when none. */
+int inventory_crl_first_after(struct inventory *inv, int kind, int64_t after,
+                              struct inventory_crl *out);
+
+/* The DER of a signed CRL (heap, caller frees); MQPKI_ERR_NOT_FOUND when not kept (only the
+ * newest full and delta CRLs keep theirs). */
+int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der, size_t *len);
+
+/*
+ * Records the signed CRL c (number, kind, base, cutoff, times, entries) with its DER in one
+ * transaction: the pending row becomes signed, every lower pending row is folded into it (done,
+ * folded_into = c->number), older DER of the same kind is dropped, audit event "crl.sign".
+ * MQPKI_ERR_STATE when the row is no longer pending (another publisher got there first).
+ */
+int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
+                         const unsigned char *der, size_t len, const char *actor);
+
+/* Marks a signed CRL done (exported). */
+int inventory_crl_done(struct inventory *inv, int64_t number);
+
+/*
+ * The publication lock: one publisher at a time across processes (a file lock beside the store
+ * for SQLite), so that CRLs are signed and exported in number order. Waits up to timeout_ms;
+ * MQPKI_ERR_BUSY when still held. unlock is harmless when not held; the lock also ends with the
+ * handle or the process.
+ */
+int inventory_publish_lock(struct inventory *inv, int timeout_ms);
+void inventory_publish_unlock(struct inventory *inv);
+
+/* What each broker reported holding (its plugin's CRL numbers; -1 when none). */
+int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full,
+                             int64_t delta, int64_t when);
+typedef int (*inventory_broker_crl_cb)(const char *broker, int64_t full, int64_t delta,
+                                       int64_t when, void *ctx);
+int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb, void *ctx);
 
 /*
  * Enrollment tokens. create: 16 random bytes -> token text (base64url, no padding, printed once,

@@ -13,7 +13,7 @@
 #include "proto.h"
 
 /* Current schema version (PRAGMA user_version). */
-#define INV_SCHEMA_VERSION 1
+#define INV_SCHEMA_VERSION 2
 
 /* SHA-256 length of audit hashes and token hashes. */
 #define INV_HASH_LEN 32
@@ -29,7 +29,12 @@
     "last_seen, last_address, last_broker"
 
 #define INV_CERT_COLS                                                                              \
-    "serial, asset_id, profile, not_before, not_after, state, key_fp, revoked_at, reason, pem"
+    "serial, asset_id, profile, not_before, not_after, state, key_fp, revoked_at, reason, pem, "   \
+    "rev_seq"
+
+#define INV_CRL_COLS                                                                               \
+    "number, kind, state, reason, created_at, base, cutoff, this_update, next_update, entries, "   \
+    "signed_at, done_at, folded_into"
 
 /*
  * Statements prepared once per handle and reused (hot paths and fixed lookups). X(name, sql).
@@ -56,9 +61,10 @@
       "SELECT COUNT(*) FROM certs WHERE asset_id = ?1 AND state = 'revoked' AND reason = 6 "       \
       "AND not_after >= ?2")                                                                       \
     X(SQL_CERT_REVOKE,                                                                             \
-      "UPDATE certs SET state = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1")        \
-    X(SQL_CERT_UNHOLD,                                                                             \
-      "UPDATE certs SET state = 'valid', revoked_at = NULL, reason = NULL WHERE serial = ?1")      \
+      "UPDATE certs SET state = 'revoked', revoked_at = ?2, reason = ?3, rev_seq = ?4, "           \
+      "rev_time = ?2 WHERE serial = ?1")                                                           \
+    X(SQL_CERT_UNHOLD, "UPDATE certs SET state = 'valid', revoked_at = NULL, reason = NULL, "      \
+                       "rev_seq = ?2, rev_time = ?3 WHERE serial = ?1")                            \
     X(SQL_TOKEN_INSERT, "INSERT INTO tokens(asset_id, salt, hash, created_at, expires_at) "        \
                         "VALUES(?1, ?2, ?3, ?4, ?5)")                                              \
     X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
@@ -76,7 +82,34 @@
     X(SQL_META_SET, "INSERT INTO meta(key, value) VALUES(?1, ?2) "                                 \
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value")                       \
     X(SQL_CRL_NEXT,                                                                                \
-      "UPDATE counters SET value = value + 1 WHERE name = 'crl_number' RETURNING value")
+      "UPDATE counters SET value = value + 1 WHERE name = 'crl_number' RETURNING value")           \
+    X(SQL_REV_NEXT, "UPDATE counters SET value = value + 1 WHERE name = 'rev_seq' RETURNING value") \
+    X(SQL_REV_CURRENT, "SELECT value FROM counters WHERE name = 'rev_seq'")                        \
+    X(SQL_CRL_INSERT, "INSERT INTO crls(number, kind, state, reason, created_at) "                 \
+                      "VALUES(?1, ?2, 'pending', ?3, ?4)")                                         \
+    X(SQL_CRL_GET, "SELECT " INV_CRL_COLS " FROM crls WHERE number = ?1")                          \
+    X(SQL_CRL_DER, "SELECT der FROM crls WHERE number = ?1")                                       \
+    X(SQL_CRL_OPEN, "SELECT " INV_CRL_COLS " FROM crls WHERE state <> 'done' ORDER BY number")     \
+    X(SQL_CRL_LATEST, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND state <> 'pending' "  \
+                      "ORDER BY number DESC LIMIT 1")                                              \
+    X(SQL_CRL_FIRST_AFTER, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND number > ?2 "    \
+                           "AND state <> 'pending' AND folded_into IS NULL ORDER BY number "      \
+                           "LIMIT 1")                                                              \
+    X(SQL_CRL_SIGN,                                                                                \
+      "UPDATE crls SET state = 'signed', kind = ?2, base = ?3, cutoff = ?4, this_update = ?5, "   \
+      "next_update = ?6, entries = ?7, der = ?8, signed_at = ?9 WHERE number = ?1 "               \
+      "AND state = 'pending'")                                                                     \
+    X(SQL_CRL_FOLD, "UPDATE crls SET state = 'done', folded_into = ?1, done_at = ?2 "              \
+                    "WHERE number < ?1 AND state = 'pending'")                                     \
+    X(SQL_CRL_DONE,                                                                                \
+      "UPDATE crls SET state = 'done', done_at = ?2 WHERE number = ?1 AND state = 'signed'")       \
+    X(SQL_CRL_PRUNE, "UPDATE crls SET der = NULL WHERE kind = ?1 AND number < ?2 "                 \
+                     "AND state = 'done' AND der IS NOT NULL")                                     \
+    X(SQL_BROKER_CRL_SET,                                                                          \
+      "INSERT INTO broker_crls(broker, full_number, delta_number, updated_at) "                    \
+      "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(broker) DO UPDATE SET "                                  \
+      "full_number = excluded.full_number, delta_number = excluded.delta_number, "                 \
+      "updated_at = excluded.updated_at")
 
 #define INV_SQL_ENUM_(name, sql) name,
 enum inv_sql { INV_SQL_LIST(INV_SQL_ENUM_) SQL_COUNT_ };
@@ -84,8 +117,10 @@ enum inv_sql { INV_SQL_LIST(INV_SQL_ENUM_) SQL_COUNT_ };
 
 struct inventory {
     sqlite3 *db;
-    char *path; /* for error details */
-    int in_tx;  /* 1 while the caller holds an inventory_begin transaction */
+    char *path;      /* for error details */
+    int in_tx;       /* 1 while the caller holds an inventory_begin transaction */
+    int in_snapshot; /* 1 while a read snapshot (inventory_snapshot_begin) is open */
+    int publish_fd;  /* the held publication lock's file, -1 when not held */
     sqlite3_stmt *stmt[SQL_COUNT_];
 };
 
@@ -166,9 +201,14 @@ int inv_asset_move(struct inventory *inv, const char *id, int from, int to, cons
 int inv_audit(struct inventory *inv, const char *actor, const char *action, const char *subject,
               json_t *detail);
 
+/* Takes the next value of the revocation sequence (inside the current unit of work). */
+int inv_rev_next(struct inventory *inv, int64_t *out);
+
 /* Under UNIT_TESTING only: the raw SQLite handle, to plant rows that time cannot produce. */
 #ifdef UNIT_TESTING
 sqlite3 *inv_test_db(struct inventory *inv);
+/* Opens a store migrated only up to schema version `version` (to test later migrations). */
+int inv_test_open_version(const char *path, int version, struct inventory **out);
 #endif
 
 #endif

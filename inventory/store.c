@@ -1,6 +1,6 @@
 /*
  * inventory/store.c: opening the store (pragmas, schema migrations), the statement cache,
- * transactions, metadata and the CRL number counter.
+ * transactions and metadata.
  */
 #include "inventory_int.h"
 
@@ -86,6 +86,46 @@ static const char *const migrations[] = {
     "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);"
     "CREATE TABLE counters(name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);"
     "INSERT INTO counters(name, value) VALUES ('crl_number', 0);",
+    /*
+     * 1 -> 2: the store owns CRL publication (docs/architecture.md, "A revocation").
+     * rev_seq orders every change of a certificate's revocation state (revoke, hold, hold made
+     * final, unhold) and rev_time dates it, so a delta CRL lists exactly what changed after its
+     * base. crls is the outbox: a CRL number reserved in the revoking transaction, then signed
+     * (DER kept), then exported; one number sequence for full and delta CRLs (RFC 5280 5.2.3).
+     * CRL numbers go on from the old counter; the first publication after the upgrade finds no full
+ * CRL in the outbox and signs one (a delta needs a base).
+     */
+    "ALTER TABLE certs ADD COLUMN rev_seq INTEGER;"
+    "ALTER TABLE certs ADD COLUMN rev_time INTEGER;"
+    "UPDATE certs SET rev_seq = r.n, rev_time = certs.revoked_at FROM"
+    " (SELECT serial, ROW_NUMBER() OVER (ORDER BY revoked_at, serial) AS n FROM certs"
+    "  WHERE state = 'revoked') AS r WHERE certs.serial = r.serial;"
+    "CREATE UNIQUE INDEX certs_rev_seq ON certs(rev_seq) WHERE rev_seq IS NOT NULL;"
+    "INSERT INTO counters(name, value) VALUES"
+    " ('rev_seq', (SELECT IFNULL(MAX(rev_seq), 0) FROM certs));"
+    "CREATE TABLE crls("
+    " number INTEGER PRIMARY KEY NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('full', 'delta')),"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'signed', 'done')),"
+    " reason TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " base INTEGER,"
+    " cutoff INTEGER,"
+    " this_update INTEGER,"
+    " next_update INTEGER,"
+    " entries INTEGER,"
+    " der BLOB,"
+    " signed_at INTEGER,"
+    " done_at INTEGER,"
+    " folded_into INTEGER);"
+    "CREATE INDEX crls_open ON crls(number) WHERE state <> 'done';"
+    "CREATE INDEX crls_kind ON crls(kind, number);"
+    "DELETE FROM meta WHERE key IN ('crl.full.number', 'crl.full.time');"
+    "CREATE TABLE broker_crls("
+    " broker TEXT PRIMARY KEY NOT NULL,"
+    " full_number INTEGER NOT NULL,"
+    " delta_number INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -101,6 +141,8 @@ int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what)
         return mqpki_fail(MQPKI_ERR_BUSY, "%s: %s: store busy (%s)", path, what, msg);
     if (primary == SQLITE_NOMEM)
         return mqpki_fail(MQPKI_ERR_NOMEM, "%s: %s: out of memory", path, what);
+    if (primary == SQLITE_FULL)
+        return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: %s: disk full, nothing was changed", path, what);
     return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
 }
 
@@ -253,7 +295,7 @@ out:
     return rc;
 }
 
-static int migrate(struct inventory *inv)
+static int migrate(struct inventory *inv, int target)
 {
     char sql[64];
     int version = 0, rc = MQPKI_OK;
@@ -267,13 +309,13 @@ static int migrate(struct inventory *inv)
                         inv->path, version, N_MIGRATIONS);
         goto out;
     }
-    while (version < N_MIGRATIONS) {
+    while (version < target) {
         rc = inv_exec(inv, "BEGIN IMMEDIATE");
         if (rc != MQPKI_OK)
             goto out;
         /* Another process may have migrated while we waited for the write lock. */
         rc = pragma_int(inv, "PRAGMA user_version", &version);
-        if (rc == MQPKI_OK && version < N_MIGRATIONS) {
+        if (rc == MQPKI_OK && version < target) {
             rc = inv_exec(inv, migrations[version]);
             if (rc == MQPKI_OK) {
                 snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
@@ -311,7 +353,7 @@ static int precreate(const char *path)
     return MQPKI_OK;
 }
 
-int inventory_open(const char *path, struct inventory **out)
+static int open_at(const char *path, int target, struct inventory **out)
 {
     struct inventory *inv = NULL;
     sqlite3_stmt *st = NULL;
@@ -326,6 +368,7 @@ int inventory_open(const char *path, struct inventory **out)
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
+    inv->publish_fd = -1;
     rc = precreate(path);
     if (rc != MQPKI_OK)
         goto out;
@@ -367,7 +410,7 @@ int inventory_open(const char *path, struct inventory **out)
     rc = inv_exec(inv, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON");
     if (rc != MQPKI_OK)
         goto out;
-    rc = migrate(inv);
+    rc = migrate(inv, target);
 out:
     sqlite3_finalize(st);
     if (rc != MQPKI_OK) {
@@ -378,6 +421,18 @@ out:
         *out = inv;
     return rc;
 }
+
+int inventory_open(const char *path, struct inventory **out)
+{
+    return open_at(path, N_MIGRATIONS, out);
+}
+
+#ifdef UNIT_TESTING
+int inv_test_open_version(const char *path, int version, struct inventory **out)
+{
+    return open_at(path, version, out);
+}
+#endif
 
 void inventory_close(struct inventory *inv)
 {
@@ -391,6 +446,7 @@ void inventory_close(struct inventory *inv)
             sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
         sqlite3_close_v2(inv->db);
     }
+    inventory_publish_unlock(inv);
     free(inv->path);
     free(inv);
 }
@@ -401,7 +457,7 @@ int inventory_begin(struct inventory *inv)
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "inventory_begin: no store");
-    if (inv->in_tx)
+    if (inv->in_tx || inv->in_snapshot)
         return mqpki_fail(MQPKI_ERR_STATE, "%s: a transaction is already open", inv->path);
     /* IMMEDIATE: writers queue for the lock up front instead of failing on upgrade. */
     rc = inv_exec(inv, "BEGIN IMMEDIATE");
@@ -571,46 +627,5 @@ int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t
     memcpy(out, v, (size_t)sqlite3_column_bytes(st, 0) + 1);
 out:
     inv_stmt_done(st);
-    return rc;
-}
-
-int inventory_crl_number_next(struct inventory *inv, int64_t *out)
-{
-    struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
-    int64_t n = 0;
-    int rc, src;
-
-    if (inv == NULL || out == NULL)
-        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_crl_number_next: arguments missing");
-    *out = 0;
-    rc = inv_tx_start(inv, &tx);
-    if (rc != MQPKI_OK)
-        return rc;
-    rc = inv_stmt(inv, SQL_CRL_NEXT, &st);
-    if (rc != MQPKI_OK)
-        goto out;
-    src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
-        rc = src == SQLITE_DONE
-                 ? mqpki_fail(MQPKI_ERR_STORE, "%s: CRL number counter missing", inv->path)
-                 : inv_db_fail(inv, src, "CRL number");
-        goto out;
-    }
-    n = sqlite3_column_int64(st, 0);
-    /* RETURNING: the update only completes when the statement has run to the end. */
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
-        rc = inv_db_fail(inv, src, "CRL number");
-        goto out;
-    }
-    inv_stmt_done(st);
-    st = NULL;
-    rc = inv_audit(inv, "system", "crl.number", "crl", json_pack("{s:I}", "number", (json_int_t)n));
-out:
-    inv_stmt_done(st);
-    rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
-    if (rc == MQPKI_OK)
-        *out = n;
     return rc;
 }

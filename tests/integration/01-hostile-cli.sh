@@ -49,7 +49,7 @@ expect_fail 1 "bad ttl" mqpki token create dev1 --ttl forever
 expect_fail 1 "unhold of a certificate not on hold" mqpki unhold --serial 0A0B
 
 # The PIN never shows in error output even when it is wrong.
-MQPKI_PIN=wrong-pin-1234 mqpki crl >"$T/out" 2>"$T/err" && st=0 || st=$?
+MQPKI_PIN=wrong-pin-1234 mqpki crl publish >"$T/out" 2>"$T/err" && st=0 || st=$?
 assert "wrong PIN fails with status 1 or 2 (got $st)" test "$st" -ne 0
 assert "wrong PIN is not echoed" bash -c "! grep -q wrong-pin-1234 '$T/err'"
 

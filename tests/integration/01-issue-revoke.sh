@@ -39,7 +39,20 @@ check "meter renews with the same key" mqpki issue --asset meter --csr "$T/meter
 # Revocation.
 check "revoke meter for key compromise" mqpki revoke --asset meter --reason key-compromise
 assert "revoke names the reason" contains "$T/out" "key-compromise"
-check "mqpki crl" bash -c "mqpki crl > '$T/crl.pem'"
+assert "revoke says which delta CRL it published" contains "$T/out" "delta CRL [0-9]* published"
+full_before=$(mqpki crl --json | jq .full.number)
+check "the delta CRL verifies" openssl crl -inform DER -in "$MQPKI_HOME/crl/issuing-delta.crl" \
+  -CAfile "$T/chain.pem" -noout
+openssl crl -inform DER -in "$MQPKI_HOME/crl/issuing-delta.crl" -noout -text >"$T/delta.txt"
+assert "the delta CRL lists the serial at once" contains "$T/delta.txt" "$serial"
+assert "the delta names its base CRL" contains "$T/delta.txt" "Delta CRL Indicator"
+check "mqpki crl shows the CRLs" mqpki crl
+assert "mqpki crl names the full and the delta CRL" bash -c \
+  "grep -q '^full   CRL' '$T/out' && grep -q '^delta  CRL' '$T/out'"
+assert "mqpki crl signs nothing" test "$(mqpki crl --json | jq .full.number)" = "$full_before"
+check "mqpki crl publish signs a new full CRL" mqpki crl publish
+assert "the full CRL number went up" test "$(mqpki crl --json | jq .full.number)" -gt "$full_before"
+check "mqpki crl --pem" bash -c "mqpki crl --pem > '$T/crl.pem'"
 check "CRL verifies against the chain" openssl crl -in "$T/crl.pem" -CAfile "$T/chain.pem" -noout
 openssl crl -in "$T/crl.pem" -noout -text >"$T/crl.txt"
 assert "CRL lists the serial" contains "$T/crl.txt" "$serial"
@@ -52,7 +65,11 @@ mqpki asset show meter --json >"$T/show.json"
 assert "asset state is revoked" test "$(jq -r .state "$T/show.json")" = revoked
 assert "history records the revocation" \
   test "$(jq '[.history[] | select(.action == "cert.revoke")] | length' "$T/show.json")" -ge 1
-expect_fail 1 "revoking again is refused" mqpki revoke --serial "$serial" --reason key-compromise
+events=$(mqpki asset show meter --json | jq '.history | length')
+check "revoking again is safe" mqpki revoke --serial "$serial" --reason key-compromise
+assert "revoking again says so" contains "$T/out" "already revoked"
+assert "revoking again changes nothing" \
+  test "$(mqpki asset show meter --json | jq '.history | length')" = "$events"
 expect_fail 1 "a compromised key is never certified again" \
   mqpki issue --asset meter --csr "$T/meter.csr"
 
@@ -63,13 +80,17 @@ oserial=$(openssl x509 -in "$T/other.pem" -noout -serial | cut -d= -f2)
 check "hold other" mqpki revoke --serial "$oserial" --reason hold
 assert "held asset is suspended" \
   test "$(mqpki asset show other --json | jq -r .state)" = suspended
-mqpki crl >"$T/crl2.pem"
+mqpki crl --pem --delta >"$T/crl2.pem"
 openssl crl -in "$T/crl2.pem" -noout -text >"$T/crl2.txt"
-assert "CRL says certificateHold" contains "$T/crl2.txt" "Certificate Hold"
+assert "the delta CRL says certificateHold" contains "$T/crl2.txt" "Certificate Hold"
 check "unhold other" mqpki unhold --serial "$oserial"
-mqpki crl >"$T/crl3.pem"
+mqpki crl --pem --delta >"$T/crl3.pem"
 openssl crl -in "$T/crl3.pem" -noout -text >"$T/crl3.txt"
-assert "unheld serial leaves the CRL" bash -c "! grep -q '$oserial' '$T/crl3.txt'"
+assert "the next delta CRL says removeFromCRL" contains "$T/crl3.txt" "Remove From CRL"
+mqpki crl publish >/dev/null
+mqpki crl --pem >"$T/crl4.pem"
+openssl crl -in "$T/crl4.pem" -noout -text >"$T/crl4.txt"
+assert "unheld serial leaves the full CRL" bash -c "! grep -q '$oserial' '$T/crl4.txt'"
 
 # Decommission.
 check "decommission other" mqpki asset decommission other

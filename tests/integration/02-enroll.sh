@@ -90,6 +90,10 @@ assert "429 carries Retry-After" grep -qi "^retry-after: [0-9]" "$T/h429"
 # CRLs, health, metrics.
 curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/crl/issuing.crl" -o "$T/crl.der"
 check "GET /crl/issuing.crl verifies" openssl crl -inform DER -in "$T/crl.der" -CAfile "$T/chain.pem" -noout
+curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/crl/issuing-delta.crl" -o "$T/delta.der"
+assert "GET /crl/issuing-delta.crl lists the revoked serial at once" \
+  bash -c "openssl crl -inform DER -in '$T/delta.der' -noout -text | grep -q '$serial2'"
+check "mqpki crl publish through mqpkid" mqpki crl publish
 curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/crl/issuing.pem" -o "$T/crl.pem"
 assert "GET /crl/issuing.pem lists the revoked serial" \
   bash -c "openssl crl -in '$T/crl.pem' -noout -text | grep -q '$serial2'"

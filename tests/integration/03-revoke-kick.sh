@@ -32,6 +32,8 @@ subscribe() {
 
 check "mqpki init" init_ca
 cp "$H/crl/issuing.crl" "$T/crl-first.der"
+# A full CRL follows a delta within a second here (default 60 s), for crl-sync below.
+sed -i 's/^crl_full_after = .*/crl_full_after = 1s/' "$H/mqpki.conf"
 check "broker init b1" mqpki broker init b1 --port "$P"
 for f in broker.key broker.pem ca.pem broker.conf mosquitto.conf; do
   assert "brokers/b1/$f written" test -s "$H/brokers/b1/$f"
@@ -95,6 +97,13 @@ check "b1 disconnects dev1" wait_for 10 grep -q "disconnecting dev1 .*certificat
 check "dev1's subscriber ends (its reconnect is refused)" wait_for 10 gone "$SUB_dev1"
 assert "dev2's subscriber is still connected" alive "$SUB_dev2"
 assert "dev2 was not disconnected" bash -c "! grep -q 'dev2 been disconnected' '$T/broker1.log'"
+if [ "$MQPKID" = 1 ]; then
+  check "a full CRL follows the delta (crl_full_after)" wait_for 10 bash -c \
+    "mqpki crl --json | jq -e '.full.number > .delta.number' >/dev/null"
+  check "mqpki crl shows b1 holding the newest full CRL" wait_for 10 bash -c \
+    "mqpki crl --json | jq -e '.brokers[0].broker == \"b1\" and .brokers[0].full == .full.number' \
+    >/dev/null"
+fi
 expect_fail 5 "dev1 cannot reconnect" bash -c "mosquitto_sub ${TLS[*]} --cert '$T/dev1.pem' \
   --key '$T/dev1.key' -i dev1 -t 'fleet/dev1/#' -C 1 -W 5 2>&1 >/dev/null | head -1 >&2; \
   exit \${PIPESTATUS[0]}"

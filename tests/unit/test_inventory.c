@@ -12,6 +12,11 @@
 
 #include <jansson.h>
 #include <cmocka.h>
+/* Under UNIT_TESTING cmocka swaps malloc/free for its own; buffers cross into module code. */
+#undef malloc
+#undef calloc
+#undef realloc
+#undef free
 
 /* MQPKI_STATIC helper from tokens.c. */
 int token_create_at(struct inventory *inv, const char *asset_id, int64_t ttl, int64_t now,
@@ -180,7 +185,7 @@ static void test_open_schema_reopen(void **state)
     assert_int_equal(raw_int(f, "PRAGMA synchronous"), 2);
     add_asset(f->inv, "dev1", INV_KIND_DEVICE);
     reopen(f);
-    assert_int_equal(raw_int(f, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
     assert_int_equal(inventory_asset_get(f->inv, "dev1", &a), MQPKI_OK);
     assert_string_equal(a.id, "dev1");
     inventory_asset_clear(&a);
@@ -189,6 +194,57 @@ static void test_open_schema_reopen(void **state)
     assert_int_equal(asset_state(second, "dev1"), INV_STATE_REGISTERED);
     inventory_close(second);
     inventory_close(NULL);
+}
+
+static int64_t rev_now(struct inventory *inv)
+{
+    int64_t v = -1;
+
+    assert_int_equal(inventory_rev_current(inv, &v), MQPKI_OK);
+    return v;
+}
+
+/* A store of schema 1 (wave 1) with revocations and its CRL bookkeeping moves to schema 2:
+ * every revocation gets its place in the revocation sequence, in revocation order, and CRL
+ * numbers go on from the old counter. */
+static void test_migrate_1_to_2(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *old = NULL;
+    struct inventory_cert c;
+    int64_t n = 0;
+
+    inventory_close(f->inv);
+    f->inv = NULL;
+    unlink(f->path);
+    assert_int_equal(inv_test_open_version(f->path, 1, &old), MQPKI_OK);
+    add_asset(old, "a", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(old, "21", "a", '1', 0), MQPKI_OK);
+    assert_int_equal(cert_add(old, "22", "a", '2', 0), MQPKI_OK);
+    assert_int_equal(cert_add(old, "23", "a", '3', 0), MQPKI_OK);
+    assert_int_equal(sqlite3_exec(inv_test_db(old),
+                                  "UPDATE certs SET state = 'revoked', reason = 1, revoked_at = "
+                                  "CASE serial WHEN '22' THEN 100 ELSE 200 END "
+                                  "WHERE serial IN ('22', '23');"
+                                  "UPDATE counters SET value = 41 WHERE name = 'crl_number';"
+                                  "INSERT INTO meta(key, value) VALUES ('crl.full.number', '41');",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    inventory_close(old);
+    reopen(f);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
+    assert_int_equal(inventory_cert_get(f->inv, "22", 0, &c), MQPKI_OK);
+    assert_int_equal(c.rev_seq, 1);
+    assert_int_equal(inventory_cert_get(f->inv, "23", 0, &c), MQPKI_OK);
+    assert_int_equal(c.rev_seq, 2);
+    assert_int_equal(inventory_cert_get(f->inv, "21", 0, &c), MQPKI_OK);
+    assert_int_equal(c.rev_seq, 0);
+    assert_int_equal(rev_now(f->inv), 2);
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_DELTA, "revoke", "t", &n), MQPKI_OK);
+    assert_int_equal(n, 42);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM meta WHERE key LIKE 'crl.%'"), 0);
+    assert_int_equal(inventory_cert_revoke(f->inv, "21", 4, 0, "t"), MQPKI_OK);
+    assert_int_equal(rev_now(f->inv), 3);
 }
 
 static void test_garbage_file(void **state)
@@ -576,20 +632,22 @@ struct revoked {
     int n;
     char serials[8][40];
     int64_t at[8];
+    int reason[8];
 };
 
 static int revoked_cb(const char *serial, int64_t revoked_at, int reason, void *ctx)
 {
     struct revoked *r = ctx;
 
-    (void)reason;
     if (r->n < 8) {
         snprintf(r->serials[r->n], 40, "%s", serial);
         r->at[r->n] = revoked_at;
+        r->reason[r->n] = reason;
     }
     r->n++;
     return 0;
 }
+
 
 static void test_revoked_list(void **state)
 {
@@ -610,29 +668,51 @@ static void test_revoked_list(void **state)
     assert_int_equal(inventory_cert_revoke(f->inv, "13", 6, now - 100, "t"), MQPKI_OK);
     assert_int_equal(inventory_cert_revoke(f->inv, "14", 4, now - 50, "t"), MQPKI_OK);
 
-    /* Revocation order, held included. */
-    assert_int_equal(inventory_revoked_list(f->inv, now, 0, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(rev_now(f->inv), 4);
+
+    /* Full: revocation order, held included. */
+    assert_int_equal(inventory_revoked_list(f->inv, now, -1, 4, revoked_cb, &r), MQPKI_OK);
     assert_int_equal(r.n, 4);
     assert_string_equal(r.serials[0], "12");
     assert_string_equal(r.serials[1], "11");
     assert_string_equal(r.serials[2], "13");
     assert_string_equal(r.serials[3], "14");
     assert_int_equal(r.at[0], now - 300);
+    assert_int_equal(r.reason[2], 6);
+    /* As of an earlier point of the sequence (what a snapshot saw). */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now, -1, 2, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 2);
     /* After 14 expired it drops out. */
     memset(&r, 0, sizeof(r));
-    assert_int_equal(inventory_revoked_list(f->inv, now + 1000, 0, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(inventory_revoked_list(f->inv, now + 1000, -1, 4, revoked_cb, &r), MQPKI_OK);
     assert_int_equal(r.n, 3);
-    /* Delta: since. */
+    /* Delta: what changed after sequence value 2. */
     memset(&r, 0, sizeof(r));
-    assert_int_equal(inventory_revoked_list(f->inv, now, now - 150, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(inventory_revoked_list(f->inv, now, 2, 4, revoked_cb, &r), MQPKI_OK);
     assert_int_equal(r.n, 2);
     assert_string_equal(r.serials[0], "13");
-    /* A hold turned final moves to the new date (so deltas carry it). */
+    assert_string_equal(r.serials[1], "14");
+    /* A hold turned final takes a new place in the sequence (so deltas carry it). */
     assert_int_equal(inventory_cert_revoke(f->inv, "13", 1, now - 10, "t"), MQPKI_OK);
     memset(&r, 0, sizeof(r));
-    assert_int_equal(inventory_revoked_list(f->inv, now, now - 20, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(inventory_revoked_list(f->inv, now, 4, rev_now(f->inv), revoked_cb, &r),
+                     MQPKI_OK);
     assert_int_equal(r.n, 1);
     assert_string_equal(r.serials[0], "13");
+    assert_int_equal(r.reason[0], 1);
+    /* A lifted hold reads as removeFromCRL (8) in a delta and is gone from a full list. */
+    assert_int_equal(inventory_cert_revoke(f->inv, "15", 6, now - 5, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_unhold(f->inv, "15", "t"), MQPKI_OK);
+    assert_int_equal(rev_now(f->inv), 7);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now, 5, 7, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.serials[0], "15");
+    assert_int_equal(r.reason[0], 8);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(inventory_revoked_list(f->inv, now, -1, 7, revoked_cb, &r), MQPKI_OK);
+    assert_int_equal(r.n, 4);
     /* One live certificate (15) remains: asset not revoked; revoke it -> revoked. */
     assert_int_not_equal(asset_state(f->inv, "a"), INV_STATE_REVOKED);
     assert_int_equal(inventory_cert_revoke(f->inv, "15", 5, 0, "t"), MQPKI_OK);
@@ -805,25 +885,106 @@ static void test_audit_delete_newest(void **state)
     assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_ERR_TAMPERED);
 }
 
-static void test_crl_numbers(void **state)
+struct open_list {
+    int n;
+    int64_t numbers[8];
+    int states[8];
+};
+
+static int open_cb(const struct inventory_crl *c, void *ctx)
+{
+    struct open_list *o = ctx;
+
+    if (o->n < 8) {
+        o->numbers[o->n] = c->number;
+        o->states[o->n] = c->state;
+    }
+    o->n++;
+    return 0;
+}
+
+static void test_crl_outbox(void **state)
 {
     struct fx *f = *state;
-    int64_t n = 0;
+    struct inventory_crl c, got;
+    struct open_list o = {0};
+    unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x07}, *back = NULL;
+    size_t len = 0;
+    int64_t n = 0, count = -1;
 
-    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    /* Numbers: one sequence, durable, a rolled-back reservation leaves nothing behind. */
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_FULL, "init", "t", &n), MQPKI_OK);
     assert_int_equal(n, 1);
-    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_DELTA, "revoke", "t", &n), MQPKI_OK);
     assert_int_equal(n, 2);
     reopen(f);
-    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
-    assert_int_equal(n, 3);
-    /* A rolled-back number is handed out again; a committed one never. */
     assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
-    assert_int_equal(n, 4);
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_DELTA, "revoke", "t", &n), MQPKI_OK);
+    assert_int_equal(n, 3);
     inventory_rollback(f->inv);
-    assert_int_equal(inventory_crl_number_next(f->inv, &n), MQPKI_OK);
-    assert_int_equal(n, 4);
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_DELTA, "revoke", "t", &n), MQPKI_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(inventory_crl_open(f->inv, open_cb, &o, &count), MQPKI_OK);
+    assert_int_equal(count, 3);
+    assert_int_equal(o.numbers[0], 1);
+    assert_int_equal(o.states[2], INV_CRL_PENDING);
+    assert_int_equal(inventory_crl_latest(f->inv, INV_CRL_FULL, &got), MQPKI_ERR_NOT_FOUND);
+
+    /* Signing 3 as a full CRL folds 1 and 2 into it. */
+    memset(&c, 0, sizeof(c));
+    c.number = 3;
+    c.kind = INV_CRL_FULL;
+    c.base = -1;
+    c.cutoff = 0;
+    c.this_update = 100;
+    c.next_update = 200;
+    assert_int_equal(inventory_crl_signed(f->inv, &c, der, sizeof(der), "t"), MQPKI_OK);
+    assert_int_equal(inventory_crl_signed(f->inv, &c, der, sizeof(der), "t"), MQPKI_ERR_STATE);
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(inventory_crl_open(f->inv, open_cb, &o, &count), MQPKI_OK);
+    assert_int_equal(count, 1);
+    assert_int_equal(o.numbers[0], 3);
+    assert_int_equal(o.states[0], INV_CRL_SIGNED);
+    assert_int_equal(inventory_crl_get(f->inv, 1, &got), MQPKI_OK);
+    assert_int_equal(got.state, INV_CRL_DONE);
+    assert_int_equal(got.folded_into, 3);
+    assert_int_equal(inventory_crl_latest(f->inv, INV_CRL_FULL, &got), MQPKI_OK);
+    assert_int_equal(got.number, 3);
+    assert_int_equal(got.kind, INV_CRL_FULL);
+    assert_int_equal(inventory_crl_der(f->inv, 3, &back, &len), MQPKI_OK);
+    assert_int_equal(len, sizeof(der));
+    assert_memory_equal(back, der, len);
+    free(back);
+    assert_int_equal(inventory_crl_done(f->inv, 3), MQPKI_OK);
+    assert_int_equal(inventory_crl_open(f->inv, NULL, NULL, &count), MQPKI_OK);
+    assert_int_equal(count, 0);
+
+    /* Only the newest DER of a kind is kept. */
+    assert_int_equal(inventory_crl_reserve(f->inv, INV_CRL_FULL, "operator", "t", &n), MQPKI_OK);
+    c.number = n;
+    assert_int_equal(inventory_crl_signed(f->inv, &c, der, sizeof(der), "t"), MQPKI_OK);
+    assert_int_equal(inventory_crl_der(f->inv, 3, &back, &len), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_crl_der(f->inv, n, &back, &len), MQPKI_OK);
+    free(back);
+
+    /* The publication lock excludes a second handle, also of the same process. */
+    assert_int_equal(inventory_publish_lock(f->inv, 0), MQPKI_OK);
+    {
+        struct inventory *other = NULL;
+        assert_int_equal(inventory_open(f->path, &other), MQPKI_OK);
+        assert_int_equal(inventory_publish_lock(other, 50), MQPKI_ERR_BUSY);
+        inventory_publish_unlock(f->inv);
+        assert_int_equal(inventory_publish_lock(other, 0), MQPKI_OK);
+        inventory_close(other);
+    }
+    assert_int_equal(inventory_publish_lock(f->inv, 0), MQPKI_OK);
+    inventory_publish_unlock(f->inv);
+
+    /* What brokers report. */
+    assert_int_equal(inventory_broker_crl_set(f->inv, "b1", 3, -1, 1000), MQPKI_OK);
+    assert_int_equal(inventory_broker_crl_set(f->inv, "b1", 4, 5, 1001), MQPKI_OK);
+    assert_int_equal(inventory_broker_crl_set(f->inv, "../x", 4, 5, 1001), MQPKI_ERR_INVALID);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
 }
 
 static void test_transactions(void **state)
@@ -887,7 +1048,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_audit_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_middle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_newest, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_crl_numbers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crl_outbox, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_1_to_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
     };

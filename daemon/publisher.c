@@ -1,0 +1,219 @@
+/*
+ * publisher: mqpkid's one CRL publisher (daemon.h). A thread with its own store connection
+ * works through the outbox (lifecycle_publish) at start, every second, and at once when asked
+ * (the CLI over the control socket after a revocation). Each CRL goes to the feed the moment it
+ * is durable in the store, then to the crl/ files. Every second it also signs a full CRL when
+ * one is due, and offers the feed any CRL another process signed meanwhile.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+#include "daemon.h"
+#include "datadir.h"
+#include "feed.h"
+#include "inventory.h"
+#include "lifecycle.h"
+
+#define TICK_MS 1000
+
+struct publisher {
+    struct daemon_ctx *ctx;
+    struct inventory *inv;
+    struct lifecycle *lc;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+    uint64_t requested, done; /* generations: a request is served by a later completed cycle */
+    int resend;               /* a request asked for the CRLs to be sent to the brokers again */
+    int last_rc;
+    char last_error[256];
+    struct lifecycle_publication last;
+    int64_t offered[2]; /* newest full and delta CRL handed to the feed */
+};
+
+static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
+                  size_t len)
+{
+    if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
+        return;
+    feed_offer(p->ctx->feed, c->kind, c->number, der, len);
+    if (c->number > p->offered[c->kind])
+        p->offered[c->kind] = c->number;
+}
+
+static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                      size_t len)
+{
+    offer(ctx, c, der, len);
+}
+
+static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                     size_t len)
+{
+    struct publisher *p = ctx;
+
+    return datadir_crl_export(p->ctx->dd, c, der, len);
+}
+
+/* A CRL signed by another process (a command run while this one was not reachable) reaches the
+ * brokers too: the store, not this process, is the source. */
+static void catch_up(struct publisher *p)
+{
+    for (int k = INV_CRL_FULL; k <= INV_CRL_DELTA; k++) {
+        struct inventory_crl c;
+        unsigned char *der = NULL;
+        size_t len = 0;
+        if (inventory_crl_latest(p->inv, k, &c) != MQPKI_OK || c.number <= p->offered[k])
+            continue;
+        if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK)
+            offer(p, &c, der, len);
+        free(der);
+    }
+    mqpki_err_clear();
+}
+
+/* One cycle: a full CRL when due, the open publications, the feed caught up. */
+static int cycle(struct publisher *p, struct lifecycle_publication *pub)
+{
+    struct lifecycle_sink sink = {on_signed, on_export, p};
+    int64_t open = 0, number;
+    int rc, due = 0;
+
+    memset(pub, 0, sizeof(*pub));
+    pub->full_number = pub->delta_number = -1;
+    if ((rc = lifecycle_crl_due(p->lc, mqpki_now(), &due)) == MQPKI_OK && due)
+        rc = lifecycle_crl_request(p->lc, INV_CRL_FULL, "schedule", "mqpkid", &number);
+    if (rc == MQPKI_OK)
+        rc = lifecycle_open_count(p->lc, &open);
+    if (rc == MQPKI_OK && open > 0) {
+        rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", 60000, pub);
+        if (rc == MQPKI_OK && pub->signed_count > 0)
+            mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entries)",
+                      (long long)(pub->delta_number > pub->full_number ? pub->delta_number
+                                                                       : pub->full_number),
+                      pub->delta_number > pub->full_number ? "delta" : "full",
+                      (long long)pub->entries);
+    }
+    catch_up(p);
+    if (rc != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_ERROR, "CRL publication: %s (retried every second)",
+                  mqpki_err_detail(rc));
+    return rc;
+}
+
+static void *run(void *arg)
+{
+    struct publisher *p = arg;
+    struct lifecycle_publication pub;
+    uint64_t gen;
+    int resend, rc;
+
+    pthread_mutex_lock(&p->lock);
+    while (!p->stop) {
+        gen = p->requested;
+        resend = p->resend;
+        p->resend = 0;
+        pthread_mutex_unlock(&p->lock);
+        feed_tick(p->ctx->feed);
+        rc = cycle(p, &pub);
+        if (resend)
+            feed_resend(p->ctx->feed);
+        pthread_mutex_lock(&p->lock);
+        p->last_rc = rc;
+        snprintf(p->last_error, sizeof(p->last_error), "%s",
+                 rc == MQPKI_OK ? "" : mqpki_err_detail(rc));
+        p->last = pub;
+        p->done = gen;
+        pthread_cond_broadcast(&p->cond);
+        if (p->stop || p->requested != gen)
+            continue;
+        {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += TICK_MS / 1000;
+            pthread_cond_timedwait(&p->cond, &p->lock, &until);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
+{
+    struct publisher *p;
+    struct lifecycle_config lcfg;
+    const struct datadir_config *cfg = datadir_config(ctx->dd);
+    int rc;
+
+    *out = NULL;
+    if ((p = calloc(1, sizeof(*p))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    p->ctx = ctx;
+    p->offered[0] = p->offered[1] = -1;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    memset(&lcfg, 0, sizeof(lcfg));
+    lcfg.crl_validity = cfg->crl_validity;
+    lcfg.crl_full_every = cfg->crl_full_every;
+    lcfg.crl_full_after = cfg->crl_full_after;
+    lcfg.crl_delta_max = cfg->crl_delta_max;
+    if ((rc = inventory_open(ctx->db_path, &p->inv)) != MQPKI_OK ||
+        (rc = lifecycle_new(p->inv, &lcfg, &p->lc)) != MQPKI_OK)
+        goto out;
+    if (pthread_create(&p->thread, NULL, run, p) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "publisher: cannot start a thread");
+        goto out;
+    }
+    p->started = 1;
+    *out = p;
+    p = NULL;
+out:
+    publisher_stop(p);
+    return rc;
+}
+
+int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out,
+                  char *error, size_t error_size)
+{
+    uint64_t mine;
+    int rc;
+
+    pthread_mutex_lock(&p->lock);
+    mine = ++p->requested;
+    if (resend)
+        p->resend = 1;
+    pthread_cond_broadcast(&p->cond);
+    while (p->done < mine && !p->stop)
+        pthread_cond_wait(&p->cond, &p->lock);
+    rc = p->stop && p->done < mine ? mqpki_fail(MQPKI_ERR_STATE, "mqpkid is stopping")
+                                   : p->last_rc;
+    if (out != NULL)
+        *out = p->last;
+    if (error != NULL && error_size > 0)
+        snprintf(error, error_size, "%s", p->last_error);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+void publisher_stop(struct publisher *p)
+{
+    if (p == NULL)
+        return;
+    if (p->started) {
+        pthread_mutex_lock(&p->lock);
+        p->stop = 1;
+        pthread_cond_broadcast(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+        pthread_join(p->thread, NULL);
+    }
+    lifecycle_free(p->lc);
+    inventory_close(p->inv);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}

@@ -1,0 +1,466 @@
+/*
+ * inventory/crls.c: the CRL publication outbox, the revocation sequence, read snapshots, the
+ * publication lock and what brokers report holding. The store is the one truth about CRLs:
+ * every number, every signed CRL and its state live here; files are an export.
+ */
+#include "inventory_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const kind_names[] = {"full", "delta"};
+static const char *const crl_state_names[] = {"pending", "signed", "done"};
+
+static int parse_name(const char *const *names, int n, const char *text)
+{
+    for (int i = 0; text != NULL && i < n; i++)
+        if (strcmp(text, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static int step_bound(struct inventory *inv, sqlite3_stmt *st, const char *what, int *changes)
+{
+    int src = sqlite3_step(st);
+
+    if (src != SQLITE_DONE)
+        return inv_db_fail(inv, src, what);
+    if (changes != NULL)
+        *changes = sqlite3_changes(inv->db);
+    return MQPKI_OK;
+}
+
+/* One counter's next value (UPDATE ... RETURNING), inside the current unit of work. */
+static int counter_next(struct inventory *inv, enum inv_sql which, const char *what, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    *out = 0;
+    if ((rc = inv_stmt(inv, which, &st)) != MQPKI_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_STORE, "%s: %s counter missing", inv->path,
+                                             what)
+                                : inv_db_fail(inv, src, what);
+        goto out;
+    }
+    *out = sqlite3_column_int64(st, 0);
+    /* RETURNING: the update only completes when the statement has run to the end. */
+    if ((src = sqlite3_step(st)) != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, what);
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inv_rev_next(struct inventory *inv, int64_t *out)
+{
+    return counter_next(inv, SQL_REV_NEXT, "revocation sequence", out);
+}
+
+int inventory_rev_current(struct inventory *inv, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    *out = 0;
+    if ((rc = inv_stmt(inv, SQL_REV_CURRENT, &st)) != MQPKI_OK)
+        return rc;
+    if ((src = sqlite3_step(st)) == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    else
+        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_STORE, "%s: revocation sequence missing",
+                                             inv->path)
+                                : inv_db_fail(inv, src, "revocation sequence");
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_snapshot_begin(struct inventory *inv)
+{
+    int rc;
+
+    if (inv == NULL || inv->in_tx || inv->in_snapshot)
+        return mqpki_fail(MQPKI_ERR_STATE, "inventory_snapshot_begin: a transaction is open");
+    /* DEFERRED: the first read fixes the snapshot; no write lock is taken. */
+    if ((rc = inv_exec(inv, "BEGIN DEFERRED")) == MQPKI_OK)
+        inv->in_snapshot = 1;
+    return rc;
+}
+
+void inventory_snapshot_end(struct inventory *inv)
+{
+    if (inv == NULL || !inv->in_snapshot)
+        return;
+    if (!sqlite3_get_autocommit(inv->db))
+        sqlite3_exec(inv->db, "COMMIT", NULL, NULL, NULL);
+    inv->in_snapshot = 0;
+}
+
+static void crl_from_row(sqlite3_stmt *st, struct inventory_crl *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->number = sqlite3_column_int64(st, 0);
+    c->kind = parse_name(kind_names, 2, (const char *)sqlite3_column_text(st, 1));
+    c->state = parse_name(crl_state_names, 3, (const char *)sqlite3_column_text(st, 2));
+    inv_col_text(st, 3, c->reason, sizeof(c->reason));
+    c->created_at = sqlite3_column_int64(st, 4);
+    c->base = sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5);
+    c->cutoff = sqlite3_column_type(st, 6) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 6);
+    c->this_update = sqlite3_column_int64(st, 7);
+    c->next_update = sqlite3_column_int64(st, 8);
+    c->entries = sqlite3_column_int64(st, 9);
+    c->signed_at = sqlite3_column_int64(st, 10);
+    c->done_at = sqlite3_column_int64(st, 11);
+    c->folded_into = sqlite3_column_int64(st, 12);
+}
+
+int inventory_crl_reserve(struct inventory *inv, int kind, const char *reason, const char *actor,
+                          int64_t *number)
+{
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int64_t n = 0;
+    int rc;
+
+    if (number != NULL)
+        *number = 0;
+    if (inv == NULL || number == NULL || (kind != INV_CRL_FULL && kind != INV_CRL_DELTA) ||
+        reason == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL reserve: arguments missing");
+    if ((rc = inv_check_text(reason, 32, "CRL reason")) != MQPKI_OK ||
+        (rc = inv_check_text(actor, INV_TEXT_MAX, "actor")) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    if ((rc = counter_next(inv, SQL_CRL_NEXT, "CRL number", &n)) != MQPKI_OK)
+        goto out;
+    if ((rc = inv_stmt(inv, SQL_CRL_INSERT, &st)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, n);
+    if ((rc = inv_bind_text(inv, st, 2, kind_names[kind])) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 3, reason)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 4, mqpki_now());
+    if ((rc = step_bound(inv, st, "CRL reserve", NULL)) != MQPKI_OK)
+        goto out;
+    inv_stmt_done(st);
+    st = NULL;
+    rc = inv_audit(inv, actor != NULL ? actor : "system", "crl.reserve", "crl",
+                   json_pack("{s:I,s:s,s:s}", "number", (json_int_t)n, "kind", kind_names[kind],
+                             "reason", reason));
+out:
+    inv_stmt_done(st);
+    rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    if (rc == MQPKI_OK)
+        *number = n;
+    return rc;
+}
+
+int inventory_crl_open(struct inventory *inv, inventory_crl_cb cb, void *ctx, int64_t *count)
+{
+    struct inventory_crl c;
+    sqlite3_stmt *st = NULL;
+    int64_t n = 0;
+    int rc, src;
+
+    if (count != NULL)
+        *count = 0;
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL open list: no store");
+    if ((rc = inv_stmt(inv, SQL_CRL_OPEN, &st)) != MQPKI_OK)
+        return rc;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        n++;
+        if (cb == NULL)
+            continue;
+        crl_from_row(st, &c);
+        if (cb(&c, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "CRL open list");
+    inv_stmt_done(st);
+    if (count != NULL)
+        *count = n;
+    return rc;
+}
+
+int inventory_crl_get(struct inventory *inv, int64_t number, struct inventory_crl *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = inv_stmt(inv, SQL_CRL_GET, &st)) != MQPKI_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, number);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        crl_from_row(st, out);
+    else if (src == SQLITE_DONE)
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number);
+    else
+        rc = inv_db_fail(inv, src, "CRL get");
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_crl_latest(struct inventory *inv, int kind, struct inventory_crl *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL latest: unknown kind %d", kind);
+    rc = inv_stmt_row(inv, SQL_CRL_LATEST, kind_names[kind], "signed CRL of kind", &st);
+    if (rc == MQPKI_OK)
+        crl_from_row(st, out);
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_crl_first_after(struct inventory *inv, int kind, int64_t after,
+                              struct inventory_crl *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    memset(out, 0, sizeof(*out));
+    if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL first after: unknown kind %d", kind);
+    if ((rc = inv_stmt(inv, SQL_CRL_FIRST_AFTER, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, kind_names[kind])) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, after);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        crl_from_row(st, out);
+    else if (src == SQLITE_DONE)
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no %s CRL after %lld", kind_names[kind],
+                        (long long)after);
+    else
+        rc = inv_db_fail(inv, src, "CRL first after");
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der, size_t *len)
+{
+    sqlite3_stmt *st = NULL;
+    const void *blob;
+    int rc = MQPKI_OK, src, n;
+
+    *der = NULL;
+    *len = 0;
+    if ((rc = inv_stmt(inv, SQL_CRL_DER, &st)) != MQPKI_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, number);
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld",
+                                             (long long)number)
+                                : inv_db_fail(inv, src, "CRL DER");
+        goto out;
+    }
+    blob = sqlite3_column_blob(st, 0);
+    n = sqlite3_column_bytes(st, 0);
+    if (blob == NULL || n <= 0) {
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "CRL %lld: its DER is no longer kept",
+                        (long long)number);
+        goto out;
+    }
+    if ((*der = malloc((size_t)n)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(*der, blob, (size_t)n);
+    *len = (size_t)n;
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+
+int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
+                         const unsigned char *der, size_t len, const char *actor)
+{
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int64_t now = mqpki_now();
+    int rc, changes = 0;
+
+    if (inv == NULL || c == NULL || der == NULL || len == 0 || len > INT32_MAX ||
+        (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA))
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL signed: arguments missing");
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_stmt(inv, SQL_CRL_SIGN, &st)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, c->number);
+    if ((rc = inv_bind_text(inv, st, 2, kind_names[c->kind])) != MQPKI_OK)
+        goto out;
+    if (c->base >= 0)
+        sqlite3_bind_int64(st, 3, c->base);
+    sqlite3_bind_int64(st, 4, c->cutoff);
+    sqlite3_bind_int64(st, 5, c->this_update);
+    sqlite3_bind_int64(st, 6, c->next_update);
+    sqlite3_bind_int64(st, 7, c->entries);
+    sqlite3_bind_blob(st, 8, der, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, now);
+    rc = step_bound(inv, st, "CRL signed", &changes);
+    inv_stmt_done(st);
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    if (changes != 1) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more",
+                        (long long)c->number);
+        goto out;
+    }
+    /* Lower pending numbers are covered by this CRL, built from later store state. */
+    if ((rc = inv_stmt(inv, SQL_CRL_FOLD, &st)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, c->number);
+    sqlite3_bind_int64(st, 2, now);
+    rc = step_bound(inv, st, "CRL fold", NULL);
+    inv_stmt_done(st);
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    /* Only the newest CRL of each kind is ever published again: drop older copies. */
+    if ((rc = inv_stmt(inv, SQL_CRL_PRUNE, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, kind_names[c->kind])) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, c->number);
+    rc = step_bound(inv, st, "CRL prune", NULL);
+    inv_stmt_done(st);
+    st = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
+    rc = inv_audit(inv, actor != NULL ? actor : "system", "crl.sign", "crl",
+                   json_pack("{s:I,s:s,s:I,s:I,s:I,s:I}", "number", (json_int_t)c->number,
+                             "kind", kind_names[c->kind], "base", (json_int_t)c->base, "cutoff",
+                             (json_int_t)c->cutoff, "entries", (json_int_t)c->entries,
+                             "next_update", (json_int_t)c->next_update));
+out:
+    inv_stmt_done(st);
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+}
+
+int inventory_crl_done(struct inventory *inv, int64_t number)
+{
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_stmt(inv, SQL_CRL_DONE, &st)) == MQPKI_OK) {
+        sqlite3_bind_int64(st, 1, number);
+        sqlite3_bind_int64(st, 2, mqpki_now());
+        rc = step_bound(inv, st, "CRL done", NULL);
+    }
+    inv_stmt_done(st);
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+}
+
+int inventory_publish_lock(struct inventory *inv, int timeout_ms)
+{
+    char path[4096];
+    int fd, waited = 0;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "publish lock: no store");
+    if (inv->publish_fd >= 0)
+        return MQPKI_OK;
+    if (mqpki_path(path, sizeof(path), "%s.publish-lock", inv->path) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", inv->path);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO, "%s: %s", path,
+                          strerror(errno));
+    /* flock, not fcntl locks: two handles of one process exclude each other too. */
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        struct timespec ten_ms = {0, 10 * 1000 * 1000};
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            int err = errno;
+            close(fd);
+            return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(err));
+        }
+        if (waited >= timeout_ms) {
+            close(fd);
+            return mqpki_fail(MQPKI_ERR_BUSY,
+                              "%s: another process is publishing CRLs (waited %d ms)", path,
+                              timeout_ms);
+        }
+        nanosleep(&ten_ms, NULL);
+        waited += 10;
+    }
+    inv->publish_fd = fd;
+    return MQPKI_OK;
+}
+
+void inventory_publish_unlock(struct inventory *inv)
+{
+    if (inv == NULL || inv->publish_fd < 0)
+        return;
+    (void)flock(inv->publish_fd, LOCK_UN);
+    close(inv->publish_fd);
+    inv->publish_fd = -1;
+}
+
+int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full,
+                             int64_t delta, int64_t when)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (inv == NULL || !proto_asset_id_valid(broker))
+        return mqpki_fail(MQPKI_ERR_INVALID, "broker CRL report: bad broker name");
+    if ((rc = inv_stmt(inv, SQL_BROKER_CRL_SET, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, broker)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, full);
+    sqlite3_bind_int64(st, 3, delta);
+    sqlite3_bind_int64(st, 4, when);
+    rc = step_bound(inv, st, "broker CRL report", NULL);
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb, void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if ((rc = inv_prepare(inv,
+                          "SELECT broker, full_number, delta_number, updated_at FROM broker_crls "
+                          "ORDER BY broker",
+                          &st)) != MQPKI_OK)
+        return rc;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
+               sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "broker CRL list");
+    sqlite3_finalize(st);
+    return rc;
+}

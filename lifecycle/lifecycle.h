@@ -1,0 +1,123 @@
+/*
+ * lifecycle: the use cases of a certificate's and an asset's life (DESIGN.md 8, 10): revoke,
+ * hold, unhold, decommission, and CRL publication. Every front end (the CLI, mqpkid, the
+ * dashboard) calls these; none composes them from store calls itself.
+ *
+ * A revocation, whatever its front end:
+ *   1. one store transaction: certificate states, asset state, audit events, the revocation
+ *      sequence, and a CRL number reserved in the outbox (pending);
+ *   2. after the commit, publication (lifecycle_publish): the CRL is built from store state,
+ *      signed, kept in the store (signed), handed to live consumers, exported, marked done.
+ * Publication is idempotent and resumable: whoever runs it next finishes what a crash left
+ * (a pending number is signed; a signed CRL is exported again, byte for byte the same); CRL
+ * numbers only go up, on disk and at brokers, because one publisher at a time works through
+ * the outbox in number order (the store's publication lock).
+ *
+ * Publication policy: a change of revocation state publishes a delta CRL at once; a full CRL is
+ * signed when asked for (schedule, operator), when none exists yet, when the delta would carry
+ * more than crl_delta_max entries, or crl_full_after the first delta since the last full CRL
+ * (one full CRL for a whole burst of revocations, never one per revocation).
+ */
+#ifndef MQPKI_LIFECYCLE_H
+#define MQPKI_LIFECYCLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ca.h"
+#include "inventory.h"
+
+struct lifecycle;
+
+struct lifecycle_config {
+    int64_t crl_validity;   /* nextUpdate - thisUpdate of every CRL, seconds */
+    int64_t crl_full_every; /* a new full CRL is due once the newest is this old */
+    int64_t crl_full_after; /* ... or once a delta CRL has extended it for this long (brokers
+                               that read only full CRLs catch up); 0 turns this off */
+    int64_t crl_delta_max;  /* a delta CRL with more entries is published as a full CRL */
+};
+
+/* Opens the use cases over a store handle (borrowed; one thread at a time, as the store). */
+int lifecycle_new(struct inventory *inv, const struct lifecycle_config *cfg,
+                  struct lifecycle **out);
+void lifecycle_free(struct lifecycle *lc);
+
+/* What a revocation-state change did. */
+struct lifecycle_change {
+    int changed;            /* certificates whose revocation state changed */
+    int already;            /* certificates that were already in the asked-for state */
+    int64_t crl_number;     /* CRL number reserved for the publication; 0 when none */
+    int64_t rev_seq;        /* highest revocation sequence value of the certificates concerned */
+    int asset_state;        /* the asset's state afterwards (enum inventory_state), -1 unknown */
+    int asset_was;          /* the asset's state before (decommission), -1 unknown */
+    char asset[PROTO_ASSET_ID_MAX + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate (serial calls) */
+};
+
+/*
+ * Revokes one certificate with an RFC 5280 reason (CA_REASON_HOLD puts it on hold), or every
+ * live certificate of an asset, in one transaction that also reserves the delta CRL's number.
+ * A certificate already revoked (or held, for a hold) is counted in `already`, not an error,
+ * so that running the command again is safe; MQPKI_ERR_NOT_FOUND for an unknown serial or
+ * asset; MQPKI_ERR_STATE when an asset has no certificate that could be revoked.
+ */
+int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const char *actor,
+                     struct lifecycle_change *out);
+int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason,
+                           const char *actor, struct lifecycle_change *out);
+
+/* Lifts a hold (the next delta CRL says removeFromCRL). MQPKI_ERR_STATE when not on hold. */
+int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor,
+                     struct lifecycle_change *out);
+
+/* Revokes every live certificate of the asset (cessationOfOperation) and retires it, in one
+ * transaction: no certificate can be issued in between. */
+int lifecycle_decommission(struct lifecycle *lc, const char *asset, const char *actor,
+                           struct lifecycle_change *out);
+
+/* Reserves a CRL publication of kind (INV_CRL_FULL, INV_CRL_DELTA) for reason ("operator",
+ * "schedule", "republish"). */
+int lifecycle_crl_request(struct lifecycle *lc, int kind, const char *reason, const char *actor,
+                          int64_t *number);
+
+/* 1 in *due when a full CRL should be signed now: none yet, the newest is older than
+ * crl_full_every, or a delta CRL has extended it for crl_full_after. */
+int lifecycle_crl_due(struct lifecycle *lc, int64_t now, int *due);
+
+/* Number of publications not finished (pending or signed): work for lifecycle_publish. */
+int lifecycle_open_count(struct lifecycle *lc, int64_t *count);
+
+/* Where a publication goes besides the store. Either callback may be NULL. */
+struct lifecycle_sink {
+    /* A CRL was signed and is durable in the store: hand it to live consumers (the feed). */
+    void (*signed_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                       size_t len);
+    /* Export it (the crl/ files), in number order. An error stops the publication with the CRL
+     * signed but not done: the next lifecycle_publish exports it again. */
+    int (*export_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                      size_t len);
+    void *ctx;
+};
+
+/* What lifecycle_publish did. */
+struct lifecycle_publication {
+    int signed_count;     /* CRLs signed by this call */
+    int exported_count;   /* CRLs exported by this call */
+    int64_t full_number;  /* newest signed full CRL afterwards, -1 when none */
+    int64_t delta_number; /* newest signed delta CRL afterwards, -1 when none */
+    int64_t entries;      /* entries of the last CRL signed by this call */
+};
+
+/*
+ * Finishes every open publication, lowest number first, under the store's publication lock
+ * (waiting up to lock_ms): pending numbers are folded into one CRL built from current store
+ * state and signed with ca (needed only when something is pending: MQPKI_ERR_STATE "no CA"
+ * otherwise), signed ones are exported. out may be NULL.
+ */
+int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                      const char *actor, int lock_ms, struct lifecycle_publication *out);
+
+/* Whether the newest signed CRL reflects revocation sequence value rev_seq (cutoff >= it). */
+int lifecycle_crl_covers(struct lifecycle *lc, int64_t rev_seq, int *covered);
+
+#endif

@@ -1,0 +1,320 @@
+/*
+ * lifecycle/publish.c: CRL publication from the outbox (lifecycle.h).
+ *
+ * Crash windows, each healed by the next lifecycle_publish of any process:
+ *   - after the revoking commit, before signing: the number is pending; it is signed then;
+ *   - after signing, before the signed row commits: nothing of it was kept or seen; the number
+ *     is still pending and is signed again;
+ *   - after the signed row commits (DER in the store), before or during the export: the row is
+ *     signed; the same bytes are exported again;
+ *   - after the export, before "done" commits: the export is repeated, byte for byte the same.
+ * One publisher at a time (the store's publication lock) works in number order, so a file or a
+ * broker never receives a lower number after a higher one.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "lifecycle_int.h"
+
+/* A single publish call gives up after this many CRLs and leaves the rest to the next call,
+ * so that a stream of revocations cannot keep one caller busy forever. */
+#define PUBLISH_ROUNDS_MAX 64
+
+struct entries {
+    struct ca_crl_entry *v;
+    char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
+    size_t n, cap;
+    int oom;
+};
+
+static void entries_clear(struct entries *e)
+{
+    free(e->v);
+    free(e->serials);
+    memset(e, 0, sizeof(*e));
+}
+
+static int collect(const char *serial, int64_t when, int reason, void *ctx)
+{
+    struct entries *e = ctx;
+
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 256;
+        void *v = realloc(e->v, cap * sizeof(*e->v));
+        if (v == NULL)
+            goto oom;
+        e->v = v;
+        v = realloc(e->serials, cap * sizeof(*e->serials));
+        if (v == NULL)
+            goto oom;
+        e->serials = v;
+        e->cap = cap;
+    }
+    snprintf(e->serials[e->n], sizeof(e->serials[0]), "%s", serial != NULL ? serial : "");
+    e->v[e->n].revoked_at = when;
+    e->v[e->n].reason = (enum ca_reason)(reason < 0 ? CA_REASON_UNSPECIFIED : reason);
+    e->n++;
+    return 0;
+oom:
+    e->oom = 1;
+    return 1;
+}
+
+/*
+ * Reads the entries of the CRL to sign from one snapshot of the store: a delta against the
+ * newest full CRL when want_full is 0 and the delta stays small, else a full CRL. Fills the
+ * kind, base and cutoff of c.
+ */
+static int read_entries(struct lifecycle *lc, int want_full, struct inventory_crl *c,
+                        struct entries *e)
+{
+    struct inventory_crl full;
+    int64_t upto = 0, since = -1;
+    int rc;
+
+    c->kind = want_full ? INV_CRL_FULL : INV_CRL_DELTA;
+    c->base = -1;
+    if ((rc = inventory_snapshot_begin(lc->inv)) != MQPKI_OK)
+        return rc;
+    if ((rc = inventory_rev_current(lc->inv, &upto)) != MQPKI_OK)
+        goto out;
+    if (c->kind == INV_CRL_DELTA) {
+        rc = inventory_crl_latest(lc->inv, INV_CRL_FULL, &full);
+        if (rc == MQPKI_ERR_NOT_FOUND) {
+            /* No full CRL to base a delta on (RFC 5280 5.2.4): the full CRL says it all. */
+            mqpki_err_clear();
+            c->kind = INV_CRL_FULL;
+            rc = MQPKI_OK;
+        } else if (rc != MQPKI_OK) {
+            goto out;
+        } else {
+            c->base = full.number;
+            since = full.cutoff;
+        }
+    }
+    if (c->kind == INV_CRL_DELTA) {
+        if ((rc = inventory_revoked_list(lc->inv, mqpki_now(), since, upto, collect, e)) !=
+            MQPKI_OK)
+            goto out;
+        /* A delta as long as the full list gains nothing: sign the full CRL instead. */
+        if (!e->oom && (int64_t)e->n > lc->cfg.crl_delta_max) {
+            entries_clear(e);
+            c->kind = INV_CRL_FULL;
+            c->base = -1;
+        }
+    }
+    if (c->kind == INV_CRL_FULL &&
+        (rc = inventory_revoked_list(lc->inv, mqpki_now(), -1, upto, collect, e)) != MQPKI_OK)
+        goto out;
+    if (e->oom) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "CRL %lld: out of memory reading %zu entries",
+                        (long long)c->number, e->n);
+        goto out;
+    }
+    c->cutoff = upto;
+out:
+    inventory_snapshot_end(lc->inv);
+    return rc;
+}
+
+/* Exports a signed CRL and marks it done. */
+static int finish(struct lifecycle *lc, const struct inventory_crl *c, const unsigned char *der,
+                  size_t len, const struct lifecycle_sink *sink, struct lifecycle_publication *pub)
+{
+    int rc = MQPKI_OK;
+
+    if (sink != NULL && sink->export_crl != NULL &&
+        (rc = sink->export_crl(sink->ctx, c, der, len)) != MQPKI_OK)
+        return rc;
+    if ((rc = inventory_crl_done(lc->inv, c->number)) == MQPKI_OK)
+        pub->exported_count++;
+    return rc;
+}
+
+/* A CRL signed before (this process or one that died): the same bytes, exported again. */
+static int finish_signed(struct lifecycle *lc, const struct inventory_crl *c,
+                         const struct lifecycle_sink *sink, struct lifecycle_publication *pub)
+{
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int rc;
+
+    if ((rc = inventory_crl_der(lc->inv, c->number, &der, &len)) != MQPKI_OK)
+        return rc;
+    if (sink != NULL && sink->signed_crl != NULL)
+        sink->signed_crl(sink->ctx, c, der, len);
+    rc = finish(lc, c, der, len, sink, pub);
+    free(der);
+    return rc;
+}
+
+/* Signs the pending number `number` (a full CRL when want_full), then finishes it. */
+static int sign_pending(struct lifecycle *lc, struct ca *ca, int64_t number, int want_full,
+                        const struct lifecycle_sink *sink, const char *actor,
+                        struct lifecycle_publication *pub)
+{
+    struct inventory_crl c;
+    struct entries e = {0};
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int64_t now;
+    int rc;
+
+    memset(&c, 0, sizeof(c));
+    c.number = number;
+    if (ca == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is pending and no CA key is open to sign it",
+                        (long long)number);
+        goto out;
+    }
+    if ((rc = read_entries(lc, want_full, &c, &e)) != MQPKI_OK)
+        goto out;
+    for (size_t i = 0; i < e.n; i++)
+        e.v[i].serial_hex = e.serials[i];
+    now = mqpki_now();
+    c.this_update = now;
+    c.next_update = now + lc->cfg.crl_validity;
+    c.entries = (int64_t)e.n;
+    c.state = INV_CRL_SIGNED;
+    if ((rc = ca_crl_encode(ca, c.number, c.base, e.v, e.n, c.this_update, c.next_update, &der,
+                            &len)) != MQPKI_OK)
+        goto out;
+    /* Durable before anyone sees it: a CRL number is never signed twice with other content. */
+    if ((rc = inventory_crl_signed(lc->inv, &c, der, len, actor)) != MQPKI_OK)
+        goto out;
+    pub->signed_count++;
+    pub->entries = c.entries;
+    if (sink != NULL && sink->signed_crl != NULL)
+        sink->signed_crl(sink->ctx, &c, der, len);
+    rc = finish(lc, &c, der, len, sink, pub);
+out:
+    free(der);
+    entries_clear(&e);
+    return rc;
+}
+
+/* The open publications, summarized. */
+struct open_rows {
+    int have;
+    struct inventory_crl first; /* lowest open number */
+    int64_t last_pending;       /* highest pending number */
+    int any_full;               /* a pending row asks for a full CRL */
+};
+
+static int note_open(const struct inventory_crl *c, void *ctx)
+{
+    struct open_rows *o = ctx;
+
+    if (!o->have) {
+        o->first = *c;
+        o->have = 1;
+    }
+    if (c->state == INV_CRL_PENDING) {
+        o->last_pending = c->number;
+        if (c->kind == INV_CRL_FULL)
+            o->any_full = 1;
+    }
+    return 0;
+}
+
+int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                      const char *actor, int lock_ms, struct lifecycle_publication *out)
+{
+    struct lifecycle_publication pub = {0, 0, -1, -1, 0};
+    struct inventory_crl latest;
+    int rc;
+
+    if ((rc = inventory_publish_lock(lc->inv, lock_ms)) != MQPKI_OK)
+        goto out;
+    for (int round = 0; round < PUBLISH_ROUNDS_MAX; round++) {
+        struct open_rows o;
+
+        memset(&o, 0, sizeof(o));
+        if ((rc = inventory_crl_open(lc->inv, note_open, &o, NULL)) != MQPKI_OK)
+            break;
+        if (!o.have)
+            break;
+        /* Signed rows are always below pending ones: they go out first, in order. */
+        if (o.first.state == INV_CRL_SIGNED)
+            rc = finish_signed(lc, &o.first, sink, &pub);
+        else
+            rc = sign_pending(lc, ca, o.last_pending, o.any_full, sink, actor, &pub);
+        if (rc != MQPKI_OK)
+            break;
+    }
+    inventory_publish_unlock(lc->inv);
+out:
+    if (inventory_crl_latest(lc->inv, INV_CRL_FULL, &latest) == MQPKI_OK)
+        pub.full_number = latest.number;
+    if (inventory_crl_latest(lc->inv, INV_CRL_DELTA, &latest) == MQPKI_OK)
+        pub.delta_number = latest.number;
+    if (out != NULL)
+        *out = pub;
+    /* The lookups above may have recorded "not found" over the publication's own detail. */
+    if (rc == MQPKI_OK)
+        mqpki_err_clear();
+    return rc;
+}
+
+int lifecycle_crl_request(struct lifecycle *lc, int kind, const char *reason, const char *actor,
+                          int64_t *number)
+{
+    return inventory_crl_reserve(lc->inv, kind, reason, actor, number);
+}
+
+int lifecycle_crl_due(struct lifecycle *lc, int64_t now, int *due)
+{
+    struct inventory_crl full;
+    int rc;
+
+    *due = 0;
+    rc = inventory_crl_latest(lc->inv, INV_CRL_FULL, &full);
+    if (rc == MQPKI_ERR_NOT_FOUND) {
+        mqpki_err_clear();
+        *due = 1;
+        return MQPKI_OK;
+    }
+    if (rc != MQPKI_OK)
+        return rc;
+    /* Well before nextUpdate, so that a broker with fail_closed never sees it stale. */
+    *due = now - full.this_update >= lc->cfg.crl_full_every ||
+           full.next_update - now < lc->cfg.crl_validity / 2;
+    if (!*due && lc->cfg.crl_full_after > 0) {
+        struct inventory_crl delta;
+        rc = inventory_crl_first_after(lc->inv, INV_CRL_DELTA, full.number, &delta);
+        if (rc == MQPKI_OK)
+            *due = now - delta.signed_at >= lc->cfg.crl_full_after;
+        else if (rc != MQPKI_ERR_NOT_FOUND)
+            return rc;
+        mqpki_err_clear();
+    }
+    return MQPKI_OK;
+}
+
+int lifecycle_open_count(struct lifecycle *lc, int64_t *count)
+{
+    return inventory_crl_open(lc->inv, NULL, NULL, count);
+}
+
+int lifecycle_crl_covers(struct lifecycle *lc, int64_t rev_seq, int *covered)
+{
+    struct inventory_crl full, delta;
+    int64_t cutoff = -1;
+    int rc;
+
+    *covered = 0;
+    rc = inventory_crl_latest(lc->inv, INV_CRL_FULL, &full);
+    if (rc == MQPKI_OK)
+        cutoff = full.cutoff;
+    else if (rc != MQPKI_ERR_NOT_FOUND)
+        return rc;
+    rc = inventory_crl_latest(lc->inv, INV_CRL_DELTA, &delta);
+    if (rc == MQPKI_OK && delta.cutoff > cutoff)
+        cutoff = delta.cutoff;
+    else if (rc != MQPKI_OK && rc != MQPKI_ERR_NOT_FOUND)
+        return rc;
+    mqpki_err_clear();
+    *covered = cutoff >= rev_seq;
+    return MQPKI_OK;
+}

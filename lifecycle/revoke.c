@@ -1,0 +1,275 @@
+/*
+ * lifecycle/revoke.c: revoke, hold, unhold and decommission. Each is one store transaction that
+ * changes the certificates and the asset, appends the audit events and reserves the CRL number
+ * of its publication in the outbox. Committed here; published by lifecycle_publish, which the
+ * front end runs next and which every later process finishes if this one dies first.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "lifecycle_int.h"
+
+int lifecycle_new(struct inventory *inv, const struct lifecycle_config *cfg,
+                  struct lifecycle **out)
+{
+    struct lifecycle *lc;
+
+    *out = NULL;
+    if (inv == NULL || cfg == NULL || cfg->crl_validity <= 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "lifecycle: store and CRL validity needed");
+    if ((lc = calloc(1, sizeof(*lc))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    lc->inv = inv;
+    lc->cfg = *cfg;
+    if (lc->cfg.crl_full_every <= 0)
+        lc->cfg.crl_full_every = cfg->crl_validity / 4;
+    if (lc->cfg.crl_delta_max <= 0)
+        lc->cfg.crl_delta_max = LIFECYCLE_DELTA_MAX_DEFAULT;
+    *out = lc;
+    return MQPKI_OK;
+}
+
+void lifecycle_free(struct lifecycle *lc)
+{
+    free(lc);
+}
+
+static void change_init(struct lifecycle_change *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->asset_state = out->asset_was = -1;
+}
+
+/* The asset's state after the change, for the caller's message. */
+static void note_asset(struct lifecycle *lc, const char *asset, struct lifecycle_change *out)
+{
+    struct inventory_asset a;
+
+    memset(&a, 0, sizeof(a));
+    snprintf(out->asset, sizeof(out->asset), "%s", asset);
+    if (inventory_asset_get(lc->inv, asset, &a) == MQPKI_OK)
+        out->asset_state = a.state;
+    inventory_asset_clear(&a);
+}
+
+/* 1 when c already is where a revocation with reason would put it. */
+static int already_there(const struct inventory_cert *c, int reason)
+{
+    if (c->state != INV_CERT_REVOKED)
+        return 0;
+    /* A hold may still be made final; a final revocation or a second hold changes nothing. */
+    return c->reason != CA_REASON_HOLD || reason == CA_REASON_HOLD;
+}
+
+static const char *reserve_reason(int reason)
+{
+    return reason == CA_REASON_HOLD ? "hold" : "revoke";
+}
+
+int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const char *actor,
+                     struct lifecycle_change *out)
+{
+    struct inventory_cert c;
+    int rc, in_tx = 0;
+
+    change_init(out);
+    memset(&c, 0, sizeof(c));
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    if ((rc = inventory_cert_get(lc->inv, serial, 0, &c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
+        goto out;
+    }
+    snprintf(out->serial, sizeof(out->serial), "%s", c.serial);
+    if (already_there(&c, reason)) {
+        out->already = 1;
+        out->rev_seq = c.rev_seq;
+    } else {
+        if ((rc = inventory_cert_revoke(lc->inv, c.serial, reason, mqpki_now(), actor)) !=
+                MQPKI_OK ||
+            (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
+                                        &out->crl_number)) != MQPKI_OK ||
+            (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK)
+            goto out;
+        out->changed = 1;
+    }
+    note_asset(lc, c.asset_id, out);
+    if (out->changed && (rc = inventory_commit(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = out->changed ? 0 : in_tx;
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    inventory_cert_clear(&c);
+    return rc;
+}
+
+/* The asset's certificates a revocation with reason concerns. */
+struct asset_certs {
+    int reason;
+    int64_t now, max_seq;
+    int already, oom;
+    size_t n, cap;
+    char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
+};
+
+static int collect(const struct inventory_cert *c, void *ctx)
+{
+    struct asset_certs *a = ctx;
+
+    /* Expired certificates are accepted nowhere and drop out of CRLs: nothing to do. */
+    if (c->state == INV_CERT_EXPIRED || c->not_after < a->now)
+        return 0;
+    if (already_there(c, a->reason)) {
+        a->already++;
+        if (c->rev_seq > a->max_seq)
+            a->max_seq = c->rev_seq;
+        return 0;
+    }
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 8;
+        void *v = realloc(a->serials, cap * sizeof(*a->serials));
+        if (v == NULL) {
+            a->oom = 1;
+            return 1;
+        }
+        a->serials = v;
+        a->cap = cap;
+    }
+    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", c->serial);
+    return 0;
+}
+
+/* Revokes the asset's live certificates and, when then_state >= 0, moves the asset there, in
+ * the caller's transaction. */
+static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, int then_state,
+                           const char *actor, struct lifecycle_change *out)
+{
+    struct asset_certs a = {.reason = reason, .now = mqpki_now()};
+    struct inventory_asset as;
+    int rc;
+
+    memset(&as, 0, sizeof(as));
+    if ((rc = inventory_asset_get(lc->inv, asset, &as)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "unknown asset %s", asset);
+        goto out;
+    }
+    out->asset_was = as.state;
+    if ((rc = inventory_cert_list(lc->inv, asset, -1, 0, collect, &a)) != MQPKI_OK)
+        goto out;
+    /* A list cut short would revoke only some of the asset's certificates. */
+    if (a.oom) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "asset %s: out of memory listing its certificates",
+                        asset);
+        goto out;
+    }
+    for (size_t i = 0; i < a.n; i++)
+        if ((rc = inventory_cert_revoke(lc->inv, a.serials[i], reason, a.now, actor)) != MQPKI_OK)
+            goto out;
+    if (then_state >= 0 && as.state != then_state &&
+        (rc = inventory_asset_transition(lc->inv, asset, then_state, actor,
+                                         "decommissioned by operator")) != MQPKI_OK)
+        goto out;
+    if (a.n > 0 &&
+        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
+                                    &out->crl_number)) != MQPKI_OK)
+        goto out;
+    out->changed = (int)a.n;
+    out->already = a.already;
+    out->rev_seq = a.max_seq;
+    if (a.n > 0)
+        rc = inventory_rev_current(lc->inv, &out->rev_seq);
+out:
+    inventory_asset_clear(&as);
+    free(a.serials);
+    return rc;
+}
+
+int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason,
+                           const char *actor, struct lifecycle_change *out)
+{
+    int rc, in_tx = 0;
+
+    change_init(out);
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    if ((rc = revoke_asset_tx(lc, asset, reason, -1, actor, out)) != MQPKI_OK)
+        goto out;
+    if (out->changed == 0 && out->already == 0) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s has no certificate to revoke", asset);
+        goto out;
+    }
+    note_asset(lc, asset, out);
+    if (out->changed > 0) {
+        if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
+            goto out;
+        in_tx = 0;
+    }
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    return rc;
+}
+
+int lifecycle_decommission(struct lifecycle *lc, const char *asset, const char *actor,
+                           struct lifecycle_change *out)
+{
+    int rc, in_tx = 0;
+
+    change_init(out);
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    /* In one transaction: no certificate can be issued between the revocations and the new
+     * state (a decommissioned asset must not keep one issued in that gap). */
+    if ((rc = revoke_asset_tx(lc, asset, CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, actor,
+                              out)) != MQPKI_OK)
+        goto out;
+    note_asset(lc, asset, out);
+    if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 0;
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    return rc;
+}
+
+int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor,
+                     struct lifecycle_change *out)
+{
+    struct inventory_cert c;
+    int rc, in_tx = 0;
+
+    change_init(out);
+    memset(&c, 0, sizeof(c));
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    if ((rc = inventory_cert_get(lc->inv, serial, 0, &c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
+        goto out;
+    }
+    snprintf(out->serial, sizeof(out->serial), "%s", c.serial);
+    if ((rc = inventory_cert_unhold(lc->inv, c.serial, actor)) != MQPKI_OK ||
+        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, "unhold", actor,
+                                    &out->crl_number)) != MQPKI_OK ||
+        (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK)
+        goto out;
+    out->changed = 1;
+    note_asset(lc, c.asset_id, out);
+    if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 0;
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    inventory_cert_clear(&c);
+    return rc;
+}
