@@ -1,8 +1,9 @@
 /*
- * hsm: PKCS#11 token access. Loads a module, logs in once, keeps a thread-safe pool of
- * sessions, generates key pairs inside the token (private key CKA_SENSITIVE, non-extractable)
- * and hands out an EVP_PKEY whose private operations (signing) run inside the token, so that
- * OpenSSL's X509_sign / X509_CRL_sign work unchanged. No private key material ever leaves it.
+ * hsm: the CA's token. Sets up the embedded SoftHSM2 token of a data directory, reads the PIN,
+ * and opens the token (through p11/, the generic PKCS#11 layer: module, login, session pool,
+ * keys) to generate key pairs inside it (private key CKA_SENSITIVE, non-extractable) and hand
+ * out EVP_PKEYs whose private operations (signing) run inside the token, so that OpenSSL's
+ * X509_sign / X509_CRL_sign work unchanged. No private key material ever leaves it.
  *
  * The PIN is a secret: it never appears in argv, logs or error details; callers wipe their
  * copies with OPENSSL_cleanse.
@@ -19,6 +20,7 @@
 #define HSM_PIN_MAX        128
 
 struct hsm;
+struct p11_token;
 
 enum hsm_key_type { HSM_KEY_EC_P256, HSM_KEY_EC_P384, HSM_KEY_RSA_3072 };
 
@@ -73,5 +75,8 @@ int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out);
  * neither exists. out gets at most HSM_PIN_MAX-1 characters; wipe it after use.
  */
 int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+
+/* The p11/ handle under hsm (p11.h), for what hsm.h does not offer; owned by hsm. */
+struct p11_token *hsm_p11(struct hsm *hsm);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * Unit tests for hsm/: every test gets its own SoftHSM2 token in a fresh temp directory.
+ * Unit tests for hsm/ (the CA token on top of p11/): every test gets its own SoftHSM2 token in a
+ * fresh temp directory. p11/ itself (the bridge) is tested in test_p11.c.
  */
 #include <ftw.h>
 #include <setjmp.h>
@@ -19,7 +20,7 @@
 
 #include "common.h"
 #include "hsm.h"
-#include "hsm_int.h"
+#include "p11_int.h"
 
 /* Last: under UNIT_TESTING it swaps malloc/free for its leak-checking versions. */
 #include <cmocka.h>
@@ -41,7 +42,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    struct hsm_config cfg = {HSM_SOFTHSM_MODULE, TOKEN, USER_PIN};
+    struct hsm_config cfg = {.module = HSM_SOFTHSM_MODULE, .token_label = TOKEN, .pin = USER_PIN};
 
     assert_non_null(f);
     strcpy(f->dir, "/tmp/mqpki-hsm-XXXXXX");
@@ -276,7 +277,7 @@ static void test_session_recovery(void **state)
     assert_int_equal(hsm_key_load(f->hsm, "recover", &key), MQPKI_OK);
     pub = plain_public(key);
     assert_true(sign(key, EVP_sha256(), msg, sizeof(msg), sig, &siglen));
-    assert_int_equal(f->hsm->p11->C_CloseAllSessions(f->hsm->slot), CKR_OK);
+    assert_int_equal(hsm_p11(f->hsm)->p11->C_CloseAllSessions(hsm_p11(f->hsm)->slot), CKR_OK);
     siglen = sizeof(sig);
     assert_true(sign(key, EVP_sha256(), msg, sizeof(msg), sig, &siglen));
     assert_true(verify(pub, EVP_sha256(), msg, sizeof(msg), sig, siglen));
@@ -287,7 +288,8 @@ static void test_session_recovery(void **state)
 static void test_wrong_pin(void **state)
 {
     struct fixture *f = *state;
-    struct hsm_config cfg = {HSM_SOFTHSM_MODULE, TOKEN, "not-the-pin-4711"};
+    struct hsm_config cfg = {
+        .module = HSM_SOFTHSM_MODULE, .token_label = TOKEN, .pin = "not-the-pin-4711"};
     struct hsm *h = (struct hsm *)&cfg;
     const char *detail;
 
@@ -316,7 +318,8 @@ static void test_wrong_pin(void **state)
 static void test_not_found(void **state)
 {
     struct fixture *f = *state;
-    struct hsm_config cfg = {HSM_SOFTHSM_MODULE, "no-such-token", USER_PIN};
+    struct hsm_config cfg = {
+        .module = HSM_SOFTHSM_MODULE, .token_label = "no-such-token", .pin = USER_PIN};
     struct hsm *h = NULL;
     EVP_PKEY *key = NULL;
 
@@ -351,8 +354,9 @@ static void test_key_flags(void **state)
         int sensitive = 0, extractable = 1, refused = 0;
 
         assert_int_equal(hsm_key_generate(f->hsm, labels[i], types[i]), MQPKI_OK);
-        assert_int_equal(hsm_test_key_flags(f->hsm, labels[i], &sensitive, &extractable, &refused),
-                         MQPKI_OK);
+        assert_int_equal(
+            p11_test_key_flags(hsm_p11(f->hsm), labels[i], &sensitive, &extractable, &refused),
+            MQPKI_OK);
         assert_int_equal(sensitive, 1);
         assert_int_equal(extractable, 0);
         assert_int_equal(refused, 1);
@@ -363,7 +367,7 @@ static void test_key_flags(void **state)
 static void test_reopen(void **state)
 {
     struct fixture *f = *state;
-    struct hsm_config cfg = {HSM_SOFTHSM_MODULE, TOKEN, USER_PIN};
+    struct hsm_config cfg = {.module = HSM_SOFTHSM_MODULE, .token_label = TOKEN, .pin = USER_PIN};
     static const unsigned char msg[] = "still there";
     unsigned char sig[128];
     size_t siglen = sizeof(sig);
@@ -472,6 +476,7 @@ static void test_softhsm_prepare(void **state)
 static void test_close_null(void **state)
 {
     hsm_close(NULL);
+    assert_null(hsm_p11(NULL));
 }
 
 int main(void)

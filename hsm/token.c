@@ -1,0 +1,145 @@
+/*
+ * hsm/token.c: the CA's token on top of p11/: the embedded SoftHSM2 set-up of a data directory,
+ * token initialization, open/close, and the CA's key types. The generic PKCS#11
+ * work (module, login, session pool, keys, the EVP_PKEY bridge) is p11/'s.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "hsm_int.h"
+
+/* Below hsm_softhsm_prepare's DIR: the token directory. */
+#define SOFTHSM_TOKENS "tokens"
+
+int hsm_open(const struct hsm_config *cfg, struct hsm **out)
+{
+    struct p11_config pc;
+    struct hsm *hsm = NULL;
+    int rc;
+
+    if (out != NULL)
+        *out = NULL;
+    if (cfg == NULL || out == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "hsm_open: missing module, token label or PIN");
+        goto out;
+    }
+    memset(&pc, 0, sizeof(pc));
+    pc.module = cfg->module;
+    pc.token_label = cfg->token_label;
+    pc.pin = cfg->pin;
+    hsm = calloc(1, sizeof(*hsm));
+    if (hsm == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "hsm_open: out of memory");
+        goto out;
+    }
+    rc = p11_open(&pc, &hsm->tok);
+    if (rc != MQPKI_OK)
+        goto out;
+    *out = hsm;
+    hsm = NULL;
+out:
+    hsm_close(hsm);
+    return rc;
+}
+
+void hsm_close(struct hsm *hsm)
+{
+    if (hsm == NULL)
+        return;
+    p11_close(hsm->tok);
+    free(hsm);
+}
+
+struct p11_token *hsm_p11(struct hsm *hsm)
+{
+    return hsm != NULL ? hsm->tok : NULL;
+}
+
+int hsm_token_init(const char *module, const char *label, const char *so_pin, const char *user_pin)
+{
+    struct p11_config pc;
+
+    memset(&pc, 0, sizeof(pc));
+    pc.module = module;
+    pc.token_label = label;
+    pc.pin = user_pin;
+    return p11_token_init(&pc, so_pin);
+}
+
+int hsm_key_generate(struct hsm *hsm, const char *label, enum hsm_key_type type)
+{
+    static const enum p11_key_type types[] = {
+        [HSM_KEY_EC_P256] = P11_KEY_EC_P256,
+        [HSM_KEY_EC_P384] = P11_KEY_EC_P384,
+        [HSM_KEY_RSA_3072] = P11_KEY_RSA_3072,
+    };
+
+    if ((unsigned)type >= sizeof(types) / sizeof(types[0]))
+        return mqpki_fail(MQPKI_ERR_INVALID, "HSM key '%s': unknown key type %d",
+                          label != NULL ? label : "?", (int)type);
+    return p11_key_generate(hsm != NULL ? hsm->tok : NULL, label, types[type]);
+}
+
+int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out)
+{
+    return p11_key_load(hsm != NULL ? hsm->tok : NULL, label, out);
+}
+
+int hsm_softhsm_prepare(const char *dir)
+{
+    char abs[PATH_MAX], tokens[PATH_MAX], conf[PATH_MAX], text[2 * PATH_MAX];
+    struct stat st;
+    int rc, n;
+
+    if (dir == NULL || dir[0] == '\0') {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "SoftHSM directory: empty path");
+        goto out;
+    }
+    rc = mqpki_mkdir_p(dir, 0700);
+    if (rc != MQPKI_OK)
+        goto out;
+    /* SoftHSM resolves a relative tokendir against its own working directory: pin it down. */
+    if (realpath(dir, abs) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
+        goto out;
+    }
+    if (mqpki_path(tokens, sizeof(tokens), "%s/" SOFTHSM_TOKENS, abs) != MQPKI_OK ||
+        mqpki_path(conf, sizeof(conf), "%s/softhsm2.conf", abs) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", abs);
+        goto out;
+    }
+    rc = mqpki_mkdir_p(tokens, 0700);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (stat(conf, &st) != 0) {
+        if (errno != ENOENT) {
+            rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", conf, strerror(errno));
+            goto out;
+        }
+        n = snprintf(text, sizeof(text),
+                     "# SoftHSM2 configuration written by mqpki for the embedded token\n"
+                     "directories.tokendir = %s\n"
+                     "objectstore.backend = file\n"
+                     "log.level = ERROR\n"
+                     "slots.removable = false\n",
+                     tokens);
+        if (n < 0 || (size_t)n >= sizeof(text)) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", conf);
+            goto out;
+        }
+        rc = mqpki_file_write_atomic(conf, text, (size_t)n, 0600);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
+    if (setenv("SOFTHSM2_CONF", conf, 1) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "setenv SOFTHSM2_CONF: %s", strerror(errno));
+        goto out;
+    }
+out:
+    return rc;
+}
