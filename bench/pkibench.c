@@ -44,10 +44,8 @@
 #include "broker.h"
 #include "ca.h"
 #include "common.h"
-#include "proto.h"
 #include "datadir.h"
-#include "datadir_int.h"
-#include "hsm.h"
+#include "proto.h"
 
 extern char **environ;
 
@@ -158,9 +156,11 @@ static int cmd_limits(const char *home, double seconds)
     size_t sig_len = sizeof(sig);
     int rc;
 
+    /* The issuing key as mqpki opens it: in the token (run with mqpkid stopped). */
     if ((rc = datadir_open(home, DATADIR_CA, &dd)) != MQPKI_OK ||
-        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &hkey)) != MQPKI_OK) {
-        fprintf(stderr, "pkibench: %s\n", mqpki_err_detail(rc));
+        (hkey = datadir_ca_key(dd)) == NULL || datadir_ca_remote(dd)) {
+        fprintf(stderr, "pkibench: %s\n",
+                rc != MQPKI_OK ? mqpki_err_detail(rc) : "stop mqpkid: the token must be local");
         datadir_close(dd);
         return 1;
     }
@@ -177,7 +177,6 @@ static int cmd_limits(const char *home, double seconds)
            rate(skey, 1, sig, sig_len, 2, seconds));
     EVP_PKEY_CTX_free(ctx);
     EVP_PKEY_free(skey);
-    EVP_PKEY_free(hkey);
     datadir_close(dd);
     return 0;
 }

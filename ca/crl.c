@@ -19,7 +19,7 @@
 #include "ca_int.h"
 #include "common.h"
 
-#define REASON_COUNT (CA_REASON_REMOVE_FROM_CRL + 1)
+#define REASON_COUNT  (CA_REASON_REMOVE_FROM_CRL + 1)
 #define REASON_UNUSED 7 /* RFC 5280 5.3.1: value 7 is not used */
 /* DER tags. */
 #define TAG_SEQUENCE   0x30

@@ -25,7 +25,7 @@
 #include "cli.h"
 #include "common.h"
 #include "datadir.h"
-#include "enrollment.h"
+#include "lifecycle.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -106,7 +106,7 @@ static int issue_broker_cert(struct datadir *dd, const char *name, const char *h
 {
     const char *dns[3], *ips[3];
     size_t n_dns = 0, n_ips = 0;
-    struct enrollment_issue_req req;
+    struct lifecycle_issue_req req;
     X509_REQ *csr = NULL;
     unsigned char *der = NULL;
     EVP_PKEY *key = NULL;
@@ -140,14 +140,13 @@ static int issue_broker_cert(struct datadir *dd, const char *name, const char *h
     req.csr = der;
     req.csr_len = (size_t)der_len;
     req.profile = CA_PROFILE_BROKER;
-    req.broker_days = datadir_config(dd)->broker_days;
-    req.device_days = datadir_config(dd)->device_days;
+    datadir_profile_days(datadir_config(dd), req.profile_days);
     req.actor = "cli";
     req.dns = dns;
     req.n_dns = n_dns;
     req.ips = ips;
     req.n_ips = n_ips;
-    if ((rc = enrollment_issue(datadir_ca(dd), datadir_inventory(dd), &req, cert_out)))
+    if ((rc = lifecycle_issue(datadir_ca(dd), datadir_inventory(dd), &req, cert_out)))
         goto out;
     *key_out = key;
     key = NULL;

@@ -135,11 +135,11 @@ static int show_broker(const char *broker, int64_t full, int64_t delta, int64_t 
 {
     struct crl_show *s = ctx;
 
-    json_array_append_new(s->brokers, json_pack("{s:s, s:o, s:o, s:o}", "broker", broker, "full",
-                                                full >= 0 ? json_integer(full) : json_null(),
-                                                "delta",
-                                                delta >= 0 ? json_integer(delta) : json_null(),
-                                                "reported", cli_json_time(when)));
+    json_array_append_new(s->brokers,
+                          json_pack("{s:s, s:o, s:o, s:o}", "broker", broker, "full",
+                                    full >= 0 ? json_integer(full) : json_null(), "delta",
+                                    delta >= 0 ? json_integer(delta) : json_null(), "reported",
+                                    cli_json_time(when)));
     return 0;
 }
 
@@ -286,9 +286,11 @@ int cmd_crl(struct cli *cli, int argc, char **argv)
         json_t *b = json_array_get(show.brokers, i);
         char f[24] = "none", d[24] = "none";
         if (json_is_integer(json_object_get(b, "full")))
-            snprintf(f, sizeof(f), "%lld", (long long)json_integer_value(json_object_get(b, "full")));
+            snprintf(f, sizeof(f), "%lld",
+                     (long long)json_integer_value(json_object_get(b, "full")));
         if (json_is_integer(json_object_get(b, "delta")))
-            snprintf(d, sizeof(d), "%lld", (long long)json_integer_value(json_object_get(b, "delta")));
+            snprintf(d, sizeof(d), "%lld",
+                     (long long)json_integer_value(json_object_get(b, "delta")));
         printf("broker %-20s holds full CRL %s, delta CRL %s (reported %s)\n",
                json_string_value(json_object_get(b, "broker")), f, d,
                json_string_value(json_object_get(b, "reported")));
@@ -327,7 +329,7 @@ int cmd_crl_publish(struct cli *cli, int argc, char **argv)
         goto out;
     if ((rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_FULL, "operator", "cli",
                                     &number)) != MQPKI_OK ||
-        (rc = datadir_publish(dd, &pub)) != MQPKI_OK)
+        (rc = datadir_publish(dd, 0, &pub)) != MQPKI_OK)
         goto out;
     printf("full CRL %lld signed and published", (long long)pub.full_number);
     if (pub.by_daemon)

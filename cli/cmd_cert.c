@@ -11,7 +11,6 @@
 #include "cli.h"
 #include "common.h"
 #include "datadir.h"
-#include "enrollment.h"
 #include "inventory.h"
 #include "lifecycle.h"
 #include "proto.h"
@@ -40,7 +39,7 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct enrollment_issue_req req;
+    struct lifecycle_issue_req req;
     struct datadir *dd = NULL;
     const char *csr_path = NULL, *out = NULL;
     unsigned char *csr = NULL;
@@ -97,9 +96,8 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
     req.csr = csr;
     req.csr_len = csr_len;
     req.actor = "cli";
-    req.device_days = datadir_config(dd)->device_days;
-    req.broker_days = datadir_config(dd)->broker_days;
-    if ((rc = enrollment_issue(datadir_ca(dd), datadir_inventory(dd), &req, &cert)) != MQPKI_OK)
+    datadir_profile_days(datadir_config(dd), req.profile_days);
+    if ((rc = lifecycle_issue(datadir_ca(dd), datadir_inventory(dd), &req, &cert)) != MQPKI_OK)
         goto out;
     if ((rc = ca_cert_pem(cert, &pem, &pem_len)) != MQPKI_OK)
         goto out;

@@ -44,7 +44,8 @@ int cli_open(struct cli *cli, unsigned what, struct datadir **out)
     int rc = datadir_open(cli->home, what & ~(unsigned)CLI_MUTATES, out);
 
     /* Before its own change, a command finishes what an interrupted one left open. */
-    if (rc == MQPKI_OK && (what & CLI_MUTATES) && (rc = datadir_publish_pending(*out)) != MQPKI_OK) {
+    if (rc == MQPKI_OK && (what & CLI_MUTATES) &&
+        (rc = datadir_publish_pending(*out)) != MQPKI_OK) {
         datadir_close(*out);
         *out = NULL;
     }
@@ -123,7 +124,9 @@ static void say_published(const struct datadir_publication *pub, int64_t reserve
     printf("%s CRL %lld published", full ? "full" : "delta", (long long)n);
     if (n < reserved)
         printf(" (CRL %lld still open)", (long long)reserved);
-    if (pub->by_daemon)
+    if (pub->by_daemon && pub->brokers == 0)
+        printf("; mqpkid has no broker registered\n");
+    else if (pub->by_daemon)
         printf("; mqpkid fed %d of %d broker%s\n", pub->brokers_linked, pub->brokers,
                pub->brokers == 1 ? "" : "s");
     else
@@ -148,7 +151,7 @@ int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, co
                  ch->changed > 0 ? ch->changed : ch->already,
                  (ch->changed > 0 ? ch->changed : ch->already) == 1 ? "" : "s", ch->asset);
     if (ch->changed > 0) {
-        rc = datadir_publish(dd, &pub);
+        rc = datadir_publish(dd, 0, &pub);
         if (rc != MQPKI_OK) {
             char detail[300];
             snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
@@ -182,9 +185,11 @@ int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, co
         printf("; broker%s %s hold%s an older CRL", lag.n == 1 ? "" : "s", lag.names,
                lag.n == 1 ? "s" : "");
     printf(": publishing again\n");
-    if ((rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_DELTA, "republish", "cli",
-                                    &number)) != MQPKI_OK ||
-        (rc = datadir_publish(dd, &pub)) != MQPKI_OK)
+    /* A CRL that lists it when none does; the newest CRLs sent again to lagging brokers. */
+    if (!covered && (rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_DELTA, "republish",
+                                                "cli", &number)) != MQPKI_OK)
+        return rc;
+    if ((rc = datadir_publish(dd, DATADIR_PUBLISH_RESEND, &pub)) != MQPKI_OK)
         return rc;
     say_published(&pub, number);
     return MQPKI_OK;

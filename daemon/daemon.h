@@ -13,20 +13,22 @@
 struct datadir;
 struct lifecycle_publication;
 struct publisher;
+struct control;
 struct est;
-struct enrollment_committer;
+struct lifecycle_committer;
 struct feed;
 struct http;
 struct inventory;
 
 /* Everything the request handlers need, shared by all server threads. */
 struct daemon_ctx {
-    struct datadir *dd;                     /* the CA (thread-safe signing) and configuration */
-    struct est *est;                        /* EST handler */
-    struct enrollment_committer *committer; /* group commit of issued certificates */
-    struct feed *feed;                      /* NULL when no broker feed runs */
-    struct publisher *publisher;            /* the one CRL publisher */
-    char db_path[4096];                     /* each server thread opens its own store connection */
+    struct datadir *dd;                    /* the CA (thread-safe signing) and configuration */
+    struct est *est;                       /* EST handler */
+    struct lifecycle_committer *committer; /* group commit of issued certificates */
+    struct feed *feed;                     /* NULL when no broker feed runs */
+    struct publisher *publisher;           /* the one CRL publisher */
+    struct control *control;               /* the local control socket (run/mqpkid.sock) */
+    char db_path[4096];                    /* each server thread opens its own store connection */
 };
 
 /*
@@ -59,11 +61,15 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out);
 
 /* Runs a publication cycle now and waits for it (thread-safe); resend also sends the newest
  * CRLs to every connected broker again. error gets the failure's detail. */
-int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out,
-                  char *error, size_t error_size);
+int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out, char *error,
+                  size_t error_size);
 
 /* Stops after the cycle in progress. NULL-safe. */
 void publisher_stop(struct publisher *p);
+
+/* Serves the control socket (ping, publish, sign) on a thread of its own. */
+int control_start(struct daemon_ctx *ctx, struct control **out);
+void control_stop(struct control *c);
 
 /* Metrics (thread-safe counters). */
 void metrics_enrollment(const char *result, double seconds);

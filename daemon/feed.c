@@ -82,8 +82,8 @@ static void send_crl(struct link *l, int kind, int64_t number, const unsigned ch
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish CRL %lld: %s", l->name,
                   (long long)number, mosquitto_strerror(rc));
     else if (rc == MOSQ_ERR_SUCCESS)
-        mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: CRL %lld published on %s (%zu bytes)",
-                  l->name, (long long)number, topic, len);
+        mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: CRL %lld published on %s (%zu bytes)", l->name,
+                  (long long)number, topic, len);
 }
 
 /* Sends the newest full CRL and, when it extends it, the newest delta, read from the store. */
@@ -105,8 +105,7 @@ static void send_latest(struct link *l)
     /* A delta older than the full CRL extends nothing a broker holds. */
     if (have[INV_CRL_DELTA] &&
         (!have[INV_CRL_FULL] || c[INV_CRL_DELTA].number > c[INV_CRL_FULL].number))
-        send_crl(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA],
-                 len[INV_CRL_DELTA]);
+        send_crl(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA], len[INV_CRL_DELTA]);
     free(der[0]);
     free(der[1]);
 }

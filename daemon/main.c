@@ -16,6 +16,7 @@
 #include "enrollment.h"
 #include "feed.h"
 #include "inventory.h"
+#include "lifecycle.h"
 
 /* Workers mostly wait for the group commit's fsync; enough of them keep a batch full. */
 #define DEFAULT_THREADS 32
@@ -38,8 +39,7 @@ static void usage(FILE *f)
 static void est_config_from(const struct datadir_config *c, struct est_config *e)
 {
     memset(e, 0, sizeof(*e));
-    e->device_days = c->device_days;
-    e->broker_days = c->broker_days;
+    datadir_profile_days(c, e->profile_days);
     e->failures_per_window = c->auth_failures;
     e->window_seconds = (int)c->auth_window;
     e->requests_per_second = c->rate_per_address;
@@ -140,14 +140,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if ((rc = datadir_resolve_home(home_arg, home)) != MQPKI_OK ||
-        (rc = datadir_open(home, DATADIR_CA, &ctx.dd)) != MQPKI_OK)
+        (rc = datadir_open(home, DATADIR_CA | DATADIR_DAEMON, &ctx.dd)) != MQPKI_OK)
         goto out;
     if ((rc = datadir_path(ctx.dd, "mqpki.db", ctx.db_path)) != MQPKI_OK)
         goto out;
     snprintf(listen, sizeof(listen), "%s",
              listen_arg != NULL ? listen_arg : datadir_config(ctx.dd)->listen);
     est_config_from(datadir_config(ctx.dd), &ec);
-    if ((rc = enrollment_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
+    if ((rc = lifecycle_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
         (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
         goto out;
     (void)tls_tick(ctx.dd);
@@ -157,7 +157,8 @@ int main(int argc, char **argv)
         goto out;
     }
     /* Publishes what a crashed process left open before serving anyone. */
-    if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK)
+    if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
+        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK)
         goto out;
     if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
         goto out;
@@ -193,10 +194,11 @@ out:
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
+    control_stop(ctx.control);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);
     est_free(ctx.est);
-    enrollment_committer_stop(ctx.committer);
+    lifecycle_committer_stop(ctx.committer);
     datadir_close(ctx.dd);
     if (rc == MQPKI_OK)
         mqpki_log(MQPKI_LOG_INFO, "stopped");

@@ -52,8 +52,7 @@ static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned c
     offer(ctx, c, der, len);
 }
 
-static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der,
-                     size_t len)
+static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der, size_t len)
 {
     struct publisher *p = ctx;
 
@@ -93,11 +92,11 @@ static int cycle(struct publisher *p, struct lifecycle_publication *pub)
     if (rc == MQPKI_OK && open > 0) {
         rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", 60000, pub);
         if (rc == MQPKI_OK && pub->signed_count > 0)
-            mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entries)",
+            mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entr%s)",
                       (long long)(pub->delta_number > pub->full_number ? pub->delta_number
                                                                        : pub->full_number),
                       pub->delta_number > pub->full_number ? "delta" : "full",
-                      (long long)pub->entries);
+                      (long long)pub->entries, pub->entries == 1 ? "y" : "ies");
     }
     catch_up(p);
     if (rc != MQPKI_OK)
@@ -177,8 +176,8 @@ out:
     return rc;
 }
 
-int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out,
-                  char *error, size_t error_size)
+int publisher_run(struct publisher *p, int resend, struct lifecycle_publication *out, char *error,
+                  size_t error_size)
 {
     uint64_t mine;
     int rc;
@@ -190,8 +189,7 @@ int publisher_run(struct publisher *p, int resend, struct lifecycle_publication 
     pthread_cond_broadcast(&p->cond);
     while (p->done < mine && !p->stop)
         pthread_cond_wait(&p->cond, &p->lock);
-    rc = p->stop && p->done < mine ? mqpki_fail(MQPKI_ERR_STATE, "mqpkid is stopping")
-                                   : p->last_rc;
+    rc = p->stop && p->done < mine ? mqpki_fail(MQPKI_ERR_STATE, "mqpkid is stopping") : p->last_rc;
     if (out != NULL)
         *out = p->last;
     if (error != NULL && error_size > 0)

@@ -92,8 +92,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         ok = v >= 0;
         if (ok)
             c->crl_full_after = v;
-    }
-    else if (KEY("ca", "crl_delta_max"))
+    } else if (KEY("ca", "crl_delta_max"))
         ok = set_int64(&c->crl_delta_max, value, 1, 100000000);
     else if (KEY("ca", "device_days"))
         ok = set_int(&c->device_days, value, 1, 3650);
@@ -132,6 +131,13 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         return 0;
     }
     return 1;
+}
+
+void datadir_profile_days(const struct datadir_config *cfg, int days[CA_PROFILE_COUNT_])
+{
+    memset(days, 0, sizeof(int) * CA_PROFILE_COUNT_);
+    days[CA_PROFILE_DEVICE] = cfg->device_days;
+    days[CA_PROFILE_BROKER] = cfg->broker_days;
 }
 
 void datadir_config_defaults(const char *home, struct datadir_config *c)

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
 
@@ -98,6 +99,58 @@ static void lifecycle_config_from(const struct datadir_config *cfg, struct lifec
     lc->crl_delta_max = cfg->crl_delta_max;
 }
 
+/* 1 when a mqpkid answers on this data directory's control socket. */
+static int daemon_alive(const char *home)
+{
+    unsigned char ping = DATADIR_CTL_PING, *reply = NULL;
+    size_t len = 0;
+    int rc = datadir_control_call(home, &ping, 1, &reply, &len, 5000);
+
+    free(reply);
+    mqpki_err_clear();
+    return rc == MQPKI_OK;
+}
+
+/*
+ * The CA key: while mqpkid runs, it alone opens the CA token, and a command signs through it;
+ * otherwise the command takes the token lock (waiting for another command, or for a mqpkid that
+ * is starting, which it then signs through) and opens the token itself.
+ */
+static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
+{
+    pid_t holder = 0;
+    int waited = 0, said = 0, rc;
+
+    if (dd->daemon_mode)
+        goto local;
+    for (;;) {
+        if (daemon_alive(dd->home)) {
+            dd->remote = 1;
+            return datadir_remote_key(dd->home, DATADIR_ISSUING_KEY, X509_get0_pubkey(issuing),
+                                      key);
+        }
+        rc = datadir_lock_take(dd->home, DATADIR_LOCK_TOKEN, 100, &dd->token_lock, &holder);
+        if (rc == MQPKI_OK)
+            break;
+        if (rc != MQPKI_ERR_BUSY)
+            return rc;
+        if ((waited += 100) >= TOKEN_WAIT_MS)
+            return mqpki_fail(MQPKI_ERR_BUSY,
+                              "the CA token is in use by process %ld (another mqpki command or "
+                              "a mqpkid starting) and was not released within %d s",
+                              (long)holder, TOKEN_WAIT_MS / 1000);
+        if (!said && waited >= 1000) {
+            mqpki_log(MQPKI_LOG_INFO, "waiting for process %ld to release the CA token",
+                      (long)holder);
+            said = 1;
+        }
+    }
+local:
+    if (dd->hsm == NULL && (rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
+        return rc;
+    return hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, key);
+}
+
 int datadir_ca_open(struct datadir *dd)
 {
     X509 *root = NULL, *issuing = NULL;
@@ -106,15 +159,16 @@ int datadir_ca_open(struct datadir *dd)
 
     if (dd->ca != NULL)
         return MQPKI_OK;
-    if (dd->hsm == NULL && (rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
-        goto out;
-    if ((rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &key)) != MQPKI_OK)
-        goto out;
     if ((rc = load_pem_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
         goto out;
     if ((rc = load_pem_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
         goto out;
-    rc = ca_open(issuing, key, root, dd->cfg.url, &dd->ca);
+    if ((rc = open_key(dd, issuing, &key)) != MQPKI_OK)
+        goto out;
+    if ((rc = ca_open(issuing, key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
+        goto out;
+    dd->key = key;
+    key = NULL;
 out:
     X509_free(root);
     X509_free(issuing);
@@ -134,8 +188,26 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
         return MQPKI_ERR_NOMEM;
     snprintf(dd->home, sizeof(dd->home), "%s", home);
     dd->actor = "cli";
+    dd->token_lock = dd->daemon_lock = -1;
     if ((rc = datadir_config_load(home, &dd->cfg)) != MQPKI_OK)
         goto out;
+    if (what & DATADIR_DAEMON) {
+        pid_t holder = 0;
+        dd->daemon_mode = 1;
+        dd->actor = "mqpkid";
+        rc = datadir_lock_take(home, DATADIR_LOCK_DAEMON, 0, &dd->daemon_lock, &holder);
+        if (rc == MQPKI_ERR_BUSY)
+            rc = mqpki_fail(MQPKI_ERR_EXISTS, "mqpkid (pid %ld) already serves %s", (long)holder,
+                            home);
+        if (rc != MQPKI_OK)
+            goto out;
+        /* A command that opened the token finishes first; then it is ours until we stop. */
+        rc = datadir_lock_take(home, DATADIR_LOCK_TOKEN, TOKEN_WAIT_MS, &dd->token_lock, &holder);
+        if (rc == MQPKI_ERR_BUSY)
+            rc = mqpki_fail(rc, "the CA token is held by process %ld", (long)holder);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     if (what & (DATADIR_STORE | DATADIR_CA)) {
         if ((rc = datadir_path(dd, "mqpki.db", path)) != MQPKI_OK)
             goto out;
@@ -159,7 +231,12 @@ void datadir_close(struct datadir *dd)
     if (dd == NULL)
         return;
     ca_free(dd->ca);
+    /* Token keys go before the token session they sign through. */
+    EVP_PKEY_free(dd->key);
     hsm_close(dd->hsm);
+    /* After the token is closed: the next holder finds it consistent. */
+    datadir_lock_release(dd->token_lock);
+    datadir_lock_release(dd->daemon_lock);
     lifecycle_free(dd->lc);
     inventory_close(dd->inv);
     free(dd);
@@ -188,6 +265,16 @@ struct lifecycle *datadir_lifecycle(struct datadir *dd)
 struct ca *datadir_ca(struct datadir *dd)
 {
     return dd->ca;
+}
+
+EVP_PKEY *datadir_ca_key(struct datadir *dd)
+{
+    return dd->key;
+}
+
+int datadir_ca_remote(const struct datadir *dd)
+{
+    return dd->remote;
 }
 
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
@@ -229,30 +316,63 @@ static int export_sink(void *ctx, const struct inventory_crl *c, const unsigned 
     return datadir_crl_export(ctx, c, der, len);
 }
 
-int datadir_publish(struct datadir *dd, struct datadir_publication *out)
+/* Asks the running mqpkid to publish: it signs with the token it holds, feeds its brokers at once
+ * and exports. MQPKI_ERR_NOT_FOUND when no mqpkid serves this data directory. */
+static int publish_by_daemon(struct datadir *dd, int resend, struct datadir_publication *out)
 {
+    unsigned char req[2] = {DATADIR_CTL_PUBLISH, (unsigned char)(resend ? 1 : 0)}, *reply = NULL;
+    size_t len = 0;
+    json_error_t err;
+    json_t *v = NULL;
+    int rc;
+
+    if ((rc = datadir_control_call(dd->home, req, sizeof(req), &reply, &len, CONTROL_WAIT_MS)) !=
+        MQPKI_OK)
+        goto out;
+    v = json_loadb((const char *)reply + 1, len - 1, 0, &err);
+    if (!json_is_object(v)) {
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "mqpkid: unreadable publication report");
+        goto out;
+    }
+    out->by_daemon = 1;
+    out->signed_count = (int)json_integer_value(json_object_get(v, "signed"));
+    out->full_number = json_integer_value(json_object_get(v, "full"));
+    out->delta_number = json_integer_value(json_object_get(v, "delta"));
+    out->brokers = (int)json_integer_value(json_object_get(v, "brokers"));
+    out->brokers_linked = (int)json_integer_value(json_object_get(v, "linked"));
+out:
+    json_decref(v);
+    free(reply);
+    return rc;
+}
+
+int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publication *out)
+{
+    struct datadir_publication mine;
     struct lifecycle_publication pub;
     struct lifecycle_sink sink = {NULL, export_sink, dd};
     int64_t open = 0;
     int rc;
 
-    if (out != NULL) {
-        memset(out, 0, sizeof(*out));
-        out->full_number = out->delta_number = -1;
-    }
+    if (out == NULL)
+        out = &mine;
+    memset(out, 0, sizeof(*out));
+    out->full_number = out->delta_number = -1;
     if (dd->lc == NULL)
         return mqpki_fail(MQPKI_ERR_STATE, "datadir_publish: the store is not open");
+    rc = publish_by_daemon(dd, (flags & DATADIR_PUBLISH_RESEND) != 0, out);
+    if (rc != MQPKI_ERR_NOT_FOUND)
+        return rc;
+    mqpki_err_clear();
     /* The CA is needed only for what is pending, not for an export left over. */
     if ((rc = lifecycle_open_count(dd->lc, &open)) != MQPKI_OK)
         return rc;
     if (open > 0 && (rc = datadir_ca_open(dd)) != MQPKI_OK)
         return rc;
     rc = lifecycle_publish(dd->lc, dd->ca, &sink, dd->actor, PUBLISH_LOCK_MS, &pub);
-    if (out != NULL) {
-        out->signed_count = pub.signed_count;
-        out->full_number = pub.full_number;
-        out->delta_number = pub.delta_number;
-    }
+    out->signed_count = pub.signed_count;
+    out->full_number = pub.full_number;
+    out->delta_number = pub.delta_number;
     return rc;
 }
 
@@ -267,5 +387,5 @@ int datadir_publish_pending(struct datadir *dd)
         return rc;
     mqpki_log(MQPKI_LOG_INFO, "finishing %lld CRL publication%s left open", (long long)open,
               open == 1 ? "" : "s");
-    return datadir_publish(dd, NULL);
+    return datadir_publish(dd, 0, NULL);
 }

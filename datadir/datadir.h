@@ -8,8 +8,11 @@
 
 #include <limits.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <openssl/x509.h>
+
+#include "ca.h"
 
 struct ca;
 struct hsm;
@@ -49,8 +52,10 @@ struct datadir_init_opts {
 };
 
 /* What datadir_open opens besides the configuration: the store (and the lifecycle use cases
- * on it), the CA (token login). */
-enum { DATADIR_STORE = 1, DATADIR_CA = 2 };
+ * on it), the CA (token login, or signing through a running mqpkid). DATADIR_DAEMON is mqpkid's:
+ * one per data directory (MQPKI_ERR_EXISTS naming the running one otherwise), and the CA token
+ * is its alone for as long as it runs. */
+enum { DATADIR_STORE = 1, DATADIR_CA = 2, DATADIR_DAEMON = 4 };
 
 /* The data directory: arg when given, else $MQPKI_HOME, else ./mqpki-data; made absolute. */
 int datadir_resolve_home(const char *arg, char out[PATH_MAX]);
@@ -77,6 +82,9 @@ struct lifecycle *datadir_lifecycle(struct datadir *dd);
 struct ca *datadir_ca(struct datadir *dd);
 
 /* Opens the CA of an already opened data directory when it is not open yet. */
+/* The opened CA's issuing key (borrowed), and 1 when it signs through the running mqpkid. */
+EVP_PKEY *datadir_ca_key(struct datadir *dd);
+int datadir_ca_remote(const struct datadir *dd);
 int datadir_ca_open(struct datadir *dd);
 
 /* home/rel into out. */
@@ -89,6 +97,9 @@ int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
  */
 int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 
+/* The configured default validity of each certificate profile (0: the profile's own). */
+void datadir_profile_days(const struct datadir_config *cfg, int days[CA_PROFILE_COUNT_]);
+
 /* Loads a configuration file (defaults for missing keys; unknown keys are errors). */
 int datadir_config_load(const char *home, struct datadir_config *cfg);
 
@@ -99,6 +110,48 @@ int datadir_config_load(const char *home, struct datadir_config *cfg);
  */
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len);
+
+/*
+ * The control socket between mqpki and a running mqpkid (run/mqpkid.sock): a request is one
+ * frame whose first byte is the operation; the reply's first byte is 0 or an mqpki error code
+ * (then the detail). Only peers of mqpkid's own user (or root) are answered.
+ */
+enum datadir_control_op {
+    DATADIR_CTL_PING = 'p',    /* is mqpkid serving this data directory? reply: its pid */
+    DATADIR_CTL_PUBLISH = 'P', /* + flags byte (1: send the CRLs to the brokers again); reply:
+                                  JSON {"signed", "full", "delta", "brokers", "linked"} */
+    DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
+                                  C_Sign with the CA key (PKCS#11 semantics); reply: signature */
+};
+
+/* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).
+ * MQPKI_ERR_NOT_FOUND when no mqpkid serves home; the daemon's error (with its detail) when it
+ * answers with one. */
+int datadir_control_call(const char *home, const void *req, size_t req_len, unsigned char **reply,
+                         size_t *reply_len, int timeout_ms);
+
+/* Daemon side: binds home's control socket (replacing a stale one; the caller holds the daemon
+ * lock), the peer check, and one frame in each direction. */
+int datadir_control_listen(const char *home, int *fd);
+int datadir_control_peer_ok(int fd);
+int datadir_control_recv(int fd, unsigned char **body, size_t *len, int timeout_ms);
+int datadir_control_send(int fd, const void *body, size_t len, int timeout_ms);
+
+/*
+ * Daemon side of DATADIR_CTL_SIGN: one C_Sign-style signature (mech PKCS#11 CKM_ECDSA: in is a
+ * digest, out raw r||s; CKM_RSA_PKCS: in is a DigestInfo) with the CA key `label` this process
+ * holds. Only the issuing CA key, only its own mechanism. *out_len: size of out, then length.
+ */
+int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
+                     const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len);
+
+/* The locks in run/: DATADIR_LOCK_DAEMON (one mqpkid per data directory, held for its life)
+ * and DATADIR_LOCK_TOKEN (one process at a time opens the CA token). Waits up to wait_ms;
+ * MQPKI_ERR_BUSY with *holder (the pid noted in the lock file, 0 unknown) when still held. */
+#define DATADIR_LOCK_DAEMON "run/mqpkid.lock"
+#define DATADIR_LOCK_TOKEN  "run/token.lock"
+int datadir_lock_take(const char *home, const char *rel, int wait_ms, int *fd, pid_t *holder);
+void datadir_lock_release(int fd);
 
 /* What a publication did (datadir_publish). */
 struct datadir_publication {
@@ -112,10 +165,12 @@ struct datadir_publication {
 
 /*
  * Finishes every open CRL publication (lifecycle_publish): through the running mqpkid when
- * there is one (it signs, exports and feeds its brokers at once), else here, opening the CA
- * when something must be signed. out may be NULL.
+ * there is one (it signs, exports and feeds its brokers at once; with DATADIR_PUBLISH_RESEND
+ * it also sends its newest CRLs to every broker again), else here, opening the CA when
+ * something must be signed. out may be NULL.
  */
-int datadir_publish(struct datadir *dd, struct datadir_publication *out);
+#define DATADIR_PUBLISH_RESEND 1u
+int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publication *out);
 
 /* datadir_publish only when a publication is open (a crash left one, or another process is
  * about to finish it): every mutating command calls this before its own work. */

@@ -10,6 +10,14 @@
 #define DATADIR_ISSUING_KEY "mqpki-issuing"
 /* How long a publisher waits for another one to finish (a million-entry CRL takes seconds). */
 #define PUBLISH_LOCK_MS 60000
+/* How long a command waits for the CA token or the daemon's answer. */
+#define TOKEN_WAIT_MS   30000
+#define CONTROL_WAIT_MS 120000
+
+/* run/: the control socket and the locks of processes using this data directory. */
+#define CONTROL_DIR       "run"
+#define CONTROL_SOCKET    "run/mqpkid.sock"
+#define CONTROL_FRAME_MAX (64 * 1024)
 
 /* The asset id of mqpkid's own TLS and feed identity. */
 #define DATADIR_SERVICE_ASSET PROTO_SERVICE_ID
@@ -21,7 +29,12 @@ struct datadir {
     struct inventory *inv;
     struct lifecycle *lc;
     struct ca *ca;
+    EVP_PKEY *key; /* the issuing CA key as opened here (token or remote), for datadir_key_sign */
+    int remote;    /* 1 when the CA key signs through a running mqpkid */
     const char *actor; /* who publishes, for the audit log ("cli", "init") */
+    int token_lock;    /* DATADIR_LOCK_TOKEN while this process has the token open, else -1 */
+    int daemon_lock;   /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
+    int daemon_mode;   /* opened by mqpkid: the CA key is this process's own */
 };
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
@@ -37,6 +50,10 @@ struct datadir_names {
     char ips[DATADIR_NAMES_MAX][64];
     size_t n_dns, n_ips;
 };
+
+/* An EVP_PKEY with pub's public key whose signatures are made by home's running mqpkid with its
+ * CA key `label` (DATADIR_CTL_SIGN). */
+int datadir_remote_key(const char *home, const char *label, EVP_PKEY *pub, EVP_PKEY **out);
 
 /* Issues mqpkid's TLS identity for names (a fresh software EC P-256 key) and installs it in tls/
  * crash-safely; supersede marks the previous certificate superseded. */

@@ -17,7 +17,6 @@
 #include "ca.h"
 #include "common.h"
 #include "datadir_int.h"
-#include "enrollment.h"
 #include "hsm.h"
 #include "inventory.h"
 #include "lifecycle.h"
@@ -148,9 +147,10 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "rate = %d\n"
                  "burst = %d\n",
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity,
-                 (long long)c->crl_full_every, (long long)c->crl_full_after, (long long)c->crl_delta_max, c->device_days,
-                 c->broker_days, c->hsm_token, c->listen, (long long)c->token_ttl, c->auth_failures,
-                 (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst);
+                 (long long)c->crl_full_every, (long long)c->crl_full_after,
+                 (long long)c->crl_delta_max, c->device_days, c->broker_days, c->hsm_token,
+                 c->listen, (long long)c->token_ttl, c->auth_failures, (long long)c->auth_window,
+                 (int)c->rate_per_address, c->rate_burst);
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
@@ -158,7 +158,8 @@ static int write_config(const char *home, const struct datadir_config *c)
 
 static int make_layout(const char *home)
 {
-    static const char *const dirs[] = {"", "/secrets", "/hsm", "/ca", "/tls", "/crl", "/brokers"};
+    static const char *const dirs[] = {"",     "/secrets", "/hsm",     "/ca",
+                                       "/tls", "/crl",     "/brokers", "/run"};
     char path[PATH_MAX];
     int rc;
 
@@ -192,6 +193,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         return MQPKI_ERR_NOMEM;
     snprintf(dd->home, sizeof(dd->home), "%s", home);
     dd->actor = "init";
+    dd->token_lock = dd->daemon_lock = -1;
     datadir_config_defaults(home, &dd->cfg);
     if (opts->ca_name != NULL) {
         if (opts->ca_name[0] == '\0' || strlen(opts->ca_name) >= sizeof(dd->cfg.ca_name) ||
@@ -255,6 +257,8 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     }
     if ((rc = hsm_softhsm_prepare(path)) != MQPKI_OK)
         goto out;
+    if ((rc = datadir_lock_take(home, DATADIR_LOCK_TOKEN, 0, &dd->token_lock, NULL)) != MQPKI_OK)
+        goto out;
     if ((rc = hsm_token_init(HSM_SOFTHSM_MODULE, dd->cfg.hsm_token, so_pin, pin)) != MQPKI_OK)
         goto out;
     if ((rc = datadir_hsm_open(home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
@@ -309,7 +313,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         if ((rc = lifecycle_new(dd->inv, &lcfg, &dd->lc)) != MQPKI_OK ||
             (rc = lifecycle_crl_request(dd->lc, INV_CRL_FULL, "init", "init", &number)) !=
                 MQPKI_OK ||
-            (rc = datadir_publish(dd, NULL)) != MQPKI_OK)
+            (rc = datadir_publish(dd, 0, NULL)) != MQPKI_OK)
             goto out;
     }
     if ((rc = write_config(home, &dd->cfg)) != MQPKI_OK)

@@ -16,7 +16,7 @@
 #include "ca.h"
 #include "common.h"
 #include "datadir_int.h"
-#include "enrollment.h"
+#include "lifecycle.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -52,7 +52,7 @@ static int install_recover(struct datadir *dd)
 int datadir_tls_issue(struct datadir *dd, const struct datadir_names *names, int supersede)
 {
     const char *dns[DATADIR_NAMES_MAX], *ips[DATADIR_NAMES_MAX];
-    struct enrollment_issue_req req;
+    struct lifecycle_issue_req req;
     EVP_PKEY *key = NULL;
     X509_REQ *csr = NULL;
     X509 *cert = NULL;
@@ -84,7 +84,7 @@ int datadir_tls_issue(struct datadir *dd, const struct datadir_names *names, int
     req.n_dns = names->n_dns;
     req.ips = ips;
     req.n_ips = names->n_ips;
-    if ((rc = enrollment_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
+    if ((rc = lifecycle_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
         goto out;
     if ((bio = BIO_new(BIO_s_mem())) == NULL ||
         PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||

@@ -1,7 +1,7 @@
 /*
- * enrollment: turns a request (operator CLI, EST simpleenroll/simplereenroll) into checked
- * issuance options, has the CA sign, and records the certificate durably before anyone sees
- * it. Authorization decides here; ca/ only signs. No sockets.
+ * enrollment: EST (RFC 7030) for devices and brokers: parses and authenticates a request
+ * (bootstrap token, client certificate, limits per address and asset) and hands the checked
+ * request to the issuance use case (lifecycle_issue). No sockets.
  */
 #ifndef MQPKI_ENROLLMENT_H
 #define MQPKI_ENROLLMENT_H
@@ -17,51 +17,7 @@
 
 struct ca;
 struct inventory;
-
-struct enrollment_issue_req {
-    const char *asset_id;
-    const unsigned char *csr; /* DER, PEM or base64 DER; at most CA_CSR_MAX bytes */
-    size_t csr_len;
-    int profile;             /* enum ca_profile, or -1 for the one matching the asset's kind */
-    int days;                /* validity; 0 for the configured default of the profile: */
-    int device_days;         /*   device profile ([ca] device_days; 0: CA default) */
-    int broker_days;         /*   broker profile ([ca] broker_days; 0: CA default) */
-    const char *token;       /* one-time token consumed with the record, or NULL (operator) */
-    const char *auth_serial; /* re-enrollment: the client certificate that authenticated it,
-                                checked again (valid or superseded, same asset) in the
-                                transaction that records the new one; NULL otherwise */
-    int supersede;           /* re-enrollment: the asset's other valid certificates superseded */
-    const char *actor;       /* for the audit log: "cli", "est:ADDR", ... */
-    const char *const *dns;  /* SAN DNS names (broker, service profiles) */
-    size_t n_dns;
-    const char *const *ips; /* SAN IP addresses (broker, service profiles) */
-    size_t n_ips;
-};
-
-/*
- * Parses and checks the CSR (proof of possession, key policy), checks the asset (exists, not
- * decommissioned, profile matching its kind), consumes the token if given, signs and records
- * the certificate with its audit event in one transaction. *out is set only after the commit:
- * a certificate the store does not know never leaves. Errors as in common.h with a one-line
- * detail (MQPKI_ERR_PARSE bad CSR, MQPKI_ERR_POLICY refused, MQPKI_ERR_AUTH bad token,
- * MQPKI_ERR_NOT_FOUND unknown asset, MQPKI_ERR_STATE decommissioned asset).
- */
-int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollment_issue_req *req,
-                     X509 **out);
-
-/*
- * Group commit: one thread that records the certificates of many concurrent issuances in one
- * durable commit (its own store connection on db_path).
- */
-struct enrollment_committer;
-int enrollment_committer_start(const char *db_path, struct enrollment_committer **out);
-/* Finishes the queued records, then stops. NULL-safe. */
-void enrollment_committer_stop(struct enrollment_committer *cm);
-
-/* enrollment_issue, with the record written by the committer cm (NULL: on inv, as
- * enrollment_issue). inv is still used, read-only, for the asset checks. */
-int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enrollment_committer *cm,
-                             const struct enrollment_issue_req *req, X509 **out);
+struct lifecycle_committer;
 
 /*
  * EST (RFC 7030) request handling, independent of sockets: the daemon passes what it read off
@@ -73,11 +29,11 @@ struct est;
 #define EST_BODY_MAX (96 * 1024)
 
 struct est_config {
-    int device_days, broker_days; /* default validity by profile ([ca] *_days) */
-    int failures_per_window;      /* failed authentications per address or asset per window */
-    int window_seconds;           /*   before 429 with Retry-After */
-    double requests_per_second;   /* per client address (token bucket); 0 = unlimited */
-    int burst;                    /*   bucket size */
+    int profile_days[CA_PROFILE_COUNT_]; /* default validity by profile ([ca] *_days) */
+    int failures_per_window;    /* failed authentications per address or asset per window */
+    int window_seconds;         /*   before 429 with Retry-After */
+    double requests_per_second; /* per client address (token bucket); 0 = unlimited */
+    int burst;                  /*   bucket size */
 };
 
 /*
@@ -121,7 +77,7 @@ struct est_response {
 
 /* Creates the EST handler over a CA (thread-safe signing), recording through committer cm
  * (NULL: each request commits on its own). Precomputes /cacerts and /csrattrs. */
-int est_new(struct ca *ca, struct enrollment_committer *cm, const struct est_config *cfg,
+int est_new(struct ca *ca, struct lifecycle_committer *cm, const struct est_config *cfg,
             struct est **out);
 void est_free(struct est *est);
 

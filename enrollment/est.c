@@ -1,6 +1,5 @@
 /* enrollment: EST (RFC 7030) request handling, independent of sockets. */
 #include "enrollment.h"
-#include "proto.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +22,8 @@
 #include "common.h"
 #include "enrollment_int.h"
 #include "inventory.h"
+#include "lifecycle.h"
+#include "proto.h"
 
 #define EST_PREFIX "/.well-known/est/"
 #define AUTH_MAX   512
@@ -33,7 +34,7 @@ static const char *const CT_TEXT = "text/plain; charset=utf-8";
 
 struct est {
     struct ca *ca;
-    struct enrollment_committer *cm;
+    struct lifecycle_committer *cm;
     struct est_config cfg;
     struct ratelimit *limits;
     X509_STORE *trust; /* root + issuing, to verify re-enrollment client certificates */
@@ -129,7 +130,7 @@ out:
     return rc;
 }
 
-int est_new(struct ca *ca, struct enrollment_committer *cm, const struct est_config *cfg,
+int est_new(struct ca *ca, struct lifecycle_committer *cm, const struct est_config *cfg,
             struct est **out)
 {
     struct est *est;
@@ -390,7 +391,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         peer_remember(peer, hash, ctx, serial, asset);
 lookup:
     /* Checked again inside the transaction that records the new certificate. */
-    if ((rc = enrollment_check_auth_cert(inv, serial, asset)) != MQPKI_OK)
+    if ((rc = lifecycle_check_auth_cert(inv, serial, asset)) != MQPKI_OK)
         goto out;
     snprintf(serial_out, PROTO_SERIAL_HEX_MAX + 1, "%s", serial);
 out:
@@ -433,7 +434,7 @@ static int content_type_is(const char *ct, const char *want)
 static void enroll(struct est *est, struct inventory *inv, const struct est_request *req,
                    int profile, int re, struct est_response *resp)
 {
-    struct enrollment_issue_req ir;
+    struct lifecycle_issue_req ir;
     char asset[PROTO_ASSET_ID_MAX + 1] = "", token[AUTH_MAX] = "", actor[96];
     char auth_serial[PROTO_SERIAL_HEX_MAX + 1] = "";
     X509 *cert = NULL;
@@ -474,13 +475,12 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         ir.csr = req->body;
         ir.csr_len = req->body_len;
         ir.profile = profile;
-        ir.device_days = est->cfg.device_days;
-        ir.broker_days = est->cfg.broker_days;
+        memcpy(ir.profile_days, est->cfg.profile_days, sizeof(ir.profile_days));
         ir.token = re ? NULL : token;
         ir.auth_serial = re ? auth_serial : NULL;
         ir.supersede = re;
         ir.actor = actor;
-        rc = enrollment_issue_batched(est->ca, inv, est->cm, &ir, &cert);
+        rc = lifecycle_issue_batched(est->ca, inv, est->cm, &ir, &cert);
     }
     if (rc != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_WARN, "%s %s from %s refused: %s", req->method, req->path,

@@ -537,8 +537,8 @@ out:
     return rc;
 }
 
-int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq,
-                           int64_t upto_seq, inventory_revoked_cb cb, void *ctx)
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq, int64_t upto_seq,
+                           inventory_revoked_cb cb, void *ctx)
 {
     sqlite3_stmt *st = NULL;
     int delta = since_seq >= 0;

@@ -47,9 +47,9 @@ static int counter_next(struct inventory *inv, enum inv_sql which, const char *w
         goto out;
     src = sqlite3_step(st);
     if (src != SQLITE_ROW) {
-        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_STORE, "%s: %s counter missing", inv->path,
-                                             what)
-                                : inv_db_fail(inv, src, what);
+        rc = src == SQLITE_DONE
+                 ? mqpki_fail(MQPKI_ERR_STORE, "%s: %s counter missing", inv->path, what)
+                 : inv_db_fail(inv, src, what);
         goto out;
     }
     *out = sqlite3_column_int64(st, 0);
@@ -77,9 +77,9 @@ int inventory_rev_current(struct inventory *inv, int64_t *out)
     if ((src = sqlite3_step(st)) == SQLITE_ROW)
         *out = sqlite3_column_int64(st, 0);
     else
-        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_STORE, "%s: revocation sequence missing",
-                                             inv->path)
-                                : inv_db_fail(inv, src, "revocation sequence");
+        rc = src == SQLITE_DONE
+                 ? mqpki_fail(MQPKI_ERR_STORE, "%s: revocation sequence missing", inv->path)
+                 : inv_db_fail(inv, src, "revocation sequence");
     inv_stmt_done(st);
     return rc;
 }
@@ -270,9 +270,9 @@ int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der
     sqlite3_bind_int64(st, 1, number);
     src = sqlite3_step(st);
     if (src != SQLITE_ROW) {
-        rc = src == SQLITE_DONE ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld",
-                                             (long long)number)
-                                : inv_db_fail(inv, src, "CRL DER");
+        rc = src == SQLITE_DONE
+                 ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number)
+                 : inv_db_fail(inv, src, "CRL DER");
         goto out;
     }
     blob = sqlite3_column_blob(st, 0);
@@ -292,7 +292,6 @@ out:
     inv_stmt_done(st);
     return rc;
 }
-
 
 int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
                          const unsigned char *der, size_t len, const char *actor)
@@ -326,8 +325,7 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     if (rc != MQPKI_OK)
         goto out;
     if (changes != 1) {
-        rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more",
-                        (long long)c->number);
+        rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more", (long long)c->number);
         goto out;
     }
     /* Lower pending numbers are covered by this CRL, built from later store state. */
@@ -351,8 +349,8 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     if (rc != MQPKI_OK)
         goto out;
     rc = inv_audit(inv, actor != NULL ? actor : "system", "crl.sign", "crl",
-                   json_pack("{s:I,s:s,s:I,s:I,s:I,s:I}", "number", (json_int_t)c->number,
-                             "kind", kind_names[c->kind], "base", (json_int_t)c->base, "cutoff",
+                   json_pack("{s:I,s:s,s:I,s:I,s:I,s:I}", "number", (json_int_t)c->number, "kind",
+                             kind_names[c->kind], "base", (json_int_t)c->base, "cutoff",
                              (json_int_t)c->cutoff, "entries", (json_int_t)c->entries,
                              "next_update", (json_int_t)c->next_update));
 out:
@@ -422,8 +420,8 @@ void inventory_publish_unlock(struct inventory *inv)
     inv->publish_fd = -1;
 }
 
-int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full,
-                             int64_t delta, int64_t when)
+int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full, int64_t delta,
+                             int64_t when)
 {
     sqlite3_stmt *st = NULL;
     int rc;

@@ -193,8 +193,8 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
  * it was lifted. Call inside a snapshot so that upto_seq and the rows agree.
  */
 typedef int (*inventory_revoked_cb)(const char *serial, int64_t when, int reason, void *ctx);
-int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq,
-                           int64_t upto_seq, inventory_revoked_cb cb, void *ctx);
+int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq, int64_t upto_seq,
+                           inventory_revoked_cb cb, void *ctx);
 
 /* The current value of the revocation sequence (the last revocation-state change). */
 int inventory_rev_current(struct inventory *inv, int64_t *out);
@@ -277,8 +277,8 @@ int inventory_publish_lock(struct inventory *inv, int timeout_ms);
 void inventory_publish_unlock(struct inventory *inv);
 
 /* What each broker reported holding (its plugin's CRL numbers; -1 when none). */
-int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full,
-                             int64_t delta, int64_t when);
+int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full, int64_t delta,
+                             int64_t when);
 typedef int (*inventory_broker_crl_cb)(const char *broker, int64_t full, int64_t delta,
                                        int64_t when, void *ctx);
 int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb, void *ctx);

@@ -83,7 +83,8 @@
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value")                       \
     X(SQL_CRL_NEXT,                                                                                \
       "UPDATE counters SET value = value + 1 WHERE name = 'crl_number' RETURNING value")           \
-    X(SQL_REV_NEXT, "UPDATE counters SET value = value + 1 WHERE name = 'rev_seq' RETURNING value") \
+    X(SQL_REV_NEXT,                                                                                \
+      "UPDATE counters SET value = value + 1 WHERE name = 'rev_seq' RETURNING value")              \
     X(SQL_REV_CURRENT, "SELECT value FROM counters WHERE name = 'rev_seq'")                        \
     X(SQL_CRL_INSERT, "INSERT INTO crls(number, kind, state, reason, created_at) "                 \
                       "VALUES(?1, ?2, 'pending', ?3, ?4)")                                         \
@@ -93,11 +94,11 @@
     X(SQL_CRL_LATEST, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND state <> 'pending' "  \
                       "ORDER BY number DESC LIMIT 1")                                              \
     X(SQL_CRL_FIRST_AFTER, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND number > ?2 "    \
-                           "AND state <> 'pending' AND folded_into IS NULL ORDER BY number "      \
+                           "AND state <> 'pending' AND folded_into IS NULL ORDER BY number "       \
                            "LIMIT 1")                                                              \
     X(SQL_CRL_SIGN,                                                                                \
-      "UPDATE crls SET state = 'signed', kind = ?2, base = ?3, cutoff = ?4, this_update = ?5, "   \
-      "next_update = ?6, entries = ?7, der = ?8, signed_at = ?9 WHERE number = ?1 "               \
+      "UPDATE crls SET state = 'signed', kind = ?2, base = ?3, cutoff = ?4, this_update = ?5, "    \
+      "next_update = ?6, entries = ?7, der = ?8, signed_at = ?9 WHERE number = ?1 "                \
       "AND state = 'pending'")                                                                     \
     X(SQL_CRL_FOLD, "UPDATE crls SET state = 'done', folded_into = ?1, done_at = ?2 "              \
                     "WHERE number < ?1 AND state = 'pending'")                                     \

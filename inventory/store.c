@@ -93,7 +93,7 @@ static const char *const migrations[] = {
      * base. crls is the outbox: a CRL number reserved in the revoking transaction, then signed
      * (DER kept), then exported; one number sequence for full and delta CRLs (RFC 5280 5.2.3).
      * CRL numbers go on from the old counter; the first publication after the upgrade finds no full
- * CRL in the outbox and signs one (a delta needs a base).
+     * CRL in the outbox and signs one (a delta needs a base).
      */
     "ALTER TABLE certs ADD COLUMN rev_seq INTEGER;"
     "ALTER TABLE certs ADD COLUMN rev_time INTEGER;"

@@ -1,7 +1,7 @@
 /*
- * lifecycle: the use cases of a certificate's and an asset's life (DESIGN.md 8, 10): revoke,
- * hold, unhold, decommission, and CRL publication. Every front end (the CLI, mqpkid, the
- * dashboard) calls these; none composes them from store calls itself.
+ * lifecycle: the use cases of a certificate's and an asset's life (DESIGN.md 8, 10): issue
+ * (renew, supersede), revoke, hold, unhold, decommission, and CRL publication. Every front end (the
+ * CLI, mqpkid, the dashboard) calls these; none composes them from store calls itself.
  *
  * A revocation, whatever its front end:
  *   1. one store transaction: certificate states, asset state, audit events, the revocation
@@ -24,8 +24,61 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/x509.h>
+
 #include "ca.h"
 #include "inventory.h"
+
+struct lifecycle_issue_req {
+    const char *asset_id;
+    const unsigned char *csr; /* DER, PEM or base64 DER; at most CA_CSR_MAX bytes */
+    size_t csr_len;
+    int profile; /* enum ca_profile, or -1 for the one matching the asset's kind */
+    int days;    /* validity; 0 for the configured default of the profile */
+    int profile_days[CA_PROFILE_COUNT_]; /* configured defaults by profile ([ca] device_days,
+                                            broker_days); 0: the profile's own */
+    const char *token;       /* one-time token consumed with the record, or NULL (operator) */
+    const char *auth_serial; /* re-enrollment: the client certificate that authenticated it,
+                                checked again (valid or superseded, same asset) in the
+                                transaction that records the new one; NULL otherwise */
+    int supersede;           /* re-enrollment: the asset's other valid certificates superseded */
+    const char *actor;       /* for the audit log: "cli", "est:ADDR", ... */
+    const char *const *dns;  /* SAN DNS names (broker, service profiles) */
+    size_t n_dns;
+    const char *const *ips; /* SAN IP addresses (broker, service profiles) */
+    size_t n_ips;
+};
+
+/*
+ * Issuance, the one path for the operator CLI, EST and mqpkid's own identities: parses and
+ * checks the CSR (proof of possession, key policy), checks the asset (exists, not
+ * decommissioned, profile matching its kind), consumes the token if given, signs and records
+ * the certificate with its audit event in one transaction. *out is set only after the commit:
+ * a certificate the store does not know never leaves. Errors as in common.h with a one-line
+ * detail (MQPKI_ERR_PARSE bad CSR, MQPKI_ERR_POLICY refused, MQPKI_ERR_AUTH bad token,
+ * MQPKI_ERR_NOT_FOUND unknown asset, MQPKI_ERR_STATE decommissioned asset).
+ */
+int lifecycle_issue(struct ca *ca, struct inventory *inv, const struct lifecycle_issue_req *req,
+                    X509 **out);
+
+/*
+ * Group commit: one thread that records the certificates of many concurrent issuances in one
+ * durable commit (its own store connection on db_path).
+ */
+struct lifecycle_committer;
+int lifecycle_committer_start(const char *db_path, struct lifecycle_committer **out);
+/* Finishes the queued records, then stops. NULL-safe. */
+void lifecycle_committer_stop(struct lifecycle_committer *cm);
+
+/* lifecycle_issue, with the record written by the committer cm (NULL: on inv, as
+ * lifecycle_issue). inv is still used, read-only, for the asset checks. */
+int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
+                            const struct lifecycle_issue_req *req, X509 **out);
+
+/* MQPKI_OK when serial is in the store, of asset, and valid or superseded (not revoked, held or
+ * expired); MQPKI_ERR_AUTH with a detail otherwise. EST checks a re-enrollment's client
+ * certificate with it; the recording transaction checks it again. */
+int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset);
 
 struct lifecycle;
 
@@ -44,12 +97,12 @@ void lifecycle_free(struct lifecycle *lc);
 
 /* What a revocation-state change did. */
 struct lifecycle_change {
-    int changed;            /* certificates whose revocation state changed */
-    int already;            /* certificates that were already in the asked-for state */
-    int64_t crl_number;     /* CRL number reserved for the publication; 0 when none */
-    int64_t rev_seq;        /* highest revocation sequence value of the certificates concerned */
-    int asset_state;        /* the asset's state afterwards (enum inventory_state), -1 unknown */
-    int asset_was;          /* the asset's state before (decommission), -1 unknown */
+    int changed;        /* certificates whose revocation state changed */
+    int already;        /* certificates that were already in the asked-for state */
+    int64_t crl_number; /* CRL number reserved for the publication; 0 when none */
+    int64_t rev_seq;    /* highest revocation sequence value of the certificates concerned */
+    int asset_state;    /* the asset's state afterwards (enum inventory_state), -1 unknown */
+    int asset_was;      /* the asset's state before (decommission), -1 unknown */
     char asset[PROTO_ASSET_ID_MAX + 1];
     char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate (serial calls) */
 };
@@ -63,8 +116,8 @@ struct lifecycle_change {
  */
 int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const char *actor,
                      struct lifecycle_change *out);
-int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason,
-                           const char *actor, struct lifecycle_change *out);
+int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason, const char *actor,
+                           struct lifecycle_change *out);
 
 /* Lifts a hold (the next delta CRL says removeFromCRL). MQPKI_ERR_STATE when not on hold. */
 int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor,

@@ -12,4 +12,23 @@ struct lifecycle {
     struct lifecycle_config cfg;
 };
 
+struct inventory_cert;
+
+/* What a record carries besides the certificate. */
+struct lifecycle_auth {
+    const char *token;       /* consumed with the record, or NULL */
+    const char *auth_serial; /* re-enrollment: still valid or superseded, or NULL */
+    int supersede;
+    const char *actor;
+};
+
+/* Records an issued certificate in the open transaction: token consumed, authenticating
+ * certificate checked again, then the certificate added. */
+int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
+                     const struct lifecycle_auth *auth);
+
+/* Hands a record to the committer and waits until its batch is durable; the record's result. */
+int lifecycle_committer_record(struct lifecycle_committer *cm, const struct inventory_cert *rec,
+                               const struct lifecycle_auth *auth);
+
 #endif

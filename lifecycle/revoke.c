@@ -10,8 +10,7 @@
 #include "common.h"
 #include "lifecycle_int.h"
 
-int lifecycle_new(struct inventory *inv, const struct lifecycle_config *cfg,
-                  struct lifecycle **out)
+int lifecycle_new(struct inventory *inv, const struct lifecycle_config *cfg, struct lifecycle **out)
 {
     struct lifecycle *lc;
 
@@ -163,8 +162,7 @@ static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, 
         goto out;
     /* A list cut short would revoke only some of the asset's certificates. */
     if (a.oom) {
-        rc = mqpki_fail(MQPKI_ERR_NOMEM, "asset %s: out of memory listing its certificates",
-                        asset);
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "asset %s: out of memory listing its certificates", asset);
         goto out;
     }
     for (size_t i = 0; i < a.n; i++)
@@ -174,9 +172,8 @@ static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, 
         (rc = inventory_asset_transition(lc->inv, asset, then_state, actor,
                                          "decommissioned by operator")) != MQPKI_OK)
         goto out;
-    if (a.n > 0 &&
-        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
-                                    &out->crl_number)) != MQPKI_OK)
+    if (a.n > 0 && (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason),
+                                               actor, &out->crl_number)) != MQPKI_OK)
         goto out;
     out->changed = (int)a.n;
     out->already = a.already;
@@ -189,8 +186,8 @@ out:
     return rc;
 }
 
-int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason,
-                           const char *actor, struct lifecycle_change *out)
+int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason, const char *actor,
+                           struct lifecycle_change *out)
 {
     int rc, in_tx = 0;
 
@@ -258,8 +255,8 @@ int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor
     }
     snprintf(out->serial, sizeof(out->serial), "%s", c.serial);
     if ((rc = inventory_cert_unhold(lc->inv, c.serial, actor)) != MQPKI_OK ||
-        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, "unhold", actor,
-                                    &out->crl_number)) != MQPKI_OK ||
+        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, "unhold", actor, &out->crl_number)) !=
+            MQPKI_OK ||
         (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK)
         goto out;
     out->changed = 1;

@@ -1,5 +1,5 @@
 /* fuzz_csr: a CSR as EST or `mqpki issue` receives it (DER, PEM or base64), through the parser
- * and the key policy (ca_csr_parse + ca_csr_check), as enrollment_issue runs them. */
+ * and the key policy (ca_csr_parse + ca_csr_check), as lifecycle_issue runs them. */
 #include <stddef.h>
 #include <stdint.h>
 

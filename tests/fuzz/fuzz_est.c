@@ -43,8 +43,7 @@ static void setup(void)
     X509 *root = NULL, *issuing = NULL;
     struct ca *ca = NULL;
     struct inventory_asset a;
-    struct est_config cfg = {.device_days = 30,
-                             .broker_days = 30,
+    struct est_config cfg = {.profile_days = {30, 30, 30},
                              .failures_per_window = 1000000,
                              .window_seconds = 1,
                              .requests_per_second = 0,

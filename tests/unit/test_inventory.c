@@ -648,7 +648,6 @@ static int revoked_cb(const char *serial, int64_t revoked_at, int reason, void *
     return 0;
 }
 
-
 static void test_revoked_list(void **state)
 {
     struct fx *f = *state;

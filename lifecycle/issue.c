@@ -1,6 +1,5 @@
-/* enrollment: the one issuance path, shared by the operator CLI and EST. */
-#include "enrollment.h"
-#include "proto.h"
+/* lifecycle/issue.c: issuance, the one path for the operator CLI, EST and mqpkid itself. */
+#include "lifecycle.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +9,9 @@
 
 #include "ca.h"
 #include "common.h"
-#include "enrollment_int.h"
 #include "inventory.h"
+#include "lifecycle_int.h"
+#include "proto.h"
 
 /* Serial collisions are astronomically rare with 127 random bits; retry a few times anyway. */
 #define SERIAL_TRIES 3
@@ -23,7 +23,7 @@ static int profile_for_kind(int kind)
 }
 
 /* Signs a certificate for pub and fills its store record (rec->pem is heap, caller frees). */
-static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profile, EVP_PKEY *pub,
+static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profile, EVP_PKEY *pub,
                 const char *key_fp, X509 **out, struct inventory_cert *rec)
 {
     struct ca_issue_opts opts;
@@ -41,11 +41,7 @@ static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profi
     opts.n_dns = req->n_dns;
     opts.ips = req->ips;
     opts.n_ips = req->n_ips;
-    opts.days = req->days;
-    if (opts.days == 0 && profile == CA_PROFILE_DEVICE)
-        opts.days = req->device_days;
-    else if (opts.days == 0 && profile == CA_PROFILE_BROKER)
-        opts.days = req->broker_days;
+    opts.days = req->days != 0 ? req->days : req->profile_days[profile];
     opts.serial_hex = serial;
     if ((rc = ca_issue_cert(ca, pub, &opts, out)) != MQPKI_OK)
         return rc;
@@ -64,7 +60,7 @@ static int sign(struct ca *ca, const struct enrollment_issue_req *req, int profi
     return rc;
 }
 
-int enrollment_check_auth_cert(struct inventory *inv, const char *serial, const char *asset)
+int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset)
 {
     struct inventory_cert c;
     int rc = MQPKI_ERR_AUTH;
@@ -86,8 +82,8 @@ out:
     return rc;
 }
 
-int enrollment_record(struct inventory *inv, const struct inventory_cert *rec,
-                      const struct enrollment_auth *auth)
+int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
+                      const struct lifecycle_auth *auth)
 {
     int rc;
 
@@ -100,13 +96,13 @@ int enrollment_record(struct inventory *inv, const struct inventory_cert *rec,
     }
     /* A revocation or hold that committed while this request was being signed wins. */
     if (auth->auth_serial != NULL &&
-        (rc = enrollment_check_auth_cert(inv, auth->auth_serial, rec->asset_id)) != MQPKI_OK)
+        (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id)) != MQPKI_OK)
         return rc;
     return inventory_cert_add(inv, rec, auth->supersede, auth->actor);
 }
 
 /* Untrusted bytes are parsed and checked before the token or the store is touched. */
-static int check_request(const struct enrollment_issue_req *req, EVP_PKEY **pub,
+static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
                          char key_fp[PROTO_FP_HEX_LEN + 1])
 {
     X509_REQ *csr = NULL;
@@ -141,7 +137,7 @@ out:
 }
 
 /* The asset may receive a certificate under the requested profile; gives the profile. */
-static int check_asset(struct inventory *inv, const struct enrollment_issue_req *req, int *profile)
+static int check_asset(struct inventory *inv, const struct lifecycle_issue_req *req, int *profile)
 {
     struct inventory_asset asset;
     int rc;
@@ -166,11 +162,11 @@ out:
     return rc;
 }
 
-int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enrollment_committer *cm,
-                             const struct enrollment_issue_req *req, X509 **out)
+int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
+                             const struct lifecycle_issue_req *req, X509 **out)
 {
     struct inventory_cert rec;
-    struct enrollment_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
+    struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
     char key_fp[PROTO_FP_HEX_LEN + 1];
@@ -208,9 +204,9 @@ int enrollment_issue_batched(struct ca *ca, struct inventory *inv, struct enroll
         if ((rc = sign(ca, req, profile, pub, key_fp, &cert, &rec)) != MQPKI_OK)
             goto out;
         if (cm != NULL)
-            rc = enrollment_committer_record(cm, &rec, &auth);
+            rc = lifecycle_committer_record(cm, &rec, &auth);
         else
-            rc = enrollment_record(inv, &rec, &auth);
+            rc = lifecycle_record(inv, &rec, &auth);
         if (rc != MQPKI_ERR_EXISTS)
             break;
     }
@@ -241,8 +237,8 @@ out:
     return rc;
 }
 
-int enrollment_issue(struct ca *ca, struct inventory *inv, const struct enrollment_issue_req *req,
+int lifecycle_issue(struct ca *ca, struct inventory *inv, const struct lifecycle_issue_req *req,
                      X509 **out)
 {
-    return enrollment_issue_batched(ca, inv, NULL, req, out);
+    return lifecycle_issue_batched(ca, inv, NULL, req, out);
 }

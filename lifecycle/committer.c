@@ -1,5 +1,5 @@
 /*
- * enrollment: group commit. Server threads sign in parallel and hand their records to one
+ * lifecycle/committer.c: group commit of issuances. Server threads sign in parallel and hand their records to one
  * committer thread, which writes every record waiting at that moment in one transaction (a
  * savepoint each, so one refusal does not undo the others) and one durable commit. A thread gets
  * its answer only after the commit: the certificate is on disk before anyone sees it. Under load
@@ -11,21 +11,21 @@
 #include <string.h>
 
 #include "common.h"
-#include "enrollment_int.h"
 #include "inventory.h"
+#include "lifecycle_int.h"
 
 #define BATCH_MAX 512
 
 struct job {
     const struct inventory_cert *rec;
-    const struct enrollment_auth *auth;
+    const struct lifecycle_auth *auth;
     int rc;
     int done;
     char detail[300];
     struct job *next;
 };
 
-struct enrollment_committer {
+struct lifecycle_committer {
     struct inventory *inv;
     pthread_t thread;
     pthread_mutex_t lock;
@@ -42,7 +42,7 @@ static void finish(struct job *j, int rc)
         snprintf(j->detail, sizeof(j->detail), "%s", mqpki_err_detail(rc));
 }
 
-static void commit_batch(struct enrollment_committer *cm, struct job *batch)
+static void commit_batch(struct lifecycle_committer *cm, struct job *batch)
 {
     int rc;
 
@@ -56,7 +56,7 @@ static void commit_batch(struct enrollment_committer *cm, struct job *batch)
         int src;
         mqpki_err_clear();
         if ((src = inventory_savepoint(cm->inv)) == MQPKI_OK) {
-            rc = enrollment_record(cm->inv, j->rec, j->auth);
+            rc = lifecycle_record(cm->inv, j->rec, j->auth);
             /* A refused token keeps its failure count (attempt limits); anything else that
              * failed is undone so that the token stays unspent. */
             src = inventory_savepoint_end(cm->inv, rc == MQPKI_OK || rc == MQPKI_ERR_AUTH);
@@ -82,7 +82,7 @@ static void commit_batch(struct enrollment_committer *cm, struct job *batch)
 
 static void *run(void *arg)
 {
-    struct enrollment_committer *cm = arg;
+    struct lifecycle_committer *cm = arg;
 
     pthread_mutex_lock(&cm->lock);
     for (;;) {
@@ -117,9 +117,9 @@ static void *run(void *arg)
     return NULL;
 }
 
-int enrollment_committer_start(const char *db_path, struct enrollment_committer **out)
+int lifecycle_committer_start(const char *db_path, struct lifecycle_committer **out)
 {
-    struct enrollment_committer *cm;
+    struct lifecycle_committer *cm;
     int rc;
 
     *out = NULL;
@@ -145,7 +145,7 @@ out:
     return rc;
 }
 
-void enrollment_committer_stop(struct enrollment_committer *cm)
+void lifecycle_committer_stop(struct lifecycle_committer *cm)
 {
     if (cm == NULL)
         return;
@@ -161,8 +161,8 @@ void enrollment_committer_stop(struct enrollment_committer *cm)
     free(cm);
 }
 
-int enrollment_committer_record(struct enrollment_committer *cm, const struct inventory_cert *rec,
-                                const struct enrollment_auth *auth)
+int lifecycle_committer_record(struct lifecycle_committer *cm, const struct inventory_cert *rec,
+                                const struct lifecycle_auth *auth)
 {
     struct job j;
 

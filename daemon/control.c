@@ -1,0 +1,198 @@
+/*
+ * control: mqpkid's end of the local control socket (datadir.h, run/mqpkid.sock). One thread
+ * answers one request at a time: ping, publish (the publisher runs a cycle at once and reports)
+ * and sign (a C_Sign with the CA key this daemon alone holds). Only peers of the daemon's own
+ * user, or root, are answered; every request is size-capped and time-boxed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common.h"
+#include "daemon.h"
+#include "datadir.h"
+#include "feed.h"
+#include "lifecycle.h"
+
+#define REQUEST_MS 5000 /* a peer has this long to send its request */
+#define REPLY_MS   5000
+
+struct control {
+    struct daemon_ctx *ctx;
+    int fd;
+    int wake[2];
+    pthread_t thread;
+    int started;
+};
+
+/* Sends status + payload as one frame. */
+static void reply(int fd, int status, const void *payload, size_t len)
+{
+    unsigned char *body = malloc(len + 1);
+
+    if (body == NULL)
+        return;
+    body[0] = (unsigned char)status;
+    if (len > 0)
+        memcpy(body + 1, payload, len);
+    if (datadir_control_send(fd, body, len + 1, REPLY_MS) != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_DEBUG, "control: %s", mqpki_err_detail(MQPKI_ERR_IO));
+    free(body);
+}
+
+static void reply_error(int fd, int rc, const char *detail)
+{
+    reply(fd, rc, detail, strlen(detail));
+}
+
+static void on_publish(struct control *c, int fd, const unsigned char *req, size_t len)
+{
+    struct lifecycle_publication pub;
+    char error[256], *text = NULL;
+    json_t *v = NULL;
+    int rc, total = 0, linked = 0;
+
+    rc = publisher_run(c->ctx->publisher, len > 1 && (req[1] & 1), &pub, error, sizeof(error));
+    if (rc != MQPKI_OK) {
+        reply_error(fd, rc, error[0] != '\0' ? error : mqpki_strerror(rc));
+        return;
+    }
+    feed_links(c->ctx->feed, &total, &linked);
+    v = json_pack("{s:i, s:I, s:I, s:i, s:i}", "signed", pub.signed_count, "full",
+                  (json_int_t)pub.full_number, "delta", (json_int_t)pub.delta_number, "brokers",
+                  total, "linked", linked);
+    if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
+        reply_error(fd, MQPKI_ERR_NOMEM, "out of memory");
+    else
+        reply(fd, MQPKI_OK, text, strlen(text));
+    free(text);
+    json_decref(v);
+}
+
+static void on_sign(struct control *c, int fd, const unsigned char *req, size_t len)
+{
+    unsigned char sig[1024];
+    size_t sig_len = sizeof(sig);
+    char label[129];
+    unsigned long mech;
+    size_t n;
+    int rc;
+
+    /* op, label length, label, 4-byte mechanism, input */
+    if (len < 2 || (n = req[1]) == 0 || n >= sizeof(label) || len < 2 + n + 4 + 1) {
+        reply_error(fd, MQPKI_ERR_PARSE, "malformed sign request");
+        return;
+    }
+    memcpy(label, req + 2, n);
+    label[n] = '\0';
+    mech = (unsigned long)req[2 + n] << 24 | (unsigned long)req[3 + n] << 16 |
+           (unsigned long)req[4 + n] << 8 | req[5 + n];
+    rc = datadir_key_sign(c->ctx->dd, label, mech, req + 6 + n, len - 6 - n, sig, &sig_len);
+    if (rc != MQPKI_OK)
+        reply_error(fd, rc, mqpki_err_detail(rc));
+    else
+        reply(fd, MQPKI_OK, sig, sig_len);
+}
+
+static void serve(struct control *c, int fd)
+{
+    unsigned char *req = NULL;
+    size_t len = 0;
+    char pid[32];
+
+    if (!datadir_control_peer_ok(fd)) {
+        mqpki_log(MQPKI_LOG_WARN, "control: a process of another user was refused");
+        reply_error(fd, MQPKI_ERR_AUTH, "not mqpkid's user");
+        return;
+    }
+    if (datadir_control_recv(fd, &req, &len, REQUEST_MS) != MQPKI_OK)
+        return;
+    switch (req[0]) {
+    case DATADIR_CTL_PING:
+        snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+        reply(fd, MQPKI_OK, pid, strlen(pid));
+        break;
+    case DATADIR_CTL_PUBLISH: on_publish(c, fd, req, len); break;
+    case DATADIR_CTL_SIGN: on_sign(c, fd, req, len); break;
+    default: reply_error(fd, MQPKI_ERR_INVALID, "unknown request"); break;
+    }
+    free(req);
+}
+
+static void *run(void *arg)
+{
+    struct control *c = arg;
+
+    for (;;) {
+        struct pollfd pfd[2] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
+        int fd;
+
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            mqpki_log(MQPKI_LOG_ERROR, "control: poll: %s", strerror(errno));
+            break;
+        }
+        if (pfd[1].revents != 0)
+            break;
+        if ((fd = accept4(c->fd, NULL, NULL, SOCK_CLOEXEC)) < 0)
+            continue;
+        serve(c, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+int control_start(struct daemon_ctx *ctx, struct control **out)
+{
+    struct control *c;
+    int rc;
+
+    *out = NULL;
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return MQPKI_ERR_NOMEM;
+    c->ctx = ctx;
+    c->fd = c->wake[0] = c->wake[1] = -1;
+    if ((rc = datadir_control_listen(datadir_home(ctx->dd), &c->fd)) != MQPKI_OK)
+        goto out;
+    if (pipe2(c->wake, O_CLOEXEC) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "control: pipe: %s", strerror(errno));
+        goto out;
+    }
+    if (pthread_create(&c->thread, NULL, run, c) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "control: cannot start a thread");
+        goto out;
+    }
+    c->started = 1;
+    *out = c;
+    c = NULL;
+out:
+    control_stop(c);
+    return rc;
+}
+
+void control_stop(struct control *c)
+{
+    if (c == NULL)
+        return;
+    if (c->started) {
+        if (write(c->wake[1], "x", 1) < 0)
+            mqpki_log(MQPKI_LOG_WARN, "control: cannot wake the thread");
+        pthread_join(c->thread, NULL);
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->wake[0] >= 0)
+        close(c->wake[0]);
+    if (c->wake[1] >= 0)
+        close(c->wake[1]);
+    free(c);
+}
