@@ -66,9 +66,10 @@ int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_I
                       const unsigned char key[PROTO_SERIAL_KEY_LEN]);
 
 /*
- * acl: who may do what. The service identity may publish, subscribe and read under mqpki/v1/
- * only; every other identity ID may publish and subscribe under fleet/ID/#, subscribe to and
- * read mqpki/v1/assets/ID/cmd, and what the ACL file grants, but never publish under mqpki/v1/.
+ * acl: who may do what. The service identity may publish, subscribe and read on the control
+ * plane (PROTO_TOPIC_ROOT) only; every other identity ID may publish and subscribe under
+ * fleet/ID/#, subscribe to and read its own command topic (proto_topic_asset_cmd), and what the
+ * ACL file grants, but never publish on the control plane.
  */
 enum acl_access { ACL_READ = 1, ACL_WRITE = 2, ACL_SUBSCRIBE = 4, ACL_UNSUBSCRIBE = 8 };
 

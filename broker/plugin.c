@@ -115,7 +115,7 @@ static int client_put(struct plugin *pl, struct client *c)
     return 0;
 }
 
-/* Publishes one security event as JSON on mqpki/v1/events/BROKER (QoS 1, not retained). */
+/* Publishes one security event as JSON on PROTO_TOPIC_EVENTS + BROKER (QoS 1, not retained). */
 static void emit(struct plugin *pl, const char *type, const char *asset, const char *client_id,
                  const char *address, const char *serial, const char *reason)
 {
@@ -421,7 +421,7 @@ static int on_message(int event, void *event_data, void *userdata)
         /* The ACL check denies this before; never trust a topic for authenticity anyway. */
         mosquitto_log_printf(MOSQ_LOG_WARNING,
                              "mqpki: publish on %.200s by %s ignored: only the "
-                             "service identity publishes under mqpki/v1/",
+                             "service identity publishes under " PROTO_TOPIC_ROOT,
                              ed->topic, user ? user : "an unnamed client");
         rc = MOSQ_ERR_ACL_DENIED;
         goto out;

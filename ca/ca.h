@@ -118,7 +118,7 @@ int ca_serial_new(char out[PROTO_SERIAL_HEX_MAX + 1]);
 
 struct ca_issue_opts {
     enum ca_profile profile;
-    const char *asset_id;   /* CN and SAN URI urn:mqpki:asset:ID (device), CN (broker/service) */
+    const char *asset_id;   /* CN, and the SAN URI PROTO_ASSET_URN + ID */
     const char *const *dns; /* SAN dNSName entries (broker, service) */
     size_t n_dns;
     const char *const *ips; /* SAN iPAddress entries, textual v4/v6 (broker, service) */

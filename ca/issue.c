@@ -144,11 +144,11 @@ out:
     return rc;
 }
 
-/* subjectAltName: URI urn:mqpki:asset:ID, then the DNS and IP entries of opts. */
+/* subjectAltName: the asset URI (PROTO_ASSET_URN + ID), then the DNS and IP entries of opts. */
 static int build_san(const struct ca_issue_opts *opts, GENERAL_NAMES **out)
 {
     GENERAL_NAMES *names = GENERAL_NAMES_new();
-    char uri[sizeof("urn:mqpki:asset:") + PROTO_ASSET_ID_MAX];
+    char uri[sizeof(PROTO_ASSET_URN) + PROTO_ASSET_ID_MAX];
     unsigned char ip[16];
     size_t i;
     int rc = MQPKI_OK;
@@ -158,7 +158,7 @@ static int build_san(const struct ca_issue_opts *opts, GENERAL_NAMES **out)
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    snprintf(uri, sizeof(uri), "urn:mqpki:asset:%s", opts->asset_id);
+    snprintf(uri, sizeof(uri), "%s%s", PROTO_ASSET_URN, opts->asset_id);
     if ((rc = push_name(names, GEN_URI, uri, strlen(uri))) != MQPKI_OK)
         goto out;
     for (i = 0; i < opts->n_dns; i++) {

@@ -4,7 +4,7 @@
  * reconnecting with backoff. CRLs come from the store's outbox: the publisher offers each CRL
  * as soon as it is signed (the revocation latency path), and a link that (re)connects gets the
  * newest full and delta CRL read from the store. A link never sends a lower CRL number after a
- * higher one. The brokers' security events come back on mqpki/v1/events/+ and update the
+ * higher one. The brokers' security events come back on PROTO_TOPIC_EVENTS_ALL and update the
  * inventory (last seen, address, broker, the CRL numbers each broker holds).
  */
 #include "feed.h"

@@ -1,9 +1,10 @@
 /*
  * feed: mqpkid's CRL feed (DESIGN.md 6). Connects to every registered bundled broker with
  * mqpkid's own service identity (tls/mqpkid.pem + tls/mqpkid.key, mTLS, libmosquitto),
- * publishes CRLs retained with QoS 1 on mqpki/v1/crl/full and mqpki/v1/crl/delta as the
+ * publishes CRLs retained with QoS 1 on PROTO_TOPIC_CRL_FULL and PROTO_TOPIC_CRL_DELTA as the
  * publisher offers them from the store's outbox (and the newest ones to a broker that
- * connects), and consumes the brokers' security events (mqpki/v1/events/+) into the inventory.
+ * connects), and consumes the brokers' security events (PROTO_TOPIC_EVENTS_ALL) into the
+ * inventory.
  */
 #ifndef MQPKI_FEED_H
 #define MQPKI_FEED_H
