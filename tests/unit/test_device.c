@@ -16,7 +16,9 @@
 #include <openssl/x509.h>
 
 #include "device_int.h"
-#include "hsm.h"
+#include "p11.h"
+
+#define SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
 #include <cmocka.h>
 
@@ -112,18 +114,32 @@ static void test_file_store(void **state)
     EVP_PKEY_free(gen);
 }
 
+/* A private SoftHSM configuration (tokens in tmpdir/tokens) with one token, as a device has. */
+static void softhsm_token(const char *label, const char *pin)
+{
+    struct p11_config cfg = {.module = SOFTHSM_MODULE, .token_label = label, .pin = pin};
+    char conf[400], text[700];
+
+    snprintf(conf, sizeof(conf), "%s/tokens", tmpdir);
+    assert_int_equal(mkdir(conf, 0700), 0);
+    snprintf(text, sizeof(text), "directories.tokendir = %s/tokens\nobjectstore.backend = file\n",
+             tmpdir);
+    write_text("softhsm2.conf", text);
+    snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tmpdir);
+    assert_int_equal(setenv("SOFTHSM2_CONF", conf, 1), 0);
+    assert_int_equal(p11_token_init(&cfg, "so-pin-1"), MQPKI_OK);
+}
+
 static void test_pkcs11_store(void **state)
 {
-    struct dev_store_args args = {
-        .param = HSM_SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
+    struct dev_store_args args = {.param = SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
     EVP_PKEY *gen = NULL, *back = NULL;
     unsigned char sig[128];
     size_t siglen = sizeof(sig);
     EVP_MD_CTX *md;
     void *st = NULL;
 
-    assert_int_equal(hsm_softhsm_prepare(tmpdir), MQPKI_OK);
-    assert_int_equal(hsm_token_init(HSM_SOFTHSM_MODULE, "devtest", "so-pin-1", "1234"), MQPKI_OK);
+    softhsm_token("devtest", "1234");
     /* No PIN at all: locked. */
     assert_int_equal(dev_store_pkcs11.open(tmpdir, &args, &st), MQPKI_DEVICE_ERR_STORE_LOCKED);
     setenv("MQPKI_DEVICE_PIN", "9999", 1);
@@ -144,6 +160,15 @@ static void test_pkcs11_store(void **state)
     assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, gen), 1);
     assert_int_equal(EVP_DigestVerify(md, sig, siglen, (const unsigned char *)"hi", 2), 1);
     EVP_MD_CTX_free(md);
+    EVP_PKEY_free(gen);
+    EVP_PKEY_free(back);
+    back = NULL;
+    /* A superseded key is really destroyed; a second generation under one name replaces. */
+    dev_store_pkcs11.remove(st, "1");
+    assert_int_equal(dev_store_pkcs11.load(st, "1", &back), MQPKI_DEVICE_ERR_KEY_MISSING);
+    assert_int_equal(dev_store_pkcs11.generate(st, "2", &gen), MQPKI_DEVICE_OK);
+    assert_int_equal(dev_store_pkcs11.generate(st, "2", &back), MQPKI_DEVICE_OK);
+    assert_int_equal(EVP_PKEY_eq(gen, back), 0);
     EVP_PKEY_free(gen);
     EVP_PKEY_free(back);
     dev_store_pkcs11.close(st);
