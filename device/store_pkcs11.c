@@ -5,6 +5,11 @@
  * the generic PKCS#11 key bridge the CA uses too, and a second one here would only be a second
  * place for bugs. p11/ logs through the device logger we hand it, never through a global one.
  *
+ * When the module is SoftHSM2 (a test vehicle, or a device without a secure element), its token
+ * directory (from SOFTHSM2_CONF, else /etc/softhsm/softhsm2.conf) is guarded by p11/'s file-store
+ * guard with good copies in DIR/softhsm.good, so that a crash during a login or a key generation
+ * cannot leave the token unusable.
+ *
  * Token label: MQPKI_DEVICE_TOKEN_LABEL at enrollment (default "device"), then device.json.
  * PIN: MQPKI_DEVICE_PIN, else DIR/pin (0600). Neither is ever logged or put in argv.
  */
@@ -17,7 +22,8 @@
 #include "p11.h"
 #include "proto.h"
 
-#define PIN_ENV "MQPKI_DEVICE_PIN"
+#define PIN_ENV  "MQPKI_DEVICE_PIN"
+#define GOOD_DIR "softhsm.good"
 
 struct p11_store {
     struct p11_token *tok;
@@ -41,7 +47,7 @@ static int p11_store_open(const char *dir, const struct dev_store_args *args, vo
 {
     struct p11_store *ps = calloc(1, sizeof(*ps));
     struct p11_config cfg = {0};
-    char pin[P11_PIN_MAX], path[DEV_PATH_MAX];
+    char pin[P11_PIN_MAX], path[DEV_PATH_MAX], tokendir[DEV_PATH_MAX], good[DEV_PATH_MAX];
     int rc = MQPKI_DEVICE_OK, hrc;
 
     *state = NULL;
@@ -55,7 +61,8 @@ static int p11_store_open(const char *dir, const struct dev_store_args *args, vo
         goto out;
     }
     strcpy(ps->asset, args->asset);
-    if (mqpki_path(path, sizeof(path), "%s/pin", dir) != MQPKI_OK) {
+    if (mqpki_path(path, sizeof(path), "%s/pin", dir) != MQPKI_OK ||
+        mqpki_path(good, sizeof(good), "%s/%s", dir, GOOD_DIR) != MQPKI_OK) {
         rc = dev_fail(MQPKI_DEVICE_ERR_INVALID, "%s: path too long", dir);
         goto out;
     }
@@ -66,6 +73,16 @@ static int p11_store_open(const char *dir, const struct dev_store_args *args, vo
     cfg.token_label = args->token_label;
     cfg.pin = pin;
     cfg.log_fn = store_log;
+    if (p11_softhsm_module(args->param)) {
+        /* Without a readable configuration SoftHSM itself will say what is wrong. */
+        if (p11_softhsm_tokendir(NULL, tokendir, sizeof(tokendir)) == MQPKI_OK) {
+            cfg.softhsm_tokendir = tokendir;
+            cfg.softhsm_gooddir = good;
+        } else {
+            dev_log(DEV_LOG_WARN, "SoftHSM token directory unknown, not guarded: %s",
+                    mqpki_err_detail(MQPKI_ERR_NOT_FOUND));
+        }
+    }
     hrc = p11_open(&cfg, &ps->tok);
     if (hrc == MQPKI_ERR_AUTH) {
         rc = dev_fail(MQPKI_DEVICE_ERR_STORE_LOCKED, "token '%s': PIN refused (%s or %s)",

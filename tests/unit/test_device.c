@@ -2,6 +2,7 @@
  * Unit tests of libmqpki-device: key stores (file, pkcs11 on a throw-away SoftHSM token),
  * PKCS#7 certs-only decoding, fingerprint pins, renewal schedule and retry backoff.
  */
+#include <glob.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,6 +131,27 @@ static void softhsm_token(const char *label, const char *pin)
     assert_int_equal(p11_token_init(&cfg, "so-pin-1"), MQPKI_OK);
 }
 
+/* The token.object of the only token under tmpdir/tokens. */
+static void token_object(char *out, size_t size)
+{
+    char pattern[400];
+    glob_t g;
+
+    snprintf(pattern, sizeof(pattern), "%s/tokens/*/token.object", tmpdir);
+    assert_int_equal(glob(pattern, 0, NULL, &g), 0);
+    assert_int_equal(g.gl_pathc, 1);
+    snprintf(out, size, "%s", g.gl_pathv[0]);
+    globfree(&g);
+}
+
+static int logged_restore;
+
+static void capture_log(int level, const char *msg, void *ctx)
+{
+    if (strstr(msg, "restored from") != NULL)
+        logged_restore++;
+}
+
 static void test_pkcs11_store(void **state)
 {
     struct dev_store_args args = {.param = SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
@@ -163,6 +185,8 @@ static void test_pkcs11_store(void **state)
     EVP_PKEY_free(gen);
     EVP_PKEY_free(back);
     back = NULL;
+    /* SoftHSM is guarded: good copies beside the device files, private. */
+    assert_int_equal(file_mode("softhsm.good"), 0700);
     /* A superseded key is really destroyed; a second generation under one name replaces. */
     dev_store_pkcs11.remove(st, "1");
     assert_int_equal(dev_store_pkcs11.load(st, "1", &back), MQPKI_DEVICE_ERR_KEY_MISSING);
@@ -170,6 +194,26 @@ static void test_pkcs11_store(void **state)
     assert_int_equal(dev_store_pkcs11.generate(st, "2", &back), MQPKI_DEVICE_OK);
     assert_int_equal(EVP_PKEY_eq(gen, back), 0);
     EVP_PKEY_free(gen);
+    EVP_PKEY_free(back);
+    back = NULL;
+    dev_store_pkcs11.close(st);
+    st = NULL;
+
+    /* token.object emptied by a crash: the next open restores it and says so in our log. */
+    {
+        char path[400];
+        FILE *f;
+
+        token_object(path, sizeof(path));
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    mqpki_device_set_logger(capture_log, NULL, DEV_LOG_DEBUG);
+    assert_int_equal(dev_store_pkcs11.open(tmpdir, &args, &st), MQPKI_DEVICE_OK);
+    mqpki_device_set_logger(NULL, NULL, DEV_LOG_INFO);
+    assert_int_equal(logged_restore, 1);
+    assert_int_equal(dev_store_pkcs11.load(st, "2", &back), MQPKI_DEVICE_OK);
     EVP_PKEY_free(back);
     dev_store_pkcs11.close(st);
     unsetenv("MQPKI_DEVICE_PIN");
