@@ -59,6 +59,7 @@ int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct 
             return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
         if ((rc = hsm_softhsm_prepare(dir)) != MQPKI_OK)
             return rc;
+        hc.softhsm_dir = dir; /* guarded: good copies in hsm/tokens.good */
     }
     rc = hsm_pin_read(cfg->pin_file, pin);
     if (rc == MQPKI_ERR_NOT_FOUND)

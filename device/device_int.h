@@ -28,11 +28,9 @@
 /* Errors and logging (device/error.c). */
 int dev_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void dev_clear_error(void);
-/* Routes common/ and hsm/ log lines to the device logger (silent unless one is installed). */
-void dev_log_init(void);
 void dev_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 enum { DEV_LOG_ERROR, DEV_LOG_WARN, DEV_LOG_INFO, DEV_LOG_DEBUG };
-/* Maps a common.h error (from hsm/ or common/) to ours, keeping its detail. */
+/* Maps a common.h error (from p11/ or common/) to ours, keeping its detail. */
 int dev_from_common(int common_rc, int fallback);
 
 /*

@@ -1,4 +1,8 @@
-/* device/error.c: error texts, the per-thread error detail and the optional logger. */
+/*
+ * device/error.c: error texts, the per-thread error detail and the optional logger. The library
+ * logs only through the logger its user installs; it never touches common's process-wide logger
+ * (the program linking us may use it for itself). p11/ gets our logger per handle.
+ */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -74,19 +78,6 @@ int dev_from_common(int common_rc, int fallback)
     return rc;
 }
 
-/* hsm/ and common/ log through mqpki_log; route them to the device logger too. */
-static void common_log(enum mqpki_log_level level, const char *msg, void *ctx)
-{
-    dev_log((int)level, "%s", msg);
-}
-
-void dev_log_init(void)
-{
-    /* common/'s default handler prints to stderr; a library must not. */
-    mqpki_log_set_handler(common_log, NULL);
-    mqpki_log_set_level(MQPKI_LOG_DEBUG);
-}
-
 MQPKI_DEVICE_EXPORT void mqpki_device_set_logger(mqpki_device_log_fn fn, void *ctx, int max_level)
 {
     pthread_mutex_lock(&log_lock);
@@ -94,8 +85,6 @@ MQPKI_DEVICE_EXPORT void mqpki_device_set_logger(mqpki_device_log_fn fn, void *c
     log_ctx = ctx;
     log_max = max_level;
     pthread_mutex_unlock(&log_lock);
-    mqpki_log_set_handler(common_log, NULL);
-    mqpki_log_set_level(MQPKI_LOG_DEBUG);
 }
 
 void dev_log(int level, const char *fmt, ...)

@@ -402,7 +402,6 @@ MQPKI_DEVICE_EXPORT int mqpki_device_open(const char *dir, struct mqpki_device *
     int rc = MQPKI_DEVICE_OK;
 
     dev_clear_error();
-    dev_log_init();
     if (out == NULL || dir == NULL || dir[0] == '\0') {
         rc = dev_fail(MQPKI_DEVICE_ERR_INVALID, "no device directory");
         goto out;

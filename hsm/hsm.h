@@ -3,7 +3,8 @@
  * and opens the token (through p11/, the generic PKCS#11 layer: module, login, session pool,
  * keys) to generate key pairs inside it (private key CKA_SENSITIVE, non-extractable) and hand
  * out EVP_PKEYs whose private operations (signing) run inside the token, so that OpenSSL's
- * X509_sign / X509_CRL_sign work unchanged. No private key material ever leaves it.
+ * X509_sign / X509_CRL_sign work unchanged. No private key material ever leaves it. The embedded
+ * token is guarded against SoftHSM's in-place rewrites (p11.h, docs/internals/p11.md).
  *
  * The PIN is a secret: it never appears in argv, logs or error details; callers wipe their
  * copies with OPENSSL_cleanse.
@@ -28,12 +29,19 @@ struct hsm_config {
     const char *module;      /* path of the PKCS#11 module */
     const char *token_label; /* label of the token to use */
     const char *pin;         /* user PIN; hsm_open does not keep the pointer */
+    /*
+     * The DIR given to hsm_softhsm_prepare when the token is that embedded SoftHSM token: its
+     * files (DIR/tokens) are then checked and repaired before use and their last-known-good
+     * copies kept in DIR/tokens.good. NULL for any other module.
+     */
+    const char *softhsm_dir;
 };
 
 /*
  * Embedded default: makes DIR/softhsm2.conf (token directory DIR/tokens, 0700) unless it exists,
  * and points SOFTHSM2_CONF at it for this process. Call before hsm_open/hsm_token_init; a new
- * value takes effect only once every handle on the module is closed.
+ * value takes effect only once every handle on the module is closed. hsm_open with
+ * softhsm_dir = DIR keeps the guard's good copies in DIR/tokens.good.
  */
 int hsm_softhsm_prepare(const char *dir);
 
@@ -45,7 +53,9 @@ int hsm_token_init(const char *module, const char *label, const char *so_pin, co
 
 /*
  * Loads the module, finds the token by label and logs in as user. Errors: MQPKI_ERR_NOT_FOUND
- * (no such module or token), MQPKI_ERR_AUTH (wrong PIN, never echoed), MQPKI_ERR_HSM.
+ * (no such module or token), MQPKI_ERR_AUTH (wrong PIN, never echoed), MQPKI_ERR_HSM. With
+ * cfg->softhsm_dir set, damaged token files are restored from their good copies first, and the
+ * good copies are refreshed after the login and after every key generation.
  */
 int hsm_open(const struct hsm_config *cfg, struct hsm **out);
 

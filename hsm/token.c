@@ -1,6 +1,6 @@
 /*
- * hsm/token.c: the CA's token on top of p11/: the embedded SoftHSM2 set-up of a data directory,
- * token initialization, open/close, and the CA's key types. The generic PKCS#11
+ * hsm/token.c: the CA's token on top of p11/: the embedded SoftHSM2 set-up of a data directory
+ * and its guard, token initialization, open/close, and the CA's key types. The generic PKCS#11
  * work (module, login, session pool, keys, the EVP_PKEY bridge) is p11/'s.
  */
 #include <errno.h>
@@ -13,13 +13,15 @@
 #include "common.h"
 #include "hsm_int.h"
 
-/* Below hsm_softhsm_prepare's DIR: the token directory. */
+/* Below hsm_softhsm_prepare's DIR: the token directory and the guard's good copies. */
 #define SOFTHSM_TOKENS "tokens"
+#define SOFTHSM_GOOD   "tokens.good"
 
 int hsm_open(const struct hsm_config *cfg, struct hsm **out)
 {
     struct p11_config pc;
     struct hsm *hsm = NULL;
+    char tokens[PATH_MAX], good[PATH_MAX];
     int rc;
 
     if (out != NULL)
@@ -32,6 +34,16 @@ int hsm_open(const struct hsm_config *cfg, struct hsm **out)
     pc.module = cfg->module;
     pc.token_label = cfg->token_label;
     pc.pin = cfg->pin;
+    if (cfg->softhsm_dir != NULL) {
+        if (mqpki_path(tokens, sizeof(tokens), "%s/%s", cfg->softhsm_dir, SOFTHSM_TOKENS) !=
+                MQPKI_OK ||
+            mqpki_path(good, sizeof(good), "%s/%s", cfg->softhsm_dir, SOFTHSM_GOOD) != MQPKI_OK) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", cfg->softhsm_dir);
+            goto out;
+        }
+        pc.softhsm_tokendir = tokens;
+        pc.softhsm_gooddir = good;
+    }
     hsm = calloc(1, sizeof(*hsm));
     if (hsm == NULL) {
         rc = mqpki_fail(MQPKI_ERR_NOMEM, "hsm_open: out of memory");

@@ -465,6 +465,8 @@ int p11_key_generate(struct p11_token *tok, const char *label, enum p11_key_type
         goto out;
     }
     P11_LOG(tok, MQPKI_LOG_INFO, "HSM key '%s' generated in token '%s'", label, tok->label);
+    /* A key that exists only in a file SoftHSM never fsyncs is one crash away from lost. */
+    p11_guard_save(tok, "key generation");
 out:
     if (s != CK_INVALID_HANDLE)
         p11_session_give(tok, s);
@@ -518,6 +520,7 @@ int p11_key_destroy(struct p11_token *tok, const char *label)
     if (total > 0) {
         P11_LOG(tok, MQPKI_LOG_INFO, "HSM key '%s': %lu object(s) destroyed in token '%s'", label,
                 total, tok->label);
+        p11_guard_save(tok, "key destruction");
     }
 out:
     if (s != CK_INVALID_HANDLE)

@@ -1,6 +1,6 @@
 /*
  * p11/module.c: loading PKCS#11 modules, finding tokens by label, logging in, initializing
- * tokens, and the thread-safe session pool.
+ * tokens, the thread-safe session pool, and the SoftHSM guard's hooks around them.
  *
  * A module is loaded once per path for the whole process and reference counted: PKCS#11 allows
  * one C_Initialize per process, so two handles (or p11_token_init followed by p11_open) must
@@ -115,6 +115,19 @@ void p11_logf(p11_log_fn fn, void *ctx, int level, const char *fmt, ...)
         mqpki_log((enum mqpki_log_level)level, "%s", msg);
 }
 
+static int guarded(const struct p11_config *cfg)
+{
+    return cfg->softhsm_tokendir != NULL && cfg->softhsm_gooddir != NULL;
+}
+
+static void guard_of(const struct p11_config *cfg, struct p11_softhsm_guard *g)
+{
+    g->tokendir = cfg->softhsm_tokendir;
+    g->gooddir = cfg->softhsm_gooddir;
+    g->log_fn = cfg->log_fn;
+    g->log_ctx = cfg->log_ctx;
+}
+
 static void module_free(struct p11_module *m)
 {
     if (m == NULL)
@@ -125,10 +138,15 @@ static void module_free(struct p11_module *m)
     free(m);
 }
 
-/* Loads (or shares) cfg->module and makes sure it is initialized. */
+/*
+ * Loads (or shares) cfg->module and makes sure it is initialized. The process's first user of a
+ * module runs the SoftHSM guard's check first: SoftHSM reads its token files in C_Initialize, and
+ * once it has found one damaged it does not look again until it is initialized anew.
+ */
 static int module_acquire(const struct p11_config *cfg, struct p11_module **out)
 {
     const char *path = cfg->module;
+    struct p11_softhsm_guard g;
     struct p11_module *m;
     CK_C_GetFunctionList get_list;
     CK_C_INITIALIZE_ARGS args;
@@ -167,6 +185,13 @@ static int module_acquire(const struct p11_config *cfg, struct p11_module **out)
         }
     }
     if (m->refs == 0) {
+        if (guarded(cfg)) {
+            /* A failed check is logged; C_Initialize below tells whether the token survived. */
+            guard_of(cfg, &g);
+            if (p11_softhsm_check(&g, NULL) != MQPKI_OK)
+                p11_logf(cfg->log_fn, cfg->log_ctx, MQPKI_LOG_WARN, "SoftHSM guard: %s",
+                         mqpki_err_detail(MQPKI_ERR_IO));
+        }
         /* The module may be called from many threads; let it use the OS's own locks. */
         memset(&args, 0, sizeof(args));
         args.flags = CKF_OS_LOCKING_OK;
@@ -215,6 +240,17 @@ static void module_release(struct p11_module *m)
         module_free(m);
     }
     pthread_mutex_unlock(&modules_lock);
+}
+
+/* 1 when the caller holds the only reference to m (so releasing it finalizes the module). */
+static int module_sole(struct p11_module *m)
+{
+    int sole;
+
+    pthread_mutex_lock(&modules_lock);
+    sole = m->refs == 1 && m->finalize;
+    pthread_mutex_unlock(&modules_lock);
+    return sole;
 }
 
 /* Blank-pads label into the 32-byte form PKCS#11 uses for token labels. */
@@ -284,6 +320,39 @@ static int token_find(struct p11_module *m, const char *label, CK_SLOT_ID *slot,
                         label);
 out:
     free(slots);
+    return rc;
+}
+
+/*
+ * The guard's fallback, once: the module cannot be initialized (*m NULL) or does not show the
+ * token (*m held by us alone). Restores the good copies (of the token labelled label, or of every
+ * token) and, when that changed anything, loads the module afresh and looks again. Without a good
+ * copy to restore, the original error (rc, its detail) stands.
+ */
+static int guard_fallback(const struct p11_config *cfg, int rc, struct p11_module **m,
+                          CK_SLOT_ID *slot)
+{
+    struct p11_softhsm_guard g;
+    char detail[512];
+    unsigned restored = 0;
+
+    if (!guarded(cfg) || (*m != NULL && !module_sole(*m)))
+        return rc;
+    snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+    guard_of(cfg, &g);
+    if (p11_softhsm_restore(&g, *m != NULL ? cfg->token_label : NULL, &restored) != MQPKI_OK ||
+        restored == 0) {
+        mqpki_err_clear();
+        return mqpki_fail(rc, "%s", detail);
+    }
+    p11_logf(cfg->log_fn, cfg->log_ctx, MQPKI_LOG_WARN,
+             "SoftHSM guard: %s; restored %u file(s) from %s and retrying", detail, restored,
+             cfg->softhsm_gooddir);
+    module_release(*m);
+    *m = NULL;
+    rc = module_acquire(cfg, m);
+    if (rc == MQPKI_OK && slot != NULL)
+        rc = token_find(*m, cfg->token_label, slot, NULL);
     return rc;
 }
 
@@ -435,6 +504,23 @@ void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s)
     pthread_mutex_unlock(&tok->lock);
 }
 
+void p11_guard_save(struct p11_token *tok, const char *why)
+{
+    struct p11_softhsm_guard g = {tok->guard_tokendir, tok->guard_gooddir, tok->log_fn,
+                                  tok->log_ctx};
+    unsigned saved = 0;
+
+    if (tok->guard_tokendir == NULL)
+        return;
+    /* The token works either way; a good copy that could not be refreshed is worth a warning. */
+    if (p11_softhsm_save(&g, &saved) != MQPKI_OK)
+        P11_LOG(tok, MQPKI_LOG_WARN, "SoftHSM guard: good copy not refreshed after %s: %s", why,
+                mqpki_err_detail(MQPKI_ERR_IO));
+    else if (saved > 0)
+        P11_LOG(tok, MQPKI_LOG_DEBUG, "SoftHSM guard: %u file(s) saved to %s after %s", saved,
+                tok->guard_gooddir, why);
+}
+
 /* Checks the strings of cfg; label_needed for p11_open and p11_token_init alike. */
 static int config_check(const struct p11_config *cfg, const char *what)
 {
@@ -449,6 +535,8 @@ static int config_check(const struct p11_config *cfg, const char *what)
     if (strlen(cfg->token_label) > LABEL_LEN)
         return mqpki_fail(MQPKI_ERR_INVALID, "token label '%s': longer than %d bytes",
                           cfg->token_label, LABEL_LEN);
+    if ((cfg->softhsm_tokendir == NULL) != (cfg->softhsm_gooddir == NULL))
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: SoftHSM guard needs both directories", what);
     return MQPKI_OK;
 }
 
@@ -476,11 +564,23 @@ int p11_open(const struct p11_config *cfg, struct p11_token **out)
     strcpy(tok->label, cfg->token_label);
     tok->log_fn = cfg->log_fn;
     tok->log_ctx = cfg->log_ctx;
+    if (guarded(cfg) && ((tok->guard_tokendir = strdup(cfg->softhsm_tokendir)) == NULL ||
+                         (tok->guard_gooddir = strdup(cfg->softhsm_gooddir)) == NULL)) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "p11_open: out of memory");
+        goto out;
+    }
     rc = module_acquire(cfg, &tok->mod);
+    if (rc == MQPKI_ERR_HSM)
+        rc = guard_fallback(cfg, rc, &tok->mod, NULL);
     if (rc != MQPKI_OK)
         goto out;
     tok->p11 = tok->mod->p11;
     rc = token_find(tok->mod, cfg->token_label, &tok->slot, NULL);
+    if (rc == MQPKI_ERR_NOT_FOUND) {
+        rc = guard_fallback(cfg, rc, &tok->mod, &tok->slot);
+        if (tok->mod != NULL)
+            tok->p11 = tok->mod->p11;
+    }
     if (rc != MQPKI_OK)
         goto out;
     rv = tok->p11->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
@@ -497,6 +597,8 @@ int p11_open(const struct p11_config *cfg, struct p11_token **out)
     tok->next_peer = tok->mod->peers;
     tok->mod->peers = tok;
     pthread_mutex_unlock(&modules_lock);
+    /* SoftHSM has just rewritten token.object: a good moment to know the token works. */
+    p11_guard_save(tok, "login");
     *out = tok;
     tok = NULL;
 out:
@@ -534,6 +636,8 @@ void p11_close(struct p11_token *tok)
         module_release(tok->mod);
     }
     free(tok->free_sessions);
+    free(tok->guard_tokendir);
+    free(tok->guard_gooddir);
     OPENSSL_cleanse(tok->pin, sizeof(tok->pin));
     pthread_mutex_destroy(&tok->lock);
     free(tok);
@@ -606,6 +710,14 @@ out:
         (void)m->p11->C_Logout(s);
     if (s != CK_INVALID_HANDLE)
         (void)m->p11->C_CloseSession(s);
+    if (rc == MQPKI_OK && guarded(cfg)) {
+        struct p11_softhsm_guard g;
+
+        guard_of(cfg, &g);
+        if (p11_softhsm_save(&g, NULL) != MQPKI_OK)
+            p11_logf(cfg->log_fn, cfg->log_ctx, MQPKI_LOG_WARN, "SoftHSM guard: %s",
+                     mqpki_err_detail(MQPKI_ERR_IO));
+    }
     module_release(m);
     return rc;
 }

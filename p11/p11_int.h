@@ -1,6 +1,6 @@
 /*
  * p11 internals shared by module.c (module, login, session pool), key.c (token key pairs and
- * their signer) and bridge.c (the EVP_PKEY signer bridge).
+ * their signer), bridge.c (the EVP_PKEY signer bridge) and softhsm.c (the file-store guard).
  * Not for use outside p11/ (tests excepted).
  */
 #ifndef MQPKI_P11_INT_H
@@ -32,7 +32,8 @@ struct p11_token {
     char pin[P11_PIN_MAX];
     p11_log_fn log_fn;
     void *log_ctx;
-    pthread_mutex_t lock; /* guards everything below */
+    char *guard_tokendir, *guard_gooddir; /* both NULL when unguarded */
+    pthread_mutex_t lock;                 /* guards everything below */
     /*
      * The session that carries the login: PKCS#11 logs the application out when its last
      * session on the token closes, so this one stays open for the life of the handle.
@@ -60,6 +61,9 @@ void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s);
  * knows, and logs in again on a fresh login session if the application was logged out.
  */
 int p11_recover(struct p11_token *tok);
+
+/* Saves the guarded token's files as good copies (no-op when unguarded); failures are logged. */
+void p11_guard_save(struct p11_token *tok, const char *why);
 
 #define P11_KEY_ID_MAX 64
 
@@ -92,6 +96,9 @@ int p11_sign(struct p11_key_ref *key, CK_MECHANISM_TYPE mech, const unsigned cha
 int p11_test_key_flags(struct p11_token *tok, const char *label, int *sensitive, int *extractable,
                        int *value_refused);
 
+/* Test-only: NULL when buf is a structurally valid SoftHSM file named name, else why not. */
+const char *p11_softhsm_damage(const char *name, const unsigned char *buf, size_t len, char *why,
+                               size_t size);
 #endif
 
 #endif

@@ -152,9 +152,8 @@ if command -v mosquitto >/dev/null && mqpki broker init b1 --port "$bport" >"$T/
   check "sensor (pkcs11 store) publishes over mTLS" mqpki-sensor "$D2" "mqtts://localhost:$bport"
 
   # --- the agent killed (SIGKILL) at random points of real renewals ---
-  # File store only: SoftHSM's file object store rewrites its token file in place when a key is
-  # generated, so a SIGKILL at that moment can destroy the test token itself (seen here). A real
-  # device's TPM or secure element does not share that weakness (docs/device.md).
+  # File store here. The pkcs11 store on SoftHSM is killed at each of its token writes, the
+  # moments that used to destroy the test token, in 06-token-crash.sh (docs/device.md).
   for round in $(seq 1 16); do
     mqpki-device --dir "$D1" renew --force >/dev/null 2>&1 &
     victim=$!

@@ -2,6 +2,7 @@
  * Unit tests of libmqpki-device: key stores (file, pkcs11 on a throw-away SoftHSM token),
  * PKCS#7 certs-only decoding, fingerprint pins, renewal schedule and retry backoff.
  */
+#include <glob.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,7 +17,9 @@
 #include <openssl/x509.h>
 
 #include "device_int.h"
-#include "hsm.h"
+#include "p11.h"
+
+#define SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
 #include <cmocka.h>
 
@@ -112,18 +115,53 @@ static void test_file_store(void **state)
     EVP_PKEY_free(gen);
 }
 
+/* A private SoftHSM configuration (tokens in tmpdir/tokens) with one token, as a device has. */
+static void softhsm_token(const char *label, const char *pin)
+{
+    struct p11_config cfg = {.module = SOFTHSM_MODULE, .token_label = label, .pin = pin};
+    char conf[400], text[700];
+
+    snprintf(conf, sizeof(conf), "%s/tokens", tmpdir);
+    assert_int_equal(mkdir(conf, 0700), 0);
+    snprintf(text, sizeof(text), "directories.tokendir = %s/tokens\nobjectstore.backend = file\n",
+             tmpdir);
+    write_text("softhsm2.conf", text);
+    snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tmpdir);
+    assert_int_equal(setenv("SOFTHSM2_CONF", conf, 1), 0);
+    assert_int_equal(p11_token_init(&cfg, "so-pin-1"), MQPKI_OK);
+}
+
+/* The token.object of the only token under tmpdir/tokens. */
+static void token_object(char *out, size_t size)
+{
+    char pattern[400];
+    glob_t g;
+
+    snprintf(pattern, sizeof(pattern), "%s/tokens/*/token.object", tmpdir);
+    assert_int_equal(glob(pattern, 0, NULL, &g), 0);
+    assert_int_equal(g.gl_pathc, 1);
+    snprintf(out, size, "%s", g.gl_pathv[0]);
+    globfree(&g);
+}
+
+static int logged_restore;
+
+static void capture_log(int level, const char *msg, void *ctx)
+{
+    if (strstr(msg, "restored from") != NULL)
+        logged_restore++;
+}
+
 static void test_pkcs11_store(void **state)
 {
-    struct dev_store_args args = {
-        .param = HSM_SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
+    struct dev_store_args args = {.param = SOFTHSM_MODULE, .asset = "a1", .token_label = "devtest"};
     EVP_PKEY *gen = NULL, *back = NULL;
     unsigned char sig[128];
     size_t siglen = sizeof(sig);
     EVP_MD_CTX *md;
     void *st = NULL;
 
-    assert_int_equal(hsm_softhsm_prepare(tmpdir), MQPKI_OK);
-    assert_int_equal(hsm_token_init(HSM_SOFTHSM_MODULE, "devtest", "so-pin-1", "1234"), MQPKI_OK);
+    softhsm_token("devtest", "1234");
     /* No PIN at all: locked. */
     assert_int_equal(dev_store_pkcs11.open(tmpdir, &args, &st), MQPKI_DEVICE_ERR_STORE_LOCKED);
     setenv("MQPKI_DEVICE_PIN", "9999", 1);
@@ -145,6 +183,37 @@ static void test_pkcs11_store(void **state)
     assert_int_equal(EVP_DigestVerify(md, sig, siglen, (const unsigned char *)"hi", 2), 1);
     EVP_MD_CTX_free(md);
     EVP_PKEY_free(gen);
+    EVP_PKEY_free(back);
+    back = NULL;
+    /* SoftHSM is guarded: good copies beside the device files, private. */
+    assert_int_equal(file_mode("softhsm.good"), 0700);
+    /* A superseded key is really destroyed; a second generation under one name replaces. */
+    dev_store_pkcs11.remove(st, "1");
+    assert_int_equal(dev_store_pkcs11.load(st, "1", &back), MQPKI_DEVICE_ERR_KEY_MISSING);
+    assert_int_equal(dev_store_pkcs11.generate(st, "2", &gen), MQPKI_DEVICE_OK);
+    assert_int_equal(dev_store_pkcs11.generate(st, "2", &back), MQPKI_DEVICE_OK);
+    assert_int_equal(EVP_PKEY_eq(gen, back), 0);
+    EVP_PKEY_free(gen);
+    EVP_PKEY_free(back);
+    back = NULL;
+    dev_store_pkcs11.close(st);
+    st = NULL;
+
+    /* token.object emptied by a crash: the next open restores it and says so in our log. */
+    {
+        char path[400];
+        FILE *f;
+
+        token_object(path, sizeof(path));
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    mqpki_device_set_logger(capture_log, NULL, DEV_LOG_DEBUG);
+    assert_int_equal(dev_store_pkcs11.open(tmpdir, &args, &st), MQPKI_DEVICE_OK);
+    mqpki_device_set_logger(NULL, NULL, DEV_LOG_INFO);
+    assert_int_equal(logged_restore, 1);
+    assert_int_equal(dev_store_pkcs11.load(st, "2", &back), MQPKI_DEVICE_OK);
     EVP_PKEY_free(back);
     dev_store_pkcs11.close(st);
     unsetenv("MQPKI_DEVICE_PIN");

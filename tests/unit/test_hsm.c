@@ -1,8 +1,9 @@
 /*
  * Unit tests for hsm/ (the CA token on top of p11/): every test gets its own SoftHSM2 token in a
- * fresh temp directory. p11/ itself (the bridge) is tested in test_p11.c.
+ * fresh temp directory. p11/ itself (bridge, guard) is tested in test_p11.c.
  */
 #include <ftw.h>
+#include <glob.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -473,6 +474,48 @@ static void test_softhsm_prepare(void **state)
     assert_int_equal(hsm_softhsm_prepare(f->dir), MQPKI_OK);
 }
 
+/* softhsm_dir guards the embedded token: good copies in DIR/tokens.good, used after a crash. */
+static void test_softhsm_guard(void **state)
+{
+    struct fixture *f = *state;
+    struct hsm_config cfg = {
+        .module = HSM_SOFTHSM_MODULE, .token_label = TOKEN, .pin = USER_PIN, .softhsm_dir = f->dir};
+    char pattern[256], live[256], good[128];
+    struct stat st;
+    EVP_PKEY *key = NULL;
+    FILE *fp;
+    glob_t g;
+
+    hsm_close(f->hsm);
+    f->hsm = NULL;
+    assert_int_equal(hsm_open(&cfg, &f->hsm), MQPKI_OK);
+    assert_int_equal(hsm_key_generate(f->hsm, "guarded", HSM_KEY_EC_P256), MQPKI_OK);
+    snprintf(good, sizeof(good), "%s/tokens.good", f->dir);
+    assert_int_equal(stat(good, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    /* token.object and both halves of the new key pair have good copies. */
+    snprintf(pattern, sizeof(pattern), "%s/*/*.object", good);
+    assert_int_equal(glob(pattern, 0, NULL, &g), 0);
+    assert_int_equal(g.gl_pathc, 3);
+    globfree(&g);
+    hsm_close(f->hsm);
+    f->hsm = NULL;
+
+    /* A crash between SoftHSM's ftruncate and write: an empty token.object. */
+    snprintf(pattern, sizeof(pattern), "%s/tokens/*/token.object", f->dir);
+    assert_int_equal(glob(pattern, 0, NULL, &g), 0);
+    snprintf(live, sizeof(live), "%s", g.gl_pathv[0]);
+    globfree(&g);
+    fp = fopen(live, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(hsm_open(&cfg, &f->hsm), MQPKI_OK);
+    assert_int_equal(hsm_key_load(f->hsm, "guarded", &key), MQPKI_OK);
+    EVP_PKEY_free(key);
+    assert_int_equal(stat(live, &st), 0);
+    assert_true(st.st_size > 0);
+}
+
 static void test_close_null(void **state)
 {
     hsm_close(NULL);
@@ -495,6 +538,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_softhsm_prepare, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_softhsm_guard, setup, teardown),
         cmocka_unit_test(test_pin_read),
         cmocka_unit_test(test_close_null),
     };

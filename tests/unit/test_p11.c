@@ -1,7 +1,8 @@
 /*
  * Unit tests for p11/: the signer bridge with a plain software signer (EC P-256, P-384, RSA;
- * copies; failures), and token keys through the handle's own logger on a real SoftHSM2 token in
- * a fresh temp directory per test.
+ * copies; failures), token keys through the handle's own logger, and the SoftHSM file-store
+ * guard against planted damage (empty, truncated, garbage, half-created objects) on a real
+ * SoftHSM2 token in a fresh temp directory per test.
  */
 /* The copy tests hold the bridge's legacy EC_KEY / RSA directly, as OpenSSL's copies do. */
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -350,6 +351,10 @@ static void config_of(struct fixture *f, struct p11_config *cfg, int guard)
     cfg->pin = USER_PIN;
     cfg->log_fn = handle_sink;
     cfg->log_ctx = f;
+    if (guard) {
+        cfg->softhsm_tokendir = f->tokendir;
+        cfg->softhsm_gooddir = f->gooddir;
+    }
 }
 
 static int setup(void **state)
@@ -482,6 +487,9 @@ static void test_open_errors(void **state)
     cfg.token_label = "no-such-token";
     assert_int_equal(p11_open(&cfg, &t), MQPKI_ERR_NOT_FOUND);
     config_of(f, &cfg, 0);
+    cfg.softhsm_tokendir = f->tokendir; /* a guard needs both directories */
+    assert_int_equal(p11_open(&cfg, &t), MQPKI_ERR_INVALID);
+    config_of(f, &cfg, 0);
     cfg.module = "/nonexistent/libnothing.so";
     assert_int_equal(p11_open(&cfg, &t), MQPKI_ERR_NOT_FOUND);
     assert_true(f->logs > 0); /* dlopen's reason went to the handle's logger */
@@ -490,8 +498,421 @@ static void test_open_errors(void **state)
     p11_close(NULL);
 }
 
-static void test_ckr_names(void **state)
+/* ---- the SoftHSM guard ---- */
+
+static void path_of(struct fixture *f, const char *base, const char *name, char *out, size_t size)
 {
+    char pattern[256];
+    glob_t g;
+
+    snprintf(pattern, sizeof(pattern), "%s/*/%s", base, name);
+    assert_int_equal(glob(pattern, 0, NULL, &g), 0);
+    assert_true(g.gl_pathc >= 1);
+    snprintf(out, size, "%s", g.gl_pathv[0]);
+    globfree(&g);
+}
+
+/* Read here, not with mqpki_file_read: cmocka's free must free cmocka's malloc. */
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    unsigned char *buf = malloc(1 << 16);
+    FILE *fp = fopen(path, "r");
+
+    assert_non_null(buf);
+    assert_non_null(fp);
+    *len = fread(buf, 1, 1 << 16, fp);
+    fclose(fp);
+    return buf;
+}
+
+static void spit(const char *path, const void *buf, size_t len)
+{
+    FILE *fp = fopen(path, "w");
+
+    assert_non_null(fp);
+    assert_int_equal(fwrite(buf, 1, len, fp), len);
+    fclose(fp);
+}
+
+static int file_equal(const char *a, const char *b)
+{
+    size_t la, lb;
+    unsigned char *x = slurp(a, &la), *y = slurp(b, &lb);
+    int eq = la == lb && memcmp(x, y, la) == 0;
+
+    free(x);
+    free(y);
+    return eq;
+}
+
+static void make_old(const char *path)
+{
+    struct timeval tv[2];
+
+    gettimeofday(&tv[0], NULL);
+    tv[0].tv_sec -= 3600;
+    tv[1] = tv[0];
+    assert_int_equal(utimes(path, tv), 0);
+}
+
+static unsigned mode_of(const char *path)
+{
+    struct stat st;
+
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_mode & 0777;
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+
+    return lstat(path, &st) == 0;
+}
+
+static void guard_of(struct fixture *f, struct p11_softhsm_guard *g)
+{
+    g->tokendir = f->tokendir;
+    g->gooddir = f->gooddir;
+    g->log_fn = handle_sink;
+    g->log_ctx = f;
+}
+
+/* Planted damage of token.object: each kind is restored from the good copy, and works. */
+static void test_guard_token_object(void **state)
+{
+    struct fixture *f = *state;
+    struct p11_softhsm_guard g;
+    struct p11_config cfg;
+    char live[256], good[256];
+    unsigned char *orig, *bad;
+    size_t len;
+    unsigned repaired;
+    EVP_PKEY *key = NULL;
+
+    assert_int_equal(p11_key_generate(f->tok, "kept", P11_KEY_EC_P256), MQPKI_OK);
+    p11_close(f->tok);
+    f->tok = NULL;
+    guard_of(f, &g);
+    path_of(f, f->tokendir, "token.object", live, sizeof(live));
+    path_of(f, f->gooddir, "token.object", good, sizeof(good));
+    assert_int_equal(mode_of(f->gooddir), 0700);
+    assert_int_equal(mode_of(good), 0600);
+    orig = slurp(live, &len);
+    bad = malloc(len);
+    assert_non_null(bad);
+    for (int kind = 0; kind < 4; kind++) {
+        size_t n = len;
+
+        memcpy(bad, orig, len);
+        switch (kind) {
+        case 0: n = 0; break;                          /* killed between ftruncate and write */
+        case 1: n = len / 2; break;                    /* a short write */
+        case 2: n = 5; break;                          /* not even the counter */
+        case 3: memset(bad + 8, 0xAB, len - 8); break; /* garbage */
+        }
+        spit(live, bad, n);
+        assert_int_equal(p11_softhsm_check(&g, &repaired), MQPKI_OK);
+        assert_int_equal(repaired, 1);
+        assert_true(file_equal(live, good));
+        assert_int_equal(mode_of(live), 0600);
+    }
+    /* The token works, key included, and a second check finds nothing to do. */
+    assert_int_equal(p11_softhsm_check(&g, &repaired), MQPKI_OK);
+    assert_int_equal(repaired, 0);
+    config_of(f, &cfg, 0);
+    assert_int_equal(p11_open(&cfg, &f->tok), MQPKI_OK);
+    assert_int_equal(p11_key_load(f->tok, "kept", &key), MQPKI_OK);
+    sign_verify(key);
+    EVP_PKEY_free(key);
+    free(orig);
+    free(bad);
+}
+
+/* The guarded open does the check itself: an emptied token.object costs nothing. */
+static void test_guard_open(void **state)
+{
+    struct fixture *f = *state;
+    struct p11_config cfg;
+    char live[256], gen[256];
+    int before = f->logs;
+
+    p11_close(f->tok);
+    f->tok = NULL;
+    path_of(f, f->tokendir, "token.object", live, sizeof(live));
+    spit(live, "", 0);
+    path_of(f, f->tokendir, "generation", gen, sizeof(gen));
+    spit(gen, "\0\0\0", 3);
+    config_of(f, &cfg, 1);
+    assert_int_equal(p11_open(&cfg, &f->tok), MQPKI_OK);
+    assert_true(f->logs >= before + 2); /* what was done is logged, through the handle */
+    assert_int_equal(common_logs, 0);
+    p11_close(f->tok);
+    f->tok = NULL;
+    /* Unguarded, the same damage hides the token: the guard is what made the difference. */
+    spit(live, "", 0);
+    config_of(f, &cfg, 0);
+    assert_int_equal(p11_open(&cfg, &f->tok), MQPKI_ERR_NOT_FOUND);
+}
+
+/* A token.object gone missing: not restored by the check, but by the open's fallback. */
+static void test_guard_fallback(void **state)
+{
+    struct fixture *f = *state;
+    struct p11_softhsm_guard g;
+    struct p11_config cfg;
+    char live[256];
+    unsigned n = 0;
+
+    p11_close(f->tok);
+    f->tok = NULL;
+    guard_of(f, &g);
+    path_of(f, f->tokendir, "token.object", live, sizeof(live));
+    assert_int_equal(unlink(live), 0);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_false(exists(live));
+    config_of(f, &cfg, 1);
+    assert_int_equal(p11_open(&cfg, &f->tok), MQPKI_OK);
+    assert_true(exists(live));
+    /* The fallback only touches the token asked for. */
+    assert_int_equal(p11_softhsm_restore(&g, "other-token", &n), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(n, 0);
+}
+
+/* Objects: restored when a good copy exists, quarantined (not deleted) when none does. */
+static void test_guard_objects(void **state)
+{
+    struct fixture *f = *state;
+    struct p11_softhsm_guard g;
+    char pattern[256], live[256], good[512], partial[512], q[512];
+    unsigned char *buf;
+    size_t len;
+    unsigned n;
+    glob_t gl;
+
+    assert_int_equal(p11_key_generate(f->tok, "obj", P11_KEY_EC_P256), MQPKI_OK);
+    p11_close(f->tok);
+    f->tok = NULL;
+    guard_of(f, &g);
+    snprintf(pattern, sizeof(pattern), "%s/*/*-*.object", f->tokendir);
+    assert_int_equal(glob(pattern, 0, NULL, &gl), 0);
+    assert_int_equal(gl.gl_pathc, 2); /* the two halves of the pair */
+    snprintf(live, sizeof(live), "%s", gl.gl_pathv[0]);
+    globfree(&gl);
+    /* Its good copy: GOODDIR/TOKEN/NAME for TOKENDIR/TOKEN/NAME. */
+    snprintf(good, sizeof(good), "%s/%s", f->gooddir, live + strlen(f->tokendir) + 1);
+    assert_true(file_equal(live, good));
+
+    /* A key object truncated: restored. */
+    buf = slurp(live, &len);
+    spit(live, buf, len - 3);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_true(file_equal(live, good));
+
+    /* A half-created object (counter only) with no good copy: left while young ... */
+    snprintf(partial, sizeof(partial), "%.*s/00000000-0000-0000-0000-000000000001.object",
+             (int)(strrchr(live, '/') - live), live);
+    spit(partial, buf, 8);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_true(exists(partial));
+    /* ... quarantined once old; never deleted. */
+    make_old(partial);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_false(exists(partial));
+    snprintf(pattern, sizeof(pattern), "%s/quarantine/*/00000000-*.object.*", f->gooddir);
+    assert_int_equal(glob(pattern, 0, NULL, &gl), 0);
+    assert_int_equal(gl.gl_pathc, 1);
+    snprintf(q, sizeof(q), "%s", gl.gl_pathv[0]);
+    globfree(&gl);
+    assert_int_equal(mode_of(q), 0600);
+
+    /* Leftover temporary files of our own atomic writes go; recent ones stay. */
+    snprintf(partial, sizeof(partial), "%s.tmp.4242", live);
+    spit(partial, buf, len);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_true(exists(partial));
+    make_old(partial);
+    assert_int_equal(p11_softhsm_check(&g, &n), MQPKI_OK);
+    assert_false(exists(partial));
+    free(buf);
+}
+
+/* Saving: a generation-only rewrite leaves the good copy alone; a real change replaces it. */
+static void test_guard_save(void **state)
+{
+    struct fixture *f = *state;
+    struct p11_softhsm_guard g;
+    struct p11_config cfg;
+    char live[256], good[256], pattern[256];
+    struct stat before, after;
+    unsigned char *buf;
+    size_t len;
+    unsigned n;
+    glob_t gl;
+
+    guard_of(f, &g);
+    path_of(f, f->tokendir, "token.object", live, sizeof(live));
+    path_of(f, f->gooddir, "token.object", good, sizeof(good));
+    assert_int_equal(stat(good, &before), 0);
+    /* A second login rewrites token.object with a new counter only. */
+    config_of(f, &cfg, 1);
+    p11_close(f->tok);
+    f->tok = NULL;
+    buf = slurp(live, &len);
+    assert_int_equal(p11_open(&cfg, &f->tok), MQPKI_OK);
+    {
+        size_t len2;
+        unsigned char *now = slurp(live, &len2);
+
+        assert_int_equal(len2, len);
+        assert_memory_not_equal(now, buf, 8); /* SoftHSM did bump the counter */
+        assert_memory_equal(now + 8, buf + 8, len - 8);
+        free(now);
+    }
+    assert_int_equal(p11_softhsm_save(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(stat(good, &after), 0);
+    assert_int_equal(after.st_ino, before.st_ino); /* not rewritten */
+    /* New objects are saved; destroyed ones leave the good copy too. */
+    assert_int_equal(p11_key_generate(f->tok, "saved", P11_KEY_EC_P256), MQPKI_OK);
+    snprintf(pattern, sizeof(pattern), "%s/*/*-*.object", f->gooddir);
+    assert_int_equal(glob(pattern, 0, NULL, &gl), 0);
+    assert_int_equal(gl.gl_pathc, 2);
+    globfree(&gl);
+    assert_int_equal(p11_key_destroy(f->tok, "saved"), MQPKI_OK);
+    assert_int_equal(glob(pattern, 0, NULL, &gl), GLOB_NOMATCH);
+    /* A damaged live file is never saved over a good copy. */
+    p11_close(f->tok);
+    f->tok = NULL;
+    spit(live, buf, len / 2);
+    assert_int_equal(p11_softhsm_save(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(stat(good, &after), 0);
+    assert_int_equal(after.st_ino, before.st_ino);
+    /* A real change (the flags of token.object) is saved. */
+    buf[len - 1] ^= 0x01;
+    spit(live, buf, len);
+    assert_int_equal(p11_softhsm_save(&g, &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_true(file_equal(live, good));
+    free(buf);
+}
+
+/* The structural check, rule by rule. */
+static void test_guard_format(void **state)
+{
+    /* counter 9, then CKA_CLASS (0) integer 3 at 8..31, CKA_TOKEN (1) boolean true at 32..48 */
+    static const unsigned char ok[] = {
+        0,   0, 0, 0, 0, 0, 0, 9,                         /* generation counter */
+        0,   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, /* CKA_CLASS, integer */
+        0,   0, 0, 0, 0, 0, 0, 3,                         /* CKO_PRIVATE_KEY */
+        0,   0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, /* CKA_TOKEN, boolean */
+        0xFF};
+    /* ... and a key object's attribute map (kind 4) and mechanism set (kind 5) */
+    static const unsigned char m[] = {
+        0,    0, 0, 0, 0,    0, 0,    1, /* generation counter */
+        0,    0, 0, 0, 0,    0, 0,    0,
+        0,    0, 0, 0, 0,    0, 0,    2, /* CKA_CLASS, integer */
+        0,    0, 0, 0, 0,    0, 0,    3, /* CKO_PRIVATE_KEY */
+        0,    0, 0, 0, 0x40, 0, 2,    0x12,
+        0,    0, 0, 0, 0,    0, 0,    4,  /* CKA_UNWRAP_TEMPLATE, map */
+        0,    0, 0, 0, 0,    0, 0,    17, /* 17 bytes of entries: */
+        0,    0, 0, 0, 0,    0, 1,    4,
+        0,    0, 0, 0, 0,    0, 0,    1, /* CKA_WRAP, boolean */
+        0xFF,                            /* true */
+        0,    0, 0, 0, 0x40, 0, 6,    0,
+        0,    0, 0, 0, 0,    0, 0,    5, /* CKA_ALLOWED_MECHANISMS, set */
+        0,    0, 0, 0, 0,    0, 0,    2, /* two of them */
+        0,    0, 0, 0, 0,    0, 0x10, 0x41,
+        0,    0, 0, 0, 0,    0, 0x10, 0x42};
+    unsigned char buf[256];
+    char why[160];
+    size_t n = sizeof(ok), mn = sizeof(m);
+
+    assert_int_equal(n, 49);
+    assert_int_equal(mn, 113);
+    assert_null(p11_softhsm_damage("a.object", ok, n, why, sizeof(why)));
+    assert_non_null(p11_softhsm_damage("a.object", ok, 0, why, sizeof(why)));
+    assert_string_equal(why, "empty");
+    assert_non_null(p11_softhsm_damage("a.object", ok, 5, why, sizeof(why)));
+    assert_non_null(strstr(why, "generation counter"));
+    assert_non_null(p11_softhsm_damage("a.object", ok, 8, why, sizeof(why)));
+    assert_non_null(strstr(why, "half-created"));
+    assert_non_null(p11_softhsm_damage("a.object", ok, n - 1, why, sizeof(why)));
+    assert_non_null(strstr(why, "truncated"));
+    assert_non_null(p11_softhsm_damage("a.object", ok, 20, why, sizeof(why)));
+    assert_non_null(strstr(why, "truncated"));
+    assert_non_null(p11_softhsm_damage("a.object", ok, 28, why, sizeof(why)));
+    memcpy(buf, ok, n);
+    buf[48] = 0x01; /* a boolean SoftHSM would not write */
+    assert_non_null(p11_softhsm_damage("a.object", buf, n, why, sizeof(why)));
+    assert_non_null(strstr(why, "boolean"));
+    memcpy(buf, ok, n);
+    buf[47] = 7; /* unknown value kind */
+    assert_non_null(p11_softhsm_damage("a.object", buf, n, why, sizeof(why)));
+    assert_non_null(strstr(why, "kind"));
+    memcpy(buf, ok, n);
+    buf[39] = 0; /* CKA_TOKEN renumbered 0: out of order */
+    assert_non_null(p11_softhsm_damage("a.object", buf, n, why, sizeof(why)));
+    assert_non_null(strstr(why, "order"));
+    memcpy(buf, ok, n);
+    buf[15] = 5; /* the first attribute is not CKA_CLASS */
+    assert_non_null(p11_softhsm_damage("a.object", buf, n, why, sizeof(why)));
+    assert_non_null(strstr(why, "CKA_CLASS"));
+    /* token.object needs its label; generation is exactly 8 bytes. */
+    assert_non_null(p11_softhsm_damage("token.object", ok, n, why, sizeof(why)));
+    assert_non_null(strstr(why, "label"));
+    assert_null(p11_softhsm_damage("generation", ok, 8, why, sizeof(why)));
+    assert_non_null(p11_softhsm_damage("generation", ok, 7, why, sizeof(why)));
+    assert_non_null(p11_softhsm_damage("generation", ok, 0, why, sizeof(why)));
+    assert_non_null(p11_softhsm_damage("generation", ok, 9, why, sizeof(why)));
+    /* Maps and mechanism sets. */
+    assert_null(p11_softhsm_damage("b.object", m, mn, why, sizeof(why)));
+    memcpy(buf, m, mn);
+    buf[55] = 18; /* the map announces more than its entries */
+    assert_non_null(p11_softhsm_damage("b.object", buf, mn, why, sizeof(why)));
+    memcpy(buf, m, mn);
+    buf[71] = 4; /* a map inside a map */
+    assert_non_null(p11_softhsm_damage("b.object", buf, mn, why, sizeof(why)));
+    memcpy(buf, m, mn);
+    buf[mn - 1] = 0x40; /* mechanism set out of order */
+    assert_non_null(p11_softhsm_damage("b.object", buf, mn, why, sizeof(why)));
+    assert_non_null(p11_softhsm_damage("b.object", m, mn - 8, why, sizeof(why)));
+}
+
+static void test_softhsm_helpers(void **state)
+{
+    struct fixture *f = *state;
+    char out[256], conf[200];
+    FILE *fp;
+
+    assert_int_equal(p11_softhsm_tokendir(f->conf, out, sizeof(out)), MQPKI_OK);
+    assert_string_equal(out, f->tokendir);
+    assert_int_equal(p11_softhsm_tokendir(NULL, out, sizeof(out)), MQPKI_OK); /* SOFTHSM2_CONF */
+    assert_string_equal(out, f->tokendir);
+    assert_int_equal(p11_softhsm_tokendir(f->conf, out, 5), MQPKI_ERR_TOO_LARGE);
+    snprintf(conf, sizeof(conf), "%s/other.conf", f->dir);
+    fp = fopen(conf, "w");
+    assert_non_null(fp);
+    fputs("directories.tokendirx = /nope\n  directories.tokendir\t=\t/t/x \r\n", fp);
+    fclose(fp);
+    assert_int_equal(p11_softhsm_tokendir(conf, out, sizeof(out)), MQPKI_OK);
+    assert_string_equal(out, "/t/x");
+    fp = fopen(conf, "w");
+    assert_non_null(fp);
+    fputs("log.level = ERROR\n", fp);
+    fclose(fp);
+    assert_int_equal(p11_softhsm_tokendir(conf, out, sizeof(out)), MQPKI_ERR_NOT_FOUND);
+    snprintf(conf, sizeof(conf), "%s/missing.conf", f->dir);
+    assert_int_equal(p11_softhsm_tokendir(conf, out, sizeof(out)), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(p11_softhsm_module(MODULE), 1);
+    assert_int_equal(p11_softhsm_module("libsofthsm2.so"), 1);
+    assert_int_equal(p11_softhsm_module("/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"), 0);
+    assert_int_equal(p11_softhsm_module(NULL), 0);
     assert_string_equal(p11_ckr_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
     assert_string_equal(p11_ckr_name(0x12345), "CKR_0x12345");
 }
@@ -509,7 +930,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_token_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relogin_logger, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
-        cmocka_unit_test(test_ckr_names),
+        cmocka_unit_test_setup_teardown(test_guard_token_object, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_guard_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_guard_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_guard_objects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_guard_save, setup, teardown),
+        cmocka_unit_test(test_guard_format),
+        cmocka_unit_test_setup_teardown(test_softhsm_helpers, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
