@@ -236,11 +236,12 @@ strace -f -o /dev/null -e trace=pwrite64 -e inject=pwrite64:error=ENOSPC:when=3+
 assert "revoke on a full disk exits 2 (got $st)" test "$st" -eq 2
 assert "and says the disk is full: $(cat "$T/err")" grep -q "disk full" "$T/err"
 assert "and nothing changed" test "$(mqpki cert list --asset full1 --json | jq -r '.[0].state')" = valid
-# Writing the CRL file: the revocation is recorded, published once space is back.
+# Writing the CRL file (ENOSPC at its fsync, where a full disk shows with delayed allocation):
+# the revocation is recorded, and published once space is back.
 stop_daemon
 issue_one full2
 st=0
-strace -f -o /dev/null -e trace=write -e inject=write:error=ENOSPC:when=2+ \
+strace -f -o /dev/null -e trace=fsync -e inject=fsync:error=ENOSPC \
   mqpki revoke --asset full2 --reason key-compromise >"$T/out" 2>"$T/err" || st=$?
 assert "revoke whose CRL file cannot be written exits 2 (got $st)" test "$st" -eq 2
 assert "and says the revocation is recorded and the disk full: $(cat "$T/err")" \
