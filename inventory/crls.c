@@ -358,15 +358,18 @@ out:
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }
 
-int inventory_crl_done(struct inventory *inv, int64_t number)
+int inventory_crl_done(struct inventory *inv, int kind, int64_t number)
 {
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     int rc;
 
+    if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL done: unknown kind %d", kind);
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         return rc;
-    if ((rc = inv_stmt(inv, SQL_CRL_DONE, &st)) == MQPKI_OK) {
+    if ((rc = inv_stmt(inv, SQL_CRL_DONE, &st)) == MQPKI_OK &&
+        (rc = inv_bind_text(inv, st, 3, kind_names[kind])) == MQPKI_OK) {
         sqlite3_bind_int64(st, 1, number);
         sqlite3_bind_int64(st, 2, mqpki_now());
         rc = step_bound(inv, st, "CRL done", NULL);

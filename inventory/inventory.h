@@ -264,8 +264,9 @@ int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der
 int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
                          const unsigned char *der, size_t len, const char *actor);
 
-/* Marks a signed CRL done (exported). */
-int inventory_crl_done(struct inventory *inv, int64_t number);
+/* Marks the signed CRL `number` of kind done (exported), and every older signed CRL of the same
+ * kind with it (superseded: an export never goes back to a lower number). */
+int inventory_crl_done(struct inventory *inv, int kind, int64_t number);
 
 /*
  * The publication lock: one publisher at a time across processes (a file lock beside the store

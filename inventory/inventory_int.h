@@ -102,8 +102,8 @@
       "AND state = 'pending'")                                                                     \
     X(SQL_CRL_FOLD, "UPDATE crls SET state = 'done', folded_into = ?1, done_at = ?2 "              \
                     "WHERE number < ?1 AND state = 'pending'")                                     \
-    X(SQL_CRL_DONE,                                                                                \
-      "UPDATE crls SET state = 'done', done_at = ?2 WHERE number = ?1 AND state = 'signed'")       \
+    X(SQL_CRL_DONE, "UPDATE crls SET state = 'done', done_at = ?2 WHERE kind = ?3 "                \
+                    "AND number <= ?1 AND state = 'signed'")                                       \
     X(SQL_CRL_PRUNE, "UPDATE crls SET der = NULL WHERE kind = ?1 AND number < ?2 "                 \
                      "AND state = 'done' AND der IS NOT NULL")                                     \
     X(SQL_BROKER_CRL_SET,                                                                          \

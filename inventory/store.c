@@ -142,8 +142,7 @@ int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what)
     if (primary == SQLITE_NOMEM)
         return mqpki_fail(MQPKI_ERR_NOMEM, "%s: %s: out of memory", path, what);
     if (primary == SQLITE_FULL)
-        return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full; nothing was changed (%s)", path,
-                          what);
+        return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full; nothing was changed (%s)", path, what);
     return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
 }
 

@@ -1,9 +1,9 @@
 /*
- * lifecycle/committer.c: group commit of issuances. Server threads sign in parallel and hand their records to one
- * committer thread, which writes every record waiting at that moment in one transaction (a
- * savepoint each, so one refusal does not undo the others) and one durable commit. A thread gets
- * its answer only after the commit: the certificate is on disk before anyone sees it. Under load
- * many issuances share one fsync; alone, a request waits for exactly one commit.
+ * lifecycle/committer.c: group commit of issuances. Server threads sign in parallel and hand their
+ * records to one committer thread, which writes every record waiting at that moment in one
+ * transaction (a savepoint each, so one refusal does not undo the others) and one durable commit. A
+ * thread gets its answer only after the commit: the certificate is on disk before anyone sees it.
+ * Under load many issuances share one fsync; alone, a request waits for exactly one commit.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -162,7 +162,7 @@ void lifecycle_committer_stop(struct lifecycle_committer *cm)
 }
 
 int lifecycle_committer_record(struct lifecycle_committer *cm, const struct inventory_cert *rec,
-                                const struct lifecycle_auth *auth)
+                               const struct lifecycle_auth *auth)
 {
     struct job j;
 

@@ -83,7 +83,7 @@ out:
 }
 
 int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
-                      const struct lifecycle_auth *auth)
+                     const struct lifecycle_auth *auth)
 {
     int rc;
 
@@ -163,7 +163,7 @@ out:
 }
 
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
-                             const struct lifecycle_issue_req *req, X509 **out)
+                            const struct lifecycle_issue_req *req, X509 **out)
 {
     struct inventory_cert rec;
     struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
@@ -238,7 +238,7 @@ out:
 }
 
 int lifecycle_issue(struct ca *ca, struct inventory *inv, const struct lifecycle_issue_req *req,
-                     X509 **out)
+                    X509 **out)
 {
     return lifecycle_issue_batched(ca, inv, NULL, req, out);
 }

@@ -145,8 +145,9 @@ struct lifecycle_sink {
     /* A CRL was signed and is durable in the store: hand it to live consumers (the feed). */
     void (*signed_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
                        size_t len);
-    /* Export it (the crl/ files), in number order. An error stops the publication with the CRL
-     * signed but not done: the next lifecycle_publish exports it again. */
+    /* Export it (the crl/ files): the newest signed CRL of each kind, never a lower number than
+     * exported before. An error leaves it signed; the next lifecycle_publish exports the newest
+     * signed CRL of its kind. */
     int (*export_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
                       size_t len);
     void *ctx;
@@ -162,10 +163,10 @@ struct lifecycle_publication {
 };
 
 /*
- * Finishes every open publication, lowest number first, under the store's publication lock
- * (waiting up to lock_ms): pending numbers are folded into one CRL built from current store
- * state and signed with ca (needed only when something is pending: MQPKI_ERR_STATE "no CA"
- * otherwise), signed ones are exported. out may be NULL.
+ * Finishes every open publication under the store's publication lock (waiting up to lock_ms):
+ * pending numbers are folded into one CRL built from current store state, signed with ca (needed
+ * only when something is pending: MQPKI_ERR_STATE otherwise) and handed to sink->signed_crl;
+ * then the newest signed CRL of each kind is exported. out may be NULL.
  */
 int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
                       const char *actor, int lock_ms, struct lifecycle_publication *out);

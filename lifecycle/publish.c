@@ -1,15 +1,19 @@
 /*
  * lifecycle/publish.c: CRL publication from the outbox (lifecycle.h).
  *
+ * Order: sign the pending numbers as one CRL from a store snapshot; commit it as signed with its
+ * DER; hand it to the feed; export the newest signed CRL of each kind; mark it done.
  * Crash windows, each healed by the next lifecycle_publish of any process:
  *   - after the revoking commit, before signing: the number is pending; it is signed then;
  *   - after signing, before the signed row commits: nothing of it was kept or seen; the number
  *     is still pending and is signed again;
- *   - after the signed row commits (DER in the store), before or during the export: the row is
- *     signed; the same bytes are exported again;
+ *   - after the signed row commits (DER in the store), before or during the feed or the export:
+ *     the row is signed; the same bytes are exported (and fed, by mqpkid's catch-up) again;
  *   - after the export, before "done" commits: the export is repeated, byte for byte the same.
- * One publisher at a time (the store's publication lock) works in number order, so a file or a
- * broker never receives a lower number after a higher one.
+ * A failed export (a full disk) leaves the CRL signed and does not hold back newer CRLs: they are
+ * signed and fed, and the next export writes the newest. One publisher at a time (the store's
+ * publication lock) signs in number order and exports only newer numbers, so a file or a broker
+ * never receives a lower number after a higher one.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -118,38 +122,57 @@ out:
     return rc;
 }
 
-/* Exports a signed CRL and marks it done. */
-static int finish(struct lifecycle *lc, const struct inventory_crl *c, const unsigned char *der,
-                  size_t len, const struct lifecycle_sink *sink, struct lifecycle_publication *pub)
-{
-    int rc = MQPKI_OK;
+/* The newest signed, not yet exported CRL of each kind. */
+struct signed_rows {
+    struct inventory_crl newest[2];
+    int have[2];
+};
 
-    if (sink != NULL && sink->export_crl != NULL &&
-        (rc = sink->export_crl(sink->ctx, c, der, len)) != MQPKI_OK)
-        return rc;
-    if ((rc = inventory_crl_done(lc->inv, c->number)) == MQPKI_OK)
-        pub->exported_count++;
-    return rc;
+static int note_signed(const struct inventory_crl *c, void *ctx)
+{
+    struct signed_rows *s = ctx;
+
+    if (c->state == INV_CRL_SIGNED && (c->kind == INV_CRL_FULL || c->kind == INV_CRL_DELTA)) {
+        s->newest[c->kind] = *c; /* the list is in number order: the last one wins */
+        s->have[c->kind] = 1;
+    }
+    return 0;
 }
 
-/* A CRL signed before (this process or one that died): the same bytes, exported again. */
-static int finish_signed(struct lifecycle *lc, const struct inventory_crl *c,
-                         const struct lifecycle_sink *sink, struct lifecycle_publication *pub)
+/*
+ * Exports the newest signed CRL of each kind and marks it done with every older signed one of
+ * its kind (superseded: a file never goes back to a lower number). A CRL left signed by a
+ * process that died, or by a failed export, goes out here with the same bytes it was signed
+ * with. The feed does not wait for this: it got each CRL when it was signed.
+ */
+static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink,
+                         struct lifecycle_publication *pub)
 {
-    unsigned char *der = NULL;
-    size_t len = 0;
+    struct signed_rows s;
     int rc;
 
-    if ((rc = inventory_crl_der(lc->inv, c->number, &der, &len)) != MQPKI_OK)
+    memset(&s, 0, sizeof(s));
+    if ((rc = inventory_crl_open(lc->inv, note_signed, &s, NULL)) != MQPKI_OK)
         return rc;
-    if (sink != NULL && sink->signed_crl != NULL)
-        sink->signed_crl(sink->ctx, c, der, len);
-    rc = finish(lc, c, der, len, sink, pub);
-    free(der);
-    return rc;
+    for (int k = INV_CRL_FULL; k <= INV_CRL_DELTA; k++) {
+        unsigned char *der = NULL;
+        size_t len = 0;
+
+        if (!s.have[k])
+            continue;
+        if ((rc = inventory_crl_der(lc->inv, s.newest[k].number, &der, &len)) != MQPKI_OK)
+            return rc;
+        if (sink != NULL && sink->export_crl != NULL)
+            rc = sink->export_crl(sink->ctx, &s.newest[k], der, len);
+        free(der);
+        if (rc != MQPKI_OK || (rc = inventory_crl_done(lc->inv, k, s.newest[k].number)) != MQPKI_OK)
+            return rc;
+        pub->exported_count++;
+    }
+    return MQPKI_OK;
 }
 
-/* Signs the pending number `number` (a full CRL when want_full), then finishes it. */
+/* Signs the pending number `number` (a full CRL when want_full) and hands it to the feed. */
 static int sign_pending(struct lifecycle *lc, struct ca *ca, int64_t number, int want_full,
                         const struct lifecycle_sink *sink, const char *actor,
                         struct lifecycle_publication *pub)
@@ -185,35 +208,31 @@ static int sign_pending(struct lifecycle *lc, struct ca *ca, int64_t number, int
         goto out;
     pub->signed_count++;
     pub->entries = c.entries;
+    /* To the feed at once; the export follows (export_signed). */
     if (sink != NULL && sink->signed_crl != NULL)
         sink->signed_crl(sink->ctx, &c, der, len);
-    rc = finish(lc, &c, der, len, sink, pub);
 out:
     free(der);
     entries_clear(&e);
     return rc;
 }
 
-/* The open publications, summarized. */
-struct open_rows {
+/* The pending publications, summarized. */
+struct pending_rows {
     int have;
-    struct inventory_crl first; /* lowest open number */
-    int64_t last_pending;       /* highest pending number */
-    int any_full;               /* a pending row asks for a full CRL */
+    int64_t last; /* highest pending number */
+    int any_full; /* a pending row asks for a full CRL */
 };
 
-static int note_open(const struct inventory_crl *c, void *ctx)
+static int note_pending(const struct inventory_crl *c, void *ctx)
 {
-    struct open_rows *o = ctx;
+    struct pending_rows *p = ctx;
 
-    if (!o->have) {
-        o->first = *c;
-        o->have = 1;
-    }
     if (c->state == INV_CRL_PENDING) {
-        o->last_pending = c->number;
+        p->have = 1;
+        p->last = c->number;
         if (c->kind == INV_CRL_FULL)
-            o->any_full = 1;
+            p->any_full = 1;
     }
     return 0;
 }
@@ -223,28 +242,33 @@ int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycl
 {
     struct lifecycle_publication pub = {0, 0, -1, -1, 0};
     struct inventory_crl latest;
-    int rc;
+    char detail[400] = "";
+    int rc, erc;
 
     if ((rc = inventory_publish_lock(lc->inv, lock_ms)) != MQPKI_OK)
         goto out;
+    /* Sign what is pending (a burst folds into one CRL), as often as new numbers come in. */
     for (int round = 0; round < PUBLISH_ROUNDS_MAX; round++) {
-        struct open_rows o;
+        struct pending_rows p;
 
-        memset(&o, 0, sizeof(o));
-        if ((rc = inventory_crl_open(lc->inv, note_open, &o, NULL)) != MQPKI_OK)
+        memset(&p, 0, sizeof(p));
+        if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) != MQPKI_OK || !p.have)
             break;
-        if (!o.have)
-            break;
-        /* Signed rows are always below pending ones: they go out first, in order. */
-        if (o.first.state == INV_CRL_SIGNED)
-            rc = finish_signed(lc, &o.first, sink, &pub);
-        else
-            rc = sign_pending(lc, ca, o.last_pending, o.any_full, sink, actor, &pub);
-        if (rc != MQPKI_OK)
+        if ((rc = sign_pending(lc, ca, p.last, p.any_full, sink, actor, &pub)) != MQPKI_OK)
             break;
     }
+    /* Export what is signed, also when signing failed: what was signed before still goes out. */
+    if (rc != MQPKI_OK)
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+    erc = export_signed(lc, sink, &pub);
+    if (rc == MQPKI_OK)
+        rc = erc;
+    else
+        mqpki_fail(rc, "%s", detail);
     inventory_publish_unlock(lc->inv);
 out:
+    if (rc != MQPKI_OK)
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
     if (inventory_crl_latest(lc->inv, INV_CRL_FULL, &latest) == MQPKI_OK)
         pub.full_number = latest.number;
     if (inventory_crl_latest(lc->inv, INV_CRL_DELTA, &latest) == MQPKI_OK)
@@ -254,6 +278,8 @@ out:
     /* The lookups above may have recorded "not found" over the publication's own detail. */
     if (rc == MQPKI_OK)
         mqpki_err_clear();
+    else
+        mqpki_fail(rc, "%s", detail);
     return rc;
 }
 

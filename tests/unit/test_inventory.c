@@ -954,7 +954,7 @@ static void test_crl_outbox(void **state)
     assert_int_equal(len, sizeof(der));
     assert_memory_equal(back, der, len);
     free(back);
-    assert_int_equal(inventory_crl_done(f->inv, 3), MQPKI_OK);
+    assert_int_equal(inventory_crl_done(f->inv, INV_CRL_FULL, 3), MQPKI_OK);
     assert_int_equal(inventory_crl_open(f->inv, NULL, NULL, &count), MQPKI_OK);
     assert_int_equal(count, 0);
 
