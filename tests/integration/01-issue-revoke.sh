@@ -49,7 +49,14 @@ assert "the delta names its base CRL" contains "$T/delta.txt" "Delta CRL Indicat
 check "mqpki crl shows the CRLs" mqpki crl
 assert "mqpki crl names the full and the delta CRL" bash -c \
   "grep -q '^full   CRL' '$T/out' && grep -q '^delta  CRL' '$T/out'"
-assert "mqpki crl signs nothing" test "$(mqpki crl --json | jq .full.number)" = "$full_before"
+mqpki crl >/dev/null && mqpki crl --json >/dev/null && mqpki crl --pem >/dev/null
+assert "mqpki crl, run 3 times, signs nothing (full CRL $full_before)" \
+  test "$(mqpki crl --json | jq -c '[.full.number, .delta.number]')" = \
+  "$(sqlite3 "$MQPKI_HOME/mqpki.db" "SELECT json_array(MAX(CASE kind WHEN 'full' THEN number END),
+    MAX(CASE kind WHEN 'delta' THEN number END)) FROM crls")"
+assert "and reserved no CRL number" test "$(sqlite3 "$MQPKI_HOME/mqpki.db" \
+  "SELECT value FROM counters WHERE name = 'crl_number'")" = \
+  "$(mqpki crl --json | jq '[.full.number, .delta.number] | max')"
 check "mqpki crl publish signs a new full CRL" mqpki crl publish
 assert "the full CRL number went up" test "$(mqpki crl --json | jq .full.number)" -gt "$full_before"
 check "mqpki crl --pem" bash -c "mqpki crl --pem > '$T/crl.pem'"

@@ -1,0 +1,472 @@
+/*
+ * Unit tests for lifecycle/: revocations and their publication through the store's outbox,
+ * against a real store and a software CA. Each CRL the publisher hands out is parsed back and
+ * checked as a broker would: number, base, entries, reasons.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+/* Under UNIT_TESTING cmocka swaps malloc/free for its own; buffers cross into module code. */
+#undef malloc
+#undef calloc
+#undef realloc
+#undef free
+
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
+
+#include "ca.h"
+#include "common.h"
+#include "inventory.h"
+#include "lifecycle.h"
+
+#define MAX_SEEN 16
+
+/* What the sink saw: the CRLs in the order they were signed and exported. */
+struct seen {
+    int n_signed, n_exported, fail_export;
+    int64_t signed_numbers[MAX_SEEN];
+    int signed_kinds[MAX_SEEN];
+    unsigned char *last_der[2]; /* newest exported DER by kind */
+    size_t last_len[2];
+    int64_t exported[MAX_SEEN];
+};
+
+struct fx {
+    char dir[64], path[128];
+    EVP_PKEY *root_key, *key;
+    X509 *root, *issuing;
+    struct ca *ca;
+    struct inventory *inv;
+    struct lifecycle *lc;
+    struct lifecycle_config cfg;
+    struct seen seen;
+    struct lifecycle_sink sink;
+};
+
+static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned char *der,
+                      size_t len)
+{
+    struct seen *s = ctx;
+
+    (void)der;
+    (void)len;
+    if (s->n_signed < MAX_SEEN) {
+        s->signed_numbers[s->n_signed] = c->number;
+        s->signed_kinds[s->n_signed] = c->kind;
+    }
+    s->n_signed++;
+}
+
+static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der, size_t len)
+{
+    struct seen *s = ctx;
+
+    if (s->fail_export)
+        return mqpki_fail(MQPKI_ERR_NOSPACE, "crl/: disk full (test)");
+    free(s->last_der[c->kind]);
+    s->last_der[c->kind] = malloc(len);
+    memcpy(s->last_der[c->kind], der, len);
+    s->last_len[c->kind] = len;
+    if (s->n_exported < MAX_SEEN)
+        s->exported[s->n_exported] = c->number;
+    s->n_exported++;
+    return MQPKI_OK;
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    snprintf(f->dir, sizeof(f->dir), "/tmp/mqpki-test-lifecycle.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/mqpki.db", f->dir);
+    f->root_key = EVP_EC_gen("P-256");
+    f->key = EVP_EC_gen("P-256");
+    assert_int_equal(ca_root_create(f->root_key, "lifecycle test root", 365, &f->root), MQPKI_OK);
+    assert_int_equal(
+        ca_issuing_create(f->root, f->root_key, f->key, "lifecycle test issuing", 365, &f->issuing),
+        MQPKI_OK);
+    assert_int_equal(ca_open(f->issuing, f->key, f->root, NULL, &f->ca), MQPKI_OK);
+    assert_int_equal(inventory_open(f->path, &f->inv), MQPKI_OK);
+    f->cfg.crl_validity = 86400;
+    f->cfg.crl_full_every = 3600;
+    f->cfg.crl_full_after = 0;
+    f->cfg.crl_delta_max = 100;
+    assert_int_equal(lifecycle_new(f->inv, &f->cfg, &f->lc), MQPKI_OK);
+    f->sink.signed_crl = on_signed;
+    f->sink.export_crl = on_export;
+    f->sink.ctx = &f->seen;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char cmd[160];
+
+    lifecycle_free(f->lc);
+    inventory_close(f->inv);
+    ca_free(f->ca);
+    X509_free(f->root);
+    X509_free(f->issuing);
+    EVP_PKEY_free(f->root_key);
+    EVP_PKEY_free(f->key);
+    free(f->seen.last_der[0]);
+    free(f->seen.last_der[1]);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+/* An asset with one certificate of serial `serial` (hex). */
+static void asset_with_cert(struct fx *f, const char *asset, const char *serial)
+{
+    struct inventory_asset a, old;
+    struct inventory_cert c;
+
+    memset(&a, 0, sizeof(a));
+    snprintf(a.id, sizeof(a.id), "%s", asset);
+    a.kind = INV_KIND_DEVICE;
+    if (inventory_asset_get(f->inv, asset, &old) != MQPKI_OK)
+        assert_int_equal(inventory_asset_add(f->inv, &a, "test"), MQPKI_OK);
+    inventory_asset_clear(&old);
+    memset(&c, 0, sizeof(c));
+    snprintf(c.serial, sizeof(c.serial), "%s", serial);
+    snprintf(c.asset_id, sizeof(c.asset_id), "%s", asset);
+    snprintf(c.profile, sizeof(c.profile), "device");
+    memset(c.key_fp, 'a', PROTO_FP_HEX_LEN);
+    c.key_fp[0] = serial[strlen(serial) - 1]; /* one key per certificate */
+    c.key_fp[1] = serial[strlen(serial) - 2];
+    c.not_before = mqpki_now() - 60;
+    c.not_after = mqpki_now() + 86400;
+    c.pem = "-";
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+}
+
+/* The newest exported CRL of kind, parsed. */
+static X509_CRL *exported(struct fx *f, int kind)
+{
+    const unsigned char *p = f->seen.last_der[kind];
+
+    assert_non_null(p);
+    return d2i_X509_CRL(NULL, &p, (long)f->seen.last_len[kind]);
+}
+
+static int64_t crl_int_ext(X509_CRL *crl, int nid)
+{
+    ASN1_INTEGER *v = X509_CRL_get_ext_d2i(crl, nid, NULL, NULL);
+    int64_t n = -1;
+
+    if (v != NULL)
+        ASN1_INTEGER_get_int64(&n, v);
+    ASN1_INTEGER_free(v);
+    return n;
+}
+
+/* The reason of serial in crl; -1 when absent, 0 when listed without a reason. */
+static int reason_of(X509_CRL *crl, const char *serial)
+{
+    STACK_OF(X509_REVOKED) *list = X509_CRL_get_REVOKED(crl);
+
+    for (int i = 0; i < sk_X509_REVOKED_num(list); i++) {
+        X509_REVOKED *r = sk_X509_REVOKED_value(list, i);
+        char hex[PROTO_SERIAL_HEX_MAX + 1];
+        ASN1_ENUMERATED *e;
+        int reason = 0;
+
+        assert_int_equal(proto_serial_hex(X509_REVOKED_get0_serialNumber(r), hex), 0);
+        if (strcmp(hex, serial) != 0)
+            continue;
+        e = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
+        if (e != NULL)
+            reason = (int)ASN1_ENUMERATED_get(e);
+        ASN1_ENUMERATED_free(e);
+        return reason;
+    }
+    return -1;
+}
+
+static void publish_ok(struct fx *f, struct lifecycle_publication *pub)
+{
+    assert_int_equal(lifecycle_publish(f->lc, f->ca, &f->sink, "test", 1000, pub), MQPKI_OK);
+}
+
+static void test_first_publication_is_full(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    X509_CRL *crl;
+
+    asset_with_cert(f, "a", "0A0B0C01");
+    assert_int_equal(lifecycle_revoke(f->lc, "0a0b0c01", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.changed, 1);
+    assert_int_equal(ch.crl_number, 1);
+    assert_int_equal(ch.asset_state, INV_STATE_REVOKED);
+    /* Without a CA nothing pending can be signed; nothing is lost either. */
+    assert_int_equal(lifecycle_publish(f->lc, NULL, &f->sink, "test", 1000, &pub), MQPKI_ERR_STATE);
+    /* No full CRL yet to base a delta on: the first CRL is full. */
+    publish_ok(f, &pub);
+    assert_int_equal(pub.signed_count, 1);
+    assert_int_equal(pub.full_number, 1);
+    assert_int_equal(pub.delta_number, -1);
+    assert_int_equal(f->seen.signed_kinds[0], INV_CRL_FULL);
+    crl = exported(f, INV_CRL_FULL);
+    assert_int_equal(crl_int_ext(crl, NID_crl_number), 1);
+    assert_int_equal(reason_of(crl, "0A0B0C01"), CA_REASON_KEY_COMPROMISE);
+    X509_CRL_free(crl);
+    /* Published again: nothing to do, nothing signed. */
+    publish_ok(f, &pub);
+    assert_int_equal(pub.signed_count, 0);
+}
+
+static void test_delta_after_full_and_again(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    int64_t n, open = -1;
+    int covered = 0;
+    X509_CRL *crl;
+
+    asset_with_cert(f, "a", "01");
+    asset_with_cert(f, "b", "02");
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    assert_int_equal(lifecycle_revoke(f->lc, "02", CA_REASON_HOLD, "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.asset_state, INV_STATE_SUSPENDED);
+    assert_int_equal(lifecycle_crl_covers(f->lc, ch.rev_seq, &covered), MQPKI_OK);
+    assert_false(covered);
+    assert_int_equal(lifecycle_open_count(f->lc, &open), MQPKI_OK);
+    assert_int_equal(open, 1);
+    publish_ok(f, &pub);
+    assert_int_equal(pub.delta_number, ch.crl_number);
+    crl = exported(f, INV_CRL_DELTA);
+    assert_int_equal(crl_int_ext(crl, NID_delta_crl), pub.full_number);
+    assert_int_equal(reason_of(crl, "02"), CA_REASON_HOLD);
+    assert_int_equal(reason_of(crl, "01"), -1);
+    X509_CRL_free(crl);
+    assert_int_equal(lifecycle_crl_covers(f->lc, ch.rev_seq, &covered), MQPKI_OK);
+    assert_true(covered);
+    /* Holding again changes nothing and reserves nothing. */
+    assert_int_equal(lifecycle_revoke(f->lc, "02", CA_REASON_HOLD, "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.changed, 0);
+    assert_int_equal(ch.already, 1);
+    assert_int_equal(ch.crl_number, 0);
+    /* A lifted hold: the next delta says removeFromCRL. */
+    assert_int_equal(lifecycle_unhold(f->lc, "02", "test", &ch), MQPKI_OK);
+    publish_ok(f, &pub);
+    crl = exported(f, INV_CRL_DELTA);
+    assert_int_equal(reason_of(crl, "02"), CA_REASON_REMOVE_FROM_CRL);
+    X509_CRL_free(crl);
+    assert_int_equal(lifecycle_unhold(f->lc, "02", "test", &ch), MQPKI_ERR_STATE);
+    assert_int_equal(lifecycle_revoke(f->lc, "FF", 0, "test", &ch), MQPKI_ERR_NOT_FOUND);
+}
+
+static void test_burst_folds_into_one(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    struct inventory_crl c;
+    int64_t n, last = 0;
+    X509_CRL *crl;
+    char serial[8];
+
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    for (int i = 1; i <= 5; i++) {
+        snprintf(serial, sizeof(serial), "1%d", i);
+        asset_with_cert(f, "a", serial);
+        assert_int_equal(lifecycle_revoke(f->lc, serial, CA_REASON_UNSPECIFIED, "test", &ch),
+                         MQPKI_OK);
+        last = ch.crl_number;
+    }
+    f->seen.n_signed = 0;
+    publish_ok(f, &pub);
+    assert_int_equal(pub.signed_count, 1);
+    assert_int_equal(pub.delta_number, last);
+    crl = exported(f, INV_CRL_DELTA);
+    assert_int_equal(crl_int_ext(crl, NID_crl_number), last);
+    assert_int_equal(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), 5);
+    X509_CRL_free(crl);
+    assert_int_equal(inventory_crl_get(f->inv, last - 1, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CRL_DONE);
+    assert_int_equal(c.folded_into, last);
+}
+
+static void test_large_delta_becomes_full(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    int64_t n;
+    char serial[8];
+
+    f->cfg.crl_delta_max = 2;
+    lifecycle_free(f->lc);
+    assert_int_equal(lifecycle_new(f->inv, &f->cfg, &f->lc), MQPKI_OK);
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    for (int i = 1; i <= 3; i++) {
+        snprintf(serial, sizeof(serial), "2%d", i);
+        asset_with_cert(f, "a", serial);
+        assert_int_equal(lifecycle_revoke(f->lc, serial, 0, "test", &ch), MQPKI_OK);
+    }
+    publish_ok(f, &pub);
+    assert_int_equal(pub.full_number, ch.crl_number);
+    assert_true(pub.delta_number < pub.full_number);
+}
+
+static void test_export_failure_resumes(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    unsigned char *first = NULL;
+    size_t first_len = 0;
+    int64_t n, open = 0;
+
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    asset_with_cert(f, "a", "31");
+    asset_with_cert(f, "b", "32");
+    /* The disk is full: the CRL is signed, kept and fed, not exported. */
+    assert_int_equal(lifecycle_revoke(f->lc, "31", 1, "test", &ch), MQPKI_OK);
+    f->seen.fail_export = 1;
+    f->seen.n_signed = 0;
+    assert_int_equal(lifecycle_publish(f->lc, f->ca, &f->sink, "test", 1000, &pub),
+                     MQPKI_ERR_NOSPACE);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_NOSPACE), "crl/: disk full (test)");
+    assert_int_equal(f->seen.n_signed, 1);
+    assert_int_equal(lifecycle_open_count(f->lc, &open), MQPKI_OK);
+    assert_int_equal(open, 1);
+    assert_int_equal(inventory_crl_der(f->inv, ch.crl_number, &first, &first_len), MQPKI_OK);
+    /* A newer revocation is still signed and fed while the export keeps failing. */
+    assert_int_equal(lifecycle_revoke(f->lc, "32", 1, "test", &ch), MQPKI_OK);
+    assert_int_equal(lifecycle_publish(f->lc, f->ca, &f->sink, "test", 1000, &pub),
+                     MQPKI_ERR_NOSPACE);
+    assert_int_equal(f->seen.n_signed, 2);
+    /* Space is back: only the newest goes out, the older one is done with it. */
+    f->seen.fail_export = 0;
+    f->seen.n_exported = 0;
+    publish_ok(f, &pub);
+    assert_int_equal(pub.signed_count, 0);
+    assert_int_equal(f->seen.n_exported, 1);
+    assert_int_equal(f->seen.exported[0], ch.crl_number);
+    assert_int_equal(lifecycle_open_count(f->lc, &open), MQPKI_OK);
+    assert_int_equal(open, 0);
+    free(first);
+}
+
+static void test_signed_left_by_a_crash(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int64_t n;
+
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    asset_with_cert(f, "a", "41");
+    assert_int_equal(lifecycle_revoke(f->lc, "41", 1, "test", &ch), MQPKI_OK);
+    /* A publisher that died after keeping the signed CRL: signed, never exported. */
+    f->seen.fail_export = 1;
+    assert_int_equal(lifecycle_publish(f->lc, f->ca, &f->sink, "test", 1000, &pub),
+                     MQPKI_ERR_NOSPACE);
+    assert_int_equal(inventory_crl_der(f->inv, ch.crl_number, &der, &len), MQPKI_OK);
+    f->seen.fail_export = 0;
+    f->seen.n_signed = 0;
+    publish_ok(f, &pub);
+    /* The next one exports the same bytes and signs nothing under that number again. */
+    assert_int_equal(f->seen.n_signed, 0);
+    assert_int_equal(f->seen.last_len[INV_CRL_DELTA], len);
+    assert_memory_equal(f->seen.last_der[INV_CRL_DELTA], der, len);
+    free(der);
+}
+
+static void test_decommission(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+
+    asset_with_cert(f, "d", "51");
+    asset_with_cert(f, "d", "52");
+    assert_int_equal(lifecycle_decommission(f->lc, "d", "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.changed, 2);
+    assert_true(ch.crl_number > 0);
+    assert_int_equal(ch.asset_state, INV_STATE_DECOMMISSIONED);
+    /* Again: already there, nothing changes. */
+    assert_int_equal(lifecycle_decommission(f->lc, "d", "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.asset_was, INV_STATE_DECOMMISSIONED);
+    assert_int_equal(ch.changed, 0);
+    assert_int_equal(ch.already, 2);
+    assert_int_equal(ch.crl_number, 0);
+    /* An asset without certificates has nothing to revoke. */
+    {
+        struct inventory_asset a;
+        memset(&a, 0, sizeof(a));
+        snprintf(a.id, sizeof(a.id), "e");
+        a.kind = INV_KIND_DEVICE;
+        assert_int_equal(inventory_asset_add(f->inv, &a, "test"), MQPKI_OK);
+    }
+    assert_int_equal(lifecycle_revoke_asset(f->lc, "e", 1, "test", &ch), MQPKI_ERR_STATE);
+    assert_int_equal(lifecycle_revoke_asset(f->lc, "nosuch", 1, "test", &ch), MQPKI_ERR_NOT_FOUND);
+}
+
+static void test_full_due(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    int64_t n, now = mqpki_now();
+    int due = 0;
+
+    assert_int_equal(lifecycle_crl_due(f->lc, now, &due), MQPKI_OK);
+    assert_true(due); /* none yet */
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    assert_int_equal(lifecycle_crl_due(f->lc, now, &due), MQPKI_OK);
+    assert_false(due);
+    assert_int_equal(lifecycle_crl_due(f->lc, now + 3600, &due), MQPKI_OK);
+    assert_true(due); /* crl_full_every */
+    /* crl_full_after: a delta since the full CRL makes one due after that delay. */
+    f->cfg.crl_full_after = 60;
+    lifecycle_free(f->lc);
+    assert_int_equal(lifecycle_new(f->inv, &f->cfg, &f->lc), MQPKI_OK);
+    asset_with_cert(f, "a", "61");
+    assert_int_equal(lifecycle_revoke(f->lc, "61", 1, "test", &ch), MQPKI_OK);
+    publish_ok(f, &pub);
+    assert_int_equal(lifecycle_crl_due(f->lc, now + 30, &due), MQPKI_OK);
+    assert_false(due);
+    assert_int_equal(lifecycle_crl_due(f->lc, now + 61, &due), MQPKI_OK);
+    assert_true(due);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_first_publication_is_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delta_after_full_and_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_burst_folds_into_one, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_delta_becomes_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_failure_resumes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_signed_left_by_a_crash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
