@@ -41,14 +41,15 @@ int cli_help(const char *text)
 
 int cli_open(struct cli *cli, unsigned what, struct datadir **out)
 {
-    int rc = datadir_open(cli->home, what & ~(unsigned)CLI_MUTATES, out);
+    int rc = datadir_open(cli->home, what & ~(unsigned)CLI_MUTATES, out), prc;
 
-    /* Before its own change, a command finishes what an interrupted one left open. */
+    /* Before its own change, a command finishes what an interrupted one left open. When that
+     * fails (no PIN, a full disk), the command still goes on: a revocation must never wait for
+     * the publication of another. mqpkid and later commands retry. */
     if (rc == MQPKI_OK && (what & CLI_MUTATES) &&
-        (rc = datadir_publish_pending(*out)) != MQPKI_OK) {
-        datadir_close(*out);
-        *out = NULL;
-    }
+        (prc = datadir_publish_pending(*out)) != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_WARN, "a CRL publication left open could not be finished yet: %s",
+                  mqpki_err_detail(prc));
     return rc;
 }
 

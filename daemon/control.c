@@ -1,8 +1,10 @@
 /*
- * control: mqpkid's end of the local control socket (datadir.h, run/mqpkid.sock). One thread
- * answers one request at a time: ping, publish (the publisher runs a cycle at once and reports)
- * and sign (a C_Sign with the CA key this daemon alone holds). Only peers of the daemon's own
- * user, or root, are answered; every request is size-capped and time-boxed.
+ * control: mqpkid's end of the local control socket (datadir.h, run/mqpkid.sock). A thread
+ * accepts; each connection is served on a thread of its own (at most CONTROL_THREADS at once),
+ * so that a publish waiting for a large CRL never holds up a command's signature: ping,
+ * publish (the publisher runs a cycle at once and reports) and sign (a C_Sign with the CA key
+ * this daemon alone holds). Only peers of the daemon's own user, or root, are answered; every
+ * request is size-capped and time-boxed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,8 +24,9 @@
 #include "feed.h"
 #include "lifecycle.h"
 
-#define REQUEST_MS 5000 /* a peer has this long to send its request */
-#define REPLY_MS   5000
+#define REQUEST_MS      5000 /* a peer has this long to send its request */
+#define REPLY_MS        5000
+#define CONTROL_THREADS 16 /* connections served at once; more wait in the listen backlog */
 
 struct control {
     struct daemon_ctx *ctx;
@@ -31,6 +34,14 @@ struct control {
     int wake[2];
     pthread_t thread;
     int started;
+    pthread_mutex_t lock;
+    pthread_cond_t idle; /* a connection thread ended */
+    int busy;            /* connection threads running */
+};
+
+struct conn {
+    struct control *c;
+    int fd;
 };
 
 /* Sends status + payload as one frame. */
@@ -79,15 +90,16 @@ static void on_publish(struct control *c, int fd, const unsigned char *req, size
 
 static void on_sign(struct control *c, int fd, const unsigned char *req, size_t len)
 {
-    unsigned char sig[1024];
+    unsigned char sig[DATADIR_SIGN_OUT_MAX];
     size_t sig_len = sizeof(sig);
-    char label[129];
+    char label[DATADIR_SIGN_LABEL_MAX + 1];
     unsigned long mech;
     size_t n;
     int rc;
 
     /* op, label length, label, 4-byte mechanism, input */
-    if (len < 2 || (n = req[1]) == 0 || n >= sizeof(label) || len < 2 + n + 4 + 1) {
+    if (len < 2 || (n = req[1]) == 0 || n >= sizeof(label) || len < 2 + n + 4 + 1 ||
+        len - (6 + n) > DATADIR_SIGN_IN_MAX) {
         reply_error(fd, MQPKI_ERR_PARSE, "malformed sign request");
         return;
     }
@@ -127,12 +139,29 @@ static void serve(struct control *c, int fd)
     free(req);
 }
 
+static void *serve_thread(void *arg)
+{
+    struct conn *k = arg;
+    struct control *c = k->c;
+
+    serve(c, k->fd);
+    close(k->fd);
+    free(k);
+    pthread_mutex_lock(&c->lock);
+    c->busy--;
+    pthread_cond_broadcast(&c->idle);
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
 static void *run(void *arg)
 {
     struct control *c = arg;
 
     for (;;) {
         struct pollfd pfd[2] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
+        struct conn *k;
+        pthread_t t;
         int fd;
 
         if (poll(pfd, 2, -1) < 0) {
@@ -143,10 +172,32 @@ static void *run(void *arg)
         }
         if (pfd[1].revents != 0)
             break;
+        pthread_mutex_lock(&c->lock);
+        while (c->busy >= CONTROL_THREADS)
+            pthread_cond_wait(&c->idle, &c->lock);
+        pthread_mutex_unlock(&c->lock);
         if ((fd = accept4(c->fd, NULL, NULL, SOCK_CLOEXEC)) < 0)
             continue;
-        serve(c, fd);
-        close(fd);
+        if ((k = malloc(sizeof(*k))) == NULL) {
+            close(fd);
+            continue;
+        }
+        k->c = c;
+        k->fd = fd;
+        pthread_mutex_lock(&c->lock);
+        c->busy++;
+        pthread_mutex_unlock(&c->lock);
+        if (pthread_create(&t, NULL, serve_thread, k) != 0) {
+            /* No thread to spare: serve it here. */
+            pthread_mutex_lock(&c->lock);
+            c->busy--;
+            pthread_mutex_unlock(&c->lock);
+            serve(c, fd);
+            close(fd);
+            free(k);
+            continue;
+        }
+        pthread_detach(t);
     }
     return NULL;
 }
@@ -161,6 +212,8 @@ int control_start(struct daemon_ctx *ctx, struct control **out)
         return MQPKI_ERR_NOMEM;
     c->ctx = ctx;
     c->fd = c->wake[0] = c->wake[1] = -1;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->idle, NULL);
     if ((rc = datadir_control_listen(datadir_home(ctx->dd), &c->fd)) != MQPKI_OK)
         goto out;
     if (pipe2(c->wake, O_CLOEXEC) != 0) {
@@ -187,6 +240,11 @@ void control_stop(struct control *c)
         if (write(c->wake[1], "x", 1) < 0)
             mqpki_log(MQPKI_LOG_WARN, "control: cannot wake the thread");
         pthread_join(c->thread, NULL);
+        /* Connections in flight finish (each is time-boxed) before what they use goes. */
+        pthread_mutex_lock(&c->lock);
+        while (c->busy > 0)
+            pthread_cond_wait(&c->idle, &c->lock);
+        pthread_mutex_unlock(&c->lock);
     }
     if (c->fd >= 0)
         close(c->fd);
@@ -194,5 +252,7 @@ void control_stop(struct control *c)
         close(c->wake[0]);
     if (c->wake[1] >= 0)
         close(c->wake[1]);
+    pthread_cond_destroy(&c->idle);
+    pthread_mutex_destroy(&c->lock);
     free(c);
 }

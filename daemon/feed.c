@@ -63,21 +63,18 @@ static void lib_init(void)
 }
 
 /* Sends one CRL (retained, QoS 1) on one link unless it already sent this number or a higher
- * one of the same kind on this connection. */
-static void send_crl(struct link *l, int kind, int64_t number, const unsigned char *der, size_t len)
+ * one of the same kind on this connection, or (a delta) a full CRL as new. sent_lock held. */
+static void send_crl_locked(struct link *l, int kind, int64_t number, const unsigned char *der,
+                            size_t len)
 {
     const char *topic = kind == INV_CRL_FULL ? TOPIC_FULL : TOPIC_DELTA;
     int rc;
 
-    pthread_mutex_lock(&l->sent_lock);
-    if (number <= l->sent[kind]) {
-        pthread_mutex_unlock(&l->sent_lock);
+    if (number <= l->sent[kind] || (kind == INV_CRL_DELTA && number <= l->sent[INV_CRL_FULL]))
         return;
-    }
     rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
     if (rc == MOSQ_ERR_SUCCESS)
         l->sent[kind] = number;
-    pthread_mutex_unlock(&l->sent_lock);
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish CRL %lld: %s", l->name,
                   (long long)number, mosquitto_strerror(rc));
@@ -86,8 +83,16 @@ static void send_crl(struct link *l, int kind, int64_t number, const unsigned ch
                   (long long)number, topic, len);
 }
 
-/* Sends the newest full CRL and, when it extends it, the newest delta, read from the store. */
-static void send_latest(struct link *l)
+static void send_crl(struct link *l, int kind, int64_t number, const unsigned char *der, size_t len)
+{
+    pthread_mutex_lock(&l->sent_lock);
+    send_crl_locked(l, kind, number, der, len);
+    pthread_mutex_unlock(&l->sent_lock);
+}
+
+/* Sends the newest full CRL and, when it extends it, the newest delta, read from the store.
+ * sent_lock held, so that an offer of a newer delta cannot overtake the full CRL it extends. */
+static void send_latest_locked(struct link *l)
 {
     struct feed *f = l->f;
     struct inventory_crl c[2];
@@ -101,11 +106,11 @@ static void send_latest(struct link *l)
                   inventory_crl_der(f->inv, c[k].number, &der[k], &len[k]) == MQPKI_OK;
     pthread_mutex_unlock(&f->inv_lock);
     if (have[INV_CRL_FULL])
-        send_crl(l, INV_CRL_FULL, c[INV_CRL_FULL].number, der[INV_CRL_FULL], len[INV_CRL_FULL]);
-    /* A delta older than the full CRL extends nothing a broker holds. */
-    if (have[INV_CRL_DELTA] &&
-        (!have[INV_CRL_FULL] || c[INV_CRL_DELTA].number > c[INV_CRL_FULL].number))
-        send_crl(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA], len[INV_CRL_DELTA]);
+        send_crl_locked(l, INV_CRL_FULL, c[INV_CRL_FULL].number, der[INV_CRL_FULL],
+                        len[INV_CRL_FULL]);
+    if (have[INV_CRL_DELTA])
+        send_crl_locked(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA],
+                        len[INV_CRL_DELTA]);
     free(der[0]);
     free(der[1]);
 }
@@ -120,14 +125,14 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
         return;
     }
     mqpki_log(MQPKI_LOG_INFO, "feed: connected to broker %s (%s:%d)", l->name, l->host, l->port);
-    /* A new connection starts from nothing sent: the broker may have restarted. */
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_EVENTS_ALL, 1);
+    /* A new connection starts from nothing sent (the broker may have restarted) and gets the
+     * current CRLs at once; offers made meanwhile wait for the lock, then send only newer. */
     pthread_mutex_lock(&l->sent_lock);
     l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
-    pthread_mutex_unlock(&l->sent_lock);
     atomic_store(&l->connected, 1);
-    mosquitto_subscribe(m, NULL, PROTO_TOPIC_EVENTS_ALL, 1);
-    /* A broker that was down gets the current CRLs as soon as it is back. */
-    send_latest(l);
+    send_latest_locked(l);
+    pthread_mutex_unlock(&l->sent_lock);
 }
 
 static void on_disconnect(struct mosquitto *m, void *ud, int rc)
@@ -445,8 +450,8 @@ void feed_resend(struct feed *f)
         /* Sent again even if this connection sent them before: the broker lacks them. */
         pthread_mutex_lock(&l->sent_lock);
         l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+        send_latest_locked(l);
         pthread_mutex_unlock(&l->sent_lock);
-        send_latest(l);
     }
 }
 

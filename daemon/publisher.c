@@ -18,6 +18,9 @@
 #include "lifecycle.h"
 
 #define TICK_MS 1000
+/* How long a cycle waits for a command that publishes by itself (mqpkid was not reachable when
+ * it started): long enough for a large full CRL, short enough to retry on the next tick. */
+#define PUBLISHER_LOCK_MS 5000
 
 struct publisher {
     struct daemon_ctx *ctx;
@@ -63,11 +66,18 @@ static int on_export(void *ctx, const struct inventory_crl *c, const unsigned ch
  * brokers too: the store, not this process, is the source. */
 static void catch_up(struct publisher *p)
 {
+    int64_t full = -1;
+
     for (int k = INV_CRL_FULL; k <= INV_CRL_DELTA; k++) {
         struct inventory_crl c;
         unsigned char *der = NULL;
         size_t len = 0;
-        if (inventory_crl_latest(p->inv, k, &c) != MQPKI_OK || c.number <= p->offered[k])
+        if (inventory_crl_latest(p->inv, k, &c) != MQPKI_OK)
+            continue;
+        if (k == INV_CRL_FULL)
+            full = c.number;
+        /* Never a lower number after a higher one: a delta older than the full CRL is spent. */
+        if (c.number <= p->offered[k] || (k == INV_CRL_DELTA && c.number <= full))
             continue;
         if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK)
             offer(p, &c, der, len);
@@ -76,32 +86,49 @@ static void catch_up(struct publisher *p)
     mqpki_err_clear();
 }
 
-/* One cycle: a full CRL when due, the open publications, the feed caught up. */
-static int cycle(struct publisher *p, struct lifecycle_publication *pub)
+/* Publishes what is open; logs what it signed. */
+static int publish(struct publisher *p, struct lifecycle_publication *pub)
 {
     struct lifecycle_sink sink = {on_signed, on_export, p};
-    int64_t open = 0, number;
+    int64_t open = 0;
+    int rc;
+
+    if ((rc = lifecycle_open_count(p->lc, &open)) != MQPKI_OK || open == 0)
+        return rc;
+    rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", PUBLISHER_LOCK_MS,
+                           pub);
+    if (pub->signed_count > 0)
+        mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entr%s)",
+                  (long long)(pub->delta_number > pub->full_number ? pub->delta_number
+                                                                   : pub->full_number),
+                  pub->delta_number > pub->full_number ? "delta" : "full",
+                  (long long)pub->entries, pub->entries == 1 ? "y" : "ies");
+    return rc;
+}
+
+/*
+ * One cycle: first what is open (revocations go out as deltas at once, never behind a full CRL
+ * the schedule asks for), then a full CRL when one is due, then the feed caught up with the
+ * store. error gets the failure's detail before anything else can overwrite it.
+ */
+static int cycle(struct publisher *p, struct lifecycle_publication *pub, char *error, size_t size)
+{
+    int64_t number;
     int rc, due = 0;
 
     memset(pub, 0, sizeof(*pub));
     pub->full_number = pub->delta_number = -1;
-    if ((rc = lifecycle_crl_due(p->lc, mqpki_now(), &due)) == MQPKI_OK && due)
-        rc = lifecycle_crl_request(p->lc, INV_CRL_FULL, "schedule", "mqpkid", &number);
-    if (rc == MQPKI_OK)
-        rc = lifecycle_open_count(p->lc, &open);
-    if (rc == MQPKI_OK && open > 0) {
-        rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", 60000, pub);
-        if (rc == MQPKI_OK && pub->signed_count > 0)
-            mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entr%s)",
-                      (long long)(pub->delta_number > pub->full_number ? pub->delta_number
-                                                                       : pub->full_number),
-                      pub->delta_number > pub->full_number ? "delta" : "full",
-                      (long long)pub->entries, pub->entries == 1 ? "y" : "ies");
+    error[0] = '\0';
+    rc = publish(p, pub);
+    if (rc == MQPKI_OK && (rc = lifecycle_crl_due(p->lc, mqpki_now(), &due)) == MQPKI_OK && due &&
+        (rc = lifecycle_crl_request(p->lc, INV_CRL_FULL, "schedule", "mqpkid", &number)) ==
+            MQPKI_OK)
+        rc = publish(p, pub);
+    if (rc != MQPKI_OK) {
+        snprintf(error, size, "%s", mqpki_err_detail(rc));
+        mqpki_log(MQPKI_LOG_ERROR, "CRL publication: %s (retried every second)", error);
     }
     catch_up(p);
-    if (rc != MQPKI_OK)
-        mqpki_log(MQPKI_LOG_ERROR, "CRL publication: %s (retried every second)",
-                  mqpki_err_detail(rc));
     return rc;
 }
 
@@ -109,6 +136,7 @@ static void *run(void *arg)
 {
     struct publisher *p = arg;
     struct lifecycle_publication pub;
+    char error[256];
     uint64_t gen;
     int resend, rc;
 
@@ -119,21 +147,21 @@ static void *run(void *arg)
         p->resend = 0;
         pthread_mutex_unlock(&p->lock);
         feed_tick(p->ctx->feed);
-        rc = cycle(p, &pub);
+        rc = cycle(p, &pub, error, sizeof(error));
         if (resend)
             feed_resend(p->ctx->feed);
         pthread_mutex_lock(&p->lock);
         p->last_rc = rc;
-        snprintf(p->last_error, sizeof(p->last_error), "%s",
-                 rc == MQPKI_OK ? "" : mqpki_err_detail(rc));
+        snprintf(p->last_error, sizeof(p->last_error), "%s", error);
         p->last = pub;
         p->done = gen;
         pthread_cond_broadcast(&p->cond);
         if (p->stop || p->requested != gen)
             continue;
         {
+            /* Monotonic: a clock stepped back (NTP on a gateway without RTC) never stalls it. */
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
+            clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_sec += TICK_MS / 1000;
             pthread_cond_timedwait(&p->cond, &p->lock, &until);
         }
@@ -155,7 +183,13 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
     p->ctx = ctx;
     p->offered[0] = p->offered[1] = -1;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
+    {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&p->cond, &attr);
+        pthread_condattr_destroy(&attr);
+    }
     memset(&lcfg, 0, sizeof(lcfg));
     lcfg.crl_validity = cfg->crl_validity;
     lcfg.crl_full_every = cfg->crl_full_every;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -117,13 +118,23 @@ static int daemon_alive(const char *home)
  * otherwise the command takes the token lock (waiting for another command, or for a mqpkid that
  * is starting, which it then signs through) and opens the token itself.
  */
+static int64_t elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
 static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
 {
+    struct timespec start;
     pid_t holder = 0;
-    int waited = 0, said = 0, rc;
+    int said = 0, rc;
 
     if (dd->daemon_mode)
         goto local;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
         if (daemon_alive(dd->home)) {
             dd->remote = 1;
@@ -135,12 +146,13 @@ static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
             break;
         if (rc != MQPKI_ERR_BUSY)
             return rc;
-        if ((waited += 100) >= TOKEN_WAIT_MS)
+        /* Wall time, not rounds: a ping of a busy mqpkid may take seconds itself. */
+        if (elapsed_ms(&start) >= TOKEN_WAIT_MS)
             return mqpki_fail(MQPKI_ERR_BUSY,
                               "the CA token is in use by process %ld (another mqpki command or "
                               "a mqpkid starting) and was not released within %d s",
                               (long)holder, TOKEN_WAIT_MS / 1000);
-        if (!said && waited >= 1000) {
+        if (!said && elapsed_ms(&start) >= 1000) {
             mqpki_log(MQPKI_LOG_INFO, "waiting for process %ld to release the CA token",
                       (long)holder);
             said = 1;
@@ -370,6 +382,15 @@ int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publicati
         return rc;
     if (open > 0 && (rc = datadir_ca_open(dd)) != MQPKI_OK)
         return rc;
+    /* mqpkid came up meanwhile: it publishes. Signing through it while holding the publication
+     * lock here would have it wait for this command, and this command for it. */
+    if (dd->remote) {
+        rc = publish_by_daemon(dd, (flags & DATADIR_PUBLISH_RESEND) != 0, out);
+        if (rc != MQPKI_ERR_NOT_FOUND)
+            return rc;
+        return mqpki_fail(MQPKI_ERR_STATE, "mqpkid stopped while this command used it; run the "
+                                           "command again");
+    }
     rc = lifecycle_publish(dd->lc, dd->ca, &sink, dd->actor, PUBLISH_LOCK_MS, &pub);
     out->signed_count = pub.signed_count;
     out->full_number = pub.full_number;

@@ -142,6 +142,9 @@ int datadir_control_send(int fd, const void *body, size_t len, int timeout_ms);
  * digest, out raw r||s; CKM_RSA_PKCS: in is a DigestInfo) with the CA key `label` this process
  * holds. Only the issuing CA key, only its own mechanism. *out_len: size of out, then length.
  */
+#define DATADIR_SIGN_LABEL_MAX 128  /* a key label in a sign request */
+#define DATADIR_SIGN_IN_MAX    512  /* its input: a digest or an RSA DigestInfo */
+#define DATADIR_SIGN_OUT_MAX   1024 /* the signature: RSA-8192 at most */
 int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
                      const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len);
 

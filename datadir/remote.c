@@ -43,7 +43,7 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
                      const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len)
 {
     EVP_PKEY_CTX *ctx = NULL;
-    unsigned char der[512];
+    unsigned char der[DATADIR_SIGN_OUT_MAX];
     size_t der_len = sizeof(der);
     int rc = MQPKI_ERR_CRYPTO, is_ec;
 
@@ -52,7 +52,7 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CA key '%.64s' here", label);
     is_ec = EVP_PKEY_get_base_id(dd->key) == EVP_PKEY_EC;
     if ((is_ec && mech != P11_MECH_ECDSA) || (!is_ec && mech != P11_MECH_RSA_PKCS) || in_len == 0 ||
-        in_len > 512)
+        in_len > DATADIR_SIGN_IN_MAX)
         return mqpki_fail(MQPKI_ERR_INVALID,
                           "sign request: mechanism 0x%lx or input of %zu "
                           "bytes refused",
@@ -80,18 +80,18 @@ out:
 /* The command side of a remote signature. */
 struct remote {
     char home[PATH_MAX];
-    char label[64];
+    char label[DATADIR_SIGN_LABEL_MAX + 1];
 };
 
 static int remote_sign(void *ctx, unsigned long mech, const unsigned char *in, size_t in_len,
                        unsigned char *out, size_t *out_len)
 {
     struct remote *r = ctx;
-    unsigned char req[2 + 64 + 4 + 512], *reply = NULL;
+    unsigned char req[2 + DATADIR_SIGN_LABEL_MAX + 4 + DATADIR_SIGN_IN_MAX], *reply = NULL;
     size_t n = strlen(r->label), len = 0, reply_len = 0;
     int rc;
 
-    if (in_len > 512)
+    if (in_len > DATADIR_SIGN_IN_MAX || n > DATADIR_SIGN_LABEL_MAX)
         return mqpki_fail(MQPKI_ERR_INVALID, "remote sign: input of %zu bytes", in_len);
     req[len++] = DATADIR_CTL_SIGN;
     req[len++] = (unsigned char)n;

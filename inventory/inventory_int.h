@@ -92,7 +92,7 @@
     X(SQL_CRL_DER, "SELECT der FROM crls WHERE number = ?1")                                       \
     X(SQL_CRL_OPEN, "SELECT " INV_CRL_COLS " FROM crls WHERE state <> 'done' ORDER BY number")     \
     X(SQL_CRL_LATEST, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND state <> 'pending' "  \
-                      "ORDER BY number DESC LIMIT 1")                                              \
+                      "AND folded_into IS NULL ORDER BY number DESC LIMIT 1")                      \
     X(SQL_CRL_FIRST_AFTER, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND number > ?2 "    \
                            "AND state <> 'pending' AND folded_into IS NULL ORDER BY number "       \
                            "LIMIT 1")                                                              \

@@ -175,7 +175,7 @@ static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink
 /* Signs the pending number `number` (a full CRL when want_full) and hands it to the feed. */
 static int sign_pending(struct lifecycle *lc, struct ca *ca, int64_t number, int want_full,
                         const struct lifecycle_sink *sink, const char *actor,
-                        struct lifecycle_publication *pub)
+                        struct lifecycle_publication *pub, int *kind)
 {
     struct inventory_crl c;
     struct entries e = {0};
@@ -208,6 +208,7 @@ static int sign_pending(struct lifecycle *lc, struct ca *ca, int64_t number, int
         goto out;
     pub->signed_count++;
     pub->entries = c.entries;
+    *kind = c.kind;
     /* To the feed at once; the export follows (export_signed). */
     if (sink != NULL && sink->signed_crl != NULL)
         sink->signed_crl(sink->ctx, &c, der, len);
@@ -220,8 +221,10 @@ out:
 /* The pending publications, summarized. */
 struct pending_rows {
     int have;
-    int64_t last; /* highest pending number */
-    int any_full; /* a pending row asks for a full CRL */
+    int64_t last;         /* highest pending number */
+    int any_full;         /* a pending row asks for a full CRL */
+    int any_delta;        /* a pending row asks for a delta CRL (a change to publish at once) */
+    char full_reason[32]; /* why the full CRL was asked for */
 };
 
 static int note_pending(const struct inventory_crl *c, void *ctx)
@@ -231,8 +234,12 @@ static int note_pending(const struct inventory_crl *c, void *ctx)
     if (c->state == INV_CRL_PENDING) {
         p->have = 1;
         p->last = c->number;
-        if (c->kind == INV_CRL_FULL)
+        if (c->kind == INV_CRL_FULL) {
             p->any_full = 1;
+            snprintf(p->full_reason, sizeof(p->full_reason), "%s", c->reason);
+        } else {
+            p->any_delta = 1;
+        }
     }
     return 0;
 }
@@ -250,11 +257,20 @@ int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycl
     /* Sign what is pending (a burst folds into one CRL), as often as new numbers come in. */
     for (int round = 0; round < PUBLISH_ROUNDS_MAX; round++) {
         struct pending_rows p;
+        int64_t number;
+        int kind = -1;
 
         memset(&p, 0, sizeof(p));
         if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) != MQPKI_OK || !p.have)
             break;
-        if ((rc = sign_pending(lc, ca, p.last, p.any_full, sink, actor, &pub)) != MQPKI_OK)
+        /* A change and a full CRL asked for at once: the change goes out as a delta first (a
+         * full CRL of a million entries takes seconds to sign and to load), the full CRL next. */
+        if ((rc = sign_pending(lc, ca, p.last, p.any_full && !p.any_delta, sink, actor, &pub,
+                               &kind)) != MQPKI_OK)
+            break;
+        if (p.any_full && kind == INV_CRL_DELTA &&
+            (rc = inventory_crl_reserve(lc->inv, INV_CRL_FULL, p.full_reason, actor, &number)) !=
+                MQPKI_OK)
             break;
     }
     /* Export what is signed, also when signing failed: what was signed before still goes out. */
@@ -289,12 +305,23 @@ int lifecycle_crl_request(struct lifecycle *lc, int kind, const char *reason, co
     return inventory_crl_reserve(lc->inv, kind, reason, actor, number);
 }
 
+static int note_pending_full(const struct inventory_crl *c, void *ctx)
+{
+    if (c->state == INV_CRL_PENDING && c->kind == INV_CRL_FULL)
+        *(int *)ctx = 1;
+    return 0;
+}
+
 int lifecycle_crl_due(struct lifecycle *lc, int64_t now, int *due)
 {
     struct inventory_crl full;
-    int rc;
+    int rc, pending = 0;
 
     *due = 0;
+    /* One asked for already (signing may be failing): asking again would only burn numbers. */
+    if ((rc = inventory_crl_open(lc->inv, note_pending_full, &pending, NULL)) != MQPKI_OK ||
+        pending)
+        return rc;
     rc = inventory_crl_latest(lc->inv, INV_CRL_FULL, &full);
     if (rc == MQPKI_ERR_NOT_FOUND) {
         mqpki_err_clear();

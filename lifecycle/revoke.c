@@ -96,9 +96,12 @@ int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const
         out->changed = 1;
     }
     note_asset(lc, c.asset_id, out);
-    if (out->changed && (rc = inventory_commit(lc->inv)) != MQPKI_OK)
-        goto out;
-    in_tx = out->changed ? 0 : in_tx;
+    /* Nothing changed: the transaction is rolled back below, nothing to write. */
+    if (out->changed) {
+        if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
+            goto out;
+        in_tx = 0;
+    }
 out:
     if (in_tx)
         inventory_rollback(lc->inv);

@@ -398,6 +398,34 @@ static void test_signed_left_by_a_crash(void **state)
     free(der);
 }
 
+static void test_change_goes_first_as_delta(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    int64_t n, full;
+    int due = 1;
+
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    asset_with_cert(f, "a", "71");
+    /* A full CRL is asked for (operator, schedule) and a revocation comes in meanwhile. */
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "operator", "test", &full),
+                     MQPKI_OK);
+    assert_int_equal(lifecycle_crl_due(f->lc, mqpki_now() + 86400, &due), MQPKI_OK);
+    assert_false(due); /* one is already asked for: none again */
+    assert_int_equal(lifecycle_revoke(f->lc, "71", 1, "test", &ch), MQPKI_OK);
+    f->seen.n_signed = 0;
+    publish_ok(f, &pub);
+    /* The revocation went out as a delta first, then the full CRL. */
+    assert_int_equal(f->seen.n_signed, 2);
+    assert_int_equal(f->seen.signed_kinds[0], INV_CRL_DELTA);
+    assert_int_equal(f->seen.signed_numbers[0], ch.crl_number);
+    assert_int_equal(f->seen.signed_kinds[1], INV_CRL_FULL);
+    assert_true(f->seen.signed_numbers[1] > ch.crl_number);
+    assert_int_equal(pub.full_number, f->seen.signed_numbers[1]);
+}
+
 static void test_decommission(void **state)
 {
     struct fx *f = *state;
@@ -465,6 +493,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_large_delta_becomes_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_failure_resumes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signed_left_by_a_crash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_change_goes_first_as_delta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
     };
