@@ -173,7 +173,9 @@ static int crl_write(struct inventory *inv, int kind, const char *out, int as_de
 
     if ((rc = inventory_crl_latest(inv, kind, &c)) != MQPKI_OK) {
         if (rc == MQPKI_ERR_NOT_FOUND)
-            rc = mqpki_fail(rc, "no %s CRL has been signed yet",
+            rc = mqpki_fail(rc,
+                            "no %s CRL in the store yet (a store from before CRLs were kept "
+                            "there gets one from 'mqpki crl publish' or mqpkid's start)",
                             kind == INV_CRL_FULL ? "full" : "delta");
         return rc;
     }

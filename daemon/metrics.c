@@ -167,6 +167,7 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
 char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)
 {
     struct inventory *inv = http_thread_inventory(ctx);
+    struct crl_facts crl;
     char text[32];
     int token_ok, store_ok, feed_ok;
     json_t *v;
@@ -176,11 +177,15 @@ char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)
     token_ok = ca_selftest(datadir_ca(ctx->dd)) == MQPKI_OK;
     feed_ok = ctx->feed == NULL || feed_healthy(ctx->feed);
     *ready = token_ok && store_ok && feed_ok;
-    v = json_pack("{s:s, s:s, s:s, s:s}", "status", *ready ? "ok" : "degraded", "token",
-                  token_ok ? "ok" : "failing", "store", store_ok ? "ok" : "failing", "feed",
+    crl_facts(inv, &crl);
+    v = json_pack("{s:s, s:s, s:s, s:s, s:{s:I, s:I, s:I}}", "status", *ready ? "ok" : "degraded",
+                  "token", token_ok ? "ok" : "failing", "store", store_ok ? "ok" : "failing",
+                  "feed",
                   ctx->feed == NULL ? "off"
                   : feed_ok         ? "ok"
-                                    : "degraded");
+                                    : "degraded",
+                  "crl", "full", (json_int_t)crl.full, "delta", (json_int_t)crl.delta,
+                  "publications_open", (json_int_t)crl.open);
     out = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (out != NULL)
