@@ -256,8 +256,10 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         rc = lifecycle_revoke(datadir_lifecycle(dd), serial, reason, "cli", &ch);
     if (rc != MQPKI_OK)
         goto out;
-    rc = cli_publish_change(dd, &ch, reason == CA_REASON_HOLD ? "put on hold" : "revoked",
-                            ca_reason_name((enum ca_reason)reason));
+    if (reason == CA_REASON_HOLD)
+        rc = cli_publish_change(dd, &ch, "put on hold", NULL);
+    else
+        rc = cli_publish_change(dd, &ch, "revoked", ca_reason_name((enum ca_reason)reason));
 out:
     datadir_close(dd);
     return rc;
