@@ -111,8 +111,8 @@ static int note_lag(const char *broker, int64_t full, int64_t delta, int64_t whe
         return 0;
     mqpki_err_clear();
     if (l->n++ < 4)
-        snprintf(l->names + strlen(l->names), sizeof(l->names) - strlen(l->names), "%s%s %lld",
-                 l->n > 1 ? ", " : "", broker, (long long)held);
+        snprintf(l->names + strlen(l->names), sizeof(l->names) - strlen(l->names),
+                 "%s%s (CRL %lld)", l->n > 1 ? ", " : "", broker, (long long)held);
     return 0;
 }
 

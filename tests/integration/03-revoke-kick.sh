@@ -103,6 +103,14 @@ if [ "$MQPKID" = 1 ]; then
   check "mqpki crl shows b1 holding the newest full CRL" wait_for 10 bash -c \
     "mqpki crl --json | jq -e '.brokers[0].broker == \"b1\" and .brokers[0].full == .full.number' \
     >/dev/null"
+  check "revoking dev1 again is safe" mqpki revoke --asset dev1 --reason key-compromise
+  assert "and says every CRL lists it already" contains "$T/out" "already revoked; the published"
+  # A broker that reported an older CRL (as after a lost message) gets the newest ones again.
+  sqlite3 "$H/mqpki.db" "UPDATE broker_crls SET full_number = 1, delta_number = -1"
+  check "revoking again with b1 behind" mqpki revoke --asset dev1 --reason key-compromise
+  assert "names the broker that lags and publishes again" contains "$T/out" "b1 (CRL 1) holds an older"
+  check "b1 reports the newest CRL again" wait_for 10 bash -c \
+    "mqpki crl --json | jq -e '.brokers[0].full == .full.number' >/dev/null"
 fi
 expect_fail 5 "dev1 cannot reconnect" bash -c "mosquitto_sub ${TLS[*]} --cert '$T/dev1.pem' \
   --key '$T/dev1.key' -i dev1 -t 'fleet/dev1/#' -C 1 -W 5 2>&1 >/dev/null | head -1 >&2; \
