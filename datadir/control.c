@@ -49,6 +49,19 @@ static int control_addr(const char *home, struct sockaddr_un *sa, int *dirfd)
     return MQPKI_OK;
 }
 
+/* A new socket and home's control socket address (*dirfd as control_addr). */
+static int control_socket(const char *home, struct sockaddr_un *sa, int *dirfd, int *fd)
+{
+    int rc;
+
+    *fd = -1;
+    if ((rc = control_addr(home, sa, dirfd)) != MQPKI_OK)
+        return rc;
+    if ((*fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return mqpki_fail(MQPKI_ERR_IO, "control socket: %s", strerror(errno));
+    return MQPKI_OK;
+}
+
 /* Reads or writes exactly len bytes before deadline_ms (monotonic); -1 on error or timeout. */
 static int io_full(int fd, void *buf, size_t len, int writing, int64_t deadline_ms)
 {
@@ -136,12 +149,8 @@ int datadir_control_call(const char *home, const void *req, size_t req_len, unsi
 
     *reply = NULL;
     *reply_len = 0;
-    if ((rc = control_addr(home, &sa, &dirfd)) != MQPKI_OK)
+    if ((rc = control_socket(home, &sa, &dirfd, &fd)) != MQPKI_OK)
         goto out;
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        rc = mqpki_fail(MQPKI_ERR_IO, "control socket: %s", strerror(errno));
-        goto out;
-    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         /* No socket, or one left by a daemon that died: nobody to ask. */
         rc = errno == ENOENT || errno == ECONNREFUSED || errno == ENOTDIR
@@ -177,12 +186,8 @@ int datadir_control_listen(const char *home, int *out)
     int fd = -1, dirfd = -1, rc;
 
     *out = -1;
-    if ((rc = control_addr(home, &sa, &dirfd)) != MQPKI_OK)
+    if ((rc = control_socket(home, &sa, &dirfd, &fd)) != MQPKI_OK)
         goto out;
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        rc = mqpki_fail(MQPKI_ERR_IO, "control socket: %s", strerror(errno));
-        goto out;
-    }
     /* A socket left by a daemon that died: the caller holds the daemon lock, so it is stale. */
     (void)unlink(sa.sun_path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 16) != 0) {

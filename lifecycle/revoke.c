@@ -66,23 +66,36 @@ static const char *reserve_reason(int reason)
     return reason == CA_REASON_HOLD ? "hold" : "revoke";
 }
 
+/* Opens the change's transaction and reads the certificate it is about (*in_tx 1 when the
+ * transaction was opened, also on failure). */
+static int begin_on_cert(struct lifecycle *lc, const char *serial, struct inventory_cert *c,
+                         int *in_tx, struct lifecycle_change *out)
+{
+    int rc;
+
+    change_init(out);
+    memset(c, 0, sizeof(*c));
+    *in_tx = 0;
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        return rc;
+    *in_tx = 1;
+    if ((rc = inventory_cert_get(lc->inv, serial, 0, c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
+        return rc;
+    }
+    snprintf(out->serial, sizeof(out->serial), "%s", c->serial);
+    return MQPKI_OK;
+}
+
 int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const char *actor,
                      struct lifecycle_change *out)
 {
     struct inventory_cert c;
     int rc, in_tx = 0;
 
-    change_init(out);
-    memset(&c, 0, sizeof(c));
-    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+    if ((rc = begin_on_cert(lc, serial, &c, &in_tx, out)) != MQPKI_OK)
         goto out;
-    in_tx = 1;
-    if ((rc = inventory_cert_get(lc->inv, serial, 0, &c)) != MQPKI_OK) {
-        if (rc == MQPKI_ERR_NOT_FOUND)
-            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
-        goto out;
-    }
-    snprintf(out->serial, sizeof(out->serial), "%s", c.serial);
     if (already_there(&c, reason)) {
         out->already = 1;
         out->rev_seq = c.rev_seq;
@@ -246,17 +259,8 @@ int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor
     struct inventory_cert c;
     int rc, in_tx = 0;
 
-    change_init(out);
-    memset(&c, 0, sizeof(c));
-    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+    if ((rc = begin_on_cert(lc, serial, &c, &in_tx, out)) != MQPKI_OK)
         goto out;
-    in_tx = 1;
-    if ((rc = inventory_cert_get(lc->inv, serial, 0, &c)) != MQPKI_OK) {
-        if (rc == MQPKI_ERR_NOT_FOUND)
-            rc = mqpki_fail(rc, "no certificate with serial %s", serial);
-        goto out;
-    }
-    snprintf(out->serial, sizeof(out->serial), "%s", c.serial);
     if ((rc = inventory_cert_unhold(lc->inv, c.serial, actor)) != MQPKI_OK ||
         (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, "unhold", actor, &out->crl_number)) !=
             MQPKI_OK ||

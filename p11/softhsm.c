@@ -533,48 +533,72 @@ int p11_softhsm_check(const struct p11_softhsm_guard *g, unsigned *repaired)
     return rc;
 }
 
-/* One token directory of the save. */
-static int save_token(const struct p11_softhsm_guard *g, const char *token, unsigned *saved)
+/*
+ * Copies every valid file of token from one side to the other where the other side lacks it,
+ * holds a damaged copy, or holds other content (ignoring the generation prefix): live -> good
+ * for a save, good -> live for a restore. A damaged source is never copied: a good copy keeps
+ * what worked last. *copied counts the files written.
+ */
+static int copy_valid(const struct p11_softhsm_guard *g, const char *token, int restoring,
+                      unsigned *copied)
 {
-    char live_dir[PATH_MAX], good_dir[PATH_MAX], path[PATH_MAX], good[PATH_MAX], why[160];
+    char live_dir[PATH_MAX], good_dir[PATH_MAX], live[PATH_MAX], good[PATH_MAX], why[160];
     struct dirent **list = NULL;
-    unsigned char *buf = NULL, *gbuf = NULL;
-    size_t len, glen;
+    unsigned char *src = NULL, *dst = NULL;
+    size_t src_len, dst_len;
     enum file_role role;
-    int n = 0, rc, removed = 0;
+    int n = 0, rc;
 
     if ((rc = path_join(live_dir, g->tokendir, token, NULL)) != MQPKI_OK ||
         (rc = path_join(good_dir, g->gooddir, token, NULL)) != MQPKI_OK ||
-        (rc = private_dir(good_dir)) != MQPKI_OK ||
-        (rc = dir_list(live_dir, &list, &n)) != MQPKI_OK)
+        (rc = private_dir(restoring ? live_dir : good_dir)) != MQPKI_OK ||
+        (rc = dir_list(restoring ? good_dir : live_dir, &list, &n)) != MQPKI_OK)
         goto out;
     for (int i = 0; rc == MQPKI_OK && i < n; i++) {
         const char *name = list[i]->d_name;
+        const char *from, *to;
 
-        free(buf);
-        free(gbuf);
-        buf = gbuf = NULL;
+        free(src);
+        free(dst);
+        src = dst = NULL;
         role = role_of(name);
         if (role == ROLE_OTHER || role == ROLE_TMP ||
-            path_join(path, live_dir, name, NULL) != MQPKI_OK ||
+            path_join(live, live_dir, name, NULL) != MQPKI_OK ||
             path_join(good, good_dir, name, NULL) != MQPKI_OK)
             continue;
-        /* Damage is never saved: the good copy keeps what worked last. */
-        if (file_load(path, &buf, &len, NULL) != 1 ||
-            file_check(role, buf, len, NULL, why, sizeof(why)) != NULL)
+        from = restoring ? good : live;
+        to = restoring ? live : good;
+        if (file_load(from, &src, &src_len, NULL) != 1 ||
+            file_check(role, src, src_len, NULL, why, sizeof(why)) != NULL)
             continue;
-        if (file_load(good, &gbuf, &glen, NULL) == 1 &&
-            file_check(role, gbuf, glen, NULL, why, sizeof(why)) == NULL &&
-            same_content(role, buf, len, gbuf, glen))
+        if (file_load(to, &dst, &dst_len, NULL) == 1 &&
+            file_check(role, dst, dst_len, NULL, why, sizeof(why)) == NULL &&
+            same_content(role, src, src_len, dst, dst_len))
             continue;
-        rc = mqpki_file_write_atomic(good, buf, len, 0600);
-        if (rc == MQPKI_OK)
-            (*saved)++;
+        if ((rc = mqpki_file_write_atomic(to, src, src_len, 0600)) != MQPKI_OK)
+            break;
+        if (restoring)
+            GLOG(g, MQPKI_LOG_WARN, "SoftHSM guard: %s restored from %s", live, good);
+        (*copied)++;
     }
+out:
+    free(src);
+    free(dst);
     dir_list_free(list, n);
-    list = NULL;
-    n = 0;
-    if (rc != MQPKI_OK || (rc = dir_list(good_dir, &list, &n)) != MQPKI_OK)
+    return rc;
+}
+
+/* One token directory of the save. */
+static int save_token(const struct p11_softhsm_guard *g, const char *token, unsigned *saved)
+{
+    char live_dir[PATH_MAX], good_dir[PATH_MAX], path[PATH_MAX], good[PATH_MAX];
+    struct dirent **list = NULL;
+    int n = 0, rc, removed = 0;
+
+    if ((rc = copy_valid(g, token, 0, saved)) != MQPKI_OK ||
+        (rc = path_join(live_dir, g->tokendir, token, NULL)) != MQPKI_OK ||
+        (rc = path_join(good_dir, g->gooddir, token, NULL)) != MQPKI_OK ||
+        (rc = dir_list(good_dir, &list, &n)) != MQPKI_OK)
         goto out;
     /* Good copies of destroyed objects go too, or a restore would bring them back. */
     for (int i = 0; i < n; i++) {
@@ -591,8 +615,6 @@ static int save_token(const struct p11_softhsm_guard *g, const char *token, unsi
     if (removed > 0 && dir_sync(good_dir) != 0)
         rc = mqpki_fail(MQPKI_ERR_IO, "%s: fsync: %s", good_dir, strerror(errno));
 out:
-    free(buf);
-    free(gbuf);
     dir_list_free(list, n);
     return rc;
 }
@@ -627,47 +649,7 @@ int p11_softhsm_save(const struct p11_softhsm_guard *g, unsigned *saved)
 /* One token directory of the fallback: every valid good file over a missing or different one. */
 static int restore_token(const struct p11_softhsm_guard *g, const char *token, unsigned *restored)
 {
-    char live_dir[PATH_MAX], good_dir[PATH_MAX], path[PATH_MAX], good[PATH_MAX], why[160];
-    struct dirent **list = NULL;
-    unsigned char *buf = NULL, *gbuf = NULL;
-    size_t len, glen;
-    enum file_role role;
-    int n = 0, rc;
-
-    if ((rc = path_join(live_dir, g->tokendir, token, NULL)) != MQPKI_OK ||
-        (rc = path_join(good_dir, g->gooddir, token, NULL)) != MQPKI_OK ||
-        (rc = private_dir(live_dir)) != MQPKI_OK ||
-        (rc = dir_list(good_dir, &list, &n)) != MQPKI_OK)
-        goto out;
-    for (int i = 0; rc == MQPKI_OK && i < n; i++) {
-        const char *name = list[i]->d_name;
-
-        free(buf);
-        free(gbuf);
-        buf = gbuf = NULL;
-        role = role_of(name);
-        if (role == ROLE_OTHER || role == ROLE_TMP ||
-            path_join(path, live_dir, name, NULL) != MQPKI_OK ||
-            path_join(good, good_dir, name, NULL) != MQPKI_OK)
-            continue;
-        if (file_load(good, &gbuf, &glen, NULL) != 1 ||
-            file_check(role, gbuf, glen, NULL, why, sizeof(why)) != NULL)
-            continue;
-        if (file_load(path, &buf, &len, NULL) == 1 &&
-            file_check(role, buf, len, NULL, why, sizeof(why)) == NULL &&
-            same_content(role, buf, len, gbuf, glen))
-            continue;
-        rc = mqpki_file_write_atomic(path, gbuf, glen, 0600);
-        if (rc == MQPKI_OK) {
-            GLOG(g, MQPKI_LOG_WARN, "SoftHSM guard: %s restored from %s", path, good);
-            (*restored)++;
-        }
-    }
-out:
-    free(buf);
-    free(gbuf);
-    dir_list_free(list, n);
-    return rc;
+    return copy_valid(g, token, 1, restored);
 }
 
 /* 1 when good token.object of token carries label (blank padded to 32 bytes). */
