@@ -126,6 +126,27 @@ static const char *const migrations[] = {
     " full_number INTEGER NOT NULL,"
     " delta_number INTEGER NOT NULL,"
     " updated_at INTEGER NOT NULL);",
+    /*
+     * 2 -> 3: stale credentials and the audit anchor (security review). A certificate records
+     * when a broker first saw it and which certificate superseded it (re-enrollment is allowed
+     * with the newest certificate, and with the one before it only for a grace window while
+     * the newer one is unused); a token records why it stopped being usable and what it was
+     * used for (a lost answer's retry gets the same certificate); signed checkpoints of the
+     * audit chain head.
+     */
+    "ALTER TABLE certs ADD COLUMN seen_at INTEGER;"
+    "ALTER TABLE certs ADD COLUMN superseded_at INTEGER;"
+    "ALTER TABLE certs ADD COLUMN superseded_by TEXT;"
+    "ALTER TABLE tokens ADD COLUMN revoked_at INTEGER;"
+    "ALTER TABLE tokens ADD COLUMN csr_sha256 BLOB;"
+    "ALTER TABLE tokens ADD COLUMN serial TEXT;"
+    "CREATE TABLE audit_checkpoints("
+    " id INTEGER PRIMARY KEY,"
+    " seq INTEGER NOT NULL,"
+    " head BLOB NOT NULL,"
+    " time INTEGER NOT NULL,"
+    " key_label TEXT NOT NULL,"
+    " signature BLOB NOT NULL);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
