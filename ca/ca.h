@@ -109,7 +109,11 @@ int ca_csr_parse(const unsigned char *data, size_t len, X509_REQ **out);
  */
 int ca_csr_check(X509_REQ *req);
 
-/* SHA-256 of the DER SubjectPublicKeyInfo, hex, to detect key reuse across assets. */
+/* MQPKI_ERR_POLICY for an EC key encoded with explicit curve parameters (RFC 5480 2.1.1). */
+int ca_key_check_named(EVP_PKEY *pkey);
+
+/* SHA-256 of the DER SubjectPublicKeyInfo in one canonical form (EC: named curve, uncompressed
+ * point), hex, to detect key reuse across assets whatever the key's encoding. */
 int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1]);
 
 /* Fresh random serial: CA_SERIAL_LEN bytes from the CSPRNG, top bit cleared, never zero; as

@@ -285,7 +285,10 @@ int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts
     }
     if ((rc = check_opts(opts, &prof, &days)) != MQPKI_OK)
         goto out;
-    /* ca_csr_check() applies the full allow-list; this only keeps the profile logic sound. */
+    /* ca_csr_check() applies the full allow-list; this only keeps the profile logic sound and
+     * never lets explicit curve parameters into a certificate. */
+    if ((rc = ca_key_check_named(pub)) != MQPKI_OK)
+        goto out;
     if (ca_md_for_key(pub) == NULL) {
         rc =
             mqpki_fail(MQPKI_ERR_POLICY, "asset %s: subject key must be EC or RSA", opts->asset_id);

@@ -182,6 +182,27 @@ static const char *curve_label(int nid, const char *group)
     return nist != NULL ? nist : group;
 }
 
+/* 1 when an EC key is encoded with a named curve, not explicit parameters. */
+static int ec_named_curve(EVP_PKEY *pkey)
+{
+    char enc[32] = "";
+
+    if (!EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_EC_ENCODING, enc, sizeof(enc),
+                                        NULL)) {
+        ERR_clear_error();
+        return 0;
+    }
+    return strcmp(enc, OSSL_PKEY_EC_ENCODING_GROUP) == 0;
+}
+
+int ca_key_check_named(EVP_PKEY *pkey)
+{
+    if (pkey != NULL && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_EC && !ec_named_curve(pkey))
+        return mqpki_fail(MQPKI_ERR_POLICY, "EC key with explicit curve parameters; RFC 5480 "
+                                            "2.1.1 needs a named curve");
+    return MQPKI_OK;
+}
+
 /* The key allow-list: EC P-256, EC P-384, RSA 2048..8192. */
 static int key_allowed(EVP_PKEY *pkey)
 {
@@ -190,6 +211,13 @@ static int key_allowed(EVP_PKEY *pkey)
 
     switch (EVP_PKEY_get_base_id(pkey)) {
     case EVP_PKEY_EC:
+        /* OpenSSL recognizes explicit parameters of a known curve and names the group, yet the
+         * key stays encoded with them: it would be certified so (RFC 5480 2.1.1 allows only a
+         * namedCurve) and fingerprinted differently from the same key named. */
+        if (!ec_named_curve(pkey))
+            return mqpki_fail(MQPKI_ERR_POLICY,
+                              "CSR key is EC with explicit curve parameters; RFC 5480 2.1.1 needs "
+                              "a named curve (EC P-256 or P-384)");
         if (!EVP_PKEY_get_group_name(pkey, group, sizeof(group), NULL)) {
             ERR_clear_error();
             return mqpki_fail(MQPKI_ERR_POLICY,
@@ -261,13 +289,16 @@ int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1])
     out[0] = '\0';
     if (pub == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "ca_pubkey_fingerprint: no key");
-    /* One EC key has several encodings (compressed, uncompressed, hybrid points): hash one form
-     * only, or a key refused for compromise or owned by another asset would pass re-encoded. */
+    /* One EC key has several encodings (compressed, uncompressed, hybrid points; a named curve
+     * or its explicit parameters): hash one form only, the named curve with the uncompressed
+     * point, or a key refused for compromise or owned by another asset would pass re-encoded. */
     if (EVP_PKEY_base_id(pub) == EVP_PKEY_EC) {
         if ((canon = EVP_PKEY_dup(pub)) == NULL ||
             EVP_PKEY_set_utf8_string_param(canon, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
                                            OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED) !=
-                1) {
+                1 ||
+            EVP_PKEY_set_utf8_string_param(canon, OSSL_PKEY_PARAM_EC_ENCODING,
+                                           OSSL_PKEY_EC_ENCODING_GROUP) != 1) {
             rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "canonical EC public key");
             goto out;
         }

@@ -724,6 +724,42 @@ static void test_fingerprint(void **state)
         OPENSSL_free(d2);
         EVP_PKEY_free(compressed);
     }
+    /* The same key with explicit curve parameters (openssl ec -param_enc explicit): the same
+     * fingerprint, refused in a CSR (RFC 5480 2.1.1), never certified. */
+    {
+        EVP_PKEY *explicit_key = EVP_PKEY_dup(f->issuing_key);
+        X509_REQ *req = X509_REQ_new();
+        X509 *leaf = NULL;
+        struct ca_issue_opts o;
+        char serial[PROTO_SERIAL_HEX_MAX + 1];
+        unsigned char *d1 = NULL, *d2 = NULL;
+        int n1, n2;
+        assert_non_null(explicit_key);
+        assert_int_equal(EVP_PKEY_set_utf8_string_param(explicit_key, OSSL_PKEY_PARAM_EC_ENCODING,
+                                                        OSSL_PKEY_EC_ENCODING_EXPLICIT),
+                         1);
+        n1 = i2d_PUBKEY(f->issuing_key, &d1);
+        n2 = i2d_PUBKEY(explicit_key, &d2);
+        assert_true(n1 > 0 && n2 > n1); /* the parameters spelled out */
+        assert_int_equal(ca_pubkey_fingerprint(explicit_key, c), MQPKI_OK);
+        assert_string_equal(a, c);
+        assert_non_null(req);
+        assert_int_equal(X509_REQ_set_pubkey(req, explicit_key), 1);
+        assert_true(X509_REQ_sign(req, explicit_key, EVP_sha256()) > 0);
+        expect_detail(ca_csr_check(req), MQPKI_ERR_POLICY, "explicit curve parameters");
+        memset(&o, 0, sizeof(o));
+        assert_int_equal(ca_serial_new(serial), MQPKI_OK);
+        o.profile = CA_PROFILE_DEVICE;
+        o.asset_id = "dev1";
+        o.serial_hex = serial;
+        expect_detail(ca_issue_cert(f->ca, explicit_key, &o, &leaf), MQPKI_ERR_POLICY,
+                      "explicit curve parameters");
+        assert_null(leaf);
+        OPENSSL_free(d1);
+        OPENSSL_free(d2);
+        X509_REQ_free(req);
+        EVP_PKEY_free(explicit_key);
+    }
 }
 
 static int reason_of(X509_REVOKED *rev)
