@@ -151,7 +151,7 @@ int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, co
         snprintf(what, sizeof(what), "%d certificate%s of asset %s",
                  ch->changed > 0 ? ch->changed : ch->already,
                  (ch->changed > 0 ? ch->changed : ch->already) == 1 ? "" : "s", ch->asset);
-    if (ch->changed > 0) {
+    if (ch->changed + ch->key_mates > 0) {
         rc = datadir_publish(dd, 0, &pub);
         if (rc != MQPKI_OK) {
             char detail[300];
@@ -162,7 +162,13 @@ int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, co
                               "every mqpki command",
                               what, verb, why, (long long)ch->crl_number, detail);
         }
-        printf("%s %s%s; ", what, verb, why);
+        if (ch->changed > 0)
+            printf("%s %s%s; ", what, verb, why);
+        else
+            printf("%s was already revoked; ", what);
+        if (ch->key_mates > 0)
+            printf("%d more with the same key revoked (key-compromise): %s%s; ", ch->key_mates,
+                   ch->mates, ch->key_mates > 3 ? ", ..." : "");
         say_published(&pub, ch->crl_number);
         return MQPKI_OK;
     }

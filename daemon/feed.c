@@ -150,7 +150,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     struct link *l = ud;
     json_error_t err;
     json_t *v = NULL;
-    const char *type, *asset, *address;
+    const char *type, *asset, *address, *serial;
     int rc;
 
     if (strncmp(msg->topic, PROTO_TOPIC_EVENTS, strlen(PROTO_TOPIC_EVENTS)) != 0)
@@ -195,8 +195,12 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
         goto out;
     if (address != NULL && strlen(address) >= INV_TEXT_MAX)
         address = NULL;
+    serial = json_string_value(json_object_get(v, "serial"));
     pthread_mutex_lock(&l->f->inv_lock);
     rc = inventory_asset_seen(l->f->inv, asset, mqpki_now(), address ? address : "", l->name);
+    /* The certificate in use: once seen, the one it superseded can no longer renew. */
+    if (rc == MQPKI_OK && serial != NULL)
+        rc = inventory_cert_seen(l->f->inv, serial, asset, mqpki_now());
     pthread_mutex_unlock(&l->f->inv_lock);
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: asset %s seen: %s", l->name, asset,

@@ -40,6 +40,7 @@ static void est_config_from(const struct datadir_config *c, struct est_config *e
 {
     memset(e, 0, sizeof(*e));
     datadir_profile_days(c, e->profile_days);
+    e->reenroll_grace = c->reenroll_grace;
     e->failures_per_window = c->auth_failures;
     e->window_seconds = (int)c->auth_window;
     e->requests_per_second = c->rate_per_address;

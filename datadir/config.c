@@ -109,7 +109,13 @@ static int on_entry(void *user, const char *section, const char *name, const cha
             ok = mqpki_path(c->pin_file, sizeof(c->pin_file), "%s/%s", p->home, value) == MQPKI_OK;
     } else if (KEY("daemon", "listen"))
         ok = set_text(c->listen, sizeof(c->listen), value) && strchr(value, ':') != NULL;
-    else if (KEY("enrollment", "token_ttl"))
+    else if (KEY("enrollment", "reenroll_grace")) {
+        /* 0 is allowed: only the newest certificate ever renews. */
+        int64_t v = mqpki_duration_parse(value);
+        ok = v >= 0 && v <= 30 * 86400;
+        if (ok)
+            c->reenroll_grace = v;
+    } else if (KEY("enrollment", "token_ttl"))
         ok = set_duration(&c->token_ttl, value) && c->token_ttl <= 30 * 86400;
     else if (KEY("enrollment", "auth_failures"))
         ok = set_int(&c->auth_failures, value, 1, 1000);
@@ -157,6 +163,7 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
         c->pin_file[0] = '\0';
     snprintf(c->listen, sizeof(c->listen), "127.0.0.1:8443");
     c->token_ttl = 24 * 3600;
+    c->reenroll_grace = 24 * 3600;
     c->auth_failures = 5;
     c->auth_window = 60;
     c->rate_per_address = 200;

@@ -69,7 +69,21 @@ int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct 
     if (rc != MQPKI_OK)
         goto out;
     hc.pin = pin;
-    rc = hsm_open(&hc, out);
+    /* A token can be briefly unreadable (a module or another tool rewriting its files): retry a
+     * few times before calling it a failure; a wrong PIN is final at once (no lockout race). */
+    for (int attempt = 0; attempt < HSM_OPEN_TRIES; attempt++) {
+        struct timespec pause = {0, (long)(attempt + 1) * 100 * 1000 * 1000};
+        if ((rc = hsm_open(&hc, out)) == MQPKI_OK || rc == MQPKI_ERR_AUTH ||
+            rc == MQPKI_ERR_INVALID || attempt + 1 == HSM_OPEN_TRIES)
+            break;
+        mqpki_log(MQPKI_LOG_WARN, "CA token not usable (%s); trying again", mqpki_err_detail(rc));
+        nanosleep(&pause, NULL);
+    }
+    /* The token configured for this CA is missing or unusable: our failure, not the command's
+     * input (exit status 2). */
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = mqpki_fail(MQPKI_ERR_HSM, "%s (check [hsm] module and token in mqpki.conf)",
+                        mqpki_err_detail(rc));
 out:
     OPENSSL_cleanse(pin, sizeof(pin));
     return rc;
@@ -398,16 +412,27 @@ int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publicati
     return rc;
 }
 
+static int note_oldest(const struct inventory_crl *c, void *ctx)
+{
+    int64_t *oldest = ctx;
+
+    if (*oldest == 0 || c->created_at < *oldest)
+        *oldest = c->created_at;
+    return 0;
+}
+
 int datadir_publish_pending(struct datadir *dd)
 {
-    int64_t open = 0;
+    int64_t open = 0, oldest = 0;
     int rc;
 
     if (dd->lc == NULL)
         return MQPKI_OK;
-    if ((rc = lifecycle_open_count(dd->lc, &open)) != MQPKI_OK || open == 0)
+    if ((rc = inventory_crl_open(dd->inv, note_oldest, &oldest, &open)) != MQPKI_OK || open == 0)
         return rc;
-    mqpki_log(MQPKI_LOG_INFO, "finishing %lld CRL publication%s left open", (long long)open,
-              open == 1 ? "" : "s");
+    /* Another command's publication in flight is routine; one left by a command that died is
+     * worth a line (mqpkid would have finished it within a second). */
+    mqpki_log(mqpki_now() - oldest >= STALE_PUBLICATION_S ? MQPKI_LOG_INFO : MQPKI_LOG_DEBUG,
+              "finishing %lld CRL publication%s left open", (long long)open, open == 1 ? "" : "s");
     return datadir_publish(dd, 0, NULL);
 }

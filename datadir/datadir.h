@@ -37,6 +37,7 @@ struct datadir_config {
     char pin_file[PATH_MAX];   /* [hsm] pin_file: absolute after loading */
     char listen[128];          /* [daemon] listen: ADDR:PORT */
     int64_t token_ttl;         /* [enrollment] token_ttl: default TTL of enrollment tokens */
+    int64_t reenroll_grace;    /* [enrollment] reenroll_grace: a superseded certificate renews */
     int auth_failures;         /* [enrollment] auth_failures: per address/asset per window */
     int64_t auth_window;       /* [enrollment] auth_window: seconds of the failure window */
     double rate_per_address;   /* [enrollment] rate: EST requests per second per address; 0 off */

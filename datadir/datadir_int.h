@@ -11,8 +11,12 @@
 /* How long a publisher waits for another one to finish (a million-entry CRL takes seconds). */
 #define PUBLISH_LOCK_MS 60000
 /* How long a command waits for the CA token or the daemon's answer. */
-#define TOKEN_WAIT_MS   30000
-#define CONTROL_WAIT_MS 120000
+#define TOKEN_WAIT_MS 30000
+/* Attempts to open the CA token before a failure is final (100, 200, ... ms apart). */
+#define HSM_OPEN_TRIES 3
+/* An open CRL publication older than this was left by a command that died. */
+#define STALE_PUBLICATION_S 5
+#define CONTROL_WAIT_MS     120000
 
 /* run/: the control socket and the locks of processes using this data directory. */
 #define CONTROL_DIR       "run"

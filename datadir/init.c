@@ -142,6 +142,7 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "\n"
                  "[enrollment]\n"
                  "token_ttl = %llds\n"
+                 "reenroll_grace = %llds\n"
                  "auth_failures = %d\n"
                  "auth_window = %llds\n"
                  "rate = %d\n"
@@ -149,8 +150,8 @@ static int write_config(const char *home, const struct datadir_config *c)
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity,
                  (long long)c->crl_full_every, (long long)c->crl_full_after,
                  (long long)c->crl_delta_max, c->device_days, c->broker_days, c->hsm_token,
-                 c->listen, (long long)c->token_ttl, c->auth_failures, (long long)c->auth_window,
-                 (int)c->rate_per_address, c->rate_burst);
+                 c->listen, (long long)c->token_ttl, (long long)c->reenroll_grace, c->auth_failures,
+                 (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst);
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);

@@ -30,6 +30,7 @@ struct est;
 
 struct est_config {
     int profile_days[CA_PROFILE_COUNT_]; /* default validity by profile ([ca] *_days) */
+    int64_t reenroll_grace;              /* [enrollment] reenroll_grace (lifecycle.h) */
     int failures_per_window;    /* failed authentications per address or asset per window */
     int window_seconds;         /*   before 429 with Retry-After */
     double requests_per_second; /* per client address (token bucket); 0 = unlimited */

@@ -391,7 +391,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         peer_remember(peer, hash, ctx, serial, asset);
 lookup:
     /* Checked again inside the transaction that records the new certificate. */
-    if ((rc = lifecycle_check_auth_cert(inv, serial, asset)) != MQPKI_OK)
+    if ((rc = lifecycle_check_auth_cert(inv, serial, asset, est->cfg.reenroll_grace)) != MQPKI_OK)
         goto out;
     snprintf(serial_out, PROTO_SERIAL_HEX_MAX + 1, "%s", serial);
 out:
@@ -479,6 +479,7 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         ir.token = re ? NULL : token;
         ir.auth_serial = re ? auth_serial : NULL;
         ir.supersede = re;
+        ir.reenroll_grace = est->cfg.reenroll_grace;
         ir.actor = actor;
         rc = lifecycle_issue_batched(est->ca, inv, est->cm, &ir, &cert);
     }

@@ -99,6 +99,10 @@ static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct in
     c->reason = sqlite3_column_type(st, 8) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 8);
     c->pem = with_pem ? (char *)sqlite3_column_text(st, 9) : NULL;
     c->rev_seq = sqlite3_column_type(st, 10) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 10);
+    c->seen_at = sqlite3_column_type(st, 11) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 11);
+    c->superseded_at =
+        sqlite3_column_type(st, 12) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 12);
+    inv_col_text(st, 13, c->superseded_by, sizeof(c->superseded_by));
 }
 
 /* Refuses a key that is compromised anywhere or certified for another asset. */
@@ -201,9 +205,13 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     if (rc != MQPKI_OK)
         goto out;
     if (supersede) {
+        /* Which certificate replaced which, and when: re-enrollment with the older one is
+         * allowed only for a grace window while the newer one is unused. */
         rc = inv_stmt(inv, SQL_CERT_SUPERSEDE, &st);
-        if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, c->asset_id)) != MQPKI_OK)
+        if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, c->asset_id)) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 3, serial)) != MQPKI_OK)
             goto out;
+        sqlite3_bind_int64(st, 2, mqpki_now());
         rc = step_done(inv, st, "supersede");
         st = NULL;
         if (rc != MQPKI_OK)
@@ -583,5 +591,58 @@ int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq
         rc = inv_db_fail(inv, src, "revoked list");
 out:
     sqlite3_finalize(st);
+    return rc;
+}
+
+int inventory_cert_list_by_key(struct inventory *inv, const char *key_fp, inventory_cert_cb cb,
+                               void *ctx)
+{
+    struct inventory_cert c;
+    sqlite3_stmt *st = NULL;
+    char fp[PROTO_FP_HEX_LEN + 1];
+    int64_t now = mqpki_now();
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificates by key: arguments missing");
+    if ((rc = key_fp_norm(key_fp, fp)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_stmt(inv, SQL_CERT_BY_KEY, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, fp)) != MQPKI_OK)
+        goto out;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        cert_from_row(st, now, 0, &c);
+        if (cb(&c, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "certificates by key");
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_cert_seen(struct inventory *inv, const char *serial, const char *asset_id,
+                        int64_t when)
+{
+    char norm[PROTO_SERIAL_HEX_MAX + 1];
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate seen: no store");
+    if ((rc = serial_norm(serial, norm)) != MQPKI_OK || (rc = inv_check_id(asset_id)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_stmt(inv, SQL_CERT_SEEN, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 3, when);
+    rc = step_done(inv, st, "certificate seen");
+    st = NULL;
+out:
+    inv_stmt_done(st);
     return rc;
 }

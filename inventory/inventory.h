@@ -73,8 +73,11 @@ struct inventory_cert {
     int64_t revoked_at;                /* 0 unless revoked */
     int reason;                        /* RFC 5280 reason code when revoked, else -1 */
     char *pem;                         /* freed by inventory_cert_clear; NULL when not requested */
-    int64_t rev_seq; /* place of its last revocation-state change in the revocation sequence
-                        (0: never revoked); a CRL with cutoff >= rev_seq shows it */
+    int64_t rev_seq;       /* place of its last revocation-state change in the revocation sequence
+                              (0: never revoked); a CRL with cutoff >= rev_seq shows it */
+    int64_t seen_at;       /* first connection a broker reported with it; 0: never */
+    int64_t superseded_at; /* when a re-enrollment replaced it; 0: never */
+    char superseded_by[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate that replaced it, or "" */
 };
 void inventory_cert_clear(struct inventory_cert *c);
 
@@ -165,6 +168,15 @@ int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
 typedef int (*inventory_cert_cb)(const struct inventory_cert *c, void *ctx);
 int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, int with_pem,
                         inventory_cert_cb cb, void *ctx);
+
+/* Every certificate of one public key (SHA-256 fingerprint, hex), on any asset, in issue order. */
+int inventory_cert_list_by_key(struct inventory *inv, const char *key_fp, inventory_cert_cb cb,
+                               void *ctx);
+
+/* Records the first time a broker saw the certificate `serial` of asset_id connect (a later
+ * report changes nothing; an unknown serial or another asset's is ignored). */
+int inventory_cert_seen(struct inventory *inv, const char *serial, const char *asset_id,
+                        int64_t when);
 
 /* Number of certificates in a state (-1 for all), expiry derived as in inventory_cert_list. */
 int inventory_cert_count(struct inventory *inv, int state, int64_t *out);

@@ -30,7 +30,7 @@
 
 #define INV_CERT_COLS                                                                              \
     "serial, asset_id, profile, not_before, not_after, state, key_fp, revoked_at, reason, pem, "   \
-    "rev_seq"
+    "rev_seq, seen_at, superseded_at, superseded_by"
 
 #define INV_CRL_COLS                                                                               \
     "number, kind, state, reason, created_at, base, cutoff, this_update, next_update, entries, "   \
@@ -49,7 +49,12 @@
     X(SQL_CERT_KEY_USE, "SELECT asset_id, reason FROM certs WHERE key_fp = ?1 "                    \
                         "AND (asset_id <> ?2 OR reason = 1) ORDER BY reason = 1 DESC LIMIT 1")     \
     X(SQL_CERT_SUPERSEDE,                                                                          \
-      "UPDATE certs SET state = 'superseded' WHERE asset_id = ?1 AND state = 'valid'")             \
+      "UPDATE certs SET state = 'superseded', superseded_at = ?2, superseded_by = ?3 "             \
+      "WHERE asset_id = ?1 AND state = 'valid'")                                                   \
+    X(SQL_CERT_BY_KEY, "SELECT " INV_CERT_COLS " FROM certs INDEXED BY certs_key "                 \
+                       "WHERE key_fp = ?1 ORDER BY issued_seq")                                    \
+    X(SQL_CERT_SEEN, "UPDATE certs SET seen_at = ?3 WHERE serial = ?1 AND asset_id = ?2 "          \
+                     "AND seen_at IS NULL")                                                        \
     X(SQL_CERT_INSERT,                                                                             \
       "INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, "        \
       "pem, issued_seq) VALUES(?1, ?2, ?3, ?4, ?5, 'valid', ?6, ?7, "                              \

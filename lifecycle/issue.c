@@ -60,7 +60,54 @@ static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profil
     return rc;
 }
 
-int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset)
+/*
+ * A superseded certificate renews only as the immediate predecessor of the asset's newest one,
+ * within the grace window, while that newer certificate is unused: the device whose answer was
+ * lost retries. Once the newer one renewed, was revoked, or a broker saw it, the old credential
+ * is spent: a stolen old certificate and key cannot keep minting new ones.
+ */
+static int check_grace(struct inventory *inv, const struct inventory_cert *c, int64_t grace)
+{
+    struct inventory_cert newer;
+    int rc = MQPKI_ERR_AUTH;
+
+    memset(&newer, 0, sizeof(newer));
+    if (c->superseded_at == 0 || c->superseded_by[0] == '\0') {
+        mqpki_fail(rc,
+                   "re-enrollment: certificate %s was superseded; only the asset's newest "
+                   "certificate renews",
+                   c->serial);
+        goto out;
+    }
+    if (mqpki_now() - c->superseded_at > grace) {
+        mqpki_fail(rc,
+                   "re-enrollment: certificate %s was superseded %lld s ago, beyond the grace "
+                   "window of %lld s ([enrollment] reenroll_grace)",
+                   c->serial, (long long)(mqpki_now() - c->superseded_at), (long long)grace);
+        goto out;
+    }
+    if (inventory_cert_get(inv, c->superseded_by, 0, &newer) != MQPKI_OK ||
+        newer.state != INV_CERT_VALID) {
+        mqpki_fail(rc, "re-enrollment: certificate %s was superseded by %s, which is %s", c->serial,
+                   c->superseded_by,
+                   newer.serial[0] ? inventory_cert_state_name(newer.state) : "unknown");
+        goto out;
+    }
+    if (newer.seen_at != 0) {
+        mqpki_fail(rc,
+                   "re-enrollment: certificate %s was superseded by %s, which has connected to "
+                   "a broker",
+                   c->serial, newer.serial);
+        goto out;
+    }
+    rc = MQPKI_OK;
+out:
+    inventory_cert_clear(&newer);
+    return rc;
+}
+
+int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset,
+                              int64_t grace)
 {
     struct inventory_cert c;
     int rc = MQPKI_ERR_AUTH;
@@ -76,7 +123,7 @@ int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const c
                    inventory_cert_state_name(c.state));
         goto out;
     }
-    rc = MQPKI_OK;
+    rc = c.state == INV_CERT_VALID ? MQPKI_OK : check_grace(inv, &c, grace);
 out:
     inventory_cert_clear(&c);
     return rc;
@@ -96,7 +143,8 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     }
     /* A revocation or hold that committed while this request was being signed wins. */
     if (auth->auth_serial != NULL &&
-        (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id)) != MQPKI_OK)
+        (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id,
+                                        auth->reenroll_grace)) != MQPKI_OK)
         return rc;
     return inventory_cert_add(inv, rec, auth->supersede, auth->actor);
 }
@@ -166,7 +214,8 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
                             const struct lifecycle_issue_req *req, X509 **out)
 {
     struct inventory_cert rec;
-    struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
+    struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor,
+                                  req->reenroll_grace};
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
     char key_fp[PROTO_FP_HEX_LEN + 1];

@@ -42,6 +42,8 @@ struct lifecycle_issue_req {
                                 checked again (valid or superseded, same asset) in the
                                 transaction that records the new one; NULL otherwise */
     int supersede;           /* re-enrollment: the asset's other valid certificates superseded */
+    int64_t reenroll_grace;  /* re-enrollment: how long a superseded certificate may still renew
+                                (lifecycle_check_auth_cert) */
     const char *actor;       /* for the audit log: "cli", "est:ADDR", ... */
     const char *const *dns;  /* SAN DNS names (broker, service profiles) */
     size_t n_dns;
@@ -75,10 +77,16 @@ void lifecycle_committer_stop(struct lifecycle_committer *cm);
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out);
 
-/* MQPKI_OK when serial is in the store, of asset, and valid or superseded (not revoked, held or
- * expired); MQPKI_ERR_AUTH with a detail otherwise. EST checks a re-enrollment's client
- * certificate with it; the recording transaction checks it again. */
-int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset);
+/*
+ * The re-enrollment rule: MQPKI_OK when serial is in the store, of asset, and either valid (not
+ * superseded, revoked, held or expired), or superseded less than `grace` seconds ago by the
+ * certificate that is still the asset's newest, unused (it has not renewed itself, is not
+ * revoked, and no broker has seen it connect: the device whose answer was lost retries);
+ * MQPKI_ERR_AUTH with a detail otherwise. EST checks a re-enrollment's client certificate with
+ * it; the recording transaction checks it again.
+ */
+int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset,
+                              int64_t grace);
 
 struct lifecycle;
 
@@ -105,11 +113,15 @@ struct lifecycle_change {
     int asset_was;      /* the asset's state before (decommission), -1 unknown */
     char asset[PROTO_ASSET_ID_MAX + 1];
     char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate (serial calls) */
+    int key_mates;   /* key compromise: other certificates of the same key revoked with it */
+    char mates[256]; /* the first of them, "SERIAL (asset ID), ..." */
 };
 
 /*
  * Revokes one certificate with an RFC 5280 reason (CA_REASON_HOLD puts it on hold), or every
  * live certificate of an asset, in one transaction that also reserves the delta CRL's number.
+ * A key compromise revokes every live certificate of the same public key with it, on every
+ * asset (counted in key_mates): the key is what was compromised.
  * A certificate already revoked (or held, for a hold) is counted in `already`, not an error,
  * so that running the command again is safe; MQPKI_ERR_NOT_FOUND for an unknown serial or
  * asset; MQPKI_ERR_STATE when an asset has no certificate that could be revoked.

@@ -20,6 +20,7 @@ struct lifecycle_auth {
     const char *auth_serial; /* re-enrollment: still valid or superseded, or NULL */
     int supersede;
     const char *actor;
+    int64_t reenroll_grace; /* see lifecycle_check_auth_cert */
 };
 
 /* Records an issued certificate in the open transaction: token consumed, authenticating

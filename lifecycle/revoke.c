@@ -61,6 +61,67 @@ static int already_there(const struct inventory_cert *c, int reason)
     return c->reason != CA_REASON_HOLD || reason == CA_REASON_HOLD;
 }
 
+struct mates {
+    int64_t now;
+    int n, oom;
+    size_t cap;
+    struct inventory_cert *v;
+};
+
+static int collect_mate(const struct inventory_cert *c, void *ctx)
+{
+    struct mates *m = ctx;
+
+    /* Live (accepted somewhere: valid, superseded, or only on hold) and unexpired. */
+    if (c->not_after < m->now || c->state == INV_CERT_EXPIRED ||
+        (c->state == INV_CERT_REVOKED && c->reason != CA_REASON_HOLD))
+        return 0;
+    if ((size_t)m->n == m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 8;
+        void *v = realloc(m->v, cap * sizeof(*m->v));
+        if (v == NULL) {
+            m->oom = 1;
+            return 1;
+        }
+        m->v = v;
+        m->cap = cap;
+    }
+    m->v[m->n] = *c;
+    m->v[m->n].pem = NULL;
+    m->n++;
+    return 0;
+}
+
+/*
+ * Key compromise: the key, not one certificate, is what leaked. Revokes every other live
+ * certificate of key_fp, on any asset, in the caller's transaction, and notes them in out.
+ */
+static int revoke_key_mates(struct lifecycle *lc, const char *key_fp, const char *actor,
+                            struct lifecycle_change *out)
+{
+    struct mates m = {.now = mqpki_now()};
+    int rc;
+
+    if ((rc = inventory_cert_list_by_key(lc->inv, key_fp, collect_mate, &m)) != MQPKI_OK)
+        goto out;
+    if (m.oom) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "out of memory listing the certificates of a key");
+        goto out;
+    }
+    for (int i = 0; i < m.n; i++) {
+        size_t used = strlen(out->mates);
+        if ((rc = inventory_cert_revoke(lc->inv, m.v[i].serial, CA_REASON_KEY_COMPROMISE, m.now,
+                                        actor)) != MQPKI_OK)
+            goto out;
+        if (out->key_mates++ < 3)
+            snprintf(out->mates + used, sizeof(out->mates) - used, "%s%s (asset %s)",
+                     used > 0 ? ", " : "", m.v[i].serial, m.v[i].asset_id);
+    }
+out:
+    free(m.v);
+    return rc;
+}
+
 static const char *reserve_reason(int reason)
 {
     return reason == CA_REASON_HOLD ? "hold" : "revoke";
@@ -100,17 +161,23 @@ int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const
         out->already = 1;
         out->rev_seq = c.rev_seq;
     } else {
-        if ((rc = inventory_cert_revoke(lc->inv, c.serial, reason, mqpki_now(), actor)) !=
-                MQPKI_OK ||
-            (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
-                                        &out->crl_number)) != MQPKI_OK ||
-            (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK)
+        if ((rc = inventory_cert_revoke(lc->inv, c.serial, reason, mqpki_now(), actor)) != MQPKI_OK)
             goto out;
         out->changed = 1;
     }
+    /* Also when the certificate was revoked before: its key's other certificates (renewals,
+     * a store from before this rule) may still be live. */
+    if (reason == CA_REASON_KEY_COMPROMISE &&
+        (rc = revoke_key_mates(lc, c.key_fp, actor, out)) != MQPKI_OK)
+        goto out;
+    if (out->changed + out->key_mates > 0 &&
+        ((rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
+                                     &out->crl_number)) != MQPKI_OK ||
+         (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK))
+        goto out;
     note_asset(lc, c.asset_id, out);
     /* Nothing changed: the transaction is rolled back below, nothing to write. */
-    if (out->changed) {
+    if (out->changed + out->key_mates > 0) {
         if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
             goto out;
         in_tx = 0;
@@ -184,6 +251,14 @@ static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, 
     for (size_t i = 0; i < a.n; i++)
         if ((rc = inventory_cert_revoke(lc->inv, a.serials[i], reason, a.now, actor)) != MQPKI_OK)
             goto out;
+    /* Then the other certificates of the compromised keys, on other assets (the asset's own
+     * are revoked above, so they are not counted twice). */
+    for (size_t i = 0; reason == CA_REASON_KEY_COMPROMISE && i < a.n; i++) {
+        struct inventory_cert c;
+        if ((rc = inventory_cert_get(lc->inv, a.serials[i], 0, &c)) != MQPKI_OK ||
+            (rc = revoke_key_mates(lc, c.key_fp, actor, out)) != MQPKI_OK)
+            goto out;
+    }
     if (then_state >= 0 && as.state != then_state &&
         (rc = inventory_asset_transition(lc->inv, asset, then_state, actor,
                                          "decommissioned by operator")) != MQPKI_OK)

@@ -21,6 +21,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
+#include <sqlite3.h>
 
 #include "ca.h"
 #include "common.h"
@@ -426,6 +427,67 @@ static void test_change_goes_first_as_delta(void **state)
     assert_int_equal(pub.full_number, f->seen.signed_numbers[1]);
 }
 
+/* Gives the certificates `serials` (SQL list) the key of `like`, as an insider or an old store
+ * could have it: the inventory refuses such issuance today. */
+static void share_key(struct fx *f, const char *like, const char *serials)
+{
+    sqlite3 *db = NULL;
+    char sql[256];
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    snprintf(sql, sizeof(sql),
+             "UPDATE certs SET key_fp = (SELECT key_fp FROM certs WHERE serial = '%s') "
+             "WHERE serial IN (%s)",
+             like, serials);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void test_key_compromise_takes_the_key(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct inventory_cert c;
+    struct inventory_asset a;
+
+    asset_with_cert(f, "k1", "81");
+    asset_with_cert(f, "k1", "82"); /* a renewal with the same key */
+    asset_with_cert(f, "k2", "83"); /* another asset holding it */
+    asset_with_cert(f, "k2", "84"); /* and its own, other key */
+    share_key(f, "81", "'82', '83'");
+    assert_int_equal(lifecycle_revoke(f->lc, "81", CA_REASON_HOLD, "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.key_mates, 0); /* a hold is not a compromise */
+    assert_int_equal(lifecycle_revoke(f->lc, "81", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.changed, 1);
+    assert_int_equal(ch.key_mates, 2);
+    assert_non_null(strstr(ch.mates, "82 (asset k1)"));
+    assert_non_null(strstr(ch.mates, "83 (asset k2)"));
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(inventory_cert_get(f->inv, i ? "83" : "82", 0, &c), MQPKI_OK);
+        assert_int_equal(c.state, INV_CERT_REVOKED);
+        assert_int_equal(c.reason, CA_REASON_KEY_COMPROMISE);
+    }
+    assert_int_equal(inventory_cert_get(f->inv, "84", 0, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CERT_VALID);
+    assert_int_equal(inventory_asset_get(f->inv, "k1", &a), MQPKI_OK);
+    assert_int_equal(a.state, INV_STATE_REVOKED);
+    inventory_asset_clear(&a);
+    /* Again: nothing left to revoke. */
+    assert_int_equal(lifecycle_revoke(f->lc, "81", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.changed + ch.key_mates, 0);
+    assert_int_equal(ch.crl_number, 0);
+    /* A key compromise found after an ordinary revocation still takes the key's others. */
+    asset_with_cert(f, "k3", "85");
+    asset_with_cert(f, "k3", "86");
+    share_key(f, "85", "'86'");
+    assert_int_equal(lifecycle_revoke(f->lc, "85", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.key_mates, 1);
+}
+
 static void test_decommission(void **state)
 {
     struct fx *f = *state;
@@ -494,6 +556,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_export_failure_resumes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signed_left_by_a_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_change_goes_first_as_delta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_compromise_takes_the_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
     };
