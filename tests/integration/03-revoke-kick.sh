@@ -80,6 +80,10 @@ if [ "$MQPKID" = 1 ]; then
   check "the connect event makes dev1 active" \
     wait_for 10 bash -c "[ \"\$(mqpki asset show dev1 --json | jq -r .state)\" = active ]"
   assert "last seen on broker b1" test "$(mqpki asset show dev1 --json | jq -r .last_broker)" = b1
+  # The certificate in use is recorded: the one it superseded may renew no more.
+  check "the connect event marks dev2's certificate as seen" wait_for 10 test \
+    "$(sqlite3 "$H/mqpki.db" "SELECT COUNT(*) FROM certs WHERE asset_id = 'dev2' \
+    AND seen_at IS NOT NULL")" = 1
 fi
 
 # A device cannot take over another device's session by using its client id.
