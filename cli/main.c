@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "common.h"
 #include "datadir.h"
+#include "hsm.h"
 
 struct command {
     const char *group; /* NULL for a top-level command */
@@ -69,6 +70,9 @@ int main(int argc, char **argv)
     char cmdname[64];
     int c, rc, first, shift;
 
+    /* Before anything can start a child (broker run's Mosquitto, crl-sync --exec): the PIN
+     * stays in this process's memory only. */
+    hsm_pin_capture();
     memset(&cli, 0, sizeof(cli));
     /* Whatever mqpki creates is private unless a file is explicitly made public (CRLs, certs). */
     umask(077);

@@ -80,11 +80,23 @@ int hsm_key_generate(struct hsm *hsm, const char *label, enum hsm_key_type type)
 int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out);
 
 /*
- * Reads the user PIN: the MQPKI_PIN environment variable when set, else the first line of
+ * Reads the user PIN: MQPKI_PIN when it was set (hsm_pin_capture), else the first line of
  * pin_file (which must not be readable by group or others). Returns MQPKI_ERR_NOT_FOUND when
  * neither exists. out gets at most HSM_PIN_MAX-1 characters; wipe it after use.
  */
 int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+
+/*
+ * Takes MQPKI_PIN out of the environment: keeps a copy in this process's memory for every later
+ * hsm_pin_read (a set but empty MQPKI_PIN forgets it: the PIN file is read), wipes the value
+ * in the environment block (so that /proc/PID/environ no longer shows it) and unsets the
+ * variable, so that no child inherits it. Call it first thing in main, before any thread or
+ * child starts; hsm_pin_read calls it too. The copy is wiped with OPENSSL_cleanse at exit.
+ */
+void hsm_pin_capture(void);
+
+/* Wipes the copy kept by hsm_pin_capture; later reads use the PIN file. */
+void hsm_pin_forget(void);
 
 /* The p11/ handle under hsm (p11.h), for what hsm.h does not offer; owned by hsm. */
 struct p11_token *hsm_p11(struct hsm *hsm);

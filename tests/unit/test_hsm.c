@@ -415,14 +415,25 @@ static void test_pin_read(void **state)
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "no-newline");
 
-    /* The environment wins over the file. */
+    /* The environment wins over the file, and leaves the environment when read: no child
+     * inherits it; later reads (a token opened again) still get it. */
     setenv("MQPKI_PIN", "env-pin-2", 1);
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
+    assert_string_equal(pin, "env-pin-2");
+    assert_null(getenv("MQPKI_PIN"));
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "env-pin-2");
     setenv("MQPKI_PIN", "", 1);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "no-newline");
-    unsetenv("MQPKI_PIN");
+    assert_null(getenv("MQPKI_PIN"));
+    /* hsm_pin_forget drops the kept copy: the file again. */
+    setenv("MQPKI_PIN", "env-pin-3", 1);
+    hsm_pin_capture();
+    assert_null(getenv("MQPKI_PIN"));
+    hsm_pin_forget();
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
+    assert_string_equal(pin, "no-newline");
 
     write_file(path, "file-pin-3\n", 0644);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_POLICY);
@@ -441,10 +452,31 @@ static void test_pin_read(void **state)
     big[HSM_PIN_MAX] = '\0';
     setenv("MQPKI_PIN", big, 1);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_INVALID);
-    unsetenv("MQPKI_PIN");
+    assert_null(getenv("MQPKI_PIN"));
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_INVALID); /* no silent fallback */
+    hsm_pin_forget();
 
     unlink(path);
     rmdir(dir);
+}
+
+/* /proc/PID/environ shows the environment block as the process got it, which unsetenv does
+ * not touch: the value must be wiped where it lies. */
+static void test_pin_capture_wipes(void **state)
+{
+    static char entry[] = "MQPKI_PIN=env-secret-77";
+    char pin[HSM_PIN_MAX];
+
+    assert_int_equal(putenv(entry), 0);
+    hsm_pin_capture();
+    assert_null(getenv("MQPKI_PIN"));
+    assert_string_equal(entry, "MQPKI_PIN=");
+    for (size_t i = strlen("MQPKI_PIN="); i < sizeof(entry); i++)
+        assert_int_equal(entry[i], 0);
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_OK);
+    assert_string_equal(pin, "env-secret-77");
+    hsm_pin_forget();
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
 }
 
 static void test_softhsm_prepare(void **state)
@@ -540,6 +572,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_softhsm_prepare, setup, teardown),
         cmocka_unit_test_setup_teardown(test_softhsm_guard, setup, teardown),
         cmocka_unit_test(test_pin_read),
+        cmocka_unit_test(test_pin_capture_wipes),
         cmocka_unit_test(test_close_null),
     };
 
