@@ -46,6 +46,14 @@ struct hsm_config {
 int hsm_softhsm_prepare(const char *dir);
 
 /*
+ * Checks that DIR (which need not exist yet) can be named in softhsm2.conf: no '#', '=' or line
+ * break in it, as given or with the part that exists resolved (links followed).
+ * MQPKI_ERR_INVALID naming the path otherwise. hsm_softhsm_prepare checks it first; a caller
+ * about to create DIR checks it before creating anything.
+ */
+int hsm_softhsm_path_check(const char *dir);
+
+/*
  * Initializes a token in the first uninitialized slot of module with label, SO PIN and user
  * PIN. MQPKI_ERR_EXISTS when a token with that label already exists.
  */

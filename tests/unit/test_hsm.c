@@ -479,6 +479,36 @@ static void test_pin_capture_wipes(void **state)
     assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
 }
 
+/* softhsm2.conf has '#' comments and key = value lines: such paths are refused, before
+ * anything is created. */
+static void test_softhsm_path_check(void **state)
+{
+    char dir[] = "/tmp/mqpki-hsmpath-XXXXXX", bad[128], link[128], via[160];
+    struct stat st;
+
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(hsm_softhsm_path_check(dir), MQPKI_OK);
+    snprintf(bad, sizeof(bad), "%s/a#b/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    assert_int_equal(hsm_softhsm_prepare(bad), MQPKI_ERR_INVALID);
+    snprintf(bad, sizeof(bad), "%s/a#b", dir);
+    assert_int_not_equal(stat(bad, &st), 0); /* nothing made */
+    snprintf(bad, sizeof(bad), "%s/a=b/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    snprintf(bad, sizeof(bad), "%s/a\nb/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    /* A clean name that leads through a link to such a directory. */
+    snprintf(bad, sizeof(bad), "%s/x#y", dir);
+    assert_int_equal(mkdir(bad, 0700), 0);
+    snprintf(link, sizeof(link), "%s/clean", dir);
+    assert_int_equal(symlink(bad, link), 0);
+    snprintf(via, sizeof(via), "%s/home/hsm", link);
+    assert_int_equal(hsm_softhsm_path_check(via), MQPKI_ERR_INVALID);
+    unlink(link);
+    rmdir(bad);
+    rmdir(dir);
+}
+
 static void test_softhsm_prepare(void **state)
 {
     struct fixture *f = *state;
@@ -573,6 +603,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_softhsm_guard, setup, teardown),
         cmocka_unit_test(test_pin_read),
         cmocka_unit_test(test_pin_capture_wipes),
+        cmocka_unit_test(test_softhsm_path_check),
         cmocka_unit_test(test_close_null),
     };
 
