@@ -30,6 +30,7 @@ int cmd_asset_decommission(struct cli *cli, int argc, char **argv);
 int cmd_token_create(struct cli *cli, int argc, char **argv);
 int cmd_issue(struct cli *cli, int argc, char **argv);
 int cmd_cert_list(struct cli *cli, int argc, char **argv);
+int cmd_cert_get(struct cli *cli, int argc, char **argv);
 int cmd_revoke(struct cli *cli, int argc, char **argv);
 int cmd_unhold(struct cli *cli, int argc, char **argv);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */

@@ -30,6 +30,7 @@ static const struct command commands[] = {
     {"token", "create", cmd_token_create, "one-time enrollment token, printed once"},
     {NULL, "issue", cmd_issue, "issue a certificate from a CSR"},
     {"cert", "list", cmd_cert_list, "list certificates"},
+    {"cert", "get", cmd_cert_get, "print a recorded certificate (PEM)"},
     {NULL, "revoke", cmd_revoke, "revoke a certificate or all of an asset's"},
     {NULL, "unhold", cmd_unhold, "lift a hold (certificateHold)"},
     /* Before the top-level "crl": a group entry matches only with its second word. */
