@@ -30,6 +30,7 @@ int cmd_asset_decommission(struct cli *cli, int argc, char **argv);
 int cmd_token_create(struct cli *cli, int argc, char **argv);
 int cmd_issue(struct cli *cli, int argc, char **argv);
 int cmd_cert_list(struct cli *cli, int argc, char **argv);
+int cmd_cert_get(struct cli *cli, int argc, char **argv);
 int cmd_revoke(struct cli *cli, int argc, char **argv);
 int cmd_unhold(struct cli *cli, int argc, char **argv);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
@@ -53,8 +54,19 @@ int cli_help(const char *text);
 #define CLI_MUTATES 0x100u
 int cli_open(struct cli *cli, unsigned what, struct datadir **out);
 
-/* Writes data to path (0644, atomically) or to stdout when path is NULL. */
+/*
+ * Writes data where an --out FILE says: stdout when path is NULL or "-", else
+ * mqpki_file_write_user (0644): a new or regular file (also through a symbolic link) replaced
+ * atomically, a device or FIFO written in place, anything else refused.
+ */
 int cli_output(const char *path, const void *data, size_t len);
+
+/* Checks that cli_output(path, ...) would be allowed, writing nothing (mqpki_file_check_user);
+ * commands call it before work they cannot undo. */
+int cli_output_check(const char *path);
+
+/* 1 when cli_output(path, ...) writes to standard output (path NULL or "-"). */
+int cli_output_stdout(const char *path);
 
 /* Prints a JSON value on stdout, followed by a newline, and releases it. */
 int cli_print_json(json_t *v);

@@ -461,7 +461,8 @@ static void run_exec(const char *cmd)
     fflush(stdout);
 }
 
-/* Writes a verified CRL as PEM to path, atomically (most brokers' crlfile wants PEM). */
+/* Writes a verified CRL as PEM to the user's path (most brokers' crlfile wants PEM): a regular
+ * file atomically, a FIFO or device in place (mqpki_file_write_user). */
 static int write_crl_pem(const char *path, X509_CRL *crl)
 {
     BIO *bio = BIO_new(BIO_s_mem());
@@ -474,7 +475,7 @@ static int write_crl_pem(const char *path, X509_CRL *crl)
         rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode the CRL");
         goto out;
     }
-    rc = mqpki_file_write_atomic(path, pem, (size_t)len, 0644);
+    rc = mqpki_file_write_user(path, pem, (size_t)len, 0644);
 out:
     BIO_free(bio);
     return rc;
@@ -675,7 +676,9 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
                 "Follows the CRL feed (" PROTO_TOPIC_CRL_FULL
                 ") of a bundled broker for another broker:\n"
                 "each CRL is verified against the issuing CA (--ca), refused when older than the\n"
-                "one held, written to FILE atomically as PEM, then CMD runs (/bin/sh -c), e.g. a\n"
+                "one held, written to FILE as PEM (a regular file, also behind a link, is\n"
+                "replaced atomically; a FIFO or device is written in place; '-' is refused:\n"
+                "progress goes to stdout), then CMD runs (/bin/sh -c), e.g. a\n"
                 "reload. Connects with --cert/--key (default: the data directory's tls/mqpkid.*;\n"
                 "--ca defaults to ca/chain.pem). Runs until SIGINT/SIGTERM; --once stops after\n"
                 "the first good CRL (exit 1 if none arrives within --timeout).\n");
@@ -692,6 +695,14 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
         rc = cli_usage_error(cli, "--broker and --out are required");
         goto out;
     }
+    /* stdout carries the progress lines; a CRL among them would serve no broker. */
+    if (strcmp(s.out, "-") == 0 || (s.delta_out != NULL && strcmp(s.delta_out, "-") == 0)) {
+        rc = cli_usage_error(cli, "--out and --delta-out need a file: stdout carries progress");
+        goto out;
+    }
+    if ((rc = mqpki_file_check_user(s.out)) != MQPKI_OK ||
+        (s.delta_out != NULL && (rc = mqpki_file_check_user(s.delta_out)) != MQPKI_OK))
+        goto out;
     if ((rc = parse_broker_url(cli, url, host, sizeof(host), &port)) != MQPKI_OK)
         goto out;
     if (cert == NULL && default_file(cli, "tls/mqpkid.pem", dcert))

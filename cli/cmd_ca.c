@@ -86,12 +86,16 @@ int cmd_ca_export(struct cli *cli, int argc, char **argv)
         case 'h':
             return cli_help("usage: mqpki ca export [--out FILE]\n\n"
                             "Prints the CA chain, issuing CA then root CA, as PEM: the trust\n"
-                            "anchor to give devices, brokers and openssl verify -CAfile.\n");
+                            "anchor to give devices, brokers and openssl verify -CAfile.\n"
+                            "--out FILE: '-' is stdout; a regular file (also behind a link) is\n"
+                            "replaced atomically, a device or FIFO written in place.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_output_check(out)) != MQPKI_OK)
+        return rc;
     if ((rc = cli_open(cli, 0, &dd)) != MQPKI_OK)
         goto out;
     if ((rc = datadir_path(dd, "ca/chain.pem", path)) != MQPKI_OK)
@@ -244,8 +248,10 @@ int cmd_crl(struct cli *cli, int argc, char **argv)
     if (json && (as_der || as_pem || out != NULL))
         return cli_usage_error(cli, "--json shows the state; it does not go with --pem, --der, "
                                     "--out");
-    if (as_der && out == NULL && isatty(1))
+    if (as_der && cli_output_stdout(out) && isatty(1))
         return cli_usage_error(cli, "--der writes binary: give --out FILE or redirect stdout");
+    if ((rc = cli_output_check(out)) != MQPKI_OK)
+        return rc;
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
     inv = datadir_inventory(dd);

@@ -69,7 +69,8 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
                 "DER). The CA checks the request's signature and key (EC P-256/P-384, RSA >=\n"
                 "2048) and sets subject and extensions itself: nothing is copied from the\n"
                 "request. The profile defaults to the asset's kind. Prints the certificate\n"
-                "(PEM) once it is recorded in the store.\n");
+                "(PEM) once it is recorded in the store, or writes it to --out FILE (checked\n"
+                "before anything is signed; '-' is stdout). 'mqpki cert get' prints it again.\n");
         default: rc = cli_usage_error(cli, "unknown option"); break;
         }
     }
@@ -89,6 +90,9 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
                         req.asset_id);
         goto out;
     }
+    /* Before signing: a certificate recorded but never handed over is debris in the store. */
+    if ((rc = cli_output_check(out)) != MQPKI_OK)
+        goto out;
     if ((rc = mqpki_file_read(csr_path, CA_CSR_MAX, &csr, &csr_len)) != MQPKI_OK)
         goto out;
     if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
@@ -101,7 +105,16 @@ int cmd_issue(struct cli *cli, int argc, char **argv)
         goto out;
     if ((rc = ca_cert_pem(cert, &pem, &pem_len)) != MQPKI_OK)
         goto out;
-    rc = cli_output(out, pem, pem_len);
+    if ((rc = cli_output(out, pem, pem_len)) != MQPKI_OK) {
+        /* Checked above, yet the disk may fill up: say where the certificate still is. */
+        char detail[300], serial[PROTO_SERIAL_HEX_MAX + 1] = "?";
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        (void)proto_serial_hex(X509_get0_serialNumber(cert), serial);
+        rc = mqpki_fail(rc,
+                        "certificate %s of asset %s issued and recorded, but not written: %s; "
+                        "'mqpki cert get --serial %s --out FILE' writes it",
+                        serial, req.asset_id, detail, serial);
+    }
 out:
     free(pem);
     free(csr);
@@ -198,6 +211,60 @@ static int normalize_serial(struct cli *cli, const char *in, char out[PROTO_SERI
                                "digits)",
                                PROTO_SERIAL_HEX_MAX);
     return MQPKI_OK;
+}
+
+int cmd_cert_get(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"serial", required_argument, NULL, 's'},
+        {"out", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct inventory_cert cert;
+    struct datadir *dd = NULL;
+    const char *serial_arg = NULL, *out = NULL;
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
+    int c, rc;
+
+    memset(&cert, 0, sizeof(cert));
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': serial_arg = optarg; break;
+        case 'o': out = optarg; break;
+        case 'h':
+            return cli_help("usage: mqpki cert get --serial HEX [--out FILE]\n\n"
+                            "Prints a certificate recorded in the store, whatever its state\n"
+                            "(valid, revoked, expired, superseded), as PEM; --out FILE writes\n"
+                            "it there instead ('-' is stdout). Serials as 'mqpki cert list'\n"
+                            "shows them; case, a 0x prefix and ':' separators do not matter.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (serial_arg == NULL)
+        return cli_usage_error(cli, "--serial is required");
+    if ((rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
+        return rc;
+    if ((rc = cli_output_check(out)) != MQPKI_OK)
+        return rc;
+    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+        goto out;
+    rc = inventory_cert_get(datadir_inventory(dd), serial, 1, &cert);
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = mqpki_fail(rc, "no certificate with serial %s in the store", serial);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (cert.pem == NULL || cert.pem[0] == '\0') {
+        rc = mqpki_fail(MQPKI_ERR_STORE, "certificate %s: the store holds no PEM for it", serial);
+        goto out;
+    }
+    rc = cli_output(out, cert.pem, strlen(cert.pem));
+out:
+    inventory_cert_clear(&cert);
+    datadir_close(dd);
+    return rc;
 }
 
 int cmd_revoke(struct cli *cli, int argc, char **argv)

@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "common.h"
 #include "datadir.h"
+#include "hsm.h"
 
 struct command {
     const char *group; /* NULL for a top-level command */
@@ -29,6 +30,7 @@ static const struct command commands[] = {
     {"token", "create", cmd_token_create, "one-time enrollment token, printed once"},
     {NULL, "issue", cmd_issue, "issue a certificate from a CSR"},
     {"cert", "list", cmd_cert_list, "list certificates"},
+    {"cert", "get", cmd_cert_get, "print a recorded certificate (PEM)"},
     {NULL, "revoke", cmd_revoke, "revoke a certificate or all of an asset's"},
     {NULL, "unhold", cmd_unhold, "lift a hold (certificateHold)"},
     /* Before the top-level "crl": a group entry matches only with its second word. */
@@ -69,6 +71,9 @@ int main(int argc, char **argv)
     char cmdname[64];
     int c, rc, first, shift;
 
+    /* Before anything can start a child (broker run's Mosquitto, crl-sync --exec): the PIN
+     * stays in this process's memory only. */
+    hsm_pin_capture();
     memset(&cli, 0, sizeof(cli));
     /* Whatever mqpki creates is private unless a file is explicitly made public (CRLs, certs). */
     umask(077);

@@ -53,10 +53,24 @@ int cli_open(struct cli *cli, unsigned what, struct datadir **out)
     return rc;
 }
 
+int cli_output_stdout(const char *path)
+{
+    return path == NULL || strcmp(path, "-") == 0;
+}
+
+int cli_output_check(const char *path)
+{
+    if (cli_output_stdout(path))
+        return MQPKI_OK;
+    return mqpki_file_check_user(path);
+}
+
 int cli_output(const char *path, const void *data, size_t len)
 {
-    if (path != NULL)
-        return mqpki_file_write_atomic(path, data, len, 0644);
+    /* Never the atomic rename alone: the user's path may name a device, a FIFO or a link,
+     * which must be written, not replaced (docs/cli.md, "Output files"). */
+    if (!cli_output_stdout(path))
+        return mqpki_file_write_user(path, data, len, 0644);
     if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
         return mqpki_fail(MQPKI_ERR_IO, "cannot write to standard output");
     return MQPKI_OK;

@@ -1,10 +1,12 @@
 /* common: error codes, error detail, logging, bounded file I/O, identifiers. */
 #include "common.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,21 +104,51 @@ void mqpki_log(enum mqpki_log_level level, const char *fmt, ...)
     pthread_mutex_unlock(&log_lock);
 }
 
+/* What a non-regular file is, for messages. */
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISFIFO(mode))
+        return "a FIFO";
+    if (S_ISCHR(mode))
+        return "a character device";
+    if (S_ISBLK(mode))
+        return "a block device";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    if (S_ISLNK(mode))
+        return "a symbolic link";
+    return S_ISREG(mode) ? "a regular file" : "not a regular file";
+}
+
 int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *len)
 {
     unsigned char *buf = NULL;
     size_t used = 0;
     struct stat st;
-    int fd, rc = MQPKI_OK;
+    int fd = -1, rc = MQPKI_OK;
 
     *out = NULL;
     *len = 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Judged before opening: opening a FIFO blocks until a writer comes, and opening some
+     * devices acts on them. */
+    if (stat(path, &st) != 0) {
+        if (errno == ENOENT)
+            return mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s: file not found", path);
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode))
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: not a regular file (%s)", path,
+                          file_kind(st.st_mode));
+    /* O_NONBLOCK: should path have become a FIFO meanwhile, open and read still return. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT)
             return mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s: file not found", path);
         return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
     }
+    /* Checked again on the open file, so the file read is the file judged. */
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: not a regular file", path);
         goto out;
@@ -159,23 +191,48 @@ out:
     return rc;
 }
 
+int mqpki_path_dir(const char *path, char *out, size_t size)
+{
+    size_t n = strlen(path);
+
+    /* "a/b/" names a/b: trailing slashes are not the separator. */
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    if (n == 0)
+        return mqpki_path(out, size, ".");
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= size)
+        return MQPKI_ERR_TOO_LARGE;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    return MQPKI_OK;
+}
+
+int mqpki_fail_errno(int err, const char *path)
+{
+    char dir[PATH_MAX], abs[PATH_MAX];
+
+    if (err != ENOSPC && err != EDQUOT)
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(err));
+    /* "disk I/O error" does not tell an operator what to free: the directory does. */
+    if (mqpki_path_dir(path, dir, sizeof(dir)) != MQPKI_OK)
+        snprintf(dir, sizeof(dir), "%s", path);
+    if (dir[0] != '/' && realpath(dir, abs) != NULL)
+        snprintf(dir, sizeof(dir), "%s", abs);
+    return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full: %s on the device holding %s", path,
+                      err == EDQUOT ? "disk quota exceeded" : "no space left", dir);
+}
+
 static int fsync_dir_of(const char *path)
 {
     char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
     int fd, rc = 0;
 
-    if (slash == NULL) {
-        strcpy(dir, ".");
-    } else if (slash == path) {
-        strcpy(dir, "/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof(dir))
-            return -1;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
+    if (mqpki_path_dir(path, dir, sizeof(dir)) != MQPKI_OK)
+        return -1;
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -185,20 +242,43 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
-int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+/* What the final rename of write_replace may replace. */
+enum replace_rule {
+    REPLACE_ANY,  /* whatever path names: our own files */
+    REPLACE_NONE, /* nothing: path must still not exist */
+    REPLACE_SAME, /* only the regular file judged before (same device and inode) */
+};
+
+/* rename(from, to) that fails with EEXIST instead of replacing an existing to. */
+static int rename_noreplace(const char *from, const char *to)
+{
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* A file system without renameat2's flags: link() refuses an existing name as well. */
+    if (link(from, to) != 0)
+        return -1;
+    (void)unlink(from);
+    return 0;
+}
+
+/* Writes path.tmp.PID, fsyncs it, renames it over path as rule allows, fsyncs the directory. */
+static int write_replace(const char *path, const void *data, size_t len, unsigned mode,
+                         enum replace_rule rule, const struct stat *was)
 {
     char tmp[PATH_MAX];
     const unsigned char *p = data;
+    struct stat now;
     size_t done = 0;
-    int fd, rc = MQPKI_OK;
+    int fd, err, rc = MQPKI_OK;
 
     if (mqpki_path(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", path);
     (void)unlink(tmp); /* a leftover of a crashed run of the same pid */
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
-        return mqpki_fail(errno == ENOSPC || errno == EDQUOT ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO,
-                          "%s: %s", tmp, strerror(errno));
+        return mqpki_fail_errno(errno, tmp);
     /* The mode given to open() is filtered by umask; secrets must end up exactly at mode. */
     if (fchmod(fd, (mode_t)mode) != 0)
         goto io_error;
@@ -217,20 +297,221 @@ int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsi
         goto io_error;
     }
     fd = -1;
-    if (rename(tmp, path) != 0)
-        goto io_error;
+    switch (rule) {
+    case REPLACE_NONE:
+        if (rename_noreplace(tmp, path) != 0) {
+            if (errno != EEXIST)
+                goto io_error;
+            rc =
+                mqpki_fail(MQPKI_ERR_EXISTS,
+                           "%s: created by another process while mqpki wrote it; left alone", path);
+            goto out;
+        }
+        break;
+    case REPLACE_SAME:
+        /* The narrowest check we can make before the rename: still the file judged. */
+        if (lstat(path, &now) != 0 || !S_ISREG(now.st_mode) || now.st_dev != was->st_dev ||
+            now.st_ino != was->st_ino) {
+            rc = mqpki_fail(MQPKI_ERR_STATE,
+                            "%s: replaced by another process while mqpki wrote it; left alone",
+                            path);
+            goto out;
+        }
+        /* fall through */
+    case REPLACE_ANY:
+        if (rename(tmp, path) != 0)
+            goto io_error;
+        break;
+    }
     if (fsync_dir_of(path) != 0)
-        return mqpki_fail(MQPKI_ERR_IO, "%s: fsync of directory: %s", path, strerror(errno));
+        return mqpki_fail_errno(errno, path);
     return MQPKI_OK;
 io_error:
-    if (errno == ENOSPC || errno == EDQUOT)
-        rc = mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full (%s)", path, strerror(errno));
-    else
-        rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    err = errno;
+    rc = mqpki_fail_errno(err, path);
+out:
     if (fd >= 0)
         close(fd);
     (void)unlink(tmp);
     return rc;
+}
+
+int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+    return write_replace(path, data, len, mode, REPLACE_ANY, NULL);
+}
+
+/* What a user-named output is (mqpki_file_write_user). */
+enum out_kind {
+    OUT_NEW,    /* nothing yet: created atomically at target */
+    OUT_FILE,   /* a regular file (target: the file itself, through any link), replaced */
+    OUT_STREAM, /* a character device or FIFO, written in place */
+};
+
+/* Sorts path into out_kind; target gets the path to create or replace, st what was judged. */
+static int out_classify(const char *path, enum out_kind *kind, char target[PATH_MAX],
+                        struct stat *st)
+{
+    char dir[PATH_MAX], link[PATH_MAX];
+    ssize_t n;
+
+    if (path == NULL || path[0] == '\0')
+        return mqpki_fail(MQPKI_ERR_INVALID, "empty output file name");
+    if (mqpki_path(target, PATH_MAX, "%s", path) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%.80s...: path too long", path);
+    if (lstat(path, st) != 0) {
+        if (errno != ENOENT)
+            return mqpki_fail(errno == EIO ? MQPKI_ERR_IO : MQPKI_ERR_INVALID, "%s: %s", path,
+                              strerror(errno));
+        if (mqpki_path_dir(path, dir, sizeof(dir)) != MQPKI_OK)
+            return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", path);
+        if (stat(dir, st) != 0 || !S_ISDIR(st->st_mode))
+            return mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s: directory %s does not exist", path, dir);
+        *kind = OUT_NEW;
+        return MQPKI_OK;
+    }
+    if (S_ISLNK(st->st_mode)) {
+        n = readlink(path, link, sizeof(link) - 1);
+        link[n > 0 ? n : 0] = '\0';
+        if (stat(path, st) != 0)
+            return mqpki_fail(MQPKI_ERR_INVALID,
+                              "%s: symbolic link to %s, which %s; give the file's own path", path,
+                              link, errno == ENOENT ? "does not exist" : strerror(errno));
+        /* The link stays; the regular file it leads to is the one replaced. */
+        if (S_ISREG(st->st_mode) && realpath(path, target) == NULL)
+            return mqpki_fail(MQPKI_ERR_IO, "%s: cannot resolve the link: %s", path,
+                              strerror(errno));
+    }
+    if (S_ISREG(st->st_mode)) {
+        *kind = OUT_FILE;
+        return MQPKI_OK;
+    }
+    if (S_ISCHR(st->st_mode) || S_ISFIFO(st->st_mode)) {
+        *kind = OUT_STREAM;
+        return MQPKI_OK;
+    }
+    if (S_ISBLK(st->st_mode))
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: a block device; mqpki does not write over disks",
+                          path);
+    return mqpki_fail(MQPKI_ERR_INVALID, "%s: %s, not a file to write", path,
+                      file_kind(st->st_mode));
+}
+
+/* A device or FIFO: written where it is, never created, truncated or renamed over. */
+static int write_stream(const char *path, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    struct stat st;
+    size_t done = 0;
+    int fd, rc = MQPKI_OK;
+
+    /* Blocking: a FIFO waits for its reader, as `cmd > fifo` does. */
+    while ((fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    if (fd < 0)
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    /* Without O_TRUNC a regular file swapped in meanwhile would be overwritten in part. */
+    if (fstat(fd, &st) != 0 || !(S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "%s: changed while mqpki opened it; not written", path);
+        goto out;
+    }
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO, "%s: %s", path,
+                            strerror(errno));
+            goto out;
+        }
+        done += (size_t)n;
+    }
+out:
+    if (close(fd) != 0 && rc == MQPKI_OK)
+        rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+    return rc;
+}
+
+int mqpki_file_write_user(const char *path, const void *data, size_t len, unsigned mode)
+{
+    char target[PATH_MAX];
+    enum out_kind kind;
+    struct stat st;
+    int rc;
+
+    if ((rc = out_classify(path, &kind, target, &st)) != MQPKI_OK)
+        return rc;
+    switch (kind) {
+    case OUT_NEW: return write_replace(target, data, len, mode, REPLACE_NONE, NULL);
+    case OUT_FILE: return write_replace(target, data, len, mode, REPLACE_SAME, &st);
+    default: return write_stream(target, data, len);
+    }
+}
+
+int mqpki_file_check_user(const char *path)
+{
+    char target[PATH_MAX], dir[PATH_MAX];
+    enum out_kind kind;
+    struct stat st;
+    int rc;
+
+    if ((rc = out_classify(path, &kind, target, &st)) != MQPKI_OK)
+        return rc;
+    if (kind == OUT_STREAM) {
+        if (access(target, W_OK) != 0)
+            return mqpki_fail(MQPKI_ERR_INVALID, "%s: cannot write: %s", path, strerror(errno));
+        return MQPKI_OK;
+    }
+    /* Replacing a file, or creating one, is a change of its directory. */
+    if (mqpki_path_dir(target, dir, sizeof(dir)) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", path);
+    if (access(dir, W_OK | X_OK) != 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%s: cannot write in directory %s: %s", path, dir,
+                          strerror(errno));
+    return MQPKI_OK;
+}
+
+int mqpki_file_sweep_tmp(const char *dir, int *removed)
+{
+    DIR *d;
+    struct dirent *e;
+    struct stat st;
+    int n = 0;
+
+    if (removed != NULL)
+        *removed = 0;
+    if ((d = opendir(dir)) == NULL) {
+        if (errno == ENOENT)
+            return MQPKI_OK;
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
+    }
+    while ((e = readdir(d)) != NULL) {
+        const char *tmp = NULL, *p = e->d_name, *digits;
+        char *end = NULL;
+        long pid;
+
+        /* NAME.tmp.PID, as write_replace names them; the last ".tmp." is the suffix. */
+        while ((p = strstr(p, ".tmp.")) != NULL)
+            tmp = p++;
+        if (tmp == NULL || tmp == e->d_name)
+            continue;
+        digits = tmp + 5;
+        if (digits[0] == '\0' || strspn(digits, "0123456789") != strlen(digits) ||
+            strlen(digits) > 9)
+            continue;
+        pid = strtol(digits, &end, 10);
+        /* Alive, or a process of another user (EPERM): its write may still be under way. */
+        if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            n++;
+    }
+    closedir(d);
+    if (removed != NULL)
+        *removed = n;
+    return MQPKI_OK;
 }
 
 int mqpki_mkdir_p(const char *path, unsigned mode)
@@ -246,11 +527,11 @@ int mqpki_mkdir_p(const char *path, unsigned mode)
             continue;
         *p = '\0';
         if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-            return mqpki_fail(MQPKI_ERR_IO, "%s: %s", buf, strerror(errno));
+            return mqpki_fail_errno(errno, buf);
         *p = '/';
     }
     if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", buf, strerror(errno));
+        return mqpki_fail_errno(errno, buf);
     return MQPKI_OK;
 }
 

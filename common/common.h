@@ -79,17 +79,61 @@ void mqpki_log(enum mqpki_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /*
- * Reads a whole file of at most max bytes into a NUL-terminated heap buffer (*out, length in
- * *len). MQPKI_ERR_TOO_LARGE when larger, MQPKI_ERR_NOT_FOUND when missing. Caller frees.
+ * Reads a whole regular file of at most max bytes into a NUL-terminated heap buffer (*out,
+ * length in *len). MQPKI_ERR_TOO_LARGE when larger, MQPKI_ERR_NOT_FOUND when missing,
+ * MQPKI_ERR_INVALID for anything but a regular file (a FIFO, a device, a directory), refused
+ * without blocking. Caller frees.
  */
 int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *len);
 
 /*
  * Replaces path atomically: writes path.tmp.PID with the given mode (created with O_EXCL),
  * fsyncs it, renames it over path and fsyncs the directory. Either the old or the new content
- * survives a crash. MQPKI_ERR_NOSPACE ("PATH: disk full") when the file system is full.
+ * survives a crash. For mqpki's own regular files only: the rename replaces whatever path
+ * names. MQPKI_ERR_NOSPACE (mqpki_fail_errno's detail) when the file system is full.
  */
 int mqpki_file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+
+/*
+ * Writes data to a file the user named (an --out FILE), never replacing what path names by
+ * something else:
+ * - a new path or a regular file: replaced atomically as by mqpki_file_write_atomic, with mode;
+ *   a new path is never renamed over something created there meanwhile;
+ * - a symbolic link to a regular file: that file is replaced atomically, the link is kept;
+ * - a character device or a FIFO (also through a link), e.g. /dev/null, a terminal, a pipe:
+ *   opened for writing without O_CREAT or O_TRUNC and written directly (a FIFO waits for its
+ *   reader, as a shell redirection does);
+ * - a directory, a block device, a socket, a link to nothing or a link loop: refused with
+ *   MQPKI_ERR_INVALID; a missing directory: MQPKI_ERR_NOT_FOUND.
+ * "-" is an ordinary name here: the caller maps it to standard output.
+ */
+int mqpki_file_write_user(const char *path, const void *data, size_t len, unsigned mode);
+
+/*
+ * Checks, writing nothing, that mqpki_file_write_user(path, ...) would be allowed: the same
+ * refusals, plus a directory that is missing or not writable for a new or regular file, and a
+ * device or FIFO not writable. Lets a command refuse an output before doing what it cannot undo
+ * (signing and recording a certificate).
+ */
+int mqpki_file_check_user(const char *path);
+
+/*
+ * Removes the temporary files (NAME.tmp.PID, regular files) that mqpki_file_write_atomic left
+ * in dir when its process was killed: only those whose PID is no running process. *removed
+ * (may be NULL) gets how many. A missing dir is not an error; failures to remove are skipped.
+ */
+int mqpki_file_sweep_tmp(const char *dir, int *removed);
+
+/*
+ * Records the failure err (an errno value) of an operation on path and returns its code:
+ * MQPKI_ERR_NOSPACE for ENOSPC and EDQUOT, with a detail naming the directory whose device is
+ * full ("PATH: disk full: no space left on the device holding DIR"), else MQPKI_ERR_IO with
+ * "PATH: strerror(err)".
+ */
+int mqpki_fail_errno(int err, const char *path);
+
+/* The directory part of path ("." for a bare name, "/" for a name in the root) into out. */
+int mqpki_path_dir(const char *path, char *out, size_t size);
 
 /* Creates a directory and its parents (mkdir -p) with the given mode for the new ones. */
 int mqpki_mkdir_p(const char *path, unsigned mode);

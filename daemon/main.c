@@ -15,6 +15,7 @@
 #include "datadir.h"
 #include "enrollment.h"
 #include "feed.h"
+#include "hsm.h"
 #include "inventory.h"
 #include "lifecycle.h"
 
@@ -109,6 +110,9 @@ int main(int argc, char **argv)
     time_t last_tls_check = 0;
     int c, rc, sig;
 
+    /* Out of the environment before any thread starts (unsetenv is not thread-safe) and out of
+     * /proc/PID/environ for mqpkid's whole life; the copy kept serves later token opens. */
+    hsm_pin_capture();
     memset(&ctx, 0, sizeof(ctx));
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {

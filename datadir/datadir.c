@@ -1,6 +1,7 @@
 /* datadir: opening one data directory and deriving its CRL files. */
 #include "datadir.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +204,44 @@ out:
     return rc;
 }
 
+/*
+ * Removes what killed processes left of their atomic writes (NAME.tmp.PID of a dead PID) in
+ * the directories mqpki writes to; the token directories are p11's own guard's to judge.
+ */
+static void sweep_tmp(const char *home)
+{
+    static const char *const dirs[] = {"", "/secrets", "/ca", "/tls", "/crl", "/hsm"};
+    char path[PATH_MAX];
+    struct dirent *e;
+    DIR *d;
+    int n, total = 0;
+
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
+        if (mqpki_path(path, sizeof(path), "%s%s", home, dirs[i]) == MQPKI_OK &&
+            mqpki_file_sweep_tmp(path, &n) == MQPKI_OK)
+            total += n;
+    /* brokers/NAME/ and the plugin's brokers/NAME/state/. */
+    if (mqpki_path(path, sizeof(path), "%s/brokers", home) == MQPKI_OK &&
+        (d = opendir(path)) != NULL) {
+        while ((e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.')
+                continue;
+            if (mqpki_path(path, sizeof(path), "%s/brokers/%s", home, e->d_name) == MQPKI_OK &&
+                mqpki_file_sweep_tmp(path, &n) == MQPKI_OK)
+                total += n;
+            if (mqpki_path(path, sizeof(path), "%s/brokers/%s/state", home, e->d_name) ==
+                    MQPKI_OK &&
+                mqpki_file_sweep_tmp(path, &n) == MQPKI_OK)
+                total += n;
+        }
+        closedir(d);
+    }
+    mqpki_err_clear();
+    if (total > 0)
+        mqpki_log(MQPKI_LOG_DEBUG, "removed %d temporary file%s left by killed processes", total,
+                  total == 1 ? "" : "s");
+}
+
 int datadir_open(const char *home, unsigned what, struct datadir **out)
 {
     struct datadir *dd;
@@ -218,6 +257,7 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
     dd->token_lock = dd->daemon_lock = -1;
     if ((rc = datadir_config_load(home, &dd->cfg)) != MQPKI_OK)
         goto out;
+    sweep_tmp(home);
     if (what & DATADIR_DAEMON) {
         pid_t holder = 0;
         dd->daemon_mode = 1;

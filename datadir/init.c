@@ -226,6 +226,19 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         }
     }
 
+    /* Before anything is created: a data directory SoftHSM cannot be pointed at would be left
+     * half-made by the token set-up. */
+    if (mqpki_path(path, sizeof(path), "%s/hsm", home) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+        goto out;
+    }
+    if ((rc = hsm_softhsm_path_check(path)) != MQPKI_OK) {
+        char detail[PATH_MAX + 200];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        rc = mqpki_fail(rc, "data directory refused, nothing created: %s; choose another --home",
+                        detail);
+        goto out;
+    }
     /* mqpki.conf is written last: its presence means a complete CA. */
     if (mqpki_path(path, sizeof(path), "%s/mqpki.conf", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");

@@ -46,6 +46,14 @@ struct hsm_config {
 int hsm_softhsm_prepare(const char *dir);
 
 /*
+ * Checks that DIR (which need not exist yet) can be named in softhsm2.conf: no '#', '=' or line
+ * break in it, as given or with the part that exists resolved (links followed).
+ * MQPKI_ERR_INVALID naming the path otherwise. hsm_softhsm_prepare checks it first; a caller
+ * about to create DIR checks it before creating anything.
+ */
+int hsm_softhsm_path_check(const char *dir);
+
+/*
  * Initializes a token in the first uninitialized slot of module with label, SO PIN and user
  * PIN. MQPKI_ERR_EXISTS when a token with that label already exists.
  */
@@ -80,11 +88,23 @@ int hsm_key_generate(struct hsm *hsm, const char *label, enum hsm_key_type type)
 int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out);
 
 /*
- * Reads the user PIN: the MQPKI_PIN environment variable when set, else the first line of
+ * Reads the user PIN: MQPKI_PIN when it was set (hsm_pin_capture), else the first line of
  * pin_file (which must not be readable by group or others). Returns MQPKI_ERR_NOT_FOUND when
  * neither exists. out gets at most HSM_PIN_MAX-1 characters; wipe it after use.
  */
 int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+
+/*
+ * Takes MQPKI_PIN out of the environment: keeps a copy in this process's memory for every later
+ * hsm_pin_read (a set but empty MQPKI_PIN forgets it: the PIN file is read), wipes the value
+ * in the environment block (so that /proc/PID/environ no longer shows it) and unsets the
+ * variable, so that no child inherits it. Call it first thing in main, before any thread or
+ * child starts; hsm_pin_read calls it too. The copy is wiped with OPENSSL_cleanse at exit.
+ */
+void hsm_pin_capture(void);
+
+/* Wipes the copy kept by hsm_pin_capture; later reads use the PIN file. */
+void hsm_pin_forget(void);
 
 /* The p11/ handle under hsm (p11.h), for what hsm.h does not offer; owned by hsm. */
 struct p11_token *hsm_p11(struct hsm *hsm);

@@ -1,9 +1,10 @@
 /*
  * hsm/pin.c: where the user PIN comes from: MQPKI_PIN, else a PIN file only its owner can read.
- * The PIN is never logged nor put in an error detail.
+ * The PIN is never logged nor put in an error detail, and never left in the environment.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,31 +18,86 @@
 /* Room for the longest PIN, its line ending, and a byte to notice a longer line. */
 #define PIN_READ_MAX (HSM_PIN_MAX + 2)
 
+#define PIN_ENV     "MQPKI_PIN"
+#define PIN_ENV_LEN (sizeof(PIN_ENV) - 1)
+
+extern char **environ;
+
+/*
+ * MQPKI_PIN once taken out of the environment: a process opens the token again later (a
+ * command after waiting for the token lock, mqpkid after a failure), and by then the variable
+ * is gone. Wiped at exit and by hsm_pin_forget.
+ */
+static pthread_mutex_t env_lock = PTHREAD_MUTEX_INITIALIZER;
+static char env_pin[HSM_PIN_MAX];
+static enum { ENV_NONE, ENV_KEPT, ENV_TOO_LONG } env_state;
+static int env_atexit;
+
+void hsm_pin_forget(void)
+{
+    pthread_mutex_lock(&env_lock);
+    OPENSSL_cleanse(env_pin, sizeof(env_pin));
+    env_state = ENV_NONE;
+    pthread_mutex_unlock(&env_lock);
+}
+
+static void forget_at_exit(void)
+{
+    hsm_pin_forget();
+}
+
+void hsm_pin_capture(void)
+{
+    const char *value;
+    size_t n;
+
+    pthread_mutex_lock(&env_lock);
+    if ((value = getenv(PIN_ENV)) == NULL)
+        goto out;
+    n = strlen(value);
+    OPENSSL_cleanse(env_pin, sizeof(env_pin));
+    /* Set but empty: the PIN file is used, as when unset. */
+    env_state = n == 0 ? ENV_NONE : n > HSM_PIN_MAX - 1 ? ENV_TOO_LONG : ENV_KEPT;
+    if (env_state == ENV_KEPT)
+        memcpy(env_pin, value, n + 1);
+    /* /proc/PID/environ shows the block the process started with, which unsetenv leaves as it
+     * is: the value is wiped where it lies, in every copy, before the entries go. */
+    for (char **e = environ; e != NULL && *e != NULL; e++)
+        if (strncmp(*e, PIN_ENV "=", PIN_ENV_LEN + 1) == 0)
+            OPENSSL_cleanse(*e + PIN_ENV_LEN + 1, strlen(*e + PIN_ENV_LEN + 1));
+    /* Children (Mosquitto, crl-sync --exec) inherit environ, never this process's memory. */
+    unsetenv(PIN_ENV);
+    if (!env_atexit && atexit(forget_at_exit) == 0)
+        env_atexit = 1;
+out:
+    pthread_mutex_unlock(&env_lock);
+}
+
 int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX])
 {
     char buf[PIN_READ_MAX];
-    const char *env = getenv("MQPKI_PIN");
     struct stat st;
     size_t len = 0, n;
     ssize_t got;
-    int fd = -1, rc = MQPKI_OK;
+    int fd = -1, rc = MQPKI_OK, from_env = 0;
 
     out[0] = '\0';
-    if (env != NULL && env[0] != '\0') {
-        n = strlen(env);
-        if (n > HSM_PIN_MAX - 1) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID, "MQPKI_PIN: longer than %d characters",
-                            HSM_PIN_MAX - 1);
-            goto out;
-        }
-        memcpy(out, env, n + 1);
+    hsm_pin_capture();
+    pthread_mutex_lock(&env_lock);
+    if (env_state == ENV_TOO_LONG)
+        rc = mqpki_fail(MQPKI_ERR_INVALID, PIN_ENV ": longer than %d characters", HSM_PIN_MAX - 1);
+    else if (env_state == ENV_KEPT)
+        memcpy(out, env_pin, strlen(env_pin) + 1);
+    from_env = env_state != ENV_NONE;
+    pthread_mutex_unlock(&env_lock);
+    if (from_env)
         goto out;
-    }
     if (pin_file == NULL || pin_file[0] == '\0') {
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no PIN: MQPKI_PIN is not set and no PIN file given");
         goto out;
     }
-    fd = open(pin_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK: a FIFO put in the PIN file's place must not hang the process. */
+    fd = open(pin_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT)
             rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no PIN: MQPKI_PIN is not set and %s is missing",

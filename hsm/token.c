@@ -102,16 +102,60 @@ int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out)
     return p11_key_load(hsm != NULL ? hsm->tok : NULL, label, out);
 }
 
+/* What softhsm2.conf cannot hold in a value: '#' starts a comment, '=' splits key and value,
+ * a line break ends the entry. */
+#define SOFTHSM_CONF_BAD "#=\n\r"
+
+int hsm_softhsm_path_check(const char *dir)
+{
+    char part[PATH_MAX], abs[PATH_MAX], *slash;
+    int rc = MQPKI_OK;
+
+    if (dir == NULL || dir[0] == '\0') {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "SoftHSM directory: empty path");
+        goto out;
+    }
+    if (strpbrk(dir, SOFTHSM_CONF_BAD) != NULL)
+        goto bad;
+    /* The file names the resolved path: a link on the way may lead to such a name. The part of
+     * dir that exists already is resolved; the rest is as checked above. */
+    if (mqpki_path(part, sizeof(part), "%s", dir) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", dir);
+        goto out;
+    }
+    while (realpath(part, abs) == NULL) {
+        if ((slash = strrchr(part, '/')) == NULL)
+            goto out;
+        if (slash == part) {
+            slash[1] = '\0';
+            if (realpath(part, abs) == NULL)
+                goto out;
+            break;
+        }
+        *slash = '\0';
+    }
+    if (strpbrk(abs, SOFTHSM_CONF_BAD) != NULL) {
+        dir = abs;
+        goto bad;
+    }
+    goto out;
+bad:
+    rc = mqpki_fail(MQPKI_ERR_INVALID,
+                    "%s: SoftHSM's configuration file cannot name a path with '#', '=' or a line "
+                    "break in it (its comment and key = value syntax)",
+                    dir);
+out:
+    return rc;
+}
+
 int hsm_softhsm_prepare(const char *dir)
 {
     char abs[PATH_MAX], tokens[PATH_MAX], conf[PATH_MAX], text[2 * PATH_MAX];
     struct stat st;
     int rc, n;
 
-    if (dir == NULL || dir[0] == '\0') {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "SoftHSM directory: empty path");
+    if ((rc = hsm_softhsm_path_check(dir)) != MQPKI_OK)
         goto out;
-    }
     rc = mqpki_mkdir_p(dir, 0700);
     if (rc != MQPKI_OK)
         goto out;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,19 +152,46 @@ static const char *const migrations[] = {
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
+/* The errno behind SQLite's last I/O error: SQLite keeps it per file, and a failed commit's
+ * fsync is the WAL's (journal) own; sqlite3_system_errno does not see that one. */
+static int db_errno(sqlite3 *db)
+{
+    sqlite3_file *journal = NULL;
+    int e = sqlite3_system_errno(db);
+
+    if (e == 0)
+        (void)sqlite3_file_control(db, "main", SQLITE_FCNTL_LAST_ERRNO, &e);
+    if (e == 0 &&
+        sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &journal) == SQLITE_OK &&
+        journal != NULL && journal->pMethods != NULL)
+        (void)journal->pMethods->xFileControl(journal, SQLITE_FCNTL_LAST_ERRNO, &e);
+    return e;
+}
+
 int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what)
 {
     const char *path = inv != NULL && inv->path != NULL ? inv->path : "store";
     const char *msg =
         inv != NULL && inv->db != NULL ? sqlite3_errmsg(inv->db) : sqlite3_errstr(sqlite_rc);
     int primary = sqlite_rc & 0xff;
+    int sys = inv != NULL && inv->db != NULL ? db_errno(inv->db) : 0;
+    char dir[PATH_MAX] = ".";
 
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
         return mqpki_fail(MQPKI_ERR_BUSY, "%s: %s: store busy (%s)", path, what, msg);
     if (primary == SQLITE_NOMEM)
         return mqpki_fail(MQPKI_ERR_NOMEM, "%s: %s: out of memory", path, what);
+    (void)mqpki_path_dir(path, dir, sizeof(dir));
     if (primary == SQLITE_FULL)
-        return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full; nothing was changed (%s)", path, what);
+        return mqpki_fail(MQPKI_ERR_NOSPACE,
+                          "%s: disk full: no space left on the device holding %s; nothing was "
+                          "changed (%s)",
+                          path, dir, what);
+    /* ENOSPC at an fsync (delayed allocation) reaches us as SQLite's "disk I/O error". */
+    if (primary == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
+        return mqpki_fail(MQPKI_ERR_NOSPACE,
+                          "%s: disk full: no space left on the device holding %s (%s)", path, dir,
+                          what);
     return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
 }
 
@@ -409,7 +437,8 @@ static int open_at(const char *path, int target, struct inventory **out)
         src = sqlite3_step(st);
     if (src != SQLITE_ROW) {
         int primary = src & 0xff;
-        if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+        if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_FULL ||
+            primary == SQLITE_IOERR)
             rc = inv_db_fail(inv, src, "open");
         else /* "mqpki.db: file is not a database" */
             rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", path, sqlite3_errmsg(inv->db));

@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,6 +94,174 @@ static void test_files(void **state)
     rmdir(dir);
 }
 
+/* Inputs that are not regular files are refused at once: a FIFO without a writer would make a
+ * plain open() wait for ever. alarm() turns a hang into a failure. */
+static void test_read_not_regular(void **state)
+{
+    char dir[] = "/tmp/mqpki-test-read.XXXXXX", fifo[256];
+    unsigned char *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    alarm(10);
+    assert_int_equal(mqpki_file_read(fifo, 100, &buf, &len), MQPKI_ERR_INVALID);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_INVALID), "a FIFO"));
+    assert_int_equal(mqpki_file_read("/dev/zero", 100, &buf, &len), MQPKI_ERR_INVALID);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_INVALID), "a character device"));
+    alarm(0);
+    assert_null(buf);
+    unlink(fifo);
+    rmdir(dir);
+}
+
+static void read_back(const char *path, const char *want)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+
+    assert_int_equal(mqpki_file_read(path, 100, &buf, &len), MQPKI_OK);
+    assert_string_equal((char *)buf, want);
+    free(buf);
+}
+
+static void test_write_user(void **state)
+{
+    char dir[] = "/tmp/mqpki-test-out.XXXXXX", file[256], link[256], dangling[256], fifo[256];
+    char missing[256], got[16];
+    struct stat st, before;
+    int rfd;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(file, sizeof(file), "%s/file.pem", dir);
+    snprintf(link, sizeof(link), "%s/link.pem", dir);
+    snprintf(dangling, sizeof(dangling), "%s/dangling.pem", dir);
+    snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+    snprintf(missing, sizeof(missing), "%s/missing/x.pem", dir);
+
+    /* A new path, then a regular file: replaced atomically (a new inode), mode as asked. */
+    assert_int_equal(mqpki_file_check_user(file), MQPKI_OK);
+    assert_int_equal(mqpki_file_write_user(file, "one", 3, 0644), MQPKI_OK);
+    assert_int_equal(lstat(file, &before), 0);
+    assert_int_equal(before.st_mode & 0777, 0644);
+    assert_int_equal(mqpki_file_write_user(file, "two", 3, 0644), MQPKI_OK);
+    assert_int_equal(lstat(file, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_true(st.st_ino != before.st_ino);
+    read_back(file, "two");
+
+    /* A link to a regular file: the link stays, its target gets the content. */
+    assert_int_equal(symlink("file.pem", link), 0);
+    assert_int_equal(mqpki_file_check_user(link), MQPKI_OK);
+    assert_int_equal(mqpki_file_write_user(link, "three", 5, 0644), MQPKI_OK);
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    read_back(file, "three");
+
+    /* A link to nothing, a directory, a missing directory: refused, nothing created. */
+    assert_int_equal(symlink("nowhere.pem", dangling), 0);
+    assert_int_equal(mqpki_file_write_user(dangling, "x", 1, 0644), MQPKI_ERR_INVALID);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_INVALID), "does not exist"));
+    assert_int_equal(mqpki_file_check_user(dangling), MQPKI_ERR_INVALID);
+    assert_int_equal(mqpki_file_write_user(dir, "x", 1, 0644), MQPKI_ERR_INVALID);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_INVALID), "a directory"));
+    assert_int_equal(mqpki_file_check_user(missing), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(mqpki_file_write_user(missing, "x", 1, 0644), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(mqpki_file_write_user("", "x", 1, 0644), MQPKI_ERR_INVALID);
+
+    /* A character device is written, never replaced. */
+    assert_int_equal(mqpki_file_check_user("/dev/null"), MQPKI_OK);
+    assert_int_equal(mqpki_file_write_user("/dev/null", "x", 1, 0644), MQPKI_OK);
+    assert_int_equal(lstat("/dev/null", &st), 0);
+    assert_true(S_ISCHR(st.st_mode));
+
+    /* A FIFO with a reader: written in place, still a FIFO. */
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_true((rfd = open(fifo, O_RDONLY | O_NONBLOCK)) >= 0);
+    alarm(10);
+    assert_int_equal(mqpki_file_write_user(fifo, "four", 4, 0644), MQPKI_OK);
+    alarm(0);
+    memset(got, 0, sizeof(got));
+    assert_int_equal(read(rfd, got, sizeof(got) - 1), 4);
+    assert_string_equal(got, "four");
+    close(rfd);
+    assert_int_equal(lstat(fifo, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+
+    unlink(fifo);
+    unlink(dangling);
+    unlink(link);
+    unlink(file);
+    assert_int_equal(rmdir(dir), 0); /* nothing else was left behind */
+}
+
+static void test_sweep_tmp(void **state)
+{
+    char mine[64];
+    /* A dead pid (above any pid_max), this process's, and names that are not NAME.tmp.PID. */
+    const char *const names[] = {"crl.der.tmp.999999999", mine, "b.tmp.12x", "c.tmp.", "d.tmp.0"};
+    char dir[] = "/tmp/mqpki-test-sweep.XXXXXX", path[256], sub[256];
+    struct stat st;
+    int removed = -1;
+
+    (void)state;
+    snprintf(mine, sizeof(mine), "a.pem.tmp.%ld", (long)getpid());
+    assert_non_null(mkdtemp(dir));
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        assert_int_equal(mqpki_file_write_atomic(path, "x", 1, 0600), MQPKI_OK);
+    }
+    /* Not a regular file: left alone even with a dead pid. */
+    snprintf(sub, sizeof(sub), "%s/e.tmp.999999998", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+
+    assert_int_equal(mqpki_file_sweep_tmp(dir, &removed), MQPKI_OK);
+    assert_int_equal(removed, 1); /* only the one of a process that is gone */
+    snprintf(path, sizeof(path), "%s/crl.der.tmp.999999999", dir);
+    assert_int_not_equal(stat(path, &st), 0);
+    snprintf(path, sizeof(path), "%s/a.pem.tmp.%ld", dir, (long)getpid());
+    assert_int_equal(stat(path, &st), 0); /* this process is alive */
+    assert_int_equal(stat(sub, &st), 0);
+    snprintf(path, sizeof(path), "%s/missing", dir);
+    assert_int_equal(mqpki_file_sweep_tmp(path, &removed), MQPKI_OK);
+    assert_int_equal(removed, 0);
+
+    rmdir(sub);
+    for (size_t i = 1; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    assert_int_equal(rmdir(dir), 0);
+}
+
+static void test_fail_errno(void **state)
+{
+    char dir[64];
+
+    (void)state;
+    assert_int_equal(mqpki_fail_errno(ENOSPC, "/srv/ca/crl/issuing.crl"), MQPKI_ERR_NOSPACE);
+    assert_string_equal(mqpki_err_detail(MQPKI_ERR_NOSPACE),
+                        "/srv/ca/crl/issuing.crl: disk full: no space left on the device holding "
+                        "/srv/ca/crl");
+    assert_int_equal(mqpki_fail_errno(EDQUOT, "/srv/x"), MQPKI_ERR_NOSPACE);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_NOSPACE), "quota"));
+    assert_int_equal(mqpki_fail_errno(EIO, "/srv/x"), MQPKI_ERR_IO);
+    assert_int_equal(mqpki_path_dir("/a/b/c", dir, sizeof(dir)), MQPKI_OK);
+    assert_string_equal(dir, "/a/b");
+    assert_int_equal(mqpki_path_dir("/a/b/", dir, sizeof(dir)), MQPKI_OK);
+    assert_string_equal(dir, "/a");
+    assert_int_equal(mqpki_path_dir("/a", dir, sizeof(dir)), MQPKI_OK);
+    assert_string_equal(dir, "/");
+    assert_int_equal(mqpki_path_dir("name", dir, sizeof(dir)), MQPKI_OK);
+    assert_string_equal(dir, ".");
+    assert_int_equal(mqpki_path_dir("a//b", dir, sizeof(dir)), MQPKI_OK);
+    assert_string_equal(dir, "a");
+    mqpki_err_clear();
+}
+
 static void test_format(void **state)
 {
     char buf[8], hex[9], t[32];
@@ -108,10 +279,10 @@ static void test_format(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_durations),
-        cmocka_unit_test(test_files),
-        cmocka_unit_test(test_format),
+        cmocka_unit_test(test_errors),     cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_files),      cmocka_unit_test(test_read_not_regular),
+        cmocka_unit_test(test_write_user), cmocka_unit_test(test_sweep_tmp),
+        cmocka_unit_test(test_fail_errno), cmocka_unit_test(test_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -415,14 +415,25 @@ static void test_pin_read(void **state)
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "no-newline");
 
-    /* The environment wins over the file. */
+    /* The environment wins over the file, and leaves the environment when read: no child
+     * inherits it; later reads (a token opened again) still get it. */
     setenv("MQPKI_PIN", "env-pin-2", 1);
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
+    assert_string_equal(pin, "env-pin-2");
+    assert_null(getenv("MQPKI_PIN"));
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "env-pin-2");
     setenv("MQPKI_PIN", "", 1);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
     assert_string_equal(pin, "no-newline");
-    unsetenv("MQPKI_PIN");
+    assert_null(getenv("MQPKI_PIN"));
+    /* hsm_pin_forget drops the kept copy: the file again. */
+    setenv("MQPKI_PIN", "env-pin-3", 1);
+    hsm_pin_capture();
+    assert_null(getenv("MQPKI_PIN"));
+    hsm_pin_forget();
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_OK);
+    assert_string_equal(pin, "no-newline");
 
     write_file(path, "file-pin-3\n", 0644);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_POLICY);
@@ -441,9 +452,60 @@ static void test_pin_read(void **state)
     big[HSM_PIN_MAX] = '\0';
     setenv("MQPKI_PIN", big, 1);
     assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_INVALID);
-    unsetenv("MQPKI_PIN");
+    assert_null(getenv("MQPKI_PIN"));
+    assert_int_equal(hsm_pin_read(path, pin), MQPKI_ERR_INVALID); /* no silent fallback */
+    hsm_pin_forget();
 
     unlink(path);
+    rmdir(dir);
+}
+
+/* /proc/PID/environ shows the environment block as the process got it, which unsetenv does
+ * not touch: the value must be wiped where it lies. */
+static void test_pin_capture_wipes(void **state)
+{
+    static char entry[] = "MQPKI_PIN=env-secret-77";
+    char pin[HSM_PIN_MAX];
+
+    assert_int_equal(putenv(entry), 0);
+    hsm_pin_capture();
+    assert_null(getenv("MQPKI_PIN"));
+    assert_string_equal(entry, "MQPKI_PIN=");
+    for (size_t i = strlen("MQPKI_PIN="); i < sizeof(entry); i++)
+        assert_int_equal(entry[i], 0);
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_OK);
+    assert_string_equal(pin, "env-secret-77");
+    hsm_pin_forget();
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
+}
+
+/* softhsm2.conf has '#' comments and key = value lines: such paths are refused, before
+ * anything is created. */
+static void test_softhsm_path_check(void **state)
+{
+    char dir[] = "/tmp/mqpki-hsmpath-XXXXXX", bad[128], link[128], via[160];
+    struct stat st;
+
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(hsm_softhsm_path_check(dir), MQPKI_OK);
+    snprintf(bad, sizeof(bad), "%s/a#b/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    assert_int_equal(hsm_softhsm_prepare(bad), MQPKI_ERR_INVALID);
+    snprintf(bad, sizeof(bad), "%s/a#b", dir);
+    assert_int_not_equal(stat(bad, &st), 0); /* nothing made */
+    snprintf(bad, sizeof(bad), "%s/a=b/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    snprintf(bad, sizeof(bad), "%s/a\nb/hsm", dir);
+    assert_int_equal(hsm_softhsm_path_check(bad), MQPKI_ERR_INVALID);
+    /* A clean name that leads through a link to such a directory. */
+    snprintf(bad, sizeof(bad), "%s/x#y", dir);
+    assert_int_equal(mkdir(bad, 0700), 0);
+    snprintf(link, sizeof(link), "%s/clean", dir);
+    assert_int_equal(symlink(bad, link), 0);
+    snprintf(via, sizeof(via), "%s/home/hsm", link);
+    assert_int_equal(hsm_softhsm_path_check(via), MQPKI_ERR_INVALID);
+    unlink(link);
+    rmdir(bad);
     rmdir(dir);
 }
 
@@ -540,6 +602,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_softhsm_prepare, setup, teardown),
         cmocka_unit_test_setup_teardown(test_softhsm_guard, setup, teardown),
         cmocka_unit_test(test_pin_read),
+        cmocka_unit_test(test_pin_capture_wipes),
+        cmocka_unit_test(test_softhsm_path_check),
         cmocka_unit_test(test_close_null),
     };
 
