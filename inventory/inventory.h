@@ -286,7 +286,8 @@ int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb,
 
 /*
  * Enrollment tokens. create: 16 random bytes -> token text (base64url, no padding, printed once,
- * at most 64 chars) into token_out; only a salted SHA-256 hash is stored. consume: checks asset,
+ * at most 64 chars) into token_out; only a salted SHA-256 hash is stored; the asset's older live
+ * tokens are revoked in the same transaction (one token out per asset). consume: checks asset,
  * hash (constant time), expiry and single use, and marks it used, inside the caller's
  * transaction when one is open. MQPKI_ERR_AUTH for any mismatch (no detail saying which).
  * A refused attempt is still recorded (failure count of the asset's live tokens; a token is
@@ -306,6 +307,55 @@ int inventory_token_check(struct inventory *inv, const char *asset_id, const cha
 /* Counts one refused attempt on the asset's live tokens (burning those that reach the limit),
  * with its audit events: what inventory_token_consume records on a mismatch. */
 int inventory_token_refused(struct inventory *inv, const char *asset_id);
+
+/*
+ * What became of a token, as `mqpki token list` shows it: live (may enroll now), used (enrolled
+ * a certificate), expired, revoked (by the operator, or superseded by a newer token of the same
+ * asset: creating a token revokes the asset's older live ones), burned (reached the attempt
+ * limit).
+ */
+enum inventory_token_state {
+    INV_TOKEN_LIVE,
+    INV_TOKEN_USED,
+    INV_TOKEN_EXPIRED,
+    INV_TOKEN_REVOKED,
+    INV_TOKEN_BURNED
+};
+/* "live", "used", ... <-> enum; -1 / NULL when unknown. */
+int inventory_token_state_parse(const char *name);
+const char *inventory_token_state_name(int state);
+
+/* One token's bookkeeping; never its text, salt or hash. */
+struct inventory_token {
+    int64_t id;
+    char asset_id[PROTO_ASSET_ID_MAX + 1];
+    int64_t created_at;
+    int64_t expires_at;
+    int64_t used_at;    /* 0 unless used or burned */
+    int64_t revoked_at; /* 0 unless revoked */
+    int failures;       /* refused attempts counted while it was live */
+    int state;          /* enum inventory_token_state, expiry derived at read time */
+    char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate it enrolled; "" otherwise */
+};
+
+/* One token by id; MQPKI_ERR_NOT_FOUND ("token N not found") when unknown. */
+int inventory_token_get(struct inventory *inv, int64_t id, struct inventory_token *out);
+
+/* Lists tokens in creation order; asset_id NULL for every asset. The callback returns non-zero
+ * to stop; the token passed is valid only during the call. */
+typedef int (*inventory_token_cb)(const struct inventory_token *t, void *ctx);
+int inventory_token_list(struct inventory *inv, const char *asset_id, inventory_token_cb cb,
+                         void *ctx);
+
+/*
+ * Revokes live tokens so that they can no longer enroll: the token `id` (> 0), or with id 0
+ * every live token of asset_id. One transaction with the audit event "token.revoke". *revoked
+ * (may be NULL) counts the tokens revoked now: 0 is not an error (the token was already used,
+ * expired, burned or revoked; the asset had none live). MQPKI_ERR_NOT_FOUND for an unknown
+ * token id or asset.
+ */
+int inventory_token_revoke(struct inventory *inv, int64_t id, const char *asset_id,
+                           const char *actor, int *revoked);
 
 /* Appends an audit event (time, actor, action, subject, detail JSON) to the hash chain. */
 int inventory_audit_append(struct inventory *inv, const char *actor, const char *action,

@@ -813,6 +813,121 @@ static void test_tokens(void **state)
     assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
 }
 
+struct token_seen {
+    int n;
+    int64_t id[8];
+    int state[8];
+    char asset[8][PROTO_ASSET_ID_MAX + 1];
+};
+
+static int note_token(const struct inventory_token *t, void *ctx)
+{
+    struct token_seen *s = ctx;
+
+    if (s->n < 8) {
+        s->id[s->n] = t->id;
+        s->state[s->n] = t->state;
+        snprintf(s->asset[s->n], sizeof(s->asset[0]), "%s", t->asset_id);
+    }
+    s->n++;
+    return 0;
+}
+
+static int token_state(struct fx *f, int64_t id)
+{
+    struct inventory_token t;
+
+    assert_int_equal(inventory_token_get(f->inv, id, &t), MQPKI_OK);
+    return t.state;
+}
+
+/* A newer token revokes the asset's older live ones; the operator lists and revokes tokens. */
+static void test_token_supersede_list_revoke(void **state)
+{
+    struct fx *f = *state;
+    struct token_seen seen = {0};
+    struct inventory_token t;
+    char old[64], cur[64], other[64], expired[64], burn[64];
+    int n = -1;
+
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev2", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev3", INV_KIND_DEVICE);
+    assert_int_equal(token_create_at(f->inv, "dev1", 3600, mqpki_now() - 7200, "cli", expired),
+                     MQPKI_OK); /* id 1: expired */
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", old), MQPKI_OK);   /* 2 */
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", other), MQPKI_OK); /* 3 */
+    assert_int_equal(inventory_token_check(f->inv, "dev1", old), MQPKI_OK);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", cur), MQPKI_OK); /* 4 */
+    /* The older live token is refused from now on, by the check and by the consume. */
+    assert_int_equal(inventory_token_check(f->inv, "dev1", old), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", old), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_check(f->inv, "dev1", cur), MQPKI_OK);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_OK);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE revoked_at IS NOT NULL"), 1);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.revoke' "
+                                "AND subject = 'dev1' AND json_extract(detail, '$.reason') = "
+                                "'superseded' AND json_extract(detail, '$.superseded_by') = 4 "
+                                "AND json_extract(detail, '$.token_ids[0]') = 2"),
+                     1);
+    /* A refusal after the revocation counts on the live token only. */
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE id = 2"), 0);
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE id = 4"), 1);
+
+    assert_int_equal(token_state(f, 1), INV_TOKEN_EXPIRED);
+    assert_int_equal(token_state(f, 2), INV_TOKEN_REVOKED);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_LIVE);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", cur), MQPKI_OK);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_USED);
+    assert_int_equal(inventory_token_get(f->inv, 99, &t), MQPKI_ERR_NOT_FOUND);
+
+    /* Burned: five refusals on a live token. */
+    assert_int_equal(inventory_token_create(f->inv, "dev3", 3600, "cli", burn), MQPKI_OK); /* 5 */
+    for (int i = 0; i < INV_TOKEN_MAX_FAILURES; i++)
+        assert_int_equal(inventory_token_refused(f->inv, "dev3"), MQPKI_OK);
+    assert_int_equal(token_state(f, 5), INV_TOKEN_BURNED);
+
+    /* Listings: all in creation order, or one asset's. */
+    assert_int_equal(inventory_token_list(f->inv, NULL, note_token, &seen), MQPKI_OK);
+    assert_int_equal(seen.n, 5);
+    assert_int_equal(seen.id[0], 1);
+    assert_int_equal(seen.id[4], 5);
+    assert_int_equal(seen.state[2], INV_TOKEN_LIVE);
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(inventory_token_list(f->inv, "dev1", note_token, &seen), MQPKI_OK);
+    assert_int_equal(seen.n, 3);
+    assert_string_equal(seen.asset[2], "dev1");
+    assert_int_equal(inventory_token_list(f->inv, "a/b", note_token, &seen), MQPKI_ERR_INVALID);
+    assert_string_equal(inventory_token_state_name(INV_TOKEN_BURNED), "burned");
+    assert_int_equal(inventory_token_state_parse("revoked"), INV_TOKEN_REVOKED);
+    assert_int_equal(inventory_token_state_parse("nope"), -1);
+
+    /* Revoke by id: the live one goes; anything else is left as it is, without an error. */
+    assert_int_equal(inventory_token_revoke(f->inv, 3, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_ERR_AUTH);
+    assert_int_equal(token_state(f, 3), INV_TOKEN_REVOKED);
+    assert_int_equal(inventory_token_revoke(f->inv, 3, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(inventory_token_revoke(f->inv, 4, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_USED);
+    assert_int_equal(inventory_token_revoke(f->inv, 99, NULL, "cli", &n), MQPKI_ERR_NOT_FOUND);
+    /* Revoke by asset: every live token of it. */
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", other), MQPKI_OK);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "dev2", "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "dev2", "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "ghost", "cli", &n), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, NULL, "cli", &n), MQPKI_ERR_INVALID);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.revoke' AND "
+                                "json_extract(detail, '$.reason') = 'revoked'"),
+                     2);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
 /* A store with a known number of audit events; returns the count. */
 static int64_t audit_events(struct fx *f)
 {
@@ -1043,6 +1158,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cert_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoked_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_supersede_list_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_ok, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_middle, setup, teardown),
