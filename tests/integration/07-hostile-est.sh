@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# 07-hostile-est: enrollment (EST) against a hostile or unlucky client, with the real mqpkid,
+# curl and openssl. An older token stops working once a newer one exists; the operator lists
+# and revokes tokens.
+. "$(dirname "$0")/lib.sh"
+
+H=$MQPKI_HOME
+check "mqpki init" init_ca
+check "start mqpkid" start_mqpkid
+
+# enroll FROM ASSET TOKEN NAME [PATH [CURL-ARGS...]]: POST simpleenroll from the loopback
+# address FROM with the CSR $T/NAME.b64; prints the status. Headers land in $T/NAME.h, the body
+# in $T/NAME.body, the certificate (PEM) in $T/NAME.pem on 200. Each part of this test speaks
+# from its own address, so that the per-address limits of one part never decide another's.
+enroll() {
+  local from=$1 asset=$2 token=$3 name=$4 path=${5:-/.well-known/est/simpleenroll} code
+  shift 5 2>/dev/null || shift $#
+  code=$(curl -sS --interface "$from" --cacert "$T/chain.pem" -u "$asset:$token" \
+    -H "Content-Type: application/pkcs10" --data-binary @"$T/$name.b64" -D "$T/$name.h" \
+    -o "$T/$name.body" -w '%{http_code}' "$@" "$MQPKID_URL$path") || true
+  if [ "$code" = 200 ]; then
+    base64 -d "$T/$name.body" | openssl pkcs7 -inform DER -print_certs >"$T/$name.pem"
+  fi
+  echo "$code"
+}
+serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
+jqt() { jq -e "$@" >/dev/null; }
+audit_count() { sqlite3 "$H/mqpki.db" "SELECT COUNT(*) FROM audit WHERE $1"; }
+
+# --- 3b: a newer token revokes the older ones; token list and token revoke ----------------
+A=127.0.0.11
+mqpki asset add t1 --kind device >/dev/null
+old=$(mqpki token create t1 --ttl 1h)
+new=$(mqpki token create t1 --ttl 1h)
+est_csr t1
+assert "the older token is refused once a newer one exists" test "$(enroll $A t1 "$old" t1)" = 401
+assert "the newer token enrolls" test "$(enroll $A t1 "$new" t1)" = 200
+assert "one certificate for t1" \
+  test "$(mqpki cert list --asset t1 --json | jq length)" = 1
+assert "audit: the older token revoked as superseded" \
+  test "$(audit_count "action = 'token.revoke' AND subject = 't1' AND \
+    json_extract(detail, '$.reason') = 'superseded'")" = 1
+mqpki token list --asset t1 --json >"$T/tokens.json"
+assert "token list --json: revoked, then used" \
+  test "$(jq -r 'map(.state) | join(",")' "$T/tokens.json")" = revoked,used
+# The older token's refusal counted as a failed attempt on the live one.
+assert "token list --json: id, asset, times, failures" \
+  jqt '.[1] | (.id > 0) and .asset == "t1" and .created_at and .expires_at and
+    .failures == 1 and .used_at and (.revoked_at == null)' "$T/tokens.json"
+mqpki token list >"$T/tokens.txt"
+assert "token list shows neither a token nor a hash" bash -c "! grep -qF -e '$old' -e '$new' \
+  '$T/tokens.json' '$T/tokens.txt' && ! jq -e '.[] | has(\"hash\") or has(\"salt\") or \
+  has(\"token\")' '$T/tokens.json' >/dev/null"
+assert "token list (text) has a header and one line per token" \
+  test "$(grep -c ' t1 ' "$T/tokens.txt")" = 2
+
+mqpki asset add t2 --kind device >/dev/null
+tok=$(mqpki token create t2 --ttl 90s)
+id=$(mqpki token list --asset t2 --json | jq '.[0].id')
+assert "--ttl 90s: 90 seconds" test "$(sqlite3 "$H/mqpki.db" \
+  "SELECT expires_at - created_at FROM tokens WHERE id = $id")" = 90
+check "token revoke ID" mqpki token revoke "$id"
+assert "... says so in one line" test "$(wc -l <"$T/out")" = 1
+est_csr t2
+assert "a revoked token is refused" test "$(enroll $A t2 "$tok" t2)" = 401
+check "token revoke ID again (already revoked)" mqpki token revoke "$id"
+assert "... says so" contains "$T/out" "already revoked"
+tok=$(mqpki token create t2 --ttl 15m)
+check "token revoke --asset" mqpki token revoke --asset t2
+assert "... one line" test "$(cat "$T/out")" = "asset t2: 1 token revoked"
+assert "a token revoked with its asset is refused" test "$(enroll $A t2 "$tok" t2)" = 401
+assert "token list --asset t2: revoked, revoked" test \
+  "$(mqpki token list --asset t2 --json | jq -r 'map(.state) | join(",")')" = revoked,revoked
+expect_fail 1 "token revoke of an unknown id" mqpki token revoke 9999
+expect_fail 1 "token revoke without an argument" mqpki token revoke
+expect_fail 1 "--ttl 1 (a bare number) is refused" mqpki token create t2 --ttl 1
+assert "... with a hint to give a unit" contains "$T/err" "give a unit"
+expect_fail 1 "--ttl 31d is refused" mqpki token create t2 --ttl 31d
+check "token list --help" mqpki token list --help
+check "token revoke --help" mqpki token revoke --help
+
+finish
