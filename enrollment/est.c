@@ -483,10 +483,22 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         rc = lifecycle_issue_batched(est->ca, inv, est->cm, &ir, &cert);
     }
     if (rc != MQPKI_OK) {
+        char detail[300];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
         mqpki_log(MQPKI_LOG_WARN, "%s %s from %s refused: %s", req->method, req->path,
-                  req->client_addr ? req->client_addr : "?", mqpki_err_detail(rc));
-        if (rc == MQPKI_ERR_AUTH || rc == MQPKI_ERR_NOT_FOUND)
+                  req->client_addr ? req->client_addr : "?", detail);
+        if (rc == MQPKI_ERR_AUTH || rc == MQPKI_ERR_NOT_FOUND) {
+            /* Every refused authentication counts against the address and the asset, and is
+             * audited: lifecycle_issue did it for a token it was given, the rest is ours. */
             ratelimit_failure(est->limits, req->client_addr, asset[0] ? asset : NULL);
+            if (ir.token == NULL) {
+                snprintf(actor, sizeof(actor), "est:%.64s",
+                         req->client_addr ? req->client_addr : "?");
+                int arc = lifecycle_record_refusal(inv, asset[0] ? asset : NULL, 0, actor, detail);
+                if (arc != MQPKI_OK)
+                    mqpki_log(MQPKI_LOG_WARN, "refusal not audited: %s", mqpki_err_detail(arc));
+            }
+        }
         reply_error(resp, rc);
         if (rc == MQPKI_ERR_AUTH && re)
             resp->www_authenticate = 0; /* Basic would not help: a certificate is needed */

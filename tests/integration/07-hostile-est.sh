@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 07-hostile-est: enrollment (EST) against a hostile or unlucky client, with the real mqpkid,
 # curl and openssl. An older token stops working once a newer one exists; the operator lists
-# and revokes tokens.
+# and revokes tokens. Authentication comes first: an unknown asset, a decommissioned one and a
+# wrong token get the same 401, counted and audited.
 . "$(dirname "$0")/lib.sh"
 
 H=$MQPKI_HOME
@@ -24,6 +25,13 @@ enroll() {
   echo "$code"
 }
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
+# same NAME1 NAME2: two answers alike byte for byte (status, headers but Date, body).
+same() {
+  diff <(grep -vi '^date:' "$T/$1.h") <(grep -vi '^date:' "$T/$2.h") >/dev/null &&
+    cmp -s "$T/$1.body" "$T/$2.body"
+}
+# csr_copy FROM TO: the same CSR under another name (for a second answer of its own).
+csr_copy() { cp "$T/$1.b64" "$T/$2.b64"; }
 jqt() { jq -e "$@" >/dev/null; }
 audit_count() { sqlite3 "$H/mqpki.db" "SELECT COUNT(*) FROM audit WHERE $1"; }
 
@@ -78,5 +86,39 @@ assert "... with a hint to give a unit" contains "$T/err" "give a unit"
 expect_fail 1 "--ttl 31d is refused" mqpki token create t2 --ttl 31d
 check "token list --help" mqpki token list --help
 check "token revoke --help" mqpki token revoke --help
+
+# --- 4: authentication first; unknown, decommissioned and wrong look the same ---------------
+B=127.0.0.12
+mqpki asset add d4 --kind device >/dev/null
+mqpki asset add gone --kind device >/dev/null
+gone_tok=$(mqpki token create gone)
+mqpki asset decommission gone >/dev/null
+est_csr d4
+for n in known unknown decom; do csr_copy d4 "$n"; done
+printf 'bm90IGEgQ1NS\n' >"$T/garbage.b64"
+BROKER=/.well-known/est/broker/simpleenroll
+# The broker label on a device asset used to get 403 and an unknown id 401, without a token.
+assert "known device asset, wrong token, broker label: 401" \
+  test "$(enroll $B d4 wrong-token known $BROKER)" = 401
+assert "unknown asset, broker label: 401" test "$(enroll $B nosuch wrong-token unknown $BROKER)" = 401
+assert "decommissioned asset with its token: 401" \
+  test "$(enroll $B gone "$gone_tok" decom $BROKER)" = 401
+assert "unknown asset with a garbage CSR: 401, not 400" \
+  test "$(enroll $B nosuch wrong-token garbage)" = 401
+assert "unknown and known asset: the same answer (headers, body)" same known unknown
+assert "decommissioned and known asset: the same answer" same known decom
+assert "a 401 asks for Basic credentials" grep -qi '^www-authenticate: basic' "$T/known.h"
+assert "audit: every refusal from the address (4)" \
+  test "$(audit_count "action = 'enroll.refused' AND actor = 'est:$B'")" = 4
+assert "audit: the unknown asset's refusals too (2)" \
+  test "$(audit_count "action = 'enroll.refused' AND subject = 'nosuch'")" = 2
+assert "the fifth refusal from the address: 401" test "$(enroll $B d4 wrong-again d4)" = 401
+tok4=$(mqpki token create d4)
+assert "then the address is blocked, valid token or not: 429" \
+  test "$(enroll $B d4 "$tok4" d4)" = 429
+C=127.0.0.13
+assert "authenticated, a broker label on a device asset: 403" \
+  test "$(enroll $C d4 "$tok4" known $BROKER)" = 403
+assert "... and the token is not spent: 200" test "$(enroll $C d4 "$tok4" d4)" = 200
 
 finish
