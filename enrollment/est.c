@@ -458,6 +458,16 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         reply_text(resp, 415, "bad_request", "content type must be application/pkcs10");
         goto out;
     }
+    /* No credentials at all is not a wrong guess: common EST clients (and curl --anyauth) send
+     * the first request without them and answer the challenge (RFC 7235 2.1). Counting it as
+     * a failure locked out a NAT address after a few good enrollments. */
+    if (re ? req->client_cert == NULL || req->client_cert_len == 0
+           : req->authorization == NULL || req->authorization[0] == '\0') {
+        reply_error(resp, MQPKI_ERR_AUTH);
+        resp->result = "challenge";
+        resp->www_authenticate = !re; /* a certificate is not asked for in HTTP */
+        goto out;
+    }
     if (re) {
         rc = check_client_cert(est, inv, req, asset, auth_serial);
     } else if (!parse_basic_auth(req->authorization, asset, token)) {

@@ -2,7 +2,8 @@
 # 07-hostile-est: enrollment (EST) against a hostile or unlucky client, with the real mqpkid,
 # curl and openssl. An older token stops working once a newer one exists; the operator lists
 # and revokes tokens. Authentication comes first: an unknown asset, a decommissioned one and a
-# wrong token get the same 401, counted and audited.
+# wrong token get the same 401, counted and audited. A request without credentials gets the
+# challenge and is no failure: 20 devices behind one address enroll with curl --anyauth.
 . "$(dirname "$0")/lib.sh"
 
 H=$MQPKI_HOME
@@ -120,5 +121,33 @@ C=127.0.0.13
 assert "authenticated, a broker label on a device asset: 403" \
   test "$(enroll $C d4 "$tok4" known $BROKER)" = 403
 assert "... and the token is not spent: 200" test "$(enroll $C d4 "$tok4" d4)" = 200
+
+# --- 5: the challenge is not a failure; many devices behind one address ---------------------
+D=127.0.0.14
+est_csr nat
+for i in $(seq 1 6); do
+  curl -sS --interface $D --cacert "$T/chain.pem" -H "Content-Type: application/pkcs10" \
+    --data-binary @"$T/nat.b64" -D "$T/challenge.h" -o /dev/null -w '%{http_code} ' \
+    "$MQPKID_URL/.well-known/est/simpleenroll" >>"$T/challenge.codes" || true
+done
+assert "6 requests without credentials: 401 each ($(cat "$T/challenge.codes"))" \
+  test "$(cat "$T/challenge.codes")" = "401 401 401 401 401 401 "
+assert "the challenge names Basic" grep -qi '^www-authenticate: basic realm=' "$T/challenge.h"
+assert "challenges are not audited as refusals" \
+  test "$(audit_count "action = 'enroll.refused' AND actor = 'est:$D'")" = 0
+codes=""
+for i in $(seq 1 20); do
+  mqpki asset add "nat$i" --kind device >/dev/null
+  tok=$(mqpki token create "nat$i")
+  est_csr "nat$i"
+  codes="$codes$(enroll $D "nat$i" "$tok" "nat$i" /.well-known/est/simpleenroll --anyauth) "
+done
+assert "20 enrollments from one address with curl --anyauth: 200 each" \
+  test "$codes" = "$(printf '200 %.0s' $(seq 1 20))"
+assert "... 20 certificates" \
+  test "$(sqlite3 "$H/mqpki.db" "SELECT COUNT(*) FROM certs WHERE asset_id LIKE 'nat%'")" = 20
+curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/metrics" >"$T/metrics.txt"
+assert "/metrics counts the challenges apart" \
+  grep -q 'mqpki_enrollments_total{result="challenge"} [1-9]' "$T/metrics.txt"
 
 finish
