@@ -4,6 +4,8 @@
 # and revokes tokens. Authentication comes first: an unknown asset, a decommissioned one and a
 # wrong token get the same 401, counted and audited. A request without credentials gets the
 # challenge and is no failure: 20 devices behind one address enroll with curl --anyauth.
+# Bad message framing (conflicting Content-Length headers) gets 400, a declared body over the
+# limit 413 at once.
 . "$(dirname "$0")/lib.sh"
 
 H=$MQPKI_HOME
@@ -149,5 +151,55 @@ assert "... 20 certificates" \
 curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/metrics" >"$T/metrics.txt"
 assert "/metrics counts the challenges apart" \
   grep -q 'mqpki_enrollments_total{result="challenge"} [1-9]' "$T/metrics.txt"
+
+# --- 8: HTTP framing; curl will not send these, so raw requests over TLS --------------------
+cat >"$T/raw.py" <<'PY'
+import socket, ssl, sys, time
+# raw.py PORT CAFILE REQUEST: sends REQUEST (\r\n escapes) without the body a header may
+# announce, prints the status and how long the answer took ("none" when the server only closed).
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))),
+                    server_hostname="localhost")
+start = time.time()
+s.sendall(sys.argv[3].encode().decode("unicode_escape").encode())
+s.settimeout(15)
+data = b""
+try:
+    while b"\r\n" not in data:
+        d = s.recv(4096)
+        if not d:
+            break
+        data += d
+except (socket.timeout, OSError):
+    pass
+status = data.split(b" ")[1].decode() if data.startswith(b"HTTP/1.1 ") else "none"
+print("%s %.1f" % (status, time.time() - start))
+PY
+raw() { python3 "$T/raw.py" "$MQPKID_PORT" "$T/chain.pem" "$1"; }
+quick() { awk -v s="$1" -v want="$2" 'BEGIN { split(s, a, " "); exit !(a[1] == want && a[2] < 3) }'; }
+POST='POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n'
+r=$(raw "${POST}Content-Length: 5\r\nContent-Length: 10\r\n\r\nhello")
+assert "conflicting Content-Length headers: 400 at once ($r)" quick "$r" 400
+r=$(raw "${POST}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+assert "Content-Length with Transfer-Encoding: 400 at once ($r)" quick "$r" 400
+r=$(raw "${POST}Content-Length: 98305\r\n\r\n")
+assert "Content-Length above the limit, no body sent: 413 at once ($r)" quick "$r" 413
+r=$(raw "${POST}Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n")
+assert "a 1 GiB body announced with Expect: 100-continue: 413 at once ($r)" quick "$r" 413
+assert "mqpkid says why" grep -q "refused (400): conflicting or malformed Content-Length" \
+  "$MQPKID_LOG"
+# A client that sends the whole oversized body reads the 413 too: the refused connection drains
+# what is still coming instead of resetting it.
+head -c 300000 /dev/zero | base64 >"$T/big.b64"
+codes=""
+for i in $(seq 1 10); do
+  codes="$codes$(curl -sS --interface 127.0.0.15 --cacert "$T/chain.pem" -u big:x \
+    -H "Content-Type: application/pkcs10" --data-binary @"$T/big.b64" -o /dev/null \
+    -w '%{http_code}' "$MQPKID_URL/.well-known/est/simpleenroll" 2>/dev/null) " || true
+done
+assert "a 400 KB body sent in full: 413 each time, never a reset ($codes)" \
+  test "$codes" = "$(printf '413 %.0s' $(seq 1 10))"
+assert "mqpkid still serves" test "$(curl -sS --cacert "$T/chain.pem" -o /dev/null \
+  -w '%{http_code}' "$MQPKID_URL/.well-known/est/cacerts")" = 200
 
 finish
