@@ -297,7 +297,23 @@ int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb,
  */
 int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t ttl,
                            const char *actor, char token_out[64]);
-int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token);
+
+/* SHA-256 of a CSR's DER, as a consumed token records it. */
+#define INV_CSR_HASH_LEN 32
+
+/* consume also records what the token was used for, when given: the SHA-256 of the CSR's DER
+ * (INV_CSR_HASH_LEN bytes) and the serial of the certificate it enrolled (both or neither). */
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token,
+                            const unsigned char *csr_sha256, const char *serial);
+
+/*
+ * A lost answer's retry: the asset's token matching token (constant time) that enrolled a
+ * certificate at or after `since`, with the CSR hash and the serial it recorded. MQPKI_ERR_AUTH
+ * when there is none (the same refusal as any mismatch). Read-only.
+ */
+int inventory_token_find_used(struct inventory *inv, const char *asset_id, const char *token,
+                              int64_t since, unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                              char serial[PROTO_SERIAL_HEX_MAX + 1]);
 
 /* The same test as inventory_token_consume, read-only: MQPKI_OK when token would be accepted now,
  * MQPKI_ERR_AUTH otherwise. Nothing is written (no use, no failure count): a cheap gate before

@@ -72,7 +72,11 @@
                         "VALUES(?1, ?2, ?3, ?4, ?5)")                                              \
     X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
                       "AND revoked_at IS NULL AND expires_at > ?2 ORDER BY id")                    \
-    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2 WHERE id = ?1")                               \
+    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1") \
+    /* Tokens that enrolled a certificate since ?2: a lost answer's retry may get it again. */     \
+    X(SQL_TOKEN_USED_SINCE,                                                                        \
+      "SELECT id, salt, hash, csr_sha256, serial FROM tokens WHERE asset_id = ?1 "                 \
+      "AND used_at >= ?2 AND serial IS NOT NULL AND csr_sha256 IS NOT NULL ORDER BY id")           \
     X(SQL_TOKEN_FAIL,                                                                              \
       "UPDATE tokens SET failures = failures + 1 WHERE asset_id = ?1 AND used_at IS NULL "         \
       "AND revoked_at IS NULL AND expires_at > ?2")                                                \

@@ -16,6 +16,8 @@
 #define TTL_MAX        (30 * 86400)
 #define TOKEN_TEXT_MAX 64
 
+_Static_assert(INV_CSR_HASH_LEN == INV_HASH_LEN, "a CSR hash is a SHA-256 like the token hash");
+
 /* The one reply for every refusal: never say whether asset, token or expiry was wrong. */
 #define REFUSED "enrollment token refused"
 
@@ -343,7 +345,55 @@ int inventory_token_check(struct inventory *inv, const char *asset_id, const cha
     return rc;
 }
 
-int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token)
+int inventory_token_find_used(struct inventory *inv, const char *asset_id, const char *token,
+                              int64_t since, unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                              char serial[PROTO_SERIAL_HEX_MAX + 1])
+{
+    unsigned char calc[INV_HASH_LEN];
+    sqlite3_stmt *st = NULL;
+    size_t len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
+    int rc, src, found = 0;
+
+    serial[0] = '\0';
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token find: no store");
+    if (!proto_asset_id_valid(asset_id) || len == 0 || len >= TOKEN_TEXT_MAX)
+        return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    rc = inv_stmt(inv, SQL_TOKEN_USED_SINCE, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, since);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *salt = sqlite3_column_blob(st, 1);
+        const void *hash = sqlite3_column_blob(st, 2);
+        const void *csr = sqlite3_column_blob(st, 3);
+
+        if (salt == NULL || hash == NULL || csr == NULL ||
+            sqlite3_column_bytes(st, 1) != SALT_BYTES ||
+            sqlite3_column_bytes(st, 2) != INV_HASH_LEN ||
+            sqlite3_column_bytes(st, 3) != INV_CSR_HASH_LEN)
+            continue;
+        if ((rc = token_hash(salt, token, len, calc)) != MQPKI_OK)
+            goto out;
+        /* Constant time, and every row hashed: as token_find. */
+        if (CRYPTO_memcmp(calc, hash, INV_HASH_LEN) == 0 && !found) {
+            memcpy(csr_sha256, csr, INV_CSR_HASH_LEN);
+            inv_col_text(st, 4, serial, PROTO_SERIAL_HEX_MAX + 1);
+            found = 1;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "token find");
+    else if (!found)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+out:
+    OPENSSL_cleanse(calc, sizeof(calc));
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token,
+                            const unsigned char *csr_sha256, const char *serial)
 {
     struct inv_tx tx = {0};
     int64_t now = mqpki_now(), match = 0;
@@ -367,11 +417,18 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
         if (rc == MQPKI_OK) {
             sqlite3_bind_int64(st, 1, match);
             sqlite3_bind_int64(st, 2, now);
-            if (sqlite3_step(st) != SQLITE_DONE)
+            if (csr_sha256 != NULL && serial != NULL) {
+                sqlite3_bind_blob(st, 3, csr_sha256, INV_CSR_HASH_LEN, SQLITE_STATIC);
+                rc = inv_bind_text(inv, st, 4, serial);
+            }
+            if (rc == MQPKI_OK && sqlite3_step(st) != SQLITE_DONE)
                 rc = inv_db_fail(inv, sqlite3_errcode(inv->db), "token use");
         }
         inv_stmt_done(st);
-        if (rc == MQPKI_OK)
+        if (rc == MQPKI_OK && serial != NULL)
+            rc = inv_audit(inv, "enrollment", "token.use", asset_id,
+                           json_pack("{s:I,s:s}", "token_id", (json_int_t)match, "serial", serial));
+        else if (rc == MQPKI_OK)
             rc = inv_audit(inv, "enrollment", "token.use", asset_id,
                            json_pack("{s:I}", "token_id", (json_int_t)match));
         keep = rc == MQPKI_OK;

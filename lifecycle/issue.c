@@ -6,6 +6,8 @@
 #include <time.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "ca.h"
@@ -89,7 +91,8 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     int rc;
 
     if (auth->token != NULL) {
-        rc = inventory_token_consume(inv, rec->asset_id, auth->token);
+        rc =
+            inventory_token_consume(inv, rec->asset_id, auth->token, auth->csr_sha256, rec->serial);
         if (rc != MQPKI_OK)
             return rc == MQPKI_ERR_AUTH
                        ? mqpki_fail(rc, "asset %s: enrollment token refused", rec->asset_id)
@@ -106,14 +109,22 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
  * this runs only after the token was accepted: an unauthenticated client learns nothing from
  * it and gets no parsing work done. */
 static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
-                         char key_fp[PROTO_FP_HEX_LEN + 1])
+                         char key_fp[PROTO_FP_HEX_LEN + 1],
+                         unsigned char csr_sha256[INV_CSR_HASH_LEN])
 {
     X509_REQ *csr = NULL;
-    int rc;
+    unsigned char *der = NULL;
+    int rc, len;
 
     *pub = NULL;
     if ((rc = ca_csr_parse(req->csr, req->csr_len, &csr)) != MQPKI_OK)
         goto out;
+    /* The request's identity for a retry: its DER, whatever the encoding it came in (PEM,
+     * base64 with other line breaks). */
+    if ((len = i2d_X509_REQ(csr, &der)) <= 0 || SHA256(der, (size_t)len, csr_sha256) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "asset %s: cannot hash the CSR", req->asset_id);
+        goto out;
+    }
     if ((rc = ca_csr_check(csr)) != MQPKI_OK) {
         char detail[400];
         snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
@@ -129,6 +140,7 @@ static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
         *pub = NULL;
     }
 out:
+    OPENSSL_free(der);
     X509_REQ_free(csr);
     return rc;
 }
@@ -165,7 +177,15 @@ out:
  * token are one and the same MQPKI_ERR_AUTH from outside; only the detail, for the log and
  * the audit event, says which.
  */
-static int authenticate(struct inventory *inv, const struct lifecycle_issue_req *req)
+/* A token already used, found again by its text: what it enrolled (a lost answer's retry). */
+struct retry {
+    int found;
+    unsigned char csr_sha256[INV_CSR_HASH_LEN];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
+};
+
+static int authenticate(struct inventory *inv, const struct lifecycle_issue_req *req,
+                        struct retry *retry)
 {
     struct inventory_asset asset;
     int rc;
@@ -179,12 +199,56 @@ static int authenticate(struct inventory *inv, const struct lifecycle_issue_req 
         rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused (asset decommissioned)",
                         req->asset_id);
     else if (rc == MQPKI_OK &&
-             (rc = inventory_token_check(inv, req->asset_id, req->token)) == MQPKI_ERR_AUTH)
-        rc = mqpki_fail(rc,
-                        "asset %s: enrollment token refused (wrong, used, expired or revoked "
-                        "token)",
-                        req->asset_id);
+             (rc = inventory_token_check(inv, req->asset_id, req->token)) == MQPKI_ERR_AUTH) {
+        /* The holder of a token used moments ago may be retrying an answer it never got;
+         * whether its CSR is the same is known only once the CSR is parsed. */
+        rc = inventory_token_find_used(inv, req->asset_id, req->token,
+                                       mqpki_now() - LIFECYCLE_RETRY_SECONDS, retry->csr_sha256,
+                                       retry->serial);
+        retry->found = rc == MQPKI_OK;
+        if (rc == MQPKI_ERR_AUTH)
+            rc = mqpki_fail(rc,
+                            "asset %s: enrollment token refused (wrong, used, expired or revoked "
+                            "token)",
+                            req->asset_id);
+    }
     inventory_asset_clear(&asset);
+    return rc;
+}
+
+/*
+ * A lost answer's retry, authenticated by a token used within LIFECYCLE_RETRY_SECONDS: the same
+ * CSR gets the certificate that token enrolled, as long as it is still valid; nothing is signed
+ * or recorded. Any other reuse of the token is a refusal (MQPKI_ERR_AUTH).
+ */
+static int resend(struct inventory *inv, const struct lifecycle_issue_req *req,
+                  const struct retry *retry, const unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                  X509 **out)
+{
+    struct inventory_cert c;
+    int rc = MQPKI_ERR_AUTH;
+
+    memset(&c, 0, sizeof(c));
+    if (CRYPTO_memcmp(csr_sha256, retry->csr_sha256, INV_CSR_HASH_LEN) != 0) {
+        mqpki_fail(rc, "asset %s: enrollment token refused (used for another CSR)", req->asset_id);
+        goto out;
+    }
+    if ((rc = inventory_cert_get(inv, retry->serial, 1, &c)) != MQPKI_OK)
+        goto out;
+    if (strcmp(c.asset_id, req->asset_id) != 0 || c.state != INV_CERT_VALID || c.pem == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_AUTH,
+                        "asset %s: enrollment token refused (its certificate %s is %s)",
+                        req->asset_id, retry->serial, inventory_cert_state_name(c.state));
+        goto out;
+    }
+    if ((rc = ca_cert_from_pem(c.pem, strlen(c.pem), out)) != MQPKI_OK)
+        goto out;
+    mqpki_log(MQPKI_LOG_INFO,
+              "asset %s: the same token and CSR again within %d s (an answer lost on the way): "
+              "certificate %s sent again, nothing issued",
+              req->asset_id, LIFECYCLE_RETRY_SECONDS, retry->serial);
+out:
+    inventory_cert_clear(&c);
     return rc;
 }
 
@@ -227,8 +291,11 @@ int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out)
 {
+    unsigned char csr_sha256[INV_CSR_HASH_LEN];
     struct inventory_cert rec;
-    struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor};
+    struct lifecycle_auth auth = {req->token, csr_sha256, req->auth_serial, req->supersede,
+                                  req->actor};
+    struct retry retry;
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
     char key_fp[PROTO_FP_HEX_LEN + 1], detail[300];
@@ -236,6 +303,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
 
     *out = NULL;
     memset(&rec, 0, sizeof(rec));
+    memset(&retry, 0, sizeof(retry));
     if (!proto_asset_id_valid(req->asset_id)) {
         rc = mqpki_fail(MQPKI_ERR_INVALID,
                         "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
@@ -250,15 +318,22 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
     /* Who asks comes first. Nothing about the asset (kind, profile, state) nor the CSR is
      * looked at for a client without a valid token: refusals before authentication would tell
      * which assets exist, and an attacker who knows an asset id gets no parsing or HSM work. */
-    if (req->token != NULL && (rc = authenticate(inv, req)) != MQPKI_OK) {
+    if (req->token != NULL && (rc = authenticate(inv, req, &retry)) != MQPKI_OK) {
         if (rc == MQPKI_ERR_AUTH)
             goto refused;
         goto out;
     }
     if ((rc = check_asset(inv, req, &profile)) != MQPKI_OK)
         goto out;
-    if ((rc = check_request(req, &pub, key_fp)) != MQPKI_OK)
+    if ((rc = check_request(req, &pub, key_fp, csr_sha256)) != MQPKI_OK)
         goto out;
+    if (retry.found) {
+        if ((rc = resend(inv, req, &retry, csr_sha256, &cert)) == MQPKI_ERR_AUTH)
+            goto refused;
+        if (rc != MQPKI_OK)
+            goto out;
+        goto done;
+    }
     for (int i = 0; i < SERIAL_TRIES; i++) {
         free(rec.pem);
         X509_free(cert);
@@ -280,6 +355,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
     }
     if (rc != MQPKI_OK)
         goto out;
+done:
     if (in_tx) {
         if ((rc = inventory_commit(inv)) != MQPKI_OK)
             goto out;

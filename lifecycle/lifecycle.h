@@ -29,6 +29,10 @@
 #include "ca.h"
 #include "inventory.h"
 
+/* A client whose answer was lost (connection dropped after the commit) and that sends the same
+ * token with the same CSR within this many seconds gets the certificate already issued. */
+#define LIFECYCLE_RETRY_SECONDS 600
+
 struct lifecycle_issue_req {
     const char *asset_id;
     const unsigned char *csr; /* DER, PEM or base64 DER; at most CA_CSR_MAX bytes */
@@ -55,7 +59,10 @@ struct lifecycle_issue_req {
  * token matching it, else MQPKI_ERR_AUTH, the same for each of these, counted on the asset's
  * live tokens and audited ("enroll.refused") in one commit. Then the asset (profile matching its
  * kind), then the CSR (proof of possession, key policy); the certificate is signed and
- * recorded with its audit event, consuming the token, in one transaction. *out is set only after
+ * recorded with its audit event, consuming the token (which records the CSR's hash and the
+ * serial), in one transaction. A token already used for the same CSR (same DER) within
+ * LIFECYCLE_RETRY_SECONDS gets that certificate again (a lost answer's retry: nothing is signed
+ * or recorded, no second cert.issue); any other reuse is MQPKI_ERR_AUTH. *out is set only after
  * the commit: a certificate the store does not know never leaves. Errors as in common.h with a
  * one-line detail (MQPKI_ERR_PARSE bad CSR, MQPKI_ERR_POLICY refused, MQPKI_ERR_AUTH refused
  * token; without a token: MQPKI_ERR_NOT_FOUND unknown asset, MQPKI_ERR_STATE decommissioned).

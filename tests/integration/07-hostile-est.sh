@@ -5,7 +5,8 @@
 # wrong token get the same 401, counted and audited. A request without credentials gets the
 # challenge and is no failure: 20 devices behind one address enroll with curl --anyauth.
 # Bad message framing (conflicting Content-Length headers) gets 400, a declared body over the
-# limit 413 at once.
+# limit 413 at once. A client whose answer was lost gets the same certificate again for the
+# same token and CSR within 10 minutes; any other reuse of the token is refused.
 . "$(dirname "$0")/lib.sh"
 
 H=$MQPKI_HOME
@@ -201,5 +202,40 @@ assert "a 400 KB body sent in full: 413 each time, never a reset ($codes)" \
   test "$codes" = "$(printf '413 %.0s' $(seq 1 10))"
 assert "mqpkid still serves" test "$(curl -sS --cacert "$T/chain.pem" -o /dev/null \
   -w '%{http_code}' "$MQPKID_URL/.well-known/est/cacerts")" = 200
+
+# --- 9: a lost answer: the same token and CSR again ------------------------------------------
+E=127.0.0.16
+mqpki asset add r1 --kind device >/dev/null
+tok=$(mqpki token create r1)
+est_csr r1
+csr_copy r1 r1again
+csr_copy r1 r1late
+assert "r1 enrolls" test "$(enroll $E r1 "$tok" r1)" = 200
+s1=$(serial_of "$T/r1.pem")
+# The answer never reached the client (connection dropped after the commit): it tries again.
+assert "the same token and CSR again: 200" test "$(enroll $E r1 "$tok" r1again)" = 200
+assert "... the certificate already issued (serial $s1)" \
+  test "$(serial_of "$T/r1again.pem")" = "$s1"
+assert "... no second certificate" \
+  test "$(mqpki cert list --asset r1 --json | jq length)" = 1
+assert "... no second cert.issue in the audit log" \
+  test "$(audit_count "action = 'cert.issue' AND json_extract(detail, '$.asset') = 'r1'")" = 1
+assert "token list names the certificate the token enrolled" \
+  test "$(mqpki token list --asset r1 --json | jq -r '.[0].serial')" = "$s1"
+est_csr r1other
+assert "the same token with another CSR: 401" test "$(enroll $E r1 "$tok" r1other)" = 401
+sqlite3 "$H/mqpki.db" "UPDATE tokens SET used_at = used_at - 601 WHERE asset_id = 'r1'"
+assert "the same token and CSR 10 minutes later: 401" \
+  test "$(enroll $E r1 "$tok" r1late)" = 401
+check "audit chain intact" mqpki audit verify
+
+# No log line and no audit event holds a token.
+leaks=0
+for t in "$old" "$new" "$gone_tok" "$tok4" "$tok"; do
+  grep -qF -- "$t" "$MQPKID_LOG" && leaks=$((leaks + 1))
+  [ "$(sqlite3 "$H/mqpki.db" "SELECT COUNT(*) FROM audit WHERE instr(detail, '$t') > 0")" = 0 ] ||
+    leaks=$((leaks + 1))
+done
+assert "no token in mqpkid's log or the audit log" test "$leaks" -eq 0
 
 finish
