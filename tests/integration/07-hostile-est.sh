@@ -52,14 +52,14 @@ assert "one certificate for t1" \
 assert "audit: the older token revoked as superseded" \
   test "$(audit_count "action = 'token.revoke' AND subject = 't1' AND \
     json_extract(detail, '$.reason') = 'superseded'")" = 1
-mqpki token list --asset t1 --json >"$T/tokens.json"
+mqpki token list --asset t1 --json >"$T/tokens.json" || true
 assert "token list --json: revoked, then used" \
   test "$(jq -r 'map(.state) | join(",")' "$T/tokens.json")" = revoked,used
 # The older token's refusal counted as a failed attempt on the live one.
 assert "token list --json: id, asset, times, failures" \
   jqt '.[1] | (.id > 0) and .asset == "t1" and .created_at and .expires_at and
     .failures == 1 and .used_at and (.revoked_at == null)' "$T/tokens.json"
-mqpki token list >"$T/tokens.txt"
+mqpki token list >"$T/tokens.txt" || true
 assert "token list shows neither a token nor a hash" bash -c "! grep -qF -e '$old' -e '$new' \
   '$T/tokens.json' '$T/tokens.txt' && ! jq -e '.[] | has(\"hash\") or has(\"salt\") or \
   has(\"token\")' '$T/tokens.json' >/dev/null"
@@ -68,7 +68,7 @@ assert "token list (text) has a header and one line per token" \
 
 mqpki asset add t2 --kind device >/dev/null
 tok=$(mqpki token create t2 --ttl 90s)
-id=$(mqpki token list --asset t2 --json | jq '.[0].id')
+id=$(mqpki token list --asset t2 --json | jq '.[0].id') || true
 assert "--ttl 90s: 90 seconds" test "$(sqlite3 "$H/mqpki.db" \
   "SELECT expires_at - created_at FROM tokens WHERE id = $id")" = 90
 check "token revoke ID" mqpki token revoke "$id"
@@ -104,7 +104,8 @@ BROKER=/.well-known/est/broker/simpleenroll
 # The broker label on a device asset used to get 403 and an unknown id 401, without a token.
 assert "known device asset, wrong token, broker label: 401" \
   test "$(enroll $B d4 wrong-token known $BROKER)" = 401
-assert "unknown asset, broker label: 401" test "$(enroll $B nosuch wrong-token unknown $BROKER)" = 401
+assert "unknown asset, broker label: 401" \
+  test "$(enroll $B nosuch wrong-token unknown $BROKER)" = 401
 assert "decommissioned asset with its token: 401" \
   test "$(enroll $B gone "$gone_tok" decom $BROKER)" = 401
 assert "unknown asset with a garbage CSR: 401, not 400" \
@@ -177,8 +178,12 @@ status = data.split(b" ")[1].decode() if data.startswith(b"HTTP/1.1 ") else "non
 print("%s %.1f" % (status, time.time() - start))
 PY
 raw() { python3 "$T/raw.py" "$MQPKID_PORT" "$T/chain.pem" "$1"; }
-quick() { awk -v s="$1" -v want="$2" 'BEGIN { split(s, a, " "); exit !(a[1] == want && a[2] < 3) }'; }
-POST='POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n'
+# quick RESULT STATUS: raw.py's RESULT is STATUS, answered within 3 s.
+quick() {
+  awk -v s="$1" -v want="$2" 'BEGIN { split(s, a, " "); exit !(a[1] == want && a[2] < 3) }'
+}
+POST='POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n'
+POST+='Content-Type: application/pkcs10\r\n'
 r=$(raw "${POST}Content-Length: 5\r\nContent-Length: 10\r\n\r\nhello")
 assert "conflicting Content-Length headers: 400 at once ($r)" quick "$r" 400
 r=$(raw "${POST}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
