@@ -171,18 +171,20 @@ out:
     return rc;
 }
 
-/*
- * Authenticates an enrollment by its token before anything else of the request is looked at
- * (DESIGN.md 5): an unknown asset, a decommissioned one and a wrong, used, expired or revoked
- * token are one and the same MQPKI_ERR_AUTH from outside; only the detail, for the log and
- * the audit event, says which.
- */
 /* A token already used, found again by its text: what it enrolled (a lost answer's retry). */
 struct retry {
     int found;
     unsigned char csr_sha256[INV_CSR_HASH_LEN];
     char serial[PROTO_SERIAL_HEX_MAX + 1];
 };
+
+/*
+ * Authenticates an enrollment by its token before anything else of the request is looked at
+ * (DESIGN.md 5): an unknown asset, a decommissioned one and a wrong, used, expired or revoked
+ * token are one and the same MQPKI_ERR_AUTH from outside; only the detail, for the log and
+ * the audit event, says which. A token used for a certificate within LIFECYCLE_RETRY_SECONDS
+ * passes with retry->found set.
+ */
 
 static int authenticate(struct inventory *inv, const struct lifecycle_issue_req *req,
                         struct retry *retry)
@@ -233,8 +235,14 @@ static int resend(struct inventory *inv, const struct lifecycle_issue_req *req,
         mqpki_fail(rc, "asset %s: enrollment token refused (used for another CSR)", req->asset_id);
         goto out;
     }
-    if ((rc = inventory_cert_get(inv, retry->serial, 1, &c)) != MQPKI_OK)
+    if ((rc = inventory_cert_get(inv, retry->serial, 1, &c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(MQPKI_ERR_AUTH,
+                            "asset %s: enrollment token refused (certificate %s "
+                            "not in the store)",
+                            req->asset_id, retry->serial);
         goto out;
+    }
     if (strcmp(c.asset_id, req->asset_id) != 0 || c.state != INV_CERT_VALID || c.pem == NULL) {
         rc = mqpki_fail(MQPKI_ERR_AUTH,
                         "asset %s: enrollment token refused (its certificate %s is %s)",
@@ -370,10 +378,12 @@ refused:
      * persist even though the request fails (attempt limits). */
     snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(MQPKI_ERR_AUTH));
     if (in_tx) {
-        rc = refusal_write(inv, req->asset_id, token_failure, req->actor, detail);
-        if (rc == MQPKI_OK)
+        /* Not committed on failure: rolled back at out. */
+        if ((rc = refusal_write(inv, req->asset_id, token_failure, req->actor, detail)) ==
+            MQPKI_OK) {
             rc = inventory_commit(inv);
-        in_tx = 0;
+            in_tx = 0;
+        }
     } else {
         rc = lifecycle_record_refusal(inv, req->asset_id, token_failure, req->actor, detail);
     }
