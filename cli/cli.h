@@ -3,6 +3,7 @@
 #define MQPKI_CLI_H
 
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -28,6 +29,8 @@ int cmd_asset_show(struct cli *cli, int argc, char **argv);
 int cmd_asset_set(struct cli *cli, int argc, char **argv);
 int cmd_asset_decommission(struct cli *cli, int argc, char **argv);
 int cmd_token_create(struct cli *cli, int argc, char **argv);
+int cmd_token_list(struct cli *cli, int argc, char **argv);
+int cmd_token_revoke(struct cli *cli, int argc, char **argv);
 int cmd_issue(struct cli *cli, int argc, char **argv);
 int cmd_cert_list(struct cli *cli, int argc, char **argv);
 int cmd_cert_get(struct cli *cli, int argc, char **argv);
@@ -43,6 +46,14 @@ int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format
 
 /* An integer option value within [min, max], else a usage error naming opt. */
 int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, long max, int *out);
+
+/*
+ * A duration option: a number with its unit (Ns, Nm, Nh, Nd: 90s, 15m, 24h, 30d) within
+ * [min, max] seconds, else a usage error naming opt. A bare number is refused: "--ttl 1" read
+ * as one second made tokens that expired before anyone could use them.
+ */
+int cli_parse_duration(struct cli *cli, const char *opt, const char *text, int64_t min, int64_t max,
+                       int64_t *out);
 
 /* Prints usage text for --help and returns -1 so the caller exits 0 (see cli_help_requested). */
 int cli_help(const char *text);

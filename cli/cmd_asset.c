@@ -1,4 +1,4 @@
-/* cli: the asset inventory: asset add|list|show|set|decommission, token create. */
+/* cli: the asset inventory: asset add|list|show|set|decommission, token create|list|revoke. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +15,8 @@
 #include "proto.h"
 
 #define MAX_TAGS 32
+/* The longest token lifetime the store accepts (inventory/tokens.c). */
+#define TOKEN_TTL_MAX (30 * 86400)
 
 static int check_id(struct cli *cli, const char *id)
 {
@@ -479,8 +481,9 @@ int cmd_token_create(struct cli *cli, int argc, char **argv)
             return cli_help(
                 "usage: mqpki token create ID [--ttl 24h]\n\n"
                 "Creates a one-time enrollment token for the asset and prints it alone\n"
-                "on stdout, once: only a salted hash is stored. TTL: Ns, Nm, Nh or Nd,\n"
-                "at most 30d (default: [enrollment] token_ttl, 24h).\n");
+                "on stdout, once: only a salted hash is stored. The asset's older tokens\n"
+                "not used yet are revoked. TTL: a number with its unit, Ns, Nm, Nh or Nd\n"
+                "(90s, 15m, 24h, 30d), at most 30d (default: [enrollment] token_ttl, 24h).\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -488,17 +491,13 @@ int cmd_token_create(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, optind == argc ? "asset ID missing" : "one asset ID expected");
     if ((rc = check_id(cli, argv[optind])) != MQPKI_OK)
         return rc;
+    if (ttl_text != NULL &&
+        (rc = cli_parse_duration(cli, "--ttl", ttl_text, 1, TOKEN_TTL_MAX, &ttl)) != MQPKI_OK)
+        return rc;
     if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
-    ttl = datadir_config(dd)->token_ttl;
-    if (ttl_text != NULL) {
-        ttl = mqpki_duration_parse(ttl_text);
-        if (ttl <= 0 || ttl > 30 * 86400) {
-            rc = cli_usage_error(cli, "--ttl '%.40s': expected 1s to 30d, e.g. 15m, 24h, 7d",
-                                 ttl_text);
-            goto out;
-        }
-    }
+    if (ttl_text == NULL)
+        ttl = datadir_config(dd)->token_ttl;
     rc = inventory_token_create(datadir_inventory(dd), argv[optind], ttl, "cli", token);
     if (rc == MQPKI_ERR_NOT_FOUND)
         rc = mqpki_fail(rc, "unknown asset %s", argv[optind]);
@@ -508,6 +507,151 @@ int cmd_token_create(struct cli *cli, int argc, char **argv)
     }
 out:
     OPENSSL_cleanse(token, sizeof(token));
+    datadir_close(dd);
+    return rc;
+}
+
+struct token_list_ctx {
+    int json;
+    size_t n;
+};
+
+static json_t *token_json(const struct inventory_token *t)
+{
+    return json_pack("{s:I, s:s, s:o, s:o, s:s, s:i, s:o, s:o, s:s?}", "id", (json_int_t)t->id,
+                     "asset", t->asset_id, "created_at", cli_json_time(t->created_at), "expires_at",
+                     cli_json_time(t->expires_at), "state", inventory_token_state_name(t->state),
+                     "failures", t->failures, "used_at", cli_json_time(t->used_at), "revoked_at",
+                     cli_json_time(t->revoked_at), "serial",
+                     t->serial[0] != '\0' ? t->serial : NULL);
+}
+
+static int print_token(const struct inventory_token *t, void *ctx)
+{
+    struct token_list_ctx *l = ctx;
+    char c[32], e[32];
+
+    if (l->json) {
+        json_t *v = token_json(t);
+        char *text = v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        fputs(l->n ? ",\n  " : "\n  ", stdout);
+        if (text != NULL)
+            fputs(text, stdout);
+        free(text);
+        json_decref(v);
+    } else {
+        if (l->n == 0)
+            printf("%-8s %-24s %-20s %-20s %-8s %s\n", "ID", "ASSET", "CREATED", "EXPIRES", "STATE",
+                   "FAILURES");
+        printf("%-8lld %-24s %-20s %-20s %-8s %d\n", (long long)t->id, t->asset_id,
+               cli_time(t->created_at, c), cli_time(t->expires_at, e),
+               inventory_token_state_name(t->state), t->failures);
+    }
+    l->n++;
+    return 0;
+}
+
+int cmd_token_list(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"asset", required_argument, NULL, 'a'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct token_list_ctx l = {0};
+    struct datadir *dd = NULL;
+    const char *asset = NULL;
+    int c, rc;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': asset = optarg; break;
+        case 'j': l.json = 1; break;
+        case 'h':
+            return cli_help("usage: mqpki token list [--asset ID] [--json]\n\n"
+                            "Lists enrollment tokens in creation order: id, asset, created,\n"
+                            "expires, state (live, used, expired, revoked, burned) and refused\n"
+                            "attempts. Never the token itself: it was shown once, at creation.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (asset != NULL && (rc = check_id(cli, asset)) != MQPKI_OK)
+        return rc;
+    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
+        goto out;
+    if (l.json)
+        fputs("[", stdout);
+    rc = inventory_token_list(datadir_inventory(dd), asset, print_token, &l);
+    if (l.json)
+        fputs(l.n ? "\n]\n" : "]\n", stdout);
+    if (fflush(stdout) != 0 && rc == MQPKI_OK)
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot write to standard output");
+out:
+    datadir_close(dd);
+    return rc;
+}
+
+int cmd_token_revoke(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"asset", required_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct inventory_token t;
+    struct datadir *dd = NULL;
+    const char *asset = NULL;
+    long long id = 0;
+    char *end = NULL;
+    int c, rc, n = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': asset = optarg; break;
+        case 'h':
+            return cli_help("usage: mqpki token revoke ID | --asset ID\n\n"
+                            "Revokes an enrollment token by its id (see 'mqpki token list'), or\n"
+                            "every token of the asset not used yet: they can no longer enroll.\n"
+                            "A token already used, expired, burned or revoked is left as it is.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if ((asset == NULL) == (optind == argc) || optind + 1 < argc)
+        return cli_usage_error(cli, "give one token ID or --asset ID");
+    if (asset != NULL && (rc = check_id(cli, asset)) != MQPKI_OK)
+        return rc;
+    if (asset == NULL) {
+        id = strtoll(argv[optind], &end, 10);
+        if (end == argv[optind] || *end != '\0' || id <= 0)
+            return cli_usage_error(cli,
+                                   "token id '%.40s': expected a number from 'mqpki token "
+                                   "list'",
+                                   argv[optind]);
+    }
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    rc = inventory_token_revoke(datadir_inventory(dd), id, asset, "cli", &n);
+    if (rc == MQPKI_ERR_NOT_FOUND && asset != NULL)
+        rc = mqpki_fail(rc, "unknown asset %s", asset);
+    if (rc != MQPKI_OK)
+        goto out;
+    if (asset != NULL) {
+        if (n > 0)
+            printf("asset %s: %d token%s revoked\n", asset, n, n == 1 ? "" : "s");
+        else
+            printf("asset %s: no live token, nothing to revoke\n", asset);
+    } else if ((rc = inventory_token_get(datadir_inventory(dd), id, &t)) == MQPKI_OK) {
+        if (n > 0)
+            printf("token %lld of asset %s revoked\n", id, t.asset_id);
+        else
+            printf("token %lld of asset %s is %s, nothing to revoke\n", id, t.asset_id,
+                   t.state == INV_TOKEN_REVOKED ? "already revoked"
+                                                : inventory_token_state_name(t.state));
+    }
+out:
     datadir_close(dd);
     return rc;
 }

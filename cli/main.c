@@ -28,6 +28,8 @@ static const struct command commands[] = {
     {"asset", "set", cmd_asset_set, "update firmware, location or tags"},
     {"asset", "decommission", cmd_asset_decommission, "revoke and retire an asset"},
     {"token", "create", cmd_token_create, "one-time enrollment token, printed once"},
+    {"token", "list", cmd_token_list, "enrollment tokens and their states"},
+    {"token", "revoke", cmd_token_revoke, "revoke a token, or all of an asset's unused ones"},
     {NULL, "issue", cmd_issue, "issue a certificate from a CSR"},
     {"cert", "list", cmd_cert_list, "list certificates"},
     {"cert", "get", cmd_cert_get, "print a recorded certificate (PEM)"},

@@ -33,6 +33,29 @@ int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, 
     return MQPKI_OK;
 }
 
+int cli_parse_duration(struct cli *cli, const char *opt, const char *text, int64_t min, int64_t max,
+                       int64_t *out)
+{
+    size_t n = strlen(text);
+    int64_t v;
+
+    /* mqpki_duration_parse also takes bare seconds (configuration files rely on it); an operator
+     * typing a number on the command line rarely means seconds. */
+    if (n > 0 && text[n - 1] >= '0' && text[n - 1] <= '9')
+        return cli_usage_error(
+            cli,
+            "%s '%.40s': a bare number is refused, give a unit: %.40ss, %.40sm, %.40sh or %.40sd",
+            opt, text, text, text, text, text);
+    v = mqpki_duration_parse(text);
+    if (v < min || v > max)
+        return cli_usage_error(cli,
+                               "%s '%.40s': expected %llds to %lldd with a unit: 90s, 15m, "
+                               "24h, 30d",
+                               opt, text, (long long)min, (long long)(max / 86400));
+    *out = v;
+    return MQPKI_OK;
+}
+
 int cli_help(const char *text)
 {
     fputs(text, stdout);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -33,6 +34,7 @@
 #define TLS_PRIORITIES          "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 #define HEADER_DEADLINE         10 /* seconds for a whole request line and headers */
 #define BODY_DEADLINE           30 /* seconds for a body, and for sending a response */
+#define LINGER_SECONDS          3  /* an early refusal's socket drains the unread body this long */
 
 /*
  * One per TCP connection (MHD's socket context): the client certificate verified on it, and the
@@ -44,7 +46,21 @@ struct conn {
     struct est_peer peer;
     int fd;
     int64_t deadline; /* 0: none (the handler is working on a request) */
+    int linger;       /* refused before its body was read: drain it after the close */
     struct conn *prev, *next;
+};
+
+/*
+ * A socket kept open (a dup of MHD's) after an early refusal. libmicrohttpd stops reading a
+ * body it was told to refuse and closes the socket after the answer; closing with unread bytes
+ * makes the kernel send a reset, which a client still sending its body (curl, a 400 KB POST)
+ * sees instead of our 413. Draining the rest for a few seconds lets it read the answer first
+ * (a lingering close, as HTTP servers do).
+ */
+struct drain {
+    int fd;
+    int64_t until;
+    struct drain *next;
 };
 
 struct http {
@@ -55,6 +71,7 @@ struct http {
     unsigned port;
     pthread_mutex_t conns_lock;
     struct conn *conns;
+    struct drain *draining; /* under conns_lock */
 };
 
 /* Per-request state across the access handler's calls. */
@@ -282,6 +299,101 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
 
 static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds);
 
+/* What the request's Content-Length and Transfer-Encoding headers say about its body. */
+struct framing {
+    int lengths;     /* Content-Length headers seen */
+    int conflict;    /* two of them differ, or one is not a plain decimal number */
+    int chunked;     /* a Transfer-Encoding header is present */
+    uint64_t length; /* the first Content-Length's value */
+};
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    struct framing *f = cls;
+    uint64_t v = 0;
+    const char *p = value;
+
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->chunked = 1;
+        return MHD_YES;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    /* 1*DIGIT (RFC 7230 3.3.2); saturating, so a huge value stays huge. */
+    if (p == NULL || *p == '\0')
+        f->conflict = 1;
+    for (; p != NULL && *p != '\0'; p++) {
+        if (*p < '0' || *p > '9') {
+            f->conflict = 1;
+            break;
+        }
+        v = v > (UINT64_MAX - 9) / 10 ? UINT64_MAX : v * 10 + (uint64_t)(*p - '0');
+    }
+    if (f->lengths++ == 0)
+        f->length = v;
+    else if (v != f->length)
+        f->conflict = 1;
+    return MHD_YES;
+}
+
+/*
+ * Checks the request's framing once its headers are in, before any body is read: 0 to go on,
+ * else the status of the refusal to send now. libmicrohttpd 0.9.75 frames the body by one of
+ * several conflicting Content-Length headers (a request smuggling vector when a proxy picks
+ * another, RFC 7230 3.3.3 says 400), and waits for a declared body of any size before anyone
+ * can refuse it: a client announcing 1 GB and sending nothing was cut off silently by the
+ * inactivity timeout.
+ */
+static int framing_refusal(struct MHD_Connection *c, const char **why)
+{
+    struct framing f;
+
+    memset(&f, 0, sizeof(f));
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+    if (f.conflict) {
+        *why = "conflicting or malformed Content-Length headers (RFC 7230 3.3.3)";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.lengths > 0 && f.chunked) {
+        *why = "both Content-Length and Transfer-Encoding (RFC 7230 3.3.3)";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.lengths > 0 && f.length > EST_BODY_MAX) {
+        *why = "declared body larger than the limit";
+        return MHD_HTTP_CONTENT_TOO_LARGE;
+    }
+    return 0;
+}
+
+/* A refusal sent before the body is read: the connection closes after it, since the unread
+ * body would otherwise be taken for the next request, and lingers (struct drain). */
+static enum MHD_Result send_refusal(struct http *h, struct MHD_Connection *c, int status,
+                                    const char *text)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *cn = ci != NULL ? ci->socket_context : NULL;
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    if (cn != NULL) {
+        pthread_mutex_lock(&h->conns_lock);
+        cn->linger = 1;
+        pthread_mutex_unlock(&h->conns_lock);
+    }
+
+    r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -290,12 +402,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct request *rq = *con_cls;
 
     if (rq == NULL) {
+        const char *why = NULL;
+        int status;
+
         if ((rq = calloc(1, sizeof(*rq))) == NULL)
             return MHD_NO;
         clock_gettime(CLOCK_MONOTONIC, &rq->start);
         *con_cls = rq;
         /* Headers are in: the body, if any, gets its own deadline. */
         conn_deadline(h, c, BODY_DEADLINE);
+        if ((status = framing_refusal(c, &why)) != 0) {
+            char addr[INET6_ADDRSTRLEN];
+            client_address(c, addr);
+            mqpki_log(MQPKI_LOG_INFO, "http: %s %s from %s refused (%d): %s", method, url, addr,
+                      status, why);
+            metrics_request();
+            if (est_handles(url) && strstr(url, "enroll") != NULL)
+                metrics_enrollment(status == MHD_HTTP_BAD_REQUEST ? "bad_request" : "too_large", 0);
+            return send_refusal(h, c, status,
+                                status == MHD_HTTP_BAD_REQUEST ? "bad request: message framing\n"
+                                                               : "request body too large\n");
+        }
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
@@ -356,7 +483,28 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         pthread_mutex_unlock(&h->conns_lock);
         *socket_context = cn;
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && cn != NULL) {
+        struct drain *l = NULL;
+        int fd;
+
+        /* MHD removes its socket from epoll and closes it after this call; our dup keeps the
+         * connection open until http_reap has drained it. */
+        if (cn->linger && cn->fd >= 0 && (l = calloc(1, sizeof(*l))) != NULL) {
+            if ((fd = fcntl(cn->fd, F_DUPFD_CLOEXEC, 0)) < 0 ||
+                fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+                if (fd >= 0)
+                    close(fd);
+                free(l);
+                l = NULL;
+            } else {
+                l->fd = fd;
+                l->until = mqpki_now() + LINGER_SECONDS;
+            }
+        }
         pthread_mutex_lock(&h->conns_lock);
+        if (l != NULL) {
+            l->next = h->draining;
+            h->draining = l;
+        }
         if (cn->prev != NULL)
             cn->prev->next = cn->next;
         else
@@ -382,6 +530,22 @@ static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds)
     pthread_mutex_unlock(&h->conns_lock);
 }
 
+/* Reads and drops what a lingering socket holds; closes it at EOF, on an error or when its time
+ * is up. Returns 1 when closed. */
+static int drain_step(struct drain *l, int64_t now)
+{
+    char buf[16384];
+    ssize_t n;
+
+    while ((n = read(l->fd, buf, sizeof(buf))) > 0)
+        ;
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) || now > l->until) {
+        close(l->fd);
+        return 1;
+    }
+    return 0;
+}
+
 void http_reap(struct http *h)
 {
     int64_t now = mqpki_now();
@@ -389,6 +553,15 @@ void http_reap(struct http *h)
     if (h == NULL)
         return;
     pthread_mutex_lock(&h->conns_lock);
+    for (struct drain **p = &h->draining; *p != NULL;) {
+        struct drain *l = *p;
+        if (drain_step(l, now)) {
+            *p = l->next;
+            free(l);
+        } else {
+            p = &l->next;
+        }
+    }
     for (struct conn *cn = h->conns; cn != NULL; cn = cn->next) {
         if (cn->deadline == 0 || now <= cn->deadline || cn->fd < 0)
             continue;
@@ -520,6 +693,12 @@ int http_stop(struct http *h, int keep_socket)
         if (keep_socket)
             fd = (int)MHD_quiesce_daemon(h->mhd);
         MHD_stop_daemon(h->mhd);
+    }
+    while (h->draining != NULL) {
+        struct drain *l = h->draining;
+        h->draining = l->next;
+        close(l->fd);
+        free(l);
     }
     if (h->key_pem != NULL)
         OPENSSL_cleanse(h->key_pem, h->key_len);

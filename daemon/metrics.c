@@ -15,9 +15,10 @@
 #include "feed.h"
 #include "inventory.h"
 
-static const char *const results[] = {"ok",        "bad_request",  "unauthorized", "forbidden",
-                                      "too_large", "rate_limited", "unavailable",  "bad_method",
-                                      "not_found", "error"};
+/* "challenge": a request without credentials answered 401 to ask for them (not a failure). */
+static const char *const results[] = {"ok",         "bad_request", "unauthorized", "challenge",
+                                      "forbidden",  "too_large",   "rate_limited", "unavailable",
+                                      "bad_method", "not_found",   "error"};
 #define N_RESULTS (sizeof(results) / sizeof(results[0]))
 static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))

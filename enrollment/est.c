@@ -458,6 +458,16 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         reply_text(resp, 415, "bad_request", "content type must be application/pkcs10");
         goto out;
     }
+    /* No credentials at all is not a wrong guess: common EST clients (and curl --anyauth) send
+     * the first request without them and answer the challenge (RFC 7235 2.1). Counting it as
+     * a failure locked out a NAT address after a few good enrollments. */
+    if (re ? req->client_cert == NULL || req->client_cert_len == 0
+           : req->authorization == NULL || req->authorization[0] == '\0') {
+        reply_error(resp, MQPKI_ERR_AUTH);
+        resp->result = "challenge";
+        resp->www_authenticate = !re; /* a certificate is not asked for in HTTP */
+        goto out;
+    }
     if (re) {
         rc = check_client_cert(est, inv, req, asset, auth_serial);
     } else if (!parse_basic_auth(req->authorization, asset, token)) {
@@ -484,10 +494,22 @@ static void enroll(struct est *est, struct inventory *inv, const struct est_requ
         rc = lifecycle_issue_batched(est->ca, inv, est->cm, &ir, &cert);
     }
     if (rc != MQPKI_OK) {
+        char detail[300];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
         mqpki_log(MQPKI_LOG_WARN, "%s %s from %s refused: %s", req->method, req->path,
-                  req->client_addr ? req->client_addr : "?", mqpki_err_detail(rc));
-        if (rc == MQPKI_ERR_AUTH || rc == MQPKI_ERR_NOT_FOUND)
+                  req->client_addr ? req->client_addr : "?", detail);
+        if (rc == MQPKI_ERR_AUTH || rc == MQPKI_ERR_NOT_FOUND) {
+            /* Every refused authentication counts against the address and the asset, and is
+             * audited: lifecycle_issue did it for a token it was given, the rest is ours. */
             ratelimit_failure(est->limits, req->client_addr, asset[0] ? asset : NULL);
+            if (ir.token == NULL) {
+                snprintf(actor, sizeof(actor), "est:%.64s",
+                         req->client_addr ? req->client_addr : "?");
+                int arc = lifecycle_record_refusal(inv, asset[0] ? asset : NULL, 0, actor, detail);
+                if (arc != MQPKI_OK)
+                    mqpki_log(MQPKI_LOG_WARN, "refusal not audited: %s", mqpki_err_detail(arc));
+            }
+        }
         reply_error(resp, rc);
         if (rc == MQPKI_ERR_AUTH && re)
             resp->www_authenticate = 0; /* Basic would not help: a certificate is needed */

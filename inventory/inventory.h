@@ -298,7 +298,8 @@ int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb,
 
 /*
  * Enrollment tokens. create: 16 random bytes -> token text (base64url, no padding, printed once,
- * at most 64 chars) into token_out; only a salted SHA-256 hash is stored. consume: checks asset,
+ * at most 64 chars) into token_out; only a salted SHA-256 hash is stored; the asset's older live
+ * tokens are revoked in the same transaction (one token out per asset). consume: checks asset,
  * hash (constant time), expiry and single use, and marks it used, inside the caller's
  * transaction when one is open. MQPKI_ERR_AUTH for any mismatch (no detail saying which).
  * A refused attempt is still recorded (failure count of the asset's live tokens; a token is
@@ -308,7 +309,23 @@ int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb,
  */
 int inventory_token_create(struct inventory *inv, const char *asset_id, int64_t ttl,
                            const char *actor, char token_out[64]);
-int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token);
+
+/* SHA-256 of a CSR's DER, as a consumed token records it. */
+#define INV_CSR_HASH_LEN 32
+
+/* consume also records what the token was used for, when given: the SHA-256 of the CSR's DER
+ * (INV_CSR_HASH_LEN bytes) and the serial of the certificate it enrolled (both or neither). */
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token,
+                            const unsigned char *csr_sha256, const char *serial);
+
+/*
+ * A lost answer's retry: the asset's token matching token (constant time) that enrolled a
+ * certificate at or after `since`, with the CSR hash and the serial it recorded. MQPKI_ERR_AUTH
+ * when there is none (the same refusal as any mismatch). Read-only.
+ */
+int inventory_token_find_used(struct inventory *inv, const char *asset_id, const char *token,
+                              int64_t since, unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                              char serial[PROTO_SERIAL_HEX_MAX + 1]);
 
 /* The same test as inventory_token_consume, read-only: MQPKI_OK when token would be accepted now,
  * MQPKI_ERR_AUTH otherwise. Nothing is written (no use, no failure count): a cheap gate before
@@ -318,6 +335,55 @@ int inventory_token_check(struct inventory *inv, const char *asset_id, const cha
 /* Counts one refused attempt on the asset's live tokens (burning those that reach the limit),
  * with its audit events: what inventory_token_consume records on a mismatch. */
 int inventory_token_refused(struct inventory *inv, const char *asset_id);
+
+/*
+ * What became of a token, as `mqpki token list` shows it: live (may enroll now), used (enrolled
+ * a certificate), expired, revoked (by the operator, or superseded by a newer token of the same
+ * asset: creating a token revokes the asset's older live ones), burned (reached the attempt
+ * limit).
+ */
+enum inventory_token_state {
+    INV_TOKEN_LIVE,
+    INV_TOKEN_USED,
+    INV_TOKEN_EXPIRED,
+    INV_TOKEN_REVOKED,
+    INV_TOKEN_BURNED
+};
+/* "live", "used", ... <-> enum; -1 / NULL when unknown. */
+int inventory_token_state_parse(const char *name);
+const char *inventory_token_state_name(int state);
+
+/* One token's bookkeeping; never its text, salt or hash. */
+struct inventory_token {
+    int64_t id;
+    char asset_id[PROTO_ASSET_ID_MAX + 1];
+    int64_t created_at;
+    int64_t expires_at;
+    int64_t used_at;    /* 0 unless used or burned */
+    int64_t revoked_at; /* 0 unless revoked */
+    int failures;       /* refused attempts counted while it was live */
+    int state;          /* enum inventory_token_state, expiry derived at read time */
+    char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate it enrolled; "" otherwise */
+};
+
+/* One token by id; MQPKI_ERR_NOT_FOUND ("token N not found") when unknown. */
+int inventory_token_get(struct inventory *inv, int64_t id, struct inventory_token *out);
+
+/* Lists tokens in creation order; asset_id NULL for every asset. The callback returns non-zero
+ * to stop; the token passed is valid only during the call. */
+typedef int (*inventory_token_cb)(const struct inventory_token *t, void *ctx);
+int inventory_token_list(struct inventory *inv, const char *asset_id, inventory_token_cb cb,
+                         void *ctx);
+
+/*
+ * Revokes live tokens so that they can no longer enroll: the token `id` (> 0), or with id 0
+ * every live token of asset_id. One transaction with the audit event "token.revoke". *revoked
+ * (may be NULL) counts the tokens revoked now: 0 is not an error (the token was already used,
+ * expired, burned or revoked; the asset had none live). MQPKI_ERR_NOT_FOUND for an unknown
+ * token id or asset.
+ */
+int inventory_token_revoke(struct inventory *inv, int64_t id, const char *asset_id,
+                           const char *actor, int *revoked);
 
 /* Appends an audit event (time, actor, action, subject, detail JSON) to the hash chain. */
 int inventory_audit_append(struct inventory *inv, const char *actor, const char *action,

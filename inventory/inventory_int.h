@@ -32,6 +32,9 @@
     "serial, asset_id, profile, not_before, not_after, state, key_fp, revoked_at, reason, pem, "   \
     "rev_seq, seen_at, superseded_at, superseded_by"
 
+/* Never salt or hash: listings show what a token is for, not what could test a guess. */
+#define INV_TOKEN_COLS "id, asset_id, created_at, expires_at, used_at, revoked_at, failures, serial"
+
 #define INV_CRL_COLS                                                                               \
     "number, kind, state, reason, created_at, base, cutoff, this_update, next_update, entries, "   \
     "signed_at, done_at, folded_into"
@@ -73,13 +76,30 @@
     X(SQL_TOKEN_INSERT, "INSERT INTO tokens(asset_id, salt, hash, created_at, expires_at) "        \
                         "VALUES(?1, ?2, ?3, ?4, ?5)")                                              \
     X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
-                      "AND expires_at > ?2 ORDER BY id")                                           \
-    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2 WHERE id = ?1")                               \
+                      "AND revoked_at IS NULL AND expires_at > ?2 ORDER BY id")                    \
+    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1") \
+    /* Tokens that enrolled a certificate since ?2: a lost answer's retry may get it again. */     \
+    X(SQL_TOKEN_USED_SINCE,                                                                        \
+      "SELECT id, salt, hash, csr_sha256, serial FROM tokens WHERE asset_id = ?1 "                 \
+      "AND used_at >= ?2 AND serial IS NOT NULL AND csr_sha256 IS NOT NULL ORDER BY id")           \
     X(SQL_TOKEN_FAIL,                                                                              \
       "UPDATE tokens SET failures = failures + 1 WHERE asset_id = ?1 AND used_at IS NULL "         \
-      "AND expires_at > ?2")                                                                       \
+      "AND revoked_at IS NULL AND expires_at > ?2")                                                \
     X(SQL_TOKEN_BURN, "UPDATE tokens SET used_at = ?2 WHERE asset_id = ?1 AND used_at IS NULL "    \
-                      "AND failures >= ?3 RETURNING id")                                           \
+                      "AND revoked_at IS NULL AND failures >= ?3 RETURNING id")                    \
+    /* A new token makes the asset's older live ones unusable (one token out per asset). */        \
+    X(SQL_TOKEN_SUPERSEDE,                                                                         \
+      "UPDATE tokens SET revoked_at = ?2 WHERE asset_id = ?1 AND id <> ?3 AND used_at IS NULL "    \
+      "AND revoked_at IS NULL AND expires_at > ?2 RETURNING id")                                   \
+    X(SQL_TOKEN_REVOKE_ID, "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND used_at IS NULL "  \
+                           "AND revoked_at IS NULL AND expires_at > ?2 RETURNING id")              \
+    X(SQL_TOKEN_REVOKE_ASSET,                                                                      \
+      "UPDATE tokens SET revoked_at = ?2 WHERE asset_id = ?1 AND used_at IS NULL "                 \
+      "AND revoked_at IS NULL AND expires_at > ?2 RETURNING id")                                   \
+    X(SQL_TOKEN_GET, "SELECT " INV_TOKEN_COLS " FROM tokens WHERE id = ?1")                        \
+    X(SQL_TOKEN_LIST, "SELECT " INV_TOKEN_COLS " FROM tokens ORDER BY id")                         \
+    X(SQL_TOKEN_LIST_ASSET,                                                                        \
+      "SELECT " INV_TOKEN_COLS " FROM tokens WHERE asset_id = ?1 ORDER BY id")                     \
     X(SQL_AUDIT_INSERT,                                                                            \
       "INSERT INTO audit(seq, time, actor, action, subject, detail, prev_hash, hash) "             \
       "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                                    \

@@ -16,6 +16,8 @@
 #define TTL_MAX        (30 * 86400)
 #define TOKEN_TEXT_MAX 64
 
+_Static_assert(INV_CSR_HASH_LEN == INV_HASH_LEN, "a CSR hash is a SHA-256 like the token hash");
+
 /* The one reply for every refusal: never say whether asset, token or expiry was wrong. */
 #define REFUSED "enrollment token refused"
 
@@ -50,6 +52,77 @@ static void base64url(const unsigned char *in, int len, char *out)
         else if (out[i] == '/')
             out[i] = '_';
     }
+}
+
+static const char *const token_state_names[] = {"live", "used", "expired", "revoked", "burned"};
+
+int inventory_token_state_parse(const char *name)
+{
+    for (int i = 0; name != NULL && i < (int)(sizeof(token_state_names) / sizeof(char *)); i++)
+        if (strcmp(name, token_state_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *inventory_token_state_name(int state)
+{
+    if (state < 0 || state >= (int)(sizeof(token_state_names) / sizeof(char *)))
+        return NULL;
+    return token_state_names[state];
+}
+
+/*
+ * Revokes the live tokens one statement selects (SQL_TOKEN_SUPERSEDE: the asset's others than
+ * `except`; SQL_TOKEN_REVOKE_ID: token `id`; SQL_TOKEN_REVOKE_ASSET: all of the asset's) inside
+ * the current unit of work, with one "token.revoke" event naming them; *count how many.
+ */
+static int token_revoke_rows(struct inventory *inv, enum inv_sql which, const char *asset_id,
+                             int64_t id, int64_t except, int64_t now, const char *actor, int *count)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *ids = json_array();
+    int rc, src;
+
+    if (count != NULL)
+        *count = 0;
+    if (ids == NULL)
+        return MQPKI_ERR_NOMEM;
+    if ((rc = inv_stmt(inv, which, &st)) != MQPKI_OK)
+        goto out;
+    if (which == SQL_TOKEN_REVOKE_ID)
+        sqlite3_bind_int64(st, 1, id);
+    else if ((rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, now);
+    if (which == SQL_TOKEN_SUPERSEDE)
+        sqlite3_bind_int64(st, 3, except);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (json_array_append_new(ids, json_integer(sqlite3_column_int64(st, 0))) != 0) {
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (src != SQLITE_DONE) {
+        rc = inv_db_fail(inv, src, "token revoke");
+        goto out;
+    }
+    inv_stmt_done(st);
+    st = NULL;
+    if (json_array_size(ids) == 0)
+        goto out;
+    if (count != NULL)
+        *count = (int)json_array_size(ids);
+    if (which == SQL_TOKEN_SUPERSEDE)
+        rc = inv_audit(inv, actor, "token.revoke", asset_id,
+                       json_pack("{s:O,s:s,s:I}", "token_ids", ids, "reason", "superseded",
+                                 "superseded_by", (json_int_t)except));
+    else
+        rc = inv_audit(inv, actor, "token.revoke", asset_id,
+                       json_pack("{s:O,s:s}", "token_ids", ids, "reason", "revoked"));
+out:
+    inv_stmt_done(st);
+    json_decref(ids);
+    return rc;
 }
 
 /* inventory_token_create with an explicit clock (unit tests create expired tokens). */
@@ -113,6 +186,11 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
     rc = inv_audit(
         inv, actor, "token.create", asset_id,
         json_pack("{s:I,s:I}", "token_id", (json_int_t)id, "expires_at", (json_int_t)(now + ttl)));
+    if (rc != MQPKI_OK)
+        goto out;
+    /* An older token still out would enroll a second certificate for the same asset: whoever
+     * asks for a new token means the old one is lost or leaked. */
+    rc = token_revoke_rows(inv, SQL_TOKEN_SUPERSEDE, asset_id, 0, id, now, actor, NULL);
 out:
     inv_stmt_done(st);
     if (started)
@@ -267,7 +345,55 @@ int inventory_token_check(struct inventory *inv, const char *asset_id, const cha
     return rc;
 }
 
-int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token)
+int inventory_token_find_used(struct inventory *inv, const char *asset_id, const char *token,
+                              int64_t since, unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                              char serial[PROTO_SERIAL_HEX_MAX + 1])
+{
+    unsigned char calc[INV_HASH_LEN];
+    sqlite3_stmt *st = NULL;
+    size_t len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
+    int rc, src, found = 0;
+
+    serial[0] = '\0';
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token find: no store");
+    if (!proto_asset_id_valid(asset_id) || len == 0 || len >= TOKEN_TEXT_MAX)
+        return mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+    rc = inv_stmt(inv, SQL_TOKEN_USED_SINCE, &st);
+    if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 2, since);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *salt = sqlite3_column_blob(st, 1);
+        const void *hash = sqlite3_column_blob(st, 2);
+        const void *csr = sqlite3_column_blob(st, 3);
+
+        if (salt == NULL || hash == NULL || csr == NULL ||
+            sqlite3_column_bytes(st, 1) != SALT_BYTES ||
+            sqlite3_column_bytes(st, 2) != INV_HASH_LEN ||
+            sqlite3_column_bytes(st, 3) != INV_CSR_HASH_LEN)
+            continue;
+        if ((rc = token_hash(salt, token, len, calc)) != MQPKI_OK)
+            goto out;
+        /* Constant time, and every row hashed: as token_find. */
+        if (CRYPTO_memcmp(calc, hash, INV_HASH_LEN) == 0 && !found) {
+            memcpy(csr_sha256, csr, INV_CSR_HASH_LEN);
+            inv_col_text(st, 4, serial, PROTO_SERIAL_HEX_MAX + 1);
+            found = 1;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "token find");
+    else if (!found)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
+out:
+    OPENSSL_cleanse(calc, sizeof(calc));
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_token_consume(struct inventory *inv, const char *asset_id, const char *token,
+                            const unsigned char *csr_sha256, const char *serial)
 {
     struct inv_tx tx = {0};
     int64_t now = mqpki_now(), match = 0;
@@ -291,11 +417,18 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
         if (rc == MQPKI_OK) {
             sqlite3_bind_int64(st, 1, match);
             sqlite3_bind_int64(st, 2, now);
-            if (sqlite3_step(st) != SQLITE_DONE)
+            if (csr_sha256 != NULL && serial != NULL) {
+                sqlite3_bind_blob(st, 3, csr_sha256, INV_CSR_HASH_LEN, SQLITE_STATIC);
+                rc = inv_bind_text(inv, st, 4, serial);
+            }
+            if (rc == MQPKI_OK && sqlite3_step(st) != SQLITE_DONE)
                 rc = inv_db_fail(inv, sqlite3_errcode(inv->db), "token use");
         }
         inv_stmt_done(st);
-        if (rc == MQPKI_OK)
+        if (rc == MQPKI_OK && serial != NULL)
+            rc = inv_audit(inv, "enrollment", "token.use", asset_id,
+                           json_pack("{s:I,s:s}", "token_id", (json_int_t)match, "serial", serial));
+        else if (rc == MQPKI_OK)
             rc = inv_audit(inv, "enrollment", "token.use", asset_id,
                            json_pack("{s:I}", "token_id", (json_int_t)match));
         keep = rc == MQPKI_OK;
@@ -312,4 +445,110 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
     if (rc == MQPKI_ERR_AUTH)
         mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
     return rc;
+}
+
+/* A row of INV_TOKEN_COLS; the state derived as of now. */
+static void token_from_row(sqlite3_stmt *st, int64_t now, struct inventory_token *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->id = sqlite3_column_int64(st, 0);
+    inv_col_text(st, 1, t->asset_id, sizeof(t->asset_id));
+    t->created_at = sqlite3_column_int64(st, 2);
+    t->expires_at = sqlite3_column_int64(st, 3);
+    t->used_at = sqlite3_column_int64(st, 4);
+    t->revoked_at = sqlite3_column_int64(st, 5);
+    t->failures = sqlite3_column_int(st, 6);
+    inv_col_text(st, 7, t->serial, sizeof(t->serial));
+    /* A burn marks the token used without a certificate; a consumed token stopped counting
+     * failures below the limit (tokens used before schema 3 have no serial either). */
+    if (t->revoked_at != 0)
+        t->state = INV_TOKEN_REVOKED;
+    else if (t->used_at != 0 && t->serial[0] == '\0' && t->failures >= INV_TOKEN_MAX_FAILURES)
+        t->state = INV_TOKEN_BURNED;
+    else if (t->used_at != 0)
+        t->state = INV_TOKEN_USED;
+    else if (t->expires_at <= now)
+        t->state = INV_TOKEN_EXPIRED;
+    else
+        t->state = INV_TOKEN_LIVE;
+}
+
+int inventory_token_get(struct inventory *inv, int64_t id, struct inventory_token *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || out == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token get: arguments missing");
+    memset(out, 0, sizeof(*out));
+    if ((rc = inv_stmt(inv, SQL_TOKEN_GET, &st)) != MQPKI_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW)
+        token_from_row(st, mqpki_now(), out);
+    else if (src == SQLITE_DONE)
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "token %lld not found", (long long)id);
+    else
+        rc = inv_db_fail(inv, src, "token get");
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_token_list(struct inventory *inv, const char *asset_id, inventory_token_cb cb,
+                         void *ctx)
+{
+    struct inventory_token t;
+    sqlite3_stmt *st = NULL;
+    int64_t now = mqpki_now();
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "token list: arguments missing");
+    if (asset_id != NULL && (rc = inv_check_id(asset_id)) != MQPKI_OK)
+        return rc;
+    rc = inv_stmt(inv, asset_id != NULL ? SQL_TOKEN_LIST_ASSET : SQL_TOKEN_LIST, &st);
+    if (rc != MQPKI_OK || (asset_id != NULL && (rc = inv_bind_text(inv, st, 1, asset_id))))
+        goto out;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        token_from_row(st, now, &t);
+        if (cb(&t, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "token list");
+out:
+    inv_stmt_done(st);
+    return rc;
+}
+
+int inventory_token_revoke(struct inventory *inv, int64_t id, const char *asset_id,
+                           const char *actor, int *revoked)
+{
+    struct inventory_token t;
+    struct inv_tx tx = {0};
+    int rc, state;
+
+    if (revoked != NULL)
+        *revoked = 0;
+    if (inv == NULL || (id <= 0 && asset_id == NULL))
+        return mqpki_fail(MQPKI_ERR_INVALID, "token revoke: a token id or an asset is needed");
+    if ((rc = inv_check_text(actor, INV_TEXT_MAX, "actor")) != MQPKI_OK)
+        return rc;
+    if (id <= 0 && (rc = inv_check_id(asset_id)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    /* The asset (for the event's subject) and whether the token or asset exists at all. */
+    if (id > 0) {
+        if ((rc = inventory_token_get(inv, id, &t)) == MQPKI_OK)
+            rc = token_revoke_rows(inv, SQL_TOKEN_REVOKE_ID, t.asset_id, id, 0, mqpki_now(), actor,
+                                   revoked);
+    } else if ((rc = inv_asset_state(inv, asset_id, &state, NULL)) == MQPKI_OK) {
+        rc = token_revoke_rows(inv, SQL_TOKEN_REVOKE_ASSET, asset_id, 0, 0, mqpki_now(), actor,
+                               revoked);
+    }
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }

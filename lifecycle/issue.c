@@ -5,6 +5,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "ca.h"
@@ -135,7 +138,8 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     int rc;
 
     if (auth->token != NULL) {
-        rc = inventory_token_consume(inv, rec->asset_id, auth->token);
+        rc =
+            inventory_token_consume(inv, rec->asset_id, auth->token, auth->csr_sha256, rec->serial);
         if (rc != MQPKI_OK)
             return rc == MQPKI_ERR_AUTH
                        ? mqpki_fail(rc, "asset %s: enrollment token refused", rec->asset_id)
@@ -149,22 +153,26 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     return inventory_cert_add(inv, rec, auth->supersede, auth->actor);
 }
 
-/* Untrusted bytes are parsed and checked before the token or the store is touched. */
+/* The CSR: parsed with strict limits (ca/), proof of possession and key policy. With a token
+ * this runs only after the token was accepted: an unauthenticated client learns nothing from
+ * it and gets no parsing work done. */
 static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
-                         char key_fp[PROTO_FP_HEX_LEN + 1])
+                         char key_fp[PROTO_FP_HEX_LEN + 1],
+                         unsigned char csr_sha256[INV_CSR_HASH_LEN])
 {
     X509_REQ *csr = NULL;
-    int rc;
+    unsigned char *der = NULL;
+    int rc, len;
 
     *pub = NULL;
-    if (!proto_asset_id_valid(req->asset_id)) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID,
-                        "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
-                        req->asset_id != NULL ? req->asset_id : "");
-        goto out;
-    }
     if ((rc = ca_csr_parse(req->csr, req->csr_len, &csr)) != MQPKI_OK)
         goto out;
+    /* The request's identity for a retry: its DER, whatever the encoding it came in (PEM,
+     * base64 with other line breaks). */
+    if ((len = i2d_X509_REQ(csr, &der)) <= 0 || SHA256(der, (size_t)len, csr_sha256) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "asset %s: cannot hash the CSR", req->asset_id);
+        goto out;
+    }
     if ((rc = ca_csr_check(csr)) != MQPKI_OK) {
         char detail[400];
         snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
@@ -180,6 +188,7 @@ static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
         *pub = NULL;
     }
 out:
+    OPENSSL_free(der);
     X509_REQ_free(csr);
     return rc;
 }
@@ -210,41 +219,176 @@ out:
     return rc;
 }
 
+/* A token already used, found again by its text: what it enrolled (a lost answer's retry). */
+struct retry {
+    int found;
+    unsigned char csr_sha256[INV_CSR_HASH_LEN];
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
+};
+
+/*
+ * Authenticates an enrollment by its token before anything else of the request is looked at
+ * (DESIGN.md 5): an unknown asset, a decommissioned one and a wrong, used, expired or revoked
+ * token are one and the same MQPKI_ERR_AUTH from outside; only the detail, for the log and
+ * the audit event, says which. A token used for a certificate within LIFECYCLE_RETRY_SECONDS
+ * passes with retry->found set.
+ */
+
+static int authenticate(struct inventory *inv, const struct lifecycle_issue_req *req,
+                        struct retry *retry)
+{
+    struct inventory_asset asset;
+    int rc;
+
+    memset(&asset, 0, sizeof(asset));
+    rc = inventory_asset_get(inv, req->asset_id, &asset);
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused (unknown asset)",
+                        req->asset_id);
+    else if (rc == MQPKI_OK && asset.state == INV_STATE_DECOMMISSIONED)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused (asset decommissioned)",
+                        req->asset_id);
+    else if (rc == MQPKI_OK &&
+             (rc = inventory_token_check(inv, req->asset_id, req->token)) == MQPKI_ERR_AUTH) {
+        /* The holder of a token used moments ago may be retrying an answer it never got;
+         * whether its CSR is the same is known only once the CSR is parsed. */
+        rc = inventory_token_find_used(inv, req->asset_id, req->token,
+                                       mqpki_now() - LIFECYCLE_RETRY_SECONDS, retry->csr_sha256,
+                                       retry->serial);
+        retry->found = rc == MQPKI_OK;
+        if (rc == MQPKI_ERR_AUTH)
+            rc = mqpki_fail(rc,
+                            "asset %s: enrollment token refused (wrong, used, expired or revoked "
+                            "token)",
+                            req->asset_id);
+    }
+    inventory_asset_clear(&asset);
+    return rc;
+}
+
+/*
+ * A lost answer's retry, authenticated by a token used within LIFECYCLE_RETRY_SECONDS: the same
+ * CSR gets the certificate that token enrolled, as long as it is still valid; nothing is signed
+ * or recorded. Any other reuse of the token is a refusal (MQPKI_ERR_AUTH).
+ */
+static int resend(struct inventory *inv, const struct lifecycle_issue_req *req,
+                  const struct retry *retry, const unsigned char csr_sha256[INV_CSR_HASH_LEN],
+                  X509 **out)
+{
+    struct inventory_cert c;
+    int rc = MQPKI_ERR_AUTH;
+
+    memset(&c, 0, sizeof(c));
+    if (CRYPTO_memcmp(csr_sha256, retry->csr_sha256, INV_CSR_HASH_LEN) != 0) {
+        mqpki_fail(rc, "asset %s: enrollment token refused (used for another CSR)", req->asset_id);
+        goto out;
+    }
+    if ((rc = inventory_cert_get(inv, retry->serial, 1, &c)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_NOT_FOUND)
+            rc = mqpki_fail(MQPKI_ERR_AUTH,
+                            "asset %s: enrollment token refused (certificate %s "
+                            "not in the store)",
+                            req->asset_id, retry->serial);
+        goto out;
+    }
+    if (strcmp(c.asset_id, req->asset_id) != 0 || c.state != INV_CERT_VALID || c.pem == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_AUTH,
+                        "asset %s: enrollment token refused (its certificate %s is %s)",
+                        req->asset_id, retry->serial, inventory_cert_state_name(c.state));
+        goto out;
+    }
+    if ((rc = ca_cert_from_pem(c.pem, strlen(c.pem), out)) != MQPKI_OK)
+        goto out;
+    mqpki_log(MQPKI_LOG_INFO,
+              "asset %s: the same token and CSR again within %d s (an answer lost on the way): "
+              "certificate %s sent again, nothing issued",
+              req->asset_id, LIFECYCLE_RETRY_SECONDS, retry->serial);
+out:
+    inventory_cert_clear(&c);
+    return rc;
+}
+
+/* The refusal's bookkeeping inside the open transaction (see lifecycle_record_refusal). */
+static int refusal_write(struct inventory *inv, const char *asset, int token_failure,
+                         const char *actor, const char *reason)
+{
+    json_t *detail = json_pack("{s:s}", "reason", reason != NULL ? reason : "");
+    char *text = detail != NULL ? json_dumps(detail, JSON_COMPACT) : NULL;
+    int rc = MQPKI_ERR_NOMEM;
+
+    if (text == NULL)
+        goto out;
+    rc = MQPKI_OK;
+    if (token_failure && asset != NULL)
+        rc = inventory_token_refused(inv, asset);
+    if (rc == MQPKI_OK)
+        rc = inventory_audit_append(inv, actor != NULL ? actor : "enrollment", "enroll.refused",
+                                    asset != NULL && proto_asset_id_valid(asset) ? asset : "-",
+                                    text);
+out:
+    free(text);
+    json_decref(detail);
+    return rc;
+}
+
+int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token_failure,
+                             const char *actor, const char *reason)
+{
+    int rc;
+
+    if ((rc = inventory_begin(inv)) != MQPKI_OK)
+        return rc;
+    if ((rc = refusal_write(inv, asset, token_failure, actor, reason)) == MQPKI_OK)
+        return inventory_commit(inv);
+    inventory_rollback(inv);
+    return rc;
+}
+
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out)
 {
+    unsigned char csr_sha256[INV_CSR_HASH_LEN];
     struct inventory_cert rec;
-    struct lifecycle_auth auth = {req->token, req->auth_serial, req->supersede, req->actor,
-                                  req->reenroll_grace};
+    struct lifecycle_auth auth = {req->token,    csr_sha256,  req->auth_serial,
+                                  req->supersede, req->actor, req->reenroll_grace};
+    struct retry retry;
     EVP_PKEY *pub = NULL;
     X509 *cert = NULL;
-    char key_fp[PROTO_FP_HEX_LEN + 1];
-    int rc, profile = -1, in_tx = 0;
+    char key_fp[PROTO_FP_HEX_LEN + 1], detail[300];
+    int rc, profile = -1, in_tx = 0, token_failure = 1;
 
     *out = NULL;
     memset(&rec, 0, sizeof(rec));
-    if ((rc = check_request(req, &pub, key_fp)) != MQPKI_OK)
+    memset(&retry, 0, sizeof(retry));
+    if (!proto_asset_id_valid(req->asset_id)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "asset id '%.80s': only A-Z a-z 0-9 . _ - allowed, 1 to 64 characters",
+                        req->asset_id != NULL ? req->asset_id : "");
         goto out;
+    }
     if (cm == NULL) {
         if ((rc = inventory_begin(inv)) != MQPKI_OK)
             goto out;
         in_tx = 1;
     }
-    /* With a token, an unknown asset must look like a wrong token from outside. */
-    rc = check_asset(inv, req, &profile);
-    if (rc == MQPKI_ERR_NOT_FOUND && req->token != NULL)
-        rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused (unknown asset)",
-                        req->asset_id);
-    if (rc != MQPKI_OK)
+    /* Who asks comes first. Nothing about the asset (kind, profile, state) nor the CSR is
+     * looked at for a client without a valid token: refusals before authentication would tell
+     * which assets exist, and an attacker who knows an asset id gets no parsing or HSM work. */
+    if (req->token != NULL && (rc = authenticate(inv, req, &retry)) != MQPKI_OK) {
+        if (rc == MQPKI_ERR_AUTH)
+            goto refused;
         goto out;
-    /* No signature for a wrong token: the token is tested before the CA signs (an attacker who
-     * knows an asset id gets no free HSM work, nor a timing that tells the asset exists). The
-     * refusal is counted like the consume's (attempt limits). */
-    if (req->token != NULL &&
-        (rc = inventory_token_check(inv, req->asset_id, req->token)) != MQPKI_OK) {
-        if (rc == MQPKI_ERR_AUTH && (rc = inventory_token_refused(inv, req->asset_id)) == MQPKI_OK)
-            rc = mqpki_fail(MQPKI_ERR_AUTH, "asset %s: enrollment token refused", req->asset_id);
-        goto auth_failed;
+    }
+    if ((rc = check_asset(inv, req, &profile)) != MQPKI_OK)
+        goto out;
+    if ((rc = check_request(req, &pub, key_fp, csr_sha256)) != MQPKI_OK)
+        goto out;
+    if (retry.found) {
+        if ((rc = resend(inv, req, &retry, csr_sha256, &cert)) == MQPKI_ERR_AUTH)
+            goto refused;
+        if (rc != MQPKI_OK)
+            goto out;
+        goto done;
     }
     for (int i = 0; i < SERIAL_TRIES; i++) {
         free(rec.pem);
@@ -259,17 +403,15 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
         if (rc != MQPKI_ERR_EXISTS)
             break;
     }
-auth_failed:
-    if (rc == MQPKI_ERR_AUTH && in_tx) {
-        /* The failure count written by the token check must persist (attempt limits). */
-        char detail[300];
-        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
-        (void)inventory_commit(inv);
-        in_tx = 0;
-        rc = mqpki_fail(rc, "%s", detail);
+    if (rc == MQPKI_ERR_AUTH && req->token != NULL) {
+        /* The token went between the check and the record (used by a concurrent request,
+         * revoked): the consume already counted the failure. */
+        token_failure = 0;
+        goto refused;
     }
     if (rc != MQPKI_OK)
         goto out;
+done:
     if (in_tx) {
         if ((rc = inventory_commit(inv)) != MQPKI_OK)
             goto out;
@@ -277,6 +419,24 @@ auth_failed:
     }
     *out = cert;
     cert = NULL;
+    goto out;
+refused:
+    /* Every refusal is counted and audited in one commit, an unknown asset's as a known one's,
+     * so that neither the answer nor its timing tells them apart. The failure count must
+     * persist even though the request fails (attempt limits). */
+    snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(MQPKI_ERR_AUTH));
+    if (in_tx) {
+        /* Not committed on failure: rolled back at out. */
+        if ((rc = refusal_write(inv, req->asset_id, token_failure, req->actor, detail)) ==
+            MQPKI_OK) {
+            rc = inventory_commit(inv);
+            in_tx = 0;
+        }
+    } else {
+        rc = lifecycle_record_refusal(inv, req->asset_id, token_failure, req->actor, detail);
+    }
+    if (rc == MQPKI_OK)
+        rc = mqpki_fail(MQPKI_ERR_AUTH, "%s", detail);
 out:
     if (in_tx)
         inventory_rollback(inv);

@@ -29,6 +29,10 @@
 #include "ca.h"
 #include "inventory.h"
 
+/* A client whose answer was lost (connection dropped after the commit) and that sends the same
+ * token with the same CSR within this many seconds gets the certificate already issued. */
+#define LIFECYCLE_RETRY_SECONDS 600
+
 struct lifecycle_issue_req {
     const char *asset_id;
     const unsigned char *csr; /* DER, PEM or base64 DER; at most CA_CSR_MAX bytes */
@@ -52,13 +56,18 @@ struct lifecycle_issue_req {
 };
 
 /*
- * Issuance, the one path for the operator CLI, EST and mqpkid's own identities: parses and
- * checks the CSR (proof of possession, key policy), checks the asset (exists, not
- * decommissioned, profile matching its kind), consumes the token if given, signs and records
- * the certificate with its audit event in one transaction. *out is set only after the commit:
- * a certificate the store does not know never leaves. Errors as in common.h with a one-line
- * detail (MQPKI_ERR_PARSE bad CSR, MQPKI_ERR_POLICY refused, MQPKI_ERR_AUTH bad token,
- * MQPKI_ERR_NOT_FOUND unknown asset, MQPKI_ERR_STATE decommissioned asset).
+ * Issuance, the one path for the operator CLI, EST and mqpkid's own identities. With a token,
+ * authentication comes first: the asset must exist, not be decommissioned and hold a live
+ * token matching it, else MQPKI_ERR_AUTH, the same for each of these, counted on the asset's
+ * live tokens and audited ("enroll.refused") in one commit. Then the asset (profile matching its
+ * kind), then the CSR (proof of possession, key policy); the certificate is signed and
+ * recorded with its audit event, consuming the token (which records the CSR's hash and the
+ * serial), in one transaction. A token already used for the same CSR (same DER) within
+ * LIFECYCLE_RETRY_SECONDS gets that certificate again (a lost answer's retry: nothing is signed
+ * or recorded, no second cert.issue); any other reuse is MQPKI_ERR_AUTH. *out is set only after
+ * the commit: a certificate the store does not know never leaves. Errors as in common.h with a
+ * one-line detail (MQPKI_ERR_PARSE bad CSR, MQPKI_ERR_POLICY refused, MQPKI_ERR_AUTH refused
+ * token; without a token: MQPKI_ERR_NOT_FOUND unknown asset, MQPKI_ERR_STATE decommissioned).
  */
 int lifecycle_issue(struct ca *ca, struct inventory *inv, const struct lifecycle_issue_req *req,
                     X509 **out);
@@ -76,6 +85,16 @@ void lifecycle_committer_stop(struct lifecycle_committer *cm);
  * lifecycle_issue). inv is still used, read-only, for the asset checks. */
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out);
+
+/*
+ * Records a refused enrollment in one transaction: the audit event "enroll.refused" (subject:
+ * the asset the request named, "-" when none; detail: reason, which must never hold a token)
+ * and, with token_failure, one failure on the asset's live tokens (attempt limits, burning).
+ * lifecycle_issue records its own token refusals; EST calls this for the others (credentials
+ * that do not parse, re-enrollment certificates refused).
+ */
+int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token_failure,
+                             const char *actor, const char *reason);
 
 /*
  * The re-enrollment rule: MQPKI_OK when serial is in the store, of asset, and either valid (not

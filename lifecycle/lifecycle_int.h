@@ -16,8 +16,9 @@ struct inventory_cert;
 
 /* What a record carries besides the certificate. */
 struct lifecycle_auth {
-    const char *token;       /* consumed with the record, or NULL */
-    const char *auth_serial; /* re-enrollment: still valid or superseded, or NULL */
+    const char *token;               /* consumed with the record, or NULL */
+    const unsigned char *csr_sha256; /* recorded with the consumed token (a retry's check) */
+    const char *auth_serial;         /* re-enrollment: still valid or superseded, or NULL */
     int supersede;
     const char *actor;
     int64_t reenroll_grace; /* see lifecycle_check_auth_cert */

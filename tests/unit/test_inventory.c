@@ -769,48 +769,201 @@ static void test_tokens(void **state)
 
     /* Wrong asset, then the right one; second use refused. */
     mqpki_err_clear();
-    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok, NULL, NULL), MQPKI_ERR_AUTH);
     assert_string_equal(mqpki_err_detail(MQPKI_ERR_AUTH), "enrollment token refused");
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok, NULL, NULL), MQPKI_OK);
     mqpki_err_clear();
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok, NULL, NULL), MQPKI_ERR_AUTH);
     assert_string_equal(mqpki_err_detail(MQPKI_ERR_AUTH), "enrollment token refused");
-    assert_int_equal(inventory_token_consume(f->inv, "a/b", tok), MQPKI_ERR_AUTH);
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", NULL), MQPKI_ERR_AUTH);
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", ""), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "a/b", tok, NULL, NULL), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", NULL, NULL, NULL), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", "", NULL, NULL), MQPKI_ERR_AUTH);
 
     /* Expired. */
     assert_int_equal(token_create_at(f->inv, "dev2", 3600, mqpki_now() - 2 * 3600, "cli", expired),
                      MQPKI_OK);
-    assert_int_equal(inventory_token_consume(f->inv, "dev2", expired), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", expired, NULL, NULL), MQPKI_ERR_AUTH);
 
     /* Wrong token, then 5 failures burn the live token. */
     assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", tok2), MQPKI_OK);
     for (int i = 0; i < 4; i++)
-        assert_int_equal(inventory_token_consume(f->inv, "dev1", "AAAAAAAAAAAAAAAAAAAAAA"),
-                         MQPKI_ERR_AUTH);
+        assert_int_equal(
+            inventory_token_consume(f->inv, "dev1", "AAAAAAAAAAAAAAAAAAAAAA", NULL, NULL),
+            MQPKI_ERR_AUTH);
     assert_int_equal(token_failures(f, "asset_id = 'dev1' AND used_at IS NULL"), 4);
     /* A failure inside a caller transaction persists when the caller commits. */
     assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", "wrong"), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", "wrong", NULL, NULL), MQPKI_ERR_AUTH);
     assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
     assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE asset_id = 'dev1' "
                                 "AND used_at IS NULL"),
                      0);
-    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok2), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok2, NULL, NULL), MQPKI_ERR_AUTH);
     assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.burned'"), 1);
 
     /* Consumed inside a caller transaction and rolled back: still usable. */
     assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", tok), MQPKI_OK);
     assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok, NULL, NULL), MQPKI_OK);
     inventory_rollback(f->inv);
     assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok, NULL, NULL), MQPKI_OK);
     assert_int_equal(cert_add(f->inv, "0D02", "dev2", 'd', 1), MQPKI_OK);
     assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev2", tok, NULL, NULL), MQPKI_ERR_AUTH);
     assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+struct token_seen {
+    int n;
+    int64_t id[8];
+    int state[8];
+    char asset[8][PROTO_ASSET_ID_MAX + 1];
+};
+
+static int note_token(const struct inventory_token *t, void *ctx)
+{
+    struct token_seen *s = ctx;
+
+    if (s->n < 8) {
+        s->id[s->n] = t->id;
+        s->state[s->n] = t->state;
+        snprintf(s->asset[s->n], sizeof(s->asset[0]), "%s", t->asset_id);
+    }
+    s->n++;
+    return 0;
+}
+
+static int token_state(struct fx *f, int64_t id)
+{
+    struct inventory_token t;
+
+    assert_int_equal(inventory_token_get(f->inv, id, &t), MQPKI_OK);
+    return t.state;
+}
+
+/* A newer token revokes the asset's older live ones; the operator lists and revokes tokens. */
+static void test_token_supersede_list_revoke(void **state)
+{
+    struct fx *f = *state;
+    struct token_seen seen = {0};
+    struct inventory_token t;
+    char old[64], cur[64], other[64], expired[64], burn[64];
+    int n = -1;
+
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev2", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev3", INV_KIND_DEVICE);
+    assert_int_equal(token_create_at(f->inv, "dev1", 3600, mqpki_now() - 7200, "cli", expired),
+                     MQPKI_OK); /* id 1: expired */
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", old), MQPKI_OK);   /* 2 */
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", other), MQPKI_OK); /* 3 */
+    assert_int_equal(inventory_token_check(f->inv, "dev1", old), MQPKI_OK);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", cur), MQPKI_OK); /* 4 */
+    /* The older live token is refused from now on, by the check and by the consume. */
+    assert_int_equal(inventory_token_check(f->inv, "dev1", old), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", old, NULL, NULL), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_check(f->inv, "dev1", cur), MQPKI_OK);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_OK);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM tokens WHERE revoked_at IS NOT NULL"), 1);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.revoke' "
+                                "AND subject = 'dev1' AND json_extract(detail, '$.reason') = "
+                                "'superseded' AND json_extract(detail, '$.superseded_by') = 4 "
+                                "AND json_extract(detail, '$.token_ids[0]') = 2"),
+                     1);
+    /* A refusal after the revocation counts on the live token only. */
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE id = 2"), 0);
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE id = 4"), 1);
+
+    assert_int_equal(token_state(f, 1), INV_TOKEN_EXPIRED);
+    assert_int_equal(token_state(f, 2), INV_TOKEN_REVOKED);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_LIVE);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", cur, NULL, NULL), MQPKI_OK);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_USED);
+    assert_int_equal(inventory_token_get(f->inv, 99, &t), MQPKI_ERR_NOT_FOUND);
+
+    /* Burned: five refusals on a live token. */
+    assert_int_equal(inventory_token_create(f->inv, "dev3", 3600, "cli", burn), MQPKI_OK); /* 5 */
+    for (int i = 0; i < INV_TOKEN_MAX_FAILURES; i++)
+        assert_int_equal(inventory_token_refused(f->inv, "dev3"), MQPKI_OK);
+    assert_int_equal(token_state(f, 5), INV_TOKEN_BURNED);
+
+    /* Listings: all in creation order, or one asset's. */
+    assert_int_equal(inventory_token_list(f->inv, NULL, note_token, &seen), MQPKI_OK);
+    assert_int_equal(seen.n, 5);
+    assert_int_equal(seen.id[0], 1);
+    assert_int_equal(seen.id[4], 5);
+    assert_int_equal(seen.state[2], INV_TOKEN_LIVE);
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(inventory_token_list(f->inv, "dev1", note_token, &seen), MQPKI_OK);
+    assert_int_equal(seen.n, 3);
+    assert_string_equal(seen.asset[2], "dev1");
+    assert_int_equal(inventory_token_list(f->inv, "a/b", note_token, &seen), MQPKI_ERR_INVALID);
+    assert_string_equal(inventory_token_state_name(INV_TOKEN_BURNED), "burned");
+    assert_int_equal(inventory_token_state_parse("revoked"), INV_TOKEN_REVOKED);
+    assert_int_equal(inventory_token_state_parse("nope"), -1);
+
+    /* Revoke by id: the live one goes; anything else is left as it is, without an error. */
+    assert_int_equal(inventory_token_revoke(f->inv, 3, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_ERR_AUTH);
+    assert_int_equal(token_state(f, 3), INV_TOKEN_REVOKED);
+    assert_int_equal(inventory_token_revoke(f->inv, 3, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(inventory_token_revoke(f->inv, 4, NULL, "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(token_state(f, 4), INV_TOKEN_USED);
+    assert_int_equal(inventory_token_revoke(f->inv, 99, NULL, "cli", &n), MQPKI_ERR_NOT_FOUND);
+    /* Revoke by asset: every live token of it. */
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "cli", other), MQPKI_OK);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "dev2", "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(inventory_token_check(f->inv, "dev2", other), MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "dev2", "cli", &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, "ghost", "cli", &n), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_token_revoke(f->inv, 0, NULL, "cli", &n), MQPKI_ERR_INVALID);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.revoke' AND "
+                                "json_extract(detail, '$.reason') = 'revoked'"),
+                     2);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
+/* A consumed token records the CSR's hash and the serial; a retry finds them by the token. */
+static void test_token_find_used(void **state)
+{
+    struct fx *f = *state;
+    unsigned char csr[INV_CSR_HASH_LEN], got[INV_CSR_HASH_LEN];
+    char tok[64], serial[PROTO_SERIAL_HEX_MAX + 1];
+    int64_t now = mqpki_now();
+
+    memset(csr, 0xab, sizeof(csr));
+    add_asset(f->inv, "dev1", INV_KIND_DEVICE);
+    add_asset(f->inv, "dev2", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev1", 3600, "cli", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_find_used(f->inv, "dev1", tok, now - 600, got, serial),
+                     MQPKI_ERR_AUTH); /* live, not used */
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_consume(f->inv, "dev1", tok, csr, "0A0B"), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "0A0B", "dev1", 'a', 0), MQPKI_OK);
+    assert_int_equal(inventory_commit(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_token_find_used(f->inv, "dev1", tok, now - 600, got, serial),
+                     MQPKI_OK);
+    assert_memory_equal(got, csr, sizeof(csr));
+    assert_string_equal(serial, "0A0B");
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'token.use' AND "
+                                "json_extract(detail, '$.serial') = '0A0B'"),
+                     1);
+    assert_int_equal(inventory_token_find_used(f->inv, "dev1", "wrong", now - 600, got, serial),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_find_used(f->inv, "dev2", tok, now - 600, got, serial),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_token_find_used(f->inv, "dev1", tok, now + 10, got, serial),
+                     MQPKI_ERR_AUTH); /* used before `since` */
+    /* A token burned or consumed without a record of its use is no retry's. */
+    raw_sql(f, "UPDATE tokens SET csr_sha256 = NULL");
+    assert_int_equal(inventory_token_find_used(f->inv, "dev1", tok, now - 600, got, serial),
+                     MQPKI_ERR_AUTH);
 }
 
 /* A store with a known number of audit events; returns the count. */
@@ -1043,6 +1196,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cert_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoked_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_supersede_list_revoke, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_find_used, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_ok, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_middle, setup, teardown),

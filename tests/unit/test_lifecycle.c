@@ -517,6 +517,231 @@ static void test_decommission(void **state)
     assert_int_equal(lifecycle_revoke_asset(f->lc, "nosuch", 1, "test", &ch), MQPKI_ERR_NOT_FOUND);
 }
 
+/* One integer from the store, through a connection of its own. */
+static int64_t raw_int(struct fx *f, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v = -1;
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Runs SQL on the store through a connection of its own (time travel for tests). */
+static void raw_exec(struct fx *f, const char *sql)
+{
+    sqlite3 *db = NULL;
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void add_asset(struct fx *f, const char *id, int kind)
+{
+    struct inventory_asset a;
+
+    memset(&a, 0, sizeof(a));
+    snprintf(a.id, sizeof(a.id), "%s", id);
+    a.kind = kind;
+    assert_int_equal(inventory_asset_add(f->inv, &a, "test"), MQPKI_OK);
+}
+
+/* A CSR (DER, heap) signed by key; *len its length. */
+static unsigned char *csr_der(EVP_PKEY *key, size_t *len)
+{
+    X509_REQ *r = X509_REQ_new();
+    unsigned char *der = NULL;
+    int n;
+
+    assert_non_null(r);
+    assert_int_equal(X509_REQ_set_pubkey(r, key), 1);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(r), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"x", -1, -1, 0),
+                     1);
+    assert_true(X509_REQ_sign(r, key, EVP_sha256()) > 0);
+    n = i2d_X509_REQ(r, &der);
+    assert_true(n > 0);
+    X509_REQ_free(r);
+    *len = (size_t)n;
+    return der;
+}
+
+/* lifecycle_issue_batched as EST calls it; the certificate's serial into serial (when not
+ * NULL), the certificate freed. */
+static int enroll_serial(struct fx *f, struct lifecycle_committer *cm, const char *asset,
+                         const char *token, int profile, const unsigned char *csr, size_t len,
+                         char serial[PROTO_SERIAL_HEX_MAX + 1])
+{
+    struct lifecycle_issue_req req;
+    X509 *cert = NULL;
+    int rc;
+
+    memset(&req, 0, sizeof(req));
+    req.asset_id = asset;
+    req.token = token;
+    req.profile = profile;
+    req.csr = csr;
+    req.csr_len = len;
+    req.actor = "est:192.0.2.1";
+    rc = lifecycle_issue_batched(f->ca, f->inv, cm, &req, &cert);
+    assert_true(rc == MQPKI_OK ? cert != NULL : cert == NULL);
+    if (serial != NULL)
+        serial[0] = '\0';
+    if (serial != NULL && cert != NULL)
+        assert_int_equal(ca_cert_serial_hex(cert, serial), MQPKI_OK);
+    X509_free(cert);
+    return rc;
+}
+
+static int enroll(struct fx *f, struct lifecycle_committer *cm, const char *asset,
+                  const char *token, int profile, const unsigned char *csr, size_t len)
+{
+    return enroll_serial(f, cm, asset, token, profile, csr, len, NULL);
+}
+
+/*
+ * With a token, authentication comes before anything else: an unknown asset, a decommissioned
+ * asset and a wrong token are the same refusal, counted and audited, whatever the profile or
+ * the CSR; only an authenticated client learns that its profile or CSR is wrong.
+ */
+static void test_enroll_authenticates_first(void **state)
+{
+    struct fx *f = *state;
+    static const unsigned char garbage[] = "not a CSR";
+    struct lifecycle_committer *cm = NULL;
+    struct lifecycle_change ch;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    char tok[64], gone_tok[64];
+    unsigned char *csr;
+    size_t len;
+
+    csr = csr_der(key, &len);
+    add_asset(f, "dev", INV_KIND_DEVICE);
+    add_asset(f, "gone", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev", 3600, "test", tok), MQPKI_OK);
+    assert_int_equal(inventory_token_create(f->inv, "gone", 3600, "test", gone_tok), MQPKI_OK);
+    assert_int_equal(lifecycle_decommission(f->lc, "gone", "test", &ch), MQPKI_OK);
+
+    assert_int_equal(enroll(f, NULL, "ghost", "x", -1, garbage, sizeof(garbage)), MQPKI_ERR_AUTH);
+    assert_int_equal(enroll(f, NULL, "gone", gone_tok, -1, csr, len), MQPKI_ERR_AUTH);
+    assert_int_equal(enroll(f, NULL, "dev", "wrong", CA_PROFILE_BROKER, garbage, sizeof(garbage)),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(enroll(f, NULL, "dev", "wrong", -1, csr, len), MQPKI_ERR_AUTH);
+    /* Each refusal audited, the unknown asset's too; the wrong tokens counted on dev's. */
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'enroll.refused' "
+                                "AND actor = 'est:192.0.2.1'"),
+                     4);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'enroll.refused' "
+                                "AND subject = 'ghost'"),
+                     1);
+    assert_int_equal(raw_int(f, "SELECT failures FROM tokens WHERE asset_id = 'dev'"), 2);
+    {
+        char sql[256]; /* the tokens themselves are never in the audit log */
+        snprintf(sql, sizeof(sql),
+                 "SELECT COUNT(*) FROM audit WHERE instr(detail, '%s') > 0 "
+                 "OR instr(detail, '%s') > 0",
+                 tok, gone_tok);
+        assert_int_equal(raw_int(f, sql), 0);
+    }
+
+    /* Authenticated: now the profile and the CSR are judged, and the token stays unspent. */
+    assert_int_equal(enroll(f, NULL, "dev", tok, CA_PROFILE_BROKER, csr, len), MQPKI_ERR_POLICY);
+    assert_int_equal(enroll(f, NULL, "dev", tok, -1, garbage, sizeof(garbage)), MQPKI_ERR_PARSE);
+    assert_int_equal(inventory_token_check(f->inv, "dev", tok), MQPKI_OK);
+    assert_int_equal(enroll(f, NULL, "dev", tok, -1, csr, len), MQPKI_OK);
+
+    /* Through the group committer (mqpkid): the same refusal, audited the same way. */
+    assert_int_equal(lifecycle_committer_start(f->path, &cm), MQPKI_OK);
+    assert_int_equal(enroll(f, cm, "ghost", "x", -1, garbage, sizeof(garbage)), MQPKI_ERR_AUTH);
+    assert_int_equal(enroll(f, cm, "dev", "wrong", -1, csr, len), MQPKI_ERR_AUTH);
+    lifecycle_committer_stop(cm);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'enroll.refused'"), 6);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'cert.issue'"), 1);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+    OPENSSL_free(csr);
+    EVP_PKEY_free(key);
+}
+
+/*
+ * A lost answer: the client sends the same token and CSR again (any encoding of the same DER)
+ * within LIFECYCLE_RETRY_SECONDS and gets the certificate already issued, with nothing signed
+ * or recorded; another CSR, a later retry or a certificate no longer valid is a refusal.
+ */
+static void test_enroll_retry_lost_answer(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_committer *cm = NULL;
+    struct lifecycle_change ch;
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *other_key = EVP_EC_gen("P-256");
+    char tok[64], tok2[64], tok3[64], s1[PROTO_SERIAL_HEX_MAX + 1], s2[PROTO_SERIAL_HEX_MAX + 1];
+    char sql[256];
+    unsigned char *csr, *other, b64[1024];
+    size_t len, other_len;
+
+    csr = csr_der(key, &len);
+    other = csr_der(other_key, &other_len);
+    assert_true(len < 700);
+    EVP_EncodeBlock(b64, csr, (int)len);
+    add_asset(f, "dev", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev", 3600, "test", tok), MQPKI_OK);
+    assert_int_equal(enroll_serial(f, NULL, "dev", tok, -1, csr, len, s1), MQPKI_OK);
+    /* The consume recorded what the token enrolled, in the same transaction. */
+    snprintf(sql, sizeof(sql),
+             "SELECT COUNT(*) FROM tokens WHERE serial = '%s' AND length(csr_sha256) = 32 "
+             "AND used_at IS NOT NULL",
+             s1);
+    assert_int_equal(raw_int(f, sql), 1);
+
+    assert_int_equal(enroll_serial(f, NULL, "dev", tok, -1, csr, len, s2), MQPKI_OK);
+    assert_string_equal(s2, s1);
+    assert_int_equal(enroll_serial(f, NULL, "dev", tok, -1, b64, strlen((char *)b64), s2),
+                     MQPKI_OK);
+    assert_string_equal(s2, s1);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM certs WHERE asset_id = 'dev'"), 1);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'cert.issue'"), 1);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'enroll.refused'"), 0);
+
+    /* Any other reuse: another CSR, a wrong asset, or the same CSR too late. */
+    assert_int_equal(enroll(f, NULL, "dev", tok, -1, other, other_len), MQPKI_ERR_AUTH);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'enroll.refused'"), 1);
+    raw_exec(f, "UPDATE tokens SET used_at = used_at - 601 WHERE asset_id = 'dev'");
+    assert_int_equal(enroll(f, NULL, "dev", tok, -1, csr, len), MQPKI_ERR_AUTH);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit WHERE action = 'cert.issue'"), 1);
+
+    /* A certificate revoked meanwhile is not handed out again. */
+    add_asset(f, "dev2", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev2", 3600, "test", tok2), MQPKI_OK);
+    assert_int_equal(enroll_serial(f, NULL, "dev2", tok2, -1, other, other_len, s1), MQPKI_OK);
+    assert_int_equal(lifecycle_revoke(f->lc, s1, 1, "test", &ch), MQPKI_OK);
+    assert_int_equal(enroll(f, NULL, "dev2", tok2, -1, other, other_len), MQPKI_ERR_AUTH);
+
+    /* Through the group committer (mqpkid) the same. */
+    EVP_PKEY_free(key);
+    OPENSSL_free(csr);
+    key = EVP_EC_gen("P-256");
+    csr = csr_der(key, &len);
+    add_asset(f, "dev3", INV_KIND_DEVICE);
+    assert_int_equal(inventory_token_create(f->inv, "dev3", 3600, "test", tok3), MQPKI_OK);
+    assert_int_equal(lifecycle_committer_start(f->path, &cm), MQPKI_OK);
+    assert_int_equal(enroll_serial(f, cm, "dev3", tok3, -1, csr, len, s1), MQPKI_OK);
+    assert_int_equal(enroll_serial(f, cm, "dev3", tok3, -1, csr, len, s2), MQPKI_OK);
+    assert_string_equal(s2, s1);
+    lifecycle_committer_stop(cm);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM certs WHERE asset_id = 'dev3'"), 1);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+    OPENSSL_free(csr);
+    OPENSSL_free(other);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(other_key);
+}
+
 static void test_full_due(void **state)
 {
     struct fx *f = *state;
@@ -559,6 +784,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_compromise_takes_the_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enroll_retry_lost_answer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
