@@ -182,9 +182,10 @@ void datadir_audit_open_local(struct datadir *dd)
         if (rc == MQPKI_ERR_NOT_FOUND &&
             (rc = datadir_audit_checkpoint(dd, NULL, NULL, NULL)) != MQPKI_OK)
             mqpki_log(MQPKI_LOG_WARN, "audit: first checkpoint: %s", mqpki_err_detail(rc));
-        mqpki_err_clear();
     }
 out:
+    /* Whatever went wrong is logged: the caller's own work goes on without checkpoints. */
+    mqpki_err_clear();
     EVP_PKEY_free(key);
     X509_free(cert);
 }

@@ -272,12 +272,11 @@ struct cp_ref {
 struct walk {
     const struct cp_ref *cps; /* checkpoints to meet, in seq order (NULL: none) */
     size_t n_cps;
-    size_t next_cp;                /* the first one not met yet */
-    int64_t count;                 /* events recomputed */
-    int64_t bad_seq;               /* the event a failure names */
-    int64_t bad_cp;                /* the checkpoint a failure names */
-    int64_t end_seq;               /* the last event walked (from_seq when none) */
-    const struct cp_ref *last_met; /* the newest checkpoint whose head matched */
+    size_t next_cp;  /* the first one not met yet */
+    int64_t count;   /* events recomputed */
+    int64_t bad_seq; /* the event a failure names */
+    int64_t bad_cp;  /* the checkpoint a failure names */
+    int64_t end_seq; /* the last event walked (from_seq when none) */
     unsigned char end_hash[INV_HASH_LEN];
 };
 
@@ -375,7 +374,6 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
                                 cp->id, seq, when, seq);
                 goto out;
             }
-            w->last_met = cp;
         }
         memcpy(prev, calc, INV_HASH_LEN);
         expect++;
