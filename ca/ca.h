@@ -79,6 +79,16 @@ int ca_issuing_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *issuing_key, con
                       int days, X509 **out);
 
 /*
+ * The certificate of the CA's audit key (the key that signs audit checkpoints): subject
+ * CN=name, issued and signed by the root, basicConstraints critical CA:FALSE, keyUsage critical
+ * digitalSignature+nonRepudiation, SKI/AKI. audit_key supplies the public key; root_key signs.
+ * It binds the audit key to the root that devices and brokers already trust, so that replacing
+ * it needs the root key (docs/security.md, "Audit").
+ */
+int ca_audit_cert_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *audit_key, const char *name,
+                         int days, X509 **out);
+
+/*
  * Opens an issuer: the issuing CA certificate and its (token) key, the root, and the base URL
  * for the CRL distribution point (URL/crl/issuing.crl; NULL for none). Takes its own
  * references; the caller keeps and frees its own. Checks that key matches issuing_cert.

@@ -133,9 +133,14 @@ int ca_add_ext(X509 *x, int nid, void *val, int crit, const char *what)
     return MQPKI_OK;
 }
 
+/* pathlen of build_ca_cert for a certificate that is no CA: the audit key's. */
+#define NOT_A_CA (-2)
+
 /*
  * CA extensions: basicConstraints critical CA:TRUE (pathlen when >= 0), keyUsage critical
- * keyCertSign+cRLSign, SKI from x's key and AKI keyid from the issuer's key identifier.
+ * keyCertSign+cRLSign, SKI from x's key and AKI keyid from the issuer's key identifier. With
+ * pathlen NOT_A_CA: CA:FALSE and keyUsage digitalSignature+nonRepudiation (a signing key whose
+ * signatures stand for the CA's records, never for certificates).
  */
 static int add_ca_exts(X509 *x, long pathlen, const ASN1_OCTET_STRING *issuer_kid)
 {
@@ -149,7 +154,7 @@ static int add_ca_exts(X509 *x, long pathlen, const ASN1_OCTET_STRING *issuer_ki
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    bc->ca = 0xFF;
+    bc->ca = pathlen == NOT_A_CA ? 0 : 0xFF;
     if (pathlen >= 0) {
         bc->pathlen = ASN1_INTEGER_new();
         if (bc->pathlen == NULL || !ASN1_INTEGER_set(bc->pathlen, pathlen)) {
@@ -157,8 +162,11 @@ static int add_ca_exts(X509 *x, long pathlen, const ASN1_OCTET_STRING *issuer_ki
             goto out;
         }
     }
-    /* KeyUsage bits (RFC 5280 4.2.1.3): keyCertSign (5), cRLSign (6). */
-    if (!ASN1_BIT_STRING_set_bit(ku, 5, 1) || !ASN1_BIT_STRING_set_bit(ku, 6, 1)) {
+    /* KeyUsage bits (RFC 5280 4.2.1.3): digitalSignature (0), nonRepudiation (1),
+     * keyCertSign (5), cRLSign (6). */
+    if (pathlen == NOT_A_CA
+            ? !ASN1_BIT_STRING_set_bit(ku, 0, 1) || !ASN1_BIT_STRING_set_bit(ku, 1, 1)
+            : !ASN1_BIT_STRING_set_bit(ku, 5, 1) || !ASN1_BIT_STRING_set_bit(ku, 6, 1)) {
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
@@ -286,6 +294,19 @@ int ca_issuing_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *issuing_key, con
         return mqpki_fail(MQPKI_ERR_INVALID, "issuing CA: root, root key and key are needed");
     /* pathlen 0: the issuing CA signs leaves only, never another CA. */
     return build_ca_cert(name, issuing_key, root, root_key, days, 0, out);
+}
+
+int ca_audit_cert_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *audit_key, const char *name,
+                         int days, X509 **out)
+{
+    if (out == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "ca_audit_cert_create: out is NULL");
+    *out = NULL;
+    if (root == NULL || root_key == NULL || audit_key == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "audit key certificate: root, root key and key needed");
+    /* The root, not the issuing CA: whoever can only get leaves signed cannot make one. */
+    return build_ca_cert(name, audit_key, root, root_key, days, NOT_A_CA, out);
 }
 
 /* cRLDistributionPoints with one fullName URI. */

@@ -23,6 +23,7 @@ int cmd_ca_export(struct cli *cli, int argc, char **argv);
 int cmd_crl(struct cli *cli, int argc, char **argv);
 int cmd_crl_publish(struct cli *cli, int argc, char **argv);
 int cmd_audit_verify(struct cli *cli, int argc, char **argv);
+int cmd_audit_checkpoint(struct cli *cli, int argc, char **argv);
 int cmd_asset_add(struct cli *cli, int argc, char **argv);
 int cmd_asset_list(struct cli *cli, int argc, char **argv);
 int cmd_asset_show(struct cli *cli, int argc, char **argv);

@@ -350,21 +350,51 @@ out:
     return rc;
 }
 
+/* A checkpoint in `audit` output. */
+static json_t *checkpoint_json(const struct inventory_audit_checkpoint *cp)
+{
+    char head[2 * PROTO_AUDIT_HASH_LEN + 1];
+
+    mqpki_hex(cp->head, PROTO_AUDIT_HASH_LEN, head);
+    return json_pack("{s:I, s:I, s:s, s:o}", "id", (json_int_t)cp->id, "event", (json_int_t)cp->seq,
+                     "head", head, "time", cli_json_time(cp->time));
+}
+
 int cmd_audit_verify(struct cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"checkpoint", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *files[DATADIR_AUDIT_COPIES_MAX - 1];
+    struct datadir_audit_report rep;
+    const struct inventory_audit_report *r = &rep.store;
     struct datadir *dd = NULL;
-    int64_t count = 0, bad = 0;
+    size_t n_files = 0;
+    char when[32];
     int c, rc, json = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': json = 1; break;
+        case 'c':
+            if (n_files == sizeof(files) / sizeof(files[0]))
+                return cli_usage_error(cli, "at most %zu --checkpoint files",
+                                       sizeof(files) / sizeof(files[0]));
+            files[n_files++] = optarg;
+            break;
         case 'h':
-            return cli_help("usage: mqpki audit verify [--json]\n\n"
-                            "Recomputes the audit log's hash chain. Exit 0 when intact, 1 when\n"
-                            "an event was edited or deleted (the first bad event is named).\n");
+            return cli_help(
+                "usage: mqpki audit verify [--json] [--checkpoint FILE ...]\n\n"
+                "Recomputes the audit log's hash chain and checks every signed checkpoint\n"
+                "against the audit key (ca/audit.pem, certified by the root CA): each\n"
+                "signature, gapless numbering, and the head each one certifies. Also checks\n"
+                "the copies kept outside the store: crl/audit-checkpoint.json and every\n"
+                "--checkpoint FILE (for example the retained message of a broker:\n"
+                "mosquitto_sub ... -t " PROTO_TOPIC_AUDIT_CHECKPOINT " -C 1 > FILE).\n"
+                "Exit 0 when intact, 1 when an event or checkpoint was edited, forged or\n"
+                "deleted (the first one found is named). Events after the last checkpoint\n"
+                "are only as good as the plain hash chain.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -372,24 +402,108 @@ int cmd_audit_verify(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
-    rc = inventory_audit_verify(datadir_inventory(dd), &count, &bad);
+    rc = datadir_audit_verify(dd, files, n_files, &rep);
     if (rc != MQPKI_OK && rc != MQPKI_ERR_TAMPERED)
         goto out;
     if (json) {
-        json_t *v = json_pack("{s:b, s:I}", "intact", rc == MQPKI_OK, "events", (json_int_t)count);
-        if (rc == MQPKI_ERR_TAMPERED)
-            json_object_set_new(v, "first_bad_event", json_integer(bad));
+        json_t *v = json_pack("{s:b, s:I, s:I, s:I}", "intact", rc == MQPKI_OK, "events",
+                              (json_int_t)r->events, "checkpoints", (json_int_t)r->checkpoints,
+                              "unanchored_events", (json_int_t)r->unanchored);
+        json_t *copies = json_array();
+        json_object_set_new(v, "audit_key_fingerprint",
+                            rep.have_key ? json_string(rep.key_fp) : json_null());
+        json_object_set_new(v, "last_checkpoint",
+                            r->last.id > 0 ? checkpoint_json(&r->last) : json_null());
+        for (size_t i = 0; i < rep.n_copies; i++)
+            json_array_append_new(copies, json_pack("{s:s, s:I}", "source", rep.copies[i].source,
+                                                    "id", (json_int_t)rep.copies[i].id));
+        json_object_set_new(v, "published", copies);
+        if (rc == MQPKI_ERR_TAMPERED) {
+            json_object_set_new(v, "first_bad_event",
+                                r->bad_seq > 0 ? json_integer(r->bad_seq) : json_null());
+            json_object_set_new(v, "bad_checkpoint",
+                                r->bad_checkpoint > 0 ? json_integer(r->bad_checkpoint)
+                                                      : json_null());
+            json_object_set_new(v, "error", json_string(mqpki_err_detail(rc)));
+        }
         int prc = cli_print_json(v);
         if (rc == MQPKI_OK)
             rc = prc;
     } else if (rc == MQPKI_OK) {
-        printf("audit log intact: %lld events\n", (long long)count);
+        printf("audit log intact: %lld events, %lld signed checkpoint%s verified\n",
+               (long long)r->events, (long long)r->checkpoints, r->checkpoints == 1 ? "" : "s");
+        if (rep.have_key)
+            printf("audit key: %s (ca/audit.pem, certified by the root CA)\n", rep.key_fp);
+        else
+            printf("no audit key yet: the log is only as good as the plain hash chain (the key\n"
+                   "is made the next time a command or mqpkid opens the token)\n");
+        if (r->last.id > 0) {
+            mqpki_time_str(r->last.time, when);
+            printf("last verified checkpoint: %lld at event %lld, signed %s\n",
+                   (long long)r->last.id, (long long)r->last.seq, when);
+        }
+        for (size_t i = 0; i < rep.n_copies; i++)
+            printf("copy checked: %s (checkpoint %lld)\n", rep.copies[i].source,
+                   (long long)rep.copies[i].id);
+        if (r->unanchored > 0 && rep.have_key)
+            printf("%lld event%s after the last checkpoint %s only as good as the plain hash "
+                   "chain until the next checkpoint\n",
+                   (long long)r->unanchored, r->unanchored == 1 ? "" : "s",
+                   r->unanchored == 1 ? "is" : "are");
     }
-    if (rc == MQPKI_ERR_TAMPERED)
-        rc = mqpki_fail(rc,
-                        "audit log tampered: event %lld was edited, or an event near it "
-                        "deleted",
-                        (long long)bad);
+    if (rc == MQPKI_ERR_TAMPERED) {
+        /* A copy: the detail is rewritten in the buffer it lives in. */
+        const char *d = mqpki_err_detail(rc), *prefix = "audit log: ";
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s",
+                 strncmp(d, prefix, strlen(prefix)) == 0 ? d + strlen(prefix) : d);
+        rc = mqpki_fail(rc, "audit log tampered: %s", detail);
+    }
+out:
+    datadir_close(dd);
+    return rc;
+}
+
+int cmd_audit_checkpoint(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct inventory_audit_checkpoint cp;
+    struct datadir *dd = NULL;
+    char when[32], head[2 * PROTO_AUDIT_HASH_LEN + 1];
+    int c, rc, json = 0, made = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'h':
+            return cli_help("usage: mqpki audit checkpoint [--json]\n\n"
+                            "Signs a checkpoint of the audit log's head now with the audit key\n"
+                            "(through mqpkid when it runs) and exports it to\n"
+                            "crl/audit-checkpoint.json; mqpkid publishes it to the brokers.\n"
+                            "Nothing is signed when the newest checkpoint already covers the\n"
+                            "head. mqpkid signs one after every CRL publication and every\n"
+                            "[audit] checkpoint_every.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_STORE | DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK ||
+        (rc = datadir_audit_checkpoint(dd, NULL, &cp, &made)) != MQPKI_OK)
+        goto out;
+    if (json) {
+        json_t *v = checkpoint_json(&cp);
+        json_object_set_new(v, "signed", json_boolean(made));
+        rc = cli_print_json(v);
+    } else {
+        mqpki_time_str(cp.time, when);
+        mqpki_hex(cp.head, PROTO_AUDIT_HASH_LEN, head);
+        printf("%s %lld: event %lld (head %.16s...), %s%s\n",
+               made ? "signed checkpoint" : "the newest checkpoint already covers the head:",
+               (long long)cp.id, (long long)cp.seq, head, when,
+               datadir_ca_remote(dd) ? " (by mqpkid)" : "");
+    }
 out:
     datadir_close(dd);
     return rc;

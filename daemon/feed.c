@@ -44,6 +44,7 @@ struct link {
     atomic_int connected;
     pthread_mutex_t sent_lock; /* guards sent[]: the publisher and the link thread both send */
     int64_t sent[2];           /* highest full and delta CRL number sent on this connection */
+    int64_t sent_cp;           /* highest audit checkpoint sent on this connection */
 };
 
 struct feed {
@@ -53,6 +54,10 @@ struct feed {
     struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by feed_rescan */
     atomic_size_t n_links;
     atomic_int stop;
+    pthread_mutex_t cp_lock; /* guards the newest audit checkpoint below */
+    char *cp_json;           /* its JSON (NULL until the publisher offers one) */
+    size_t cp_len;
+    int64_t cp_id;
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -88,6 +93,33 @@ static void send_crl(struct link *l, int kind, int64_t number, const unsigned ch
     pthread_mutex_lock(&l->sent_lock);
     send_crl_locked(l, kind, number, der, len);
     pthread_mutex_unlock(&l->sent_lock);
+}
+
+/* Sends the newest audit checkpoint unless this connection got it already. sent_lock held. */
+static void send_checkpoint_locked(struct link *l)
+{
+    struct feed *f = l->f;
+    char *json = NULL;
+    size_t len = 0;
+    int64_t id = 0;
+    int rc;
+
+    pthread_mutex_lock(&f->cp_lock);
+    if (f->cp_json != NULL && f->cp_id > l->sent_cp && (json = malloc(f->cp_len)) != NULL) {
+        memcpy(json, f->cp_json, f->cp_len);
+        len = f->cp_len;
+        id = f->cp_id;
+    }
+    pthread_mutex_unlock(&f->cp_lock);
+    if (json == NULL)
+        return;
+    rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_AUDIT_CHECKPOINT, (int)len, json, 1, true);
+    if (rc == MOSQ_ERR_SUCCESS)
+        l->sent_cp = id;
+    else if (rc != MOSQ_ERR_NO_CONN)
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish audit checkpoint %lld: %s",
+                  l->name, (long long)id, mosquitto_strerror(rc));
+    free(json);
 }
 
 /* Sends the newest full CRL and, when it extends it, the newest delta, read from the store.
@@ -130,8 +162,10 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
      * current CRLs at once; offers made meanwhile wait for the lock, then send only newer. */
     pthread_mutex_lock(&l->sent_lock);
     l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+    l->sent_cp = -1;
     atomic_store(&l->connected, 1);
     send_latest_locked(l);
+    send_checkpoint_locked(l);
     pthread_mutex_unlock(&l->sent_lock);
 }
 
@@ -358,6 +392,7 @@ static void rescan(struct feed *f)
             continue;
         l->f = f;
         l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+        l->sent_cp = -1;
         pthread_mutex_init(&l->sent_lock, NULL);
         memcpy(l->name, de->d_name, strlen(de->d_name) + 1);
         if (link_setup(f, l) != MQPKI_OK) {
@@ -385,6 +420,7 @@ int feed_start(const char *home, struct feed **out)
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return MQPKI_ERR_NOMEM;
     pthread_mutex_init(&f->inv_lock, NULL);
+    pthread_mutex_init(&f->cp_lock, NULL);
     snprintf(f->home, sizeof(f->home), "%s", home);
     if (mqpki_path(path, sizeof(path), "%s/mqpki.db", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
@@ -443,6 +479,33 @@ void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *d
             send_crl(&f->links[i], kind, number, der, len);
 }
 
+void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t len)
+{
+    char *copy;
+
+    if (f == NULL || json == NULL || len == 0 || (copy = malloc(len)) == NULL)
+        return;
+    memcpy(copy, json, len);
+    pthread_mutex_lock(&f->cp_lock);
+    if (id > f->cp_id) {
+        free(f->cp_json);
+        f->cp_json = copy;
+        f->cp_len = len;
+        f->cp_id = id;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&f->cp_lock);
+    free(copy);
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        pthread_mutex_lock(&l->sent_lock);
+        send_checkpoint_locked(l);
+        pthread_mutex_unlock(&l->sent_lock);
+    }
+}
+
 void feed_resend(struct feed *f)
 {
     if (f == NULL)
@@ -454,7 +517,9 @@ void feed_resend(struct feed *f)
         /* Sent again even if this connection sent them before: the broker lacks them. */
         pthread_mutex_lock(&l->sent_lock);
         l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
+        l->sent_cp = -1;
         send_latest_locked(l);
+        send_checkpoint_locked(l);
         pthread_mutex_unlock(&l->sent_lock);
     }
 }
@@ -474,6 +539,8 @@ void feed_stop(struct feed *f)
     }
     inventory_close(f->inv);
     pthread_mutex_destroy(&f->inv_lock);
+    pthread_mutex_destroy(&f->cp_lock);
+    free(f->cp_json);
     free(f->links);
     free(f);
 }

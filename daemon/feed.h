@@ -3,8 +3,8 @@
  * mqpkid's own service identity (tls/mqpkid.pem + tls/mqpkid.key, mTLS, libmosquitto),
  * publishes CRLs retained with QoS 1 on PROTO_TOPIC_CRL_FULL and PROTO_TOPIC_CRL_DELTA as the
  * publisher offers them from the store's outbox (and the newest ones to a broker that
- * connects), and consumes the brokers' security events (PROTO_TOPIC_EVENTS_ALL) into the
- * inventory.
+ * connects), the newest signed audit checkpoint on PROTO_TOPIC_AUDIT_CHECKPOINT, and consumes
+ * the brokers' security events (PROTO_TOPIC_EVENTS_ALL) into the inventory.
  */
 #ifndef MQPKI_FEED_H
 #define MQPKI_FEED_H
@@ -32,7 +32,14 @@ void feed_links(struct feed *f, int *total, int *connected);
  * has not been sent this number or a higher one. der is copied by libmosquitto. */
 void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *der, size_t len);
 
-/* Sends the newest CRLs from the store to every connected broker again. */
+/* Publishes the newest signed audit checkpoint (its JSON, datadir_audit_json) retained with
+ * QoS 1 on PROTO_TOPIC_AUDIT_CHECKPOINT to every connected broker not sent it or a newer one,
+ * and to every broker that connects later: a copy of the anchor outside the store. An older
+ * id than the one held is ignored. json is copied. */
+void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t len);
+
+/* Sends the newest CRLs from the store (and the newest checkpoint) to every connected broker
+ * again. */
 void feed_resend(struct feed *f);
 
 /* Stops, disconnecting cleanly. NULL-safe. */

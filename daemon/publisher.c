@@ -3,7 +3,8 @@
  * works through the outbox (lifecycle_publish) at start, every second, and at once when asked
  * (the CLI over the control socket after a revocation). Each CRL goes to the feed the moment it
  * is durable in the store, then to the crl/ files. Every second it also signs a full CRL when
- * one is due, and offers the feed any CRL another process signed meanwhile.
+ * one is due, and offers the feed any CRL another process signed meanwhile. It also signs the
+ * audit checkpoints (audit_tick) and offers the newest one to the feed.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -37,6 +38,8 @@ struct publisher {
     char last_error[256];
     struct lifecycle_publication last;
     int64_t offered[2]; /* newest full and delta CRL handed to the feed */
+    int64_t cp_offered; /* newest audit checkpoint handed to the feed */
+    int64_t cp_next;    /* monotonic second of the next scheduled audit checkpoint */
 };
 
 static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
@@ -132,6 +135,41 @@ static int cycle(struct publisher *p, struct lifecycle_publication *pub, char *e
     return rc;
 }
 
+/*
+ * Audit checkpoints: one after every cycle that signed a CRL, one every [audit]
+ * checkpoint_every (only when the chain moved: an unchanged head is certified already), one
+ * at start and one at stop; each signed with the audit key this process alone holds, in one
+ * store transaction, then exported to crl/audit-checkpoint.json. Every checkpoint newer than
+ * the feed has, also one a command signed through the control socket, goes to the brokers
+ * (retained), so the newest anchor is also where the store cannot take it back.
+ */
+static void audit_tick(struct publisher *p, int now_please)
+{
+    struct inventory_audit_checkpoint cp;
+    struct timespec now;
+    char *json = NULL;
+    size_t len = 0;
+    int made = 0, rc;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now_please || now.tv_sec >= p->cp_next) {
+        p->cp_next = now.tv_sec + datadir_config(p->ctx->dd)->audit_every;
+        rc = datadir_audit_checkpoint(p->ctx->dd, p->inv, &cp, &made);
+        if (rc != MQPKI_OK)
+            mqpki_log(MQPKI_LOG_ERROR, "audit checkpoint: %s", mqpki_err_detail(rc));
+        else if (made)
+            mqpki_log(MQPKI_LOG_INFO, "audit checkpoint %lld signed (event %lld)",
+                      (long long)cp.id, (long long)cp.seq);
+    }
+    if (inventory_audit_checkpoint_latest(p->inv, &cp) == MQPKI_OK && cp.id > p->cp_offered &&
+        datadir_audit_json(p->ctx->dd, &cp, &json, &len) == MQPKI_OK) {
+        feed_offer_checkpoint(p->ctx->feed, cp.id, json, len);
+        p->cp_offered = cp.id;
+    }
+    free(json);
+    mqpki_err_clear();
+}
+
 static void *run(void *arg)
 {
     struct publisher *p = arg;
@@ -156,6 +194,10 @@ static void *run(void *arg)
         p->last = pub;
         p->done = gen;
         pthread_cond_broadcast(&p->cond);
+        /* After the answer: a command waiting for its publication never waits for this. */
+        pthread_mutex_unlock(&p->lock);
+        audit_tick(p, pub.signed_count > 0);
+        pthread_mutex_lock(&p->lock);
         if (p->stop || p->requested != gen)
             continue;
         {
@@ -167,6 +209,8 @@ static void *run(void *arg)
         }
     }
     pthread_mutex_unlock(&p->lock);
+    /* What happened since the last checkpoint is anchored before mqpkid stops. */
+    audit_tick(p, 1);
     return NULL;
 }
 
@@ -182,6 +226,8 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
         return MQPKI_ERR_NOMEM;
     p->ctx = ctx;
     p->offered[0] = p->offered[1] = -1;
+    p->cp_offered = -1;
+    p->cp_next = 0; /* the first cycle signs one: what happened while mqpkid was down */
     pthread_mutex_init(&p->lock, NULL);
     {
         pthread_condattr_t attr;

@@ -3,6 +3,7 @@
  * to a default in a CA's configuration. */
 #include "datadir.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,7 +128,16 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         c->rate_per_address = rate;
     } else if (KEY("enrollment", "burst"))
         ok = set_int(&c->rate_burst, value, 1, 1000000);
-    else {
+    else if (KEY("audit", "checkpoint_every"))
+        ok = set_duration(&c->audit_every, value) && c->audit_every <= 86400;
+    else if (KEY("audit", "key_fingerprint")) {
+        /* SHA-256 of the audit key's SubjectPublicKeyInfo, as `audit verify` shows it. */
+        ok = value[0] == '\0' || (strlen(value) == PROTO_FP_HEX_LEN &&
+                                  strspn(value, "0123456789abcdefABCDEF") == PROTO_FP_HEX_LEN);
+        for (size_t i = 0; ok && value[i] != '\0'; i++)
+            c->audit_key_fp[i] = (char)tolower((unsigned char)value[i]);
+        c->audit_key_fp[ok ? strlen(value) : 0] = '\0';
+    } else {
         snprintf(p->error, sizeof(p->error), "unknown key [%.40s] %.60s", section, name);
         return 0;
     }
@@ -168,6 +178,7 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     c->auth_window = 60;
     c->rate_per_address = 200;
     c->rate_burst = 400;
+    c->audit_every = 600;
 }
 
 int datadir_config_load(const char *home, struct datadir_config *cfg)

@@ -153,6 +153,7 @@ static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
     for (;;) {
         if (daemon_alive(dd->home)) {
             dd->remote = 1;
+            datadir_audit_open_remote(dd);
             return datadir_remote_key(dd->home, DATADIR_ISSUING_KEY, X509_get0_pubkey(issuing),
                                       key);
         }
@@ -176,7 +177,11 @@ static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
 local:
     if (dd->hsm == NULL && (rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
         return rc;
-    return hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, key);
+    if ((rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, key)) != MQPKI_OK)
+        return rc;
+    /* Whoever holds the token signs the audit checkpoints (and makes the key if it is new). */
+    datadir_audit_open_local(dd);
+    return MQPKI_OK;
 }
 
 int datadir_ca_open(struct datadir *dd)
@@ -300,6 +305,7 @@ void datadir_close(struct datadir *dd)
     ca_free(dd->ca);
     /* Token keys go before the token session they sign through. */
     EVP_PKEY_free(dd->key);
+    EVP_PKEY_free(dd->audit_key);
     hsm_close(dd->hsm);
     /* After the token is closed: the next holder finds it consistent. */
     datadir_lock_release(dd->token_lock);
@@ -449,6 +455,14 @@ int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publicati
     out->signed_count = pub.signed_count;
     out->full_number = pub.full_number;
     out->delta_number = pub.delta_number;
+    /* Every CRL publication is anchored: a checkpoint of the audit chain (crl.sign included).
+     * It never fails the publication, which is durable and out already. */
+    if (rc == MQPKI_OK && pub.signed_count > 0 && dd->audit_key != NULL) {
+        int crc = datadir_audit_checkpoint(dd, NULL, NULL, NULL);
+        if (crc != MQPKI_OK)
+            mqpki_log(MQPKI_LOG_WARN, "audit checkpoint: %s", mqpki_err_detail(crc));
+        mqpki_err_clear();
+    }
     return rc;
 }
 

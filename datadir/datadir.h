@@ -13,6 +13,7 @@
 #include <openssl/x509.h>
 
 #include "ca.h"
+#include "inventory.h"
 
 struct ca;
 struct hsm;
@@ -42,6 +43,8 @@ struct datadir_config {
     int64_t auth_window;       /* [enrollment] auth_window: seconds of the failure window */
     double rate_per_address;   /* [enrollment] rate: EST requests per second per address; 0 off */
     int rate_burst;            /* [enrollment] burst */
+    int64_t audit_every;       /* [audit] checkpoint_every: mqpkid checkpoints this often */
+    char audit_key_fp[PROTO_FP_HEX_LEN + 1]; /* [audit] key_fingerprint: "" when not pinned */
 };
 
 struct datadir_init_opts {
@@ -122,7 +125,8 @@ enum datadir_control_op {
     DATADIR_CTL_PUBLISH = 'P', /* + flags byte (1: send the CRLs to the brokers again); reply:
                                   JSON {"signed", "full", "delta", "brokers", "linked"} */
     DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
-                                  C_Sign with the CA key (PKCS#11 semantics); reply: signature */
+                                  C_Sign with the issuing CA key or the audit key (PKCS#11
+                                  semantics); reply: signature */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).
@@ -140,8 +144,9 @@ int datadir_control_send(int fd, const void *body, size_t len, int timeout_ms);
 
 /*
  * Daemon side of DATADIR_CTL_SIGN: one C_Sign-style signature (mech PKCS#11 CKM_ECDSA: in is a
- * digest, out raw r||s; CKM_RSA_PKCS: in is a DigestInfo) with the CA key `label` this process
- * holds. Only the issuing CA key, only its own mechanism. *out_len: size of out, then length.
+ * digest, out raw r||s; CKM_RSA_PKCS: in is a DigestInfo) with the key `label` this process
+ * holds. Only the issuing CA key and the audit key, each only with its own mechanism.
+ * *out_len: size of out, then length.
  */
 #define DATADIR_SIGN_LABEL_MAX 128  /* a key label in a sign request */
 #define DATADIR_SIGN_IN_MAX    512  /* its input: a digest or an RSA DigestInfo */
@@ -156,6 +161,63 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
 #define DATADIR_LOCK_TOKEN  "run/token.lock"
 int datadir_lock_take(const char *home, const char *rel, int wait_ms, int *fd, pid_t *holder);
 void datadir_lock_release(int fd);
+
+/*
+ * Audit checkpoints (docs/security.md, "Audit"): the audit key, generated in the CA's token
+ * like the CA keys and certified by the root in ca/audit.pem, signs the head of the audit
+ * chain. Only the process that holds the token signs: mqpkid while it runs (a command signs
+ * through its control socket), else the command itself.
+ */
+
+/*
+ * Signs a checkpoint of the audit chain's current head with the audit key and exports the
+ * newest checkpoint to crl/audit-checkpoint.json. inv: the store handle to use (NULL: the data
+ * directory's own; mqpkid's publisher passes its own). When the newest checkpoint already
+ * certifies the head nothing is signed (*made 0) and the export is still refreshed.
+ * MQPKI_ERR_STATE when no audit key is open (datadir_ca_open opens it); MQPKI_ERR_TAMPERED
+ * when the chain does not extend the previous checkpoint. out and made may be NULL.
+ */
+int datadir_audit_checkpoint(struct datadir *dd, struct inventory *inv,
+                             struct inventory_audit_checkpoint *out, int *made);
+
+/* Writes the store's newest checkpoint to crl/audit-checkpoint.json (0644, atomically) under
+ * the publication lock, so that the file never goes back to an older one. */
+int datadir_audit_export(struct datadir *dd, struct inventory *inv);
+
+/* A checkpoint as JSON (what crl/audit-checkpoint.json and PROTO_TOPIC_AUDIT_CHECKPOINT carry):
+ * heap text (caller frees) of at most PROTO_AUDIT_JSON_MAX bytes. */
+int datadir_audit_json(struct datadir *dd, const struct inventory_audit_checkpoint *cp, char **json,
+                       size_t *len);
+
+/* Parses such JSON strictly (size, types, no duplicate or unknown fields). It proves nothing
+ * before its signature is checked. */
+int datadir_audit_parse(const unsigned char *text, size_t len,
+                        struct inventory_audit_checkpoint *out);
+
+/* What datadir_audit_verify checked. */
+#define DATADIR_AUDIT_COPIES_MAX 8
+struct datadir_audit_report {
+    struct inventory_audit_report store; /* the chain and the checkpoints in the store */
+    int have_key;                        /* 1 when ca/audit.pem exists */
+    char key_fp[PROTO_FP_HEX_LEN + 1];   /* its key's SHA-256 fingerprint */
+    size_t n_copies;                     /* copies checked: crl/audit-checkpoint.json, files */
+    struct {
+        char source[PATH_MAX];
+        int64_t id;
+    } copies[DATADIR_AUDIT_COPIES_MAX];
+};
+
+/*
+ * `mqpki audit verify`: the audit key's certificate (signed by ca/root.pem; its key the one
+ * [audit] key_fingerprint pins, when set), every event and every checkpoint of the store
+ * (inventory_audit_verify_signed), and the copies kept outside it: crl/audit-checkpoint.json
+ * when present, plus files[0..n_files) (copies taken from a broker's retained message, or
+ * kept elsewhere). With an audit key, a store without any checkpoint is tampering (mqpki makes
+ * one as soon as the key exists). MQPKI_ERR_TAMPERED with a detail naming the event, the
+ * checkpoint or the file. out is filled in either case.
+ */
+int datadir_audit_verify(struct datadir *dd, const char *const *files, size_t n_files,
+                         struct datadir_audit_report *out);
 
 /* What a publication did (datadir_publish). */
 struct datadir_publication {

@@ -8,6 +8,13 @@
 /* Labels of the CA keys in the token. */
 #define DATADIR_ROOT_KEY    "mqpki-root"
 #define DATADIR_ISSUING_KEY "mqpki-issuing"
+/* The key that signs audit checkpoints, its certificate (by the root) and the checkpoint's
+ * copy beside the CRLs (docs/security.md, "Audit"). */
+#define DATADIR_AUDIT_KEY    "mqpki-audit"
+#define DATADIR_AUDIT_CERT   "ca/audit.pem"
+#define DATADIR_AUDIT_EXPORT "crl/audit-checkpoint.json"
+/* How long the audit key's certificate is valid; checkpoints verify after it expired too. */
+#define AUDIT_CERT_DAYS (20 * 365)
 /* How long a publisher waits for another one to finish (a million-entry CRL takes seconds). */
 #define PUBLISH_LOCK_MS 60000
 /* How long a command waits for the CA token or the daemon's answer. */
@@ -34,11 +41,12 @@ struct datadir {
     struct lifecycle *lc;
     struct ca *ca;
     EVP_PKEY *key; /* the issuing CA key as opened here (token or remote), for datadir_key_sign */
-    int remote;    /* 1 when the CA key signs through a running mqpkid */
-    const char *actor; /* who publishes, for the audit log ("cli", "init") */
-    int token_lock;    /* DATADIR_LOCK_TOKEN while this process has the token open, else -1 */
-    int daemon_lock;   /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
-    int daemon_mode;   /* opened by mqpkid: the CA key is this process's own */
+    EVP_PKEY *audit_key; /* the audit key (token or remote) when there is one, else NULL */
+    int remote;          /* 1 when the CA key signs through a running mqpkid */
+    const char *actor;   /* who publishes, for the audit log ("cli", "init") */
+    int token_lock;      /* DATADIR_LOCK_TOKEN while this process has the token open, else -1 */
+    int daemon_lock;     /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
+    int daemon_mode;     /* opened by mqpkid: the CA key is this process's own */
 };
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
@@ -58,6 +66,21 @@ struct datadir_names {
 /* An EVP_PKEY with pub's public key whose signatures are made by home's running mqpkid with its
  * CA key `label` (DATADIR_CTL_SIGN). */
 int datadir_remote_key(const char *home, const char *label, EVP_PKEY *pub, EVP_PKEY **out);
+
+/*
+ * The audit key for a process that holds the token (dd->hsm open): loads it, generating it in
+ * the token when neither it nor ca/audit.pem exists yet (a data directory from before audit
+ * checkpoints), writes ca/audit.pem (certified by the root) when missing, and signs a first
+ * checkpoint when the store holds none. Sets dd->audit_key. Problems are logged: the CA works
+ * without checkpoints, and `audit verify` says what is wrong.
+ */
+void datadir_audit_open_local(struct datadir *dd);
+
+/* The audit key of the running mqpkid, signing through its control socket (no key: NULL). */
+void datadir_audit_open_remote(struct datadir *dd);
+
+/* Loads ca/audit.pem (MQPKI_ERR_NOT_FOUND when missing). */
+int datadir_audit_cert(const char *home, X509 **out);
 
 /* Issues mqpkid's TLS identity for names (a fresh software EC P-256 key) and installs it in tls/
  * crash-safely; supersede marks the previous certificate superseded. */

@@ -146,12 +146,18 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "auth_failures = %d\n"
                  "auth_window = %llds\n"
                  "rate = %d\n"
-                 "burst = %d\n",
+                 "burst = %d\n"
+                 "\n"
+                 "[audit]\n"
+                 "checkpoint_every = %llds\n"
+                 "# SHA-256 of the audit key (ca/audit.pem); `mqpki audit verify` checks it\n"
+                 "key_fingerprint = %s\n",
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity,
                  (long long)c->crl_full_every, (long long)c->crl_full_after,
                  (long long)c->crl_delta_max, c->device_days, c->broker_days, c->hsm_token,
                  c->listen, (long long)c->token_ttl, (long long)c->reenroll_grace, c->auth_failures,
-                 (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst);
+                 (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst,
+                 (long long)c->audit_every, c->audit_key_fp);
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
@@ -183,7 +189,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     char path[PATH_MAX], pin[33] = "", so_pin[33] = "";
     enum hsm_key_type type = HSM_KEY_EC_P256;
     EVP_PKEY *root_key = NULL, *issuing_key = NULL;
-    X509 *root = NULL, *issuing = NULL;
+    X509 *root = NULL, *issuing = NULL, *audit = NULL;
     struct inventory_asset svc;
     struct datadir_names names;
     struct stat st;
@@ -278,12 +284,14 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = datadir_hsm_open(home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
         goto out;
 
-    say(progress, "generating the root and issuing CA keys inside the token");
+    say(progress, "generating the root, issuing CA and audit keys inside the token");
     if ((rc = hsm_key_generate(dd->hsm, DATADIR_ROOT_KEY, type)) != MQPKI_OK ||
-        (rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK)
+        (rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK ||
+        (rc = hsm_key_generate(dd->hsm, DATADIR_AUDIT_KEY, type)) != MQPKI_OK)
         goto out;
     if ((rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key)) != MQPKI_OK ||
-        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK)
+        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK ||
+        (rc = hsm_key_load(dd->hsm, DATADIR_AUDIT_KEY, &dd->audit_key)) != MQPKI_OK)
         goto out;
     say(progress, "signing the root and issuing CA certificates");
     {
@@ -296,9 +304,25 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
         if (rc != MQPKI_OK)
             goto out;
     }
+    {
+        /* The audit key's certificate binds it to the root (docs/security.md, "Audit"). */
+        char name[160];
+        snprintf(name, sizeof(name), "%s Audit Key", dd->cfg.ca_name);
+        if ((rc = ca_audit_cert_create(root, root_key, dd->audit_key, name, AUDIT_CERT_DAYS,
+                                       &audit)) != MQPKI_OK)
+            goto out;
+    }
     if ((rc = write_certs(home, "ca/root.pem", root, NULL)) != MQPKI_OK ||
         (rc = write_certs(home, "ca/issuing.pem", issuing, NULL)) != MQPKI_OK ||
-        (rc = write_certs(home, "ca/chain.pem", issuing, root)) != MQPKI_OK)
+        (rc = write_certs(home, "ca/chain.pem", issuing, root)) != MQPKI_OK ||
+        (rc = write_certs(home, DATADIR_AUDIT_CERT, audit, NULL)) != MQPKI_OK)
+        goto out;
+    /* Its fingerprint goes into mqpki.conf as a second, independent pin; from the file, whose
+     * key is a plain public key (the one in `audit` is still the token's). */
+    X509_free(audit);
+    audit = NULL;
+    if ((rc = datadir_audit_cert(home, &audit)) != MQPKI_OK ||
+        (rc = ca_pubkey_fingerprint(X509_get0_pubkey(audit), dd->cfg.audit_key_fp)) != MQPKI_OK)
         goto out;
     if ((rc = ca_open(issuing, issuing_key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
         goto out;
@@ -337,6 +361,7 @@ out:
     OPENSSL_cleanse(so_pin, sizeof(so_pin));
     X509_free(root);
     X509_free(issuing);
+    X509_free(audit);
     /* Token keys go before the token session they sign through. */
     EVP_PKEY_free(root_key);
     EVP_PKEY_free(issuing_key);

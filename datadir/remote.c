@@ -43,26 +43,32 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
                      const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len)
 {
     EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *key = NULL;
     unsigned char der[DATADIR_SIGN_OUT_MAX];
     size_t der_len = sizeof(der);
     int rc = MQPKI_ERR_CRYPTO, is_ec;
 
-    /* Only the issuing CA key is ever open in mqpkid, and only for its own mechanisms. */
-    if (dd->key == NULL || strcmp(label, DATADIR_ISSUING_KEY) != 0)
-        return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CA key '%.64s' here", label);
-    is_ec = EVP_PKEY_get_base_id(dd->key) == EVP_PKEY_EC;
+    /* Only the issuing CA key and the audit key are ever open in mqpkid (never the root), and
+     * each only for its own mechanism. */
+    if (strcmp(label, DATADIR_ISSUING_KEY) == 0)
+        key = dd->key;
+    else if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
+        key = dd->audit_key;
+    if (key == NULL)
+        return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no key '%.64s' here", label);
+    is_ec = EVP_PKEY_get_base_id(key) == EVP_PKEY_EC;
     if ((is_ec && mech != P11_MECH_ECDSA) || (!is_ec && mech != P11_MECH_RSA_PKCS) || in_len == 0 ||
         in_len > DATADIR_SIGN_IN_MAX)
         return mqpki_fail(MQPKI_ERR_INVALID,
                           "sign request: mechanism 0x%lx or input of %zu "
                           "bytes refused",
                           mech, in_len);
-    if ((ctx = EVP_PKEY_CTX_new(dd->key, NULL)) == NULL || EVP_PKEY_sign_init(ctx) <= 0 ||
+    if ((ctx = EVP_PKEY_CTX_new(key, NULL)) == NULL || EVP_PKEY_sign_init(ctx) <= 0 ||
         (!is_ec && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0))
         goto out;
     if (is_ec) {
         /* The input is the digest; the token gives r||s, each as long as the group order. */
-        size_t half = (size_t)(EVP_PKEY_get_bits(dd->key) + 7) / 8;
+        size_t half = (size_t)(EVP_PKEY_get_bits(key) + 7) / 8;
         if (EVP_PKEY_sign(ctx, der, &der_len, in, in_len) <= 0)
             goto out;
         rc = ecdsa_raw(der, der_len, half, out, out_len);
@@ -72,7 +78,7 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
     }
 out:
     if (rc != MQPKI_OK)
-        rc = mqpki_fail(MQPKI_ERR_HSM, "CA key '%s': signature failed", label);
+        rc = mqpki_fail(MQPKI_ERR_HSM, "key '%s': signature failed", label);
     EVP_PKEY_CTX_free(ctx);
     return rc;
 }

@@ -396,6 +396,71 @@ int inventory_audit_append(struct inventory *inv, const char *actor, const char 
  */
 int inventory_audit_verify(struct inventory *inv, int64_t *count, int64_t *bad_seq);
 
+/*
+ * Signed checkpoints of the audit chain (docs/security.md, "Audit"). The chain alone only
+ * shows edits by someone who cannot recompute it; a checkpoint is the chain head (seq and hash
+ * of the newest event) signed with the audit key, which lives in the CA's token where whoever
+ * can write the store cannot reach it. What is signed: proto_audit_tbs (proto.h).
+ */
+#define INV_AUDIT_LABEL_MAX 64
+struct inventory_audit_checkpoint {
+    int64_t id;                               /* 1, 2, ... without gaps; signed */
+    int64_t seq;                              /* the event it certifies: the head then */
+    unsigned char head[PROTO_AUDIT_HASH_LEN]; /* that event's hash */
+    int64_t time;                             /* when it was signed (seconds since the epoch) */
+    char key_label[INV_AUDIT_LABEL_MAX];      /* the token key that signed it */
+    unsigned char signature[PROTO_AUDIT_SIG_MAX];
+    size_t sig_len;
+};
+
+/* Signs tbs (tbs_len bytes; SHA-256, as proto_audit_verify checks) into sig, whose room is
+ * *sig_len on entry and the signature's length on return. MQPKI_OK or an error with a detail. */
+typedef int (*inventory_audit_sign_fn)(void *ctx, const unsigned char *tbs, size_t tbs_len,
+                                       unsigned char *sig, size_t *sig_len);
+
+/*
+ * Makes a checkpoint of the current chain head in one transaction (its own, or a savepoint of
+ * the caller's): reads the head, checks that the chain since the newest checkpoint extends it
+ * (MQPKI_ERR_TAMPERED naming the event otherwise: a rewritten chain is never certified),
+ * signs with sign under the write lock, so that the checkpoint numbers stay gapless and the
+ * head cannot move meanwhile, and records it. When the newest checkpoint already certifies
+ * the head nothing is signed: *made is 0 and *out is that checkpoint. An empty log is
+ * MQPKI_ERR_STATE. out and made may be NULL.
+ */
+int inventory_audit_checkpoint(struct inventory *inv, const char *key_label,
+                               inventory_audit_sign_fn sign, void *ctx,
+                               struct inventory_audit_checkpoint *out, int *made);
+
+/* The newest checkpoint; MQPKI_ERR_NOT_FOUND when there is none. */
+int inventory_audit_checkpoint_latest(struct inventory *inv,
+                                      struct inventory_audit_checkpoint *out);
+
+/* What inventory_audit_verify_signed found. */
+struct inventory_audit_report {
+    int64_t events;      /* events whose hash was recomputed */
+    int64_t checkpoints; /* checkpoints in the store, each signature and head verified */
+    /* The newest verified checkpoint; last.id 0 when none. */
+    struct inventory_audit_checkpoint last;
+    int64_t unanchored;     /* events after it: only as good as the plain chain */
+    int64_t bad_seq;        /* on MQPKI_ERR_TAMPERED: the event named, else 0 */
+    int64_t bad_checkpoint; /* on MQPKI_ERR_TAMPERED: the checkpoint named, else 0 */
+};
+
+/*
+ * inventory_audit_verify plus the checkpoints, in one read snapshot: every checkpoint's
+ * signature verifies with pub (the audit public key; NULL only when the store holds no
+ * checkpoint), their ids run 1, 2, ... without a gap and their seqs never go down, and the
+ * recomputed chain has each one's head at its seq. published[0..n_published) are copies kept
+ * outside the store (crl/audit-checkpoint.json, the retained message on the brokers), named by
+ * sources[i] in details: each must verify and be in the store unchanged, which shows a deleted
+ * newest checkpoint. MQPKI_ERR_TAMPERED with a detail naming the event or checkpoint, and
+ * out->bad_seq / out->bad_checkpoint. out is filled in either case.
+ */
+int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
+                                  const struct inventory_audit_checkpoint *published,
+                                  const char *const *sources, size_t n_published,
+                                  struct inventory_audit_report *out);
+
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);

@@ -17,6 +17,7 @@
 
 /* SHA-256 length of audit hashes and token hashes. */
 #define INV_HASH_LEN 32
+_Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audit event's hash");
 
 /* Token failures after which a token is burned. */
 #define INV_TOKEN_MAX_FAILURES 5
@@ -34,6 +35,8 @@
 
 /* Never salt or hash: listings show what a token is for, not what could test a guess. */
 #define INV_TOKEN_COLS "id, asset_id, created_at, expires_at, used_at, revoked_at, failures, serial"
+
+#define INV_AUDIT_CP_COLS "id, seq, head, time, key_label, signature"
 
 #define INV_CRL_COLS                                                                               \
     "number, kind, state, reason, created_at, base, cutoff, this_update, next_update, entries, "   \
@@ -103,6 +106,15 @@
     X(SQL_AUDIT_INSERT,                                                                            \
       "INSERT INTO audit(seq, time, actor, action, subject, detail, prev_hash, hash) "             \
       "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")                                                    \
+    X(SQL_AUDIT_WALK, "SELECT seq, time, actor, action, subject, detail, prev_hash, hash "         \
+                      "FROM audit WHERE seq > ?1 ORDER BY seq")                                    \
+    X(SQL_AUDIT_HASH_AT, "SELECT hash FROM audit WHERE seq = ?1")                                  \
+    X(SQL_AUDIT_CP_INSERT, "INSERT INTO audit_checkpoints(" INV_AUDIT_CP_COLS ") "                 \
+                           "VALUES(?1, ?2, ?3, ?4, ?5, ?6)")                                       \
+    X(SQL_AUDIT_CP_LATEST,                                                                         \
+      "SELECT " INV_AUDIT_CP_COLS " FROM audit_checkpoints ORDER BY id DESC LIMIT 1")              \
+    X(SQL_AUDIT_CP_GET, "SELECT " INV_AUDIT_CP_COLS " FROM audit_checkpoints WHERE id = ?1")       \
+    X(SQL_AUDIT_CP_LIST, "SELECT " INV_AUDIT_CP_COLS " FROM audit_checkpoints ORDER BY id")        \
     X(SQL_META_GET, "SELECT value FROM meta WHERE key = ?1")                                       \
     X(SQL_META_SET, "INSERT INTO meta(key, value) VALUES(?1, ?2) "                                 \
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value")                       \

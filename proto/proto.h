@@ -32,6 +32,9 @@
 #define PROTO_TOPIC_ASSETS     "mqpki/v1/assets/" /* + ID + PROTO_TOPIC_CMD_SUFFIX */
 #define PROTO_TOPIC_CMD_SUFFIX "/cmd"
 #define PROTO_TOPIC_ALERTS     "mqpki/v1/alerts"
+/* The newest signed checkpoint of the CA's audit log (JSON, retained): a copy of the anchor
+ * that whoever can write the CA's store cannot take back (docs/security.md, "Audit"). */
+#define PROTO_TOPIC_AUDIT_CHECKPOINT "mqpki/v1/audit/checkpoint"
 
 /* What every certificate mqpki issues names its asset by: a SAN URI PROTO_ASSET_URN + ID. */
 #define PROTO_ASSET_URN "urn:mqpki:asset:"
@@ -146,5 +149,33 @@ void proto_serial_key(const ASN1_INTEGER *serial, unsigned char key[PROTO_SERIAL
 
 /* SHA-256 of the DER of a name. Returns 0, or -1 when it cannot be encoded. */
 int proto_name_digest(const X509_NAME *name, unsigned char out[PROTO_ISSUER_LEN]);
+
+/*
+ * Audit checkpoints: the audit key (in the CA's token) signs, at moments the CA chooses, the
+ * head of its hash-chained audit log. What is signed is exactly PROTO_AUDIT_TBS_LEN bytes:
+ *
+ *   PROTO_AUDIT_MAGIC with its NUL (26 bytes) || id || seq || head || time
+ *
+ * id, seq and time as 8-byte big-endian integers (time: seconds since the epoch, two's
+ * complement), head the PROTO_AUDIT_HASH_LEN-byte SHA-256 hash of event seq. The signature is
+ * over SHA-256 of those bytes: ECDSA (DER Ecdsa-Sig-Value) for an EC audit key, RSA PKCS#1
+ * v1.5 for an RSA one, as `openssl dgst -sha256 -verify` checks it. id numbers the checkpoints
+ * 1, 2, ... without gaps, so that a deleted one leaves a hole no signature can close.
+ */
+#define PROTO_AUDIT_MAGIC    "mqpki-audit-checkpoint/v1"
+#define PROTO_AUDIT_HASH_LEN 32   /* SHA-256 of an audit event */
+#define PROTO_AUDIT_SIG_MAX  1024 /* a signature: RSA-8192 at most */
+#define PROTO_AUDIT_TBS_LEN  (sizeof(PROTO_AUDIT_MAGIC) + 8 + 8 + PROTO_AUDIT_HASH_LEN + 8)
+#define PROTO_AUDIT_JSON_MAX 4096 /* a checkpoint as JSON (file, retained message) */
+
+_Static_assert(PROTO_AUDIT_TBS_LEN == 82, "the signed checkpoint bytes are a fixed 82 bytes");
+
+/* The bytes a checkpoint's signature covers, into out. */
+void proto_audit_tbs(int64_t id, int64_t seq, const unsigned char head[PROTO_AUDIT_HASH_LEN],
+                     int64_t time, unsigned char out[PROTO_AUDIT_TBS_LEN]);
+
+/* Verifies sig over tbs (SHA-256) with pub, EC or RSA: 0, or -1 with why. */
+int proto_audit_verify(EVP_PKEY *pub, const unsigned char *tbs, size_t tbs_len,
+                       const unsigned char *sig, size_t sig_len, char *why, size_t why_len);
 
 #endif

@@ -1040,6 +1040,34 @@ static void test_threads(void **state)
     }
 }
 
+/* The audit key's certificate: signed by the root, no CA, a signing key only. */
+static void test_audit_cert(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *audit = EVP_EC_gen("P-256");
+    X509 *cert = NULL;
+
+    assert_non_null(audit);
+    assert_int_equal(
+        ca_audit_cert_create(f->root, f->root_key, audit, "mqpki test audit key", 3650, &cert),
+        MQPKI_OK);
+    assert_int_equal(X509_verify(cert, f->root_key), 1);
+    assert_int_equal(X509_verify(cert, f->issuing_key), 0);
+    assert_int_equal(X509_check_ca(cert), 0);
+    assert_int_equal(ext_critical(cert, NID_basic_constraints), 1);
+    assert_int_equal(X509_get_key_usage(cert), KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(cert), audit), 1);
+    assert_int_equal(
+        ASN1_OCTET_STRING_cmp(X509_get0_authority_key_id(cert), X509_get0_subject_key_id(f->root)),
+        0);
+    expect_cn(cert, "mqpki test audit key");
+    ERR_clear_error();
+    X509_free(cert);
+    assert_int_equal(ca_audit_cert_create(f->root, NULL, audit, "x", 1, &cert), MQPKI_ERR_INVALID);
+    assert_null(cert);
+    EVP_PKEY_free(audit);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1052,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_fingerprint),    cmocka_unit_test(test_crl),
         cmocka_unit_test(test_delta_crl),      cmocka_unit_test(test_crl_scale),
         cmocka_unit_test(test_cert_pem),       cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_audit_cert),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -11,6 +11,7 @@
 #include "inventory_int.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <cmocka.h>
 /* Under UNIT_TESTING cmocka swaps malloc/free for its own; buffers cross into module code. */
 #undef malloc
@@ -21,6 +22,10 @@
 /* MQPKI_STATIC helper from tokens.c. */
 int token_create_at(struct inventory *inv, const char *asset_id, int64_t ttl, int64_t now,
                     const char *actor, char token_out[64]);
+/* MQPKI_STATIC helper from audit.c: the hash of one event. */
+int audit_hash(const unsigned char prev[INV_HASH_LEN], int64_t seq, int64_t time, const char *actor,
+               const char *action, const char *subject, const char *detail,
+               unsigned char out[INV_HASH_LEN]);
 
 #define DAY 86400
 
@@ -1037,6 +1042,280 @@ static void test_audit_delete_newest(void **state)
     assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_ERR_TAMPERED);
 }
 
+/* Audit checkpoints: a software key stands in for the token's audit key. */
+static int sw_sign(void *ctx, const unsigned char *tbs, size_t tbs_len, unsigned char *sig,
+                   size_t *sig_len)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md != NULL && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, ctx) == 1 &&
+             EVP_DigestSign(md, sig, sig_len, tbs, tbs_len) == 1;
+
+    EVP_MD_CTX_free(md);
+    return ok ? MQPKI_OK : MQPKI_ERR_CRYPTO;
+}
+
+static int64_t checkpoint(struct fx *f, EVP_PKEY *key, int want_made)
+{
+    struct inventory_audit_checkpoint cp;
+    int made = -1;
+
+    assert_int_equal(inventory_audit_checkpoint(f->inv, "mqpki-audit", sw_sign, key, &cp, &made),
+                     MQPKI_OK);
+    assert_int_equal(made, want_made);
+    return cp.id;
+}
+
+static int verify_signed(struct fx *f, EVP_PKEY *pub, struct inventory_audit_report *rep)
+{
+    mqpki_err_clear();
+    return inventory_audit_verify_signed(f->inv, pub, NULL, NULL, 0, rep);
+}
+
+/*
+ * What an insider with write access to the database does: edit event `seq`, then recompute
+ * every later hash and the head, so that the plain chain verifies again.
+ */
+static void insider_rewrite(struct fx *f, int64_t seq, const char *actor)
+{
+    unsigned char prev[INV_HASH_LEN] = {0}, h[INV_HASH_LEN];
+    char sql[256], hex[2 * INV_HASH_LEN + 1], head[128];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL, *up = NULL;
+    int64_t last = 0;
+
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    snprintf(sql, sizeof(sql), "UPDATE audit SET actor = '%s' WHERE seq = %lld", actor,
+             (long long)seq);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT seq, time, actor, action, subject, detail "
+                                        "FROM audit ORDER BY seq",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE seq = ?1",
+                                        -1, &up, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        last = sqlite3_column_int64(st, 0);
+        assert_int_equal(audit_hash(prev, last, sqlite3_column_int64(st, 1),
+                                    (const char *)sqlite3_column_text(st, 2),
+                                    (const char *)sqlite3_column_text(st, 3),
+                                    (const char *)sqlite3_column_text(st, 4),
+                                    (const char *)sqlite3_column_text(st, 5), h),
+                         MQPKI_OK);
+        sqlite3_reset(up);
+        sqlite3_bind_int64(up, 1, last);
+        sqlite3_bind_blob(up, 2, prev, INV_HASH_LEN, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(up, 3, h, INV_HASH_LEN, SQLITE_TRANSIENT);
+        assert_int_equal(sqlite3_step(up), SQLITE_DONE);
+        memcpy(prev, h, INV_HASH_LEN);
+    }
+    sqlite3_finalize(st);
+    sqlite3_finalize(up);
+    mqpki_hex(prev, INV_HASH_LEN, hex);
+    snprintf(head, sizeof(head), "UPDATE meta SET value = '%lld %s' WHERE key = 'audit.head'",
+             (long long)last, hex);
+    assert_int_equal(sqlite3_exec(db, head, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void test_audit_checkpoints(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_audit_report rep;
+    struct inventory_audit_checkpoint cp;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+
+    assert_non_null(key);
+    /* An empty log has nothing to certify. */
+    assert_int_equal(inventory_audit_checkpoint(f->inv, "mqpki-audit", sw_sign, key, &cp, NULL),
+                     MQPKI_ERR_STATE);
+    assert_int_equal(inventory_audit_checkpoint_latest(f->inv, &cp), MQPKI_ERR_NOT_FOUND);
+    audit_events(f);
+    assert_int_equal(checkpoint(f, key, 1), 1);
+    /* Nothing happened since: the same checkpoint, nothing signed. */
+    assert_int_equal(checkpoint(f, key, 0), 1);
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    assert_int_equal(rep.events, 7);
+    assert_int_equal(rep.checkpoints, 1);
+    assert_int_equal(rep.last.id, 1);
+    assert_int_equal(rep.last.seq, 7);
+    assert_int_equal(rep.unanchored, 0);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    assert_int_equal(rep.unanchored, 1);
+    assert_int_equal(checkpoint(f, key, 1), 2);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d2", NULL), MQPKI_OK);
+    assert_int_equal(checkpoint(f, key, 1), 3);
+    reopen(f);
+    assert_int_equal(inventory_audit_checkpoint_latest(f->inv, &cp), MQPKI_OK);
+    assert_int_equal(cp.id, 3);
+    assert_int_equal(cp.seq, 9);
+    assert_string_equal(cp.key_label, "mqpki-audit");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    assert_int_equal(rep.checkpoints, 3);
+    assert_int_equal(rep.last.seq, 9);
+    /* The copy published outside the store agrees. */
+    {
+        const char *src = "crl/audit-checkpoint.json";
+        assert_int_equal(inventory_audit_verify_signed(f->inv, key, &cp, &src, 1, &rep), MQPKI_OK);
+    }
+    /* Without the audit key, checkpoints cannot be taken on trust. */
+    assert_int_equal(verify_signed(f, NULL, &rep), MQPKI_ERR_TAMPERED);
+    EVP_PKEY_free(key);
+}
+
+/* The review's case: an event rewritten and the whole chain and head recomputed. */
+static void test_audit_insider_rewrite(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_audit_report rep;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    int64_t bad = 0;
+
+    assert_non_null(key);
+    audit_events(f);
+    checkpoint(f, key, 1);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    checkpoint(f, key, 1);
+    insider_rewrite(f, 3, "mallory");
+    reopen(f);
+    /* The plain chain cannot tell. */
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, &bad), MQPKI_OK);
+    /* The signed heads can: the first checkpoint after the edit is named. */
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 1);
+    assert_int_equal(rep.bad_seq, 7);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_TAMPERED), "checkpoint 1"));
+    /* And a rewritten chain is never certified by a later checkpoint. */
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    assert_int_equal(inventory_audit_checkpoint(f->inv, "mqpki-audit", sw_sign, key, NULL, NULL),
+                     MQPKI_ERR_TAMPERED);
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM audit_checkpoints"), 2);
+    EVP_PKEY_free(key);
+}
+
+/* A rewrite after the newest checkpoint is only as good as the plain chain: said, not hidden. */
+static void test_audit_unanchored(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_audit_report rep;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+
+    assert_non_null(key);
+    audit_events(f);
+    checkpoint(f, key, 1);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d2", NULL), MQPKI_OK);
+    insider_rewrite(f, 9, "mallory");
+    reopen(f);
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    assert_int_equal(rep.last.seq, 7);
+    assert_int_equal(rep.unanchored, 2);
+    EVP_PKEY_free(key);
+}
+
+static void test_audit_checkpoint_forged(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_audit_report rep;
+    struct inventory_audit_checkpoint cp;
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    unsigned char tbs[PROTO_AUDIT_TBS_LEN];
+    char sql[4096], hex[2 * PROTO_AUDIT_SIG_MAX + 1], head[2 * INV_HASH_LEN + 1];
+
+    assert_non_null(key);
+    assert_non_null(other);
+    audit_events(f);
+    checkpoint(f, key, 1);
+    assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+    /* A checkpoint row made with another key (the insider's own), for the current head. */
+    assert_int_equal(inventory_audit_checkpoint(f->inv, "mqpki-audit", sw_sign, other, &cp, NULL),
+                     MQPKI_OK);
+    assert_int_equal(cp.id, 2);
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 2);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_TAMPERED), "forged"));
+    /* An altered head under a genuine signature. */
+    raw_sql(f, "DELETE FROM audit_checkpoints WHERE id = 2");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    raw_sql(f, "UPDATE audit_checkpoints SET time = time + 1 WHERE id = 1");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 1);
+    raw_sql(f, "UPDATE audit_checkpoints SET time = time - 1 WHERE id = 1");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    /* A checkpoint signed by the right key over other bytes than its row's. */
+    assert_int_equal(inventory_audit_checkpoint_latest(f->inv, &cp), MQPKI_OK);
+    proto_audit_tbs(3, cp.seq, cp.head, cp.time, tbs);
+    cp.sig_len = sizeof(cp.signature);
+    assert_int_equal(sw_sign(key, tbs, sizeof(tbs), cp.signature, &cp.sig_len), MQPKI_OK);
+    mqpki_hex(cp.signature, cp.sig_len, hex);
+    mqpki_hex(cp.head, INV_HASH_LEN, head);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO audit_checkpoints VALUES(2, %lld, X'%s', %lld, 'mqpki-audit', X'%s')",
+             (long long)cp.seq, head, (long long)cp.time, hex);
+    raw_sql(f, sql);
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 2);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_TAMPERED), "forged"));
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(other);
+}
+
+static void test_audit_checkpoint_removed(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_audit_report rep;
+    struct inventory_audit_checkpoint newest;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    const char *src = "crl/audit-checkpoint.json";
+
+    assert_non_null(key);
+    audit_events(f);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(inventory_audit_append(f->inv, "cli", "note", "d1", NULL), MQPKI_OK);
+        checkpoint(f, key, 1);
+    }
+    assert_int_equal(inventory_audit_checkpoint_latest(f->inv, &newest), MQPKI_OK);
+    /* A checkpoint deleted in the middle leaves a hole in the signed numbers. */
+    raw_sql(f, "CREATE TABLE saved AS SELECT * FROM audit_checkpoints");
+    raw_sql(f, "DELETE FROM audit_checkpoints WHERE id = 2");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 2);
+    raw_sql(f, "DELETE FROM audit_checkpoints WHERE id = 1");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 1);
+    raw_sql(f, "DELETE FROM audit_checkpoints; INSERT INTO audit_checkpoints SELECT * FROM saved");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    /* The newest deleted: the store alone cannot tell, the copy kept outside it can. */
+    raw_sql(f, "DELETE FROM audit_checkpoints WHERE id = 3");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_OK);
+    assert_int_equal(rep.last.id, 2);
+    assert_int_equal(rep.unanchored, 1);
+    mqpki_err_clear();
+    assert_int_equal(inventory_audit_verify_signed(f->inv, key, &newest, &src, 1, &rep),
+                     MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 3);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_TAMPERED), "missing from the store"));
+    /* A copy that does not verify is named too. */
+    newest.time++;
+    raw_sql(f, "INSERT INTO audit_checkpoints SELECT * FROM saved WHERE id = 3");
+    mqpki_err_clear();
+    assert_int_equal(inventory_audit_verify_signed(f->inv, key, &newest, &src, 1, &rep),
+                     MQPKI_ERR_TAMPERED);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_TAMPERED), src));
+    /* Events deleted with their head, under a checkpoint that certified them. */
+    raw_sql(f, "DELETE FROM audit WHERE seq = 10");
+    raw_sql(f, "UPDATE meta SET value = (SELECT seq || ' ' || lower(hex(hash)) FROM audit "
+               "WHERE seq = 9) WHERE key = 'audit.head'");
+    assert_int_equal(verify_signed(f, key, &rep), MQPKI_ERR_TAMPERED);
+    assert_int_equal(rep.bad_checkpoint, 3);
+    EVP_PKEY_free(key);
+}
+
 struct open_list {
     int n;
     int64_t numbers[8];
@@ -1202,6 +1481,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_audit_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_middle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_delete_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_checkpoints, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_insider_rewrite, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_unanchored, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_checkpoint_forged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_audit_checkpoint_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crl_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_1_to_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),

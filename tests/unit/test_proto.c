@@ -186,12 +186,48 @@ static void test_time(void **state)
     ASN1_TIME_free(t);
 }
 
+/* The signed checkpoint bytes are a fixed layout anyone can rebuild (docs/security.md). */
+static void test_audit_tbs(void **state)
+{
+    static const unsigned char want_prefix[] = "mqpki-audit-checkpoint/v1";
+    unsigned char head[PROTO_AUDIT_HASH_LEN], tbs[PROTO_AUDIT_TBS_LEN], sig[256];
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t sig_len = sizeof(sig);
+    char why[128];
+
+    (void)state;
+    assert_non_null(key);
+    assert_non_null(other);
+    memset(head, 0xAB, sizeof(head));
+    proto_audit_tbs(0x0102030405060708, 42, head, -1, tbs);
+    assert_memory_equal(tbs, want_prefix, sizeof(want_prefix)); /* with its NUL */
+    assert_int_equal(tbs[26], 0x01);
+    assert_int_equal(tbs[33], 0x08);
+    assert_int_equal(tbs[41], 42);
+    assert_memory_equal(tbs + 42, head, sizeof(head));
+    assert_int_equal(tbs[74], 0xFF); /* time -1, two's complement */
+    assert_int_equal(tbs[81], 0xFF);
+    assert_non_null(md);
+    assert_int_equal(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key), 1);
+    assert_int_equal(EVP_DigestSign(md, sig, &sig_len, tbs, sizeof(tbs)), 1);
+    assert_int_equal(proto_audit_verify(key, tbs, sizeof(tbs), sig, sig_len, why, sizeof(why)), 0);
+    assert_int_equal(proto_audit_verify(other, tbs, sizeof(tbs), sig, sig_len, why, sizeof(why)),
+                     -1);
+    tbs[50] ^= 1;
+    assert_int_equal(proto_audit_verify(key, tbs, sizeof(tbs), sig, sig_len, why, sizeof(why)), -1);
+    assert_int_equal(proto_audit_verify(key, tbs, sizeof(tbs), sig, 0, why, sizeof(why)), -1);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_asset_ids), cmocka_unit_test(test_cert_asset_id),
         cmocka_unit_test(test_topics),    cmocka_unit_test(test_serials),
-        cmocka_unit_test(test_time),
+        cmocka_unit_test(test_time),      cmocka_unit_test(test_audit_tbs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
