@@ -318,6 +318,10 @@ int lifecycle_decommission(struct lifecycle *lc, const char *asset, const char *
     if ((rc = revoke_asset_tx(lc, asset, CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, actor,
                               out)) != MQPKI_OK)
         goto out;
+    /* Its tokens not used yet end too: enrollment refuses a decommissioned asset anyway, but
+     * `token list` must not show a live token for it. */
+    if ((rc = inventory_token_revoke(lc->inv, 0, asset, actor, NULL)) != MQPKI_OK)
+        goto out;
     note_asset(lc, asset, out);
     if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
         goto out;

@@ -74,11 +74,11 @@ assert "the superseded c1 renews again while c2 is unused (a lost answer)" \
 assert "c1 renews no more: its successor c2 renewed itself" test "$(reenroll c1 x)" = 401
 assert "c2, superseded by the unused c3, may retry" test "$(reenroll c2 c4)" = 200
 sqlite3 "$H/mqpki.db" "UPDATE certs SET seen_at = strftime('%s','now') \
-  WHERE serial = '$(serial c4)'"
+  WHERE serial = '$(serial c4)'" || echo "# could not mark c4 as seen"
 assert "c3 no more once its successor c4 connected to a broker" test "$(reenroll c3 x)" = 401
 assert "the newest, c4, renews" test "$(reenroll c4 c5)" = 200
 sqlite3 "$H/mqpki.db" "UPDATE certs SET superseded_at = superseded_at - 90000 \
-  WHERE serial = '$(serial c4)'"
+  WHERE serial = '$(serial c4)'" || echo "# could not age c4's supersession"
 assert "c4 no more after the grace window (24 h)" test "$(reenroll c4 x)" = 401
 assert "mqpkid says why" grep -q "beyond the grace" "$MQPKID_LOG"
 
@@ -114,7 +114,9 @@ check "restart mqpkid" start_mqpkid
 f=$(storm b)
 assert "8 x 20 operations through mqpkid: $f failed" test "$f" -eq 0
 [ "$f" -eq 0 ] || cat "$T"/hb?.err | sort | uniq -c | head -5
-assert "every revocation is in the store (no silent loss)" test "$(mqpki crl --json |
-  jq '.open | length')" -eq 0
+# Every hammer ends with a revocation (n = 19) and a full CRL: nothing of theirs is left valid.
+assert "every revocation applied (no silent loss)" test "$(mqpki cert list --state valid --json |
+  jq '[.[] | select(.asset | startswith("h"))] | length')" -eq 0
+assert "and published" test "$(mqpki crl --json | jq '.open | length')" -eq 0
 check "audit chain intact" mqpki audit verify
 finish

@@ -492,11 +492,18 @@ static void test_decommission(void **state)
 {
     struct fx *f = *state;
     struct lifecycle_change ch;
+    struct inventory_token t;
+    char tok[64];
 
     asset_with_cert(f, "d", "51");
     asset_with_cert(f, "d", "52");
+    assert_int_equal(inventory_token_create(f->inv, "d", 3600, "test", tok), MQPKI_OK);
     assert_int_equal(lifecycle_decommission(f->lc, "d", "test", &ch), MQPKI_OK);
     assert_int_equal(ch.changed, 2);
+    /* Its live token ended with it. */
+    assert_int_equal(inventory_token_get(f->inv, 1, &t), MQPKI_OK);
+    assert_string_equal(t.asset_id, "d");
+    assert_int_equal(t.state, INV_TOKEN_REVOKED);
     assert_true(ch.crl_number > 0);
     assert_int_equal(ch.asset_state, INV_STATE_DECOMMISSIONED);
     /* Again: already there, nothing changes. */
