@@ -298,29 +298,13 @@ out:
     return rc;
 }
 
-static int nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Exactly 2 * len hex digits into out; 1 on success. */
 static int unhex(const char *hex, unsigned char *out, size_t len)
 {
-    if (hex == NULL || strlen(hex) != 2 * len)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return 0;
-        out[i] = (unsigned char)(hi << 4 | lo);
-    }
-    return 1;
+    size_t got = 0;
+
+    return hex != NULL && strlen(hex) == 2 * len &&
+           OPENSSL_hexstr2buf_ex(out, len, &got, hex, '\0') == 1 && got == len;
 }
 
 int datadir_audit_parse(const unsigned char *text, size_t len,
