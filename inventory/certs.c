@@ -430,7 +430,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     sqlite3_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
     int64_t seq = 0;
-    int rc, started = 0;
+    int rc, started = 0, upgrade = 0;
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "revoke: no store");
@@ -455,11 +455,19 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     rc = inventory_cert_get(inv, norm, 0, &c);
     if (rc != MQPKI_OK)
         goto out;
-    if (c.state == INV_CERT_REVOKED && (c.reason != REASON_HOLD || reason == REASON_HOLD)) {
+    /* A final revocation learns of a key compromise after the fact (RFC 5280 5.3.1 lets the
+     * reason change): the entry keeps its date and moves up the revocation sequence, so delta
+     * CRLs carry the new reason, and the key is refused from then on (SQL_CERT_KEY_USE). */
+    upgrade = c.state == INV_CERT_REVOKED && c.reason != REASON_HOLD &&
+              c.reason != REASON_KEY_COMPROMISE && reason == REASON_KEY_COMPROMISE;
+    if (c.state == INV_CERT_REVOKED && (c.reason != REASON_HOLD || reason == REASON_HOLD) &&
+        !upgrade) {
         rc = mqpki_fail(MQPKI_ERR_STATE, "certificate %s is already %s", norm,
                         c.reason == REASON_HOLD ? "on hold" : "revoked");
         goto out;
     }
+    if (upgrade)
+        when = c.revoked_at;
     /* A hold turned final gets the new date and a new place in the revocation sequence, so
      * delta CRLs since the hold carry it. */
     if ((rc = inv_rev_next(inv, &seq)) != MQPKI_OK)
@@ -475,10 +483,11 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     if (rc != MQPKI_OK)
         goto out;
     rc = inv_audit(inv, actor, "cert.revoke", norm,
-                   json_pack("{s:s,s:i,s:I,s:b,s:I}", "asset", c.asset_id, "reason", reason,
+                   json_pack("{s:s,s:i,s:I,s:b,s:I,s:o}", "asset", c.asset_id, "reason", reason,
                              "revoked_at", (json_int_t)when, "was_held",
-                             c.state == INV_CERT_REVOKED, "rev_seq", (json_int_t)seq));
-    if (rc != MQPKI_OK)
+                             c.state == INV_CERT_REVOKED && !upgrade, "rev_seq", (json_int_t)seq,
+                             "was_reason", upgrade ? json_integer(c.reason) : json_null()));
+    if (rc != MQPKI_OK || upgrade)
         goto out;
     snprintf(why, sizeof(why), "%s %s", reason == REASON_HOLD ? "hold" : "revocation", norm);
     rc =

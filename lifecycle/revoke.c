@@ -57,7 +57,10 @@ static int already_there(const struct inventory_cert *c, int reason)
 {
     if (c->state != INV_CERT_REVOKED)
         return 0;
-    /* A hold may still be made final; a final revocation or a second hold changes nothing. */
+    /* A hold may still be made final, and a final revocation learn that the key was
+     * compromised (inventory_cert_revoke); anything else changes nothing. */
+    if (reason == CA_REASON_KEY_COMPROMISE && c->reason != CA_REASON_KEY_COMPROMISE)
+        return 0;
     return c->reason != CA_REASON_HOLD || reason == CA_REASON_HOLD;
 }
 

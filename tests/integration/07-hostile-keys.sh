@@ -51,6 +51,17 @@ openssl crl -inform DER -in "$H/crl/issuing-delta.crl" -noout -text >"$T/delta.t
 assert "the delta CRL lists both" bash -c "grep -q '$s1' '$T/delta.txt' && grep -q '$s2' \
   '$T/delta.txt'"
 expect_fail 1 "and the key is never certified again" mqpki issue --asset kc --csr "$T/kc.csr"
+# A compromise found out after an ordinary revocation: the reason changes, the key is refused.
+mqpki asset add kl --kind device >/dev/null
+make_csr kl
+check "kl: a certificate" mqpki issue --asset kl --csr "$T/kl.csr" --out "$T/kl1.pem"
+s3=$(openssl x509 -in "$T/kl1.pem" -noout -serial | cut -d= -f2)
+check "revoked as superseded" mqpki revoke --serial "$s3" --reason superseded
+check "then for key compromise" mqpki revoke --serial "$s3" --reason key-compromise
+openssl crl -inform DER -in "$H/crl/issuing-delta.crl" -noout -text >"$T/delta.txt"
+assert "the delta CRL says key compromise" bash -c "grep -A4 '$s3' '$T/delta.txt' |
+  grep -q 'Key Compromise'"
+expect_fail 1 "the key is refused on its own asset" mqpki issue --asset kl --csr "$T/kl.csr"
 
 # 3. Re-enrollment: the newest certificate renews; the one before it only in its grace window
 # and while the newer one is unused.

@@ -486,6 +486,29 @@ static void test_key_compromise_takes_the_key(void **state)
     assert_int_equal(lifecycle_revoke(f->lc, "85", CA_REASON_KEY_COMPROMISE, "test", &ch),
                      MQPKI_OK);
     assert_int_equal(ch.key_mates, 1);
+    /* A final revocation for another reason learns of the compromise: the reason becomes
+     * keyCompromise (same date, a new place in the sequence for the delta CRL), and the key
+     * is refused from then on, on its own asset too. */
+    asset_with_cert(f, "k4", "87");
+    assert_int_equal(lifecycle_revoke(f->lc, "87", CA_REASON_SUPERSEDED, "test", &ch), MQPKI_OK);
+    {
+        struct inventory_cert before, again;
+        int64_t seq = ch.rev_seq;
+
+        assert_int_equal(inventory_cert_get(f->inv, "87", 0, &before), MQPKI_OK);
+        assert_int_equal(lifecycle_revoke(f->lc, "87", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                         MQPKI_OK);
+        assert_int_equal(ch.changed, 1);
+        assert_true(ch.crl_number > 0);
+        assert_true(ch.rev_seq > seq);
+        assert_int_equal(inventory_cert_get(f->inv, "87", 0, &c), MQPKI_OK);
+        assert_int_equal(c.reason, CA_REASON_KEY_COMPROMISE);
+        assert_int_equal(c.revoked_at, before.revoked_at);
+        again = before;
+        snprintf(again.serial, sizeof(again.serial), "88");
+        again.pem = "-";
+        assert_int_equal(inventory_cert_add(f->inv, &again, 0, "test"), MQPKI_ERR_POLICY);
+    }
 }
 
 static void test_decommission(void **state)
