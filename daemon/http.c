@@ -35,6 +35,9 @@
 #define HEADER_DEADLINE         10 /* seconds for a whole request line and headers */
 #define BODY_DEADLINE           30 /* seconds for a body, and for sending a response */
 #define LINGER_SECONDS          3  /* an early refusal's socket drains the unread body this long */
+#define DRAIN_MAX               64 /* lingering sockets at once; beyond, a refused one closes */
+#define DRAIN_READS             4  /* reads of 16 KiB per lingering socket and reap (1 s) */
+#define REFUSAL_LOGS            10 /* framing refusals logged per second; the rest counted */
 
 /*
  * One per TCP connection (MHD's socket context): the client certificate verified on it, and the
@@ -71,7 +74,11 @@ struct http {
     unsigned port;
     pthread_mutex_t conns_lock;
     struct conn *conns;
-    struct drain *draining; /* under conns_lock */
+    struct drain *draining; /* under conns_lock, and n_draining with it */
+    int n_draining;
+    int64_t log_second; /* refusal log lines: this second's count, and those left out */
+    int log_count;
+    long log_dropped;
 };
 
 /* Per-request state across the access handler's calls. */
@@ -367,6 +374,31 @@ static int framing_refusal(struct MHD_Connection *c, const char **why)
     return 0;
 }
 
+/* A flood of malformed requests must not flood the log: REFUSAL_LOGS a second, then a count of
+ * those left out. 1 when this one is to be logged. */
+static int refusal_log_ok(struct http *h)
+{
+    int64_t now = mqpki_now();
+    long dropped = 0;
+    int ok;
+
+    pthread_mutex_lock(&h->conns_lock);
+    if (now != h->log_second) {
+        dropped = h->log_dropped;
+        h->log_second = now;
+        h->log_count = 0;
+        h->log_dropped = 0;
+    }
+    ok = h->log_count++ < REFUSAL_LOGS;
+    if (!ok)
+        h->log_dropped++;
+    pthread_mutex_unlock(&h->conns_lock);
+    if (dropped > 0)
+        mqpki_log(MQPKI_LOG_INFO, "http: %ld more refusals in the last second not logged",
+                  dropped);
+    return ok;
+}
+
 /* A refusal sent before the body is read: the connection closes after it, since the unread
  * body would otherwise be taken for the next request, and lingers (struct drain). */
 static enum MHD_Result send_refusal(struct http *h, struct MHD_Connection *c, int status,
@@ -414,8 +446,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if ((status = framing_refusal(c, &why)) != 0) {
             char addr[INET6_ADDRSTRLEN];
             client_address(c, addr);
-            mqpki_log(MQPKI_LOG_INFO, "http: %s %s from %s refused (%d): %s", method, url, addr,
-                      status, why);
+            if (refusal_log_ok(h))
+                mqpki_log(MQPKI_LOG_INFO, "http: %s %s from %s refused (%d): %s", method, url,
+                          addr, status, why);
             metrics_request();
             if (est_handles(url) && strstr(url, "enroll") != NULL)
                 metrics_enrollment(status == MHD_HTTP_BAD_REQUEST ? "bad_request" : "too_large", 0);
@@ -501,9 +534,17 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             }
         }
         pthread_mutex_lock(&h->conns_lock);
+        /* Bounded: a flood of refused requests costs at most DRAIN_MAX descriptors; past
+         * that the socket closes at once (the client may see a reset instead of the answer). */
+        if (l != NULL && h->n_draining >= DRAIN_MAX) {
+            close(l->fd);
+            free(l);
+            l = NULL;
+        }
         if (l != NULL) {
             l->next = h->draining;
             h->draining = l;
+            h->n_draining++;
         }
         if (cn->prev != NULL)
             cn->prev->next = cn->next;
@@ -535,11 +576,14 @@ static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds)
 static int drain_step(struct drain *l, int64_t now)
 {
     char buf[16384];
-    ssize_t n;
+    ssize_t n = -1;
 
-    while ((n = read(l->fd, buf, sizeof(buf))) > 0)
+    /* A few reads a tick: a client sending without pause cannot keep the main loop here. */
+    errno = EAGAIN;
+    for (int i = 0; i < DRAIN_READS && (n = read(l->fd, buf, sizeof(buf))) > 0; i++)
         ;
-    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) || now > l->until) {
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ||
+        now > l->until) {
         close(l->fd);
         return 1;
     }
@@ -550,18 +594,36 @@ void http_reap(struct http *h)
 {
     int64_t now = mqpki_now();
 
+    struct drain *list, *keep = NULL;
+    int closed = 0;
+
     if (h == NULL)
         return;
+    /* The reads happen outside the lock, which MHD's threads take for every connection:
+     * only this thread takes lingering sockets off the list. */
     pthread_mutex_lock(&h->conns_lock);
-    for (struct drain **p = &h->draining; *p != NULL;) {
-        struct drain *l = *p;
+    list = h->draining;
+    h->draining = NULL;
+    pthread_mutex_unlock(&h->conns_lock);
+    while (list != NULL) {
+        struct drain *l = list;
+        list = l->next;
         if (drain_step(l, now)) {
-            *p = l->next;
             free(l);
+            closed++;
         } else {
-            p = &l->next;
+            l->next = keep;
+            keep = l;
         }
     }
+    pthread_mutex_lock(&h->conns_lock);
+    while (keep != NULL) {
+        struct drain *l = keep;
+        keep = l->next;
+        l->next = h->draining;
+        h->draining = l;
+    }
+    h->n_draining -= closed;
     for (struct conn *cn = h->conns; cn != NULL; cn = cn->next) {
         if (cn->deadline == 0 || now <= cn->deadline || cn->fd < 0)
             continue;

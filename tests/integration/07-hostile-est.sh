@@ -205,8 +205,39 @@ for i in $(seq 1 10); do
 done
 assert "a 400 KB body sent in full: 413 each time, never a reset ($codes)" \
   test "$codes" = "$(printf '413 %.0s' $(seq 1 10))"
+# A flood of refused requests whose clients keep their sockets open: the lingering sockets are
+# bounded (64), so mqpkid's descriptors stay bounded too.
+cat >"$T/flood.py" <<'PY'
+import os, socket, ssl, sys, threading
+port, cafile, pid, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.create_default_context(cafile=cafile)
+held, refused, lock = [], [0], threading.Lock()
+def client(k):
+    for i in range(k):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port),
+                            source_address=("127.0.0.17", 0)), server_hostname="localhost")
+        s.sendall(b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Content-Length: 999999999\r\n\r\n" + b"x" * 1000)
+        s.settimeout(5)
+        ok = s.recv(4096).startswith(b"HTTP/1.1 413")
+        with lock:
+            refused[0] += ok
+            held.append(s)
+threads = [threading.Thread(target=client, args=(n // 8,)) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(refused[0], len(os.listdir("/proc/%s/fd" % pid)))
+PY
+before=$(ls "/proc/$MQPKID_PID/fd" | wc -l)
+read -r refused fds < <(python3 "$T/flood.py" "$MQPKID_PORT" "$T/chain.pem" "$MQPKID_PID" 200)
+assert "200 refused requests held open: all 413 ($refused)" test "$refused" -eq 200
+assert "mqpkid's descriptors stay bounded ($before before, $fds during)" \
+  test "$fds" -le $((before + 64 + 8))
 assert "mqpkid still serves" test "$(curl -sS --cacert "$T/chain.pem" -o /dev/null \
   -w '%{http_code}' "$MQPKID_URL/.well-known/est/cacerts")" = 200
+assert "at most 10 refusals logged a second, the rest counted" bash -c "grep 'refused (413)' \
+  '$MQPKID_LOG' | awk '{ n[\$1]++ } END { for (t in n) if (n[t] > 10) exit 1 }' &&
+  grep -q 'refusals in the last second not logged' '$MQPKID_LOG'"
 
 # --- 9: a lost answer: the same token and CSR again ------------------------------------------
 E=127.0.0.16
