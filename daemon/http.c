@@ -394,8 +394,7 @@ static int refusal_log_ok(struct http *h)
         h->log_dropped++;
     pthread_mutex_unlock(&h->conns_lock);
     if (dropped > 0)
-        mqpki_log(MQPKI_LOG_INFO, "http: %ld more refusals in the last second not logged",
-                  dropped);
+        mqpki_log(MQPKI_LOG_INFO, "http: %ld more refusals in the last second not logged", dropped);
     return ok;
 }
 
@@ -447,8 +446,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             char addr[INET6_ADDRSTRLEN];
             client_address(c, addr);
             if (refusal_log_ok(h))
-                mqpki_log(MQPKI_LOG_INFO, "http: %s %s from %s refused (%d): %s", method, url,
-                          addr, status, why);
+                mqpki_log(MQPKI_LOG_INFO, "http: %s %s from %s refused (%d): %s", method, url, addr,
+                          status, why);
             metrics_request();
             if (est_handles(url) && strstr(url, "enroll") != NULL)
                 metrics_enrollment(status == MHD_HTTP_BAD_REQUEST ? "bad_request" : "too_large", 0);

@@ -285,6 +285,9 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
             goto out;
         if ((rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
             goto out;
+        /* Once per store: fingerprints of an older rule brought to the canonical one. */
+        if ((rc = lifecycle_keys_canonical(dd->inv, NULL)) != MQPKI_OK)
+            goto out;
         lifecycle_config_from(&dd->cfg, &lcfg);
         if ((rc = lifecycle_new(dd->inv, &lcfg, &dd->lc)) != MQPKI_OK)
             goto out;

@@ -655,3 +655,31 @@ out:
     inv_stmt_done(st);
     return rc;
 }
+
+int inventory_cert_set_key_fp(struct inventory *inv, const char *serial, const char *key_fp,
+                              const char *actor)
+{
+    char norm[PROTO_SERIAL_HEX_MAX + 1];
+    struct inv_tx tx = {0};
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (inv == NULL || key_fp == NULL || strlen(key_fp) != PROTO_FP_HEX_LEN)
+        return mqpki_fail(MQPKI_ERR_INVALID, "certificate key fingerprint: arguments missing");
+    if ((rc = serial_norm(serial, norm)) != MQPKI_OK ||
+        (rc = inv_check_text(actor, INV_TEXT_MAX, "actor")) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_stmt(inv, SQL_CERT_KEY_FP, &st)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, key_fp)) != MQPKI_OK)
+        goto out;
+    rc = step_done(inv, st, "certificate key fingerprint");
+    st = NULL;
+    if (rc == MQPKI_OK)
+        rc = inv_audit(inv, actor, "cert.key_fp", norm, json_pack("{s:s}", "key_fp", key_fp));
+out:
+    inv_stmt_done(st);
+    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+}

@@ -170,6 +170,11 @@ int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, 
                         inventory_cert_cb cb, void *ctx);
 
 /* Every certificate of one public key (SHA-256 fingerprint, hex), on any asset, in issue order. */
+/* Replaces a certificate's key fingerprint (audited "cert.key_fp"): for the one-time step that
+ * brings fingerprints taken by an older rule to the current one (lifecycle_keys_canonical). */
+int inventory_cert_set_key_fp(struct inventory *inv, const char *serial, const char *key_fp,
+                              const char *actor);
+
 int inventory_cert_list_by_key(struct inventory *inv, const char *key_fp, inventory_cert_cb cb,
                                void *ctx);
 

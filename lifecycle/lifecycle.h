@@ -107,6 +107,13 @@ int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token
 int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset,
                               int64_t grace);
 
+/*
+ * Brings every stored key fingerprint to the canonical rule (ca_pubkey_fingerprint), once per
+ * store, in one transaction (lifecycle/keys.c); *changed (may be NULL): how many changed.
+ * Opening a data directory calls it.
+ */
+int lifecycle_keys_canonical(struct inventory *inv, int *changed);
+
 struct lifecycle;
 
 struct lifecycle_config {

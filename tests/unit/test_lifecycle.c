@@ -19,7 +19,10 @@
 #undef realloc
 #undef free
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <sqlite3.h>
 
@@ -511,6 +514,82 @@ static void test_key_compromise_takes_the_key(void **state)
     }
 }
 
+/* A store from before the canonical rule: a certificate of an EC key with explicit parameters,
+ * fingerprinted as encoded and revoked for key compromise. Once brought to the rule, the same
+ * key sent the usual way (named curve) is refused for any asset. */
+static void test_keys_canonical(void **state)
+{
+    struct fx *f = *state;
+    unsigned char md[32], *der = NULL;
+    char legacy[PROTO_FP_HEX_LEN + 1], canon[PROTO_FP_HEX_LEN + 1];
+    struct inventory_cert c;
+    struct lifecycle_change ch;
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), *named;
+    X509 *x = X509_new();
+    BIO *b = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long pem_len;
+    int changed = -1, len;
+
+    assert_non_null(key);
+    assert_non_null(x);
+    named = EVP_PKEY_dup(key);
+    assert_int_equal(EVP_PKEY_set_utf8_string_param(key, OSSL_PKEY_PARAM_EC_ENCODING,
+                                                    OSSL_PKEY_EC_ENCODING_EXPLICIT),
+                     1);
+    assert_true(X509_set_version(x, 2) == 1 && ASN1_INTEGER_set(X509_get_serialNumber(x), 0x91));
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    assert_int_equal(X509_set_pubkey(x, key), 1);
+    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+    assert_int_equal(PEM_write_bio_X509(b, x), 1);
+    pem_len = BIO_get_mem_data(b, &pem);
+    /* The legacy fingerprint: SHA-256 of the SubjectPublicKeyInfo as it is encoded. */
+    assert_true((len = i2d_PUBKEY(X509_get0_pubkey(x), &der)) > 0);
+    SHA256(der, (size_t)len, md);
+    OPENSSL_free(der);
+    mqpki_hex(md, sizeof(md), legacy);
+    assert_int_equal(ca_pubkey_fingerprint(named, canon), MQPKI_OK);
+    assert_string_not_equal(legacy, canon);
+
+    asset_with_cert(f, "old", "90");
+    memset(&c, 0, sizeof(c));
+    snprintf(c.serial, sizeof(c.serial), "91");
+    snprintf(c.asset_id, sizeof(c.asset_id), "old");
+    snprintf(c.profile, sizeof(c.profile), "device");
+    snprintf(c.key_fp, sizeof(c.key_fp), "%s", legacy);
+    c.not_before = mqpki_now() - 60;
+    c.not_after = mqpki_now() + 86400;
+    c.pem = strndup(pem, (size_t)pem_len);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+    assert_int_equal(lifecycle_revoke(f->lc, "91", CA_REASON_KEY_COMPROMISE, "test", &ch),
+                     MQPKI_OK);
+    /* Before: the same key, named, passes for another asset. The check runs in a transaction
+     * rolled back here, so nothing is recorded. */
+    free(c.pem);
+    c.pem = "-";
+    snprintf(c.serial, sizeof(c.serial), "92");
+    snprintf(c.asset_id, sizeof(c.asset_id), "new");
+    snprintf(c.key_fp, sizeof(c.key_fp), "%s", canon);
+    asset_with_cert(f, "new", "93");
+    assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+    inventory_rollback(f->inv);
+
+    assert_int_equal(lifecycle_keys_canonical(f->inv, &changed), MQPKI_OK);
+    assert_int_equal(changed, 1);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_ERR_POLICY);
+    /* Once only. */
+    assert_int_equal(lifecycle_keys_canonical(f->inv, &changed), MQPKI_OK);
+    assert_int_equal(changed, 0);
+    assert_int_equal(inventory_cert_get(f->inv, "91", 0, &c), MQPKI_OK);
+    assert_string_equal(c.key_fp, canon);
+    BIO_free(b);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(named);
+}
+
 static void test_decommission(void **state)
 {
     struct fx *f = *state;
@@ -812,6 +891,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_signed_left_by_a_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_change_goes_first_as_delta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_compromise_takes_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keys_canonical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
