@@ -154,9 +154,10 @@ static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
 }
 
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
-                       const char *actor)
+                       const char *renews, const char *actor)
 {
     char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
+    char renews_norm[PROTO_SERIAL_HEX_MAX + 1] = "";
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
@@ -168,6 +169,8 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
         rc = serial_norm(c->serial, serial);
     if (rc == MQPKI_OK)
         rc = key_fp_norm(c->key_fp, key_fp);
+    if (rc == MQPKI_OK && renews != NULL)
+        rc = serial_norm(renews, renews_norm);
     if (rc == MQPKI_OK)
         rc = inv_check_text(actor, INV_TEXT_MAX, "actor");
     if (rc == MQPKI_OK && !profile_valid(c->profile))
@@ -205,11 +208,13 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     if (rc != MQPKI_OK)
         goto out;
     if (supersede) {
-        /* Which certificate replaced which, and when: re-enrollment with the older one is
-         * allowed only for a grace window while the newer one is unused. */
+        /* Which certificate replaced which, and when: re-enrollment with the one that asked
+         * for the new one is allowed only for a grace window while the newer one is unused;
+         * the asset's other valid certificates are superseded without one. */
         rc = inv_stmt(inv, SQL_CERT_SUPERSEDE, &st);
         if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, c->asset_id)) != MQPKI_OK ||
-            (rc = inv_bind_text(inv, st, 3, serial)) != MQPKI_OK)
+            (rc = inv_bind_text(inv, st, 3, serial)) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 4, renews_norm)) != MQPKI_OK)
             goto out;
         sqlite3_bind_int64(st, 2, mqpki_now());
         rc = step_done(inv, st, "supersede");

@@ -154,11 +154,13 @@ int inventory_asset_history(struct inventory *inv, const char *id, inventory_eve
 /*
  * Records an issued certificate (serial unique: MQPKI_ERR_EXISTS on collision) with its audit
  * event; the asset goes from registered to enrolled. When supersede is set, the asset's other
- * valid certificates become superseded. Refuses (MQPKI_ERR_POLICY) a key fingerprint already
- * certified for another asset.
+ * valid certificates become superseded; renews (a re-enrollment: the certificate that
+ * authenticated it, or NULL) is the one of them that keeps a grace window to renew again
+ * (superseded_by set, lifecycle_check_auth_cert), the others get none. Refuses
+ * (MQPKI_ERR_POLICY) a key fingerprint already certified for another asset.
  */
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
-                       const char *actor);
+                       const char *renews, const char *actor);
 
 /* One certificate by serial (hex, any case); with_pem fills c->pem. */
 int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,

@@ -55,8 +55,8 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CERT_KEY_USE, "SELECT asset_id, reason FROM certs WHERE key_fp = ?1 "                    \
                         "AND (asset_id <> ?2 OR reason = 1) ORDER BY reason = 1 DESC LIMIT 1")     \
     X(SQL_CERT_SUPERSEDE,                                                                          \
-      "UPDATE certs SET state = 'superseded', superseded_at = ?2, superseded_by = ?3 "             \
-      "WHERE asset_id = ?1 AND state = 'valid'")                                                   \
+      "UPDATE certs SET state = 'superseded', superseded_at = ?2, "                                \
+      "superseded_by = CASE WHEN serial = ?4 THEN ?3 END WHERE asset_id = ?1 AND state = 'valid'") \
     X(SQL_CERT_BY_KEY, "SELECT " INV_CERT_COLS " FROM certs INDEXED BY certs_key "                 \
                        "WHERE key_fp = ?1 ORDER BY issued_seq")                                    \
     X(SQL_CERT_KEY_FP, "UPDATE certs SET key_fp = ?2 WHERE serial = ?1")                          \

@@ -150,7 +150,7 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
         (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id,
                                         auth->reenroll_grace)) != MQPKI_OK)
         return rc;
-    return inventory_cert_add(inv, rec, auth->supersede, auth->actor);
+    return inventory_cert_add(inv, rec, auth->supersede, auth->auth_serial, auth->actor);
 }
 
 /* The CSR: parsed with strict limits (ca/), proof of possession and key policy. With a token

@@ -80,14 +80,16 @@ reenroll() { # CERT NAME: re-enroll with CERT (and r1's key); the answer in $T/N
 }
 serial() { openssl x509 -in "$T/$1.pem" -noout -serial | cut -d= -f2; }
 assert "the newest certificate renews (c1 -> c2)" test "$(reenroll c1 c2)" = 200
-assert "the superseded c1 renews again while c2 is unused (a lost answer)" \
+assert "the superseded c1 renews again while c2 is unused (a lost answer: c1 -> c3)" \
   test "$(reenroll c1 c3)" = 200
-assert "c1 renews no more: its successor c2 renewed itself" test "$(reenroll c1 x)" = 401
-assert "c2, superseded by the unused c3, may retry" test "$(reenroll c2 c4)" = 200
+assert "c1 renews no more: its successor c2 is no longer the newest" test "$(reenroll c1 x)" = 401
+assert "c2, superseded by c3 without asking for it, gets no grace window" \
+  test "$(reenroll c2 x)" = 401
+assert "the newest, c3, renews (c3 -> c4)" test "$(reenroll c3 c4)" = 200
 sqlite3 "$H/mqpki.db" "UPDATE certs SET seen_at = strftime('%s','now') \
   WHERE serial = '$(serial c4)'" || echo "# could not mark c4 as seen"
 assert "c3 no more once its successor c4 connected to a broker" test "$(reenroll c3 x)" = 401
-assert "the newest, c4, renews" test "$(reenroll c4 c5)" = 200
+assert "the newest, c4, renews (c4 -> c5)" test "$(reenroll c4 c5)" = 200
 sqlite3 "$H/mqpki.db" "UPDATE certs SET superseded_at = superseded_at - 90000 \
   WHERE serial = '$(serial c4)'" || echo "# could not age c4's supersession"
 assert "c4 no more after the grace window (24 h)" test "$(reenroll c4 x)" = 401

@@ -123,7 +123,7 @@ static int cert_add(struct inventory *inv, const char *serial, const char *asset
     struct inventory_cert c;
 
     make_cert(&c, serial, asset, fp, 0);
-    return inventory_cert_add(inv, &c, supersede, "test");
+    return inventory_cert_add(inv, &c, supersede, NULL, "test");
 }
 
 static int cert_state(struct inventory *inv, const char *serial)
@@ -607,7 +607,7 @@ static void test_cert_policy(void **state)
     /* Expired is derived at read time, also for listing. */
     make_cert(&c, "07", "a2", '7', mqpki_now() - 10);
     c.not_before = mqpki_now() - 100;
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "t"), MQPKI_OK);
     assert_int_equal(cert_state(f->inv, "07"), INV_CERT_EXPIRED);
     assert_int_equal(count_certs(f->inv, NULL, INV_CERT_EXPIRED), 1);
     assert_int_equal(count_certs(f->inv, "a2", INV_CERT_VALID), 0);
@@ -665,7 +665,7 @@ static void test_revoked_list(void **state)
     assert_int_equal(cert_add(f->inv, "12", "a", '2', 0), MQPKI_OK);
     assert_int_equal(cert_add(f->inv, "13", "a", '3', 0), MQPKI_OK);
     make_cert(&c, "14", "a", '4', now + 100);
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "t"), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "t"), MQPKI_OK);
     assert_int_equal(cert_add(f->inv, "15", "a", '5', 0), MQPKI_OK);
     assert_int_equal(inventory_cert_revoke(f->inv, "12", 4, now - 300, "t"), MQPKI_OK);
     assert_int_equal(inventory_cert_revoke(f->inv, "11", 1, now - 200, "t"), MQPKI_OK);

@@ -154,7 +154,7 @@ static void asset_with_cert(struct fx *f, const char *asset, const char *serial)
     c.not_before = mqpki_now() - 60;
     c.not_after = mqpki_now() + 86400;
     c.pem = "-";
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "test"), MQPKI_OK);
 }
 
 /* The newest exported CRL of kind, parsed. */
@@ -510,7 +510,7 @@ static void test_key_compromise_takes_the_key(void **state)
         again = before;
         snprintf(again.serial, sizeof(again.serial), "88");
         again.pem = "-";
-        assert_int_equal(inventory_cert_add(f->inv, &again, 0, "test"), MQPKI_ERR_POLICY);
+        assert_int_equal(inventory_cert_add(f->inv, &again, 0, NULL, "test"), MQPKI_ERR_POLICY);
     }
 }
 
@@ -561,7 +561,7 @@ static void test_keys_canonical(void **state)
     c.not_before = mqpki_now() - 60;
     c.not_after = mqpki_now() + 86400;
     c.pem = strndup(pem, (size_t)pem_len);
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "test"), MQPKI_OK);
     assert_int_equal(lifecycle_revoke(f->lc, "91", CA_REASON_KEY_COMPROMISE, "test", &ch),
                      MQPKI_OK);
     /* Before: the same key, named, passes for another asset. The check runs in a transaction
@@ -573,12 +573,12 @@ static void test_keys_canonical(void **state)
     snprintf(c.key_fp, sizeof(c.key_fp), "%s", canon);
     asset_with_cert(f, "new", "93");
     assert_int_equal(inventory_begin(f->inv), MQPKI_OK);
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_OK);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "test"), MQPKI_OK);
     inventory_rollback(f->inv);
 
     assert_int_equal(lifecycle_keys_canonical(f->inv, &changed), MQPKI_OK);
     assert_int_equal(changed, 1);
-    assert_int_equal(inventory_cert_add(f->inv, &c, 0, "test"), MQPKI_ERR_POLICY);
+    assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "test"), MQPKI_ERR_POLICY);
     /* Once only. */
     assert_int_equal(lifecycle_keys_canonical(f->inv, &changed), MQPKI_OK);
     assert_int_equal(changed, 0);
