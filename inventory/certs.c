@@ -222,6 +222,20 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
         if (rc != MQPKI_OK)
             goto out;
     }
+    if (supersede && renews_norm[0] != '\0') {
+        /* A superseded certificate renewing in its window (its answers lost, maybe more than
+         * once) now points at the newest one it asked for; its window still counts from its
+         * first supersession. */
+        rc = inv_stmt(inv, SQL_CERT_RENEWED_AGAIN, &st);
+        if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, renews_norm)) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 2, serial)) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 3, c->asset_id)) != MQPKI_OK)
+            goto out;
+        rc = step_done(inv, st, "supersede");
+        st = NULL;
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     rc = inv_stmt(inv, SQL_CERT_INSERT, &st);
     if (rc != MQPKI_OK)
         goto out;

@@ -64,9 +64,10 @@ static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profil
 }
 
 /*
- * A superseded certificate renews only as the immediate predecessor of the asset's newest one,
- * within the grace window, while that newer certificate is unused: the device whose answer was
- * lost retries. Once the newer one renewed, was revoked, or a broker saw it, the old credential
+ * A superseded certificate renews only when the newest certificate it asked for is still the
+ * asset's newest (superseded_by, kept pointing at its latest request by
+ * inventory_cert_add), within the grace window, while that newer certificate is unused: the
+ * device whose answers were lost retries. Once the newer one renewed, was revoked, or a broker saw it, the old credential
  * is spent: a stolen old certificate and key cannot keep minting new ones.
  */
 static int check_grace(struct inventory *inv, const struct inventory_cert *c, int64_t grace)

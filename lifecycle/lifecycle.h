@@ -98,9 +98,10 @@ int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token
 
 /*
  * The re-enrollment rule: MQPKI_OK when serial is in the store, of asset, and either valid (not
- * superseded, revoked, held or expired), or superseded less than `grace` seconds ago by the
- * certificate that is still the asset's newest, unused (it has not renewed itself, is not
- * revoked, and no broker has seen it connect: the device whose answer was lost retries);
+ * superseded, revoked, held or expired), or superseded less than `grace` seconds ago while it
+ * asked for a renewal whose newest certificate (superseded_by) is still the asset's newest,
+ * unused (it has not renewed itself, is not revoked, and no broker has seen it connect: the
+ * device whose answers were lost retries);
  * MQPKI_ERR_AUTH with a detail otherwise. EST checks a re-enrollment's client certificate with
  * it; the recording transaction checks it again.
  */

@@ -82,17 +82,19 @@ serial() { openssl x509 -in "$T/$1.pem" -noout -serial | cut -d= -f2; }
 assert "the newest certificate renews (c1 -> c2)" test "$(reenroll c1 c2)" = 200
 assert "the superseded c1 renews again while c2 is unused (a lost answer: c1 -> c3)" \
   test "$(reenroll c1 c3)" = 200
-assert "c1 renews no more: its successor c2 is no longer the newest" test "$(reenroll c1 x)" = 401
-assert "c2, superseded by c3 without asking for it, gets no grace window" \
-  test "$(reenroll c2 x)" = 401
-assert "the newest, c3, renews (c3 -> c4)" test "$(reenroll c3 c4)" = 200
-sqlite3 "$H/mqpki.db" "UPDATE certs SET seen_at = strftime('%s','now') \
-  WHERE serial = '$(serial c4)'" || echo "# could not mark c4 as seen"
-assert "c3 no more once its successor c4 connected to a broker" test "$(reenroll c3 x)" = 401
+assert "and again while c3 is unused (two answers lost in a row: c1 -> c4)" \
+  test "$(reenroll c1 c4)" = 200
+assert "c2, superseded without asking for it, gets no grace window" test "$(reenroll c2 x)" = 401
+assert "nor does c3" test "$(reenroll c3 x)" = 401
 assert "the newest, c4, renews (c4 -> c5)" test "$(reenroll c4 c5)" = 200
+assert "c1 renews no more: its successor c4 renewed itself" test "$(reenroll c1 x)" = 401
+sqlite3 "$H/mqpki.db" "UPDATE certs SET seen_at = strftime('%s','now') \
+  WHERE serial = '$(serial c5)'" || echo "# could not mark c5 as seen"
+assert "c4 no more once its successor c5 connected to a broker" test "$(reenroll c4 x)" = 401
+assert "the newest, c5, renews (c5 -> c6)" test "$(reenroll c5 c6)" = 200
 sqlite3 "$H/mqpki.db" "UPDATE certs SET superseded_at = superseded_at - 90000 \
-  WHERE serial = '$(serial c4)'" || echo "# could not age c4's supersession"
-assert "c4 no more after the grace window (24 h)" test "$(reenroll c4 x)" = 401
+  WHERE serial = '$(serial c5)'" || echo "# could not age c5's supersession"
+assert "c5 no more after the grace window (24 h)" test "$(reenroll c5 x)" = 401
 assert "mqpkid says why" grep -q "beyond the grace" "$MQPKID_LOG"
 
 # 6. Eight operators at once, 20 token operations each, with and without mqpkid: none fails.
