@@ -98,14 +98,13 @@ static int publish(struct publisher *p, struct lifecycle_publication *pub)
 
     if ((rc = lifecycle_open_count(p->lc, &open)) != MQPKI_OK || open == 0)
         return rc;
-    rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", PUBLISHER_LOCK_MS,
-                           pub);
+    rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", PUBLISHER_LOCK_MS, pub);
     if (pub->signed_count > 0)
         mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entr%s)",
                   (long long)(pub->delta_number > pub->full_number ? pub->delta_number
                                                                    : pub->full_number),
-                  pub->delta_number > pub->full_number ? "delta" : "full",
-                  (long long)pub->entries, pub->entries == 1 ? "y" : "ies");
+                  pub->delta_number > pub->full_number ? "delta" : "full", (long long)pub->entries,
+                  pub->entries == 1 ? "y" : "ies");
     return rc;
 }
 
@@ -158,8 +157,8 @@ static void audit_tick(struct publisher *p, int now_please)
         if (rc != MQPKI_OK)
             mqpki_log(MQPKI_LOG_ERROR, "audit checkpoint: %s", mqpki_err_detail(rc));
         else if (made)
-            mqpki_log(MQPKI_LOG_INFO, "audit checkpoint %lld signed (event %lld)",
-                      (long long)cp.id, (long long)cp.seq);
+            mqpki_log(MQPKI_LOG_INFO, "audit checkpoint %lld signed (event %lld)", (long long)cp.id,
+                      (long long)cp.seq);
     }
     if (inventory_audit_checkpoint_latest(p->inv, &cp) == MQPKI_OK && cp.id > p->cp_offered &&
         datadir_audit_json(p->ctx->dd, &cp, &json, &len) == MQPKI_OK) {

@@ -59,9 +59,9 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
       "superseded_by = CASE WHEN serial = ?4 THEN ?3 END WHERE asset_id = ?1 AND state = 'valid'") \
     X(SQL_CERT_BY_KEY, "SELECT " INV_CERT_COLS " FROM certs INDEXED BY certs_key "                 \
                        "WHERE key_fp = ?1 ORDER BY issued_seq")                                    \
-    X(SQL_CERT_RENEWED_AGAIN, "UPDATE certs SET superseded_by = ?2 WHERE serial = ?1 "           \
-                              "AND asset_id = ?3 AND state = 'superseded'")                       \
-    X(SQL_CERT_KEY_FP, "UPDATE certs SET key_fp = ?2 WHERE serial = ?1")                          \
+    X(SQL_CERT_RENEWED_AGAIN, "UPDATE certs SET superseded_by = ?2 WHERE serial = ?1 "             \
+                              "AND asset_id = ?3 AND state = 'superseded'")                        \
+    X(SQL_CERT_KEY_FP, "UPDATE certs SET key_fp = ?2 WHERE serial = ?1")                           \
     X(SQL_CERT_SEEN, "UPDATE certs SET seen_at = ?3 WHERE serial = ?1 AND asset_id = ?2 "          \
                      "AND seen_at IS NULL")                                                        \
     X(SQL_CERT_INSERT,                                                                             \

@@ -65,10 +65,10 @@ static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profil
 
 /*
  * A superseded certificate renews only when the newest certificate it asked for is still the
- * asset's newest (superseded_by, kept pointing at its latest request by
- * inventory_cert_add), within the grace window, while that newer certificate is unused: the
- * device whose answers were lost retries. Once the newer one renewed, was revoked, or a broker saw it, the old credential
- * is spent: a stolen old certificate and key cannot keep minting new ones.
+ * asset's newest (superseded_by, kept pointing at its latest request by inventory_cert_add),
+ * within the grace window, while that newer certificate is unused: the device whose answers
+ * were lost retries. Once the newer one renewed, was revoked, or a broker saw it, the old
+ * credential is spent: a stolen old certificate and key cannot keep minting new ones.
  */
 static int check_grace(struct inventory *inv, const struct inventory_cert *c, int64_t grace)
 {
@@ -350,7 +350,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
 {
     unsigned char csr_sha256[INV_CSR_HASH_LEN];
     struct inventory_cert rec;
-    struct lifecycle_auth auth = {req->token,    csr_sha256,  req->auth_serial,
+    struct lifecycle_auth auth = {req->token,     csr_sha256, req->auth_serial,
                                   req->supersede, req->actor, req->reenroll_grace};
     struct retry retry;
     EVP_PKEY *pub = NULL;
