@@ -226,20 +226,26 @@ int mqpki_fail_errno(int err, const char *path)
                       err == EDQUOT ? "disk quota exceeded" : "no space left", dir);
 }
 
-static int fsync_dir_of(const char *path)
+int mqpki_dir_sync(const char *dir)
 {
-    char dir[PATH_MAX];
-    int fd, rc = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
 
-    if (mqpki_path_dir(path, dir, sizeof(dir)) != MQPKI_OK)
-        return -1;
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     if (fsync(fd) != 0)
         rc = -1;
     close(fd);
     return rc;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char dir[PATH_MAX];
+
+    if (mqpki_path_dir(path, dir, sizeof(dir)) != MQPKI_OK)
+        return -1;
+    return mqpki_dir_sync(dir);
 }
 
 /* What the final rename of write_replace may replace. */

@@ -86,6 +86,9 @@ void mqpki_log(enum mqpki_log_level level, const char *fmt, ...)
  */
 int mqpki_file_read(const char *path, size_t max, unsigned char **out, size_t *len);
 
+/* fsyncs a directory (a rename or unlink in it made durable); 0, or -1 with errno. */
+int mqpki_dir_sync(const char *dir);
+
 /*
  * Replaces path atomically: writes path.tmp.PID with the given mode (created with O_EXCL),
  * fsyncs it, renames it over path and fsyncs the directory. Either the old or the new content

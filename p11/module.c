@@ -385,6 +385,19 @@ static int peer_pin_matches(struct p11_token *tok)
     return -1;
 }
 
+/* The session a handle logs in on and keeps for its lifetime. */
+static int open_login_session(struct p11_token *tok)
+{
+    CK_RV rv = tok->p11->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                       &tok->login_session);
+
+    if (rv != CKR_OK) {
+        tok->login_session = CK_INVALID_HANDLE;
+        return mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_OpenSession: %s", p11_ckr_name(rv));
+    }
+    return MQPKI_OK;
+}
+
 /* First login of a handle, on its login session. */
 static int login_first(struct p11_token *tok)
 {
@@ -439,13 +452,8 @@ int p11_recover(struct p11_token *tok)
     tok->nfree = kept;
     rv = tok->p11->C_GetSessionInfo(tok->login_session, &info);
     if (rv != CKR_OK) {
-        rv = tok->p11->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                     &tok->login_session);
-        if (rv != CKR_OK) {
-            tok->login_session = CK_INVALID_HANDLE;
-            rc = mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_OpenSession: %s", p11_ckr_name(rv));
+        if ((rc = open_login_session(tok)) != MQPKI_OK)
             goto out;
-        }
         info.state = CKS_RW_PUBLIC_SESSION;
     }
     if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS) {
@@ -543,7 +551,6 @@ static int config_check(const struct p11_config *cfg, const char *what)
 int p11_open(const struct p11_config *cfg, struct p11_token **out)
 {
     struct p11_token *tok = NULL;
-    CK_RV rv;
     int rc;
 
     if (out != NULL)
@@ -583,13 +590,8 @@ int p11_open(const struct p11_config *cfg, struct p11_token **out)
     }
     if (rc != MQPKI_OK)
         goto out;
-    rv = tok->p11->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-                                 &tok->login_session);
-    if (rv != CKR_OK) {
-        tok->login_session = CK_INVALID_HANDLE;
-        rc = mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_OpenSession: %s", p11_ckr_name(rv));
+    if ((rc = open_login_session(tok)) != MQPKI_OK)
         goto out;
-    }
     rc = login_first(tok);
     if (rc != MQPKI_OK)
         goto out;

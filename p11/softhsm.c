@@ -289,19 +289,6 @@ static int file_load(const char *path, unsigned char **buf, size_t *len, struct 
     return rc == MQPKI_OK ? 1 : -1;
 }
 
-static int dir_sync(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = 0;
-
-    if (fd < 0)
-        return -1;
-    if (fsync(fd) != 0)
-        rc = -1;
-    close(fd);
-    return rc;
-}
-
 /* 1 when another process holds a lock on path (SoftHSM's UUID.lock during a transaction). */
 static int lock_held(const char *path)
 {
@@ -394,10 +381,10 @@ static int quarantine(const struct p11_softhsm_guard *g, const char *token, cons
     }
     /* It may hold key material: as private as the good copies. */
     (void)chmod(dest, 0600);
-    (void)dir_sync(dir);
+    (void)mqpki_dir_sync(dir);
     rc = path_join(dir, g->tokendir, token, NULL);
     if (rc == MQPKI_OK)
-        (void)dir_sync(dir);
+        (void)mqpki_dir_sync(dir);
 out:
     free(buf);
     return rc;
@@ -612,7 +599,7 @@ static int save_token(const struct p11_softhsm_guard *g, const char *token, unsi
         if (unlink(good) == 0)
             removed++;
     }
-    if (removed > 0 && dir_sync(good_dir) != 0)
+    if (removed > 0 && mqpki_dir_sync(good_dir) != 0)
         rc = mqpki_fail(MQPKI_ERR_IO, "%s: fsync: %s", good_dir, strerror(errno));
 out:
     dir_list_free(list, n);
