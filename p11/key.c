@@ -373,6 +373,41 @@ out:
     return rc;
 }
 
+/* Destroys every object labelled label (of class *cls when given) on session s; *total counts
+ * them. */
+static int destroy_labelled(struct p11_token *tok, CK_SESSION_HANDLE s, const char *label,
+                            const CK_OBJECT_CLASS *cls, unsigned long *total)
+{
+    CK_ATTRIBUTE t[] = {
+        {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)},
+        {CKA_CLASS, (void *)cls, sizeof(*cls)},
+    };
+    CK_OBJECT_HANDLE objs[DESTROY_MAX];
+    CK_ULONG n = 0, i;
+    CK_RV rv;
+    int rc = MQPKI_OK;
+
+    /* Collected first, destroyed after: a search must not see the objects it destroys go. */
+    do {
+        rv = tok->p11->C_FindObjectsInit(s, t, cls != NULL ? 2 : 1);
+        if (rv == CKR_OK) {
+            rv = tok->p11->C_FindObjects(s, objs, DESTROY_MAX, &n);
+            (void)tok->p11->C_FindObjectsFinal(s);
+        }
+        if (rv != CKR_OK)
+            return mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_FindObjects: %s", p11_ckr_name(rv));
+        for (i = 0; i < n && rc == MQPKI_OK; i++) {
+            rv = tok->p11->C_DestroyObject(s, objs[i]);
+            if (rv == CKR_OK)
+                (*total)++;
+            else
+                rc = mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_DestroyObject '%s': %s", label,
+                                p11_ckr_name(rv));
+        }
+    } while (rc == MQPKI_OK && n == DESTROY_MAX);
+    return rc;
+}
+
 int p11_key_generate(struct p11_token *tok, const char *label, enum p11_key_type type)
 {
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
@@ -426,8 +461,22 @@ int p11_key_generate(struct p11_token *tok, const char *label, enum p11_key_type
     }
     if (rc != MQPKI_ERR_NOT_FOUND)
         goto out;
-    rc = MQPKI_OK;
     mqpki_err_clear(); /* the expected "not found" is not this call's outcome */
+    /* A public half without its private key is what a generation killed between the two
+     * objects leaves (SoftHSM writes one file each): of no use, and in the way of a clean
+     * pair under this label. */
+    {
+        CK_OBJECT_CLASS pub_class = CKO_PUBLIC_KEY;
+        unsigned long orphans = 0;
+
+        if ((rc = destroy_labelled(tok, s, label, &pub_class, &orphans)) != MQPKI_OK)
+            goto out;
+        if (orphans > 0)
+            P11_LOG(tok, MQPKI_LOG_WARN,
+                    "HSM key '%s': %lu public key(s) without a private key removed (left by an "
+                    "interrupted generation)",
+                    label, orphans);
+    }
     {
         /* The last entry of each template is the type-specific one, set below. */
         CK_ATTRIBUTE pub_t[] = {
@@ -477,44 +526,18 @@ out:
 int p11_key_destroy(struct p11_token *tok, const char *label)
 {
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    CK_ATTRIBUTE t[1];
-    CK_OBJECT_HANDLE objs[DESTROY_MAX];
-    CK_ULONG n = 0, i;
     unsigned long total = 0;
-    CK_RV rv;
-    int rc = MQPKI_OK;
+    int rc;
 
     if (tok == NULL || label == NULL || label[0] == '\0' || strlen(label) > P11_KEY_LABEL_MAX) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "HSM key label: must be 1 to %d bytes",
                         P11_KEY_LABEL_MAX);
         goto out;
     }
-    t[0].type = CKA_LABEL;
-    t[0].pValue = (void *)label;
-    t[0].ulValueLen = (CK_ULONG)strlen(label);
     rc = p11_session_take(tok, &s);
     if (rc != MQPKI_OK)
         goto out;
-    /* Collected first, destroyed after: a search must not see the objects it destroys go. */
-    do {
-        rv = tok->p11->C_FindObjectsInit(s, t, 1);
-        if (rv == CKR_OK) {
-            rv = tok->p11->C_FindObjects(s, objs, DESTROY_MAX, &n);
-            (void)tok->p11->C_FindObjectsFinal(s);
-        }
-        if (rv != CKR_OK) {
-            rc = mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_FindObjects: %s", p11_ckr_name(rv));
-            break;
-        }
-        for (i = 0; i < n && rc == MQPKI_OK; i++) {
-            rv = tok->p11->C_DestroyObject(s, objs[i]);
-            if (rv == CKR_OK)
-                total++;
-            else
-                rc = mqpki_fail(MQPKI_ERR_HSM, "PKCS#11 C_DestroyObject '%s': %s", label,
-                                p11_ckr_name(rv));
-        }
-    } while (rc == MQPKI_OK && n == DESTROY_MAX);
+    rc = destroy_labelled(tok, s, label, NULL, &total);
     if (total == 0 && rc == MQPKI_OK)
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "HSM key '%s': no object with that label", label);
     if (total > 0) {

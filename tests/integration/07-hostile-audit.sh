@@ -195,10 +195,12 @@ check "the genuine copies verify" mqpki audit verify --checkpoint "$T/broker.jso
 #    ca/audit.pem, no checkpoint. The first command that opens the token makes the key (logged),
 #    certifies it and signs a first checkpoint.
 cat >"$T/p11destroy.py" <<'EOF'
-# Destroys the objects labelled LABEL in token TOKEN of a PKCS#11 module.
+# Destroys the objects labelled LABEL in token TOKEN of a PKCS#11 module (only those of class
+# CLASS, a CKO_ number, when given); prints how many.
 import ctypes, sys
 mod = sys.argv[1]
 token, pin, label = (a.encode() for a in sys.argv[2:5])
+cls = int(sys.argv[5]) if len(sys.argv) > 5 else None
 U = ctypes.c_ulong
 p11 = ctypes.CDLL(mod)
 def ok(rv, what):
@@ -223,8 +225,11 @@ h = U(0)
 ok(p11.C_OpenSession(U(slot), U(4 | 2), None, None, ctypes.byref(h)), "C_OpenSession")
 ok(p11.C_Login(h, U(1), pin, U(len(pin))), "C_Login")
 buf = ctypes.create_string_buffer(label, len(label))
-tmpl = Attr(3, ctypes.cast(buf, ctypes.c_void_p), len(label))  # CKA_LABEL
-ok(p11.C_FindObjectsInit(h, ctypes.byref(tmpl), U(1)), "C_FindObjectsInit")
+cval = U(cls if cls is not None else 0)
+tmpl = (Attr * 2)(Attr(3, ctypes.cast(buf, ctypes.c_void_p), len(label)),  # CKA_LABEL
+                  Attr(0, ctypes.cast(ctypes.byref(cval), ctypes.c_void_p),
+                       ctypes.sizeof(cval)))  # CKA_CLASS
+ok(p11.C_FindObjectsInit(h, tmpl, U(1 if cls is None else 2)), "C_FindObjectsInit")
 objs, count = (U * 16)(), U(0)
 ok(p11.C_FindObjects(h, objs, U(16), ctypes.byref(count)), "C_FindObjects")
 ok(p11.C_FindObjectsFinal(h), "C_FindObjectsFinal")
@@ -234,13 +239,15 @@ p11.C_Logout(h)
 p11.C_Finalize(None)
 print(count.value)
 EOF
-old_dir() {
+p11destroy() { # [CLASS]: destroys the audit key's objects (of CLASS); prints how many
   SOFTHSM2_CONF="$H/hsm/softhsm2.conf" python3 "$T/p11destroy.py" \
-    /usr/lib/softhsm/libsofthsm2.so mqpki "$(cat "$H/secrets/pin")" mqpki-audit >"$T/destroyed" &&
-    [ "$(cat "$T/destroyed")" = 2 ] &&
-    rm "$H/ca/audit.pem" "$H/crl/audit-checkpoint.json" &&
+    /usr/lib/softhsm/libsofthsm2.so mqpki "$(cat "$H/secrets/pin")" mqpki-audit "$@"
+}
+old_files() {
+  rm "$H/ca/audit.pem" "$H/crl/audit-checkpoint.json" &&
     sqlite3 "$DB" "DELETE FROM audit_checkpoints" && sed -i '/^key_fingerprint/d' "$H/mqpki.conf"
 }
+old_dir() { p11destroy >"$T/destroyed" && [ "$(cat "$T/destroyed")" = 2 ] && old_files; }
 check "a data directory without the audit key" old_dir
 check "verify: no audit key yet, plain chain only" mqpki audit verify
 assert "... and it says so" grep -q "no audit key yet" "$T/out"
@@ -251,4 +258,35 @@ check "the upgraded directory verifies with signed checkpoints" mqpki audit veri
 assert "... anchored up to the head" grep -q "signed checkpoints verified" "$T/out"
 assert "... and the new key is not the old one" \
   test "$(openssl x509 -in "$H/ca/audit.pem" -pubkey -noout)" != "$(cat "$T/audit-pub.pem")"
+
+# 5. The upgrade killed. SoftHSM writes a key pair as two object files, so a generation killed
+#    between them leaves a public half alone; the next generation removes it. First made by
+#    hand (the private half destroyed), then by SIGKILL at every other write() of the upgrade:
+#    after each, the next command ends with one key pair and checkpoints that verify.
+check "a data directory without the audit key, again" old_dir
+mqpki crl publish >/dev/null 2>&1
+assert "(the private half destroyed: an orphan public key)" test "$(p11destroy 3)" = 1
+rm -f "$H/ca/audit.pem"
+check "the next command" mqpki crl publish
+assert "it removes the orphan" grep -q "without a private key removed" "$T/err"
+assert "one key pair in the token (counted by destroying it)" test "$(p11destroy)" = 2
+check "back to a data directory without the audit key" old_files
+rm -rf "$T/before" && cp -a "$H" "$T/before"
+bad="" n=1 killed=0
+while :; do
+  rm -rf "$H" && cp -a "$T/before" "$H"
+  rc=0
+  strace -f -o /dev/null -e trace=write -e inject=write:signal=KILL:when=$n \
+    mqpki crl publish >/dev/null 2>&1 || rc=$?
+  [ "$rc" -eq 137 ] || break
+  killed=$((killed + 1))
+  # The pair is counted by destroying it: the next round starts from the copy anyway.
+  if ! mqpki crl publish >/dev/null 2>&1 || ! mqpki audit verify >"$T/v" 2>&1 ||
+    ! grep -q "signed checkpoints verified" "$T/v" || [ "$(p11destroy)" != 2 ]; then
+    bad="$bad $n"
+  fi
+  n=$((n + 2))
+done
+assert "the upgrade killed at $killed writes: each time one key pair and signed checkpoints \
+after the next command${bad:+ (not after write$bad)}" test -z "$bad" -a "$killed" -gt 10
 finish
