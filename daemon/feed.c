@@ -231,10 +231,17 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
         address = NULL;
     serial = json_string_value(json_object_get(v, "serial"));
     pthread_mutex_lock(&l->f->inv_lock);
-    rc = inventory_asset_seen(l->f->inv, asset, mqpki_now(), address ? address : "", l->name);
-    /* The certificate in use: once seen, the one it superseded can no longer renew. */
-    if (rc == MQPKI_OK && serial != NULL)
-        rc = inventory_cert_seen(l->f->inv, serial, asset, mqpki_now());
+    /* One commit for both: the asset seen, and the certificate in use (once seen, the one it
+     * superseded can no longer renew). */
+    if ((rc = inventory_begin(l->f->inv)) == MQPKI_OK) {
+        rc = inventory_asset_seen(l->f->inv, asset, mqpki_now(), address ? address : "", l->name);
+        if (rc == MQPKI_OK && serial != NULL)
+            rc = inventory_cert_seen(l->f->inv, serial, asset, mqpki_now());
+        if (rc == MQPKI_OK)
+            rc = inventory_commit(l->f->inv);
+        else
+            inventory_rollback(l->f->inv);
+    }
     pthread_mutex_unlock(&l->f->inv_lock);
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: asset %s seen: %s", l->name, asset,
