@@ -217,7 +217,6 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
 {
     struct publisher *p;
     struct lifecycle_config lcfg;
-    const struct datadir_config *cfg = datadir_config(ctx->dd);
     int rc;
 
     *out = NULL;
@@ -235,11 +234,7 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
         pthread_cond_init(&p->cond, &attr);
         pthread_condattr_destroy(&attr);
     }
-    memset(&lcfg, 0, sizeof(lcfg));
-    lcfg.crl_validity = cfg->crl_validity;
-    lcfg.crl_full_every = cfg->crl_full_every;
-    lcfg.crl_full_after = cfg->crl_full_after;
-    lcfg.crl_delta_max = cfg->crl_delta_max;
+    datadir_lifecycle_config(datadir_config(ctx->dd), &lcfg);
     if ((rc = inventory_open(ctx->db_path, &p->inv)) != MQPKI_OK ||
         (rc = lifecycle_new(p->inv, &lcfg, &p->lc)) != MQPKI_OK)
         goto out;

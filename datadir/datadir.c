@@ -106,8 +106,7 @@ static int load_pem_cert(const char *home, const char *rel, X509 **out)
     return rc;
 }
 
-/* The lifecycle's settings from mqpki.conf. */
-static void lifecycle_config_from(const struct datadir_config *cfg, struct lifecycle_config *lc)
+void datadir_lifecycle_config(const struct datadir_config *cfg, struct lifecycle_config *lc)
 {
     memset(lc, 0, sizeof(*lc));
     lc->crl_validity = cfg->crl_validity;
@@ -288,7 +287,7 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
         /* Once per store: fingerprints of an older rule brought to the canonical one. */
         if ((rc = lifecycle_keys_canonical(dd->inv, NULL)) != MQPKI_OK)
             goto out;
-        lifecycle_config_from(&dd->cfg, &lcfg);
+        datadir_lifecycle_config(&dd->cfg, &lcfg);
         if ((rc = lifecycle_new(dd->inv, &lcfg, &dd->lc)) != MQPKI_OK)
             goto out;
     }

@@ -20,6 +20,7 @@ struct hsm;
 struct inventory;
 struct inventory_crl;
 struct lifecycle;
+struct lifecycle_config;
 struct datadir;
 
 /* Everything mqpki.conf can set (docs/configuration.md), with defaults filled in. */
@@ -82,6 +83,9 @@ const struct datadir_config *datadir_config(const struct datadir *dd);
 struct inventory *datadir_inventory(struct datadir *dd);
 /* The lifecycle use cases over the store (DATADIR_STORE). */
 struct lifecycle *datadir_lifecycle(struct datadir *dd);
+
+/* The lifecycle's settings ([ca] crl_*) from a data directory's configuration. */
+void datadir_lifecycle_config(const struct datadir_config *cfg, struct lifecycle_config *out);
 /* The CA when opened (DATADIR_CA or datadir_ca_open), else NULL. */
 struct ca *datadir_ca(struct datadir *dd);
 
