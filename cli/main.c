@@ -48,8 +48,11 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mqpki [--home DIR] COMMAND [ARGS] (each command takes --help)\n\n"
-               "The data directory is --home, else $MQPKI_HOME, else ./mqpki-data.\n\n"
+    fprintf(f, "usage: mqpki [--home DIR] [--store URL] COMMAND [ARGS] (each command takes "
+               "--help)\n\n"
+               "The data directory is --home, else $MQPKI_HOME, else ./mqpki-data.\n"
+               "The store is --store (a postgresql:// URL without a password), else mqpki.conf's\n"
+               "[store] url, else the data directory's mqpki.db.\n\n"
                "commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) {
         char name[64];
@@ -64,6 +67,7 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"home", required_argument, NULL, 'H'},
+        {"store", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -84,6 +88,12 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         switch (c) {
         case 'H': home = optarg; break;
+        case 'S':
+            if (datadir_set_store(optarg) != MQPKI_OK) {
+                fprintf(stderr, "mqpki: %s\n", mqpki_err_detail(MQPKI_ERR_INVALID));
+                return 1;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("mqpki %s\n", MQPKI_VERSION); return 0;
         default: usage(stderr); return 1;

@@ -417,10 +417,9 @@ static void rescan(struct feed *f)
     closedir(d);
 }
 
-int feed_start(const char *home, struct feed **out)
+int feed_start(const char *home, const char *store, struct feed **out)
 {
     struct feed *f;
-    char path[PATH_MAX];
     int rc;
 
     *out = NULL;
@@ -429,16 +428,12 @@ int feed_start(const char *home, struct feed **out)
     pthread_mutex_init(&f->inv_lock, NULL);
     pthread_mutex_init(&f->cp_lock, NULL);
     snprintf(f->home, sizeof(f->home), "%s", home);
-    if (mqpki_path(path, sizeof(path), "%s/mqpki.db", home) != MQPKI_OK) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
-        goto out;
-    }
     pthread_once(&lib_once, lib_init);
     if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    if ((rc = inventory_open(path, &f->inv)) != MQPKI_OK)
+    if ((rc = inventory_open(store, &f->inv)) != MQPKI_OK)
         goto out;
     rescan(f);
     if (atomic_load(&f->n_links) == 0)

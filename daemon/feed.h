@@ -14,9 +14,10 @@
 
 struct feed;
 
-/* Starts the feed for the data directory home: a thread per broker, its own store connection.
- * Brokers that are down are retried with backoff; a broker coming back gets the newest CRLs. */
-int feed_start(const char *home, struct feed **out);
+/* Starts the feed for the data directory home: a thread per broker, its own connection to the
+ * store at store (inventory_open's target). Brokers that are down are retried with backoff; a
+ * broker coming back gets the newest CRLs. */
+int feed_start(const char *home, const char *store, struct feed **out);
 
 /* Links brokers registered meanwhile (`mqpki broker init`). Call about every second from one
  * thread. */

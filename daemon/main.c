@@ -25,10 +25,13 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: mqpkid [--home DIR] [--listen ADDR:PORT] [--threads N] [--verbose]\n\n"
+            "usage: mqpkid [--home DIR] [--store URL] [--listen ADDR:PORT] [--threads N] "
+            "[--verbose]\n\n"
             "The enrollment daemon: EST (RFC 7030) over HTTPS, CRLs over HTTP and the CRL\n"
             "feed to the registered brokers. Runs in the foreground and logs to stderr.\n"
             "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
+            "  --store URL       a PostgreSQL store shared with other replicas (else [store]\n"
+            "                    url, else the data directory's mqpki.db; docs/ha.md)\n"
             "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
             "  --threads N       HTTPS worker threads (default %d)\n"
             "  --verbose         debug logging\n\n"
@@ -93,6 +96,7 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"home", required_argument, NULL, 'H'},
+        {"store", required_argument, NULL, 'S'},
         {"listen", required_argument, NULL, 'l'},
         {"threads", required_argument, NULL, 't'},
         {"verbose", no_argument, NULL, 'v'},
@@ -117,6 +121,12 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'H': home_arg = optarg; break;
+        case 'S':
+            if (datadir_set_store(optarg) != MQPKI_OK) {
+                fprintf(stderr, "mqpkid: %s\n", mqpki_err_detail(MQPKI_ERR_INVALID));
+                return 1;
+            }
+            break;
         case 'l': listen_arg = optarg; break;
         case 't':
             threads = (unsigned)strtoul(optarg, NULL, 10);
@@ -147,7 +157,7 @@ int main(int argc, char **argv)
     if ((rc = datadir_resolve_home(home_arg, home)) != MQPKI_OK ||
         (rc = datadir_open(home, DATADIR_CA | DATADIR_DAEMON, &ctx.dd)) != MQPKI_OK)
         goto out;
-    if ((rc = datadir_path(ctx.dd, "mqpki.db", ctx.db_path)) != MQPKI_OK)
+    if ((rc = datadir_store_target(ctx.dd, ctx.db_path)) != MQPKI_OK)
         goto out;
     snprintf(listen, sizeof(listen), "%s",
              listen_arg != NULL ? listen_arg : datadir_config(ctx.dd)->listen);
@@ -157,7 +167,7 @@ int main(int argc, char **argv)
         goto out;
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
-    if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
+    if ((rc = feed_start(home, ctx.db_path, &ctx.feed)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));
         goto out;
     }

@@ -137,6 +137,10 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         for (size_t i = 0; ok && value[i] != '\0'; i++)
             c->audit_key_fp[i] = (char)tolower((unsigned char)value[i]);
         c->audit_key_fp[ok ? strlen(value) : 0] = '\0';
+    } else if (KEY("store", "url")) {
+        /* Empty: the embedded SQLite file mqpki.db. Else a PostgreSQL URL (docs/ha.md). */
+        ok = set_text(c->store_url, sizeof(c->store_url), value) &&
+             (value[0] == '\0' || inventory_target_is_remote(value));
     } else {
         snprintf(p->error, sizeof(p->error), "unknown key [%.40s] %.60s", section, name);
         return 0;

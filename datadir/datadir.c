@@ -246,6 +246,44 @@ static void sweep_tmp(const char *home)
                   total == 1 ? "" : "s");
 }
 
+static char store_override[1024];
+
+int datadir_set_store(const char *url)
+{
+    const char *at, *scheme;
+
+    if (url == NULL) {
+        store_override[0] = '\0';
+        return MQPKI_OK;
+    }
+    if (!inventory_target_is_remote(url) || strlen(url) >= sizeof(store_override))
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "--store: a postgresql:// URL is expected (the embedded store is the "
+                          "data directory's mqpki.db)");
+    scheme = strstr(url, "://") + 3;
+    at = strchr(scheme, '@');
+    if ((at != NULL && memchr(scheme, ':', (size_t)(at - scheme)) != NULL) ||
+        strstr(url, "password=") != NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "--store: the URL holds a password, which every local user could read "
+                          "on the command line; put the URL in mqpki.conf ([store] url, 0600) or "
+                          "the password in a libpq password file (~/.pgpass)");
+    memcpy(store_override, url, strlen(url) + 1);
+    return MQPKI_OK;
+}
+
+int datadir_store_target(const struct datadir *dd, char out[PATH_MAX])
+{
+    const char *url = store_override[0] != '\0' ? store_override : dd->cfg.store_url;
+
+    if (url[0] == '\0')
+        return datadir_path(dd, "mqpki.db", out);
+    if (strlen(url) >= PATH_MAX)
+        return mqpki_fail(MQPKI_ERR_INVALID, "store URL too long");
+    memcpy(out, url, strlen(url) + 1);
+    return MQPKI_OK;
+}
+
 int datadir_open(const char *home, unsigned what, struct datadir **out)
 {
     struct datadir *dd;
@@ -280,7 +318,7 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
             goto out;
     }
     if (what & (DATADIR_STORE | DATADIR_CA)) {
-        if ((rc = datadir_path(dd, "mqpki.db", path)) != MQPKI_OK)
+        if ((rc = datadir_store_target(dd, path)) != MQPKI_OK)
             goto out;
         if ((rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
             goto out;

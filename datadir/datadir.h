@@ -46,6 +46,7 @@ struct datadir_config {
     int rate_burst;            /* [enrollment] burst */
     int64_t audit_every;       /* [audit] checkpoint_every: mqpkid checkpoints this often */
     char audit_key_fp[PROTO_FP_HEX_LEN + 1]; /* [audit] key_fingerprint: "" when not pinned */
+    char store_url[1024]; /* [store] url: a postgresql:// URL, "" for the embedded mqpki.db */
 };
 
 struct datadir_init_opts {
@@ -94,6 +95,17 @@ struct ca *datadir_ca(struct datadir *dd);
 EVP_PKEY *datadir_ca_key(struct datadir *dd);
 int datadir_ca_remote(const struct datadir *dd);
 int datadir_ca_open(struct datadir *dd);
+
+/*
+ * The store this process uses instead of the data directory's own (`--store URL`), set before
+ * datadir_open; NULL clears it. MQPKI_ERR_INVALID unless url is a postgresql:// URL without a
+ * password (a password on a command line is visible to every local user: put it in mqpki.conf,
+ * which is 0600, or in a libpq password file).
+ */
+int datadir_set_store(const char *url);
+
+/* The store's target: --store, else [store] url, else HOME/mqpki.db. */
+int datadir_store_target(const struct datadir *dd, char out[PATH_MAX]);
 
 /* home/rel into out. */
 int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);

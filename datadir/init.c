@@ -151,13 +151,18 @@ static int write_config(const char *home, const struct datadir_config *c)
                  "[audit]\n"
                  "checkpoint_every = %llds\n"
                  "# SHA-256 of the audit key (ca/audit.pem); `mqpki audit verify` checks it\n"
-                 "key_fingerprint = %s\n",
+                 "key_fingerprint = %s\n"
+                 "\n"
+                 "[store]\n"
+                 "%surl = %s\n",
                  c->ca_name, c->key_type, c->url, (long long)c->crl_validity,
                  (long long)c->crl_full_every, (long long)c->crl_full_after,
                  (long long)c->crl_delta_max, c->device_days, c->broker_days, c->hsm_token,
                  c->listen, (long long)c->token_ttl, (long long)c->reenroll_grace, c->auth_failures,
                  (long long)c->auth_window, (int)c->rate_per_address, c->rate_burst,
-                 (long long)c->audit_every, c->audit_key_fp);
+                 (long long)c->audit_every, c->audit_key_fp,
+                 c->store_url[0] != '\0' ? "" : "# (unset: the embedded mqpki.db) ",
+                 c->store_url[0] != '\0' ? c->store_url : "postgresql://HOST/DB (docs/ha.md)");
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
     return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
@@ -202,6 +207,10 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     dd->actor = "init";
     dd->token_lock = dd->daemon_lock = -1;
     datadir_config_defaults(home, &dd->cfg);
+    /* `mqpki --store URL init`: the CA's store is that server's, and the config says so. */
+    if (datadir_store_target(dd, path) == MQPKI_OK && inventory_target_is_remote(path) &&
+        strlen(path) < sizeof(dd->cfg.store_url))
+        memcpy(dd->cfg.store_url, path, strlen(path) + 1);
     if (opts->ca_name != NULL) {
         if (opts->ca_name[0] == '\0' || strlen(opts->ca_name) >= sizeof(dd->cfg.ca_name) ||
             strpbrk(opts->ca_name, "\n\r") != NULL) {
@@ -327,10 +336,22 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = ca_open(issuing, issuing_key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
         goto out;
 
-    say(progress, "creating the inventory store mqpki.db");
-    if ((rc = datadir_path(dd, "mqpki.db", path)) != MQPKI_OK ||
+    say(progress, dd->cfg.store_url[0] != '\0' ? "creating the inventory store (PostgreSQL)"
+                                                 : "creating the inventory store mqpki.db");
+    if ((rc = datadir_store_target(dd, path)) != MQPKI_OK ||
         (rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
         goto out;
+    /* A shared store that already serves a CA gets replicas (`mqpki replica init`), never a
+     * second CA mixed into its history. */
+    if (inventory_asset_get(dd->inv, DATADIR_SERVICE_ASSET, &svc) == MQPKI_OK) {
+        inventory_asset_clear(&svc);
+        rc = mqpki_fail(MQPKI_ERR_EXISTS,
+                        "the store already serves a CA; add a replica with `mqpki replica init "
+                        "--from HOME` instead");
+        goto out;
+    }
+    mqpki_err_clear();
+    memset(&svc, 0, sizeof(svc));
     if ((rc = inventory_meta_set(dd->inv, "ca.name", dd->cfg.ca_name)) != MQPKI_OK)
         goto out;
     snprintf(svc.id, sizeof(svc.id), "%s", DATADIR_SERVICE_ASSET);

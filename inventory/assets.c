@@ -83,14 +83,14 @@ int inv_transition_allowed(int from, int to)
 
 int inv_asset_state(struct inventory *inv, const char *id, int *state, int64_t *last_seen)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if ((rc = inv_stmt_row(inv, SQL_ASSET_STATE_GET, id, "asset", &st)) != MQPKI_OK)
         goto out;
-    *state = inventory_state_parse((const char *)sqlite3_column_text(st, 0));
+    *state = inventory_state_parse((const char *)db_column_text(st, 0));
     if (last_seen != NULL)
-        *last_seen = sqlite3_column_int64(st, 1);
+        *last_seen = db_column_int64(st, 1);
     if (*state < 0)
         rc = mqpki_fail(MQPKI_ERR_STORE, "asset %s: unknown state in the store", id);
 out:
@@ -101,7 +101,7 @@ out:
 int inv_asset_move(struct inventory *inv, const char *id, int from, int to, const char *actor,
                    const char *reason)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if (!inv_transition_allowed(from, to)) {
@@ -117,9 +117,9 @@ int inv_asset_move(struct inventory *inv, const char *id, int from, int to, cons
     if ((rc = inv_bind_text(inv, st, 1, id)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 2, inventory_state_name(to))) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 3, mqpki_now());
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_int64(st, 3, mqpki_now());
+    src = db_step(st);
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "asset state");
         goto out;
     }
@@ -191,7 +191,7 @@ static int check_asset_fields(const struct inventory_asset *a)
 int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, const char *actor)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     json_t *tags = NULL;
     char *tags_text = NULL;
     int64_t now = mqpki_now();
@@ -230,10 +230,10 @@ int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, 
         (rc = inv_bind_text(inv, st, 6, a->location)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 7, tags_text)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 8, now);
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
-        if (src == SQLITE_CONSTRAINT_PRIMARYKEY || src == SQLITE_CONSTRAINT_UNIQUE)
+    db_bind_int64(st, 8, now);
+    src = db_step(st);
+    if (src != DB_DONE) {
+        if (src == DB_CONSTRAINT)
             rc = mqpki_fail(MQPKI_ERR_EXISTS, "asset %s already exists", a->id);
         else
             rc = inv_db_fail(inv, src, "asset add");
@@ -244,7 +244,7 @@ int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, 
                              "model", a->model, "hw_serial", a->hw_serial, "firmware", a->firmware,
                              "location", a->location, "tags", tags));
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     if (started)
         rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
     free(tags_text);
@@ -253,26 +253,26 @@ out:
 }
 
 /* Fills out from a row of INV_ASSET_COLS; tags_json points into the row (no copy). */
-static void asset_from_row(sqlite3_stmt *st, struct inventory_asset *a)
+static void asset_from_row(struct db_stmt *st, struct inventory_asset *a)
 {
     inv_col_text(st, 0, a->id, sizeof(a->id));
-    a->kind = inventory_kind_parse((const char *)sqlite3_column_text(st, 1));
-    a->state = inventory_state_parse((const char *)sqlite3_column_text(st, 2));
+    a->kind = inventory_kind_parse((const char *)db_column_text(st, 1));
+    a->state = inventory_state_parse((const char *)db_column_text(st, 2));
     inv_col_text(st, 3, a->model, sizeof(a->model));
     inv_col_text(st, 4, a->hw_serial, sizeof(a->hw_serial));
     inv_col_text(st, 5, a->firmware, sizeof(a->firmware));
     inv_col_text(st, 6, a->location, sizeof(a->location));
-    a->tags_json = (char *)sqlite3_column_text(st, 7);
-    a->created_at = sqlite3_column_int64(st, 8);
-    a->updated_at = sqlite3_column_int64(st, 9);
-    a->last_seen = sqlite3_column_int64(st, 10);
+    a->tags_json = (char *)db_column_text(st, 7);
+    a->created_at = db_column_int64(st, 8);
+    a->updated_at = db_column_int64(st, 9);
+    a->last_seen = db_column_int64(st, 10);
     inv_col_text(st, 11, a->last_address, sizeof(a->last_address));
     inv_col_text(st, 12, a->last_broker, sizeof(a->last_broker));
 }
 
 int inventory_asset_get(struct inventory *inv, const char *id, struct inventory_asset *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *tags;
     int rc;
 
@@ -296,27 +296,49 @@ out:
 }
 
 /*
- * One asset as a JSON object, encoded by SQLite's JSON functions in the query itself: a listing
- * of a million assets then makes no per-asset allocation or encoding pass of its own. Times as
- * RFC 3339 UTC, null when never; empty optional texts as null.
+ * One asset as a JSON object, encoded by the engine's JSON functions in the query itself: a
+ * listing of a million assets then makes no per-asset allocation or encoding pass of its own.
+ * Times as RFC 3339 UTC, null when never; empty optional texts as null.
  */
-#define INV_ASSET_JSON                                                                             \
-    "json_object('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, "    \
-    "'firmware', firmware, 'location', location, 'tags', json(tags), "                             \
-    "'created_at', " INV_RFC3339("created_at") ", 'updated_at', " INV_RFC3339(                     \
-        "updated_at") ", 'last_seen', " INV_RFC3339("last_seen") ", 'last_address', "              \
-                                                                 "NULLIF(last_address, ''), "      \
-                                                                 "'last_broker', "                 \
-                                                                 "NULLIF(last_broker, ''))"
-#define INV_RFC3339(col)                                                                           \
-    "CASE WHEN " col " = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', " col ", 'unixepoch') "   \
-    "END"
+/* pattern with every "{}" replaced by col. */
+static void subst(const char *pattern, const char *col, char *out, size_t size)
+{
+    size_t o = 0, n = strlen(col);
+
+    for (const char *p = pattern; *p != '\0' && o + 1 < size; p++) {
+        if (p[0] == '{' && p[1] == '}' && o + n < size) {
+            memcpy(out + o, col, n);
+            o += n;
+            p++;
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = '\0';
+}
+
+static void asset_json_cols(const struct db_dialect *d, char *out, size_t size)
+{
+    char t[4][320];
+    const char *cols[4] = {"created_at", "updated_at", "last_seen", NULL};
+    char tags[64];
+
+    for (int i = 0; cols[i] != NULL; i++)
+        subst(d->rfc3339, cols[i], t[i], sizeof(t[i]));
+    subst(d->json_text, "tags", tags, sizeof(tags));
+    snprintf(out, size,
+             "%s('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, "
+             "'firmware', firmware, 'location', location, 'tags', %s, 'created_at', %s, "
+             "'updated_at', %s, 'last_seen', %s, 'last_address', NULLIF(last_address, ''), "
+             "'last_broker', NULLIF(last_broker, ''))",
+             d->json_object, tags, t[0], t[1], t[2]);
+}
 
 /* The shared filter of the listings: fixed fragments only, values bound as ?1 and ?2. */
 static int list_prepare(struct inventory *inv, const char *cols, int state, int kind,
-                        sqlite3_stmt **st)
+                        struct db_stmt **st)
 {
-    char sql[1024];
+    char sql[2048];
     int rc;
 
     *st = NULL;
@@ -336,7 +358,7 @@ static int list_prepare(struct inventory *inv, const char *cols, int state, int 
         goto fail;
     return MQPKI_OK;
 fail:
-    sqlite3_finalize(*st);
+    db_finalize(*st);
     *st = NULL;
     return rc;
 }
@@ -344,24 +366,26 @@ fail:
 int inventory_asset_list_json(struct inventory *inv, int state, int kind, inventory_json_cb cb,
                               void *ctx)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
+    char cols[1536];
     int rc, src;
 
     if (inv == NULL || cb == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset list: arguments missing");
-    if ((rc = list_prepare(inv, INV_ASSET_JSON, state, kind, &st)) != MQPKI_OK)
+    asset_json_cols(inv->ops->dialect, cols, sizeof(cols));
+    if ((rc = list_prepare(inv, cols, state, kind, &st)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *json = (const char *)sqlite3_column_text(st, 0);
-        if (json != NULL && cb(json, (size_t)sqlite3_column_bytes(st, 0), ctx) != 0) {
-            src = SQLITE_DONE;
+    while ((src = db_step(st)) == DB_ROW) {
+        const char *json = (const char *)db_column_text(st, 0);
+        if (json != NULL && cb(json, (size_t)db_column_bytes(st, 0), ctx) != 0) {
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "asset list");
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }
 
@@ -369,26 +393,26 @@ int inventory_asset_list(struct inventory *inv, int state, int kind, inventory_a
                          void *ctx)
 {
     struct inventory_asset a;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc = MQPKI_OK, src;
 
     if (inv == NULL || cb == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset list: arguments missing");
     if ((rc = list_prepare(inv, INV_ASSET_COLS, state, kind, &st)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         asset_from_row(st, &a);
         if (a.tags_json == NULL)
             a.tags_json = (char *)"{}";
         if (cb(&a, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "asset list");
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }
 
@@ -406,7 +430,7 @@ int inventory_asset_update(struct inventory *inv, const char *id, const char *fi
 {
     struct inventory_asset cur = {0};
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     json_t *tags = NULL, *changes = NULL, *old;
     char *tags_text = NULL, tag_name[INV_TEXT_MAX + 8];
     int rc, src, started = 0;
@@ -481,16 +505,16 @@ int inventory_asset_update(struct inventory *inv, const char *id, const char *fi
         (rc = inv_bind_text(inv, st, 3, location != NULL ? location : cur.location)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 4, tags_text)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 5, mqpki_now());
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_int64(st, 5, mqpki_now());
+    src = db_step(st);
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "asset update");
         goto out;
     }
     rc = inv_audit(inv, actor, "asset.update", id, changes);
     changes = NULL;
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     if (started)
         rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
     inventory_asset_clear(&cur);
@@ -530,7 +554,7 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
                          const char *broker)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *who = broker != NULL && broker[0] != '\0' ? broker : "broker";
     int64_t last_seen = 0;
     int rc, src, state = -1;
@@ -565,9 +589,9 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
             (rc = inv_bind_text(inv, st, 3, address != NULL ? address : "")) != MQPKI_OK ||
             (rc = inv_bind_text(inv, st, 4, broker != NULL ? broker : "")) != MQPKI_OK)
             goto out;
-        sqlite3_bind_int64(st, 2, when);
-        src = sqlite3_step(st);
-        if (src != SQLITE_DONE) {
+        db_bind_int64(st, 2, when);
+        src = db_step(st);
+        if (src != DB_DONE) {
             rc = inv_db_fail(inv, src, "asset seen");
             goto out;
         }
@@ -586,14 +610,14 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
                                 "seen by broker");
     }
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }
 
 int inventory_asset_history(struct inventory *inv, const char *id, inventory_event_cb cb, void *ctx)
 {
     struct inventory_event e;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if (inv == NULL || cb == NULL)
@@ -613,24 +637,24 @@ int inventory_asset_history(struct inventory *inv, const char *id, inventory_eve
         goto out;
     if ((rc = inv_bind_text(inv, st, 1, id)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         memset(&e, 0, sizeof(e));
-        e.seq = sqlite3_column_int64(st, 0);
-        e.time = sqlite3_column_int64(st, 1);
+        e.seq = db_column_int64(st, 0);
+        e.time = db_column_int64(st, 1);
         inv_col_text(st, 2, e.actor, sizeof(e.actor));
         inv_col_text(st, 3, e.action, sizeof(e.action));
         inv_col_text(st, 4, e.subject, sizeof(e.subject));
-        e.detail = (char *)sqlite3_column_text(st, 5);
+        e.detail = (char *)db_column_text(st, 5);
         if (e.detail == NULL)
             e.detail = (char *)"{}";
         if (cb(&e, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "asset history");
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }

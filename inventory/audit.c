@@ -96,7 +96,7 @@ static int unhex(const char *hex, unsigned char *out, size_t len)
  */
 static int head_read(struct inventory *inv, int64_t *seq, unsigned char hash[INV_HASH_LEN])
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *v;
     long long s = 0;
     int n = 0, rc, src;
@@ -108,14 +108,14 @@ static int head_read(struct inventory *inv, int64_t *seq, unsigned char hash[INV
         goto out;
     if ((rc = inv_bind_text(inv, st, 1, INV_META_AUDIT_HEAD)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE)
+    src = db_step(st);
+    if (src == DB_DONE)
         goto out;
-    if (src != SQLITE_ROW) {
+    if (src != DB_ROW) {
         rc = inv_db_fail(inv, src, "audit head");
         goto out;
     }
-    v = (const char *)sqlite3_column_text(st, 0);
+    v = (const char *)db_column_text(st, 0);
     if (v == NULL || sscanf(v, "%lld %n", &s, &n) != 1 || s < 1 ||
         !unhex(v + n, hash, INV_HASH_LEN)) {
         rc = mqpki_fail(MQPKI_ERR_TAMPERED, "%s: audit chain head in meta is malformed", inv->path);
@@ -130,7 +130,7 @@ out:
 static int head_write(struct inventory *inv, int64_t seq, const unsigned char hash[INV_HASH_LEN])
 {
     char v[32 + 2 * INV_HASH_LEN], hex[2 * INV_HASH_LEN + 1];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     mqpki_hex(hash, INV_HASH_LEN, hex);
@@ -141,8 +141,8 @@ static int head_write(struct inventory *inv, int64_t seq, const unsigned char ha
     if ((rc = inv_bind_text(inv, st, 1, INV_META_AUDIT_HEAD)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 2, v)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE)
+    src = db_step(st);
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "audit head");
 out:
     inv_stmt_done(st);
@@ -154,7 +154,7 @@ static int append(struct inventory *inv, const char *actor, const char *action, 
                   const char *detail)
 {
     unsigned char prev[INV_HASH_LEN], hash[INV_HASH_LEN];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t seq, now = mqpki_now();
     int rc, src;
 
@@ -168,19 +168,19 @@ static int append(struct inventory *inv, const char *actor, const char *action, 
     rc = inv_stmt(inv, SQL_AUDIT_INSERT, &st);
     if (rc != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, seq);
-    sqlite3_bind_int64(st, 2, now);
+    db_bind_int64(st, 1, seq);
+    db_bind_int64(st, 2, now);
     if ((rc = inv_bind_text(inv, st, 3, actor)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 4, action)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 5, subject)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 6, detail)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_blob(st, 7, prev, INV_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 8, hash, INV_HASH_LEN, SQLITE_STATIC);
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_blob(st, 7, prev, INV_HASH_LEN);
+    db_bind_blob(st, 8, hash, INV_HASH_LEN);
+    src = db_step(st);
+    if (src != DB_DONE) {
         /* A row beyond the head means someone appended behind the chain's back. */
-        if ((src & 0xff) == SQLITE_CONSTRAINT)
+        if (src == DB_CONSTRAINT)
             rc = mqpki_fail(MQPKI_ERR_TAMPERED,
                             "%s: audit event %" PRId64 " exists beyond the chain head", inv->path,
                             seq);
@@ -290,7 +290,7 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
 {
     unsigned char prev[INV_HASH_LEN], calc[INV_HASH_LEN];
     char when[32];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t expect = from_seq + 1, seq;
     int rc, src;
 
@@ -299,20 +299,20 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
         /* The event the walk starts from must still be the one its checkpoint certified. */
         if ((rc = inv_stmt(inv, SQL_AUDIT_HASH_AT, &st)) != MQPKI_OK)
             goto out;
-        sqlite3_bind_int64(st, 1, from_seq);
-        src = sqlite3_step(st);
-        if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        db_bind_int64(st, 1, from_seq);
+        src = db_step(st);
+        if (src != DB_ROW && src != DB_DONE) {
             rc = inv_db_fail(inv, src, "audit walk");
             goto out;
         }
-        if (src == SQLITE_DONE || sqlite3_column_bytes(st, 0) != INV_HASH_LEN ||
-            CRYPTO_memcmp(sqlite3_column_blob(st, 0), from_hash, INV_HASH_LEN) != 0) {
+        if (src == DB_DONE || db_column_bytes(st, 0) != INV_HASH_LEN ||
+            CRYPTO_memcmp(db_column_blob(st, 0), from_hash, INV_HASH_LEN) != 0) {
             w->bad_seq = from_seq;
             w->bad_cp = from_cp;
             rc = mqpki_fail(MQPKI_ERR_TAMPERED,
                             "audit log: event %" PRId64 " is %s since checkpoint %" PRId64
                             " certified it",
-                            from_seq, src == SQLITE_DONE ? "gone" : "different", from_cp);
+                            from_seq, src == DB_DONE ? "gone" : "different", from_cp);
             goto out;
         }
         inv_stmt_done(st);
@@ -320,18 +320,18 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
     }
     if ((rc = inv_stmt(inv, SQL_AUDIT_WALK, &st)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, from_seq);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *actor = (const char *)sqlite3_column_text(st, 2);
-        const char *action = (const char *)sqlite3_column_text(st, 3);
-        const char *subject = (const char *)sqlite3_column_text(st, 4);
-        const char *detail = (const char *)sqlite3_column_text(st, 5);
-        const void *row_prev = sqlite3_column_blob(st, 6);
-        int row_prev_len = sqlite3_column_bytes(st, 6);
-        const void *row_hash = sqlite3_column_blob(st, 7);
-        int row_hash_len = sqlite3_column_bytes(st, 7);
+    db_bind_int64(st, 1, from_seq);
+    while ((src = db_step(st)) == DB_ROW) {
+        const char *actor = (const char *)db_column_text(st, 2);
+        const char *action = (const char *)db_column_text(st, 3);
+        const char *subject = (const char *)db_column_text(st, 4);
+        const char *detail = (const char *)db_column_text(st, 5);
+        const void *row_prev = db_column_blob(st, 6);
+        int row_prev_len = db_column_bytes(st, 6);
+        const void *row_hash = db_column_blob(st, 7);
+        int row_hash_len = db_column_bytes(st, 7);
 
-        seq = sqlite3_column_int64(st, 0);
+        seq = db_column_int64(st, 0);
         if (seq != expect) {
             /* A gap: the event after expect - 1 was deleted. */
             w->bad_seq = expect - 1;
@@ -347,7 +347,7 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
                             seq - 1);
             goto out;
         }
-        rc = audit_hash(prev, seq, sqlite3_column_int64(st, 1), actor, action, subject, detail,
+        rc = audit_hash(prev, seq, db_column_int64(st, 1), actor, action, subject, detail,
                         calc);
         if (rc != MQPKI_OK)
             goto out;
@@ -379,7 +379,7 @@ static int chain_walk(struct inventory *inv, int64_t from_seq,
         expect++;
         w->count++;
     }
-    if (src != SQLITE_DONE) {
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "audit verify");
         goto out;
     }
@@ -409,22 +409,22 @@ static int head_matches(int64_t head_seq, const unsigned char head_hash[INV_HASH
 }
 
 /* Reads a checkpoint row (INV_AUDIT_CP_COLS); a malformed one is tampering. */
-static int cp_read(struct inventory *inv, sqlite3_stmt *st, struct inventory_audit_checkpoint *cp)
+static int cp_read(struct inventory *inv, struct db_stmt *st, struct inventory_audit_checkpoint *cp)
 {
-    int head_len = sqlite3_column_bytes(st, 2), sig_len = sqlite3_column_bytes(st, 5);
-    const unsigned char *label = sqlite3_column_text(st, 4);
+    size_t head_len = db_column_bytes(st, 2), sig_len = db_column_bytes(st, 5);
+    const char *label = db_column_text(st, 4);
 
     memset(cp, 0, sizeof(*cp));
-    cp->id = sqlite3_column_int64(st, 0);
-    cp->seq = sqlite3_column_int64(st, 1);
-    cp->time = sqlite3_column_int64(st, 3);
+    cp->id = db_column_int64(st, 0);
+    cp->seq = db_column_int64(st, 1);
+    cp->time = db_column_int64(st, 3);
     if (cp->id < 1 || cp->seq < 1 || head_len != INV_HASH_LEN || sig_len < 1 ||
         sig_len > PROTO_AUDIT_SIG_MAX || label == NULL ||
         strlen((const char *)label) >= sizeof(cp->key_label))
         return mqpki_fail(MQPKI_ERR_TAMPERED, "%s: audit checkpoint %" PRId64 " is malformed",
                           inv->path, cp->id);
-    memcpy(cp->head, sqlite3_column_blob(st, 2), INV_HASH_LEN);
-    memcpy(cp->signature, sqlite3_column_blob(st, 5), (size_t)sig_len);
+    memcpy(cp->head, db_column_blob(st, 2), INV_HASH_LEN);
+    memcpy(cp->signature, db_column_blob(st, 5), (size_t)sig_len);
     cp->sig_len = (size_t)sig_len;
     snprintf(cp->key_label, sizeof(cp->key_label), "%s", (const char *)label);
     return MQPKI_OK;
@@ -432,17 +432,17 @@ static int cp_read(struct inventory *inv, sqlite3_stmt *st, struct inventory_aud
 
 int inventory_audit_checkpoint_latest(struct inventory *inv, struct inventory_audit_checkpoint *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if (inv == NULL || out == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "audit checkpoint: no store");
     if ((rc = inv_stmt(inv, SQL_AUDIT_CP_LATEST, &st)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src == SQLITE_DONE)
+    src = db_step(st);
+    if (src == DB_DONE)
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s: no audit checkpoint yet", inv->path);
-    else if (src != SQLITE_ROW)
+    else if (src != DB_ROW)
         rc = inv_db_fail(inv, src, "audit checkpoint");
     else
         rc = cp_read(inv, st, out);
@@ -459,7 +459,7 @@ int inventory_audit_checkpoint(struct inventory *inv, const char *key_label,
     unsigned char head[INV_HASH_LEN], zero[INV_HASH_LEN] = {0}, tbs[PROTO_AUDIT_TBS_LEN];
     struct inv_tx tx = {0};
     struct walk w;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t head_seq = 0;
     int rc, src, have = 0;
 
@@ -522,15 +522,15 @@ int inventory_audit_checkpoint(struct inventory *inv, const char *key_label,
     }
     if ((rc = inv_stmt(inv, SQL_AUDIT_CP_INSERT, &st)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, cp.id);
-    sqlite3_bind_int64(st, 2, cp.seq);
-    sqlite3_bind_blob(st, 3, cp.head, INV_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, cp.time);
+    db_bind_int64(st, 1, cp.id);
+    db_bind_int64(st, 2, cp.seq);
+    db_bind_blob(st, 3, cp.head, INV_HASH_LEN);
+    db_bind_int64(st, 4, cp.time);
     if ((rc = inv_bind_text(inv, st, 5, cp.key_label)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_blob(st, 6, cp.signature, (int)cp.sig_len, SQLITE_STATIC);
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_blob(st, 6, cp.signature, (int)cp.sig_len);
+    src = db_step(st);
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "audit checkpoint");
         goto out;
     }
@@ -554,14 +554,14 @@ static int load_checkpoints(struct inventory *inv, EVP_PKEY *pub, struct cp_ref 
     unsigned char tbs[PROTO_AUDIT_TBS_LEN];
     struct cp_ref *cps = NULL;
     char why[128];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     size_t n = 0, cap = 0;
     int64_t prev_id = 0, prev_seq = 0;
     int rc = MQPKI_OK, src;
 
     if ((rc = inv_stmt(inv, SQL_AUDIT_CP_LIST, &st)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         if ((rc = cp_read(inv, st, &cp)) != MQPKI_OK) {
             rep->bad_checkpoint = cp.id;
             goto out;
@@ -620,7 +620,7 @@ static int load_checkpoints(struct inventory *inv, EVP_PKEY *pub, struct cp_ref 
         prev_id = cp.id;
         prev_seq = cp.seq;
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "audit checkpoints");
 out:
     inv_stmt_done(st);
@@ -734,14 +734,13 @@ static int verify_snapshot(struct inventory *inv, EVP_PKEY *pub, int with_checkp
     memset(rep, 0, sizeof(*rep));
     /* One read snapshot, so the head and the rows agree even while others append. */
     if (!inv->in_tx) {
-        rc = inv_exec(inv, "BEGIN");
-        if (rc != MQPKI_OK)
-            return rc;
+        if ((rc = inv->db->ops->begin_snapshot(inv->db)) != DB_OK)
+            return inv_db_fail(inv, rc, "audit verify");
         own = 1;
     }
     rc = verify_all(inv, pub, with_checkpoints, published, sources, n_published, rep);
-    if (own && !sqlite3_get_autocommit(inv->db))
-        sqlite3_exec(inv->db, "COMMIT", NULL, NULL, NULL);
+    if (own && inv->db->ops->in_transaction(inv->db))
+        (void)inv->db->ops->exec(inv->db, "COMMIT");
     return rc;
 }
 

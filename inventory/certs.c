@@ -81,27 +81,27 @@ static int profile_valid(const char *p)
 }
 
 /* Fills c from a row of INV_CERT_COLS; pem points into the row when with_pem. */
-static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct inventory_cert *c)
+static void cert_from_row(struct db_stmt *st, int64_t now, int with_pem, struct inventory_cert *c)
 {
-    const char *state = (const char *)sqlite3_column_text(st, 5);
+    const char *state = (const char *)db_column_text(st, 5);
 
     memset(c, 0, sizeof(*c));
     inv_col_text(st, 0, c->serial, sizeof(c->serial));
     inv_col_text(st, 1, c->asset_id, sizeof(c->asset_id));
     inv_col_text(st, 2, c->profile, sizeof(c->profile));
-    c->not_before = sqlite3_column_int64(st, 3);
-    c->not_after = sqlite3_column_int64(st, 4);
+    c->not_before = db_column_int64(st, 3);
+    c->not_after = db_column_int64(st, 4);
     c->state = inventory_cert_state_parse(state);
     if ((c->state == INV_CERT_VALID || c->state == INV_CERT_SUPERSEDED) && c->not_after < now)
         c->state = INV_CERT_EXPIRED;
     inv_col_text(st, 6, c->key_fp, sizeof(c->key_fp));
-    c->revoked_at = sqlite3_column_type(st, 7) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 7);
-    c->reason = sqlite3_column_type(st, 8) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 8);
-    c->pem = with_pem ? (char *)sqlite3_column_text(st, 9) : NULL;
-    c->rev_seq = sqlite3_column_type(st, 10) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 10);
-    c->seen_at = sqlite3_column_type(st, 11) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 11);
+    c->revoked_at = db_column_type(st, 7) == DB_NULL ? 0 : db_column_int64(st, 7);
+    c->reason = db_column_type(st, 8) == DB_NULL ? -1 : db_column_int(st, 8);
+    c->pem = with_pem ? (char *)db_column_text(st, 9) : NULL;
+    c->rev_seq = db_column_type(st, 10) == DB_NULL ? 0 : db_column_int64(st, 10);
+    c->seen_at = db_column_type(st, 11) == DB_NULL ? 0 : db_column_int64(st, 11);
     c->superseded_at =
-        sqlite3_column_type(st, 12) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 12);
+        db_column_type(st, 12) == DB_NULL ? 0 : db_column_int64(st, 12);
     inv_col_text(st, 13, c->superseded_by, sizeof(c->superseded_by));
 }
 
@@ -109,7 +109,7 @@ static void cert_from_row(sqlite3_stmt *st, int64_t now, int with_pem, struct in
 static int key_check(struct inventory *inv, const char *asset_id, const char *key_fp)
 {
     char other[PROTO_ASSET_ID_MAX + 1] = "";
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src, compromised = 0;
 
     rc = inv_stmt(inv, SQL_CERT_KEY_USE, &st);
@@ -120,15 +120,15 @@ static int key_check(struct inventory *inv, const char *asset_id, const char *ke
     if ((rc = inv_bind_text(inv, st, 1, key_fp)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 2, asset_id)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *owner = (const char *)sqlite3_column_text(st, 0);
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL &&
-            sqlite3_column_int(st, 1) == REASON_KEY_COMPROMISE)
+    while ((src = db_step(st)) == DB_ROW) {
+        const char *owner = (const char *)db_column_text(st, 0);
+        if (db_column_type(st, 1) != DB_NULL &&
+            db_column_int(st, 1) == REASON_KEY_COMPROMISE)
             compromised = 1;
         if (owner != NULL && strcmp(owner, asset_id) != 0 && other[0] == '\0')
             snprintf(other, sizeof(other), "%s", owner);
     }
-    if (src != SQLITE_DONE) {
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "key check");
         goto out;
     }
@@ -143,12 +143,12 @@ out:
     return rc;
 }
 
-static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
+static int step_done(struct inventory *inv, struct db_stmt *st, const char *what)
 {
-    int src = sqlite3_step(st);
+    int src = db_step(st);
 
     inv_stmt_done(st);
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         return inv_db_fail(inv, src, what);
     return MQPKI_OK;
 }
@@ -159,7 +159,7 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
     char renews_norm[PROTO_SERIAL_HEX_MAX + 1] = "";
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
 
     if (inv == NULL || c == NULL)
@@ -193,14 +193,14 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     rc = inv_stmt(inv, SQL_CERT_EXISTS, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, serial)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
+    src = db_step(st);
     inv_stmt_done(st);
     st = NULL;
-    if (src == SQLITE_ROW) {
+    if (src == DB_ROW) {
         rc = mqpki_fail(MQPKI_ERR_EXISTS, "certificate serial %s already exists", serial);
         goto out;
     }
-    if (src != SQLITE_DONE) {
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "certificate add");
         goto out;
     }
@@ -216,7 +216,7 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
             (rc = inv_bind_text(inv, st, 3, serial)) != MQPKI_OK ||
             (rc = inv_bind_text(inv, st, 4, renews_norm)) != MQPKI_OK)
             goto out;
-        sqlite3_bind_int64(st, 2, mqpki_now());
+        db_bind_int64(st, 2, mqpki_now());
         rc = step_done(inv, st, "supersede");
         st = NULL;
         if (rc != MQPKI_OK)
@@ -245,8 +245,8 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
         (rc = inv_bind_text(inv, st, 6, key_fp)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 7, c->pem)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 4, c->not_before);
-    sqlite3_bind_int64(st, 5, c->not_after);
+    db_bind_int64(st, 4, c->not_before);
+    db_bind_int64(st, 5, c->not_after);
     rc = step_done(inv, st, "certificate add");
     st = NULL;
     if (rc != MQPKI_OK)
@@ -272,7 +272,7 @@ out:
 int inventory_cert_get(struct inventory *inv, const char *serial, int with_pem,
                        struct inventory_cert *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1];
     int rc;
 
@@ -300,7 +300,7 @@ int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, 
                         inventory_cert_cb cb, void *ctx)
 {
     struct inventory_cert c;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *cond = "";
     int64_t now = mqpki_now();
     char sql[512];
@@ -312,7 +312,7 @@ int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, 
         return rc;
     /* Fixed fragments only; ?1 asset, ?2 now. Expiry is derived here as in cert_from_row. */
     switch (state) {
-    case -1: cond = "1"; break;
+    case -1: cond = "TRUE"; break;
     case INV_CERT_VALID: cond = "state = 'valid' AND not_after >= ?2"; break;
     case INV_CERT_SUPERSEDED: cond = "state = 'superseded' AND not_after >= ?2"; break;
     case INV_CERT_EXPIRED: cond = "state IN ('valid', 'superseded') AND not_after < ?2"; break;
@@ -326,25 +326,25 @@ int inventory_cert_list(struct inventory *inv, const char *asset_id, int state, 
         goto out;
     if (asset_id != NULL && (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    if (sqlite3_bind_parameter_index(st, "?2") > 0)
-        sqlite3_bind_int64(st, 2, now);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (strstr(cond, "?2") != NULL)
+        db_bind_int64(st, 2, now);
+    while ((src = db_step(st)) == DB_ROW) {
         cert_from_row(st, now, with_pem, &c);
         if (cb(&c, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "certificate list");
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }
 
 int inventory_cert_count(struct inventory *inv, int state, int64_t *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const char *cond;
     char sql[256];
     int rc, src;
@@ -352,7 +352,7 @@ int inventory_cert_count(struct inventory *inv, int state, int64_t *out)
     *out = 0;
     /* Fixed fragments only; ?1 now. The same derivation of expiry as inventory_cert_list. */
     switch (state) {
-    case -1: cond = "1"; break;
+    case -1: cond = "TRUE"; break;
     case INV_CERT_VALID: cond = "state = 'valid' AND not_after >= ?1"; break;
     case INV_CERT_SUPERSEDED: cond = "state = 'superseded' AND not_after >= ?1"; break;
     case INV_CERT_EXPIRED: cond = "state IN ('valid', 'superseded') AND not_after < ?1"; break;
@@ -362,35 +362,35 @@ int inventory_cert_count(struct inventory *inv, int state, int64_t *out)
     snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM certs WHERE %s", cond);
     if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
         goto out;
-    if (sqlite3_bind_parameter_index(st, "?1") > 0)
-        sqlite3_bind_int64(st, 1, mqpki_now());
-    if ((src = sqlite3_step(st)) != SQLITE_ROW) {
+    if (strstr(cond, "?1") != NULL)
+        db_bind_int64(st, 1, mqpki_now());
+    if ((src = db_step(st)) != DB_ROW) {
         rc = inv_db_fail(inv, src, "certificate count");
         goto out;
     }
-    *out = sqlite3_column_int64(st, 0);
+    *out = db_column_int64(st, 0);
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }
 
 static int count_certs(struct inventory *inv, enum inv_sql which, const char *asset_id, int64_t now,
                        int64_t *n)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     *n = 0;
     rc = inv_stmt(inv, which, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, now);
-    src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
+    db_bind_int64(st, 2, now);
+    src = db_step(st);
+    if (src != DB_ROW) {
         rc = inv_db_fail(inv, src, "certificate count");
         goto out;
     }
-    *n = sqlite3_column_int64(st, 0);
+    *n = db_column_int64(st, 0);
 out:
     inv_stmt_done(st);
     return rc;
@@ -446,7 +446,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
 {
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
     int64_t seq = 0;
     int rc, started = 0, upgrade = 0;
@@ -494,9 +494,9 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     rc = inv_stmt(inv, SQL_CERT_REVOKE, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, when);
-    sqlite3_bind_int(st, 3, reason);
-    sqlite3_bind_int64(st, 4, seq);
+    db_bind_int64(st, 2, when);
+    db_bind_int64(st, 3, reason);
+    db_bind_int64(st, 4, seq);
     rc = step_done(inv, st, "revoke");
     st = NULL;
     if (rc != MQPKI_OK)
@@ -523,7 +523,7 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
 {
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
     int64_t seq = 0;
     int rc, started = 0;
@@ -553,8 +553,8 @@ int inventory_cert_unhold(struct inventory *inv, const char *serial, const char 
     rc = inv_stmt(inv, SQL_CERT_UNHOLD, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_int64(st, 3, mqpki_now());
+    db_bind_int64(st, 2, seq);
+    db_bind_int64(st, 3, mqpki_now());
     rc = step_done(inv, st, "unhold");
     st = NULL;
     if (rc != MQPKI_OK)
@@ -576,7 +576,7 @@ out:
 int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq, int64_t upto_seq,
                            inventory_revoked_cb cb, void *ctx)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int delta = since_seq >= 0;
     int rc, src;
 
@@ -600,25 +600,25 @@ int inventory_revoked_list(struct inventory *inv, int64_t now, int64_t since_seq
                          &st);
     if (rc != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, now);
+    db_bind_int64(st, 1, now);
     if (delta)
-        sqlite3_bind_int64(st, 2, since_seq);
-    sqlite3_bind_int64(st, 3, upto_seq);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *state = (const char *)sqlite3_column_text(st, 3);
-        int reason = sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : sqlite3_column_int(st, 2);
+        db_bind_int64(st, 2, since_seq);
+    db_bind_int64(st, 3, upto_seq);
+    while ((src = db_step(st)) == DB_ROW) {
+        const char *state = (const char *)db_column_text(st, 3);
+        int reason = db_column_type(st, 2) == DB_NULL ? 0 : db_column_int(st, 2);
         if (state == NULL || strcmp(state, "revoked") != 0)
             reason = REASON_REMOVE_FROM_CRL;
-        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1), reason,
+        if (cb((const char *)db_column_text(st, 0), db_column_int64(st, 1), reason,
                ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "revoked list");
 out:
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }
 
@@ -626,7 +626,7 @@ int inventory_cert_list_by_key(struct inventory *inv, const char *key_fp, invent
                                void *ctx)
 {
     struct inventory_cert c;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     char fp[PROTO_FP_HEX_LEN + 1];
     int64_t now = mqpki_now();
     int rc, src;
@@ -638,14 +638,14 @@ int inventory_cert_list_by_key(struct inventory *inv, const char *key_fp, invent
     if ((rc = inv_stmt(inv, SQL_CERT_BY_KEY, &st)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 1, fp)) != MQPKI_OK)
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         cert_from_row(st, now, 0, &c);
         if (cb(&c, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "certificates by key");
 out:
     inv_stmt_done(st);
@@ -656,7 +656,7 @@ int inventory_cert_seen(struct inventory *inv, const char *serial, const char *a
                         int64_t when)
 {
     char norm[PROTO_SERIAL_HEX_MAX + 1];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if (inv == NULL)
@@ -667,7 +667,7 @@ int inventory_cert_seen(struct inventory *inv, const char *serial, const char *a
         (rc = inv_bind_text(inv, st, 1, norm)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 2, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 3, when);
+    db_bind_int64(st, 3, when);
     rc = step_done(inv, st, "certificate seen");
     st = NULL;
 out:
@@ -680,7 +680,7 @@ int inventory_cert_set_key_fp(struct inventory *inv, const char *serial, const c
 {
     char norm[PROTO_SERIAL_HEX_MAX + 1];
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if (inv == NULL || key_fp == NULL || strlen(key_fp) != PROTO_FP_HEX_LEN)

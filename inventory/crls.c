@@ -25,36 +25,36 @@ static int parse_name(const char *const *names, int n, const char *text)
     return -1;
 }
 
-static int step_bound(struct inventory *inv, sqlite3_stmt *st, const char *what, int *changes)
+static int step_bound(struct inventory *inv, struct db_stmt *st, const char *what, int *changes)
 {
-    int src = sqlite3_step(st);
+    int src = db_step(st);
 
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         return inv_db_fail(inv, src, what);
     if (changes != NULL)
-        *changes = sqlite3_changes(inv->db);
+        *changes = inv->db->ops->changes(inv->db);
     return MQPKI_OK;
 }
 
 /* One counter's next value (UPDATE ... RETURNING), inside the current unit of work. */
 static int counter_next(struct inventory *inv, enum inv_sql which, const char *what, int64_t *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     *out = 0;
     if ((rc = inv_stmt(inv, which, &st)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
-        rc = src == SQLITE_DONE
+    src = db_step(st);
+    if (src != DB_ROW) {
+        rc = src == DB_DONE
                  ? mqpki_fail(MQPKI_ERR_STORE, "%s: %s counter missing", inv->path, what)
                  : inv_db_fail(inv, src, what);
         goto out;
     }
-    *out = sqlite3_column_int64(st, 0);
+    *out = db_column_int64(st, 0);
     /* RETURNING: the update only completes when the statement has run to the end. */
-    if ((src = sqlite3_step(st)) != SQLITE_DONE)
+    if ((src = db_step(st)) != DB_DONE)
         rc = inv_db_fail(inv, src, what);
 out:
     inv_stmt_done(st);
@@ -68,16 +68,16 @@ int inv_rev_next(struct inventory *inv, int64_t *out)
 
 int inventory_rev_current(struct inventory *inv, int64_t *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     *out = 0;
     if ((rc = inv_stmt(inv, SQL_REV_CURRENT, &st)) != MQPKI_OK)
         return rc;
-    if ((src = sqlite3_step(st)) == SQLITE_ROW)
-        *out = sqlite3_column_int64(st, 0);
+    if ((src = db_step(st)) == DB_ROW)
+        *out = db_column_int64(st, 0);
     else
-        rc = src == SQLITE_DONE
+        rc = src == DB_DONE
                  ? mqpki_fail(MQPKI_ERR_STORE, "%s: revocation sequence missing", inv->path)
                  : inv_db_fail(inv, src, "revocation sequence");
     inv_stmt_done(st);
@@ -90,44 +90,44 @@ int inventory_snapshot_begin(struct inventory *inv)
 
     if (inv == NULL || inv->in_tx || inv->in_snapshot)
         return mqpki_fail(MQPKI_ERR_STATE, "inventory_snapshot_begin: a transaction is open");
-    /* DEFERRED: the first read fixes the snapshot; no write lock is taken. */
-    if ((rc = inv_exec(inv, "BEGIN DEFERRED")) == MQPKI_OK)
-        inv->in_snapshot = 1;
-    return rc;
+    if ((rc = inv->db->ops->begin_snapshot(inv->db)) != DB_OK)
+        return inv_db_fail(inv, rc, "snapshot");
+    inv->in_snapshot = 1;
+    return MQPKI_OK;
 }
 
 void inventory_snapshot_end(struct inventory *inv)
 {
     if (inv == NULL || !inv->in_snapshot)
         return;
-    if (!sqlite3_get_autocommit(inv->db))
-        sqlite3_exec(inv->db, "COMMIT", NULL, NULL, NULL);
+    if (inv->db->ops->in_transaction(inv->db))
+        (void)inv->db->ops->exec(inv->db, "COMMIT");
     inv->in_snapshot = 0;
 }
 
-static void crl_from_row(sqlite3_stmt *st, struct inventory_crl *c)
+static void crl_from_row(struct db_stmt *st, struct inventory_crl *c)
 {
     memset(c, 0, sizeof(*c));
-    c->number = sqlite3_column_int64(st, 0);
-    c->kind = parse_name(kind_names, 2, (const char *)sqlite3_column_text(st, 1));
-    c->state = parse_name(crl_state_names, 3, (const char *)sqlite3_column_text(st, 2));
+    c->number = db_column_int64(st, 0);
+    c->kind = parse_name(kind_names, 2, (const char *)db_column_text(st, 1));
+    c->state = parse_name(crl_state_names, 3, (const char *)db_column_text(st, 2));
     inv_col_text(st, 3, c->reason, sizeof(c->reason));
-    c->created_at = sqlite3_column_int64(st, 4);
-    c->base = sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5);
-    c->cutoff = sqlite3_column_type(st, 6) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 6);
-    c->this_update = sqlite3_column_int64(st, 7);
-    c->next_update = sqlite3_column_int64(st, 8);
-    c->entries = sqlite3_column_int64(st, 9);
-    c->signed_at = sqlite3_column_int64(st, 10);
-    c->done_at = sqlite3_column_int64(st, 11);
-    c->folded_into = sqlite3_column_int64(st, 12);
+    c->created_at = db_column_int64(st, 4);
+    c->base = db_column_type(st, 5) == DB_NULL ? -1 : db_column_int64(st, 5);
+    c->cutoff = db_column_type(st, 6) == DB_NULL ? -1 : db_column_int64(st, 6);
+    c->this_update = db_column_int64(st, 7);
+    c->next_update = db_column_int64(st, 8);
+    c->entries = db_column_int64(st, 9);
+    c->signed_at = db_column_int64(st, 10);
+    c->done_at = db_column_int64(st, 11);
+    c->folded_into = db_column_int64(st, 12);
 }
 
 int inventory_crl_reserve(struct inventory *inv, int kind, const char *reason, const char *actor,
                           int64_t *number)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t n = 0;
     int rc;
 
@@ -145,15 +145,20 @@ int inventory_crl_reserve(struct inventory *inv, int kind, const char *reason, c
         goto out;
     if ((rc = inv_stmt(inv, SQL_CRL_INSERT, &st)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, n);
+    db_bind_int64(st, 1, n);
     if ((rc = inv_bind_text(inv, st, 2, kind_names[kind])) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 3, reason)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 4, mqpki_now());
+    db_bind_int64(st, 4, mqpki_now());
     if ((rc = step_bound(inv, st, "CRL reserve", NULL)) != MQPKI_OK)
         goto out;
     inv_stmt_done(st);
     st = NULL;
+    /* Every replica's publisher wakes when this commits (PostgreSQL; a timer elsewhere). */
+    if ((rc = inv->db->ops->notify(inv->db, INV_CHANNEL_OUTBOX)) != DB_OK) {
+        rc = inv_db_fail(inv, rc, "CRL reserve");
+        goto out;
+    }
     rc = inv_audit(inv, actor != NULL ? actor : "system", "crl.reserve", "crl",
                    json_pack("{s:I,s:s,s:s}", "number", (json_int_t)n, "kind", kind_names[kind],
                              "reason", reason));
@@ -168,7 +173,7 @@ out:
 int inventory_crl_open(struct inventory *inv, inventory_crl_cb cb, void *ctx, int64_t *count)
 {
     struct inventory_crl c;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t n = 0;
     int rc, src;
 
@@ -178,17 +183,17 @@ int inventory_crl_open(struct inventory *inv, inventory_crl_cb cb, void *ctx, in
         return mqpki_fail(MQPKI_ERR_INVALID, "CRL open list: no store");
     if ((rc = inv_stmt(inv, SQL_CRL_OPEN, &st)) != MQPKI_OK)
         return rc;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         n++;
         if (cb == NULL)
             continue;
         crl_from_row(st, &c);
         if (cb(&c, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "CRL open list");
     inv_stmt_done(st);
     if (count != NULL)
@@ -198,17 +203,17 @@ int inventory_crl_open(struct inventory *inv, inventory_crl_cb cb, void *ctx, in
 
 int inventory_crl_get(struct inventory *inv, int64_t number, struct inventory_crl *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     memset(out, 0, sizeof(*out));
     if ((rc = inv_stmt(inv, SQL_CRL_GET, &st)) != MQPKI_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, number);
-    src = sqlite3_step(st);
-    if (src == SQLITE_ROW)
+    db_bind_int64(st, 1, number);
+    src = db_step(st);
+    if (src == DB_ROW)
         crl_from_row(st, out);
-    else if (src == SQLITE_DONE)
+    else if (src == DB_DONE)
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number);
     else
         rc = inv_db_fail(inv, src, "CRL get");
@@ -218,7 +223,7 @@ int inventory_crl_get(struct inventory *inv, int64_t number, struct inventory_cr
 
 int inventory_crl_latest(struct inventory *inv, int kind, struct inventory_crl *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -234,7 +239,7 @@ int inventory_crl_latest(struct inventory *inv, int kind, struct inventory_crl *
 int inventory_crl_first_after(struct inventory *inv, int kind, int64_t after,
                               struct inventory_crl *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     memset(out, 0, sizeof(*out));
@@ -243,11 +248,11 @@ int inventory_crl_first_after(struct inventory *inv, int kind, int64_t after,
     if ((rc = inv_stmt(inv, SQL_CRL_FIRST_AFTER, &st)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 1, kind_names[kind])) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, after);
-    src = sqlite3_step(st);
-    if (src == SQLITE_ROW)
+    db_bind_int64(st, 2, after);
+    src = db_step(st);
+    if (src == DB_ROW)
         crl_from_row(st, out);
-    else if (src == SQLITE_DONE)
+    else if (src == DB_DONE)
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no %s CRL after %lld", kind_names[kind],
                         (long long)after);
     else
@@ -259,7 +264,7 @@ out:
 
 int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der, size_t *len)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     const void *blob;
     int rc = MQPKI_OK, src, n;
 
@@ -267,16 +272,16 @@ int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der
     *len = 0;
     if ((rc = inv_stmt(inv, SQL_CRL_DER, &st)) != MQPKI_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, number);
-    src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
-        rc = src == SQLITE_DONE
+    db_bind_int64(st, 1, number);
+    src = db_step(st);
+    if (src != DB_ROW) {
+        rc = src == DB_DONE
                  ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number)
                  : inv_db_fail(inv, src, "CRL DER");
         goto out;
     }
-    blob = sqlite3_column_blob(st, 0);
-    n = sqlite3_column_bytes(st, 0);
+    blob = db_column_blob(st, 0);
+    n = db_column_bytes(st, 0);
     if (blob == NULL || n <= 0) {
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "CRL %lld: its DER is no longer kept",
                         (long long)number);
@@ -297,7 +302,7 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
                          const unsigned char *der, size_t len, const char *actor)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t now = mqpki_now();
     int rc, changes = 0;
 
@@ -308,17 +313,17 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
         return rc;
     if ((rc = inv_stmt(inv, SQL_CRL_SIGN, &st)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, c->number);
+    db_bind_int64(st, 1, c->number);
     if ((rc = inv_bind_text(inv, st, 2, kind_names[c->kind])) != MQPKI_OK)
         goto out;
     if (c->base >= 0)
-        sqlite3_bind_int64(st, 3, c->base);
-    sqlite3_bind_int64(st, 4, c->cutoff);
-    sqlite3_bind_int64(st, 5, c->this_update);
-    sqlite3_bind_int64(st, 6, c->next_update);
-    sqlite3_bind_int64(st, 7, c->entries);
-    sqlite3_bind_blob(st, 8, der, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 9, now);
+        db_bind_int64(st, 3, c->base);
+    db_bind_int64(st, 4, c->cutoff);
+    db_bind_int64(st, 5, c->this_update);
+    db_bind_int64(st, 6, c->next_update);
+    db_bind_int64(st, 7, c->entries);
+    db_bind_blob(st, 8, der, len);
+    db_bind_int64(st, 9, now);
     rc = step_bound(inv, st, "CRL signed", &changes);
     inv_stmt_done(st);
     st = NULL;
@@ -328,11 +333,16 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
         rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more", (long long)c->number);
         goto out;
     }
+    /* Every replica's feed offers the new CRL to its brokers once this commits. */
+    if ((rc = inv->db->ops->notify(inv->db, INV_CHANNEL_OUTBOX)) != DB_OK) {
+        rc = inv_db_fail(inv, rc, "CRL signed");
+        goto out;
+    }
     /* Lower pending numbers are covered by this CRL, built from later store state. */
     if ((rc = inv_stmt(inv, SQL_CRL_FOLD, &st)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, c->number);
-    sqlite3_bind_int64(st, 2, now);
+    db_bind_int64(st, 1, c->number);
+    db_bind_int64(st, 2, now);
     rc = step_bound(inv, st, "CRL fold", NULL);
     inv_stmt_done(st);
     st = NULL;
@@ -342,7 +352,7 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     if ((rc = inv_stmt(inv, SQL_CRL_PRUNE, &st)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 1, kind_names[c->kind])) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, c->number);
+    db_bind_int64(st, 2, c->number);
     rc = step_bound(inv, st, "CRL prune", NULL);
     inv_stmt_done(st);
     st = NULL;
@@ -361,7 +371,7 @@ out:
 int inventory_crl_done(struct inventory *inv, int kind, int64_t number)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
@@ -370,8 +380,8 @@ int inventory_crl_done(struct inventory *inv, int kind, int64_t number)
         return rc;
     if ((rc = inv_stmt(inv, SQL_CRL_DONE, &st)) == MQPKI_OK &&
         (rc = inv_bind_text(inv, st, 3, kind_names[kind])) == MQPKI_OK) {
-        sqlite3_bind_int64(st, 1, number);
-        sqlite3_bind_int64(st, 2, mqpki_now());
+        db_bind_int64(st, 1, number);
+        db_bind_int64(st, 2, mqpki_now());
         rc = step_bound(inv, st, "CRL done", NULL);
     }
     inv_stmt_done(st);
@@ -380,53 +390,35 @@ int inventory_crl_done(struct inventory *inv, int kind, int64_t number)
 
 int inventory_publish_lock(struct inventory *inv, int timeout_ms)
 {
-    char path[4096];
-    int fd, waited = 0;
+    int got;
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "publish lock: no store");
-    if (inv->publish_fd >= 0)
+    errno = 0;
+    got = inv->db->ops->publish_lock(inv->db, timeout_ms);
+    if (got == 1)
         return MQPKI_OK;
-    if (mqpki_path(path, sizeof(path), "%s.publish-lock", inv->path) != MQPKI_OK)
-        return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", inv->path);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO, "%s: %s", path,
-                          strerror(errno));
-    /* flock, not fcntl locks: two handles of one process exclude each other too. */
-    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        struct timespec ten_ms = {0, 10 * 1000 * 1000};
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            int err = errno;
-            close(fd);
-            return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(err));
-        }
-        if (waited >= timeout_ms) {
-            close(fd);
-            return mqpki_fail(MQPKI_ERR_BUSY,
-                              "%s: another process is publishing CRLs (waited %d ms)", path,
-                              timeout_ms);
-        }
-        nanosleep(&ten_ms, NULL);
-        waited += 10;
-    }
-    inv->publish_fd = fd;
-    return MQPKI_OK;
+    if (got == 0)
+        return mqpki_fail(MQPKI_ERR_BUSY,
+                          "%s: another process is publishing CRLs (waited %d ms)", inv->path,
+                          timeout_ms);
+    if (got == DB_ERROR && errno != 0)
+        return mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO,
+                          "%s.publish-lock: %s", inv->path, strerror(errno));
+    return inv_db_fail(inv, got, "publish lock");
 }
 
 void inventory_publish_unlock(struct inventory *inv)
 {
-    if (inv == NULL || inv->publish_fd < 0)
+    if (inv == NULL || inv->db == NULL)
         return;
-    (void)flock(inv->publish_fd, LOCK_UN);
-    close(inv->publish_fd);
-    inv->publish_fd = -1;
+    inv->db->ops->publish_unlock(inv->db);
 }
 
 int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t full, int64_t delta,
                              int64_t when)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc;
 
     if (inv == NULL || !proto_asset_id_valid(broker))
@@ -434,9 +426,9 @@ int inventory_broker_crl_set(struct inventory *inv, const char *broker, int64_t 
     if ((rc = inv_stmt(inv, SQL_BROKER_CRL_SET, &st)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 1, broker)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, full);
-    sqlite3_bind_int64(st, 3, delta);
-    sqlite3_bind_int64(st, 4, when);
+    db_bind_int64(st, 2, full);
+    db_bind_int64(st, 3, delta);
+    db_bind_int64(st, 4, when);
     rc = step_bound(inv, st, "broker CRL report", NULL);
 out:
     inv_stmt_done(st);
@@ -445,7 +437,7 @@ out:
 
 int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb, void *ctx)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if ((rc = inv_prepare(inv,
@@ -453,15 +445,15 @@ int inventory_broker_crl_list(struct inventory *inv, inventory_broker_crl_cb cb,
                           "ORDER BY broker",
                           &st)) != MQPKI_OK)
         return rc;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cb((const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
-               sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), ctx) != 0) {
-            src = SQLITE_DONE;
+    while ((src = db_step(st)) == DB_ROW) {
+        if (cb((const char *)db_column_text(st, 0), db_column_int64(st, 1),
+               db_column_int64(st, 2), db_column_int64(st, 3), ctx) != 0) {
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "broker CRL list");
-    sqlite3_finalize(st);
+    db_finalize(st);
     return rc;
 }

@@ -82,12 +82,41 @@ struct inventory_cert {
 void inventory_cert_clear(struct inventory_cert *c);
 
 /*
- * Opens (creating when missing) the store at path: WAL, foreign keys, busy timeout, schema
- * migrated to the current version in one transaction. MQPKI_ERR_STORE with a detail when the
- * file is not a database or is corrupt.
+ * Opens the store at target: an SQLite file path (created when missing; WAL, foreign keys, busy
+ * timeout) or a postgresql:// URL (libpq syntax; several hosts allowed, the writable primary is
+ * chosen). The schema is migrated to the current version, one transaction per step.
+ * MQPKI_ERR_STORE with a detail when the file is not a database, is corrupt, or the server
+ * cannot be reached. Error details never show a password the URL holds.
  */
-int inventory_open(const char *path, struct inventory **out);
+int inventory_open(const char *target, struct inventory **out);
 void inventory_close(struct inventory *inv);
+
+/* 1 when the store is a PostgreSQL server shared by replicas, 0 for the embedded SQLite file. */
+int inventory_is_remote(const struct inventory *inv);
+
+/* 1 when target names a PostgreSQL store (a postgresql:// or postgres:// URL). */
+int inventory_target_is_remote(const char *target);
+
+/*
+ * Publication wake-ups across replicas. inventory_listen subscribes this connection (use one
+ * dedicated to waiting) to the outbox: every CRL reserved or signed by any process or replica
+ * notifies it when its transaction commits. inventory_wait then returns 1 on a notification, 0
+ * after timeout_ms without one (always 0 on SQLite, which has no notifications: it sleeps), or
+ * an error (the connection was lost; the next wait reconnects).
+ */
+int inventory_listen(struct inventory *inv);
+int inventory_wait(struct inventory *inv, int timeout_ms);
+
+/*
+ * Copies every row of the store `from` into the empty store `to` (`mqpki store migrate`): one
+ * snapshot of the source, one transaction in the destination, row counts checked per table.
+ * Values are copied exactly, so the audit chain and its checkpoints verify on the copy.
+ * progress (may be NULL) is called every 10,000 rows and at the end of each table.
+ * MQPKI_ERR_EXISTS when the destination already holds assets or audit events.
+ */
+typedef void (*inventory_copy_cb)(void *ctx, const char *table, int64_t rows);
+int inventory_copy(struct inventory *from, struct inventory *to, inventory_copy_cb progress,
+                   void *ctx);
 
 /*
  * Transactions: several calls may be grouped in one durable commit (used by enrollment to

@@ -6,9 +6,9 @@
 #define MQPKI_INVENTORY_INT_H
 
 #include <jansson.h>
-#include <sqlite3.h>
 
 #include "common.h"
+#include "db.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -67,7 +67,7 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CERT_INSERT,                                                                             \
       "INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, "        \
       "pem, issued_seq) VALUES(?1, ?2, ?3, ?4, ?5, 'valid', ?6, ?7, "                              \
-      "(SELECT IFNULL(MAX(issued_seq), 0) + 1 FROM certs))")                                       \
+      "(SELECT COALESCE(MAX(issued_seq), 0) + 1 FROM certs))")                                       \
     X(SQL_CERT_COUNT_LIVE,                                                                         \
       "SELECT COUNT(*) FROM certs WHERE asset_id = ?1 AND state IN ('valid', 'superseded') "       \
       "AND not_after >= ?2")                                                                       \
@@ -80,10 +80,12 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CERT_UNHOLD, "UPDATE certs SET state = 'valid', revoked_at = NULL, reason = NULL, "      \
                        "rev_seq = ?2, rev_time = ?3 WHERE serial = ?1")                            \
     X(SQL_TOKEN_INSERT, "INSERT INTO tokens(asset_id, salt, hash, created_at, expires_at) "        \
-                        "VALUES(?1, ?2, ?3, ?4, ?5)")                                              \
+                        "VALUES(?1, ?2, ?3, ?4, ?5) RETURNING id")                                              \
     X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
                       "AND revoked_at IS NULL AND expires_at > ?2 ORDER BY id")                    \
-    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1") \
+    /* Consumes a token in one conditional statement: exactly one transaction wins it. */      \
+    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1 " \
+                     "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?2 RETURNING id") \
     /* Tokens that enrolled a certificate since ?2: a lost answer's retry may get it again. */     \
     X(SQL_TOKEN_USED_SINCE,                                                                        \
       "SELECT id, salt, hash, csr_sha256, serial FROM tokens WHERE asset_id = ?1 "                 \
@@ -156,13 +158,23 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
 enum inv_sql { INV_SQL_LIST(INV_SQL_ENUM_) SQL_COUNT_ };
 #undef INV_SQL_ENUM_
 
+/* How long a writer waits for the store's write lock. */
+#define INV_LOCK_MS 5000
+
+/* PostgreSQL's schema steps (schema_pg.c), numbered like the SQLite ones in store.c. */
+extern const char *const inv_pg_migrations[];
+#define INV_PG_MIGRATIONS INV_SCHEMA_VERSION
+
+/* The notification channel of the CRL outbox: committed revocations wake every replica. */
+#define INV_CHANNEL_OUTBOX "mqpki_outbox"
+
 struct inventory {
-    sqlite3 *db;
-    char *path;      /* for error details */
+    struct db *db;
+    const struct db_ops *ops;
+    char *path;      /* for error details: the file, or the URL without its password */
     int in_tx;       /* 1 while the caller holds an inventory_begin transaction */
     int in_snapshot; /* 1 while a read snapshot (inventory_snapshot_begin) is open */
-    int publish_fd;  /* the held publication lock's file, -1 when not held */
-    sqlite3_stmt *stmt[SQL_COUNT_];
+    struct db_stmt *stmt[SQL_COUNT_];
 };
 
 /*
@@ -185,33 +197,34 @@ int inv_tx_start(struct inventory *inv, struct inv_tx *tx);
 int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc);
 
 /* The cached statement `which`, reset with its bindings cleared. */
-int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out);
+int inv_stmt(struct inventory *inv, enum inv_sql which, struct db_stmt **out);
 
 /* Resets a statement after use (releases its read snapshot). NULL-safe. */
-void inv_stmt_done(sqlite3_stmt *st);
+void inv_stmt_done(struct db_stmt *st);
 
 /* Runs a cached one-row lookup by key (?1): MQPKI_OK with the row ready in *st,
  * MQPKI_ERR_NOT_FOUND ("WHAT KEY not found") or a store failure. inv_stmt_done(*st) after. */
 int inv_stmt_row(struct inventory *inv, enum inv_sql which, const char *key, const char *what,
-                 sqlite3_stmt **st);
+                 struct db_stmt **st);
 
 /* Prepares a one-off statement (caller finalizes). */
-int inv_prepare(struct inventory *inv, const char *sql, sqlite3_stmt **out);
+int inv_prepare(struct inventory *inv, const char *sql, struct db_stmt **out);
 
 /* Runs SQL without results. */
 int inv_exec(struct inventory *inv, const char *sql);
 
 /*
- * Turns a failed SQLite call into an mqpki error with a detail naming the store and what was
- * being done: BUSY for lock timeouts, STORE otherwise.
+ * Turns a failed store call (a db_rc) into an mqpki error with a detail naming the store and
+ * what was being done: BUSY for lock timeouts and lost connections (retry), NOSPACE for a full
+ * disk, STORE otherwise.
  */
-int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what);
+int inv_db_fail(struct inventory *inv, int db_rc, const char *what);
 
 /* Binds a C string as TEXT (static lifetime for the statement's current run). */
-int inv_bind_text(struct inventory *inv, sqlite3_stmt *st, int idx, const char *s);
+int inv_bind_text(struct inventory *inv, struct db_stmt *st, int idx, const char *s);
 
 /* Copies column col as text into out (truncating safely; "" for NULL). */
-void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size);
+void inv_col_text(struct db_stmt *st, int col, char *out, size_t size);
 
 /* MQPKI_ERR_INVALID with the standard detail unless id is a valid asset identifier. */
 int inv_check_id(const char *id);
@@ -245,9 +258,9 @@ int inv_audit(struct inventory *inv, const char *actor, const char *action, cons
 /* Takes the next value of the revocation sequence (inside the current unit of work). */
 int inv_rev_next(struct inventory *inv, int64_t *out);
 
-/* Under UNIT_TESTING only: the raw SQLite handle, to plant rows that time cannot produce. */
+/* Under UNIT_TESTING only: the raw connection, to plant rows that time cannot produce. */
 #ifdef UNIT_TESTING
-sqlite3 *inv_test_db(struct inventory *inv);
+struct db *inv_test_db(struct inventory *inv);
 /* Opens a store migrated only up to schema version `version` (to test later migrations). */
 int inv_test_open_version(const char *path, int version, struct inventory **out);
 #endif

@@ -103,7 +103,7 @@ static const char *const migrations[] = {
     "  WHERE state = 'revoked') AS r WHERE certs.serial = r.serial;"
     "CREATE UNIQUE INDEX certs_rev_seq ON certs(rev_seq) WHERE rev_seq IS NOT NULL;"
     "INSERT INTO counters(name, value) VALUES"
-    " ('rev_seq', (SELECT IFNULL(MAX(rev_seq), 0) FROM certs));"
+    " ('rev_seq', (SELECT COALESCE(MAX(rev_seq), 0) FROM certs));"
     "CREATE TABLE crls("
     " number INTEGER PRIMARY KEY NOT NULL,"
     " kind TEXT NOT NULL CHECK (kind IN ('full', 'delta')),"
@@ -152,70 +152,55 @@ static const char *const migrations[] = {
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
-/* The errno behind SQLite's last I/O error: SQLite keeps it per file, and a failed commit's
- * fsync is the WAL's (journal) own; sqlite3_system_errno does not see that one. */
-static int db_errno(sqlite3 *db)
-{
-    sqlite3_file *journal = NULL;
-    int e = sqlite3_system_errno(db);
-
-    if (e == 0)
-        (void)sqlite3_file_control(db, "main", SQLITE_FCNTL_LAST_ERRNO, &e);
-    if (e == 0 &&
-        sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &journal) == SQLITE_OK &&
-        journal != NULL && journal->pMethods != NULL)
-        (void)journal->pMethods->xFileControl(journal, SQLITE_FCNTL_LAST_ERRNO, &e);
-    return e;
-}
-
-int inv_db_fail(struct inventory *inv, int sqlite_rc, const char *what)
+int inv_db_fail(struct inventory *inv, int db_rc, const char *what)
 {
     const char *path = inv != NULL && inv->path != NULL ? inv->path : "store";
-    const char *msg =
-        inv != NULL && inv->db != NULL ? sqlite3_errmsg(inv->db) : sqlite3_errstr(sqlite_rc);
-    int primary = sqlite_rc & 0xff;
-    int sys = inv != NULL && inv->db != NULL ? db_errno(inv->db) : 0;
+    const char *msg = inv != NULL && inv->db != NULL ? inv->db->ops->errmsg(inv->db) : "error";
     char dir[PATH_MAX] = ".";
 
-    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+    switch (db_rc) {
+    case DB_BUSY:
         return mqpki_fail(MQPKI_ERR_BUSY, "%s: %s: store busy (%s)", path, what, msg);
-    if (primary == SQLITE_NOMEM)
+    case DB_NOMEM:
         return mqpki_fail(MQPKI_ERR_NOMEM, "%s: %s: out of memory", path, what);
-    (void)mqpki_path_dir(path, dir, sizeof(dir));
-    if (primary == SQLITE_FULL)
+    case DB_GONE:
+        return mqpki_fail(MQPKI_ERR_BUSY, "%s: %s: connection to the store lost (%s)", path, what,
+                          msg);
+    case DB_FULL:
+        if (inv != NULL && inv->ops == &db_pg_ops)
+            return mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full on the database server (%s)",
+                              path, what);
+        (void)mqpki_path_dir(path, dir, sizeof(dir));
         return mqpki_fail(MQPKI_ERR_NOSPACE,
                           "%s: disk full: no space left on the device holding %s; nothing was "
                           "changed (%s)",
                           path, dir, what);
-    /* ENOSPC at an fsync (delayed allocation) reaches us as SQLite's "disk I/O error". */
-    if (primary == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
-        return mqpki_fail(MQPKI_ERR_NOSPACE,
-                          "%s: disk full: no space left on the device holding %s (%s)", path, dir,
-                          what);
-    return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
+    default:
+        return mqpki_fail(MQPKI_ERR_STORE, "%s: %s: %s", path, what, msg);
+    }
 }
 
 int inv_exec(struct inventory *inv, const char *sql)
 {
-    int src = sqlite3_exec(inv->db, sql, NULL, NULL, NULL);
+    int src = inv->db->ops->exec(inv->db, sql);
 
-    if (src != SQLITE_OK)
+    if (src != DB_OK)
         return inv_db_fail(inv, src, "exec");
     return MQPKI_OK;
 }
 
-int inv_prepare(struct inventory *inv, const char *sql, sqlite3_stmt **out)
+int inv_prepare(struct inventory *inv, const char *sql, struct db_stmt **out)
 {
-    int src = sqlite3_prepare_v2(inv->db, sql, -1, out, NULL);
+    int src = inv->db->ops->prepare(inv->db, sql, 0, out);
 
-    if (src != SQLITE_OK) {
+    if (src != DB_OK) {
         *out = NULL;
         return inv_db_fail(inv, src, "prepare");
     }
     return MQPKI_OK;
 }
 
-int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out)
+int inv_stmt(struct inventory *inv, enum inv_sql which, struct db_stmt **out)
 {
     int src;
 
@@ -223,60 +208,51 @@ int inv_stmt(struct inventory *inv, enum inv_sql which, sqlite3_stmt **out)
     if (which < 0 || which >= SQL_COUNT_)
         return mqpki_fail(MQPKI_ERR_INTERNAL, "inventory: unknown statement %d", (int)which);
     if (inv->stmt[which] == NULL) {
-        /* PERSISTENT: the statement lives as long as the handle. */
-        src = sqlite3_prepare_v3(inv->db, sql_text[which], -1, SQLITE_PREPARE_PERSISTENT,
-                                 &inv->stmt[which], NULL);
-        if (src != SQLITE_OK) {
+        /* persistent: the statement lives as long as the handle. */
+        src = inv->db->ops->prepare(inv->db, sql_text[which], 1, &inv->stmt[which]);
+        if (src != DB_OK) {
             inv->stmt[which] = NULL;
             return inv_db_fail(inv, src, "prepare");
         }
     }
-    sqlite3_reset(inv->stmt[which]);
-    sqlite3_clear_bindings(inv->stmt[which]);
+    db_reset(inv->stmt[which]);
     *out = inv->stmt[which];
     return MQPKI_OK;
 }
 
-void inv_stmt_done(sqlite3_stmt *st)
+void inv_stmt_done(struct db_stmt *st)
 {
-    if (st != NULL) {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
+    db_reset(st);
 }
 
 int inv_stmt_row(struct inventory *inv, enum inv_sql which, const char *key, const char *what,
-                 sqlite3_stmt **st)
+                 struct db_stmt **st)
 {
     int rc, src;
 
     if ((rc = inv_stmt(inv, which, st)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, *st, 1, key)) != MQPKI_OK)
         return rc;
-    src = sqlite3_step(*st);
-    if (src == SQLITE_ROW)
+    src = db_step(*st);
+    if (src == DB_ROW)
         return MQPKI_OK;
-    if (src == SQLITE_DONE)
+    if (src == DB_DONE)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "%s %s not found", what, key);
     return inv_db_fail(inv, src, what);
 }
 
-int inv_bind_text(struct inventory *inv, sqlite3_stmt *st, int idx, const char *s)
+int inv_bind_text(struct inventory *inv, struct db_stmt *st, int idx, const char *s)
 {
-    int src;
+    int src = db_bind_text(st, idx, s);
 
-    if (s == NULL)
-        src = sqlite3_bind_null(st, idx);
-    else
-        src = sqlite3_bind_text(st, idx, s, -1, SQLITE_STATIC);
-    if (src != SQLITE_OK)
+    if (src != DB_OK)
         return inv_db_fail(inv, src, "bind");
     return MQPKI_OK;
 }
 
-void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size)
+void inv_col_text(struct db_stmt *st, int col, char *out, size_t size)
 {
-    const unsigned char *t = sqlite3_column_text(st, col);
+    const char *t = db_column_text(st, col);
 
     if (size == 0)
         return;
@@ -284,7 +260,7 @@ void inv_col_text(sqlite3_stmt *st, int col, char *out, size_t size)
         out[0] = '\0';
         return;
     }
-    snprintf(out, size, "%s", (const char *)t);
+    snprintf(out, size, "%s", t);
 }
 
 int inv_check_id(const char *id)
@@ -324,60 +300,46 @@ int inv_check_text(const char *s, size_t max, const char *what)
     return MQPKI_OK;
 }
 
-/* One PRAGMA returning one integer. */
-static int pragma_int(struct inventory *inv, const char *sql, int *out)
+static int migrate(struct inventory *inv, int target)
 {
-    sqlite3_stmt *st = NULL;
-    int rc, src;
+    const char *const *steps = inv->ops == &db_pg_ops ? inv_pg_migrations : migrations;
+    int n_steps = inv->ops == &db_pg_ops ? INV_PG_MIGRATIONS : N_MIGRATIONS;
+    int version = 0, rc = MQPKI_OK, src;
 
-    rc = inv_prepare(inv, sql, &st);
-    if (rc != MQPKI_OK)
-        goto out;
-    src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
+    if ((src = inv->db->ops->schema_version(inv->db, &version)) != DB_OK) {
         rc = inv_db_fail(inv, src, "read schema version");
         goto out;
     }
-    *out = sqlite3_column_int(st, 0);
-out:
-    sqlite3_finalize(st);
-    return rc;
-}
-
-static int migrate(struct inventory *inv, int target)
-{
-    char sql[64];
-    int version = 0, rc = MQPKI_OK;
-
-    rc = pragma_int(inv, "PRAGMA user_version", &version);
-    if (rc != MQPKI_OK)
-        goto out;
-    if (version > N_MIGRATIONS) {
+    if (version > n_steps) {
         rc = mqpki_fail(MQPKI_ERR_STORE,
                         "%s: schema version %d is newer than this mqpki understands (%d)",
-                        inv->path, version, N_MIGRATIONS);
+                        inv->path, version, n_steps);
         goto out;
     }
     while (version < target) {
-        rc = inv_exec(inv, "BEGIN IMMEDIATE");
-        if (rc != MQPKI_OK)
+        if ((src = inv->db->ops->begin_write(inv->db, INV_LOCK_MS)) != DB_OK) {
+            rc = inv_db_fail(inv, src, "migrate");
             goto out;
+        }
         /* Another process may have migrated while we waited for the write lock. */
-        rc = pragma_int(inv, "PRAGMA user_version", &version);
+        src = inv->db->ops->schema_version(inv->db, &version);
+        if (src != DB_OK)
+            rc = inv_db_fail(inv, src, "read schema version");
         if (rc == MQPKI_OK && version < target) {
-            rc = inv_exec(inv, migrations[version]);
-            if (rc == MQPKI_OK) {
-                snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
-                rc = inv_exec(inv, sql);
-            }
+            /* An empty step: this engine's schema needs nothing for that version. */
+            if (steps[version][0] != '\0')
+                rc = inv_exec(inv, steps[version]);
+            if (rc == MQPKI_OK && (src = inv->db->ops->set_schema_version(inv->db, version + 1)) !=
+                                      DB_OK)
+                rc = inv_db_fail(inv, src, "set schema version");
             if (rc == MQPKI_OK)
                 version++;
         }
         if (rc == MQPKI_OK)
             rc = inv_exec(inv, "COMMIT");
         if (rc != MQPKI_OK) {
-            if (!sqlite3_get_autocommit(inv->db))
-                sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+            if (inv->db->ops->in_transaction(inv->db))
+                (void)inv->db->ops->exec(inv->db, "ROLLBACK");
             goto out;
         }
     }
@@ -385,84 +347,39 @@ out:
     return rc;
 }
 
-/*
- * The database holds token hashes and the audit log: create it 0600 rather than with the
- * process umask (SQLite gives the -wal and -shm files the database's mode).
- */
-static int precreate(const char *path)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-
-    if (fd < 0) {
-        if (errno == EEXIST)
-            return MQPKI_OK;
-        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
-    }
-    close(fd);
-    return MQPKI_OK;
-}
-
-static int open_at(const char *path, int target, struct inventory **out)
+static int open_at(const char *target, int target_version, struct inventory **out)
 {
     struct inventory *inv = NULL;
-    sqlite3_stmt *st = NULL;
-    const unsigned char *mode;
+    char err[512];
     int rc = MQPKI_OK, src;
 
-    if (out == NULL || path == NULL || path[0] == '\0')
+    if (out == NULL || target == NULL || target[0] == '\0')
         return mqpki_fail(MQPKI_ERR_INVALID, "inventory_open: path missing");
     *out = NULL;
     inv = calloc(1, sizeof(*inv));
-    if (inv == NULL || (inv->path = strdup(path)) == NULL) {
+    if (inv == NULL || (inv->path = malloc(strlen(target) + 1)) == NULL) {
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
-    inv->publish_fd = -1;
-    rc = precreate(path);
-    if (rc != MQPKI_OK)
-        goto out;
-    /* NOMUTEX: one handle is used by one thread at a time (the contract in inventory.h). */
-    src = sqlite3_open_v2(path, &inv->db,
-                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (src != SQLITE_OK) {
-        rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", path,
-                        inv->db != NULL ? sqlite3_errmsg(inv->db) : sqlite3_errstr(src));
-        goto out;
-    }
-    sqlite3_extended_result_codes(inv->db, 1);
-    sqlite3_busy_timeout(inv->db, 5000);
-    /* The first statement reads the header: a file that is not a database fails here. */
-    src = sqlite3_prepare_v2(inv->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
-    if (src == SQLITE_OK)
-        src = sqlite3_step(st);
-    if (src != SQLITE_ROW) {
-        int primary = src & 0xff;
-        if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_FULL ||
-            primary == SQLITE_IOERR)
-            rc = inv_db_fail(inv, src, "open");
-        else /* "mqpki.db: file is not a database" */
-            rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", path, sqlite3_errmsg(inv->db));
+    /* Messages name the store; a password in a URL never reaches them. */
+    db_redact(target, inv->path, strlen(target) + 1);
+    inv->ops = db_ops_for(target);
+    src = inv->ops->open(target, &inv->db, err, sizeof(err));
+    if (src != DB_OK) {
+        if (src == DB_FULL)
+            rc = mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full: %s", inv->path, err);
+        else if (src == DB_BUSY)
+            rc = mqpki_fail(MQPKI_ERR_BUSY, "%s: store busy (%s)", inv->path, err);
+        else if (src == DB_GONE)
+            rc = mqpki_fail(MQPKI_ERR_STORE, "%s: cannot connect: %s", inv->path, err);
+        else
+            rc = mqpki_fail(MQPKI_ERR_STORE, "%s: %s", inv->path, err);
         goto out;
     }
-    mode = sqlite3_column_text(st, 0);
-    if (mode == NULL || strcmp((const char *)mode, "wal") != 0) {
-        rc = mqpki_fail(MQPKI_ERR_STORE, "%s: cannot switch to WAL journal mode", path);
-        goto out;
-    }
-    /* A pending statement would keep the migration's COMMIT from completing. */
-    sqlite3_finalize(st);
-    st = NULL;
-    /*
-     * FULL: a certificate a client has received must survive power loss, so every commit is
-     * fsynced (WAL + NORMAL could lose the last commits). Callers batch several issuances in
-     * one transaction to share the fsync.
-     */
-    rc = inv_exec(inv, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON");
-    if (rc != MQPKI_OK)
-        goto out;
-    rc = migrate(inv, target);
+    rc = migrate(inv, target_version < 0 ? (inv->ops == &db_pg_ops ? INV_PG_MIGRATIONS
+                                                                   : N_MIGRATIONS)
+                                         : target_version);
 out:
-    sqlite3_finalize(st);
     if (rc != MQPKI_OK) {
         inventory_close(inv);
         inv = NULL;
@@ -474,7 +391,39 @@ out:
 
 int inventory_open(const char *path, struct inventory **out)
 {
-    return open_at(path, N_MIGRATIONS, out);
+    return open_at(path, -1, out);
+}
+
+int inventory_is_remote(const struct inventory *inv)
+{
+    return inv != NULL && inv->ops == &db_pg_ops;
+}
+
+int inventory_target_is_remote(const char *target)
+{
+    return db_target_is_pg(target);
+}
+
+int inventory_listen(struct inventory *inv)
+{
+    int src;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_listen: no store");
+    src = inv->db->ops->listen(inv->db, INV_CHANNEL_OUTBOX);
+    return src >= 0 && src != DB_ERROR ? MQPKI_OK : inv_db_fail(inv, src, "listen");
+}
+
+int inventory_wait(struct inventory *inv, int timeout_ms)
+{
+    int src;
+
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_wait: no store");
+    src = inv->db->ops->wait(inv->db, timeout_ms);
+    if (src == 0 || src == 1)
+        return src;
+    return inv_db_fail(inv, src, "wait for notifications");
 }
 
 #ifdef UNIT_TESTING
@@ -489,31 +438,25 @@ void inventory_close(struct inventory *inv)
     if (inv == NULL)
         return;
     for (int i = 0; i < SQL_COUNT_; i++)
-        sqlite3_finalize(inv->stmt[i]);
-    if (inv->db != NULL) {
-        /* An abandoned caller transaction is rolled back, never committed implicitly. */
-        if (!sqlite3_get_autocommit(inv->db))
-            sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
-        sqlite3_close_v2(inv->db);
-    }
-    inventory_publish_unlock(inv);
+        db_finalize(inv->stmt[i]);
+    if (inv->db != NULL)
+        inv->db->ops->close(inv->db);
     free(inv->path);
     free(inv);
 }
 
 int inventory_begin(struct inventory *inv)
 {
-    int rc;
+    int src;
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "inventory_begin: no store");
     if (inv->in_tx || inv->in_snapshot)
         return mqpki_fail(MQPKI_ERR_STATE, "%s: a transaction is already open", inv->path);
-    /* IMMEDIATE: writers queue for the lock up front instead of failing on upgrade. */
-    rc = inv_exec(inv, "BEGIN IMMEDIATE");
-    if (rc == MQPKI_OK)
-        inv->in_tx = 1;
-    return rc;
+    if ((src = inv->db->ops->begin_write(inv->db, INV_LOCK_MS)) != DB_OK)
+        return inv_db_fail(inv, src, "begin");
+    inv->in_tx = 1;
+    return MQPKI_OK;
 }
 
 int inventory_commit(struct inventory *inv)
@@ -525,8 +468,8 @@ int inventory_commit(struct inventory *inv)
     if (!inv->in_tx)
         return mqpki_fail(MQPKI_ERR_STATE, "%s: no transaction is open", inv->path);
     rc = inv_exec(inv, "COMMIT");
-    if (rc != MQPKI_OK && !sqlite3_get_autocommit(inv->db))
-        sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc != MQPKI_OK && inv->db->ops->in_transaction(inv->db))
+        (void)inv->db->ops->exec(inv->db, "ROLLBACK");
     inv->in_tx = 0;
     return rc;
 }
@@ -535,8 +478,8 @@ void inventory_rollback(struct inventory *inv)
 {
     if (inv == NULL || inv->db == NULL)
         return;
-    if (!sqlite3_get_autocommit(inv->db))
-        sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+    if (inv->db->ops->in_transaction(inv->db))
+        (void)inv->db->ops->exec(inv->db, "ROLLBACK");
     inv->in_tx = 0;
 }
 
@@ -551,8 +494,8 @@ int inventory_savepoint_end(struct inventory *inv, int keep)
 {
     if (inv == NULL || !inv->in_tx)
         return mqpki_fail(MQPKI_ERR_STATE, "inventory_savepoint_end: no transaction is open");
-    /* Some errors (disk full, I/O) make SQLite roll back the whole transaction itself. */
-    if (sqlite3_get_autocommit(inv->db)) {
+    /* Some errors (disk full, I/O, a lost connection) end the whole transaction. */
+    if (inv->db->ops->tx_failed(inv->db)) {
         inv->in_tx = 0;
         return mqpki_fail(MQPKI_ERR_STORE, "%s: the transaction was rolled back", inv->path);
     }
@@ -563,24 +506,25 @@ int inventory_savepoint_end(struct inventory *inv, int keep)
 
 int inv_tx_start(struct inventory *inv, struct inv_tx *tx)
 {
-    int rc;
+    int src;
 
     tx->own = 0;
     tx->savepoint = 0;
     if (inv->in_tx) {
-        rc = inv_exec(inv, "SAVEPOINT inv_call");
+        int rc = inv_exec(inv, "SAVEPOINT inv_call");
         if (rc == MQPKI_OK)
             tx->savepoint = 1;
         return rc;
     }
-    rc = inv_exec(inv, "BEGIN IMMEDIATE");
-    if (rc == MQPKI_OK)
-        tx->own = 1;
-    return rc;
+    if ((src = inv->db->ops->begin_write(inv->db, INV_LOCK_MS)) != DB_OK)
+        return inv_db_fail(inv, src, "begin");
+    tx->own = 1;
+    return MQPKI_OK;
 }
 
 int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc)
 {
+    const struct db_ops *ops = inv->db->ops;
     int crc;
 
     if (tx->own) {
@@ -589,21 +533,21 @@ int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc)
             crc = inv_exec(inv, "COMMIT");
             if (crc != MQPKI_OK)
                 rc = crc;
-            if (crc != MQPKI_OK && !sqlite3_get_autocommit(inv->db))
-                sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
-        } else if (!sqlite3_get_autocommit(inv->db)) {
-            sqlite3_exec(inv->db, "ROLLBACK", NULL, NULL, NULL);
+            if (crc != MQPKI_OK && ops->in_transaction(inv->db))
+                (void)ops->exec(inv->db, "ROLLBACK");
+        } else if (ops->in_transaction(inv->db)) {
+            (void)ops->exec(inv->db, "ROLLBACK");
         }
     } else if (tx->savepoint) {
-        /* Some errors (disk full, I/O) make SQLite roll back the whole transaction itself. */
-        if (sqlite3_get_autocommit(inv->db)) {
+        /* Some errors (disk full, I/O, a lost connection) end the whole transaction. */
+        if (ops->tx_failed(inv->db)) {
             inv->in_tx = 0;
         } else if (keep) {
             crc = inv_exec(inv, "RELEASE inv_call");
             if (crc != MQPKI_OK)
                 rc = crc;
         } else {
-            sqlite3_exec(inv->db, "ROLLBACK TO inv_call; RELEASE inv_call", NULL, NULL, NULL);
+            (void)ops->exec(inv->db, "ROLLBACK TO inv_call; RELEASE inv_call");
         }
     }
     tx->own = 0;
@@ -612,7 +556,7 @@ int inv_tx_end(struct inventory *inv, struct inv_tx *tx, int keep, int rc)
 }
 
 #ifdef UNIT_TESTING
-sqlite3 *inv_test_db(struct inventory *inv)
+struct db *inv_test_db(struct inventory *inv)
 {
     return inv->db;
 }
@@ -621,7 +565,7 @@ sqlite3 *inv_test_db(struct inventory *inv)
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value)
 {
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if (inv == NULL || key == NULL || key[0] == '\0' || value == NULL)
@@ -643,8 +587,8 @@ int inventory_meta_set(struct inventory *inv, const char *key, const char *value
     if ((rc = inv_bind_text(inv, st, 1, key)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 2, value)) != MQPKI_OK)
         goto out;
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    src = db_step(st);
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "meta set");
         goto out;
     }
@@ -658,8 +602,8 @@ out:
 
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size)
 {
-    sqlite3_stmt *st = NULL;
-    const unsigned char *v;
+    struct db_stmt *st = NULL;
+    const char *v;
     int rc;
 
     if (inv == NULL || key == NULL || out == NULL || out_size == 0)
@@ -667,14 +611,14 @@ int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t
     out[0] = '\0';
     if ((rc = inv_stmt_row(inv, SQL_META_GET, key, "meta key", &st)) != MQPKI_OK)
         goto out;
-    v = sqlite3_column_text(st, 0);
+    v = db_column_text(st, 0);
     if (v == NULL)
-        v = (const unsigned char *)"";
-    if ((size_t)sqlite3_column_bytes(st, 0) >= out_size) {
+        v = "";
+    if ((size_t)db_column_bytes(st, 0) >= out_size) {
         rc = mqpki_fail(MQPKI_ERR_TOO_LARGE, "meta key '%s': value longer than the buffer", key);
         goto out;
     }
-    memcpy(out, v, (size_t)sqlite3_column_bytes(st, 0) + 1);
+    memcpy(out, v, (size_t)db_column_bytes(st, 0) + 1);
 out:
     inv_stmt_done(st);
     return rc;

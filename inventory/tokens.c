@@ -79,7 +79,7 @@ const char *inventory_token_state_name(int state)
 static int token_revoke_rows(struct inventory *inv, enum inv_sql which, const char *asset_id,
                              int64_t id, int64_t except, int64_t now, const char *actor, int *count)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     json_t *ids = json_array();
     int rc, src;
 
@@ -90,19 +90,19 @@ static int token_revoke_rows(struct inventory *inv, enum inv_sql which, const ch
     if ((rc = inv_stmt(inv, which, &st)) != MQPKI_OK)
         goto out;
     if (which == SQL_TOKEN_REVOKE_ID)
-        sqlite3_bind_int64(st, 1, id);
+        db_bind_int64(st, 1, id);
     else if ((rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, now);
+    db_bind_int64(st, 2, now);
     if (which == SQL_TOKEN_SUPERSEDE)
-        sqlite3_bind_int64(st, 3, except);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (json_array_append_new(ids, json_integer(sqlite3_column_int64(st, 0))) != 0) {
+        db_bind_int64(st, 3, except);
+    while ((src = db_step(st)) == DB_ROW) {
+        if (json_array_append_new(ids, json_integer(db_column_int64(st, 0))) != 0) {
             rc = MQPKI_ERR_NOMEM;
             goto out;
         }
     }
-    if (src != SQLITE_DONE) {
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "token revoke");
         goto out;
     }
@@ -132,7 +132,7 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
     unsigned char raw[TOKEN_BYTES], salt[SALT_BYTES], hash[INV_HASH_LEN];
     char text[4 * ((TOKEN_BYTES + 2) / 3) + 1];
     struct inv_tx tx = {0};
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
     int64_t id = 0;
 
@@ -170,16 +170,16 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
     rc = inv_stmt(inv, SQL_TOKEN_INSERT, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_blob(st, 2, salt, SALT_BYTES, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 3, hash, INV_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, now);
-    sqlite3_bind_int64(st, 5, now + ttl);
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_blob(st, 2, salt, SALT_BYTES);
+    db_bind_blob(st, 3, hash, INV_HASH_LEN);
+    db_bind_int64(st, 4, now);
+    db_bind_int64(st, 5, now + ttl);
+    src = db_step(st);
+    if (src != DB_ROW) {
         rc = inv_db_fail(inv, src, "token create");
         goto out;
     }
-    id = sqlite3_last_insert_rowid(inv->db);
+    id = db_column_int64(st, 0);
     inv_stmt_done(st);
     st = NULL;
     /* The event names the token by its row id, never by its text. */
@@ -213,29 +213,29 @@ static int token_find(struct inventory *inv, const char *asset_id, const char *t
                       int64_t now, int64_t *match_id)
 {
     unsigned char calc[INV_HASH_LEN];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     *match_id = 0;
     rc = inv_stmt(inv, SQL_TOKEN_LIVE, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, now);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const void *salt = sqlite3_column_blob(st, 1);
-        const void *hash = sqlite3_column_blob(st, 2);
+    db_bind_int64(st, 2, now);
+    while ((src = db_step(st)) == DB_ROW) {
+        const void *salt = db_column_blob(st, 1);
+        const void *hash = db_column_blob(st, 2);
 
-        if (salt == NULL || hash == NULL || sqlite3_column_bytes(st, 1) != SALT_BYTES ||
-            sqlite3_column_bytes(st, 2) != INV_HASH_LEN)
+        if (salt == NULL || hash == NULL || db_column_bytes(st, 1) != SALT_BYTES ||
+            db_column_bytes(st, 2) != INV_HASH_LEN)
             continue;
         rc = token_hash(salt, token, len, calc);
         if (rc != MQPKI_OK)
             goto out;
         /* Constant time: the comparison must not reveal how much of a guess was right. */
         if (CRYPTO_memcmp(calc, hash, INV_HASH_LEN) == 0 && *match_id == 0)
-            *match_id = sqlite3_column_int64(st, 0);
+            *match_id = db_column_int64(st, 0);
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "token check");
 out:
     OPENSSL_cleanse(calc, sizeof(calc));
@@ -249,20 +249,20 @@ out:
  */
 static int token_failed(struct inventory *inv, const char *asset_id, int64_t now)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     json_t *burned = NULL;
     int rc, src, bumped;
 
     rc = inv_stmt(inv, SQL_TOKEN_FAIL, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, now);
-    src = sqlite3_step(st);
-    if (src != SQLITE_DONE) {
+    db_bind_int64(st, 2, now);
+    src = db_step(st);
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "token failure");
         goto out;
     }
-    bumped = sqlite3_changes(inv->db);
+    bumped = inv->db->ops->changes(inv->db);
     inv_stmt_done(st);
     st = NULL;
     /* Nothing live to guess at: an unknown asset or no token out; nothing to record. */
@@ -280,15 +280,15 @@ static int token_failed(struct inventory *inv, const char *asset_id, int64_t now
     rc = inv_stmt(inv, SQL_TOKEN_BURN, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int(st, 3, INV_TOKEN_MAX_FAILURES);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        if (json_array_append_new(burned, json_integer(sqlite3_column_int64(st, 0))) != 0) {
+    db_bind_int64(st, 2, now);
+    db_bind_int64(st, 3, INV_TOKEN_MAX_FAILURES);
+    while ((src = db_step(st)) == DB_ROW) {
+        if (json_array_append_new(burned, json_integer(db_column_int64(st, 0))) != 0) {
             rc = MQPKI_ERR_NOMEM;
             goto out;
         }
     }
-    if (src != SQLITE_DONE) {
+    if (src != DB_DONE) {
         rc = inv_db_fail(inv, src, "token burn");
         goto out;
     }
@@ -350,7 +350,7 @@ int inventory_token_find_used(struct inventory *inv, const char *asset_id, const
                               char serial[PROTO_SERIAL_HEX_MAX + 1])
 {
     unsigned char calc[INV_HASH_LEN];
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     size_t len = token != NULL ? strnlen(token, TOKEN_TEXT_MAX) : 0;
     int rc, src, found = 0;
 
@@ -362,16 +362,16 @@ int inventory_token_find_used(struct inventory *inv, const char *asset_id, const
     rc = inv_stmt(inv, SQL_TOKEN_USED_SINCE, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    sqlite3_bind_int64(st, 2, since);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-        const void *salt = sqlite3_column_blob(st, 1);
-        const void *hash = sqlite3_column_blob(st, 2);
-        const void *csr = sqlite3_column_blob(st, 3);
+    db_bind_int64(st, 2, since);
+    while ((src = db_step(st)) == DB_ROW) {
+        const void *salt = db_column_blob(st, 1);
+        const void *hash = db_column_blob(st, 2);
+        const void *csr = db_column_blob(st, 3);
 
         if (salt == NULL || hash == NULL || csr == NULL ||
-            sqlite3_column_bytes(st, 1) != SALT_BYTES ||
-            sqlite3_column_bytes(st, 2) != INV_HASH_LEN ||
-            sqlite3_column_bytes(st, 3) != INV_CSR_HASH_LEN)
+            db_column_bytes(st, 1) != SALT_BYTES ||
+            db_column_bytes(st, 2) != INV_HASH_LEN ||
+            db_column_bytes(st, 3) != INV_CSR_HASH_LEN)
             continue;
         if ((rc = token_hash(salt, token, len, calc)) != MQPKI_OK)
             goto out;
@@ -382,7 +382,7 @@ int inventory_token_find_used(struct inventory *inv, const char *asset_id, const
             found = 1;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "token find");
     else if (!found)
         rc = mqpki_fail(MQPKI_ERR_AUTH, REFUSED);
@@ -398,7 +398,7 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
     struct inv_tx tx = {0};
     int64_t now = mqpki_now(), match = 0;
     size_t len;
-    int rc, keep;
+    int rc, keep, src;
 
     if (inv == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "token consume: no store");
@@ -412,17 +412,19 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
     if (len > 0 && len < TOKEN_TEXT_MAX)
         rc = token_find(inv, asset_id, token, len, now, &match);
     if (rc == MQPKI_OK && match != 0) {
-        sqlite3_stmt *st = NULL;
+        struct db_stmt *st = NULL;
         rc = inv_stmt(inv, SQL_TOKEN_USE, &st);
         if (rc == MQPKI_OK) {
-            sqlite3_bind_int64(st, 1, match);
-            sqlite3_bind_int64(st, 2, now);
+            db_bind_int64(st, 1, match);
+            db_bind_int64(st, 2, now);
             if (csr_sha256 != NULL && serial != NULL) {
-                sqlite3_bind_blob(st, 3, csr_sha256, INV_CSR_HASH_LEN, SQLITE_STATIC);
+                db_bind_blob(st, 3, csr_sha256, INV_CSR_HASH_LEN);
                 rc = inv_bind_text(inv, st, 4, serial);
             }
-            if (rc == MQPKI_OK && sqlite3_step(st) != SQLITE_DONE)
-                rc = inv_db_fail(inv, sqlite3_errcode(inv->db), "token use");
+            /* Conditional: of two replicas racing with one token, exactly one gets the row. */
+            if (rc == MQPKI_OK && (src = db_step(st)) != DB_ROW)
+                rc = src == DB_DONE ? mqpki_fail(MQPKI_ERR_AUTH, REFUSED)
+                                    : inv_db_fail(inv, src, "token use");
         }
         inv_stmt_done(st);
         if (rc == MQPKI_OK && serial != NULL)
@@ -448,16 +450,16 @@ int inventory_token_consume(struct inventory *inv, const char *asset_id, const c
 }
 
 /* A row of INV_TOKEN_COLS; the state derived as of now. */
-static void token_from_row(sqlite3_stmt *st, int64_t now, struct inventory_token *t)
+static void token_from_row(struct db_stmt *st, int64_t now, struct inventory_token *t)
 {
     memset(t, 0, sizeof(*t));
-    t->id = sqlite3_column_int64(st, 0);
+    t->id = db_column_int64(st, 0);
     inv_col_text(st, 1, t->asset_id, sizeof(t->asset_id));
-    t->created_at = sqlite3_column_int64(st, 2);
-    t->expires_at = sqlite3_column_int64(st, 3);
-    t->used_at = sqlite3_column_int64(st, 4);
-    t->revoked_at = sqlite3_column_int64(st, 5);
-    t->failures = sqlite3_column_int(st, 6);
+    t->created_at = db_column_int64(st, 2);
+    t->expires_at = db_column_int64(st, 3);
+    t->used_at = db_column_int64(st, 4);
+    t->revoked_at = db_column_int64(st, 5);
+    t->failures = db_column_int(st, 6);
     inv_col_text(st, 7, t->serial, sizeof(t->serial));
     /* A burn marks the token used without a certificate; a consumed token stopped counting
      * failures below the limit (tokens used before schema 3 have no serial either). */
@@ -475,7 +477,7 @@ static void token_from_row(sqlite3_stmt *st, int64_t now, struct inventory_token
 
 int inventory_token_get(struct inventory *inv, int64_t id, struct inventory_token *out)
 {
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int rc, src;
 
     if (inv == NULL || out == NULL)
@@ -483,11 +485,11 @@ int inventory_token_get(struct inventory *inv, int64_t id, struct inventory_toke
     memset(out, 0, sizeof(*out));
     if ((rc = inv_stmt(inv, SQL_TOKEN_GET, &st)) != MQPKI_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, id);
-    src = sqlite3_step(st);
-    if (src == SQLITE_ROW)
+    db_bind_int64(st, 1, id);
+    src = db_step(st);
+    if (src == DB_ROW)
         token_from_row(st, mqpki_now(), out);
-    else if (src == SQLITE_DONE)
+    else if (src == DB_DONE)
         rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "token %lld not found", (long long)id);
     else
         rc = inv_db_fail(inv, src, "token get");
@@ -499,7 +501,7 @@ int inventory_token_list(struct inventory *inv, const char *asset_id, inventory_
                          void *ctx)
 {
     struct inventory_token t;
-    sqlite3_stmt *st = NULL;
+    struct db_stmt *st = NULL;
     int64_t now = mqpki_now();
     int rc, src;
 
@@ -510,14 +512,14 @@ int inventory_token_list(struct inventory *inv, const char *asset_id, inventory_
     rc = inv_stmt(inv, asset_id != NULL ? SQL_TOKEN_LIST_ASSET : SQL_TOKEN_LIST, &st);
     if (rc != MQPKI_OK || (asset_id != NULL && (rc = inv_bind_text(inv, st, 1, asset_id))))
         goto out;
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    while ((src = db_step(st)) == DB_ROW) {
         token_from_row(st, now, &t);
         if (cb(&t, ctx) != 0) {
-            src = SQLITE_DONE;
+            src = DB_DONE;
             break;
         }
     }
-    if (src != SQLITE_DONE)
+    if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "token list");
 out:
     inv_stmt_done(st);

@@ -14,7 +14,15 @@ PASSED=0
 FAILED=0
 
 cleanup() {
-  local pid
+  local pid i
+  # PostgreSQL last, with a fast shutdown, once its clients are gone.
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && [ "$pid" != "${PG_PID:-}" ] && kill "$pid" 2>/dev/null || true
+  done
+  if [ -n "${PG_PID:-}" ]; then
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   done
@@ -82,8 +90,15 @@ alive() { kill -0 "$1" 2>/dev/null; }
 gone() { ! kill -0 "$1" 2>/dev/null; }
 
 # A fresh CA in $MQPKI_HOME.
+# MQPKI_TEST_STORE=postgresql runs a test's CA on a private PostgreSQL server instead of the
+# embedded SQLite file (the store back ends must be interchangeable).
 init_ca() {
-  mqpki init "$@" >"$T/init.out" 2>"$T/init.err" || { cat "$T/init.err"; return 1; }
+  local store=()
+  if [ "${MQPKI_TEST_STORE:-}" = postgresql ]; then
+    [ -n "${PG_URL:-}" ] || start_pg
+    store=(--store "$PG_URL")
+  fi
+  mqpki "${store[@]}" init "$@" >"$T/init.out" 2>"$T/init.err" || { cat "$T/init.err"; return 1; }
   mqpki ca export --out "$T/chain.pem"
 }
 
@@ -135,4 +150,31 @@ est_enroll() {
     base64 -d "$T/$3.p7" | openssl pkcs7 -inform DER -print_certs >"$T/$3.pem"
   fi
   echo "$code"
+}
+
+# start_pg: a private PostgreSQL 15 server in $T/pg (initdb, pg_ctl), Unix socket only, on an
+# ephemeral port, stopped by pid at exit. The server refuses to run as root: under root it runs
+# as the postgres account (Debian's package creates it). Sets PG_URL (database mqpki) and PG_PID.
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+start_pg() {
+  local as=() port
+  [ -x "$PG_BIN/initdb" ] || { echo "# PostgreSQL server binaries missing (scripts/install-deps.sh)"; return 1; }
+  mkdir -p "$T/pg"
+  if [ "$(id -u)" = 0 ]; then
+    chmod 755 "$T"
+    chown postgres: "$T/pg"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$PG_BIN/initdb" -D "$T/pg/data" -A trust -U mqpki --no-sync -E UTF8 \
+    >"$T/pg/initdb.log" 2>&1 || { cat "$T/pg/initdb.log"; return 1; }
+  port=$(free_port)
+  # fsync stays on: the durability claims are the server's, as in production.
+  "${as[@]}" "$PG_BIN/pg_ctl" -D "$T/pg/data" -l "$T/pg/server.log" -w -t 30 \
+    -o "-k $T/pg -p $port -c listen_addresses= -c max_connections=200" start >/dev/null ||
+    { cat "$T/pg/server.log"; return 1; }
+  PG_PID=$(head -n 1 "$T/pg/data/postmaster.pid")
+  PIDS+=("$PG_PID")
+  "${as[@]}" "$PG_BIN/createdb" -h "$T/pg" -p "$port" -U mqpki mqpki
+  PG_URL="postgresql:///mqpki?host=$T/pg&port=$port&user=mqpki"
+  PG_PORT=$port
 }

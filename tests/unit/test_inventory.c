@@ -11,6 +11,7 @@
 #include "inventory_int.h"
 
 #include <jansson.h>
+#include <sqlite3.h>
 #include <openssl/evp.h>
 #include <cmocka.h>
 /* Under UNIT_TESTING cmocka swaps malloc/free for its own; buffers cross into module code. */
@@ -169,13 +170,14 @@ static int count_certs(struct inventory *inv, const char *asset, int state)
 
 static int64_t raw_int(struct fx *f, const char *sql)
 {
-    sqlite3_stmt *st = NULL;
+    struct db *db = inv_test_db(f->inv);
+    struct db_stmt *st = NULL;
     int64_t v;
 
-    assert_int_equal(sqlite3_prepare_v2(inv_test_db(f->inv), sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    assert_int_equal(db->ops->prepare(db, sql, 0, &st), DB_OK);
+    assert_int_equal(db_step(st), DB_ROW);
+    v = db_column_int64(st, 0);
+    db_finalize(st);
     return v;
 }
 
@@ -227,14 +229,13 @@ static void test_migrate_1_to_2(void **state)
     assert_int_equal(cert_add(old, "21", "a", '1', 0), MQPKI_OK);
     assert_int_equal(cert_add(old, "22", "a", '2', 0), MQPKI_OK);
     assert_int_equal(cert_add(old, "23", "a", '3', 0), MQPKI_OK);
-    assert_int_equal(sqlite3_exec(inv_test_db(old),
+    assert_int_equal(inv_test_db(old)->ops->exec(inv_test_db(old),
                                   "UPDATE certs SET state = 'revoked', reason = 1, revoked_at = "
                                   "CASE serial WHEN '22' THEN 100 ELSE 200 END "
                                   "WHERE serial IN ('22', '23');"
                                   "UPDATE counters SET value = 41 WHERE name = 'crl_number';"
-                                  "INSERT INTO meta(key, value) VALUES ('crl.full.number', '41');",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
+                                  "INSERT INTO meta(key, value) VALUES ('crl.full.number', '41');"),
+                     DB_OK);
     inventory_close(old);
     reopen(f);
     assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
