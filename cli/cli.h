@@ -41,6 +41,9 @@ int cmd_unhold(struct cli *cli, int argc, char **argv);
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);
 int cmd_crl_sync(struct cli *cli, int argc, char **argv);
+/* cmd_store.c: the store's back end and replicas (docs/ha.md). */
+int cmd_store_migrate(struct cli *cli, int argc, char **argv);
+int cmd_replica_init(struct cli *cli, int argc, char **argv);
 
 /* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */
 int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -43,6 +43,8 @@ static const struct command commands[] = {
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
+    {"store", "migrate", cmd_store_migrate, "copy the embedded store into PostgreSQL"},
+    {"replica", "init", cmd_replica_init, "prepare a second mqpkid on the same PostgreSQL store"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

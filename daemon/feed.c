@@ -333,9 +333,23 @@ out:
     return rc;
 }
 
+/* The link's MQTT client id: one per replica (data directory) and broker, so that replicas
+ * sharing one store and one broker never take over each other's session (MQTT 3.1.4-3). */
+static void link_client_id(const struct feed *f, const struct link *l, char *out, size_t size)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: a name, not a secret */
+
+    for (const char *s = f->home; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    h = (h ^ '/') * 16777619u;
+    for (const char *s = l->name; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    snprintf(out, size, "%s-%08x", SERVICE_ID, h);
+}
+
 static int link_setup(struct feed *f, struct link *l)
 {
-    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], client_id[64];
     int rc = MQPKI_OK;
 
     if (mqpki_path(ca, sizeof(ca), "%s/ca/chain.pem", f->home) != MQPKI_OK ||
@@ -344,7 +358,8 @@ static int link_setup(struct feed *f, struct link *l)
         rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
         goto out;
     }
-    if ((l->m = mosquitto_new(SERVICE_ID, true, l)) == NULL) {
+    link_client_id(f, l, client_id, sizeof(client_id));
+    if ((l->m = mosquitto_new(client_id, true, l)) == NULL) {
         rc = mqpki_fail(MQPKI_ERR_NOMEM, "feed: cannot create an MQTT client");
         goto out;
     }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "daemon.h"
@@ -40,7 +41,53 @@ struct publisher {
     int64_t offered[2]; /* newest full and delta CRL handed to the feed */
     int64_t cp_offered; /* newest audit checkpoint handed to the feed */
     int64_t cp_next;    /* monotonic second of the next scheduled audit checkpoint */
+    pthread_t listener; /* PostgreSQL: wakes the cycle when any replica commits a CRL */
+    int listening;
 };
+
+/* Asks for a cycle without waiting for it. */
+static void kick(struct publisher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->requested++;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/*
+ * Replicas over one PostgreSQL store: a CRL reserved or signed by any of them NOTIFYs the others
+ * when its transaction commits, and this thread turns that into a cycle at once (the CRL reaches
+ * this replica's brokers within milliseconds, not at the next tick). Its own connection waits
+ * for notifications only; a lost one is reopened, and the one-second tick covers the gap.
+ */
+static void *listen_run(void *arg)
+{
+    struct publisher *p = arg;
+    struct inventory *inv = NULL;
+    int stop = 0, rc;
+
+    while (!stop) {
+        if (inv == NULL && (inventory_open(p->ctx->db_path, &inv) != MQPKI_OK ||
+                            inventory_listen(inv) != MQPKI_OK)) {
+            mqpki_log(MQPKI_LOG_ERROR, "CRL notifications: %s (retrying)",
+                      mqpki_err_detail(MQPKI_ERR_STORE));
+            inventory_close(inv);
+            inv = NULL;
+            sleep(1);
+        } else if (inv != NULL) {
+            rc = inventory_wait(inv, 250);
+            if (rc == 1)
+                kick(p);
+            else if (rc < 0 || rc > 1)
+                mqpki_err_clear();
+        }
+        pthread_mutex_lock(&p->lock);
+        stop = p->stop;
+        pthread_mutex_unlock(&p->lock);
+    }
+    inventory_close(inv);
+    return NULL;
+}
 
 static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
                   size_t len)
@@ -82,8 +129,14 @@ static void catch_up(struct publisher *p)
         /* Never a lower number after a higher one: a delta older than the full CRL is spent. */
         if (c.number <= p->offered[k] || (k == INV_CRL_DELTA && c.number <= full))
             continue;
-        if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK)
+        if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK) {
             offer(p, &c, der, len);
+            /* Signed by another replica: this one's crl/ (served over HTTP) follows too. */
+            int erc = datadir_crl_export(p->ctx->dd, &c, der, len);
+            if (erc != MQPKI_OK)
+                mqpki_log(MQPKI_LOG_ERROR, "CRL %lld: %s", (long long)c.number,
+                          mqpki_err_detail(erc));
+        }
         free(der);
     }
     mqpki_err_clear();
@@ -115,16 +168,16 @@ static int publish(struct publisher *p, struct lifecycle_publication *pub)
  */
 static int cycle(struct publisher *p, struct lifecycle_publication *pub, char *error, size_t size)
 {
-    int64_t number;
-    int rc, due = 0;
+    int64_t number = 0;
+    int rc;
 
     memset(pub, 0, sizeof(*pub));
     pub->full_number = pub->delta_number = -1;
     error[0] = '\0';
     rc = publish(p, pub);
-    if (rc == MQPKI_OK && (rc = lifecycle_crl_due(p->lc, mqpki_now(), &due)) == MQPKI_OK && due &&
-        (rc = lifecycle_crl_request(p->lc, INV_CRL_FULL, "schedule", "mqpkid", &number)) ==
-            MQPKI_OK)
+    if (rc == MQPKI_OK &&
+        (rc = lifecycle_crl_schedule(p->lc, mqpki_now(), "mqpkid", &number)) == MQPKI_OK &&
+        number > 0)
         rc = publish(p, pub);
     if (rc != MQPKI_OK) {
         snprintf(error, size, "%s", mqpki_err_detail(rc));
@@ -243,6 +296,13 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
         goto out;
     }
     p->started = 1;
+    if (inventory_is_remote(p->inv)) {
+        if (pthread_create(&p->listener, NULL, listen_run, p) != 0) {
+            rc = mqpki_fail(MQPKI_ERR_INTERNAL, "publisher: cannot start a thread");
+            goto out;
+        }
+        p->listening = 1;
+    }
     *out = p;
     p = NULL;
 out:
@@ -282,6 +342,8 @@ void publisher_stop(struct publisher *p)
         pthread_cond_broadcast(&p->cond);
         pthread_mutex_unlock(&p->lock);
         pthread_join(p->thread, NULL);
+        if (p->listening)
+            pthread_join(p->listener, NULL);
     }
     lifecycle_free(p->lc);
     inventory_close(p->inv);

@@ -104,6 +104,24 @@ int datadir_ca_open(struct datadir *dd);
  */
 int datadir_set_store(const char *url);
 
+/*
+ * Copies home's embedded store (mqpki.db) into the empty PostgreSQL store at url
+ * (inventory_copy) and then sets [store] url in mqpki.conf; mqpki.db stays as it was. Refused
+ * while mqpkid runs on home (it would keep writing to the old store).
+ */
+int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress,
+                          void *ctx);
+
+/*
+ * Prepares the empty or missing directory to as a replica of the data directory from, whose
+ * store must be PostgreSQL: its configuration (and so the store), the CA certificates, the PIN,
+ * mqpkid's TLS identity, the published CRLs and the broker registrations are copied; the
+ * embedded SoftHSM token is shared (to/hsm is a symbolic link to from/hsm: replicas on one
+ * host), a network HSM ([hsm] module) is reached by the copied configuration. progress may be
+ * NULL.
+ */
+int datadir_replica_init(const char *from, const char *to, void (*progress)(const char *step));
+
 /* The store's target: --store, else [store] url, else HOME/mqpki.db. */
 int datadir_store_target(const struct datadir *dd, char out[PATH_MAX]);
 

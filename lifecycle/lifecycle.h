@@ -176,6 +176,13 @@ int lifecycle_crl_request(struct lifecycle *lc, int kind, const char *reason, co
  * crl_full_every, or a delta CRL has extended it for crl_full_after. */
 int lifecycle_crl_due(struct lifecycle *lc, int64_t now, int *due);
 
+/*
+ * The scheduled full CRL, reserved at most once however many processes or replicas ask: the
+ * due check and the reservation run in one write transaction, so the second to ask finds the
+ * first one's pending CRL. *number: the reserved CRL number, 0 when none was due.
+ */
+int lifecycle_crl_schedule(struct lifecycle *lc, int64_t now, const char *actor, int64_t *number);
+
 /* Number of publications not finished (pending or signed): work for lifecycle_publish. */
 int lifecycle_open_count(struct lifecycle *lc, int64_t *count);
 

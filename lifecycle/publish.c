@@ -345,6 +345,24 @@ int lifecycle_crl_due(struct lifecycle *lc, int64_t now, int *due)
     return MQPKI_OK;
 }
 
+int lifecycle_crl_schedule(struct lifecycle *lc, int64_t now, const char *actor, int64_t *number)
+{
+    int rc, due = 0;
+
+    *number = 0;
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        return rc;
+    if ((rc = lifecycle_crl_due(lc, now, &due)) == MQPKI_OK && due)
+        rc = lifecycle_crl_request(lc, INV_CRL_FULL, "schedule", actor, number);
+    if (rc == MQPKI_OK)
+        rc = inventory_commit(lc->inv);
+    else
+        inventory_rollback(lc->inv);
+    if (rc != MQPKI_OK)
+        *number = 0;
+    return rc;
+}
+
 int lifecycle_open_count(struct lifecycle *lc, int64_t *count)
 {
     return inventory_crl_open(lc->inv, NULL, NULL, count);

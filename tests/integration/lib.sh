@@ -102,6 +102,12 @@ init_ca() {
   mqpki ca export --out "$T/chain.pem"
 }
 
+# init_ca_pg [init options...]: init_ca with the store on the server start_pg started.
+init_ca_pg() {
+  mqpki --store "$PG_URL" init "$@" >"$T/init.out" 2>"$T/init.err" || { cat "$T/init.err"; return 1; }
+  mqpki ca export --out "$T/chain.pem"
+}
+
 # make_csr NAME [openssl req options...]: key $T/NAME.key, CSR $T/NAME.csr (PEM).
 make_csr() {
   local name=$1; shift
