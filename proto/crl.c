@@ -169,24 +169,34 @@ out:
     return rc;
 }
 
+int proto_crl_issuer_key(X509_CRL *crl, STACK_OF(X509) * cas, EVP_PKEY **key, char *why,
+                         size_t why_len)
+{
+    X509 *ca;
+
+    *key = NULL;
+    if ((ca = find_issuer(crl, cas)) == NULL)
+        return refuse(why, why_len,
+                      "CRL signed by an unknown CA (issuer not in the trusted CA file)");
+    if ((X509_get_extension_flags(ca) & EXFLAG_KUSAGE) && !(X509_get_key_usage(ca) & KU_CRL_SIGN))
+        return refuse(why, why_len,
+                      "CRL issuer's certificate lacks keyUsage cRLSign (RFC 5280 4.2.1.3)");
+    if ((*key = X509_get0_pubkey(ca)) == NULL)
+        return refuse(why, why_len, "CRL issuer's public key cannot be read");
+    return 0;
+}
+
 int proto_crl_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct proto_crl_info *info, char *why,
                      size_t why_len)
 {
-    X509 *ca;
     EVP_PKEY *pub;
     int rc = -1;
 
     memset(info, 0, sizeof(*info));
     info->base = -1;
-    if ((ca = find_issuer(crl, cas)) == NULL) {
-        refuse(why, why_len, "CRL signed by an unknown CA (issuer not in the trusted CA file)");
+    if (proto_crl_issuer_key(crl, cas, &pub, why, why_len) != 0)
         goto out;
-    }
-    if ((X509_get_extension_flags(ca) & EXFLAG_KUSAGE) && !(X509_get_key_usage(ca) & KU_CRL_SIGN)) {
-        refuse(why, why_len, "CRL issuer's certificate lacks keyUsage cRLSign (RFC 5280 4.2.1.3)");
-        goto out;
-    }
-    if ((pub = X509_get0_pubkey(ca)) == NULL || X509_CRL_verify(crl, pub) != 1) {
+    if (X509_CRL_verify(crl, pub) != 1) {
         refuse(why, why_len, "CRL signature does not verify against the issuing CA");
         goto out;
     }
