@@ -3,7 +3,8 @@
 # about 800 KB). The broker loads it off Mosquitto's thread and swaps it in; a revocation after
 # it goes out as a delta and kicks at once, while mqpkid's schedule re-signs the large full CRL;
 # a large CRL with a changed number is refused by the worker and never kept; the broker keeps
-# the large CRL across a restart.
+# the large CRL across a restart; a large full CRL and its delta published back to back both
+# take effect.
 . "$(dirname "$0")/lib.sh"
 
 P=$(free_port)
@@ -101,5 +102,23 @@ check "the kept large CRL and delta come back" \
   "$T/broker2.log"
 expect_fail 5 "dev2 cannot connect after the restart" bash -c "mosquitto_sub ${TLS[*]} \
   --cert '$T/dev2.pem' --key '$T/dev2.key' -i dev2 -t 'fleet/dev2/#' -C 1 -W 5 2>&1 \
+  >/dev/null | head -1 >&2; exit \${PIPESTATUS[0]}"
+
+# A new large full CRL and the delta based on it, published back to back (the delta may arrive
+# while the worker still loads its base: it then waits for it). mqpkid is stopped: the CLI signs.
+mqpki asset add dev3 --kind device >/dev/null
+make_csr dev3
+check "issue dev3" mqpki issue --asset dev3 --csr "$T/dev3.csr" --out "$T/dev3.pem"
+check "a new full CRL is signed" mqpki crl publish
+cp "$H/crl/issuing.crl" "$T/full-new.der"
+check "revoke dev3 (a delta based on it)" mqpki revoke --asset dev3 --reason superseded
+mosquitto_pub "${TLS[@]}" --cert "$H/tls/mqpkid.pem" --key "$H/tls/mqpkid.key" -i test-pub \
+  -q 1 -t mqpki/v1/crl/full -f "$T/full-new.der"
+mosquitto_pub "${TLS[@]}" --cert "$H/tls/mqpkid.pem" --key "$H/tls/mqpkid.key" -i test-pub \
+  -q 1 -t mqpki/v1/crl/delta -f "$H/crl/issuing-delta.crl"
+check "the broker holds the new full CRL and its delta" wait_for 10 bash -c \
+  "grep -q 'delta CRL [0-9]* accepted: $((N + 3)) serials' '$T/broker2.log'"
+expect_fail 5 "dev3 cannot connect" bash -c "mosquitto_sub ${TLS[*]} \
+  --cert '$T/dev3.pem' --key '$T/dev3.key' -i dev3 -t 'fleet/dev3/#' -C 1 -W 5 2>&1 \
   >/dev/null | head -1 >&2; exit \${PIPESTATUS[0]}"
 finish
