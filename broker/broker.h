@@ -93,12 +93,23 @@ void crlload_stop(struct crlload *l);
  * crlload_pending. */
 int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,
                    const char *persist_path);
+/* A table to free on the worker (revset_set_reaper's fn; ctx is the struct crlload). It is
+ * freed at once when the worker cannot take it. */
+void crlload_reap(struct serialset *s, void *ctx);
 /* The highest CRL number submitted and not yet taken, -1 when none. */
 int64_t crlload_pending(const struct crlload *l);
 /* 1 when a result was waiting: *part (NULL when refused, why says why) and *info; 0 when
  * none. */
 int crlload_take(struct crlload *l, struct revpart **part, struct proto_crl_info *info, char *why,
                  size_t why_len);
+
+/*
+ * Hands the table of every part no revset holds any more to fn (NULL: freed at once). The
+ * plugin passes crlload_reap: unmapping a million-serial table (32 MiB) is then the worker's
+ * work, not Mosquitto's thread's. Set before any revset is freed; unset before fn's target
+ * goes away.
+ */
+void revset_set_reaper(void (*fn)(struct serialset *s, void *ctx), void *ctx);
 
 /* CRL numbers held (-1 when none) and the full CRL's nextUpdate (0 when none). */
 int64_t revset_full_number(const struct revset *r);

@@ -27,9 +27,11 @@ struct crlload {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int stop;
-    struct job next; /* waiting (der NULL: none) */
-    int64_t running; /* number of the job being loaded, -1 none */
-    int have_result; /* a result waits for crlload_take */
+    struct job next;          /* waiting (der NULL: none) */
+    int64_t running;          /* number of the job being loaded, -1 none */
+    int have_result;          /* a result waits for crlload_take */
+    struct serialset **trash; /* tables to free (crlload_reap) */
+    size_t n_trash, cap_trash;
     struct revpart *part;
     struct proto_crl_info info;
     char why[WHY_MAX];
@@ -74,10 +76,22 @@ static void *run(void *arg)
         struct revpart *part;
         char why[WHY_MAX] = "";
 
-        while (!l->stop && (l->next.der == NULL || l->have_result))
+        while (!l->stop && (l->next.der == NULL || l->have_result) && l->n_trash == 0)
             pthread_cond_wait(&l->cond, &l->lock);
         if (l->stop)
             break;
+        if (l->n_trash > 0) {
+            struct serialset **t = l->trash;
+            size_t n = l->n_trash;
+            l->trash = NULL;
+            l->n_trash = l->cap_trash = 0;
+            pthread_mutex_unlock(&l->lock);
+            for (size_t i = 0; i < n; i++)
+                serialset_free(t[i]);
+            free(t);
+            pthread_mutex_lock(&l->lock);
+            continue;
+        }
         j = l->next;
         memset(&l->next, 0, sizeof(l->next));
         l->running = j.number;
@@ -132,6 +146,9 @@ void crlload_stop(struct crlload *l)
     pthread_cond_broadcast(&l->cond);
     pthread_mutex_unlock(&l->lock);
     pthread_join(l->thread, NULL);
+    for (size_t i = 0; i < l->n_trash; i++)
+        serialset_free(l->trash[i]);
+    free(l->trash);
     job_clear(&l->next);
     revpart_free(l->part);
     pthread_cond_destroy(&l->cond);
@@ -158,6 +175,35 @@ int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int6
     pthread_cond_broadcast(&l->cond);
     pthread_mutex_unlock(&l->lock);
     return 0;
+}
+
+void crlload_reap(struct serialset *s, void *ctx)
+{
+    struct crlload *l = ctx;
+    int queued = 0;
+
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&l->lock);
+    if (!l->stop) {
+        if (l->n_trash == l->cap_trash) {
+            size_t cap = l->cap_trash ? 2 * l->cap_trash : 8;
+            void *t = realloc(l->trash, cap * sizeof(*l->trash));
+            if (t != NULL) {
+                l->trash = t;
+                l->cap_trash = cap;
+            }
+        }
+        if (l->n_trash < l->cap_trash) {
+            l->trash[l->n_trash++] = s;
+            queued = 1;
+            pthread_cond_broadcast(&l->cond);
+        }
+    }
+    pthread_mutex_unlock(&l->lock);
+    /* Out of memory for the list, or stopping: freed here rather than lost. */
+    if (!queued)
+        serialset_free(s);
 }
 
 int64_t crlload_pending(const struct crlload *l)

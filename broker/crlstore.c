@@ -20,12 +20,32 @@ struct revset {
     struct revpart *delta; /* NULL: no delta held */
 };
 
+/* Who frees the table of a part nobody holds any more (revset_set_reaper); NULL: at once. */
+static void (*reaper)(struct serialset *s, void *ctx);
+static void *reaper_ctx;
+
+void revset_set_reaper(void (*fn)(struct serialset *s, void *ctx), void *ctx)
+{
+    reaper = fn;
+    reaper_ctx = ctx;
+}
+
+static void set_release(struct serialset *s)
+{
+    if (s == NULL)
+        return;
+    if (reaper != NULL)
+        reaper(s, reaper_ctx);
+    else
+        serialset_free(s);
+}
+
 static void part_unref(struct revpart *p)
 {
     if (p == NULL || --p->refs > 0)
         return;
-    serialset_free(p->listed);
-    serialset_free(p->removed);
+    set_release(p->listed);
+    set_release(p->removed);
     free(p);
 }
 

@@ -640,7 +640,8 @@ static void plugin_free(struct plugin *pl)
         }
     }
     free(pl->bucket);
-    /* The worker reads cas: stopped first. */
+    /* The worker reads cas and frees old tables: told first, stopped next. */
+    revset_set_reaper(NULL, NULL);
     crlload_stop(pl->loader);
     free(pl->deferred);
     sk_X509_pop_free(pl->cas, X509_free);
@@ -753,6 +754,7 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
         rc = MOSQ_ERR_NOMEM;
         goto out;
     }
+    revset_set_reaper(crlload_reap, pl->loader);
     if (mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, pl) ||
         mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, pl) ||
         mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, pl) ||
