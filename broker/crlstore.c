@@ -214,32 +214,16 @@ void revset_free(struct revset *r)
 int revset_apply(const struct revset *cur, X509_CRL *crl, const struct proto_crl_info *info,
                  struct revset **out)
 {
-    struct revset *r = NULL;
     struct revpart *p = NULL;
-    int rc = -1;
 
     *out = NULL;
-    if ((r = revset_new_empty()) == NULL || part_build(crl, info, &p) != 0)
-        goto out;
-    if (info->base < 0) {
-        r->full = p;
-        /* The held delta still extends the new full CRL only if it is newer and based on it
-         * or an older one (RFC 5280 5.2.4). */
-        if (cur != NULL && cur->delta != NULL && cur->delta->number > info->number &&
-            cur->delta->base <= info->number)
-            r->delta = part_ref(cur->delta);
-    } else {
-        r->full = cur != NULL ? part_ref(cur->full) : NULL;
-        r->delta = p;
+    if (part_build(crl, info, &p) != 0)
+        return -1;
+    if (revset_with(cur, p, out) != 0) {
+        part_unref(p);
+        return -1;
     }
-    p = NULL;
-    *out = r;
-    r = NULL;
-    rc = 0;
-out:
-    part_unref(p);
-    revset_free(r);
-    return rc;
+    return 0;
 }
 
 int64_t revset_full_number(const struct revset *r)

@@ -10,8 +10,8 @@
  * after that.
  */
 #include "proto.h"
+#include "proto_int.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,21 +36,6 @@
 #define REASON_REMOVE_FROM_CRL 8
 
 static const unsigned char oid_reason_code[] = {0x55, 0x1d, 0x15}; /* 2.5.29.21 */
-
-static int refuse(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int refuse(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why != NULL && why_len > 0) {
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* One DER element at *p (before end): single-byte tag, definite minimal length that fits. */
 struct tlv {
@@ -191,19 +176,20 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
 
     memset(out, 0, sizeof(*out));
     if (der == NULL || len == 0)
-        return refuse(why, why_len, "empty payload");
+        return proto_refuse(why, why_len, "empty payload");
     if (len > PROTO_CRL_MAX_DER)
-        return refuse(why, why_len, "payload of %zu bytes exceeds the CRL limit of %u", len,
-                      PROTO_CRL_MAX_DER);
+        return proto_refuse(why, why_len, "payload of %zu bytes exceeds the CRL limit of %u", len,
+                            PROTO_CRL_MAX_DER);
     /* CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue } */
     if (expect(der, end, TAG_SEQUENCE, &outer) != 0 ||
         expect(outer.val, outer.next, TAG_SEQUENCE, &tbs) != 0 ||
         expect(tbs.next, outer.next, TAG_SEQUENCE, &alg) != 0 ||
         expect(alg.next, outer.next, TAG_BIT_STRING, &sig) != 0 || sig.next != outer.next)
-        return refuse(why, why_len, "not a DER CRL (truncated or garbage, %zu bytes)", len);
+        return proto_refuse(why, why_len, "not a DER CRL (truncated or garbage, %zu bytes)", len);
     /* Trailing bytes would let two different payloads carry the same signed CRL. */
     if (outer.next != end)
-        return refuse(why, why_len, "%zu bytes after the DER CRL", (size_t)(end - outer.next));
+        return proto_refuse(why, why_len, "%zu bytes after the DER CRL",
+                            (size_t)(end - outer.next));
     /* TBSCertList: version, signature, issuer, thisUpdate, [nextUpdate],
      * [revokedCertificates], [0] crlExtensions. */
     tend = tbs.next;
@@ -211,15 +197,15 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
     if (proto_der_next(p, tend, &f) == 0 && f.tag == TAG_INTEGER)
         p = f.next;
     if (expect(p, tend, TAG_SEQUENCE, &f) != 0)
-        return refuse(why, why_len, "not a DER CRL (bad TBSCertList header)");
+        return proto_refuse(why, why_len, "not a DER CRL (bad TBSCertList header)");
     /* RFC 5280 5.1.1.2: the signature field inside the TBS matches the outer algorithm. */
     if (f.next - f.start != alg.next - alg.start ||
         memcmp(f.start, alg.start, (size_t)(f.next - f.start)) != 0)
-        return refuse(why, why_len,
-                      "CRL signature algorithm differs inside and outside the signed part");
+        return proto_refuse(why, why_len,
+                            "CRL signature algorithm differs inside and outside the signed part");
     if (expect(f.next, tend, TAG_SEQUENCE, &f) != 0 || proto_der_next(f.next, tend, &f) != 0 ||
         (f.tag != TAG_UTCTIME && f.tag != TAG_GENTIME))
-        return refuse(why, why_len, "not a DER CRL (bad TBSCertList header)");
+        return proto_refuse(why, why_len, "not a DER CRL (bad TBSCertList header)");
     p = f.next;
     if (p < tend && proto_der_next(p, tend, &f) == 0 &&
         (f.tag == TAG_UTCTIME || f.tag == TAG_GENTIME))
@@ -227,7 +213,7 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
     memset(&revoked, 0, sizeof(revoked));
     if (p < tend) {
         if (proto_der_next(p, tend, &f) != 0)
-            return refuse(why, why_len, "not a DER CRL (bad TBSCertList element)");
+            return proto_refuse(why, why_len, "not a DER CRL (bad TBSCertList element)");
         if (f.tag == TAG_SEQUENCE) {
             revoked = f;
             p = f.next;
@@ -235,7 +221,7 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
     }
     if (p < tend) {
         if (expect(p, tend, TAG_EXPLICIT0, &f) != 0 || f.next != tend)
-            return refuse(why, why_len, "not a DER CRL (bad TBSCertList end)");
+            return proto_refuse(why, why_len, "not a DER CRL (bad TBSCertList end)");
     }
     out->tbs = tbs.start;
     out->tbs_len = (size_t)(tbs.next - tbs.start);
@@ -246,7 +232,7 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
     skel_inner = hdr_len(tbs_inner) + tbs_inner + (size_t)(sig.next - alg.start);
     skel_len = hdr_len(skel_inner) + skel_inner;
     if ((skel = malloc(skel_len)) == NULL)
-        return refuse(why, why_len, "out of memory");
+        return proto_refuse(why, why_len, "out of memory");
     w = skel;
     *w++ = TAG_SEQUENCE;
     put_len(&w, skel_inner);
@@ -266,7 +252,7 @@ int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_d
     q = skel;
     if ((size_t)(w - skel) != skel_len ||
         (out->head = d2i_X509_CRL(NULL, &q, (long)skel_len)) == NULL || q != skel + skel_len) {
-        refuse(why, why_len, "not a DER CRL (header or extensions do not parse)");
+        proto_refuse(why, why_len, "not a DER CRL (header or extensions do not parse)");
         goto out;
     }
     rc = 0;
@@ -327,15 +313,15 @@ int proto_crl_der_entries(const struct proto_crl_der *d, proto_crl_entry_fn fn, 
             expect(e.val, e.next, TAG_INTEGER, &serial) != 0 ||
             proto_der_next(serial.next, e.next, &when) != 0 ||
             (when.tag != TAG_UTCTIME && when.tag != TAG_GENTIME) || when.len > TIME_MAX)
-            return refuse(why, why_len, "CRL entry %zu: not a DER entry", n);
+            return proto_refuse(why, why_len, "CRL entry %zu: not a DER entry", n);
         if (when.next < e.next &&
             (expect(when.next, e.next, TAG_SEQUENCE, &exts) != 0 || exts.next != e.next ||
              entry_reason(exts.val, exts.next, &remove) != 0))
-            return refuse(why, why_len, "CRL entry %zu: bad entry extensions", n);
+            return proto_refuse(why, why_len, "CRL entry %zu: bad entry extensions", n);
         if (proto_serial_key_der(serial.start, (size_t)(serial.next - serial.start), key) != 0)
-            return refuse(why, why_len, "CRL entry %zu: bad serial number", n);
+            return proto_refuse(why, why_len, "CRL entry %zu: bad serial number", n);
         if (fn != NULL && fn(key, remove, ctx) != 0)
-            return refuse(why, why_len, "CRL entry %zu: out of memory", n);
+            return proto_refuse(why, why_len, "CRL entry %zu: out of memory", n);
         n++;
         p = e.next;
     }
@@ -366,19 +352,19 @@ int proto_crl_der_verify_sig(const struct proto_crl_der *d, EVP_PKEY *key, char 
     /* The outer algorithm; proto_crl_der_split checked that the TBS names the same one. */
     X509_CRL_get0_signature(d->head, &sig, &alg);
     if (sig == NULL || alg == NULL) {
-        refuse(why, why_len, "CRL without a signature");
+        proto_refuse(why, why_len, "CRL without a signature");
         goto out;
     }
     if (OBJ_find_sigid_algs(OBJ_obj2nid(alg->algorithm), &md_nid, &pk_nid) != 1 ||
         pk_nid == NID_rsassaPss ||
         (md_nid != NID_undef && (md = EVP_get_digestbynid(md_nid)) == NULL) ||
         (sig->flags & 0x07) != 0) {
-        refuse(why, why_len, "CRL signature algorithm not supported");
+        proto_refuse(why, why_len, "CRL signature algorithm not supported");
         goto out;
     }
     if ((ctx = EVP_MD_CTX_new()) == NULL || EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) != 1 ||
         EVP_DigestVerify(ctx, sig->data, (size_t)sig->length, d->tbs, d->tbs_len) != 1) {
-        refuse(why, why_len, "CRL signature does not verify against the issuing CA");
+        proto_refuse(why, why_len, "CRL signature does not verify against the issuing CA");
         goto out;
     }
     rc = 0;
