@@ -8,7 +8,8 @@
  *   pkibench crl-build HOME N OUT.der
  *       builds and signs (issuing key in the token) a full CRL of N random serials.
  *   pkibench crl-load CHAIN.pem CRL.der
- *       what the broker plugin does with a CRL (parse, verify, build the revoked set), then
+ *       what the broker plugin does with a CRL (split its DER, verify the signature over the TBS
+ *       bytes, walk the entries into the revoked set), then
  *       the cost of one revoked-serial lookup; RSS before and after.
  *   pkibench connects HOST PORT CAFILE CERT KEY SECONDS
  *       TLS handshake + MQTT CONNECT/CONNACK + DISCONNECT in a loop, one connection at a time.
@@ -16,6 +17,9 @@
  *       N subscribers DIR/rI.pem|key (client id rI) connect; each is revoked in turn with
  *       `MQPKI_BIN revoke --asset rI --reason key-compromise`; records the time from the
  *       command's exit to the broker closing that subscriber's connection.
+ *   pkibench revoke-probe HOST PORT CAFILE DIR N MQPKI_BIN
+ *       the same with subscribers vI, while a probe (DIR/conn.pem, client id conn:probe) publishes
+ * to itself every 10 ms; adds the worst round trip seen during the revocations.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -232,13 +236,31 @@ static int cmd_crl_build(const char *home, long n, const char *out)
     return 0;
 }
 
+/* Up to 4096 serial keys of a CRL, for the lookup figure's hits. */
+struct some_keys {
+    unsigned char k[4096][PROTO_SERIAL_KEY_LEN];
+    size_t n;
+};
+
+static int keep_key(const unsigned char key[PROTO_SERIAL_KEY_LEN], int remove, void *ctx)
+{
+    struct some_keys *s = ctx;
+
+    (void)remove;
+    if (s->n < 4096)
+        memcpy(s->k[s->n++], key, PROTO_SERIAL_KEY_LEN);
+    return 0;
+}
+
 static int cmd_crl_load(const char *chain, const char *path)
 {
     STACK_OF(X509) *cas = NULL;
-    X509_CRL *crl = NULL;
+    struct proto_crl_der d;
     struct proto_crl_info info;
     struct revset *empty = revset_new_empty(), *rs = NULL;
+    struct some_keys *some = calloc(1, sizeof(*some));
     unsigned char *der = NULL, key[PROTO_SERIAL_KEY_LEN];
+    EVP_PKEY *pub = NULL;
     size_t len = 0;
     char why[256];
     double rss0, rss1, rss_untrimmed, t0, t1, t2, t3;
@@ -246,47 +268,51 @@ static int cmd_crl_load(const char *chain, const char *path)
     long hits = 0;
     int rc;
 
-    if (proto_crl_load_cas(chain, &cas, why, sizeof(why)) != 0) {
+    if (some == NULL || proto_crl_load_cas(chain, &cas, why, sizeof(why)) != 0) {
         fprintf(stderr, "pkibench: %s\n", why);
         return 1;
     }
     rss0 = rss_mb();
     t0 = now();
-    /* The plugin reads the persisted CRL file, then parses, verifies and indexes it. */
+    /* As the plugin does (broker/plugin.c apply_crl, broker/crlload.c): read the DER, split it,
+     * check the header, verify the signature over the TBS bytes, walk the entries into the set.
+     * No X509_CRL of the entries is built. */
     if ((rc = mqpki_file_read(path, 512u * 1024 * 1024, &der, &len)) != MQPKI_OK)
         return 1;
-    if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
-        proto_crl_verify(crl, cas, &info, why, sizeof(why)) != 0) {
+    if (proto_crl_der_split(der, len, &d, why, sizeof(why)) != 0 ||
+        proto_crl_der_check(&d, cas, &pub, &info, why, sizeof(why)) != 0 ||
+        proto_crl_der_verify_sig(&d, pub, why, sizeof(why)) != 0) {
         fprintf(stderr, "pkibench: %s\n", why);
         return 1;
     }
     t1 = now();
-    if (revset_apply(empty, crl, &info, &rs) != 0)
-        return 1;
-    t2 = now();
-    /* Lookups as connects do them: half revoked serials, half not. */
     {
-        const STACK_OF(X509_REVOKED) *rev = X509_CRL_get_REVOKED(crl);
-        int nrev = sk_X509_REVOKED_num(rev);
-        t3 = now();
-        for (long i = 0; i < lookups; i++) {
-            if (i % 2 == 0 && nrev > 0) {
-                const X509_REVOKED *r = sk_X509_REVOKED_value(rev, (int)((i / 2) % nrev));
-                proto_serial_key(X509_REVOKED_get0_serialNumber(r), key);
-            } else {
-                memset(key, 0, sizeof(key));
-                memcpy(key, &i, sizeof(i));
-                key[15] = 0x55;
-            }
-            hits += revset_is_revoked(rs, info.issuer, key);
+        struct revpart *part = NULL;
+        if (revpart_from_der(&d, &info, &part, why, sizeof(why)) != 0 ||
+            revset_with(empty, part, &rs) != 0) {
+            fprintf(stderr, "pkibench: %s\n", why);
+            return 1;
         }
-        t3 = now() - t3;
     }
-    /* As the plugin does: the parsed CRL and its DER are freed once the set is built. */
-    X509_CRL_free(crl);
+    t2 = now();
+    (void)proto_crl_der_entries(&d, keep_key, some, NULL, why, sizeof(why));
+    /* Lookups as connects do them: half revoked serials, half not. */
+    t3 = now();
+    for (long i = 0; i < lookups; i++) {
+        if (i % 2 == 0 && some->n > 0) {
+            memcpy(key, some->k[(size_t)(i / 2) % some->n], sizeof(key));
+        } else {
+            memset(key, 0, sizeof(key));
+            memcpy(key, &i, sizeof(i));
+            key[15] = 0x55;
+        }
+        hits += revset_is_revoked(rs, info.issuer, key);
+    }
+    t3 = now() - t3;
+    /* As the plugin does: the DER is freed once the set is built. */
+    proto_crl_der_clear(&d);
     free(der);
     rss_untrimmed = rss_mb();
-    /* As the plugin does after a large CRL (broker/plugin.c, apply_crl). */
     malloc_trim(0);
     rss1 = rss_mb();
     printf("{\"entries\": %zu, \"der_bytes\": %zu, \"parse_verify_s\": %.3f, "
@@ -297,6 +323,7 @@ static int cmd_crl_load(const char *chain, const char *path)
            rss_untrimmed, t3 / (double)lookups * 1e9, hits);
     revset_free(rs);
     revset_free(empty);
+    free(some);
     sk_X509_pop_free(cas, X509_free);
     return 0;
 }
@@ -419,6 +446,88 @@ static void on_disconnect(struct mosquitto *m, void *obj, int rc)
     atomic_compare_exchange_strong(&s->disconnected_at, &zero, now());
 }
 
+/* The probe: a client that publishes to itself every 10 ms and times each round trip through
+ * the broker, to see whether CRL work on the broker's thread holds client traffic up. */
+struct probe {
+    struct mosquitto *m;
+    atomic_int connected, stop, measuring;
+    _Atomic double worst_ms;
+    atomic_long sent, received;
+    pthread_t thread;
+};
+
+static void probe_on_connect(struct mosquitto *m, void *obj, int rc)
+{
+    struct probe *p = obj;
+
+    if (rc == 0) {
+        mosquitto_subscribe(m, NULL, "fleet/conn/probe", 0);
+        atomic_store(&p->connected, 1);
+    }
+}
+
+static void probe_on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+{
+    struct probe *p = obj;
+    double sent, rtt, worst;
+
+    (void)m;
+    if (msg->payloadlen != (int)sizeof(sent) || !atomic_load(&p->measuring))
+        return;
+    memcpy(&sent, msg->payload, sizeof(sent));
+    rtt = (now() - sent) * 1000;
+    atomic_fetch_add(&p->received, 1);
+    worst = atomic_load(&p->worst_ms);
+    while (rtt > worst && !atomic_compare_exchange_weak(&p->worst_ms, &worst, rtt))
+        ;
+}
+
+static void *probe_loop(void *arg)
+{
+    struct probe *p = arg;
+
+    /* Bounded: at most 10 minutes of probes. */
+    for (long i = 0; i < 60000 && !atomic_load(&p->stop); i++) {
+        double t = now();
+        if (mosquitto_publish(p->m, NULL, "fleet/conn/probe", sizeof(t), &t, 0, false) == 0)
+            atomic_fetch_add(&p->sent, 1);
+        usleep(10000);
+    }
+    return NULL;
+}
+
+static int probe_start(struct probe *p, const char *host, int port, const char *cafile,
+                       const char *dir)
+{
+    char cert[512], key[512];
+    double end;
+
+    snprintf(cert, sizeof(cert), "%s/conn.pem", dir);
+    snprintf(key, sizeof(key), "%s/conn.key", dir);
+    p->m = mosquitto_new("conn:probe", true, p);
+    if (p->m == NULL || mosquitto_tls_set(p->m, cafile, NULL, cert, key, NULL) != 0)
+        return -1;
+    mosquitto_connect_callback_set(p->m, probe_on_connect);
+    mosquitto_message_callback_set(p->m, probe_on_message);
+    if (mosquitto_connect(p->m, host, port, 60) != 0 || mosquitto_loop_start(p->m) != 0)
+        return -1;
+    end = now() + 10;
+    while (!atomic_load(&p->connected) && now() < end)
+        usleep(1000);
+    if (!atomic_load(&p->connected) || pthread_create(&p->thread, NULL, probe_loop, p) != 0)
+        return -1;
+    return 0;
+}
+
+static void probe_stop(struct probe *p)
+{
+    atomic_store(&p->stop, 1);
+    pthread_join(p->thread, NULL);
+    mosquitto_disconnect(p->m);
+    mosquitto_loop_stop(p->m, true);
+    mosquitto_destroy(p->m);
+}
+
 static int cmpd(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -426,23 +535,29 @@ static int cmpd(const void *a, const void *b)
 }
 
 static int cmd_revoke(const char *host, int port, const char *cafile, const char *dir, int n,
-                      const char *mqpki)
+                      const char *mqpki, const char *prefix, int with_probe)
 {
+    struct probe probe;
     struct sub *subs = calloc((size_t)n, sizeof(*subs));
     double *lat = calloc((size_t)n, sizeof(double)), *lat_start = calloc((size_t)n, sizeof(double));
     double sum_cmd = 0;
     int got = 0, missed = 0;
     posix_spawn_file_actions_t quiet;
 
+    memset(&probe, 0, sizeof(probe));
     if (subs == NULL || lat == NULL || lat_start == NULL || n < 1 || n > 1000)
         return 1;
     mosquitto_lib_init();
+    if (with_probe && probe_start(&probe, host, port, cafile, dir) != 0) {
+        fprintf(stderr, "pkibench: the probe cannot connect\n");
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         char cert[512], key[512];
         struct sub *s = &subs[i];
-        snprintf(s->id, sizeof(s->id), "r%d", i);
-        snprintf(cert, sizeof(cert), "%s/r%d.pem", dir, i);
-        snprintf(key, sizeof(key), "%s/r%d.key", dir, i);
+        snprintf(s->id, sizeof(s->id), "%s%d", prefix, i);
+        snprintf(cert, sizeof(cert), "%s/%s.pem", dir, s->id);
+        snprintf(key, sizeof(key), "%s/%s.key", dir, s->id);
         s->m = mosquitto_new(s->id, true, s);
         if (s->m == NULL || mosquitto_tls_set(s->m, cafile, NULL, cert, key, NULL) != 0)
             return 1;
@@ -460,7 +575,7 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
         while (!atomic_load(&subs[i].connected) && now() < end)
             usleep(1000);
         if (!atomic_load(&subs[i].connected)) {
-            fprintf(stderr, "pkibench: r%d did not connect\n", i);
+            fprintf(stderr, "pkibench: %s did not connect\n", subs[i].id);
             return 1;
         }
     }
@@ -468,6 +583,7 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
     /* The command's report goes to /dev/null: stdout carries this program's JSON. */
     posix_spawn_file_actions_init(&quiet);
     posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+    atomic_store(&probe.measuring, 1);
     for (int i = 0; i < n; i++) {
         char asset[32];
         char *argv[] = {(char *)mqpki, "revoke",         "--asset", asset,
@@ -476,7 +592,7 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
         int status = 0;
         double t0, t1, end;
 
-        snprintf(asset, sizeof(asset), "r%d", i);
+        snprintf(asset, sizeof(asset), "%s", subs[i].id);
         t0 = now();
         if (posix_spawn(&pid, mqpki, &quiet, NULL, argv, environ) != 0 ||
             waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
@@ -495,16 +611,25 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
         lat[got] = (atomic_load(&subs[i].disconnected_at) - t1) * 1000;
         lat_start[got] = (atomic_load(&subs[i].disconnected_at) - t0) * 1000;
         got++;
-        usleep(20000);
+        /* With the probe, revocations a second apart: long enough for mqpkid's schedule to
+         * re-sign the full CRL in between (bench/revoke-big.sh sets crl_full_after). */
+        usleep(with_probe ? 1000000 : 20000);
+    }
+    if (with_probe) {
+        usleep(500000); /* the last revocation's CRL work, if any, is seen by the probe */
+        atomic_store(&probe.measuring, 0);
+        probe_stop(&probe);
     }
     qsort(lat, (size_t)got, sizeof(double), cmpd);
     qsort(lat_start, (size_t)got, sizeof(double), cmpd);
     printf("{\"revocations\": %d, \"disconnected\": %d, \"missed\": %d, \"p50_ms\": %.1f, "
            "\"p99_ms\": %.1f, \"max_ms\": %.1f, \"min_ms\": %.1f, \"from_start_p50_ms\": %.1f, "
-           "\"from_start_p99_ms\": %.1f, \"revoke_cmd_mean_ms\": %.1f}\n",
+           "\"from_start_p99_ms\": %.1f, \"revoke_cmd_mean_ms\": %.1f, \"probe_sent\": %ld, "
+           "\"probe_received\": %ld, \"worst_rtt_ms\": %.1f}\n",
            n, got, missed, got ? lat[got / 2] : 0, got ? lat[(int)((got - 1) * 0.99 + 0.5)] : 0,
            got ? lat[got - 1] : 0, got ? lat[0] : 0, got ? lat_start[got / 2] : 0,
-           got ? lat_start[(int)((got - 1) * 0.99 + 0.5)] : 0, sum_cmd / n * 1000);
+           got ? lat_start[(int)((got - 1) * 0.99 + 0.5)] : 0, sum_cmd / n * 1000,
+           atomic_load(&probe.sent), atomic_load(&probe.received), atomic_load(&probe.worst_ms));
     for (int i = 0; i < n; i++) {
         mosquitto_disconnect(subs[i].m);
         mosquitto_loop_stop(subs[i].m, true);
@@ -532,9 +657,12 @@ int main(int argc, char **argv)
         return cmd_connects(argv[2], atoi(argv[3]), argv[4], argv[5], argv[6], atof(argv[7]),
                             argv[8]);
     if (strcmp(cmd, "revoke") == 0 && argc == 8)
-        return cmd_revoke(argv[2], atoi(argv[3]), argv[4], argv[5], atoi(argv[6]), argv[7]);
+        return cmd_revoke(argv[2], atoi(argv[3]), argv[4], argv[5], atoi(argv[6]), argv[7], "r", 0);
+    /* The same with a probe publisher (DIR/conn.pem) and subscribers DIR/vI.pem. */
+    if (strcmp(cmd, "revoke-probe") == 0 && argc == 8)
+        return cmd_revoke(argv[2], atoi(argv[3]), argv[4], argv[5], atoi(argv[6]), argv[7], "v", 1);
     fprintf(stderr, "usage: pkibench limits HOME SECONDS | crl-build HOME N OUT | "
                     "crl-load CHAIN CRL | connects HOST PORT CAFILE CERT KEY SECONDS CLIENTID | "
-                    "revoke HOST PORT CAFILE DIR N MQPKI_BIN\n");
+                    "revoke[-probe] HOST PORT CAFILE DIR N MQPKI_BIN\n");
     return 2;
 }

@@ -3,7 +3,8 @@
 # stopped by pid on exit; every loop is bounded. Raw results go to bench/results/raw.jsonl, the
 # summary to bench/results/latest.json and docs/performance.md (bench/report.py).
 # Knobs: BENCH_REPS (3), BENCH_SECS (5 s per issuance/connect run), BENCH_REVOKE (60),
-# BENCH_ASSETS (1000000), BENCH_CRL ("10000 100000 1000000").
+# BENCH_ASSETS (1000000), BENCH_CRL ("10000 100000 1000000"), BENCH_BIG (1000000 entries held
+# for revocation_big, bench/revoke-big.sh), BENCH_BIG_REVOKE (10 revocations).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +16,8 @@ SECS=${BENCH_SECS:-5}
 NREV=${BENCH_REVOKE:-60}
 NASSETS=${BENCH_ASSETS:-1000000}
 CRLS=${BENCH_CRL:-10000 100000 1000000}
+BIG=${BENCH_BIG:-1000000}
+NBIG=${BENCH_BIG_REVOKE:-10}
 W=$(mktemp -d /tmp/mqpki-bench.XXXXXX)
 RAW=$ROOT/bench/results/raw.jsonl
 export PATH=$BIN:$PATH MQPKI_HOME=$W/home
@@ -182,6 +185,11 @@ say "revocation: $NREV revocations, each to its subscriber's disconnect"
 wait_for 20 grep -q "feed: connected to broker b1" mqpkid2.log || say "warning: feed not connected"
 jrec revocation run pkibench revoke 127.0.0.1 "$BP" chain.pem . "$NREV" "$BIN/mqpki"
 stop "$MQPKID"; stop "$BROKER"
+
+# ---- revocation while a broker holds a 1M-entry CRL ----
+say "revocation at scale: $NBIG revocations with a $BIG-entry CRL held, probe every 10 ms"
+jrec revocation_big run bash "$ROOT/bench/revoke-big.sh" "$BIN" "$W/big" "$BIG" "$NBIG"
+rm -rf "$W/big"
 
 # ---- CRL scale ----
 for n in $CRLS; do

@@ -54,6 +54,63 @@ void revset_free(struct revset *r);
 int revset_apply(const struct revset *cur, X509_CRL *crl, const struct proto_crl_info *info,
                  struct revset **out);
 
+/*
+ * The same from a CRL's DER (proto_crl_der_split, checked with proto_crl_der_check): the
+ * signature over the TBS bytes by key, then the entries walked straight into the set, without
+ * an X509_CRL of them. 0, or -1 with why.
+ */
+int revset_load_der(const struct revset *cur, const struct proto_crl_der *d, EVP_PKEY *key,
+                    const struct proto_crl_info *info, struct revset **out, char *why,
+                    size_t why_len);
+
+/*
+ * revpart: one CRL's serials, built off the broker's thread (crlload) and swapped in on it.
+ * revpart_from_der walks d's entries (signature already checked) into a new part;
+ * revset_with builds the revset of cur with p applied (as revset_apply) and takes p (0), or
+ * leaves it to the caller (-1, out of memory). Parts are reference counted without locks: once
+ * handed to revset_with, a part belongs to the broker's thread.
+ */
+struct revpart;
+int revpart_from_der(const struct proto_crl_der *d, const struct proto_crl_info *info,
+                     struct revpart **out, char *why, size_t why_len);
+void revpart_free(struct revpart *p);
+int64_t revpart_number(const struct revpart *p);
+int revset_with(const struct revset *cur, struct revpart *p, struct revset **out);
+
+/*
+ * crlload: one worker thread that loads large full CRLs off Mosquitto's thread. A submitted
+ * CRL (its bytes copied) is split, checked, its signature verified over the TBS bytes, its
+ * entries walked into a revpart, and, when it verified, written to persist_path (atomically);
+ * the broker's thread collects the result with crlload_take on a later tick and swaps it in.
+ * One job runs at a time; a job submitted while one runs waits in a single slot (a newer one
+ * replaces it).
+ */
+struct crlload;
+int crlload_start(STACK_OF(X509) * cas, struct crlload **out);
+/* Stops the worker (waits for the running job) and frees everything. NULL-safe. */
+void crlload_stop(struct crlload *l);
+/* 0, or -1 when out of memory. persist_path may be NULL. number: the CRL's number, for
+ * crlload_pending. */
+int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,
+                   const char *persist_path);
+/* A table to free on the worker (revset_set_reaper's fn; ctx is the struct crlload). It is
+ * freed at once when the worker cannot take it. */
+void crlload_reap(struct serialset *s, void *ctx);
+/* The highest CRL number submitted and not yet taken, -1 when none. */
+int64_t crlload_pending(const struct crlload *l);
+/* 1 when a result was waiting: *part (NULL when refused, why says why) and *info; 0 when
+ * none. */
+int crlload_take(struct crlload *l, struct revpart **part, struct proto_crl_info *info, char *why,
+                 size_t why_len);
+
+/*
+ * Hands the table of every part no revset holds any more to fn (NULL: freed at once). The
+ * plugin passes crlload_reap: unmapping a million-serial table (32 MiB) is then the worker's
+ * work, not Mosquitto's thread's. Set before any revset is freed; unset before fn's target
+ * goes away.
+ */
+void revset_set_reaper(void (*fn)(struct serialset *s, void *ctx), void *ctx);
+
 /* CRL numbers held (-1 when none) and the full CRL's nextUpdate (0 when none). */
 int64_t revset_full_number(const struct revset *r);
 int64_t revset_delta_number(const struct revset *r);

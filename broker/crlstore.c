@@ -7,7 +7,7 @@
 #include "broker.h"
 
 /* One held CRL: its serials (revoked or on hold) and, for a delta, those it takes off. */
-struct part {
+struct revpart {
     struct serialset *listed;
     struct serialset *removed; /* delta only: removeFromCRL entries (RFC 5280 5.3.1) */
     unsigned char issuer[PROTO_ISSUER_LEN];
@@ -16,31 +16,51 @@ struct part {
 };
 
 struct revset {
-    struct part *full;  /* NULL: no CRL held */
-    struct part *delta; /* NULL: no delta held */
+    struct revpart *full;  /* NULL: no CRL held */
+    struct revpart *delta; /* NULL: no delta held */
 };
 
-static void part_unref(struct part *p)
+/* Who frees the table of a part nobody holds any more (revset_set_reaper); NULL: at once. */
+static void (*reaper)(struct serialset *s, void *ctx);
+static void *reaper_ctx;
+
+void revset_set_reaper(void (*fn)(struct serialset *s, void *ctx), void *ctx)
+{
+    reaper = fn;
+    reaper_ctx = ctx;
+}
+
+static void set_release(struct serialset *s)
+{
+    if (s == NULL)
+        return;
+    if (reaper != NULL)
+        reaper(s, reaper_ctx);
+    else
+        serialset_free(s);
+}
+
+static void part_unref(struct revpart *p)
 {
     if (p == NULL || --p->refs > 0)
         return;
-    serialset_free(p->listed);
-    serialset_free(p->removed);
+    set_release(p->listed);
+    set_release(p->removed);
     free(p);
 }
 
-static struct part *part_ref(struct part *p)
+static struct revpart *part_ref(struct revpart *p)
 {
     if (p != NULL)
         p->refs++;
     return p;
 }
 
-static int part_build(X509_CRL *crl, const struct proto_crl_info *info, struct part **out)
+static int part_build(X509_CRL *crl, const struct proto_crl_info *info, struct revpart **out)
 {
     STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
     unsigned char key[PROTO_SERIAL_KEY_LEN];
-    struct part *p;
+    struct revpart *p;
     int rc = -1;
 
     *out = NULL;
@@ -74,6 +94,109 @@ out:
     return rc;
 }
 
+/* An entry of a CRL read from its DER (proto_crl_der_entries) into a part. */
+struct fill {
+    struct revpart *p;
+    int delta;
+};
+
+static int fill_one(const unsigned char key[PROTO_SERIAL_KEY_LEN], int remove, void *ctx)
+{
+    struct fill *f = ctx;
+
+    /* removeFromCRL only means something in a delta; in a full CRL the entry is ignored. */
+    if (remove)
+        return f->delta ? serialset_add(f->p->removed, key) : 0;
+    return serialset_add(f->p->listed, key);
+}
+
+int revpart_from_der(const struct proto_crl_der *d, const struct proto_crl_info *info,
+                     struct revpart **out, char *why, size_t why_len)
+{
+    struct revpart *p;
+    struct fill f;
+    size_t n = 0;
+    int rc = -1;
+
+    *out = NULL;
+    /* A first walk counts (and checks) the entries, so the set is sized once: growing it would
+     * hold the old and the new table at once. */
+    if (proto_crl_der_entries(d, NULL, NULL, &n, why, why_len) != 0)
+        return -1;
+    if ((p = calloc(1, sizeof(*p))) == NULL)
+        goto nomem;
+    p->refs = 1;
+    p->number = info->number;
+    p->base = info->base;
+    p->next_update = info->next_update;
+    memcpy(p->issuer, info->issuer, sizeof(p->issuer));
+    if ((p->listed = serialset_new(n)) == NULL || (p->removed = serialset_new(0)) == NULL)
+        goto nomem;
+    f.p = p;
+    f.delta = info->base >= 0;
+    if (proto_crl_der_entries(d, fill_one, &f, NULL, why, why_len) != 0)
+        goto out;
+    *out = p;
+    p = NULL;
+    rc = 0;
+    goto out;
+nomem:
+    snprintf(why, why_len, "CRL %lld: out of memory", (long long)info->number);
+out:
+    part_unref(p);
+    return rc;
+}
+
+void revpart_free(struct revpart *p)
+{
+    part_unref(p);
+}
+
+int64_t revpart_number(const struct revpart *p)
+{
+    return p != NULL ? p->number : -1;
+}
+
+int revset_with(const struct revset *cur, struct revpart *p, struct revset **out)
+{
+    struct revset *r;
+
+    *out = NULL;
+    if ((r = revset_new_empty()) == NULL)
+        return -1;
+    if (p->base < 0) {
+        r->full = p;
+        /* The held delta still extends the new full CRL only if it is newer and based on it
+         * or an older one (RFC 5280 5.2.4). */
+        if (cur != NULL && cur->delta != NULL && cur->delta->number > p->number &&
+            cur->delta->base <= p->number)
+            r->delta = part_ref(cur->delta);
+    } else {
+        r->full = cur != NULL ? part_ref(cur->full) : NULL;
+        r->delta = p;
+    }
+    *out = r;
+    return 0;
+}
+
+int revset_load_der(const struct revset *cur, const struct proto_crl_der *d, EVP_PKEY *key,
+                    const struct proto_crl_info *info, struct revset **out, char *why,
+                    size_t why_len)
+{
+    struct revpart *p = NULL;
+
+    *out = NULL;
+    if (proto_crl_der_verify_sig(d, key, why, why_len) != 0 ||
+        revpart_from_der(d, info, &p, why, why_len) != 0)
+        return -1;
+    if (revset_with(cur, p, out) != 0) {
+        part_unref(p);
+        snprintf(why, why_len, "CRL %lld: out of memory", (long long)info->number);
+        return -1;
+    }
+    return 0;
+}
+
 struct revset *revset_new_empty(void)
 {
     return calloc(1, sizeof(struct revset));
@@ -91,32 +214,16 @@ void revset_free(struct revset *r)
 int revset_apply(const struct revset *cur, X509_CRL *crl, const struct proto_crl_info *info,
                  struct revset **out)
 {
-    struct revset *r = NULL;
-    struct part *p = NULL;
-    int rc = -1;
+    struct revpart *p = NULL;
 
     *out = NULL;
-    if ((r = revset_new_empty()) == NULL || part_build(crl, info, &p) != 0)
-        goto out;
-    if (info->base < 0) {
-        r->full = p;
-        /* The held delta still extends the new full CRL only if it is newer and based on it
-         * or an older one (RFC 5280 5.2.4). */
-        if (cur != NULL && cur->delta != NULL && cur->delta->number > info->number &&
-            cur->delta->base <= info->number)
-            r->delta = part_ref(cur->delta);
-    } else {
-        r->full = cur != NULL ? part_ref(cur->full) : NULL;
-        r->delta = p;
+    if (part_build(crl, info, &p) != 0)
+        return -1;
+    if (revset_with(cur, p, out) != 0) {
+        part_unref(p);
+        return -1;
     }
-    p = NULL;
-    *out = r;
-    r = NULL;
-    rc = 0;
-out:
-    part_unref(p);
-    revset_free(r);
-    return rc;
+    return 0;
 }
 
 int64_t revset_full_number(const struct revset *r)

@@ -5,11 +5,11 @@
  * publishes security events for mqpkid. Mosquitto runs all callbacks on its one main thread.
  */
 #include <errno.h>
-#include <malloc.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -49,6 +49,9 @@ struct plugin {
     char broker_name[PROTO_ASSET_ID_MAX + 1];
     char events_topic[PROTO_TOPIC_MAX];
     int fail_closed;
+    struct crlload *loader;  /* large full CRLs, off this thread */
+    unsigned char *deferred; /* a delta CRL waiting for the full CRL being loaded */
+    size_t deferred_len;
     struct client **bucket;
     size_t n_buckets, n_clients, pending_kicks;
 };
@@ -346,65 +349,179 @@ static size_t mark_revoked(struct plugin *pl)
     return n;
 }
 
+/* Milliseconds on a monotonic clock, to log what CRL work costs the broker's thread. */
+static double mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Full CRLs from this size on are loaded by the worker (crlload), off Mosquitto's thread. */
+#define CRL_ASYNC_MIN (256u * 1024u)
+
+/* Puts next in force: the held CRLs are replaced, clients they revoke are marked for the kick. */
+static void install(struct plugin *pl, struct revset *next, int delta, int64_t number,
+                    int persisted)
+{
+    /* A delta the new full CRL no longer extends must not come back at restart. */
+    if (!delta && persisted && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
+        char path[4096];
+        if (mqpki_path(path, sizeof(path), "%s/delta.der", pl->state_dir) == MQPKI_OK)
+            (void)unlink(path);
+    }
+    revset_free(pl->rev);
+    pl->rev = next;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "mqpki: %s CRL %lld accepted: %zu serials revoked or "
+                         "on hold; %zu connected clients to disconnect",
+                         delta ? "delta" : "full", (long long)number, revset_count(pl->rev),
+                         mark_revoked(pl));
+}
+
+/* Keeps a delta CRL based on the full CRL still loading, for when that one is in force. */
+static int defer_delta(struct plugin *pl, const unsigned char *der, size_t len, int64_t number)
+{
+    unsigned char *copy = malloc(len);
+
+    if (copy == NULL)
+        return -1;
+    memcpy(copy, der, len);
+    free(pl->deferred);
+    pl->deferred = copy;
+    pl->deferred_len = len;
+    mosquitto_log_printf(MOSQ_LOG_INFO,
+                         "mqpki: delta CRL %lld waits for its base, the full CRL being loaded",
+                         (long long)number);
+    return 0;
+}
+
 /*
- * Verifies and applies one CRL. Returns 0 when accepted (or the one held), -1 when refused
- * (`why` says why). `source` names where it came from, for the log.
+ * Checks and applies one CRL. Returns 0 when accepted (or the one held, or handed to the
+ * worker), -1 when refused (`why` says why). The CRL is read from its DER (proto_crl_der_*):
+ * no X509_CRL of its entries is ever built. A large full CRL gets only the cheap checks here
+ * (structure, issuer, CRL number, kind); its signature and entries are the worker's, and it is
+ * put in force on a later tick (apply_loaded). One with the number held (a retained copy
+ * re-delivered) is taken as the one held without hashing it on this thread.
  */
 static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, int want_delta,
                      int persist_it, char *why, size_t why_len)
 {
+    struct proto_crl_der d;
     struct proto_crl_info info;
     struct revset *next = NULL;
-    X509_CRL *crl = NULL;
+    EVP_PKEY *key = NULL;
     enum proto_crl_order order;
-    int rc = -1;
+    int64_t held_full = revset_full_number(pl->rev), loading = -1;
+    double t0 = mono_ms();
+    struct revpart *part = NULL;
+    int async = !want_delta && len >= CRL_ASYNC_MIN && pl->loader != NULL, rc = -1;
 
-    if (proto_crl_parse(der, len, &crl, why, why_len) != 0 ||
-        proto_crl_verify(crl, pl->cas, &info, why, why_len) != 0)
+    memset(&d, 0, sizeof(d));
+    if (proto_crl_der_split(der, len, &d, why, why_len) != 0 ||
+        proto_crl_der_check(&d, pl->cas, &key, &info, why, why_len) != 0)
         goto out;
     if ((info.base >= 0) != want_delta) {
         snprintf(why, why_len, "CRL %lld: a %s CRL on the %s topic", (long long)info.number,
                  info.base >= 0 ? "delta" : "full", want_delta ? "delta" : "full");
         goto out;
     }
-    order = proto_crl_order(&info, revset_full_number(pl->rev), revset_delta_number(pl->rev), why,
-                            why_len);
+    /* Small CRLs and deltas: the signature first, as every check that follows trusts it. */
+    if (!async && proto_crl_der_verify_sig(&d, key, why, why_len) != 0)
+        goto out;
+    if (pl->loader != NULL)
+        loading = crlload_pending(pl->loader);
+    /* A full CRL being loaded counts as held: the same one re-delivered is not loaded twice. */
+    order = proto_crl_order(&info, !want_delta && loading > held_full ? loading : held_full,
+                            revset_delta_number(pl->rev), why, why_len);
+    if (order == PROTO_CRL_REFUSE && want_delta && info.base > held_full && info.base <= loading &&
+        info.number > loading) {
+        rc = defer_delta(pl, der, len, info.number);
+        if (rc != 0)
+            snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
+        goto out;
+    }
     if (order == PROTO_CRL_REFUSE)
         goto out;
     if (order == PROTO_CRL_SAME) {
         rc = 0;
         goto out;
     }
-    if (revset_apply(pl->rev, crl, &info, &next) != 0) {
+    if (async) {
+        char path[4096];
+        int keep = persist_it && pl->state_dir != NULL &&
+                   mqpki_path(path, sizeof(path), "%s/full.der", pl->state_dir) == MQPKI_OK;
+        if (crlload_submit(pl->loader, der, len, info.number, keep ? path : NULL) != 0) {
+            snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
+            goto out;
+        }
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: full CRL %lld (%zu bytes) loading off the broker's thread "
+                             "(%.1f ms on it)",
+                             (long long)info.number, len, mono_ms() - t0);
+        rc = 0;
+        goto out;
+    }
+    if (revpart_from_der(&d, &info, &part, why, why_len) != 0)
+        goto out;
+    if (revset_with(pl->rev, part, &next) != 0) {
         snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
         goto out;
     }
-    if (persist_it) {
+    part = NULL;
+    if (persist_it)
         persist(pl, want_delta ? "delta.der" : "full.der", der, len);
-        /* A delta the new full CRL no longer extends must not come back at restart. */
-        if (!want_delta && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
-            char path[4096];
-            if (mqpki_path(path, sizeof(path), "%s/delta.der", pl->state_dir) == MQPKI_OK)
-                (void)unlink(path);
-        }
-    }
-    revset_free(pl->rev);
-    pl->rev = next;
+    install(pl, next, want_delta, info.number, persist_it);
     next = NULL;
-    mosquitto_log_printf(MOSQ_LOG_NOTICE,
-                         "mqpki: %s CRL %lld accepted: %zu serials revoked or "
-                         "on hold; %zu connected clients to disconnect",
-                         want_delta ? "delta" : "full", (long long)info.number,
-                         revset_count(pl->rev), mark_revoked(pl));
     rc = 0;
 out:
+    revpart_free(part);
     revset_free(next);
-    X509_CRL_free(crl);
-    /* OpenSSL's parse of a large CRL leaves hundreds of MB of freed heap with the process
-     * (about 234 MB after a 1M-entry CRL); hand it back, the broker lives long. */
-    if (len > 1024 * 1024)
-        malloc_trim(0);
+    proto_crl_der_clear(&d);
     return rc;
+}
+
+/* On the broker's thread: a full CRL the worker finished is put in force (O(1)), then a delta
+ * that waited for it. */
+static void apply_loaded(struct plugin *pl)
+{
+    struct revpart *part = NULL;
+    struct proto_crl_info info;
+    struct revset *next = NULL;
+    char why[WHY_MAX] = "";
+    double t0;
+
+    if (pl->loader == NULL || !crlload_take(pl->loader, &part, &info, why, sizeof(why)))
+        return;
+    t0 = mono_ms();
+    if (part == NULL) {
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", PROTO_TOPIC_CRL_FULL, why);
+    } else if (proto_crl_order(&info, revset_full_number(pl->rev), revset_delta_number(pl->rev),
+                               why, sizeof(why)) != PROTO_CRL_ACCEPT) {
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: loaded full CRL %lld dropped: %s",
+                             (long long)info.number, why);
+        revpart_free(part);
+    } else if (revset_with(pl->rev, part, &next) != 0) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: full CRL %lld: out of memory",
+                             (long long)info.number);
+        revpart_free(part);
+    } else {
+        if (why[0] != '\0')
+            mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
+        install(pl, next, 0, info.number, pl->state_dir != NULL && why[0] == '\0');
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: full CRL %lld swapped in (%.1f ms)",
+                             (long long)info.number, mono_ms() - t0);
+    }
+    if (pl->deferred != NULL && crlload_pending(pl->loader) < 0) {
+        if (apply_crl(pl, pl->deferred, pl->deferred_len, 1, 1, why, sizeof(why)) != 0)
+            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", PROTO_TOPIC_CRL_DELTA,
+                                 why);
+        free(pl->deferred);
+        pl->deferred = NULL;
+        pl->deferred_len = 0;
+    }
+    emit_crl_held(pl);
 }
 
 static int on_message(int event, void *event_data, void *userdata)
@@ -449,6 +566,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     char **ids = NULL;
     size_t n = 0;
 
+    apply_loaded(pl);
     if (pl->pending_kicks == 0)
         goto out;
     /* Kicking fires on_disconnect, which edits the table: collect first, kick after. */
@@ -522,6 +640,10 @@ static void plugin_free(struct plugin *pl)
         }
     }
     free(pl->bucket);
+    /* The worker reads cas and frees old tables: told first, stopped next. */
+    revset_set_reaper(NULL, NULL);
+    crlload_stop(pl->loader);
+    free(pl->deferred);
     sk_X509_pop_free(pl->cas, X509_free);
     revset_free(pl->rev);
     acl_free(pl->acl);
@@ -625,7 +747,14 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
                              mqpki_err_detail(MQPKI_ERR_IO));
         goto out;
     }
+    /* At start nobody waits on this thread yet: the kept CRLs load here, the worker after. */
     load_state(pl);
+    if (crlload_start(pl->cas, &pl->loader) != 0) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot start the CRL loader thread");
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    revset_set_reaper(crlload_reap, pl->loader);
     if (mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, pl) ||
         mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, pl) ||
         mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, pl) ||

@@ -3,6 +3,7 @@
  * with free() and need not know about OPENSSL_free), a strict single-certificate PEM parser and
  * the serial format shared with ca_serial_new().
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,30 @@ int ca_cert_pem(X509 *cert, char **out, size_t *len)
     }
     if (!PEM_write_bio_X509(bio, cert)) {
         rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "encode certificate PEM");
+        goto out;
+    }
+    rc = bio_take(bio, out, len);
+out:
+    BIO_free(bio);
+    return rc;
+}
+
+int ca_crl_der_pem(const unsigned char *der, size_t der_len, char **out, size_t *len)
+{
+    BIO *bio = NULL;
+    int rc;
+
+    if (out == NULL || len == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "ca_crl_der_pem: out and len are needed");
+    *out = NULL;
+    *len = 0;
+    if (der == NULL || der_len == 0 || der_len > LONG_MAX)
+        return mqpki_fail(MQPKI_ERR_INVALID, "ca_crl_der_pem: no CRL");
+    if ((bio = BIO_new(BIO_s_mem())) == NULL)
+        return MQPKI_ERR_NOMEM;
+    /* What PEM_write_bio_X509_CRL writes, from the DER as it is: no parse of its entries. */
+    if (PEM_write_bio(bio, PEM_STRING_X509_CRL, "", der, (long)der_len) <= 0) {
+        rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "encode CRL PEM");
         goto out;
     }
     rc = bio_take(bio, out, len);

@@ -162,27 +162,44 @@ static int publish(struct publisher *p, struct lifecycle_publication *pub)
 }
 
 /*
- * One cycle: first what is open (revocations go out as deltas at once, never behind a full CRL
- * the schedule asks for), then a full CRL when one is due, then the feed caught up with the
- * store. error gets the failure's detail before anything else can overwrite it.
+ * One cycle's first half: what is open (revocations go out as deltas at once, a full CRL an
+ * operator asked for), then the feed caught up with the store. The commands waiting for it are
+ * answered after this half: a scheduled full CRL (the second half) never delays them.
+ * error gets the failure's detail before anything else can overwrite it.
  */
-static int cycle(struct publisher *p, struct lifecycle_publication *pub, char *error, size_t size)
+static int cycle_open(struct publisher *p, struct lifecycle_publication *pub, char *error,
+                      size_t size)
 {
-    int64_t number = 0;
     int rc;
 
     memset(pub, 0, sizeof(*pub));
     pub->full_number = pub->delta_number = -1;
     error[0] = '\0';
     rc = publish(p, pub);
-    if (rc == MQPKI_OK &&
-        (rc = lifecycle_crl_schedule(p->lc, mqpki_now(), "mqpkid", &number)) == MQPKI_OK &&
-        number > 0)
-        rc = publish(p, pub);
     if (rc != MQPKI_OK) {
         snprintf(error, size, "%s", mqpki_err_detail(rc));
         mqpki_log(MQPKI_LOG_ERROR, "CRL publication: %s (retried every second)", error);
     }
+    catch_up(p);
+    return rc;
+}
+
+/* The second half: a full CRL when one is due (crl_full_every, crl_full_after). With a million
+ * entries it takes seconds; a revocation that comes in meanwhile waits for it (the publication
+ * lock keeps CRL numbers in signing order), but never behind an answer already due. */
+static int cycle_scheduled(struct publisher *p, struct lifecycle_publication *pub)
+{
+    int64_t number = 0;
+    int rc;
+
+    memset(pub, 0, sizeof(*pub));
+    pub->full_number = pub->delta_number = -1;
+    if ((rc = lifecycle_crl_schedule(p->lc, mqpki_now(), "mqpkid", &number)) == MQPKI_OK &&
+        number > 0)
+        rc = publish(p, pub);
+    if (rc != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_ERROR, "CRL publication: %s (retried every second)",
+                  mqpki_err_detail(rc));
     catch_up(p);
     return rc;
 }
@@ -228,7 +245,7 @@ static void *run(void *arg)
     struct lifecycle_publication pub;
     char error[256];
     uint64_t gen;
-    int resend, rc;
+    int resend, rc, signed_now;
 
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
@@ -237,7 +254,7 @@ static void *run(void *arg)
         p->resend = 0;
         pthread_mutex_unlock(&p->lock);
         feed_tick(p->ctx->feed);
-        rc = cycle(p, &pub, error, sizeof(error));
+        rc = cycle_open(p, &pub, error, sizeof(error));
         if (resend)
             feed_resend(p->ctx->feed);
         pthread_mutex_lock(&p->lock);
@@ -248,7 +265,10 @@ static void *run(void *arg)
         pthread_cond_broadcast(&p->cond);
         /* After the answer: a command waiting for its publication never waits for this. */
         pthread_mutex_unlock(&p->lock);
-        audit_tick(p, pub.signed_count > 0);
+        signed_now = pub.signed_count;
+        (void)cycle_scheduled(p, &pub);
+        signed_now += pub.signed_count;
+        audit_tick(p, signed_now > 0);
         pthread_mutex_lock(&p->lock);
         if (p->stop || p->requested != gen)
             continue;

@@ -393,8 +393,6 @@ int datadir_ca_remote(const struct datadir *dd)
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len)
 {
-    const unsigned char *p = der;
-    X509_CRL *crl = NULL;
     char path[PATH_MAX], *pem = NULL;
     size_t pem_len = 0;
     int rc;
@@ -408,18 +406,12 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
         (rc = mqpki_file_write_atomic(path, der, len, 0644)) != MQPKI_OK)
         return rc;
     /* The same full CRL as PEM, for mqpkid's /crl/issuing.pem and tools that want PEM; after
-     * the DER, which is what consumers of the files wait for. */
-    if ((crl = d2i_X509_CRL(NULL, &p, (long)len)) == NULL) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "CRL %lld: cannot parse the signed DER",
-                        (long long)c->number);
-        goto out;
-    }
-    if ((rc = ca_crl_pem(crl, &pem, &pem_len)) == MQPKI_OK &&
+     * the DER, which is what consumers of the files wait for. Encoded from the signed DER as it
+     * is: parsing a million entries back would cost more than signing them. */
+    if ((rc = ca_crl_der_pem(der, len, &pem, &pem_len)) == MQPKI_OK &&
         (rc = datadir_path(dd, "crl/issuing.pem", path)) == MQPKI_OK)
         rc = mqpki_file_write_atomic(path, pem, pem_len, 0644);
-out:
     free(pem);
-    X509_CRL_free(crl);
     return rc;
 }
 

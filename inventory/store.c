@@ -148,6 +148,12 @@ static const char *const migrations[] = {
     " time INTEGER NOT NULL,"
     " key_label TEXT NOT NULL,"
     " signature BLOB NOT NULL);",
+    /*
+     * 3 -> 4: an asset's certificates by state. Revoking counts the asset's live and held
+     * certificates; without this index the planner walked certs_state, every revoked
+     * certificate of the fleet (a million after years), on each revocation.
+     */
+    "CREATE INDEX certs_asset_state ON certs(asset_id, state, not_after);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -1,5 +1,6 @@
 /* crlcheck: CRL parsing, signature and ordering checks shared by the plugin and crl-sync. */
 #include "proto.h"
+#include "proto_int.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,10 +11,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-static int refuse(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int refuse(char *why, size_t why_len, const char *fmt, ...)
+int proto_refuse(char *why, size_t why_len, const char *fmt, ...)
 {
     va_list ap;
 
@@ -39,7 +37,7 @@ int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_
 
     *out = NULL;
     if ((bio = BIO_new_file(path, "r")) == NULL) {
-        refuse(why, why_len, "%s: cannot read the CA file", path);
+        proto_refuse(why, why_len, "%s: cannot read the CA file", path);
         goto out;
     }
     if ((all = sk_X509_new_null()) == NULL || (keep = sk_X509_new_null()) == NULL)
@@ -68,7 +66,7 @@ int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_
         }
     }
     if (sk_X509_num(keep) == 0) {
-        refuse(why, why_len, "%s: no CA certificate in the file", path);
+        proto_refuse(why, why_len, "%s: no CA certificate in the file", path);
         goto out;
     }
     *out = keep;
@@ -76,7 +74,7 @@ int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_
     rc = 0;
     goto out;
 nomem:
-    refuse(why, why_len, "%s: out of memory", path);
+    proto_refuse(why, why_len, "%s: out of memory", path);
 out:
     sk_X509_pop_free(all, X509_free);
     sk_X509_pop_free(keep, X509_free);
@@ -92,22 +90,22 @@ int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *
 
     *out = NULL;
     if (der == NULL || len == 0) {
-        refuse(why, why_len, "empty payload");
+        proto_refuse(why, why_len, "empty payload");
         goto out;
     }
     if (len > PROTO_CRL_MAX_DER) {
-        refuse(why, why_len, "payload of %zu bytes exceeds the CRL limit of %u", len,
-               PROTO_CRL_MAX_DER);
+        proto_refuse(why, why_len, "payload of %zu bytes exceeds the CRL limit of %u", len,
+                     PROTO_CRL_MAX_DER);
         goto out;
     }
     crl = d2i_X509_CRL(NULL, &p, (long)len);
     if (crl == NULL) {
-        refuse(why, why_len, "not a DER CRL (truncated or garbage, %zu bytes)", len);
+        proto_refuse(why, why_len, "not a DER CRL (truncated or garbage, %zu bytes)", len);
         goto out;
     }
     /* Trailing bytes would let two different payloads carry the same signed CRL. */
     if ((size_t)(p - der) != len) {
-        refuse(why, why_len, "%zu bytes after the DER CRL", len - (size_t)(p - der));
+        proto_refuse(why, why_len, "%zu bytes after the DER CRL", len - (size_t)(p - der));
         goto out;
     }
     *out = crl;
@@ -169,25 +167,35 @@ out:
     return rc;
 }
 
+int proto_crl_issuer_key(X509_CRL *crl, STACK_OF(X509) * cas, EVP_PKEY **key, char *why,
+                         size_t why_len)
+{
+    X509 *ca;
+
+    *key = NULL;
+    if ((ca = find_issuer(crl, cas)) == NULL)
+        return proto_refuse(why, why_len,
+                            "CRL signed by an unknown CA (issuer not in the trusted CA file)");
+    if ((X509_get_extension_flags(ca) & EXFLAG_KUSAGE) && !(X509_get_key_usage(ca) & KU_CRL_SIGN))
+        return proto_refuse(why, why_len,
+                            "CRL issuer's certificate lacks keyUsage cRLSign (RFC 5280 4.2.1.3)");
+    if ((*key = X509_get0_pubkey(ca)) == NULL)
+        return proto_refuse(why, why_len, "CRL issuer's public key cannot be read");
+    return 0;
+}
+
 int proto_crl_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct proto_crl_info *info, char *why,
                      size_t why_len)
 {
-    X509 *ca;
     EVP_PKEY *pub;
     int rc = -1;
 
     memset(info, 0, sizeof(*info));
     info->base = -1;
-    if ((ca = find_issuer(crl, cas)) == NULL) {
-        refuse(why, why_len, "CRL signed by an unknown CA (issuer not in the trusted CA file)");
+    if (proto_crl_issuer_key(crl, cas, &pub, why, why_len) != 0)
         goto out;
-    }
-    if ((X509_get_extension_flags(ca) & EXFLAG_KUSAGE) && !(X509_get_key_usage(ca) & KU_CRL_SIGN)) {
-        refuse(why, why_len, "CRL issuer's certificate lacks keyUsage cRLSign (RFC 5280 4.2.1.3)");
-        goto out;
-    }
-    if ((pub = X509_get0_pubkey(ca)) == NULL || X509_CRL_verify(crl, pub) != 1) {
-        refuse(why, why_len, "CRL signature does not verify against the issuing CA");
+    if (X509_CRL_verify(crl, pub) != 1) {
+        proto_refuse(why, why_len, "CRL signature does not verify against the issuing CA");
         goto out;
     }
     rc = proto_crl_describe(crl, info, why, why_len);
@@ -202,29 +210,29 @@ int proto_crl_describe(X509_CRL *crl, struct proto_crl_info *info, char *why, si
     memset(info, 0, sizeof(*info));
     info->base = -1;
     if (X509_CRL_get_version(crl) != 1) {
-        refuse(why, why_len, "CRL is not v2 (RFC 5280 5.1.2.1)");
+        proto_refuse(why, why_len, "CRL is not v2 (RFC 5280 5.1.2.1)");
         goto out;
     }
     if (int_ext(crl, NID_crl_number, &info->number, &present) != 0 || !present) {
-        refuse(why, why_len, "CRL without a readable CRL number (RFC 5280 5.2.3)");
+        proto_refuse(why, why_len, "CRL without a readable CRL number (RFC 5280 5.2.3)");
         goto out;
     }
     if (int_ext(crl, NID_delta_crl, &info->base, &present) != 0) {
-        refuse(why, why_len, "CRL %lld: unreadable deltaCRLIndicator (RFC 5280 5.2.4)",
-               (long long)info->number);
+        proto_refuse(why, why_len, "CRL %lld: unreadable deltaCRLIndicator (RFC 5280 5.2.4)",
+                     (long long)info->number);
         goto out;
     }
     if (proto_asn1_time(X509_CRL_get0_lastUpdate(crl), &info->this_update) != 0) {
-        refuse(why, why_len, "CRL %lld: unreadable thisUpdate", (long long)info->number);
+        proto_refuse(why, why_len, "CRL %lld: unreadable thisUpdate", (long long)info->number);
         goto out;
     }
     if (X509_CRL_get0_nextUpdate(crl) != NULL &&
         proto_asn1_time(X509_CRL_get0_nextUpdate(crl), &info->next_update) != 0) {
-        refuse(why, why_len, "CRL %lld: unreadable nextUpdate", (long long)info->number);
+        proto_refuse(why, why_len, "CRL %lld: unreadable nextUpdate", (long long)info->number);
         goto out;
     }
     if (proto_name_digest(X509_CRL_get_issuer(crl), info->issuer) != 0) {
-        refuse(why, why_len, "CRL issuer name cannot be encoded");
+        proto_refuse(why, why_len, "CRL issuer name cannot be encoded");
         goto out;
     }
     /* An empty CRL has no list at all: sk_..._num(NULL) is -1. */
@@ -243,25 +251,25 @@ enum proto_crl_order proto_crl_order(const struct proto_crl_info *info, int64_t 
 
     if (info->base < 0) {
         if (info->number < held_full)
-            refuse(why, why_len,
-                   "CRL %lld refused: CRL number lower than held %lld "
-                   "(RFC 5280 5.2.3)",
-                   n, (long long)held_full);
+            proto_refuse(why, why_len,
+                         "CRL %lld refused: CRL number lower than held %lld "
+                         "(RFC 5280 5.2.3)",
+                         n, (long long)held_full);
         else
             v = info->number == held_full ? PROTO_CRL_SAME : PROTO_CRL_ACCEPT;
     } else if (held_full < 0) {
-        refuse(why, why_len, "delta CRL %lld refused: no full CRL held to apply it to", n);
+        proto_refuse(why, why_len, "delta CRL %lld refused: no full CRL held to apply it to", n);
     } else if (info->number < held_delta || info->number <= held_full) {
         /* Full and delta CRLs share one number sequence (RFC 5280 5.2.3). */
-        refuse(why, why_len,
-               "delta CRL %lld refused: CRL number lower than held %lld "
-               "(RFC 5280 5.2.3)",
-               n, (long long)(held_delta > held_full ? held_delta : held_full));
+        proto_refuse(why, why_len,
+                     "delta CRL %lld refused: CRL number lower than held %lld "
+                     "(RFC 5280 5.2.3)",
+                     n, (long long)(held_delta > held_full ? held_delta : held_full));
     } else if (info->base > held_full) {
-        refuse(why, why_len,
-               "delta CRL %lld refused: its base CRL %lld is newer than the "
-               "held full CRL %lld (RFC 5280 5.2.4)",
-               n, (long long)info->base, (long long)held_full);
+        proto_refuse(why, why_len,
+                     "delta CRL %lld refused: its base CRL %lld is newer than the "
+                     "held full CRL %lld (RFC 5280 5.2.4)",
+                     n, (long long)info->base, (long long)held_full);
     } else {
         v = info->number == held_delta ? PROTO_CRL_SAME : PROTO_CRL_ACCEPT;
     }

@@ -120,6 +120,58 @@ int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *
 int proto_crl_verify(X509_CRL *crl, STACK_OF(X509) * cas, struct proto_crl_info *info, char *why,
                      size_t why_len);
 
+/* The public key of the CA of cas that issued crl (name and AKI), checked to be allowed to sign
+ * CRLs. *key is borrowed from cas. 0, or -1 with why. */
+int proto_crl_issuer_key(X509_CRL *crl, STACK_OF(X509) * cas, EVP_PKEY **key, char *why,
+                         size_t why_len);
+
+/*
+ * A large CRL read from its DER without an X509_CRL of its entries (proto/crlder.c): the
+ * entries stay bytes and are walked once into the caller's set; the signature is checked over
+ * the TBSCertList bytes as they are. A million entries cost no allocation per entry.
+ */
+struct proto_crl_der {
+    const unsigned char *tbs; /* the signed TBSCertList, header included (borrowed) */
+    size_t tbs_len;
+    const unsigned char *revoked; /* contents of revokedCertificates (borrowed); NULL if none */
+    size_t revoked_len;
+    X509_CRL *head; /* the same CRL with revokedCertificates cut out: header and extensions
+                       (its signature does not cover it; use proto_crl_der_verify_sig) */
+};
+
+/* Splits der (at most PROTO_CRL_MAX_DER bytes, nothing after it) into its parts; der must
+ * outlive *out. 0, or -1 with why (nothing to clear then). */
+int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_der *out, char *why,
+                        size_t why_len);
+void proto_crl_der_clear(struct proto_crl_der *d);
+
+/* The cheap checks of proto_crl_verify (issuer among cas, cRLSign, v2, CRL number, base,
+ * times), no signature: *key gets the issuer's key (borrowed from cas), info the fields
+ * (n_entries 0: see proto_crl_der_entries). */
+int proto_crl_der_check(const struct proto_crl_der *d, STACK_OF(X509) * cas, EVP_PKEY **key,
+                        struct proto_crl_info *info, char *why, size_t why_len);
+
+/* The signature over d->tbs as it is, by key (same algorithm inside and outside the TBS;
+ * RSA-PSS is not supported here). 0, or -1 with why. */
+int proto_crl_der_verify_sig(const struct proto_crl_der *d, EVP_PKEY *key, char *why,
+                             size_t why_len);
+
+/* Called per entry with its serial's key (proto_serial_key) and whether its reasonCode is
+ * removeFromCRL; nonzero stops the walk (out of memory). */
+typedef int (*proto_crl_entry_fn)(const unsigned char key[PROTO_SERIAL_KEY_LEN], int remove,
+                                  void *ctx);
+
+/* Walks the entries strictly (DER lengths, tags, minimal serials, entry extensions); fn may be
+ * NULL to count and check only; *count (may be NULL) gets the number of entries. 0, or -1
+ * with why. */
+int proto_crl_der_entries(const struct proto_crl_der *d, proto_crl_entry_fn fn, void *ctx,
+                          size_t *count, char *why, size_t why_len);
+
+/* proto_serial_key of one DER INTEGER element (tag, length, contents; nothing after it).
+ * 0, or -1 when it is not a minimal DER INTEGER. */
+int proto_serial_key_der(const unsigned char *tlv, size_t tlv_len,
+                         unsigned char key[PROTO_SERIAL_KEY_LEN]);
+
 /* Reads number, base, times and entry count of a CRL without checking its signature (for
  * showing what a file holds; never for trusting it). 0, or -1 when unreadable. */
 int proto_crl_describe(X509_CRL *crl, struct proto_crl_info *info, char *why, size_t why_len);

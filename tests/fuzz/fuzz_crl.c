@@ -3,7 +3,9 @@
  * number sequence, build the revoked-serial set and look serials up in it. The trusted CA is
  * tests/fuzz/crl-ca/ca.pem (the seeds in corpus/crl/ are signed by its key). So that the
  * serial-set code sees hostile entries too, a CRL that parses but does not verify is applied
- * as well, with numbers taken from the input. */
+ * as well, with numbers taken from the input. The same payload also goes through the plugin's
+ * DER walker (proto_crl_der_*, revset_load_der); where OpenSSL's parser and the walker both take
+ * it, they must find the same serials with the same removeFromCRL flags. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -69,6 +71,65 @@ static void apply(X509_CRL *crl, const struct proto_crl_info *info)
     revset_free(next);
 }
 
+/* The first 64 entries as the walker reads them. */
+struct walked {
+    unsigned char key[64][PROTO_SERIAL_KEY_LEN];
+    int remove[64];
+    size_t n;
+};
+
+static int walk_one(const unsigned char key[PROTO_SERIAL_KEY_LEN], int remove, void *ctx)
+{
+    struct walked *w = ctx;
+
+    if (w->n < 64) {
+        memcpy(w->key[w->n], key, PROTO_SERIAL_KEY_LEN);
+        w->remove[w->n] = remove;
+    }
+    w->n++;
+    return 0;
+}
+
+/* The walker against OpenSSL's parse of the same bytes (crl may be NULL: OpenSSL refused). */
+static void der_path(const uint8_t *data, size_t size, X509_CRL *crl)
+{
+    struct proto_crl_der d;
+    struct proto_crl_info info;
+    struct revset *next = NULL;
+    struct walked w;
+    EVP_PKEY *key = NULL;
+    char why[512];
+    size_t n = 0;
+
+    if (proto_crl_der_split(data, size, &d, why, sizeof(why)) != 0)
+        return;
+    memset(&w, 0, sizeof(w));
+    if (proto_crl_der_entries(&d, walk_one, &w, &n, why, sizeof(why)) == 0 && crl != NULL) {
+        STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
+        int m = sk_X509_REVOKED_num(revoked);
+        if (n != (size_t)(m > 0 ? m : 0) || w.n != n)
+            __builtin_trap();
+        for (int i = 0; i < m && i < 64; i++) {
+            X509_REVOKED *r = sk_X509_REVOKED_value(revoked, i);
+            unsigned char k[PROTO_SERIAL_KEY_LEN];
+            ASN1_ENUMERATED *reason = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
+            int remove =
+                reason != NULL && ASN1_ENUMERATED_get(reason) == CRL_REASON_REMOVE_FROM_CRL;
+            ASN1_ENUMERATED_free(reason);
+            proto_serial_key(X509_REVOKED_get0_serialNumber(r), k);
+            if (memcmp(k, w.key[i], sizeof(k)) != 0 || remove != w.remove[i])
+                __builtin_trap();
+        }
+    }
+    if (proto_crl_der_check(&d, cas, &key, &info, why, sizeof(why)) == 0 &&
+        proto_crl_order(&info, revset_full_number(held), revset_delta_number(held), why,
+                        sizeof(why)) != PROTO_CRL_REFUSE &&
+        revset_load_der(held, &d, key, &info, &next, why, sizeof(why)) == 0)
+        (void)revset_count(next);
+    revset_free(next);
+    proto_crl_der_clear(&d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct proto_crl_info info;
@@ -78,6 +139,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (cas == NULL)
         setup();
     if (proto_crl_parse(data, size, &crl, why, sizeof(why)) != 0)
+        crl = NULL;
+    der_path(data, size, crl);
+    if (crl == NULL)
         goto out;
     memset(&info, 0, sizeof(info));
     if (proto_crl_verify(crl, cas, &info, why, sizeof(why)) == 0) {

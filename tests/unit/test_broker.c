@@ -150,27 +150,42 @@ static void key_of(unsigned v, unsigned char key[PROTO_SERIAL_KEY_LEN])
     ASN1_INTEGER_free(s);
 }
 
-/* Verifies and orders der against r, applying it on acceptance. Returns the verdict or -1. */
+/*
+ * Checks and orders der against r as the plugin does (broker/plugin.c apply_crl: the DER walk,
+ * no X509_CRL of the entries), applying it on acceptance. Returns the verdict or -1. OpenSSL's
+ * full parse (proto_crl_parse, proto_crl_verify) must come to the same verdict.
+ */
 static int feed(struct revset **r, STACK_OF(X509) * cas, const unsigned char *der, size_t len,
                 char *why)
 {
-    struct proto_crl_info info;
+    struct proto_crl_der d;
+    struct proto_crl_info info, info2;
     struct revset *next = NULL;
     X509_CRL *crl = NULL;
-    int v = -1;
+    EVP_PKEY *key = NULL;
+    char why2[256];
+    int v = -1, v2 = -1;
 
     why[0] = '\0';
-    if (proto_crl_parse(der, len, &crl, why, 256) != 0 ||
-        proto_crl_verify(crl, cas, &info, why, 256) != 0)
+    if (proto_crl_parse(der, len, &crl, why2, sizeof(why2)) == 0 &&
+        proto_crl_verify(crl, cas, &info2, why2, sizeof(why2)) == 0)
+        v2 = proto_crl_order(&info2, revset_full_number(*r), revset_delta_number(*r), why2,
+                             sizeof(why2));
+    X509_CRL_free(crl);
+    memset(&d, 0, sizeof(d));
+    if (proto_crl_der_split(der, len, &d, why, 256) != 0 ||
+        proto_crl_der_check(&d, cas, &key, &info, why, 256) != 0 ||
+        proto_crl_der_verify_sig(&d, key, why, 256) != 0)
         goto out;
     v = proto_crl_order(&info, revset_full_number(*r), revset_delta_number(*r), why, 256);
     if (v == PROTO_CRL_ACCEPT) {
-        assert_int_equal(revset_apply(*r, crl, &info, &next), 0);
+        assert_int_equal(revset_load_der(*r, &d, key, &info, &next, why, 256), 0);
         revset_free(*r);
         *r = next;
     }
 out:
-    X509_CRL_free(crl);
+    proto_crl_der_clear(&d);
+    assert_int_equal(v, v2);
     return v;
 }
 
@@ -377,6 +392,249 @@ static void test_delta_merge(void **state)
     free_ca(&ca);
 }
 
+/* Walks revoked-list contents rev (hand-built DER) into keys; the walker's verdict. */
+static int walk(const unsigned char *rev, size_t len, size_t *count)
+{
+    struct proto_crl_der d;
+    char why[256];
+
+    memset(&d, 0, sizeof(d));
+    d.revoked = rev;
+    d.revoked_len = len;
+    return proto_crl_der_entries(&d, NULL, NULL, count, why, sizeof(why));
+}
+
+/* The DER walker against hostile input: truncations everywhere, wrong tags, lengths past the
+ * end or absurdly large, indefinite and non-minimal lengths, non-minimal serials, malformed
+ * entry extensions. None may crash or read out of bounds (the sanitizer build checks), and
+ * none may be taken. */
+static void test_der_walker_hostile(void **state)
+{
+    /* Two good entries: serial 0x05 with a UTCTime; serial 0x0100 with reasonCode 8. */
+    static const unsigned char good[] = {
+        0x30, 0x12, 0x02, 0x01, 0x05, 0x17, 0x0d, '2',  '6',  '1',  '1',  '3',  '0',  '0',
+        '0',  '0',  '0',  '0',  '0',  'Z',  0x30, 0x21, 0x02, 0x02, 0x01, 0x00, 0x17, 0x0d,
+        '2',  '6',  '1',  '1',  '3',  '0',  '0',  '0',  '0',  '0',  '0',  '0',  'Z',  0x30,
+        0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x1d, 0x15, 0x04, 0x03, 0x0a, 0x01, 0x08};
+    unsigned char buf[sizeof(good)];
+    size_t n = 0;
+    struct test_ca ca;
+    STACK_OF(X509) * cas;
+    unsigned serials[] = {1, 2, 3};
+    unsigned char *der;
+    size_t len;
+    struct proto_crl_der d;
+    char why[256];
+
+    (void)state;
+    assert_int_equal(walk(good, sizeof(good), &n), 0);
+    assert_int_equal(n, 2);
+    /* Every truncation of the list is refused, except at an entry boundary. */
+    for (size_t cut = 1; cut < sizeof(good); cut++)
+        assert_int_equal(walk(good, cut, &n), cut == 20 ? 0 : -1);
+    /* One byte changed anywhere in the headers: the walk refuses or reads a well-formed list;
+     * bytes inside the times may change freely. */
+    for (size_t i = 0; i < sizeof(good); i++) {
+        for (unsigned v = 0; v < 256; v += 17) {
+            memcpy(buf, good, sizeof(good));
+            buf[i] = (unsigned char)v;
+            (void)walk(buf, sizeof(good), &n);
+        }
+    }
+    /* Wrong tags: the entry, its serial, its date. */
+    memcpy(buf, good, sizeof(good));
+    buf[0] = 0x31;
+    assert_int_equal(walk(buf, sizeof(good), &n), -1);
+    memcpy(buf, good, sizeof(good));
+    buf[2] = 0x04;
+    assert_int_equal(walk(buf, sizeof(good), &n), -1);
+    memcpy(buf, good, sizeof(good));
+    buf[5] = 0x04;
+    assert_int_equal(walk(buf, sizeof(good), &n), -1);
+    /* Lengths: past the end, huge (4 bytes), 5 length bytes, indefinite, non-minimal. */
+    {
+        static const unsigned char past[] = {0x30, 0x7f, 0x02, 0x01, 0x05};
+        static const unsigned char huge[] = {0x30, 0x84, 0xff, 0xff, 0xff, 0xf0, 0x02, 0x01};
+        static const unsigned char five[] = {0x30, 0x85, 0x00, 0x00, 0x00, 0x00, 0x10, 0x02};
+        static const unsigned char indef[] = {0x30, 0x80, 0x02, 0x01, 0x05, 0x00, 0x00};
+        static const unsigned char nonmin[] = {0x30, 0x81, 0x12, 0x02, 0x01, 0x05, 0x17,
+                                               0x0d, '2',  '6',  '1',  '1',  '3',  '0',
+                                               '0',  '0',  '0',  '0',  '0',  '0',  'Z'};
+        static const unsigned char hightag[] = {0x3f, 0x01, 0x01, 0x00};
+        assert_int_equal(walk(past, sizeof(past), &n), -1);
+        assert_int_equal(walk(huge, sizeof(huge), &n), -1);
+        assert_int_equal(walk(five, sizeof(five), &n), -1);
+        assert_int_equal(walk(indef, sizeof(indef), &n), -1);
+        assert_int_equal(walk(nonmin, sizeof(nonmin), &n), -1);
+        assert_int_equal(walk(hightag, sizeof(hightag), &n), -1);
+    }
+    /* Serials: empty, non-minimal positive, non-minimal negative. */
+    {
+        unsigned char key[PROTO_SERIAL_KEY_LEN];
+        static const unsigned char empty[] = {0x02, 0x00};
+        static const unsigned char pad[] = {0x02, 0x02, 0x00, 0x05};
+        static const unsigned char negpad[] = {0x02, 0x02, 0xff, 0x85};
+        static const unsigned char trailing[] = {0x02, 0x01, 0x05, 0x00};
+        assert_int_equal(proto_serial_key_der(empty, sizeof(empty), key), -1);
+        assert_int_equal(proto_serial_key_der(pad, sizeof(pad), key), -1);
+        assert_int_equal(proto_serial_key_der(negpad, sizeof(negpad), key), -1);
+        assert_int_equal(proto_serial_key_der(trailing, sizeof(trailing), key), -1);
+    }
+    /* Entry extensions: reasonCode not an ENUMERATED, a bad critical flag, junk after. */
+    memcpy(buf, good, sizeof(good));
+    buf[sizeof(good) - 3] = 0x02; /* ENUMERATED -> INTEGER */
+    assert_int_equal(walk(buf, sizeof(good), &n), -1);
+    memcpy(buf, good, sizeof(good));
+    buf[sizeof(good) - 5] = 0x05; /* OCTET STRING -> NULL */
+    assert_int_equal(walk(buf, sizeof(good), &n), -1);
+
+    /* Whole CRLs: truncated at every length, never accepted; a CRL whose TBS names another
+     * signature algorithm than the outer one is refused. */
+    make_ca(&ca, "Walker CA");
+    cas = trust(&ca);
+    der = make_crl(&ca, 3, -1, serials, NULL, 3, &len);
+    for (size_t cut = 0; cut < len; cut++) {
+        if (proto_crl_der_split(der, cut, &d, why, sizeof(why)) == 0) {
+            EVP_PKEY *key = NULL;
+            struct proto_crl_info info;
+            assert_false(proto_crl_der_check(&d, cas, &key, &info, why, sizeof(why)) == 0 &&
+                         proto_crl_der_verify_sig(&d, key, why, sizeof(why)) == 0);
+            proto_crl_der_clear(&d);
+        }
+    }
+    assert_int_equal(proto_crl_der_split(der, len, &d, why, sizeof(why)), 0);
+    assert_non_null(d.revoked);
+    assert_int_equal(proto_crl_der_entries(&d, NULL, NULL, &n, why, sizeof(why)), 0);
+    assert_int_equal(n, 3);
+    proto_crl_der_clear(&d);
+    {
+        /* The inner AlgorithmIdentifier is the second element of the TBS: OID last byte. */
+        unsigned char *bad = malloc(len);
+        const unsigned char *oid = NULL;
+        static const unsigned char sha256_ecdsa[] = {0x2a, 0x86, 0x48, 0xce,
+                                                     0x3d, 0x04, 0x03, 0x02};
+        memcpy(bad, der, len);
+        for (size_t i = 0; i + sizeof(sha256_ecdsa) <= len; i++)
+            if (memcmp(bad + i, sha256_ecdsa, sizeof(sha256_ecdsa)) == 0) {
+                oid = bad + i;
+                break;
+            }
+        assert_non_null(oid);
+        bad[(size_t)(oid - bad) + sizeof(sha256_ecdsa) - 1] = 0x03; /* ecdsa-with-SHA384 */
+        assert_int_equal(proto_crl_der_split(bad, len, &d, why, sizeof(why)), -1);
+        assert_non_null(strstr(why, "differs inside and outside"));
+        free(bad);
+    }
+    OPENSSL_free(der);
+    sk_X509_pop_free(cas, X509_free);
+    free_ca(&ca);
+}
+
+/* The walker's serial keys are the keys a connect computes from the certificate's serial. */
+static void test_serial_key_der(void **state)
+{
+    static const long values[] = {0, 1, 5, 127, 128, 255, 256, 0x7fffffff, -1, -128, -129};
+    unsigned char a[PROTO_SERIAL_KEY_LEN], b[PROTO_SERIAL_KEY_LEN], *der = NULL;
+    BIGNUM *bn = BN_new();
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        ASN1_INTEGER *v = ASN1_INTEGER_new();
+        int l;
+        ASN1_INTEGER_set(v, values[i]);
+        proto_serial_key(v, a);
+        der = NULL;
+        l = i2d_ASN1_INTEGER(v, &der);
+        assert_true(l > 0);
+        assert_int_equal(proto_serial_key_der(der, (size_t)l, b), 0);
+        assert_memory_equal(a, b, sizeof(a));
+        OPENSSL_free(der);
+        ASN1_INTEGER_free(v);
+    }
+    /* 15, 16 (top bit set: a 0x00 pad), 17 and 20 bytes. */
+    for (int bits = 119; bits <= 159; bits += 8) {
+        ASN1_INTEGER *v;
+        int l;
+        BN_zero(bn);
+        BN_set_bit(bn, bits);
+        BN_set_bit(bn, 3);
+        v = BN_to_ASN1_INTEGER(bn, NULL);
+        proto_serial_key(v, a);
+        der = NULL;
+        l = i2d_ASN1_INTEGER(v, &der);
+        assert_int_equal(proto_serial_key_der(der, (size_t)l, b), 0);
+        assert_memory_equal(a, b, sizeof(a));
+        OPENSSL_free(der);
+        ASN1_INTEGER_free(v);
+    }
+    BN_free(bn);
+}
+
+/* The worker: a good CRL comes back as a part and is kept on disk; a forged one comes back
+ * refused and is not kept. */
+static void test_crlload(void **state)
+{
+    struct test_ca ca, other;
+    STACK_OF(X509) * cas;
+    struct crlload *l = NULL;
+    struct revpart *part = NULL;
+    struct proto_crl_info info;
+    struct revset *r = revset_new_empty(), *next = NULL;
+    unsigned serials[] = {1, 2, 3, 4};
+    unsigned char *der, *forged, k[PROTO_SERIAL_KEY_LEN];
+    size_t len, flen;
+    char why[256], dir[] = "/tmp/mqpki-crlload.XXXXXX", path[512];
+    int got = 0;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/full.der", dir);
+    make_ca(&ca, "Loader CA");
+    make_ca(&other, "Loader CA");
+    cas = trust(&ca);
+    der = make_crl(&ca, 8, -1, serials, NULL, 4, &len);
+    forged = make_crl(&other, 9, -1, serials, NULL, 4, &flen);
+    assert_int_equal(crlload_start(cas, &l), 0);
+    assert_int_equal(crlload_pending(l), -1);
+    assert_int_equal(crlload_submit(l, der, len, 8, path), 0);
+    for (int i = 0; i < 500 && !(got = crlload_take(l, &part, &info, why, sizeof(why))); i++)
+        usleep(10000);
+    assert_true(got);
+    assert_non_null(part);
+    assert_int_equal(info.number, 8);
+    assert_int_equal(revpart_number(part), 8);
+    assert_int_equal(revset_with(r, part, &next), 0);
+    key_of(3, k);
+    assert_true(revset_is_revoked(next, info.issuer, k));
+    assert_int_equal(access(path, F_OK), 0);
+    unlink(path);
+
+    assert_int_equal(crlload_submit(l, forged, flen, 9, path), 0);
+    got = 0;
+    for (int i = 0; i < 500 && !(got = crlload_take(l, &part, &info, why, sizeof(why))); i++)
+        usleep(10000);
+    assert_true(got);
+    assert_null(part);
+    assert_non_null(strstr(why, "unknown CA"));
+    assert_int_not_equal(access(path, F_OK), 0);
+    /* Tables of sets nobody holds any more are freed by the worker (or by crlload_stop). */
+    revset_set_reaper(crlload_reap, l);
+    revset_free(next);
+    next = NULL;
+    crlload_reap(NULL, l);
+    revset_set_reaper(NULL, NULL);
+    crlload_stop(l);
+    crlload_stop(NULL);
+    rmdir(dir);
+    revset_free(next);
+    revset_free(r);
+    OPENSSL_free(der);
+    OPENSSL_free(forged);
+    sk_X509_pop_free(cas, X509_free);
+    free_ca(&ca);
+    free_ca(&other);
+}
+
 static void test_topic_covers(void **state)
 {
     assert_true(acl_topic_covers("fleet/+/status", "fleet/dev1/status"));
@@ -469,10 +727,17 @@ static void test_load_cas(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_serialset_basic), cmocka_unit_test(test_serialset_million),
-        cmocka_unit_test(test_serial_key),      cmocka_unit_test(test_crl_accept_and_refuse),
-        cmocka_unit_test(test_delta_merge),     cmocka_unit_test(test_topic_covers),
-        cmocka_unit_test(test_acl_rules),       cmocka_unit_test(test_load_cas),
+        cmocka_unit_test(test_serialset_basic),
+        cmocka_unit_test(test_serialset_million),
+        cmocka_unit_test(test_serial_key),
+        cmocka_unit_test(test_crl_accept_and_refuse),
+        cmocka_unit_test(test_delta_merge),
+        cmocka_unit_test(test_topic_covers),
+        cmocka_unit_test(test_acl_rules),
+        cmocka_unit_test(test_load_cas),
+        cmocka_unit_test(test_der_walker_hostile),
+        cmocka_unit_test(test_serial_key_der),
+        cmocka_unit_test(test_crlload),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

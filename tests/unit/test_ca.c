@@ -858,10 +858,24 @@ static void test_crl(void **state)
     assert_ptr_equal(p, der + len);
     assert_int_equal(X509_CRL_verify(back, X509_get0_pubkey(f->issuing)), 1);
     X509_CRL_free(back);
-    free(der);
     assert_int_equal(ca_crl_pem(crl, &pem, &len), MQPKI_OK);
     assert_int_equal(strlen(pem), len);
     assert_non_null(strstr(pem, "-----BEGIN X509 CRL-----"));
+    /* The PEM of the DER as it is: the same bytes, without a parse. */
+    {
+        char *pem2 = NULL;
+        size_t len2 = 0, der_len = 0;
+        unsigned char *der2 = NULL;
+        assert_int_equal(ca_crl_der(crl, &der2, &der_len), MQPKI_OK);
+        assert_int_equal(ca_crl_der_pem(der2, der_len, &pem2, &len2), MQPKI_OK);
+        assert_int_equal(len2, len);
+        assert_memory_equal(pem2, pem, len);
+        assert_int_equal(ca_crl_der_pem(NULL, 0, &pem2, &len2), MQPKI_ERR_INVALID);
+        mqpki_err_clear();
+        free(pem2);
+        free(der2);
+    }
+    free(der);
     free(pem);
     X509_CRL_free(crl);
 

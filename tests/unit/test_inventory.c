@@ -190,6 +190,10 @@ static void test_open_schema_reopen(void **state)
     assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
     assert_int_equal(raw_int(f, "PRAGMA foreign_keys"), 1);
     assert_int_equal(raw_int(f, "PRAGMA synchronous"), 2);
+    /* Counting an asset's certificates by state never walks the fleet's revoked ones. */
+    assert_int_equal(raw_int(f, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND "
+                                "name = 'certs_asset_state'"),
+                     1);
     add_asset(f->inv, "dev1", INV_KIND_DEVICE);
     reopen(f);
     assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);

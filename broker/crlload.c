@@ -1,0 +1,242 @@
+/*
+ * broker: crlload, the worker that loads large full CRLs off Mosquitto's one thread
+ * (broker.h). Hashing the TBS of a million-entry CRL (~37 MB) and walking its entries take
+ * tens to hundreds of milliseconds; on the broker's thread that would hold up every client.
+ * The broker's thread only copies the payload in and, on a later tick, swaps the finished set
+ * in (O(1)). Until then the CRL held before stays in force.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "common.h"
+
+#define WHY_MAX 256
+
+struct job {
+    unsigned char *der;
+    size_t len;
+    int64_t number;
+    char *persist_path;
+};
+
+struct crlload {
+    STACK_OF(X509) * cas; /* borrowed; read-only once the plugin is set up */
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+    struct job next;          /* waiting (der NULL: none) */
+    int64_t running;          /* number of the job being loaded, -1 none */
+    int have_result;          /* a result waits for crlload_take */
+    struct serialset **trash; /* tables to free (crlload_reap) */
+    size_t n_trash, cap_trash;
+    struct revpart *part;
+    struct proto_crl_info info;
+    char why[WHY_MAX];
+};
+
+static void job_clear(struct job *j)
+{
+    free(j->der);
+    free(j->persist_path);
+    memset(j, 0, sizeof(*j));
+}
+
+/* The worker's part of a job: everything but the swap. */
+static struct revpart *load(struct crlload *l, const struct job *j, struct proto_crl_info *info,
+                            char *why, size_t why_len)
+{
+    struct proto_crl_der d;
+    struct revpart *part = NULL;
+    EVP_PKEY *key = NULL;
+
+    memset(info, 0, sizeof(*info));
+    if (proto_crl_der_split(j->der, j->len, &d, why, why_len) != 0)
+        return NULL;
+    if (proto_crl_der_check(&d, l->cas, &key, info, why, why_len) == 0 &&
+        proto_crl_der_verify_sig(&d, key, why, why_len) == 0 &&
+        revpart_from_der(&d, info, &part, why, why_len) == 0 && j->persist_path != NULL &&
+        mqpki_file_write_atomic(j->persist_path, j->der, j->len, 0600) != MQPKI_OK)
+        snprintf(why, why_len, "CRL %lld loaded but not kept in %s: %s", (long long)info->number,
+                 j->persist_path, mqpki_err_detail(MQPKI_ERR_IO));
+    proto_crl_der_clear(&d);
+    return part;
+}
+
+static void *run(void *arg)
+{
+    struct crlload *l = arg;
+
+    pthread_mutex_lock(&l->lock);
+    for (;;) {
+        struct job j;
+        struct proto_crl_info info;
+        struct revpart *part;
+        char why[WHY_MAX] = "";
+
+        while (!l->stop && (l->next.der == NULL || l->have_result) && l->n_trash == 0)
+            pthread_cond_wait(&l->cond, &l->lock);
+        if (l->stop)
+            break;
+        if (l->n_trash > 0) {
+            struct serialset **t = l->trash;
+            size_t n = l->n_trash;
+            l->trash = NULL;
+            l->n_trash = l->cap_trash = 0;
+            pthread_mutex_unlock(&l->lock);
+            for (size_t i = 0; i < n; i++)
+                serialset_free(t[i]);
+            free(t);
+            pthread_mutex_lock(&l->lock);
+            continue;
+        }
+        j = l->next;
+        memset(&l->next, 0, sizeof(l->next));
+        l->running = j.number;
+        pthread_mutex_unlock(&l->lock);
+        part = load(l, &j, &info, why, sizeof(why));
+        job_clear(&j);
+        pthread_mutex_lock(&l->lock);
+        l->running = -1;
+        l->part = part;
+        l->info = info;
+        snprintf(l->why, sizeof(l->why), "%s", why);
+        l->have_result = 1;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return NULL;
+}
+
+int crlload_start(STACK_OF(X509) * cas, struct crlload **out)
+{
+    struct crlload *l = calloc(1, sizeof(*l));
+
+    *out = NULL;
+    if (l == NULL)
+        return -1;
+    l->cas = cas;
+    l->running = -1;
+    if (pthread_mutex_init(&l->lock, NULL) != 0) {
+        free(l);
+        return -1;
+    }
+    if (pthread_cond_init(&l->cond, NULL) != 0) {
+        pthread_mutex_destroy(&l->lock);
+        free(l);
+        return -1;
+    }
+    if (pthread_create(&l->thread, NULL, run, l) != 0) {
+        pthread_cond_destroy(&l->cond);
+        pthread_mutex_destroy(&l->lock);
+        free(l);
+        return -1;
+    }
+    *out = l;
+    return 0;
+}
+
+void crlload_stop(struct crlload *l)
+{
+    if (l == NULL)
+        return;
+    pthread_mutex_lock(&l->lock);
+    l->stop = 1;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    pthread_join(l->thread, NULL);
+    for (size_t i = 0; i < l->n_trash; i++)
+        serialset_free(l->trash[i]);
+    free(l->trash);
+    job_clear(&l->next);
+    revpart_free(l->part);
+    pthread_cond_destroy(&l->cond);
+    pthread_mutex_destroy(&l->lock);
+    free(l);
+}
+
+int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,
+                   const char *persist_path)
+{
+    struct job j = {0};
+
+    if (len == 0 || len > PROTO_CRL_MAX_DER || (j.der = malloc(len)) == NULL ||
+        (persist_path != NULL && (j.persist_path = strdup(persist_path)) == NULL)) {
+        job_clear(&j);
+        return -1;
+    }
+    memcpy(j.der, der, len);
+    j.len = len;
+    j.number = number;
+    pthread_mutex_lock(&l->lock);
+    job_clear(&l->next);
+    l->next = j;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+void crlload_reap(struct serialset *s, void *ctx)
+{
+    struct crlload *l = ctx;
+    int queued = 0;
+
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&l->lock);
+    if (!l->stop) {
+        if (l->n_trash == l->cap_trash) {
+            size_t cap = l->cap_trash ? 2 * l->cap_trash : 8;
+            void *t = realloc(l->trash, cap * sizeof(*l->trash));
+            if (t != NULL) {
+                l->trash = t;
+                l->cap_trash = cap;
+            }
+        }
+        if (l->n_trash < l->cap_trash) {
+            l->trash[l->n_trash++] = s;
+            queued = 1;
+            pthread_cond_broadcast(&l->cond);
+        }
+    }
+    pthread_mutex_unlock(&l->lock);
+    /* Out of memory for the list, or stopping: freed here rather than lost. */
+    if (!queued)
+        serialset_free(s);
+}
+
+int64_t crlload_pending(const struct crlload *l)
+{
+    struct crlload *m = (struct crlload *)l;
+    int64_t n;
+
+    pthread_mutex_lock(&m->lock);
+    n = m->running;
+    if (m->next.der != NULL && m->next.number > n)
+        n = m->next.number;
+    if (m->have_result && m->part != NULL && m->info.number > n)
+        n = m->info.number;
+    pthread_mutex_unlock(&m->lock);
+    return n;
+}
+
+int crlload_take(struct crlload *l, struct revpart **part, struct proto_crl_info *info, char *why,
+                 size_t why_len)
+{
+    int got = 0;
+
+    *part = NULL;
+    pthread_mutex_lock(&l->lock);
+    if (l->have_result) {
+        *part = l->part;
+        *info = l->info;
+        snprintf(why, why_len, "%s", l->why);
+        l->part = NULL;
+        l->have_result = 0;
+        got = 1;
+        pthread_cond_broadcast(&l->cond);
+    }
+    pthread_mutex_unlock(&l->lock);
+    return got;
+}
