@@ -3,7 +3,8 @@
  * (step i brings version i to i + 1, in its own transaction under the write lock, with the
  * version bump). Version numbers are shared: a PostgreSQL store at version N has the tables and
  * columns of an SQLite store at version N, so `mqpki store migrate` copies column for column.
- * PostgreSQL stores start at version 3: step 0 creates that schema whole, steps 1 and 2 are empty.
+ * PostgreSQL stores start at version 3: step 0 creates that schema whole, steps 1 and 2 are
+ * empty; later steps follow the SQLite ones.
  * Never edit a released step: append a new one, in both files.
  *
  * Types: SQLite's INTEGER is BIGINT here (seconds, serial numbers of rows), BLOB is BYTEA.
@@ -112,6 +113,8 @@ const char *const inv_pg_migrations[] = {
     /* 1 -> 2, 2 -> 3: in step 0. */
     "",
     "",
+    /* 3 -> 4: an asset's certificates by state (see store.c). */
+    "CREATE INDEX certs_asset_state ON certs(asset_id, state, not_after);",
 };
 
 _Static_assert(sizeof(inv_pg_migrations) / sizeof(inv_pg_migrations[0]) == INV_PG_MIGRATIONS,
