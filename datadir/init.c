@@ -270,6 +270,21 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
                         home);
         goto out;
     }
+    /* A shared store that already serves a CA gets replicas (`mqpki replica init`), never a
+     * second CA mixed into its history: asked before anything is created. */
+    if (dd->cfg.store_url[0] != '\0') {
+        if ((rc = datadir_store_target(dd, path)) != MQPKI_OK ||
+            (rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
+            goto out;
+        if (inventory_asset_get(dd->inv, DATADIR_SERVICE_ASSET, &svc) == MQPKI_OK) {
+            inventory_asset_clear(&svc);
+            rc = mqpki_fail(MQPKI_ERR_EXISTS,
+                            "the store already serves a CA, nothing created; add a replica with "
+                            "`mqpki replica init --from HOME` instead");
+            goto out;
+        }
+        mqpki_err_clear();
+    }
     say(progress, "creating the data directory");
     if ((rc = make_layout(home)) != MQPKI_OK)
         goto out;
@@ -338,19 +353,9 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
 
     say(progress, dd->cfg.store_url[0] != '\0' ? "creating the inventory store (PostgreSQL)"
                                                  : "creating the inventory store mqpki.db");
-    if ((rc = datadir_store_target(dd, path)) != MQPKI_OK ||
-        (rc = inventory_open(path, &dd->inv)) != MQPKI_OK)
+    if (dd->inv == NULL && ((rc = datadir_store_target(dd, path)) != MQPKI_OK ||
+                            (rc = inventory_open(path, &dd->inv)) != MQPKI_OK))
         goto out;
-    /* A shared store that already serves a CA gets replicas (`mqpki replica init`), never a
-     * second CA mixed into its history. */
-    if (inventory_asset_get(dd->inv, DATADIR_SERVICE_ASSET, &svc) == MQPKI_OK) {
-        inventory_asset_clear(&svc);
-        rc = mqpki_fail(MQPKI_ERR_EXISTS,
-                        "the store already serves a CA; add a replica with `mqpki replica init "
-                        "--from HOME` instead");
-        goto out;
-    }
-    mqpki_err_clear();
     memset(&svc, 0, sizeof(svc));
     if ((rc = inventory_meta_set(dd->inv, "ca.name", dd->cfg.ca_name)) != MQPKI_OK)
         goto out;
