@@ -372,8 +372,16 @@ static int open_at(const char *target, int target_version, struct inventory **ou
     inv->ops = db_ops_for(target);
     src = inv->ops->open(target, &inv->db, err, sizeof(err));
     if (src != DB_OK) {
-        if (src == DB_FULL)
-            rc = mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full: %s", inv->path, err);
+        if (src == DB_FULL && inv->ops == &db_pg_ops) {
+            rc = mqpki_fail(MQPKI_ERR_NOSPACE, "%s: disk full on the database server (%s)",
+                            inv->path, err);
+        } else if (src == DB_FULL) {
+            char dir[PATH_MAX] = ".";
+            (void)mqpki_path_dir(inv->path, dir, sizeof(dir));
+            rc = mqpki_fail(MQPKI_ERR_NOSPACE,
+                            "%s: disk full: no space left on the device holding %s (%s)",
+                            inv->path, dir, err);
+        }
         else if (src == DB_BUSY)
             rc = mqpki_fail(MQPKI_ERR_BUSY, "%s: store busy (%s)", inv->path, err);
         else if (src == DB_GONE)
