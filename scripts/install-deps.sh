@@ -9,6 +9,7 @@ pkgs=(
   softhsm2 libp11-kit-dev
   libmicrohttpd-dev libgnutls28-dev
   libsqlite3-dev sqlite3
+  libpq-dev postgresql-15
   libmosquitto-dev mosquitto-dev mosquitto mosquitto-clients
   libcurl4-openssl-dev curl
   libjansson-dev libinih-dev
@@ -41,4 +42,8 @@ $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # The Debian mosquitto package starts a system broker on port 1883; mqpki runs its own brokers.
 if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null; then
   $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+# Likewise PostgreSQL's default cluster: the tests start private servers (tests/integration/lib.sh).
+if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v systemctl >/dev/null; then
+  $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
