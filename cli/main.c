@@ -42,6 +42,7 @@ static const struct command commands[] = {
     {"audit", "checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the audit log now"},
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
+    {"broker", "remove", cmd_broker_remove, "retire a bundled broker; mqpkid stops its link"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

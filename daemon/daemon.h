@@ -40,6 +40,10 @@ struct daemon_ctx {
 int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsigned threads,
                struct http **out);
 
+/* Binds and listens on listen ("ADDR:PORT") before anything else starts, so that a second
+ * mqpkid that cannot listen stops before it touches a broker; the socket goes to http_start. */
+int http_bind(const char *listen, int *fd);
+
 /* The calling server thread's own store connection, opened on first use; NULL when the store
  * cannot be opened. */
 struct inventory *http_thread_inventory(struct daemon_ctx *ctx);
@@ -76,7 +80,8 @@ void metrics_enrollment(const char *result, double seconds);
 void metrics_request(void);
 /* Prometheus text for /metrics into a heap buffer (caller frees). */
 char *metrics_render(struct daemon_ctx *ctx, size_t *len);
-/* JSON for /healthz into a heap buffer; *ready 1 when token, store and feed are healthy. */
+/* JSON for /readyz (= /healthz) into a heap buffer; *ready 1 when the token and the store are
+ * usable (the brokers' feed is reported, never a reason to be unready). */
 char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len);
 
 #endif

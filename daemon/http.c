@@ -286,7 +286,11 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
         return serve_crl(h, c, "crl/issuing.pem", "application/x-pem-file");
     if (strcmp(url, "/crl/issuing-delta.crl") == 0)
         return serve_crl(h, c, "crl/issuing-delta.crl", "application/pkix-crl");
-    if (strcmp(url, "/healthz") == 0) {
+    /* Liveness: the process answers. A supervisor restarts on this one only. */
+    if (strcmp(url, "/livez") == 0)
+        return send_text(c, 200, "ok\n");
+    /* Readiness (store and token usable); /healthz is its older name. */
+    if (strcmp(url, "/readyz") == 0 || strcmp(url, "/healthz") == 0) {
         int ready = 0;
         size_t len = 0;
         char *body = health_render(ctx, &ready, &len);
@@ -677,6 +681,34 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
     return MQPKI_OK;
 }
 
+int http_bind(const char *listen_addr, int *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t ss_len = 0;
+    int fd = -1, one = 1, rc;
+
+    *out = -1;
+    if ((rc = parse_listen(listen_addr, &ss, &ss_len)) != MQPKI_OK)
+        return rc;
+    if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "listen %s: socket: %s", listen_addr, strerror(errno));
+        goto out;
+    }
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, ss_len) != 0 || listen(fd, 511) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot listen on %s: %s", listen_addr, strerror(errno));
+        goto out;
+    }
+    *out = fd;
+    fd = -1;
+out:
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 static int read_text(struct daemon_ctx *ctx, const char *rel, char **out, size_t *len)
 {
     char path[4096];
@@ -698,6 +730,7 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
     int rc;
 
     *out = NULL;
+    memset(&ss, 0, sizeof(ss));
     if ((h = calloc(1, sizeof(*h))) == NULL)
         return MQPKI_ERR_NOMEM;
     h->ctx = ctx;

@@ -108,7 +108,7 @@ int main(int argc, char **argv)
     unsigned threads = DEFAULT_THREADS;
     sigset_t sigs;
     time_t last_tls_check = 0;
-    int c, rc, sig;
+    int c, rc, sig, listen_fd = -1;
 
     /* Out of the environment before any thread starts (unsetenv is not thread-safe) and out of
      * /proc/PID/environ for mqpkid's whole life; the copy kept serves later token opens. */
@@ -155,6 +155,10 @@ int main(int argc, char **argv)
     if ((rc = lifecycle_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
         (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
         goto out;
+    /* Listening comes first: an mqpkid that cannot serve never links to a broker (its feed's
+     * session would throw the live daemon's off). */
+    if ((rc = http_bind(listen, &listen_fd)) != MQPKI_OK)
+        goto out;
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
     if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
@@ -165,7 +169,9 @@ int main(int argc, char **argv)
     if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
         (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK)
         goto out;
-    if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
+    rc = http_start(&ctx, listen, listen_fd, threads, &h);
+    listen_fd = -1; /* MHD owns it now, or closed it */
+    if (rc != MQPKI_OK)
         goto out;
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
               (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
@@ -179,6 +185,7 @@ int main(int argc, char **argv)
             break;
         }
         if (sig == SIGHUP) {
+            feed_rescan(ctx.feed);
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;
                 goto out;
@@ -199,6 +206,8 @@ out:
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
+    if (listen_fd >= 0)
+        close(listen_fd);
     control_stop(ctx.control);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);

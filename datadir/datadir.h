@@ -131,6 +131,8 @@ enum datadir_control_op {
     DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
                                   C_Sign with the issuing CA key or the audit key (PKCS#11
                                   semantics); reply: signature */
+    DATADIR_CTL_RESCAN = 'R',  /* re-read brokers/: link new brokers, stop the links of removed
+                                  or decommissioned ones at once; reply: empty */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).

@@ -702,3 +702,65 @@ out:
     inv_stmt_done(st);
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }
+
+int inventory_cert_list_expiring(struct inventory *inv, int64_t now, int64_t until,
+                                 inventory_cert_cb cb, void *ctx)
+{
+    struct inventory_cert c;
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "expiring certificates: arguments missing");
+    /* Live certificates only: a superseded one expiring is the renewal working. */
+    rc = inv_prepare(inv,
+                     "SELECT " INV_CERT_COLS " FROM certs WHERE state = 'valid' AND "
+                     "not_after >= ?1 AND not_after < ?2 ORDER BY not_after, serial",
+                     &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int64(st, 2, until);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        cert_from_row(st, now, 0, &c);
+        if (cb(&c, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "expiring certificates");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int inventory_cert_expiry(struct inventory *inv, int64_t now, struct inventory_expiry *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, src;
+
+    memset(out, 0, sizeof(*out));
+    rc = inv_prepare(inv,
+                     "SELECT MIN(not_after), "
+                     "COALESCE(SUM(CASE WHEN not_after < ?2 THEN 1 ELSE 0 END), 0), "
+                     "COALESCE(SUM(CASE WHEN not_after < ?3 THEN 1 ELSE 0 END), 0), COUNT(*) "
+                     "FROM certs WHERE state = 'valid' AND not_after >= ?1",
+                     &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int64(st, 2, now + 7 * 86400);
+    sqlite3_bind_int64(st, 3, now + 30 * 86400);
+    if ((src = sqlite3_step(st)) != SQLITE_ROW) {
+        rc = inv_db_fail(inv, src, "certificate expiry");
+        goto out;
+    }
+    out->earliest = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 0);
+    out->within_7d = sqlite3_column_int64(st, 1);
+    out->within_30d = sqlite3_column_int64(st, 2);
+    out->live = sqlite3_column_int64(st, 3);
+out:
+    sqlite3_finalize(st);
+    return rc;
+}

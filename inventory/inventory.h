@@ -22,6 +22,7 @@ enum inventory_state {
     INV_STATE_SUSPENDED,
     INV_STATE_REVOKED,
     INV_STATE_DECOMMISSIONED,
+    INV_STATE_COUNT_
 };
 /* "registered", ... <-> enum; -1 / NULL when unknown. */
 int inventory_state_parse(const char *name);
@@ -187,6 +188,23 @@ int inventory_cert_seen(struct inventory *inv, const char *serial, const char *a
 
 /* Number of certificates in a state (-1 for all), expiry derived as in inventory_cert_list. */
 int inventory_cert_count(struct inventory *inv, int state, int64_t *out);
+
+/* Valid (live) certificates with now <= not_after < until, earliest expiry first. */
+int inventory_cert_list_expiring(struct inventory *inv, int64_t now, int64_t until,
+                                 inventory_cert_cb cb, void *ctx);
+
+/* Expiry of the valid (live) certificates at now: the earliest not_after (0 when none) and how
+ * many expire within 7 and 30 days. */
+struct inventory_expiry {
+    int64_t earliest;
+    int64_t within_7d;
+    int64_t within_30d;
+    int64_t live;
+};
+int inventory_cert_expiry(struct inventory *inv, int64_t now, struct inventory_expiry *out);
+
+/* Number of assets in each state (indexed by enum inventory_state). */
+int inventory_asset_count_by_state(struct inventory *inv, int64_t counts[INV_STATE_COUNT_]);
 
 /*
  * Revokes one certificate (reason: RFC 5280 code). A hold (6) may later be lifted by
