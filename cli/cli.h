@@ -42,6 +42,7 @@ int cmd_cert_show(struct cli *cli, int argc, char **argv);
 int cmd_cert_expiring(struct cli *cli, int argc, char **argv);
 int cmd_ca_fingerprint(struct cli *cli, int argc, char **argv);
 int cmd_asset_import(struct cli *cli, int argc, char **argv);
+int cmd_tidy(struct cli *cli, int argc, char **argv);
 /* revoke --selector/--tag/--model (opt names which) and unhold --asset. */
 int cli_revoke_selector(struct cli *cli, const char *opt, const char *text, int reason, int yes);
 int cli_unhold_asset(struct cli *cli, const char *asset);

@@ -6,10 +6,12 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -873,6 +875,95 @@ out:
         free(im.rows[i].a.tags_json);
     free(im.rows);
     free(text);
+    datadir_close(dd);
+    return rc;
+}
+
+/* ---- tidy ----------------------------------------------------------------------------- */
+
+static long long store_bytes(const char *db)
+{
+    char wal[PATH_MAX];
+    struct stat st;
+    long long n = 0;
+
+    if (stat(db, &st) == 0)
+        n += st.st_size;
+    if (mqpki_path(wal, sizeof(wal), "%s-wal", db) == MQPKI_OK && stat(wal, &st) == 0)
+        n += st.st_size;
+    return n;
+}
+
+int cmd_tidy(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"dry-run", no_argument, NULL, 'n'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const struct datadir_config *cfg;
+    struct inventory_tidy t;
+    struct datadir *dd = NULL;
+    char db[PATH_MAX], t1[32], t2[32];
+    int64_t now = mqpki_now(), cert_before, token_before, freed = 0;
+    long long before = 0, after = 0;
+    int c, rc, dry = 0, json = 0, switched = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n': dry = 1; break;
+        case 'j': json = 1; break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki tidy [--dry-run] [--json]\n\n"
+                "Removes the certificates expired more than [retention] expired_cert_days ago\n"
+                "(default 90) and the tokens used, revoked, burned or expired more than\n"
+                "token_days ago (default 30), in one transaction with one audit event holding\n"
+                "the counts; the audit log is kept whole, so 'mqpki audit verify' still\n"
+                "passes, and no CRL changes (an expired certificate has left the CRLs). Then\n"
+                "gives the space back (SQLite incremental vacuum, in small steps). A store\n"
+                "made before mqpki used incremental vacuum is switched once by a full VACUUM,\n"
+                "which blocks mqpkid's writes while it runs. --dry-run only counts. mqpkid\n"
+                "runs the same every day.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_STORE | (dry ? 0 : CLI_MUTATES), &dd)) != MQPKI_OK)
+        goto out;
+    cfg = datadir_config(dd);
+    cert_before = now - (int64_t)cfg->expired_cert_days * 86400;
+    token_before = now - (int64_t)cfg->token_days * 86400;
+    if ((rc = datadir_path(dd, "mqpki.db", db)) != MQPKI_OK)
+        goto out;
+    before = store_bytes(db);
+    if ((rc = inventory_tidy(datadir_inventory(dd), now, cert_before, token_before, dry, "cli",
+                             &t)) != MQPKI_OK)
+        goto out;
+    if (!dry && (rc = inventory_vacuum(datadir_inventory(dd), 256, 1, &freed, &switched)) !=
+                    MQPKI_OK)
+        goto out;
+    after = store_bytes(db);
+    if (json) {
+        rc = cli_print_json(json_pack("{s:b, s:I, s:I, s:o, s:o, s:I, s:b, s:I, s:I}", "dry_run",
+                                      dry, "certs", (json_int_t)t.certs, "tokens",
+                                      (json_int_t)t.tokens, "cert_before",
+                                      cli_json_time(cert_before), "token_before",
+                                      cli_json_time(token_before), "freed_pages",
+                                      (json_int_t)freed, "switched_to_incremental", switched,
+                                      "bytes_before", (json_int_t)before, "bytes_after",
+                                      (json_int_t)after));
+        goto out;
+    }
+    printf("%s %lld certificate%s expired before %s and %lld token%s dead before %s",
+           dry ? "would remove" : "removed", (long long)t.certs, t.certs == 1 ? "" : "s",
+           cli_time(cert_before, t1), (long long)t.tokens, t.tokens == 1 ? "" : "s",
+           cli_time(token_before, t2));
+    if (!dry)
+        printf("; store %lld -> %lld bytes%s", before, after,
+               switched ? " (switched to incremental vacuum: one full VACUUM)" : "");
+    printf("\n");
+out:
     datadir_close(dd);
     return rc;
 }

@@ -42,6 +42,7 @@ static const struct command commands[] = {
     /* Before the top-level "crl": a group entry matches only with its second word. */
     {"crl", "publish", cmd_crl_publish, "sign and publish a new full CRL now"},
     {NULL, "crl", cmd_crl, "show the CRLs and what each broker holds (signs nothing)"},
+    {NULL, "tidy", cmd_tidy, "remove long-expired certificates and dead tokens"},
     {"audit", "verify", cmd_audit_verify, "check the audit log's chain and signed checkpoints"},
     {"audit", "checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the audit log now"},
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},

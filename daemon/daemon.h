@@ -18,6 +18,7 @@ struct est;
 struct lifecycle_committer;
 struct feed;
 struct http;
+struct retention;
 struct inventory;
 
 /* Everything the request handlers need, shared by all server threads. */
@@ -28,6 +29,7 @@ struct daemon_ctx {
     struct feed *feed;                     /* NULL when no broker feed runs */
     struct publisher *publisher;           /* the one CRL publisher */
     struct control *control;               /* the local control socket (run/mqpkid.sock) */
+    struct retention *retention;           /* the daily tidy ([retention]) */
     char db_path[4096];                    /* each server thread opens its own store connection */
 };
 
@@ -74,6 +76,13 @@ void publisher_stop(struct publisher *p);
 /* Serves the control socket (ping, publish, sign) on a thread of its own. */
 int control_start(struct daemon_ctx *ctx, struct control **out);
 void control_stop(struct control *c);
+
+/* The daily tidy (retention.c): a thread that runs retention_run 10 minutes after start, then
+ * every 24 hours. retention_run: one tidy now on its own store connection (noted: whether the
+ * "switch to incremental vacuum" note was logged already; may be NULL). */
+int retention_start(struct daemon_ctx *ctx, struct retention **out);
+void retention_stop(struct retention *r);
+int retention_run(struct daemon_ctx *ctx, const char *actor, int *noted);
 
 /* Metrics (thread-safe counters). */
 void metrics_enrollment(const char *result, double seconds);

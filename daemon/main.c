@@ -167,7 +167,8 @@ int main(int argc, char **argv)
     }
     /* Publishes what a crashed process left open before serving anyone. */
     if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
-        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK)
+        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK ||
+        (rc = retention_start(&ctx, &ctx.retention)) != MQPKI_OK)
         goto out;
     rc = http_start(&ctx, listen, listen_fd, threads, &h);
     listen_fd = -1; /* MHD owns it now, or closed it */
@@ -208,6 +209,7 @@ out:
     (void)http_stop(h, 0);
     if (listen_fd >= 0)
         close(listen_fd);
+    retention_stop(ctx.retention);
     control_stop(ctx.control);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);

@@ -46,6 +46,11 @@ struct datadir_config {
     int rate_burst;            /* [enrollment] burst */
     int64_t audit_every;       /* [audit] checkpoint_every: mqpkid checkpoints this often */
     char audit_key_fp[PROTO_FP_HEX_LEN + 1]; /* [audit] key_fingerprint: "" when not pinned */
+    int expired_cert_days;                   /* [retention] expired_cert_days */
+    int token_days;                          /* [retention] token_days */
+    char crl_listen[128];                    /* [http] crl_listen: ADDR:PORT, "" off */
+    char log_format[8];                      /* [log] format: text | json */
+    char log_level[8];                       /* [log] level: error | warn | info | debug */
 };
 
 struct datadir_init_opts {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define INV_SQL_TEXT_(name, sql) sql,
@@ -407,6 +408,7 @@ static int open_at(const char *path, int target, struct inventory **out)
     struct inventory *inv = NULL;
     sqlite3_stmt *st = NULL;
     const unsigned char *mode;
+    struct stat fst;
     int rc = MQPKI_OK, src;
 
     if (out == NULL || path == NULL || path[0] == '\0')
@@ -431,6 +433,14 @@ static int open_at(const char *path, int target, struct inventory **out)
     }
     sqlite3_extended_result_codes(inv->db, 1);
     sqlite3_busy_timeout(inv->db, 5000);
+    /* A new (empty) store reclaims space by incremental vacuum (inventory_vacuum); the mode
+     * is set before anything is written, WAL's header included (an older store switches at
+     * its first `mqpki tidy`). */
+    if (stat(path, &fst) == 0 && fst.st_size == 0 &&
+        sqlite3_exec(inv->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = inv_db_fail(inv, sqlite3_errcode(inv->db), "open");
+        goto out;
+    }
     /* The first statement reads the header: a file that is not a database fails here. */
     src = sqlite3_prepare_v2(inv->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
     if (src == SQLITE_OK)
