@@ -19,6 +19,7 @@ struct lifecycle_committer;
 struct feed;
 struct http;
 struct retention;
+struct crl_http;
 struct inventory;
 
 /* Everything the request handlers need, shared by all server threads. */
@@ -45,6 +46,12 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
 /* Binds and listens on listen ("ADDR:PORT") before anything else starts, so that a second
  * mqpkid that cannot listen stops before it touches a broker; the socket goes to http_start. */
 int http_bind(const char *listen, int *fd);
+
+/* The optional plain-HTTP listener for CRL distribution points ([http] crl_listen): GET and
+ * HEAD of /crl/issuing.crl, /crl/issuing.pem and /crl/issuing-delta.crl only, read-only, from
+ * the socket http_bind made (owned from here on). */
+int http_crl_start(struct daemon_ctx *ctx, int listen_fd, struct crl_http **out);
+void http_crl_stop(struct crl_http *ch);
 
 /* The calling server thread's own store connection, opened on first use; NULL when the store
  * cannot be opened. */

@@ -60,7 +60,7 @@ struct feed {
     struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by feed_rescan */
     atomic_size_t n_links;
     atomic_int stop;
-    pthread_mutex_t rescan_lock; /* one rescan at a time (the publisher's tick, the control socket) */
+    pthread_mutex_t rescan_lock; /* one rescan at a time (publisher's tick, control socket) */
     char instance[16];           /* random per process: client ids of two mqpkids never clash */
     pthread_mutex_t cp_lock; /* guards the newest audit checkpoint below */
     char *cp_json;           /* its JSON (NULL until the publisher offers one) */

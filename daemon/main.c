@@ -108,7 +108,8 @@ int main(int argc, char **argv)
     unsigned threads = DEFAULT_THREADS;
     sigset_t sigs;
     time_t last_tls_check = 0;
-    int c, rc, sig, listen_fd = -1;
+    struct crl_http *crl_http = NULL;
+    int c, rc, sig, listen_fd = -1, crl_fd = -1;
 
     /* Out of the environment before any thread starts (unsetenv is not thread-safe) and out of
      * /proc/PID/environ for mqpkid's whole life; the copy kept serves later token opens. */
@@ -159,6 +160,9 @@ int main(int argc, char **argv)
      * session would throw the live daemon's off). */
     if ((rc = http_bind(listen, &listen_fd)) != MQPKI_OK)
         goto out;
+    if (datadir_config(ctx.dd)->crl_listen[0] != '\0' &&
+        (rc = http_bind(datadir_config(ctx.dd)->crl_listen, &crl_fd)) != MQPKI_OK)
+        goto out;
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
     if ((rc = feed_start(home, &ctx.feed)) != MQPKI_OK) {
@@ -174,6 +178,12 @@ int main(int argc, char **argv)
     listen_fd = -1; /* MHD owns it now, or closed it */
     if (rc != MQPKI_OK)
         goto out;
+    if (crl_fd >= 0) {
+        rc = http_crl_start(&ctx, crl_fd, &crl_http);
+        crl_fd = -1;
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
               (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
 
@@ -207,8 +217,11 @@ out:
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
+    http_crl_stop(crl_http);
     if (listen_fd >= 0)
         close(listen_fd);
+    if (crl_fd >= 0)
+        close(crl_fd);
     retention_stop(ctx.retention);
     control_stop(ctx.control);
     publisher_stop(ctx.publisher);

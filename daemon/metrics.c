@@ -144,7 +144,8 @@ static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct b
     static struct feed_broker linked[METRICS_BROKERS_MAX];
     static pthread_mutex_t linked_lock = PTHREAD_MUTEX_INITIALIZER;
     struct ca *ca = datadir_ca(ctx->dd);
-    X509 *certs[2] = {ca != NULL ? ca_root_cert(ca) : NULL, ca != NULL ? ca_issuing_cert(ca) : NULL};
+    X509 *certs[2] = {ca != NULL ? ca_root_cert(ca) : NULL,
+                      ca != NULL ? ca_issuing_cert(ca) : NULL};
     static const char *const ca_names[2] = {"root", "issuing"};
     struct inventory_expiry ex;
     int64_t counts[INV_STATE_COUNT_], t;
