@@ -205,7 +205,8 @@ int inventory_cert_expiry(struct inventory *inv, int64_t now, struct inventory_e
 
 /*
  * Retention. Removes the certificates with not_after < cert_before (capped at now: a certificate
- * not yet expired is never removed, so no CRL that could still list it loses its entry) and the
+ * not yet expired is never removed, so no CRL that could still list it loses its entry), except
+ * those revoked for key compromise (they keep the key from being certified again), and the
  * tokens no longer usable (used, revoked, burned or expired) since before token_before, in one
  * transaction with one "store.tidy" audit event holding the counts. The audit log itself is
  * never pruned, so its chain stays verifiable. dry_run: counts only, nothing written.

@@ -15,6 +15,10 @@
     "COALESCE(used_at, revoked_at, expires_at) < ?1"
 _Static_assert(INV_TOKEN_MAX_FAILURES == 5, "TOKEN_DEAD names the burn limit");
 
+/* Expired long enough, unless revoked for key compromise (RFC 5280 reason 1): that row is what
+ * keeps the key from ever being certified again (inventory_cert_add's key check). */
+#define CERT_GONE "not_after < ?1 AND NOT (state = 'revoked' AND COALESCE(reason, 0) = 1)"
+
 static int count_or_delete(struct inventory *inv, const char *sql, int64_t a, int64_t b,
                            int64_t *n, int changes)
 {
@@ -50,14 +54,14 @@ int inventory_tidy(struct inventory *inv, int64_t now, int64_t cert_before, int6
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         return rc;
     if (dry_run) {
-        if ((rc = count_or_delete(inv, "SELECT COUNT(*) FROM certs WHERE not_after < ?1",
+        if ((rc = count_or_delete(inv, "SELECT COUNT(*) FROM certs WHERE " CERT_GONE,
                                   cert_before, 0, &out->certs, 0)) == MQPKI_OK)
             rc = count_or_delete(inv, "SELECT COUNT(*) FROM tokens WHERE " TOKEN_DEAD,
                                  token_before, now, &out->tokens, 0);
         return inv_tx_end(inv, &tx, 0, rc);
     }
     /* Their history stays in the audit log, whose chain covers it (nothing there is removed). */
-    if ((rc = count_or_delete(inv, "DELETE FROM certs WHERE not_after < ?1", cert_before, 0,
+    if ((rc = count_or_delete(inv, "DELETE FROM certs WHERE " CERT_GONE, cert_before, 0,
                               &out->certs, 1)) != MQPKI_OK ||
         (rc = count_or_delete(inv, "DELETE FROM tokens WHERE " TOKEN_DEAD, token_before, now,
                               &out->tokens, 1)) != MQPKI_OK)

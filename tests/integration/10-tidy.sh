@@ -32,6 +32,9 @@ sqlite3 "$DB" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WH
   INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, pem,
   issued_seq) VALUES ('EF000001', 'd2', 'device', $now - 100 * 86400, $now - 10 * 86400, 'valid',
   printf('%064x', 99), '-', 2000000);
+  INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, pem,
+  issued_seq, revoked_at, reason) VALUES ('EC000001', 'd2', 'device', $now - 400 * 86400,
+  $now - 300 * 86400, 'revoked', printf('%064x', 98), '-', 2000001, $now - 350 * 86400, 1);
   UPDATE tokens SET revoked_at = $now - 100 * 86400 WHERE asset_id = 'd3';"
 sqlite3 "$DB" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
 cp "$H/crl/issuing.crl" "$T/full-before.crl"
@@ -56,6 +59,8 @@ assert "the store shrank ($size_before -> $size_after bytes)" \
   test "$size_after" -lt $((size_before / 2))
 assert "the recently expired certificate stays" \
   test "$(sqlite3 "$DB" "SELECT COUNT(*) FROM certs WHERE serial = 'EF000001'")" = 1
+assert "a key-compromise revocation stays (its key is never certified again)" \
+  test "$(sqlite3 "$DB" "SELECT COUNT(*) FROM certs WHERE serial = 'EC000001'")" = 1
 assert "the live certificates stay" \
   test "$(sqlite3 "$DB" "SELECT COUNT(*) FROM certs WHERE asset_id IN ('d1','d2','d3') \
   AND serial NOT LIKE 'E%'")" = 3
