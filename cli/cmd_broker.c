@@ -277,33 +277,6 @@ out:
     return rc;
 }
 
-/* Reads host and port of a registered broker (brokers/NAME/broker.conf). 0 when readable. */
-static int read_listener(const char *path, char host[256], int *port)
-{
-    unsigned char *text = NULL;
-    size_t len = 0;
-    char *line, *save = NULL;
-
-    *port = 8883;
-    snprintf(host, 256, "127.0.0.1");
-    if (mqpki_file_read(path, 16 * 1024, &text, &len) != MQPKI_OK) {
-        mqpki_err_clear();
-        return -1;
-    }
-    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        char key[16], value[256];
-        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
-            continue;
-        if (strcmp(key, "host") == 0)
-            snprintf(host, 256, "%s", value);
-        else if (strcmp(key, "port") == 0)
-            *port = atoi(value);
-    }
-    free(text);
-    return 0;
-}
-
 static int wildcard(const char *h)
 {
     return strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0;
@@ -314,7 +287,7 @@ static int wildcard(const char *h)
  * to "both" went to the same broker. */
 static int listener_free(const char *home, const char *name, const char *host, int port)
 {
-    char dir[PATH_MAX], path[PATH_MAX], other[256];
+    char dir[PATH_MAX], path[PATH_MAX], other[DATADIR_BROKER_HOST_MAX];
     struct dirent *de;
     DIR *d;
     int other_port, rc = MQPKI_OK;
@@ -324,8 +297,10 @@ static int listener_free(const char *home, const char *name, const char *host, i
     while (rc == MQPKI_OK && (de = readdir(d)) != NULL) {
         if (!proto_asset_id_valid(de->d_name) || strcmp(de->d_name, name) == 0 ||
             mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
-            read_listener(path, other, &other_port) != 0)
+            datadir_broker_conf_read(path, other, &other_port) != MQPKI_OK) {
+            mqpki_err_clear();
             continue;
+        }
         if (other_port == port &&
             (strcasecmp(other, host) == 0 || wildcard(other) || wildcard(host)))
             rc = mqpki_fail(MQPKI_ERR_EXISTS,

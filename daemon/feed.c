@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 
 #include "common.h"
+#include "datadir.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -40,7 +41,7 @@ _Static_assert(sizeof(((struct feed_broker *)0)->name) == PROTO_ASSET_ID_MAX + 1
 struct link {
     struct feed *f;
     char name[PROTO_ASSET_ID_MAX + 1];
-    char host[256];
+    char host[DATADIR_BROKER_HOST_MAX];
     int port;
     struct mosquitto *m;
     pthread_t thread;
@@ -304,41 +305,20 @@ static void *link_thread(void *arg)
     return NULL;
 }
 
-/* Reads brokers/NAME/broker.conf ("host = H", "port = P"). 0 when usable. */
+/* Reads brokers/NAME/broker.conf. 0 when usable. */
 static int read_broker_conf(const char *path, struct link *l)
 {
-    unsigned char *text = NULL;
-    size_t len = 0;
-    char *line, *save = NULL;
-    int rc = -1;
-
-    l->port = 8883;
-    snprintf(l->host, sizeof(l->host), "127.0.0.1");
-    if (mqpki_file_read(path, 16 * 1024, &text, &len) != MQPKI_OK)
-        goto out;
-    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        char key[16], value[256];
-        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
-            continue;
-        if (strcmp(key, "host") == 0)
-            snprintf(l->host, sizeof(l->host), "%s", value);
-        else if (strcmp(key, "port") == 0)
-            l->port = atoi(value);
+    if (datadir_broker_conf_read(path, l->host, &l->port) != MQPKI_OK) {
+        mqpki_err_clear();
+        mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
+        return -1;
     }
-    if (l->port < 1 || l->port > 65535)
-        goto out;
     /* A wildcard listener is reached on the loopback address. */
     if (strcmp(l->host, "0.0.0.0") == 0)
         snprintf(l->host, sizeof(l->host), "127.0.0.1");
     else if (strcmp(l->host, "::") == 0)
         snprintf(l->host, sizeof(l->host), "::1");
-    rc = 0;
-out:
-    if (rc != 0)
-        mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
-    free(text);
-    return rc;
+    return 0;
 }
 
 static int link_setup(struct feed *f, struct link *l)

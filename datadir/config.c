@@ -232,3 +232,31 @@ out:
     free(text);
     return rc;
 }
+
+int datadir_broker_conf_read(const char *path, char host[DATADIR_BROKER_HOST_MAX], int *port)
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    char *line, *save = NULL;
+    int rc;
+
+    *port = 8883;
+    snprintf(host, DATADIR_BROKER_HOST_MAX, "127.0.0.1");
+    if ((rc = mqpki_file_read(path, 16 * 1024, &text, &len)) != MQPKI_OK)
+        return rc;
+    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char key[16], value[DATADIR_BROKER_HOST_MAX];
+        _Static_assert(DATADIR_BROKER_HOST_MAX == 256, "the sscanf width below");
+        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
+            continue;
+        if (strcmp(key, "host") == 0)
+            snprintf(host, DATADIR_BROKER_HOST_MAX, "%s", value);
+        else if (strcmp(key, "port") == 0)
+            *port = atoi(value);
+    }
+    free(text);
+    if (*port < 1 || *port > 65535)
+        return mqpki_fail(MQPKI_ERR_PARSE, "%s: port out of range", path);
+    return MQPKI_OK;
+}

@@ -67,6 +67,11 @@ struct datadir_init_opts {
  * is its alone for as long as it runs. */
 enum { DATADIR_STORE = 1, DATADIR_CA = 2, DATADIR_DAEMON = 4 };
 
+/* A bundled broker's brokers/NAME/broker.conf ("host = H", "port = P"; defaults 127.0.0.1 and
+ * 8883), as `broker init` writes it and mqpkid's feed reads it. */
+#define DATADIR_BROKER_HOST_MAX 256
+int datadir_broker_conf_read(const char *path, char host[DATADIR_BROKER_HOST_MAX], int *port);
+
 /* The data directory: arg when given, else $MQPKI_HOME, else ./mqpki-data; made absolute. */
 int datadir_resolve_home(const char *arg, char out[PATH_MAX]);
 

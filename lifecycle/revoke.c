@@ -201,6 +201,23 @@ struct asset_certs {
     char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
 };
 
+/* Appends a serial; 1 (stop the listing) when out of memory, with a->oom set. */
+static int push_serial(struct asset_certs *a, const char *serial)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 8;
+        void *v = realloc(a->serials, cap * sizeof(*a->serials));
+        if (v == NULL) {
+            a->oom = 1;
+            return 1;
+        }
+        a->serials = v;
+        a->cap = cap;
+    }
+    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", serial);
+    return 0;
+}
+
 static int collect(const struct inventory_cert *c, void *ctx)
 {
     struct asset_certs *a = ctx;
@@ -214,18 +231,7 @@ static int collect(const struct inventory_cert *c, void *ctx)
             a->max_seq = c->rev_seq;
         return 0;
     }
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? 2 * a->cap : 8;
-        void *v = realloc(a->serials, cap * sizeof(*a->serials));
-        if (v == NULL) {
-            a->oom = 1;
-            return 1;
-        }
-        a->serials = v;
-        a->cap = cap;
-    }
-    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", c->serial);
-    return 0;
+    return push_serial(a, c->serial);
 }
 
 /* Revokes the asset's live certificates and, when then_state >= 0, moves the asset there, in
@@ -415,18 +421,7 @@ static int collect_held(const struct inventory_cert *c, void *ctx)
 
     if (c->state != INV_CERT_REVOKED || c->reason != CA_REASON_HOLD)
         return 0;
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? 2 * a->cap : 8;
-        void *v = realloc(a->serials, cap * sizeof(*a->serials));
-        if (v == NULL) {
-            a->oom = 1;
-            return 1;
-        }
-        a->serials = v;
-        a->cap = cap;
-    }
-    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", c->serial);
-    return 0;
+    return push_serial(a, c->serial);
 }
 
 int lifecycle_unhold_asset(struct lifecycle *lc, const char *asset, const char *actor,
