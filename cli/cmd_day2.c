@@ -383,22 +383,18 @@ static int collect_selected(const struct inventory_asset *a, void *ctx)
     return 0;
 }
 
-/* Asks on the terminal; 1 for yes. Without a terminal, no (the caller says to use --yes). */
+/* Asks on the terminal (standard input and error); 1 for yes, 0 for no, -1 when standard input
+ * is not a terminal (then only --yes goes on: a script must say so). */
 static int confirm(const char *question)
 {
     char line[16];
-    FILE *tty = fopen("/dev/tty", "r+");
 
-    if (tty == NULL || !isatty(fileno(tty))) {
-        if (tty != NULL)
-            fclose(tty);
+    if (!isatty(STDIN_FILENO))
         return -1;
-    }
-    fprintf(tty, "%s [y/N] ", question);
-    fflush(tty);
-    if (fgets(line, sizeof(line), tty) == NULL)
+    fprintf(stderr, "%s [y/N] ", question);
+    fflush(stderr);
+    if (fgets(line, sizeof(line), stdin) == NULL)
         line[0] = '\0';
-    fclose(tty);
     return line[0] == 'y' || line[0] == 'Y';
 }
 
@@ -445,7 +441,7 @@ int cli_revoke_selector(struct cli *cli, const char *opt, const char *text, int 
     if ((rc = lifecycle_revoke_assets(datadir_lifecycle(dd), (const char *const *)s.ids, s.n,
                                       reason, "cli", progress_cb, &p, &ch)) != MQPKI_OK)
         goto out;
-    printf("%zu asset%s match %s: ", s.n, s.n == 1 ? "" : "s", what);
+    printf("%zu asset%s %s: ", s.n, s.n == 1 ? " matches" : "s match", what);
     if (ch.changed == 0) {
         printf("no live certificate to revoke (%d already revoked)\n", ch.already);
         goto out;
@@ -865,6 +861,9 @@ int cmd_asset_import(struct cli *cli, int argc, char **argv)
         progress_show(&p, end, im.n);
     }
     rc = MQPKI_OK;
+    if (im.errors > IMPORT_ERRORS_MAX)
+        fprintf(stderr, "%s: ... and %zu more refused rows\n", im.file,
+                im.errors - IMPORT_ERRORS_MAX);
     printf("%zu asset%s imported from %s\n", imported, imported == 1 ? "" : "s", im.file);
     if (batches_bad > 0)
         rc = mqpki_fail(MQPKI_ERR_EXISTS,
