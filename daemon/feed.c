@@ -377,7 +377,7 @@ static int broker_live(struct feed *f, const char *name)
     memset(&a, 0, sizeof(a));
     pthread_mutex_lock(&f->inv_lock);
     if (inventory_asset_get(f->inv, name, &a) == MQPKI_OK)
-        live = a.state != INV_STATE_DECOMMISSIONED && a.state != INV_STATE_REVOKED;
+        live = a.state != INV_STATE_DECOMMISSIONED;
     mqpki_err_clear();
     pthread_mutex_unlock(&f->inv_lock);
     inventory_asset_clear(&a);

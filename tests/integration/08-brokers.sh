@@ -133,4 +133,9 @@ curl -sS --cacert "$T/chain.pem" "$MQPKID_URL/metrics" >"$T/metrics.txt"
 assert "b2 left the metrics" bash -c "! grep -q 'broker=\"b2\"' '$T/metrics.txt'"
 expect_fail 1 "removing it again" mqpki broker remove b2
 assert "mqpkid still runs (no restart)" alive "$MQPKID_PID"
+# Decommissioning a broker's asset stops its link too, with no restart and no file removed.
+check "asset decommission b1" mqpki asset decommission b1
+check "b1's link stops" wait_for 10 grep -q "broker b1 removed or decommissioned; link stopped" \
+  "$MQPKID_LOG"
+assert "mqpkid still runs" alive "$MQPKID_PID"
 finish
