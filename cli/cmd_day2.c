@@ -685,8 +685,14 @@ static int import_csv(struct import *im, char *text)
             }
             continue;
         }
-        if ((n = csv_split(line, cells, CSV_COLS_MAX)) != ncols) {
-            import_error(im, lineno, "%d fields, the header has %d (or a bad quote)", n, ncols);
+        if ((n = csv_split(line, cells, CSV_COLS_MAX)) < 0) {
+            import_error(im, lineno, "malformed CSV: a quote not closed, text after a closing "
+                                     "quote, or more than %d fields",
+                         CSV_COLS_MAX);
+            continue;
+        }
+        if (n != ncols) {
+            import_error(im, lineno, "%d fields, the header has %d", n, ncols);
             continue;
         }
         if ((r = import_add(im, lineno)) == NULL)

@@ -29,6 +29,26 @@ assert "line 4 reported" grep -q "bad.csv:4: kind 'gadget'" "$T/err"
 assert "line 5 reported" grep -q "bad.csv:5: 2 fields, the header has 3" "$T/err"
 assert "nothing imported from it" bash -c "! mqpki asset show ok-1 >/dev/null 2>&1"
 
+# Quoting as RFC 4180 has it; hostile files refused with the line named.
+printf 'id,location\nq-1,"feeder ""7"", east"\n' >"$T/quoted.csv"
+check "a quoted field with a comma and quotes" mqpki asset import "$T/quoted.csv"
+assert "imported as written" test "$(mqpki asset show q-1 --json | jq -r .location)" = \
+  'feeder "7", east'
+printf 'id,location\nq-2,"open quote\n' >"$T/unterminated.csv"
+rc=0; mqpki asset import "$T/unterminated.csv" >"$T/out" 2>"$T/err" || rc=$?
+assert "an unterminated quote refused by line" bash -c "[ $rc = 1 ] && \
+  grep -q 'unterminated.csv:2: malformed CSV: a quote not closed' '$T/err'"
+{ printf 'id,location\nq-3,'; head -c 10000 /dev/zero | tr '\0' x; printf '\n'; } >"$T/long.csv"
+rc=0; mqpki asset import "$T/long.csv" >"$T/out" 2>"$T/err" || rc=$?
+assert "a 10 kB line refused by line" bash -c "[ $rc = 1 ] && grep -q 'long.csv:2: line longer' \
+  '$T/err'"
+printf 'id\nq-4\0\n' >"$T/nul.csv"
+expect_fail 1 "a file with a NUL byte" mqpki asset import "$T/nul.csv"
+expect_fail 1 "not .csv or .json" mqpki asset import "$T/assets.txt"
+expect_fail 1 "a missing file" mqpki asset import "$T/none.csv"
+assert "nothing of them imported" bash -c "! mqpki asset show q-2 >/dev/null 2>&1 && \
+  ! mqpki asset show q-3 >/dev/null 2>&1 && ! mqpki asset show q-4 >/dev/null 2>&1"
+
 # A batch with an id the store already has is rolled back whole; the other batches stay.
 {
   echo "id"
