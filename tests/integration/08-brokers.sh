@@ -26,15 +26,15 @@ B2=$!
 PIDS+=("$B2")
 check "both brokers listen" wait_for 10 bash -c "(exec 3<>/dev/tcp/127.0.0.1/$P1) && \
   (exec 3<>/dev/tcp/127.0.0.1/$P2)"
+# A copy of the data directory, taken while nothing runs, for a second mqpkid below.
+cp -a "$H" "$T/home2"
 check "mqpkid starts" start_mqpkid
 for b in b1 b2; do
   check "feed connects to $b" wait_for 15 grep -q "feed: connected to broker $b" "$MQPKID_LOG"
 done
 
-# A copy of the data directory (its own lock) whose mqpkid cannot listen: it must stop before
-# its feed, with the same identity, takes over the live daemon's sessions.
-cp -a "$H" "$T/home2"
-rm -f "$T/home2/run/"*.sock "$T/home2/run/"*.lock
+# The copy (its own lock) has a second mqpkid that cannot listen: it must stop before its feed,
+# with the same identity and brokers, connects to them.
 assert "a second mqpkid that cannot listen exits" bash -c \
   "! mqpkid --home '$T/home2' --listen 127.0.0.1:$MQPKID_PORT 2>'$T/second.log'"
 assert "it names the listener" contains "$T/second.log" "cannot listen on 127.0.0.1:$MQPKID_PORT"
