@@ -3,6 +3,8 @@
 # from a bad file or a refused batch), revoke by selector (confirmation, one CRL publication for
 # every matching asset), unhold --asset, cert show, cert expiring, ca fingerprint.
 . "$(dirname "$0")/lib.sh"
+# A command outside the checks that fails ends the test (set -e): say which.
+trap 'echo "# stopped at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 H=$MQPKI_HOME
 check "mqpki init" init_ca
