@@ -37,9 +37,19 @@ int cmd_cert_list(struct cli *cli, int argc, char **argv);
 int cmd_cert_get(struct cli *cli, int argc, char **argv);
 int cmd_revoke(struct cli *cli, int argc, char **argv);
 int cmd_unhold(struct cli *cli, int argc, char **argv);
+/* cmd_day2.c: day-two commands. */
+int cmd_cert_show(struct cli *cli, int argc, char **argv);
+int cmd_cert_expiring(struct cli *cli, int argc, char **argv);
+int cmd_ca_fingerprint(struct cli *cli, int argc, char **argv);
+int cmd_asset_import(struct cli *cli, int argc, char **argv);
+int cmd_tidy(struct cli *cli, int argc, char **argv);
+/* revoke --selector/--tag/--model (opt names which) and unhold --asset. */
+int cli_revoke_selector(struct cli *cli, const char *opt, const char *text, int reason, int yes);
+int cli_unhold_asset(struct cli *cli, const char *asset);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);
+int cmd_broker_remove(struct cli *cli, int argc, char **argv);
 int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 /* cmd_store.c: the store's back end and replicas (docs/ha.md). */
 int cmd_store_migrate(struct cli *cli, int argc, char **argv);

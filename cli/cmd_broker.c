@@ -1,9 +1,11 @@
 /*
- * cli: the bundled broker (broker init, broker run) and crl-sync, the CRL feed consumer for
- * other brokers (DESIGN.md 3 and 6, docs/broker.md).
+ * cli: the bundled broker (broker init, broker remove, broker run) and crl-sync, the CRL feed
+ * consumer for other brokers (DESIGN.md 3 and 6, docs/broker.md).
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <limits.h>
 #include <pwd.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -274,6 +277,41 @@ out:
     return rc;
 }
 
+static int wildcard(const char *h)
+{
+    return strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0;
+}
+
+/* Refuses host:port when another registered broker listens there (the same address, or either
+ * one the wildcard): two brokers on one port meant one of them never ran, and the feed's links
+ * to "both" went to the same broker. */
+static int listener_free(const char *home, const char *name, const char *host, int port)
+{
+    char dir[PATH_MAX], path[PATH_MAX], other[DATADIR_BROKER_HOST_MAX];
+    struct dirent *de;
+    DIR *d;
+    int other_port, rc = MQPKI_OK;
+
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers", home) != MQPKI_OK || (d = opendir(dir)) == NULL)
+        return MQPKI_OK;
+    while (rc == MQPKI_OK && (de = readdir(d)) != NULL) {
+        if (!proto_asset_id_valid(de->d_name) || strcmp(de->d_name, name) == 0 ||
+            mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
+            datadir_broker_conf_read(path, other, &other_port) != MQPKI_OK) {
+            mqpki_err_clear();
+            continue;
+        }
+        if (other_port == port &&
+            (strcasecmp(other, host) == 0 || wildcard(other) || wildcard(host)))
+            rc = mqpki_fail(MQPKI_ERR_EXISTS,
+                            "%s:%d is already the listener of broker %s (brokers/%s/broker.conf); "
+                            "choose another --port",
+                            host, port, de->d_name, de->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
 int cmd_broker_init(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -339,6 +377,8 @@ int cmd_broker_init(struct cli *cli, int argc, char **argv)
         rc = mqpki_fail(MQPKI_ERR_EXISTS, "broker %s already exists (%s)", name, dir);
         goto out;
     }
+    if ((rc = listener_free(cli->home, name, host, port)) != MQPKI_OK)
+        goto out;
     if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
     if ((rc = datadir_path(dd, "ca/chain.pem", path)) != MQPKI_OK ||
@@ -380,6 +420,106 @@ out:
     free(chain);
     EVP_PKEY_free(key);
     X509_free(cert);
+    datadir_close(dd);
+    return rc;
+}
+
+/* ---- broker remove -------------------------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+int cmd_broker_remove(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct lifecycle_change ch;
+    struct inventory_asset a;
+    struct datadir *dd = NULL;
+    char dir[PATH_MAX], gone[PATH_MAX];
+    const unsigned char req = DATADIR_CTL_RESCAN;
+    unsigned char *reply = NULL;
+    size_t reply_len = 0;
+    const char *name;
+    struct stat st;
+    int c, rc, have_dir;
+
+    memset(&a, 0, sizeof(a));
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            return cli_help(
+                "usage: mqpki broker remove NAME\n\n"
+                "Retires the bundled broker NAME: decommissions its asset (its certificate is\n"
+                "revoked, reason cessationOfOperation, and the delta CRL published), deletes\n"
+                "brokers/NAME/ and tells a running mqpkid to stop its feed link at once (no\n"
+                "restart). Stop the broker's own Mosquitto process yourself.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cli, "expected one broker NAME");
+    name = argv[optind];
+    if (!proto_asset_id_valid(name))
+        return cli_usage_error(cli, "broker name '%.80s' is not valid", name);
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers/%s", cli->home, name) != MQPKI_OK ||
+        mqpki_path(gone, sizeof(gone), "%s/brokers/.%s.removed", cli->home, name) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+    have_dir = stat(dir, &st) == 0;
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    rc = inventory_asset_get(datadir_inventory(dd), name, &a);
+    if (!have_dir && (rc == MQPKI_ERR_NOT_FOUND ||
+                      (rc == MQPKI_OK && a.state == INV_STATE_DECOMMISSIONED))) {
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s%s", name,
+                        rc == MQPKI_OK ? " (removed before)" : "");
+        goto out;
+    }
+    if (rc == MQPKI_OK && a.kind != INV_KIND_BROKER) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s is a %s, not a broker", name,
+                        inventory_kind_name(a.kind));
+        goto out;
+    }
+    /* Decommissioned first: from here on mqpkid's feed stops the link even if the files stay
+     * (a crash before the deletion below), and the broker's certificate is on the CRL. */
+    if (rc == MQPKI_OK) {
+        if ((rc = lifecycle_decommission(datadir_lifecycle(dd), name, "cli", &ch)) != MQPKI_OK)
+            goto out;
+        if (ch.changed > 0 || ch.already > 0)
+            rc = cli_publish_change(dd, &ch, "revoked", ca_reason_name(CA_REASON_CESSATION));
+        else
+            printf("broker %s decommissioned\n", name);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
+    mqpki_err_clear();
+    rc = MQPKI_OK;
+    /* Renamed out of the registry in one step, then deleted (a crash leaves a dot directory
+     * that nothing reads and the next removal of the same name clears). */
+    (void)nftw(gone, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (have_dir && rename(dir, gone) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot remove %s: %s", dir, strerror(errno));
+        goto out;
+    }
+    if (have_dir && nftw(gone, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        mqpki_log(MQPKI_LOG_WARN, "%s: not all removed: %s", gone, strerror(errno));
+    rc = datadir_control_call(cli->home, &req, 1, &reply, &reply_len, 5000);
+    if (rc == MQPKI_OK)
+        printf("broker %s removed; mqpkid stopped its feed link\n", name);
+    else if (rc == MQPKI_ERR_NOT_FOUND)
+        printf("broker %s removed (mqpkid is not running)\n", name);
+    else
+        printf("broker %s removed; mqpkid not told (%s): it stops the link within a second\n",
+               name, mqpki_err_detail(rc));
+    mqpki_err_clear();
+    rc = MQPKI_OK;
+out:
+    free(reply);
+    inventory_asset_clear(&a);
     datadir_close(dd);
     return rc;
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <openssl/x509.h>
@@ -19,6 +20,31 @@
 static void init_progress(const char *step)
 {
     fprintf(stderr, "init: %s\n", step);
+}
+
+/* The CDP host of the new CA's certificates: a loopback name there means that no device,
+ * broker or relying party elsewhere can fetch the CRL. */
+static void warn_local_cdp(const char *home)
+{
+    struct datadir_config cfg;
+    const char *h;
+    size_t n;
+
+    if (datadir_config_load(home, &cfg) != MQPKI_OK) {
+        mqpki_err_clear();
+        return;
+    }
+    h = strstr(cfg.url, "://");
+    h = h != NULL ? h + 3 : cfg.url;
+    n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":/");
+    if ((n == 9 && strncasecmp(h, "localhost", 9) == 0) || strncmp(h, "127.", 4) == 0 ||
+        (n == 5 && strncmp(h, "[::1]", 5) == 0))
+        fprintf(stderr,
+                "mqpki init: warning: certificates name the CRL distribution point %s/crl/"
+                "issuing.crl on this host only; devices and brokers elsewhere cannot fetch it. "
+                "Use --url http://HOST:PORT with [http] crl_listen in mqpki.conf (docs/"
+                "configuration.md)\n",
+                cfg.url);
 }
 
 int cmd_init(struct cli *cli, int argc, char **argv)
@@ -55,8 +81,10 @@ int cmd_init(struct cli *cli, int argc, char **argv)
                 "  --ca-name NAME   CA name in the certificates (default mqpki)\n"
                 "  --key TYPE       CA key type (default ec-p256)\n"
                 "  --hostname NAME  extra DNS name or IP address for mqpkid (repeatable)\n"
-                "  --url URL        base URL of mqpkid for the CRL distribution point\n"
-                "                   (default https://localhost:8443)\n");
+                "  --url URL        base of the CRL distribution point in every certificate,\n"
+                "                   URL/crl/issuing.crl (default https://localhost:8443; an\n"
+                "                   http:// URL points at mqpkid's [http] crl_listen). A\n"
+                "                   localhost URL gets a warning: no one else can fetch it.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -65,6 +93,8 @@ int cmd_init(struct cli *cli, int argc, char **argv)
     rc = datadir_init(cli->home, &o, init_progress);
     if (rc == MQPKI_OK)
         printf("CA ready in %s\n", cli->home);
+    if (rc == MQPKI_OK)
+        warn_local_cdp(cli->home);
     return rc;
 }
 

@@ -273,19 +273,27 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
         {"serial", required_argument, NULL, 's'},
         {"asset", required_argument, NULL, 'a'},
         {"reason", required_argument, NULL, 'r'},
+        {"selector", required_argument, NULL, 'S'},
+        {"tag", required_argument, NULL, 'T'},
+        {"model", required_argument, NULL, 'M'},
+        {"yes", no_argument, NULL, 'y'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct lifecycle_change ch;
     struct datadir *dd = NULL;
-    const char *serial_arg = NULL, *asset = NULL;
+    const char *serial_arg = NULL, *asset = NULL, *sel = NULL, *sel_opt = NULL;
     char serial[PROTO_SERIAL_HEX_MAX + 1];
-    int c, rc, reason = CA_REASON_UNSPECIFIED;
+    int c, rc, reason = CA_REASON_UNSPECIFIED, yes = 0, n_sel = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's': serial_arg = optarg; break;
         case 'a': asset = optarg; break;
+        case 'S': sel_opt = "--selector", sel = optarg, n_sel++; break;
+        case 'T': sel_opt = "--tag", sel = optarg, n_sel++; break;
+        case 'M': sel_opt = "--model", sel = optarg, n_sel++; break;
+        case 'y': yes = 1; break;
         case 'r':
             if ((reason = ca_reason_parse(optarg)) < 0 || reason == CA_REASON_REMOVE_FROM_CRL)
                 return cli_usage_error(cli,
@@ -295,7 +303,9 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
             break;
         case 'h':
             return cli_help(
-                "usage: mqpki revoke (--serial HEX | --asset ID) [--reason REASON]\n\n"
+                "usage: mqpki revoke (--serial HEX | --asset ID) [--reason REASON]\n"
+                "       mqpki revoke (--selector FIELD=VALUE | --tag K[=V] | --model M)\n"
+                "                    [--reason REASON] [--yes]\n\n"
                 "Revokes one certificate, or every live certificate of an asset, and publishes\n"
                 "a delta CRL at once: through mqpkid to every broker when it runs, and to\n"
                 "crl/issuing-delta.crl. The revocation is recorded before anything is\n"
@@ -303,12 +313,25 @@ int cmd_revoke(struct cli *cli, int argc, char **argv)
                 "command finish it. Revoking again is safe: it says what is already revoked\n"
                 "and publishes again if no CRL lists it yet.\n"
                 "REASON: key-compromise, ca-compromise, affiliation-changed, superseded,\n"
-                "cessation, hold (lifted again by 'mqpki unhold'); default unspecified.\n");
+                "cessation, hold (lifted again by 'mqpki unhold'); default unspecified.\n\n"
+                "A selector revokes every live certificate of the assets it matches (FIELD:\n"
+                "location, model, firmware, kind, tag.KEY) in one transaction and one CRL\n"
+                "publication, after a confirmation on the terminal (--yes skips it), with a\n"
+                "progress bar on a terminal. Example:\n"
+                "  mqpki revoke --selector location=feeder-12 --reason cessation --yes\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (n_sel > 0) {
+        if (n_sel > 1 || serial_arg != NULL || asset != NULL)
+            return cli_usage_error(cli, "give one of --serial, --asset, --selector, --tag, "
+                                        "--model");
+        return cli_revoke_selector(cli, sel_opt, sel, reason, yes);
+    }
+    if (yes)
+        return cli_usage_error(cli, "--yes goes with --selector, --tag or --model");
     if ((serial_arg == NULL) == (asset == NULL))
         return cli_usage_error(cli, "give exactly one of --serial and --asset");
     if (serial_arg != NULL && (rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
@@ -335,29 +358,34 @@ out:
 int cmd_unhold(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"serial", required_argument, NULL, 's'},
+                                         {"asset", required_argument, NULL, 'a'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     struct lifecycle_change ch;
     struct datadir *dd = NULL;
-    const char *serial_arg = NULL;
+    const char *serial_arg = NULL, *asset = NULL;
     char serial[PROTO_SERIAL_HEX_MAX + 1];
     int c, rc;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's': serial_arg = optarg; break;
+        case 'a': asset = optarg; break;
         case 'h':
-            return cli_help("usage: mqpki unhold --serial HEX\n\n"
+            return cli_help("usage: mqpki unhold (--serial HEX | --asset ID)\n\n"
                             "Lifts a 'hold' (certificateHold) revocation: the certificate is\n"
                             "valid again; a delta CRL says removeFromCRL at once and the next\n"
-                            "full CRL no longer lists it.\n");
+                            "full CRL no longer lists it. --asset lifts the holds of all the\n"
+                            "asset's certificates on hold, in one step.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
-    if (serial_arg == NULL)
-        return cli_usage_error(cli, "--serial is required");
+    if ((serial_arg == NULL) == (asset == NULL))
+        return cli_usage_error(cli, "give exactly one of --serial and --asset");
+    if (asset != NULL)
+        return cli_unhold_asset(cli, asset);
     if ((rc = normalize_serial(cli, serial_arg, serial)) != MQPKI_OK)
         return rc;
     if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)

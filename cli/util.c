@@ -182,7 +182,10 @@ int cli_publish_change(struct datadir *dd, const struct lifecycle_change *ch, co
 
     if (reason != NULL)
         snprintf(why, sizeof(why), " (%s)", reason);
-    if (ch->serial[0] != '\0')
+    if (ch->assets > 0)
+        snprintf(what, sizeof(what), "%d certificate%s of %d asset%s", ch->changed,
+                 ch->changed == 1 ? "" : "s", ch->assets, ch->assets == 1 ? "" : "s");
+    else if (ch->serial[0] != '\0')
         snprintf(what, sizeof(what), "certificate %s of asset %s", ch->serial, ch->asset);
     else
         snprintf(what, sizeof(what), "%d certificate%s of asset %s",

@@ -2,9 +2,9 @@
  * control: mqpkid's end of the local control socket (datadir.h, run/mqpkid.sock). A thread
  * accepts; each connection is served on a thread of its own (at most CONTROL_THREADS at once),
  * so that a publish waiting for a large CRL never holds up a command's signature: ping,
- * publish (the publisher runs a cycle at once and reports) and sign (a C_Sign with the CA key
- * this daemon alone holds). Only peers of the daemon's own user, or root, are answered; every
- * request is size-capped and time-boxed.
+ * publish (the publisher runs a cycle at once and reports), rescan (the broker registry) and
+ * sign (a C_Sign with the CA key this daemon alone holds). Only peers of the daemon's own user,
+ * or root, are answered; every request is size-capped and time-boxed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -134,6 +134,10 @@ static void serve(struct control *c, int fd)
         break;
     case DATADIR_CTL_PUBLISH: on_publish(c, fd, req, len); break;
     case DATADIR_CTL_SIGN: on_sign(c, fd, req, len); break;
+    case DATADIR_CTL_RESCAN:
+        feed_rescan(c->ctx->feed);
+        reply(fd, MQPKI_OK, NULL, 0);
+        break;
     default: reply_error(fd, MQPKI_ERR_INVALID, "unknown request"); break;
     }
     free(req);

@@ -18,6 +18,8 @@ struct est;
 struct lifecycle_committer;
 struct feed;
 struct http;
+struct retention;
+struct crl_http;
 struct inventory;
 
 /* Everything the request handlers need, shared by all server threads. */
@@ -28,6 +30,7 @@ struct daemon_ctx {
     struct feed *feed;                     /* NULL when no broker feed runs */
     struct publisher *publisher;           /* the one CRL publisher */
     struct control *control;               /* the local control socket (run/mqpkid.sock) */
+    struct retention *retention;           /* the daily tidy ([retention]) */
     char db_path[4096];                    /* each server thread opens its own store connection */
 };
 
@@ -39,6 +42,16 @@ struct daemon_ctx {
  */
 int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsigned threads,
                struct http **out);
+
+/* Binds and listens on listen ("ADDR:PORT") before anything else starts, so that a second
+ * mqpkid that cannot listen stops before it touches a broker; the socket goes to http_start. */
+int http_bind(const char *listen, int *fd);
+
+/* The optional plain-HTTP listener for CRL distribution points ([http] crl_listen): GET and
+ * HEAD of /crl/issuing.crl, /crl/issuing.pem and /crl/issuing-delta.crl only, read-only, from
+ * the socket http_bind made (owned from here on). */
+int http_crl_start(struct daemon_ctx *ctx, int listen_fd, struct crl_http **out);
+void http_crl_stop(struct crl_http *ch);
 
 /* The calling server thread's own store connection, opened on first use; NULL when the store
  * cannot be opened. */
@@ -71,12 +84,20 @@ void publisher_stop(struct publisher *p);
 int control_start(struct daemon_ctx *ctx, struct control **out);
 void control_stop(struct control *c);
 
+/* The daily tidy (retention.c): a thread that runs retention_run 10 minutes after start, then
+ * every 24 hours. retention_run: one tidy now on its own store connection (noted: whether the
+ * "switch to incremental vacuum" note was logged already; may be NULL). */
+int retention_start(struct daemon_ctx *ctx, struct retention **out);
+void retention_stop(struct retention *r);
+int retention_run(struct daemon_ctx *ctx, const char *actor, int *noted);
+
 /* Metrics (thread-safe counters). */
 void metrics_enrollment(const char *result, double seconds);
 void metrics_request(void);
 /* Prometheus text for /metrics into a heap buffer (caller frees). */
 char *metrics_render(struct daemon_ctx *ctx, size_t *len);
-/* JSON for /healthz into a heap buffer; *ready 1 when token, store and feed are healthy. */
+/* JSON for /readyz (= /healthz) into a heap buffer; *ready 1 when the token and the store are
+ * usable (the brokers' feed is reported, never a reason to be unready). */
 char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len);
 
 #endif

@@ -21,8 +21,10 @@
 
 #include <jansson.h>
 #include <mosquitto.h>
+#include <openssl/rand.h>
 
 #include "common.h"
+#include "datadir.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -33,15 +35,20 @@
 #define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
 #define BACKOFF_MAX_MS   30000
 
+_Static_assert(sizeof(((struct feed_broker *)0)->name) == PROTO_ASSET_ID_MAX + 1,
+               "feed_broker.name holds an asset id");
+
 struct link {
     struct feed *f;
     char name[PROTO_ASSET_ID_MAX + 1];
-    char host[256];
+    char host[DATADIR_BROKER_HOST_MAX];
     int port;
     struct mosquitto *m;
     pthread_t thread;
     int started;
     atomic_int connected;
+    atomic_int stop; /* this link only: its broker was removed or decommissioned */
+    atomic_int gone; /* stopped for good; the slot is never reused */
     pthread_mutex_t sent_lock; /* guards sent[]: the publisher and the link thread both send */
     int64_t sent[2];           /* highest full and delta CRL number sent on this connection */
     int64_t sent_cp;           /* highest audit checkpoint sent on this connection */
@@ -54,6 +61,8 @@ struct feed {
     struct link *links;       /* FEED_MAX_BROKERS slots, filled in order by feed_rescan */
     atomic_size_t n_links;
     atomic_int stop;
+    pthread_mutex_t rescan_lock; /* one rescan at a time (publisher's tick, control socket) */
+    char instance[16];           /* random per process: client ids of two mqpkids never clash */
     pthread_mutex_t cp_lock; /* guards the newest audit checkpoint below */
     char *cp_json;           /* its JSON (NULL until the publisher offers one) */
     size_t cp_len;
@@ -173,7 +182,7 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc)
 {
     struct link *l = ud;
 
-    if (atomic_exchange(&l->connected, 0) && !atomic_load(&l->f->stop))
+    if (atomic_exchange(&l->connected, 0) && !atomic_load(&l->f->stop) && !atomic_load(&l->stop))
         mqpki_log(MQPKI_LOG_WARN, "feed: lost broker %s (%s); reconnecting", l->name,
                   mosquitto_strerror(rc));
 }
@@ -251,9 +260,9 @@ out:
 }
 
 /* Sleeps ms milliseconds unless the feed stops first. */
-static void nap(struct feed *f, int ms)
+static void nap(struct link *l, int ms)
 {
-    for (int i = 0; i < ms && !atomic_load(&f->stop); i += 50)
+    for (int i = 0; i < ms && !atomic_load(&l->f->stop) && !atomic_load(&l->stop); i += 50)
         usleep(50 * 1000);
 }
 
@@ -262,14 +271,14 @@ static void *link_thread(void *arg)
     struct link *l = arg;
     int rc, backoff = 500, linked = 0;
 
-    while (!atomic_load(&l->f->stop)) {
+    while (!atomic_load(&l->f->stop) && !atomic_load(&l->stop)) {
         if (!linked) {
             rc = mosquitto_connect(l->m, l->host, l->port, 30);
             if (rc != MOSQ_ERR_SUCCESS) {
                 mqpki_log(backoff <= 500 ? MQPKI_LOG_WARN : MQPKI_LOG_DEBUG,
                           "feed: broker %s (%s:%d) unreachable: %s; retrying", l->name, l->host,
                           l->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
-                nap(l->f, backoff);
+                nap(l, backoff);
                 backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
                 continue;
             }
@@ -285,7 +294,7 @@ static void *link_thread(void *arg)
         atomic_store(&l->connected, 0);
         mosquitto_disconnect(l->m);
         linked = 0;
-        nap(l->f, backoff);
+        nap(l, backoff);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
     if (linked) {
@@ -296,60 +305,26 @@ static void *link_thread(void *arg)
     return NULL;
 }
 
-/* Reads brokers/NAME/broker.conf ("host = H", "port = P"). 0 when usable. */
+/* Reads brokers/NAME/broker.conf. 0 when usable. */
 static int read_broker_conf(const char *path, struct link *l)
 {
-    unsigned char *text = NULL;
-    size_t len = 0;
-    char *line, *save = NULL;
-    int rc = -1;
-
-    l->port = 8883;
-    snprintf(l->host, sizeof(l->host), "127.0.0.1");
-    if (mqpki_file_read(path, 16 * 1024, &text, &len) != MQPKI_OK)
-        goto out;
-    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        char key[16], value[256];
-        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
-            continue;
-        if (strcmp(key, "host") == 0)
-            snprintf(l->host, sizeof(l->host), "%s", value);
-        else if (strcmp(key, "port") == 0)
-            l->port = atoi(value);
+    if (datadir_broker_conf_read(path, l->host, &l->port) != MQPKI_OK) {
+        mqpki_err_clear();
+        mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
+        return -1;
     }
-    if (l->port < 1 || l->port > 65535)
-        goto out;
     /* A wildcard listener is reached on the loopback address. */
     if (strcmp(l->host, "0.0.0.0") == 0)
         snprintf(l->host, sizeof(l->host), "127.0.0.1");
     else if (strcmp(l->host, "::") == 0)
         snprintf(l->host, sizeof(l->host), "::1");
-    rc = 0;
-out:
-    if (rc != 0)
-        mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
-    free(text);
-    return rc;
-}
-
-/* The link's MQTT client id: one per replica (data directory) and broker, so that replicas
- * sharing one store and one broker never take over each other's session (MQTT 3.1.4-3). */
-static void link_client_id(const struct feed *f, const struct link *l, char *out, size_t size)
-{
-    uint32_t h = 2166136261u; /* FNV-1a: a name, not a secret */
-
-    for (const char *s = f->home; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    h = (h ^ '/') * 16777619u;
-    for (const char *s = l->name; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    snprintf(out, size, "%s-%08x", SERVICE_ID, h);
+    return 0;
 }
 
 static int link_setup(struct feed *f, struct link *l)
 {
-    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], client_id[64];
+    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+    char client_id[sizeof(l->name) + sizeof(f->instance) + 16];
     int rc = MQPKI_OK;
 
     if (mqpki_path(ca, sizeof(ca), "%s/ca/chain.pem", f->home) != MQPKI_OK ||
@@ -358,7 +333,10 @@ static int link_setup(struct feed *f, struct link *l)
         rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
         goto out;
     }
-    link_client_id(f, l, client_id, sizeof(client_id));
+    /* Its own client id per link and per process: with one shared id two links to one broker,
+     * or two mqpkids (replicas of one store among them), took over each other's session
+     * forever (MQTT 3.1.1 3.1.4). */
+    snprintf(client_id, sizeof(client_id), "%s-%s-%s", SERVICE_ID, l->name, f->instance);
     if ((l->m = mosquitto_new(client_id, true, l)) == NULL) {
         rc = mqpki_fail(MQPKI_ERR_NOMEM, "feed: cannot create an MQTT client");
         goto out;
@@ -386,28 +364,73 @@ out:
 static int known(struct feed *f, const char *name)
 {
     for (size_t i = 0; i < atomic_load(&f->n_links); i++)
-        if (strcmp(f->links[i].name, name) == 0)
+        if (!atomic_load(&f->links[i].gone) && strcmp(f->links[i].name, name) == 0)
             return 1;
     return 0;
 }
 
-/* Links every broker registered under brokers/ (NAME/broker.conf) that is not linked yet. Runs
- * on one thread at a time (feed_start, then feed_tick's caller). */
+/* 1 when broker `name` is registered and not decommissioned (or the store cannot tell). */
+static int broker_live(struct feed *f, const char *name)
+{
+    struct inventory_asset a;
+    int live = 1;
+
+    memset(&a, 0, sizeof(a));
+    pthread_mutex_lock(&f->inv_lock);
+    if (inventory_asset_get(f->inv, name, &a) == MQPKI_OK)
+        live = a.state != INV_STATE_DECOMMISSIONED;
+    mqpki_err_clear();
+    pthread_mutex_unlock(&f->inv_lock);
+    inventory_asset_clear(&a);
+    return live;
+}
+
+/* Stops the links whose broker was removed (no brokers/NAME/broker.conf any more) or
+ * decommissioned: their thread disconnects and ends; the slot stays, marked gone. */
+static void prune(struct feed *f, const char *dir)
+{
+    char path[PATH_MAX];
+
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (atomic_load(&l->gone))
+            continue;
+        if (mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, l->name) == MQPKI_OK &&
+            access(path, F_OK) == 0 && broker_live(f, l->name))
+            continue;
+        atomic_store(&l->stop, 1);
+        if (l->started)
+            pthread_join(l->thread, NULL);
+        l->started = 0;
+        atomic_store(&l->connected, 0);
+        atomic_store(&l->gone, 1);
+        mqpki_log(MQPKI_LOG_INFO, "feed: broker %s removed or decommissioned; link stopped",
+                  l->name);
+    }
+}
+
+/* Links every broker registered under brokers/ (NAME/broker.conf) that is not linked yet, and
+ * stops the links of brokers removed or decommissioned meanwhile. */
 static void rescan(struct feed *f)
 {
     char dir[PATH_MAX], path[PATH_MAX];
     struct dirent *de;
     DIR *d;
 
-    if (mqpki_path(dir, sizeof(dir), "%s/brokers", f->home) != MQPKI_OK ||
-        (d = opendir(dir)) == NULL)
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers", f->home) != MQPKI_OK)
+        return;
+    pthread_mutex_lock(&f->rescan_lock);
+    prune(f, dir);
+    if ((d = opendir(dir)) == NULL) {
+        pthread_mutex_unlock(&f->rescan_lock);
         return; /* no broker registered: nothing to feed */
+    }
     while ((de = readdir(d)) != NULL && atomic_load(&f->n_links) < FEED_MAX_BROKERS) {
         struct link *l = &f->links[atomic_load(&f->n_links)];
         if (!proto_asset_id_valid(de->d_name) || strlen(de->d_name) >= sizeof(l->name) ||
             known(f, de->d_name) ||
             mqpki_path(path, sizeof(path), "%s/%s/broker.conf", dir, de->d_name) != MQPKI_OK ||
-            access(path, F_OK) != 0)
+            access(path, F_OK) != 0 || !broker_live(f, de->d_name))
             continue;
         memset(l, 0, sizeof(*l));
         if (read_broker_conf(path, l) != 0)
@@ -421,6 +444,7 @@ static void rescan(struct feed *f)
             mqpki_log(MQPKI_LOG_ERROR, "feed: broker %s: %s", l->name,
                       mqpki_err_detail(MQPKI_ERR_INTERNAL));
             mosquitto_destroy(l->m);
+            pthread_mutex_destroy(&l->sent_lock);
             memset(l, 0, sizeof(*l));
             continue;
         }
@@ -430,6 +454,7 @@ static void rescan(struct feed *f)
                   l->port);
     }
     closedir(d);
+    pthread_mutex_unlock(&f->rescan_lock);
 }
 
 int feed_start(const char *home, const char *store, struct feed **out)
@@ -442,6 +467,15 @@ int feed_start(const char *home, const char *store, struct feed **out)
         return MQPKI_ERR_NOMEM;
     pthread_mutex_init(&f->inv_lock, NULL);
     pthread_mutex_init(&f->cp_lock, NULL);
+    pthread_mutex_init(&f->rescan_lock, NULL);
+    {
+        unsigned char r[4];
+        if (RAND_bytes(r, sizeof(r)) != 1) {
+            rc = mqpki_fail(MQPKI_ERR_INTERNAL, "feed: no randomness for the client ids");
+            goto out;
+        }
+        snprintf(f->instance, sizeof(f->instance), "%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
+    }
     snprintf(f->home, sizeof(f->home), "%s", home);
     pthread_once(&lib_once, lib_init);
     if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
@@ -462,8 +496,7 @@ out:
 
 void feed_tick(struct feed *f)
 {
-    if (f != NULL && !atomic_load(&f->stop))
-        rescan(f);
+    feed_rescan(f);
 }
 
 int feed_healthy(struct feed *f)
@@ -471,7 +504,7 @@ int feed_healthy(struct feed *f)
     if (f == NULL)
         return 1;
     for (size_t i = 0; i < atomic_load(&f->n_links); i++)
-        if (!atomic_load(&f->links[i].connected))
+        if (!atomic_load(&f->links[i].gone) && !atomic_load(&f->links[i].connected))
             return 0;
     return 1;
 }
@@ -482,6 +515,8 @@ void feed_links(struct feed *f, int *total, int *connected)
     if (f == NULL)
         return;
     for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        if (atomic_load(&f->links[i].gone))
+            continue;
         (*total)++;
         *connected += atomic_load(&f->links[i].connected) != 0;
     }
@@ -541,6 +576,29 @@ void feed_resend(struct feed *f)
     }
 }
 
+void feed_rescan(struct feed *f)
+{
+    if (f != NULL && !atomic_load(&f->stop))
+        rescan(f);
+}
+
+size_t feed_brokers(struct feed *f, struct feed_broker *out, size_t max)
+{
+    size_t n = 0;
+
+    if (f == NULL)
+        return 0;
+    for (size_t i = 0; i < atomic_load(&f->n_links) && n < max; i++) {
+        struct link *l = &f->links[i];
+        if (atomic_load(&l->gone))
+            continue;
+        snprintf(out[n].name, sizeof(out[n].name), "%s", l->name);
+        out[n].connected = atomic_load(&l->connected) != 0;
+        n++;
+    }
+    return n;
+}
+
 void feed_stop(struct feed *f)
 {
     if (f == NULL)
@@ -557,6 +615,7 @@ void feed_stop(struct feed *f)
     inventory_close(f->inv);
     pthread_mutex_destroy(&f->inv_lock);
     pthread_mutex_destroy(&f->cp_lock);
+    pthread_mutex_destroy(&f->rescan_lock);
     free(f->cp_json);
     free(f->links);
     free(f);

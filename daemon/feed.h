@@ -19,9 +19,21 @@ struct feed;
  * broker coming back gets the newest CRLs. */
 int feed_start(const char *home, const char *store, struct feed **out);
 
-/* Links brokers registered meanwhile (`mqpki broker init`). Call about every second from one
- * thread. */
+/* Links brokers registered meanwhile (`mqpki broker init`) and stops those removed (feed_rescan).
+ * Call about every second. */
 void feed_tick(struct feed *f);
+
+/* Links brokers registered since, and stops at once the links of brokers removed (no
+ * brokers/NAME/broker.conf) or decommissioned; thread-safe (the control socket's "rescan"). */
+void feed_rescan(struct feed *f);
+
+/* One linked broker's state, for /metrics. */
+struct feed_broker {
+    char name[65];
+    int connected;
+};
+/* Fills out with up to max linked brokers; returns how many. */
+size_t feed_brokers(struct feed *f, struct feed_broker *out, size_t max);
 
 /* 1 when every registered broker is connected (or none is registered), else 0. */
 int feed_healthy(struct feed *f);

@@ -200,8 +200,8 @@ static const gnutls_datum_t *client_certificate(struct MHD_Connection *c)
 
 /* A CRL file as it is on disk: streamed from the open file (which a concurrent atomic
  * replacement does not change), never read whole or parsed per request. */
-static enum MHD_Result serve_crl(struct http *h, struct MHD_Connection *c, const char *which,
-                                 const char *content_type)
+static enum MHD_Result serve_crl(struct daemon_ctx *ctx, struct MHD_Connection *c,
+                                 const char *which, const char *content_type)
 {
     struct MHD_Response *r;
     enum MHD_Result ret;
@@ -209,7 +209,7 @@ static enum MHD_Result serve_crl(struct http *h, struct MHD_Connection *c, const
     struct stat st;
     int fd;
 
-    if (datadir_path(h->ctx->dd, which, path) != MQPKI_OK)
+    if (datadir_path(ctx->dd, which, path) != MQPKI_OK)
         return send_text(c, 500, "internal error\n");
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return send_text(c, errno == ENOENT ? 404 : 503,
@@ -229,6 +229,16 @@ static enum MHD_Result serve_crl(struct http *h, struct MHD_Connection *c, const
     MHD_destroy_response(r);
     return ret;
 }
+
+/* The CRL files served, over HTTPS and on the optional plain-HTTP listener. */
+static const struct {
+    const char *url, *file, *type;
+} crl_files[] = {
+    {"/crl/issuing.crl", "crl/issuing.crl", "application/pkix-crl"},
+    {"/crl/issuing.pem", "crl/issuing.pem", "application/x-pem-file"},
+    {"/crl/issuing-delta.crl", "crl/issuing-delta.crl", "application/pkix-crl"},
+};
+#define N_CRL_FILES (sizeof(crl_files) / sizeof(crl_files[0]))
 
 static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const char *url,
                                 const char *method, struct request *rq)
@@ -280,13 +290,14 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_text(c, 405, "method not allowed\n");
-    if (strcmp(url, "/crl/issuing.crl") == 0)
-        return serve_crl(h, c, "crl/issuing.crl", "application/pkix-crl");
-    if (strcmp(url, "/crl/issuing.pem") == 0)
-        return serve_crl(h, c, "crl/issuing.pem", "application/x-pem-file");
-    if (strcmp(url, "/crl/issuing-delta.crl") == 0)
-        return serve_crl(h, c, "crl/issuing-delta.crl", "application/pkix-crl");
-    if (strcmp(url, "/healthz") == 0) {
+    for (size_t i = 0; i < N_CRL_FILES; i++)
+        if (strcmp(url, crl_files[i].url) == 0)
+            return serve_crl(ctx, c, crl_files[i].file, crl_files[i].type);
+    /* Liveness: the process answers. A supervisor restarts on this one only. */
+    if (strcmp(url, "/livez") == 0)
+        return send_text(c, 200, "ok\n");
+    /* Readiness (store and token usable); /healthz is its older name. */
+    if (strcmp(url, "/readyz") == 0 || strcmp(url, "/healthz") == 0) {
         int ready = 0;
         size_t len = 0;
         char *body = health_render(ctx, &ready, &len);
@@ -677,6 +688,34 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
     return MQPKI_OK;
 }
 
+int http_bind(const char *listen_addr, int *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t ss_len = 0;
+    int fd = -1, one = 1, rc;
+
+    *out = -1;
+    if ((rc = parse_listen(listen_addr, &ss, &ss_len)) != MQPKI_OK)
+        return rc;
+    if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "listen %s: socket: %s", listen_addr, strerror(errno));
+        goto out;
+    }
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, ss_len) != 0 || listen(fd, 511) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot listen on %s: %s", listen_addr, strerror(errno));
+        goto out;
+    }
+    *out = fd;
+    fd = -1;
+out:
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 static int read_text(struct daemon_ctx *ctx, const char *rel, char **out, size_t *len)
 {
     char path[4096];
@@ -698,6 +737,7 @@ int http_start(struct daemon_ctx *ctx, const char *listen, int listen_fd, unsign
     int rc;
 
     *out = NULL;
+    memset(&ss, 0, sizeof(ss));
     if ((h = calloc(1, sizeof(*h))) == NULL)
         return MQPKI_ERR_NOMEM;
     h->ctx = ctx;
@@ -769,4 +809,78 @@ int http_stop(struct http *h, int keep_socket)
     pthread_mutex_destroy(&h->conns_lock);
     free(h);
     return fd;
+}
+
+/* ---- CRLs over plain HTTP ([http] crl_listen) ------------------------------------------ */
+
+#define CRL_HTTP_THREADS    2
+#define CRL_HTTP_CONNS      256
+#define CRL_HTTP_CONNS_IP   32
+
+struct crl_http {
+    struct daemon_ctx *ctx;
+    struct MHD_Daemon *mhd;
+};
+
+/* GET or HEAD of a CRL file, nothing else: read-only, no body ever read. */
+static enum MHD_Result on_crl_request(void *cls, struct MHD_Connection *c, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls)
+{
+    struct crl_http *ch = cls;
+
+    (void)version;
+    (void)upload_data;
+    (void)con_cls;
+    *upload_data_size = 0;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return send_text(c, 405, "method not allowed\n");
+    for (size_t i = 0; i < N_CRL_FILES; i++)
+        if (strcmp(url, crl_files[i].url) == 0)
+            return serve_crl(ch->ctx, c, crl_files[i].file, crl_files[i].type);
+    return send_text(c, 404, "not found\n");
+}
+
+int http_crl_start(struct daemon_ctx *ctx, int listen_fd, struct crl_http **out)
+{
+    struct crl_http *ch;
+    const union MHD_DaemonInfo *info;
+    int rc = MQPKI_OK;
+
+    *out = NULL;
+    if ((ch = calloc(1, sizeof(*ch))) == NULL) {
+        close(listen_fd);
+        return MQPKI_ERR_NOMEM;
+    }
+    ch->ctx = ctx;
+    ch->mhd = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_crl_request, ch, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)CRL_HTTP_THREADS, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)CONNECTION_TIMEOUT, MHD_OPTION_CONNECTION_LIMIT, (unsigned)CRL_HTTP_CONNS,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)CRL_HTTP_CONNS_IP,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    if (ch->mhd == NULL) {
+        close(listen_fd);
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot serve CRLs over plain HTTP");
+        free(ch);
+        return rc;
+    }
+    info = MHD_get_daemon_info(ch->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    mqpki_log(MQPKI_LOG_INFO, "CRLs over plain HTTP on port %u (/crl/issuing.crl, "
+                              "/crl/issuing.pem, /crl/issuing-delta.crl)",
+              info != NULL ? info->port : 0);
+    *out = ch;
+    return rc;
+}
+
+void http_crl_stop(struct crl_http *ch)
+{
+    if (ch == NULL)
+        return;
+    if (ch->mhd != NULL)
+        MHD_stop_daemon(ch->mhd);
+    free(ch);
 }

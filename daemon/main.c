@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "ca.h"
 #include "common.h"
 #include "daemon.h"
@@ -22,11 +24,47 @@
 /* Workers mostly wait for the group commit's fsync; enough of them keep a batch full. */
 #define DEFAULT_THREADS 32
 
+/* --log-format json, [log] format = json: one JSON object a line, every line timestamped. */
+static void log_json(enum mqpki_log_level level, const char *msg, void *ctx)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    char ts[32], clean[1024];
+    json_t *v;
+    char *line;
+    size_t i;
+
+    (void)ctx;
+    mqpki_time_str(mqpki_now(), ts);
+    v = json_pack("{s:s, s:s, s:s}", "time", ts, "level", names[level], "msg", msg);
+    if (v == NULL) {
+        /* Not UTF-8 (hostile input quoted in a detail): bytes past ASCII become '?'. */
+        for (i = 0; msg[i] != '\0' && i < sizeof(clean) - 1; i++)
+            clean[i] = (unsigned char)msg[i] < 0x80 ? msg[i] : '?';
+        clean[i] = '\0';
+        v = json_pack("{s:s, s:s, s:s}", "time", ts, "level", names[level], "msg", clean);
+    }
+    line = v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (line != NULL)
+        fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(v);
+}
+
+static int log_level_parse(const char *name)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: mqpkid [--home DIR] [--store URL] [--listen ADDR:PORT] [--threads N] "
-            "[--verbose]\n\n"
+            "usage: mqpkid [--home DIR] [--store URL] [--listen ADDR:PORT] [--threads N]\n"
+            "              [--verbose] [--log-format text|json]\n\n"
             "The enrollment daemon: EST (RFC 7030) over HTTPS, CRLs over HTTP and the CRL\n"
             "feed to the registered brokers. Runs in the foreground and logs to stderr.\n"
             "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
@@ -34,7 +72,9 @@ static void usage(FILE *f)
             "                    url, else the data directory's mqpki.db; docs/ha.md)\n"
             "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
             "  --threads N       HTTPS worker threads (default %d)\n"
-            "  --verbose         debug logging\n\n"
+            "  --verbose         debug logging (else [log] level, default info)\n"
+            "  --log-format F    text (default) or json: one object a line with time, level\n"
+            "                    and msg (else [log] format)\n\n"
             "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
             "mqpki.conf and tls/ without dropping the listening socket.\n",
             DEFAULT_THREADS);
@@ -100,6 +140,7 @@ int main(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"threads", required_argument, NULL, 't'},
         {"verbose", no_argument, NULL, 'v'},
+        {"log-format", required_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -112,7 +153,9 @@ int main(int argc, char **argv)
     unsigned threads = DEFAULT_THREADS;
     sigset_t sigs;
     time_t last_tls_check = 0;
-    int c, rc, sig;
+    struct crl_http *crl_http = NULL;
+    const char *log_format = NULL;
+    int c, rc, sig, listen_fd = -1, crl_fd = -1, verbose = 0;
 
     /* Out of the environment before any thread starts (unsetenv is not thread-safe) and out of
      * /proc/PID/environ for mqpkid's whole life; the copy kept serves later token opens. */
@@ -135,7 +178,19 @@ int main(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'v': mqpki_log_set_level(MQPKI_LOG_DEBUG); break;
+        case 'v':
+            verbose = 1;
+            mqpki_log_set_level(MQPKI_LOG_DEBUG);
+            break;
+        case 'F':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0) {
+                fprintf(stderr, "mqpkid: --log-format: expected text or json\n");
+                return 1;
+            }
+            log_format = optarg;
+            if (strcmp(optarg, "json") == 0)
+                mqpki_log_set_handler(log_json, NULL);
+            break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("mqpkid %s\n", MQPKI_VERSION); return 0;
         default: usage(stderr); return 1;
@@ -157,6 +212,11 @@ int main(int argc, char **argv)
     if ((rc = datadir_resolve_home(home_arg, home)) != MQPKI_OK ||
         (rc = datadir_open(home, DATADIR_CA | DATADIR_DAEMON, &ctx.dd)) != MQPKI_OK)
         goto out;
+    /* The command line wins over [log] in mqpki.conf. */
+    if (!verbose)
+        mqpki_log_set_level(log_level_parse(datadir_config(ctx.dd)->log_level));
+    if (log_format == NULL && strcmp(datadir_config(ctx.dd)->log_format, "json") == 0)
+        mqpki_log_set_handler(log_json, NULL);
     if ((rc = datadir_store_target(ctx.dd, ctx.db_path)) != MQPKI_OK)
         goto out;
     snprintf(listen, sizeof(listen), "%s",
@@ -164,6 +224,13 @@ int main(int argc, char **argv)
     est_config_from(datadir_config(ctx.dd), &ec);
     if ((rc = lifecycle_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
         (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
+        goto out;
+    /* Listening comes first: an mqpkid that cannot serve never links to a broker (its feed's
+     * session would throw the live daemon's off). */
+    if ((rc = http_bind(listen, &listen_fd)) != MQPKI_OK)
+        goto out;
+    if (datadir_config(ctx.dd)->crl_listen[0] != '\0' &&
+        (rc = http_bind(datadir_config(ctx.dd)->crl_listen, &crl_fd)) != MQPKI_OK)
         goto out;
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
@@ -173,10 +240,19 @@ int main(int argc, char **argv)
     }
     /* Publishes what a crashed process left open before serving anyone. */
     if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
-        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK)
+        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK ||
+        (rc = retention_start(&ctx, &ctx.retention)) != MQPKI_OK)
         goto out;
-    if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
+    rc = http_start(&ctx, listen, listen_fd, threads, &h);
+    listen_fd = -1; /* MHD owns it now, or closed it */
+    if (rc != MQPKI_OK)
         goto out;
+    if (crl_fd >= 0) {
+        rc = http_crl_start(&ctx, crl_fd, &crl_http);
+        crl_fd = -1;
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
               (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
 
@@ -189,6 +265,7 @@ int main(int argc, char **argv)
             break;
         }
         if (sig == SIGHUP) {
+            feed_rescan(ctx.feed);
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;
                 goto out;
@@ -209,6 +286,12 @@ out:
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
+    http_crl_stop(crl_http);
+    if (listen_fd >= 0)
+        close(listen_fd);
+    if (crl_fd >= 0)
+        close(crl_fd);
+    retention_stop(ctx.retention);
     control_stop(ctx.control);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);

@@ -1,4 +1,4 @@
-/* daemon: counters for /metrics (Prometheus text format) and the /healthz readiness report. */
+/* daemon: counters for /metrics (Prometheus text format) and the /readyz readiness report. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@
 #include "datadir.h"
 #include "feed.h"
 #include "inventory.h"
+#include "proto.h"
 
 /* "challenge": a request without credentials answered 401 to ask for them (not a failure). */
 static const char *const results[] = {"ok",         "bad_request", "unauthorized", "challenge",
@@ -112,6 +113,93 @@ static void crl_facts(struct inventory *inv, struct crl_facts *f)
     mqpki_err_clear();
 }
 
+#define METRICS_BROKERS_MAX 256
+
+struct broker_rows {
+    struct buf *b;
+    const struct feed_broker *linked;
+    size_t n;
+};
+
+/* What a linked broker reported holding (removed brokers keep their row, not their metric). */
+static int broker_crl_row(const char *broker, int64_t full, int64_t delta, int64_t at, void *ctx)
+{
+    struct broker_rows *r = ctx;
+
+    (void)at;
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->linked[i].name, broker) == 0) {
+            put(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"full\"} %lld\n", broker,
+                (long long)full);
+            put(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"delta\"} %lld\n", broker,
+                (long long)delta);
+        }
+    return 0;
+}
+
+/* The CA certificates' and the live leaf certificates' expiry, the assets by state, the
+ * brokers' feed links and what each broker acknowledged: the operator's day-two view. */
+static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct buf *b)
+{
+    static struct feed_broker linked[METRICS_BROKERS_MAX];
+    static pthread_mutex_t linked_lock = PTHREAD_MUTEX_INITIALIZER;
+    struct ca *ca = datadir_ca(ctx->dd);
+    X509 *certs[2] = {ca != NULL ? ca_root_cert(ca) : NULL,
+                      ca != NULL ? ca_issuing_cert(ca) : NULL};
+    static const char *const ca_names[2] = {"root", "issuing"};
+    struct inventory_expiry ex;
+    int64_t counts[INV_STATE_COUNT_], t;
+    struct broker_rows rows;
+    size_t n;
+
+    put(b, "# HELP mqpki_build_info The running mqpkid's version.\n"
+           "# TYPE mqpki_build_info gauge\n"
+           "mqpki_build_info{version=\"%s\"} 1\n",
+        MQPKI_VERSION);
+    put(b, "# HELP mqpki_ca_not_after_timestamp_seconds Expiry (notAfter) of each CA certificate.\n"
+           "# TYPE mqpki_ca_not_after_timestamp_seconds gauge\n");
+    for (int i = 0; i < 2; i++)
+        if (certs[i] != NULL && proto_asn1_time(X509_get0_notAfter(certs[i]), &t) == 0)
+            put(b, "mqpki_ca_not_after_timestamp_seconds{ca=\"%s\"} %lld\n", ca_names[i],
+                (long long)t);
+    if (inv != NULL && inventory_cert_expiry(inv, mqpki_now(), &ex) == MQPKI_OK) {
+        put(b,
+            "# HELP mqpki_leaf_not_after_earliest_timestamp_seconds Earliest notAfter of the valid "
+            "certificates issued by each CA (0 when none).\n"
+            "# TYPE mqpki_leaf_not_after_earliest_timestamp_seconds gauge\n"
+            "mqpki_leaf_not_after_earliest_timestamp_seconds{ca=\"issuing\"} %lld\n"
+            "# HELP mqpki_certificates_expiring Valid certificates expiring within a window.\n"
+            "# TYPE mqpki_certificates_expiring gauge\n"
+            "mqpki_certificates_expiring{ca=\"issuing\",within=\"7d\"} %lld\n"
+            "mqpki_certificates_expiring{ca=\"issuing\",within=\"30d\"} %lld\n",
+            (long long)ex.earliest, (long long)ex.within_7d, (long long)ex.within_30d);
+    }
+    mqpki_err_clear();
+    if (inv != NULL && inventory_asset_count_by_state(inv, counts) == MQPKI_OK) {
+        put(b, "# HELP mqpki_assets Assets by lifecycle state.\n# TYPE mqpki_assets gauge\n");
+        for (int s = 0; s < INV_STATE_COUNT_; s++)
+            put(b, "mqpki_assets{state=\"%s\"} %lld\n", inventory_state_name(s),
+                (long long)counts[s]);
+    }
+    mqpki_err_clear();
+    /* One scrape at a time fills the table (256 brokers do not fit a worker's stack kindly). */
+    pthread_mutex_lock(&linked_lock);
+    n = feed_brokers(ctx->feed, linked, METRICS_BROKERS_MAX);
+    put(b, "# HELP mqpki_broker_link_up 1 while mqpkid's CRL feed is connected to the broker.\n"
+           "# TYPE mqpki_broker_link_up gauge\n");
+    for (size_t i = 0; i < n; i++)
+        put(b, "mqpki_broker_link_up{broker=\"%s\"} %d\n", linked[i].name, linked[i].connected);
+    put(b, "# HELP mqpki_broker_crl_number CRL numbers the broker's plugin acknowledged holding "
+           "(-1: none).\n# TYPE mqpki_broker_crl_number gauge\n");
+    rows.b = b;
+    rows.linked = linked;
+    rows.n = n;
+    if (inv != NULL)
+        (void)inventory_broker_crl_list(inv, broker_crl_row, &rows);
+    pthread_mutex_unlock(&linked_lock);
+    mqpki_err_clear();
+}
+
 char *metrics_render(struct daemon_ctx *ctx, size_t *len)
 {
     struct buf b = {malloc(4096), 0, 4096};
@@ -161,6 +249,9 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         "# HELP mqpki_crl_publications_open CRL publications not finished (should stay 0).\n"
         "# TYPE mqpki_crl_publications_open gauge\nmqpki_crl_publications_open %lld\n",
         crl.full, crl.delta, crl.age, crl.open);
+    render_fleet(ctx, inv, &b);
+    if (b.p == NULL)
+        return NULL;
     *len = b.len;
     return b.p;
 }
@@ -170,23 +261,27 @@ char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)
     struct inventory *inv = http_thread_inventory(ctx);
     struct crl_facts crl;
     char text[32];
-    int token_ok, store_ok, feed_ok;
+    int token_ok, store_ok, total = 0, linked = 0;
     json_t *v;
     char *out;
 
     store_ok = inv != NULL && inventory_meta_get(inv, "ca.name", text, sizeof(text)) == MQPKI_OK;
     token_ok = ca_selftest(datadir_ca(ctx->dd)) == MQPKI_OK;
-    feed_ok = ctx->feed == NULL || feed_healthy(ctx->feed);
-    *ready = token_ok && store_ok && feed_ok;
+    /* Ready to enroll: the store and the token. A broker down does not stop enrollment, so the
+     * feed is reported (and in /metrics per broker) but never makes mqpkid unready. */
+    *ready = token_ok && store_ok;
+    feed_links(ctx->feed, &total, &linked);
     crl_facts(inv, &crl);
-    v = json_pack("{s:s, s:s, s:s, s:s, s:{s:I, s:I, s:I}}", "status", *ready ? "ok" : "degraded",
-                  "token", token_ok ? "ok" : "failing", "store", store_ok ? "ok" : "failing",
-                  "feed",
-                  ctx->feed == NULL ? "off"
-                  : feed_ok         ? "ok"
-                                    : "degraded",
-                  "crl", "full", (json_int_t)crl.full, "delta", (json_int_t)crl.delta,
-                  "publications_open", (json_int_t)crl.open);
+    v = json_pack("{s:s, s:s, s:s, s:s, s:{s:i, s:i}, s:{s:I, s:I, s:I}}", "status",
+                  *ready ? "ok" : "failing", "token", token_ok ? "ok" : "failing", "store",
+                  store_ok ? "ok" : "failing", "feed",
+                  ctx->feed == NULL || total == 0 ? "off"
+                  : linked == total               ? "ok"
+                                                  : "degraded",
+                  "brokers", "registered", total, "linked", linked, "crl", "full",
+                  (json_int_t)crl.full, "delta", (json_int_t)crl.delta, "publications_open",
+                  (json_int_t)crl.open);
+    mqpki_err_clear();
     out = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (out != NULL)

@@ -128,6 +128,20 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         c->rate_per_address = rate;
     } else if (KEY("enrollment", "burst"))
         ok = set_int(&c->rate_burst, value, 1, 1000000);
+    else if (KEY("retention", "expired_cert_days"))
+        ok = set_int(&c->expired_cert_days, value, 1, 36500);
+    else if (KEY("retention", "token_days"))
+        ok = set_int(&c->token_days, value, 1, 3650);
+    else if (KEY("http", "crl_listen"))
+        ok = set_text(c->crl_listen, sizeof(c->crl_listen), value) &&
+             (value[0] == '\0' || strchr(value, ':') != NULL);
+    else if (KEY("log", "format"))
+        ok = (strcmp(value, "text") == 0 || strcmp(value, "json") == 0) &&
+             set_text(c->log_format, sizeof(c->log_format), value);
+    else if (KEY("log", "level"))
+        ok = (strcmp(value, "error") == 0 || strcmp(value, "warn") == 0 ||
+              strcmp(value, "info") == 0 || strcmp(value, "debug") == 0) &&
+             set_text(c->log_level, sizeof(c->log_level), value);
     else if (KEY("audit", "checkpoint_every"))
         ok = set_duration(&c->audit_every, value) && c->audit_every <= 86400;
     else if (KEY("audit", "key_fingerprint")) {
@@ -183,6 +197,10 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     c->rate_per_address = 200;
     c->rate_burst = 400;
     c->audit_every = 600;
+    c->expired_cert_days = 90;
+    c->token_days = 30;
+    snprintf(c->log_format, sizeof(c->log_format), "text");
+    snprintf(c->log_level, sizeof(c->log_level), "info");
 }
 
 int datadir_config_load(const char *home, struct datadir_config *cfg)
@@ -217,4 +235,32 @@ int datadir_config_load(const char *home, struct datadir_config *cfg)
 out:
     free(text);
     return rc;
+}
+
+int datadir_broker_conf_read(const char *path, char host[DATADIR_BROKER_HOST_MAX], int *port)
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    char *line, *save = NULL;
+    int rc;
+
+    *port = 8883;
+    snprintf(host, DATADIR_BROKER_HOST_MAX, "127.0.0.1");
+    if ((rc = mqpki_file_read(path, 16 * 1024, &text, &len)) != MQPKI_OK)
+        return rc;
+    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char key[16], value[DATADIR_BROKER_HOST_MAX];
+        _Static_assert(DATADIR_BROKER_HOST_MAX == 256, "the sscanf width below");
+        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
+            continue;
+        if (strcmp(key, "host") == 0)
+            snprintf(host, DATADIR_BROKER_HOST_MAX, "%s", value);
+        else if (strcmp(key, "port") == 0)
+            *port = atoi(value);
+    }
+    free(text);
+    if (*port < 1 || *port > 65535)
+        return mqpki_fail(MQPKI_ERR_PARSE, "%s: port out of range", path);
+    return MQPKI_OK;
 }

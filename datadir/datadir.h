@@ -46,7 +46,12 @@ struct datadir_config {
     int rate_burst;            /* [enrollment] burst */
     int64_t audit_every;       /* [audit] checkpoint_every: mqpkid checkpoints this often */
     char audit_key_fp[PROTO_FP_HEX_LEN + 1]; /* [audit] key_fingerprint: "" when not pinned */
-    char store_url[1024]; /* [store] url: a postgresql:// URL, "" for the embedded mqpki.db */
+    int expired_cert_days;                   /* [retention] expired_cert_days */
+    int token_days;                          /* [retention] token_days */
+    char crl_listen[128];                    /* [http] crl_listen: ADDR:PORT, "" off */
+    char log_format[8];                      /* [log] format: text | json */
+    char log_level[8];                       /* [log] level: error | warn | info | debug */
+    char store_url[1024];                    /* [store] url: postgresql:// URL, "" embedded */
 };
 
 struct datadir_init_opts {
@@ -62,6 +67,11 @@ struct datadir_init_opts {
  * one per data directory (MQPKI_ERR_EXISTS naming the running one otherwise), and the CA token
  * is its alone for as long as it runs. */
 enum { DATADIR_STORE = 1, DATADIR_CA = 2, DATADIR_DAEMON = 4 };
+
+/* A bundled broker's brokers/NAME/broker.conf ("host = H", "port = P"; defaults 127.0.0.1 and
+ * 8883), as `broker init` writes it and mqpkid's feed reads it. */
+#define DATADIR_BROKER_HOST_MAX 256
+int datadir_broker_conf_read(const char *path, char host[DATADIR_BROKER_HOST_MAX], int *port);
 
 /* The data directory: arg when given, else $MQPKI_HOME, else ./mqpki-data; made absolute. */
 int datadir_resolve_home(const char *arg, char out[PATH_MAX]);
@@ -161,6 +171,8 @@ enum datadir_control_op {
     DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
                                   C_Sign with the issuing CA key or the audit key (PKCS#11
                                   semantics); reply: signature */
+    DATADIR_CTL_RESCAN = 'R',  /* re-read brokers/: link new brokers, stop the links of removed
+                                  or decommissioned ones at once; reply: empty */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).

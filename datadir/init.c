@@ -224,9 +224,10 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
         goto out;
     if (opts->url != NULL) {
-        if (strncmp(opts->url, "https://", 8) != 0 || strlen(opts->url) >= sizeof(dd->cfg.url) ||
-            strpbrk(opts->url, " \n\r\t") != NULL) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID, "--url: expected https://HOST:PORT");
+        if ((strncmp(opts->url, "https://", 8) != 0 && strncmp(opts->url, "http://", 7) != 0) ||
+            strlen(opts->url) >= sizeof(dd->cfg.url) || strpbrk(opts->url, " \n\r\t") != NULL) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID,
+                            "--url: expected https://HOST:PORT or http://HOST:PORT");
             goto out;
         }
         snprintf(dd->cfg.url, sizeof(dd->cfg.url), "%s", opts->url);

@@ -12,6 +12,7 @@ static const char *const state_names[] = {"registered", "enrolled", "active",
 static const char *const kind_names[] = {"device", "broker", "service"};
 
 #define N_STATES ((int)(sizeof(state_names) / sizeof(state_names[0])))
+_Static_assert(N_STATES == INV_STATE_COUNT_, "a name for every asset state");
 #define N_KINDS  ((int)(sizeof(kind_names) / sizeof(kind_names[0])))
 
 /* Tags: at most this many bytes of JSON per asset. */
@@ -654,6 +655,26 @@ int inventory_asset_history(struct inventory *inv, const char *id, inventory_eve
     }
     if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "asset history");
+out:
+    db_finalize(st);
+    return rc;
+}
+
+int inventory_asset_count_by_state(struct inventory *inv, int64_t counts[INV_STATE_COUNT_])
+{
+    struct db_stmt *st = NULL;
+    int rc, src, s;
+
+    memset(counts, 0, sizeof(int64_t) * INV_STATE_COUNT_);
+    if ((rc = inv_prepare(inv, "SELECT state, COUNT(*) FROM assets GROUP BY state", &st)) !=
+        MQPKI_OK)
+        goto out;
+    while ((src = db_step(st)) == DB_ROW)
+        if ((s = inventory_state_parse((const char *)db_column_text(st, 0))) >= 0 &&
+            s < INV_STATE_COUNT_)
+            counts[s] = db_column_int64(st, 1);
+    if (src != DB_DONE)
+        rc = inv_db_fail(inv, src, "asset count");
 out:
     db_finalize(st);
     return rc;

@@ -702,3 +702,67 @@ out:
     inv_stmt_done(st);
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }
+
+int inventory_cert_list_expiring(struct inventory *inv, int64_t now, int64_t until,
+                                 inventory_cert_cb cb, void *ctx)
+{
+    struct inventory_cert c;
+    struct db_stmt *st = NULL;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "expiring certificates: arguments missing");
+    /* Live certificates only: a superseded one expiring is the renewal working. */
+    rc = inv_prepare(inv,
+                     "SELECT " INV_CERT_COLS " FROM certs WHERE state = 'valid' AND "
+                     "not_after >= ?1 AND not_after < ?2 ORDER BY not_after, serial",
+                     &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    db_bind_int64(st, 1, now);
+    db_bind_int64(st, 2, until);
+    while ((src = db_step(st)) == DB_ROW) {
+        cert_from_row(st, now, 0, &c);
+        if (cb(&c, ctx) != 0) {
+            src = DB_DONE;
+            break;
+        }
+    }
+    if (src != DB_DONE)
+        rc = inv_db_fail(inv, src, "expiring certificates");
+out:
+    db_finalize(st);
+    return rc;
+}
+
+int inventory_cert_expiry(struct inventory *inv, int64_t now, struct inventory_expiry *out)
+{
+    struct db_stmt *st = NULL;
+    int rc, src;
+
+    memset(out, 0, sizeof(*out));
+    rc = inv_prepare(inv,
+                     "SELECT MIN(not_after), "
+                     "CAST(COALESCE(SUM(CASE WHEN not_after < ?2 THEN 1 ELSE 0 END), 0) "
+                     "AS BIGINT), "
+                     "CAST(COALESCE(SUM(CASE WHEN not_after < ?3 THEN 1 ELSE 0 END), 0) "
+                     "AS BIGINT), COUNT(*) "
+                     "FROM certs WHERE state = 'valid' AND not_after >= ?1",
+                     &st);
+    if (rc != MQPKI_OK)
+        goto out;
+    db_bind_int64(st, 1, now);
+    db_bind_int64(st, 2, now + 7 * 86400);
+    db_bind_int64(st, 3, now + 30 * 86400);
+    if ((src = db_step(st)) != DB_ROW) {
+        rc = inv_db_fail(inv, src, "certificate expiry");
+        goto out;
+    }
+    out->earliest = db_column_type(st, 0) == DB_NULL ? 0 : db_column_int64(st, 0);
+    out->within_7d = db_column_int64(st, 1);
+    out->within_30d = db_column_int64(st, 2);
+    out->live = db_column_int64(st, 3);
+out:
+    db_finalize(st);
+    return rc;
+}

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -124,6 +125,7 @@ static int lite_open(const char *target, struct db **out, char *err, size_t err_
     struct lite *l;
     sqlite3_stmt *st = NULL;
     const unsigned char *mode;
+    struct stat fst;
     int rc, src;
 
     *out = NULL;
@@ -146,6 +148,16 @@ static int lite_open(const char *target, struct db **out, char *err, size_t err_
     }
     sqlite3_extended_result_codes(l->h, 1);
     sqlite3_busy_timeout(l->h, 5000);
+    /* A new (empty) store reclaims space by incremental vacuum (inventory_vacuum); the mode
+     * is set before anything is written, WAL's header included (an older store switches at
+     * its first `mqpki tidy`). */
+    if (stat(target, &fst) == 0 && fst.st_size == 0 &&
+        (src = sqlite3_exec(l->h, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL)) !=
+            SQLITE_OK) {
+        snprintf(err, err_size, "%s", sqlite3_errmsg(l->h));
+        rc = map(l, src);
+        goto out;
+    }
     /* The first statement reads the header: a file that is not a database fails here. */
     src = sqlite3_prepare_v2(l->h, "PRAGMA journal_mode=WAL", -1, &st, NULL);
     if (src == SQLITE_OK)

@@ -22,6 +22,7 @@ enum inventory_state {
     INV_STATE_SUSPENDED,
     INV_STATE_REVOKED,
     INV_STATE_DECOMMISSIONED,
+    INV_STATE_COUNT_
 };
 /* "registered", ... <-> enum; -1 / NULL when unknown. */
 int inventory_state_parse(const char *name);
@@ -216,6 +217,47 @@ int inventory_cert_seen(struct inventory *inv, const char *serial, const char *a
 
 /* Number of certificates in a state (-1 for all), expiry derived as in inventory_cert_list. */
 int inventory_cert_count(struct inventory *inv, int state, int64_t *out);
+
+/* Valid (live) certificates with now <= not_after < until, earliest expiry first. */
+int inventory_cert_list_expiring(struct inventory *inv, int64_t now, int64_t until,
+                                 inventory_cert_cb cb, void *ctx);
+
+/* Expiry of the valid (live) certificates at now: the earliest not_after (0 when none) and how
+ * many expire within 7 and 30 days. */
+struct inventory_expiry {
+    int64_t earliest;
+    int64_t within_7d;
+    int64_t within_30d;
+    int64_t live;
+};
+int inventory_cert_expiry(struct inventory *inv, int64_t now, struct inventory_expiry *out);
+
+/*
+ * Retention. Removes the certificates with not_after < cert_before (capped at now: a certificate
+ * not yet expired is never removed, so no CRL that could still list it loses its entry), except
+ * those revoked for key compromise (they keep the key from being certified again), and the
+ * tokens no longer usable (used, revoked, burned or expired) since before token_before, in one
+ * transaction with one "store.tidy" audit event holding the counts. The audit log itself is
+ * never pruned, so its chain stays verifiable. dry_run: counts only, nothing written.
+ */
+struct inventory_tidy {
+    int64_t certs;
+    int64_t tokens;
+};
+int inventory_tidy(struct inventory *inv, int64_t now, int64_t cert_before, int64_t token_before,
+                   int dry_run, const char *actor, struct inventory_tidy *out);
+
+/*
+ * Gives free pages back to the file system: SQLite's incremental vacuum, step_pages pages per
+ * short write transaction until none is free, then a WAL checkpoint. A store made before
+ * incremental vacuum was on needs one full VACUUM to switch (the whole file rewritten under the
+ * write lock): done only with allow_full (*switched 1), else MQPKI_ERR_STATE. *freed: pages.
+ */
+int inventory_vacuum(struct inventory *inv, int step_pages, int allow_full, int64_t *freed,
+                     int *switched);
+
+/* Number of assets in each state (indexed by enum inventory_state). */
+int inventory_asset_count_by_state(struct inventory *inv, int64_t counts[INV_STATE_COUNT_]);
 
 /*
  * Revokes one certificate (reason: RFC 5280 code). A hold (6) may later be lifted by

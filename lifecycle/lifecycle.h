@@ -140,6 +140,7 @@ struct lifecycle_change {
     int asset_was;      /* the asset's state before (decommission), -1 unknown */
     char asset[PROTO_ASSET_ID_MAX + 1];
     char serial[PROTO_SERIAL_HEX_MAX + 1]; /* the certificate (serial calls) */
+    int assets;      /* a batch: assets whose certificates changed */
     int key_mates;   /* key compromise: other certificates of the same key revoked with it */
     char mates[256]; /* the first of them, "SERIAL (asset ID), ..." */
 };
@@ -158,9 +159,29 @@ int lifecycle_revoke(struct lifecycle *lc, const char *serial, int reason, const
 int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason, const char *actor,
                            struct lifecycle_change *out);
 
+/* Called after each item of a batch: done of n. */
+typedef void (*lifecycle_progress_cb)(size_t done, size_t n, void *ctx);
+
+/*
+ * A batch revocation (a selector: every asset of a location, tag or model): the live
+ * certificates of the n assets, with one reason, in ONE transaction that reserves ONE delta CRL
+ * number, so that one publication lists them all. Assets without a live certificate change
+ * nothing. out->changed counts certificates, out->assets the assets that had some; crl_number
+ * is 0 when nothing changed. progress (may be NULL) runs after each asset. Key compromise
+ * revokes the same keys' other certificates too, as lifecycle_revoke.
+ */
+int lifecycle_revoke_assets(struct lifecycle *lc, const char *const *assets, size_t n, int reason,
+                            const char *actor, lifecycle_progress_cb progress, void *ctx,
+                            struct lifecycle_change *out);
+
 /* Lifts a hold (the next delta CRL says removeFromCRL). MQPKI_ERR_STATE when not on hold. */
 int lifecycle_unhold(struct lifecycle *lc, const char *serial, const char *actor,
                      struct lifecycle_change *out);
+
+/* Lifts the holds of every certificate of the asset on hold, in one transaction with one delta
+ * CRL number. MQPKI_ERR_STATE when none is on hold, MQPKI_ERR_NOT_FOUND for an unknown asset. */
+int lifecycle_unhold_asset(struct lifecycle *lc, const char *asset, const char *actor,
+                           struct lifecycle_change *out);
 
 /* Revokes every live certificate of the asset (cessationOfOperation) and retires it, in one
  * transaction: no certificate can be issued in between. */

@@ -201,6 +201,23 @@ struct asset_certs {
     char (*serials)[PROTO_SERIAL_HEX_MAX + 1];
 };
 
+/* Appends a serial; 1 (stop the listing) when out of memory, with a->oom set. */
+static int push_serial(struct asset_certs *a, const char *serial)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 8;
+        void *v = realloc(a->serials, cap * sizeof(*a->serials));
+        if (v == NULL) {
+            a->oom = 1;
+            return 1;
+        }
+        a->serials = v;
+        a->cap = cap;
+    }
+    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", serial);
+    return 0;
+}
+
 static int collect(const struct inventory_cert *c, void *ctx)
 {
     struct asset_certs *a = ctx;
@@ -214,24 +231,14 @@ static int collect(const struct inventory_cert *c, void *ctx)
             a->max_seq = c->rev_seq;
         return 0;
     }
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? 2 * a->cap : 8;
-        void *v = realloc(a->serials, cap * sizeof(*a->serials));
-        if (v == NULL) {
-            a->oom = 1;
-            return 1;
-        }
-        a->serials = v;
-        a->cap = cap;
-    }
-    snprintf(a->serials[a->n++], sizeof(a->serials[0]), "%s", c->serial);
-    return 0;
+    return push_serial(a, c->serial);
 }
 
 /* Revokes the asset's live certificates and, when then_state >= 0, moves the asset there, in
- * the caller's transaction. */
+ * the caller's transaction; with reserve, also reserves the delta CRL's number (a batch
+ * reserves one for all its assets instead). */
 static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, int then_state,
-                           const char *actor, struct lifecycle_change *out)
+                           int reserve, const char *actor, struct lifecycle_change *out)
 {
     struct asset_certs a = {.reason = reason, .now = mqpki_now()};
     struct inventory_asset as;
@@ -266,13 +273,14 @@ static int revoke_asset_tx(struct lifecycle *lc, const char *asset, int reason, 
         (rc = inventory_asset_transition(lc->inv, asset, then_state, actor,
                                          "decommissioned by operator")) != MQPKI_OK)
         goto out;
-    if (a.n > 0 && (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason),
-                                               actor, &out->crl_number)) != MQPKI_OK)
+    if (reserve && a.n > 0 &&
+        (rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
+                                    &out->crl_number)) != MQPKI_OK)
         goto out;
     out->changed = (int)a.n;
     out->already = a.already;
     out->rev_seq = a.max_seq;
-    if (a.n > 0)
+    if (reserve && a.n > 0)
         rc = inventory_rev_current(lc->inv, &out->rev_seq);
 out:
     inventory_asset_clear(&as);
@@ -289,7 +297,7 @@ int lifecycle_revoke_asset(struct lifecycle *lc, const char *asset, int reason, 
     if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
         goto out;
     in_tx = 1;
-    if ((rc = revoke_asset_tx(lc, asset, reason, -1, actor, out)) != MQPKI_OK)
+    if ((rc = revoke_asset_tx(lc, asset, reason, -1, 1, actor, out)) != MQPKI_OK)
         goto out;
     if (out->changed == 0 && out->already == 0) {
         rc = mqpki_fail(MQPKI_ERR_STATE, "asset %s has no certificate to revoke", asset);
@@ -318,7 +326,7 @@ int lifecycle_decommission(struct lifecycle *lc, const char *asset, const char *
     in_tx = 1;
     /* In one transaction: no certificate can be issued between the revocations and the new
      * state (a decommissioned asset must not keep one issued in that gap). */
-    if ((rc = revoke_asset_tx(lc, asset, CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, actor,
+    if ((rc = revoke_asset_tx(lc, asset, CA_REASON_CESSATION, INV_STATE_DECOMMISSIONED, 1, actor,
                               out)) != MQPKI_OK)
         goto out;
     /* Its tokens not used yet end too: enrollment refuses a decommissioned asset anyway, but
@@ -357,5 +365,107 @@ out:
     if (in_tx)
         inventory_rollback(lc->inv);
     inventory_cert_clear(&c);
+    return rc;
+}
+
+int lifecycle_revoke_assets(struct lifecycle *lc, const char *const *assets, size_t n, int reason,
+                            const char *actor, lifecycle_progress_cb progress, void *ctx,
+                            struct lifecycle_change *out)
+{
+    struct lifecycle_change one;
+    int rc, in_tx = 0;
+
+    change_init(out);
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    for (size_t i = 0; i < n; i++) {
+        change_init(&one);
+        if ((rc = revoke_asset_tx(lc, assets[i], reason, -1, 0, actor, &one)) != MQPKI_OK)
+            goto out;
+        out->changed += one.changed;
+        out->already += one.already;
+        if (one.changed > 0)
+            out->assets++;
+        if (one.rev_seq > out->rev_seq)
+            out->rev_seq = one.rev_seq;
+        if (one.key_mates > 0) {
+            size_t used = strlen(out->mates);
+            if (out->key_mates < 3)
+                snprintf(out->mates + used, sizeof(out->mates) - used, "%s%s",
+                         used > 0 ? ", " : "", one.mates);
+            out->key_mates += one.key_mates;
+        }
+        if (progress != NULL)
+            progress(i + 1, n, ctx);
+    }
+    /* One CRL number for the whole selection: one publication lists every serial. */
+    if (out->changed + out->key_mates > 0) {
+        if ((rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, reserve_reason(reason), actor,
+                                        &out->crl_number)) != MQPKI_OK ||
+            (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK ||
+            (rc = inventory_commit(lc->inv)) != MQPKI_OK)
+            goto out;
+        in_tx = 0;
+    }
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    return rc;
+}
+
+/* The asset's certificates on hold. */
+static int collect_held(const struct inventory_cert *c, void *ctx)
+{
+    struct asset_certs *a = ctx;
+
+    if (c->state != INV_CERT_REVOKED || c->reason != CA_REASON_HOLD)
+        return 0;
+    return push_serial(a, c->serial);
+}
+
+int lifecycle_unhold_asset(struct lifecycle *lc, const char *asset, const char *actor,
+                           struct lifecycle_change *out)
+{
+    struct asset_certs a = {.reason = CA_REASON_HOLD, .now = mqpki_now()};
+    int rc, in_tx = 0;
+
+    change_init(out);
+    if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 1;
+    if ((rc = inventory_cert_list(lc->inv, asset, INV_CERT_REVOKED, 0, collect_held, &a)) !=
+        MQPKI_OK)
+        goto out;
+    if (a.oom) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "asset %s: out of memory listing its certificates", asset);
+        goto out;
+    }
+    if (a.n == 0) {
+        struct inventory_asset as;
+        memset(&as, 0, sizeof(as));
+        rc = inventory_asset_get(lc->inv, asset, &as);
+        inventory_asset_clear(&as);
+        rc = rc == MQPKI_ERR_NOT_FOUND
+                 ? mqpki_fail(rc, "unknown asset %s", asset)
+                 : mqpki_fail(MQPKI_ERR_STATE, "asset %s has no certificate on hold", asset);
+        goto out;
+    }
+    for (size_t i = 0; i < a.n; i++)
+        if ((rc = inventory_cert_unhold(lc->inv, a.serials[i], actor)) != MQPKI_OK)
+            goto out;
+    if ((rc = inventory_crl_reserve(lc->inv, INV_CRL_DELTA, "unhold", actor, &out->crl_number)) !=
+            MQPKI_OK ||
+        (rc = inventory_rev_current(lc->inv, &out->rev_seq)) != MQPKI_OK)
+        goto out;
+    out->changed = (int)a.n;
+    note_asset(lc, asset, out);
+    if ((rc = inventory_commit(lc->inv)) != MQPKI_OK)
+        goto out;
+    in_tx = 0;
+out:
+    if (in_tx)
+        inventory_rollback(lc->inv);
+    free(a.serials);
     return rc;
 }

@@ -13,7 +13,7 @@ pkgs=(
   libmosquitto-dev mosquitto-dev mosquitto mosquitto-clients
   libcurl4-openssl-dev curl
   libjansson-dev libinih-dev
-  libcmocka-dev jq python3 strace procps
+  libcmocka-dev jq python3 strace procps python3-prometheus-client
 )
 # shellcheck disable=SC2206
 pkgs+=(${MQPKI_DEPS_EXTRA:-})

@@ -51,7 +51,7 @@ check "both feeds connect to b1" wait_for 15 bash -c \
   "grep -q 'feed: connected to broker b1' '$T/mqpkid-A.log' && \
    grep -q 'feed: connected to broker b1' '$T/mqpkid-B.log'"
 assert "the feeds use distinct MQTT client ids" test \
-  "$(grep -o 'New client connected from [^ ]* as mqpkid-[0-9a-f]*' "$T/broker.log" |
+  "$(grep -o 'New client connected from [^ ]* as mqpkid-b1-[0-9a-f]*' "$T/broker.log" |
      awk '{print $NF}' | sort -u | wc -l)" -ge 2
 sleep 2
 assert "no feed session took over the other's" bash -c "! grep -q 'already connected' '$T/broker.log'"

@@ -880,6 +880,104 @@ static void test_full_due(void **state)
     assert_true(due);
 }
 
+static void count_progress(size_t done, size_t n, void *ctx)
+{
+    size_t *calls = ctx;
+
+    assert_true(done >= 1 && done <= n);
+    (*calls)++;
+}
+
+/* A selector's revocation: 1,000 assets in one transaction and ONE CRL publication that lists
+ * every serial; an asset outside the selection keeps its certificate. */
+static void test_batch_one_publication(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct lifecycle_publication pub;
+    static char ids[1000][16];
+    const char *list[1000];
+    char serial[32];
+    size_t calls = 0;
+    int64_t first;
+    X509_CRL *crl;
+
+    for (int i = 0; i < 1000; i++) {
+        struct inventory_asset a;
+        struct inventory_cert c;
+        snprintf(ids[i], sizeof(ids[i]), "feeder-%04d", i);
+        list[i] = ids[i];
+        memset(&a, 0, sizeof(a));
+        snprintf(a.id, sizeof(a.id), "%s", ids[i]);
+        a.kind = INV_KIND_DEVICE;
+        assert_int_equal(inventory_asset_add(f->inv, &a, "test"), MQPKI_OK);
+        memset(&c, 0, sizeof(c));
+        snprintf(c.serial, sizeof(c.serial), "5E1EC7%04X", i);
+        snprintf(c.asset_id, sizeof(c.asset_id), "%s", ids[i]);
+        snprintf(c.profile, sizeof(c.profile), "device");
+        snprintf(c.key_fp, sizeof(c.key_fp), "%064x", i + 1);
+        c.not_before = mqpki_now() - 60;
+        c.not_after = mqpki_now() + 86400;
+        c.pem = "-";
+        assert_int_equal(inventory_cert_add(f->inv, &c, 0, NULL, "test"), MQPKI_OK);
+    }
+    asset_with_cert(f, "elsewhere", "0E15E001");
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "operator", "test", &first),
+                     MQPKI_OK);
+    publish_ok(f, &pub);
+    assert_int_equal(pub.full_number, first);
+
+    assert_int_equal(lifecycle_revoke_assets(f->lc, list, 1000, CA_REASON_CESSATION, "test",
+                                             count_progress, &calls, &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.changed, 1000);
+    assert_int_equal(ch.assets, 1000);
+    assert_int_equal(calls, 1000);
+    assert_int_equal(ch.crl_number, first + 1);
+    f->seen.n_signed = 0;
+    publish_ok(f, &pub);
+    assert_int_equal(pub.signed_count, 1);
+    /* 1,000 entries are over this fixture's crl_delta_max: the one CRL is a full one. */
+    assert_int_equal(pub.full_number, first + 1);
+    crl = exported(f, INV_CRL_FULL);
+    assert_int_equal(crl_int_ext(crl, NID_crl_number), first + 1);
+    assert_int_equal(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), 1000);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(serial, sizeof(serial), "5E1EC7%04X", i);
+        assert_int_equal(reason_of(crl, serial), CA_REASON_CESSATION);
+    }
+    assert_int_equal(reason_of(crl, "0E15E001"), -1);
+    X509_CRL_free(crl);
+    /* Again: nothing left to revoke, nothing reserved. */
+    assert_int_equal(lifecycle_revoke_assets(f->lc, list, 1000, CA_REASON_CESSATION, "test",
+                                             NULL, NULL, &ch),
+                     MQPKI_OK);
+    assert_int_equal(ch.changed, 0);
+    assert_int_equal(ch.already, 1000);
+    assert_int_equal(ch.crl_number, 0);
+}
+
+/* unhold --asset: every held certificate of the asset released, one CRL number. */
+static void test_unhold_asset(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch;
+    struct inventory_cert c;
+
+    asset_with_cert(f, "held", "0D0D0001");
+    asset_with_cert(f, "held", "0D0D0002");
+    assert_int_equal(lifecycle_revoke_asset(f->lc, "held", CA_REASON_HOLD, "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.changed, 2);
+    assert_int_equal(lifecycle_unhold_asset(f->lc, "held", "test", &ch), MQPKI_OK);
+    assert_int_equal(ch.changed, 2);
+    assert_true(ch.crl_number > 0);
+    assert_int_equal(inventory_cert_get(f->inv, "0D0D0002", 0, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CERT_VALID);
+    inventory_cert_clear(&c);
+    assert_int_equal(lifecycle_unhold_asset(f->lc, "held", "test", &ch), MQPKI_ERR_STATE);
+    assert_int_equal(lifecycle_unhold_asset(f->lc, "nosuch", "test", &ch), MQPKI_ERR_NOT_FOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -894,6 +992,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keys_canonical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decommission, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_one_publication, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unhold_asset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_retry_lost_answer, setup, teardown),
     };
