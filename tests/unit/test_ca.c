@@ -870,9 +870,10 @@ static void test_crl(void **state)
         assert_int_equal(ca_crl_der_pem(der2, der_len, &pem2, &len2), MQPKI_OK);
         assert_int_equal(len2, len);
         assert_memory_equal(pem2, pem, len);
-        assert_int_equal(ca_crl_der_pem(NULL, 0, &pem2, &len2), MQPKI_ERR_INVALID);
-        mqpki_err_clear();
         free(pem2);
+        assert_int_equal(ca_crl_der_pem(NULL, 0, &pem2, &len2), MQPKI_ERR_INVALID);
+        assert_null(pem2);
+        mqpki_err_clear();
         free(der2);
     }
     free(der);
