@@ -34,12 +34,23 @@
 
 /* ---- broker init ---------------------------------------------------------------------- */
 
-/* The plugin next to this binary: BIN/../lib/mqpki_mosquitto.so, as built and as installed. */
+#ifndef MQPKI_PLUGIN_RELDIR
+#define MQPKI_PLUGIN_RELDIR "lib/mqpki"
+#endif
+
+/*
+ * The plugin that belongs to this binary, found from where it runs (/proc/self/exe), so that a
+ * moved install or a build tree each find their own: PREFIX/bin/mqpki looks in
+ * PREFIX/MQPKI_PLUGIN_RELDIR/ (installed: /usr/lib/x86_64-linux-gnu/mqpki/), then in
+ * PREFIX/lib/ (the build tree: build/bin/mqpki, build/lib/).
+ */
 static int plugin_path(char out[PATH_MAX])
 {
+    static const char *const dirs[] = {MQPKI_PLUGIN_RELDIR, "lib"};
     char exe[PATH_MAX], *slash;
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     struct stat st;
+    size_t i;
     int rc = MQPKI_OK;
 
     if (n <= 0) {
@@ -51,13 +62,18 @@ static int plugin_path(char out[PATH_MAX])
         *slash = '\0';
     if ((slash = strrchr(exe, '/')) != NULL)
         *slash = '\0';
-    if (mqpki_path(out, PATH_MAX, "%s/lib/%s", exe, PLUGIN_NAME) != MQPKI_OK) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
-        goto out;
+    for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (mqpki_path(out, PATH_MAX, "%s/%s/%s", exe, dirs[i], PLUGIN_NAME) != MQPKI_OK) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
+            goto out;
+        }
+        if (stat(out, &st) == 0)
+            goto out;
     }
-    if (stat(out, &st) != 0)
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "the broker plugin %s is missing (build it first)",
-                        out);
+    rc = mqpki_fail(MQPKI_ERR_NOT_FOUND,
+                    "the broker plugin %s is missing from %s/%s/ and %s/lib/ (build it, or "
+                    "install the mqpki-broker-plugin package)",
+                    PLUGIN_NAME, exe, MQPKI_PLUGIN_RELDIR, exe);
 out:
     return rc;
 }

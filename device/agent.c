@@ -33,6 +33,7 @@
 static const char *prog = "mqpki-device";
 static volatile sig_atomic_t stop_flag;
 static volatile sig_atomic_t renew_flag;
+static volatile sig_atomic_t retry_flag;
 
 static const char usage_main[] =
     "usage: mqpki-device --dir DIR COMMAND [options]\n"
@@ -60,7 +61,7 @@ static const char usage_run[] =
     "usage: mqpki-device --dir DIR run [--broker mqtts://HOST:PORT]\n"
     "renews when due (retrying with backoff); with --broker, connects with the identity and\n"
     "renews at once on {\"op\":\"renew\"} on " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
-    ". SIGTERM/SIGINT stop it.\n";
+    ". SIGTERM/SIGINT stop it; SIGHUP retries a failed renewal now.\n";
 
 /* One line on stderr, exit status from the error's kind. */
 static int fail(const char *cmd, int rc)
@@ -265,7 +266,11 @@ static int cmd_status(struct mqpki_device *dev, int argc, char **argv)
 
 static void on_signal(int sig)
 {
-    stop_flag = 1;
+    /* SIGHUP (systemctl reload): check the schedule now, without waiting for a backoff. */
+    if (sig == SIGHUP)
+        retry_flag = 1;
+    else
+        stop_flag = 1;
 }
 
 struct broker {
@@ -391,6 +396,7 @@ static int cmd_run(struct mqpki_device *dev, int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     mqpki_device_set_logger(log_stderr, NULL, 2);
     if (broker_url != NULL) {
         mosquitto_lib_init();
@@ -413,6 +419,10 @@ static int cmd_run(struct mqpki_device *dev, int argc, char **argv)
     while (!stop_flag) {
         int64_t now = (int64_t)time(NULL);
         int want = renew_flag || mqpki_device_renewal_due(dev, now);
+        if (retry_flag) {
+            retry_flag = 0;
+            next_try = 0;
+        }
         if (want && now >= next_try) {
             rc = mqpki_device_renew(dev, renew_flag, &renewed);
             if (rc == MQPKI_DEVICE_OK) {
