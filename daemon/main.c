@@ -31,9 +31,14 @@ static void usage(FILE *f)
             "  --home DIR        data directory (else $MQPKI_HOME, else ./mqpki-data)\n"
             "  --listen A:P      address and port ([daemon] listen; port 0 picks one)\n"
             "  --threads N       HTTPS worker threads (default %d)\n"
-            "  --verbose         debug logging\n\n"
+            "  --verbose         debug logging\n"
+            "  --version         print the version and exit\n\n"
             "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
-            "mqpki.conf and tls/ without dropping the listening socket.\n",
+            "mqpki.conf and tls/ without dropping the listening socket.\n\n"
+            "EXAMPLES\n"
+            "  mqpkid --home /var/lib/mqpki\n"
+            "  mqpkid --listen 0.0.0.0:8443 --verbose\n"
+            "  systemctl reload mqpkid\n",
             DEFAULT_THREADS);
 }
 

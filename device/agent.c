@@ -43,7 +43,13 @@ static const char usage_main[] =
     "  status   identity, serial, expiry, renewal due, store, server (--json)\n"
     "  run      keep the identity fresh; obey " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
     " (--broker)\n"
-    "every command takes --help\n";
+    "every command takes --help; --version prints the version\n"
+    "\n"
+    "EXAMPLES\n"
+    "  mqpki-device --dir /var/lib/mqpki-device enroll --server https://ca.example:8443 \\\n"
+    "      --ca-fingerprint SHA256 --asset sensor-0001 --token-file token.txt\n"
+    "  mqpki-device --dir /var/lib/mqpki-device status --json\n"
+    "  mqpki-device --dir /var/lib/mqpki-device run --broker mqtts://broker.example:8883\n";
 static const char usage_enroll[] =
     "usage: mqpki-device --dir DIR enroll --server https://HOST:PORT\n"
     "         (--ca FILE | --ca-fingerprint SHA256) --asset ID\n"
@@ -209,8 +215,11 @@ static int cmd_renew(struct mqpki_device *dev, int argc, char **argv)
         return fail("renew", MQPKI_DEVICE_ERR_INTERNAL);
     if (renewed)
         printf("renewed %s: serial %s\n", info.asset, info.serial);
-    else
-        printf("not due: %s renews after %lld\n", info.asset, (long long)info.renew_at);
+    else {
+        char ra[32];
+        time_str(info.renew_at, ra);
+        printf("not due: %s renews after %s\n", info.asset, ra);
+    }
     return 0;
 }
 
@@ -465,6 +474,9 @@ int main(int argc, char **argv)
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(usage_main, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+            printf("mqpki-device %s\n", MQPKI_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
             dir = argv[++i];

@@ -502,10 +502,14 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     if (rc != MQPKI_OK)
         goto out;
     rc = inv_audit(inv, actor, "cert.revoke", norm,
-                   json_pack("{s:s,s:i,s:I,s:b,s:I,s:o}", "asset", c.asset_id, "reason", reason,
+                   json_pack("{s:s,s:s?,s:I,s:b,s:I,s:o}", "asset", c.asset_id, "reason",
+                             proto_reason_name(reason),
                              "revoked_at", (json_int_t)when, "was_held",
                              c.state == INV_CERT_REVOKED && !upgrade, "rev_seq", (json_int_t)seq,
-                             "was_reason", upgrade ? json_integer(c.reason) : json_null()));
+                             "was_reason",
+                             upgrade && proto_reason_name(c.reason) != NULL
+                                 ? json_string(proto_reason_name(c.reason))
+                                 : json_null()));
     if (rc != MQPKI_OK || upgrade)
         goto out;
     snprintf(why, sizeof(why), "%s %s", reason == REASON_HOLD ? "hold" : "revocation", norm);
