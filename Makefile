@@ -37,7 +37,7 @@ install: build
 # Debian packages in $(BUILD)/deb/: mqpki, mqpki-broker-plugin, libmqpki-device,
 # libmqpki-device-dev (packaging/Deb.cmake).
 deb: build
-	cd $(BUILD) && cpack -G DEB
+	cd $(BUILD) && cpack -G DEB -B $(abspath $(BUILD))/deb
 
 # Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
 # runs unattended (4-6 minutes on 2 cores), prints a table, writes bench/results/latest.json

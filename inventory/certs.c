@@ -447,7 +447,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
-    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
+    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64], when_str[32];
     int64_t seq = 0;
     int rc, started = 0, upgrade = 0;
 
@@ -501,10 +501,10 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
+    mqpki_time_str(when, when_str);
     rc = inv_audit(inv, actor, "cert.revoke", norm,
-                   json_pack("{s:s,s:s?,s:I,s:b,s:I,s:o}", "asset", c.asset_id, "reason",
-                             proto_reason_name(reason),
-                             "revoked_at", (json_int_t)when, "was_held",
+                   json_pack("{s:s,s:s?,s:s,s:b,s:I,s:o}", "asset", c.asset_id, "reason",
+                             proto_reason_name(reason), "revoked_at", when_str, "was_held",
                              c.state == INV_CERT_REVOKED && !upgrade, "rev_seq", (json_int_t)seq,
                              "was_reason",
                              upgrade && proto_reason_name(c.reason) != NULL
