@@ -174,6 +174,7 @@ int main(int argc, char **argv)
         goto out;
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
               (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
+    daemon_notify("READY=1");
 
     for (;;) {
         struct timespec tick = {1, 0};
@@ -181,13 +182,16 @@ int main(int argc, char **argv)
         if (sig == SIGTERM || sig == SIGINT) {
             mqpki_log(MQPKI_LOG_INFO, "%s: finishing requests in flight, then stopping",
                       sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            daemon_notify("STOPPING=1");
             break;
         }
         if (sig == SIGHUP) {
+            daemon_notify("RELOADING=1");
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;
                 goto out;
             }
+            daemon_notify("READY=1");
             continue;
         }
         http_reap(h);

@@ -112,6 +112,29 @@ else
   echo "ok - # SKIP systemd-analyze not installed"
 fi
 
+# ---- sd_notify: mqpkid tells systemd when it is ready, reloading and stopping -------------------
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a") as log:
+    while True:
+        log.write(s.recv(4096).decode() + "\n")
+        log.flush()
+' "$T/notify.sock" "$T/notify.log" &
+PIDS+=("$!")
+wait_for 5 test -S "$T/notify.sock"
+export NOTIFY_SOCKET=$T/notify.sock
+check "mqpkid starts with NOTIFY_SOCKET" start_mqpkid
+unset NOTIFY_SOCKET
+assert "mqpkid sends READY=1 once listening" wait_for 10 grep -qx "READY=1" "$T/notify.log"
+kill -HUP "$MQPKID_PID"
+assert "SIGHUP: RELOADING=1, then READY=1 again" \
+  wait_for 10 bash -c "[ \"\$(grep -c '' '$T/notify.log')\" -ge 3 ] &&
+    sed -n 2,3p '$T/notify.log' | tr '\n' ' ' | grep -qx 'RELOADING=1 READY=1 '"
+stop_pid "$MQPKID_PID"
+assert "SIGTERM: STOPPING=1" wait_for 5 grep -qx "STOPPING=1" "$T/notify.log"
+
 # ---- make install (DESTDIR) ----------------------------------------------------------------
 check "make install with DESTDIR" env DESTDIR="$T/stage" cmake --install "$MQPKI_BUILD" \
   --prefix /opt/mqpki
