@@ -58,16 +58,29 @@ static const char usage_enroll[] =
     "--token is visible to other users in ps: prefer --token-file or MQPKI_DEVICE_TOKEN.\n"
     "file store secret: MQPKI_DEVICE_SECRET, else DIR/secret (created 0600).\n"
     "pkcs11 store: PIN from MQPKI_DEVICE_PIN or DIR/pin (0600); token label\n"
-    "MQPKI_DEVICE_TOKEN_LABEL (default \"device\").\n";
+    "MQPKI_DEVICE_TOKEN_LABEL (default \"device\").\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev enroll --server https://ca.example:8443 --ca chain.pem \\\n"
+    "      --asset sensor-0001 --token-file token.txt\n"
+    "  MQPKI_DEVICE_PIN=1234 mqpki-device --dir dev enroll ... \\\n"
+    "      --store pkcs11:/usr/lib/softhsm/libsofthsm2.so\n";
 static const char usage_renew[] =
     "usage: mqpki-device --dir DIR renew [--force]\n"
-    "renews when due (two thirds of the lifetime plus jitter), or now with --force\n";
-static const char usage_status[] = "usage: mqpki-device --dir DIR status [--json]\n";
+    "renews when due (two thirds of the lifetime plus jitter), or now with --force\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev renew\n"
+    "  mqpki-device --dir dev renew --force\n";
+static const char usage_status[] = "usage: mqpki-device --dir DIR status [--json]\n"
+                                   "\nEXAMPLES\n"
+                                   "  mqpki-device --dir dev status --json\n";
 static const char usage_run[] =
     "usage: mqpki-device --dir DIR run [--broker mqtts://HOST:PORT]\n"
     "renews when due (retrying with backoff); with --broker, connects with the identity and\n"
     "renews at once on {\"op\":\"renew\"} on " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
-    ". SIGTERM/SIGINT stop it; SIGHUP retries a failed renewal now.\n";
+    ".\nSIGTERM/SIGINT stop it; SIGHUP retries a failed renewal now.\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev run --broker mqtts://broker.example:8883\n"
+    "  systemctl enable --now mqpki-device-agent\n";
 
 /* One line on stderr, exit status from the error's kind. */
 static int fail(const char *cmd, int rc)

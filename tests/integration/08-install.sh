@@ -151,6 +151,10 @@ for b in mqpki mqpkid mqpki-device mqpki-sensor mqpki-fieldbus; do
   check "$b --help exits 0" "$b" --help
   assert "$b --help has EXAMPLES" contains "$T/out" "^EXAMPLES"
 done
+for c in enroll renew status run; do
+  check "mqpki-device $c --help exits 0" mqpki-device "$c" --help
+  assert "mqpki-device $c --help has EXAMPLES" contains "$T/out" "^EXAMPLES"
+done
 mqpki --help | sed -n '/^commands:/,/^$/s/^  \([a-z][a-z-]*\( [a-z][a-z-]*\)\{0,1\}\)  .*/\1/p' \
   >"$T/commands"
 assert "mqpki --help lists commands" test "$(wc -l <"$T/commands")" -gt 10
