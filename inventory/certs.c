@@ -156,7 +156,7 @@ static int step_done(struct inventory *inv, sqlite3_stmt *st, const char *what)
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
                        const char *renews, const char *actor)
 {
-    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1], nb[32], na[32];
     char renews_norm[PROTO_SERIAL_HEX_MAX + 1] = "";
     struct inv_tx tx = {0};
     sqlite3_stmt *st = NULL;
@@ -251,11 +251,12 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
+    mqpki_time_str(c->not_before, nb);
+    mqpki_time_str(c->not_after, na);
     rc = inv_audit(inv, actor, "cert.issue", serial,
-                   json_pack("{s:s,s:s,s:I,s:I,s:s,s:b}", "asset", c->asset_id, "profile",
-                             c->profile, "not_before", (json_int_t)c->not_before, "not_after",
-                             (json_int_t)c->not_after, "key_fp", key_fp, "supersede",
-                             supersede != 0));
+                   json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "asset", c->asset_id, "profile",
+                             c->profile, "not_before", nb, "not_after", na, "key_fingerprint",
+                             key_fp, "supersede", supersede != 0));
     if (rc != MQPKI_OK)
         goto out;
     /* First certificate, or recovery after revocation. */
