@@ -3,7 +3,7 @@
 # four packages; each is unpacked into a fresh root (dpkg -x), and from that root mqpki, mqpkid
 # and mqpki-device run, the installed mqpki finds the installed broker plugin, every man page
 # renders, pkg-config finds mqpki-device and a program builds and runs against the installed
-# header and library. The systemd units verify and score "OK" or better where systemd-analyze
+# header and library; Mosquitto runs with the installed plugin. The systemd units verify and score "OK" or better where systemd-analyze
 # is present. `make install` with DESTDIR puts the same files under PREFIX. The command line's
 # contract: --help and --version on every binary, EXAMPLES in every --help, group help, and
 # docs/cli.md naming every command that `mqpki --help` lists.
@@ -63,9 +63,16 @@ done
 # The installed mqpki writes broker configurations naming the installed plugin.
 export MQPKI_HOME=$T/home
 check "installed mqpki init" "$ROOT/usr/bin/mqpki" init
-check "installed mqpki broker init" "$ROOT/usr/bin/mqpki" broker init b1 --port "$(free_port)"
+BPORT=$(free_port)
+check "installed mqpki broker init" "$ROOT/usr/bin/mqpki" broker init b1 --port "$BPORT"
 assert "the broker configuration names the installed plugin" \
   grep -qx "plugin $PLUGIN" "$MQPKI_HOME/brokers/b1/mosquitto.conf"
+"$ROOT/usr/bin/mqpki" broker run b1 >"$T/broker.log" 2>&1 &
+BROKER_PID=$!
+PIDS+=("$BROKER_PID")
+assert "Mosquitto runs with the installed plugin and listens" wait_for 10 listening "$BPORT"
+assert "the installed plugin loaded" grep -q "mqpki: plugin ready for broker b1" "$T/broker.log"
+stop_pid "$BROKER_PID"
 unset LD_LIBRARY_PATH
 
 # ---- man pages -----------------------------------------------------------------------------
