@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # 08-install: the install chain an operator uses. `make deb` (cpack in the build tree) makes the
 # four packages; each is unpacked into a fresh root (dpkg -x), and from that root mqpki, mqpkid
-# and mqpki-device run, the installed mqpki finds the installed broker plugin, every man page
-# renders, pkg-config finds mqpki-device and a program builds and runs against the installed
-# header and library; Mosquitto runs with the installed plugin. The systemd units verify and score "OK" or better where systemd-analyze
-# is present. `make install` with DESTDIR puts the same files under PREFIX. The command line's
-# contract: --help and --version on every binary, EXAMPLES in every --help, group help, and
-# docs/cli.md naming every command that `mqpki --help` lists.
+# and mqpki-device run, the installed mqpki finds the installed broker plugin and Mosquitto
+# runs with it, every man page renders, pkg-config finds mqpki-device and a program builds and
+# runs against the installed header and library. lintian (where installed) finds nothing; the
+# systemd units verify and score "OK" or better (where systemd-analyze is present); mqpkid
+# speaks sd_notify. `make install` with DESTDIR puts the same files under PREFIX. The command
+# line's contract: --help and --version on every binary, EXAMPLES in every --help, group help,
+# docs/cli.md and mqpki(1) naming every command that `mqpki --help` lists, bash completion.
 . "$(dirname "$0")/lib.sh"
 
 ROOT=$T/root
