@@ -13,7 +13,6 @@
 #include "common.h"
 #include "proto.h"
 
-
 /* Longest accepted CA validity: 100 years. */
 #define CA_DAYS_MAX 36500
 

@@ -9,11 +9,13 @@ static const struct {
     const char *cmd;
     const char *text;
 } examples[] = {
-    {"init", "  mqpki init --ca-name acme --hostname ca.example.com --url https://ca.example.com:8443\n"
-             "  MQPKI_HOME=/var/lib/mqpki mqpki init --key ec-p384\n"},
+    {"init",
+     "  mqpki init --ca-name acme --hostname ca.example.com --url https://ca.example.com:8443\n"
+     "  MQPKI_HOME=/var/lib/mqpki mqpki init --key ec-p384\n"},
     {"ca export", "  mqpki ca export --out chain.pem\n"},
-    {"asset add", "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"
-                  "  mqpki asset add b1 --kind broker --tag site=north\n"},
+    {"asset add",
+     "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"
+     "  mqpki asset add b1 --kind broker --tag site=north\n"},
     {"asset list", "  mqpki asset list --state active\n"
                    "  mqpki asset list --kind device --json | jq -r '.[].id'\n"},
     {"asset show", "  mqpki asset show sensor-0001\n"
@@ -43,8 +45,9 @@ static const struct {
     {"broker init", "  mqpki broker init b1 --host broker.example.com --port 8883\n"},
     {"broker run", "  mqpki broker run b1\n"
                    "  systemctl enable --now mqpki-broker@b1\n"},
-    {"crl-sync", "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
-                 "      --exec 'systemctl reload mosquitto'\n"},
+    {"crl-sync",
+     "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
+     "      --exec 'systemctl reload mosquitto'\n"},
 };
 
 const char *cli_examples(const char *cmd)

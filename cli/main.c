@@ -83,8 +83,7 @@ static void group_usage(FILE *f, const char *group)
 {
     const char *ex = NULL;
 
-    fprintf(f, "usage: mqpki %s COMMAND [ARGS] (each command takes --help)\n\ncommands:\n",
-            group);
+    fprintf(f, "usage: mqpki %s COMMAND [ARGS] (each command takes --help)\n\ncommands:\n", group);
     for (size_t i = 0; i < N_COMMANDS; i++) {
         char name[64];
         if (commands[i].group == NULL || strcmp(commands[i].group, group) != 0)

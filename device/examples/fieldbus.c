@@ -362,8 +362,8 @@ static int bus_run(struct bus *b, const char *host, int port)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: mqpki-fieldbus tablet|meter|dms|capbank|supply --dir DIR\n"
-                    "         --broker mqtts://HOST:PORT [--run-id N]\n"
-                    "tablet: SIGUSR1 starts a run (the first numbered N, default 1)\n");
+               "         --broker mqtts://HOST:PORT [--run-id N]\n"
+               "tablet: SIGUSR1 starts a run (the first numbered N, default 1)\n");
     if (f == stdout)
         fprintf(f, "\nEXAMPLES\n"
                    "  mqpki-fieldbus meter --dir dev/meter-1 --broker mqtts://localhost:8883\n"
