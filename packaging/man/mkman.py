@@ -126,7 +126,7 @@ def render(md_lines, out, args, config=False):
                 i += 1
             rows = table_rows(block)
             header, body = rows[0], rows[1:]
-            if config:
+            if config and [h.lower() for h in header] == ["section", "key", "default", "meaning"]:
                 section = None
                 for r in body:
                     if r[0]:
