@@ -105,9 +105,12 @@ int main(void)
     return mqpki_device_exit_status(0);
 }
 EOF
-# shellcheck disable=SC2046
+# A sanitizer build's library needs the program built the same way (the ASan runtime first).
+san=""
+objdump -p "$LIBS/libmqpki-device.so.0" | grep -q 'NEEDED.*libasan' && san="-fsanitize=address,undefined"
+# shellcheck disable=SC2046,SC2086
 check "a program compiles and links against the installed header and library" \
-  cc -Wall -Werror -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --libs mqpki-device)
+  cc -Wall -Werror $san -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --libs mqpki-device)
 check "it runs with the installed library" env LD_LIBRARY_PATH="$LIBS" "$T/hello"
 unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_PATH
 
