@@ -88,11 +88,12 @@ int cli_print_json(json_t *v);
 
 /*
  * Stored text (model, location, ...) made safe for a terminal or a file: every control byte
- * (C0, DEL) becomes \xHH, so that a terminal escape an asset record carries never reaches
- * the screen or a redirected file raw. "-" for an empty text. buf holds CLI_TEXT_MAX bytes;
- * 4 bytes per input byte cover INV_TEXT_MAX (inventory.h) without truncation.
+ * (C0, DEL) becomes \xHH and every C1 control (U+0080..U+009F) \u00HH, so that a terminal
+ * escape an asset record carries never reaches the screen or a redirected file raw. "-" for an
+ * empty text. buf holds CLI_TEXT_MAX bytes: at most 4 bytes per input byte (+ 2 of slack)
+ * cover INV_TEXT_MAX (inventory.h) without truncation.
  */
-#define CLI_TEXT_MAX (4 * 256 + 1)
+#define CLI_TEXT_MAX (4 * 256 + 3)
 const char *cli_text(const char *s, char buf[CLI_TEXT_MAX]);
 
 /* RFC 3339 time, or null/"-" for 0. */
