@@ -68,11 +68,19 @@ BPORT=$(free_port)
 check "installed mqpki broker init" "$ROOT/usr/bin/mqpki" broker init b1 --port "$BPORT"
 assert "the broker configuration names the installed plugin" \
   grep -qx "plugin $PLUGIN" "$MQPKI_HOME/brokers/b1/mosquitto.conf"
-"$ROOT/usr/bin/mqpki" broker run b1 >"$T/broker.log" 2>&1 &
+# A broker made by the build tree's mqpki, run by the installed one, loads the installed plugin.
+BPORT=$(free_port)
+check "build-tree mqpki broker init b2" mqpki broker init b2 --port "$BPORT"
+assert "its configuration names the build tree's plugin" \
+  grep -qx "plugin $MQPKI_BUILD/lib/mqpki_mosquitto.so" "$MQPKI_HOME/brokers/b2/mosquitto.conf"
+"$ROOT/usr/bin/mqpki" broker run b2 >"$T/broker.log" 2>&1 &
 BROKER_PID=$!
 PIDS+=("$BROKER_PID")
 assert "Mosquitto runs with the installed plugin and listens" wait_for 10 listening "$BPORT"
-assert "the installed plugin loaded" grep -q "mqpki: plugin ready for broker b1" "$T/broker.log"
+assert "broker run set the plugin line to the installed plugin" \
+  grep -qx "plugin $PLUGIN" "$MQPKI_HOME/brokers/b2/mosquitto.conf"
+assert "the installed plugin loaded" grep -q "Loading plugin: $PLUGIN" "$T/broker.log"
+assert "the plugin is ready" grep -q "mqpki: plugin ready for broker b2" "$T/broker.log"
 stop_pid "$BROKER_PID"
 unset LD_LIBRARY_PATH
 
