@@ -142,6 +142,23 @@ else
   echo "ok - # SKIP systemd-analyze not installed"
 fi
 
+# The maintainer scripts' user and data directory, as systemd-sysusers and systemd-tmpfiles
+# make them from the installed files (here into the root).
+if command -v systemd-sysusers >/dev/null && command -v systemd-tmpfiles >/dev/null; then
+  mkdir -p "$ROOT/etc"
+  check "systemd-sysusers: the mqpki and mqpki-device users" \
+    systemd-sysusers --root="$ROOT" mqpki.conf mqpki-device.conf
+  assert "user mqpki, no login shell" grep -q "^mqpki:x:.*:/var/lib/mqpki:/usr/sbin/nologin$" \
+    "$ROOT/etc/passwd"
+  assert "user mqpki-device" grep -q "^mqpki-device:x:" "$ROOT/etc/passwd"
+  check "systemd-tmpfiles: /var/lib/mqpki" systemd-tmpfiles --root="$ROOT" --create mqpki.conf
+  uid=$(grep "^mqpki:" "$ROOT/etc/passwd" | cut -d: -f3)
+  assert "/var/lib/mqpki is 0700, owned by mqpki" \
+    test "$(stat -c '%a %u' "$ROOT/var/lib/mqpki")" = "700 $uid"
+else
+  echo "ok - # SKIP systemd-sysusers or systemd-tmpfiles not installed"
+fi
+
 # ---- sd_notify: mqpkid tells systemd when it is ready, reloading and stopping -------------------
 python3 -c '
 import socket, sys
