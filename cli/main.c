@@ -48,7 +48,8 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mqpki [--home DIR] COMMAND [ARGS] (each command takes --help)\n\n"
+    fprintf(f, "usage: mqpki [--home DIR] COMMAND [ARGS] (each command takes --help)\n"
+               "       mqpki GROUP --help | --help | --version\n\n"
                "The data directory is --home, else $MQPKI_HOME, else ./mqpki-data.\n\n"
                "commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) {
