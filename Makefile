@@ -4,7 +4,7 @@ JOBS     ?= $(shell nproc)
 CMAKE    ?= cmake
 CTEST_ARGS ?=
 
-.PHONY: all deps build test unit integration demo bench sanitize fuzz format clean
+.PHONY: all deps build test unit integration demo install deb bench sanitize fuzz format clean
 
 all: build
 
@@ -28,6 +28,16 @@ integration: build
 
 demo: build
 	MQPKI_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
+
+# make install [PREFIX=/usr/local] [DESTDIR=/stage]: FHS paths (docs/operations.md).
+PREFIX ?= /usr/local
+install: build
+	$(CMAKE) --install $(BUILD) --prefix $(PREFIX)
+
+# Debian packages in $(BUILD)/deb/: mqpki, mqpki-broker-plugin, libmqpki-device,
+# libmqpki-device-dev (packaging/Deb.cmake).
+deb: build
+	cd $(BUILD) && cpack -G DEB -B $(abspath $(BUILD))/deb
 
 # Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
 # runs unattended (4-6 minutes on 2 cores), prints a table, writes bench/results/latest.json

@@ -11,19 +11,7 @@
 
 #include "ca_int.h"
 #include "common.h"
-
-static const char *const reason_names[] = {
-    [CA_REASON_UNSPECIFIED] = "unspecified",
-    [CA_REASON_KEY_COMPROMISE] = "key-compromise",
-    [CA_REASON_CA_COMPROMISE] = "ca-compromise",
-    [CA_REASON_AFFILIATION_CHANGED] = "affiliation-changed",
-    [CA_REASON_SUPERSEDED] = "superseded",
-    [CA_REASON_CESSATION] = "cessation",
-    [CA_REASON_HOLD] = "hold",
-    [CA_REASON_REMOVE_FROM_CRL] = "remove-from-crl",
-};
-
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+#include "proto.h"
 
 /* Longest accepted CA validity: 100 years. */
 #define CA_DAYS_MAX 36500
@@ -32,17 +20,16 @@ int ca_reason_parse(const char *name)
 {
     size_t i;
 
-    for (i = 0; name != NULL && i < NELEM(reason_names); i++)
-        if (reason_names[i] != NULL && strcmp(name, reason_names[i]) == 0)
+    /* The names are the wire contract's (proto_reason_name). */
+    for (i = 0; name != NULL && i <= CA_REASON_REMOVE_FROM_CRL; i++)
+        if (proto_reason_name((int)i) != NULL && strcmp(name, proto_reason_name((int)i)) == 0)
             return (int)i;
     return -1;
 }
 
 const char *ca_reason_name(enum ca_reason reason)
 {
-    if ((unsigned)reason >= NELEM(reason_names))
-        return NULL;
-    return reason_names[reason];
+    return proto_reason_name((int)reason);
 }
 
 int ca_ossl_fail(int rc, const char *step)

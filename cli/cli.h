@@ -69,6 +69,9 @@ int cli_parse_int(struct cli *cli, const char *opt, const char *text, long min, 
 int cli_parse_duration(struct cli *cli, const char *opt, const char *text, int64_t min, int64_t max,
                        int64_t *out);
 
+/* The EXAMPLES of a command's --help ("asset list"), or NULL (examples.c). */
+const char *cli_examples(const char *cmd);
+
 /* Prints usage text for --help and returns -1 so the caller exits 0 (see cli_help_requested). */
 int cli_help(const char *text);
 #define CLI_HELP_SHOWN (-1)
@@ -95,6 +98,16 @@ int cli_output_stdout(const char *path);
 
 /* Prints a JSON value on stdout, followed by a newline, and releases it. */
 int cli_print_json(json_t *v);
+
+/*
+ * Stored text (model, location, ...) made safe for a terminal or a file: every control byte
+ * (C0, DEL) becomes \xHH and every C1 control (U+0080..U+009F) \u00HH, so that a terminal
+ * escape an asset record carries never reaches the screen or a redirected file raw. "-" for an
+ * empty text. buf holds CLI_TEXT_MAX bytes: at most 4 bytes per input byte (+ 2 of slack)
+ * cover INV_TEXT_MAX (inventory.h) without truncation.
+ */
+#define CLI_TEXT_MAX (4 * 256 + 3)
+const char *cli_text(const char *s, char buf[CLI_TEXT_MAX]);
 
 /* RFC 3339 time, or null/"-" for 0. */
 json_t *cli_json_time(long long t);

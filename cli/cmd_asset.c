@@ -165,6 +165,12 @@ struct list_ctx {
     int failed;
 };
 
+static void list_header(void)
+{
+    printf("%-24s %-8s %-14s %-24s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
+           "LOCATION");
+}
+
 /* --json: the store encodes each asset; a million never sit in memory at once. */
 static int print_asset_json(const char *json, size_t len, void *ctx)
 {
@@ -179,14 +185,14 @@ static int print_asset_json(const char *json, size_t len, void *ctx)
 static int print_asset(const struct inventory_asset *a, void *ctx)
 {
     struct list_ctx *l = ctx;
-    char t[32];
+    char t[32], model[CLI_TEXT_MAX], location[CLI_TEXT_MAX];
 
     if (l->n == 0)
-        printf("%-24s %-8s %-14s %-24s %-20s %s\n", "ID", "KIND", "STATE", "MODEL", "LAST SEEN",
-               "LOCATION");
-    printf("%-24s %-8s %-14s %-24.24s %-20s %s\n", a->id, inventory_kind_name(a->kind),
-           inventory_state_name(a->state), a->model[0] ? a->model : "-", cli_time(a->last_seen, t),
-           a->location[0] ? a->location : "-");
+        list_header();
+    /* A value wider than its column widens the row: never cut (docs/cli.md, "Tables"). */
+    printf("%-24s %-8s %-14s %-24s %-20s %s\n", a->id, inventory_kind_name(a->kind),
+           inventory_state_name(a->state), cli_text(a->model, model), cli_time(a->last_seen, t),
+           cli_text(a->location, location));
     l->n++;
     return 0;
 }
@@ -237,6 +243,8 @@ int cmd_asset_list(struct cli *cli, int argc, char **argv)
         fputs(l.n ? "\n]\n" : "]\n", stdout);
     } else {
         rc = inventory_asset_list(datadir_inventory(dd), state, kind, print_asset, &l);
+        if (rc == MQPKI_OK && l.n == 0)
+            list_header();
     }
     if (fflush(stdout) != 0)
         l.failed = 1;
@@ -313,16 +321,17 @@ int cmd_asset_show(struct cli *cli, int argc, char **argv)
         goto out;
     }
     {
-        char t[32];
+        char t[32], b1[CLI_TEXT_MAX], b2[CLI_TEXT_MAX], b3[CLI_TEXT_MAX], b4[CLI_TEXT_MAX];
         size_t i;
         json_t *x;
         printf("asset     %s\nkind      %s\nstate     %s\nmodel     %s\nserial    %s\n"
                "firmware  %s\nlocation  %s\ntags      %s\nlast seen %s",
-               a.id, inventory_kind_name(a.kind), inventory_state_name(a.state), a.model,
-               a.hw_serial, a.firmware, a.location, a.tags_json ? a.tags_json : "{}",
+               a.id, inventory_kind_name(a.kind), inventory_state_name(a.state),
+               cli_text(a.model, b1), cli_text(a.hw_serial, b2), cli_text(a.firmware, b3),
+               cli_text(a.location, b4), a.tags_json ? a.tags_json : "{}",
                cli_time(a.last_seen, t));
         if (a.last_seen)
-            printf(" from %s via %s", a.last_address, a.last_broker);
+            printf(" from %s via %s", cli_text(a.last_address, b1), cli_text(a.last_broker, b2));
         printf("\n\ncertificates:\n");
         json_array_foreach(certs, i, x)
         {
@@ -526,6 +535,12 @@ static json_t *token_json(const struct inventory_token *t)
                      t->serial[0] != '\0' ? t->serial : NULL);
 }
 
+static void token_header(void)
+{
+    printf("%-8s %-24s %-20s %-20s %-8s %s\n", "ID", "ASSET", "CREATED", "EXPIRES", "STATE",
+           "FAILURES");
+}
+
 static int print_token(const struct inventory_token *t, void *ctx)
 {
     struct token_list_ctx *l = ctx;
@@ -541,8 +556,7 @@ static int print_token(const struct inventory_token *t, void *ctx)
         json_decref(v);
     } else {
         if (l->n == 0)
-            printf("%-8s %-24s %-20s %-20s %-8s %s\n", "ID", "ASSET", "CREATED", "EXPIRES", "STATE",
-                   "FAILURES");
+            token_header();
         printf("%-8lld %-24s %-20s %-20s %-8s %d\n", (long long)t->id, t->asset_id,
                cli_time(t->created_at, c), cli_time(t->expires_at, e),
                inventory_token_state_name(t->state), t->failures);
@@ -587,6 +601,8 @@ int cmd_token_list(struct cli *cli, int argc, char **argv)
     rc = inventory_token_list(datadir_inventory(dd), asset, print_token, &l);
     if (l.json)
         fputs(l.n ? "\n]\n" : "]\n", stdout);
+    else if (rc == MQPKI_OK && l.n == 0)
+        token_header();
     if (fflush(stdout) != 0 && rc == MQPKI_OK)
         rc = mqpki_fail(MQPKI_ERR_IO, "cannot write to standard output");
 out:

@@ -37,12 +37,23 @@
 
 /* ---- broker init ---------------------------------------------------------------------- */
 
-/* The plugin next to this binary: BIN/../lib/mqpki_mosquitto.so, as built and as installed. */
+#ifndef MQPKI_PLUGIN_RELDIR
+#define MQPKI_PLUGIN_RELDIR "lib/mqpki"
+#endif
+
+/*
+ * The plugin that belongs to this binary, found from where it runs (/proc/self/exe), so that a
+ * moved install or a build tree each find their own: PREFIX/bin/mqpki looks in
+ * PREFIX/MQPKI_PLUGIN_RELDIR/ (installed: /usr/lib/x86_64-linux-gnu/mqpki/), then in
+ * PREFIX/lib/ (the build tree: build/bin/mqpki, build/lib/).
+ */
 static int plugin_path(char out[PATH_MAX])
 {
+    static const char *const dirs[] = {MQPKI_PLUGIN_RELDIR, "lib"};
     char exe[PATH_MAX], *slash;
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     struct stat st;
+    size_t i;
     int rc = MQPKI_OK;
 
     if (n <= 0) {
@@ -54,13 +65,18 @@ static int plugin_path(char out[PATH_MAX])
         *slash = '\0';
     if ((slash = strrchr(exe, '/')) != NULL)
         *slash = '\0';
-    if (mqpki_path(out, PATH_MAX, "%s/lib/%s", exe, PLUGIN_NAME) != MQPKI_OK) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
-        goto out;
+    for (i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (mqpki_path(out, PATH_MAX, "%s/%s/%s", exe, dirs[i], PLUGIN_NAME) != MQPKI_OK) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
+            goto out;
+        }
+        if (stat(out, &st) == 0)
+            goto out;
     }
-    if (stat(out, &st) != 0)
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "the broker plugin %s is missing (build it first)",
-                        out);
+    rc = mqpki_fail(MQPKI_ERR_NOT_FOUND,
+                    "the broker plugin %s is missing from %s/%s/ and %s/lib/ (build it, or "
+                    "install the mqpki-broker-plugin package)",
+                    PLUGIN_NAME, exe, MQPKI_PLUGIN_RELDIR, exe);
 out:
     return rc;
 }
@@ -526,6 +542,53 @@ out:
 
 /* ---- broker run ----------------------------------------------------------------------- */
 
+#define MOSQ_CONF_MAX (64 * 1024)
+
+/*
+ * The `plugin` line of mosquitto.conf names the plugin of the mqpki that runs the broker now:
+ * a broker made with one mqpki (the build tree) and run by another (an installed package, a
+ * moved prefix) loads the plugin that belongs to the running one. Other lines stay as they
+ * are; without a plugin found here the file is left alone and Mosquitto says what is missing.
+ */
+static int plugin_follow(const char *conf)
+{
+    unsigned char *text = NULL;
+    char plugin[PATH_MAX], *line, *end, *out = NULL;
+    struct stat st;
+    size_t len = 0, n;
+    int rc;
+
+    /* Only the regular file broker init wrote is rewritten, never what a link leads to. */
+    if (lstat(conf, &st) != 0 || !S_ISREG(st.st_mode) || plugin_path(plugin) != MQPKI_OK ||
+        strpbrk(plugin, " \t\n") != NULL) {
+        mqpki_err_clear();
+        return MQPKI_OK;
+    }
+    if ((rc = mqpki_file_read(conf, MOSQ_CONF_MAX, &text, &len)) != MQPKI_OK)
+        goto out;
+    for (line = (char *)text; line != NULL && *line != '\0'; line = end ? end + 1 : NULL) {
+        end = strchr(line, '\n');
+        n = end ? (size_t)(end - line) : strlen(line);
+        if (n < 7 || strncmp(line, "plugin ", 7) != 0)
+            continue;
+        if (n - 7 == strlen(plugin) && memcmp(line + 7, plugin, n - 7) == 0)
+            goto out; /* already this one */
+        if (asprintf(&out, "%.*splugin %s%s", (int)(line - (char *)text), (char *)text, plugin,
+                     end ? end : "") < 0) {
+            out = NULL;
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+        if ((rc = mqpki_file_write_atomic(conf, out, strlen(out), 0600)) == MQPKI_OK)
+            mqpki_log(MQPKI_LOG_INFO, "%s: plugin %s", conf, plugin);
+        goto out;
+    }
+out:
+    free(out);
+    free(text);
+    return rc;
+}
+
 int cmd_broker_run(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
@@ -538,7 +601,8 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
         case 'h':
             return cli_help("usage: mqpki broker run NAME\n\n"
                             "Runs Mosquitto in the foreground with brokers/NAME/mosquitto.conf\n"
-                            "(written by 'mqpki broker init'); logs go to stderr.\n");
+                            "(written by 'mqpki broker init'); logs go to stderr. Its 'plugin'\n"
+                            "line is first set to the plugin installed with this mqpki.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -552,6 +616,9 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
     if (stat(conf, &st) != 0)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s (run 'mqpki broker init %s')",
                           argv[optind], argv[optind]);
+    /* The plugin that came with this mqpki, whichever mqpki wrote the file. */
+    if ((rc = plugin_follow(conf)) != MQPKI_OK)
+        return rc;
     fflush(NULL);
     execlp("mosquitto", "mosquitto", "-c", conf, (char *)NULL);
     execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);

@@ -128,6 +128,12 @@ struct cert_list_ctx {
     size_t n;
 };
 
+static void cert_header(void)
+{
+    printf("%-32s  %-20s %-8s %-10s %-14s %s\n", "SERIAL", "ASSET", "PROFILE", "STATE", "REASON",
+           "NOT AFTER");
+}
+
 static int print_cert(const struct inventory_cert *c, void *ctx)
 {
     struct cert_list_ctx *l = ctx;
@@ -143,8 +149,7 @@ static int print_cert(const struct inventory_cert *c, void *ctx)
         json_decref(v);
     } else {
         if (l->n == 0)
-            printf("%-32s  %-20s %-8s %-10s %-14s %s\n", "SERIAL", "ASSET", "PROFILE", "STATE",
-                   "REASON", "NOT AFTER");
+            cert_header();
         printf("%-32s  %-20s %-8s %-10s %-14s %s\n", c->serial, c->asset_id, c->profile,
                inventory_cert_state_name(c->state),
                c->revoked_at && c->reason >= 0 ? ca_reason_name((enum ca_reason)c->reason) : "-",
@@ -197,6 +202,8 @@ int cmd_cert_list(struct cli *cli, int argc, char **argv)
     rc = inventory_cert_list(datadir_inventory(dd), asset, state, 0, print_cert, &l);
     if (l.json)
         fputs(l.n ? "\n]\n" : "]\n", stdout);
+    else if (rc == MQPKI_OK && l.n == 0)
+        cert_header(); /* no rows: the header alone says the listing ran */
 out:
     datadir_close(dd);
     return rc;

@@ -35,10 +35,7 @@ int cmd_store_migrate(struct cli *cli, int argc, char **argv)
                 "then on. mqpki.db stays as it was. Stop mqpkid first. The URL may not hold a\n"
                 "password (the command line is visible to every local user): use a libpq\n"
                 "password file (~/.pgpass) or PGPASSWORD, or add the password to [store] url\n"
-                "in mqpki.conf afterwards.\n\n"
-                "EXAMPLES\n"
-                "  mqpki store migrate --to 'postgresql://db1,db2/mqpki?user=mqpki'\n"
-                "  mqpki audit verify\n");
+                "in mqpki.conf afterwards.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -86,10 +83,7 @@ int cmd_replica_init(struct cli *cli, int argc, char **argv)
                 "embedded SoftHSM token by a symbolic link NEW/hsm -> HOME/hsm (replicas on\n"
                 "one host), a network HSM through [hsm] module. HOME must already use\n"
                 "PostgreSQL (mqpki store migrate). Start the replica with\n"
-                "`mqpkid --home NEW --listen ADDR:PORT` (docs/ha.md).\n\n"
-                "EXAMPLES\n"
-                "  mqpki --home /srv/mqpki-b replica init --from /srv/mqpki-a\n"
-                "  mqpkid --home /srv/mqpki-b --listen 0.0.0.0:8444\n");
+                "`mqpkid --home NEW --listen ADDR:PORT` (docs/ha.md).\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }

@@ -57,7 +57,8 @@ static const struct command commands[] = {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: mqpki [--home DIR] [--store URL] COMMAND [ARGS] (each command takes "
-               "--help)\n\n"
+               "--help)\n"
+               "       mqpki GROUP --help | --help | --version\n\n"
                "The data directory is --home, else $MQPKI_HOME, else ./mqpki-data.\n"
                "The store is --store (a postgresql:// URL without a password), else mqpki.conf's\n"
                "[store] url, else the data directory's mqpki.db.\n\n"
@@ -68,7 +69,49 @@ static void usage(FILE *f)
                  commands[i].group ? " " : "", commands[i].name);
         fprintf(f, "  %-20s %s\n", name, commands[i].summary);
     }
-    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure\n");
+    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure\n"
+               "\nEXAMPLES\n"
+               "  mqpki init --ca-name acme\n"
+               "  mqpki asset --help\n"
+               "  mqpki --home /var/lib/mqpki asset list --state active\n");
+}
+
+/* 1 when name is a group (asset, token, ...) and no top-level command of that name. */
+static int is_group(const char *name)
+{
+    int group = 0;
+
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (commands[i].group == NULL && strcmp(commands[i].name, name) == 0)
+            return 0;
+        if (commands[i].group != NULL && strcmp(commands[i].group, name) == 0)
+            group = 1;
+    }
+    return group;
+}
+
+/* `mqpki GROUP --help`: the group's commands. */
+static void group_usage(FILE *f, const char *group)
+{
+    const char *ex = NULL;
+
+    fprintf(f, "usage: mqpki %s COMMAND [ARGS] (each command takes --help)\n\ncommands:\n", group);
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        char name[64];
+        if (commands[i].group == NULL || strcmp(commands[i].group, group) != 0)
+            continue;
+        snprintf(name, sizeof(name), "%s %s", group, commands[i].name);
+        fprintf(f, "  %-20s %s\n", name, commands[i].summary);
+        if (ex == NULL)
+            ex = cli_examples(name);
+    }
+    if (ex != NULL)
+        fprintf(f, "\nEXAMPLES\n%s", ex);
+}
+
+static int help_word(const char *arg)
+{
+    return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0 || strcmp(arg, "help") == 0;
 }
 
 int main(int argc, char **argv)
@@ -126,6 +169,16 @@ int main(int argc, char **argv)
             break;
         }
     }
+    if (cmd == NULL && is_group(argv[first])) {
+        if (first + 1 < argc && help_word(argv[first + 1])) {
+            group_usage(stdout, argv[first]);
+            return 0;
+        }
+        if (first + 1 >= argc || argv[first + 1][0] == '-') {
+            group_usage(stderr, argv[first]);
+            return 1;
+        }
+    }
     if (cmd == NULL) {
         fprintf(stderr, "mqpki: unknown command '%s%s%s' (see 'mqpki --help')\n", argv[first],
                 first + 1 < argc && argv[first + 1][0] != '-' ? " " : "",
@@ -142,8 +195,12 @@ int main(int argc, char **argv)
     /* The command sees argv[0] = its name, then its own arguments. */
     optind = 0;
     rc = cmd->fn(&cli, argc - first - shift + 1, argv + first + shift - 1);
-    if (rc == CLI_HELP_SHOWN)
+    if (rc == CLI_HELP_SHOWN) {
+        const char *ex = cli_examples(cmdname);
+        if (ex != NULL)
+            printf("\nEXAMPLES\n%s", ex);
         return 0;
+    }
     if (rc != MQPKI_OK) {
         fprintf(stderr, "mqpki %s: %s\n", cmdname, mqpki_err_detail(rc));
         return mqpki_err_exit_status(rc);

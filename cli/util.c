@@ -112,6 +112,30 @@ int cli_print_json(json_t *v)
     return rc;
 }
 
+_Static_assert(CLI_TEXT_MAX >= 4 * INV_TEXT_MAX + 3, "cli_text must never truncate stored text");
+
+const char *cli_text(const char *s, char buf[CLI_TEXT_MAX])
+{
+    size_t o = 0;
+
+    if (s == NULL || *s == '\0')
+        return "-";
+    for (; *s != '\0' && o + 7 <= CLI_TEXT_MAX; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(buf + o, CLI_TEXT_MAX - o, "\\x%02x", c);
+        } else if (c == 0xc2 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
+            /* A C1 control in UTF-8 (U+0080..U+009F: U+009B is CSI to some terminals). */
+            o += (size_t)snprintf(buf + o, CLI_TEXT_MAX - o, "\\u%04x", (unsigned char)s[1]);
+            s++;
+        } else {
+            buf[o++] = (char)c;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 json_t *cli_json_time(long long t)
 {
     char buf[32];

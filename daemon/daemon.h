@@ -100,4 +100,8 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len);
  * usable (the brokers' feed is reported, never a reason to be unready). */
 char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len);
 
+/* Tells systemd the service's state ("READY=1", "RELOADING=1", "STOPPING=1") when mqpkid runs
+ * as a Type=notify service ($NOTIFY_SOCKET set); nothing otherwise (notify.c). */
+void daemon_notify(const char *state);
+
 #endif

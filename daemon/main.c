@@ -74,9 +74,14 @@ static void usage(FILE *f)
             "  --threads N       HTTPS worker threads (default %d)\n"
             "  --verbose         debug logging (else [log] level, default info)\n"
             "  --log-format F    text (default) or json: one object a line with time, level\n"
-            "                    and msg (else [log] format)\n\n"
+            "                    and msg (else [log] format)\n"
+            "  --version         print the version and exit\n\n"
             "Signals: SIGTERM/SIGINT stop after the requests in flight; SIGHUP re-reads\n"
-            "mqpki.conf and tls/ without dropping the listening socket.\n",
+            "mqpki.conf and tls/ without dropping the listening socket.\n\n"
+            "EXAMPLES\n"
+            "  mqpkid --home /var/lib/mqpki\n"
+            "  mqpkid --listen 0.0.0.0:8443 --verbose\n"
+            "  systemctl reload mqpkid\n",
             DEFAULT_THREADS);
 }
 
@@ -255,6 +260,7 @@ int main(int argc, char **argv)
     }
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
               (int)(strrchr(listen, ':') - listen), listen, http_port(h), home);
+    daemon_notify("READY=1");
 
     for (;;) {
         struct timespec tick = {1, 0};
@@ -262,14 +268,17 @@ int main(int argc, char **argv)
         if (sig == SIGTERM || sig == SIGINT) {
             mqpki_log(MQPKI_LOG_INFO, "%s: finishing requests in flight, then stopping",
                       sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            daemon_notify("STOPPING=1");
             break;
         }
         if (sig == SIGHUP) {
+            daemon_notify("RELOADING=1");
             feed_rescan(ctx.feed);
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;
                 goto out;
             }
+            daemon_notify("READY=1");
             continue;
         }
         http_reap(h);

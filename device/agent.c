@@ -33,6 +33,7 @@
 static const char *prog = "mqpki-device";
 static volatile sig_atomic_t stop_flag;
 static volatile sig_atomic_t renew_flag;
+static volatile sig_atomic_t retry_flag;
 
 static const char usage_main[] =
     "usage: mqpki-device --dir DIR COMMAND [options]\n"
@@ -42,7 +43,13 @@ static const char usage_main[] =
     "  status   identity, serial, expiry, renewal due, store, server (--json)\n"
     "  run      keep the identity fresh; obey " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
     " (--broker)\n"
-    "every command takes --help\n";
+    "every command takes --help; --version prints the version\n"
+    "\n"
+    "EXAMPLES\n"
+    "  mqpki-device --dir /var/lib/mqpki-device enroll --server https://ca.example:8443 \\\n"
+    "      --ca-fingerprint SHA256 --asset sensor-0001 --token-file token.txt\n"
+    "  mqpki-device --dir /var/lib/mqpki-device status --json\n"
+    "  mqpki-device --dir /var/lib/mqpki-device run --broker mqtts://broker.example:8883\n";
 static const char usage_enroll[] =
     "usage: mqpki-device --dir DIR enroll --server https://HOST:PORT\n"
     "         (--ca FILE | --ca-fingerprint SHA256) --asset ID\n"
@@ -51,16 +58,29 @@ static const char usage_enroll[] =
     "--token is visible to other users in ps: prefer --token-file or MQPKI_DEVICE_TOKEN.\n"
     "file store secret: MQPKI_DEVICE_SECRET, else DIR/secret (created 0600).\n"
     "pkcs11 store: PIN from MQPKI_DEVICE_PIN or DIR/pin (0600); token label\n"
-    "MQPKI_DEVICE_TOKEN_LABEL (default \"device\").\n";
+    "MQPKI_DEVICE_TOKEN_LABEL (default \"device\").\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev enroll --server https://ca.example:8443 --ca chain.pem \\\n"
+    "      --asset sensor-0001 --token-file token.txt\n"
+    "  MQPKI_DEVICE_PIN=1234 mqpki-device --dir dev enroll ... \\\n"
+    "      --store pkcs11:/usr/lib/softhsm/libsofthsm2.so\n";
 static const char usage_renew[] =
     "usage: mqpki-device --dir DIR renew [--force]\n"
-    "renews when due (two thirds of the lifetime plus jitter), or now with --force\n";
-static const char usage_status[] = "usage: mqpki-device --dir DIR status [--json]\n";
+    "renews when due (two thirds of the lifetime plus jitter), or now with --force\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev renew\n"
+    "  mqpki-device --dir dev renew --force\n";
+static const char usage_status[] = "usage: mqpki-device --dir DIR status [--json]\n"
+                                   "\nEXAMPLES\n"
+                                   "  mqpki-device --dir dev status --json\n";
 static const char usage_run[] =
     "usage: mqpki-device --dir DIR run [--broker mqtts://HOST:PORT]\n"
     "renews when due (retrying with backoff); with --broker, connects with the identity and\n"
     "renews at once on {\"op\":\"renew\"} on " PROTO_TOPIC_ASSETS "ID" PROTO_TOPIC_CMD_SUFFIX
-    ". SIGTERM/SIGINT stop it.\n";
+    ".\nSIGTERM/SIGINT stop it; SIGHUP retries a failed renewal now.\n"
+    "\nEXAMPLES\n"
+    "  mqpki-device --dir dev run --broker mqtts://broker.example:8883\n"
+    "  systemctl enable --now mqpki-device-agent\n";
 
 /* One line on stderr, exit status from the error's kind. */
 static int fail(const char *cmd, int rc)
@@ -208,8 +228,11 @@ static int cmd_renew(struct mqpki_device *dev, int argc, char **argv)
         return fail("renew", MQPKI_DEVICE_ERR_INTERNAL);
     if (renewed)
         printf("renewed %s: serial %s\n", info.asset, info.serial);
-    else
-        printf("not due: %s renews after %lld\n", info.asset, (long long)info.renew_at);
+    else {
+        char ra[32];
+        time_str(info.renew_at, ra);
+        printf("not due: %s renews after %s\n", info.asset, ra);
+    }
     return 0;
 }
 
@@ -265,7 +288,11 @@ static int cmd_status(struct mqpki_device *dev, int argc, char **argv)
 
 static void on_signal(int sig)
 {
-    stop_flag = 1;
+    /* SIGHUP (systemctl reload): check the schedule now, without waiting for a backoff. */
+    if (sig == SIGHUP)
+        retry_flag = 1;
+    else
+        stop_flag = 1;
 }
 
 struct broker {
@@ -391,6 +418,7 @@ static int cmd_run(struct mqpki_device *dev, int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     mqpki_device_set_logger(log_stderr, NULL, 2);
     if (broker_url != NULL) {
         mosquitto_lib_init();
@@ -413,6 +441,10 @@ static int cmd_run(struct mqpki_device *dev, int argc, char **argv)
     while (!stop_flag) {
         int64_t now = (int64_t)time(NULL);
         int want = renew_flag || mqpki_device_renewal_due(dev, now);
+        if (retry_flag) {
+            retry_flag = 0;
+            next_try = 0;
+        }
         if (want && now >= next_try) {
             rc = mqpki_device_renew(dev, renew_flag, &renewed);
             if (rc == MQPKI_DEVICE_OK) {
@@ -455,6 +487,9 @@ int main(int argc, char **argv)
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(usage_main, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+            printf("mqpki-device %s\n", MQPKI_VERSION);
             return 0;
         } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
             dir = argv[++i];

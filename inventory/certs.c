@@ -156,7 +156,7 @@ static int step_done(struct inventory *inv, struct db_stmt *st, const char *what
 int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, int supersede,
                        const char *renews, const char *actor)
 {
-    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1], nb[32], na[32];
     char renews_norm[PROTO_SERIAL_HEX_MAX + 1] = "";
     struct inv_tx tx = {0};
     struct db_stmt *st = NULL;
@@ -251,11 +251,12 @@ int inventory_cert_add(struct inventory *inv, const struct inventory_cert *c, in
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
+    mqpki_time_str(c->not_before, nb);
+    mqpki_time_str(c->not_after, na);
     rc = inv_audit(inv, actor, "cert.issue", serial,
-                   json_pack("{s:s,s:s,s:I,s:I,s:s,s:b}", "asset", c->asset_id, "profile",
-                             c->profile, "not_before", (json_int_t)c->not_before, "not_after",
-                             (json_int_t)c->not_after, "key_fp", key_fp, "supersede",
-                             supersede != 0));
+                   json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "asset", c->asset_id, "profile",
+                             c->profile, "not_before", nb, "not_after", na, "key_fingerprint",
+                             key_fp, "supersede", supersede != 0));
     if (rc != MQPKI_OK)
         goto out;
     /* First certificate, or recovery after revocation. */
@@ -447,7 +448,7 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     struct inventory_cert c = {0};
     struct inv_tx tx = {0};
     struct db_stmt *st = NULL;
-    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64];
+    char norm[PROTO_SERIAL_HEX_MAX + 1], why[64], when_str[32];
     int64_t seq = 0;
     int rc, started = 0, upgrade = 0;
 
@@ -501,11 +502,15 @@ int inventory_cert_revoke(struct inventory *inv, const char *serial, int reason,
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
+    mqpki_time_str(when, when_str);
     rc = inv_audit(inv, actor, "cert.revoke", norm,
-                   json_pack("{s:s,s:i,s:I,s:b,s:I,s:o}", "asset", c.asset_id, "reason", reason,
-                             "revoked_at", (json_int_t)when, "was_held",
+                   json_pack("{s:s,s:s?,s:s,s:b,s:I,s:o}", "asset", c.asset_id, "reason",
+                             proto_reason_name(reason), "revoked_at", when_str, "was_held",
                              c.state == INV_CERT_REVOKED && !upgrade, "rev_seq", (json_int_t)seq,
-                             "was_reason", upgrade ? json_integer(c.reason) : json_null()));
+                             "was_reason",
+                             upgrade && proto_reason_name(c.reason) != NULL
+                                 ? json_string(proto_reason_name(c.reason))
+                                 : json_null()));
     if (rc != MQPKI_OK || upgrade)
         goto out;
     snprintf(why, sizeof(why), "%s %s", reason == REASON_HOLD ? "hold" : "revocation", norm);

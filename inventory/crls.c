@@ -303,6 +303,7 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
 {
     struct inv_tx tx = {0};
     struct db_stmt *st = NULL;
+    char next_update[32];
     int64_t now = mqpki_now();
     int rc, changes = 0;
 
@@ -358,11 +359,12 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     st = NULL;
     if (rc != MQPKI_OK)
         goto out;
+    mqpki_time_str(c->next_update, next_update);
     rc = inv_audit(inv, actor != NULL ? actor : "system", "crl.sign", "crl",
-                   json_pack("{s:I,s:s,s:I,s:I,s:I,s:I}", "number", (json_int_t)c->number, "kind",
+                   json_pack("{s:I,s:s,s:I,s:I,s:I,s:s}", "number", (json_int_t)c->number, "kind",
                              kind_names[c->kind], "base", (json_int_t)c->base, "cutoff",
                              (json_int_t)c->cutoff, "entries", (json_int_t)c->entries,
-                             "next_update", (json_int_t)c->next_update));
+                             "next_update", next_update));
 out:
     inv_stmt_done(st);
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);

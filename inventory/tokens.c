@@ -130,7 +130,7 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
                                  int64_t now, const char *actor, char token_out[64])
 {
     unsigned char raw[TOKEN_BYTES], salt[SALT_BYTES], hash[INV_HASH_LEN];
-    char text[4 * ((TOKEN_BYTES + 2) / 3) + 1];
+    char text[4 * ((TOKEN_BYTES + 2) / 3) + 1], expires[32];
     struct inv_tx tx = {0};
     struct db_stmt *st = NULL;
     int rc, src, state = -1, started = 0;
@@ -183,9 +183,9 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
     inv_stmt_done(st);
     st = NULL;
     /* The event names the token by its row id, never by its text. */
-    rc = inv_audit(
-        inv, actor, "token.create", asset_id,
-        json_pack("{s:I,s:I}", "token_id", (json_int_t)id, "expires_at", (json_int_t)(now + ttl)));
+    mqpki_time_str(now + ttl, expires);
+    rc = inv_audit(inv, actor, "token.create", asset_id,
+                   json_pack("{s:I,s:s}", "token_id", (json_int_t)id, "expires_at", expires));
     if (rc != MQPKI_OK)
         goto out;
     /* An older token still out would enroll a second certificate for the same asset: whoever

@@ -230,4 +230,11 @@ void proto_audit_tbs(int64_t id, int64_t seq, const unsigned char head[PROTO_AUD
 int proto_audit_verify(EVP_PKEY *pub, const unsigned char *tbs, size_t tbs_len,
                        const unsigned char *sig, size_t sig_len, char *why, size_t why_len);
 
+/*
+ * The name of an RFC 5280 CRLReason code (0 unspecified, 1 key-compromise, ... 6 hold,
+ * 8 remove-from-crl), as every --json output and audit event spells it; NULL for a code
+ * without one. The one table of these names (docs/cli.md, "JSON fields").
+ */
+const char *proto_reason_name(int code);
+
 #endif

@@ -150,3 +150,17 @@ int proto_serial_norm(const char *in, char out[PROTO_SERIAL_HEX_MAX + 1])
     out[n] = '\0';
     return n > 0 ? 0 : -1;
 }
+
+const char *proto_reason_name(int code)
+{
+    static const char *const names[] = {
+        [0] = "unspecified",   [1] = "key-compromise",
+        [2] = "ca-compromise", [3] = "affiliation-changed",
+        [4] = "superseded",    [5] = "cessation",
+        [6] = "hold",          [8] = "remove-from-crl",
+    };
+
+    if (code < 0 || (size_t)code >= sizeof(names) / sizeof(names[0]))
+        return NULL;
+    return names[code];
+}

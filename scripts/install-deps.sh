@@ -14,6 +14,7 @@ pkgs=(
   libcurl4-openssl-dev curl
   libjansson-dev libinih-dev
   libcmocka-dev jq python3 strace procps python3-prometheus-client
+  man-db groff-base
 )
 # shellcheck disable=SC2206
 pkgs+=(${MQPKI_DEPS_EXTRA:-})

@@ -359,11 +359,16 @@ static int bus_run(struct bus *b, const char *host, int port)
     return 0;
 }
 
-static void usage(void)
+static void usage(FILE *f)
 {
-    fprintf(stderr, "usage: mqpki-fieldbus tablet|meter|dms|capbank|supply --dir DIR\n"
-                    "         --broker mqtts://HOST:PORT [--run-id N]\n"
-                    "tablet: SIGUSR1 starts a run (the first numbered N, default 1)\n");
+    fprintf(f, "usage: mqpki-fieldbus tablet|meter|dms|capbank|supply --dir DIR\n"
+               "         --broker mqtts://HOST:PORT [--run-id N]\n"
+               "tablet: SIGUSR1 starts a run (the first numbered N, default 1)\n");
+    if (f == stdout)
+        fprintf(f, "\nEXAMPLES\n"
+                   "  mqpki-fieldbus meter --dir dev/meter-1 --broker mqtts://localhost:8883\n"
+                   "  mqpki-fieldbus tablet --dir dev/tablet --broker mqtts://localhost:8883 "
+                   "--run-id 5\n");
 }
 
 int main(int argc, char **argv)
@@ -377,14 +382,22 @@ int main(int argc, char **argv)
     int port, rc, i, status = 2;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+        printf("mqpki-fieldbus %s\n", MQPKI_VERSION);
+        return 0;
+    }
     if (argc < 2) {
-        usage();
+        usage(stderr);
         return 1;
     }
     for (i = 0; i < 5 && strcmp(argv[1], role_names[i]) != 0; i++)
         ;
     if (i == 5) {
-        usage();
+        usage(stderr);
         return 1;
     }
     b.role = (enum role)i;
@@ -401,7 +414,7 @@ int main(int argc, char **argv)
     }
     if (i != argc || dir == NULL || url == NULL || parse_url(url, host, sizeof(host), &port) ||
         b.run < 1) {
-        usage();
+        usage(stderr);
         return 1;
     }
 

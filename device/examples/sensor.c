@@ -43,6 +43,8 @@ static int parse_url(const char *url, char *host, size_t size, int *port)
     return *port > 0 && *port < 65536 ? 0 : -1;
 }
 
+#define SENSOR_USAGE "usage: mqpki-sensor DEVICE_DIR mqtts://HOST:PORT | --help | --version"
+
 int main(int argc, char **argv)
 {
     struct mqpki_device *dev = NULL;
@@ -51,8 +53,21 @@ int main(int argc, char **argv)
     char host[256], topic[128], payload[128];
     int port, rc, status = 1;
 
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("%s\n"
+               "Publishes one reading with the device's mqpki identity (an example of\n"
+               "libmqpki-device's API).\n\n"
+               "EXAMPLES\n"
+               "  mqpki-sensor /var/lib/mqpki-device mqtts://broker.example:8883\n",
+               SENSOR_USAGE);
+        return 0;
+    }
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+        printf("mqpki-sensor %s\n", MQPKI_VERSION);
+        return 0;
+    }
     if (argc != 3 || parse_url(argv[2], host, sizeof(host), &port) != 0) {
-        fprintf(stderr, "usage: mqpki-sensor DEVICE_DIR mqtts://HOST:PORT\n");
+        fprintf(stderr, "%s\n", SENSOR_USAGE);
         return 1;
     }
     /* The identity: certificate, chain and a key that stays in its store. */

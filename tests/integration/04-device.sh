@@ -60,6 +60,7 @@ assert "renewed certificate names the same asset" \
 assert "old generation removed" test ! -e "$D1/key-1.pem" -a ! -e "$D1/cert-1.pem"
 check "renew without --force when not due" mqpki-device --dir "$D1" renew
 assert "not due: nothing renewed" contains "$T/out" "not due"
+assert "not due: the renewal time in ISO 8601" grep -Eq "renews after [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z" "$T/out"
 assert "serial unchanged" test "$(serial_of "$D1/cert.pem")" = "$s2"
 
 # --- pkcs11 store (SoftHSM), trust from the fingerprint pin, token from the environment ---

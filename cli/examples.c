@@ -1,0 +1,78 @@
+/* cli: the EXAMPLES section of every command's --help (main prints it after the usage text),
+ * one row per command; a command without a row fails tests/integration/08-install.sh. */
+#include <stddef.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *cmd;
+    const char *text;
+} examples[] = {
+    {"init",
+     "  mqpki init --ca-name acme --hostname ca.example.com --url https://ca.example.com:8443\n"
+     "  MQPKI_HOME=/var/lib/mqpki mqpki init --key ec-p384\n"},
+    {"ca export", "  mqpki ca export --out chain.pem\n"},
+    {"asset add",
+     "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"
+     "  mqpki asset add b1 --kind broker --tag site=north\n"},
+    {"asset list", "  mqpki asset list --state active\n"
+                   "  mqpki asset list --kind device --json | jq -r '.[].id'\n"},
+    {"asset show", "  mqpki asset show sensor-0001\n"
+                   "  mqpki asset show sensor-0001 --json\n"},
+    {"asset set", "  mqpki asset set sensor-0001 --firmware 2.4.1 --tag zone=3\n"
+                  "  mqpki asset set sensor-0001 --tag zone=\n"},
+    {"asset decommission", "  mqpki asset decommission sensor-0001\n"},
+    {"token create", "  mqpki token create sensor-0001 --ttl 2h > token.txt\n"},
+    {"token list", "  mqpki token list --asset sensor-0001\n"},
+    {"token revoke", "  mqpki token revoke 42\n"
+                     "  mqpki token revoke --asset sensor-0001\n"},
+    {"issue", "  mqpki issue --asset sensor-0001 --csr sensor.csr --out sensor.pem\n"
+              "  mqpki issue --asset b1 --csr b1.csr --profile broker --days 365\n"},
+    {"cert list", "  mqpki cert list --asset sensor-0001\n"
+                  "  mqpki cert list --state revoked --json\n"},
+    {"cert get", "  mqpki cert get --serial 1A2B3C --out cert.pem\n"},
+    {"revoke", "  mqpki revoke --serial 1A2B3C --reason key-compromise\n"
+               "  mqpki revoke --asset sensor-0001 --reason hold\n"
+               "  mqpki revoke --selector location=feeder-12 --reason cessation --yes\n"},
+    {"unhold", "  mqpki unhold --serial 1A2B3C\n"
+               "  mqpki unhold --asset sensor-0001\n"},
+    {"crl publish", "  mqpki crl publish\n"},
+    {"crl", "  mqpki crl --json\n"
+            "  mqpki crl --der --out issuing.crl\n"
+            "  mqpki crl --pem --delta\n"},
+    {"audit verify", "  mqpki audit verify\n"
+                     "  mqpki audit verify --json --checkpoint saved-checkpoint.json\n"},
+    {"audit checkpoint", "  mqpki audit checkpoint --json\n"},
+    {"broker init", "  mqpki broker init b1 --host broker.example.com --port 8883\n"},
+    {"broker run", "  mqpki broker run b1\n"
+                   "  systemctl enable --now mqpki-broker@b1\n"},
+    {"ca fingerprint", "  mqpki ca fingerprint\n"
+                       "  mqpki ca fingerprint --json | jq -r .root\n"},
+    {"asset import", "  mqpki asset import fleet.csv\n"
+                     "  mqpki asset import fleet.json\n"},
+    {"cert show", "  mqpki cert show --serial 1A2B3C\n"
+                  "  mqpki cert show --serial 1A2B3C --json\n"},
+    {"cert expiring", "  mqpki cert expiring --within 7d\n"
+                      "  mqpki cert expiring --within 30d --json | jq -r '.[].asset'\n"},
+    {"tidy", "  mqpki tidy --dry-run\n"
+             "  mqpki tidy --json\n"},
+    {"broker remove", "  mqpki broker remove b1\n"},
+    {"store migrate", "  mqpki store migrate --to 'postgresql://db1,db2/mqpki?user=mqpki'\n"
+                      "  mqpki audit verify\n"},
+    {"replica init", "  mqpki --home /srv/mqpki-b replica init --from /srv/mqpki-a\n"
+                     "  mqpkid --home /srv/mqpki-b --listen 0.0.0.0:8444\n"},
+    {"crl-sync",
+     "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
+     "      --exec 'systemctl reload mosquitto'\n"},
+};
+
+const char *cli_examples(const char *cmd)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(examples) / sizeof(examples[0]); i++)
+        if (strcmp(examples[i].cmd, cmd) == 0)
+            return examples[i].text;
+    return NULL;
+}
