@@ -17,6 +17,7 @@ struct control;
 struct est;
 struct lifecycle_committer;
 struct feed;
+struct detect;
 struct http;
 struct inventory;
 
@@ -28,6 +29,7 @@ struct daemon_ctx {
     struct feed *feed;                     /* NULL when no broker feed runs */
     struct publisher *publisher;           /* the one CRL publisher */
     struct control *control;               /* the local control socket (run/mqpkid.sock) */
+    struct detect *detect;                 /* detect -> respond (detect.c) */
     char db_path[4096];                    /* each server thread opens its own store connection */
 };
 
@@ -71,7 +73,21 @@ void publisher_stop(struct publisher *p);
 int control_start(struct daemon_ctx *ctx, struct control **out);
 void control_stop(struct control *c);
 
+/*
+ * Detect -> respond (detect.c, docs/detect.md): a thread with its own store connection that
+ * stores the brokers' events (bounded queue, bounded retention), runs the [detect] rules and
+ * answers with alert, hold or quarantine. Start after the feed and the publisher; hand
+ * detect_sink to feed_set_sink. detect_stop is NULL-safe; stop it before the publisher.
+ */
+#include <jansson.h>
+int detect_start(struct daemon_ctx *ctx, struct detect **out);
+void detect_sink(void *ctx, const char *broker, json_t *ev, int64_t dropped);
+void detect_stop(struct detect *d);
+
 /* Metrics (thread-safe counters). */
+void metrics_detect_event(void);
+void metrics_detect_dropped(uint64_t n);
+void metrics_detect_alert(const char *rule);
 void metrics_enrollment(const char *result, double seconds);
 void metrics_request(void);
 /* Prometheus text for /metrics into a heap buffer (caller frees). */

@@ -163,8 +163,10 @@ int main(int argc, char **argv)
     }
     /* Publishes what a crashed process left open before serving anyone. */
     if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
-        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK)
+        (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK ||
+        (rc = detect_start(&ctx, &ctx.detect)) != MQPKI_OK)
         goto out;
+    feed_set_sink(ctx.feed, detect_sink, ctx.detect);
     if ((rc = http_start(&ctx, listen, -1, threads, &h)) != MQPKI_OK)
         goto out;
     mqpki_log(MQPKI_LOG_INFO, "listening on https://%.*s:%u (data directory %s)",
@@ -200,6 +202,8 @@ out:
         mqpki_log(MQPKI_LOG_ERROR, "%s", mqpki_err_detail(rc));
     (void)http_stop(h, 0);
     control_stop(ctx.control);
+    feed_set_sink(ctx.feed, NULL, NULL);
+    detect_stop(ctx.detect);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);
     est_free(ctx.est);
