@@ -43,6 +43,11 @@ static const struct command commands[] = {
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
+    {NULL, "events", cmd_events, "the brokers' security events"},
+    /* Before the top-level "alerts": a group entry matches only with its second word. */
+    {"alerts", "ack", cmd_alerts_ack, "acknowledge an alert"},
+    {NULL, "alerts", cmd_alerts, "the detectors' alerts and their responses"},
+    {NULL, "release", cmd_release, "lift a detector's hold or quarantine after review"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
