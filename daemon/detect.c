@@ -378,9 +378,46 @@ out:
     json_decref(evidence);
 }
 
-/* Fires rule for key unless it fired within its window (one alert per burst, not per event). */
-static int quiet(struct detect *d, struct track *t, int rule, int64_t now)
+/* 1 when the hold or quarantine rule's response would give is in force already. -1 when the
+ * rule has no such response for this evidence. */
+static int in_force(struct detect *d, int rule, const char *asset, const char *serial)
 {
+    int response = d->cfg.detect[rule].response, held;
+    struct inventory_cert c;
+    char quoted[PROTO_ASSET_ID_MAX + 3];
+
+    /* What this rule sees is a certificate revoked already: its hold is never "in force". */
+    if (rule == DETECT_REVOKED_CONNECTED)
+        return -1;
+    if (response == DETECT_QUARANTINE && asset != NULL) {
+        /* The list last sent, re-read from the store every second (release lifts it). */
+        snprintf(quoted, sizeof(quoted), "\"%s\"", asset);
+        return d->quar_json != NULL && strstr(d->quar_json, quoted) != NULL;
+    }
+    if (response != DETECT_HOLD || serial == NULL)
+        return -1;
+    memset(&c, 0, sizeof(c));
+    if (inventory_cert_get(d->inv, serial, 0, &c) != MQPKI_OK) {
+        mqpki_err_clear();
+        return -1;
+    }
+    held = c.state == INV_CERT_REVOKED;
+    inventory_cert_clear(&c);
+    return held;
+}
+
+/*
+ * Whether a rule that fired for a key stays quiet. A hold or quarantine answers again only once
+ * it was lifted (`mqpki release`), and not while it is in force; an alert at most once a window
+ * (one alert per burst, not per event).
+ */
+static int quiet(struct detect *d, struct track *t, int rule, const char *asset, const char *serial,
+                 int64_t now)
+{
+    int force = in_force(d, rule, asset, serial);
+
+    if (force >= 0)
+        return force;
     if (t == NULL || t->quiet_until > now)
         return 1;
     t->quiet_until = now + window_of(d, rule);
@@ -410,7 +447,7 @@ static void check_revoked(struct detect *d, const char *broker, const char *asse
         c.revoked_at < now - window_of(d, DETECT_REVOKED_CONNECTED)) {
         snprintf(key, sizeof(key), "rev:%s", serial);
         t = track_get(d, key, now);
-        if (!quiet(d, t, DETECT_REVOKED_CONNECTED, now))
+        if (!quiet(d, t, DETECT_REVOKED_CONNECTED, asset, serial, now))
             fire(d, DETECT_REVOKED_CONNECTED, asset, address, broker, serial,
                  json_pack("{s:s, s:s, s:I, s:i, s:s}", "serial", serial, "broker", broker,
                            "revoked_at", (json_int_t)c.revoked_at, "reason", c.reason, "seen",
@@ -450,7 +487,8 @@ static void detect_one(struct detect *d, const char *broker, json_t *ev, int64_t
             if ((t = track_get(d, key, now)) == NULL)
                 continue;
             n = track_count(t, r->window, now);
-            if (n >= r->threshold && !quiet(d, t, DETECT_AUTH_FAILURES, now))
+            if (n >= r->threshold &&
+                !quiet(d, t, DETECT_AUTH_FAILURES, by_addr ? NULL : asset, NULL, now))
                 fire(d, DETECT_AUTH_FAILURES, by_addr ? NULL : asset, address, broker, NULL,
                      json_pack("{s:s, s:s, s:I, s:I, s:s?}", "per", by_addr ? "address" : "asset",
                                "key", who, "refusals", (json_int_t)n, "window",
@@ -464,12 +502,12 @@ static void detect_one(struct detect *d, const char *broker, json_t *ev, int64_t
         if ((t = track_get(d, key, now)) == NULL || topic == NULL)
             return;
         if (json_is_true(json_object_get(ev, "wildcard"))) {
-            if (!quiet(d, t, DETECT_TOPIC_SCAN, now))
+            if (!quiet(d, t, DETECT_TOPIC_SCAN, asset, NULL, now))
                 fire(d, DETECT_TOPIC_SCAN, asset, address, broker, NULL,
                      json_pack("{s:s, s:s}", "wildcard_subscription", topic, "outside",
                                "the asset's own subtree"));
         } else if ((n = track_topics(t, topic, r->window, now)) >= threshold &&
-                   !quiet(d, t, DETECT_TOPIC_SCAN, now)) {
+                   !quiet(d, t, DETECT_TOPIC_SCAN, asset, NULL, now)) {
             fire(d, DETECT_TOPIC_SCAN, asset, address, broker, NULL,
                  json_pack("{s:I, s:I, s:s, s:s?}", "distinct_topics_denied", (json_int_t)n,
                            "window", (json_int_t)r->window, "last_topic", topic, "access",
@@ -483,7 +521,8 @@ static void detect_one(struct detect *d, const char *broker, json_t *ev, int64_t
         if ((t = track_get(d, key, now)) == NULL)
             return;
         n = track_count(t, r->window, now);
-        if ((two_places || n >= r->threshold) && !quiet(d, t, DETECT_CLONED_IDENTITY, now))
+        if ((two_places || n >= r->threshold) &&
+            !quiet(d, t, DETECT_CLONED_IDENTITY, asset, serial, now))
             fire(d, DETECT_CLONED_IDENTITY, asset, address, broker, serial,
                  json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:I, s:I}", "seen", type, "serial",
                            serial, "client_id", str(ev, "client_id"), "address", address,
@@ -494,7 +533,7 @@ static void detect_one(struct detect *d, const char *broker, json_t *ev, int64_t
         snprintf(key, sizeof(key), "flap:%s", asset);
         if ((t = track_get(d, key, now)) != NULL) {
             n = track_count(t, r->window, now);
-            if (n >= r->threshold && !quiet(d, t, DETECT_FLAPPING, now))
+            if (n >= r->threshold && !quiet(d, t, DETECT_FLAPPING, asset, NULL, now))
                 fire(d, DETECT_FLAPPING, asset, address, broker, NULL,
                      json_pack("{s:I, s:I, s:s?}", "connects", (json_int_t)n, "window",
                                (json_int_t)r->window, "address", address));

@@ -17,6 +17,11 @@ V6=(-h ::1 -p "$P6" "${CA[@]}" --insecure)
 id_of() { "$@" --cert "$T/$ASSET.pem" --key "$T/$ASSET.key"; }
 # client ASSET mosquitto_xxx ARGS...: a client with ASSET's certificate on the IPv4 listener.
 client() { local a=$1 cmd=$2; shift 2; "$cmd" "${V4[@]}" --cert "$T/$a.pem" --key "$T/$a.key" "$@"; }
+# bg_client ASSET OUT ARGS...: a background mosquitto_sub (its pid in $!, for kill and alive).
+bg_client() {
+  local a=$1 out=$2; shift 2
+  (exec mosquitto_sub "${V4[@]}" --cert "$T/$a.pem" --key "$T/$a.key" "$@" >"$out" 2>&1) &
+}
 alerts_json() { mqpki alerts --json; }
 has_alert() { alerts_json | jq -e --arg r "$1" --arg a "$2" \
   'any(.[]; .rule == $r and (.asset == $a or .address == $a))' >/dev/null; }
@@ -35,7 +40,12 @@ auth_failures_threshold = 3
 topic_scan_threshold = 5
 flapping_threshold = 4
 silent_window = 3s
+revoked_connected_window = 1s
+hook = $T/hook.sh
 EOF
+# The hook keeps every alert it is given.
+printf '#!/bin/sh\ncat >>"%s/hook.out"\necho >>"%s/hook.out"\n' "$T" "$T" >"$T/hook.sh"
+chmod 700 "$T/hook.sh"
 check "broker init b1" mqpki broker init b1 --port "$P"
 cat >>"$H/brokers/b1/mosquitto.conf" <<EOF
 plugin_opt_events_max 256
@@ -66,18 +76,18 @@ check "mqpkid's feed connects to b1" wait_for 15 grep -q "feed: connected to bro
 check "b1 holds the CRL" wait_for 10 grep -q "full CRL .* accepted" "$T/broker.log"
 
 # The bystander listens to its own topics the whole time.
-client bystander mosquitto_sub -i bystander -t 'fleet/bystander/#' >"$T/bystander.out" 2>&1 &
+bg_client bystander "$T/bystander.out" -i bystander -t 'fleet/bystander/#'
 BYSTANDER=$!
 PIDS+=("$BYSTANDER")
 check "the bystander is connected" wait_for 10 grep -q "as bystander " "$T/broker.log"
 
 # Cloned identity: the meter's certificate from a second address while the meter is connected.
-client meter mosquitto_sub -i meter -t 'fleet/meter/#' >"$T/meter.out" 2>&1 &
+bg_client meter "$T/meter.out" -i meter -t 'fleet/meter/#'
 METER=$!
 PIDS+=("$METER")
 check "the meter is connected" wait_for 10 has_event connect meter
-mosquitto_sub "${V6[@]}" --cert "$T/meter.pem" --key "$T/meter.key" -i meter \
-  -t 'fleet/meter/#' >"$T/clone.out" 2>&1 &
+(exec mosquitto_sub "${V6[@]}" --cert "$T/meter.pem" --key "$T/meter.key" -i meter \
+  -t 'fleet/meter/#' >"$T/clone.out" 2>&1) &
 CLONE=$!
 PIDS+=("$CLONE")
 check "the broker reports the session takeover from ::1" wait_for 10 has_event takeover meter
@@ -103,6 +113,26 @@ check "the meter connects again" wait_for 10 bash -c "mosquitto_pub -h 127.0.0.1
   --cafile '$T/chain.pem' --cert '$T/meter.pem' --key '$T/meter.key' -i meter \
   -t fleet/meter/up -m back"
 assert "release is audited" history_has meter cert.unhold cli
+assert "the hook got the alert on stdin" grep -q '"rule":"cloned_identity"' "$T/hook.out"
+
+# The same certificate from a second address under another client id: held again.
+n=$(grep -c 'as meter ' "$T/broker.log")
+bg_client meter "$T/meter2.out" -i meter -t 'fleet/meter/#'
+METER=$!
+PIDS+=("$METER")
+check "the meter is back" wait_for 10 bash -c "[ \$(grep -c 'as meter ' '$T/broker.log') -gt $n ]"
+(exec mosquitto_sub "${V6[@]}" --cert "$T/meter.pem" --key "$T/meter.key" -i meter:b \
+  -t 'fleet/meter/#' >"$T/clone2.out" 2>&1) &
+CLONE=$!
+PIDS+=("$CLONE")
+check "the broker reports one certificate from two addresses" wait_for 10 has_event cert_shared meter
+check "held again (the released hold answers anew)" wait_for 10 bash -c \
+  "[ \"\$(mqpki cert list --asset meter --json | jq -r '.[0].state')\" = revoked ]"
+check "both connections are cut" wait_for 10 bash -c "! kill -0 $METER 2>/dev/null && \
+  ! kill -0 $CLONE 2>/dev/null"
+assert "two cloned_identity alerts" test "$(mqpki alerts --json | jq \
+  '[.[] | select(.rule == "cloned_identity")] | length')" = 2
+check "release --asset meter again" mqpki release --asset meter
 
 # Topic scanning: denials over many distinct topics; the response is a quarantine.
 for i in 1 2 3 4 5 6; do
@@ -125,8 +155,7 @@ assert "but fleet/scanner/quarantine is not" bash -c "! mqpki events --asset sca
 check "release --asset scanner" mqpki release --asset scanner
 quarantined_now() { grep "assets under quarantine" "$T/broker.log" | tail -1 | grep -q ": $1 assets"; }
 check "b1 learns the release" wait_for 10 quarantined_now 0
-client scanner mosquitto_sub -i scanner:sub -t fleet/scanner/data -C 1 -W 10 \
-  >"$T/scanner.out" 2>&1 &
+bg_client scanner "$T/scanner.out" -i scanner:sub -t fleet/scanner/data -C 1 -W 10
 SUB=$!
 PIDS+=("$SUB")
 wait_for 10 grep -q "as scanner:sub " "$T/broker.log" || true
@@ -161,6 +190,26 @@ assert "no silent alert for the connected bystander" bash -c "! mqpki alerts --j
   'any(.[]; .rule == \"silent\" and .asset == \"bystander\")' >/dev/null"
 check "disconnects are reported" has_event disconnect flapper
 
+# A broker that does not enforce the CRL (its plugin trusts only the root, not the issuing CA
+# that signs CRLs) lets a held certificate in: revoked_connected.
+P2=$(free_port)
+check "broker init b2" mqpki broker init b2 --port "$P2"
+awk '/BEGIN/{n++} n==2' "$T/chain.pem" >"$T/root.pem"
+sed -i "s|^plugin_opt_ca_file .*|plugin_opt_ca_file $T/root.pem|" "$H/brokers/b2/mosquitto.conf"
+mqpki broker run b2 >"$T/broker2.log" 2>&1 &
+PIDS+=($!)
+check "broker b2 listening" wait_for 10 listening "$P2"
+check "mqpkid links b2" wait_for 15 grep -q "feed: connected to broker b2" "$MQPKID_LOG"
+check "b2 refuses the CRL" wait_for 10 grep -q "signed by an unknown CA" "$T/broker2.log"
+check "hold the flapper" mqpki revoke --asset flapper --reason hold
+sleep 1.5
+mosquitto_pub -h 127.0.0.1 -p "$P2" "${CA[@]}" --cert "$T/flapper.pem" --key "$T/flapper.key" \
+  -i flapper -t fleet/flapper/x -m late >/dev/null 2>&1 || true
+check "revoked_connected alert for the flapper on b2" wait_for 10 bash -c "mqpki alerts --json | \
+  jq -e 'any(.[]; .rule == \"revoked_connected\" and .asset == \"flapper\" and \
+  .broker == \"b2\")' >/dev/null"
+check "release --asset flapper" mqpki release --asset flapper
+
 # Alerts: listing, acknowledging.
 id=$(mqpki alerts --json | jq '[.[] | select(.rule == "flapping")][0].id')
 check "alerts ack" mqpki alerts ack "$id"
@@ -178,5 +227,5 @@ client bystander mosquitto_pub -i bystander:pub -t fleet/bystander/after -m stil
 check "the bystander still gets its messages" wait_for 10 grep -q still-here "$T/bystander.out"
 assert "broker and mqpkid alive" bash -c "kill -0 $BROKER && kill -0 $MQPKID_PID"
 check "the alerts metric counts by rule" bash -c "curl -sS --cacert '$T/chain.pem' \
-  '$MQPKID_URL/metrics' | grep -q 'mqpki_detect_alerts_total{rule=\"cloned_identity\"} 1'"
+  '$MQPKID_URL/metrics' | grep -q 'mqpki_detect_alerts_total{rule=\"cloned_identity\"} 2'"
 finish
