@@ -361,7 +361,7 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
     }
     metrics_detect_alert(a.rule);
     mqpki_log(MQPKI_LOG_WARN, "detect: alert %lld: %s on %s (broker %s): %s", (long long)id, a.rule,
-              a.asset[0] ? a.asset : a.address, a.broker, a.outcome);
+              a.asset[0] ? a.asset : a.address, a.broker[0] ? a.broker : "-", a.outcome);
     mqpki_time_str(a.time, when);
     v = json_pack("{s:I, s:s, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:O}", "id", (json_int_t)id, "time",
                   when, "rule", a.rule, "asset", asset, "address", address, "broker", broker,
