@@ -64,6 +64,9 @@ struct plugin {
     int64_t stats_next;      /* when the next per-asset counters go out */
     struct quarantine *quar; /* the newest good quarantine list, NULL when none */
     int events_off;          /* plugin_opt_events false */
+    int64_t log_second;      /* ACL denial log lines: the second being counted, */
+    int log_count;           /* lines logged in it, */
+    long log_suppressed;     /* and lines left out of it */
 };
 
 static size_t bucket_of(const struct plugin *pl, const struct mosquitto *ctx)
@@ -425,6 +428,29 @@ static int on_disconnect(int event, void *event_data, void *userdata)
     return MOSQ_ERR_SUCCESS;
 }
 
+/* At most ACL_LOG_PER_S denial lines a second (a flood must not flood the log), then one line
+ * saying how many were left out; the events still count every one. */
+#define ACL_LOG_PER_S 10
+static int acl_log_allowed(struct plugin *pl)
+{
+    int64_t now = mqpki_now();
+
+    if (now != pl->log_second) {
+        if (pl->log_suppressed > 0)
+            mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: %ld more ACL denials not logged",
+                                 pl->log_suppressed);
+        pl->log_second = now;
+        pl->log_count = 0;
+        pl->log_suppressed = 0;
+    }
+    if (pl->log_count < ACL_LOG_PER_S) {
+        pl->log_count++;
+        return 1;
+    }
+    pl->log_suppressed++;
+    return 0;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_acl_check *ed = event_data;
@@ -469,9 +495,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
                              ed->topic ? ed->topic : "?");
         goto out;
     }
-    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
-                         user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
-                         ed->topic ? ed->topic : "?");
+    if (acl_log_allowed(pl))
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
+                             user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
+                             ed->topic ? ed->topic : "?");
     {
         struct broker_event *e = emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
                                       mosquitto_client_address(ed->client), NULL,
