@@ -3,7 +3,8 @@
 # stopped by pid on exit; every loop is bounded. Raw results go to bench/results/raw.jsonl, the
 # summary to bench/results/latest.json and docs/performance.md (bench/report.py).
 # Knobs: BENCH_REPS (3), BENCH_SECS (5 s per issuance/connect run), BENCH_REVOKE (60),
-# BENCH_ASSETS (1000000), BENCH_CRL ("10000 100000 1000000").
+# BENCH_ASSETS (1000000), BENCH_CRL ("10000 100000 1000000"); bench/detect.sh's BENCH_CLONES
+# (60) and BENCH_FLOOD (100000).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -182,6 +183,9 @@ say "revocation: $NREV revocations, each to its subscriber's disconnect"
 wait_for 20 grep -q "feed: connected to broker b1" mqpkid2.log || say "warning: feed not connected"
 jrec revocation run pkibench revoke 127.0.0.1 "$BP" chain.pem . "$NREV" "$BIN/mqpki"
 stop "$MQPKID"; stop "$BROKER"
+
+# ---- detect -> respond: its own CA, brokers and mqpkid (bench/detect.sh) ----
+bash "$ROOT/bench/detect.sh" "$BUILD" "$RAW"
 
 # ---- CRL scale ----
 for n in $CRLS; do
