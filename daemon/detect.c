@@ -67,8 +67,13 @@ struct presence {
     char asset[PROTO_ASSET_ID_MAX + 1];
     int connections;
     int64_t last_heard, silent_reported;
+    int64_t last_connect, interval; /* the usual time between its connects (moving average) */
+    int gaps;                       /* connect-to-connect gaps that average holds */
     struct presence *next;
 };
+
+#define SILENT_GAPS_MIN  3  /* gaps seen before an asset's own interval counts */
+#define SILENT_LIMIT_MIN 60 /* a learned silence limit is never shorter than this, seconds */
 
 struct detect {
     struct daemon_ctx *ctx;
@@ -472,9 +477,17 @@ static void detect_one(struct detect *d, const char *broker, json_t *ev, int64_t
         return;
     if (asset != NULL && (p = presence_get(d, asset, strcmp(type, "connect") == 0)) != NULL) {
         p->last_heard = now;
-        if (strcmp(type, "connect") == 0)
+        if (strcmp(type, "connect") == 0) {
+            /* Learn the asset's usual interval between connects (gaps of a second or more:
+             * a burst of reconnects is no rhythm). */
+            int64_t gap = p->last_connect > 0 ? now - p->last_connect : 0;
+            if (gap >= 1) {
+                p->interval = p->gaps == 0 ? gap : (3 * p->interval + gap) / 4;
+                p->gaps++;
+            }
+            p->last_connect = now;
             p->connections++;
-        else if (strcmp(type, "disconnect") == 0 && p->connections > 0)
+        } else if (strcmp(type, "disconnect") == 0 && p->connections > 0)
             p->connections--;
     }
     if (strcmp(type, "connect_refused") == 0) {
@@ -549,11 +562,27 @@ struct silent_ctx {
     json_t *found; /* [asset, last_seen] pairs */
 };
 
+/* How long an asset may stay silent: [detect] silent_window, or sooner silent_threshold times
+ * its usual interval between connects once that is known (at least SILENT_LIMIT_MIN). */
+static int64_t silent_limit(const struct detect *d, const struct presence *p)
+{
+    int64_t limit = window_of(d, DETECT_SILENT), learned;
+
+    if (p != NULL && p->gaps >= SILENT_GAPS_MIN) {
+        learned = (int64_t)d->cfg.detect[DETECT_SILENT].threshold * p->interval;
+        if (learned < SILENT_LIMIT_MIN)
+            learned = SILENT_LIMIT_MIN;
+        if (learned < limit)
+            limit = learned;
+    }
+    return limit;
+}
+
 static int silent_asset(const struct inventory_asset *a, void *ctx)
 {
     struct silent_ctx *s = ctx;
     struct presence *p = presence_get(s->d, a->id, 0);
-    int64_t heard = a->last_seen, window = window_of(s->d, DETECT_SILENT);
+    int64_t heard = a->last_seen, window = silent_limit(s->d, p);
 
     if (a->last_seen == 0 || a->kind != INV_KIND_DEVICE)
         return 0;
@@ -568,7 +597,9 @@ static int silent_asset(const struct inventory_asset *a, void *ctx)
         heard = s->d->started_at;
     if (heard > s->now - window)
         return 0;
-    return json_array_append_new(s->found, json_pack("[s,I]", a->id, (json_int_t)a->last_seen));
+    return json_array_append_new(s->found, json_pack("[s,I,I,I]", a->id, (json_int_t)a->last_seen,
+                                                     (json_int_t)window,
+                                                     (json_int_t)(p != NULL ? p->interval : 0)));
 }
 
 /* Active devices not heard of for a window (not connected, no traffic). */
@@ -587,9 +618,11 @@ static void sweep_silent(struct detect *d, int64_t now)
             if (p != NULL)
                 p->silent_reported = p->last_heard = now;
             fire(d, DETECT_SILENT, id, NULL, NULL, NULL,
-                 json_pack("{s:I, s:I}", "last_seen",
-                           (json_int_t)json_integer_value(json_array_get(pair, 1)), "window",
-                           (json_int_t)window_of(d, DETECT_SILENT)));
+                 json_pack("{s:I, s:I, s:I}", "last_seen",
+                           (json_int_t)json_integer_value(json_array_get(pair, 1)), "limit",
+                           (json_int_t)json_integer_value(json_array_get(pair, 2)),
+                           "usual_interval",
+                           (json_int_t)json_integer_value(json_array_get(pair, 3))));
         }
     }
     mqpki_err_clear();

@@ -236,7 +236,7 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     c->detect[DETECT_TOPIC_SCAN] = (struct datadir_detect_rule){10, 60, DETECT_QUARANTINE};
     c->detect[DETECT_CLONED_IDENTITY] = (struct datadir_detect_rule){3, 60, DETECT_HOLD};
     c->detect[DETECT_FLAPPING] = (struct datadir_detect_rule){10, 300, DETECT_ALERT};
-    c->detect[DETECT_SILENT] = (struct datadir_detect_rule){1, 86400, DETECT_ALERT};
+    c->detect[DETECT_SILENT] = (struct datadir_detect_rule){3, 86400, DETECT_ALERT};
     c->detect[DETECT_REVOKED_CONNECTED] = (struct datadir_detect_rule){1, 30, DETECT_ALERT};
 }
 
