@@ -20,6 +20,11 @@
  *   pkibench revoke-probe HOST PORT CAFILE DIR N MQPKI_BIN
  *       the same with subscribers vI, while a probe (DIR/conn.pem, client id conn:probe) publishes
  * to itself every 10 ms; adds the worst round trip seen during the revocations.
+ *   pkibench clone HOST PORT HOST6 PORT6 CAFILE DIR N
+ *       N devices DIR/cI.pem|key connect on HOST, then a copy of each identity on HOST6;
+ *       records the time from the copy's CONNACK to the device's disconnect (detect -> hold).
+ *   pkibench messages HOST PORT CAFILE CERT KEY SECONDS CLIENTID
+ *       QoS 0 messages a client publishes to its own topic and receives back, per second.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -643,6 +648,149 @@ static int cmd_revoke(const char *host, int port, const char *cafile, const char
     return missed > 0 ? 1 : 0;
 }
 
+/* ---- detect: cloned identity -> disconnect ---- */
+
+/* Connects a subscriber of fleet/ASSET/# as client id, waits for its CONNACK. */
+static struct mosquitto *sub_connect(struct sub *s, const char *client_id, const char *host,
+                                     int port, const char *cafile, const char *cert,
+                                     const char *key, int insecure)
+{
+    struct mosquitto *m = mosquitto_new(client_id, true, s);
+    double end = now() + 10;
+
+    if (m == NULL || mosquitto_tls_set(m, cafile, NULL, cert, key, NULL) != 0 ||
+        (insecure && mosquitto_tls_insecure_set(m, true) != 0))
+        goto fail;
+    mosquitto_connect_callback_set(m, on_connect);
+    mosquitto_disconnect_callback_set(m, on_disconnect);
+    mosquitto_reconnect_delay_set(m, 30, 30, false);
+    if (mosquitto_connect(m, host, port, 60) != 0 || mosquitto_loop_start(m) != 0)
+        goto fail;
+    while (!atomic_load(&s->connected) && now() < end)
+        usleep(500);
+    if (atomic_load(&s->connected))
+        return m;
+    mosquitto_loop_stop(m, true);
+fail:
+    mosquitto_destroy(m);
+    return NULL;
+}
+
+/*
+ * pkibench clone HOST PORT HOST6 PORT6 CAFILE DIR N: for each of N identities DIR/cI.pem|key,
+ * the device (client id cI) connects on HOST, then a copy of its identity (client id cI:x)
+ * on HOST6 (another address); mqpkid's cloned_identity rule holds the certificate and the
+ * broker cuts both off. Records the time from the clone's CONNACK to the device's disconnect.
+ */
+static int cmd_clone(const char *host, int port, const char *host6, int port6, const char *cafile,
+                     const char *dir, int n)
+{
+    double *lat = calloc((size_t)n, sizeof(double));
+    int got = 0, missed = 0;
+
+    if (lat == NULL || n < 1 || n > 1000)
+        return 1;
+    mosquitto_lib_init();
+    for (int i = 0; i < n; i++) {
+        struct sub dev, clone;
+        struct mosquitto *md = NULL, *mc = NULL;
+        char cert[512], key[512], cid[40];
+        double t0, end;
+
+        memset(&dev, 0, sizeof(dev));
+        memset(&clone, 0, sizeof(clone));
+        snprintf(dev.id, sizeof(dev.id), "c%d", i);
+        snprintf(clone.id, sizeof(clone.id), "c%d", i);
+        snprintf(cert, sizeof(cert), "%s/c%d.pem", dir, i);
+        snprintf(key, sizeof(key), "%s/c%d.key", dir, i);
+        snprintf(cid, sizeof(cid), "c%d:x", i);
+        if ((md = sub_connect(&dev, dev.id, host, port, cafile, cert, key, 0)) == NULL) {
+            fprintf(stderr, "pkibench: c%d cannot connect\n", i);
+            return 1;
+        }
+        mc = sub_connect(&clone, cid, host6, port6, cafile, cert, key, 1);
+        t0 = now();
+        end = t0 + 5;
+        while (mc != NULL && atomic_load(&dev.disconnected_at) == 0 && now() < end)
+            usleep(200);
+        if (mc == NULL || atomic_load(&dev.disconnected_at) == 0)
+            missed++;
+        else
+            lat[got++] = (atomic_load(&dev.disconnected_at) - t0) * 1000;
+        for (struct mosquitto *m = md; m != NULL; m = m == md ? mc : NULL) {
+            mosquitto_disconnect(m);
+            mosquitto_loop_stop(m, true);
+            mosquitto_destroy(m);
+        }
+    }
+    qsort(lat, (size_t)got, sizeof(double), cmpd);
+    printf("{\"clones\": %d, \"disconnected\": %d, \"missed\": %d, \"p50_ms\": %.1f, "
+           "\"p99_ms\": %.1f, \"max_ms\": %.1f, \"min_ms\": %.1f}\n",
+           n, got, missed, got ? lat[got / 2] : 0, got ? lat[(int)((got - 1) * 0.99 + 0.5)] : 0,
+           got ? lat[got - 1] : 0, got ? lat[0] : 0);
+    mosquitto_lib_cleanup();
+    free(lat);
+    return missed > 0 ? 1 : 0;
+}
+
+/* ---- messages through the broker ---- */
+
+struct msgs {
+    struct sub s; /* first: the connect callbacks see the same object */
+    atomic_long received;
+};
+
+static void on_msg(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+{
+    (void)m;
+    (void)msg;
+    atomic_fetch_add(&((struct msgs *)obj)->received, 1);
+}
+
+/*
+ * pkibench messages HOST PORT CAFILE CERT KEY SECONDS CLIENTID: one client subscribes to its
+ * own fleet/CLIENTID/# and publishes 64-byte QoS 0 messages there, at most 100 in flight;
+ * messages received per second (each one a publish and a delivery through the plugin).
+ */
+static int cmd_messages(const char *host, int port, const char *cafile, const char *cert,
+                        const char *key, double seconds, const char *client_id)
+{
+    struct msgs st;
+    struct mosquitto *m;
+    char topic[96], payload[64];
+    long sent = 0;
+    double t0, end;
+
+    memset(&st, 0, sizeof(st));
+    memset(payload, 'x', sizeof(payload));
+    snprintf(st.s.id, sizeof(st.s.id), "%s", client_id);
+    mosquitto_lib_init();
+    if ((m = sub_connect(&st.s, client_id, host, port, cafile, cert, key, 0)) == NULL) {
+        fprintf(stderr, "pkibench: %s cannot connect\n", client_id);
+        return 1;
+    }
+    mosquitto_message_callback_set(m, on_msg);
+    usleep(200000); /* the subscription settled */
+    snprintf(topic, sizeof(topic), "fleet/%s/bench", client_id);
+    t0 = now();
+    end = t0 + seconds;
+    while (now() < end) {
+        if (sent - atomic_load(&st.received) >= 100) {
+            usleep(50);
+            continue;
+        }
+        if (mosquitto_publish(m, NULL, topic, sizeof(payload), payload, 0, false) == 0)
+            sent++;
+    }
+    printf("{\"sent\": %ld, \"received\": %ld, \"per_s\": %.1f}\n", sent, atomic_load(&st.received),
+           (double)atomic_load(&st.received) / (now() - t0));
+    mosquitto_disconnect(m);
+    mosquitto_loop_stop(m, true);
+    mosquitto_destroy(m);
+    mosquitto_lib_cleanup();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
@@ -661,8 +809,16 @@ int main(int argc, char **argv)
     /* The same with a probe publisher (DIR/conn.pem) and subscribers DIR/vI.pem. */
     if (strcmp(cmd, "revoke-probe") == 0 && argc == 8)
         return cmd_revoke(argv[2], atoi(argv[3]), argv[4], argv[5], atoi(argv[6]), argv[7], "v", 1);
+    if (strcmp(cmd, "clone") == 0 && argc == 9)
+        return cmd_clone(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), argv[6], argv[7],
+                         atoi(argv[8]));
+    if (strcmp(cmd, "messages") == 0 && argc == 9)
+        return cmd_messages(argv[2], atoi(argv[3]), argv[4], argv[5], argv[6], atof(argv[7]),
+                            argv[8]);
     fprintf(stderr, "usage: pkibench limits HOME SECONDS | crl-build HOME N OUT | "
                     "crl-load CHAIN CRL | connects HOST PORT CAFILE CERT KEY SECONDS CLIENTID | "
-                    "revoke[-probe] HOST PORT CAFILE DIR N MQPKI_BIN\n");
+                    "revoke[-probe] HOST PORT CAFILE DIR N MQPKI_BIN | "
+                    "clone HOST PORT HOST6 PORT6 CAFILE DIR N | "
+                    "messages HOST PORT CAFILE CERT KEY SECONDS CLIENTID\n");
     return 2;
 }

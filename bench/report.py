@@ -102,6 +102,35 @@ put("broker.plain_connects_per_s", agg([r["per_s"] for r in bq]))
 if bp and bq:
     ratios = [a["per_s"] / b["per_s"] for a, b in zip(bp, bq) if b["per_s"] > 0]
     put("broker.connects_ratio_plugin_vs_plain", agg(ratios), nd=3)
+# Detect -> respond (bench/detect.sh): events on vs off in alternated pairs, the clone rule.
+for sfx in ("", "_mqpkid"):
+    for what in ("connects", "messages"):
+        on, off = runs("detect_" + what, "on" + sfx), runs("detect_" + what, "off" + sfx)
+        where = "plugin" if sfx == "" else "with_mqpkid"
+        put(f"detect.{where}.{what}_on_per_s", agg([r["per_s"] for r in on]))
+        put(f"detect.{where}.{what}_off_per_s", agg([r["per_s"] for r in off]))
+        if on and off:
+            put(f"detect.{where}.{what}_ratio_on_vs_off",
+                agg([a["per_s"] / b["per_s"] for a, b in zip(on, off) if b["per_s"] > 0]), nd=3)
+        # The broker's CPU per operation: microseconds per connect or per message received.
+        count = "connects" if what == "connects" else "received"
+        per = {}
+        for side, rr in (("on", on), ("off", off)):
+            vals = [r["broker_cpu_s"] * 1e6 / r[count] for r in rr
+                    if r.get("broker_cpu_s") is not None and r[count] > 0]
+            per[side] = agg(vals)
+            put(f"detect.{where}.{what}_broker_cpu_us_{side}", per[side])
+        if per["on"] and per["off"] and per["on"]["median"] > 0:
+            res["detect"][where][f"{what}_cpu_ratio_off_vs_on"] = round(
+                per["off"]["median"] / per["on"]["median"], 3)
+put("detect.messages_during_flood_per_s",
+    agg([r["per_s"] for r in runs("detect_messages", "during_flood")]))
+dc = runs("detect_clone")
+if dc:
+    res.setdefault("detect", {})["clone"] = dc[0]
+dm = runs("detect_memory")
+if dm:
+    res.setdefault("detect", {})["flood"] = dm[0]
 inv = {r["key"]: r["data"] for r in rows if r["group"] == "inventory"}
 if inv:
     n = str(inv.get("store", {}).get("assets", 0))
@@ -192,6 +221,25 @@ for n in res.get("crl", {}):
          + fmt(f"crl.{n}.plugin_peak_rss_mb") + ") / " + fmt(f"crl.{n}.lookup_ns"),
          "< 2 s / < 100 MB" if n == "1000000" else ""),
     ]
+table += [
+    ("cloned identity -> disconnect p50 / p99 ms (n=%s)" % (get("detect.clone.disconnected") or 0),
+     fmt("detect.clone.p50_ms") + " / " + fmt("detect.clone.p99_ms"), "p99 < 250"),
+    ("plugin alone, events on / off: connects/s ratio; messages/s ratio",
+     fmt("detect.plugin.connects_ratio_on_vs_off") + "; "
+     + fmt("detect.plugin.messages_ratio_on_vs_off"), ">= 0.95"),
+    ("with mqpkid on the host, events on / off: connects/s ratio; messages/s ratio",
+     fmt("detect.with_mqpkid.connects_ratio_on_vs_off") + "; "
+     + fmt("detect.with_mqpkid.messages_ratio_on_vs_off"), ""),
+    ("broker CPU per connect, events on / off, us (plugin alone)",
+     fmt("detect.plugin.connects_broker_cpu_us_on") + " / "
+     + fmt("detect.plugin.connects_broker_cpu_us_off"), ""),
+    ("broker CPU per message, events on / off, us (plugin alone)",
+     fmt("detect.plugin.messages_broker_cpu_us_on") + " / "
+     + fmt("detect.plugin.messages_broker_cpu_us_off"), ""),
+    ("events off / on, broker CPU per op: connects; messages",
+     str(get("detect.plugin.connects_cpu_ratio_off_vs_on")) + "; "
+     + str(get("detect.plugin.messages_cpu_ratio_off_vs_on")), ">= 0.95"),
+]
 table += [
     ("broker TLS connects/s plugin / plain",
      fmt("broker.plugin_connects_per_s") + " / " + fmt("broker.plain_connects_per_s"), ""),

@@ -4,7 +4,8 @@
 # summary to bench/results/latest.json and docs/performance.md (bench/report.py).
 # Knobs: BENCH_REPS (3), BENCH_SECS (5 s per issuance/connect run), BENCH_REVOKE (60),
 # BENCH_ASSETS (1000000), BENCH_CRL ("10000 100000 1000000"), BENCH_BIG (1000000 entries held
-# for revocation_big, bench/revoke-big.sh), BENCH_BIG_REVOKE (10 revocations).
+# for revocation_big, bench/revoke-big.sh), BENCH_BIG_REVOKE (10 revocations); bench/detect.sh's
+# BENCH_CLONES (60) and BENCH_FLOOD (100000).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -190,6 +191,9 @@ stop "$MQPKID"; stop "$BROKER"
 say "revocation at scale: $NBIG revocations with a $BIG-entry CRL held, probe every 10 ms"
 jrec revocation_big run bash "$ROOT/bench/revoke-big.sh" "$BIN" "$W/big" "$BIG" "$NBIG"
 rm -rf "$W/big"
+
+# ---- detect -> respond: its own CA, brokers and mqpkid (bench/detect.sh) ----
+bash "$ROOT/bench/detect.sh" "$BUILD" "$RAW"
 
 # ---- CRL scale ----
 for n in $CRLS; do

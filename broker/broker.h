@@ -148,4 +148,56 @@ int acl_allowed(const struct acl *a, const char *id, int is_service, int access,
  * must then be covered by wildcards of pattern). */
 int acl_topic_covers(const char *pattern, const char *subject);
 
+/*
+ * events: the plugin's security events (docs/detect.md) in a ring of fixed capacity. Callbacks
+ * push (a full ring drops the event and counts it: the broker never waits for mqpkid); the tick
+ * takes batches as JSON {"type":"batch","broker":B,"dropped":N,"events":[...]}.
+ */
+#define EVRING_BATCH_MAX 64 /* events in one message */
+#define BROKER_ADDR_MAX  64 /* a client's address as Mosquitto gives it, NUL included */
+
+struct broker_event {
+    char type[20]; /* connect, connect_refused, acl_denied, disconnect, takeover, ... */
+    char asset[PROTO_ASSET_ID_MAX + 1];
+    char client_id[PROTO_ASSET_ID_MAX * 2]; /* cut there: it is evidence, not a key */
+    char address[BROKER_ADDR_MAX];
+    char other_address[BROKER_ADDR_MAX]; /* takeover, cert_shared: the other connection's */
+    char serial[PROTO_SERIAL_HEX_MAX + 1];
+    char reason[32];
+    char topic[PROTO_TOPIC_MAX];
+    int wildcard;   /* acl_denied: a subscription filter with + or # */
+    int abnormal;   /* disconnect: 1 not a clean DISCONNECT (the will goes out), 0 clean */
+    int has_counts; /* stats */
+    int64_t connects, messages, bytes;
+    int64_t time;
+};
+
+struct evring;
+
+/* A ring of cap events; NULL when out of memory or cap is 0. */
+struct evring *evring_new(size_t cap);
+void evring_free(struct evring *r);
+/* A cleared record of type in the ring to fill in, or NULL when the ring is full (counted as
+ * dropped). Valid until the next evring_take_batch. */
+struct broker_event *evring_push(struct evring *r, const char *type);
+/* Copies s (NULL: "") into a field of size bytes, cut to fit. */
+void broker_event_set(char *dst, size_t size, const char *s);
+#define BROKER_EVENT_SET(field, s) broker_event_set((field), sizeof(field), (s))
+/* The oldest events (at most max, at most EVRING_BATCH_MAX) as one JSON batch (caller frees),
+ * removed from the ring; NULL when there is nothing to say (or out of memory: kept). */
+char *evring_take_batch(struct evring *r, const char *broker, size_t max);
+size_t evring_count(const struct evring *r);
+uint64_t evring_dropped(const struct evring *r);
+
+/* quarantine: the assets mqpkid put under quarantine, from its retained list on
+ * PROTO_TOPIC_QUARANTINE ({"assets":["ID",...]}). A quarantined asset may only publish to
+ * fleet/ID/quarantine. */
+#define QUARANTINE_MAX 100000
+struct quarantine;
+/* Parses the retained list (hostile: size-capped, ids checked). NULL with why on refusal. */
+struct quarantine *quarantine_parse(const void *payload, size_t len, char *why, size_t why_len);
+void quarantine_free(struct quarantine *q);
+int quarantine_has(const struct quarantine *q, const char *asset);
+size_t quarantine_count(const struct quarantine *q);
+
 #endif

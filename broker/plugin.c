@@ -25,6 +25,10 @@
 
 #define EXPORT  __attribute__((visibility("default")))
 #define WHY_MAX 256
+/* Events: ring capacity by default, batches sent per tick at most (the rest wait or drop). */
+#define EVENTS_MAX_DEFAULT  4096
+#define EVENTS_BATCHES_TICK 8
+#define STATS_EVERY_DEFAULT 60
 
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
@@ -35,8 +39,11 @@ struct client {
     char serial_hex[PROTO_SERIAL_HEX_MAX + 1];
     unsigned char serial[PROTO_SERIAL_KEY_LEN];
     unsigned char issuer[PROTO_ISSUER_LEN];
+    char address[BROKER_ADDR_MAX];
+    int64_t messages, bytes; /* since the last stats event */
     int kick;
-    struct client *next;
+    struct client *next;  /* same context bucket */
+    struct client *anext; /* same asset bucket: takeovers and shared certificates */
 };
 
 struct plugin {
@@ -52,14 +59,46 @@ struct plugin {
     struct crlload *loader;  /* large full CRLs, off this thread */
     unsigned char *deferred; /* a delta CRL waiting for the full CRL being loaded */
     size_t deferred_len;
-    struct client **bucket;
+    struct client **bucket, **abucket; /* by context, by asset; n_buckets each */
     size_t n_buckets, n_clients, pending_kicks;
+    struct evring *ev;       /* NULL when events are off (plugin_opt_events false) */
+    size_t events_max;       /* plugin_opt_events_max */
+    int64_t stats_every;     /* plugin_opt_stats_every, seconds; 0 off */
+    int64_t stats_next;      /* when the next per-asset counters go out */
+    struct quarantine *quar; /* the newest good quarantine list, NULL when none */
+    int events_off;          /* plugin_opt_events false */
+    int64_t log_second;      /* ACL denial log lines: the second being counted, */
+    int log_count;           /* lines logged in it, */
+    long log_suppressed;     /* and lines left out of it */
 };
 
 static size_t bucket_of(const struct plugin *pl, const struct mosquitto *ctx)
 {
     uintptr_t p = (uintptr_t)ctx;
     return (size_t)((p >> 4) ^ (p >> 12)) & (pl->n_buckets - 1);
+}
+
+/* FNV-1a of an asset id. */
+static size_t abucket_of(const struct plugin *pl, const char *asset)
+{
+    uint32_t h = 2166136261u;
+
+    for (const unsigned char *p = (const unsigned char *)asset; *p != '\0'; p++)
+        h = (h ^ *p) * 16777619u;
+    return (size_t)h & (pl->n_buckets - 1);
+}
+
+static void aindex_remove(struct plugin *pl, struct client *c)
+{
+    struct client **pp = &pl->abucket[abucket_of(pl, c->asset)];
+
+    for (; *pp != NULL; pp = &(*pp)->anext) {
+        if (*pp == c) {
+            *pp = c->anext;
+            c->anext = NULL;
+            return;
+        }
+    }
 }
 
 static void client_free(struct client *c)
@@ -77,6 +116,7 @@ static struct client *client_take(struct plugin *pl, const struct mosquitto *ctx
     for (; (c = *pp) != NULL; pp = &c->next) {
         if (c->ctx == ctx) {
             *pp = c->next;
+            aindex_remove(pl, c);
             pl->n_clients--;
             if (c->kick)
                 pl->pending_kicks--;
@@ -95,49 +135,89 @@ static int client_put(struct plugin *pl, struct client *c)
     /* Keep chains short: double the buckets when clients outnumber them twice. */
     if (pl->n_clients + 1 > 2 * pl->n_buckets) {
         size_t n = pl->n_buckets * 2, old_n = pl->n_buckets;
-        struct client **nb = calloc(n, sizeof(*nb)), **ob = pl->bucket;
-        if (nb != NULL) {
+        struct client **nb = calloc(n, sizeof(*nb)), **na = calloc(n, sizeof(*na));
+        struct client **ob = pl->bucket;
+        if (nb != NULL && na != NULL) {
+            free(pl->abucket);
             pl->bucket = nb;
+            pl->abucket = na;
             pl->n_buckets = n;
+            nb = na = NULL;
             for (size_t i = 0; i < old_n; i++) {
                 struct client *x = ob[i], *next;
                 for (; x != NULL; x = next) {
                     next = x->next;
                     b = bucket_of(pl, x->ctx);
-                    x->next = nb[b];
-                    nb[b] = x;
+                    x->next = pl->bucket[b];
+                    pl->bucket[b] = x;
+                    b = abucket_of(pl, x->asset);
+                    x->anext = pl->abucket[b];
+                    pl->abucket[b] = x;
                 }
             }
             free(ob);
         }
+        free(nb);
+        free(na);
     }
     b = bucket_of(pl, c->ctx);
     c->next = pl->bucket[b];
     pl->bucket[b] = c;
+    b = abucket_of(pl, c->asset);
+    c->anext = pl->abucket[b];
+    pl->abucket[b] = c;
     pl->n_clients++;
     return 0;
 }
 
-/* Publishes one security event as JSON on PROTO_TOPIC_EVENTS + BROKER (QoS 1, not retained). */
-static void emit(struct plugin *pl, const char *type, const char *asset, const char *client_id,
-                 const char *address, const char *serial, const char *reason)
+/*
+ * Queues one security event in the ring (docs/detect.md); the tick sends it in a batch on
+ * PROTO_TOPIC_EVENTS + BROKER. Returns the record for more fields, or NULL when events are off
+ * or the ring is full (counted: the batch after says how many were dropped).
+ */
+static struct broker_event *emit(struct plugin *pl, const char *type, const char *asset,
+                                 const char *client_id, const char *address, const char *serial,
+                                 const char *reason)
 {
-    char when[32];
-    json_t *v;
-    char *text = NULL;
+    struct broker_event *e = evring_push(pl->ev, type);
 
-    mqpki_time_str(mqpki_now(), when);
-    v = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:s, s:s}", "type", type, "asset", asset,
-                  "client_id", client_id, "address", address, "serial", serial, "reason", reason,
-                  "broker", pl->broker_name, "time", when);
-    if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
-        goto out;
-    if (mosquitto_broker_publish_copy(NULL, pl->events_topic, (int)strlen(text), text, 1, false,
-                                      NULL) != MOSQ_ERR_SUCCESS)
-        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: cannot publish a %s event", type);
-out:
-    free(text);
-    json_decref(v);
+    if (e == NULL)
+        return NULL;
+    BROKER_EVENT_SET(e->asset, asset);
+    BROKER_EVENT_SET(e->client_id, client_id);
+    BROKER_EVENT_SET(e->address, address);
+    BROKER_EVENT_SET(e->serial, serial);
+    BROKER_EVENT_SET(e->reason, reason);
+    e->abnormal = -1;
+    return e;
+}
+
+/* Sends what the ring holds, a few batches a tick: a flood waits in (or drops from) the ring
+ * instead of growing the broker's queues. */
+static void flush_events(struct plugin *pl)
+{
+    for (int i = 0; i < EVENTS_BATCHES_TICK; i++) {
+        char *text = evring_take_batch(pl->ev, pl->broker_name, EVRING_BATCH_MAX);
+        if (text == NULL)
+            break;
+        if (mosquitto_broker_publish_copy(NULL, pl->events_topic, (int)strlen(text), text, 1, false,
+                                          NULL) != MOSQ_ERR_SUCCESS)
+            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: cannot publish security events");
+        free(text);
+    }
+}
+
+static void emit_stats_one(struct plugin *pl, struct client *c);
+
+/* Per-asset counters of every connected client with traffic since the last ones. */
+static void emit_stats(struct plugin *pl)
+{
+    for (size_t b = 0; b < pl->n_buckets; b++) {
+        for (struct client *c = pl->bucket[b]; c != NULL; c = c->next) {
+            if (c->messages > 0)
+                emit_stats_one(pl, c);
+        }
+    }
 }
 
 /* Tells mqpkid which CRLs this broker enforces now (`mqpki crl`, `mqpki revoke` run again). */
@@ -191,6 +271,37 @@ MQPKI_STATIC int client_id_allowed(const char *cid, const char *asset)
     return cid != NULL && strncmp(cid, asset, n) == 0 && (cid[n] == '\0' || cid[n] == ':');
 }
 
+/*
+ * What a new connection shares with the asset's live ones: the same client id (MQTT's session
+ * takeover: the old one is about to be thrown off) or, from another address, the same
+ * certificate (two holders of one key, or one device behind two networks).
+ */
+static void note_twins(struct plugin *pl, const struct client *c)
+{
+    for (struct client *o = pl->abucket[abucket_of(pl, c->asset)]; o != NULL; o = o->anext) {
+        struct broker_event *e;
+        if (o->ctx == c->ctx || strcmp(o->asset, c->asset) != 0)
+            continue;
+        if (strcmp(o->client_id, c->client_id) == 0) {
+            mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                                 "mqpki: %s: session takeover of client %.100s (from %s, "
+                                 "was %s)",
+                                 c->asset, c->client_id, c->address, o->address);
+            if ((e = emit(pl, "takeover", c->asset, c->client_id, c->address, c->serial_hex,
+                          NULL)) != NULL)
+                BROKER_EVENT_SET(e->other_address, o->address);
+        } else if (memcmp(o->serial, c->serial, sizeof(c->serial)) == 0 &&
+                   strcmp(o->address, c->address) != 0) {
+            mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                                 "mqpki: %s: certificate %s connected from %s and %s at once",
+                                 c->asset, c->serial_hex, c->address, o->address);
+            if ((e = emit(pl, "cert_shared", c->asset, c->client_id, c->address, c->serial_hex,
+                          NULL)) != NULL)
+                BROKER_EVENT_SET(e->other_address, o->address);
+        }
+    }
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_basic_auth *ed = event_data;
@@ -206,7 +317,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     if (cert == NULL) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: client from %s refused: no certificate",
                              addr ? addr : "?");
-        emit(pl, "auth_failure", NULL, cid, addr, NULL, "no client certificate");
+        emit(pl, "connect_refused", NULL, cid, addr, NULL, "no_certificate");
         goto out;
     }
     serial_hex(cert, hex);
@@ -215,7 +326,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
                              "mqpki: certificate %s refused: no asset id "
                              "(SAN " PROTO_ASSET_URN "ID)",
                              hex);
-        emit(pl, "auth_failure", NULL, cid, addr, hex, "certificate names no asset");
+        emit(pl, "connect_refused", NULL, cid, addr, hex, "no_asset");
         goto out;
     }
     proto_serial_key(X509_get0_serialNumber(cert), key);
@@ -227,7 +338,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
                              "mqpki: %s (certificate %s) refused: "
                              "certificate revoked or on hold",
                              asset, hex);
-        emit(pl, "revoked_attempt", asset, cid, addr, hex, "certificate revoked or on hold");
+        emit(pl, "connect_refused", asset, cid, addr, hex, "revoked_or_held");
         goto out;
     }
     if (!is_service && !client_id_allowed(cid, asset)) {
@@ -235,7 +346,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
                              "mqpki: %s refused: client id '%.64s' is not its own (use '%s' or "
                              "'%s:...')",
                              asset, cid ? cid : "", asset, asset);
-        emit(pl, "auth_failure", asset, cid, addr, hex, "client id of another asset");
+        emit(pl, "connect_refused", asset, cid, addr, hex, "client_id");
         goto out;
     }
     /* The service must get in to deliver the CRL that fail_closed waits for. */
@@ -244,7 +355,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
                              "mqpki: %s refused: fail_closed and no fresh "
                              "CRL held",
                              asset);
-        emit(pl, "auth_failure", asset, cid, addr, hex, "no fresh CRL (fail_closed)");
+        emit(pl, "connect_refused", asset, cid, addr, hex, "crl_stale");
         goto out;
     }
     if ((c = calloc(1, sizeof(*c))) == NULL ||
@@ -260,8 +371,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     c->ctx = ed->client;
     snprintf(c->asset, sizeof(c->asset), "%s", asset);
     snprintf(c->serial_hex, sizeof(c->serial_hex), "%s", hex);
+    BROKER_EVENT_SET(c->address, addr);
     memcpy(c->serial, key, sizeof(key));
     memcpy(c->issuer, issuer, sizeof(issuer));
+    if (!is_service)
+        note_twins(pl, c);
     client_put(pl, c);
     c = NULL;
     emit(pl, "connect", asset, cid, addr, hex, NULL);
@@ -272,6 +386,19 @@ out:
     return rc;
 }
 
+static void emit_stats_one(struct plugin *pl, struct client *c)
+{
+    struct broker_event *e =
+        emit(pl, "stats", c->asset, c->client_id, c->address, c->serial_hex, NULL);
+
+    if (e == NULL)
+        return;
+    e->has_counts = 1;
+    e->messages = c->messages;
+    e->bytes = c->bytes;
+    c->messages = c->bytes = 0;
+}
+
 static int on_disconnect(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_disconnect *ed = event_data;
@@ -279,11 +406,52 @@ static int on_disconnect(int event, void *event_data, void *userdata)
     struct client *c = client_take(pl, ed->client);
 
     if (c != NULL) {
-        emit(pl, "disconnect", c->asset, c->client_id, mosquitto_client_address(ed->client),
-             c->serial_hex, NULL);
+        const char *why;
+        struct broker_event *e;
+        switch (ed->reason) {
+        case MOSQ_ERR_SUCCESS: why = "clean"; break;
+        case MOSQ_ERR_KEEPALIVE: why = "keepalive"; break;
+        case MOSQ_ERR_CONN_LOST: why = "socket_error"; break;
+        case MOSQ_ERR_PROTOCOL: why = "protocol"; break;
+        case MOSQ_ERR_ADMINISTRATIVE_ACTION: why = "kicked"; break;
+        case MOSQ_ERR_OVERSIZE_PACKET: why = "oversize"; break;
+        default: why = NULL; break;
+        }
+        if (c->messages > 0)
+            emit_stats_one(pl, c);
+        e = emit(pl, "disconnect", c->asset, c->client_id, c->address, c->serial_hex, why);
+        /* Anything but a DISCONNECT packet publishes the client's will, if it set one. Some
+         * Mosquitto versions pass no reason (-1): then the event says nothing about it. */
+        if (e != NULL && why != NULL)
+            e->abnormal = ed->reason != MOSQ_ERR_SUCCESS;
+        else if (e != NULL)
+            snprintf(e->reason, sizeof(e->reason), "code %d", ed->reason);
         client_free(c);
     }
     return MOSQ_ERR_SUCCESS;
+}
+
+/* At most ACL_LOG_PER_S denial lines a second (a flood must not flood the log), then one line
+ * saying how many were left out; the events still count every one. */
+#define ACL_LOG_PER_S 10
+static int acl_log_allowed(struct plugin *pl)
+{
+    int64_t now = mqpki_now();
+
+    if (now != pl->log_second) {
+        if (pl->log_suppressed > 0)
+            mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: %ld more ACL denials not logged",
+                                 pl->log_suppressed);
+        pl->log_second = now;
+        pl->log_count = 0;
+        pl->log_suppressed = 0;
+    }
+    if (pl->log_count < ACL_LOG_PER_S) {
+        pl->log_count++;
+        return 1;
+    }
+    pl->log_suppressed++;
+    return 0;
 }
 
 static int on_acl_check(int event, void *event_data, void *userdata)
@@ -300,6 +468,25 @@ static int on_acl_check(int event, void *event_data, void *userdata)
     case MOSQ_ACL_UNSUBSCRIBE: access = ACL_UNSUBSCRIBE; break;
     default: goto out;
     }
+    /* A quarantined asset may only publish to fleet/ID/quarantine until released. */
+    if (user != NULL && quarantine_has(pl->quar, user)) {
+        char own[PROTO_TOPIC_MAX];
+        if (access == ACL_UNSUBSCRIBE ||
+            (access == ACL_WRITE && ed->topic != NULL &&
+             snprintf(own, sizeof(own), "fleet/%s" PROTO_QUARANTINE_SUFFIX, user) <
+                 (int)sizeof(own) &&
+             strcmp(ed->topic, own) == 0))
+            rc = MOSQ_ERR_SUCCESS;
+        else if (access != ACL_READ) {
+            struct broker_event *e =
+                emit(pl, "quarantine_denied", user, mosquitto_client_id(ed->client),
+                     mosquitto_client_address(ed->client), NULL,
+                     access == ACL_WRITE ? "publish" : "subscribe");
+            if (e != NULL)
+                BROKER_EVENT_SET(e->topic, ed->topic);
+        }
+        goto out;
+    }
     if (user != NULL && ed->topic != NULL &&
         acl_allowed(pl->acl, user, strcmp(user, pl->service_id) == 0, access, ed->topic)) {
         rc = MOSQ_ERR_SUCCESS;
@@ -311,11 +498,20 @@ static int on_acl_check(int event, void *event_data, void *userdata)
                              ed->topic ? ed->topic : "?");
         goto out;
     }
-    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
-                         user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
-                         ed->topic ? ed->topic : "?");
-    emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
-         mosquitto_client_address(ed->client), NULL, access == ACL_WRITE ? "publish" : "subscribe");
+    if (acl_log_allowed(pl))
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
+                             user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
+                             ed->topic ? ed->topic : "?");
+    {
+        struct broker_event *e = emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
+                                      mosquitto_client_address(ed->client), NULL,
+                                      access == ACL_WRITE ? "publish" : "subscribe");
+        if (e != NULL) {
+            BROKER_EVENT_SET(e->topic, ed->topic);
+            e->wildcard =
+                access == ACL_SUBSCRIBE && ed->topic != NULL && strpbrk(ed->topic, "+#") != NULL;
+        }
+    }
 out:
     return rc;
 }
@@ -524,6 +720,14 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
+static struct client *client_find(struct plugin *pl, const struct mosquitto *ctx)
+{
+    for (struct client *c = pl->bucket[bucket_of(pl, ctx)]; c != NULL; c = c->next)
+        if (c->ctx == ctx)
+            return c;
+    return NULL;
+}
+
 static int on_message(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_message *ed = event_data;
@@ -531,7 +735,13 @@ static int on_message(int event, void *event_data, void *userdata)
     const char *user = mosquitto_client_username(ed->client);
     char why[WHY_MAX] = "";
     int delta, rc = MOSQ_ERR_SUCCESS;
+    struct client *c;
 
+    /* Per-asset counters: O(1) by context. */
+    if (pl->stats_every > 0 && (c = client_find(pl, ed->client)) != NULL) {
+        c->messages++;
+        c->bytes += ed->payloadlen;
+    }
     if (ed->topic == NULL || !proto_topic_is_control(ed->topic))
         goto out;
     if (user == NULL || strcmp(user, pl->service_id) != 0) {
@@ -541,6 +751,19 @@ static int on_message(int event, void *event_data, void *userdata)
                              "service identity publishes under " PROTO_TOPIC_ROOT,
                              ed->topic, user ? user : "an unnamed client");
         rc = MOSQ_ERR_ACL_DENIED;
+        goto out;
+    }
+    if (strcmp(ed->topic, PROTO_TOPIC_QUARANTINE) == 0) {
+        struct quarantine *q = quarantine_parse(ed->payload, ed->payloadlen, why, sizeof(why));
+        if (q == NULL) {
+            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", ed->topic, why);
+            rc = MOSQ_ERR_ACL_DENIED;
+            goto out;
+        }
+        quarantine_free(pl->quar);
+        pl->quar = q;
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: %zu assets under quarantine",
+                             quarantine_count(q));
         goto out;
     }
     if (strcmp(ed->topic, PROTO_TOPIC_CRL_FULL) == 0)
@@ -567,6 +790,11 @@ static int on_tick(int event, void *event_data, void *userdata)
     size_t n = 0;
 
     apply_loaded(pl);
+    if (pl->stats_every > 0 && mqpki_now() >= pl->stats_next) {
+        pl->stats_next = mqpki_now() + pl->stats_every;
+        emit_stats(pl);
+    }
+    flush_events(pl);
     if (pl->pending_kicks == 0)
         goto out;
     /* Kicking fires on_disconnect, which edits the table: collect first, kick after. */
@@ -644,6 +872,9 @@ static void plugin_free(struct plugin *pl)
     revset_set_reaper(NULL, NULL);
     crlload_stop(pl->loader);
     free(pl->deferred);
+    free(pl->abucket);
+    evring_free(pl->ev);
+    quarantine_free(pl->quar);
     sk_X509_pop_free(pl->cas, X509_free);
     revset_free(pl->rev);
     acl_free(pl->acl);
@@ -690,6 +921,23 @@ static int parse_options(struct plugin *pl, struct mosquitto_opt *opts, int n, c
                 goto out;
             }
             pl->fail_closed = strcmp(v, "true") == 0;
+        } else if (strcmp(k, "events") == 0) {
+            if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+                mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_events: use true or false");
+                goto out;
+            }
+            pl->events_off = strcmp(v, "false") == 0;
+        } else if (strcmp(k, "events_max") == 0 || strcmp(k, "stats_every") == 0) {
+            char *end = NULL;
+            long long x = strtoll(v, &end, 10);
+            if (end == v || *end != '\0' || x < 0 || x > 10000000) {
+                mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_%s: 0 to 10000000", k);
+                goto out;
+            }
+            if (k[0] == 'e')
+                pl->events_max = (size_t)x;
+            else
+                pl->stats_every = x;
         } else {
             mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: unknown option plugin_opt_%.60s", k);
             goto out;
@@ -729,7 +977,10 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     snprintf(pl->service_id, sizeof(pl->service_id), "%s", PROTO_SERVICE_ID);
     snprintf(pl->broker_name, sizeof(pl->broker_name), "broker");
     pl->n_buckets = 64;
+    pl->events_max = EVENTS_MAX_DEFAULT;
+    pl->stats_every = STATS_EVERY_DEFAULT;
     if ((pl->bucket = calloc(pl->n_buckets, sizeof(*pl->bucket))) == NULL ||
+        (pl->abucket = calloc(pl->n_buckets, sizeof(*pl->abucket))) == NULL ||
         (pl->rev = revset_new_empty()) == NULL) {
         rc = MOSQ_ERR_NOMEM;
         goto out;
@@ -737,6 +988,13 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     if (parse_options(pl, opts, opt_count, &ca_file, &acl_file) != 0)
         goto out;
     (void)proto_topic_events(pl->broker_name, pl->events_topic);
+    if (pl->events_off)
+        pl->events_max = 0;
+    if (pl->events_max > 0 && (pl->ev = evring_new(pl->events_max)) == NULL) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    pl->stats_next = mqpki_now() + pl->stats_every;
     if (proto_crl_load_cas(ca_file, &pl->cas, why, sizeof(why)) != 0 ||
         acl_load(acl_file, &pl->acl, why, sizeof(why)) != 0) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
@@ -765,8 +1023,9 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     }
     mosquitto_log_printf(MOSQ_LOG_NOTICE,
                          "mqpki: plugin ready for broker %s (service %s, "
-                         "fail_closed %s)",
-                         pl->broker_name, pl->service_id, pl->fail_closed ? "true" : "false");
+                         "fail_closed %s, events %zu)",
+                         pl->broker_name, pl->service_id, pl->fail_closed ? "true" : "false",
+                         pl->events_max);
     *userdata = pl;
     pl = NULL;
     rc = MOSQ_ERR_SUCCESS;

@@ -55,6 +55,12 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 int cmd_store_migrate(struct cli *cli, int argc, char **argv);
 int cmd_replica_init(struct cli *cli, int argc, char **argv);
 
+/* cmd_detect.c: detect -> respond. */
+int cmd_events(struct cli *cli, int argc, char **argv);
+int cmd_alerts(struct cli *cli, int argc, char **argv);
+int cmd_alerts_ack(struct cli *cli, int argc, char **argv);
+int cmd_release(struct cli *cli, int argc, char **argv);
+
 /* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */
 int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -51,6 +51,11 @@ static const struct command commands[] = {
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
     {"store", "migrate", cmd_store_migrate, "copy the embedded store into PostgreSQL"},
     {"replica", "init", cmd_replica_init, "prepare a second mqpkid on the same PostgreSQL store"},
+    {NULL, "events", cmd_events, "the brokers' security events"},
+    /* Before the top-level "alerts": a group entry matches only with its second word. */
+    {"alerts", "ack", cmd_alerts_ack, "acknowledge an alert"},
+    {NULL, "alerts", cmd_alerts, "the detectors' alerts and their responses"},
+    {NULL, "release", cmd_release, "lift a detector's hold or quarantine after review"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -17,6 +17,7 @@ struct control;
 struct est;
 struct lifecycle_committer;
 struct feed;
+struct detect;
 struct http;
 struct retention;
 struct crl_http;
@@ -31,6 +32,7 @@ struct daemon_ctx {
     struct publisher *publisher;           /* the one CRL publisher */
     struct control *control;               /* the local control socket (run/mqpkid.sock) */
     struct retention *retention;           /* the daily tidy ([retention]) */
+    struct detect *detect;                 /* detect -> respond (detect.c) */
     char db_path[4096];                    /* each server thread opens its own store connection */
 };
 
@@ -90,8 +92,21 @@ void control_stop(struct control *c);
 int retention_start(struct daemon_ctx *ctx, struct retention **out);
 void retention_stop(struct retention *r);
 int retention_run(struct daemon_ctx *ctx, const char *actor, int *noted);
+/*
+ * Detect -> respond (detect.c, docs/detect.md): a thread with its own store connection that
+ * stores the brokers' events (bounded queue, bounded retention), runs the [detect] rules and
+ * answers with alert, hold or quarantine. Start after the feed and the publisher; hand
+ * detect_sink to feed_set_sink. detect_stop is NULL-safe; stop it before the publisher.
+ */
+#include <jansson.h>
+int detect_start(struct daemon_ctx *ctx, struct detect **out);
+void detect_sink(void *ctx, const char *broker, json_t *ev, int64_t dropped);
+void detect_stop(struct detect *d);
 
 /* Metrics (thread-safe counters). */
+void metrics_detect_event(void);
+void metrics_detect_dropped(uint64_t n);
+void metrics_detect_alert(const char *rule);
 void metrics_enrollment(const char *result, double seconds);
 void metrics_request(void);
 /* Prometheus text for /metrics into a heap buffer (caller frees). */

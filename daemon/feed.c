@@ -29,7 +29,8 @@
 #include "proto.h"
 
 #define FEED_MAX_BROKERS 256
-#define FEED_EVENT_MAX   4096
+#define FEED_EVENT_MAX   (256 * 1024) /* a batch of EVRING_BATCH_MAX events */
+#define FEED_BATCH_MAX   256          /* events taken from one batch */
 #define SERVICE_ID       PROTO_SERVICE_ID
 #define TOPIC_FULL       PROTO_TOPIC_CRL_FULL
 #define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
@@ -52,6 +53,7 @@ struct link {
     pthread_mutex_t sent_lock; /* guards sent[]: the publisher and the link thread both send */
     int64_t sent[2];           /* highest full and delta CRL number sent on this connection */
     int64_t sent_cp;           /* highest audit checkpoint sent on this connection */
+    uint64_t sent_quar;        /* quarantine list version sent on this connection */
 };
 
 struct feed {
@@ -67,6 +69,12 @@ struct feed {
     char *cp_json;           /* its JSON (NULL until the publisher offers one) */
     size_t cp_len;
     int64_t cp_id;
+    pthread_mutex_t sink_lock; /* guards the event sink and the quarantine list below */
+    feed_event_fn sink;
+    void *sink_ctx;
+    char *quar_json; /* the newest quarantine list (NULL until detect offers one) */
+    size_t quar_len;
+    uint64_t quar_version;
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -131,6 +139,34 @@ static void send_checkpoint_locked(struct link *l)
     free(json);
 }
 
+/* Sends the newest quarantine list (retained) unless this connection got it. sent_lock held. */
+static void send_quarantine_locked(struct link *l)
+{
+    struct feed *f = l->f;
+    char *json = NULL;
+    size_t len = 0;
+    uint64_t version = 0;
+    int rc;
+
+    pthread_mutex_lock(&f->sink_lock);
+    if (f->quar_json != NULL && f->quar_version != l->sent_quar &&
+        (json = malloc(f->quar_len)) != NULL) {
+        memcpy(json, f->quar_json, f->quar_len);
+        len = f->quar_len;
+        version = f->quar_version;
+    }
+    pthread_mutex_unlock(&f->sink_lock);
+    if (json == NULL)
+        return;
+    rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_QUARANTINE, (int)len, json, 1, true);
+    if (rc == MOSQ_ERR_SUCCESS)
+        l->sent_quar = version;
+    else if (rc != MOSQ_ERR_NO_CONN)
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish the quarantine list: %s",
+                  l->name, mosquitto_strerror(rc));
+    free(json);
+}
+
 /* Sends the newest full CRL and, when it extends it, the newest delta, read from the store.
  * sent_lock held, so that an offer of a newer delta cannot overtake the full CRL it extends. */
 static void send_latest_locked(struct link *l)
@@ -172,9 +208,11 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     pthread_mutex_lock(&l->sent_lock);
     l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
     l->sent_cp = -1;
+    l->sent_quar = 0;
     atomic_store(&l->connected, 1);
     send_latest_locked(l);
     send_checkpoint_locked(l);
+    send_quarantine_locked(l);
     pthread_mutex_unlock(&l->sent_lock);
 }
 
@@ -187,14 +225,27 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc)
                   mosquitto_strerror(rc));
 }
 
-/* A security event from the broker plugin: connects update the asset's last-seen record. */
+/* Hands one event to the sink (detect), if one is set. */
+static void to_sink(struct link *l, json_t *ev, int64_t dropped)
+{
+    struct feed *f = l->f;
+
+    pthread_mutex_lock(&f->sink_lock);
+    if (f->sink != NULL)
+        f->sink(f->sink_ctx, l->name, ev, dropped);
+    pthread_mutex_unlock(&f->sink_lock);
+}
+
+static void on_event(struct link *l, json_t *v);
+
+/* A security event, or a batch of them, from the broker plugin. */
 static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
 {
     struct link *l = ud;
     json_error_t err;
-    json_t *v = NULL;
-    const char *type, *asset, *address, *serial;
-    int rc;
+    json_t *v = NULL, *list, *d;
+    const char *type;
+    int64_t dropped;
 
     if (strncmp(msg->topic, PROTO_TOPIC_EVENTS, strlen(PROTO_TOPIC_EVENTS)) != 0)
         goto out;
@@ -208,6 +259,37 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: malformed event ignored", l->name);
         goto out;
     }
+    type = json_string_value(json_object_get(v, "type"));
+    if (type == NULL || strcmp(type, "batch") != 0) {
+        on_event(l, v);
+        goto out;
+    }
+    list = json_object_get(v, "events");
+    if (!json_is_array(list) || json_array_size(list) > FEED_BATCH_MAX) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: malformed event batch ignored", l->name);
+        goto out;
+    }
+    d = json_object_get(v, "dropped");
+    dropped = json_is_integer(d) ? json_integer_value(d) : 0;
+    if (dropped > 0) {
+        mqpki_log(MQPKI_LOG_WARN,
+                  "feed: broker %s dropped %lld security events (its ring was full)", l->name,
+                  (long long)dropped);
+        to_sink(l, NULL, dropped);
+    }
+    for (size_t i = 0; i < json_array_size(list); i++)
+        if (json_is_object(json_array_get(list, i)))
+            on_event(l, json_array_get(list, i));
+out:
+    json_decref(v);
+}
+
+/* One event: connects update the asset's last-seen record; every event goes to the sink. */
+static void on_event(struct link *l, json_t *v)
+{
+    const char *type, *asset, *address, *serial;
+    int rc;
+
     type = json_string_value(json_object_get(v, "type"));
     asset = json_string_value(json_object_get(v, "asset"));
     address = json_string_value(json_object_get(v, "address"));
@@ -227,9 +309,10 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
                       mqpki_err_detail(rc));
         goto out;
     }
+    to_sink(l, v, 0);
     if (strcmp(type, "connect") != 0) {
-        if (strcmp(type, "disconnect") != 0)
-            mqpki_log(MQPKI_LOG_INFO, "feed: broker %s: %s by %s from %s", l->name, type,
+        if (strcmp(type, "disconnect") != 0 && strcmp(type, "stats") != 0)
+            mqpki_log(MQPKI_LOG_DEBUG, "feed: broker %s: %s by %s from %s", l->name, type,
                       asset != NULL && proto_asset_id_valid(asset) ? asset : "?",
                       address != NULL && strlen(address) < 64 ? address : "?");
         goto out;
@@ -256,7 +339,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: asset %s seen: %s", l->name, asset,
                   mqpki_err_detail(rc));
 out:
-    json_decref(v);
+    return;
 }
 
 /* Sleeps ms milliseconds unless the feed stops first. */
@@ -467,6 +550,7 @@ int feed_start(const char *home, const char *store, struct feed **out)
         return MQPKI_ERR_NOMEM;
     pthread_mutex_init(&f->inv_lock, NULL);
     pthread_mutex_init(&f->cp_lock, NULL);
+    pthread_mutex_init(&f->sink_lock, NULL);
     pthread_mutex_init(&f->rescan_lock, NULL);
     {
         unsigned char r[4];
@@ -558,6 +642,55 @@ void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t 
     }
 }
 
+void feed_set_sink(struct feed *f, feed_event_fn fn, void *ctx)
+{
+    if (f == NULL)
+        return;
+    pthread_mutex_lock(&f->sink_lock);
+    f->sink = fn;
+    f->sink_ctx = ctx;
+    pthread_mutex_unlock(&f->sink_lock);
+}
+
+void feed_offer_quarantine(struct feed *f, const char *json, size_t len)
+{
+    char *copy;
+
+    if (f == NULL || json == NULL || len == 0 || (copy = malloc(len)) == NULL)
+        return;
+    memcpy(copy, json, len);
+    pthread_mutex_lock(&f->sink_lock);
+    free(f->quar_json);
+    f->quar_json = copy;
+    f->quar_len = len;
+    f->quar_version++;
+    pthread_mutex_unlock(&f->sink_lock);
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        pthread_mutex_lock(&l->sent_lock);
+        send_quarantine_locked(l);
+        pthread_mutex_unlock(&l->sent_lock);
+    }
+}
+
+void feed_publish_alert(struct feed *f, const char *json, size_t len)
+{
+    if (f == NULL || json == NULL || len == 0)
+        return;
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        int rc;
+        if (!atomic_load(&l->connected))
+            continue;
+        rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_ALERTS, (int)len, json, 1, false);
+        if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
+            mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish an alert: %s", l->name,
+                      mosquitto_strerror(rc));
+    }
+}
+
 void feed_resend(struct feed *f)
 {
     if (f == NULL)
@@ -616,7 +749,9 @@ void feed_stop(struct feed *f)
     pthread_mutex_destroy(&f->inv_lock);
     pthread_mutex_destroy(&f->cp_lock);
     pthread_mutex_destroy(&f->rescan_lock);
+    pthread_mutex_destroy(&f->sink_lock);
     free(f->cp_json);
+    free(f->quar_json);
     free(f->links);
     free(f);
 }

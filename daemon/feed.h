@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 struct feed;
 
 /* Starts the feed for the data directory home: a thread per broker, its own connection to the
@@ -54,6 +56,23 @@ void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t 
 /* Sends the newest CRLs from the store (and the newest checkpoint) to every connected broker
  * again. */
 void feed_resend(struct feed *f);
+
+/*
+ * Where the brokers' security events go (detect.c): fn is called on a link's thread with the
+ * broker's name and one event (a JSON object, borrowed for the call), or with ev NULL and
+ * dropped > 0 when the broker reports events its ring dropped. NULL fn: events are only logged.
+ */
+typedef void (*feed_event_fn)(void *ctx, const char *broker, json_t *ev, int64_t dropped);
+void feed_set_sink(struct feed *f, feed_event_fn fn, void *ctx);
+
+/* Publishes the quarantine list ({"assets":[...]}) retained with QoS 1 on
+ * PROTO_TOPIC_QUARANTINE to every connected broker, and to every broker that connects later.
+ * json is copied. */
+void feed_offer_quarantine(struct feed *f, const char *json, size_t len);
+
+/* Publishes an alert (JSON, QoS 1, not retained) on PROTO_TOPIC_ALERTS to every connected
+ * broker. */
+void feed_publish_alert(struct feed *f, const char *json, size_t len);
 
 /* Stops, disconnecting cleanly. NULL-safe. */
 void feed_stop(struct feed *f);

@@ -246,8 +246,10 @@ int main(int argc, char **argv)
     /* Publishes what a crashed process left open before serving anyone. */
     if ((rc = publisher_start(&ctx, &ctx.publisher)) != MQPKI_OK ||
         (rc = control_start(&ctx, &ctx.control)) != MQPKI_OK ||
-        (rc = retention_start(&ctx, &ctx.retention)) != MQPKI_OK)
+        (rc = retention_start(&ctx, &ctx.retention)) != MQPKI_OK ||
+        (rc = detect_start(&ctx, &ctx.detect)) != MQPKI_OK)
         goto out;
+    feed_set_sink(ctx.feed, detect_sink, ctx.detect);
     rc = http_start(&ctx, listen, listen_fd, threads, &h);
     listen_fd = -1; /* MHD owns it now, or closed it */
     if (rc != MQPKI_OK)
@@ -302,6 +304,8 @@ out:
         close(crl_fd);
     retention_stop(ctx.retention);
     control_stop(ctx.control);
+    feed_set_sink(ctx.feed, NULL, NULL);
+    detect_stop(ctx.detect);
     publisher_stop(ctx.publisher);
     feed_stop(ctx.feed);
     est_free(ctx.est);

@@ -200,6 +200,26 @@ static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct b
     mqpki_err_clear();
 }
 
+/* Detect: events stored, events dropped (broker rings, mqpkid's queue), alerts by rule. */
+static atomic_ullong detect_events, detect_dropped, detect_alerts[DETECT_COUNT_];
+
+void metrics_detect_event(void)
+{
+    atomic_fetch_add(&detect_events, 1);
+}
+
+void metrics_detect_dropped(uint64_t n)
+{
+    atomic_fetch_add(&detect_dropped, n);
+}
+
+void metrics_detect_alert(const char *rule)
+{
+    for (int i = 0; i < DETECT_COUNT_; i++)
+        if (strcmp(rule, datadir_detector_name(i)) == 0)
+            atomic_fetch_add(&detect_alerts[i], 1);
+}
+
 char *metrics_render(struct daemon_ctx *ctx, size_t *len)
 {
     struct buf b = {malloc(4096), 0, 4096};
@@ -250,6 +270,20 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         "# TYPE mqpki_crl_publications_open gauge\nmqpki_crl_publications_open %lld\n",
         crl.full, crl.delta, crl.age, crl.open);
     render_fleet(ctx, inv, &b);
+    put(&b,
+        "# HELP mqpki_detect_events_total Broker security events received.\n"
+        "# TYPE mqpki_detect_events_total counter\nmqpki_detect_events_total %llu\n"
+        "# HELP mqpki_detect_events_dropped_total Events dropped (broker ring or mqpkid queue "
+        "full).\n"
+        "# TYPE mqpki_detect_events_dropped_total counter\n"
+        "mqpki_detect_events_dropped_total %llu\n"
+        "# HELP mqpki_detect_alerts_total Alerts raised, by rule.\n"
+        "# TYPE mqpki_detect_alerts_total counter\n",
+        (unsigned long long)atomic_load(&detect_events),
+        (unsigned long long)atomic_load(&detect_dropped));
+    for (int i = 0; i < DETECT_COUNT_; i++)
+        put(&b, "mqpki_detect_alerts_total{rule=\"%s\"} %llu\n", datadir_detector_name(i),
+            (unsigned long long)atomic_load(&detect_alerts[i]));
     if (b.p == NULL)
         return NULL;
     *len = b.len;

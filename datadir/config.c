@@ -67,6 +67,47 @@ static int set_duration(int64_t *dst, const char *value)
     return 1;
 }
 
+static const char *const detector_names[DETECT_COUNT_] = {
+    "auth_failures", "topic_scan", "cloned_identity", "flapping", "silent", "revoked_connected",
+};
+static const char *const response_names[] = {"off", "alert", "hold", "quarantine"};
+
+const char *datadir_detector_name(int rule)
+{
+    return rule >= 0 && rule < DETECT_COUNT_ ? detector_names[rule] : NULL;
+}
+
+const char *datadir_response_name(int response)
+{
+    return response >= 0 && response <= DETECT_QUARANTINE ? response_names[response] : NULL;
+}
+
+/* [detect] RULE_threshold, RULE_window, RULE_response. -1 when name is none of these. */
+static int detect_key(struct datadir_config *c, const char *name, const char *value)
+{
+    for (int i = 0; i < DETECT_COUNT_; i++) {
+        struct datadir_detect_rule *r = &c->detect[i];
+        size_t n = strlen(detector_names[i]);
+        const char *k = name + n;
+        if (strncmp(name, detector_names[i], n) != 0 || k[0] != '_')
+            continue;
+        if (strcmp(k, "_threshold") == 0)
+            return set_int(&r->threshold, value, 1, 1000000);
+        if (strcmp(k, "_window") == 0)
+            return set_duration(&r->window, value) && r->window <= 30 * 86400;
+        if (strcmp(k, "_response") == 0) {
+            for (int j = 0; j <= DETECT_QUARANTINE; j++) {
+                if (strcmp(value, response_names[j]) == 0) {
+                    r->response = j;
+                    return 1;
+                }
+            }
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static int on_entry(void *user, const char *section, const char *name, const char *value)
 {
     struct parse_ctx *p = user;
@@ -155,6 +196,15 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         /* Empty: the embedded SQLite file mqpki.db. Else a PostgreSQL URL (docs/ha.md). */
         ok = set_text(c->store_url, sizeof(c->store_url), value) &&
              (value[0] == '\0' || inventory_target_is_remote(value));
+    } else if (KEY("detect", "events_max_rows"))
+        ok = set_int64(&c->events_max_rows, value, 100, 100000000);
+    else if (KEY("detect", "events_max_age"))
+        ok = set_duration(&c->events_max_age, value) && c->events_max_age <= 366 * 86400;
+    else if (KEY("detect", "hook"))
+        ok = set_text(c->detect_hook, sizeof(c->detect_hook), value) &&
+             (value[0] == '\0' || value[0] == '/');
+    else if (strcmp(section, "detect") == 0 && (ok = detect_key(c, name, value)) >= 0) {
+        /* one of the rules' keys */
     } else {
         snprintf(p->error, sizeof(p->error), "unknown key [%.40s] %.60s", section, name);
         return 0;
@@ -201,6 +251,15 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     c->token_days = 30;
     snprintf(c->log_format, sizeof(c->log_format), "text");
     snprintf(c->log_level, sizeof(c->log_level), "info");
+    c->events_max_rows = 100000;
+    c->events_max_age = 7 * 86400;
+    /* Defaults on (docs/detect.md): threshold, window, response. */
+    c->detect[DETECT_AUTH_FAILURES] = (struct datadir_detect_rule){5, 60, DETECT_ALERT};
+    c->detect[DETECT_TOPIC_SCAN] = (struct datadir_detect_rule){10, 60, DETECT_QUARANTINE};
+    c->detect[DETECT_CLONED_IDENTITY] = (struct datadir_detect_rule){3, 60, DETECT_HOLD};
+    c->detect[DETECT_FLAPPING] = (struct datadir_detect_rule){10, 300, DETECT_ALERT};
+    c->detect[DETECT_SILENT] = (struct datadir_detect_rule){3, 86400, DETECT_ALERT};
+    c->detect[DETECT_REVOKED_CONNECTED] = (struct datadir_detect_rule){1, 30, DETECT_ALERT};
 }
 
 int datadir_config_load(const char *home, struct datadir_config *cfg)

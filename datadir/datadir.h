@@ -24,6 +24,26 @@ struct lifecycle_config;
 struct datadir;
 
 /* Everything mqpki.conf can set (docs/configuration.md), with defaults filled in. */
+/* Detect -> respond (docs/detect.md): the built-in detectors and what each answers with. */
+enum datadir_detector {
+    DETECT_AUTH_FAILURES,     /* refused connections per asset and per address */
+    DETECT_TOPIC_SCAN,        /* ACL denials over distinct topics, wildcard outside the subtree */
+    DETECT_CLONED_IDENTITY,   /* one certificate from two addresses, takeovers in a loop */
+    DETECT_FLAPPING,          /* connects in a window */
+    DETECT_SILENT,            /* an active asset not seen for a window */
+    DETECT_REVOKED_CONNECTED, /* a revoked certificate connected after its CRL */
+    DETECT_COUNT_
+};
+enum datadir_response { DETECT_OFF, DETECT_ALERT, DETECT_HOLD, DETECT_QUARANTINE };
+struct datadir_detect_rule {
+    int threshold;  /* [detect] RULE_threshold: events (distinct topics, ...) that fire it */
+    int64_t window; /* [detect] RULE_window: seconds */
+    int response;   /* [detect] RULE_response: enum datadir_response */
+};
+/* "auth_failures", ... and "off", "alert", "hold", "quarantine"; NULL when out of range. */
+const char *datadir_detector_name(int rule);
+const char *datadir_response_name(int response);
+
 struct datadir_config {
     char ca_name[128];         /* [ca] name */
     char key_type[16];         /* [ca] key: ec-p256 | ec-p384 | rsa-3072 */
@@ -52,6 +72,10 @@ struct datadir_config {
     char log_format[8];                      /* [log] format: text | json */
     char log_level[8];                       /* [log] level: error | warn | info | debug */
     char store_url[1024];                    /* [store] url: postgresql:// URL, "" embedded */
+    int64_t events_max_rows;                 /* [detect] events_max_rows: broker events kept */
+    int64_t events_max_age;     /* [detect] events_max_age: seconds broker events are kept */
+    char detect_hook[PATH_MAX]; /* [detect] hook: command run with each alert on stdin, or "" */
+    struct datadir_detect_rule detect[DETECT_COUNT_];
 };
 
 struct datadir_init_opts {

@@ -38,9 +38,19 @@ static const struct {
      "der, signed_at, done_at, folded_into",
      "number", NULL},
     {"broker_crls", "broker, full_number, delta_number, updated_at", "broker", NULL},
+    {"events", "id, time, broker, type, asset, address, detail", "id", NULL},
+    {"alerts",
+     "id, time, rule, asset, address, broker, response, outcome, evidence, state, acked_at, "
+     "acked_by",
+     "id", NULL},
+    {"quarantine", "asset, since, rule, alert_id", "asset", NULL},
 };
 
 #define N_TABLES (sizeof(tables) / sizeof(tables[0]))
+
+/* The PostgreSQL tables whose id is an identity column (SQLite's INTEGER PRIMARY KEY). */
+static const char *const identity_tables[] = {"tokens", "events", "alerts"};
+#define N_IDENTITY (sizeof(identity_tables) / sizeof(identity_tables[0]))
 
 static int count_rows(struct inventory *inv, const char *table, int64_t *out)
 {
@@ -148,10 +158,15 @@ int inventory_copy(struct inventory *from, struct inventory *to, inventory_copy_
         if (rc == MQPKI_OK && progress != NULL)
             progress(ctx, tables[t].name, copied);
     }
-    /* New token ids go on above the copied ones. */
-    if (rc == MQPKI_OK && to->ops == &db_pg_ops)
-        rc = inv_exec(to, "SELECT setval(pg_get_serial_sequence('tokens', 'id'), "
-                          "COALESCE((SELECT max(id) FROM tokens), 0) + 1, false)");
+    /* New ids go on above the copied ones. */
+    for (size_t i = 0; rc == MQPKI_OK && to->ops == &db_pg_ops && i < N_IDENTITY; i++) {
+        char sql[256];
+        snprintf(sql, sizeof(sql),
+                 "SELECT setval(pg_get_serial_sequence('%s', 'id'), "
+                 "COALESCE((SELECT max(id) FROM %s), 0) + 1, false)",
+                 identity_tables[i], identity_tables[i]);
+        rc = inv_exec(to, sql);
+    }
     if (rc == MQPKI_OK)
         rc = inventory_commit(to);
     else

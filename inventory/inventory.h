@@ -543,4 +543,69 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
 
+/*
+ * Detect -> respond (inventory/events.c, docs/detect.md): the brokers' security events, kept
+ * with a bounded retention; the alerts the detectors raise; the assets under quarantine.
+ */
+struct inventory_broker_event {
+    int64_t id;
+    int64_t time;
+    char broker[PROTO_ASSET_ID_MAX + 1];
+    char type[32];
+    char asset[PROTO_ASSET_ID_MAX + 1]; /* "" when none */
+    char address[64];                   /* "" when none */
+    const char *detail;                 /* the event's JSON; valid only during the callback */
+};
+typedef int (*inventory_broker_event_cb)(const struct inventory_broker_event *e, void *ctx);
+
+/* Stores one event (detail: its JSON text, at most 4096 bytes). *id may be NULL. */
+int inventory_events_add(struct inventory *inv, const struct inventory_broker_event *e,
+                         int64_t *id);
+/* Deletes events older than min_time and the oldest beyond max_rows; *deleted may be NULL. */
+int inventory_events_prune(struct inventory *inv, int64_t max_rows, int64_t min_time,
+                           int64_t *deleted);
+/* Events with id > after_id and time >= since (asset NULL for any), oldest first, at most
+ * limit (<= 0: no limit). */
+int inventory_events_list(struct inventory *inv, const char *asset, int64_t since, int64_t after_id,
+                          int64_t limit, inventory_broker_event_cb cb, void *ctx);
+
+enum inventory_alert_state { INV_ALERT_OPEN, INV_ALERT_ACKED };
+
+struct inventory_alert {
+    int64_t id;
+    int64_t time;
+    char rule[32];
+    char asset[PROTO_ASSET_ID_MAX + 1]; /* "" when none (a rule on an address) */
+    char address[64];
+    char broker[PROTO_ASSET_ID_MAX + 1];
+    char response[16];          /* "alert", "hold", "quarantine" */
+    char outcome[INV_TEXT_MAX]; /* what the response did ("held 0A1B...", "failed: ...") */
+    const char *evidence;       /* JSON text; valid only during the callback (list) */
+    int state;                  /* enum inventory_alert_state */
+    int64_t acked_at;
+    char acked_by[INV_TEXT_MAX];
+};
+typedef int (*inventory_alert_cb)(const struct inventory_alert *a, void *ctx);
+
+/* Records an alert (id, state, acked_* ignored) with its audit event "detect.alert" (actor,
+ * rule, response, outcome, evidence) in one transaction; *id the new alert's id. */
+int inventory_alert_add(struct inventory *inv, const struct inventory_alert *a, const char *actor,
+                        int64_t *id);
+/* Alerts, newest first; open_only for the unacknowledged ones. */
+int inventory_alert_list(struct inventory *inv, int open_only, inventory_alert_cb cb, void *ctx);
+/* Acknowledges an alert (audited "detect.ack"). MQPKI_ERR_NOT_FOUND for an unknown id;
+ * acknowledging twice is not an error (*changed 0). changed may be NULL. */
+int inventory_alert_ack(struct inventory *inv, int64_t id, const char *actor, int *changed);
+
+/* Puts an asset under quarantine (audited "detect.quarantine"); *added 0 when it already was. */
+int inventory_quarantine_add(struct inventory *inv, const char *asset, const char *rule,
+                             int64_t alert_id, const char *actor, int *added);
+/* Lifts a quarantine (audited "detect.release"); *removed 0 when there was none. */
+int inventory_quarantine_remove(struct inventory *inv, const char *asset, const char *actor,
+                                int *removed);
+/* The quarantined assets in id order. */
+typedef int (*inventory_quarantine_cb)(const char *asset, int64_t since, const char *rule,
+                                       void *ctx);
+int inventory_quarantine_list(struct inventory *inv, inventory_quarantine_cb cb, void *ctx);
+
 #endif

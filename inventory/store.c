@@ -155,6 +155,40 @@ static const char *const migrations[] = {
      * certificate of the fleet (a million after years), on each revocation.
      */
     "CREATE INDEX certs_asset_state ON certs(asset_id, state, not_after);",
+    /*
+     * 4 -> 5: detect -> respond (docs/detect.md). The brokers' security events (bounded
+     * retention, pruned by mqpkid), the alerts the detectors raised, and the assets under
+     * quarantine (may publish only to fleet/ID/quarantine until released).
+     */
+    "CREATE TABLE events("
+    " id INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " broker TEXT NOT NULL,"
+    " type TEXT NOT NULL,"
+    " asset TEXT,"
+    " address TEXT,"
+    " detail TEXT NOT NULL);"
+    "CREATE INDEX events_time ON events(time);"
+    "CREATE INDEX events_asset ON events(asset, id);"
+    "CREATE TABLE alerts("
+    " id INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " rule TEXT NOT NULL,"
+    " asset TEXT,"
+    " address TEXT,"
+    " broker TEXT,"
+    " response TEXT NOT NULL,"
+    " outcome TEXT NOT NULL,"
+    " evidence TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('open', 'acked')),"
+    " acked_at INTEGER,"
+    " acked_by TEXT);"
+    "CREATE INDEX alerts_open ON alerts(id) WHERE state = 'open';"
+    "CREATE TABLE quarantine("
+    " asset TEXT PRIMARY KEY NOT NULL,"
+    " since INTEGER NOT NULL,"
+    " rule TEXT NOT NULL,"
+    " alert_id INTEGER);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

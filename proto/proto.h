@@ -32,6 +32,9 @@
 #define PROTO_TOPIC_ASSETS     "mqpki/v1/assets/" /* + ID + PROTO_TOPIC_CMD_SUFFIX */
 #define PROTO_TOPIC_CMD_SUFFIX "/cmd"
 #define PROTO_TOPIC_ALERTS     "mqpki/v1/alerts"
+/* The assets under quarantine (JSON {"assets":[...]}, retained, published by mqpkid). */
+#define PROTO_TOPIC_QUARANTINE  "mqpki/v1/quarantine"
+#define PROTO_QUARANTINE_SUFFIX "/quarantine" /* fleet/ID + this: a quarantined asset's topic */
 /* The newest signed checkpoint of the CA's audit log (JSON, retained): a copy of the anchor
  * that whoever can write the CA's store cannot take back (docs/security.md, "Audit"). */
 #define PROTO_TOPIC_AUDIT_CHECKPOINT "mqpki/v1/audit/checkpoint"

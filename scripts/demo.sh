@@ -2,9 +2,11 @@
 # The field message bus of an energy provider (OASIS "MQTT and the NIST Cybersecurity
 # Framework", Appendix A), end to end on the embedded default: a CA in a SoftHSM token, mqpkid,
 # the bundled broker with the revocation plugin, five devices enrolled over EST with one-time
-# tokens and talking over mutual TLS. The scenario runs, the meter's key is declared compromised
-# and revoked (the broker drops it, a thief with its certificate and key is refused), the meter
-# re-enrolls with a fresh key and the scenario runs again.
+# tokens and talking over mutual TLS. The scenario runs; a copy of the meter's identity connects
+# from a second address and mqpkid, on its own, puts the meter's certificate on hold (both
+# connections cut); a device identity scanning topics is quarantined; the operator reviews the
+# alerts and revokes the meter's key as compromised (a thief with its certificate and key is
+# refused), the meter re-enrolls with a fresh key and the scenario runs again.
 #
 # Environment (all optional):
 #   MQPKI_BUILD        build directory holding bin/ and lib/ (default: build/ of this repo)
@@ -157,6 +159,18 @@ sed -i "s|^#plugin_opt_acl_file .*|plugin_opt_acl_file $BDIR/acl.conf|" "$BDIR/m
 grep -q "^plugin_opt_acl_file $BDIR/acl.conf" "$BDIR/mosquitto.conf" ||
   { echo "demo: cannot enable the ACL file in $BDIR/mosquitto.conf" >&2; exit 2; }
 sed 's/^/    /' "$BDIR/acl.conf"
+# A second listener on ::1: the meter's clone comes from another address (section 6).
+BPORT6=$(free_port)
+cat >>"$BDIR/mosquitto.conf" <<EOF
+
+listener $BPORT6 ::1
+cafile $BDIR/ca.pem
+certfile $BDIR/broker.pem
+keyfile $BDIR/broker.key
+require_certificate true
+use_identity_as_username false
+tls_version tlsv1.2
+EOF
 mqpki broker run fieldbus >"$LOG/broker.log" 2>&1 &
 started $!
 check "broker listening" wait_for 10 listening "$BPORT"
@@ -280,43 +294,87 @@ bold "5. Run 1: the operator lowers the voltage; the DMS brings the feeder back 
 scenario 1
 
 #############################################################################################
-bold "6. Respond: the meter's key is declared compromised"
-# The thief's loot, taken before the revocation: the meter's certificate, its encrypted key and
-# the secret that unlocks it (a copy of the device directory), and the key decrypted for
-# standard tools.
+bold "6. Detect: a copy of the meter's identity connects from a second address"
+# The thief's loot: the meter's certificate, its encrypted key and the secret that unlocks it
+# (a copy of the device directory), and the key decrypted for standard tools.
 cp -a "$DEMO/devices/meter" "$DEMO/stolen-meter"
 gen=$(jq -r .generation "$DEMO/stolen-meter/device.json")
 openssl pkcs8 -in "$DEMO/stolen-meter/key-$gen.pem" -passin "file:$DEMO/stolen-meter/secret" \
   -out "$DEMO/stolen-meter.key" 2>/dev/null
 chmod 600 "$DEMO/stolen-meter.key"
 meter_serial=$(mqpki-device --dir "$DEMO/devices/meter" status --json | jq -r .serial)
-t_revoke=$(ms)
-run mqpki revoke --asset meter --reason key-compromise | indent
-t_revoked=$(ms)
+cloned_alert() {
+  mqpki alerts --json | jq -e 'any(.[]; .rule == "cloned_identity" and .asset == "meter"
+    and .response == "hold")' >/dev/null
+}
+t_detect=$(ms)
+echo "  attacker 0: mosquitto_sub from ::1 with the meter's certificate and key, client meter:x"
+(exec mosquitto_sub -h ::1 -p "$BPORT6" --cafile "$DEMO/chain.pem" --insecure \
+  --cert "$DEMO/stolen-meter/cert.pem" --key "$DEMO/stolen-meter.key" -i meter:x \
+  -t 'fleet/meter/#' >"$LOG/attacker0.out" 2>&1) &
+ATTACKER0=$!
+started "$ATTACKER0"
+check "mqpkid detects the cloned identity and holds the certificate" wait_for 10 cloned_alert
 check "the broker disconnects the meter" \
   wait_for 10 has_event "${EVLOG[meter]}" disconnected "" 0
+check "the clone's connection is cut too" wait_for 10 gone "$ATTACKER0"
 d=$(event "${EVLOG[meter]}" disconnected "" 0)
-LATENCY=""
+DETECT_MS=""
 if [ -n "$d" ]; then
-  # The revocation commits, mqpkid signs the delta CRL, feeds it to the broker, then writes
-  # crl/issuing-delta.crl and answers the command: the disconnect may come before the file is
-  # written and before the command returns.
+  # The event reaches mqpkid in the broker's next batch; the detector holds the certificate,
+  # the publisher signs a delta CRL and the feed hands it to the broker, which kicks both.
   t_crl=$(date -r "$MQPKI_HOME/crl/issuing-delta.crl" +%s%3N)
-  LATENCY=$((${d#* } - t_revoked))
+  DETECT_MS=$((${d#* } - t_detect))
   FROM_CRL=$((${d#* } - t_crl))
-  FROM_START=$((${d#* } - t_revoke))
   {
-    printf '%d\tmqpki revoke starts\n' 0
-    printf '%d\tcrl/issuing-delta.crl written (the export; brokers get the CRL from mqpkid)\n' \
-      $((t_crl - t_revoke))
-    printf '%d\tthe meter reports its disconnect\n' "$FROM_START"
-    printf '%d\tmqpki revoke returns\n' $((t_revoked - t_revoke))
+    printf '%d\tthe clone connects from ::1\n' 0
+    printf '%d\tcrl/issuing-delta.crl written (the hold; brokers get it from mqpkid)\n' \
+      $((t_crl - t_detect))
+    printf '%d\tthe meter reports its disconnect\n' "$DETECT_MS"
   } | sort -n -s | while IFS=$'\t' read -r t what; do printf '  +%4d ms  %s\n' "$t" "$what"; done
 fi
 check "the meter's reconnect is refused" wait_for 10 has_event "${EVLOG[meter]}" refused "" 0
 check "the meter process ends (exit 3: identity refused)" wait_for 10 gone "${PID[meter]}"
 echo "  meter: reconnect refused: $(jq -rs 'map(select(.event=="refused")) | first
   | .payload // "?"' "${EVLOG[meter]}")"
+echo "  broker: $(grep -m1 "certificate .* connected from" "$LOG/broker.log" | sed 's/^[^ ]*: //')"
+
+echo
+echo "  attacker 3: a field gateway's valid identity subscribes across the fleet"
+mqpki asset add gateway --kind device --model "Field gateway" --location feeder-12 >/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=gateway \
+  -keyout "$DEMO/gateway.key" -out "$DEMO/gateway.csr" 2>/dev/null
+mqpki issue --asset gateway --csr "$DEMO/gateway.csr" --out "$DEMO/gateway.pem" >/dev/null
+GW=(-h 127.0.0.1 -p "$BPORT" --cafile "$DEMO/chain.pem" --cert "$DEMO/gateway.pem"
+  --key "$DEMO/gateway.key" -i gateway)
+SCAN=()
+for r in "${ROLES[@]}"; do SCAN+=(-t "fleet/$r/status" -t "fleet/$r/cmd" -t "fleet/$r/config"); done
+t_scan=$(ms)
+mosquitto_sub "${GW[@]}" "${SCAN[@]}" -C 1 -W 2 >"$LOG/attacker3.out" 2>&1 || true
+scan_alert() {
+  mqpki alerts --json | jq -e 'any(.[]; .rule == "topic_scan" and .asset == "gateway"
+    and .response == "quarantine")' >/dev/null
+}
+check "mqpkid detects the topic scan and quarantines the gateway" wait_for 10 scan_alert
+check "the broker confines the gateway to fleet/gateway/quarantine" \
+  wait_for 10 grep -q "1 assets under quarantine" "$LOG/broker.log"
+SCAN_MS=$(($(ms) - t_scan))
+mosquitto_pub "${GW[@]}" -t fleet/gateway/status -m up >/dev/null 2>&1 || true
+check "the quarantined gateway may not publish its status" wait_for 5 bash -c \
+  "mqpki events --asset gateway --json | jq -e -s 'any(.[]; .type == \"quarantine_denied\")' \
+  >/dev/null"
+DETECT_PHASE_MS=$(($(ms) - t_detect))
+echo "  the Detect phase took $DETECT_PHASE_MS ms (both attacks, detection, responses, checks)"
+
+#############################################################################################
+bold "7. Respond: the operator reviews the alerts; the meter's key is declared compromised"
+run mqpki alerts --open | indent
+run mqpki revoke --asset meter --reason key-compromise | indent
+for id in $(mqpki alerts --open --json | jq -r '.[] | select(.rule == "cloned_identity" or
+  .rule == "topic_scan") | .id'); do
+  mqpki alerts ack "$id" | indent
+done
+rm -f "$DEMO/gateway.key"
 
 printf '\n  attacker 1: mqpki-fieldbus meter with a copy of the meter directory\n'
 rc=0
@@ -344,7 +402,7 @@ for r in tablet dms capbank supply; do
 done
 
 #############################################################################################
-bold "7. Recover: a new token, a fresh key, the meter enrolls again"
+bold "8. Recover: a new token, a fresh key, the meter enrolls again"
 enroll meter "$DEMO/devices/meter-2" meter-2
 new_serial=$(mqpki-device --dir "$DEMO/devices/meter-2" status --json | jq -r .serial 2>/dev/null)
 check "the new meter certificate is a new one" \
@@ -353,11 +411,11 @@ start_role meter "$DEMO/devices/meter-2"
 check "the new meter connected" wait_for 10 has_event "${EVLOG[meter]}" connected "" 0
 
 #############################################################################################
-bold "8. Run 2: the same scenario with the recovered meter"
+bold "9. Run 2: the same scenario with the recovered meter"
 scenario 2
 
 #############################################################################################
-bold "9. The inventory"
+bold "10. The inventory"
 run mqpki asset list | indent
 run mqpki audit verify | indent
 
@@ -365,14 +423,12 @@ bold "Summary"
 for r in "${ROLES[@]}" meter-2; do
   printf '  enrollment %-8s %4s ms\n' "$r" "${ENROLL_MS[$r]:--}"
 done
-if [ -n "$LATENCY" ]; then
-  printf '  revocation to disconnect   %d ms after %s\n' "$FROM_START" "mqpki revoke"
-  if [ "$LATENCY" -lt 0 ]; then
-    printf '                             started (%d ms before it returned)\n' $((-LATENCY))
-  else
-    printf '                             started (%d ms after it returned)\n' "$LATENCY"
-  fi
+if [ -n "$DETECT_MS" ]; then
+  printf '  clone connects to meter disconnected   %d ms (detect, hold, delta CRL, kick)\n' \
+    "$DETECT_MS"
 fi
+printf '  topic scan to quarantine in force      %d ms\n' "${SCAN_MS:-0}"
+printf '  Detect phase                           %d ms\n' "${DETECT_PHASE_MS:-0}"
 printf '  %d checks passed, %d failed, %d s in all\n' "$PASSED" "$FAILED" \
   $((($(ms) - START_MS) / 1000))
 echo "  working directory: $DEMO (recreated on every run; logs in $LOG)"
@@ -380,10 +436,12 @@ if [ -n "$RESULT" ]; then
   enroll_json=$(for r in "${!ENROLL_MS[@]}"; do echo "$r ${ENROLL_MS[$r]}"; done |
     jq -Rn '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)}] | add // {}')
   jq -nc --argjson p "$PASSED" --argjson f "$FAILED" --argjson e "$enroll_json" \
-    --arg l "${LATENCY:-}" --arg c "${FROM_CRL:-}" --arg s "${FROM_START:-}" \
+    --arg c "${FROM_CRL:-}" --arg d "${DETECT_MS:-}" --arg q "${SCAN_MS:-}" \
+    --arg t "${DETECT_PHASE_MS:-}" \
     'def n: if . == "" then null else tonumber end; {summary: true, passed: $p, failed: $f,
-    enroll_ms: $e, revoke_returned_to_disconnect_ms: ($l | n),
-    crl_written_to_disconnect_ms: ($c | n), revoke_started_to_disconnect_ms: ($s | n)}' \
+    enroll_ms: $e, crl_written_to_disconnect_ms: ($c | n),
+    clone_to_disconnect_ms: ($d | n), scan_to_quarantine_ms: ($q | n),
+    detect_phase_ms: ($t | n)}' \
     >>"$RESULT"
 fi
 [ "$FAILED" -eq 0 ]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # 05-fieldbus: the field message bus scenario end to end, through the same driver as `make
 # demo` (scripts/demo.sh) in a private directory: five devices enrolled over EST, the nine steps
-# received in causal order, the meter disconnected on revocation, a thief with its certificate
-# and key refused, the meter re-enrolled with a fresh key and the scenario completed again.
+# received in causal order, a clone of the meter's identity detected and the meter's certificate
+# held (both cut off), a topic scan quarantined, a thief with its certificate and key refused
+# after the revocation, the meter re-enrolled with a fresh key and the scenario completed again.
 # Each check of the driver becomes one test line; the event logs are then checked on their own.
 . "$(dirname "$0")/lib.sh"
 
@@ -47,6 +48,8 @@ jq -s 'map(select(.summary)) | first' "$R" >"$T/summary.json" 2>/dev/null || tru
 assert "summary: no failed check" test "$(jq -r .failed "$T/summary.json")" = 0
 assert "summary: a revocation-to-disconnect time" \
   jq -e '.crl_written_to_disconnect_ms != null' "$T/summary.json" >/dev/null
+assert "summary: the Detect phase timed" \
+  jq -e '.clone_to_disconnect_ms != null and .detect_phase_ms != null' "$T/summary.json" >/dev/null
 
 # The event logs, read directly.
 L=$D/logs

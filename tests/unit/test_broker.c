@@ -13,6 +13,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <jansson.h>
+
 #include "broker.h"
 #include "proto.h"
 
@@ -724,6 +726,86 @@ static void test_load_cas(void **state)
     free_ca(&root);
 }
 
+/* The batches come from jansson's allocator, not cmocka's. */
+#undef free
+
+/* The event ring: bounded, drops counted and reported once, batches of at most max. */
+static void test_event_ring(void **state)
+{
+    struct evring *r = evring_new(4);
+    struct broker_event *e;
+    char *text;
+    json_t *v;
+
+    (void)state;
+    assert_non_null(r);
+    for (int i = 0; i < 6; i++) {
+        e = evring_push(r, "acl_denied");
+        if (i < 4) {
+            assert_non_null(e);
+            BROKER_EVENT_SET(e->topic, "fleet/other/x");
+            e->wildcard = i == 0;
+        } else {
+            assert_null(e);
+        }
+    }
+    assert_int_equal(evring_count(r), 4);
+    assert_int_equal(evring_dropped(r), 2);
+    text = evring_take_batch(r, "b1", 3);
+    assert_non_null(text);
+    v = json_loads(text, 0, NULL);
+    assert_non_null(v);
+    assert_int_equal(json_integer_value(json_object_get(v, "dropped")), 2);
+    assert_int_equal(json_array_size(json_object_get(v, "events")), 3);
+    assert_true(
+        json_is_true(json_object_get(json_array_get(json_object_get(v, "events"), 0), "wildcard")));
+    json_decref(v);
+    free(text);
+    text = evring_take_batch(r, "b1", 3);
+    v = json_loads(text, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(v, "dropped")), 0);
+    assert_int_equal(json_array_size(json_object_get(v, "events")), 1);
+    json_decref(v);
+    free(text);
+    assert_null(evring_take_batch(r, "b1", 3));
+    /* A field longer than its room is cut, never overflowed. */
+    e = evring_push(r, "connect");
+    BROKER_EVENT_SET(e->client_id,
+                     "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+                     "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc");
+    assert_int_equal(strlen(e->client_id), sizeof(e->client_id) - 1);
+    evring_free(r);
+}
+
+#define free test_free
+
+/* The quarantine list is hostile input: shape, ids and size checked. */
+static void test_quarantine_list(void **state)
+{
+    static const char good[] = "{\"assets\":[\"dev2\",\"dev1\"]}";
+    static const char bad_id[] = "{\"assets\":[\"dev1\",\"../x\"]}";
+    static const char empty[] = "{\"assets\":[]}";
+    struct quarantine *q;
+    char why[256];
+
+    (void)state;
+    q = quarantine_parse(good, strlen(good), why, sizeof(why));
+    assert_non_null(q);
+    assert_true(quarantine_has(q, "dev1"));
+    assert_true(quarantine_has(q, "dev2"));
+    assert_false(quarantine_has(q, "dev3"));
+    assert_int_equal(quarantine_count(q), 2);
+    quarantine_free(q);
+    assert_null(quarantine_parse(bad_id, strlen(bad_id), why, sizeof(why)));
+    assert_null(quarantine_parse("[1,2]", 5, why, sizeof(why)));
+    assert_null(quarantine_parse("{", 1, why, sizeof(why)));
+    q = quarantine_parse(empty, strlen(empty), why, sizeof(why));
+    assert_non_null(q);
+    assert_false(quarantine_has(q, "dev1"));
+    quarantine_free(q);
+    assert_false(quarantine_has(NULL, "dev1"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -738,6 +820,8 @@ int main(void)
         cmocka_unit_test(test_der_walker_hostile),
         cmocka_unit_test(test_serial_key_der),
         cmocka_unit_test(test_crlload),
+        cmocka_unit_test(test_event_ring),
+        cmocka_unit_test(test_quarantine_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

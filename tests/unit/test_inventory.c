@@ -1467,6 +1467,85 @@ static void test_meta(void **state)
     assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
 }
 
+static int count_event(const struct inventory_broker_event *e, void *ctx)
+{
+    (*(int64_t *)ctx)++;
+    assert_non_null(e->detail);
+    return 0;
+}
+
+static int first_alert(const struct inventory_alert *a, void *ctx)
+{
+    *(int64_t *)ctx = a->id;
+    return 1;
+}
+
+/* Detect: events with bounded retention, alerts with their audit event, quarantine. */
+static void test_detect_tables(void **state)
+{
+    struct fx *f = *state;
+    struct inventory_broker_event e;
+    struct inventory_alert a;
+    int64_t n = 0, deleted = 0, id = 0, first = 0;
+    int changed = -1;
+
+    memset(&e, 0, sizeof(e));
+    snprintf(e.broker, sizeof(e.broker), "b1");
+    snprintf(e.type, sizeof(e.type), "acl_denied");
+    snprintf(e.asset, sizeof(e.asset), "dev1");
+    e.detail = "{\"type\":\"acl_denied\"}";
+    for (int i = 0; i < 300; i++) {
+        e.time = 1000 + i;
+        assert_int_equal(inventory_events_add(f->inv, &e, NULL), MQPKI_OK);
+    }
+    snprintf(e.asset, sizeof(e.asset), "../x");
+    assert_int_equal(inventory_events_add(f->inv, &e, NULL), MQPKI_ERR_INVALID);
+    /* Age first (time < 1100 goes), then all but the newest 150. */
+    assert_int_equal(inventory_events_prune(f->inv, 150, 1100, &deleted), MQPKI_OK);
+    assert_int_equal(deleted, 150);
+    assert_int_equal(inventory_events_list(f->inv, "dev1", 0, 0, 0, count_event, &n), MQPKI_OK);
+    assert_int_equal(n, 150);
+    n = 0;
+    assert_int_equal(inventory_events_list(f->inv, "dev2", 0, 0, 0, count_event, &n), MQPKI_OK);
+    assert_int_equal(n, 0);
+
+    memset(&a, 0, sizeof(a));
+    a.time = 2000;
+    snprintf(a.rule, sizeof(a.rule), "cloned_identity");
+    snprintf(a.asset, sizeof(a.asset), "dev1");
+    snprintf(a.response, sizeof(a.response), "hold");
+    snprintf(a.outcome, sizeof(a.outcome), "held");
+    a.evidence = "not json";
+    assert_int_equal(inventory_alert_add(f->inv, &a, "detect", &id), MQPKI_ERR_INVALID);
+    a.evidence = "{\"other_address\":\"::1\"}";
+    assert_int_equal(inventory_alert_add(f->inv, &a, "detect", &id), MQPKI_OK);
+    assert_true(id > 0);
+    assert_int_equal(inventory_alert_list(f->inv, 1, first_alert, &first), MQPKI_OK);
+    assert_int_equal(first, id);
+    assert_int_equal(inventory_alert_ack(f->inv, id, "cli", &changed), MQPKI_OK);
+    assert_int_equal(changed, 1);
+    assert_int_equal(inventory_alert_ack(f->inv, id, "cli", &changed), MQPKI_OK);
+    assert_int_equal(changed, 0);
+    first = 0;
+    assert_int_equal(inventory_alert_list(f->inv, 1, first_alert, &first), MQPKI_OK);
+    assert_int_equal(first, 0);
+    assert_int_equal(inventory_alert_ack(f->inv, 999, "cli", NULL), MQPKI_ERR_NOT_FOUND);
+
+    assert_int_equal(inventory_quarantine_add(f->inv, "dev1", "topic_scan", id, "detect", &changed),
+                     MQPKI_OK);
+    assert_int_equal(changed, 1);
+    assert_int_equal(inventory_quarantine_add(f->inv, "dev1", "topic_scan", id, "detect", &changed),
+                     MQPKI_OK);
+    assert_int_equal(changed, 0);
+    assert_int_equal(inventory_quarantine_remove(f->inv, "dev1", "cli", &changed), MQPKI_OK);
+    assert_int_equal(changed, 1);
+    assert_int_equal(inventory_quarantine_remove(f->inv, "dev1", "cli", &changed), MQPKI_OK);
+    assert_int_equal(changed, 0);
+    n = 0;
+    assert_int_equal(inventory_audit_verify(f->inv, &n, NULL), MQPKI_OK);
+    assert_true(n >= 4); /* alert, ack, quarantine, release */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1495,6 +1574,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migrate_1_to_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_detect_tables, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
