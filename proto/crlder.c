@@ -296,7 +296,7 @@ static int entry_reason(const unsigned char *p, const unsigned char *end, int *r
 int proto_crl_der_entries(const struct proto_crl_der *d, proto_crl_entry_fn fn, void *ctx,
                           size_t *count, char *why, size_t why_len)
 {
-    const unsigned char *p = d->revoked, *end = d->revoked + d->revoked_len;
+    const unsigned char *p = d->revoked, *end;
     unsigned char key[PROTO_SERIAL_KEY_LEN];
     size_t n = 0;
     struct tlv e, serial, when, exts;
@@ -305,6 +305,7 @@ int proto_crl_der_entries(const struct proto_crl_der *d, proto_crl_entry_fn fn, 
         *count = 0;
     if (p == NULL)
         return 0;
+    end = p + d->revoked_len;
     /* revokedCertificates ::= SEQUENCE OF SEQUENCE { userCertificate, revocationDate,
      * crlEntryExtensions OPTIONAL } */
     while (p < end) {
