@@ -62,6 +62,12 @@ static const struct {
                       "  mqpki audit verify\n"},
     {"replica init", "  mqpki --home /srv/mqpki-b replica init --from /srv/mqpki-a\n"
                      "  mqpkid --home /srv/mqpki-b --listen 0.0.0.0:8444\n"},
+    {"events", "  mqpki events --since 15m\n"
+               "  mqpki events --asset meter-7 --follow --json\n"},
+    {"alerts", "  mqpki alerts --open\n"
+               "  mqpki alerts --json | jq '.[] | select(.rule == \"cloned_identity\")'\n"},
+    {"alerts ack", "  mqpki alerts ack 12\n"},
+    {"release", "  mqpki release --asset meter-7\n"},
     {"crl-sync",
      "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
      "      --exec 'systemctl reload mosquitto'\n"},
