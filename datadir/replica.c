@@ -64,9 +64,11 @@ static int conf_set_store(const char *home, const char *url)
         if (nl == NULL)
             out[o++] = '\n';
     }
-    if (!done)
-        o += (size_t)snprintf(out + o, cap - o, "%s[store]\nurl = %s\n", in_store ? "" : "\n",
-                              url);
+    /* The [store] section last in the file gets the key at its end; no section, a new one. */
+    if (!done && in_store)
+        o += (size_t)snprintf(out + o, cap - o, "url = %s\n", url);
+    else if (!done)
+        o += (size_t)snprintf(out + o, cap - o, "\n[store]\nurl = %s\n", url);
     rc = mqpki_file_write_atomic(path, out, o, 0600);
     free(out);
     free(text);
