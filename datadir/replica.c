@@ -75,7 +75,17 @@ static int conf_set_store(const char *home, const char *url)
     return rc;
 }
 
-int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress, void *ctx)
+/*
+ * Crash windows: the copy is one transaction in the server; mqpki.conf changes after its commit,
+ * by write, fsync, rename, fsync of the directory. Killed before the commit: nothing was copied
+ * and the data directory still uses mqpki.db; a rerun copies. Killed after the commit and before
+ * the rename: the server holds the copy, mqpki.conf still names no store; a rerun finds exactly
+ * this store's rows there (inventory_copy) and only rewrites mqpki.conf. Killed after the
+ * rename: migrated; a rerun says the store is already on PostgreSQL. Whatever changes mqpki.db
+ * in between makes the copy stale, and a rerun refuses it (drop the database and rerun).
+ */
+int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress, void *ctx,
+                          int *already)
 {
     struct datadir_config cfg;
     struct inventory *from = NULL, *to = NULL;
@@ -100,7 +110,7 @@ int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb p
     if ((rc = mqpki_path(path, sizeof(path), "%s/mqpki.db", home)) != MQPKI_OK ||
         (rc = inventory_open(path, &from)) != MQPKI_OK ||
         (rc = inventory_open(url, &to)) != MQPKI_OK ||
-        (rc = inventory_copy(from, to, progress, ctx)) != MQPKI_OK)
+        (rc = inventory_copy(from, to, progress, ctx, already)) != MQPKI_OK)
         goto out;
     /* The switch: from here every command and mqpkid use the server. mqpki.db stays as it
      * was (a fallback until the operator removes it). */
