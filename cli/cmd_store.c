@@ -20,7 +20,7 @@ int cmd_store_migrate(struct cli *cli, int argc, char **argv)
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *to = NULL;
-    int c, rc;
+    int c, rc, already = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -32,7 +32,9 @@ int cmd_store_migrate(struct cli *cli, int argc, char **argv)
                 "PostgreSQL database, row for row in one transaction (the audit chain and its\n"
                 "checkpoints verify on the copy), checks every table's row count, and then\n"
                 "sets [store] url in mqpki.conf: every command and mqpkid use the server from\n"
-                "then on. mqpki.db stays as it was. Stop mqpkid first. The URL may not hold a\n"
+                "then on. mqpki.db stays as it was. Stop mqpkid first. Safe to rerun when it\n"
+                "was interrupted: a database already holding exactly this store's rows is\n"
+                "taken as copied; one holding anything else is refused. The URL may not hold a\n"
                 "password (the command line is visible to every local user): use a libpq\n"
                 "password file (~/.pgpass) or PGPASSWORD, or add the password to [store] url\n"
                 "in mqpki.conf afterwards.\n");
@@ -48,10 +50,13 @@ int cmd_store_migrate(struct cli *cli, int argc, char **argv)
         return rc;
     datadir_set_store(NULL);
     if ((rc = datadir_store_migrate(cli->home, to, isatty(STDERR_FILENO) ? copy_progress : NULL,
-                                    NULL)) != MQPKI_OK)
+                                    NULL, &already)) != MQPKI_OK)
         return rc;
-    printf("store migrated: %s now uses the PostgreSQL store ([store] url in mqpki.conf); "
+    printf("store migrated: %s%s now uses the PostgreSQL store ([store] url in mqpki.conf); "
            "mqpki.db is left as it was\n",
+           already ? "the server already held this store's copy (an earlier run stopped before "
+                     "changing mqpki.conf); "
+                   : "",
            cli->home);
     return MQPKI_OK;
 }

@@ -140,11 +140,14 @@ int datadir_set_store(const char *url);
 
 /*
  * Copies home's embedded store (mqpki.db) into the empty PostgreSQL store at url
- * (inventory_copy) and then sets [store] url in mqpki.conf; mqpki.db stays as it was. Refused
- * while mqpkid runs on home (it would keep writing to the old store).
+ * (inventory_copy) and then sets [store] url in mqpki.conf (replaced atomically); mqpki.db stays
+ * as it was. A rerun after a run killed between the copy's commit and the mqpki.conf change
+ * finds the copy in place and only finishes the switch: *already (may be NULL) is then 1.
+ * Refused while mqpkid runs on home (it would keep writing to the old store), and when the
+ * destination holds anything but this store's rows.
  */
 int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress,
-                          void *ctx);
+                          void *ctx, int *already);
 
 /*
  * Prepares the empty or missing directory to as a replica of the data directory from, whose

@@ -64,16 +64,28 @@ static int conf_set_store(const char *home, const char *url)
         if (nl == NULL)
             out[o++] = '\n';
     }
-    if (!done)
-        o += (size_t)snprintf(out + o, cap - o, "%s[store]\nurl = %s\n", in_store ? "" : "\n",
-                              url);
+    /* The [store] section last in the file gets the key at its end; no section, a new one. */
+    if (!done && in_store)
+        o += (size_t)snprintf(out + o, cap - o, "url = %s\n", url);
+    else if (!done)
+        o += (size_t)snprintf(out + o, cap - o, "\n[store]\nurl = %s\n", url);
     rc = mqpki_file_write_atomic(path, out, o, 0600);
     free(out);
     free(text);
     return rc;
 }
 
-int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress, void *ctx)
+/*
+ * Crash windows: the copy is one transaction in the server; mqpki.conf changes after its commit,
+ * by write, fsync, rename, fsync of the directory. Killed before the commit: nothing was copied
+ * and the data directory still uses mqpki.db; a rerun copies. Killed after the commit and before
+ * the rename: the server holds the copy, mqpki.conf still names no store; a rerun finds exactly
+ * this store's rows there (inventory_copy) and only rewrites mqpki.conf. Killed after the
+ * rename: migrated; a rerun says the store is already on PostgreSQL. Whatever changes mqpki.db
+ * in between makes the copy stale, and a rerun refuses it (drop the database and rerun).
+ */
+int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress, void *ctx,
+                          int *already)
 {
     struct datadir_config cfg;
     struct inventory *from = NULL, *to = NULL;
@@ -98,7 +110,7 @@ int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb p
     if ((rc = mqpki_path(path, sizeof(path), "%s/mqpki.db", home)) != MQPKI_OK ||
         (rc = inventory_open(path, &from)) != MQPKI_OK ||
         (rc = inventory_open(url, &to)) != MQPKI_OK ||
-        (rc = inventory_copy(from, to, progress, ctx)) != MQPKI_OK)
+        (rc = inventory_copy(from, to, progress, ctx, already)) != MQPKI_OK)
         goto out;
     /* The switch: from here every command and mqpkid use the server. mqpki.db stays as it
      * was (a fallback until the operator removes it). */

@@ -90,11 +90,8 @@ static int unhex(const char *hex, unsigned char *out, size_t len)
     return hex[2 * len] == '\0';
 }
 
-/*
- * Reads the chain head from meta: *seq 0 and a zero hash when the log is empty. A malformed
- * head is tampering.
- */
-static int head_read(struct inventory *inv, int64_t *seq, unsigned char hash[INV_HASH_LEN])
+/* The chain head kept in meta (inventory_int.h). */
+int inv_audit_head(struct inventory *inv, int64_t *seq, unsigned char hash[INV_HASH_LEN])
 {
     struct db_stmt *st = NULL;
     const char *v;
@@ -158,7 +155,7 @@ static int append(struct inventory *inv, const char *actor, const char *action, 
     int64_t seq, now = mqpki_now();
     int rc, src;
 
-    rc = head_read(inv, &seq, prev);
+    rc = inv_audit_head(inv, &seq, prev);
     if (rc != MQPKI_OK)
         goto out;
     seq++;
@@ -474,7 +471,7 @@ int inventory_audit_checkpoint(struct inventory *inv, const char *key_label,
     /* The write lock from the head read to the insert: the head signed is the head recorded. */
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         return rc;
-    if ((rc = head_read(inv, &head_seq, head)) != MQPKI_OK)
+    if ((rc = inv_audit_head(inv, &head_seq, head)) != MQPKI_OK)
         goto out;
     if (head_seq == 0) {
         rc = mqpki_fail(MQPKI_ERR_STATE, "%s: the audit log is empty; nothing to certify",
@@ -680,7 +677,7 @@ static int verify_all(struct inventory *inv, EVP_PKEY *pub, int with_checkpoints
     int rc;
 
     memset(&w, 0, sizeof(w));
-    rc = head_read(inv, &head_seq, head_hash);
+    rc = inv_audit_head(inv, &head_seq, head_hash);
     if (rc != MQPKI_OK)
         goto out;
     if (with_checkpoints) {

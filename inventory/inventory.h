@@ -113,11 +113,15 @@ int inventory_wait(struct inventory *inv, int timeout_ms);
  * snapshot of the source, one transaction in the destination, row counts checked per table.
  * Values are copied exactly, so the audit chain and its checkpoints verify on the copy.
  * progress (may be NULL) is called every 10,000 rows and at the end of each table.
- * MQPKI_ERR_EXISTS when the destination already holds assets or audit events.
+ * A destination that already holds exactly the source's rows (an earlier copy committed: the
+ * same audit chain head and, table by table, the same rows) is left as it is: MQPKI_OK with
+ * *already (may be NULL) set to 1; else *already is 0. MQPKI_ERR_EXISTS when the destination
+ * holds anything else (another CA's store, a copy that diverged from the source), with a detail
+ * saying which.
  */
 typedef void (*inventory_copy_cb)(void *ctx, const char *table, int64_t rows);
 int inventory_copy(struct inventory *from, struct inventory *to, inventory_copy_cb progress,
-                   void *ctx);
+                   void *ctx, int *already);
 
 /*
  * Transactions: several calls may be grouped in one durable commit (used by enrollment to

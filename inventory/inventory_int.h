@@ -255,6 +255,12 @@ int inv_asset_move(struct inventory *inv, const char *id, int from, int to, cons
 int inv_audit(struct inventory *inv, const char *actor, const char *action, const char *subject,
               json_t *detail);
 
+/*
+ * Reads the audit chain head from meta: *seq 0 and a zero hash when the log is empty.
+ * MQPKI_ERR_TAMPERED when the head is malformed.
+ */
+int inv_audit_head(struct inventory *inv, int64_t *seq, unsigned char hash[INV_HASH_LEN]);
+
 /* Takes the next value of the revocation sequence (inside the current unit of work). */
 int inv_rev_next(struct inventory *inv, int64_t *out);
 

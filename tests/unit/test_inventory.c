@@ -1546,6 +1546,107 @@ static void test_detect_tables(void **state)
     assert_true(n >= 4); /* alert, ack, quarantine, release */
 }
 
+/* A second store in the fixture's directory, removed by the test. */
+static struct inventory *open_other(struct fx *f, const char *name, char path[160])
+{
+    struct inventory *inv = NULL;
+
+    snprintf(path, 160, "%s/%s", f->dir, name);
+    assert_int_equal(inventory_open(path, &inv), MQPKI_OK);
+    return inv;
+}
+
+static void remove_other(struct inventory *inv, const char *path)
+{
+    char p[200];
+
+    inventory_close(inv);
+    unlink(path);
+    snprintf(p, sizeof(p), "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s-shm", path);
+    unlink(p);
+}
+
+static int copy_detail_has(const char *what)
+{
+    return strstr(mqpki_err_detail(MQPKI_ERR_EXISTS), what) != NULL;
+}
+
+/* store migrate's copy, and its rerun after a crash between the copy's commit and mqpki.conf. */
+static void test_copy_rerun(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *to, *other;
+    char to_path[160], other_path[160], tok[64];
+    int already = -1;
+
+    add_asset(f->inv, "a", INV_KIND_DEVICE);
+    add_asset(f->inv, "b", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(f->inv, "11", "a", '1', 0), MQPKI_OK);
+    assert_int_equal(cert_add(f->inv, "12", "b", '2', 0), MQPKI_OK);
+    assert_int_equal(inventory_cert_revoke(f->inv, "12", 1, mqpki_now(), "t"), MQPKI_OK);
+    assert_int_equal(token_create_at(f->inv, "a", DAY, mqpki_now(), "t", tok), MQPKI_OK);
+    /* More rows than one comparison page, with text keys (meta) and integer keys (crls). */
+    raw_sql(f, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000)"
+               " INSERT INTO meta(key, value) SELECT 'k' || i, 'v' || i FROM n;"
+               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)"
+               " INSERT INTO crls(number, kind, state, reason, created_at)"
+               " SELECT 1000 + i, 'full', 'done', 'test', 0 FROM n;");
+
+    to = open_other(f, "copy.db", to_path);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, &already), MQPKI_OK);
+    assert_int_equal(already, 0);
+    assert_int_equal(inventory_audit_verify(to, NULL, NULL), MQPKI_OK);
+    /* The rerun: the same rows are there, nothing is copied again. */
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, &already), MQPKI_OK);
+    assert_int_equal(already, 1);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, NULL), MQPKI_OK);
+
+    /* A row that changed without an audit event, on a later page. */
+    raw_sql(f, "UPDATE meta SET value = 'changed' WHERE key = 'k9999'");
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, &already), MQPKI_ERR_EXISTS);
+    assert_int_equal(already, 0);
+    assert_true(copy_detail_has("the same audit head"));
+    assert_true(copy_detail_has("whose meta rows differ"));
+    raw_sql(f, "UPDATE meta SET value = 'v9999' WHERE key = 'k9999'");
+    raw_sql(f, "DELETE FROM crls WHERE number = 6500");
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, NULL), MQPKI_ERR_EXISTS);
+    assert_true(copy_detail_has("whose crls rows differ"));
+    raw_sql(f, "INSERT INTO crls(number, kind, state, reason, created_at)"
+               " VALUES (6500, 'full', 'done', 'test', 0)");
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, &already), MQPKI_OK);
+    assert_int_equal(already, 1);
+
+    /* The source moved on after the copy committed: the copy is stale. */
+    add_asset(f->inv, "late", INV_KIND_DEVICE);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, &already), MQPKI_ERR_EXISTS);
+    assert_int_equal(already, 0);
+    assert_true(copy_detail_has("an earlier copy of this store"));
+    /* ... and the copy moved on from the source: in use, left alone. */
+    add_asset(to, "later", INV_KIND_DEVICE);
+    add_asset(to, "latest", INV_KIND_DEVICE);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, NULL), MQPKI_ERR_EXISTS);
+    assert_true(copy_detail_has("diverged"));
+    remove_other(to, to_path);
+    to = open_other(f, "copy.db", to_path);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, NULL), MQPKI_OK);
+    add_asset(to, "later", INV_KIND_DEVICE);
+    assert_int_equal(inventory_copy(f->inv, to, NULL, NULL, NULL), MQPKI_ERR_EXISTS);
+    assert_true(copy_detail_has("1 audit events more"));
+    remove_other(to, to_path);
+
+    /* Another CA's store. */
+    other = open_other(f, "other.db", other_path);
+    add_asset(other, "x", INV_KIND_DEVICE);
+    assert_int_equal(inventory_copy(f->inv, other, NULL, NULL, &already), MQPKI_ERR_EXISTS);
+    assert_int_equal(already, 0);
+    assert_true(copy_detail_has("another CA's store"));
+    assert_null(strchr(mqpki_err_detail(MQPKI_ERR_EXISTS), '\n'));
+    remove_other(other, other_path);
+    assert_int_equal(inventory_audit_verify(f->inv, NULL, NULL), MQPKI_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1575,6 +1676,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detect_tables, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_rerun, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
