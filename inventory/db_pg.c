@@ -48,6 +48,7 @@ struct pg {
     unsigned next_name; /* names of server-side prepared statements */
     int64_t changes;
     int publish_locked;
+    int tx_open;        /* a transaction was open after the last statement the server answered */
     char listening[64];
     char err[512];
 };
@@ -131,6 +132,9 @@ static int ensure(struct pg *p)
         return DB_GONE;
     }
     p->gen++;
+    /* A session's advisory locks end with it. */
+    p->publish_locked = 0;
+    p->tx_open = 0;
     PQsetNoticeProcessor(p->conn, quiet, NULL);
     if (p->listening[0] != '\0') {
         char sql[96];
@@ -140,14 +144,53 @@ static int ensure(struct pg *p)
     return DB_OK;
 }
 
+/* Between transactions a lost connection (a server restart, a failover to the new primary) is
+ * opened again; inside one never: the transaction is gone with it, and its statements fail until
+ * the caller's rollback. */
+static int outside_tx(struct pg *p)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(p->conn);
+
+    return ts == PQTRANS_IDLE || (ts == PQTRANS_UNKNOWN && !p->tx_open);
+}
+
+static void note_tx(struct pg *p)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(p->conn);
+
+    if (ts != PQTRANS_UNKNOWN)
+        p->tx_open = ts != PQTRANS_IDLE;
+}
+
+/* libpq learns that the server closed the connection only when it next uses it: a statement
+ * sent outside a transaction (a read, or the BEGIN of one; every write runs inside one) that
+ * fails so is sent once more on a new connection. */
+static int again(struct pg *p, int was_outside, int attempt)
+{
+    return attempt == 0 && was_outside && PQstatus(p->conn) == CONNECTION_BAD && ensure(p) == DB_OK;
+}
+
 static int run(struct pg *p, const char *sql)
 {
-    PGresult *res = PQexec(p->conn, sql);
+    PGresult *res;
     int rc = DB_OK;
 
-    if (res == NULL || (PQresultStatus(res) != PGRES_COMMAND_OK &&
-                        PQresultStatus(res) != PGRES_TUPLES_OK))
+    for (int attempt = 0;; attempt++) {
+        int was_outside = outside_tx(p);
+        if (was_outside && ensure(p) != DB_OK)
+            return DB_GONE;
+        res = PQexec(p->conn, sql);
+        note_tx(p);
+        if (res != NULL && (PQresultStatus(res) == PGRES_COMMAND_OK ||
+                            PQresultStatus(res) == PGRES_TUPLES_OK))
+            break;
+        if (again(p, was_outside, attempt)) {
+            PQclear(res);
+            continue;
+        }
         rc = map_result(p, res);
+        break;
+    }
     PQclear(res);
     return rc;
 }
@@ -398,32 +441,46 @@ static int execute(struct pg_stmt *s)
     struct pg *p = PG(s->base.db);
     const char *vals[PG_PARAMS_MAX];
     int lens[PG_PARAMS_MAX], fmts[PG_PARAMS_MAX];
-    PGresult *res;
+    PGresult *res = NULL;
     ExecStatusType status;
 
-    if (PQtransactionStatus(p->conn) == PQTRANS_IDLE && ensure(p) != DB_OK)
-        return DB_GONE;
     for (int i = 0; i < s->nparams; i++) {
         vals[i] = s->p[i].val;
         lens[i] = s->p[i].len;
         fmts[i] = s->p[i].fmt;
     }
-    if (s->persistent && s->gen != p->gen) {
-        res = PQprepare(p->conn, s->name, s->sql, s->nparams, s->types);
-        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            int rc = map_result(p, res);
+    for (int attempt = 0;; attempt++) {
+        int was_outside = outside_tx(p);
+        if (was_outside && ensure(p) != DB_OK)
+            return DB_GONE;
+        if (s->persistent && s->gen != p->gen) {
+            res = PQprepare(p->conn, s->name, s->sql, s->nparams, s->types);
+            if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+                int rc;
+                note_tx(p);
+                if (again(p, was_outside, attempt)) {
+                    PQclear(res);
+                    continue;
+                }
+                rc = map_result(p, res);
+                PQclear(res);
+                return rc;
+            }
             PQclear(res);
-            return rc;
+            s->gen = p->gen;
         }
-        PQclear(res);
-        s->gen = p->gen;
-    }
-    if (s->persistent)
-        res = PQexecPrepared(p->conn, s->name, s->nparams, vals, lens, fmts, 1);
-    else
-        res = PQexecParams(p->conn, s->sql, s->nparams, s->types, vals, lens, fmts, 1);
-    status = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+        if (s->persistent)
+            res = PQexecPrepared(p->conn, s->name, s->nparams, vals, lens, fmts, 1);
+        else
+            res = PQexecParams(p->conn, s->sql, s->nparams, s->types, vals, lens, fmts, 1);
+        note_tx(p);
+        status = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
+            break;
+        if (again(p, was_outside, attempt)) {
+            PQclear(res);
+            continue;
+        }
         int rc = map_result(p, res);
         PQclear(res);
         return rc;
@@ -612,8 +669,10 @@ static int pg_publish_lock(struct db *db, int timeout_ms)
     char sql[96];
     int waited = 0;
 
-    if (p->publish_locked)
+    /* Held while the session that took it lives: a lost connection released it. */
+    if (p->publish_locked && PQstatus(p->conn) == CONNECTION_OK)
         return 1;
+    p->publish_locked = 0;
     if (ensure(p) != DB_OK)
         return DB_GONE;
     snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%d, %d)", PG_LOCK_SPACE,

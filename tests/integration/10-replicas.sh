@@ -2,7 +2,8 @@
 # 10-replicas: two mqpkid replicas over one PostgreSQL store and one shared SoftHSM token, one
 # bundled broker fed by both (docs/ha.md). 400 EST enrollments spread over both, replica A
 # killed with SIGKILL mid-burst and restarted: every certificate a client received is recorded
-# exactly once, no serial twice, the audit chain verifies. One token sent to both replicas at
+# exactly once, no serial twice, the audit chain verifies. The server restarted under both
+# replicas: each enrolls again without a restart. One token sent to both replicas at
 # the same instant, 50 times: exactly one 200 each time. A revocation made through A
 # disconnects a client while only B's feed is connected to the broker. The broker's CRL numbers
 # strictly increase.
@@ -114,6 +115,32 @@ assert "every certificate received is recorded" \
 assert "one certificate per asset in the store ($N)" test "$(wc -l <"$T/recorded")" -eq "$N"
 check "mqpki audit verify (through A)" mqpki audit verify
 check "mqpki audit verify (through B)" mqpki --home "$B" audit verify
+
+# --- the database server restarts under the replicas -------------------------------------------
+# Each mqpkid opens its connections again between transactions (a restart or a failover to a new
+# primary looks the same to it): ready again, and enrolling through both, without a restart.
+# Before the token race below, whose refusals count against this address.
+pg_as=()
+[ "$(id -u)" = 0 ] && pg_as=(runuser -u postgres --)
+check "PostgreSQL restarted (fast: every connection cut)" "${pg_as[@]}" "$PG_BIN/pg_ctl" \
+  -D "$T/pg/data" -l "$T/pg/server.log" -w -t 30 -m fast restart
+PIDS+=("$(head -n 1 "$T/pg/data/postmaster.pid")")
+for side in A B; do
+  port=$PA; [ "$side" = B ] && port=$PB
+  check "replica $side ready again" wait_for 10 \
+    curl -sf --max-time 5 --cacert "$T/chain.pem" -o /dev/null "https://localhost:$port/readyz"
+  mqpki asset add "after-$side" --kind device >/dev/null
+  tok=$(mqpki token create "after-$side" --ttl 1h)
+  est_csr "after-$side"
+  MQPKID_URL="https://localhost:$port"
+  # A client as EST clients behave: a 429 (the burst above spent this address's budget) or a 503
+  # is tried again a little later.
+  for try in 1 2 3 4 5; do
+    code=$(est_enroll "after-$side" "$tok" "after-$side")
+    case $code in 429 | 503) sleep 1 ;; *) break ;; esac
+  done
+  assert "replica $side enrolls after the restart ($code)" test "$code" = 200
+done
 
 # --- one token, both replicas, the same instant ------------------------------------------------
 wins=0
