@@ -34,7 +34,12 @@
 
 /* ---- broker init ---------------------------------------------------------------------- */
 
-/* The plugin next to this binary: BIN/../lib/mqpki_mosquitto.so, as built and as installed. */
+/*
+ * Where the broker plugin is: BIN/../lib/mqpki_mosquitto.so beside this binary (the build tree
+ * and a prefix install), else MQPKI_PLUGIN_DIR when the build names an installed location. The
+ * one place that knows; its answer is written into mosquitto.conf at each `broker run`, never
+ * kept in the data directory.
+ */
 static int plugin_path(char out[PATH_MAX])
 {
     char exe[PATH_MAX], *slash;
@@ -55,9 +60,14 @@ static int plugin_path(char out[PATH_MAX])
         rc = mqpki_fail(MQPKI_ERR_INVALID, "plugin path too long");
         goto out;
     }
-    if (stat(out, &st) != 0)
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "the broker plugin %s is missing (build it first)",
-                        out);
+    if (stat(out, &st) == 0)
+        goto out;
+#ifdef MQPKI_PLUGIN_DIR
+    if (mqpki_path(out, PATH_MAX, "%s/%s", MQPKI_PLUGIN_DIR, PLUGIN_NAME) == MQPKI_OK &&
+        stat(out, &st) == 0)
+        goto out;
+#endif
+    rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "the broker plugin %s is missing (build it first)", out);
 out:
     return rc;
 }
@@ -210,10 +220,17 @@ static int write_text(const char *dir, const char *name, const char *text, unsig
     return mqpki_file_write_atomic(path, text, strlen(text), mode);
 }
 
+/*
+ * brokers/NAME/mosquitto.conf, derived from broker.conf (host, port) and the plugin's current
+ * location. Its paths are relative to brokers/NAME/, where `broker run` starts Mosquitto, so
+ * that the data directory stays relocatable: nothing in it names where it lives.
+ */
 static int write_mosquitto_conf(const char *dir, const char *name, const char *host, int port,
                                 const char *plugin)
 {
     struct passwd *pw = getpwuid(geteuid());
+    char acl[PATH_MAX];
+    struct stat st;
     char *text = NULL;
     int n, rc;
 
@@ -222,13 +239,18 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
         goto out;
     }
     /* Paths may not hold spaces: Mosquitto's config reader would split them. */
-    if (strpbrk(dir, " \t\n") != NULL || strpbrk(plugin, " \t\n") != NULL) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: Mosquitto cannot read paths with spaces", dir);
+    if (strpbrk(plugin, " \t\n") != NULL) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: Mosquitto cannot read paths with spaces", plugin);
+        goto out;
+    }
+    if (mqpki_path(acl, sizeof(acl), "%s/acl.conf", dir) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
         goto out;
     }
     n = asprintf(&text,
-                 "# Bundled broker %s, written by 'mqpki broker init' (docs/broker.md).\n"
-                 "# Run it with 'mqpki broker run %s'.\n"
+                 "# Bundled broker %s, written by mqpki at each 'mqpki broker run %s' from\n"
+                 "# broker.conf (docs/broker.md): edits here are lost. Paths are relative to\n"
+                 "# this directory, where Mosquitto runs.\n"
                  "per_listener_settings false\n"
                  "# Run as the owner of the data directory: the key below is 0600.\n"
                  "user %s\n"
@@ -239,36 +261,69 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
                  "log_type information\n"
                  "log_timestamp_format %%Y-%%m-%%dT%%H:%%M:%%S\n"
                  "persistence true\n"
-                 "persistence_location %s/data/\n"
+                 "persistence_location data/\n"
                  "allow_anonymous false\n"
                  "\n"
                  "# The plugin authenticates by certificate, enforces the CRL feed and the ACL.\n"
                  "plugin %s\n"
-                 "plugin_opt_ca_file %s/ca.pem\n"
-                 "plugin_opt_state_dir %s/state\n"
+                 "plugin_opt_ca_file ca.pem\n"
+                 "plugin_opt_state_dir state\n"
                  "plugin_opt_service_id %s\n"
                  "plugin_opt_broker_name %s\n"
                  "plugin_opt_fail_closed false\n"
-                 "#plugin_opt_acl_file %s/acl.conf\n"
+                 "%splugin_opt_acl_file acl.conf\n"
                  "\n"
                  "listener %d %s\n"
-                 "cafile %s/ca.pem\n"
-                 "certfile %s/broker.pem\n"
-                 "keyfile %s/broker.key\n"
+                 "cafile ca.pem\n"
+                 "certfile broker.pem\n"
+                 "keyfile broker.key\n"
                  "require_certificate true\n"
                  "# Off, so that the plugin's BASIC_AUTH runs and names the client (DESIGN.md 6).\n"
                  "use_identity_as_username false\n"
                  "tls_version tlsv1.2\n"
                  "# Without it each TLS handshake waits on Nagle's algorithm (~48 ms).\n"
                  "set_tcp_nodelay true\n",
-                 name, name, pw->pw_name, dir, plugin, dir, dir, PROTO_SERVICE_ID, name, dir, port,
-                 host, dir, dir, dir);
+                 name, name, pw->pw_name, plugin, PROTO_SERVICE_ID, name,
+                 stat(acl, &st) == 0 ? "" : "#", port, host);
     if (n < 0) {
         text = NULL;
         rc = MQPKI_ERR_NOMEM;
         goto out;
     }
     rc = write_text(dir, "mosquitto.conf", text, 0600);
+out:
+    free(text);
+    return rc;
+}
+
+/* brokers/NAME/broker.conf: "host = H", "port = P" (what broker init wrote). */
+static int read_broker_conf(const char *dir, char host[256], int *port)
+{
+    char path[PATH_MAX], *line, *save = NULL;
+    unsigned char *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    snprintf(host, 256, "127.0.0.1");
+    *port = 8883;
+    if (mqpki_path(path, sizeof(path), "%s/broker.conf", dir) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
+        goto out;
+    }
+    if ((rc = mqpki_file_read(path, 16 * 1024, &text, &len)) != MQPKI_OK)
+        goto out;
+    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char key[16], value[256];
+        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
+            continue;
+        if (strcmp(key, "host") == 0)
+            snprintf(host, 256, "%s", value);
+        else if (strcmp(key, "port") == 0)
+            *port = atoi(value);
+    }
+    if (*port < 1 || *port > 65535 || !valid_host(host))
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: no valid host and port", path);
 out:
     free(text);
     return rc;
@@ -389,16 +444,17 @@ out:
 int cmd_broker_run(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    char conf[PATH_MAX];
+    char conf[PATH_MAX], dir[PATH_MAX], plugin[PATH_MAX], host[256];
     struct stat st;
-    int c, rc = MQPKI_OK;
+    int c, rc = MQPKI_OK, port;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             return cli_help("usage: mqpki broker run NAME\n\n"
-                            "Runs Mosquitto in the foreground with brokers/NAME/mosquitto.conf\n"
-                            "(written by 'mqpki broker init'); logs go to stderr.\n");
+                            "Writes brokers/NAME/mosquitto.conf from broker.conf and the plugin's\n"
+                            "location, then runs Mosquitto in the foreground in brokers/NAME/;\n"
+                            "logs go to stderr.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -406,12 +462,22 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "expected one broker NAME");
     if (!proto_asset_id_valid(argv[optind]))
         return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
-    if (mqpki_path(conf, sizeof(conf), "%s/brokers/%s/mosquitto.conf", cli->home, argv[optind]) !=
-        MQPKI_OK)
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers/%s", cli->home, argv[optind]) != MQPKI_OK ||
+        mqpki_path(conf, sizeof(conf), "%s/broker.conf", dir) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
     if (stat(conf, &st) != 0)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s (run 'mqpki broker init %s')",
                           argv[optind], argv[optind]);
+    /* The configuration is derived at each start from where the data directory and the plugin
+     * are now (a moved or restored directory, an upgraded install), then Mosquitto runs in the
+     * broker's directory, which its relative paths name. */
+    if ((rc = read_broker_conf(dir, host, &port)) != MQPKI_OK ||
+        (rc = plugin_path(plugin)) != MQPKI_OK ||
+        (rc = write_mosquitto_conf(dir, argv[optind], host, port, plugin)) != MQPKI_OK)
+        return rc;
+    if (chdir(dir) != 0)
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
+    snprintf(conf, sizeof(conf), "mosquitto.conf");
     fflush(NULL);
     execlp("mosquitto", "mosquitto", "-c", conf, (char *)NULL);
     execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);
