@@ -37,6 +37,9 @@ int cmd_cert_list(struct cli *cli, int argc, char **argv);
 int cmd_cert_get(struct cli *cli, int argc, char **argv);
 int cmd_revoke(struct cli *cli, int argc, char **argv);
 int cmd_unhold(struct cli *cli, int argc, char **argv);
+/* cmd_backup.c: backup and restore of a data directory. */
+int cmd_backup(struct cli *cli, int argc, char **argv);
+int cmd_restore(struct cli *cli, int argc, char **argv);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);

@@ -40,6 +40,8 @@ static const struct command commands[] = {
     {NULL, "crl", cmd_crl, "show the CRLs and what each broker holds (signs nothing)"},
     {"audit", "verify", cmd_audit_verify, "check the audit log's chain and signed checkpoints"},
     {"audit", "checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the audit log now"},
+    {NULL, "backup", cmd_backup, "write a consistent backup archive (online)"},
+    {NULL, "restore", cmd_restore, "restore a backup into a new directory and check it"},
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},

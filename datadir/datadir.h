@@ -242,6 +242,40 @@ struct datadir_publication {
 #define DATADIR_PUBLISH_RESEND 1u
 int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publication *out);
 
+/*
+ * `mqpki backup`: one tar archive at out (0600, written to a temporary name, fsynced, renamed)
+ * holding the store (SQLite's backup API: consistent while mqpkid runs), the token's
+ * last-known-good object files, mqpki.conf, ca/, crl/, tls/, the bundled brokers' files and,
+ * with DATADIR_BACKUP_SECRETS, secrets/pin and secrets/so-pin; a MANIFEST of SHA-256 sums is
+ * its last entry. Records meta backup.last_at (RFC 3339, UTC). Needs DATADIR_STORE only.
+ */
+#define DATADIR_BACKUP_SECRETS 1u
+struct datadir_backup_report {
+    size_t files;
+    uint64_t bytes;
+    int with_secrets;
+};
+int datadir_backup(struct datadir *dd, const char *out, unsigned flags,
+                   struct datadir_backup_report *rep);
+
+/*
+ * `mqpki restore`: unpacks file into a staging directory beside home, checks every file against
+ * the manifest (only regular files with plain relative names, size caps), rebuilds the token
+ * from its good copies (the PIN from the archive, else MQPKI_PIN, written to secrets/pin when
+ * the configuration keeps it there), runs the token self-test (sign and verify with the
+ * issuing key) and audit verify, raises the CRL number above the highest one the backup knows
+ * of (store, crl/, brokers' kept CRLs) by a margin, records meta drill.last_at and renames the
+ * result to home. home must not exist or be empty (MQPKI_ERR_EXISTS): a live directory is
+ * never overwritten. Nothing is left at home on failure.
+ */
+struct datadir_restore_report {
+    size_t files;
+    int64_t crl_high;     /* the highest CRL number the backup knows of */
+    int64_t crl_next;     /* the restored CA's next CRL number */
+    int64_t audit_events; /* audit events verified */
+};
+int datadir_restore(const char *file, const char *home, struct datadir_restore_report *rep);
+
 /* datadir_publish only when a publication is open (a crash left one, or another process is
  * about to finish it): every mutating command calls this before its own work. */
 int datadir_publish_pending(struct datadir *dd);

@@ -468,6 +468,18 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
                                   const char *const *sources, size_t n_published,
                                   struct inventory_audit_report *out);
 
+/*
+ * An online, consistent copy of the store into the new file dest (created 0600; removed again on
+ * failure): SQLite's backup API in one step, so one read snapshot while others write.
+ */
+int inventory_backup(struct inventory *inv, const char *dest);
+
+/* The highest CRL number the store knows of: the counter, any recorded CRL, any broker's. */
+int inventory_crl_number_high(struct inventory *inv, int64_t *out);
+
+/* Raises the CRL number counter to floor when below it (the next CRL is floor + 1). */
+int inventory_crl_number_raise(struct inventory *inv, int64_t floor);
+
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);

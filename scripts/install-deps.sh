@@ -11,7 +11,7 @@ pkgs=(
   libsqlite3-dev sqlite3
   libmosquitto-dev mosquitto-dev mosquitto mosquitto-clients
   libcurl4-openssl-dev curl
-  libjansson-dev libinih-dev
+  libjansson-dev libinih-dev libarchive-dev
   libcmocka-dev jq python3 strace procps
 )
 # shellcheck disable=SC2206

@@ -64,7 +64,7 @@ assert "the copy's mosquitto.conf names no data directory" \
 
 # mv: the original moved away; its old path is gone and everything works at the new one.
 check "mv of the data directory" mv "$H" "$M"
-check "moved: sign a CRL (token opened)" mqpki --home "$M" crl --out "$T/moved.crl"
+check "moved: sign a CRL (token opened)" mqpki --home "$M" crl publish
 check "moved: issue" mqpki --home "$M" issue --asset dev1 --csr "$T/dev1.csr"
 check "moved: audit verify" mqpki --home "$M" audit verify
 assert "softhsm2.conf follows the move" \
@@ -77,7 +77,7 @@ stop_pid "$MQPKID_PID"
 # A data directory written before the files were derived: old absolute paths are replaced.
 sed -i "s#^directories.tokendir = .*#directories.tokendir = /nonexistent/hsm/tokens#" \
   "$M/hsm/softhsm2.conf"
-check "an old softhsm2.conf is rewritten at the first opening" mqpki --home "$M" crl --out /dev/null
+check "an old softhsm2.conf is rewritten at the first opening" mqpki --home "$M" crl publish
 assert "... naming the current token" grep -q "^directories.tokendir = $M/hsm/tokens$" \
   "$M/hsm/softhsm2.conf"
 
@@ -86,12 +86,12 @@ check "second copy" cp -a "$M" "$T/linked"
 rm -rf "$T/linked/hsm/tokens"
 ln -s "$M/hsm/tokens" "$T/linked/hsm/tokens"
 expect_fail 1 "a token directory linked to another data directory" \
-  mqpki --home "$T/linked" crl --out /dev/null
+  mqpki --home "$T/linked" crl publish
 tok=$(ls "$M/hsm/tokens" | head -1)
 rm -rf "$T/linked/hsm/tokens"
 mkdir -m 700 "$T/linked/hsm/tokens"
 ln -s "$M/hsm/tokens/$tok" "$T/linked/hsm/tokens/$tok"
 expect_fail 1 "a token linked to another data directory's" \
-  mqpki --home "$T/linked" crl --out /dev/null
+  mqpki --home "$T/linked" crl publish
 
 finish
