@@ -40,6 +40,10 @@ int cmd_unhold(struct cli *cli, int argc, char **argv);
 /* cmd_backup.c: backup and restore of a data directory. */
 int cmd_backup(struct cli *cli, int argc, char **argv);
 int cmd_restore(struct cli *cli, int argc, char **argv);
+/* cmd_campaign.c: re-issue campaigns. */
+int cmd_campaign_renew(struct cli *cli, int argc, char **argv);
+int cmd_campaign_status(struct cli *cli, int argc, char **argv);
+int cmd_campaign_finish(struct cli *cli, int argc, char **argv);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);

@@ -131,6 +131,9 @@ enum datadir_control_op {
     DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
                                   C_Sign with the issuing CA key or the audit key (PKCS#11
                                   semantics); reply: signature */
+    DATADIR_CTL_COMMAND = 'C', /* + asset id, NUL, a device command's JSON ({"op":"renew"}):
+                                  published on the asset's command topic; reply: the number
+                                  of brokers it went to, as text */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).
