@@ -47,6 +47,7 @@ int cmd_campaign_finish(struct cli *cli, int argc, char **argv);
 /* cmd_broker.c: the bundled broker and the feed consumer for other brokers. */
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);
+int cmd_broker_renew(struct cli *cli, int argc, char **argv);
 int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 
 /* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */

@@ -475,6 +475,15 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
         (rc = plugin_path(plugin)) != MQPKI_OK ||
         (rc = write_mosquitto_conf(dir, argv[optind], host, port, plugin)) != MQPKI_OK)
         return rc;
+    /* exec keeps the pid: `broker renew` and mqpkid signal this Mosquitto to reload. */
+    {
+        char pidfile[PATH_MAX], text[32];
+        int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+        if (mqpki_path(pidfile, sizeof(pidfile), "%s/run/broker-%s.pid", cli->home, argv[optind]) !=
+                MQPKI_OK ||
+            (rc = mqpki_file_write_atomic(pidfile, text, (size_t)n, 0600)) != MQPKI_OK)
+            return rc != MQPKI_OK ? rc : mqpki_fail(MQPKI_ERR_INVALID, "path too long");
+    }
     if (chdir(dir) != 0)
         return mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
     snprintf(conf, sizeof(conf), "mosquitto.conf");
@@ -485,6 +494,51 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
                     "cannot run mosquitto (%s); install the mosquitto "
                     "package",
                     strerror(errno));
+    return rc;
+}
+
+/* ---- broker renew --------------------------------------------------------------------- */
+
+int cmd_broker_renew(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"force", no_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct datadir *dd = NULL;
+    int c, rc = MQPKI_OK, force = 0, renewed = 0;
+    pid_t reloaded = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': force = 1; break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki broker renew NAME [--force]\n\n"
+                "Renews the bundled broker's certificate with a fresh key and the same\n"
+                "DNS and IP names once two thirds of its lifetime have passed (mqpkid\n"
+                "does it on its own, hourly), or now with --force, and has the running\n"
+                "broker reload it (SIGHUP): connected clients stay connected.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cli, "expected one broker NAME");
+    if (!proto_asset_id_valid(argv[optind]))
+        return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_broker_renew(dd, argv[optind], force, &renewed, &reloaded)) != MQPKI_OK)
+        goto out;
+    if (!renewed)
+        printf("broker %s: certificate not due for renewal\n", argv[optind]);
+    else if (reloaded)
+        printf("broker %s: certificate renewed; Mosquitto (pid %ld) reloaded it\n", argv[optind],
+               (long)reloaded);
+    else
+        printf("broker %s: certificate renewed; the broker is not running (it loads it at "
+               "start)\n",
+               argv[optind]);
+out:
+    datadir_close(dd);
     return rc;
 }
 

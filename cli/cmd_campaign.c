@@ -24,9 +24,9 @@
 #include "lifecycle.h"
 #include "proto.h"
 
-#define RENEW_JSON     "{\"op\":\"renew\"}"
-#define ASSETS_MAX     64 /* --asset given at most this often */
-#define CALL_MS        5000
+#define RENEW_JSON "{\"op\":\"renew\"}"
+#define ASSETS_MAX 64 /* --asset given at most this often */
+#define CALL_MS    5000
 
 struct target {
     char asset[PROTO_ASSET_ID_MAX + 1];
@@ -169,10 +169,10 @@ static int send_renew(const char *home, const char *asset, int *brokers)
 int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"all", no_argument, NULL, 'a'},       {"asset", required_argument, NULL, 'A'},
-        {"tag", required_argument, NULL, 't'}, {"issuer", required_argument, NULL, 'i'},
+        {"all", no_argument, NULL, 'a'},        {"asset", required_argument, NULL, 'A'},
+        {"tag", required_argument, NULL, 't'},  {"issuer", required_argument, NULL, 'i'},
         {"rate", required_argument, NULL, 'r'}, {"silent-after", required_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
     };
     struct inventory_campaign_target *targets = NULL;
     struct pick p;
@@ -188,7 +188,10 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
     memset(&p, 0, sizeof(p));
     while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'a': p.all = 1; modes++; break;
+        case 'a':
+            p.all = 1;
+            modes++;
+            break;
         case 'A':
             if (p.n_assets == ASSETS_MAX || !proto_asset_id_valid(optarg))
                 rc = cli_usage_error(cli, "--asset '%.80s': not an asset id (at most %d)", optarg,
@@ -203,7 +206,10 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
             p.tag = optarg;
             modes++;
             break;
-        case 'i': issuer_file = optarg; modes++; break;
+        case 'i':
+            issuer_file = optarg;
+            modes++;
+            break;
         case 'r': rc = cli_parse_int(cli, "--rate", optarg, 1, 10000, &rate); break;
         case 's':
             rc = cli_parse_duration(cli, "--silent-after", optarg, 10, 30 * 86400, &silent_after);
@@ -214,7 +220,8 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
                 "                            [--rate N] [--silent-after 15m]\n\n"
                 "Asks devices to renew now: records a campaign over every device asset with a\n"
                 "valid certificate (--all), those whose certificate CA.pem issued, the assets\n"
-                "named, or those tagged K=V, then has the running mqpkid publish {\"op\":\"renew\"}\n"
+                "named, or those tagged K=V, then has the running mqpkid publish "
+                "{\"op\":\"renew\"}\n"
                 "on mqpki/v1/assets/ID/cmd through its feed, N per second (default 50). An\n"
                 "asset is silent when it has not renewed --silent-after the command. Follow it\n"
                 "with 'mqpki campaign status'.\n");
@@ -240,8 +247,7 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK)
         goto out;
     /* The commands travel through mqpkid's feed: without it nothing would reach a device. */
-    if ((rc = datadir_control_call(cli->home, &ping, 1, &reply, &reply_len, CALL_MS)) !=
-        MQPKI_OK) {
+    if ((rc = datadir_control_call(cli->home, &ping, 1, &reply, &reply_len, CALL_MS)) != MQPKI_OK) {
         if (rc == MQPKI_ERR_NOT_FOUND)
             rc = mqpki_fail(MQPKI_ERR_STATE, "a campaign needs mqpkid running: its feed carries "
                                              "the commands to the brokers");
@@ -301,8 +307,10 @@ static int parse_id_opt(struct cli *cli, int argc, char **argv, const char *usag
                         int *revoke, int64_t *id)
 {
     static const struct option opts[] = {
-        {"id", required_argument, NULL, 'i'},      {"json", no_argument, NULL, 'j'},
-        {"revoke-old", no_argument, NULL, 'r'},    {"help", no_argument, NULL, 'h'},
+        {"id", required_argument, NULL, 'i'},
+        {"json", no_argument, NULL, 'j'},
+        {"revoke-old", no_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c, n, rc = MQPKI_OK;
@@ -343,11 +351,10 @@ static int on_asset(const struct inventory_campaign_asset *a, void *ctx)
     struct show *s = ctx;
 
     if (s->list != NULL)
-        return json_array_append_new(s->list,
-                                     json_pack("{s:s, s:s, s:s, s:I}", "asset", a->asset,
-                                               "state", inventory_campaign_state_name(a->state),
-                                               "old_serial", a->old_serial, "sent_at",
-                                               (json_int_t)a->sent_at)) == 0
+        return json_array_append_new(
+                   s->list, json_pack("{s:s, s:s, s:s, s:I}", "asset", a->asset, "state",
+                                      inventory_campaign_state_name(a->state), "old_serial",
+                                      a->old_serial, "sent_at", (json_int_t)a->sent_at)) == 0
                    ? MQPKI_OK
                    : MQPKI_ERR_NOMEM;
     printf("%-24s %-8s %s\n", a->asset, inventory_campaign_state_name(a->state), a->old_serial);

@@ -47,6 +47,7 @@ static const struct command commands[] = {
     {"campaign", "finish", cmd_campaign_finish, "close a campaign, revoke what it replaced"},
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
+    {"broker", "renew", cmd_broker_renew, "renew a bundled broker's certificate, same names"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -31,15 +31,15 @@
 #include "inventory.h"
 #include "proto.h"
 
-#define MANIFEST_NAME    "MANIFEST"
-#define MANIFEST_MAGIC   "mqpki-backup 1\n"
-#define MANIFEST_MAX     (4u * 1024 * 1024)
-#define ENTRIES_MAX      100000
-#define ENTRY_MAX        ((int64_t)16 * 1024 * 1024)         /* any file but the store */
-#define STORE_MAX        ((int64_t)64 * 1024 * 1024 * 1024)  /* the store */
-#define NAME_MAX_LEN     200
-#define CHUNK            (64 * 1024)
-#define SHA256_HEX       (2 * 32)
+#define MANIFEST_NAME  "MANIFEST"
+#define MANIFEST_MAGIC "mqpki-backup 1\n"
+#define MANIFEST_MAX   (4u * 1024 * 1024)
+#define ENTRIES_MAX    100000
+#define ENTRY_MAX      ((int64_t)16 * 1024 * 1024)        /* any file but the store */
+#define STORE_MAX      ((int64_t)64 * 1024 * 1024 * 1024) /* the store */
+#define NAME_MAX_LEN   200
+#define CHUNK          (64 * 1024)
+#define SHA256_HEX     (2 * 32)
 /* The restored CA's next CRL number lies this far above the highest one the backup knows of:
  * room for every CRL the lost CA may have published after the backup was taken (one per
  * revocation at most), so that no broker holding a newer one refuses the restored CA's. */
@@ -54,8 +54,9 @@ static int name_ok(const char *name)
     size_t n = strlen(name), depth = 0;
     const char *p = name;
 
-    if (n == 0 || n > NAME_MAX_LEN || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
-                                                   "QRSTUVWXYZ0123456789._-/") != n)
+    if (n == 0 || n > NAME_MAX_LEN ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
+                     "QRSTUVWXYZ0123456789._-/") != n)
         return 0;
     while (*p != '\0') {
         const char *slash = strchr(p, '/');
@@ -243,9 +244,8 @@ static int for_each_subdir(struct writer *w, const char *home, const char *rel,
 
 static int add_broker(struct writer *w, const char *home, const char *rel)
 {
-    static const char *const files[] = {"broker.conf", "broker.pem", "broker.key",
-                                        "ca.pem",      "acl.conf",   "state/full.der",
-                                        "state/delta.der"};
+    static const char *const files[] = {"broker.conf", "broker.pem",     "broker.key",     "ca.pem",
+                                        "acl.conf",    "state/full.der", "state/delta.der"};
     char name[PATH_MAX];
     int rc = MQPKI_OK;
 
@@ -313,10 +313,9 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         (rc = for_each_subdir(&w, home, "hsm/tokens.good", add_dir)) != MQPKI_OK ||
         (rc = for_each_subdir(&w, home, "brokers", add_broker)) != MQPKI_OK)
         goto out;
-    if ((flags & DATADIR_BACKUP_SECRETS) && ((rc = add_optional(&w, home, "secrets/pin")) !=
-                                                 MQPKI_OK ||
-                                             (rc = add_optional(&w, home, "secrets/so-pin")) !=
-                                                 MQPKI_OK))
+    if ((flags & DATADIR_BACKUP_SECRETS) &&
+        ((rc = add_optional(&w, home, "secrets/pin")) != MQPKI_OK ||
+         (rc = add_optional(&w, home, "secrets/so-pin")) != MQPKI_OK))
         goto out;
     if ((rc = inventory_backup(dd->inv, db)) != MQPKI_OK)
         goto out;
@@ -506,8 +505,7 @@ static int manifest_check(const char *text, size_t len, struct got *got, size_t 
         memcpy(name, line + SHA256_HEX + 2, strlen(line + SHA256_HEX + 2) + 1);
         for (i = 0; i < 32; i++) {
             unsigned v;
-            if (sscanf(hex + 2 * i, "%2x", &v) != 1 ||
-                strspn(hex + 2 * i, "0123456789abcdef") < 2)
+            if (sscanf(hex + 2 * i, "%2x", &v) != 1 || strspn(hex + 2 * i, "0123456789abcdef") < 2)
                 return mqpki_fail(MQPKI_ERR_PARSE, "backup: manifest sum malformed (%s)", name);
             md[i] = (unsigned char)v;
         }
@@ -515,8 +513,8 @@ static int manifest_check(const char *text, size_t len, struct got *got, size_t 
             if (strcmp(got[i].name, name) == 0)
                 break;
         if (i == n_got)
-            return mqpki_fail(MQPKI_ERR_TAMPERED, "backup: %s is in the manifest, not in the archive",
-                              name);
+            return mqpki_fail(MQPKI_ERR_TAMPERED,
+                              "backup: %s is in the manifest, not in the archive", name);
         if (got[i].listed++)
             return mqpki_fail(MQPKI_ERR_PARSE, "backup: %s listed twice in the manifest", name);
         if (CRYPTO_memcmp(got[i].md, md, 32) != 0)
@@ -564,10 +562,10 @@ static int unpack(const char *file, const char *root, size_t *n)
             rc = mqpki_fail(MQPKI_ERR_PARSE, "backup: entries after the manifest");
             goto out;
         }
-        if (name == NULL || archive_entry_filetype(e) != AE_IFREG || !name_ok(name) ||
-            size < 0) {
-            rc = mqpki_fail(MQPKI_ERR_PARSE, "backup: entry '%.80s' refused (only regular files "
-                                             "with plain relative names)",
+        if (name == NULL || archive_entry_filetype(e) != AE_IFREG || !name_ok(name) || size < 0) {
+            rc = mqpki_fail(MQPKI_ERR_PARSE,
+                            "backup: entry '%.80s' refused (only regular files "
+                            "with plain relative names)",
                             name != NULL ? name : "?");
             goto out;
         }
@@ -722,8 +720,8 @@ static int64_t crl_files_high(const char *root)
                     MQPKI_OK &&
                 (v = crl_file_number(path)) > high)
                 high = v;
-            if (mqpki_path(path, sizeof(path), "%s/%s/state/delta.der", brokers,
-                           list[i]->d_name) == MQPKI_OK &&
+            if (mqpki_path(path, sizeof(path), "%s/%s/state/delta.der", brokers, list[i]->d_name) ==
+                    MQPKI_OK &&
                 (v = crl_file_number(path)) > high)
                 high = v;
         }
@@ -788,9 +786,9 @@ static int target_free(const char *dir)
     if (d == NULL) {
         if (errno == ENOENT)
             return MQPKI_OK;
-        return errno == ENOTDIR ? mqpki_fail(MQPKI_ERR_EXISTS, "%s exists and is not a directory",
-                                             dir)
-                                : mqpki_fail_errno(errno, dir);
+        return errno == ENOTDIR
+                   ? mqpki_fail(MQPKI_ERR_EXISTS, "%s exists and is not a directory", dir)
+                   : mqpki_fail_errno(errno, dir);
     }
     while ((de = readdir(d)) != NULL)
         if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {

@@ -105,6 +105,20 @@ int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
  */
 int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 
+/*
+ * Renews bundled broker NAME's certificate (brokers/NAME/broker.pem, broker.key) with a fresh
+ * key and the same DNS and IP names once two thirds of its lifetime have passed, or at once
+ * with force, installed in the same crash-safe order as mqpkid's own; then sends SIGHUP to the
+ * broker's Mosquitto when `mqpki broker run` noted it in run/broker-NAME.pid and it still runs
+ * there (*reloaded: its pid, else 0): Mosquitto loads the new certificate for new connections
+ * and keeps the connected clients. Needs the CA (DATADIR_CA).
+ */
+int datadir_broker_renew(struct datadir *dd, const char *name, int force, int *renewed,
+                         pid_t *reloaded);
+
+/* datadir_broker_renew for every bundled broker when due, logging each; returns how many. */
+int datadir_brokers_renew(struct datadir *dd);
+
 /* The configured default validity of each certificate profile (0: the profile's own). */
 void datadir_profile_days(const struct datadir_config *cfg, int days[CA_PROFILE_COUNT_]);
 

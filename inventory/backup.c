@@ -91,8 +91,8 @@ int inventory_crl_number_raise(struct inventory *inv, int64_t floor)
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         return rc;
     src = sqlite3_prepare_v2(
-        inv->db, "UPDATE counters SET value = ?1 WHERE name = 'crl_number' AND value < ?1", -1,
-        &st, NULL);
+        inv->db, "UPDATE counters SET value = ?1 WHERE name = 'crl_number' AND value < ?1", -1, &st,
+        NULL);
     if (src != SQLITE_OK || (src = sqlite3_bind_int64(st, 1, floor)) != SQLITE_OK ||
         (src = sqlite3_step(st)) != SQLITE_DONE)
         rc = inv_db_fail(inv, src, "CRL number floor");

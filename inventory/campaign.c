@@ -24,9 +24,8 @@ static int exec_bound(struct inventory *inv, const char *sql, const char *what, 
         if ((src = sqlite3_bind_int64(st, k++, ints[i])) != SQLITE_OK)
             goto fail;
     for (int i = 0; i < n_text; i++)
-        if ((src = texts[i] != NULL
-                       ? sqlite3_bind_text(st, k++, texts[i], -1, SQLITE_TRANSIENT)
-                       : sqlite3_bind_null(st, k++)) != SQLITE_OK)
+        if ((src = texts[i] != NULL ? sqlite3_bind_text(st, k++, texts[i], -1, SQLITE_TRANSIENT)
+                                    : sqlite3_bind_null(st, k++)) != SQLITE_OK)
             goto fail;
     while ((src = sqlite3_step(st)) == SQLITE_ROW)
         ;
@@ -159,8 +158,7 @@ int inventory_campaign_get(struct inventory *inv, int64_t id, struct inventory_c
         goto out;
     }
     out->id = sqlite3_column_int64(st, 0);
-    snprintf(out->selector, sizeof(out->selector), "%s",
-             (const char *)sqlite3_column_text(st, 1));
+    snprintf(out->selector, sizeof(out->selector), "%s", (const char *)sqlite3_column_text(st, 1));
     out->created_at = sqlite3_column_int64(st, 2);
     out->silent_after = sqlite3_column_int64(st, 3);
     out->finished_at = sqlite3_column_int64(st, 4);

@@ -486,8 +486,14 @@ int inventory_crl_number_raise(struct inventory *inv, int64_t floor);
  * not be sent), renewed (the certificate named was superseded by a re-enrollment), silent
  * (sent longer than silent_after seconds ago and not renewed).
  */
-enum { INV_CAMPAIGN_PENDING, INV_CAMPAIGN_SENT, INV_CAMPAIGN_RENEWED, INV_CAMPAIGN_FAILED,
-       INV_CAMPAIGN_SILENT, INV_CAMPAIGN_STATES };
+enum {
+    INV_CAMPAIGN_PENDING,
+    INV_CAMPAIGN_SENT,
+    INV_CAMPAIGN_RENEWED,
+    INV_CAMPAIGN_FAILED,
+    INV_CAMPAIGN_SILENT,
+    INV_CAMPAIGN_STATES
+};
 struct inventory_campaign_target {
     const char *asset;
     const char *old_serial; /* the certificate the asset is asked to replace */
