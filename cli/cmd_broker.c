@@ -296,36 +296,16 @@ out:
     return rc;
 }
 
-/* brokers/NAME/broker.conf: "host = H", "port = P" (what broker init wrote). */
+/* brokers/NAME/broker.conf (what broker init wrote), with a host Mosquitto can listen on. */
 static int read_broker_conf(const char *dir, char host[256], int *port)
 {
-    char path[PATH_MAX], *line, *save = NULL;
-    unsigned char *text = NULL;
-    size_t len = 0;
+    char path[PATH_MAX];
     int rc;
 
-    snprintf(host, 256, "127.0.0.1");
-    *port = 8883;
-    if (mqpki_path(path, sizeof(path), "%s/broker.conf", dir) != MQPKI_OK) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
-        goto out;
-    }
-    if ((rc = mqpki_file_read(path, 16 * 1024, &text, &len)) != MQPKI_OK)
-        goto out;
-    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        char key[16], value[256];
-        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
-            continue;
-        if (strcmp(key, "host") == 0)
-            snprintf(host, 256, "%s", value);
-        else if (strcmp(key, "port") == 0)
-            *port = atoi(value);
-    }
-    if (*port < 1 || *port > 65535 || !valid_host(host))
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: no valid host and port", path);
-out:
-    free(text);
+    if (mqpki_path(path, sizeof(path), "%s/broker.conf", dir) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
+    if ((rc = datadir_broker_conf(path, host, 256, port)) == MQPKI_OK && !valid_host(host))
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: host '%.80s' is not valid", path, host);
     return rc;
 }
 

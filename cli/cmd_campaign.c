@@ -212,7 +212,7 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
             break;
         case 'r': rc = cli_parse_int(cli, "--rate", optarg, 1, 10000, &rate); break;
         case 's':
-            rc = cli_parse_duration(cli, "--silent-after", optarg, 10, 30 * 86400, &silent_after);
+            rc = cli_parse_duration(cli, "--silent-after", optarg, 1, 30 * 86400, &silent_after);
             break;
         case 'h':
             return cli_help(

@@ -23,6 +23,7 @@
 #include <mosquitto.h>
 
 #include "common.h"
+#include "datadir.h"
 #include "inventory.h"
 #include "proto.h"
 
@@ -299,26 +300,9 @@ static void *link_thread(void *arg)
 /* Reads brokers/NAME/broker.conf ("host = H", "port = P"). 0 when usable. */
 static int read_broker_conf(const char *path, struct link *l)
 {
-    unsigned char *text = NULL;
-    size_t len = 0;
-    char *line, *save = NULL;
     int rc = -1;
 
-    l->port = 8883;
-    snprintf(l->host, sizeof(l->host), "127.0.0.1");
-    if (mqpki_file_read(path, 16 * 1024, &text, &len) != MQPKI_OK)
-        goto out;
-    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        char key[16], value[256];
-        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
-            continue;
-        if (strcmp(key, "host") == 0)
-            snprintf(l->host, sizeof(l->host), "%s", value);
-        else if (strcmp(key, "port") == 0)
-            l->port = atoi(value);
-    }
-    if (l->port < 1 || l->port > 65535)
+    if (datadir_broker_conf(path, l->host, sizeof(l->host), &l->port) != MQPKI_OK)
         goto out;
     /* A wildcard listener is reached on the loopback address. */
     if (strcmp(l->host, "0.0.0.0") == 0)
@@ -329,7 +313,6 @@ static int read_broker_conf(const char *path, struct link *l)
 out:
     if (rc != 0)
         mqpki_log(MQPKI_LOG_WARN, "feed: %s unreadable; broker skipped", path);
-    free(text);
     return rc;
 }
 

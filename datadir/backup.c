@@ -189,35 +189,12 @@ static int add_optional(struct writer *w, const char *home, const char *rel)
     return add_file(w, path, rel);
 }
 
-/* Adds the regular files of home/rel (not recursive), temporary files left out. */
-static int add_dir(struct writer *w, const char *home, const char *rel)
+/* Calls fn for each regular file (dirs 0) or each sub-directory (dirs 1) of home/rel, by name
+ * under home; temporary files and the guard's quarantine left out. Links are not followed. */
+static int for_each_entry(struct writer *w, const char *home, const char *rel, int dirs,
+                          int (*fn)(struct writer *, const char *, const char *))
 {
-    char path[PATH_MAX], name[PATH_MAX];
-    struct dirent **list = NULL;
-    int n, rc = MQPKI_OK;
-
-    if (mqpki_path(path, sizeof(path), "%s/%s", home, rel) != MQPKI_OK)
-        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
-    if ((n = scandir(path, &list, NULL, alphasort)) < 0)
-        return errno == ENOENT ? MQPKI_OK : mqpki_fail_errno(errno, path);
-    for (int i = 0; i < n; i++) {
-        if (rc == MQPKI_OK && !is_tmp(list[i]->d_name)) {
-            if (mqpki_path(name, sizeof(name), "%s/%s", rel, list[i]->d_name) != MQPKI_OK)
-                rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", path);
-            else
-                rc = add_optional(w, home, name);
-        }
-        free(list[i]);
-    }
-    free(list);
-    return rc;
-}
-
-/* The sub-directories of home/rel (for tokens and brokers), temporary names left out. */
-static int for_each_subdir(struct writer *w, const char *home, const char *rel,
-                           int (*fn)(struct writer *, const char *, const char *))
-{
-    char path[PATH_MAX], sub[PATH_MAX];
+    char path[PATH_MAX], sub[PATH_MAX], name[PATH_MAX];
     struct dirent **list = NULL;
     struct stat st;
     int n, rc = MQPKI_OK;
@@ -227,19 +204,24 @@ static int for_each_subdir(struct writer *w, const char *home, const char *rel,
     if ((n = scandir(path, &list, NULL, alphasort)) < 0)
         return errno == ENOENT ? MQPKI_OK : mqpki_fail_errno(errno, path);
     for (int i = 0; i < n; i++) {
-        if (rc == MQPKI_OK && !is_tmp(list[i]->d_name) &&
-            strcmp(list[i]->d_name, "quarantine") != 0 &&
-            mqpki_path(sub, sizeof(sub), "%s/%s/%s", home, rel, list[i]->d_name) == MQPKI_OK &&
-            lstat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
-            if (mqpki_path(sub, sizeof(sub), "%s/%s", rel, list[i]->d_name) != MQPKI_OK)
+        const char *d = list[i]->d_name;
+        if (rc == MQPKI_OK && !is_tmp(d) && strcmp(d, "quarantine") != 0) {
+            if (mqpki_path(sub, sizeof(sub), "%s/%s", path, d) != MQPKI_OK ||
+                mqpki_path(name, sizeof(name), "%s/%s", rel, d) != MQPKI_OK)
                 rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", path);
-            else
-                rc = fn(w, home, sub);
+            else if (lstat(sub, &st) == 0 && (dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)))
+                rc = fn(w, home, name);
         }
         free(list[i]);
     }
     free(list);
     return rc;
+}
+
+/* Adds the regular files of home/rel (not recursive). */
+static int add_dir(struct writer *w, const char *home, const char *rel)
+{
+    return for_each_entry(w, home, rel, 0, add_optional);
 }
 
 static int add_broker(struct writer *w, const char *home, const char *rel)
@@ -283,6 +265,14 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         mqpki_path(db, sizeof(db), "%s.db.tmp.%ld", out_path, (long)getpid()) != MQPKI_OK ||
         mqpki_path(dir, sizeof(dir), "%s", out_path) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", out_path);
+    /* Replaced by rename: only a regular file of ours may be there (a link, a device or a FIFO
+     * is refused, never renamed over). */
+    {
+        struct stat st;
+        if (lstat(out_path, &st) == 0 && !S_ISREG(st.st_mode))
+            return mqpki_fail(MQPKI_ERR_INVALID,
+                              "%s exists and is not a regular file: name a new file", out_path);
+    }
     /* 0600 from the first byte: the archive holds the token objects and private keys. */
     if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
         rc = mqpki_fail_errno(errno, tmp);
@@ -310,8 +300,8 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
     if ((rc = add_optional(&w, home, "mqpki.conf")) != MQPKI_OK ||
         (rc = add_dir(&w, home, "ca")) != MQPKI_OK || (rc = add_dir(&w, home, "crl")) != MQPKI_OK ||
         (rc = add_dir(&w, home, "tls")) != MQPKI_OK ||
-        (rc = for_each_subdir(&w, home, "hsm/tokens.good", add_dir)) != MQPKI_OK ||
-        (rc = for_each_subdir(&w, home, "brokers", add_broker)) != MQPKI_OK)
+        (rc = for_each_entry(&w, home, "hsm/tokens.good", 1, add_dir)) != MQPKI_OK ||
+        (rc = for_each_entry(&w, home, "brokers", 1, add_broker)) != MQPKI_OK)
         goto out;
     if ((flags & DATADIR_BACKUP_SECRETS) &&
         ((rc = add_optional(&w, home, "secrets/pin")) != MQPKI_OK ||

@@ -90,6 +90,34 @@ out:
     return rc;
 }
 
+int datadir_broker_conf(const char *path, char *host, size_t host_size, int *port)
+{
+    unsigned char *text = NULL;
+    char *line, *save = NULL;
+    size_t len = 0;
+    int rc;
+
+    snprintf(host, host_size, "127.0.0.1");
+    *port = 8883;
+    if ((rc = mqpki_file_read(path, 16 * 1024, &text, &len)) != MQPKI_OK)
+        goto out;
+    for (line = strtok_r((char *)text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        char key[16], value[256];
+        if (sscanf(line, " %15[a-z] = %255s", key, value) != 2)
+            continue;
+        if (strcmp(key, "host") == 0)
+            snprintf(host, host_size, "%s", value);
+        else if (strcmp(key, "port") == 0)
+            *port = atoi(value);
+    }
+    if (*port < 1 || *port > 65535)
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: port out of range", path);
+out:
+    free(text);
+    return rc;
+}
+
 /* hsm/softhsm2.conf written for home's current location (hsm_softhsm_prepare). */
 static int softhsm_derive(const char *home)
 {

@@ -116,6 +116,9 @@ int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 int datadir_broker_renew(struct datadir *dd, const char *name, int force, int *renewed,
                          pid_t *reloaded);
 
+/* Reads a bundled broker's broker.conf ("host = H", "port = P"; defaults 127.0.0.1, 8883). */
+int datadir_broker_conf(const char *path, char *host, size_t host_size, int *port);
+
 /* datadir_broker_renew for every bundled broker when due, logging each; returns how many. */
 int datadir_brokers_renew(struct datadir *dd);
 
