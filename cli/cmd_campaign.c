@@ -123,6 +123,8 @@ static void dedupe(struct pick *p)
 {
     size_t out = 0;
 
+    if (p->n == 0)
+        return;
     qsort(p->t, p->n, sizeof(*p->t), by_asset_then_order);
     for (size_t i = 0; i < p->n; i++) {
         if (i + 1 < p->n && strcmp(p->t[i].asset, p->t[i + 1].asset) == 0)
