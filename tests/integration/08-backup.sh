@@ -79,6 +79,13 @@ new=$(mqpki --home "$R" crl --json | jq '.full.number')
 assert "its CRL number $new is above the original's $old" test "$new" -gt "$old"
 stop_pid "$MQPKID_PID"
 
+# With --include-secrets the PIN travels in the archive: no MQPKI_PIN needed.
+check "backup --include-secrets" mqpki backup --out "$T/with-pin.tar" --include-secrets
+assert "... holds the PIN" bash -c "tar -tf '$T/with-pin.tar' | grep -qx secrets/pin"
+check "restore of it without MQPKI_PIN" mqpki restore "$T/with-pin.tar" --home "$T/with-pin"
+expect_fail 1 "restore refuses a non-empty directory" mqpki restore "$T/with-pin.tar" \
+  --home "$T/with-pin"
+
 # Hostile archives: a byte changed, a name escaping the directory, a truncated file.
 python3 - "$T/backup.tar" "$T" <<'EOF'
 import io, sys, tarfile
