@@ -4,7 +4,7 @@ JOBS     ?= $(shell nproc)
 CMAKE    ?= cmake
 CTEST_ARGS ?=
 
-.PHONY: all deps build test unit integration demo install deb bench sanitize fuzz format clean
+.PHONY: all deps build test unit integration demo drill install deb bench sanitize fuzz format clean
 
 all: build
 
@@ -38,6 +38,11 @@ install: build
 # libmqpki-device-dev (packaging/Deb.cmake).
 deb: build
 	cd $(BUILD) && cpack -G DEB -B $(abspath $(BUILD))/deb
+
+# Recovery drill (docs/operations.md): backup, loss of the CA host, restore elsewhere, campaign;
+# prints the time of each phase. Also run by tests/integration/08-drill.sh.
+drill: build
+	MQPKI_BUILD=$(abspath $(BUILD)) bash scripts/drill.sh
 
 # Benchmarks (docs/performance.md): installs its load tools, builds Release in build-bench,
 # runs unattended (4-6 minutes on 2 cores), prints a table, writes bench/results/latest.json

@@ -50,6 +50,14 @@ int cli_unhold_asset(struct cli *cli, const char *asset);
 int cmd_broker_init(struct cli *cli, int argc, char **argv);
 int cmd_broker_run(struct cli *cli, int argc, char **argv);
 int cmd_broker_remove(struct cli *cli, int argc, char **argv);
+int cmd_broker_renew(struct cli *cli, int argc, char **argv);
+/* cmd_backup.c: backup and restore of a data directory. */
+int cmd_backup(struct cli *cli, int argc, char **argv);
+int cmd_restore(struct cli *cli, int argc, char **argv);
+/* cmd_campaign.c: re-issue campaigns. */
+int cmd_campaign_renew(struct cli *cli, int argc, char **argv);
+int cmd_campaign_status(struct cli *cli, int argc, char **argv);
+int cmd_campaign_finish(struct cli *cli, int argc, char **argv);
 int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 /* cmd_store.c: the store's back end and replicas (docs/ha.md). */
 int cmd_store_migrate(struct cli *cli, int argc, char **argv);

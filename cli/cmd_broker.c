@@ -229,10 +229,17 @@ static int write_text(const char *dir, const char *name, const char *text, unsig
     return mqpki_file_write_atomic(path, text, strlen(text), mode);
 }
 
+/*
+ * brokers/NAME/mosquitto.conf, derived from broker.conf (host, port) and the plugin's current
+ * location. Its paths are relative to brokers/NAME/, where `broker run` starts Mosquitto, so
+ * that the data directory stays relocatable: nothing in it names where it lives.
+ */
 static int write_mosquitto_conf(const char *dir, const char *name, const char *host, int port,
                                 const char *plugin)
 {
     struct passwd *pw = getpwuid(geteuid());
+    char acl[PATH_MAX];
+    struct stat st;
     char *text = NULL;
     int n, rc;
 
@@ -241,13 +248,18 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
         goto out;
     }
     /* Paths may not hold spaces: Mosquitto's config reader would split them. */
-    if (strpbrk(dir, " \t\n") != NULL || strpbrk(plugin, " \t\n") != NULL) {
-        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: Mosquitto cannot read paths with spaces", dir);
+    if (strpbrk(plugin, " \t\n") != NULL) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: Mosquitto cannot read paths with spaces", plugin);
+        goto out;
+    }
+    if (mqpki_path(acl, sizeof(acl), "%s/acl.conf", dir) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
         goto out;
     }
     n = asprintf(&text,
-                 "# Bundled broker %s, written by 'mqpki broker init' (docs/broker.md).\n"
-                 "# Run it with 'mqpki broker run %s'.\n"
+                 "# Bundled broker %s, written by mqpki at each 'mqpki broker run %s' from\n"
+                 "# broker.conf (docs/broker.md): edits here are lost. Paths are relative to\n"
+                 "# this directory, where Mosquitto runs.\n"
                  "per_listener_settings false\n"
                  "# Run as the owner of the data directory: the key below is 0600.\n"
                  "user %s\n"
@@ -258,30 +270,30 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
                  "log_type information\n"
                  "log_timestamp_format %%Y-%%m-%%dT%%H:%%M:%%S\n"
                  "persistence true\n"
-                 "persistence_location %s/data/\n"
+                 "persistence_location data/\n"
                  "allow_anonymous false\n"
                  "\n"
                  "# The plugin authenticates by certificate, enforces the CRL feed and the ACL.\n"
                  "plugin %s\n"
-                 "plugin_opt_ca_file %s/ca.pem\n"
-                 "plugin_opt_state_dir %s/state\n"
+                 "plugin_opt_ca_file ca.pem\n"
+                 "plugin_opt_state_dir state\n"
                  "plugin_opt_service_id %s\n"
                  "plugin_opt_broker_name %s\n"
                  "plugin_opt_fail_closed false\n"
-                 "#plugin_opt_acl_file %s/acl.conf\n"
+                 "%splugin_opt_acl_file acl.conf\n"
                  "\n"
                  "listener %d %s\n"
-                 "cafile %s/ca.pem\n"
-                 "certfile %s/broker.pem\n"
-                 "keyfile %s/broker.key\n"
+                 "cafile ca.pem\n"
+                 "certfile broker.pem\n"
+                 "keyfile broker.key\n"
                  "require_certificate true\n"
                  "# Off, so that the plugin's BASIC_AUTH runs and names the client (DESIGN.md 6).\n"
                  "use_identity_as_username false\n"
                  "tls_version tlsv1.2\n"
                  "# Without it each TLS handshake waits on Nagle's algorithm (~48 ms).\n"
                  "set_tcp_nodelay true\n",
-                 name, name, pw->pw_name, dir, plugin, dir, dir, PROTO_SERVICE_ID, name, dir, port,
-                 host, dir, dir, dir);
+                 name, name, pw->pw_name, plugin, PROTO_SERVICE_ID, name,
+                 stat(acl, &st) == 0 ? "" : "#", port, host);
     if (n < 0) {
         text = NULL;
         rc = MQPKI_ERR_NOMEM;
@@ -325,6 +337,19 @@ static int listener_free(const char *home, const char *name, const char *host, i
                             host, port, de->d_name, de->d_name);
     }
     closedir(d);
+    return rc;
+}
+
+/* brokers/NAME/broker.conf (what broker init wrote), with a host Mosquitto can listen on. */
+static int read_broker_conf(const char *dir, char host[DATADIR_BROKER_HOST_MAX], int *port)
+{
+    char path[PATH_MAX];
+    int rc;
+
+    if (mqpki_path(path, sizeof(path), "%s/broker.conf", dir) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
+    if ((rc = datadir_broker_conf_read(path, host, port)) == MQPKI_OK && !valid_host(host))
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: host '%.80s' is not valid", path, host);
     return rc;
 }
 
@@ -544,65 +569,20 @@ out:
 
 #define MOSQ_CONF_MAX (64 * 1024)
 
-/*
- * The `plugin` line of mosquitto.conf names the plugin of the mqpki that runs the broker now:
- * a broker made with one mqpki (the build tree) and run by another (an installed package, a
- * moved prefix) loads the plugin that belongs to the running one. Other lines stay as they
- * are; without a plugin found here the file is left alone and Mosquitto says what is missing.
- */
-static int plugin_follow(const char *conf)
-{
-    unsigned char *text = NULL;
-    char plugin[PATH_MAX], *line, *end, *out = NULL;
-    struct stat st;
-    size_t len = 0, n;
-    int rc;
-
-    /* Only the regular file broker init wrote is rewritten, never what a link leads to. */
-    if (lstat(conf, &st) != 0 || !S_ISREG(st.st_mode) || plugin_path(plugin) != MQPKI_OK ||
-        strpbrk(plugin, " \t\n") != NULL) {
-        mqpki_err_clear();
-        return MQPKI_OK;
-    }
-    if ((rc = mqpki_file_read(conf, MOSQ_CONF_MAX, &text, &len)) != MQPKI_OK)
-        goto out;
-    for (line = (char *)text; line != NULL && *line != '\0'; line = end ? end + 1 : NULL) {
-        end = strchr(line, '\n');
-        n = end ? (size_t)(end - line) : strlen(line);
-        if (n < 7 || strncmp(line, "plugin ", 7) != 0)
-            continue;
-        if (n - 7 == strlen(plugin) && memcmp(line + 7, plugin, n - 7) == 0)
-            goto out; /* already this one */
-        if (asprintf(&out, "%.*splugin %s%s", (int)(line - (char *)text), (char *)text, plugin,
-                     end ? end : "") < 0) {
-            out = NULL;
-            rc = MQPKI_ERR_NOMEM;
-            goto out;
-        }
-        if ((rc = mqpki_file_write_atomic(conf, out, strlen(out), 0600)) == MQPKI_OK)
-            mqpki_log(MQPKI_LOG_INFO, "%s: plugin %s", conf, plugin);
-        goto out;
-    }
-out:
-    free(out);
-    free(text);
-    return rc;
-}
-
 int cmd_broker_run(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    char conf[PATH_MAX];
+    char conf[PATH_MAX], dir[PATH_MAX], plugin[PATH_MAX], host[DATADIR_BROKER_HOST_MAX];
     struct stat st;
-    int c, rc = MQPKI_OK;
+    int c, rc = MQPKI_OK, port;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             return cli_help("usage: mqpki broker run NAME\n\n"
-                            "Runs Mosquitto in the foreground with brokers/NAME/mosquitto.conf\n"
-                            "(written by 'mqpki broker init'); logs go to stderr. Its 'plugin'\n"
-                            "line is first set to the plugin installed with this mqpki.\n");
+                            "Writes brokers/NAME/mosquitto.conf from broker.conf and the location\n"
+                            "of the plugin installed with this mqpki, then runs Mosquitto in the\n"
+                            "foreground in brokers/NAME/; logs go to stderr.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -610,15 +590,31 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "expected one broker NAME");
     if (!proto_asset_id_valid(argv[optind]))
         return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
-    if (mqpki_path(conf, sizeof(conf), "%s/brokers/%s/mosquitto.conf", cli->home, argv[optind]) !=
-        MQPKI_OK)
+    if (mqpki_path(dir, sizeof(dir), "%s/brokers/%s", cli->home, argv[optind]) != MQPKI_OK ||
+        mqpki_path(conf, sizeof(conf), "%s/broker.conf", dir) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
     if (stat(conf, &st) != 0)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s (run 'mqpki broker init %s')",
                           argv[optind], argv[optind]);
-    /* The plugin that came with this mqpki, whichever mqpki wrote the file. */
-    if ((rc = plugin_follow(conf)) != MQPKI_OK)
+    /* The configuration is derived at each start from where the data directory and the plugin
+     * are now (a moved or restored directory, an upgraded install), then Mosquitto runs in the
+     * broker's directory, which its relative paths name. */
+    if ((rc = read_broker_conf(dir, host, &port)) != MQPKI_OK ||
+        (rc = plugin_path(plugin)) != MQPKI_OK ||
+        (rc = write_mosquitto_conf(dir, argv[optind], host, port, plugin)) != MQPKI_OK)
         return rc;
+    /* exec keeps the pid: `broker renew` and mqpkid signal this Mosquitto to reload. */
+    {
+        char pidfile[PATH_MAX], text[32];
+        int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+        if (mqpki_path(pidfile, sizeof(pidfile), "%s/run/broker-%s.pid", cli->home, argv[optind]) !=
+                MQPKI_OK ||
+            (rc = mqpki_file_write_atomic(pidfile, text, (size_t)n, 0600)) != MQPKI_OK)
+            return rc != MQPKI_OK ? rc : mqpki_fail(MQPKI_ERR_INVALID, "path too long");
+    }
+    if (chdir(dir) != 0)
+        return mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
+    snprintf(conf, sizeof(conf), "mosquitto.conf");
     fflush(NULL);
     execlp("mosquitto", "mosquitto", "-c", conf, (char *)NULL);
     execl("/usr/sbin/mosquitto", "mosquitto", "-c", conf, (char *)NULL);
@@ -626,6 +622,51 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
                     "cannot run mosquitto (%s); install the mosquitto "
                     "package",
                     strerror(errno));
+    return rc;
+}
+
+/* ---- broker renew --------------------------------------------------------------------- */
+
+int cmd_broker_renew(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"force", no_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct datadir *dd = NULL;
+    int c, rc = MQPKI_OK, force = 0, renewed = 0;
+    pid_t reloaded = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': force = 1; break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki broker renew NAME [--force]\n\n"
+                "Renews the bundled broker's certificate with a fresh key and the same\n"
+                "DNS and IP names once two thirds of its lifetime have passed (mqpkid\n"
+                "does it on its own, hourly), or now with --force, and has the running\n"
+                "broker reload it (SIGHUP): connected clients stay connected.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cli, "expected one broker NAME");
+    if (!proto_asset_id_valid(argv[optind]))
+        return cli_usage_error(cli, "broker name '%.80s' is not valid", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_broker_renew(dd, argv[optind], force, &renewed, &reloaded)) != MQPKI_OK)
+        goto out;
+    if (!renewed)
+        printf("broker %s: certificate not due for renewal\n", argv[optind]);
+    else if (reloaded)
+        printf("broker %s: certificate renewed; Mosquitto (pid %ld) reloaded it\n", argv[optind],
+               (long)reloaded);
+    else
+        printf("broker %s: certificate renewed; the broker is not running (it loads it at "
+               "start)\n",
+               argv[optind]);
+out:
+    datadir_close(dd);
     return rc;
 }
 

@@ -23,6 +23,7 @@
 #include "datadir.h"
 #include "feed.h"
 #include "lifecycle.h"
+#include "proto.h"
 
 #define REQUEST_MS      5000 /* a peer has this long to send its request */
 #define REPLY_MS        5000
@@ -114,6 +115,34 @@ static void on_sign(struct control *c, int fd, const unsigned char *req, size_t 
         reply(fd, MQPKI_OK, sig, sig_len);
 }
 
+/* op, asset id, NUL, JSON command: published on the asset's command topic. Only commands the
+ * agent knows are relayed (the CLI composes them; nothing else may use mqpkid's identity). */
+static void on_command(struct control *c, int fd, const unsigned char *req, size_t len)
+{
+    static const char *const allowed[] = {"{\"op\":\"renew\"}"};
+    const char *asset = (const char *)req + 1, *json;
+    const unsigned char *nul = len > 1 ? memchr(req + 1, '\0', len - 1) : NULL;
+    char reply_text[32];
+    size_t json_len;
+    int ok = 0, sent;
+
+    if (nul == NULL || !proto_asset_id_valid(asset)) {
+        reply_error(fd, MQPKI_ERR_PARSE, "malformed command request");
+        return;
+    }
+    json = (const char *)nul + 1;
+    json_len = len - (size_t)((const unsigned char *)json - req);
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        ok |= json_len == strlen(allowed[i]) && memcmp(json, allowed[i], json_len) == 0;
+    if (!ok) {
+        reply_error(fd, MQPKI_ERR_INVALID, "command not allowed");
+        return;
+    }
+    sent = feed_command(c->ctx->feed, asset, json, json_len);
+    snprintf(reply_text, sizeof(reply_text), "%d", sent);
+    reply(fd, MQPKI_OK, reply_text, strlen(reply_text));
+}
+
 static void serve(struct control *c, int fd)
 {
     unsigned char *req = NULL;
@@ -138,6 +167,7 @@ static void serve(struct control *c, int fd)
         feed_rescan(c->ctx->feed);
         reply(fd, MQPKI_OK, NULL, 0);
         break;
+    case DATADIR_CTL_COMMAND: on_command(c, fd, req, len); break;
     default: reply_error(fd, MQPKI_ERR_INVALID, "unknown request"); break;
     }
     free(req);

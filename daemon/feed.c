@@ -691,6 +691,26 @@ void feed_publish_alert(struct feed *f, const char *json, size_t len)
     }
 }
 
+int feed_command(struct feed *f, const char *asset, const char *json, size_t len)
+{
+    char topic[sizeof(PROTO_TOPIC_ASSETS) + PROTO_ASSET_ID_MAX + sizeof(PROTO_TOPIC_CMD_SUFFIX)];
+    int sent = 0;
+
+    if (f == NULL || asset == NULL || !proto_asset_id_valid(asset) || json == NULL)
+        return 0;
+    snprintf(topic, sizeof(topic), PROTO_TOPIC_ASSETS "%s" PROTO_TOPIC_CMD_SUFFIX, asset);
+    /* To every connected broker: the device is on one of them. Not retained: a command is for
+     * now, and a device that connects later renews on its own schedule. */
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        if (mosquitto_publish(l->m, NULL, topic, (int)len, json, 1, false) == MOSQ_ERR_SUCCESS)
+            sent++;
+    }
+    return sent;
+}
+
 void feed_resend(struct feed *f)
 {
     if (f == NULL)

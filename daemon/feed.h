@@ -53,6 +53,11 @@ void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *d
  * id than the one held is ignored. json is copied. */
 void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t len);
 
+/* Publishes a device command (JSON) with QoS 1, not retained, on asset's command topic
+ * (PROTO_TOPIC_ASSETS ID PROTO_TOPIC_CMD_SUFFIX) to every connected broker; returns to how
+ * many brokers it went (0: none connected). */
+int feed_command(struct feed *f, const char *asset, const char *json, size_t len);
+
 /* Sends the newest CRLs from the store (and the newest checkpoint) to every connected broker
  * again. */
 void feed_resend(struct feed *f);

@@ -107,6 +107,8 @@ static int tls_tick(struct datadir *dd)
     }
     if (renewed)
         mqpki_log(MQPKI_LOG_INFO, "TLS certificate renewed (tls/mqpkid.pem)");
+    /* The bundled brokers' certificates too: each broker reloads its own (SIGHUP). */
+    (void)datadir_brokers_renew(dd);
     return renewed;
 }
 

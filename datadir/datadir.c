@@ -90,6 +90,16 @@ out:
     return rc;
 }
 
+/* hsm/softhsm2.conf written for home's current location (hsm_softhsm_prepare). */
+static int softhsm_derive(const char *home)
+{
+    char dir[PATH_MAX];
+
+    if (mqpki_path(dir, sizeof(dir), "%s/hsm", home) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
+    return hsm_softhsm_prepare(dir);
+}
+
 static int load_pem_cert(const char *home, const char *rel, X509 **out)
 {
     char path[PATH_MAX];
@@ -300,6 +310,10 @@ int datadir_open(const char *home, unsigned what, struct datadir **out)
     if ((rc = datadir_config_load(home, &dd->cfg)) != MQPKI_OK)
         goto out;
     sweep_tmp(home);
+    /* Derived files follow the directory's current location from the first opening on (a
+     * directory moved, copied or restored, or one written before they were derived). */
+    if (dd->cfg.hsm_module[0] == '\0' && (rc = softhsm_derive(home)) != MQPKI_OK)
+        goto out;
     if (what & DATADIR_DAEMON) {
         pid_t holder = 0;
         dd->daemon_mode = 1;

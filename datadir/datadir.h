@@ -172,6 +172,21 @@ int datadir_path(const struct datadir *dd, const char *rel, char out[PATH_MAX]);
  */
 int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 
+/*
+ * Renews bundled broker NAME's certificate (brokers/NAME/broker.pem, broker.key) with a fresh
+ * key and the same DNS and IP names once two thirds of its lifetime have passed, or at once
+ * with force, installed in the same crash-safe order as mqpkid's own; then sends SIGHUP to the
+ * broker's Mosquitto when `mqpki broker run` noted it in run/broker-NAME.pid and it still runs
+ * there (*reloaded: its pid, else 0): Mosquitto loads the new certificate for new connections
+ * and keeps the connected clients. Needs the CA (DATADIR_CA).
+ */
+int datadir_broker_renew(struct datadir *dd, const char *name, int force, int *renewed,
+                         pid_t *reloaded);
+
+
+/* datadir_broker_renew for every bundled broker when due, logging each; returns how many. */
+int datadir_brokers_renew(struct datadir *dd);
+
 /* The configured default validity of each certificate profile (0: the profile's own). */
 void datadir_profile_days(const struct datadir_config *cfg, int days[CA_PROFILE_COUNT_]);
 
@@ -200,6 +215,9 @@ enum datadir_control_op {
                                   semantics); reply: signature */
     DATADIR_CTL_RESCAN = 'R',  /* re-read brokers/: link new brokers, stop the links of removed
                                   or decommissioned ones at once; reply: empty */
+    DATADIR_CTL_COMMAND = 'C', /* + asset id, NUL, a device command's JSON ({"op":"renew"}):
+                                  published on the asset's command topic; reply: the number
+                                  of brokers it went to, as text */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).
@@ -310,6 +328,40 @@ struct datadir_publication {
  */
 #define DATADIR_PUBLISH_RESEND 1u
 int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publication *out);
+
+/*
+ * `mqpki backup`: one tar archive at out (0600, written to a temporary name, fsynced, renamed)
+ * holding the store (SQLite's backup API: consistent while mqpkid runs), the token's
+ * last-known-good object files, mqpki.conf, ca/, crl/, tls/, the bundled brokers' files and,
+ * with DATADIR_BACKUP_SECRETS, secrets/pin and secrets/so-pin; a MANIFEST of SHA-256 sums is
+ * its last entry. Records meta backup.last_at (RFC 3339, UTC). Needs DATADIR_STORE only.
+ */
+#define DATADIR_BACKUP_SECRETS 1u
+struct datadir_backup_report {
+    size_t files;
+    uint64_t bytes;
+    int with_secrets;
+};
+int datadir_backup(struct datadir *dd, const char *out, unsigned flags,
+                   struct datadir_backup_report *rep);
+
+/*
+ * `mqpki restore`: unpacks file into a staging directory beside home, checks every file against
+ * the manifest (only regular files with plain relative names, size caps), rebuilds the token
+ * from its good copies (the PIN from the archive, else MQPKI_PIN, written to secrets/pin when
+ * the configuration keeps it there), runs the token self-test (sign and verify with the
+ * issuing key) and audit verify, raises the CRL number above the highest one the backup knows
+ * of (store, crl/, brokers' kept CRLs) by a margin, records meta drill.last_at and renames the
+ * result to home. home must not exist or be empty (MQPKI_ERR_EXISTS): a live directory is
+ * never overwritten. Nothing is left at home on failure.
+ */
+struct datadir_restore_report {
+    size_t files;
+    int64_t crl_high;     /* the highest CRL number the backup knows of */
+    int64_t crl_next;     /* the restored CA's next CRL number */
+    int64_t audit_events; /* audit events verified */
+};
+int datadir_restore(const char *file, const char *home, struct datadir_restore_report *rep);
 
 /* datadir_publish only when a publication is open (a crash left one, or another process is
  * about to finish it): every mutating command calls this before its own work. */

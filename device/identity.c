@@ -826,6 +826,54 @@ MQPKI_DEVICE_EXPORT int64_t mqpki_device_retry_delay(struct mqpki_device *dev, u
     return d;
 }
 
+/*
+ * Before a renewal: the CA certificates /cacerts serves now (over TLS verified with the trust
+ * held), so that a certificate from a new issuing CA (a rollover) verifies. Only CA
+ * certificates that chain to the trust already held are added; nothing is ever removed here.
+ * *changed is 1 when the trust grew (the caller writes ca.pem with the new identity). A
+ * server without /cacerts, or any failure, leaves the trust as it was: the renewal goes on.
+ */
+static void ca_refresh(struct mqpki_device *dev, struct dev_est *est, int *changed)
+{
+    STACK_OF(X509) *got = NULL, *merged = NULL;
+    X509_STORE_CTX *sctx = NULL;
+    char *pem = NULL;
+    size_t len = 0;
+    int added = 0;
+
+    *changed = 0;
+    if (dev_est_cacerts(est, &got) != MQPKI_DEVICE_OK || (sctx = X509_STORE_CTX_new()) == NULL ||
+        (merged = sk_X509_dup(dev->ca_certs)) == NULL)
+        goto out;
+    for (int i = 0; i < sk_X509_num(got); i++) {
+        X509 *x = sk_X509_value(got, i);
+        int known = 0;
+        for (int j = 0; j < sk_X509_num(dev->ca_certs) && !known; j++)
+            known = X509_cmp(x, sk_X509_value(dev->ca_certs, j)) == 0;
+        if (known || X509_check_ca(x) == 0)
+            continue;
+        if (X509_STORE_CTX_init(sctx, dev->trust, x, got) == 1 && X509_verify_cert(sctx) == 1 &&
+            sk_X509_push(merged, x) > 0)
+            added++;
+        X509_STORE_CTX_cleanup(sctx);
+    }
+    if (added == 0 || certs_to_pem(NULL, merged, &pem, &len) != MQPKI_DEVICE_OK ||
+        trust_set(dev, "CA chain from /cacerts", (unsigned char *)pem, len) != MQPKI_DEVICE_OK)
+        goto out;
+    est->trust = dev->trust;
+    est->ca_pem = dev->ca_pem;
+    est->ca_pem_len = dev->ca_pem_len;
+    dev_log(DEV_LOG_INFO, "%s: %d new CA certificate(s) from /cacerts trusted", dev->dir, added);
+    *changed = 1;
+out:
+    dev_clear_error();
+    ERR_clear_error();
+    free(pem);
+    X509_STORE_CTX_free(sctx);
+    sk_X509_free(merged); /* the certificates are got's or dev->ca_certs' */
+    sk_X509_pop_free(got, X509_free);
+}
+
 MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, int *renewed)
 {
     struct dev_est est = {0};
@@ -835,7 +883,7 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
     X509 *cert = NULL;
     unsigned old_gen;
     char name[24];
-    int rc = MQPKI_DEVICE_OK, generated = 0;
+    int rc = MQPKI_DEVICE_OK, generated = 0, ca_changed = 0;
 
     dev_clear_error();
     if (renewed != NULL)
@@ -847,6 +895,15 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
     }
     if (!force && !mqpki_device_renewal_due(dev, mqpki_now()))
         goto out;
+    /* Authenticated by the current identity: it stays the one in force until the commit. */
+    est.server = dev->server;
+    est.trust = dev->trust;
+    est.ca_pem = dev->ca_pem;
+    est.ca_pem_len = dev->ca_pem_len;
+    est.client_cert = dev->cert;
+    est.client_chain = dev->chain;
+    est.client_key = dev->key;
+    ca_refresh(dev, &est, &ca_changed);
     old_gen = dev->generation;
     snprintf(name, sizeof(name), "%u", old_gen + 1);
     rc = dev->ops->generate(dev->store, name, &key);
@@ -856,14 +913,6 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
     rc = csr_make(dev->asset, key, &csr);
     if (rc != MQPKI_DEVICE_OK)
         goto out;
-    /* Authenticated by the current identity: it stays the one in force until the commit. */
-    est.server = dev->server;
-    est.trust = dev->trust;
-    est.ca_pem = dev->ca_pem;
-    est.ca_pem_len = dev->ca_pem_len;
-    est.client_cert = dev->cert;
-    est.client_chain = dev->chain;
-    est.client_key = dev->key;
     rc = dev_est_enroll(&est, dev->asset, NULL, csr, &cert);
     dev->retry_after = est.retry_after;
     if (rc == MQPKI_DEVICE_OK)
@@ -871,7 +920,7 @@ MQPKI_DEVICE_EXPORT int mqpki_device_renew(struct mqpki_device *dev, int force, 
     if (rc != MQPKI_DEVICE_OK)
         goto out;
     dev->generation = old_gen + 1;
-    rc = commit(dev, cert, chain, NULL, 0);
+    rc = commit(dev, cert, chain, NULL, ca_changed);
     if (rc != MQPKI_DEVICE_OK) {
         dev->generation = old_gen;
         goto out;

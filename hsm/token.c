@@ -3,6 +3,7 @@
  * and its guard, token initialization, open/close, and the CA's key types. The generic PKCS#11
  * work (module, login, session pool, keys, the EVP_PKEY bridge) is p11/'s.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -148,10 +149,75 @@ out:
     return rc;
 }
 
+/* 1 when path (resolved, links followed) is dir itself or lies below it; dir is resolved. */
+static int resolves_inside(const char *path, const char *dir)
+{
+    char abs[PATH_MAX];
+    size_t n = strlen(dir);
+
+    if (realpath(path, abs) == NULL)
+        return 0;
+    return strncmp(abs, dir, n) == 0 && (abs[n] == '\0' || abs[n] == '/');
+}
+
+/*
+ * A copy of a data directory must never reach its original's token: the token directory, its
+ * good copies and every token in them must resolve inside DIR. A link that leads elsewhere (a
+ * copy made with links, or planted) is refused rather than followed.
+ */
+static int tokens_confined(const char *abs, const char *sub)
+{
+    char path[PATH_MAX], entry[PATH_MAX];
+    struct dirent *de;
+    struct stat st;
+    DIR *d = NULL;
+    int rc = MQPKI_OK;
+
+    if (mqpki_path(path, sizeof(path), "%s/%s", abs, sub) != MQPKI_OK) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", abs);
+        goto out;
+    }
+    if (lstat(path, &st) != 0) {
+        if (errno != ENOENT)
+            rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (!S_ISDIR(st.st_mode) || !resolves_inside(path, abs))
+        goto bad;
+    if ((d = opendir(path)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (mqpki_path(entry, sizeof(entry), "%s/%s", path, de->d_name) != MQPKI_OK) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", path);
+            goto out;
+        }
+        if (lstat(entry, &st) != 0 || S_ISLNK(st.st_mode)) {
+            snprintf(path, sizeof(path), "%s", entry);
+            goto bad;
+        }
+    }
+    goto out;
+bad:
+    rc = mqpki_fail(MQPKI_ERR_STATE,
+                    "%s leads outside the data directory %s (a link?): refused, so that a copy "
+                    "never uses another directory's token",
+                    path, abs);
+out:
+    if (d != NULL)
+        closedir(d);
+    return rc;
+}
+
 int hsm_softhsm_prepare(const char *dir)
 {
     char abs[PATH_MAX], tokens[PATH_MAX], conf[PATH_MAX], text[2 * PATH_MAX];
-    struct stat st;
+    char held[PATH_MAX];
+    unsigned char *old = NULL;
+    size_t old_len = 0;
     int rc, n;
 
     if ((rc = hsm_softhsm_path_check(dir)) != MQPKI_OK)
@@ -169,33 +235,50 @@ int hsm_softhsm_prepare(const char *dir)
         rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", abs);
         goto out;
     }
+    if ((rc = tokens_confined(abs, SOFTHSM_TOKENS)) != MQPKI_OK ||
+        (rc = tokens_confined(abs, SOFTHSM_GOOD)) != MQPKI_OK)
+        goto out;
     rc = mqpki_mkdir_p(tokens, 0700);
     if (rc != MQPKI_OK)
         goto out;
-    if (stat(conf, &st) != 0) {
-        if (errno != ENOENT) {
-            rc = mqpki_fail(MQPKI_ERR_IO, "%s: %s", conf, strerror(errno));
-            goto out;
-        }
-        n = snprintf(text, sizeof(text),
-                     "# SoftHSM2 configuration written by mqpki for the embedded token\n"
-                     "directories.tokendir = %s\n"
-                     "objectstore.backend = file\n"
-                     "log.level = ERROR\n"
-                     "slots.removable = false\n",
-                     tokens);
-        if (n < 0 || (size_t)n >= sizeof(text)) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", conf);
-            goto out;
-        }
+    /*
+     * The file is derived, never trusted: it is written from the directory's current location
+     * at every opening, so that a data directory moved or copied (cp -a, mv, a restored backup)
+     * names its own token and never the one of the path it was created at. Rewritten only when
+     * it differs, atomically, so that a concurrent reader sees the old or the new text.
+     */
+    n = snprintf(text, sizeof(text),
+                 "# SoftHSM2 configuration written by mqpki for the embedded token; derived\n"
+                 "# from the data directory's location at each start (do not edit)\n"
+                 "directories.tokendir = %s\n"
+                 "objectstore.backend = file\n"
+                 "log.level = ERROR\n"
+                 "slots.removable = false\n",
+                 tokens);
+    if (n < 0 || (size_t)n >= sizeof(text)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", conf);
+        goto out;
+    }
+    if (mqpki_file_read(conf, sizeof(text), &old, &old_len) != MQPKI_OK || old_len != (size_t)n ||
+        memcmp(old, text, old_len) != 0) {
+        mqpki_err_clear();
         rc = mqpki_file_write_atomic(conf, text, (size_t)n, 0600);
         if (rc != MQPKI_OK)
             goto out;
+    }
+    /* What SoftHSM will read, read back: its token directory is ours. */
+    if ((rc = p11_softhsm_tokendir(conf, held, sizeof(held))) != MQPKI_OK)
+        goto out;
+    if (!resolves_inside(held, abs)) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "%s: token directory %s is outside %s: refused", conf,
+                        held, abs);
+        goto out;
     }
     if (setenv("SOFTHSM2_CONF", conf, 1) != 0) {
         rc = mqpki_fail(MQPKI_ERR_IO, "setenv SOFTHSM2_CONF: %s", strerror(errno));
         goto out;
     }
 out:
+    free(old);
     return rc;
 }

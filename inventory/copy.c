@@ -55,12 +55,14 @@ static const struct {
      "acked_by",
      "id", NULL},
     {"quarantine", "asset, since, rule, alert_id", "asset", NULL},
+    {"campaigns", "id, selector, created_at, silent_after, finished_at", "id", NULL},
+    {"campaign_assets", "campaign, asset, old_serial, state, sent_at", "campaign, asset", NULL},
 };
 
 #define N_TABLES (sizeof(tables) / sizeof(tables[0]))
 
 /* The PostgreSQL tables whose id is an identity column (SQLite's INTEGER PRIMARY KEY). */
-static const char *const identity_tables[] = {"tokens", "events", "alerts"};
+static const char *const identity_tables[] = {"tokens", "events", "alerts", "campaigns"};
 #define N_IDENTITY (sizeof(identity_tables) / sizeof(identity_tables[0]))
 
 static int count_rows(struct inventory *inv, const char *table, int64_t *out)

@@ -118,6 +118,9 @@ const struct db_ops *db_ops_for(const char *target);
 /* 1 when target names a PostgreSQL store. */
 int db_target_is_pg(const char *target);
 
+/* SQLite only: an online copy of the store into the new, empty file dest (one read snapshot). */
+int db_sqlite_backup(struct db *db, const char *dest, char *err, size_t err_size);
+
 /* target with the password of a URL replaced by ***, for messages (out as large as target). */
 void db_redact(const char *target, char *out, size_t size);
 

@@ -488,3 +488,48 @@ const struct db_ops *db_ops_for(const char *target)
 {
     return db_target_is_pg(target) ? &db_pg_ops : &db_sqlite_ops;
 }
+
+int db_sqlite_backup(struct db *db, const char *dest, char *err, size_t err_size)
+{
+    sqlite3 *out = NULL;
+    sqlite3_backup *b = NULL;
+    int rc = DB_OK, src;
+
+    if (db == NULL || db->ops != &db_sqlite_ops) {
+        snprintf(err, err_size, "not an SQLite store");
+        return DB_ERROR;
+    }
+    src = sqlite3_open_v2(dest, &out, SQLITE_OPEN_READWRITE, NULL);
+    if (src != SQLITE_OK) {
+        snprintf(err, err_size, "%s: %s", dest, out != NULL ? sqlite3_errmsg(out) : "cannot open");
+        rc = DB_ERROR;
+        goto out;
+    }
+    if ((b = sqlite3_backup_init(out, "main", LITE(db)->h, "main")) == NULL) {
+        snprintf(err, err_size, "%s", sqlite3_errmsg(out));
+        rc = DB_ERROR;
+        goto out;
+    }
+    /* All pages in one step: one read transaction on the source, hence one snapshot. A writer
+     * holding the lock makes it busy for a moment: try again (the busy timeout is the store's). */
+    for (int tries = 0; tries < 200; tries++) {
+        src = sqlite3_backup_step(b, -1);
+        if (src != SQLITE_BUSY && src != SQLITE_LOCKED)
+            break;
+        usleep(10 * 1000);
+    }
+    if (src != SQLITE_DONE) {
+        snprintf(err, err_size, "%s", sqlite3_errstr(src));
+        rc = DB_ERROR;
+    }
+out:
+    if (b != NULL && (src = sqlite3_backup_finish(b)) != SQLITE_OK && rc == DB_OK) {
+        snprintf(err, err_size, "%s", sqlite3_errstr(src));
+        rc = DB_ERROR;
+    }
+    if (out != NULL && sqlite3_close(out) != SQLITE_OK && rc == DB_OK) {
+        snprintf(err, err_size, "%s: cannot close", dest);
+        rc = DB_ERROR;
+    }
+    return rc;
+}

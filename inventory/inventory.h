@@ -543,6 +543,67 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
                                   const char *const *sources, size_t n_published,
                                   struct inventory_audit_report *out);
 
+/*
+ * An online, consistent copy of the store into the new file dest (created 0600; removed again on
+ * failure): SQLite's backup API in one step, so one read snapshot while others write.
+ */
+int inventory_backup(struct inventory *inv, const char *dest);
+
+/* The highest CRL number the store knows of: the counter, any recorded CRL, any broker's. */
+int inventory_crl_number_high(struct inventory *inv, int64_t *out);
+
+/* Raises the CRL number counter to floor when below it (the next CRL is floor + 1). */
+int inventory_crl_number_raise(struct inventory *inv, int64_t floor);
+
+/*
+ * Re-issue campaigns: assets asked to renew ({"op":"renew"} on their command topic) and where
+ * each stands. pending (recorded), sent (the command went to the brokers), failed (it could
+ * not be sent), renewed (the certificate named was superseded by a re-enrollment), silent
+ * (sent longer than silent_after seconds ago and not renewed).
+ */
+enum {
+    INV_CAMPAIGN_PENDING,
+    INV_CAMPAIGN_SENT,
+    INV_CAMPAIGN_RENEWED,
+    INV_CAMPAIGN_FAILED,
+    INV_CAMPAIGN_SILENT,
+    INV_CAMPAIGN_STATES
+};
+struct inventory_campaign_target {
+    const char *asset;
+    const char *old_serial; /* the certificate the asset is asked to replace */
+};
+struct inventory_campaign_asset {
+    char asset[PROTO_ASSET_ID_MAX + 1];
+    char old_serial[PROTO_SERIAL_HEX_MAX + 1];
+    int state;
+    int64_t sent_at; /* 0 when not sent */
+};
+struct inventory_campaign {
+    int64_t id;
+    char selector[256];
+    int64_t created_at, silent_after, finished_at; /* finished_at 0 while open */
+    int64_t total, count[INV_CAMPAIGN_STATES];
+};
+typedef int (*inventory_campaign_cb)(const struct inventory_campaign_asset *a, void *ctx);
+
+/* Records a campaign over targets[0..n), all pending, and its audit event; *id its number. */
+int inventory_campaign_create(struct inventory *inv, const char *selector, int64_t silent_after,
+                              const struct inventory_campaign_target *targets, size_t n,
+                              int64_t *id);
+/* Marks an asset's command sent (sent 1) or failed (sent 0), now. */
+int inventory_campaign_mark(struct inventory *inv, int64_t id, const char *asset, int sent);
+/* The newest campaign's id; MQPKI_ERR_NOT_FOUND when none. */
+int inventory_campaign_latest(struct inventory *inv, int64_t *id);
+/* Moves states on from the certificates and the clock: renewed, silent. */
+int inventory_campaign_refresh(struct inventory *inv, int64_t id);
+/* The campaign with counts per state; cb (may be NULL) gets each asset in id order. */
+int inventory_campaign_get(struct inventory *inv, int64_t id, struct inventory_campaign *out,
+                           inventory_campaign_cb cb, void *ctx);
+/* Records that the campaign is finished. */
+int inventory_campaign_finish(struct inventory *inv, int64_t id);
+const char *inventory_campaign_state_name(int state);
+
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);

@@ -189,6 +189,24 @@ static const char *const migrations[] = {
     " since INTEGER NOT NULL,"
     " rule TEXT NOT NULL,"
     " alert_id INTEGER);",
+    /*
+     * 5 -> 6: re-issue campaigns. A campaign asks a set of assets to renew
+     * ({"op":"renew"} on their command topic); each asset's row says where it stands (pending,
+     * sent, renewed, failed, silent) and which certificate it should replace.
+     */
+    "CREATE TABLE campaigns("
+    " id INTEGER PRIMARY KEY,"
+    " selector TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " silent_after INTEGER NOT NULL,"
+    " finished_at INTEGER);"
+    "CREATE TABLE campaign_assets("
+    " campaign INTEGER NOT NULL REFERENCES campaigns(id),"
+    " asset TEXT NOT NULL,"
+    " old_serial TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'renewed', 'failed', 'silent')),"
+    " sent_at INTEGER,"
+    " PRIMARY KEY (campaign, asset));",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

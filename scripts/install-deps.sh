@@ -12,7 +12,7 @@ pkgs=(
   libpq-dev postgresql-15
   libmosquitto-dev mosquitto-dev mosquitto mosquitto-clients
   libcurl4-openssl-dev curl
-  libjansson-dev libinih-dev
+  libjansson-dev libinih-dev libarchive-dev
   libcmocka-dev jq python3 strace procps python3-prometheus-client
   man-db groff-base
 )
