@@ -257,9 +257,9 @@ static int write_mosquitto_conf(const char *dir, const char *name, const char *h
         goto out;
     }
     n = asprintf(&text,
-                 "# Bundled broker %s, written by mqpki at each 'mqpki broker run %s' from\n"
-                 "# broker.conf (docs/broker.md): edits here are lost. Paths are relative to\n"
-                 "# this directory, where Mosquitto runs.\n"
+                 "# Bundled broker %s, written by 'mqpki broker init %s' (docs/broker.md).\n"
+                 "# 'mqpki broker run' keeps edits and only updates the plugin line. Paths are\n"
+                 "# relative to this directory, where Mosquitto runs.\n"
                  "per_listener_settings false\n"
                  "# Run as the owner of the data directory: the key below is 0600.\n"
                  "user %s\n"
@@ -569,10 +569,58 @@ out:
 
 #define MOSQ_CONF_MAX (64 * 1024)
 
+#define MOSQ_CONF_MAX (64 * 1024)
+
+/*
+ * The `plugin` line of mosquitto.conf names the plugin of the mqpki that runs the broker now:
+ * a broker made with one mqpki (the build tree) and run by another (an installed package, a
+ * moved prefix) loads the plugin that belongs to the running one. Other lines stay as they
+ * are; without a plugin found here the file is left alone and Mosquitto says what is missing.
+ */
+static int plugin_follow(const char *conf)
+{
+    unsigned char *text = NULL;
+    char plugin[PATH_MAX], *line, *end, *out = NULL;
+    struct stat st;
+    size_t len = 0, n;
+    int rc;
+
+    /* Only the regular file broker init wrote is rewritten, never what a link leads to. */
+    if (lstat(conf, &st) != 0 || !S_ISREG(st.st_mode) || plugin_path(plugin) != MQPKI_OK ||
+        strpbrk(plugin, " \t\n") != NULL) {
+        mqpki_err_clear();
+        return MQPKI_OK;
+    }
+    if ((rc = mqpki_file_read(conf, MOSQ_CONF_MAX, &text, &len)) != MQPKI_OK)
+        goto out;
+    for (line = (char *)text; line != NULL && *line != '\0'; line = end ? end + 1 : NULL) {
+        end = strchr(line, '\n');
+        n = end ? (size_t)(end - line) : strlen(line);
+        if (n < 7 || strncmp(line, "plugin ", 7) != 0)
+            continue;
+        if (n - 7 == strlen(plugin) && memcmp(line + 7, plugin, n - 7) == 0)
+            goto out; /* already this one */
+        if (asprintf(&out, "%.*splugin %s%s", (int)(line - (char *)text), (char *)text, plugin,
+                     end ? end : "") < 0) {
+            out = NULL;
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+        if ((rc = mqpki_file_write_atomic(conf, out, strlen(out), 0600)) == MQPKI_OK)
+            mqpki_log(MQPKI_LOG_INFO, "%s: plugin %s", conf, plugin);
+        goto out;
+    }
+out:
+    free(out);
+    free(text);
+    return rc;
+}
+
 int cmd_broker_run(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    char conf[PATH_MAX], dir[PATH_MAX], plugin[PATH_MAX], host[DATADIR_BROKER_HOST_MAX];
+    char conf[PATH_MAX], dir[PATH_MAX], plugin[PATH_MAX], mosq[PATH_MAX];
+    char host[DATADIR_BROKER_HOST_MAX];
     struct stat st;
     int c, rc = MQPKI_OK, port;
 
@@ -580,9 +628,11 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
         switch (c) {
         case 'h':
             return cli_help("usage: mqpki broker run NAME\n\n"
-                            "Writes brokers/NAME/mosquitto.conf from broker.conf and the location\n"
-                            "of the plugin installed with this mqpki, then runs Mosquitto in the\n"
-                            "foreground in brokers/NAME/; logs go to stderr.\n");
+                            "Runs Mosquitto in the foreground in brokers/NAME/ with its\n"
+                            "mosquitto.conf (written by 'mqpki broker init', or now from\n"
+                            "broker.conf when missing); logs go to stderr. Its 'plugin' line is\n"
+                            "first set to the plugin installed with this mqpki; other lines, and\n"
+                            "your edits, stay as they are.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -596,13 +646,18 @@ int cmd_broker_run(struct cli *cli, int argc, char **argv)
     if (stat(conf, &st) != 0)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no broker %s (run 'mqpki broker init %s')",
                           argv[optind], argv[optind]);
-    /* The configuration is derived at each start from where the data directory and the plugin
-     * are now (a moved or restored directory, an upgraded install), then Mosquitto runs in the
-     * broker's directory, which its relative paths name. */
-    if ((rc = read_broker_conf(dir, host, &port)) != MQPKI_OK ||
-        (rc = plugin_path(plugin)) != MQPKI_OK ||
-        (rc = write_mosquitto_conf(dir, argv[optind], host, port, plugin)) != MQPKI_OK)
+    /* Mosquitto runs in the broker's directory, which the file's relative paths name, so a
+     * moved or restored data directory works as it is; the plugin is the running mqpki's. */
+    if (mqpki_path(mosq, sizeof(mosq), "%s/mosquitto.conf", dir) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
+    if (lstat(mosq, &st) != 0) {
+        if ((rc = read_broker_conf(dir, host, &port)) != MQPKI_OK ||
+            (rc = plugin_path(plugin)) != MQPKI_OK ||
+            (rc = write_mosquitto_conf(dir, argv[optind], host, port, plugin)) != MQPKI_OK)
+            return rc;
+    } else if ((rc = plugin_follow(mosq)) != MQPKI_OK) {
         return rc;
+    }
     /* exec keeps the pid: `broker renew` and mqpkid signal this Mosquitto to reload. */
     {
         char pidfile[PATH_MAX], text[32];

@@ -68,6 +68,16 @@ static const struct {
                "  mqpki alerts --json | jq '.[] | select(.rule == \"cloned_identity\")'\n"},
     {"alerts ack", "  mqpki alerts ack 12\n"},
     {"release", "  mqpki release --asset meter-7\n"},
+    {"broker renew", "  mqpki broker renew b1\n"
+                     "  mqpki broker renew b1 --force\n"},
+    {"backup", "  mqpki backup --out /srv/backup/mqpki-$(date +%F).tar\n"
+               "  mqpki backup --out ca-full.tar --include-secrets\n"},
+    {"restore", "  mqpki restore /srv/backup/mqpki-2026-12-01.tar --home /var/lib/mqpki\n"},
+    {"campaign renew", "  mqpki campaign renew --all --rate 20\n"
+                       "  mqpki campaign renew --tag site=north --silent-after 1h\n"},
+    {"campaign status", "  mqpki campaign status\n"
+                        "  mqpki campaign status --id 3 --json\n"},
+    {"campaign finish", "  mqpki campaign finish --revoke-old\n"},
     {"crl-sync",
      "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
      "      --exec 'systemctl reload mosquitto'\n"},
