@@ -124,7 +124,8 @@ pg_as=()
 [ "$(id -u)" = 0 ] && pg_as=(runuser -u postgres --)
 check "PostgreSQL restarted (fast: every connection cut)" "${pg_as[@]}" "$PG_BIN/pg_ctl" \
   -D "$T/pg/data" -l "$T/pg/server.log" -w -t 30 -m fast restart
-PIDS+=("$(head -n 1 "$T/pg/data/postmaster.pid")")
+PG_PID=$(head -n 1 "$T/pg/data/postmaster.pid") # the new server: cleanup stops it last
+PIDS+=("$PG_PID")
 for side in A B; do
   port=$PA; [ "$side" = B ] && port=$PB
   check "replica $side ready again" wait_for 10 \
