@@ -43,6 +43,8 @@ static const struct command commands[] = {
     {"broker", "init", cmd_broker_init, "register a bundled broker and write its config"},
     {"broker", "run", cmd_broker_run, "run a bundled broker (Mosquitto + plugin)"},
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
+    {NULL, "check", cmd_check, "fleet audit checks (exit 3 when one at high severity fails)"},
+    {"report", "csf", cmd_report_csf, "NIST CSF posture report (text, json, html)"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -57,7 +59,8 @@ static void usage(FILE *f)
                  commands[i].group ? " " : "", commands[i].name);
         fprintf(f, "  %-20s %s\n", name, commands[i].summary);
     }
-    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure\n");
+    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure, 3 'check' found\n"
+                  "a failing check at high or critical severity\n");
 }
 
 int main(int argc, char **argv)
@@ -126,6 +129,8 @@ int main(int argc, char **argv)
     rc = cmd->fn(&cli, argc - first - shift + 1, argv + first + shift - 1);
     if (rc == CLI_HELP_SHOWN)
         return 0;
+    if (rc == CLI_CHECKS_FAILED)
+        return 3;
     if (rc != MQPKI_OK) {
         fprintf(stderr, "mqpki %s: %s\n", cmdname, mqpki_err_detail(rc));
         return mqpki_err_exit_status(rc);

@@ -472,4 +472,73 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
 
+/*
+ * Posture (inventory/posture.c): read-only aggregates and findings over the whole store for
+ * `mqpki check`, `mqpki report csf` and the dashboard. Each runs in one read snapshot of its
+ * own; none writes.
+ */
+struct inventory_posture {
+    int64_t assets;                              /* every asset */
+    int64_t by_state[INV_STATE_DECOMMISSIONED + 1];
+    int64_t by_kind[INV_KIND_SERVICE + 1];
+    int64_t in_service;    /* assets neither revoked nor decommissioned */
+    int64_t with_model;    /* of in_service: model filled in */
+    int64_t with_hw_serial;
+    int64_t with_firmware;
+    int64_t with_location;
+    int64_t with_valid_cert; /* of in_service: holding a valid, unexpired certificate */
+    int64_t seen;            /* of in_service: ever reported connected by a broker */
+    int64_t silent;          /* of active assets: not seen since the `silent_before` time */
+    int64_t certs_valid;     /* valid or superseded, not expired */
+    int64_t certs_revoked;   /* revoked, not on hold */
+    int64_t certs_held;      /* revoked with reason certificateHold */
+    int64_t certs_expired;
+};
+
+/* The aggregates as of now; active assets last seen before silent_before count as silent. */
+int inventory_posture_stats(struct inventory *inv, int64_t now, int64_t silent_before,
+                            struct inventory_posture *out);
+
+/*
+ * Findings: rows that a posture check reports. The callback gets a subject (a serial, a key
+ * fingerprint, an asset id), a related object ("" when none: the asset of a certificate), a
+ * time or count (what each kind says) and returns non-zero to stop. *total (may be NULL)
+ * counts every row even after the callback stopped taking them, so a check can show the
+ * first few and the total.
+ */
+enum inventory_finding {
+    /* live certificates (valid or superseded) expiring in [a, b]: serial, asset, not_after;
+     * this and INV_FIND_OLD leave out the service profile (mqpkid renews its own) */
+    INV_FIND_EXPIRING,
+    /* live certificates issued before a (not_before < a): serial, asset, not_before */
+    INV_FIND_OLD,
+    /* public keys certified for more than one asset: key_fp, "", number of assets */
+    INV_FIND_SHARED_KEY,
+    /* asset ids that differ only in letter case (MQTT client ids, topic levels and file names
+     * that clash on case-insensitive systems): lower-case id, "", number of assets */
+    INV_FIND_ID_CONFLICT,
+    /* revoked or held certificates whose asset, left without any live certificate, was seen
+     * connected more than a seconds after the revocation: serial, asset, last seen */
+    INV_FIND_REVOKED_SEEN,
+    /* assets sharing one last client address (several identities from one address or a
+     * cloned identity): address, "", number of assets; only when a > 0 assets share it */
+    INV_FIND_SHARED_ADDRESS,
+};
+typedef int (*inventory_finding_cb)(const char *subject, const char *related, int64_t value,
+                                    void *ctx);
+int inventory_posture_find(struct inventory *inv, enum inventory_finding which, int64_t now,
+                           int64_t a, int64_t b, inventory_finding_cb cb, void *ctx,
+                           int64_t *total);
+
+/* Counts of certificates issued (by not_before) and revoked (by revocation time) per UTC day
+ * in [from, to): cb(day_start, issued, revoked) for each day with either, oldest first. */
+typedef int (*inventory_day_cb)(int64_t day, int64_t issued, int64_t revoked, void *ctx);
+int inventory_posture_days(struct inventory *inv, int64_t from, int64_t to, inventory_day_cb cb,
+                           void *ctx);
+
+/* Live certificates by expiry bucket: counts[i] certificates expiring in
+ * [now + i*width, now + (i+1)*width), i < n; the last bucket also takes everything later. */
+int inventory_posture_expiry(struct inventory *inv, int64_t now, int64_t width, int n,
+                             int64_t *counts);
+
 #endif
