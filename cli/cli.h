@@ -45,6 +45,9 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv);
 /* cmd_posture.c: fleet audit checks and the NIST CSF report. */
 int cmd_check(struct cli *cli, int argc, char **argv);
 int cmd_report_csf(struct cli *cli, int argc, char **argv);
+/* cmd_operator.c: the dashboard's operators. */
+int cmd_operator_add(struct cli *cli, int argc, char **argv);
+int cmd_operator_token(struct cli *cli, int argc, char **argv);
 /* cmd_check's return when a check at high or critical severity failed: exit status 3. */
 #define CLI_CHECKS_FAILED (-3)
 

@@ -129,7 +129,7 @@ int cmd_check(struct cli *cli, int argc, char **argv)
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK ||
-        (rc = posture_check(dd, &o, &res, &high)) != MQPKI_OK)
+        (rc = posture_check(dd, NULL, &o, &res, &high)) != MQPKI_OK)
         goto out;
     if (json) {
         rc = cli_print_json(res);
@@ -190,7 +190,7 @@ int cmd_report_csf(struct cli *cli, int argc, char **argv)
     if (out != NULL && (rc = cli_output_check(out)) != MQPKI_OK)
         return rc;
     if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK ||
-        (rc = posture_check(dd, &o, &res, NULL)) != MQPKI_OK ||
+        (rc = posture_check(dd, NULL, &o, &res, NULL)) != MQPKI_OK ||
         (rc = posture_csf(res, &o, &report)) != MQPKI_OK)
         goto out;
     if (strcmp(format, "json") == 0) {

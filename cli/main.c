@@ -45,6 +45,8 @@ static const struct command commands[] = {
     {NULL, "crl-sync", cmd_crl_sync, "follow the CRL feed for another broker"},
     {NULL, "check", cmd_check, "fleet audit checks (exit 3 when one at high severity fails)"},
     {"report", "csf", cmd_report_csf, "NIST CSF posture report (text, json, html)"},
+    {"operator", "add", cmd_operator_add, "register a dashboard operator, issue its certificate"},
+    {"operator", "token", cmd_operator_token, "bearer token or one-time login link (dashboard)"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

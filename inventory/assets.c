@@ -9,7 +9,7 @@
 
 static const char *const state_names[] = {"registered", "enrolled", "active",
                                           "suspended",  "revoked",  "decommissioned"};
-static const char *const kind_names[] = {"device", "broker", "service"};
+static const char *const kind_names[] = {"device", "broker", "service", "operator"};
 
 #define N_STATES ((int)(sizeof(state_names) / sizeof(state_names[0])))
 #define N_KINDS  ((int)(sizeof(kind_names) / sizeof(kind_names[0])))
@@ -630,6 +630,58 @@ int inventory_asset_history(struct inventory *inv, const char *id, inventory_eve
     }
     if (src != SQLITE_DONE)
         rc = inv_db_fail(inv, src, "asset history");
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int inventory_asset_page(struct inventory *inv, int state, const char *prefix, const char *after,
+                         int limit, inventory_asset_cb cb, void *ctx)
+{
+    char end[PROTO_ASSET_ID_MAX + 2];
+    struct inventory_asset a;
+    sqlite3_stmt *st = NULL;
+    size_t pl = prefix != NULL ? strlen(prefix) : 0;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL || limit <= 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: arguments missing");
+    if (state != -1 && inventory_state_name(state) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: unknown state %d", state);
+    if (pl > PROTO_ASSET_ID_MAX || (after != NULL && strlen(after) > PROTO_ASSET_ID_MAX))
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: prefix or cursor too long");
+    /* A prefix is the range [prefix, prefix + U+007F): asset ids are printable ASCII, so the
+     * range scan runs on the primary key (or (state, id)) in both SQLite and PostgreSQL. */
+    memcpy(end, prefix != NULL ? prefix : "", pl);
+    end[pl] = 0x7f;
+    end[pl + 1] = '\0';
+    if ((rc = inv_prepare(inv,
+                          state != -1 ? "SELECT " INV_ASSET_COLS " FROM assets WHERE state = ?4 "
+                                        "AND id > ?1 AND id >= ?2 AND id < ?3 ORDER BY id "
+                                        "LIMIT ?5"
+                                      : "SELECT " INV_ASSET_COLS " FROM assets WHERE id > ?1 "
+                                        "AND id >= ?2 AND id < ?3 AND ?4 IS NULL ORDER BY id "
+                                        "LIMIT ?5",
+                          &st)) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_bind_text(inv, st, 1, after != NULL ? after : "")) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 2, prefix != NULL ? prefix : "")) != MQPKI_OK ||
+        (rc = inv_bind_text(inv, st, 3, end)) != MQPKI_OK)
+        goto out;
+    if (state != -1 && (rc = inv_bind_text(inv, st, 4, inventory_state_name(state))) != MQPKI_OK)
+        goto out;
+    sqlite3_bind_int(st, 5, limit);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        asset_from_row(st, &a);
+        if (a.tags_json == NULL)
+            a.tags_json = (char *)"{}";
+        if (cb(&a, ctx) != 0) {
+            src = SQLITE_DONE;
+            break;
+        }
+    }
+    if (src != SQLITE_DONE)
+        rc = inv_db_fail(inv, src, "asset page");
 out:
     sqlite3_finalize(st);
     return rc;

@@ -27,7 +27,8 @@ enum inventory_state {
 int inventory_state_parse(const char *name);
 const char *inventory_state_name(int state);
 
-enum inventory_kind { INV_KIND_DEVICE, INV_KIND_BROKER, INV_KIND_SERVICE };
+/* operator: a person using the dashboard (mqpki operator add), never a device. */
+enum inventory_kind { INV_KIND_DEVICE, INV_KIND_BROKER, INV_KIND_SERVICE, INV_KIND_OPERATOR };
 int inventory_kind_parse(const char *name);
 const char *inventory_kind_name(int kind);
 
@@ -119,6 +120,15 @@ int inventory_asset_list(struct inventory *inv, int state, int kind, inventory_a
 typedef int (*inventory_json_cb)(const char *json, size_t len, void *ctx);
 int inventory_asset_list_json(struct inventory *inv, int state, int kind, inventory_json_cb cb,
                               void *ctx);
+
+/*
+ * One page of assets in id order for the dashboard: ids starting with prefix (NULL or "" for
+ * all), after the cursor `after` (the last id of the previous page; NULL for the first page),
+ * in state (-1 for any), at most limit. Keyset pagination on the primary key (or the
+ * (state, id) index): as fast on page 10,000 as on page 1.
+ */
+int inventory_asset_page(struct inventory *inv, int state, const char *prefix, const char *after,
+                         int limit, inventory_asset_cb cb, void *ctx);
 
 /* Updates the fields given (NULL leaves a field as is); tag_key/tag_value sets one tag
  * (empty value deletes it). An audit event records old and new values. */
@@ -468,6 +478,36 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
                                   const char *const *sources, size_t n_published,
                                   struct inventory_audit_report *out);
 
+/*
+ * Operator tokens (the dashboard, docs/dashboard.md): a bearer token for scripts, a one-time
+ * login token (exchanged by mqpkid for a session cookie), a session token. The text
+ * "ID.SECRET" (at most INV_OP_TOKEN_MAX - 1 characters) is shown once; the store keeps a
+ * salted SHA-256 of the secret. Only assets of kind operator in state registered, enrolled or
+ * active hold tokens.
+ */
+enum inventory_op_use { INV_OP_BEARER, INV_OP_LOGIN, INV_OP_SESSION };
+#define INV_OP_TOKEN_MAX 80
+#define INV_OP_TTL_MAX   (30 * 86400)
+
+/* Creates a token of `use` for operator asset_id, valid ttl seconds (1..INV_OP_TTL_MAX); audit
+ * event "operator.token" (bearer and login; sessions are audited as "operator.login"). */
+int inventory_operator_token_create(struct inventory *inv, const char *asset_id, int use,
+                                    int64_t ttl, const char *actor,
+                                    char token_out[INV_OP_TOKEN_MAX]);
+
+/*
+ * Checks a presented token of `use` at time now: MQPKI_OK with the operator's asset id, else
+ * MQPKI_ERR_AUTH with no detail saying why (unknown, wrong use, expired, used, revoked, or the
+ * operator no longer usable). The secret is compared in constant time. A login token is
+ * consumed in the same transaction (single use).
+ */
+int inventory_operator_token_check(struct inventory *inv, const char *token, int use, int64_t now,
+                                   char asset_out[PROTO_ASSET_ID_MAX + 1]);
+
+/* Revokes every live token of an operator; *count (may be NULL) how many. Audited. */
+int inventory_operator_token_revoke(struct inventory *inv, const char *asset_id,
+                                    const char *actor, int *count);
+
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
@@ -480,7 +520,7 @@ int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t
 struct inventory_posture {
     int64_t assets;                              /* every asset */
     int64_t by_state[INV_STATE_DECOMMISSIONED + 1];
-    int64_t by_kind[INV_KIND_SERVICE + 1];
+    int64_t by_kind[INV_KIND_OPERATOR + 1];
     int64_t in_service;    /* assets neither revoked nor decommissioned */
     int64_t with_model;    /* of in_service: model filled in */
     int64_t with_hw_serial;

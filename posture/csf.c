@@ -240,6 +240,11 @@ static int ev_logs(const struct in *in, char *ev, size_t size)
     int intact = json_is_true(json_object_get(a, "intact"));
     json_int_t cps = json_integer_value(json_object_get(a, "checkpoints"));
 
+    if (json_is_true(json_object_get(a, "skipped"))) {
+        snprintf(ev, size, "hash-chained audit log with signed checkpoints; not verified on "
+                           "this page (mqpki audit verify, mqpki report csf)");
+        return PARTIAL;
+    }
     snprintf(ev, size, "hash-chained audit log of %lld event(s), %s; %lld signed checkpoint(s)",
              (long long)json_integer_value(json_object_get(a, "events")),
              intact ? "intact" : "BROKEN", (long long)cps);
@@ -590,13 +595,12 @@ static const char html_head[] =
     ".tiers td,.tiers th{text-align:center}.tiers td:first-child{text-align:left}\n"
     "code{font-size:.95em}\n</style></head><body>\n";
 
-char *posture_csf_html(const json_t *report)
+void posture_csf_html_section(struct posture_buf *bp, const json_t *report)
 {
-    struct posture_buf b = {0};
+#define b (*bp)
     const json_t *f, *s;
     size_t i, j;
 
-    posture_buf_add(&b, html_head);
     posture_buf_add(&b, "<h1>NIST Cybersecurity Framework posture</h1>\n<p class=\"muted\">");
     posture_buf_html(&b, jstr(report, "framework"));
     posture_buf_add(&b, " at ");
@@ -655,8 +659,17 @@ char *posture_csf_html(const json_t *report)
         }
         posture_buf_add(&b, "</table>\n");
     }
-    posture_buf_add(&b, "<p class=\"muted\">Made by <code>mqpki report csf</code> from live data; "
-                        "docs/csf.md maps every subcategory and what stays the operator's job."
-                        "</p>\n</body></html>\n");
+    posture_buf_add(&b, "<p class=\"muted\">From live data; docs/csf.md maps every subcategory "
+                        "and what stays the operator's job.</p>\n");
+#undef b
+}
+
+char *posture_csf_html(const json_t *report)
+{
+    struct posture_buf b = {0};
+
+    posture_buf_add(&b, html_head);
+    posture_csf_html_section(&b, report);
+    posture_buf_add(&b, "</body></html>\n");
     return buf_done(&b);
 }

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 struct datadir;
+struct inventory;
 
 /* Severities, lowest first. A failing check at POSTURE_HIGH or above makes `mqpki check` exit
  * with POSTURE_EXIT_FAILED. */
@@ -32,6 +33,9 @@ struct posture_opts {
     int silent_days;     /* active assets not seen for this long count as silent: 7 */
     int revoked_grace;   /* seconds a revoked certificate may still show as seen: 300 */
     size_t affected_max; /* affected objects listed per check (the total is always given) */
+    int quick;           /* skip what reads every certificate or audit event (the device key
+                            scan, audit verification): the dashboard's pages, which must stay
+                            fast on a million assets; those checks say "n/a" and why */
 };
 void posture_opts_default(struct posture_opts *o);
 
@@ -41,13 +45,15 @@ void posture_opts_default(struct posture_opts *o);
  * "csf": ["PR.AA-01", ...]}], "failed", "worst"} plus "facts" (what the CSF report reads).
  * *failed_high: number of failing checks at high or critical severity.
  */
-int posture_check(struct datadir *dd, const struct posture_opts *o, json_t **out, int *failed_high);
+int posture_check(struct datadir *dd, struct inventory *inv, const struct posture_opts *o,
+                  json_t **out, int *failed_high);
 
 /*
  * The CSF report from a posture_check result: {"framework", "time", "functions": [{"id",
  * "name", "tier", "target_tier", "met", "partial", "not_met", "summary"}], "subcategories":
  * [{"id", "function", "title", "oasis" (the note's CSF 1.x ids), "state" ("met" | "partial" |
- * "not met"), "target", "evidence"}]}.
+ * "not met"), "target", "evidence"}]}. inv: the store handle to use (NULL: the data
+ * directory's own; a server thread passes its own connection).
  */
 int posture_csf(const json_t *checks, const struct posture_opts *o, json_t **out);
 
@@ -55,6 +61,10 @@ int posture_csf(const json_t *checks, const struct posture_opts *o, json_t **out
  * script, every value escaped). Heap text, caller frees. */
 char *posture_csf_text(const json_t *report);
 char *posture_csf_html(const json_t *report);
+
+/* The report's HTML without the page around it (the dashboard's posture page). */
+struct posture_buf;
+void posture_csf_html_section(struct posture_buf *b, const json_t *report);
 
 /* One line per function: "Identify (ID): tier 2 of target 3; 3 met, 1 partial, 0 not met". */
 char *posture_csf_summary(const json_t *report);

@@ -13,6 +13,7 @@ pkgs=(
   libcurl4-openssl-dev curl
   libjansson-dev libinih-dev
   libcmocka-dev jq python3 strace procps
+  chromium fonts-dejavu-core
 )
 # shellcheck disable=SC2206
 pkgs+=(${MQPKI_DEPS_EXTRA:-})
