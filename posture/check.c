@@ -875,8 +875,7 @@ int posture_check(struct datadir *dd, struct inventory *inv, const struct postur
                "PR.AA-01", "not scanned here (every certificate): run mqpki check");
     else if ((rc = check_device_keys(&r)) != MQPKI_OK)
         goto out;
-    if ((rc = check_store(&r)) != MQPKI_OK ||
-        (rc = check_brokers(&r)) != MQPKI_OK)
+    if ((rc = check_store(&r)) != MQPKI_OK || (rc = check_brokers(&r)) != MQPKI_OK)
         goto out;
     check_detection(&r);
     check_age(&r, META_BACKUP, "backup-age", "No recent backup", o->backup_days, POSTURE_HIGH,

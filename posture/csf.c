@@ -241,8 +241,9 @@ static int ev_logs(const struct in *in, char *ev, size_t size)
     json_int_t cps = json_integer_value(json_object_get(a, "checkpoints"));
 
     if (json_is_true(json_object_get(a, "skipped"))) {
-        snprintf(ev, size, "hash-chained audit log with signed checkpoints; not verified on "
-                           "this page (mqpki audit verify, mqpki report csf)");
+        snprintf(ev, size,
+                 "hash-chained audit log with signed checkpoints; not verified on "
+                 "this page (mqpki audit verify, mqpki report csf)");
         return PARTIAL;
     }
     snprintf(ev, size, "hash-chained audit log of %lld event(s), %s; %lld signed checkpoint(s)",
@@ -593,7 +594,7 @@ static const char html_head[] =
     ".met{background:#d7f2dd;color:#14532d}.partial{background:#fdf0c4;color:#6b4d00}"
     ".not-met{background:#fbd9d9;color:#7f1d1d}\n"
     ".tiers td,.tiers th{text-align:center}.tiers td:first-child{text-align:left}\n"
-    "code{font-size:.95em}\n</style></head><body>\n";
+    "code{font-size:.95em}td code{white-space:nowrap}\n</style></head><body>\n";
 
 void posture_csf_html_section(struct posture_buf *bp, const json_t *report)
 {
