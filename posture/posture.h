@@ -43,7 +43,9 @@ void posture_opts_default(struct posture_opts *o);
  * Runs every check. *out: {"time", "checks": [{"id", "title", "severity", "status"
  * ("pass" | "fail" | "n/a"), "summary", "affected": [{"object", "detail"}], "affected_total",
  * "csf": ["PR.AA-01", ...]}], "failed", "worst"} plus "facts" (what the CSF report reads).
- * *failed_high: number of failing checks at high or critical severity.
+ * *failed_high (may be NULL): number of failing checks at high or critical severity. inv: the
+ * store handle to use (NULL: the data directory's own; a server thread passes its own).
+ * Reads only; the audit verification (not in quick mode) uses the data directory's handle.
  */
 int posture_check(struct datadir *dd, struct inventory *inv, const struct posture_opts *o,
                   json_t **out, int *failed_high);
@@ -52,8 +54,7 @@ int posture_check(struct datadir *dd, struct inventory *inv, const struct postur
  * The CSF report from a posture_check result: {"framework", "time", "functions": [{"id",
  * "name", "tier", "target_tier", "met", "partial", "not_met", "summary"}], "subcategories":
  * [{"id", "function", "title", "oasis" (the note's CSF 1.x ids), "state" ("met" | "partial" |
- * "not met"), "target", "evidence"}]}. inv: the store handle to use (NULL: the data
- * directory's own; a server thread passes its own connection).
+ * "not met"), "target", "evidence"}]}.
  */
 int posture_csf(const json_t *checks, const struct posture_opts *o, json_t **out);
 
@@ -69,7 +70,8 @@ void posture_csf_html_section(struct posture_buf *b, const json_t *report);
 /* One line per function: "Identify (ID): tier 2 of target 3; 3 met, 1 partial, 0 not met". */
 char *posture_csf_summary(const json_t *report);
 
-/* Appends s to a growing buffer with HTML escaping (& < > " '). 0 or -1 out of memory. */
+/* A growing text buffer: add appends, addf formats, html appends with HTML escaping
+ * (& < > " '). Out of memory sets failed and later calls do nothing; the caller frees p. */
 struct posture_buf {
     char *p;
     size_t n, cap;
