@@ -27,8 +27,8 @@ static int make_key_csr(const char *name, EVP_PKEY **key, unsigned char **der, i
     *der = NULL;
     if ((*key = EVP_EC_gen("P-256")) == NULL || (req = X509_REQ_new()) == NULL ||
         (subj = X509_NAME_new()) == NULL ||
-        !X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1,
-                                    -1, 0) ||
+        !X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1, -1,
+                                    0) ||
         !X509_REQ_set_subject_name(req, subj) || !X509_REQ_set_pubkey(req, *key) ||
         !X509_REQ_sign(req, *key, EVP_sha256()) || (*len = i2d_X509_REQ(req, der)) <= 0) {
         rc = mqpki_fail(MQPKI_ERR_CRYPTO, "operator %s: cannot make a key and request", name);
@@ -118,10 +118,11 @@ int cmd_operator_add(struct cli *cli, int argc, char **argv)
                 return rc;
             break;
         case 'h':
-            return cli_help("usage: mqpki operator add NAME [--out-dir DIR] [--days N]\n\n"
-                            "Registers operator NAME (asset kind operator) and issues its client\n"
-                            "certificate for the dashboard: DIR/NAME.key (0600), DIR/NAME.pem and\n"
-                            "DIR/NAME.p12 (0600, no password), DIR defaulting to the current one.\n");
+            return cli_help(
+                "usage: mqpki operator add NAME [--out-dir DIR] [--days N]\n\n"
+                "Registers operator NAME (asset kind operator) and issues its client\n"
+                "certificate for the dashboard: DIR/NAME.key (0600), DIR/NAME.pem and\n"
+                "DIR/NAME.p12 (0600, no password), DIR defaulting to the current one.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -142,8 +143,8 @@ int cmd_operator_add(struct cli *cli, int argc, char **argv)
     if (rc == MQPKI_ERR_EXISTS &&
         (rc = inventory_asset_get(datadir_inventory(dd), name, &a)) == MQPKI_OK) {
         if (a.kind != INV_KIND_OPERATOR)
-            rc = mqpki_fail(MQPKI_ERR_EXISTS, "asset %s exists and is a %s, not an operator",
-                            name, inventory_kind_name(a.kind));
+            rc = mqpki_fail(MQPKI_ERR_EXISTS, "asset %s exists and is a %s, not an operator", name,
+                            inventory_kind_name(a.kind));
         inventory_asset_clear(&a);
     }
     if (rc != MQPKI_OK || (rc = make_key_csr(name, &key, &csr, &csr_len)) != MQPKI_OK)

@@ -120,8 +120,7 @@ static int authenticate(struct daemon_ctx *ctx, struct inventory *inv, const str
             return res;
     }
     if (authz != NULL && strncmp(authz, "Bearer ", 7) == 0 &&
-        inventory_operator_token_check(inv, authz + 7, INV_OP_BEARER, mqpki_now(), who) ==
-            MQPKI_OK)
+        inventory_operator_token_check(inv, authz + 7, INV_OP_BEARER, mqpki_now(), who) == MQPKI_OK)
         return AUTH_OK;
     if (cookie != NULL &&
         inventory_operator_token_check(inv, cookie, INV_OP_SESSION, mqpki_now(), who) == MQPKI_OK)
@@ -134,7 +133,7 @@ static int authenticate(struct daemon_ctx *ctx, struct inventory *inv, const str
 static const struct {
     const char *path, *title;
 } nav[] = {
-    {"/ui/", "Overview"},      {"/ui/assets", "Assets"}, {"/ui/brokers", "Brokers"},
+    {"/ui/", "Overview"},     {"/ui/assets", "Assets"},   {"/ui/brokers", "Brokers"},
     {"/ui/alerts", "Alerts"}, {"/ui/csf", "CSF posture"},
 };
 
@@ -246,8 +245,7 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
 
     memset(&d, 0, sizeof(d));
     if ((rc = inventory_posture_stats(inv, now, now - 7 * 86400, &p)) != MQPKI_OK ||
-        (rc = inventory_posture_expiry(inv, now, 7 * 86400, EXPIRY_BUCKETS, buckets)) !=
-            MQPKI_OK)
+        (rc = inventory_posture_expiry(inv, now, 7 * 86400, EXPIRY_BUCKETS, buckets)) != MQPKI_OK)
         return rc;
     d.from = (now / 86400 - (DAYS_SHOWN - 1)) * 86400;
     if ((rc = inventory_posture_days(inv, d.from, d.from + DAYS_SHOWN * 86400, day_cb, &d)) !=
@@ -255,8 +253,9 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
         return rc;
     page_begin(b, "Fleet overview", "/ui/", who);
     posture_buf_add(b, "<h1>Fleet overview</h1>\n<div class=\"cards\">");
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\" id=\"assets-total\">%lld</div>"
-                        "assets</div>",
+    posture_buf_addf(b,
+                     "<div class=\"card\"><div class=\"n\" id=\"assets-total\">%lld</div>"
+                     "assets</div>",
                      (long long)p.assets);
     posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>valid certificates</div>",
                      (long long)p.certs_valid);
@@ -287,8 +286,9 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
     }
     svg_bars(b, "expiry-chart", "Live certificates expiring per week", buckets, NULL,
              EXPIRY_BUCKETS, lp, 1);
-    posture_buf_addf(b, "<h2>Certificates issued (blue) and revoked (red) per day, last %d "
-                        "days</h2>\n",
+    posture_buf_addf(b,
+                     "<h2>Certificates issued (blue) and revoked (red) per day, last %d "
+                     "days</h2>\n",
                      DAYS_SHOWN);
     for (int i = 0; i < DAYS_SHOWN; i++) {
         time_t t = (time_t)(d.from + (int64_t)i * 86400);
@@ -316,8 +316,8 @@ static int asset_row(const struct inventory_asset *a, void *ctx)
     struct page_ctx *p = ctx;
     const char *state = inventory_state_name(a->state);
 
-    posture_buf_addf(p->b, "<tr class=\"asset\" data-state=\"%s\"><td><a href=\"/ui/asset?id=",
-                     state);
+    posture_buf_addf(p->b,
+                     "<tr class=\"asset\" data-state=\"%s\"><td><a href=\"/ui/asset?id=", state);
     posture_buf_html(p->b, a->id);
     posture_buf_add(p->b, "\">");
     posture_buf_html(p->b, a->id);
@@ -389,8 +389,9 @@ static int cert_row(const struct inventory_cert *c, void *ctx)
     struct posture_buf *b = ctx;
     const char *st = inventory_cert_state_name(c->state);
 
-    posture_buf_addf(b, "<tr><td><code>%s</code></td><td>%s</td>"
-                        "<td><span class=\"st cert-%s\">%s</span></td>",
+    posture_buf_addf(b,
+                     "<tr><td><code>%s</code></td><td>%s</td>"
+                     "<td><span class=\"st cert-%s\">%s</span></td>",
                      c->serial, c->profile, st, st);
     time_cell(b, c->not_before);
     time_cell(b, c->not_after);
@@ -435,11 +436,12 @@ static int page_asset(struct inventory *inv, const struct ui_request *rq, struct
     page_begin(b, a.id, "/ui/assets", who);
     posture_buf_add(b, "<h1>Asset ");
     posture_buf_html(b, a.id);
-    posture_buf_addf(b, " <span id=\"asset-state\" class=\"st state-%s\">%s</span></h1>\n"
-                        "<table id=\"asset\"><tr><th>Kind</th><td>%s</td></tr>",
+    posture_buf_addf(b,
+                     " <span id=\"asset-state\" class=\"st state-%s\">%s</span></h1>\n"
+                     "<table id=\"asset\"><tr><th>Kind</th><td>%s</td></tr>",
                      st, st, inventory_kind_name(a.kind));
-    static const char *const names[] = {"Model", "Hardware serial", "Firmware", "Location",
-                                        "Tags", "Last address", "Last broker"};
+    static const char *const names[] = {"Model", "Hardware serial", "Firmware",   "Location",
+                                        "Tags",  "Last address",    "Last broker"};
     const char *vals[] = {a.model,     a.hw_serial,    a.firmware,   a.location,
                           a.tags_json, a.last_address, a.last_broker};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -495,10 +497,12 @@ static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct po
                        "<th>Broker</th><th>Plugin</th><th>fail_closed</th><th>Client "
                        "certificates</th><th>CRL held</th><th>its nextUpdate</th>"
                        "<th>Feed link (last report)</th></tr>\n");
-    json_array_foreach(json_object_get(facts, "brokers"), i, v) {
+    json_array_foreach(json_object_get(facts, "brokers"), i, v)
+    {
         const char *name = json_string_value(json_object_get(v, "name"));
         const char *reported = "never reported";
-        json_array_foreach(json_object_get(facts, "broker_reports"), j, r) {
+        json_array_foreach(json_object_get(facts, "broker_reports"), j, r)
+        {
             if (strcmp(json_string_value(json_object_get(r, "broker")), name) == 0)
                 reported = json_string_value(json_object_get(r, "reported_at"));
         }
@@ -518,7 +522,8 @@ static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct po
     posture_buf_add(b, "</table>\n<h2>CRL numbers reported over the feed</h2>\n"
                        "<table id=\"reports\"><tr><th>Broker</th><th>Full CRL</th><th>Delta CRL"
                        "</th><th>Reported</th></tr>\n");
-    json_array_foreach(json_object_get(facts, "broker_reports"), i, r) {
+    json_array_foreach(json_object_get(facts, "broker_reports"), i, r)
+    {
         posture_buf_add(b, "<tr><td>");
         posture_buf_html(b, json_string_value(json_object_get(r, "broker")));
         posture_buf_addf(b, "</td><td>%lld</td><td>%lld</td><td>",
@@ -589,9 +594,8 @@ static void login(struct inventory *inv, const struct ui_request *rq, struct ui_
 {
     char who[PROTO_ASSET_ID_MAX + 1], session[INV_OP_TOKEN_MAX];
 
-    if (rq->arg_t == NULL ||
-        inventory_operator_token_check(inv, rq->arg_t, INV_OP_LOGIN, mqpki_now(), who) !=
-            MQPKI_OK) {
+    if (rq->arg_t == NULL || inventory_operator_token_check(inv, rq->arg_t, INV_OP_LOGIN,
+                                                            mqpki_now(), who) != MQPKI_OK) {
         respond_text(out, 401, "login link refused (used, expired or unknown)\n");
         out->www_authenticate = 1;
         return;

@@ -9,8 +9,8 @@
 /* What http.c hands over: the path, the credentials and the query arguments it looked up. */
 struct ui_request {
     const char *url;
-    const char *authorization;       /* Authorization header, or NULL */
-    const char *session_cookie;      /* the mqpki_session cookie, or NULL */
+    const char *authorization;        /* Authorization header, or NULL */
+    const char *session_cookie;       /* the mqpki_session cookie, or NULL */
     const unsigned char *client_cert; /* TLS client certificate (DER), or NULL */
     size_t client_cert_len;
     const char *arg_q, *arg_state, *arg_after, *arg_id, *arg_t, *arg_next;

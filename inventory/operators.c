@@ -85,9 +85,8 @@ int inventory_operator_token_create(struct inventory *inv, const char *asset_id,
     st = NULL;
     if (use != INV_OP_SESSION &&
         (rc = inv_audit(inv, actor, "operator.token", asset_id,
-                        json_pack("{s:I, s:s, s:I}", "token", (json_int_t)id, "use",
-                                  use_names[use], "expires_at", (json_int_t)(now + ttl)))) !=
-            MQPKI_OK)
+                        json_pack("{s:I, s:s, s:I}", "token", (json_int_t)id, "use", use_names[use],
+                                  "expires_at", (json_int_t)(now + ttl)))) != MQPKI_OK)
         goto end;
     if (use == INV_OP_SESSION &&
         (rc = inv_audit(inv, actor, "operator.login", asset_id,
@@ -192,8 +191,8 @@ end:
     return write ? inv_tx_end(inv, &tx, rc == MQPKI_OK, rc) : rc;
 }
 
-int inventory_operator_token_revoke(struct inventory *inv, const char *asset_id,
-                                    const char *actor, int *count)
+int inventory_operator_token_revoke(struct inventory *inv, const char *asset_id, const char *actor,
+                                    int *count)
 {
     sqlite3_stmt *st = NULL;
     struct inv_tx tx;
