@@ -244,7 +244,7 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
     int rc;
 
     memset(&d, 0, sizeof(d));
-    if ((rc = inventory_posture_stats(inv, now, now - 7 * 86400, &p)) != MQPKI_OK ||
+    if ((rc = inventory_posture_counts(inv, now, &p)) != MQPKI_OK ||
         (rc = inventory_posture_expiry(inv, now, 7 * 86400, EXPIRY_BUCKETS, buckets)) != MQPKI_OK)
         return rc;
     d.from = (now / 86400 - (DAYS_SHOWN - 1)) * 86400;
@@ -259,12 +259,12 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
                      (long long)p.assets);
     posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>valid certificates</div>",
                      (long long)p.certs_valid);
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>revoked</div>",
+    posture_buf_addf(b,
+                     "<div class=\"card\"><div class=\"n\">%lld</div>revoked or on hold"
+                     "</div>",
                      (long long)p.certs_revoked);
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>on hold</div>",
-                     (long long)p.certs_held);
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>silent 7 days</div></div>",
-                     (long long)p.silent);
+    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>expired</div></div>",
+                     (long long)p.certs_expired);
     posture_buf_add(b, "<h2>Assets by lifecycle state</h2>\n<table id=\"by-state\"><tr>");
     for (int s = 0; s <= INV_STATE_DECOMMISSIONED; s++)
         posture_buf_addf(b, "<th><a href=\"/ui/assets?state=%s\">%s</a></th>",

@@ -655,19 +655,25 @@ int inventory_asset_page(struct inventory *inv, int state, const char *prefix, c
     memcpy(end, prefix != NULL ? prefix : "", pl);
     end[pl] = 0x7f;
     end[pl + 1] = '\0';
-    if ((rc = inv_prepare(inv,
-                          state != -1 ? "SELECT " INV_ASSET_COLS " FROM assets WHERE state = ?4 "
-                                        "AND id > ?1 AND id >= ?2 AND id < ?3 ORDER BY id "
-                                        "LIMIT ?5"
-                                      : "SELECT " INV_ASSET_COLS " FROM assets WHERE id > ?1 "
-                                        "AND id >= ?2 AND id < ?3 AND ?4 IS NULL ORDER BY id "
-                                        "LIMIT ?5",
-                          &st)) != MQPKI_OK)
-        return rc;
-    if ((rc = inv_bind_text(inv, st, 1, after != NULL ? after : "")) != MQPKI_OK ||
-        (rc = inv_bind_text(inv, st, 2, prefix != NULL ? prefix : "")) != MQPKI_OK ||
-        (rc = inv_bind_text(inv, st, 3, end)) != MQPKI_OK)
-        goto out;
+    /* One lower bound, the tighter of the cursor and the prefix, so that the planner has a
+     * single range: id > after, or id >= prefix. */
+    {
+        int by_after = after != NULL && strcmp(after, prefix != NULL ? prefix : "") >= 0;
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "SELECT " INV_ASSET_COLS " FROM assets WHERE %s AND id %s ?1 AND id < ?3 "
+                 "AND ?2 IS NOT NULL ORDER BY id LIMIT ?5",
+                 state != -1 ? "state = ?4" : "?4 IS NULL", by_after ? ">" : ">=");
+        if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
+            return rc;
+        if ((rc = inv_bind_text(inv, st, 1,
+                                by_after         ? after
+                                : prefix != NULL ? prefix
+                                                 : "")) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 2, "")) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 3, end)) != MQPKI_OK)
+            goto out;
+    }
     if (state != -1 && (rc = inv_bind_text(inv, st, 4, inventory_state_name(state))) != MQPKI_OK)
         goto out;
     sqlite3_bind_int(st, 5, limit);

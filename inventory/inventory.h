@@ -539,6 +539,10 @@ struct inventory_posture {
 int inventory_posture_stats(struct inventory *inv, int64_t now, int64_t silent_before,
                             struct inventory_posture *out);
 
+/* The dashboard's cheap subset, from indexes alone: assets, by_state, by_kind, certs_valid,
+ * certs_revoked (holds included), certs_expired; the other fields stay 0. */
+int inventory_posture_counts(struct inventory *inv, int64_t now, struct inventory_posture *out);
+
 /*
  * Findings: rows that a posture check reports. The callback gets a subject (a serial, a key
  * fingerprint, an asset id), a related object ("" when none: the asset of a certificate), a
@@ -557,8 +561,9 @@ enum inventory_finding {
     /* asset ids that differ only in letter case (MQTT client ids, topic levels and file names
      * that clash on case-insensitive systems): lower-case id, "", number of assets */
     INV_FIND_ID_CONFLICT,
-    /* revoked or held certificates whose asset, left without any live certificate, was seen
-     * connected more than a seconds after the revocation: serial, asset, last seen */
+    /* revoked or held certificates whose asset, left without any live certificate (state
+     * revoked, suspended or decommissioned), was seen connected more than a seconds after the
+     * revocation: serial, asset, last seen */
     INV_FIND_REVOKED_SEEN,
     /* assets sharing one last client address (several identities from one address or a
      * cloned identity): address, "", number of assets; only when a > 0 assets share it */

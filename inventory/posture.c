@@ -33,14 +33,15 @@ static const struct {
     [INV_FIND_ID_CONFLICT] = {"conflicting ids",
                               "SELECT LOWER(id), '', COUNT(*) FROM assets WHERE ?1 IS NOT NULL "
                               "GROUP BY LOWER(id) HAVING COUNT(*) > 1 ORDER BY LOWER(id)"},
-    /* The asset holds no live certificate, so a connection seen after the revocation can only
-     * have used a revoked one (or a stolen key under another name, which shared keys show). */
+    /* The asset was left without a live certificate (revoked, on hold or decommissioned: the
+     * lifecycle moves it there with its last one), so a connection seen after the revocation
+     * can only have used a revoked certificate. The revoked-certificate index drives the scan;
+     * a correlated subquery over certificates would be quadratic. */
     [INV_FIND_REVOKED_SEEN] = {"revoked certificates seen",
                                "SELECT c.serial, c.asset_id, a.last_seen FROM certs c "
                                "JOIN assets a ON a.id = c.asset_id WHERE c.state = 'revoked' "
-                               "AND a.last_seen > c.revoked_at + ?2 AND NOT EXISTS (SELECT 1 "
-                               "FROM certs v WHERE v.asset_id = c.asset_id "
-                               "AND v.state IN ('valid', 'superseded') AND v.not_after >= ?1) "
+                               "AND a.last_seen > c.revoked_at + ?2 AND a.state IN ('revoked', "
+                               "'suspended', 'decommissioned') AND ?1 IS NOT NULL "
                                "ORDER BY c.serial"},
 };
 #define N_FINDINGS ((int)(sizeof(findings) / sizeof(findings[0])))
@@ -115,10 +116,11 @@ static int stats(struct inventory *inv, int64_t now, int64_t silent_before,
     out->with_location = v[4];
     out->seen = v[5];
     if ((rc = row_ints(inv,
-                       "SELECT COUNT(*) FROM assets a WHERE a.state NOT IN ('revoked', "
-                       "'decommissioned') AND EXISTS (SELECT 1 FROM certs c WHERE "
-                       "c.asset_id = a.id AND c.state IN ('valid', 'superseded') "
-                       "AND c.not_after >= ?1)",
+                       /* A join, not a correlated EXISTS: without statistics the planner would
+                        * walk the live-certificate index once per asset. */
+                       "SELECT COUNT(DISTINCT c.asset_id) FROM certs c JOIN assets a "
+                       "ON a.id = c.asset_id WHERE c.state IN ('valid', 'superseded') "
+                       "AND c.not_after >= ?1 AND a.state NOT IN ('revoked', 'decommissioned')",
                        p, 1, &out->with_valid_cert, 1, "assets with a certificate")) != MQPKI_OK)
         return rc;
     if ((rc = row_ints(inv,
@@ -153,6 +155,62 @@ int inventory_posture_stats(struct inventory *inv, int64_t now, int64_t silent_b
     if ((rc = inventory_snapshot_begin(inv)) != MQPKI_OK)
         return rc;
     rc = stats(inv, now, silent_before, out);
+    inventory_snapshot_end(inv);
+    return rc;
+}
+
+int inventory_posture_counts(struct inventory *inv, int64_t now, struct inventory_posture *out)
+{
+    static const struct {
+        const char *sql;
+        int by; /* 0: state, 1: kind */
+    } groups[] = {
+        {"SELECT state, COUNT(*) FROM assets GROUP BY state", 0},
+        {"SELECT kind, COUNT(*) FROM assets GROUP BY kind", 1},
+    };
+    const int64_t p[] = {now};
+    sqlite3_stmt *st = NULL;
+    int64_t v[1];
+    int rc, src = SQLITE_DONE;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = inventory_snapshot_begin(inv)) != MQPKI_OK)
+        return rc;
+    /* Every query here reads an index alone (assets_state, assets_kind, certs_state). */
+    for (size_t g = 0; g < 2 && rc == MQPKI_OK; g++) {
+        if ((rc = inv_prepare(inv, groups[g].sql, &st)) != MQPKI_OK)
+            break;
+        while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *name = (const char *)sqlite3_column_text(st, 0);
+            int i = groups[g].by ? inventory_kind_parse(name) : inventory_state_parse(name);
+            int64_t n = sqlite3_column_int64(st, 1);
+            if (g == 0)
+                out->assets += n;
+            if (i >= 0 && groups[g].by)
+                out->by_kind[i] += n;
+            else if (i >= 0)
+                out->by_state[i] += n;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (src != SQLITE_DONE)
+            rc = inv_db_fail(inv, src, "asset counts");
+    }
+    if (rc == MQPKI_OK &&
+        (rc = row_ints(inv,
+                       "SELECT COUNT(*) FROM certs WHERE state IN ('valid', 'superseded') "
+                       "AND not_after >= ?1",
+                       p, 1, v, 1, "live certificates")) == MQPKI_OK)
+        out->certs_valid = v[0];
+    if (rc == MQPKI_OK && (rc = row_ints(inv, "SELECT COUNT(*) FROM certs WHERE state = 'revoked'",
+                                         p, 0, v, 1, "revoked certificates")) == MQPKI_OK)
+        out->certs_revoked = v[0];
+    if (rc == MQPKI_OK &&
+        (rc = row_ints(inv,
+                       "SELECT COUNT(*) FROM certs WHERE state IN ('valid', 'superseded') "
+                       "AND not_after < ?1",
+                       p, 1, v, 1, "expired certificates")) == MQPKI_OK)
+        out->certs_expired = v[0];
     inventory_snapshot_end(inv);
     return rc;
 }
