@@ -21,7 +21,13 @@
 
 struct ca;
 
-enum ca_profile { CA_PROFILE_DEVICE, CA_PROFILE_BROKER, CA_PROFILE_SERVICE, CA_PROFILE_COUNT_ };
+enum ca_profile {
+    CA_PROFILE_DEVICE,
+    CA_PROFILE_BROKER,
+    CA_PROFILE_SERVICE,
+    CA_PROFILE_OPERATOR,
+    CA_PROFILE_COUNT_
+};
 
 /* Key usage bits of a profile; KEY_ENCIPHERMENT_RSA applies to RSA subject keys only. */
 enum { CA_KU_DIGITAL_SIGNATURE = 1, CA_KU_KEY_ENCIPHERMENT_RSA = 2 };

@@ -38,6 +38,16 @@ static const struct ca_profile_info profiles[] = {
         .san = CA_SAN_URI | CA_SAN_DNS | CA_SAN_IP,
         .requestable = 0,
     },
+    {
+        /* A person at the dashboard (mqpki operator add): a TLS client, never a server. */
+        .id = CA_PROFILE_OPERATOR,
+        .name = "operator",
+        .key_usage = CA_KU_DIGITAL_SIGNATURE,
+        .eku = {NID_client_auth},
+        .default_days = 90,
+        .san = CA_SAN_URI,
+        .requestable = 0,
+    },
 };
 
 #define N_PROFILES (sizeof(profiles) / sizeof(profiles[0]))

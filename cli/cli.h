@@ -69,6 +69,15 @@ int cmd_alerts(struct cli *cli, int argc, char **argv);
 int cmd_alerts_ack(struct cli *cli, int argc, char **argv);
 int cmd_release(struct cli *cli, int argc, char **argv);
 
+/* cmd_posture.c: fleet audit checks and the NIST CSF report. */
+int cmd_check(struct cli *cli, int argc, char **argv);
+int cmd_report_csf(struct cli *cli, int argc, char **argv);
+/* cmd_operator.c: the dashboard's operators. */
+int cmd_operator_add(struct cli *cli, int argc, char **argv);
+int cmd_operator_token(struct cli *cli, int argc, char **argv);
+/* cmd_check's return when a check at high or critical severity failed: exit status 3. */
+#define CLI_CHECKS_FAILED (-3)
+
 /* Usage error: records "CMD: message (see 'mqpki CMD --help')" and returns MQPKI_ERR_INVALID. */
 int cli_usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

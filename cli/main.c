@@ -62,6 +62,10 @@ static const struct command commands[] = {
     {"alerts", "ack", cmd_alerts_ack, "acknowledge an alert"},
     {NULL, "alerts", cmd_alerts, "the detectors' alerts and their responses"},
     {NULL, "release", cmd_release, "lift a detector's hold or quarantine after review"},
+    {NULL, "check", cmd_check, "fleet audit checks (exit 3 when one at high severity fails)"},
+    {"report", "csf", cmd_report_csf, "NIST CSF posture report (text, json, html)"},
+    {"operator", "add", cmd_operator_add, "register a dashboard operator, issue its certificate"},
+    {"operator", "token", cmd_operator_token, "bearer token or one-time login link (dashboard)"},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -80,7 +84,8 @@ static void usage(FILE *f)
                  commands[i].group ? " " : "", commands[i].name);
         fprintf(f, "  %-20s %s\n", name, commands[i].summary);
     }
-    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure\n"
+    fprintf(f, "\nexit status: 0 success, 1 user or input error, 2 internal failure, 3 'check'\n"
+               "found a failing check at high or critical severity\n"
                "\nEXAMPLES\n"
                "  mqpki init --ca-name acme\n"
                "  mqpki asset --help\n"
@@ -212,6 +217,8 @@ int main(int argc, char **argv)
             printf("\nEXAMPLES\n%s", ex);
         return 0;
     }
+    if (rc == CLI_CHECKS_FAILED)
+        return 3;
     if (rc != MQPKI_OK) {
         fprintf(stderr, "mqpki %s: %s\n", cmdname, mqpki_err_detail(rc));
         return mqpki_err_exit_status(rc);

@@ -24,6 +24,7 @@
 #include "datadir.h"
 #include "enrollment.h"
 #include "inventory.h"
+#include "ui.h"
 
 /* Limits against slow or oversized clients (slowloris, header floods). */
 #define CONNECTION_TIMEOUT      10 /* seconds of inactivity */
@@ -240,6 +241,63 @@ static const struct {
 };
 #define N_CRL_FILES (sizeof(crl_files) / sizeof(crl_files[0]))
 
+/* The dashboard (ui.c): read-only pages, credentials checked there. */
+static enum MHD_Result serve_ui(struct http *h, struct MHD_Connection *c, const char *url)
+{
+    const gnutls_datum_t *cert = client_certificate(c);
+    struct ui_request rq;
+    struct ui_response out;
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    memset(&rq, 0, sizeof(rq));
+    rq.url = url;
+    rq.authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    rq.session_cookie = MHD_lookup_connection_value(c, MHD_COOKIE_KIND, "mqpki_session");
+    if (cert != NULL) {
+        rq.client_cert = cert->data;
+        rq.client_cert_len = cert->size;
+    }
+    rq.arg_q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "q");
+    rq.arg_state = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
+    rq.arg_after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after");
+    rq.arg_id = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "id");
+    rq.arg_t = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "t");
+    rq.arg_next = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "next");
+    ui_handle(h->ctx, http_thread_inventory(h->ctx), &rq, &out);
+    if (out.body == NULL) {
+        free(out.set_cookie);
+        return send_text(c, 500, "internal error\n");
+    }
+    r = MHD_create_response_from_buffer(out.len, out.body, MHD_RESPMEM_MUST_FREE);
+    if (r == NULL) {
+        free(out.body);
+        free(out.set_cookie);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, out.content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    /* No script, nothing from elsewhere, never framed; the login link's token never leaks
+     * through a Referer. */
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; style-src 'self'; img-src 'self'; "
+                            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    if (out.set_cookie != NULL)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_SET_COOKIE, out.set_cookie);
+    if (out.location[0] != '\0')
+        MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, out.location);
+    if (out.www_authenticate)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"mqpki\"");
+    if (out.set_cookie != NULL)
+        OPENSSL_cleanse(out.set_cookie, strlen(out.set_cookie));
+    free(out.set_cookie);
+    ret = MHD_queue_response(c, (unsigned)out.status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const char *url,
                                 const char *method, struct request *rq)
 {
@@ -290,6 +348,8 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_text(c, 405, "method not allowed\n");
+    if (ui_handles(url))
+        return serve_ui(h, c, url);
     for (size_t i = 0; i < N_CRL_FILES; i++)
         if (strcmp(url, crl_files[i].url) == 0)
             return serve_crl(ctx, c, crl_files[i].file, crl_files[i].type);

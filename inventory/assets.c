@@ -9,7 +9,7 @@
 
 static const char *const state_names[] = {"registered", "enrolled", "active",
                                           "suspended",  "revoked",  "decommissioned"};
-static const char *const kind_names[] = {"device", "broker", "service"};
+static const char *const kind_names[] = {"device", "broker", "service", "operator"};
 
 #define N_STATES ((int)(sizeof(state_names) / sizeof(state_names[0])))
 _Static_assert(N_STATES == INV_STATE_COUNT_, "a name for every asset state");
@@ -675,6 +675,64 @@ int inventory_asset_count_by_state(struct inventory *inv, int64_t counts[INV_STA
             counts[s] = db_column_int64(st, 1);
     if (src != DB_DONE)
         rc = inv_db_fail(inv, src, "asset count");
+out:
+    db_finalize(st);
+    return rc;
+}
+
+int inventory_asset_page(struct inventory *inv, int state, const char *prefix, const char *after,
+                         int limit, inventory_asset_cb cb, void *ctx)
+{
+    char end[PROTO_ASSET_ID_MAX + 2];
+    struct inventory_asset a;
+    struct db_stmt *st = NULL;
+    size_t pl = prefix != NULL ? strlen(prefix) : 0;
+    int rc, src;
+
+    if (inv == NULL || cb == NULL || limit <= 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: arguments missing");
+    if (state != -1 && inventory_state_name(state) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: unknown state %d", state);
+    if (pl > PROTO_ASSET_ID_MAX || (after != NULL && strlen(after) > PROTO_ASSET_ID_MAX))
+        return mqpki_fail(MQPKI_ERR_INVALID, "asset page: prefix or cursor too long");
+    /* A prefix is the range [prefix, prefix + U+007F): asset ids are printable ASCII, so the
+     * range scan runs on the primary key (or (state, id)) in both SQLite and PostgreSQL. */
+    memcpy(end, prefix != NULL ? prefix : "", pl);
+    end[pl] = 0x7f;
+    end[pl + 1] = '\0';
+    /* One lower bound, the tighter of the cursor and the prefix, so that the planner has a
+     * single range: id > after, or id >= prefix. */
+    {
+        int by_after = after != NULL && strcmp(after, prefix != NULL ? prefix : "") >= 0;
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "SELECT " INV_ASSET_COLS " FROM assets WHERE %s AND id %s ?1 AND id < ?3 "
+                 "AND ?2 IS NOT NULL ORDER BY id LIMIT ?5",
+                 state != -1 ? "state = ?4" : "?4 IS NULL", by_after ? ">" : ">=");
+        if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
+            return rc;
+        if ((rc = inv_bind_text(inv, st, 1,
+                                by_after         ? after
+                                : prefix != NULL ? prefix
+                                                 : "")) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 2, "")) != MQPKI_OK ||
+            (rc = inv_bind_text(inv, st, 3, end)) != MQPKI_OK)
+            goto out;
+    }
+    if (state != -1 && (rc = inv_bind_text(inv, st, 4, inventory_state_name(state))) != MQPKI_OK)
+        goto out;
+    db_bind_int64(st, 5, limit);
+    while ((src = db_step(st)) == DB_ROW) {
+        asset_from_row(st, &a);
+        if (a.tags_json == NULL)
+            a.tags_json = (char *)"{}";
+        if (cb(&a, ctx) != 0) {
+            src = DB_DONE;
+            break;
+        }
+    }
+    if (src != DB_DONE)
+        rc = inv_db_fail(inv, src, "asset page");
 out:
     db_finalize(st);
     return rc;

@@ -18,7 +18,7 @@
 static const char *const cert_state_names[] = {"valid", "revoked", "expired", "superseded"};
 #define N_CERT_STATES ((int)(sizeof(cert_state_names) / sizeof(cert_state_names[0])))
 
-static const char *const profiles[] = {"device", "broker", "service"};
+static const char *const profiles[] = {"device", "broker", "service", "operator"};
 
 int inventory_cert_state_parse(const char *name)
 {

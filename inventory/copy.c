@@ -57,12 +57,14 @@ static const struct {
     {"quarantine", "asset, since, rule, alert_id", "asset", NULL},
     {"campaigns", "id, selector, created_at, silent_after, finished_at", "id", NULL},
     {"campaign_assets", "campaign, asset, old_serial, state, sent_at", "campaign, asset", NULL},
+    {"operator_tokens",
+     "id, asset_id, use, salt, hash, created_at, expires_at, used_at, revoked_at", "id", NULL},
 };
 
 #define N_TABLES (sizeof(tables) / sizeof(tables[0]))
 
 /* The PostgreSQL tables whose id is an identity column (SQLite's INTEGER PRIMARY KEY). */
-static const char *const identity_tables[] = {"tokens", "events", "alerts", "campaigns"};
+static const char *const identity_tables[] = {"tokens", "events", "alerts", "campaigns", "operator_tokens"};
 #define N_IDENTITY (sizeof(identity_tables) / sizeof(identity_tables[0]))
 
 static int count_rows(struct inventory *inv, const char *table, int64_t *out)

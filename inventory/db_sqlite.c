@@ -184,7 +184,8 @@ static int lite_open(const char *target, struct db **out, char *err, size_t err_
      * fsynced (WAL + NORMAL could lose the last commits). Callers batch several issuances in
      * one transaction to share the fsync.
      */
-    src = sqlite3_exec(l->h, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", NULL, NULL, NULL);
+    /* Foreign keys are switched on after the migrations (inventory/store.c, open_at). */
+    src = sqlite3_exec(l->h, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
     if (src != SQLITE_OK) {
         snprintf(err, err_size, "%s", sqlite3_errmsg(l->h));
         rc = map(l, src);

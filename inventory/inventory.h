@@ -28,7 +28,8 @@ enum inventory_state {
 int inventory_state_parse(const char *name);
 const char *inventory_state_name(int state);
 
-enum inventory_kind { INV_KIND_DEVICE, INV_KIND_BROKER, INV_KIND_SERVICE };
+/* operator: a person using the dashboard (mqpki operator add), never a device. */
+enum inventory_kind { INV_KIND_DEVICE, INV_KIND_BROKER, INV_KIND_SERVICE, INV_KIND_OPERATOR };
 int inventory_kind_parse(const char *name);
 const char *inventory_kind_name(int kind);
 
@@ -153,6 +154,15 @@ int inventory_asset_list(struct inventory *inv, int state, int kind, inventory_a
 typedef int (*inventory_json_cb)(const char *json, size_t len, void *ctx);
 int inventory_asset_list_json(struct inventory *inv, int state, int kind, inventory_json_cb cb,
                               void *ctx);
+
+/*
+ * One page of assets in id order for the dashboard: ids starting with prefix (NULL or "" for
+ * all), after the cursor `after` (the last id of the previous page; NULL for the first page),
+ * in state (-1 for any), at most limit. Keyset pagination on the primary key (or the
+ * (state, id) index): as fast on page 10,000 as on page 1.
+ */
+int inventory_asset_page(struct inventory *inv, int state, const char *prefix, const char *after,
+                         int limit, inventory_asset_cb cb, void *ctx);
 
 /* Updates the fields given (NULL leaves a field as is); tag_key/tag_value sets one tag
  * (empty value deletes it). An audit event records old and new values. */
@@ -604,6 +614,36 @@ int inventory_campaign_get(struct inventory *inv, int64_t id, struct inventory_c
 int inventory_campaign_finish(struct inventory *inv, int64_t id);
 const char *inventory_campaign_state_name(int state);
 
+/*
+ * Operator tokens (the dashboard, docs/dashboard.md): a bearer token for scripts, a one-time
+ * login token (exchanged by mqpkid for a session cookie), a session token. The text
+ * "ID.SECRET" (at most INV_OP_TOKEN_MAX - 1 characters) is shown once; the store keeps a
+ * salted SHA-256 of the secret. Only assets of kind operator in state registered, enrolled or
+ * active hold tokens.
+ */
+enum inventory_op_use { INV_OP_BEARER, INV_OP_LOGIN, INV_OP_SESSION };
+#define INV_OP_TOKEN_MAX 80
+#define INV_OP_TTL_MAX   (30 * 86400)
+
+/* Creates a token of `use` for operator asset_id, valid ttl seconds (1..INV_OP_TTL_MAX); audit
+ * event "operator.token" (bearer and login; sessions are audited as "operator.login"). */
+int inventory_operator_token_create(struct inventory *inv, const char *asset_id, int use,
+                                    int64_t ttl, const char *actor,
+                                    char token_out[INV_OP_TOKEN_MAX]);
+
+/*
+ * Checks a presented token of `use` at time now: MQPKI_OK with the operator's asset id, else
+ * MQPKI_ERR_AUTH with no detail saying why (unknown, wrong use, expired, used, revoked, or the
+ * operator no longer usable). The secret is compared in constant time. A login token is
+ * consumed in the same transaction (single use).
+ */
+int inventory_operator_token_check(struct inventory *inv, const char *token, int use, int64_t now,
+                                   char asset_out[PROTO_ASSET_ID_MAX + 1]);
+
+/* Revokes every live token of an operator; *count (may be NULL) how many. Audited. */
+int inventory_operator_token_revoke(struct inventory *inv, const char *asset_id,
+                                    const char *actor, int *count);
+
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
@@ -672,5 +712,79 @@ int inventory_quarantine_remove(struct inventory *inv, const char *asset, const 
 typedef int (*inventory_quarantine_cb)(const char *asset, int64_t since, const char *rule,
                                        void *ctx);
 int inventory_quarantine_list(struct inventory *inv, inventory_quarantine_cb cb, void *ctx);
+
+/*
+ * Posture (inventory/posture.c): read-only aggregates and findings over the whole store for
+ * `mqpki check`, `mqpki report csf` and the dashboard. Each runs in one read snapshot of its
+ * own; none writes.
+ */
+struct inventory_posture {
+    int64_t assets;                              /* every asset */
+    int64_t by_state[INV_STATE_DECOMMISSIONED + 1];
+    int64_t by_kind[INV_KIND_OPERATOR + 1];
+    int64_t in_service;    /* assets neither revoked nor decommissioned */
+    int64_t with_model;    /* of in_service: model filled in */
+    int64_t with_hw_serial;
+    int64_t with_firmware;
+    int64_t with_location;
+    int64_t with_valid_cert; /* of in_service: holding a valid, unexpired certificate */
+    int64_t seen;            /* of in_service: ever reported connected by a broker */
+    int64_t silent;          /* of active assets: not seen since the `silent_before` time */
+    int64_t certs_valid;     /* valid or superseded, not expired */
+    int64_t certs_revoked;   /* revoked, not on hold */
+    int64_t certs_held;      /* revoked with reason certificateHold */
+    int64_t certs_expired;
+};
+
+/* The aggregates as of now; active assets last seen before silent_before count as silent. */
+int inventory_posture_stats(struct inventory *inv, int64_t now, int64_t silent_before,
+                            struct inventory_posture *out);
+
+/* The dashboard's cheap subset, from indexes alone: assets, by_state, by_kind, certs_valid,
+ * certs_revoked (holds included), certs_expired; the other fields stay 0. */
+int inventory_posture_counts(struct inventory *inv, int64_t now, struct inventory_posture *out);
+
+/*
+ * Findings: rows that a posture check reports. The callback gets a subject (a serial, a key
+ * fingerprint, an asset id), a related object ("" when none: the asset of a certificate), a
+ * time or count (what each kind says) and returns non-zero to stop. *total (may be NULL)
+ * counts every row even after the callback stopped taking them, so a check can show the
+ * first few and the total.
+ */
+enum inventory_finding {
+    /* live certificates (valid or superseded) expiring in [a, b]: serial, asset, not_after;
+     * this and INV_FIND_OLD leave out the service profile (mqpkid renews its own) */
+    INV_FIND_EXPIRING,
+    /* live certificates issued before a (not_before < a): serial, asset, not_before */
+    INV_FIND_OLD,
+    /* public keys certified for more than one asset: key_fp, "", number of assets */
+    INV_FIND_SHARED_KEY,
+    /* asset ids that differ only in letter case (MQTT client ids, topic levels and file names
+     * that clash on case-insensitive systems): lower-case id, "", number of assets */
+    INV_FIND_ID_CONFLICT,
+    /* revoked or held certificates whose asset, left without any live certificate (state
+     * revoked, suspended or decommissioned), was seen connected more than a seconds after the
+     * revocation: serial, asset, last seen */
+    INV_FIND_REVOKED_SEEN,
+    /* assets sharing one last client address (several identities from one address or a
+     * cloned identity): address, "", number of assets; only when a > 0 assets share it */
+    INV_FIND_SHARED_ADDRESS,
+};
+typedef int (*inventory_finding_cb)(const char *subject, const char *related, int64_t value,
+                                    void *ctx);
+int inventory_posture_find(struct inventory *inv, enum inventory_finding which, int64_t now,
+                           int64_t a, int64_t b, inventory_finding_cb cb, void *ctx,
+                           int64_t *total);
+
+/* Counts of certificates issued (by not_before) and revoked (by revocation time) per UTC day
+ * in [from, to): cb(day_start, issued, revoked) for each day with either, oldest first. */
+typedef int (*inventory_day_cb)(int64_t day, int64_t issued, int64_t revoked, void *ctx);
+int inventory_posture_days(struct inventory *inv, int64_t from, int64_t to, inventory_day_cb cb,
+                           void *ctx);
+
+/* Live certificates by expiry bucket: counts[i] certificates expiring in
+ * [now + i*width, now + (i+1)*width), i < n; the last bucket also takes everything later. */
+int inventory_posture_expiry(struct inventory *inv, int64_t now, int64_t width, int n,
+                             int64_t *counts);
 
 #endif

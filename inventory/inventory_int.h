@@ -13,7 +13,7 @@
 #include "proto.h"
 
 /* Current schema version (PRAGMA user_version). */
-#define INV_SCHEMA_VERSION 6
+#define INV_SCHEMA_VERSION 7
 
 /* SHA-256 length of audit hashes and token hashes. */
 #define INV_HASH_LEN 32
@@ -260,6 +260,13 @@ int inv_audit(struct inventory *inv, const char *actor, const char *action, cons
  * MQPKI_ERR_TAMPERED when the head is malformed.
  */
 int inv_audit_head(struct inventory *inv, int64_t *seq, unsigned char hash[INV_HASH_LEN]);
+/* Token hashing shared by enrollment and operator tokens: a random salt of INV_SALT_BYTES and
+ * SHA-256(salt || token); base64url without padding (RFC 4648 section 5) of len bytes, out
+ * holding 4*ceil(len/3)+1. */
+#define INV_SALT_BYTES 16
+int inv_token_hash(const unsigned char *salt, const char *token, size_t len,
+                   unsigned char out[INV_HASH_LEN]);
+void inv_base64url(const unsigned char *in, int len, char *out);
 
 /* Takes the next value of the revocation sequence (inside the current unit of work). */
 int inv_rev_next(struct inventory *inv, int64_t *out);

@@ -207,6 +207,47 @@ static const char *const migrations[] = {
     " state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'renewed', 'failed', 'silent')),"
     " sent_at INTEGER,"
     " PRIMARY KEY (campaign, asset));",
+    /*
+     * 6 -> 7: operators (the dashboard's users) are assets of kind 'operator', identified by a
+     * client certificate or by a bearer, one-time login or session token (salted hash only).
+     * SQLite cannot widen a CHECK constraint in place: the assets table is rebuilt (migrate()
+     * runs with foreign keys off, so certs and tokens keep pointing at "assets" by name).
+     * PostgreSQL: ALTER TABLE assets DROP CONSTRAINT ..., ADD CHECK (...).
+     */
+    "CREATE TABLE assets_v7("
+    " id TEXT PRIMARY KEY NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('device', 'broker', 'service', 'operator')),"
+    " state TEXT NOT NULL CHECK (state IN ('registered', 'enrolled', 'active', 'suspended',"
+    "  'revoked', 'decommissioned')),"
+    " model TEXT NOT NULL DEFAULT '',"
+    " hw_serial TEXT NOT NULL DEFAULT '',"
+    " firmware TEXT NOT NULL DEFAULT '',"
+    " location TEXT NOT NULL DEFAULT '',"
+    " tags TEXT NOT NULL DEFAULT '{}',"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " last_seen INTEGER NOT NULL DEFAULT 0,"
+    " last_address TEXT NOT NULL DEFAULT '',"
+    " last_broker TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO assets_v7(id, kind, state, model, hw_serial, firmware, location, tags,"
+    " created_at, updated_at, last_seen, last_address, last_broker)"
+    " SELECT id, kind, state, model, hw_serial, firmware, location, tags, created_at,"
+    " updated_at, last_seen, last_address, last_broker FROM assets;"
+    "DROP TABLE assets;"
+    "ALTER TABLE assets_v7 RENAME TO assets;"
+    "CREATE INDEX assets_state ON assets(state, id);"
+    "CREATE INDEX assets_kind ON assets(kind, id);"
+    "CREATE TABLE operator_tokens("
+    " id INTEGER PRIMARY KEY,"
+    " asset_id TEXT NOT NULL REFERENCES assets(id),"
+    " use TEXT NOT NULL CHECK (use IN ('bearer', 'login', 'session')),"
+    " salt BLOB NOT NULL,"
+    " hash BLOB NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " used_at INTEGER,"
+    " revoked_at INTEGER);"
+    "CREATE INDEX operator_tokens_asset ON operator_tokens(asset_id);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -446,6 +487,10 @@ static int open_at(const char *target, int target_version, struct inventory **ou
     rc = migrate(inv, target_version < 0 ? (inv->ops == &db_pg_ops ? INV_PG_MIGRATIONS
                                                                    : N_MIGRATIONS)
                                          : target_version);
+    /* SQLite migrations run with foreign keys off (its procedure for rebuilding a table that
+     * others reference, step 6 -> 7); every later statement with them on. */
+    if (rc == MQPKI_OK && inv->ops == &db_sqlite_ops)
+        rc = inv_exec(inv, "PRAGMA foreign_keys=ON");
 out:
     if (rc != MQPKI_OK) {
         inventory_close(inv);

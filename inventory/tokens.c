@@ -12,7 +12,6 @@
 #include <openssl/rand.h>
 
 #define TOKEN_BYTES    16
-#define SALT_BYTES     16
 #define TTL_MAX        (30 * 86400)
 #define TOKEN_TEXT_MAX 64
 
@@ -21,8 +20,8 @@ _Static_assert(INV_CSR_HASH_LEN == INV_HASH_LEN, "a CSR hash is a SHA-256 like t
 /* The one reply for every refusal: never say whether asset, token or expiry was wrong. */
 #define REFUSED "enrollment token refused"
 
-static int token_hash(const unsigned char *salt, const char *token, size_t len,
-                      unsigned char out[INV_HASH_LEN])
+int inv_token_hash(const unsigned char *salt, const char *token, size_t len,
+                   unsigned char out[INV_HASH_LEN])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned int n = 0;
@@ -31,15 +30,14 @@ static int token_hash(const unsigned char *salt, const char *token, size_t len,
     if (md == NULL)
         return MQPKI_ERR_NOMEM;
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(md, salt, SALT_BYTES) != 1 || EVP_DigestUpdate(md, token, len) != 1 ||
+        EVP_DigestUpdate(md, salt, INV_SALT_BYTES) != 1 || EVP_DigestUpdate(md, token, len) != 1 ||
         EVP_DigestFinal_ex(md, out, &n) != 1 || n != INV_HASH_LEN)
         rc = mqpki_fail(MQPKI_ERR_CRYPTO, "token: SHA-256 failed");
     EVP_MD_CTX_free(md);
     return rc;
 }
 
-/* base64url without padding (RFC 4648 section 5) of len bytes; out holds 4*ceil(len/3)+1. */
-static void base64url(const unsigned char *in, int len, char *out)
+void inv_base64url(const unsigned char *in, int len, char *out)
 {
     int n = EVP_EncodeBlock((unsigned char *)out, in, len);
 
@@ -129,7 +127,7 @@ out:
 MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, int64_t ttl,
                                  int64_t now, const char *actor, char token_out[64])
 {
-    unsigned char raw[TOKEN_BYTES], salt[SALT_BYTES], hash[INV_HASH_LEN];
+    unsigned char raw[TOKEN_BYTES], salt[INV_SALT_BYTES], hash[INV_HASH_LEN];
     char text[4 * ((TOKEN_BYTES + 2) / 3) + 1], expires[32];
     struct inv_tx tx = {0};
     struct db_stmt *st = NULL;
@@ -163,14 +161,14 @@ MQPKI_STATIC int token_create_at(struct inventory *inv, const char *asset_id, in
         rc = mqpki_fail(MQPKI_ERR_CRYPTO, "token: random generator failed");
         goto out;
     }
-    base64url(raw, sizeof(raw), text);
-    rc = token_hash(salt, text, strlen(text), hash);
+    inv_base64url(raw, sizeof(raw), text);
+    rc = inv_token_hash(salt, text, strlen(text), hash);
     if (rc != MQPKI_OK)
         goto out;
     rc = inv_stmt(inv, SQL_TOKEN_INSERT, &st);
     if (rc != MQPKI_OK || (rc = inv_bind_text(inv, st, 1, asset_id)) != MQPKI_OK)
         goto out;
-    db_bind_blob(st, 2, salt, SALT_BYTES);
+    db_bind_blob(st, 2, salt, INV_SALT_BYTES);
     db_bind_blob(st, 3, hash, INV_HASH_LEN);
     db_bind_int64(st, 4, now);
     db_bind_int64(st, 5, now + ttl);
@@ -225,10 +223,10 @@ static int token_find(struct inventory *inv, const char *asset_id, const char *t
         const void *salt = db_column_blob(st, 1);
         const void *hash = db_column_blob(st, 2);
 
-        if (salt == NULL || hash == NULL || db_column_bytes(st, 1) != SALT_BYTES ||
+        if (salt == NULL || hash == NULL || db_column_bytes(st, 1) != INV_SALT_BYTES ||
             db_column_bytes(st, 2) != INV_HASH_LEN)
             continue;
-        rc = token_hash(salt, token, len, calc);
+        rc = inv_token_hash(salt, token, len, calc);
         if (rc != MQPKI_OK)
             goto out;
         /* Constant time: the comparison must not reveal how much of a guess was right. */
@@ -369,11 +367,11 @@ int inventory_token_find_used(struct inventory *inv, const char *asset_id, const
         const void *csr = db_column_blob(st, 3);
 
         if (salt == NULL || hash == NULL || csr == NULL ||
-            db_column_bytes(st, 1) != SALT_BYTES ||
+            db_column_bytes(st, 1) != INV_SALT_BYTES ||
             db_column_bytes(st, 2) != INV_HASH_LEN ||
             db_column_bytes(st, 3) != INV_CSR_HASH_LEN)
             continue;
-        if ((rc = token_hash(salt, token, len, calc)) != MQPKI_OK)
+        if ((rc = inv_token_hash(salt, token, len, calc)) != MQPKI_OK)
             goto out;
         /* Constant time, and every row hashed: as token_find. */
         if (CRYPTO_memcmp(calc, hash, INV_HASH_LEN) == 0 && !found) {

@@ -419,6 +419,12 @@ bold "10. The inventory"
 run mqpki asset list | indent
 run mqpki audit verify | indent
 
+#############################################################################################
+bold "10. Posture: the NIST CSF report (docs/csf.md)"
+run mqpki report csf --format html --out "$DEMO/csf-report.html" | tee "$LOG/csf.out" | indent
+check "the CSF report lists Identify, Protect, Detect, Respond and Recover" \
+  test "$(grep -c ': tier ' "$LOG/csf.out")" = 5
+
 bold "Summary"
 for r in "${ROLES[@]}" meter-2; do
   printf '  enrollment %-8s %4s ms\n' "$r" "${ENROLL_MS[$r]:--}"
@@ -432,6 +438,8 @@ printf '  Detect phase                           %d ms\n' "${DETECT_PHASE_MS:-0}
 printf '  %d checks passed, %d failed, %d s in all\n' "$PASSED" "$FAILED" \
   $((($(ms) - START_MS) / 1000))
 echo "  working directory: $DEMO (recreated on every run; logs in $LOG)"
+echo "  NIST CSF report: $DEMO/csf-report.html"
+grep ': tier ' "$LOG/csf.out" | sed 's/^/    /' || true
 if [ -n "$RESULT" ]; then
   enroll_json=$(for r in "${!ENROLL_MS[@]}"; do echo "$r ${ENROLL_MS[$r]}"; done |
     jq -Rn '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)}] | add // {}')

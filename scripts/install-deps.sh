@@ -15,6 +15,7 @@ pkgs=(
   libjansson-dev libinih-dev libarchive-dev
   libcmocka-dev jq python3 strace procps python3-prometheus-client
   man-db groff-base
+  chromium fonts-dejavu-core
 )
 # shellcheck disable=SC2206
 pkgs+=(${MQPKI_DEPS_EXTRA:-})

@@ -207,6 +207,65 @@ static void test_open_schema_reopen(void **state)
     inventory_close(NULL);
 }
 
+/* Schema 3 -> 4 rebuilds the assets table (kind 'operator'): rows, certificates and foreign
+ * keys survive; operator tokens check in constant time and a login token works once. */
+static void test_migrate_3_to_4_operators(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *old = NULL;
+    struct inventory_cert c;
+    char tok[INV_OP_TOKEN_MAX], login[INV_OP_TOKEN_MAX], who[PROTO_ASSET_ID_MAX + 1];
+    int n = 0;
+
+    inventory_close(f->inv);
+    f->inv = NULL;
+    unlink(f->path);
+    assert_int_equal(inv_test_open_version(f->path, 3, &old), MQPKI_OK);
+    add_asset(old, "a", INV_KIND_DEVICE);
+    assert_int_equal(cert_add(old, "21", "a", '1', 0), MQPKI_OK);
+    inventory_close(old);
+    reopen(f);
+    assert_int_equal(raw_int(f, "PRAGMA user_version"), INV_SCHEMA_VERSION);
+    assert_int_equal(raw_int(f, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(inventory_cert_get(f->inv, "21", 0, &c), MQPKI_OK);
+    assert_string_equal(c.asset_id, "a");
+    /* Foreign keys still point at the rebuilt table. */
+    assert_int_not_equal(inv_test_db(f->inv)->ops->exec(inv_test_db(f->inv),
+                                                        "INSERT INTO tokens(asset_id, salt, hash, "
+                                                        "created_at, expires_at) VALUES "
+                                                        "('nobody', x'00', x'00', 0, 0)"),
+                         DB_OK);
+    add_asset(f->inv, "op", INV_KIND_OPERATOR);
+    assert_int_equal(inventory_operator_token_create(f->inv, "a", INV_OP_BEARER, 60, "t", tok),
+                     MQPKI_ERR_POLICY);
+    assert_int_equal(inventory_operator_token_create(f->inv, "op", INV_OP_BEARER, 60, "t", tok),
+                     MQPKI_OK);
+    assert_int_equal(inventory_operator_token_check(f->inv, tok, INV_OP_BEARER, mqpki_now(), who),
+                     MQPKI_OK);
+    assert_string_equal(who, "op");
+    assert_int_equal(inventory_operator_token_check(f->inv, tok, INV_OP_SESSION, mqpki_now(), who),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(
+        inventory_operator_token_check(f->inv, tok, INV_OP_BEARER, mqpki_now() + 61, who),
+        MQPKI_ERR_AUTH);
+    tok[strlen(tok) - 1] ^= 1;
+    assert_int_equal(inventory_operator_token_check(f->inv, tok, INV_OP_BEARER, mqpki_now(), who),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_operator_token_check(f->inv, "1.x", INV_OP_BEARER, mqpki_now(), who),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_operator_token_create(f->inv, "op", INV_OP_LOGIN, 60, "t", login),
+                     MQPKI_OK);
+    assert_int_equal(inventory_operator_token_check(f->inv, login, INV_OP_LOGIN, mqpki_now(), who),
+                     MQPKI_OK);
+    assert_int_equal(inventory_operator_token_check(f->inv, login, INV_OP_LOGIN, mqpki_now(), who),
+                     MQPKI_ERR_AUTH);
+    assert_int_equal(inventory_operator_token_revoke(f->inv, "op", "t", &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    tok[strlen(tok) - 1] ^= 1;
+    assert_int_equal(inventory_operator_token_check(f->inv, tok, INV_OP_BEARER, mqpki_now(), who),
+                     MQPKI_ERR_AUTH);
+}
+
 static int64_t rev_now(struct inventory *inv)
 {
     int64_t v = -1;
@@ -1673,6 +1732,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_audit_checkpoint_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crl_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_1_to_2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_3_to_4_operators, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detect_tables, setup, teardown),

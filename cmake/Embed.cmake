@@ -1,0 +1,17 @@
+# Turns every file of DIR into a C array in OUT (web/ -> mqpkid's embedded static assets):
+#   cmake -DDIR=web -DOUT=web_assets.c -P Embed.cmake
+file(GLOB files RELATIVE ${DIR} ${DIR}/*.css ${DIR}/*.svg ${DIR}/*.txt)
+list(SORT files)
+set(body "/* Generated from web/ by cmake/Embed.cmake: do not edit. */\n#include \"web.h\"\n\n")
+set(table "")
+set(i 0)
+foreach(f ${files})
+  file(READ ${DIR}/${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND body "static const unsigned char asset_${i}[] = {${bytes}0x00};\n")
+  string(APPEND table "    {\"${f}\", asset_${i}, sizeof(asset_${i}) - 1},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "\nconst struct web_asset web_assets[] = {\n${table}    {0, 0, 0},\n};\n")
+file(WRITE ${OUT}.tmp "${body}")
+file(RENAME ${OUT}.tmp ${OUT})
