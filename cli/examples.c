@@ -78,6 +78,13 @@ static const struct {
     {"campaign status", "  mqpki campaign status\n"
                         "  mqpki campaign status --id 3 --json\n"},
     {"campaign finish", "  mqpki campaign finish --revoke-old\n"},
+    {"check", "  mqpki check\n"
+              "  mqpki check --json --expiry-days 14 | jq '.checks[] | select(.status == \"fail\")'\n"},
+    {"report csf", "  mqpki report csf\n"
+                   "  mqpki report csf --format html --out csf-report.html\n"},
+    {"operator add", "  mqpki operator add alice --out-dir ~/.mqpki\n"},
+    {"operator token", "  mqpki operator token alice --ttl 1h\n"
+                       "  mqpki operator token alice --login-url --url https://ca.example.com:8443\n"},
     {"crl-sync",
      "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
      "      --exec 'systemctl reload mosquitto'\n"},
