@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 09-day2: the day-two commands. asset import (CSV and JSON, errors per line, nothing imported
 # from a bad file or a refused batch), revoke by selector (confirmation, one CRL publication for
-# every matching asset), unhold --asset, cert show, cert expiring, ca fingerprint.
+# every matching asset, 1,000 of them at once), unhold --asset, cert show, cert expiring, ca
+# fingerprint.
 . "$(dirname "$0")/lib.sh"
 # A command outside the checks that fails ends the test (set -e): say which.
 trap 'echo "# stopped at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -135,5 +136,31 @@ check "unhold --asset far" mqpki unhold --asset far
 assert "far valid again" test "$(mqpki cert show --serial "${SERIAL[far]}" --json | jq -r .state)" \
   = valid
 expect_fail 1 "unhold --asset with nothing on hold" mqpki unhold --asset far
+
+# ---- a site of 1,000 devices retired in one command: one transaction, one CRL publication
+{
+  echo "id,kind,model,location"
+  for i in $(seq 1 1000); do echo "site-$i,device,acme-9,feeder-77"; done
+} >"$T/site.csv"
+check "import the site's 1,000 devices" mqpki asset import "$T/site.csv"
+mkdir -p "$T/site"
+for i in $(seq 1 1000); do
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=site-$i" \
+    -keyout "$T/site/$i.key" -out "$T/site/$i.csr" 2>/dev/null &&
+    mqpki issue --asset "site-$i" --csr "$T/site/$i.csr" --out "$T/site/$i.pem" >/dev/null ||
+    echo "site-$i" >>"$T/site/failed"
+done
+assert "1,000 certificates issued" test ! -e "$T/site/failed"
+before=$(mqpki crl --json | jq '[.full.number, (.delta.number // 0)] | max')
+check "revoke --selector location=feeder-77 (1,000 assets)" \
+  mqpki revoke --selector location=feeder-77 --reason cessation --yes
+assert "1,000 certificates of 1,000 assets" \
+  contains "$T/out" "1000 certificates of 1000 assets revoked"
+after=$(mqpki crl --json | jq '[.full.number, (.delta.number // 0)] | max')
+assert "one CRL publication for all of them (number $before -> $after)" \
+  test "$after" = $((before + 1))
+mqpki crl --der --delta --out "$T/site.crl"
+assert "the delta CRL lists all 1,000" test "$(openssl crl -inform DER -in "$T/site.crl" \
+  -noout -text | grep -c 'Serial Number: ')" -ge 1000
 check "audit chain intact" mqpki audit verify
 finish
