@@ -52,6 +52,12 @@ for who in ("mqpki", "cfssl"):
             put(f"issuance.{who}.{c}.{f}", agg([r[f] for r in rr]), nd=2 if "ms" in f else 1)
         if rr:
             res["issuance"][who][c]["errors"] = sum(r["errors"] for r in rr)
+for k in ("c16_1r", "c16_2r"):
+    rr = runs("issuance_pg", k)
+    for f in ("per_s", "p50_ms", "p99_ms"):
+        put(f"issuance.pg.{k}.{f}", agg([r[f] for r in rr]), nd=2 if "ms" in f else 1)
+    if rr:
+        res["issuance"]["pg"][k]["errors"] = sum(r["errors"] for r in rr)
 oc = runs("issuance_openssl_cli")
 if oc:
     res.setdefault("issuance", {})["openssl_cli"] = {
@@ -191,6 +197,11 @@ table = [
     ("EST issuance c16, certs/s", fmt("issuance.mqpki.c16.per_s"), ">= 6,000"),
     ("EST issuance c16, p50 / p99 ms",
      fmt("issuance.mqpki.c16.p50_ms") + " / " + fmt("issuance.mqpki.c16.p99_ms"), "p99 < 20"),
+    ("EST issuance c16 on PostgreSQL, 1 / 2 replicas, certs/s",
+     fmt("issuance.pg.c16_1r.per_s") + " / " + fmt("issuance.pg.c16_2r.per_s"),
+     "beside SQLite c16"),
+    ("EST issuance c16 on PostgreSQL, 1 / 2 replicas, p99 ms",
+     fmt("issuance.pg.c16_1r.p99_ms") + " / " + fmt("issuance.pg.c16_2r.p99_ms"), ""),
     ("cfssl serve c1 / c4 / c16, certs/s", " / ".join(fmt(f"issuance.cfssl.{c}.per_s")
                                                       for c in ("c1", "c4", "c16")), ""),
     ("cfssl c16 p50 / p99 ms",

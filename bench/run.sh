@@ -192,6 +192,9 @@ say "revocation at scale: $NBIG revocations with a $BIG-entry CRL held, probe ev
 jrec revocation_big run bash "$ROOT/bench/revoke-big.sh" "$BIN" "$W/big" "$BIG" "$NBIG"
 rm -rf "$W/big"
 
+# ---- issuance on PostgreSQL, one and two replicas: its own server and CA (bench/pg.sh) ----
+bash "$ROOT/bench/pg.sh" "$BUILD" "$RAW"
+
 # ---- detect -> respond: its own CA, brokers and mqpkid (bench/detect.sh) ----
 bash "$ROOT/bench/detect.sh" "$BUILD" "$RAW"
 
