@@ -13,7 +13,7 @@ static const char *const kind_names[] = {"device", "broker", "service", "operato
 
 #define N_STATES ((int)(sizeof(state_names) / sizeof(state_names[0])))
 _Static_assert(N_STATES == INV_STATE_COUNT_, "a name for every asset state");
-#define N_KINDS  ((int)(sizeof(kind_names) / sizeof(kind_names[0])))
+#define N_KINDS ((int)(sizeof(kind_names) / sizeof(kind_names[0])))
 
 /* Tags: at most this many bytes of JSON per asset. */
 #define TAGS_MAX 4096
@@ -707,8 +707,8 @@ int inventory_asset_page(struct inventory *inv, int state, const char *prefix, c
         char sql[512];
         snprintf(sql, sizeof(sql),
                  "SELECT " INV_ASSET_COLS " FROM assets WHERE %s AND id %s ?1 AND id < ?3 "
-                 "AND ?2 IS NOT NULL ORDER BY id LIMIT ?5",
-                 state != -1 ? "state = ?4" : "?4 IS NULL", by_after ? ">" : ">=");
+                 "AND CAST(?2 AS TEXT) IS NOT NULL ORDER BY id LIMIT ?5",
+                 state != -1 ? "state = ?4" : "CAST(?4 AS TEXT) IS NULL", by_after ? ">" : ">=");
         if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
             return rc;
         if ((rc = inv_bind_text(inv, st, 1,

@@ -332,7 +332,8 @@ static int pg_prepare(struct db *db, const char *sql, int persistent, struct db_
         return DB_ERROR;
     }
     /* A parameter the SQL skips (bound anyway by a caller sharing bindings between two forms
-     * of a statement) has no type to infer: say text. */
+     * of a statement) has no type to infer: say text. One the SQL uses only where no type
+     * follows from it (`?1 IS NULL` alone) needs a CAST in the SQL: the server refuses it. */
     for (int i = 0; i < s->nparams; i++)
         s->types[i] = (used >> i) & 1 ? 0 : 25;
     if (persistent)

@@ -112,11 +112,12 @@ int inventory_events_list(struct inventory *inv, const char *asset, int64_t sinc
     struct db_stmt *st = NULL;
     int rc, src;
 
-    if ((rc = inv_prepare(inv,
-                          "SELECT id, time, broker, type, asset, address, detail FROM events "
-                          "WHERE id > ?1 AND time >= ?2 AND (?3 IS NULL OR asset = ?3) "
-                          "ORDER BY id LIMIT ?4",
-                          &st)) != MQPKI_OK)
+    if ((rc = inv_prepare(
+             inv,
+             "SELECT id, time, broker, type, asset, address, detail FROM events "
+             "WHERE id > ?1 AND time >= ?2 AND (CAST(?3 AS TEXT) IS NULL OR asset = ?3) "
+             "ORDER BY id LIMIT ?4",
+             &st)) != MQPKI_OK)
         return rc;
     db_bind_int64(st, 1, after_id);
     db_bind_int64(st, 2, since);
@@ -185,8 +186,7 @@ int inventory_alert_add(struct inventory *inv, const struct inventory_alert *a, 
     if (id != NULL)
         *id = new_id;
     rc = inv_audit(inv, actor, "detect.alert", a->asset[0] != '\0' ? a->asset : a->address,
-                   json_pack("{s:I,s:s,s:s,s:s,s:O}", "alert",
-                             (json_int_t)new_id, "rule", a->rule,
+                   json_pack("{s:I,s:s,s:s,s:s,s:O}", "alert", (json_int_t)new_id, "rule", a->rule,
                              "response", a->response, "outcome", a->outcome, "evidence", evidence));
 out:
     db_finalize(st);
@@ -253,9 +253,8 @@ int inventory_alert_ack(struct inventory *inv, int64_t id, const char *actor, in
         goto out;
     db_bind_int64(st, 1, id);
     if ((src = db_step(st)) != DB_ROW) {
-        rc = src == DB_DONE
-                 ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "alert %lld not found", (long long)id)
-                 : inv_db_fail(inv, src, "alert ack");
+        rc = src == DB_DONE ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "alert %lld not found", (long long)id)
+                            : inv_db_fail(inv, src, "alert ack");
         goto out;
     }
     db_finalize(st);

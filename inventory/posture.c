@@ -29,11 +29,12 @@ static const struct {
                       " AND profile <> 'service' AND not_before < ?2 ORDER BY not_before, serial"},
     [INV_FIND_SHARED_KEY] = {"shared keys",
                              "SELECT key_fp, '', COUNT(DISTINCT asset_id) FROM certs "
-                             "WHERE ?1 IS NOT NULL GROUP BY key_fp "
+                             "WHERE CAST(?1 AS BIGINT) IS NOT NULL GROUP BY key_fp "
                              "HAVING COUNT(DISTINCT asset_id) > 1 ORDER BY key_fp"},
-    [INV_FIND_ID_CONFLICT] = {"conflicting ids",
-                              "SELECT LOWER(id), '', COUNT(*) FROM assets WHERE ?1 IS NOT NULL "
-                              "GROUP BY LOWER(id) HAVING COUNT(*) > 1 ORDER BY LOWER(id)"},
+    [INV_FIND_ID_CONFLICT] =
+        {"conflicting ids",
+         "SELECT LOWER(id), '', COUNT(*) FROM assets WHERE CAST(?1 AS BIGINT) IS NOT NULL "
+         "GROUP BY LOWER(id) HAVING COUNT(*) > 1 ORDER BY LOWER(id)"},
     /* The asset was left without a live certificate (revoked, on hold or decommissioned: the
      * lifecycle moves it there with its last one), so a connection seen after the revocation
      * can only have used a revoked certificate. The revoked-certificate index drives the scan;
@@ -42,7 +43,7 @@ static const struct {
                                "SELECT c.serial, c.asset_id, a.last_seen FROM certs c "
                                "JOIN assets a ON a.id = c.asset_id WHERE c.state = 'revoked' "
                                "AND a.last_seen > c.revoked_at + ?2 AND a.state IN ('revoked', "
-                               "'suspended', 'decommissioned') AND ?1 IS NOT NULL "
+                               "'suspended', 'decommissioned') AND CAST(?1 AS BIGINT) IS NOT NULL "
                                "ORDER BY c.serial"},
 };
 #define N_FINDINGS ((int)(sizeof(findings) / sizeof(findings[0])))
@@ -125,19 +126,20 @@ static int stats(struct inventory *inv, int64_t now, int64_t silent_before,
         return rc;
     if ((rc = row_ints(inv,
                        "SELECT COUNT(*) FROM assets WHERE state = 'active' AND last_seen < ?2 "
-                       "AND ?1 IS NOT NULL",
+                       "AND CAST(?1 AS BIGINT) IS NOT NULL",
                        p, 2, &out->silent, 1, "silent assets")) != MQPKI_OK)
         return rc;
-    if ((rc = row_ints(inv,
-                       "SELECT "
-                       "CAST(SUM(CASE WHEN state IN ('valid', 'superseded') AND not_after >= ?1 "
-                       "THEN 1 ELSE 0 END) AS BIGINT), "
-                       "CAST(SUM(CASE WHEN state = 'revoked' AND COALESCE(reason, -1) <> 6 "
-                       "THEN 1 ELSE 0 END) AS BIGINT), "
-                       "CAST(SUM(CASE WHEN state = 'revoked' AND reason = 6 THEN 1 ELSE 0 END) AS BIGINT), "
-                       "CAST(SUM(CASE WHEN state IN ('valid', 'superseded') AND not_after < ?1 "
-                       "THEN 1 ELSE 0 END) AS BIGINT) FROM certs",
-                       p, 1, v, 4, "certificate counts")) != MQPKI_OK)
+    if ((rc = row_ints(
+             inv,
+             "SELECT "
+             "CAST(SUM(CASE WHEN state IN ('valid', 'superseded') AND not_after >= ?1 "
+             "THEN 1 ELSE 0 END) AS BIGINT), "
+             "CAST(SUM(CASE WHEN state = 'revoked' AND COALESCE(reason, -1) <> 6 "
+             "THEN 1 ELSE 0 END) AS BIGINT), "
+             "CAST(SUM(CASE WHEN state = 'revoked' AND reason = 6 THEN 1 ELSE 0 END) AS BIGINT), "
+             "CAST(SUM(CASE WHEN state IN ('valid', 'superseded') AND not_after < ?1 "
+             "THEN 1 ELSE 0 END) AS BIGINT) FROM certs",
+             p, 1, v, 4, "certificate counts")) != MQPKI_OK)
         return rc;
     out->certs_valid = v[0];
     out->certs_revoked = v[1];
