@@ -165,7 +165,8 @@ fi
 say "broker: TLS connects/s with the plugin vs plain mosquitto"
 mqpki broker run b1 >broker.log 2>&1 &
 BROKER=$!; PIDS+=("$BROKER")
-mosquitto -c plain.conf >plain.log 2>&1 &
+# From the broker's directory: mosquitto.conf names its certificate and key relative to it.
+(cd "$MQPKI_HOME/brokers/b1" && exec mosquitto -c "$W/plain.conf") >plain.log 2>&1 &
 PLAIN=$!; PIDS+=("$PLAIN")
 wait_for 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$BP"
 wait_for 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PP"

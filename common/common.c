@@ -441,7 +441,7 @@ out:
 int mqpki_file_write_user(const char *path, const void *data, size_t len, unsigned mode)
 {
     char target[PATH_MAX];
-    enum out_kind kind;
+    enum out_kind kind = OUT_NEW; /* set by out_classify on success */
     struct stat st;
     int rc;
 
@@ -457,7 +457,7 @@ int mqpki_file_write_user(const char *path, const void *data, size_t len, unsign
 int mqpki_file_check_user(const char *path)
 {
     char target[PATH_MAX], dir[PATH_MAX];
-    enum out_kind kind;
+    enum out_kind kind = OUT_NEW; /* set by out_classify on success */
     struct stat st;
     int rc;
 

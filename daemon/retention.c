@@ -1,6 +1,7 @@
 /*
  * retention: mqpkid's daily tidy ([retention] in mqpki.conf, docs/operations.md). A thread of its
- * own with its own store connection: 10 minutes after start, then every 24 hours, it removes the
+ * own with its own store connection: 10 minutes after start, then every 24 hours (once a day
+ * across replicas sharing a store: inventory_job_due), it removes the
  * certificates expired more than expired_cert_days ago and the tokens dead for token_days
  * (inventory_tidy: one audited transaction), then gives the space back by incremental vacuum in
  * small steps, so enrollment's commits go on in between. A store that has not switched to
@@ -20,6 +21,7 @@
 #define RETENTION_FIRST_S  600
 #define RETENTION_EVERY_S  86400
 #define RETENTION_STEP_PGS 256
+#define RETENTION_SLACK_S  3600 /* replicas started apart still tidy about once a day */
 
 struct retention {
     struct daemon_ctx *ctx;
@@ -36,10 +38,18 @@ int retention_run(struct daemon_ctx *ctx, const char *actor, int *noted)
     struct inventory *inv = NULL;
     struct inventory_tidy t;
     int64_t now = mqpki_now(), freed = 0;
-    int switched = 0, rc;
+    int switched = 0, due = 0, rc;
 
     if ((rc = inventory_open(ctx->db_path, &inv)) != MQPKI_OK)
         goto out;
+    /* Once a day across the replicas of a shared store: the first to find it due claims it. */
+    if ((rc = inventory_job_due(inv, "tidy", now, RETENTION_EVERY_S - RETENTION_SLACK_S,
+                                &due)) != MQPKI_OK)
+        goto out;
+    if (!due) {
+        mqpki_log(MQPKI_LOG_DEBUG, "retention: today's tidy ran already (another mqpkid)");
+        goto out;
+    }
     if ((rc = inventory_tidy(inv, now, now - (int64_t)cfg->expired_cert_days * 86400,
                              now - (int64_t)cfg->token_days * 86400, 0, actor, &t)) != MQPKI_OK)
         goto out;

@@ -286,7 +286,10 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         goto out;
     }
     rfc3339_now(stamp);
-    if (asprintf(&head, MANIFEST_MAGIC "# created %s from %s\n", stamp, home) < 0) {
+    if (asprintf(&head, MANIFEST_MAGIC "# created %s from %s\n%s", stamp, home,
+                 inventory_is_remote(dd->inv)
+                     ? "# store: PostgreSQL, not in this archive (the server's own backup)\n"
+                     : "") < 0) {
         head = NULL;
         rc = MQPKI_ERR_NOMEM;
         goto out;
@@ -307,12 +310,16 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         ((rc = add_optional(&w, home, "secrets/pin")) != MQPKI_OK ||
          (rc = add_optional(&w, home, "secrets/so-pin")) != MQPKI_OK))
         goto out;
-    if ((rc = inventory_backup(dd->inv, db)) != MQPKI_OK)
-        goto out;
-    rc = add_file(&w, db, "mqpki.db");
-    unlink(db);
-    if (rc != MQPKI_OK)
-        goto out;
+    /* A PostgreSQL store has the server's own backups (docs/ha.md); the archive holds the
+     * rest, and its manifest says so. */
+    if (!inventory_is_remote(dd->inv)) {
+        if ((rc = inventory_backup(dd->inv, db)) != MQPKI_OK)
+            goto out;
+        rc = add_file(&w, db, "mqpki.db");
+        unlink(db);
+        if (rc != MQPKI_OK)
+            goto out;
+    }
     /* The manifest, last: the header line, then one SHA-256 per file. */
     {
         size_t hl = strlen(head), total = hl + w.manifest_len;

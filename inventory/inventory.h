@@ -556,6 +556,7 @@ int inventory_audit_verify_signed(struct inventory *inv, EVP_PKEY *pub,
 /*
  * An online, consistent copy of the store into the new file dest (created 0600; removed again on
  * failure): SQLite's backup API in one step, so one read snapshot while others write.
+ * MQPKI_ERR_STATE for a PostgreSQL store (the server's own backups cover it).
  */
 int inventory_backup(struct inventory *inv, const char *dest);
 
@@ -647,6 +648,15 @@ int inventory_operator_token_revoke(struct inventory *inv, const char *asset_id,
 /* Key/value metadata (CA name, schema facts) stored with the data. */
 int inventory_meta_set(struct inventory *inv, const char *key, const char *value);
 int inventory_meta_get(struct inventory *inv, const char *key, char *out, size_t out_size);
+
+/*
+ * A scheduled job that must run once per period across every mqpkid sharing the store
+ * (replicas, docs/ha.md): *due 1 when the job's last run (meta "job.NAME.last_at") is every
+ * seconds or more before now, or never was, and now is recorded as its last run in the same
+ * write transaction, so exactly one caller claims each period; *due 0 otherwise.
+ */
+int inventory_job_due(struct inventory *inv, const char *job, int64_t now, int64_t every,
+                      int *due);
 
 /*
  * Detect -> respond (inventory/events.c, docs/detect.md): the brokers' security events, kept

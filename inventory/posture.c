@@ -81,7 +81,7 @@ static int stats(struct inventory *inv, int64_t now, int64_t silent_before,
 {
     const int64_t p[] = {now, silent_before};
     struct db_stmt *st = NULL;
-    int64_t v[6];
+    int64_t v[6] = {0};
     int rc, src;
 
     if ((rc = inv_prepare(inv, "SELECT state, kind, COUNT(*) FROM assets GROUP BY state, kind",
@@ -172,7 +172,7 @@ int inventory_posture_counts(struct inventory *inv, int64_t now, struct inventor
     };
     const int64_t p[] = {now};
     struct db_stmt *st = NULL;
-    int64_t v[1];
+    int64_t v[1] = {0};
     int rc, src = DB_DONE;
 
     memset(out, 0, sizeof(*out));

@@ -735,3 +735,40 @@ out:
     inv_stmt_done(st);
     return rc;
 }
+
+int inventory_job_due(struct inventory *inv, const char *job, int64_t now, int64_t every,
+                      int *due)
+{
+    char key[INV_TEXT_MAX], value[32], *end = NULL;
+    int64_t last = 0;
+    int rc;
+
+    *due = 0;
+    if (inv == NULL || job == NULL || job[0] == '\0' || every < 1)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_job_due: job and period required");
+    if ((size_t)snprintf(key, sizeof(key), "job.%s.last_at", job) >= sizeof(key))
+        return mqpki_fail(MQPKI_ERR_INVALID, "job name too long");
+    /* One unit of work under the write lock: a second replica reads the first one's claim. */
+    if ((rc = inventory_begin(inv)) != MQPKI_OK)
+        return rc;
+    rc = inventory_meta_get(inv, key, value, sizeof(value));
+    if (rc == MQPKI_ERR_NOT_FOUND) {
+        mqpki_err_clear();
+        rc = MQPKI_OK;
+    } else if (rc == MQPKI_OK) {
+        last = strtoll(value, &end, 10);
+        if (end == value || *end != '\0')
+            last = 0; /* unreadable: run, and write a good one */
+    }
+    /* A claim in the future (a clock set back) does not block the job for long. */
+    if (rc == MQPKI_OK && (last == 0 || now - last >= every || last > now + every)) {
+        snprintf(value, sizeof(value), "%lld", (long long)now);
+        if ((rc = inventory_meta_set(inv, key, value)) == MQPKI_OK)
+            *due = 1;
+    }
+    if (rc == MQPKI_OK && (rc = inventory_commit(inv)) == MQPKI_OK)
+        return MQPKI_OK;
+    inventory_rollback(inv);
+    *due = 0;
+    return rc;
+}

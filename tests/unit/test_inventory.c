@@ -1605,6 +1605,38 @@ static void test_detect_tables(void **state)
     assert_true(n >= 4); /* alert, ack, quarantine, release */
 }
 
+/* A scheduled job runs once per period, whichever connection (replica) asks first. */
+static void test_job_due(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *other = NULL;
+    int due = -1;
+
+    assert_int_equal(inventory_open(f->path, &other), MQPKI_OK);
+    assert_int_equal(inventory_job_due(f->inv, "tidy", 1000000, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 1);
+    /* The other connection finds it claimed, now and an hour later. */
+    assert_int_equal(inventory_job_due(other, "tidy", 1000000, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 0);
+    assert_int_equal(inventory_job_due(other, "tidy", 1003600, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 0);
+    /* Another job is its own. */
+    assert_int_equal(inventory_job_due(other, "sweep", 1003600, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 1);
+    /* A period later, the first to ask gets it, once. */
+    assert_int_equal(inventory_job_due(other, "tidy", 1086400, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 1);
+    assert_int_equal(inventory_job_due(f->inv, "tidy", 1086401, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 0);
+    /* A claim from a clock far ahead does not block it for good. */
+    assert_int_equal(inventory_meta_set(f->inv, "job.tidy.last_at", "9999999999"), MQPKI_OK);
+    assert_int_equal(inventory_job_due(f->inv, "tidy", 1090000, 86400, &due), MQPKI_OK);
+    assert_int_equal(due, 1);
+    assert_int_equal(inventory_job_due(f->inv, "", 1090000, 86400, &due), MQPKI_ERR_INVALID);
+    mqpki_err_clear();
+    inventory_close(other);
+}
+
 /* A second store in the fixture's directory, removed by the test. */
 static struct inventory *open_other(struct fx *f, const char *name, char path[160])
 {
@@ -1737,6 +1769,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detect_tables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_rerun, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_job_due, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
