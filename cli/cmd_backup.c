@@ -95,9 +95,13 @@ int cmd_restore(struct cli *cli, int argc, char **argv)
         return rc;
     printf("restored %zu files into %s\n"
            "token self-test: issuing CA key signs and verifies\n"
-           "audit log intact: %lld events\n"
-           "CRL numbers: highest known %lld, next %lld\n",
-           rep.files, home, (long long)rep.audit_events, (long long)rep.crl_high,
-           (long long)rep.crl_next);
+           "audit log intact: %lld events\n",
+           rep.files, home, (long long)rep.audit_events);
+    if (rep.crl_next > 0)
+        printf("CRL numbers: highest known %lld, next %lld\n", (long long)rep.crl_high,
+               (long long)rep.crl_next);
+    else
+        printf("store: the PostgreSQL server named in mqpki.conf (its own restore governs its "
+               "data and CRL numbers)\n");
     return MQPKI_OK;
 }

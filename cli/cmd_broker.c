@@ -569,8 +569,6 @@ out:
 
 #define MOSQ_CONF_MAX (64 * 1024)
 
-#define MOSQ_CONF_MAX (64 * 1024)
-
 /*
  * The `plugin` line of mosquitto.conf names the plugin of the mqpki that runs the broker now:
  * a broker made with one mqpki (the build tree) and run by another (an installed package, a

@@ -911,7 +911,7 @@ int cmd_tidy(struct cli *cli, int argc, char **argv)
     char db[PATH_MAX], t1[32], t2[32];
     int64_t now = mqpki_now(), cert_before, token_before, freed = 0;
     long long before = 0, after = 0;
-    int c, rc, dry = 0, json = 0, switched = 0;
+    int c, rc, dry = 0, json = 0, switched = 0, remote = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -925,10 +925,10 @@ int cmd_tidy(struct cli *cli, int argc, char **argv)
                 "token_days ago (default 30), in one transaction with one audit event holding\n"
                 "the counts; the audit log is kept whole, so 'mqpki audit verify' still\n"
                 "passes, and no CRL changes (an expired certificate has left the CRLs). Then\n"
-                "gives the space back (SQLite incremental vacuum, in small steps). A store\n"
-                "made before mqpki used incremental vacuum is switched once by a full VACUUM,\n"
-                "which blocks mqpkid's writes while it runs. --dry-run only counts. mqpkid\n"
-                "runs the same every day.\n");
+                "gives the space back (SQLite incremental vacuum, in small steps; on a\n"
+                "PostgreSQL store the server's autovacuum does). A store made before mqpki used\n"
+                "incremental vacuum is switched once by a full VACUUM, which blocks mqpkid's\n"
+                "writes while it runs. --dry-run only counts. mqpkid runs the same every day.\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
@@ -939,32 +939,37 @@ int cmd_tidy(struct cli *cli, int argc, char **argv)
     cfg = datadir_config(dd);
     cert_before = now - (int64_t)cfg->expired_cert_days * 86400;
     token_before = now - (int64_t)cfg->token_days * 86400;
+    /* The file's size: SQLite's alone (a PostgreSQL store's space is the server's). */
+    remote = inventory_is_remote(datadir_inventory(dd));
     if ((rc = datadir_path(dd, "mqpki.db", db)) != MQPKI_OK)
         goto out;
-    before = store_bytes(db);
+    before = remote ? -1 : store_bytes(db);
     if ((rc = inventory_tidy(datadir_inventory(dd), now, cert_before, token_before, dry, "cli",
                              &t)) != MQPKI_OK)
         goto out;
     if (!dry && (rc = inventory_vacuum(datadir_inventory(dd), 256, 1, &freed, &switched)) !=
                     MQPKI_OK)
         goto out;
-    after = store_bytes(db);
+    after = remote ? -1 : store_bytes(db);
     if (json) {
-        rc = cli_print_json(json_pack("{s:b, s:I, s:I, s:o, s:o, s:I, s:b, s:I, s:I}", "dry_run",
+        /* bytes_* are null on a PostgreSQL store. */
+        rc = cli_print_json(json_pack("{s:b, s:I, s:I, s:o, s:o, s:I, s:b, s:o, s:o}", "dry_run",
                                       dry, "certs", (json_int_t)t.certs, "tokens",
                                       (json_int_t)t.tokens, "cert_before",
                                       cli_json_time(cert_before), "token_before",
                                       cli_json_time(token_before), "freed_pages",
                                       (json_int_t)freed, "switched_to_incremental", switched,
-                                      "bytes_before", (json_int_t)before, "bytes_after",
-                                      (json_int_t)after));
+                                      "bytes_before",
+                                      before >= 0 ? json_integer(before) : json_null(),
+                                      "bytes_after",
+                                      after >= 0 ? json_integer(after) : json_null()));
         goto out;
     }
     printf("%s %lld certificate%s expired before %s and %lld token%s dead before %s",
            dry ? "would remove" : "removed", (long long)t.certs, t.certs == 1 ? "" : "s",
            cli_time(cert_before, t1), (long long)t.tokens, t.tokens == 1 ? "" : "s",
            cli_time(token_before, t2));
-    if (!dry)
+    if (!dry && !remote)
         printf("; store %lld -> %lld bytes%s", before, after,
                switched ? " (switched to incremental vacuum: one full VACUUM)" : "");
     printf("\n");

@@ -870,21 +870,25 @@ int datadir_restore(const char *file, const char *home, struct datadir_restore_r
     }
     if ((rc = datadir_audit_verify(dd, NULL, 0, &audit)) != MQPKI_OK)
         goto out;
-    /* CRL numbering continues above anything the backup knows of, with a margin for what the
-     * lost CA published after it (docs/operations.md). */
-    if ((rc = inventory_crl_number_high(dd->inv, &high)) != MQPKI_OK)
-        goto out;
-    if ((files_high = crl_files_high(stage)) > high)
-        high = files_high;
-    if ((rc = inventory_crl_number_raise(dd->inv, high + CRL_NUMBER_MARGIN)) != MQPKI_OK)
-        goto out;
-    rfc3339_now(stamp);
-    if ((rc = inventory_meta_set(dd->inv, "drill.last_at", stamp)) != MQPKI_OK)
-        goto out;
+    /* A PostgreSQL store is not in the archive: the restored directory names the live server,
+     * whose own restore governs its data; nothing is written to it here. */
+    if (!inventory_is_remote(dd->inv)) {
+        /* CRL numbering continues above anything the backup knows of, with a margin for what
+         * the lost CA published after it (docs/operations.md). */
+        if ((rc = inventory_crl_number_high(dd->inv, &high)) != MQPKI_OK)
+            goto out;
+        if ((files_high = crl_files_high(stage)) > high)
+            high = files_high;
+        if ((rc = inventory_crl_number_raise(dd->inv, high + CRL_NUMBER_MARGIN)) != MQPKI_OK)
+            goto out;
+        rfc3339_now(stamp);
+        if ((rc = inventory_meta_set(dd->inv, "drill.last_at", stamp)) != MQPKI_OK)
+            goto out;
+    }
     if (rep != NULL) {
         rep->files = n;
         rep->crl_high = high;
-        rep->crl_next = high + CRL_NUMBER_MARGIN + 1;
+        rep->crl_next = inventory_is_remote(dd->inv) ? 0 : high + CRL_NUMBER_MARGIN + 1;
         rep->audit_events = audit.store.events;
     }
     datadir_close(dd);

@@ -358,7 +358,7 @@ int datadir_backup(struct datadir *dd, const char *out, unsigned flags,
 struct datadir_restore_report {
     size_t files;
     int64_t crl_high;     /* the highest CRL number the backup knows of */
-    int64_t crl_next;     /* the restored CA's next CRL number */
+    int64_t crl_next;     /* the restored CA's next CRL number; 0: a PostgreSQL store, untouched */
     int64_t audit_events; /* audit events verified */
 };
 int datadir_restore(const char *file, const char *home, struct datadir_restore_report *rep);

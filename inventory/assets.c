@@ -695,8 +695,10 @@ int inventory_asset_page(struct inventory *inv, int state, const char *prefix, c
         return mqpki_fail(MQPKI_ERR_INVALID, "asset page: unknown state %d", state);
     if (pl > PROTO_ASSET_ID_MAX || (after != NULL && strlen(after) > PROTO_ASSET_ID_MAX))
         return mqpki_fail(MQPKI_ERR_INVALID, "asset page: prefix or cursor too long");
-    /* A prefix is the range [prefix, prefix + U+007F): asset ids are printable ASCII, so the
-     * range scan runs on the primary key (or (state, id)) in both SQLite and PostgreSQL. */
+    /* A prefix is the range [prefix, prefix + U+007F) in byte order (COLLATE BINARY, PostgreSQL's
+     * "C", whatever the database's collation): asset ids are printable ASCII, so the range scan
+     * runs on the primary key (or (state, id)) in SQLite, on assets_id_c (assets_state_id_c) in
+     * PostgreSQL. */
     memcpy(end, prefix != NULL ? prefix : "", pl);
     end[pl] = 0x7f;
     end[pl + 1] = '\0';
@@ -706,8 +708,9 @@ int inventory_asset_page(struct inventory *inv, int state, const char *prefix, c
         int by_after = after != NULL && strcmp(after, prefix != NULL ? prefix : "") >= 0;
         char sql[512];
         snprintf(sql, sizeof(sql),
-                 "SELECT " INV_ASSET_COLS " FROM assets WHERE %s AND id %s ?1 AND id < ?3 "
-                 "AND CAST(?2 AS TEXT) IS NOT NULL ORDER BY id LIMIT ?5",
+                 "SELECT " INV_ASSET_COLS " FROM assets WHERE %s AND id COLLATE BINARY %s ?1 "
+                 "AND id COLLATE BINARY < ?3 AND CAST(?2 AS TEXT) IS NOT NULL "
+                 "ORDER BY id COLLATE BINARY LIMIT ?5",
                  state != -1 ? "state = ?4" : "CAST(?4 AS TEXT) IS NULL", by_after ? ">" : ">=");
         if ((rc = inv_prepare(inv, sql, &st)) != MQPKI_OK)
             return rc;

@@ -198,7 +198,8 @@ static int row_hash(EVP_MD_CTX *md, struct db_stmt *st, int ncols, unsigned char
     return ok ? MQPKI_OK : mqpki_fail(MQPKI_ERR_CRYPTO, "store compare: SHA-256 failed");
 }
 
-/* table_sum of table t, read CMP_PAGE rows at a time in primary key order. */
+/* table_sum of table t, read CMP_PAGE rows at a time in primary key order (the sum does not
+ * depend on the order: each back end pages in its own). */
 static int table_sum(struct inventory *inv, size_t t, struct table_sum *out)
 {
     struct db_stmt *first = NULL, *next = NULL, *st;
@@ -215,8 +216,13 @@ static int table_sum(struct inventory *inv, size_t t, struct table_sum *out)
     for (const char *c = tables[t].cols; *c != '\0'; c++)
         ncols += *c == ',';
     snprintf(key, sizeof(key), "%.*s", (int)klen, tables[t].cols);
-    snprintf(sql, sizeof(sql), "SELECT %s FROM %s ORDER BY %s LIMIT %d", tables[t].cols,
-             tables[t].name, key, CMP_PAGE);
+    /* A table keyed by several columns (campaign_assets) is read in one pass: paging on its
+     * first column alone would skip rows that share it. */
+    if (strchr(tables[t].order, ',') != NULL)
+        snprintf(sql, sizeof(sql), "SELECT %s FROM %s", tables[t].cols, tables[t].name);
+    else
+        snprintf(sql, sizeof(sql), "SELECT %s FROM %s ORDER BY %s LIMIT %d", tables[t].cols,
+                 tables[t].name, key, CMP_PAGE);
     if ((rc = inv_prepare(inv, sql, &first)) != MQPKI_OK)
         goto out;
     snprintf(sql, sizeof(sql), "SELECT %s FROM %s WHERE %s > ?1 ORDER BY %s LIMIT %d",
@@ -259,7 +265,7 @@ static int table_sum(struct inventory *inv, size_t t, struct table_sum *out)
             rc = inv_db_fail(inv, src, tables[t].name);
             goto out;
         }
-        if (n < CMP_PAGE)
+        if (n < CMP_PAGE || strchr(tables[t].order, ',') != NULL)
             break;
     }
 out:

@@ -86,7 +86,9 @@ struct db_ops {
     int (*begin_write)(struct db *db, int timeout_ms);
     /* A read-only snapshot: every statement until COMMIT sees one state of the store. */
     int (*begin_snapshot)(struct db *db);
-    /* The store-wide CRL publication lock (one CRL builder at a time): 1 taken, 0 timed out. */
+    /* The store-wide CRL publication lock (one CRL builder at a time): 1 taken, 0 timed out.
+     * A lock lost with its session (PostgreSQL) fails every begin until publish_unlock: the
+     * publication stops rather than go on unguarded. */
     int (*publish_lock)(struct db *db, int timeout_ms);
     void (*publish_unlock)(struct db *db);
     /* Schema version bookkeeping. */

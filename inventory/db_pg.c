@@ -48,6 +48,8 @@ struct pg {
     unsigned next_name; /* names of server-side prepared statements */
     int64_t changes;
     int publish_locked;
+    int publish_lost;   /* the publication lock went with a lost session: fail until unlock */
+    int setup_pending;  /* a reopened session still needs PG_SESSION_SETUP */
     int tx_open;        /* a transaction was open after the last statement the server answered */
     char listening[64];
     char err[512];
@@ -121,21 +123,43 @@ static int map_result(struct pg *p, PGresult *res)
     return DB_ERROR;
 }
 
-/* A connection lost between transactions is opened again (a failover moved the primary). */
+#define PG_SESSION_SETUP "SET TIME ZONE 'UTC'; SET synchronous_commit = on"
+
+/*
+ * A connection lost between transactions is opened again (a failover moved the primary), with
+ * the session as open() made it: its settings, the LISTEN. A session lock ends with the old
+ * session: a publication that held it is told so (publish_lost) and fails at its next
+ * transaction rather than go on unguarded.
+ */
 static int ensure(struct pg *p)
 {
-    if (PQstatus(p->conn) == CONNECTION_OK)
+    PGresult *res;
+
+    if (PQstatus(p->conn) == CONNECTION_OK && !p->setup_pending)
         return DB_OK;
-    PQreset(p->conn);
     if (PQstatus(p->conn) != CONNECTION_OK) {
+        PQreset(p->conn);
+        if (PQstatus(p->conn) != CONNECTION_OK) {
+            set_err(p, PQerrorMessage(p->conn));
+            return DB_GONE;
+        }
+        p->gen++;
+        if (p->publish_locked) {
+            p->publish_locked = 0;
+            p->publish_lost = 1;
+        }
+        p->tx_open = 0;
+        p->setup_pending = 1;
+        PQsetNoticeProcessor(p->conn, quiet, NULL);
+    }
+    res = PQexec(p->conn, PG_SESSION_SETUP);
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
         set_err(p, PQerrorMessage(p->conn));
+        PQclear(res);
         return DB_GONE;
     }
-    p->gen++;
-    /* A session's advisory locks end with it. */
-    p->publish_locked = 0;
-    p->tx_open = 0;
-    PQsetNoticeProcessor(p->conn, quiet, NULL);
+    PQclear(res);
+    p->setup_pending = 0;
     if (p->listening[0] != '\0') {
         char sql[96];
         snprintf(sql, sizeof(sql), "LISTEN %s", p->listening);
@@ -144,14 +168,12 @@ static int ensure(struct pg *p)
     return DB_OK;
 }
 
-/* Between transactions a lost connection (a server restart, a failover to the new primary) is
- * opened again; inside one never: the transaction is gone with it, and its statements fail until
- * the caller's rollback. */
-static int outside_tx(struct pg *p)
+/* Inside a transaction by what the server last said; a lost connection keeps the last word. */
+static int in_tx(struct pg *p)
 {
     PGTransactionStatusType ts = PQtransactionStatus(p->conn);
 
-    return ts == PQTRANS_IDLE || (ts == PQTRANS_UNKNOWN && !p->tx_open);
+    return ts == PQTRANS_UNKNOWN ? p->tx_open : ts != PQTRANS_IDLE;
 }
 
 static void note_tx(struct pg *p)
@@ -162,12 +184,28 @@ static void note_tx(struct pg *p)
         p->tx_open = ts != PQTRANS_IDLE;
 }
 
-/* libpq learns that the server closed the connection only when it next uses it: a statement
- * sent outside a transaction (a read, or the BEGIN of one; every write runs inside one) that
- * fails so is sent once more on a new connection. */
-static int again(struct pg *p, int was_outside, int attempt)
+static int starts_with(const char *sql, const char *word)
 {
-    return attempt == 0 && was_outside && PQstatus(p->conn) == CONNECTION_BAD && ensure(p) == DB_OK;
+    while (*sql == ' ' || *sql == '\n' || *sql == '\t')
+        sql++;
+    return strncasecmp(sql, word, strlen(word)) == 0;
+}
+
+/*
+ * libpq learns that the server closed the connection only when it next uses it. Outside a
+ * transaction, a statement that changes nothing (a read, a BEGIN, a session setting) and fails
+ * so is sent once more on a new connection; a write is not: the server may have run it.
+ */
+static int changes_nothing(const char *sql)
+{
+    return starts_with(sql, "SELECT") || starts_with(sql, "BEGIN") || starts_with(sql, "SET") ||
+           starts_with(sql, "LISTEN");
+}
+
+static int again(struct pg *p, int safe, int was_outside, int attempt)
+{
+    return attempt == 0 && safe && was_outside && PQstatus(p->conn) == CONNECTION_BAD &&
+           ensure(p) == DB_OK;
 }
 
 static int run(struct pg *p, const char *sql)
@@ -175,8 +213,20 @@ static int run(struct pg *p, const char *sql)
     PGresult *res;
     int rc = DB_OK;
 
+    /* The transaction went with its connection: its ROLLBACK is done, its COMMIT failed (the
+     * outcome unknown: a commit in flight may have happened), anything else fails. */
+    if (PQstatus(p->conn) == CONNECTION_BAD && in_tx(p)) {
+        if (starts_with(sql, "ROLLBACK") && !starts_with(sql, "ROLLBACK TO")) {
+            p->tx_open = 0;
+            return DB_OK;
+        }
+        if (starts_with(sql, "COMMIT"))
+            p->tx_open = 0;
+        set_err(p, "connection to the store lost inside a transaction");
+        return DB_GONE;
+    }
     for (int attempt = 0;; attempt++) {
-        int was_outside = outside_tx(p);
+        int was_outside = !in_tx(p);
         if (was_outside && ensure(p) != DB_OK)
             return DB_GONE;
         res = PQexec(p->conn, sql);
@@ -184,7 +234,7 @@ static int run(struct pg *p, const char *sql)
         if (res != NULL && (PQresultStatus(res) == PGRES_COMMAND_OK ||
                             PQresultStatus(res) == PGRES_TUPLES_OK))
             break;
-        if (again(p, was_outside, attempt)) {
+        if (again(p, changes_nothing(sql), was_outside, attempt)) {
             PQclear(res);
             continue;
         }
@@ -247,7 +297,7 @@ static int pg_open(const char *target, struct db **out, char *err, size_t err_si
     }
     PQsetNoticeProcessor(p->conn, quiet, NULL);
     /* Times are integers (seconds) in the store; only formatting for listings uses the clock. */
-    if (run(p, "SET TIME ZONE 'UTC'; SET synchronous_commit = on") != DB_OK) {
+    if (run(p, PG_SESSION_SETUP) != DB_OK) {
         snprintf(err, err_size, "%s", p->err);
         pg_close(&p->base);
         return DB_ERROR;
@@ -261,8 +311,9 @@ static int pg_exec(struct db *db, const char *sql)
     return run(PG(db), sql);
 }
 
-/* ?N -> $N, bare ? -> the next number; SQLite's "INDEXED BY name" hints dropped. String
- * literals are copied as they are. */
+/* ?N -> $N, bare ? -> the next number; SQLite's "INDEXED BY name" hints dropped; SQLite's
+ * "COLLATE BINARY" (byte order) is PostgreSQL's COLLATE "C" (the database's own collation may
+ * order otherwise). String literals are copied as they are. */
 static char *translate(const char *sql, int *nparams, uint64_t *used)
 {
     size_t n = strlen(sql);
@@ -294,6 +345,9 @@ static char *translate(const char *sql, int *nparams, uint64_t *used)
             if (num >= 1 && num <= 64)
                 *used |= UINT64_C(1) << (num - 1);
             o += sprintf(o, "$%d", num);
+        } else if (strncmp(s, "COLLATE BINARY", 14) == 0) {
+            s += 14;
+            o += sprintf(o, "COLLATE \"C\"");
         } else if (strncmp(s, "INDEXED BY ", 11) == 0) {
             s += 11;
             while (*s == '_' || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
@@ -450,8 +504,12 @@ static int execute(struct pg_stmt *s)
         lens[i] = s->p[i].len;
         fmts[i] = s->p[i].fmt;
     }
+    if (PQstatus(p->conn) == CONNECTION_BAD && in_tx(p)) {
+        set_err(p, "connection to the store lost inside a transaction");
+        return DB_GONE;
+    }
     for (int attempt = 0;; attempt++) {
-        int was_outside = outside_tx(p);
+        int was_outside = !in_tx(p);
         if (was_outside && ensure(p) != DB_OK)
             return DB_GONE;
         if (s->persistent && s->gen != p->gen) {
@@ -459,7 +517,8 @@ static int execute(struct pg_stmt *s)
             if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
                 int rc;
                 note_tx(p);
-                if (again(p, was_outside, attempt)) {
+                /* Nothing ran: a statement not yet prepared may always be sent again. */
+                if (again(p, 1, was_outside, attempt)) {
                     PQclear(res);
                     continue;
                 }
@@ -478,7 +537,7 @@ static int execute(struct pg_stmt *s)
         status = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
         if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
             break;
-        if (again(p, was_outside, attempt)) {
+        if (again(p, changes_nothing(s->sql), was_outside, attempt)) {
             PQclear(res);
             continue;
         }
@@ -613,9 +672,17 @@ static int64_t pg_changes(struct db *db)
 
 static int pg_in_transaction(struct db *db)
 {
-    PGTransactionStatusType t = PQtransactionStatus(PG(db)->conn);
+    /* Also a transaction lost with its connection: the caller's ROLLBACK ends it. */
+    return in_tx(PG(db));
+}
 
-    return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+/* A publication whose lock went with a lost session does no further work (db.h). */
+static int publication_lost(struct pg *p)
+{
+    if (!p->publish_lost)
+        return 0;
+    set_err(p, "the CRL publication lock was lost with the connection to the store");
+    return 1;
 }
 
 static int pg_tx_failed(struct db *db)
@@ -645,6 +712,8 @@ static int pg_begin_write(struct db *db, int timeout_ms)
 
     if ((rc = ensure(p)) != DB_OK)
         return rc;
+    if (publication_lost(p))
+        return DB_GONE;
     snprintf(sql, sizeof(sql),
              "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = %d; "
              "SELECT pg_advisory_xact_lock(%d, %d)",
@@ -661,6 +730,8 @@ static int pg_begin_snapshot(struct db *db)
 
     if ((rc = ensure(p)) != DB_OK)
         return rc;
+    if (publication_lost(p))
+        return DB_GONE;
     return run(p, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 }
 
@@ -674,6 +745,7 @@ static int pg_publish_lock(struct db *db, int timeout_ms)
     if (p->publish_locked && PQstatus(p->conn) == CONNECTION_OK)
         return 1;
     p->publish_locked = 0;
+    p->publish_lost = 0; /* a new publication */
     if (ensure(p) != DB_OK)
         return DB_GONE;
     snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%d, %d)", PG_LOCK_SPACE,
@@ -705,6 +777,7 @@ static void pg_publish_unlock(struct db *db)
     struct pg *p = PG(db);
     char sql[96];
 
+    p->publish_lost = 0;
     if (!p->publish_locked)
         return;
     p->publish_locked = 0;

@@ -174,6 +174,10 @@ const char *const inv_pg_migrations[] = {
     " used_at BIGINT,"
     " revoked_at BIGINT);"
     "CREATE INDEX operator_tokens_asset ON operator_tokens(asset_id);",
+    /* 7 -> 8: the asset page's ranges in byte order (assets.c: COLLATE BINARY, here "C"),
+     * whatever collation the database was made with. */
+    "CREATE INDEX assets_id_c ON assets(id COLLATE \"C\");"
+    "CREATE INDEX assets_state_id_c ON assets(state, id COLLATE \"C\");",
 };
 
 _Static_assert(sizeof(inv_pg_migrations) / sizeof(inv_pg_migrations[0]) == INV_PG_MIGRATIONS,

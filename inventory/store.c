@@ -248,6 +248,8 @@ static const char *const migrations[] = {
     " used_at INTEGER,"
     " revoked_at INTEGER);"
     "CREATE INDEX operator_tokens_asset ON operator_tokens(asset_id);",
+    /* 7 -> 8: PostgreSQL only (byte-order indexes for the asset page's ranges, schema_pg.c). */
+    "",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
