@@ -6,7 +6,9 @@
 # crash window, by fault injection: killed after the copy's commit and before mqpki.conf is
 # renamed into place, the data directory still uses SQLite and a rerun only finishes the switch;
 # killed during the copy, nothing is committed and a rerun copies; a copy the SQLite store moved
-# on from is refused, and copied again once its database is recreated.
+# on from is refused, and copied again once its database is recreated. `mqpki backup` of the
+# migrated directory archives all but the store (its manifest says so), and restoring it writes
+# nothing to the server.
 . "$(dirname "$0")/lib.sh"
 
 check "a private PostgreSQL server" start_pg
@@ -180,4 +182,18 @@ assert "mqpki.conf names the store" names_store "$T/c3" "$(db_url c3)"
 assert "the copy has the late asset" test "$(psql -tA "$(db_url c3)" \
   -c "SELECT count(*) FROM assets WHERE id = 'late'")" = 1
 check "audit verify on it" mqpki --home "$T/c3" audit verify
+
+# --- backup and restore of a directory whose store is the server's ------------------------------
+check "mqpki backup of a PostgreSQL directory" \
+  mqpki --home "$T/c3" backup --out "$T/c3.tar" --include-secrets
+assert "the archive holds no mqpki.db" bash -c "! tar -tf '$T/c3.tar' | grep -q '^mqpki.db$'"
+assert "its manifest says why" bash -c "tar -xOf '$T/c3.tar' MANIFEST |
+  grep -q 'store: PostgreSQL, not in this archive'"
+crl_before=$(psql -tA "$(db_url c3)" -c "SELECT value FROM counters WHERE name = 'crl_number'")
+check "restore into a new directory" mqpki restore "$T/c3.tar" --home "$T/c3-restored"
+assert "... names the server instead of CRL numbers" \
+  contains "$T/out" "store: the PostgreSQL server named in mqpki.conf"
+assert "the server's CRL counter is untouched ($crl_before)" test "$(psql -tA "$(db_url c3)" \
+  -c "SELECT value FROM counters WHERE name = 'crl_number'")" = "$crl_before"
+check "audit verify through the restored directory" mqpki --home "$T/c3-restored" audit verify
 finish
