@@ -55,19 +55,22 @@ bench:
 	bash bench/run.sh $(BENCH_BUILD)
 
 # ASan + UBSan + LSan over every unit and integration test. Sanitizer reports of every process
-# (also daemons and brokers the tests start and stop) go to build-sanitize/san-logs; any report
-# fails the target. Third-party leaks are suppressed in tests/sanitize/lsan.supp.
+# (also daemons and brokers the tests start and stop) go to build-sanitize/san-logs, named after
+# the program and its pid (log_exe_name); any report, even an empty one (a process killed while
+# it began to report), fails the target. Third-party leaks are suppressed in
+# tests/sanitize/lsan.supp.
 SAN_LOGS = $(CURDIR)/build-sanitize/san-logs
 sanitize: deps
 	$(CMAKE) -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DMQPKI_SANITIZE=ON
 	$(CMAKE) --build build-sanitize -j$(JOBS)
 	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
 	cd build-sanitize && \
-	  ASAN_OPTIONS=detect_leaks=1:log_path=$(SAN_LOGS)/asan \
+	  ASAN_OPTIONS=detect_leaks=1:log_path=$(SAN_LOGS)/asan:log_exe_name=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/lsan.supp:print_suppressions=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_LOGS)/ubsan:log_exe_name=1 \
 	  ctest --output-on-failure -j$(JOBS) $(CTEST_ARGS)
-	@if [ -n "$$(ls -A $(SAN_LOGS))" ]; then cat $(SAN_LOGS)/*; \
+	@if [ -n "$$(ls -A $(SAN_LOGS))" ]; then for f in $(SAN_LOGS)/*; do \
+	  echo "== $$f ($$(stat -c %s "$$f") bytes)"; cat "$$f"; done; \
 	  echo "sanitize: reports in $(SAN_LOGS)"; exit 1; fi
 	@echo "sanitize: clean"
 
