@@ -31,23 +31,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-rec() { printf '{"group": "%s", "key": "%s", "data": %s}\n' "$1" "$2" "$3" >>"$RAW"; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 jrec() {
   local g=$1 k=$2 out; shift 2
   if out=$("$@" 2>>"$W/errors.log") && [ -n "$out" ]; then rec "$g" "$k" "$out"; else
     say "warning: $g/$k failed (see below)"; tail -3 "$W/errors.log" >&2 || true
     rec "$g" "$k" '{"failed": true}'; fi
-}
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-wait_for() {
-  local limit=$(($1 * 10)) i=0; shift
-  until "$@" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
-    sleep 0.1
-  done
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # CPU time (user + system, clock ticks) a process has used: what a run cost the broker, which

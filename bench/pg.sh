@@ -31,19 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-rec() { printf '{"group": "%s", "key": "%s", "data": %s}\n' "$1" "$2" "$3" >>"$RAW"; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 fail() { say "warning: $1 failed"; tail -3 "$W/errors.log" >&2 || true; rec issuance_pg "$1" '{"failed": true}'; }
-wait_for() {
-  local limit=$(($1 * 10)) i=0; shift
-  until "$@" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
-    sleep 0.1
-  done
-}
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
 
 [ -x "$PG_BIN/initdb" ] || { say "PostgreSQL server binaries missing: issuance on PostgreSQL skipped"; exit 0; }
 

@@ -20,16 +20,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-wait_for() {
-  local limit=$(($1 * 10)) i=0; shift
-  until "$@" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
-    sleep 0.1
-  done
-}
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$W"
 cd "$W"
 mqpki init >/dev/null 2>&1

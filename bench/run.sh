@@ -31,9 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-# rec GROUP KEY JSON: one raw result line.
-rec() { printf '{"group": "%s", "key": "%s", "data": %s}\n' "$1" "$2" "$3" >>"$RAW"; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # jrec GROUP KEY COMMAND...: records the command's JSON line, or {"failed": true} (logged).
 jrec() {
   local g=$1 k=$2 out; shift 2
@@ -43,17 +41,6 @@ jrec() {
     out='{"failed": true}'
   fi
   rec "$g" "$k" "$out"
-}
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-# wait_for SECONDS COMMAND...: polls every 0.1 s.
-wait_for() {
-  local limit=$(($1 * 10)) i=0; shift
-  until "$@" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1
-    sleep 0.1
-  done
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 HF='.results[0] | {mean, stddev, median, min, max}'  # hyperfine's export, summarized
