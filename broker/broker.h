@@ -169,6 +169,7 @@ struct broker_event {
     int abnormal;   /* disconnect: 1 not a clean DISCONNECT (the will goes out), 0 clean */
     int has_counts; /* stats */
     int64_t connects, messages, bytes;
+    int64_t denials_dropped; /* stats: denial events left out (plugin_opt_denials_per_s) */
     int64_t time;
 };
 

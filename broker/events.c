@@ -101,6 +101,9 @@ static json_t *event_json(const struct broker_event *e)
                           json_object_set_new(o, "messages", json_integer(e->messages)) ||
                           json_object_set_new(o, "bytes", json_integer(e->bytes))))
         goto fail;
+    if (e->denials_dropped > 0 &&
+        json_object_set_new(o, "denials_dropped", json_integer(e->denials_dropped)))
+        goto fail;
     if (e->wildcard && json_object_set_new(o, "wildcard", json_true()))
         goto fail;
     if (e->abnormal >= 0 && strcmp(e->type, "disconnect") == 0 &&

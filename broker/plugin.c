@@ -29,6 +29,8 @@
 #define EVENTS_MAX_DEFAULT  4096
 #define EVENTS_BATCHES_TICK 8
 #define STATS_EVERY_DEFAULT 60
+/* Denial events a second per client: the topic-scan detector's default (10 topics) in one. */
+#define DENIALS_PER_S_DEFAULT 20
 
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
@@ -41,6 +43,9 @@ struct client {
     unsigned char issuer[PROTO_ISSUER_LEN];
     char address[BROKER_ADDR_MAX];
     int64_t messages, bytes; /* since the last stats event */
+    int64_t deny_second;     /* denial events: the second being counted, */
+    int deny_count;          /* events sent in it, */
+    int64_t denials_dropped; /* and denials left out since the last stats event */
     int kick;
     struct client *next;  /* same context bucket */
     struct client *anext; /* same asset bucket: takeovers and shared certificates */
@@ -64,6 +69,7 @@ struct plugin {
     struct evring *ev;       /* NULL when events are off (plugin_opt_events false) */
     size_t events_max;       /* plugin_opt_events_max */
     int64_t stats_every;     /* plugin_opt_stats_every, seconds; 0 off */
+    int denials_per_s;       /* plugin_opt_denials_per_s: denial events per client a second */
     int64_t stats_next;      /* when the next per-asset counters go out */
     struct quarantine *quar; /* the newest good quarantine list, NULL when none */
     int events_off;          /* plugin_opt_events false */
@@ -107,6 +113,14 @@ static void client_free(struct client *c)
         return;
     free(c->client_id);
     free(c);
+}
+
+static struct client *client_find(struct plugin *pl, const struct mosquitto *ctx)
+{
+    for (struct client *c = pl->bucket[bucket_of(pl, ctx)]; c != NULL; c = c->next)
+        if (c->ctx == ctx)
+            return c;
+    return NULL;
 }
 
 static struct client *client_take(struct plugin *pl, const struct mosquitto *ctx)
@@ -214,7 +228,7 @@ static void emit_stats(struct plugin *pl)
 {
     for (size_t b = 0; b < pl->n_buckets; b++) {
         for (struct client *c = pl->bucket[b]; c != NULL; c = c->next) {
-            if (c->messages > 0)
+            if (c->messages > 0 || c->denials_dropped > 0)
                 emit_stats_one(pl, c);
         }
     }
@@ -396,7 +410,8 @@ static void emit_stats_one(struct plugin *pl, struct client *c)
     e->has_counts = 1;
     e->messages = c->messages;
     e->bytes = c->bytes;
-    c->messages = c->bytes = 0;
+    e->denials_dropped = c->denials_dropped;
+    c->messages = c->bytes = c->denials_dropped = 0;
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -417,7 +432,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
         case MOSQ_ERR_OVERSIZE_PACKET: why = "oversize"; break;
         default: why = NULL; break;
         }
-        if (c->messages > 0)
+        if (c->messages > 0 || c->denials_dropped > 0)
             emit_stats_one(pl, c);
         e = emit(pl, "disconnect", c->asset, c->client_id, c->address, c->serial_hex, why);
         /* Anything but a DISCONNECT packet publishes the client's will, if it set one. Some
@@ -454,6 +469,33 @@ static int acl_log_allowed(struct plugin *pl)
     return 0;
 }
 
+/*
+ * At most plugin_opt_denials_per_s denial events a second per client go into the ring; the
+ * rest are counted and reported in the client's next stats event (denials_dropped). One
+ * client's flood of denied publishes then costs the broker a lookup and a counter per denial,
+ * not a ring record, a share of a JSON batch and a row in mqpkid's store; and it cannot fill
+ * the ring that carries every other client's events. The first denials of each second still
+ * show the topics, which is what the topic-scan detector needs.
+ */
+static int denial_budget(struct plugin *pl, const struct mosquitto *client)
+{
+    struct client *c = client_find(pl, client);
+    int64_t now;
+
+    if (c == NULL || pl->ev == NULL)
+        return 1;
+    if ((now = mqpki_now()) != c->deny_second) {
+        c->deny_second = now;
+        c->deny_count = 0;
+    }
+    if (c->deny_count < pl->denials_per_s) {
+        c->deny_count++;
+        return 1;
+    }
+    c->denials_dropped++;
+    return 0;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_acl_check *ed = event_data;
@@ -477,7 +519,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
                  (int)sizeof(own) &&
              strcmp(ed->topic, own) == 0))
             rc = MOSQ_ERR_SUCCESS;
-        else if (access != ACL_READ) {
+        else if (access != ACL_READ && denial_budget(pl, ed->client)) {
             struct broker_event *e =
                 emit(pl, "quarantine_denied", user, mosquitto_client_id(ed->client),
                      mosquitto_client_address(ed->client), NULL,
@@ -502,7 +544,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
                              user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
                              ed->topic ? ed->topic : "?");
-    {
+    if (denial_budget(pl, ed->client)) {
         struct broker_event *e = emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
                                       mosquitto_client_address(ed->client), NULL,
                                       access == ACL_WRITE ? "publish" : "subscribe");
@@ -720,14 +762,6 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
-static struct client *client_find(struct plugin *pl, const struct mosquitto *ctx)
-{
-    for (struct client *c = pl->bucket[bucket_of(pl, ctx)]; c != NULL; c = c->next)
-        if (c->ctx == ctx)
-            return c;
-    return NULL;
-}
-
 static int on_message(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_message *ed = event_data;
@@ -927,15 +961,19 @@ static int parse_options(struct plugin *pl, struct mosquitto_opt *opts, int n, c
                 goto out;
             }
             pl->events_off = strcmp(v, "false") == 0;
-        } else if (strcmp(k, "events_max") == 0 || strcmp(k, "stats_every") == 0) {
+        } else if (strcmp(k, "events_max") == 0 || strcmp(k, "stats_every") == 0 ||
+                   strcmp(k, "denials_per_s") == 0) {
             char *end = NULL;
             long long x = strtoll(v, &end, 10);
-            if (end == v || *end != '\0' || x < 0 || x > 10000000) {
-                mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_%s: 0 to 10000000", k);
+            if (end == v || *end != '\0' || x < (k[0] == 'd') || x > 10000000) {
+                mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: plugin_opt_%s: %d to 10000000", k,
+                                     k[0] == 'd');
                 goto out;
             }
             if (k[0] == 'e')
                 pl->events_max = (size_t)x;
+            else if (k[0] == 'd')
+                pl->denials_per_s = (int)x;
             else
                 pl->stats_every = x;
         } else {
@@ -979,6 +1017,7 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     pl->n_buckets = 64;
     pl->events_max = EVENTS_MAX_DEFAULT;
     pl->stats_every = STATS_EVERY_DEFAULT;
+    pl->denials_per_s = DENIALS_PER_S_DEFAULT;
     if ((pl->bucket = calloc(pl->n_buckets, sizeof(*pl->bucket))) == NULL ||
         (pl->abucket = calloc(pl->n_buckets, sizeof(*pl->abucket))) == NULL ||
         (pl->rev = revset_new_empty()) == NULL) {

@@ -221,6 +221,14 @@ expect_fail 1 "ack of an unknown alert" mqpki alerts ack 999999
 seq 1 3000 | client flooder mosquitto_pub -i flooder -t fleet/bystander/x -l >/dev/null 2>&1 ||
   true
 check "the flood is reported" wait_for 15 has_event acl_denied flooder
+# At most plugin_opt_denials_per_s (20) denial events a second per client; the stats event
+# that follows (here at the flooder's disconnect) counts the rest: every denial is accounted.
+denials() { mqpki events --asset flooder --json | jq -s '([.[] | select(.type == "acl_denied")]
+  | length) + ([.[] | select(.type == "stats") | .event.denials_dropped // 0] | add // 0)'; }
+check "every denial is counted: sent one by one or summed in stats" wait_for 15 bash -c \
+  "[ \"\$($(declare -f denials); denials)\" = 3000 ]"
+sent=$(mqpki events --asset flooder --json | jq -s '[.[] | select(.type == "acl_denied")] | length')
+assert "but only a few were sent one by one (got $sent)" test "$sent" -le 200
 check "stored events stay within events_max_rows (pruned)" wait_for 40 bash -c \
   "[ \$(sqlite3 '$H/mqpki.db' 'SELECT COUNT(*) FROM events') -le 500 ]"
 client bystander mosquitto_pub -i bystander:pub -t fleet/bystander/after -m still-here -q 1
