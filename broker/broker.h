@@ -154,6 +154,7 @@ int acl_topic_covers(const char *pattern, const char *subject);
  * takes batches as JSON {"type":"batch","broker":B,"dropped":N,"events":[...]}.
  */
 #define EVRING_BATCH_MAX 64 /* events in one message */
+#define EVRING_BOOT_LEN  8  /* random bytes naming a ring (hex in each batch's "boot") */
 #define BROKER_ADDR_MAX  64 /* a client's address as Mosquitto gives it, NUL included */
 
 struct broker_event {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <openssl/rand.h>
 
 #include "broker.h"
 #include "common.h"
@@ -17,6 +18,11 @@ struct evring {
     struct broker_event *v;
     size_t cap, head, n;
     uint64_t dropped, dropped_reported;
+    /* Names every batch: this ring's random boot id and the batch's number. With the event's
+     * place in the batch they make its id, by which replicas of mqpkid that all receive the
+     * batch store it once (docs/ha.md). */
+    char boot[2 * EVRING_BOOT_LEN + 1];
+    uint64_t seq;
 };
 
 struct evring *evring_new(size_t cap)
@@ -30,6 +36,15 @@ struct evring *evring_new(size_t cap)
         return NULL;
     }
     r->cap = cap;
+    {
+        unsigned char b[EVRING_BOOT_LEN];
+        if (RAND_bytes(b, sizeof(b)) != 1) {
+            evring_free(r);
+            return NULL;
+        }
+        for (size_t i = 0; i < sizeof(b); i++)
+            snprintf(r->boot + 2 * i, 3, "%02x", b[i]);
+    }
     return r;
 }
 
@@ -133,14 +148,16 @@ char *evring_take_batch(struct evring *r, const char *broker, size_t max)
         if (o == NULL || json_array_append_new(list, o) != 0)
             goto out;
     }
-    batch = json_pack("{s:s, s:s, s:I, s:O}", "type", "batch", "broker", broker, "dropped",
-                      (json_int_t)dropped, "events", list);
+    batch = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O}", "type", "batch", "broker", broker, "boot",
+                      r->boot, "seq", (json_int_t)(r->seq + 1), "dropped", (json_int_t)dropped,
+                      "events", list);
     if (batch == NULL || (text = json_dumps(batch, JSON_COMPACT)) == NULL)
         goto out;
     /* Only what made it into the message leaves the ring. */
     r->head = (r->head + json_array_size(list)) % r->cap;
     r->n -= json_array_size(list);
     r->dropped_reported += dropped;
+    r->seq++;
 out:
     json_decref(list);
     json_decref(batch);

@@ -136,15 +136,16 @@ static int print_alert(const struct inventory_alert *a, void *ctx)
         evidence = json_loads(a->evidence, 0, NULL);
         return json_array_append_new(
                    o->list,
-                   json_pack("{s:I, s:o, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:o, s:s, s:o, s:s?}",
-                             "id", (json_int_t)a->id, "time", cli_json_time(a->time), "rule",
-                             a->rule, "asset", a->asset[0] ? a->asset : NULL, "address",
-                             a->address[0] ? a->address : NULL, "broker",
-                             a->broker[0] ? a->broker : NULL, "response", a->response, "outcome",
-                             a->outcome, "evidence", evidence != NULL ? evidence : json_object(),
-                             "state", a->state == INV_ALERT_OPEN ? "open" : "acked", "acked_at",
-                             cli_json_time(a->acked_at), "acked_by",
-                             a->acked_by[0] ? a->acked_by : NULL)) != 0;
+                   json_pack(
+                       "{s:I, s:o, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:o, s:s, s:o, s:s?, s:s?}",
+                       "id", (json_int_t)a->id, "time", cli_json_time(a->time), "rule", a->rule,
+                       "asset", a->asset[0] ? a->asset : NULL, "address",
+                       a->address[0] ? a->address : NULL, "broker", a->broker[0] ? a->broker : NULL,
+                       "response", a->response, "outcome", a->outcome, "evidence",
+                       evidence != NULL ? evidence : json_object(), "state",
+                       a->state == INV_ALERT_OPEN ? "open" : "acked", "acked_at",
+                       cli_json_time(a->acked_at), "acked_by", a->acked_by[0] ? a->acked_by : NULL,
+                       "cause", a->cause[0] ? a->cause : NULL)) != 0;
     }
     printf("%-5lld %s %-5s %-17s %-20s %-10s %s\n", (long long)a->id, cli_time(a->time, when),
            a->state == INV_ALERT_OPEN ? "open" : "acked", a->rule,

@@ -35,16 +35,17 @@
 #include "inventory.h"
 #include "lifecycle.h"
 
-#define QUEUE_MAX      8192 /* events waiting for the detect thread */
-#define BATCH_MAX      512  /* events stored in one transaction */
-#define EVENT_JSON_MAX 4096 /* one event's JSON */
-#define TRACK_BUCKETS  4096
-#define TRACK_MAX      16384 /* keys (asset, address) tracked at once */
-#define SLOTS          8     /* a window is counted in SLOTS slots */
-#define TOPICS_MAX     64    /* distinct topics remembered per asset (topic_scan_threshold cap) */
-#define PRESENCE_MAX   100000
-#define HOOKS_MAX      8 /* hook commands running at once */
-#define PRUNE_EVERY    30
+#define QUEUE_MAX         8192 /* events waiting for the detect thread */
+#define BATCH_MAX         512  /* events stored in one transaction */
+#define EVENT_JSON_MAX    4096 /* one event's JSON */
+#define TRACK_BUCKETS     4096
+#define TRACK_MAX         16384 /* keys (asset, address) tracked at once */
+#define SLOTS             8     /* a window is counted in SLOTS slots */
+#define DEFER_AFTER_OTHER 5     /* seconds a rule stays quiet after another replica raised it */
+#define TOPICS_MAX        64 /* distinct topics remembered per asset (topic_scan_threshold cap) */
+#define PRESENCE_MAX      100000
+#define HOOKS_MAX         8 /* hook commands running at once */
+#define PRUNE_EVERY       30
 
 struct item {
     char broker[PROTO_ASSET_ID_MAX + 1];
@@ -59,6 +60,7 @@ struct track {
     uint32_t topic[TOPICS_MAX];
     int64_t topic_time[TOPICS_MAX];
     int64_t last, quiet_until;
+    int64_t deferred_until; /* another replica answered: its response lands in the store first */
     struct track *next;
 };
 
@@ -94,6 +96,10 @@ struct detect {
     size_t n_pres;
     int64_t started_at, next_prune, next_silent;
     char *quar_json; /* the list last offered to the feed */
+    /* The event being looked at, as replicas all name it (BROKER/EID, silent-LAST_SEEN; "" for
+     * an event without an id): with the rule and key, the cause of an alert it fires. */
+    char event[PROTO_ASSET_ID_MAX + 72];
+    struct track *firing; /* the track quiet() just let fire, until fire() returns */
     pid_t hooks[HOOKS_MAX];
 };
 
@@ -129,7 +135,7 @@ static struct track *track_get(struct detect *d, const char *key, int64_t now)
         for (size_t i = 0; i < TRACK_BUCKETS; i++) {
             struct track **pp = &d->tracks[i];
             while ((t = *pp) != NULL) {
-                if (t->last < now - longest && t->quiet_until < now) {
+                if (t->last < now - longest && t->quiet_until < now && t->deferred_until < now) {
                     *pp = t->next;
                     free(t);
                     d->n_tracks--;
@@ -334,8 +340,6 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
 
     if (response == DETECT_OFF || evidence == NULL)
         goto out;
-    if (response == DETECT_HOLD)
-        respond_hold(d, rule, serial, outcome, sizeof(outcome));
     memset(&a, 0, sizeof(a));
     a.time = mqpki_now();
     snprintf(a.rule, sizeof(a.rule), "%s", datadir_detector_name(rule));
@@ -343,7 +347,12 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
     snprintf(a.address, sizeof(a.address), "%s", address != NULL ? address : "");
     snprintf(a.broker, sizeof(a.broker), "%s", broker != NULL ? broker : "");
     snprintf(a.response, sizeof(a.response), "%s", datadir_response_name(response));
-    if (response == DETECT_QUARANTINE && a.asset[0] == '\0')
+    if (d->event[0] != '\0')
+        snprintf(a.cause, sizeof(a.cause), "%s:%s:%s", a.rule, a.asset[0] ? a.asset : a.address,
+                 d->event);
+    if (response == DETECT_HOLD)
+        snprintf(outcome, sizeof(outcome), "hold pending");
+    else if (response == DETECT_QUARANTINE && a.asset[0] == '\0')
         snprintf(outcome, sizeof(outcome), "not quarantined: the evidence names no asset");
     else if (response == DETECT_QUARANTINE)
         snprintf(outcome, sizeof(outcome), "asset %s quarantined: may only publish to fleet/%s%s",
@@ -352,10 +361,28 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
     if ((ev_text = json_dumps(evidence, JSON_COMPACT | JSON_SORT_KEYS)) == NULL)
         goto out;
     a.evidence = ev_text;
+    /* The alert first: of replicas that saw the same event, the one whose alert is stored
+     * responds; the others stop here (docs/ha.md, "Detect with replicas"). */
     if ((rc = inventory_alert_add(d->inv, &a, "detect", &id)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "detect: %s alert for %s not recorded: %s", a.rule,
                   a.asset[0] ? a.asset : a.address, mqpki_err_detail(rc));
         goto out;
+    }
+    if (id == 0) {
+        mqpki_log(MQPKI_LOG_INFO, "detect: %s on %s: raised by another replica (%s)", a.rule,
+                  a.asset[0] ? a.asset : a.address, a.cause);
+        /* Its hold or quarantine commits just after its alert, and this replica re-reads the
+         * quarantine list once a second: until then the next events must not fire again. */
+        if (d->firing != NULL)
+            d->firing->deferred_until = a.time + DEFER_AFTER_OTHER;
+        goto out;
+    }
+    if (response == DETECT_HOLD) {
+        respond_hold(d, rule, serial, outcome, sizeof(outcome));
+        if ((rc = inventory_alert_outcome(d->inv, id, outcome, "detect")) != MQPKI_OK)
+            mqpki_log(MQPKI_LOG_ERROR, "detect: alert %lld: outcome not recorded: %s",
+                      (long long)id, mqpki_err_detail(rc));
+        snprintf(a.outcome, sizeof(a.outcome), "%s", outcome);
     }
     if (response == DETECT_QUARANTINE && a.asset[0] != '\0') {
         if ((rc = inventory_quarantine_add(d->inv, a.asset, a.rule, id, "detect", &added)) !=
@@ -376,6 +403,7 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
         run_hook(d, text);
     }
 out:
+    d->firing = NULL;
     mqpki_err_clear();
     free(text);
     free(ev_text);
@@ -419,13 +447,20 @@ static int in_force(struct detect *d, int rule, const char *asset, const char *s
 static int quiet(struct detect *d, struct track *t, int rule, const char *asset, const char *serial,
                  int64_t now)
 {
-    int force = in_force(d, rule, asset, serial);
+    int force;
 
-    if (force >= 0)
+    d->firing = NULL;
+    if (t != NULL && t->deferred_until > now)
+        return 1;
+    if ((force = in_force(d, rule, asset, serial)) >= 0) {
+        if (force == 0)
+            d->firing = t;
         return force;
+    }
     if (t == NULL || t->quiet_until > now)
         return 1;
     t->quiet_until = now + window_of(d, rule);
+    d->firing = t;
     return 0;
 }
 
@@ -617,6 +652,10 @@ static void sweep_silent(struct detect *d, int64_t now)
             struct presence *p = presence_get(d, id, 1);
             if (p != NULL)
                 p->silent_reported = p->last_heard = now;
+            d->firing = NULL;
+            /* Replicas sweeping the same store name the same silence. */
+            snprintf(d->event, sizeof(d->event), "silent-%lld",
+                     (long long)json_integer_value(json_array_get(pair, 1)));
             fire(d, DETECT_SILENT, id, NULL, NULL, NULL,
                  json_pack("{s:I, s:I, s:I}", "last_seen",
                            (json_int_t)json_integer_value(json_array_get(pair, 1)), "limit",
@@ -627,6 +666,17 @@ static void sweep_silent(struct detect *d, int64_t now)
     }
     mqpki_err_clear();
     json_decref(s.found);
+}
+
+/* The id the feed gave an event (feed.c: BOOT-SEQ-N), or NULL. */
+static const char *event_id(json_t *ev)
+{
+    const char *s = str(ev, "eid");
+
+    return s != NULL && s[0] != '\0' && strlen(s) < 64 &&
+                   strspn(s, "0123456789abcdef-") == strlen(s)
+               ? s
+               : NULL;
 }
 
 /* Takes up to BATCH_MAX queued events: stores them in one transaction, then detects. */
@@ -646,6 +696,8 @@ static void work(struct detect *d, struct item *batch, size_t n)
         e.time = now;
         snprintf(e.broker, sizeof(e.broker), "%s", batch[i].broker);
         snprintf(e.type, sizeof(e.type), "%s", (s = str(evs[i], "type")) ? s : "?");
+        if ((s = event_id(evs[i])) != NULL)
+            snprintf(e.eid, sizeof(e.eid), "%s", s);
         if ((s = str(evs[i], "asset")) != NULL && proto_asset_id_valid(s))
             snprintf(e.asset, sizeof(e.asset), "%s", s);
         if ((s = str(evs[i], "address")) != NULL && strlen(s) < sizeof(e.address))
@@ -660,6 +712,11 @@ static void work(struct detect *d, struct item *batch, size_t n)
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_WARN, "detect: %zu events not stored: %s", n, mqpki_err_detail(rc));
     for (size_t i = 0; i < n; i++) {
+        const char *eid = evs[i] != NULL ? event_id(evs[i]) : NULL;
+        if (eid != NULL)
+            snprintf(d->event, sizeof(d->event), "%s/%s", batch[i].broker, eid);
+        else
+            d->event[0] = '\0';
         if (evs[i] != NULL)
             detect_one(d, batch[i].broker, evs[i], now);
         json_decref(evs[i]);

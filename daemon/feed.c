@@ -243,8 +243,8 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 {
     struct link *l = ud;
     json_error_t err;
-    json_t *v = NULL, *list, *d;
-    const char *type;
+    json_t *v = NULL, *list, *d, *seq;
+    const char *type, *boot;
     int64_t dropped;
 
     if (strncmp(msg->topic, PROTO_TOPIC_EVENTS, strlen(PROTO_TOPIC_EVENTS)) != 0)
@@ -277,9 +277,25 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
                   (long long)dropped);
         to_sink(l, NULL, dropped);
     }
-    for (size_t i = 0; i < json_array_size(list); i++)
-        if (json_is_object(json_array_get(list, i)))
-            on_event(l, json_array_get(list, i));
+    boot = json_string_value(json_object_get(v, "boot"));
+    seq = json_object_get(v, "seq");
+    if (boot == NULL || strlen(boot) > 32 || strspn(boot, "0123456789abcdef") != strlen(boot) ||
+        boot[0] == '\0' || !json_is_integer(seq) || json_integer_value(seq) < 1)
+        boot = NULL; /* a plugin before batch ids: its events are stored as received */
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *ev = json_array_get(list, i);
+        char eid[64];
+        if (!json_is_object(ev))
+            continue;
+        /* The event's id is the batch's, never one the event names itself. */
+        json_object_del(ev, "eid");
+        if (boot != NULL) {
+            snprintf(eid, sizeof(eid), "%s-%lld-%zu", boot, (long long)json_integer_value(seq),
+                     i);
+            json_object_set_new(ev, "eid", json_string(eid));
+        }
+        on_event(l, ev);
+    }
 out:
     json_decref(v);
 }

@@ -49,10 +49,10 @@ static const struct {
      "der, signed_at, done_at, folded_into",
      "number", NULL},
     {"broker_crls", "broker, full_number, delta_number, updated_at", "broker", NULL},
-    {"events", "id, time, broker, type, asset, address, detail", "id", NULL},
+    {"events", "id, time, broker, type, asset, address, detail, eid", "id", NULL},
     {"alerts",
      "id, time, rule, asset, address, broker, response, outcome, evidence, state, acked_at, "
-     "acked_by",
+     "acked_by, cause",
      "id", NULL},
     {"quarantine", "asset, since, rule, alert_id", "asset", NULL},
     {"campaigns", "id, selector, created_at, silent_after, finished_at", "id", NULL},

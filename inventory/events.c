@@ -18,11 +18,15 @@ static int step_done(struct inventory *inv, struct db_stmt *st, const char *what
     return src == DB_DONE ? MQPKI_OK : inv_db_fail(inv, src, what);
 }
 
-/* An INSERT ... RETURNING id run to its end: the new row's id. */
-static int step_id(struct inventory *inv, struct db_stmt *st, const char *what, int64_t *id)
+/* An INSERT ... [ON CONFLICT DO NOTHING] RETURNING id run to its end: the new row's id, 0
+ * when it conflicted. */
+static int step_id_or_none(struct inventory *inv, struct db_stmt *st, const char *what, int64_t *id)
 {
     int src = db_step(st);
 
+    *id = 0;
+    if (src == DB_DONE)
+        return MQPKI_OK;
     if (src != DB_ROW)
         return inv_db_fail(inv, src, what);
     *id = db_column_int64(st, 0);
@@ -52,9 +56,13 @@ int inventory_events_add(struct inventory *inv, const struct inventory_broker_ev
     if (!proto_asset_id_valid(e->broker) ||
         (e->asset[0] != '\0' && !proto_asset_id_valid(e->asset)))
         return mqpki_fail(MQPKI_ERR_INVALID, "event: bad broker or asset name");
+    if ((rc = inv_check_text(e->eid, sizeof(e->eid), "event id")) != MQPKI_OK)
+        return rc;
+    /* An event another replica stored already (same broker and id) is not stored again. */
     if ((rc = inv_prepare(inv,
-                          "INSERT INTO events(time, broker, type, asset, address, detail) "
-                          "VALUES(?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                          "INSERT INTO events(time, broker, type, asset, address, detail, eid) "
+                          "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+                          "ON CONFLICT (broker, eid) WHERE eid IS NOT NULL DO NOTHING RETURNING id",
                           &st)) != MQPKI_OK)
         return rc;
     db_bind_int64(st, 1, e->time);
@@ -62,9 +70,10 @@ int inventory_events_add(struct inventory *inv, const struct inventory_broker_ev
         (rc = inv_bind_text(inv, st, 3, e->type)) != MQPKI_OK ||
         (rc = bind_opt(inv, st, 4, e->asset)) != MQPKI_OK ||
         (rc = bind_opt(inv, st, 5, e->address)) != MQPKI_OK ||
-        (rc = inv_bind_text(inv, st, 6, e->detail)) != MQPKI_OK)
+        (rc = inv_bind_text(inv, st, 6, e->detail)) != MQPKI_OK ||
+        (rc = bind_opt(inv, st, 7, e->eid)) != MQPKI_OK)
         goto out;
-    if ((rc = step_id(inv, st, "event add", &new_id)) == MQPKI_OK && id != NULL)
+    if ((rc = step_id_or_none(inv, st, "event add", &new_id)) == MQPKI_OK && id != NULL)
         *id = new_id;
 out:
     db_finalize(st);
@@ -167,10 +176,12 @@ int inventory_alert_add(struct inventory *inv, const struct inventory_alert *a, 
     if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
         goto out;
     started = 1;
+    /* An alert another replica raised for the same cause is not raised again: *id 0. */
     if ((rc = inv_prepare(inv,
                           "INSERT INTO alerts(time, rule, asset, address, broker, response, "
-                          "outcome, evidence, state) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-                          "'open') RETURNING id",
+                          "outcome, evidence, state, cause) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                          "?8, 'open', ?9) "
+                          "ON CONFLICT (cause) WHERE cause IS NOT NULL DO NOTHING RETURNING id",
                           &st)) != MQPKI_OK)
         goto out;
     db_bind_int64(st, 1, a->time);
@@ -181,16 +192,54 @@ int inventory_alert_add(struct inventory *inv, const struct inventory_alert *a, 
         (rc = inv_bind_text(inv, st, 6, a->response)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 7, a->outcome)) != MQPKI_OK ||
         (rc = inv_bind_text(inv, st, 8, a->evidence)) != MQPKI_OK ||
-        (rc = step_id(inv, st, "alert add", &new_id)) != MQPKI_OK)
+        (rc = bind_opt(inv, st, 9, a->cause)) != MQPKI_OK ||
+        (rc = step_id_or_none(inv, st, "alert add", &new_id)) != MQPKI_OK)
         goto out;
     if (id != NULL)
         *id = new_id;
+    if (new_id == 0)
+        goto out;
     rc = inv_audit(inv, actor, "detect.alert", a->asset[0] != '\0' ? a->asset : a->address,
                    json_pack("{s:I,s:s,s:s,s:s,s:O}", "alert", (json_int_t)new_id, "rule", a->rule,
                              "response", a->response, "outcome", a->outcome, "evidence", evidence));
 out:
     db_finalize(st);
     json_decref(evidence);
+    if (started)
+        rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    return rc;
+}
+
+int inventory_alert_outcome(struct inventory *inv, int64_t id, const char *outcome,
+                            const char *actor)
+{
+    struct inv_tx tx;
+    struct db_stmt *st = NULL;
+    char subject[32];
+    int rc, started = 0;
+
+    if (inv == NULL || outcome == NULL || actor == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "alert outcome: incomplete");
+    if ((rc = inv_check_text(outcome, INV_TEXT_MAX, "alert outcome")) != MQPKI_OK)
+        return rc;
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        goto out;
+    started = 1;
+    if ((rc = inv_prepare(inv, "UPDATE alerts SET outcome = ?2 WHERE id = ?1", &st)) != MQPKI_OK)
+        goto out;
+    db_bind_int64(st, 1, id);
+    if ((rc = inv_bind_text(inv, st, 2, outcome)) != MQPKI_OK ||
+        (rc = step_done(inv, st, "alert outcome")) != MQPKI_OK)
+        goto out;
+    if (inv->db->ops->changes(inv->db) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "alert %lld not found", (long long)id);
+        goto out;
+    }
+    snprintf(subject, sizeof(subject), "alert:%lld", (long long)id);
+    rc = inv_audit(inv, actor, "detect.response", subject,
+                   json_pack("{s:I,s:s}", "alert", (json_int_t)id, "outcome", outcome));
+out:
+    db_finalize(st);
     if (started)
         rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
     return rc;
@@ -204,7 +253,7 @@ int inventory_alert_list(struct inventory *inv, int open_only, inventory_alert_c
 
     if ((rc = inv_prepare(inv,
                           "SELECT id, time, rule, asset, address, broker, response, outcome, "
-                          "evidence, state, acked_at, acked_by FROM alerts "
+                          "evidence, state, acked_at, acked_by, cause FROM alerts "
                           "WHERE ?1 = 0 OR state = 'open' ORDER BY id DESC",
                           &st)) != MQPKI_OK)
         return rc;
@@ -227,6 +276,7 @@ int inventory_alert_list(struct inventory *inv, int open_only, inventory_alert_c
         a.state = strcmp(state, "open") == 0 ? INV_ALERT_OPEN : INV_ALERT_ACKED;
         a.acked_at = db_column_int64(st, 10);
         inv_col_text(st, 11, a.acked_by, sizeof(a.acked_by));
+        inv_col_text(st, 12, a.cause, sizeof(a.cause));
         if (cb(&a, ctx) != 0) {
             src = DB_DONE;
             break;

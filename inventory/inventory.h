@@ -670,10 +670,12 @@ struct inventory_broker_event {
     char asset[PROTO_ASSET_ID_MAX + 1]; /* "" when none */
     char address[64];                   /* "" when none */
     const char *detail;                 /* the event's JSON; valid only during the callback */
+    char eid[64]; /* "BOOT-SEQ-N" from the plugin's batch, "" when none: stored once per broker */
 };
 typedef int (*inventory_broker_event_cb)(const struct inventory_broker_event *e, void *ctx);
 
-/* Stores one event (detail: its JSON text, at most 4096 bytes). *id may be NULL. */
+/* Stores one event (detail: its JSON text, at most 4096 bytes). *id may be NULL; it is 0 when
+ * an event with the same broker and eid is stored already (another replica stored it). */
 int inventory_events_add(struct inventory *inv, const struct inventory_broker_event *e,
                          int64_t *id);
 /* Deletes events older than min_time and the oldest beyond max_rows; *deleted may be NULL. */
@@ -699,13 +701,19 @@ struct inventory_alert {
     int state;                  /* enum inventory_alert_state */
     int64_t acked_at;
     char acked_by[INV_TEXT_MAX];
+    char cause[256]; /* RULE:KEY:EVENT (the event that fired it: BROKER/EID, or silent-LAST_SEEN);
+                      * "" when unknown */
 };
 typedef int (*inventory_alert_cb)(const struct inventory_alert *a, void *ctx);
 
 /* Records an alert (id, state, acked_* ignored) with its audit event "detect.alert" (actor,
- * rule, response, outcome, evidence) in one transaction; *id the new alert's id. */
+ * rule, response, outcome, evidence) in one transaction; *id the new alert's id. When an alert
+ * with the same cause exists (another replica raised it), nothing is written and *id is 0. */
 int inventory_alert_add(struct inventory *inv, const struct inventory_alert *a, const char *actor,
                         int64_t *id);
+/* What the alert's response did, once done (audited "detect.response"). */
+int inventory_alert_outcome(struct inventory *inv, int64_t id, const char *outcome,
+                            const char *actor);
 /* Alerts, newest first; open_only for the unacknowledged ones. */
 int inventory_alert_list(struct inventory *inv, int open_only, inventory_alert_cb cb, void *ctx);
 /* Acknowledges an alert (audited "detect.ack"). MQPKI_ERR_NOT_FOUND for an unknown id;

@@ -13,7 +13,7 @@
 #include "proto.h"
 
 /* Current schema version (PRAGMA user_version). */
-#define INV_SCHEMA_VERSION 8
+#define INV_SCHEMA_VERSION 9
 
 /* SHA-256 length of audit hashes and token hashes. */
 #define INV_HASH_LEN 32

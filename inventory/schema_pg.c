@@ -178,6 +178,11 @@ const char *const inv_pg_migrations[] = {
      * whatever collation the database was made with. */
     "CREATE INDEX assets_id_c ON assets(id COLLATE \"C\");"
     "CREATE INDEX assets_state_id_c ON assets(state, id COLLATE \"C\");",
+    /* 8 -> 9: events stored once, alerts raised once (see store.c). */
+    "ALTER TABLE events ADD COLUMN eid TEXT;"
+    "CREATE UNIQUE INDEX events_eid ON events(broker, eid) WHERE eid IS NOT NULL;"
+    "ALTER TABLE alerts ADD COLUMN cause TEXT;"
+    "CREATE UNIQUE INDEX alerts_cause ON alerts(cause) WHERE cause IS NOT NULL;",
 };
 
 _Static_assert(sizeof(inv_pg_migrations) / sizeof(inv_pg_migrations[0]) == INV_PG_MIGRATIONS,

@@ -250,6 +250,16 @@ static const char *const migrations[] = {
     "CREATE INDEX operator_tokens_asset ON operator_tokens(asset_id);",
     /* 7 -> 8: PostgreSQL only (byte-order indexes for the asset page's ranges, schema_pg.c). */
     "",
+    /*
+     * 8 -> 9: replicas of mqpkid each receive every broker event, and each runs the detectors
+     * (docs/ha.md, "Detect with replicas"). An event's id (the plugin's boot id, batch number
+     * and place in the batch) stores it once; an alert's cause (the event that fired it, or
+     * the silence it reports) raises it once, and only the replica that raised it responds.
+     */
+    "ALTER TABLE events ADD COLUMN eid TEXT;"
+    "CREATE UNIQUE INDEX events_eid ON events(broker, eid) WHERE eid IS NOT NULL;"
+    "ALTER TABLE alerts ADD COLUMN cause TEXT;"
+    "CREATE UNIQUE INDEX alerts_cause ON alerts(cause) WHERE cause IS NOT NULL;",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

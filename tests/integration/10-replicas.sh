@@ -6,7 +6,8 @@
 # replicas: each enrolls again without a restart. One token sent to both replicas at
 # the same instant, 50 times: exactly one 200 each time. A revocation made through A
 # disconnects a client while only B's feed is connected to the broker. The broker's CRL numbers
-# strictly increase.
+# strictly increase. Both replicas receive every broker event: each is stored once, and a
+# detector that fires on both raises one alert, whose replica alone responds.
 . "$(dirname "$0")/lib.sh"
 
 check "a private PostgreSQL server" start_pg
@@ -56,6 +57,46 @@ assert "the feeds use distinct MQTT client ids" test \
      awk '{print $NF}' | sort -u | wc -l)" -ge 2
 sleep 2
 assert "no feed session took over the other's" bash -c "! grep -q 'already connected' '$T/broker.log'"
+
+# --- both replicas receive every broker event: stored once, alerted and answered once ---------
+check "a scanner with a device certificate" bash -c "mqpki asset add scanner --kind device && \
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=scanner \
+    -keyout '$T/scanner.key' -out '$T/scanner.csr' 2>/dev/null && \
+  mqpki issue --asset scanner --csr '$T/scanner.csr' --out '$T/scanner.pem'"
+for i in $(seq 1 12); do
+  mosquitto_pub -h 127.0.0.1 -p "$BP" --cafile "$T/chain.pem" --cert "$T/scanner.pem" \
+    --key "$T/scanner.key" -i scanner -t "fleet/probe$i/x" -m x >/dev/null 2>&1 || true
+done
+scan_alerts() { mqpki alerts --json | jq '[.[] | select(.rule == "topic_scan" and
+  .asset == "scanner")] | length'; }
+check "a topic_scan alert for the scanner" wait_for 15 bash -c \
+  "[ \"\$($(declare -f scan_alerts); scan_alerts)\" -ge 1 ]"
+sleep 1
+assert "one alert, not one per replica" test "$(scan_alerts)" -eq 1
+assert "its cause names the event that fired it" bash -c "mqpki alerts --json | jq -e 'any(.[];
+  .rule == \"topic_scan\" and (.cause | test(\"^topic_scan:scanner:b1/[0-9a-f]{16}-[0-9]+-[0-9]+\$\")))' >/dev/null"
+assert "one quarantine record in the audit trail" test "$(mqpki asset show scanner --json |
+  jq '[.history[] | select(.action == "detect.quarantine")] | length')" -eq 1
+# (the last ones may come after the quarantine: quarantine_denied)
+assert "the 12 denials stored once each" test "$(mqpki events --asset scanner --json |
+  jq -s '[.[] | select(.type == "acl_denied" or .type == "quarantine_denied")] | length')" -eq 12
+check "release --asset scanner" mqpki release --asset scanner
+# An alert-only rule: both replicas fire on the same (fifth) refusal, one alert is stored.
+for i in $(seq 1 5); do
+  mosquitto_pub -h 127.0.0.1 -p "$BP" --cafile "$T/chain.pem" --cert "$T/scanner.pem" \
+    --key "$T/scanner.key" -i not-scanner -t fleet/scanner/x -m x >/dev/null 2>&1 || true
+done
+check "an auth_failures alert for the scanner" wait_for 15 bash -c "mqpki alerts --json |
+  jq -e 'any(.[]; .rule == \"auth_failures\" and .asset == \"scanner\")' >/dev/null"
+check "both replicas fired it; the second found it raised" wait_for 10 bash -c \
+  "cat '$T/mqpkid-A.log' '$T/mqpkid-B.log' | grep -q 'auth_failures on scanner: raised by another'"
+auth_alerts() { mqpki alerts --json | jq '[.[] | select(.rule == "auth_failures")] | length'; }
+check "an auth_failures alert per key (the asset, the address)" wait_for 10 bash -c \
+  "[ \"\$($(declare -f auth_alerts); auth_alerts)\" -ge 2 ]"
+sleep 1
+assert "... and not one per replica" test "$(auth_alerts)" -eq 2
+assert "the 5 refusals stored once each" test "$(mqpki events --asset scanner --json |
+  jq -s '[.[] | select(.type == "connect_refused")] | length')" -eq 5
 
 # --- 400 enrollments over both replicas, A killed mid-burst -------------------------------------
 echo "# registering $N assets with one token each"

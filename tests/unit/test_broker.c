@@ -757,6 +757,9 @@ static void test_event_ring(void **state)
     assert_non_null(v);
     assert_int_equal(json_integer_value(json_object_get(v, "dropped")), 2);
     assert_int_equal(json_array_size(json_object_get(v, "events")), 3);
+    /* Batches are numbered from 1 under the ring's random boot id (16 hex digits). */
+    assert_int_equal(json_integer_value(json_object_get(v, "seq")), 1);
+    assert_int_equal(strlen(json_string_value(json_object_get(v, "boot"))), 16);
     assert_true(
         json_is_true(json_object_get(json_array_get(json_object_get(v, "events"), 0), "wildcard")));
     json_decref(v);
@@ -765,6 +768,7 @@ static void test_event_ring(void **state)
     v = json_loads(text, 0, NULL);
     assert_int_equal(json_integer_value(json_object_get(v, "dropped")), 0);
     assert_int_equal(json_array_size(json_object_get(v, "events")), 1);
+    assert_int_equal(json_integer_value(json_object_get(v, "seq")), 2);
     json_decref(v);
     free(text);
     assert_null(evring_take_batch(r, "b1", 3));

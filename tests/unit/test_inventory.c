@@ -1533,6 +1533,13 @@ static int count_event(const struct inventory_broker_event *e, void *ctx)
     return 0;
 }
 
+static int count_alert(const struct inventory_alert *a, void *ctx)
+{
+    (void)a;
+    (*(int64_t *)ctx)++;
+    return 0;
+}
+
 static int first_alert(const struct inventory_alert *a, void *ctx)
 {
     *(int64_t *)ctx = a->id;
@@ -1589,6 +1596,9 @@ static void test_detect_tables(void **state)
     assert_int_equal(inventory_alert_list(f->inv, 1, first_alert, &first), MQPKI_OK);
     assert_int_equal(first, 0);
     assert_int_equal(inventory_alert_ack(f->inv, 999, "cli", NULL), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(inventory_alert_outcome(f->inv, id, "certificate 0A put on hold", "detect"),
+                     MQPKI_OK);
+    assert_int_equal(inventory_alert_outcome(f->inv, 999, "x", "detect"), MQPKI_ERR_NOT_FOUND);
 
     assert_int_equal(inventory_quarantine_add(f->inv, "dev1", "topic_scan", id, "detect", &changed),
                      MQPKI_OK);
@@ -1603,6 +1613,57 @@ static void test_detect_tables(void **state)
     n = 0;
     assert_int_equal(inventory_audit_verify(f->inv, &n, NULL), MQPKI_OK);
     assert_true(n >= 4); /* alert, ack, quarantine, release */
+}
+
+/* Replicas receive every broker event: one with an id is stored once, and an alert with a
+ * cause is raised once, whichever connection (replica) comes first. */
+static void test_detect_once(void **state)
+{
+    struct fx *f = *state;
+    struct inventory *other = NULL;
+    struct inventory_broker_event e;
+    struct inventory_alert a;
+    int64_t id = -1, n = 0;
+
+    assert_int_equal(inventory_open(f->path, &other), MQPKI_OK);
+    memset(&e, 0, sizeof(e));
+    e.time = 1000;
+    snprintf(e.broker, sizeof(e.broker), "b1");
+    snprintf(e.type, sizeof(e.type), "takeover");
+    snprintf(e.asset, sizeof(e.asset), "dev1");
+    snprintf(e.eid, sizeof(e.eid), "00ff00ff00ff00ff-7-0");
+    e.detail = "{\"type\":\"takeover\"}";
+    assert_int_equal(inventory_events_add(f->inv, &e, &id), MQPKI_OK);
+    assert_true(id > 0);
+    assert_int_equal(inventory_events_add(other, &e, &id), MQPKI_OK);
+    assert_int_equal(id, 0);
+    /* The same id from another broker, and events without an id, are other events. */
+    snprintf(e.broker, sizeof(e.broker), "b2");
+    assert_int_equal(inventory_events_add(other, &e, &id), MQPKI_OK);
+    assert_true(id > 0);
+    e.eid[0] = '\0';
+    assert_int_equal(inventory_events_add(other, &e, &id), MQPKI_OK);
+    assert_int_equal(inventory_events_add(other, &e, &id), MQPKI_OK);
+    assert_true(id > 0);
+    assert_int_equal(inventory_events_list(f->inv, "dev1", 0, 0, 0, count_event, &n), MQPKI_OK);
+    assert_int_equal(n, 4);
+
+    memset(&a, 0, sizeof(a));
+    a.time = 2000;
+    snprintf(a.rule, sizeof(a.rule), "cloned_identity");
+    snprintf(a.asset, sizeof(a.asset), "dev1");
+    snprintf(a.response, sizeof(a.response), "hold");
+    snprintf(a.outcome, sizeof(a.outcome), "hold pending");
+    snprintf(a.cause, sizeof(a.cause), "cloned_identity:dev1:b1/00ff00ff00ff00ff-7-0");
+    a.evidence = "{}";
+    assert_int_equal(inventory_alert_add(other, &a, "detect", &id), MQPKI_OK);
+    assert_true(id > 0);
+    assert_int_equal(inventory_alert_add(f->inv, &a, "detect", &id), MQPKI_OK);
+    assert_int_equal(id, 0);
+    n = 0;
+    assert_int_equal(inventory_alert_list(f->inv, 0, count_alert, &n), MQPKI_OK);
+    assert_int_equal(n, 1);
+    inventory_close(other);
 }
 
 /* A scheduled job runs once per period, whichever connection (replica) asks first. */
@@ -1768,6 +1829,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detect_tables, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_detect_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_rerun, setup, teardown),
         cmocka_unit_test_setup_teardown(test_job_due, setup, teardown),
     };
