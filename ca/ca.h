@@ -132,6 +132,16 @@ int ca_key_check_named(EVP_PKEY *pkey);
  * point), hex, to detect key reuse across assets whatever the key's encoding. */
 int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1]);
 
+/* 1 when spki is an EC key in the one form ca_pubkey_fingerprint() hashes (a named curve, an
+ * uncompressed P-256 or P-384 point): its DER is then the canonical encoding as it is, and
+ * ca_spki_fingerprint() and ca_issue_cert() use it without decoding or encoding the key. RSA
+ * keys are never taken as they are (their inner INTEGERs could be re-encoded): 0. */
+int ca_spki_canonical(const X509_PUBKEY *spki);
+
+/* ca_pubkey_fingerprint() of a key in canonical form (ca_spki_canonical), from its DER alone;
+ * MQPKI_ERR_INVALID for any other. */
+int ca_spki_fingerprint(const X509_PUBKEY *spki, char out[PROTO_FP_HEX_LEN + 1]);
+
 /* Fresh random serial: CA_SERIAL_LEN bytes from the CSPRNG, top bit cleared, never zero; as
  * upper-case hex without leading zeros stripped (always 32 digits). */
 int ca_serial_new(char out[PROTO_SERIAL_HEX_MAX + 1]);
@@ -146,6 +156,12 @@ struct ca_issue_opts {
     int days;               /* validity; the profile's default when 0 */
     int64_t not_before;     /* 0: now minus 5 minutes of clock-skew allowance */
     const char *serial_hex; /* from ca_serial_new */
+    /* The request's SubjectPublicKeyInfo, the one pub was decoded from, when
+     * ca_spki_canonical() says so: the certificate carries its fields as they are, without
+     * encoding pub again (OpenSSL 3.0 encodes and decodes the key once more for that). The
+     * certificate then holds no key object (X509_get0_pubkey() gives NULL until it is parsed
+     * again). NULL: the key is encoded from pub. */
+    const X509_PUBKEY *spki;
 };
 
 /*

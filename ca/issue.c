@@ -191,6 +191,35 @@ out:
     return rc;
 }
 
+/* The certificate's SubjectPublicKeyInfo copied field by field from a canonical one (the
+ * algorithm, its curve, the point): nothing is decoded or encoded. */
+static int set_spki(X509 *x, const X509_PUBKEY *spki)
+{
+    ASN1_OBJECT *alg = NULL, *curve = NULL, *alg_dup = NULL;
+    const unsigned char *pk = NULL;
+    unsigned char *pk_dup = NULL;
+    int pklen = 0, ptype = V_ASN1_UNDEF;
+    X509_ALGOR *pa = NULL;
+    const void *pval = NULL;
+
+    if (!ca_spki_canonical(spki) || !X509_PUBKEY_get0_param(&alg, &pk, &pklen, &pa, spki))
+        return mqpki_fail(MQPKI_ERR_INVALID, "subject key not in canonical form");
+    X509_ALGOR_get0(NULL, &ptype, &pval, pa);
+    if ((alg_dup = OBJ_dup(alg)) == NULL || (curve = OBJ_dup(pval)) == NULL ||
+        (pk_dup = OPENSSL_memdup(pk, (size_t)pklen)) == NULL)
+        goto fail;
+    /* On success set0 owns the copies; it fails only before taking any. */
+    if (!X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), alg_dup, V_ASN1_OBJECT, curve, pk_dup,
+                                pklen))
+        goto fail;
+    return MQPKI_OK;
+fail:
+    ASN1_OBJECT_free(alg_dup);
+    ASN1_OBJECT_free(curve);
+    OPENSSL_free(pk_dup);
+    return MQPKI_ERR_NOMEM;
+}
+
 /* The profile's extensions for leaf x (whose public key is already set). */
 static int add_leaf_exts(struct ca *ca, X509 *x, EVP_PKEY *pub, const struct ca_profile_info *prof,
                          const struct ca_issue_opts *opts)
@@ -304,7 +333,7 @@ int ca_issue_cert(struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts
     }
     if (!X509_set_version(x, X509_VERSION_3) || !X509_set_serialNumber(x, serial) ||
         !X509_set_issuer_name(x, ca->issuer_name) || !X509_set_subject_name(x, subject) ||
-        !X509_set_pubkey(x, pub)) {
+        (opts->spki != NULL ? set_spki(x, opts->spki) != MQPKI_OK : !X509_set_pubkey(x, pub))) {
         rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "leaf certificate fields");
         goto out;
     }

@@ -10,6 +10,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 
 #include "ca_int.h"
 #include "common.h"
@@ -317,5 +318,49 @@ int ca_pubkey_fingerprint(EVP_PKEY *pub, char out[PROTO_FP_HEX_LEN + 1])
 out:
     OPENSSL_free(der);
     EVP_PKEY_free(canon);
+    return rc;
+}
+
+int ca_spki_canonical(const X509_PUBKEY *spki)
+{
+    ASN1_OBJECT *alg = NULL;
+    const unsigned char *pk = NULL;
+    int pklen = 0, ptype = V_ASN1_UNDEF, curve;
+    X509_ALGOR *pa = NULL;
+    const void *pval = NULL;
+
+    if (spki == NULL || !X509_PUBKEY_get0_param(&alg, &pk, &pklen, &pa, spki) || pa == NULL ||
+        OBJ_obj2nid(alg) != NID_X9_62_id_ecPublicKey)
+        return 0;
+    X509_ALGOR_get0(NULL, &ptype, &pval, pa);
+    if (ptype != V_ASN1_OBJECT || pval == NULL)
+        return 0;
+    curve = OBJ_obj2nid(pval);
+    return pk != NULL && pklen > 0 && pk[0] == 0x04 &&
+           ((curve == NID_X9_62_prime256v1 && pklen == 65) ||
+            (curve == NID_secp384r1 && pklen == 97));
+}
+
+int ca_spki_fingerprint(const X509_PUBKEY *spki, char out[PROTO_FP_HEX_LEN + 1])
+{
+    unsigned char *der = NULL;
+    unsigned char md[32];
+    int derlen, rc = MQPKI_OK;
+
+    out[0] = '\0';
+    if (!ca_spki_canonical(spki))
+        return mqpki_fail(MQPKI_ERR_INVALID, "ca_spki_fingerprint: key not in canonical form");
+    /* The fields as parsed, encoded again as DER (no key object is involved). */
+    if ((derlen = i2d_X509_PUBKEY(spki, &der)) <= 0) {
+        rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "encode SubjectPublicKeyInfo");
+        goto out;
+    }
+    if (SHA256(der, (size_t)derlen, md) == NULL) {
+        rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "SHA-256 of SubjectPublicKeyInfo");
+        goto out;
+    }
+    mqpki_hex(md, sizeof(md), out);
+out:
+    OPENSSL_free(der);
     return rc;
 }

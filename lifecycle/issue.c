@@ -27,7 +27,7 @@ static int profile_for_kind(int kind)
 
 /* Signs a certificate for pub and fills its store record (rec->pem is heap, caller frees). */
 static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profile, EVP_PKEY *pub,
-                const char *key_fp, X509 **out, struct inventory_cert *rec)
+                const X509_PUBKEY *spki, const char *key_fp, X509 **out, struct inventory_cert *rec)
 {
     struct ca_issue_opts opts;
     char serial[PROTO_SERIAL_HEX_MAX + 1];
@@ -46,6 +46,7 @@ static int sign(struct ca *ca, const struct lifecycle_issue_req *req, int profil
     opts.n_ips = req->n_ips;
     opts.days = req->days != 0 ? req->days : req->profile_days[profile];
     opts.serial_hex = serial;
+    opts.spki = spki;
     if ((rc = ca_issue_cert(ca, pub, &opts, out)) != MQPKI_OK)
         return rc;
     snprintf(rec->serial, sizeof(rec->serial), "%s", serial);
@@ -156,9 +157,10 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
 
 /* The CSR: parsed with strict limits (ca/), proof of possession and key policy. With a token
  * this runs only after the token was accepted: an unauthenticated client learns nothing from
- * it and gets no parsing work done. */
-static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
-                         char key_fp[PROTO_FP_HEX_LEN + 1],
+ * it and gets no parsing work done. *spki is the request's key as it came when it is in
+ * canonical form (fingerprinted and certified as it is), else NULL; it lives as long as *pub. */
+static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub, X509_REQ **csr_out,
+                         const X509_PUBKEY **spki, char key_fp[PROTO_FP_HEX_LEN + 1],
                          unsigned char csr_sha256[INV_CSR_HASH_LEN])
 {
     X509_REQ *csr = NULL;
@@ -166,6 +168,7 @@ static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
     int rc, len;
 
     *pub = NULL;
+    *spki = NULL;
     if ((rc = ca_csr_parse(req->csr, req->csr_len, &csr)) != MQPKI_OK)
         goto out;
     /* The request's identity for a retry: its DER, whatever the encoding it came in (PEM,
@@ -184,12 +187,24 @@ static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub,
         rc = mqpki_fail(MQPKI_ERR_PARSE, "asset %s: CSR has no usable public key", req->asset_id);
         goto out;
     }
-    if ((rc = ca_pubkey_fingerprint(*pub, key_fp)) != MQPKI_OK) {
+    /* The key's DER as it came when it is canonical, else encoded canonically from *pub. */
+    if (ca_spki_canonical(X509_REQ_get_X509_PUBKEY(csr))) {
+        *spki = X509_REQ_get_X509_PUBKEY(csr);
+        rc = ca_spki_fingerprint(*spki, key_fp);
+    } else {
+        rc = ca_pubkey_fingerprint(*pub, key_fp);
+    }
+    if (rc != MQPKI_OK) {
         EVP_PKEY_free(*pub);
         *pub = NULL;
+        *spki = NULL;
     }
 out:
     OPENSSL_free(der);
+    if (rc == MQPKI_OK) {
+        *csr_out = csr;
+        csr = NULL;
+    }
     X509_REQ_free(csr);
     return rc;
 }
@@ -354,6 +369,8 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
                                   req->supersede, req->actor, req->reenroll_grace};
     struct retry retry;
     EVP_PKEY *pub = NULL;
+    X509_REQ *csr = NULL;
+    const X509_PUBKEY *spki = NULL;
     X509 *cert = NULL;
     char key_fp[PROTO_FP_HEX_LEN + 1], detail[300];
     int rc, profile = -1, in_tx = 0, token_failure = 1;
@@ -382,7 +399,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
     }
     if ((rc = check_asset(inv, req, &profile)) != MQPKI_OK)
         goto out;
-    if ((rc = check_request(req, &pub, key_fp, csr_sha256)) != MQPKI_OK)
+    if ((rc = check_request(req, &pub, &csr, &spki, key_fp, csr_sha256)) != MQPKI_OK)
         goto out;
     if (retry.found) {
         if ((rc = resend(inv, req, &retry, csr_sha256, &cert)) == MQPKI_ERR_AUTH)
@@ -395,7 +412,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
         free(rec.pem);
         X509_free(cert);
         cert = NULL;
-        if ((rc = sign(ca, req, profile, pub, key_fp, &cert, &rec)) != MQPKI_OK)
+        if ((rc = sign(ca, req, profile, pub, spki, key_fp, &cert, &rec)) != MQPKI_OK)
             goto out;
         if (cm != NULL)
             rc = lifecycle_committer_record(cm, &rec, &auth);
@@ -444,6 +461,7 @@ out:
     free(rec.pem);
     X509_free(cert);
     EVP_PKEY_free(pub);
+    X509_REQ_free(csr);
     return rc;
 }
 

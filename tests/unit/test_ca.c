@@ -762,6 +762,113 @@ static void test_fingerprint(void **state)
     }
 }
 
+/* A request for key, signed by it, parsed back as the CA reads requests. */
+static X509_REQ *csr_for(EVP_PKEY *key)
+{
+    X509_REQ *req = X509_REQ_new(), *back = NULL;
+    unsigned char *der = NULL;
+    int n;
+
+    assert_non_null(req);
+    assert_int_equal(X509_REQ_set_pubkey(req, key), 1);
+    assert_true(X509_REQ_sign(req, key, EVP_sha256()) > 0);
+    n = i2d_X509_REQ(req, &der);
+    assert_true(n > 0);
+    assert_int_equal(ca_csr_parse(der, (size_t)n, &back), MQPKI_OK);
+    OPENSSL_free(der);
+    X509_REQ_free(req);
+    return back;
+}
+
+static void spki_der(X509 *x, unsigned char **der, int *n)
+{
+    *der = NULL;
+    *n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), der);
+    assert_true(*n > 0);
+}
+
+/* A canonical EC key is fingerprinted and certified from the request's own DER, with the same
+ * results as from the decoded key; any other form is never taken as it is. */
+static void test_spki_as_is(void **state)
+{
+    struct fixture *f = *state;
+    X509_REQ *req = csr_for(f->issuing_key);
+    const X509_PUBKEY *spki = X509_REQ_get_X509_PUBKEY(req);
+    char a[PROTO_FP_HEX_LEN + 1], b[PROTO_FP_HEX_LEN + 1], serial[PROTO_SERIAL_HEX_MAX + 1];
+    struct ca_issue_opts o = {.profile = CA_PROFILE_DEVICE, .asset_id = "dev1"};
+    X509 *fast = NULL, *slow = NULL;
+    unsigned char *d1, *d2;
+    int n1, n2;
+
+    assert_true(ca_spki_canonical(spki));
+    assert_int_equal(ca_spki_fingerprint(spki, a), MQPKI_OK);
+    assert_int_equal(ca_pubkey_fingerprint(f->issuing_key, b), MQPKI_OK);
+    assert_string_equal(a, b);
+    assert_int_equal(ca_serial_new(serial), MQPKI_OK);
+    o.serial_hex = serial;
+    o.spki = spki;
+    assert_int_equal(ca_issue_cert(f->ca, X509_REQ_get0_pubkey(req), &o, &fast), MQPKI_OK);
+    o.spki = NULL;
+    assert_int_equal(ca_issue_cert(f->ca, X509_REQ_get0_pubkey(req), &o, &slow), MQPKI_OK);
+    spki_der(fast, &d1, &n1);
+    spki_der(slow, &d2, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(d1, d2, (size_t)n1);
+    OPENSSL_free(d1);
+    OPENSSL_free(d2);
+    /* The certificate verifies under the issuing CA and carries the request's key, and its
+     * subject key identifier is that of the key. */
+    assert_int_equal(X509_verify(fast, X509_get0_pubkey(f->issuing)), 1);
+    assert_null(X509_get0_pubkey(fast)); /* no key object: as documented */
+    ERR_clear_error();
+    {
+        unsigned char *der = NULL;
+        const unsigned char *p;
+        int n = i2d_X509(fast, &der);
+        X509 *back;
+        assert_true(n > 0);
+        p = der;
+        back = d2i_X509(NULL, &p, n);
+        assert_non_null(back);
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(back), f->issuing_key), 1);
+        X509_free(back);
+        OPENSSL_free(der);
+    }
+    assert_int_equal(
+        ASN1_OCTET_STRING_cmp(X509_get0_subject_key_id(fast), X509_get0_subject_key_id(slow)), 0);
+    X509_free(fast);
+    X509_free(slow);
+    X509_REQ_free(req);
+
+    /* Compressed point, explicit curve parameters, RSA: decoded and encoded canonically. */
+    {
+        const char *fmt[2][2] = {{OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                  OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED},
+                                 {OSSL_PKEY_PARAM_EC_ENCODING, OSSL_PKEY_EC_ENCODING_EXPLICIT}};
+        for (int i = 0; i < 2; i++) {
+            EVP_PKEY *k = EVP_PKEY_dup(f->issuing_key);
+            assert_non_null(k);
+            assert_int_equal(EVP_PKEY_set_utf8_string_param(k, fmt[i][0], fmt[i][1]), 1);
+            req = csr_for(k);
+            assert_false(ca_spki_canonical(X509_REQ_get_X509_PUBKEY(req)));
+            assert_int_equal(ca_spki_fingerprint(X509_REQ_get_X509_PUBKEY(req), b),
+                             MQPKI_ERR_INVALID);
+            mqpki_err_clear();
+            X509_REQ_free(req);
+            EVP_PKEY_free(k);
+        }
+    }
+    {
+        EVP_PKEY *rsa = EVP_RSA_gen(2048);
+        assert_non_null(rsa);
+        req = csr_for(rsa);
+        assert_false(ca_spki_canonical(X509_REQ_get_X509_PUBKEY(req)));
+        X509_REQ_free(req);
+        EVP_PKEY_free(rsa);
+    }
+    assert_false(ca_spki_canonical(NULL));
+}
+
 static int reason_of(X509_REVOKED *rev)
 {
     int crit = 0;
@@ -1095,7 +1202,7 @@ int main(void)
         cmocka_unit_test(test_fingerprint),    cmocka_unit_test(test_crl),
         cmocka_unit_test(test_delta_crl),      cmocka_unit_test(test_crl_scale),
         cmocka_unit_test(test_cert_pem),       cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_audit_cert),
+        cmocka_unit_test(test_audit_cert),     cmocka_unit_test(test_spki_as_is),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
