@@ -118,6 +118,27 @@ X509 *ca_root_cert(const struct ca *ca);
  */
 int ca_csr_parse(const unsigned char *data, size_t len, X509_REQ **out);
 
+/* A request read for issuance (ca_csr_read). */
+struct ca_csr {
+    X509_REQ *req;            /* OpenSSL's parse, when the request took that way; else NULL */
+    const X509_PUBKEY *spki;  /* its key as it came when canonical (ca_spki_canonical), else
+                               * NULL: for ca_spki_fingerprint() and ca_issue_opts.spki */
+    X509_PUBKEY *own_spki;    /* what spki points to when req does not hold it */
+    EVP_PKEY *pub;            /* the key */
+    unsigned char sha256[32]; /* SHA-256 of the request's DER: its identity for a retry */
+};
+
+/*
+ * ca_csr_parse() and ca_csr_check() in one, for issuance: the same formats, limits, policy and
+ * error details. A request with a canonical EC key and an ECDSA signature is read without
+ * OpenSSL decoding its key through the decoder framework (one key object made from the curve
+ * and point, the signature checked over the signed bytes as they came); any other request,
+ * and any such request this fast way refuses, is parsed and checked in full. ca_csr_clear()
+ * frees it, also after a failure.
+ */
+int ca_csr_read(const unsigned char *data, size_t len, struct ca_csr *out);
+void ca_csr_clear(struct ca_csr *c);
+
 /*
  * CSR policy (DESIGN.md 4): the self-signature verifies (proof of possession) and the key is
  * EC P-256, EC P-384 or RSA >= 2048 (and <= 8192). MQPKI_ERR_POLICY with a detail naming the

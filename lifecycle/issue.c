@@ -155,57 +155,28 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     return inventory_cert_add(inv, rec, auth->supersede, auth->auth_serial, auth->actor);
 }
 
+_Static_assert(sizeof(((struct ca_csr *)0)->sha256) == INV_CSR_HASH_LEN, "one CSR hash");
+
 /* The CSR: parsed with strict limits (ca/), proof of possession and key policy. With a token
  * this runs only after the token was accepted: an unauthenticated client learns nothing from
- * it and gets no parsing work done. *spki is the request's key as it came when it is in
- * canonical form (fingerprinted and certified as it is), else NULL; it lives as long as *pub. */
-static int check_request(const struct lifecycle_issue_req *req, EVP_PKEY **pub, X509_REQ **csr_out,
-                         const X509_PUBKEY **spki, char key_fp[PROTO_FP_HEX_LEN + 1],
-                         unsigned char csr_sha256[INV_CSR_HASH_LEN])
+ * it and gets no parsing work done. */
+static int check_request(const struct lifecycle_issue_req *req, struct ca_csr *csr,
+                         char key_fp[PROTO_FP_HEX_LEN + 1])
 {
-    X509_REQ *csr = NULL;
-    unsigned char *der = NULL;
-    int rc, len;
+    int rc;
 
-    *pub = NULL;
-    *spki = NULL;
-    if ((rc = ca_csr_parse(req->csr, req->csr_len, &csr)) != MQPKI_OK)
-        goto out;
-    /* The request's identity for a retry: its DER, whatever the encoding it came in (PEM,
-     * base64 with other line breaks). */
-    if ((len = i2d_X509_REQ(csr, &der)) <= 0 || SHA256(der, (size_t)len, csr_sha256) == NULL) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "asset %s: cannot hash the CSR", req->asset_id);
-        goto out;
-    }
-    if ((rc = ca_csr_check(csr)) != MQPKI_OK) {
+    if ((rc = ca_csr_read(req->csr, req->csr_len, csr)) != MQPKI_OK) {
         char detail[400];
         snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
-        rc = mqpki_fail(rc, "asset %s: %s", req->asset_id, detail);
-        goto out;
+        return mqpki_fail(rc, "asset %s: %s", req->asset_id, detail);
     }
-    if ((*pub = X509_REQ_get_pubkey(csr)) == NULL) {
-        rc = mqpki_fail(MQPKI_ERR_PARSE, "asset %s: CSR has no usable public key", req->asset_id);
-        goto out;
-    }
-    /* The key's DER as it came when it is canonical, else encoded canonically from *pub. */
-    if (ca_spki_canonical(X509_REQ_get_X509_PUBKEY(csr))) {
-        *spki = X509_REQ_get_X509_PUBKEY(csr);
-        rc = ca_spki_fingerprint(*spki, key_fp);
-    } else {
-        rc = ca_pubkey_fingerprint(*pub, key_fp);
-    }
-    if (rc != MQPKI_OK) {
-        EVP_PKEY_free(*pub);
-        *pub = NULL;
-        *spki = NULL;
-    }
-out:
-    OPENSSL_free(der);
-    if (rc == MQPKI_OK) {
-        *csr_out = csr;
-        csr = NULL;
-    }
-    X509_REQ_free(csr);
+    /* The key's DER as it came when it is canonical, else encoded canonically from the key. */
+    if (csr->spki != NULL)
+        rc = ca_spki_fingerprint(csr->spki, key_fp);
+    else
+        rc = ca_pubkey_fingerprint(csr->pub, key_fp);
+    if (rc != MQPKI_OK)
+        ca_csr_clear(csr);
     return rc;
 }
 
@@ -363,19 +334,17 @@ int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out)
 {
-    unsigned char csr_sha256[INV_CSR_HASH_LEN];
+    struct ca_csr csr;
     struct inventory_cert rec;
-    struct lifecycle_auth auth = {req->token,     csr_sha256, req->auth_serial,
+    struct lifecycle_auth auth = {req->token,     csr.sha256, req->auth_serial,
                                   req->supersede, req->actor, req->reenroll_grace};
     struct retry retry;
-    EVP_PKEY *pub = NULL;
-    X509_REQ *csr = NULL;
-    const X509_PUBKEY *spki = NULL;
     X509 *cert = NULL;
     char key_fp[PROTO_FP_HEX_LEN + 1], detail[300];
     int rc, profile = -1, in_tx = 0, token_failure = 1;
 
     *out = NULL;
+    memset(&csr, 0, sizeof(csr));
     memset(&rec, 0, sizeof(rec));
     memset(&retry, 0, sizeof(retry));
     if (!proto_asset_id_valid(req->asset_id)) {
@@ -399,10 +368,10 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
     }
     if ((rc = check_asset(inv, req, &profile)) != MQPKI_OK)
         goto out;
-    if ((rc = check_request(req, &pub, &csr, &spki, key_fp, csr_sha256)) != MQPKI_OK)
+    if ((rc = check_request(req, &csr, key_fp)) != MQPKI_OK)
         goto out;
     if (retry.found) {
-        if ((rc = resend(inv, req, &retry, csr_sha256, &cert)) == MQPKI_ERR_AUTH)
+        if ((rc = resend(inv, req, &retry, csr.sha256, &cert)) == MQPKI_ERR_AUTH)
             goto refused;
         if (rc != MQPKI_OK)
             goto out;
@@ -412,7 +381,7 @@ int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecyc
         free(rec.pem);
         X509_free(cert);
         cert = NULL;
-        if ((rc = sign(ca, req, profile, pub, spki, key_fp, &cert, &rec)) != MQPKI_OK)
+        if ((rc = sign(ca, req, profile, csr.pub, csr.spki, key_fp, &cert, &rec)) != MQPKI_OK)
             goto out;
         if (cm != NULL)
             rc = lifecycle_committer_record(cm, &rec, &auth);
@@ -460,8 +429,7 @@ out:
         inventory_rollback(inv);
     free(rec.pem);
     X509_free(cert);
-    EVP_PKEY_free(pub);
-    X509_REQ_free(csr);
+    ca_csr_clear(&csr);
     return rc;
 }
 

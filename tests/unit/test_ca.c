@@ -26,6 +26,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include "ca.h"
@@ -762,6 +763,62 @@ static void test_fingerprint(void **state)
     }
 }
 
+/* ca_csr_read, issuance's way in: for each test request the verdict, request hash and key
+ * fingerprint of ca_csr_parse + ca_csr_check; canonical EC requests without OpenSSL's parse. */
+static void test_csr_read(void **state)
+{
+    static const struct {
+        const char *file;
+        int rc;
+        int fast; /* read without an X509_REQ */
+    } cases[] = {
+        {"csr-p256.der", MQPKI_OK, 1},
+        {"csr-p384.der", MQPKI_OK, 1},
+        {"csr-ca-true.pem", MQPKI_OK, 1},
+        {"csr-bad-signature.der", MQPKI_ERR_POLICY, 0},
+        {"csr-rsa1024.der", MQPKI_ERR_POLICY, 0},
+        {"csr-secp256k1.der", MQPKI_ERR_POLICY, 0},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        unsigned char *data = NULL, *der = NULL, md[32];
+        size_t len = 0;
+        X509_REQ *req = NULL;
+        struct ca_csr csr;
+        char a[PROTO_FP_HEX_LEN + 1], b[PROTO_FP_HEX_LEN + 1], detail[256];
+        int n, rc;
+
+        read_data(cases[i].file, &data, &len);
+        rc = ca_csr_read(data, len, &csr);
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        assert_int_equal(rc, cases[i].rc);
+        assert_int_equal(ca_csr_parse(data, len, &req), MQPKI_OK);
+        if (rc != MQPKI_OK) {
+            /* The same refusal, word for word. */
+            assert_int_equal(ca_csr_check(req), rc);
+            assert_string_equal(detail, mqpki_err_detail(rc));
+            assert_null(csr.pub);
+        } else {
+            assert_int_equal(ca_csr_check(req), MQPKI_OK);
+            assert_int_equal(csr.req == NULL, cases[i].fast);
+            assert_non_null(csr.spki);
+            assert_int_equal(ca_spki_fingerprint(csr.spki, a), MQPKI_OK);
+            assert_int_equal(ca_pubkey_fingerprint(X509_REQ_get0_pubkey(req), b), MQPKI_OK);
+            assert_string_equal(a, b);
+            assert_int_equal(EVP_PKEY_eq(csr.pub, X509_REQ_get0_pubkey(req)), 1);
+            n = i2d_X509_REQ(req, &der);
+            assert_true(n > 0);
+            assert_non_null(SHA256(der, (size_t)n, md));
+            assert_memory_equal(md, csr.sha256, sizeof(md));
+        }
+        ca_csr_clear(&csr);
+        OPENSSL_free(der);
+        X509_REQ_free(req);
+        free(data);
+        mqpki_err_clear();
+    }
+}
+
 /* A request for key, signed by it, parsed back as the CA reads requests. */
 static X509_REQ *csr_for(EVP_PKEY *key)
 {
@@ -1203,6 +1260,7 @@ int main(void)
         cmocka_unit_test(test_delta_crl),      cmocka_unit_test(test_crl_scale),
         cmocka_unit_test(test_cert_pem),       cmocka_unit_test(test_threads),
         cmocka_unit_test(test_audit_cert),     cmocka_unit_test(test_spki_as_is),
+        cmocka_unit_test(test_csr_read),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
