@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
@@ -436,5 +437,23 @@ out:
 int lifecycle_issue(struct ca *ca, struct inventory *inv, const struct lifecycle_issue_req *req,
                     X509 **out)
 {
-    return lifecycle_issue_batched(ca, inv, NULL, req, out);
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    X509 *whole = NULL;
+    int rc, n;
+
+    if ((rc = lifecycle_issue_batched(ca, inv, NULL, req, out)) != MQPKI_OK)
+        return rc;
+    /* A whole certificate for every use (a PKCS#12 checks the key against it): parsed back
+     * when it was built with the request's key as fields (lifecycle_issue_batched). */
+    if (X509_get0_pubkey(*out) != NULL)
+        return MQPKI_OK;
+    ERR_clear_error();
+    if ((n = i2d_X509(*out, &der)) <= 0 || (p = der, whole = d2i_X509(NULL, &p, n)) == NULL)
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "issued certificate: cannot parse it back");
+    OPENSSL_free(der);
+    X509_free(*out);
+    /* Recorded and committed already: a failure here loses only this copy, not the record. */
+    *out = whole;
+    return rc;
 }

@@ -82,7 +82,9 @@ int lifecycle_committer_start(const char *db_path, struct lifecycle_committer **
 void lifecycle_committer_stop(struct lifecycle_committer *cm);
 
 /* lifecycle_issue, with the record written by the committer cm (NULL: on inv, as
- * lifecycle_issue). inv is still used, read-only, for the asset checks. */
+ * lifecycle_issue). inv is still used, read-only, for the asset checks. The certificate is for
+ * encoding only (i2d, PEM, PKCS#7): when it carries the request's key as it came
+ * (ca_issue_opts.spki) it holds no key object, and X509_get0_pubkey() gives NULL. */
 int lifecycle_issue_batched(struct ca *ca, struct inventory *inv, struct lifecycle_committer *cm,
                             const struct lifecycle_issue_req *req, X509 **out);
 

@@ -715,6 +715,34 @@ static int enroll(struct fx *f, struct lifecycle_committer *cm, const char *asse
     return enroll_serial(f, cm, asset, token, profile, csr, len, NULL);
 }
 
+/* lifecycle_issue (the CLI's way) gives a whole certificate, with its key object, also when
+ * the batched issuance built it from the request's key as it came (EST only encodes it). */
+static void test_issue_whole_certificate(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_issue_req req;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *cert = NULL;
+    unsigned char *csr;
+    size_t len;
+
+    csr = csr_der(key, &len);
+    add_asset(f, "whole", INV_KIND_DEVICE);
+    memset(&req, 0, sizeof(req));
+    req.asset_id = "whole";
+    req.profile = -1;
+    req.csr = csr;
+    req.csr_len = len;
+    req.actor = "cli";
+    assert_int_equal(lifecycle_issue(f->ca, f->inv, &req, &cert), MQPKI_OK);
+    assert_non_null(cert);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(cert), key), 1);
+    assert_int_equal(X509_check_private_key(cert, key), 1);
+    X509_free(cert);
+    OPENSSL_free(csr);
+    EVP_PKEY_free(key);
+}
+
 /*
  * With a token, authentication comes before anything else: an unknown asset, a decommissioned
  * asset and a wrong token are the same refusal, counted and audited, whatever the profile or
@@ -995,6 +1023,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_one_publication, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unhold_asset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_issue_whole_certificate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_retry_lost_answer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
