@@ -123,7 +123,13 @@ static int map_result(struct pg *p, PGresult *res)
     return DB_ERROR;
 }
 
-#define PG_SESSION_SETUP "SET TIME ZONE 'UTC'; SET synchronous_commit = on"
+/* Every session: UTC, durable commits, and READ COMMITTED for any transaction that names no
+ * level, whatever the server's default: with every write under the one advisory lock
+ * (pg_begin_write) no transaction of ours can then fail with a serialization failure, and the
+ * snapshots are REPEATABLE READ READ ONLY, which never do (docs/ha.md). */
+#define PG_SESSION_SETUP                                                                           \
+    "SET TIME ZONE 'UTC'; SET synchronous_commit = on; "                                           \
+    "SET default_transaction_isolation = 'read committed'"
 
 /*
  * A connection lost between transactions is opened again (a failover moved the primary), with
