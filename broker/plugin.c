@@ -31,6 +31,7 @@
 #define STATS_EVERY_DEFAULT 60
 /* Denial events a second per client: the topic-scan detector's default (10 topics) in one. */
 #define DENIALS_PER_S_DEFAULT 20
+#define DENY_TOPICS_MAX       64 /* distinct denied topics sent per client a second, at most */
 
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
@@ -42,10 +43,11 @@ struct client {
     unsigned char serial[PROTO_SERIAL_KEY_LEN];
     unsigned char issuer[PROTO_ISSUER_LEN];
     char address[BROKER_ADDR_MAX];
-    int64_t messages, bytes; /* since the last stats event */
-    int64_t deny_second;     /* denial events: the second being counted, */
-    int deny_count;          /* events sent in it, */
-    int64_t denials_dropped; /* and denials left out since the last stats event */
+    int64_t messages, bytes;               /* since the last stats event */
+    int64_t deny_second;                   /* denial events: the second being counted, */
+    int deny_count;                        /* events sent in it, */
+    uint32_t deny_topics[DENY_TOPICS_MAX]; /* and the hashes of their topics */
+    int64_t denials_dropped;               /* and denials left out since the last stats event */
     int kick;
     struct client *next;  /* same context bucket */
     struct client *anext; /* same asset bucket: takeovers and shared certificates */
@@ -470,28 +472,39 @@ static int acl_log_allowed(struct plugin *pl)
 }
 
 /*
- * At most plugin_opt_denials_per_s denial events a second per client go into the ring; the
- * rest are counted and reported in the client's next stats event (denials_dropped). One
+ * Denial events of a client go into the ring for at most plugin_opt_denials_per_s (and 64)
+ * distinct topics a second; a topic already sent in that second, and any topic over the
+ * budget, is counted and reported in the client's next stats event (denials_dropped). One
  * client's flood of denied publishes then costs the broker a lookup and a counter per denial,
  * not a ring record, a share of a JSON batch and a row in mqpkid's store; and it cannot fill
- * the ring that carries every other client's events. The first denials of each second still
- * show the topics, which is what the topic-scan detector needs.
+ * the ring that carries every other client's events. Repeating one topic cannot spend the
+ * budget that a scan's new topics need, and a wildcard subscription always goes out: each is
+ * what the topic-scan detector looks for.
  */
-static int denial_budget(struct plugin *pl, const struct mosquitto *client)
+static int denial_budget(struct plugin *pl, const struct mosquitto *client, const char *topic,
+                         int wildcard)
 {
     struct client *c = client_find(pl, client);
+    uint32_t h = 2166136261u;
     int64_t now;
 
-    if (c == NULL || pl->ev == NULL)
-        return 1;
+    if (c == NULL || pl->ev == NULL || wildcard)
+        return 1; /* a wildcard subscription outside the subtree is an alert on its own */
     if ((now = mqpki_now()) != c->deny_second) {
         c->deny_second = now;
         c->deny_count = 0;
     }
-    if (c->deny_count < pl->denials_per_s) {
-        c->deny_count++;
+    for (const char *s = topic != NULL ? topic : ""; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    /* The budget buys distinct topics: the same topic again adds nothing to a scan. */
+    for (int i = 0; i < c->deny_count; i++)
+        if (c->deny_topics[i] == h)
+            goto drop;
+    if (c->deny_count < pl->denials_per_s && c->deny_count < DENY_TOPICS_MAX) {
+        c->deny_topics[c->deny_count++] = h;
         return 1;
     }
+drop:
     c->denials_dropped++;
     return 0;
 }
@@ -519,7 +532,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
                  (int)sizeof(own) &&
              strcmp(ed->topic, own) == 0))
             rc = MOSQ_ERR_SUCCESS;
-        else if (access != ACL_READ && denial_budget(pl, ed->client)) {
+        else if (access != ACL_READ && denial_budget(pl, ed->client, ed->topic, 0)) {
             struct broker_event *e =
                 emit(pl, "quarantine_denied", user, mosquitto_client_id(ed->client),
                      mosquitto_client_address(ed->client), NULL,
@@ -544,7 +557,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: acl denied: %s may not %s %.200s",
                              user ? user : "?", access == ACL_WRITE ? "publish on" : "subscribe to",
                              ed->topic ? ed->topic : "?");
-    if (denial_budget(pl, ed->client)) {
+    if (denial_budget(pl, ed->client, ed->topic,
+                      access == ACL_SUBSCRIBE && ed->topic != NULL &&
+                          strpbrk(ed->topic, "+#") != NULL)) {
         struct broker_event *e = emit(pl, "acl_denied", user, mosquitto_client_id(ed->client),
                                       mosquitto_client_address(ed->client), NULL,
                                       access == ACL_WRITE ? "publish" : "subscribe");

@@ -354,9 +354,18 @@ int ca_spki_canonical(const X509_PUBKEY *spki)
     if (ptype != V_ASN1_OBJECT || pval == NULL)
         return 0;
     curve = OBJ_obj2nid(pval);
-    return pk != NULL && pklen > 0 && pk[0] == 0x04 &&
-           ((curve == NID_X9_62_prime256v1 && pklen == 65) ||
-            (curve == NID_secp384r1 && pklen == 97));
+    if (pk == NULL || pklen <= 0 || pk[0] != 0x04 ||
+        !((curve == NID_X9_62_prime256v1 && pklen == 65) ||
+          (curve == NID_secp384r1 && pklen == 97)))
+        return 0;
+    /* The BIT STRING's unused-bits octet must be 0: OpenSSL's EC decoding ignores it, so a
+     * key with another value would be the same key under another DER and fingerprint. */
+    {
+        unsigned char *der = NULL;
+        int n = i2d_X509_PUBKEY(spki, &der), ok = n > pklen && der[n - pklen - 1] == 0;
+        OPENSSL_free(der);
+        return ok;
+    }
 }
 
 int ca_spki_fingerprint(const X509_PUBKEY *spki, char out[PROTO_FP_HEX_LEN + 1])
@@ -569,8 +578,8 @@ static int read_der(const unsigned char *data, size_t len, struct ca_csr *out)
         return rc;
     if ((out->pub = X509_REQ_get_pubkey(out->req)) == NULL)
         return mqpki_fail(MQPKI_ERR_PARSE, "CSR has no usable public key");
-    if (ca_spki_canonical(X509_REQ_get_X509_PUBKEY(out->req)))
-        out->spki = X509_REQ_get_X509_PUBKEY(out->req);
+    /* No key as it came on this way: it is fingerprinted and certified from the decoded key,
+     * canonically (an encoding the fast way did not take is never trusted as it is). */
     if ((n = i2d_X509_REQ(out->req, &der)) <= 0 || SHA256(der, (size_t)n, out->sha256) == NULL)
         rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot hash the CSR");
     OPENSSL_free(der);

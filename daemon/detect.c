@@ -348,8 +348,8 @@ static void fire(struct detect *d, int rule, const char *asset, const char *addr
     snprintf(a.broker, sizeof(a.broker), "%s", broker != NULL ? broker : "");
     snprintf(a.response, sizeof(a.response), "%s", datadir_response_name(response));
     if (d->event[0] != '\0')
-        snprintf(a.cause, sizeof(a.cause), "%s:%s:%s", a.rule, a.asset[0] ? a.asset : a.address,
-                 d->event);
+        snprintf(a.cause, sizeof(a.cause), "%s:%s%s:%s", a.rule,
+                 a.asset[0] ? "" : "addr=", a.asset[0] ? a.asset : a.address, d->event);
     if (response == DETECT_HOLD)
         snprintf(outcome, sizeof(outcome), "hold pending");
     else if (response == DETECT_QUARANTINE && a.asset[0] == '\0')

@@ -261,6 +261,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     }
     type = json_string_value(json_object_get(v, "type"));
     if (type == NULL || strcmp(type, "batch") != 0) {
+        json_object_del(v, "eid"); /* only a batch names its events */
         on_event(l, v);
         goto out;
     }

@@ -924,6 +924,40 @@ static void test_spki_as_is(void **state)
         EVP_PKEY_free(rsa);
     }
     assert_false(ca_spki_canonical(NULL));
+    /* The same point with the BIT STRING's unused-bits octet set: OpenSSL decodes the same key,
+     * so its DER is not taken as it is (it would be another fingerprint for one key). */
+    {
+        EVP_PKEY *k = NULL;
+        X509_REQ *r = NULL;
+        unsigned char *der = NULL;
+        const unsigned char *p;
+        X509_PUBKEY *odd;
+        int n = 0;
+        /* A key whose point ends in an even byte: one unused bit then changes nothing. */
+        for (int i = 0; i < 64; i++) {
+            EVP_PKEY_free(k);
+            X509_REQ_free(r);
+            OPENSSL_free(der);
+            der = NULL;
+            k = EVP_EC_gen("P-256");
+            r = csr_for(k);
+            n = i2d_X509_PUBKEY(X509_REQ_get_X509_PUBKEY(r), &der);
+            if ((der[n - 1] & 1) == 0)
+                break;
+        }
+        assert_int_equal(n, 91); /* P-256: the point is the last 65 bytes */
+        assert_int_equal(der[n - 1] & 1, 0);
+        der[n - 65 - 1] = 1;
+        p = der;
+        odd = d2i_X509_PUBKEY(NULL, &p, n);
+        assert_non_null(odd);
+        assert_true(ca_spki_canonical(X509_REQ_get_X509_PUBKEY(r)));
+        assert_false(ca_spki_canonical(odd));
+        X509_PUBKEY_free(odd);
+        OPENSSL_free(der);
+        X509_REQ_free(r);
+        EVP_PKEY_free(k);
+    }
 }
 
 static int reason_of(X509_REVOKED *rev)
