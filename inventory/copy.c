@@ -46,8 +46,9 @@ static const struct {
     {"counters", "name, value", "name", "ON CONFLICT(name) DO UPDATE SET value = excluded.value"},
     {"crls",
      "number, kind, state, reason, created_at, base, cutoff, this_update, next_update, entries, "
-     "der, signed_at, done_at, folded_into",
+     "signed_at, done_at, folded_into, der_attempt",
      "number", NULL},
+    {"crl_der", "number, attempt, part, der", "number, attempt, part", NULL},
     {"broker_crls", "broker, full_number, delta_number, updated_at", "broker", NULL},
     {"events", "id, time, broker, type, asset, address, detail, eid", "id", NULL},
     {"alerts",

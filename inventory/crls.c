@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
+
 static const char *const kind_names[] = {"full", "delta"};
 static const char *const crl_state_names[] = {"pending", "signed", "done"};
 
@@ -265,35 +267,97 @@ out:
 int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der, size_t *len)
 {
     struct db_stmt *st = NULL;
-    const void *blob;
-    int rc = MQPKI_OK, src, n;
+    unsigned char *buf = NULL;
+    size_t n = 0;
+    int rc = MQPKI_OK, src;
 
     *der = NULL;
     *len = 0;
     if ((rc = inv_stmt(inv, SQL_CRL_DER, &st)) != MQPKI_OK)
         return rc;
     db_bind_int64(st, 1, number);
-    src = db_step(st);
-    if (src != DB_ROW) {
-        rc = src == DB_DONE
-                 ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number)
-                 : inv_db_fail(inv, src, "CRL DER");
+    /* In parts (inventory_crl_signed): one read snapshot, as the statement runs. */
+    while ((src = db_step(st)) == DB_ROW) {
+        const void *blob = db_column_blob(st, 0);
+        int part = db_column_bytes(st, 0);
+        unsigned char *grown;
+        if (blob == NULL || part <= 0 || (size_t)part > INT32_MAX - n) {
+            rc = mqpki_fail(MQPKI_ERR_STORE, "CRL %lld: a damaged part of its DER",
+                            (long long)number);
+            goto out;
+        }
+        if ((grown = realloc(buf, n + (size_t)part)) == NULL) {
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+        buf = grown;
+        memcpy(buf + n, blob, (size_t)part);
+        n += (size_t)part;
+    }
+    if (src != DB_DONE) {
+        rc = inv_db_fail(inv, src, "CRL DER");
         goto out;
     }
-    blob = db_column_blob(st, 0);
-    n = db_column_bytes(st, 0);
-    if (blob == NULL || n <= 0) {
-        rc = mqpki_fail(MQPKI_ERR_NOT_FOUND, "CRL %lld: its DER is no longer kept",
-                        (long long)number);
+    if (n == 0) {
+        struct inventory_crl c;
+        rc = inventory_crl_get(inv, number, &c) == MQPKI_OK
+                 ? mqpki_fail(MQPKI_ERR_NOT_FOUND, "CRL %lld: its DER is no longer kept",
+                              (long long)number)
+                 : mqpki_fail(MQPKI_ERR_NOT_FOUND, "no CRL number %lld", (long long)number);
         goto out;
     }
-    if ((*der = malloc((size_t)n)) == NULL) {
-        rc = MQPKI_ERR_NOMEM;
-        goto out;
-    }
-    memcpy(*der, blob, (size_t)n);
-    *len = (size_t)n;
+    *der = buf;
+    *len = n;
+    buf = NULL;
 out:
+    inv_stmt_done(st);
+    free(buf);
+    return rc;
+}
+
+/* Stores der as parts of CRL_DER_PART bytes under (number, attempt), each part in a transaction
+ * of its own unless the caller holds one (then all in it). */
+#define CRL_DER_PART (1024 * 1024)
+
+static int der_put(struct inventory *inv, int64_t number, int64_t attempt, const unsigned char *der,
+                   size_t len, int own_tx)
+{
+    size_t off = 0;
+    int part = 0, rc = MQPKI_OK;
+
+    while (rc == MQPKI_OK && off < len) {
+        struct inv_tx tx = {0};
+        struct db_stmt *st = NULL;
+        size_t n = len - off < CRL_DER_PART ? len - off : CRL_DER_PART;
+
+        if (own_tx && (rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+            break;
+        if ((rc = inv_stmt(inv, SQL_CRL_DER_PUT, &st)) == MQPKI_OK) {
+            db_bind_int64(st, 1, number);
+            db_bind_int64(st, 2, attempt);
+            db_bind_int64(st, 3, part);
+            db_bind_blob(st, 4, der + off, n);
+            rc = step_bound(inv, st, "CRL DER", NULL);
+        }
+        inv_stmt_done(st);
+        if (own_tx)
+            rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+        off += n;
+        part++;
+    }
+    return rc;
+}
+
+static int der_drop(struct inventory *inv, enum inv_sql which, int64_t number, int64_t attempt)
+{
+    struct db_stmt *st = NULL;
+    int rc;
+
+    if ((rc = inv_stmt(inv, which, &st)) == MQPKI_OK) {
+        db_bind_int64(st, 1, number);
+        db_bind_int64(st, 2, attempt);
+        rc = step_bound(inv, st, "CRL DER", NULL);
+    }
     inv_stmt_done(st);
     return rc;
 }
@@ -307,11 +371,29 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     int64_t now = mqpki_now();
     int rc, changes = 0;
 
+    int64_t attempt = 0;
+    int early;
+
     if (inv == NULL || c == NULL || der == NULL || len == 0 || len > INT32_MAX ||
         (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA))
         return mqpki_fail(MQPKI_ERR_INVALID, "CRL signed: arguments missing");
-    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+    /*
+     * A large DER goes in first, a part per transaction: the store has one writer at a time,
+     * and a revocation's transaction or its delta CRL waits for one part, not for tens of MB.
+     * Under an attempt id of its own, so that two signers of one number (replicas) never mix
+     * their parts; the transaction below names the one that counts and drops the others. A
+     * crash before it leaves parts nobody names (dropped when the number is signed or pruned).
+     */
+    if (RAND_bytes((unsigned char *)&attempt, sizeof(attempt)) != 1)
+        return mqpki_fail(MQPKI_ERR_CRYPTO, "CRL signed: no random attempt id");
+    attempt &= INT64_MAX;
+    early = len > CRL_DER_PART && !inv->in_tx;
+    if (early && (rc = der_put(inv, c->number, attempt, der, len, 1)) != MQPKI_OK) {
+        (void)der_drop(inv, SQL_CRL_DER_DROP, c->number, attempt);
         return rc;
+    }
+    if ((rc = inv_tx_start(inv, &tx)) != MQPKI_OK)
+        goto out_early;
     if ((rc = inv_stmt(inv, SQL_CRL_SIGN, &st)) != MQPKI_OK)
         goto out;
     db_bind_int64(st, 1, c->number);
@@ -323,8 +405,8 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
     db_bind_int64(st, 5, c->this_update);
     db_bind_int64(st, 6, c->next_update);
     db_bind_int64(st, 7, c->entries);
-    db_bind_blob(st, 8, der, len);
-    db_bind_int64(st, 9, now);
+    db_bind_int64(st, 8, now);
+    db_bind_int64(st, 9, attempt);
     rc = step_bound(inv, st, "CRL signed", &changes);
     inv_stmt_done(st);
     st = NULL;
@@ -334,17 +416,24 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
         rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more", (long long)c->number);
         goto out;
     }
+    /* The DER in a table of its own: rows of crls are read and updated often, and SQLite reads
+     * and writes a row with its whole value (tens of MB for a large full CRL). */
+    if ((rc = der_drop(inv, SQL_CRL_DER_OTHERS, c->number, attempt)) != MQPKI_OK ||
+        (!early && (rc = der_put(inv, c->number, attempt, der, len, 0)) != MQPKI_OK))
+        goto out;
     /* Every replica's feed offers the new CRL to its brokers once this commits. */
     if ((rc = inv->db->ops->notify(inv->db, INV_CHANNEL_OUTBOX)) != DB_OK) {
         rc = inv_db_fail(inv, rc, "CRL signed");
         goto out;
     }
-    /* Lower pending numbers are covered by this CRL, built from later store state. */
+    /* Lower pending numbers are covered by this CRL, built from later store state; a delta
+     * never covers a full CRL asked for (lifecycle/publish.c signs that one on its own). */
     if ((rc = inv_stmt(inv, SQL_CRL_FOLD, &st)) != MQPKI_OK)
         goto out;
     db_bind_int64(st, 1, c->number);
     db_bind_int64(st, 2, now);
-    rc = step_bound(inv, st, "CRL fold", NULL);
+    if ((rc = inv_bind_text(inv, st, 3, kind_names[c->kind])) == MQPKI_OK)
+        rc = step_bound(inv, st, "CRL fold", NULL);
     inv_stmt_done(st);
     st = NULL;
     if (rc != MQPKI_OK)
@@ -367,7 +456,12 @@ int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,
                              "next_update", next_update));
 out:
     inv_stmt_done(st);
-    return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+    rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
+out_early:
+    /* Lost to another signer, or failed: this attempt's parts are nobody's. */
+    if (rc != MQPKI_OK && early)
+        (void)der_drop(inv, SQL_CRL_DER_DROP, c->number, attempt);
+    return rc;
 }
 
 int inventory_crl_done(struct inventory *inv, int kind, int64_t number)

@@ -351,7 +351,8 @@ int inventory_crl_get(struct inventory *inv, int64_t number, struct inventory_cr
 /* The newest signed or done CRL of kind; MQPKI_ERR_NOT_FOUND when there is none. */
 int inventory_crl_latest(struct inventory *inv, int kind, struct inventory_crl *out);
 
-/* The oldest signed or done CRL of kind numbered above `after`; MQPKI_ERR_NOT_FOUND when none. */
+/* The oldest signed or done CRL of kind numbered above `after` (a delta: one based on `after` or
+ * later, not one signed while that full CRL was being prepared); MQPKI_ERR_NOT_FOUND when none. */
 int inventory_crl_first_after(struct inventory *inv, int kind, int64_t after,
                               struct inventory_crl *out);
 
@@ -361,8 +362,9 @@ int inventory_crl_der(struct inventory *inv, int64_t number, unsigned char **der
 
 /*
  * Records the signed CRL c (number, kind, base, cutoff, times, entries) with its DER in one
- * transaction: the pending row becomes signed, every lower pending row is folded into it (done,
- * folded_into = c->number), older DER of the same kind is dropped, audit event "crl.sign".
+ * transaction: the pending row becomes signed, every lower pending row (a delta: every lower
+ * pending delta row) is folded into it (done, folded_into = c->number), older DER of the same
+ * kind is dropped, audit event "crl.sign".
  * MQPKI_ERR_STATE when the row is no longer pending (another publisher got there first).
  */
 int inventory_crl_signed(struct inventory *inv, const struct inventory_crl *c,

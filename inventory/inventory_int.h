@@ -13,7 +13,7 @@
 #include "proto.h"
 
 /* Current schema version (PRAGMA user_version). */
-#define INV_SCHEMA_VERSION 9
+#define INV_SCHEMA_VERSION 10
 
 /* SHA-256 length of audit hashes and token hashes. */
 #define INV_HASH_LEN 32
@@ -131,23 +131,27 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CRL_INSERT, "INSERT INTO crls(number, kind, state, reason, created_at) "                 \
                       "VALUES(?1, ?2, 'pending', ?3, ?4)")                                         \
     X(SQL_CRL_GET, "SELECT " INV_CRL_COLS " FROM crls WHERE number = ?1")                          \
-    X(SQL_CRL_DER, "SELECT der FROM crls WHERE number = ?1")                                       \
+    X(SQL_CRL_DER, "SELECT d.der FROM crl_der d JOIN crls c ON c.number = d.number AND "           \
+                   "c.der_attempt = d.attempt WHERE d.number = ?1 ORDER BY d.part")                \
+    X(SQL_CRL_DER_PUT, "INSERT INTO crl_der(number, attempt, part, der) VALUES(?1, ?2, ?3, ?4)")   \
+    X(SQL_CRL_DER_DROP, "DELETE FROM crl_der WHERE number = ?1 AND attempt = ?2")                  \
+    X(SQL_CRL_DER_OTHERS, "DELETE FROM crl_der WHERE number = ?1 AND attempt <> ?2")               \
     X(SQL_CRL_OPEN, "SELECT " INV_CRL_COLS " FROM crls WHERE state <> 'done' ORDER BY number")     \
     X(SQL_CRL_LATEST, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND state <> 'pending' "  \
                       "AND folded_into IS NULL ORDER BY number DESC LIMIT 1")                      \
     X(SQL_CRL_FIRST_AFTER, "SELECT " INV_CRL_COLS " FROM crls WHERE kind = ?1 AND number > ?2 "    \
-                           "AND state <> 'pending' AND folded_into IS NULL ORDER BY number "       \
-                           "LIMIT 1")                                                              \
+                           "AND (base IS NULL OR base >= ?2) AND state <> 'pending' "              \
+                           "AND folded_into IS NULL ORDER BY number LIMIT 1")                      \
     X(SQL_CRL_SIGN,                                                                                \
       "UPDATE crls SET state = 'signed', kind = ?2, base = ?3, cutoff = ?4, this_update = ?5, "    \
-      "next_update = ?6, entries = ?7, der = ?8, signed_at = ?9 WHERE number = ?1 "                \
+      "next_update = ?6, entries = ?7, signed_at = ?8, der_attempt = ?9 WHERE number = ?1 "        \
       "AND state = 'pending'")                                                                     \
     X(SQL_CRL_FOLD, "UPDATE crls SET state = 'done', folded_into = ?1, done_at = ?2 "              \
-                    "WHERE number < ?1 AND state = 'pending'")                                     \
+                    "WHERE number < ?1 AND state = 'pending' AND (?3 = 'full' OR kind = 'delta')") \
     X(SQL_CRL_DONE, "UPDATE crls SET state = 'done', done_at = ?2 WHERE kind = ?3 "                \
                     "AND number <= ?1 AND state = 'signed'")                                       \
-    X(SQL_CRL_PRUNE, "UPDATE crls SET der = NULL WHERE kind = ?1 AND number < ?2 "                 \
-                     "AND state = 'done' AND der IS NOT NULL")                                     \
+    X(SQL_CRL_PRUNE, "DELETE FROM crl_der WHERE number < ?2 AND number IN "                        \
+                     "(SELECT number FROM crls WHERE kind = ?1 AND state = 'done')")               \
     X(SQL_BROKER_CRL_SET,                                                                          \
       "INSERT INTO broker_crls(broker, full_number, delta_number, updated_at) "                    \
       "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(broker) DO UPDATE SET "                                  \

@@ -183,6 +183,18 @@ const char *const inv_pg_migrations[] = {
     "CREATE UNIQUE INDEX events_eid ON events(broker, eid) WHERE eid IS NOT NULL;"
     "ALTER TABLE alerts ADD COLUMN cause TEXT;"
     "CREATE UNIQUE INDEX alerts_cause ON alerts(cause) WHERE cause IS NOT NULL;",
+    /* 9 -> 10: a CRL's DER in a table of its own (see store.c). */
+    "CREATE TABLE crl_der("
+    " number BIGINT NOT NULL REFERENCES crls(number),"
+    " attempt BIGINT NOT NULL,"
+    " part INTEGER NOT NULL,"
+    " der BYTEA NOT NULL,"
+    " PRIMARY KEY (number, attempt, part));"
+    "ALTER TABLE crls ADD COLUMN der_attempt BIGINT;"
+    "INSERT INTO crl_der(number, attempt, part, der) SELECT number, 0, 0, der FROM crls"
+    " WHERE der IS NOT NULL;"
+    "UPDATE crls SET der_attempt = 0 WHERE der IS NOT NULL;"
+    "ALTER TABLE crls DROP COLUMN der;",
 };
 
 _Static_assert(sizeof(inv_pg_migrations) / sizeof(inv_pg_migrations[0]) == INV_PG_MIGRATIONS,

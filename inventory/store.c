@@ -260,6 +260,24 @@ static const char *const migrations[] = {
     "CREATE UNIQUE INDEX events_eid ON events(broker, eid) WHERE eid IS NOT NULL;"
     "ALTER TABLE alerts ADD COLUMN cause TEXT;"
     "CREATE UNIQUE INDEX alerts_cause ON alerts(cause) WHERE cause IS NOT NULL;",
+    /*
+     * 9 -> 10: a CRL's DER in a table of its own. SQLite stores a row's columns in order and
+     * reads or rewrites the whole row to reach a column behind a value: every look at a full
+     * CRL's row (its state, its fold) read or wrote its tens of MB (docs/performance.md).
+     * In parts of 1 MiB, each written in a transaction of its own, under the signer's attempt
+     * id (crls.der_attempt names the one that counts; inventory/crls.c).
+     */
+    "CREATE TABLE crl_der("
+    " number INTEGER NOT NULL REFERENCES crls(number),"
+    " attempt INTEGER NOT NULL,"
+    " part INTEGER NOT NULL,"
+    " der BLOB NOT NULL,"
+    " PRIMARY KEY (number, attempt, part));"
+    "ALTER TABLE crls ADD COLUMN der_attempt INTEGER;"
+    "INSERT INTO crl_der(number, attempt, part, der) SELECT number, 0, 0, der FROM crls"
+    " WHERE der IS NOT NULL;"
+    "UPDATE crls SET der_attempt = 0 WHERE der IS NOT NULL;"
+    "ALTER TABLE crls DROP COLUMN der;",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
