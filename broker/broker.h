@@ -76,6 +76,14 @@ int revpart_from_der(const struct proto_crl_der *d, const struct proto_crl_info 
 void revpart_free(struct revpart *p);
 int64_t revpart_number(const struct revpart *p);
 int revset_with(const struct revset *cur, struct revpart *p, struct revset **out);
+/*
+ * The revset of cur with delta p held ahead of its base, the full CRL the worker is still
+ * loading: p's listed serials count as revoked at once, over cur's full and delta CRLs (which
+ * a delta based on the older full CRL may still be needed for), and nothing it takes off counts
+ * yet. Takes p (0) or leaves it to the caller (-1). The next revset_with drops it: apply p
+ * itself once its base is in force.
+ */
+int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset **out);
 
 /*
  * crlload: one worker thread that loads large full CRLs off Mosquitto's thread. A submitted

@@ -18,6 +18,7 @@ struct revpart {
 struct revset {
     struct revpart *full;  /* NULL: no CRL held */
     struct revpart *delta; /* NULL: no delta held */
+    struct revpart *ahead; /* a verified delta on the full CRL still loading: its serials only */
 };
 
 /* Who frees the table of a part nobody holds any more (revset_set_reaper); NULL: at once. */
@@ -179,6 +180,20 @@ int revset_with(const struct revset *cur, struct revpart *p, struct revset **out
     return 0;
 }
 
+int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset **out)
+{
+    struct revset *r;
+
+    *out = NULL;
+    if (cur == NULL || p->base < 0 || (r = revset_new_empty()) == NULL)
+        return -1;
+    r->full = part_ref(cur->full);
+    r->delta = part_ref(cur->delta);
+    r->ahead = p;
+    *out = r;
+    return 0;
+}
+
 int revset_load_der(const struct revset *cur, const struct proto_crl_der *d, EVP_PKEY *key,
                     const struct proto_crl_info *info, struct revset **out, char *why,
                     size_t why_len)
@@ -208,6 +223,7 @@ void revset_free(struct revset *r)
         return;
     part_unref(r->full);
     part_unref(r->delta);
+    part_unref(r->ahead);
     free(r);
 }
 
@@ -257,7 +273,16 @@ int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_I
 {
     int in_full = 0, revoked = 0;
 
-    if (r == NULL || r->full == NULL)
+    if (r == NULL)
+        goto out;
+    /* Listed by a delta whose base is still loading: revoked now. What it takes off waits for
+     * that base to be in force (a hold lifted late is harmless, a revocation lost is not). */
+    if (r->ahead != NULL && memcmp(r->ahead->issuer, issuer, PROTO_ISSUER_LEN) == 0 &&
+        serialset_has(r->ahead->listed, key)) {
+        revoked = 1;
+        goto out;
+    }
+    if (r->full == NULL)
         goto out;
     /* A serial only means something next to the CA that issued it. */
     if (memcmp(r->full->issuer, issuer, PROTO_ISSUER_LEN) == 0)

@@ -691,8 +691,24 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
     if (order == PROTO_CRL_REFUSE && want_delta && info.base > held_full && info.base <= loading &&
         info.number > loading) {
         rc = defer_delta(pl, der, len, info.number);
-        if (rc != 0)
+        if (rc != 0) {
             snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
+            goto out;
+        }
+        /* Its revocations count at once (signature verified above): a kick never waits for a
+         * million entries to load. Applied whole when its base is in force (apply_loaded). */
+        if (revpart_from_der(&d, &info, &part, why, why_len) == 0 &&
+            revset_with_ahead(pl->rev, part, &next) == 0) {
+            part = NULL;
+            revset_free(pl->rev);
+            pl->rev = next;
+            next = NULL;
+            mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                                 "mqpki: delta CRL %lld ahead of its base: %zu connected clients "
+                                 "to disconnect",
+                                 (long long)info.number, mark_revoked(pl));
+        }
+        why[0] = '\0';
         goto out;
     }
     if (order == PROTO_CRL_REFUSE)

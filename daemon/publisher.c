@@ -43,6 +43,13 @@ struct publisher {
     int64_t cp_next;    /* monotonic second of the next scheduled audit checkpoint */
     pthread_t listener; /* PostgreSQL: wakes the cycle when any replica commits a CRL */
     int listening;
+    /* The full CRL signer: a thread with its own store connection that signs a pending full
+     * CRL off the publication lock (lifecycle_full_sign), so that no delta waits for it. */
+    pthread_t full_thread;
+    int full_started;
+    int full_wanted;     /* under lock: a full CRL is pending */
+    int full_busy;       /* under lock: the signer is at work (catch-up leaves full CRLs to it) */
+    int64_t full_signed; /* under lock: newest full CRL it signed, for the cycle to log */
 };
 
 /* Asks for a cycle without waiting for it. */
@@ -89,14 +96,27 @@ static void *listen_run(void *arg)
     return NULL;
 }
 
+/* From the publisher's thread and the full CRL signer's: the feed keeps each broker's order. */
 static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
                   size_t len)
 {
     if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
         return;
     feed_offer(p->ctx->feed, c->kind, c->number, der, len);
+    pthread_mutex_lock(&p->lock);
     if (c->number > p->offered[c->kind])
         p->offered[c->kind] = c->number;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static int64_t offered(struct publisher *p, int kind)
+{
+    int64_t n;
+
+    pthread_mutex_lock(&p->lock);
+    n = p->offered[kind];
+    pthread_mutex_unlock(&p->lock);
+    return n;
 }
 
 static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned char *der,
@@ -122,12 +142,19 @@ static void catch_up(struct publisher *p)
         struct inventory_crl c;
         unsigned char *der = NULL;
         size_t len = 0;
+        int busy;
         if (inventory_crl_latest(p->inv, k, &c) != MQPKI_OK)
             continue;
         if (k == INV_CRL_FULL)
             full = c.number;
+        /* One the signer committed and is feeding and exporting right now: not twice. */
+        pthread_mutex_lock(&p->lock);
+        busy = p->full_busy;
+        pthread_mutex_unlock(&p->lock);
+        if (k == INV_CRL_FULL && busy)
+            continue;
         /* Never a lower number after a higher one: a delta older than the full CRL is spent. */
-        if (c.number <= p->offered[k] || (k == INV_CRL_DELTA && c.number <= full))
+        if (c.number <= offered(p, k) || (k == INV_CRL_DELTA && c.number <= full))
             continue;
         if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK) {
             offer(p, &c, der, len);
@@ -151,7 +178,14 @@ static int publish(struct publisher *p, struct lifecycle_publication *pub)
 
     if ((rc = lifecycle_open_count(p->lc, &open)) != MQPKI_OK || open == 0)
         return rc;
-    rc = lifecycle_publish(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", PUBLISHER_LOCK_MS, pub);
+    rc = lifecycle_publish_changes(p->lc, datadir_ca(p->ctx->dd), &sink, "mqpkid",
+                                   PUBLISHER_LOCK_MS, pub);
+    if (pub->full_pending > 0) {
+        pthread_mutex_lock(&p->lock);
+        p->full_wanted = 1;
+        pthread_cond_broadcast(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+    }
     if (pub->signed_count > 0)
         mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (%s, %lld entr%s)",
                   (long long)(pub->delta_number > pub->full_number ? pub->delta_number
@@ -184,9 +218,9 @@ static int cycle_open(struct publisher *p, struct lifecycle_publication *pub, ch
     return rc;
 }
 
-/* The second half: a full CRL when one is due (crl_full_every, crl_full_after). With a million
- * entries it takes seconds; a revocation that comes in meanwhile waits for it (the publication
- * lock keeps CRL numbers in signing order), but never behind an answer already due. */
+/* The second half: a full CRL asked for when one is due (crl_full_every, crl_full_after), which
+ * the full CRL signer signs (with a million entries, in about a second) while this thread goes
+ * on publishing changes. */
 static int cycle_scheduled(struct publisher *p, struct lifecycle_publication *pub)
 {
     int64_t number = 0;
@@ -237,6 +271,58 @@ static void audit_tick(struct publisher *p, int now_please)
     }
     free(json);
     mqpki_err_clear();
+}
+
+static void *full_run(void *arg)
+{
+    struct publisher *p = arg;
+    struct lifecycle_config lcfg;
+    struct lifecycle_publication pub;
+    struct inventory *inv = NULL;
+    struct lifecycle *lc = NULL;
+    struct lifecycle_sink sink = {on_signed, on_export, p};
+    int rc;
+
+    pthread_mutex_lock(&p->lock);
+    while (!p->stop) {
+        if (!p->full_wanted) {
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        p->full_wanted = 0;
+        p->full_busy = 1;
+        pthread_mutex_unlock(&p->lock);
+        datadir_lifecycle_config(datadir_config(p->ctx->dd), &lcfg);
+        rc = MQPKI_OK;
+        if (lc == NULL && ((rc = inventory_open(p->ctx->db_path, &inv)) != MQPKI_OK ||
+                           (rc = lifecycle_new(inv, &lcfg, &lc)) != MQPKI_OK)) {
+            inventory_close(inv);
+            inv = NULL;
+        }
+        memset(&pub, 0, sizeof(pub));
+        if (rc == MQPKI_OK)
+            rc = lifecycle_full_sign(lc, datadir_ca(p->ctx->dd), &sink, "mqpkid", &pub);
+        /* Failed: the number stays pending, and the next cycle asks again (a second on). */
+        if (rc != MQPKI_OK)
+            mqpki_log(MQPKI_LOG_ERROR, "full CRL: %s (retried every second)", mqpki_err_detail(rc));
+        else if (pub.signed_count > 0)
+            mqpki_log(MQPKI_LOG_INFO, "published CRL %lld (full, %lld entr%s)",
+                      (long long)pub.full_number, (long long)pub.entries,
+                      pub.entries == 1 ? "y" : "ies");
+        mqpki_err_clear();
+        pthread_mutex_lock(&p->lock);
+        p->full_busy = 0;
+        /* The publisher's next cycle signs an audit checkpoint for it. */
+        if (pub.signed_count > 0) {
+            p->full_signed = pub.full_number;
+            p->requested++;
+            pthread_cond_broadcast(&p->cond);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    lifecycle_free(lc);
+    inventory_close(inv);
+    return NULL;
 }
 
 static void *run(void *arg)
@@ -316,6 +402,11 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
         goto out;
     }
     p->started = 1;
+    if (pthread_create(&p->full_thread, NULL, full_run, p) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INTERNAL, "publisher: cannot start a thread");
+        goto out;
+    }
+    p->full_started = 1;
     if (inventory_is_remote(p->inv)) {
         if (pthread_create(&p->listener, NULL, listen_run, p) != 0) {
             rc = mqpki_fail(MQPKI_ERR_INTERNAL, "publisher: cannot start a thread");
@@ -362,6 +453,8 @@ void publisher_stop(struct publisher *p)
         pthread_cond_broadcast(&p->cond);
         pthread_mutex_unlock(&p->lock);
         pthread_join(p->thread, NULL);
+        if (p->full_started)
+            pthread_join(p->full_thread, NULL);
         if (p->listening)
             pthread_join(p->listener, NULL);
     }

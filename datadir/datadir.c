@@ -2,6 +2,7 @@
 #include "datadir.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,8 +405,13 @@ int datadir_ca_remote(const struct datadir *dd)
     return dd->remote;
 }
 
-int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
-                       size_t len)
+/* Threads of one process that export (mqpkid's publisher and its full CRL signer, catch-up)
+ * write one kind's files one at a time, never a lower number after a higher one. Between
+ * processes, the publication lock does that. */
+static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
+                      size_t len)
 {
     char path[PATH_MAX], *pem = NULL;
     size_t pem_len = 0;
@@ -426,6 +432,20 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
         (rc = datadir_path(dd, "crl/issuing.pem", path)) == MQPKI_OK)
         rc = mqpki_file_write_atomic(path, pem, pem_len, 0644);
     free(pem);
+    return rc;
+}
+
+int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
+                       size_t len)
+{
+    int rc = MQPKI_OK;
+
+    if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
+        return mqpki_fail(MQPKI_ERR_INVALID, "CRL %lld: no kind to export", (long long)c->number);
+    pthread_mutex_lock(&export_lock);
+    if (c->number > dd->exported[c->kind] && (rc = crl_export(dd, c, der, len)) == MQPKI_OK)
+        dd->exported[c->kind] = c->number;
+    pthread_mutex_unlock(&export_lock);
     return rc;
 }
 

@@ -229,6 +229,7 @@ struct lifecycle_publication {
     int64_t full_number;  /* newest signed full CRL afterwards, -1 when none */
     int64_t delta_number; /* newest signed delta CRL afterwards, -1 when none */
     int64_t entries;      /* entries of the last CRL signed by this call */
+    int64_t full_pending; /* lifecycle_publish_changes: a full CRL left for lifecycle_full_sign */
 };
 
 /*
@@ -239,6 +240,27 @@ struct lifecycle_publication {
  */
 int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
                       const char *actor, int lock_ms, struct lifecycle_publication *out);
+
+/*
+ * A full CRL of a million entries takes about a second to read from the store and encode; a
+ * revocation's delta must not wait for it. So a full CRL asked for keeps the number it was given
+ * (below the deltas signed meanwhile) and may be signed off the publication lock, by another
+ * thread: lifecycle_publish_changes does what lifecycle_publish does but leaves a pending full
+ * CRL that only the schedule asked for alone (out->full_pending names it; one an operator asked
+ * for, who waits for it, is signed as before), and lifecycle_full_sign signs the highest pending
+ * full CRL from a snapshot that holds everything committed before it was asked for, and hands
+ * it to sink->signed_crl (the next lifecycle_publish* exports it). The deltas signed meanwhile
+ * are based on the previous full CRL and list everything revoked since it, so the new full CRL
+ * with the newest delta (RFC 5280 5.2.4: a delta applies to any complete CRL numbered at or
+ * above its base) misses nothing, wherever they arrive in between. Two signers of one number:
+ * the first to commit wins, the other's signature is never stored or seen.
+ */
+#define LIFECYCLE_FULL_SCHEDULED "schedule" /* the reason lifecycle_crl_schedule gives */
+int lifecycle_publish_changes(struct lifecycle *lc, struct ca *ca,
+                              const struct lifecycle_sink *sink, const char *actor, int lock_ms,
+                              struct lifecycle_publication *out);
+int lifecycle_full_sign(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                        const char *actor, struct lifecycle_publication *out);
 
 /* Whether the newest signed CRL reflects revocation sequence value rev_seq (cutoff >= it). */
 int lifecycle_crl_covers(struct lifecycle *lc, int64_t rev_seq, int *covered);

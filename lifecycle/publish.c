@@ -81,6 +81,18 @@ static int read_entries(struct lifecycle *lc, int want_full, struct inventory_cr
     c->base = -1;
     if ((rc = inventory_snapshot_begin(lc->inv)) != MQPKI_OK)
         return rc;
+    /* Pending in this snapshot: it holds everything committed before the number was asked for
+     * (a full CRL signed off the publication lock reads no older state than that). */
+    {
+        struct inventory_crl row;
+        if ((rc = inventory_crl_get(lc->inv, c->number, &row)) != MQPKI_OK)
+            goto out;
+        if (row.state != INV_CRL_PENDING) {
+            rc = mqpki_fail(MQPKI_ERR_STATE, "CRL %lld is not pending any more",
+                            (long long)c->number);
+            goto out;
+        }
+    }
     if ((rc = inventory_rev_current(lc->inv, &upto)) != MQPKI_OK)
         goto out;
     if (c->kind == INV_CRL_DELTA) {
@@ -146,7 +158,7 @@ static int note_signed(const struct inventory_crl *c, void *ctx)
  * with. The feed does not wait for this: it got each CRL when it was signed.
  */
 static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink,
-                         struct lifecycle_publication *pub)
+                         struct lifecycle_publication *pub, int want_full, int want_delta)
 {
     struct signed_rows s;
     int rc;
@@ -160,6 +172,12 @@ static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink
 
         if (!s.have[k])
             continue;
+        if (!(k == INV_CRL_FULL ? want_full : want_delta)) {
+            /* The full CRL lane's to export: tell the caller it has work. */
+            if (k == INV_CRL_FULL && s.newest[k].number > pub->full_pending)
+                pub->full_pending = s.newest[k].number;
+            continue;
+        }
         if ((rc = inventory_crl_der(lc->inv, s.newest[k].number, &der, &len)) != MQPKI_OK)
             return rc;
         if (sink != NULL && sink->export_crl != NULL)
@@ -220,11 +238,9 @@ out:
 
 /* The pending publications, summarized. */
 struct pending_rows {
-    int have;
-    int64_t last;         /* highest pending number */
-    int any_full;         /* a pending row asks for a full CRL */
-    int any_delta;        /* a pending row asks for a delta CRL (a change to publish at once) */
-    char full_reason[32]; /* why the full CRL was asked for */
+    int64_t last_full;  /* highest pending number that asks for a full CRL, 0 when none */
+    int64_t last_delta; /* highest pending number that asks for a delta (a change), 0 when none */
+    int full_awaited;   /* a full CRL not asked for by the schedule: someone waits for it */
 };
 
 static int note_pending(const struct inventory_crl *c, void *ctx)
@@ -232,51 +248,63 @@ static int note_pending(const struct inventory_crl *c, void *ctx)
     struct pending_rows *p = ctx;
 
     if (c->state == INV_CRL_PENDING) {
-        p->have = 1;
-        p->last = c->number;
         if (c->kind == INV_CRL_FULL) {
-            p->any_full = 1;
-            snprintf(p->full_reason, sizeof(p->full_reason), "%s", c->reason);
+            p->last_full = c->number;
+            if (strcmp(c->reason, LIFECYCLE_FULL_SCHEDULED) != 0)
+                p->full_awaited = 1;
         } else {
-            p->any_delta = 1;
+            p->last_delta = c->number;
         }
     }
     return 0;
 }
 
-int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
-                      const char *actor, int lock_ms, struct lifecycle_publication *out)
+/*
+ * Signs what is pending under the publication lock. Changes first: the highest pending delta
+ * number as one delta (a burst folds into it). A full CRL asked for keeps its own number; with
+ * fulls_here 0, one only the schedule asked for is left pending for lifecycle_full_sign
+ * (out->full_pending).
+ */
+static int publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                   const char *actor, int lock_ms, int fulls_here,
+                   struct lifecycle_publication *out)
 {
-    struct lifecycle_publication pub = {0, 0, -1, -1, 0};
+    struct lifecycle_publication pub = {0, 0, -1, -1, 0, 0};
     struct inventory_crl latest;
     char detail[400] = "";
-    int rc, erc;
+    int rc, erc, signed_full = 0;
 
     if ((rc = inventory_publish_lock(lc->inv, lock_ms)) != MQPKI_OK)
         goto out;
-    /* Sign what is pending (a burst folds into one CRL), as often as new numbers come in. */
     for (int round = 0; round < PUBLISH_ROUNDS_MAX; round++) {
         struct pending_rows p;
-        int64_t number;
         int kind = -1;
 
         memset(&p, 0, sizeof(p));
-        if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) != MQPKI_OK || !p.have)
+        if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) != MQPKI_OK)
             break;
-        /* A change and a full CRL asked for at once: the change goes out as a delta first (a
-         * full CRL of a million entries takes seconds to sign and to load), the full CRL next. */
-        if ((rc = sign_pending(lc, ca, p.last, p.any_full && !p.any_delta, sink, actor, &pub,
-                               &kind)) != MQPKI_OK)
+        if (p.last_delta > 0) {
+            rc = sign_pending(lc, ca, p.last_delta, 0, sink, actor, &pub, &kind);
+            /* Folded meanwhile into a full CRL lifecycle_full_sign signed from later state. */
+            if (rc == MQPKI_ERR_STATE && ca != NULL) {
+                mqpki_err_clear();
+                rc = MQPKI_OK;
+            }
+        } else if (p.last_full > 0 && (fulls_here || p.full_awaited)) {
+            rc = sign_pending(lc, ca, p.last_full, 1, sink, actor, &pub, &kind);
+        } else {
+            pub.full_pending = p.last_full;
             break;
-        if (p.any_full && kind == INV_CRL_DELTA &&
-            (rc = inventory_crl_reserve(lc->inv, INV_CRL_FULL, p.full_reason, actor, &number)) !=
-                MQPKI_OK)
+        }
+        if (rc != MQPKI_OK)
             break;
+        signed_full |= kind == INV_CRL_FULL;
     }
-    /* Export what is signed, also when signing failed: what was signed before still goes out. */
+    /* Export what is signed, also when signing failed: what was signed before still goes out.
+     * A full CRL the other lane signed is its to export (a file write of tens of MB). */
     if (rc != MQPKI_OK)
         snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
-    erc = export_signed(lc, sink, &pub);
+    erc = export_signed(lc, sink, &pub, fulls_here || signed_full, 1);
     if (rc == MQPKI_OK)
         rc = erc;
     else
@@ -296,6 +324,49 @@ out:
         mqpki_err_clear();
     else
         mqpki_fail(rc, "%s", detail);
+    return rc;
+}
+
+int lifecycle_publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                      const char *actor, int lock_ms, struct lifecycle_publication *out)
+{
+    return publish(lc, ca, sink, actor, lock_ms, 1, out);
+}
+
+int lifecycle_publish_changes(struct lifecycle *lc, struct ca *ca,
+                              const struct lifecycle_sink *sink, const char *actor, int lock_ms,
+                              struct lifecycle_publication *out)
+{
+    return publish(lc, ca, sink, actor, lock_ms, 0, out);
+}
+
+int lifecycle_full_sign(struct lifecycle *lc, struct ca *ca, const struct lifecycle_sink *sink,
+                        const char *actor, struct lifecycle_publication *out)
+{
+    struct lifecycle_publication pub = {0, 0, -1, -1, 0, 0};
+    struct pending_rows p;
+    int kind = -1, rc;
+
+    memset(&p, 0, sizeof(p));
+    /* What an earlier run signed and did not export (it died, a full disk) first. */
+    if ((rc = export_signed(lc, sink, &pub, 1, 0)) != MQPKI_OK)
+        return rc;
+    if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) == MQPKI_OK && p.last_full > 0) {
+        rc = sign_pending(lc, ca, p.last_full, 1, sink, actor, &pub, &kind);
+        if (rc == MQPKI_OK)
+            pub.full_number = p.last_full;
+        /* Signed meanwhile by another publisher (a replica, or the changes' lane when it had to
+         * sign a full CRL of its own): nothing is lost, it is out. */
+        if (rc == MQPKI_ERR_STATE && ca != NULL) {
+            mqpki_err_clear();
+            rc = MQPKI_OK;
+        }
+        /* The files follow the feed; the changes' lane never waits for this write either. */
+        if (rc == MQPKI_OK && pub.signed_count > 0)
+            rc = export_signed(lc, sink, &pub, 1, 0);
+    }
+    if (out != NULL)
+        *out = pub;
     return rc;
 }
 
@@ -353,7 +424,7 @@ int lifecycle_crl_schedule(struct lifecycle *lc, int64_t now, const char *actor,
     if ((rc = inventory_begin(lc->inv)) != MQPKI_OK)
         return rc;
     if ((rc = lifecycle_crl_due(lc, now, &due)) == MQPKI_OK && due)
-        rc = lifecycle_crl_request(lc, INV_CRL_FULL, "schedule", actor, number);
+        rc = lifecycle_crl_request(lc, INV_CRL_FULL, LIFECYCLE_FULL_SCHEDULED, actor, number);
     if (rc == MQPKI_OK)
         rc = inventory_commit(lc->inv);
     else

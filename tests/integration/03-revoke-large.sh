@@ -66,6 +66,16 @@ assert "dev2 stays connected" alive "$SUB_dev2"
 # The schedule re-signs the large full CRL a second after the delta; the broker swaps it in.
 check "the re-signed full CRL reaches the broker" wait_for 20 bash -c \
   "[ \$(grep -c 'full CRL .* accepted: $((N + 1)) serials' '$T/broker1.log') -ge 1 ]"
+# mqpkid signs it on its own thread, off the changes' way; crl/ follows it while mqpkid runs.
+resigned=$(grep -o "full CRL [0-9]* accepted: $((N + 1)) serials" "$T/broker1.log" | head -1 |
+  grep -o "CRL [0-9]*" | grep -o "[0-9]*")
+dev1_serial=$(openssl x509 -in "$T/dev1.pem" -noout -serial | cut -d= -f2)
+check "crl/issuing.crl is the re-signed full CRL, with dev1 in it" wait_for 10 bash -c \
+  "[ \$((\$(openssl crl -inform DER -in '$H/crl/issuing.crl' -noout -crlnumber | cut -d= -f2))) \
+    -ge $resigned ] && openssl crl -inform DER -in '$H/crl/issuing.crl' -noout -text |
+    grep -q 'Serial Number: $dev1_serial'"
+check "and it verifies under the CA chain" openssl crl -inform DER -in "$H/crl/issuing.crl" \
+  -noout -CAfile "$T/chain.pem"
 check "revoke dev2 after it" mqpki revoke --asset dev2 --reason key-compromise
 check "dev2 is disconnected" wait_for 10 gone "$SUB_dev2"
 expect_fail 5 "dev1 cannot reconnect" bash -c "mosquitto_sub ${TLS[*]} --cert '$T/dev1.pem' \
@@ -118,6 +128,10 @@ mosquitto_pub "${TLS[@]}" --cert "$H/tls/mqpkid.pem" --key "$H/tls/mqpkid.key" -
   -q 1 -t mqpki/v1/crl/delta -f "$H/crl/issuing-delta.crl"
 check "the broker holds the new full CRL and its delta" wait_for 10 bash -c \
   "grep -q 'delta CRL [0-9]* accepted: $((N + 3)) serials' '$T/broker2.log'"
+# A delta that waited for its base counted at once for what it lists (the kick never waits).
+if grep -q "waits for its base" "$T/broker2.log"; then
+  check "the waiting delta counted ahead of its base" grep -q "ahead of its base" "$T/broker2.log"
+fi
 expect_fail 5 "dev3 cannot connect" bash -c "mosquitto_sub ${TLS[*]} \
   --cert '$T/dev3.pem' --key '$T/dev3.key' -i dev3 -t 'fleet/dev3/#' -C 1 -W 5 2>&1 \
   >/dev/null | head -1 >&2; exit \${PIPESTATUS[0]}"

@@ -394,6 +394,83 @@ static void test_delta_merge(void **state)
     free_ca(&ca);
 }
 
+/* A verified part of a CRL, as the plugin builds it from the DER. */
+static struct revpart *part_of(STACK_OF(X509) * cas, const unsigned char *der, size_t len)
+{
+    struct proto_crl_der d;
+    struct proto_crl_info info;
+    struct revpart *p = NULL;
+    EVP_PKEY *key = NULL;
+    char why[256];
+
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(proto_crl_der_split(der, len, &d, why, sizeof(why)), 0);
+    assert_int_equal(proto_crl_der_check(&d, cas, &key, &info, why, sizeof(why)), 0);
+    assert_int_equal(proto_crl_der_verify_sig(&d, key, why, sizeof(why)), 0);
+    assert_int_equal(revpart_from_der(&d, &info, &p, why, sizeof(why)), 0);
+    proto_crl_der_clear(&d);
+    return p;
+}
+
+/* A delta whose base is still loading counts at once for what it lists, over the held full and
+ * delta CRLs, and takes nothing off until it is applied on its base. */
+static void test_delta_ahead(void **state)
+{
+    struct test_ca ca;
+    STACK_OF(X509) * cas;
+    struct revset *r = revset_new_empty(), *next = NULL;
+    unsigned full_s[] = {1, 2}, delta_s[] = {3}, full2_s[] = {1, 2, 3}, ahead_s[] = {5, 1};
+    int ahead_reasons[] = {1, 8 /* removeFromCRL */};
+    unsigned char *full, *delta, *full2, *ahead, k[PROTO_SERIAL_KEY_LEN], iss[PROTO_ISSUER_LEN];
+    size_t lf, ld, lf2, la;
+    char why[256];
+
+    (void)state;
+    make_ca(&ca, "Ahead CA");
+    cas = trust(&ca);
+    proto_name_digest(X509_get_subject_name(ca.cert), iss);
+    full = make_crl(&ca, 10, -1, full_s, NULL, 2, &lf);
+    delta = make_crl(&ca, 12, 10, delta_s, NULL, 1, &ld); /* signed while 11 was prepared */
+    full2 = make_crl(&ca, 11, -1, full2_s, NULL, 3, &lf2);
+    ahead = make_crl(&ca, 13, 11, ahead_s, ahead_reasons, 2, &la);
+    assert_int_equal(feed(&r, cas, full, lf, why), PROTO_CRL_ACCEPT);
+    assert_int_equal(feed(&r, cas, delta, ld, why), PROTO_CRL_ACCEPT);
+
+    /* Full CRL 11 loading; delta 13 on it arrives. */
+    assert_int_equal(revset_with_ahead(r, part_of(cas, ahead, la), &next), 0);
+    revset_free(r);
+    r = next;
+    key_of(5, k);
+    assert_true(revset_is_revoked(r, iss, k)); /* listed ahead: revoked at once */
+    key_of(3, k);
+    assert_true(revset_is_revoked(r, iss, k)); /* the held delta still counts */
+    key_of(1, k);
+    assert_true(revset_is_revoked(r, iss, k)); /* its removal waits for its base */
+    assert_int_equal(revset_full_number(r), 10);
+    assert_int_equal(revset_delta_number(r), 12);
+
+    /* Full CRL 11 in force (delta 12, based on 10, still extends it), then delta 13 whole. */
+    assert_int_equal(revset_with(r, part_of(cas, full2, lf2), &next), 0);
+    revset_free(r);
+    r = next;
+    assert_int_equal(revset_delta_number(r), 12);
+    assert_int_equal(feed(&r, cas, ahead, la, why), PROTO_CRL_ACCEPT);
+    key_of(5, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(3, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(1, k);
+    assert_false(revset_is_revoked(r, iss, k));
+
+    OPENSSL_free(full);
+    OPENSSL_free(delta);
+    OPENSSL_free(full2);
+    OPENSSL_free(ahead);
+    revset_free(r);
+    sk_X509_pop_free(cas, X509_free);
+    free_ca(&ca);
+}
+
 /* Walks revoked-list contents rev (hand-built DER) into keys; the walker's verdict. */
 static int walk(const unsigned char *rev, size_t len, size_t *count)
 {
@@ -813,19 +890,13 @@ static void test_quarantine_list(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_serialset_basic),
-        cmocka_unit_test(test_serialset_million),
-        cmocka_unit_test(test_serial_key),
-        cmocka_unit_test(test_crl_accept_and_refuse),
-        cmocka_unit_test(test_delta_merge),
-        cmocka_unit_test(test_topic_covers),
-        cmocka_unit_test(test_acl_rules),
-        cmocka_unit_test(test_load_cas),
-        cmocka_unit_test(test_der_walker_hostile),
-        cmocka_unit_test(test_serial_key_der),
-        cmocka_unit_test(test_crlload),
-        cmocka_unit_test(test_event_ring),
-        cmocka_unit_test(test_quarantine_list),
+        cmocka_unit_test(test_serialset_basic), cmocka_unit_test(test_serialset_million),
+        cmocka_unit_test(test_serial_key),      cmocka_unit_test(test_crl_accept_and_refuse),
+        cmocka_unit_test(test_delta_merge),     cmocka_unit_test(test_delta_ahead),
+        cmocka_unit_test(test_topic_covers),    cmocka_unit_test(test_acl_rules),
+        cmocka_unit_test(test_load_cas),        cmocka_unit_test(test_der_walker_hostile),
+        cmocka_unit_test(test_serial_key_der),  cmocka_unit_test(test_crlload),
+        cmocka_unit_test(test_event_ring),      cmocka_unit_test(test_quarantine_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

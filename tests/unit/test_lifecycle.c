@@ -421,13 +421,74 @@ static void test_change_goes_first_as_delta(void **state)
     assert_int_equal(lifecycle_revoke(f->lc, "71", 1, "test", &ch), MQPKI_OK);
     f->seen.n_signed = 0;
     publish_ok(f, &pub);
-    /* The revocation went out as a delta first, then the full CRL. */
+    /* The revocation went out as a delta first, then the full CRL under the number it was
+     * given when asked for (below the delta's: the delta applies to it, RFC 5280 5.2.4). */
     assert_int_equal(f->seen.n_signed, 2);
     assert_int_equal(f->seen.signed_kinds[0], INV_CRL_DELTA);
     assert_int_equal(f->seen.signed_numbers[0], ch.crl_number);
     assert_int_equal(f->seen.signed_kinds[1], INV_CRL_FULL);
-    assert_true(f->seen.signed_numbers[1] > ch.crl_number);
-    assert_int_equal(pub.full_number, f->seen.signed_numbers[1]);
+    assert_int_equal(f->seen.signed_numbers[1], full);
+    assert_true(full < ch.crl_number);
+    assert_int_equal(pub.full_number, full);
+    assert_int_equal(pub.delta_number, ch.crl_number);
+}
+
+/* mqpkid's two lanes: changes never wait for a scheduled full CRL, which another thread signs
+ * from a snapshot, and nothing revoked meanwhile is missed by the pair of newest CRLs. */
+static void test_full_off_the_lock(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_change ch1, ch2;
+    struct lifecycle_publication pub;
+    struct inventory_crl c;
+    int64_t n, full, first;
+
+    assert_int_equal(lifecycle_crl_request(f->lc, INV_CRL_FULL, "init", "test", &n), MQPKI_OK);
+    publish_ok(f, &pub);
+    first = pub.full_number;
+    asset_with_cert(f, "a", "71");
+    asset_with_cert(f, "b", "72");
+    assert_int_equal(lifecycle_crl_schedule(f->lc, mqpki_now() + 86400, "test", &full), MQPKI_OK);
+    assert_true(full > first);
+    assert_int_equal(lifecycle_revoke(f->lc, "71", 1, "test", &ch1), MQPKI_OK);
+    f->seen.n_signed = 0;
+    assert_int_equal(lifecycle_publish_changes(f->lc, f->ca, &f->sink, "test", 1000, &pub),
+                     MQPKI_OK);
+    /* Only the change: a delta on the first full CRL; the scheduled one is left pending. */
+    assert_int_equal(f->seen.n_signed, 1);
+    assert_int_equal(f->seen.signed_kinds[0], INV_CRL_DELTA);
+    assert_int_equal(pub.full_pending, full);
+    assert_int_equal(inventory_crl_get(f->inv, ch1.crl_number, &c), MQPKI_OK);
+    assert_int_equal(c.base, first);
+    assert_int_equal(c.entries, 1);
+    assert_int_equal(inventory_crl_get(f->inv, full, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CRL_PENDING);
+
+    /* The full CRL lane: its own number, the revocation in it. */
+    assert_int_equal(lifecycle_full_sign(f->lc, f->ca, &f->sink, "test", &pub), MQPKI_OK);
+    assert_int_equal(pub.signed_count, 1);
+    assert_int_equal(pub.full_number, full);
+    /* Signed, fed and exported by the lane itself: the changes' lane never writes its files. */
+    assert_int_equal(inventory_crl_get(f->inv, full, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CRL_DONE);
+    assert_int_equal(c.entries, 1);
+    assert_int_equal(pub.exported_count, 1);
+    /* Signed already: a second signer of the number does nothing. */
+    assert_int_equal(lifecycle_full_sign(f->lc, f->ca, &f->sink, "test", &pub), MQPKI_OK);
+    assert_int_equal(pub.signed_count, 0);
+
+    /* The next change is a delta on the new full CRL; the changes' lane exports both. */
+    assert_int_equal(lifecycle_revoke(f->lc, "72", 1, "test", &ch2), MQPKI_OK);
+    assert_int_equal(lifecycle_publish_changes(f->lc, f->ca, &f->sink, "test", 1000, &pub),
+                     MQPKI_OK);
+    assert_int_equal(pub.full_pending, 0);
+    assert_int_equal(pub.full_number, full);
+    assert_int_equal(pub.delta_number, ch2.crl_number);
+    assert_int_equal(inventory_crl_get(f->inv, ch2.crl_number, &c), MQPKI_OK);
+    assert_int_equal(c.base, full);
+    assert_int_equal(c.entries, 1);
+    assert_int_equal(inventory_crl_get(f->inv, full, &c), MQPKI_OK);
+    assert_int_equal(c.state, INV_CRL_DONE);
 }
 
 /* Gives the certificates `serials` (SQL list) the key of `like`, as an insider or an old store
@@ -1022,6 +1083,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_due, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_one_publication, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unhold_asset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_off_the_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_whole_certificate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_retry_lost_answer, setup, teardown),
