@@ -80,8 +80,8 @@ int revset_with(const struct revset *cur, struct revpart *p, struct revset **out
  * The revset of cur with delta p held ahead of its base, the full CRL the worker is still
  * loading: p's listed serials count as revoked at once, over cur's full and delta CRLs (which
  * a delta based on the older full CRL may still be needed for), and nothing it takes off counts
- * yet. Takes p (0) or leaves it to the caller (-1). The next revset_with drops it: apply p
- * itself once its base is in force.
+ * yet. Takes p (0) or leaves it to the caller (-1). revset_with keeps it until a full CRL
+ * numbered at or above its base, or a newer delta, is applied: apply p itself then.
  */
 int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset **out);
 

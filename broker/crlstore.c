@@ -176,6 +176,11 @@ int revset_with(const struct revset *cur, struct revpart *p, struct revset **out
         r->full = cur != NULL ? part_ref(cur->full) : NULL;
         r->delta = p;
     }
+    /* A delta held ahead of its base stays until that base is in force (a full CRL numbered at
+     * or above its base), or a newer delta comes. */
+    if (cur != NULL && cur->ahead != NULL &&
+        (p->base < 0 ? cur->ahead->base > p->number : cur->ahead->number > p->number))
+        r->ahead = part_ref(cur->ahead);
     *out = r;
     return 0;
 }

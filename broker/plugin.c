@@ -64,8 +64,9 @@ struct plugin {
     char events_topic[PROTO_TOPIC_MAX];
     int fail_closed;
     struct crlload *loader;  /* large full CRLs, off this thread */
-    unsigned char *deferred; /* a delta CRL waiting for the full CRL being loaded */
+    unsigned char *deferred; /* a delta CRL waiting for its base (loading, or not yet here) */
     size_t deferred_len;
+    int64_t deferred_number;
     struct client **bucket, **abucket; /* by context, by asset; n_buckets each */
     size_t n_buckets, n_clients, pending_kicks;
     struct evring *ev;       /* NULL when events are off (plugin_opt_events false) */
@@ -633,21 +634,43 @@ static void install(struct plugin *pl, struct revset *next, int delta, int64_t n
                          mark_revoked(pl));
 }
 
-/* Keeps a delta CRL based on the full CRL still loading, for when that one is in force. */
+/* Keeps a delta CRL whose base is not in force yet (loading, or still on its way), for when it
+ * is; a newer one replaces it, an older one is ignored (1). */
 static int defer_delta(struct plugin *pl, const unsigned char *der, size_t len, int64_t number)
 {
-    unsigned char *copy = malloc(len);
+    unsigned char *copy;
 
-    if (copy == NULL)
+    if (pl->deferred != NULL && pl->deferred_number >= number)
+        return 1;
+    if ((copy = malloc(len)) == NULL)
         return -1;
     memcpy(copy, der, len);
     free(pl->deferred);
     pl->deferred = copy;
     pl->deferred_len = len;
-    mosquitto_log_printf(MOSQ_LOG_INFO,
-                         "mqpki: delta CRL %lld waits for its base, the full CRL being loaded",
-                         (long long)number);
+    pl->deferred_number = number;
     return 0;
+}
+
+static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, int want_delta,
+                     int persist_it, char *why, size_t why_len);
+
+/* After a full CRL is put in force: the delta that waited for it, unless its base is still to
+ * come (it waits on) or the worker is still loading. */
+static void retry_deferred(struct plugin *pl)
+{
+    unsigned char *der = pl->deferred;
+    size_t len = pl->deferred_len;
+    char why[WHY_MAX] = "";
+
+    if (der == NULL || (pl->loader != NULL && crlload_pending(pl->loader) >= 0))
+        return;
+    pl->deferred = NULL; /* apply_crl may defer it again: a copy of its own */
+    pl->deferred_len = 0;
+    pl->deferred_number = 0;
+    if (apply_crl(pl, der, len, 1, 1, why, sizeof(why)) != 0)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", PROTO_TOPIC_CRL_DELTA, why);
+    free(der);
 }
 
 /*
@@ -688,13 +711,24 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
     /* A full CRL being loaded counts as held: the same one re-delivered is not loaded twice. */
     order = proto_crl_order(&info, !want_delta && loading > held_full ? loading : held_full,
                             revset_delta_number(pl->rev), why, why_len);
-    if (order == PROTO_CRL_REFUSE && want_delta && info.base > held_full && info.base <= loading &&
-        info.number > loading) {
+    /* A delta whose base is not in force yet: the worker is loading it, or it is still on its
+     * way (another link, another replica's feed). It waits for it. */
+    if (order == PROTO_CRL_REFUSE && want_delta && info.base > held_full &&
+        info.number > info.base && info.number > revset_delta_number(pl->rev) &&
+        (loading < 0 || info.number > loading)) {
         rc = defer_delta(pl, der, len, info.number);
-        if (rc != 0) {
+        if (rc < 0) {
             snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
             goto out;
         }
+        if (rc > 0) { /* a newer one waits already */
+            rc = 0;
+            goto out;
+        }
+        mosquitto_log_printf(MOSQ_LOG_INFO,
+                             "mqpki: delta CRL %lld waits for its base, full CRL %lld%s",
+                             (long long)info.number, (long long)info.base,
+                             info.base <= loading ? ", being loaded" : "");
         /* Its revocations count at once (signature verified above): a kick never waits for a
          * million entries to load. Applied whole when its base is in force (apply_loaded). */
         if (revpart_from_der(&d, &info, &part, why, why_len) == 0 &&
@@ -744,6 +778,8 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
     install(pl, next, want_delta, info.number, persist_it);
     next = NULL;
     rc = 0;
+    if (!want_delta)
+        retry_deferred(pl);
 out:
     revpart_free(part);
     revset_free(next);
@@ -782,14 +818,7 @@ static void apply_loaded(struct plugin *pl)
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: full CRL %lld swapped in (%.1f ms)",
                              (long long)info.number, mono_ms() - t0);
     }
-    if (pl->deferred != NULL && crlload_pending(pl->loader) < 0) {
-        if (apply_crl(pl, pl->deferred, pl->deferred_len, 1, 1, why, sizeof(why)) != 0)
-            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", PROTO_TOPIC_CRL_DELTA,
-                                 why);
-        free(pl->deferred);
-        pl->deferred = NULL;
-        pl->deferred_len = 0;
-    }
+    retry_deferred(pl);
     emit_crl_held(pl);
 }
 

@@ -31,6 +31,7 @@ struct publisher {
     pthread_t thread;
     int started;
     pthread_mutex_t lock;
+    pthread_mutex_t feed_order; /* one offer to the feed at a time (offer) */
     pthread_cond_t cond;
     int stop;
     uint64_t requested, done; /* generations: a request is served by a later completed cycle */
@@ -96,19 +97,6 @@ static void *listen_run(void *arg)
     return NULL;
 }
 
-/* From the publisher's thread and the full CRL signer's: the feed keeps each broker's order. */
-static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
-                  size_t len)
-{
-    if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
-        return;
-    feed_offer(p->ctx->feed, c->kind, c->number, der, len);
-    pthread_mutex_lock(&p->lock);
-    if (c->number > p->offered[c->kind])
-        p->offered[c->kind] = c->number;
-    pthread_mutex_unlock(&p->lock);
-}
-
 static int64_t offered(struct publisher *p, int kind)
 {
     int64_t n;
@@ -117,6 +105,45 @@ static int64_t offered(struct publisher *p, int kind)
     n = p->offered[kind];
     pthread_mutex_unlock(&p->lock);
     return n;
+}
+
+static void offered_set(struct publisher *p, int kind, int64_t number)
+{
+    pthread_mutex_lock(&p->lock);
+    if (number > p->offered[kind])
+        p->offered[kind] = number;
+    pthread_mutex_unlock(&p->lock);
+}
+
+/*
+ * From the publisher's thread and the full CRL signer's, one at a time (feed_order). A broker
+ * refuses a delta based on a full CRL it does not hold, and each link sends a number once: so
+ * a delta whose base this process has not fed yet (the full CRL signer committed it and is
+ * about to feed it, or another replica signed it) takes its base along first, from the store.
+ * Only the publisher's thread offers deltas, so p->inv is its own connection here.
+ */
+static void offer(struct publisher *p, const struct inventory_crl *c, const unsigned char *der,
+                  size_t len)
+{
+    if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
+        return;
+    pthread_mutex_lock(&p->feed_order);
+    if (c->kind == INV_CRL_DELTA && c->base > offered(p, INV_CRL_FULL)) {
+        unsigned char *base = NULL;
+        size_t base_len = 0;
+        if (inventory_crl_der(p->inv, c->base, &base, &base_len) == MQPKI_OK) {
+            feed_offer(p->ctx->feed, INV_CRL_FULL, c->base, base, base_len);
+            offered_set(p, INV_CRL_FULL, c->base);
+        } else {
+            mqpki_log(MQPKI_LOG_WARN, "CRL %lld: its base, full CRL %lld, cannot go first: %s",
+                      (long long)c->number, (long long)c->base, mqpki_err_detail(MQPKI_ERR_STORE));
+        }
+        free(base);
+        mqpki_err_clear();
+    }
+    feed_offer(p->ctx->feed, c->kind, c->number, der, len);
+    offered_set(p, c->kind, c->number);
+    pthread_mutex_unlock(&p->feed_order);
 }
 
 static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned char *der,
@@ -386,6 +413,7 @@ int publisher_start(struct daemon_ctx *ctx, struct publisher **out)
     p->cp_offered = -1;
     p->cp_next = 0; /* the first cycle signs one: what happened while mqpkid was down */
     pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->feed_order, NULL);
     {
         pthread_condattr_t attr;
         pthread_condattr_init(&attr);
@@ -461,6 +489,7 @@ void publisher_stop(struct publisher *p)
     lifecycle_free(p->lc);
     inventory_close(p->inv);
     pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->feed_order);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }

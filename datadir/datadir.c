@@ -407,7 +407,7 @@ int datadir_ca_remote(const struct datadir *dd)
 
 /* Threads of one process that export (mqpkid's publisher and its full CRL signer, catch-up)
  * write one kind's files one at a time, never a lower number after a higher one. Between
- * processes, the publication lock does that. */
+ * processes, the publication lock does that (docs/internals/lifecycle.md says where not). */
 static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,

@@ -178,6 +178,19 @@ static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink
                 pub->full_pending = s.newest[k].number;
             continue;
         }
+        /* A delta goes to crl/ only once its base is there (exported, "done"): beside an older
+         * full CRL it would replace the delta that extends that one, and a reader would take
+         * neither. The exporter of the base exports it next. */
+        if (k == INV_CRL_DELTA && s.newest[k].base >= 0) {
+            struct inventory_crl base;
+            if ((rc = inventory_crl_get(lc->inv, s.newest[k].base, &base)) != MQPKI_OK)
+                return rc;
+            if (base.state != INV_CRL_DONE) {
+                if (base.number > pub->full_pending)
+                    pub->full_pending = base.number;
+                continue;
+            }
+        }
         if ((rc = inventory_crl_der(lc->inv, s.newest[k].number, &der, &len)) != MQPKI_OK)
             return rc;
         if (sink != NULL && sink->export_crl != NULL)
@@ -241,6 +254,7 @@ struct pending_rows {
     int64_t last_full;  /* highest pending number that asks for a full CRL, 0 when none */
     int64_t last_delta; /* highest pending number that asks for a delta (a change), 0 when none */
     int full_awaited;   /* a full CRL not asked for by the schedule: someone waits for it */
+    int64_t last_scheduled; /* highest pending full CRL only the schedule asked for */
 };
 
 static int note_pending(const struct inventory_crl *c, void *ctx)
@@ -252,6 +266,8 @@ static int note_pending(const struct inventory_crl *c, void *ctx)
             p->last_full = c->number;
             if (strcmp(c->reason, LIFECYCLE_FULL_SCHEDULED) != 0)
                 p->full_awaited = 1;
+            else
+                p->last_scheduled = c->number;
         } else {
             p->last_delta = c->number;
         }
@@ -285,16 +301,18 @@ static int publish(struct lifecycle *lc, struct ca *ca, const struct lifecycle_s
             break;
         if (p.last_delta > 0) {
             rc = sign_pending(lc, ca, p.last_delta, 0, sink, actor, &pub, &kind);
-            /* Folded meanwhile into a full CRL lifecycle_full_sign signed from later state. */
-            if (rc == MQPKI_ERR_STATE && ca != NULL) {
-                mqpki_err_clear();
-                rc = MQPKI_OK;
-            }
         } else if (p.last_full > 0 && (fulls_here || p.full_awaited)) {
             rc = sign_pending(lc, ca, p.last_full, 1, sink, actor, &pub, &kind);
         } else {
             pub.full_pending = p.last_full;
             break;
+        }
+        /* Signed or folded meanwhile by lifecycle_full_sign (another thread or a replica): out
+         * already, from later state. The next round sees what is still pending. */
+        if (rc == MQPKI_ERR_STATE && ca != NULL) {
+            mqpki_err_clear();
+            rc = MQPKI_OK;
+            continue;
         }
         if (rc != MQPKI_OK)
             break;
@@ -349,21 +367,25 @@ int lifecycle_full_sign(struct lifecycle *lc, struct ca *ca, const struct lifecy
 
     memset(&p, 0, sizeof(p));
     /* What an earlier run signed and did not export (it died, a full disk) first. */
-    if ((rc = export_signed(lc, sink, &pub, 1, 0)) != MQPKI_OK)
+    if ((rc = export_signed(lc, sink, &pub, 1, 1)) != MQPKI_OK)
         return rc;
-    if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) == MQPKI_OK && p.last_full > 0) {
-        rc = sign_pending(lc, ca, p.last_full, 1, sink, actor, &pub, &kind);
+    /* Only one nobody waits for: a full CRL an operator asked for is signed by the changes'
+     * lane, which answers the command. */
+    if ((rc = inventory_crl_open(lc->inv, note_pending, &p, NULL)) == MQPKI_OK &&
+        p.last_scheduled > 0) {
+        rc = sign_pending(lc, ca, p.last_scheduled, 1, sink, actor, &pub, &kind);
         if (rc == MQPKI_OK)
-            pub.full_number = p.last_full;
+            pub.full_number = p.last_scheduled;
         /* Signed meanwhile by another publisher (a replica, or the changes' lane when it had to
          * sign a full CRL of its own): nothing is lost, it is out. */
         if (rc == MQPKI_ERR_STATE && ca != NULL) {
             mqpki_err_clear();
             rc = MQPKI_OK;
         }
-        /* The files follow the feed; the changes' lane never waits for this write either. */
+        /* The files follow the feed; the changes' lane never waits for this write either. The
+         * deltas based on it, held back until it is out, follow it. */
         if (rc == MQPKI_OK && pub.signed_count > 0)
-            rc = export_signed(lc, sink, &pub, 1, 0);
+            rc = export_signed(lc, sink, &pub, 1, 1);
     }
     if (out != NULL)
         *out = pub;
