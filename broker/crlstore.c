@@ -18,7 +18,9 @@ struct revpart {
 struct revset {
     struct revpart *full;  /* NULL: no CRL held */
     struct revpart *delta; /* NULL: no delta held */
-    struct revpart *ahead; /* a verified delta on the full CRL still loading: its serials only */
+    /* Verified deltas whose base is not in force yet, their serials only: the newest, and one
+     * on an older base it replaced (whose revocations the newer delta need not list). */
+    struct revpart *ahead[2];
 };
 
 /* Who frees the table of a part nobody holds any more (revset_set_reaper); NULL: at once. */
@@ -178,9 +180,11 @@ int revset_with(const struct revset *cur, struct revpart *p, struct revset **out
     }
     /* A delta held ahead of its base stays until that base is in force (a full CRL numbered at
      * or above its base), or a newer delta comes. */
-    if (cur != NULL && cur->ahead != NULL &&
-        (p->base < 0 ? cur->ahead->base > p->number : cur->ahead->number > p->number))
-        r->ahead = part_ref(cur->ahead);
+    for (int i = 0, j = 0; cur != NULL && i < 2; i++) {
+        const struct revpart *a = cur->ahead[i];
+        if (a != NULL && (p->base < 0 ? a->base > p->number : a->number > p->number))
+            r->ahead[j++] = part_ref(cur->ahead[i]);
+    }
     *out = r;
     return 0;
 }
@@ -194,7 +198,11 @@ int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset
         return -1;
     r->full = part_ref(cur->full);
     r->delta = part_ref(cur->delta);
-    r->ahead = p;
+    r->ahead[0] = p;
+    if (cur->ahead[0] != NULL && cur->ahead[0]->base < p->base)
+        r->ahead[1] = part_ref(cur->ahead[0]);
+    else if (cur->ahead[1] != NULL && cur->ahead[1]->base < p->base)
+        r->ahead[1] = part_ref(cur->ahead[1]);
     *out = r;
     return 0;
 }
@@ -228,7 +236,8 @@ void revset_free(struct revset *r)
         return;
     part_unref(r->full);
     part_unref(r->delta);
-    part_unref(r->ahead);
+    part_unref(r->ahead[0]);
+    part_unref(r->ahead[1]);
     free(r);
 }
 
@@ -282,10 +291,13 @@ int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_I
         goto out;
     /* Listed by a delta whose base is still loading: revoked now. What it takes off waits for
      * that base to be in force (a hold lifted late is harmless, a revocation lost is not). */
-    if (r->ahead != NULL && memcmp(r->ahead->issuer, issuer, PROTO_ISSUER_LEN) == 0 &&
-        serialset_has(r->ahead->listed, key)) {
-        revoked = 1;
-        goto out;
+    for (int i = 0; i < 2; i++) {
+        const struct revpart *a = r->ahead[i];
+        if (a != NULL && memcmp(a->issuer, issuer, PROTO_ISSUER_LEN) == 0 &&
+            serialset_has(a->listed, key)) {
+            revoked = 1;
+            goto out;
+        }
     }
     if (r->full == NULL)
         goto out;

@@ -656,14 +656,16 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
                      int persist_it, char *why, size_t why_len);
 
 /* After a full CRL is put in force: the delta that waited for it, unless its base is still to
- * come (it waits on) or the worker is still loading. */
+ * come (it waits on). */
 static void retry_deferred(struct plugin *pl)
 {
     unsigned char *der = pl->deferred;
     size_t len = pl->deferred_len;
     char why[WHY_MAX] = "";
 
-    if (der == NULL || (pl->loader != NULL && crlload_pending(pl->loader) >= 0))
+    /* Also while another full CRL loads: apply_crl orders it against that one (it waits on,
+     * ahead again, when its base is the one loading). */
+    if (der == NULL)
         return;
     pl->deferred = NULL; /* apply_crl may defer it again: a copy of its own */
     pl->deferred_len = 0;
@@ -721,8 +723,11 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
             snprintf(why, why_len, "CRL %lld: out of memory", (long long)info.number);
             goto out;
         }
-        if (rc > 0) { /* a newer one waits already */
-            rc = 0;
+        if (rc > 0) { /* a newer one waits already: this one must not become the retained copy */
+            snprintf(why, why_len,
+                     "delta CRL %lld refused: delta CRL %lld waits for its base already",
+                     (long long)info.number, (long long)pl->deferred_number);
+            rc = -1;
             goto out;
         }
         mosquitto_log_printf(MOSQ_LOG_INFO,

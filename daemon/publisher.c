@@ -169,7 +169,7 @@ static void catch_up(struct publisher *p)
         struct inventory_crl c;
         unsigned char *der = NULL;
         size_t len = 0;
-        int busy;
+        int busy, feed, export;
         if (inventory_crl_latest(p->inv, k, &c) != MQPKI_OK)
             continue;
         if (k == INV_CRL_FULL)
@@ -181,13 +181,19 @@ static void catch_up(struct publisher *p)
         if (k == INV_CRL_FULL && busy)
             continue;
         /* Never a lower number after a higher one: a delta older than the full CRL is spent. */
-        if (c.number <= offered(p, k) || (k == INV_CRL_DELTA && c.number <= full))
+        feed = c.number > offered(p, k) && !(k == INV_CRL_DELTA && c.number <= full);
+        /* This replica's crl/ (served over HTTP) follows the store, also what others signed. */
+        export = c.number > datadir_crl_exported(p->ctx->dd, k) &&
+                 !(k == INV_CRL_DELTA && c.number <= full);
+        if ((!feed && !export) || inventory_crl_der(p->inv, c.number, &der, &len) != MQPKI_OK) {
+            free(der);
             continue;
-        if (inventory_crl_der(p->inv, c.number, &der, &len) == MQPKI_OK) {
+        }
+        if (feed)
             offer(p, &c, der, len);
-            /* Signed by another replica: this one's crl/ (served over HTTP) follows too. */
+        if (export) {
             int erc = datadir_crl_export(p->ctx->dd, &c, der, len);
-            if (erc != MQPKI_OK)
+            if (erc != MQPKI_OK && erc != MQPKI_ERR_BUSY)
                 mqpki_log(MQPKI_LOG_ERROR, "CRL %lld: %s", (long long)c.number,
                           mqpki_err_detail(erc));
         }

@@ -435,16 +435,68 @@ static int crl_export(struct datadir *dd, const struct inventory_crl *c, const u
     return rc;
 }
 
+/* crl/exported read once per process (export_lock held); missing or unreadable: not known. */
+static void exported_load(struct datadir *dd)
+{
+    char path[PATH_MAX];
+    unsigned char *text = NULL;
+    size_t len = 0;
+    long long full = -1, delta = -1;
+
+    if (dd->exported_known)
+        return;
+    dd->exported_known = 1;
+    dd->exported[INV_CRL_FULL] = dd->exported[INV_CRL_DELTA] = -1;
+    if (datadir_path(dd, "crl/exported", path) == MQPKI_OK &&
+        mqpki_file_read(path, 64, &text, &len) == MQPKI_OK &&
+        sscanf((const char *)text, "%lld %lld", &full, &delta) == 2 && full >= -1 && delta >= -1) {
+        dd->exported[INV_CRL_FULL] = full;
+        dd->exported[INV_CRL_DELTA] = delta;
+    }
+    free(text);
+    mqpki_err_clear();
+}
+
+int64_t datadir_crl_exported(struct datadir *dd, int kind)
+{
+    int64_t n;
+
+    if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
+        return -1;
+    pthread_mutex_lock(&export_lock);
+    exported_load(dd);
+    n = dd->exported[kind];
+    pthread_mutex_unlock(&export_lock);
+    return n;
+}
+
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len)
 {
-    int rc = MQPKI_OK;
+    char path[PATH_MAX], text[64];
+    int rc = MQPKI_OK, n;
 
     if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
         return mqpki_fail(MQPKI_ERR_INVALID, "CRL %lld: no kind to export", (long long)c->number);
     pthread_mutex_lock(&export_lock);
-    if (c->number > dd->exported[c->kind] && (rc = crl_export(dd, c, der, len)) == MQPKI_OK)
-        dd->exported[c->kind] = c->number;
+    exported_load(dd);
+    if (c->number <= dd->exported[c->kind])
+        goto out;
+    /* Its base is not in crl/ yet (a data directory from before crl/exported: not known). */
+    if (c->kind == INV_CRL_DELTA && dd->exported[INV_CRL_FULL] >= 0 &&
+        c->base > dd->exported[INV_CRL_FULL]) {
+        rc = mqpki_fail(MQPKI_ERR_BUSY, "delta CRL %lld waits for its base, full CRL %lld, in crl/",
+                        (long long)c->number, (long long)c->base);
+        goto out;
+    }
+    if ((rc = crl_export(dd, c, der, len)) != MQPKI_OK)
+        goto out;
+    dd->exported[c->kind] = c->number;
+    n = snprintf(text, sizeof(text), "%lld %lld\n", (long long)dd->exported[INV_CRL_FULL],
+                 (long long)dd->exported[INV_CRL_DELTA]);
+    if ((rc = datadir_path(dd, "crl/exported", path)) == MQPKI_OK)
+        rc = mqpki_file_write_atomic(path, text, (size_t)n, 0644);
+out:
     pthread_mutex_unlock(&export_lock);
     return rc;
 }

@@ -200,6 +200,14 @@ int datadir_config_load(const char *home, struct datadir_config *cfg);
  */
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len);
+/*
+ * Which numbers crl/ holds: crl/exported ("FULL DELTA", -1 for none or not known), written after
+ * each export. datadir_crl_export skips a CRL not newer than the one held, and holds back a
+ * delta based on a full CRL newer than the one held (MQPKI_ERR_BUSY, nothing written): beside
+ * an older full CRL it would replace the delta that extends that one, and a reader would take
+ * neither. Whoever exports the base exports the delta next (lifecycle/publish.c).
+ */
+int64_t datadir_crl_exported(struct datadir *dd, int kind);
 
 /*
  * The control socket between mqpki and a running mqpkid (run/mqpkid.sock): a request is one

@@ -178,24 +178,26 @@ static int export_signed(struct lifecycle *lc, const struct lifecycle_sink *sink
                 pub->full_pending = s.newest[k].number;
             continue;
         }
-        /* A delta goes to crl/ only once its base is there (exported, "done"): beside an older
-         * full CRL it would replace the delta that extends that one, and a reader would take
-         * neither. The exporter of the base exports it next. */
-        if (k == INV_CRL_DELTA && s.newest[k].base >= 0) {
-            struct inventory_crl base;
-            if ((rc = inventory_crl_get(lc->inv, s.newest[k].base, &base)) != MQPKI_OK)
-                return rc;
-            if (base.state != INV_CRL_DONE) {
-                if (base.number > pub->full_pending)
-                    pub->full_pending = base.number;
-                continue;
-            }
+        rc = inventory_crl_der(lc->inv, s.newest[k].number, &der, &len);
+        /* A delta superseded and pruned meanwhile: the lane that signed the newer one exports
+         * that. */
+        if (rc == MQPKI_ERR_NOT_FOUND && k == INV_CRL_DELTA) {
+            mqpki_err_clear();
+            continue;
         }
-        if ((rc = inventory_crl_der(lc->inv, s.newest[k].number, &der, &len)) != MQPKI_OK)
+        if (rc != MQPKI_OK)
             return rc;
         if (sink != NULL && sink->export_crl != NULL)
             rc = sink->export_crl(sink->ctx, &s.newest[k], der, len);
         free(der);
+        /* A delta whose base is not in crl/ yet (datadir_crl_export): it stays signed, and the
+         * exporter of the base (the full CRL lane, or mqpkid's catch-up) exports it next. */
+        if (rc == MQPKI_ERR_BUSY && k == INV_CRL_DELTA) {
+            mqpki_err_clear();
+            if (s.newest[k].base > pub->full_pending)
+                pub->full_pending = s.newest[k].base;
+            continue;
+        }
         if (rc != MQPKI_OK || (rc = inventory_crl_done(lc->inv, k, s.newest[k].number)) != MQPKI_OK)
             return rc;
         pub->exported_count++;

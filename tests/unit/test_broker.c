@@ -420,6 +420,9 @@ static void test_delta_ahead(void **state)
     STACK_OF(X509) * cas;
     struct revset *r = revset_new_empty(), *next = NULL;
     unsigned full_s[] = {1, 2}, delta_s[] = {3}, full2_s[] = {1, 2, 3}, ahead_s[] = {5, 1};
+    unsigned later_s[] = {6};
+    unsigned char *later;
+    size_t ll;
     int ahead_reasons[] = {1, 8 /* removeFromCRL */};
     unsigned char *full, *delta, *full2, *ahead, k[PROTO_SERIAL_KEY_LEN], iss[PROTO_ISSUER_LEN];
     size_t lf, ld, lf2, la;
@@ -448,12 +451,24 @@ static void test_delta_ahead(void **state)
     assert_true(revset_is_revoked(r, iss, k)); /* its removal waits for its base */
     assert_int_equal(revset_full_number(r), 10);
     assert_int_equal(revset_delta_number(r), 12);
+    /* A newer delta on a still newer base: both count until their bases are in force. */
+    later = make_crl(&ca, 15, 14, later_s, NULL, 1, &ll);
+    assert_int_equal(revset_with_ahead(r, part_of(cas, later, ll), &next), 0);
+    revset_free(r);
+    r = next;
+    key_of(6, k);
+    assert_true(revset_is_revoked(r, iss, k));
+    key_of(5, k);
+    assert_true(revset_is_revoked(r, iss, k));
 
-    /* Full CRL 11 in force (delta 12, based on 10, still extends it), then delta 13 whole. */
+    /* Full CRL 11 in force (delta 12, based on 10, still extends it), then delta 13 whole;
+     * delta 15 still waits for its base 14, and counts. */
     assert_int_equal(revset_with(r, part_of(cas, full2, lf2), &next), 0);
     revset_free(r);
     r = next;
     assert_int_equal(revset_delta_number(r), 12);
+    key_of(6, k);
+    assert_true(revset_is_revoked(r, iss, k));
     assert_int_equal(feed(&r, cas, ahead, la, why), PROTO_CRL_ACCEPT);
     key_of(5, k);
     assert_true(revset_is_revoked(r, iss, k));
@@ -466,6 +481,7 @@ static void test_delta_ahead(void **state)
     OPENSSL_free(delta);
     OPENSSL_free(full2);
     OPENSSL_free(ahead);
+    OPENSSL_free(later);
     revset_free(r);
     sk_X509_pop_free(cas, X509_free);
     free_ca(&ca);
