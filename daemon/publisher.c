@@ -48,9 +48,10 @@ struct publisher {
      * CRL off the publication lock (lifecycle_full_sign), so that no delta waits for it. */
     pthread_t full_thread;
     int full_started;
-    int full_wanted;     /* under lock: a full CRL is pending */
-    int full_busy;       /* under lock: the signer is at work (catch-up leaves full CRLs to it) */
-    int64_t full_signed; /* under lock: newest full CRL it signed, for the cycle to log */
+    int full_wanted;       /* under lock: a full CRL is pending */
+    int full_busy;         /* under lock: the signer is at work (catch-up leaves full CRLs to it) */
+    int64_t full_signed;   /* under lock: newest full CRL it signed */
+    int64_t full_anchored; /* under lock: newest of those an audit checkpoint followed */
 };
 
 /* Asks for a cycle without waiting for it. */
@@ -387,6 +388,13 @@ static void *run(void *arg)
         signed_now = pub.signed_count;
         (void)cycle_scheduled(p, &pub);
         signed_now += pub.signed_count;
+        /* A full CRL the signer thread signed since: anchored by this cycle's checkpoint too. */
+        pthread_mutex_lock(&p->lock);
+        if (p->full_signed > p->full_anchored) {
+            p->full_anchored = p->full_signed;
+            signed_now++;
+        }
+        pthread_mutex_unlock(&p->lock);
         audit_tick(p, signed_now > 0);
         pthread_mutex_lock(&p->lock);
         if (p->stop || p->requested != gen)
