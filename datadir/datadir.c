@@ -2,10 +2,13 @@
 #include "datadir.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -405,9 +408,10 @@ int datadir_ca_remote(const struct datadir *dd)
     return dd->remote;
 }
 
-/* Threads of one process that export (mqpkid's publisher and its full CRL signer, catch-up)
- * write one kind's files one at a time, never a lower number after a higher one. Between
- * processes, the publication lock does that (docs/internals/lifecycle.md says where not). */
+/* Exporters write one kind's files one at a time, never a lower number after a higher one:
+ * the threads of one process (mqpkid's publisher and its full CRL signer, catch-up) through
+ * export_lock, processes through an flock on crl/.export-lock, under which crl/exported is read
+ * and written. */
 static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
@@ -435,7 +439,7 @@ static int crl_export(struct datadir *dd, const struct inventory_crl *c, const u
     return rc;
 }
 
-/* crl/exported read once per process (export_lock held); missing or unreadable: not known. */
+/* What crl/exported says (export_lock and the flock held); missing or unreadable: not known. */
 static void exported_load(struct datadir *dd)
 {
     char path[PATH_MAX];
@@ -443,9 +447,6 @@ static void exported_load(struct datadir *dd)
     size_t len = 0;
     long long full = -1, delta = -1;
 
-    if (dd->exported_known)
-        return;
-    dd->exported_known = 1;
     dd->exported[INV_CRL_FULL] = dd->exported[INV_CRL_DELTA] = -1;
     if (datadir_path(dd, "crl/exported", path) == MQPKI_OK &&
         mqpki_file_read(path, 64, &text, &len) == MQPKI_OK &&
@@ -457,16 +458,39 @@ static void exported_load(struct datadir *dd)
     mqpki_err_clear();
 }
 
+/* Takes export_lock and the flock on crl/.export-lock; -1 when the lock file cannot be had. */
+static int export_begin(struct datadir *dd)
+{
+    char path[PATH_MAX];
+    int fd = -1;
+
+    pthread_mutex_lock(&export_lock);
+    if (datadir_path(dd, "crl/.export-lock", path) == MQPKI_OK &&
+        (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) >= 0) {
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+    }
+    exported_load(dd);
+    return fd;
+}
+
+static void export_end(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* releases the flock */
+    pthread_mutex_unlock(&export_lock);
+}
+
 int64_t datadir_crl_exported(struct datadir *dd, int kind)
 {
     int64_t n;
 
     if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
         return -1;
-    pthread_mutex_lock(&export_lock);
-    exported_load(dd);
+    int fd = export_begin(dd);
+
     n = dd->exported[kind];
-    pthread_mutex_unlock(&export_lock);
+    export_end(fd);
     return n;
 }
 
@@ -474,12 +498,15 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
                        size_t len)
 {
     char path[PATH_MAX], text[64];
-    int rc = MQPKI_OK, n;
+    int rc = MQPKI_OK, n, fd;
 
     if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
         return mqpki_fail(MQPKI_ERR_INVALID, "CRL %lld: no kind to export", (long long)c->number);
-    pthread_mutex_lock(&export_lock);
-    exported_load(dd);
+    if ((fd = export_begin(dd)) < 0) {
+        rc = mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO,
+                        "%s/crl/.export-lock: %s", dd->home, strerror(errno));
+        goto out;
+    }
     if (c->number <= dd->exported[c->kind])
         goto out;
     /* Its base is not in crl/ yet (a data directory from before crl/exported: not known). */
@@ -497,7 +524,7 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
     if ((rc = datadir_path(dd, "crl/exported", path)) == MQPKI_OK)
         rc = mqpki_file_write_atomic(path, text, (size_t)n, 0644);
 out:
-    pthread_mutex_unlock(&export_lock);
+    export_end(fd);
     return rc;
 }
 

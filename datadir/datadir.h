@@ -146,8 +146,8 @@ int datadir_set_store(const char *url);
  * Refused while mqpkid runs on home (it would keep writing to the old store), and when the
  * destination holds anything but this store's rows.
  */
-int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress,
-                          void *ctx, int *already);
+int datadir_store_migrate(const char *home, const char *url, inventory_copy_cb progress, void *ctx,
+                          int *already);
 
 /*
  * Prepares the empty or missing directory to as a replica of the data directory from, whose
@@ -183,7 +183,6 @@ int datadir_tls_renew(struct datadir *dd, int force, int *renewed);
 int datadir_broker_renew(struct datadir *dd, const char *name, int force, int *renewed,
                          pid_t *reloaded);
 
-
 /* datadir_broker_renew for every bundled broker when due, logging each; returns how many. */
 int datadir_brokers_renew(struct datadir *dd);
 
@@ -201,11 +200,13 @@ int datadir_config_load(const char *home, struct datadir_config *cfg);
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len);
 /*
- * Which numbers crl/ holds: crl/exported ("FULL DELTA", -1 for none or not known), written after
- * each export. datadir_crl_export skips a CRL not newer than the one held, and holds back a
- * delta based on a full CRL newer than the one held (MQPKI_ERR_BUSY, nothing written): beside
- * an older full CRL it would replace the delta that extends that one, and a reader would take
- * neither. Whoever exports the base exports the delta next (lifecycle/publish.c).
+ * Which numbers crl/ holds: crl/exported ("FULL DELTA", -1 for none or not known), read and
+ * written after each export under the export lock (an flock on crl/.export-lock, which every
+ * exporting thread and process takes). datadir_crl_export skips a CRL not newer than the one
+ * held, and holds back a delta based on a full CRL newer than the one held (MQPKI_ERR_BUSY,
+ * nothing written): beside an older full CRL it would replace the delta that extends that one,
+ * and a reader would take neither. Whoever exports the base exports the delta next
+ * (lifecycle/publish.c).
  */
 int64_t datadir_crl_exported(struct datadir *dd, int kind);
 

@@ -47,8 +47,7 @@ struct datadir {
     int token_lock;      /* DATADIR_LOCK_TOKEN while this process has the token open, else -1 */
     int daemon_lock;     /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
     int daemon_mode;     /* opened by mqpkid: the CA key is this process's own */
-    int64_t exported[2]; /* what crl/ holds (crl/exported; export_lock); -1: none or unknown */
-    int exported_known;  /* crl/exported was read */
+    int64_t exported[2]; /* what crl/ holds (crl/exported, read under the export lock) */
 };
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
