@@ -216,7 +216,8 @@ struct lifecycle_sink {
                        size_t len);
     /* Export it (the crl/ files): the newest signed CRL of each kind, never a lower number than
      * exported before. An error leaves it signed; the next lifecycle_publish exports the newest
-     * signed CRL of its kind. */
+     * signed CRL of its kind. MQPKI_ERR_BUSY for a delta: its base is not exported yet; it stays
+     * signed, without an error, for the exporter of the base (out->full_pending names it). */
     int (*export_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
                       size_t len);
     void *ctx;
@@ -229,7 +230,8 @@ struct lifecycle_publication {
     int64_t full_number;  /* newest signed full CRL afterwards, -1 when none */
     int64_t delta_number; /* newest signed delta CRL afterwards, -1 when none */
     int64_t entries;      /* entries of the last CRL signed by this call */
-    int64_t full_pending; /* lifecycle_publish_changes: a full CRL left for lifecycle_full_sign */
+    int64_t full_pending; /* work left for lifecycle_full_sign: a scheduled full CRL to sign,
+                           * or one to export (before the deltas on it); 0: none */
 };
 
 /*

@@ -11,9 +11,12 @@
  *     the row is signed; the same bytes are exported (and fed, by mqpkid's catch-up) again;
  *   - after the export, before "done" commits: the export is repeated, byte for byte the same.
  * A failed export (a full disk) leaves the CRL signed and does not hold back newer CRLs: they are
- * signed and fed, and the next export writes the newest. One publisher at a time (the store's
- * publication lock) signs in number order and exports only newer numbers, so a file or a broker
- * never receives a lower number after a higher one.
+ * signed and fed, and the next export writes the newest; only a delta based on a full CRL not
+ * yet in crl/ waits for that one there (datadir_crl_export answers MQPKI_ERR_BUSY). One
+ * publisher at a time (the store's publication lock) signs changes in number order; a scheduled
+ * full CRL keeps its lower number and may be signed meanwhile by lifecycle_full_sign (mqpkid's
+ * own thread, lifecycle.h). The crl/ export lock and the feed keep each kind's numbers going up,
+ * so a file or a broker never receives a lower number of a kind after a higher one.
  */
 #include <stdlib.h>
 #include <string.h>
