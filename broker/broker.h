@@ -95,6 +95,9 @@ int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset
  */
 struct crlload;
 int crlload_start(STACK_OF(X509) * cas, struct crlload **out);
+/* The trusted CRL signers from now on (the worker takes references of its own; the caller keeps
+ * cas). 0, or -1 when out of memory. */
+int crlload_set_cas(struct crlload *l, STACK_OF(X509) * cas);
 /* Stops the worker (waits for the running job) and frees everything. NULL-safe. */
 void crlload_stop(struct crlload *l);
 /* 0, or -1 when out of memory. persist_path may be NULL. number: the CRL's number, for

@@ -22,7 +22,7 @@ struct job {
 };
 
 struct crlload {
-    STACK_OF(X509) * cas; /* borrowed; read-only once the plugin is set up */
+    STACK_OF(X509) * cas; /* the trusted CRL signers (own references), under lock */
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -50,18 +50,31 @@ static struct revpart *load(struct crlload *l, const struct job *j, struct proto
 {
     struct proto_crl_der d;
     struct revpart *part = NULL;
+    STACK_OF(X509) * cas;
     EVP_PKEY *key = NULL;
 
     memset(info, 0, sizeof(*info));
-    if (proto_crl_der_split(j->der, j->len, &d, why, why_len) != 0)
+    /* The signers as they are now (a new issuing CA may arrive meanwhile): references of our
+     * own for the job. */
+    pthread_mutex_lock(&l->lock);
+    cas = X509_chain_up_ref(l->cas);
+    pthread_mutex_unlock(&l->lock);
+    if (cas == NULL) {
+        snprintf(why, why_len, "out of memory");
         return NULL;
-    if (proto_crl_der_check(&d, l->cas, &key, info, why, why_len) == 0 &&
+    }
+    if (proto_crl_der_split(j->der, j->len, &d, why, why_len) != 0) {
+        sk_X509_pop_free(cas, X509_free);
+        return NULL;
+    }
+    if (proto_crl_der_check(&d, cas, &key, info, why, why_len) == 0 &&
         proto_crl_der_verify_sig(&d, key, why, why_len) == 0 &&
         revpart_from_der(&d, info, &part, why, why_len) == 0 && j->persist_path != NULL &&
         mqpki_file_write_atomic(j->persist_path, j->der, j->len, 0600) != MQPKI_OK)
         snprintf(why, why_len, "CRL %lld loaded but not kept in %s: %s", (long long)info->number,
                  j->persist_path, mqpki_err_detail(MQPKI_ERR_IO));
     proto_crl_der_clear(&d);
+    sk_X509_pop_free(cas, X509_free);
     return part;
 }
 
@@ -116,9 +129,13 @@ int crlload_start(STACK_OF(X509) * cas, struct crlload **out)
     *out = NULL;
     if (l == NULL)
         return -1;
-    l->cas = cas;
+    if ((l->cas = X509_chain_up_ref(cas)) == NULL) {
+        free(l);
+        return -1;
+    }
     l->running = -1;
     if (pthread_mutex_init(&l->lock, NULL) != 0) {
+        sk_X509_pop_free(l->cas, X509_free);
         free(l);
         return -1;
     }
@@ -130,6 +147,7 @@ int crlload_start(STACK_OF(X509) * cas, struct crlload **out)
     if (pthread_create(&l->thread, NULL, run, l) != 0) {
         pthread_cond_destroy(&l->cond);
         pthread_mutex_destroy(&l->lock);
+        sk_X509_pop_free(l->cas, X509_free);
         free(l);
         return -1;
     }
@@ -151,9 +169,24 @@ void crlload_stop(struct crlload *l)
     free(l->trash);
     job_clear(&l->next);
     revpart_free(l->part);
+    sk_X509_pop_free(l->cas, X509_free);
     pthread_cond_destroy(&l->cond);
     pthread_mutex_destroy(&l->lock);
     free(l);
+}
+
+int crlload_set_cas(struct crlload *l, STACK_OF(X509) * cas)
+{
+    STACK_OF(X509) *copy = X509_chain_up_ref(cas), *old;
+
+    if (copy == NULL)
+        return -1;
+    pthread_mutex_lock(&l->lock);
+    old = l->cas;
+    l->cas = copy;
+    pthread_mutex_unlock(&l->lock);
+    sk_X509_pop_free(old, X509_free);
+    return 0;
 }
 
 int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,

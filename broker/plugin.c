@@ -33,6 +33,8 @@
 #define DENIALS_PER_S_DEFAULT 20
 #define DENY_TOPICS_MAX       64 /* distinct denied topics sent per client a second, at most */
 
+enum { KICK_REVOKED = 1, KICK_ISSUER = 2 };
+
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
 struct client {
@@ -42,20 +44,24 @@ struct client {
     char serial_hex[PROTO_SERIAL_HEX_MAX + 1];
     unsigned char serial[PROTO_SERIAL_KEY_LEN];
     unsigned char issuer[PROTO_ISSUER_LEN];
+    unsigned char akid[PROTO_AKID_MAX]; /* its issuer's key identifier (akid_len 0: none) */
+    size_t akid_len;
     char address[BROKER_ADDR_MAX];
     int64_t messages, bytes;               /* since the last stats event */
     int64_t deny_second;                   /* denial events: the second being counted, */
     int deny_count;                        /* events sent in it, */
     uint32_t deny_topics[DENY_TOPICS_MAX]; /* and the hashes of their topics */
     int64_t denials_dropped;               /* and denials left out since the last stats event */
-    int kick;
+    int kick;             /* KICK_REVOKED, KICK_ISSUER: disconnect on the next tick */
     struct client *next;  /* same context bucket */
     struct client *anext; /* same asset bucket: takeovers and shared certificates */
 };
 
 struct plugin {
     mosquitto_plugin_id_t *id;
-    STACK_OF(X509) * cas;
+    STACK_OF(X509) * cas;   /* the issuing CAs trusted: CRL signers, client certificates' */
+    STACK_OF(X509) * roots; /* the roots of plugin_opt_ca_file: what certifies a new issuing CA */
+    int check_issuer;       /* cas names issuing CAs: a client's issuer key must be one of them */
     struct revset *rev;
     struct acl *acl;
     char *state_dir;
@@ -350,6 +356,16 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     if (proto_name_digest(X509_get_issuer_name(cert), issuer) != 0)
         goto out;
     is_service = strcmp(asset, pl->service_id) == 0;
+    /* An issuing CA generation retired (or never announced): its certificates are refused even
+     * where Mosquitto's CA file still trusts it. */
+    if (pl->check_issuer && !proto_issuer_trusted(cert, pl->cas)) {
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "mqpki: %s (certificate %s) refused: its issuing CA is not trusted "
+                             "any more (retired)",
+                             asset, hex);
+        emit(pl, "connect_refused", asset, cid, addr, hex, "issuer_retired");
+        goto out;
+    }
     if (revset_is_revoked(pl->rev, issuer, key)) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "mqpki: %s (certificate %s) refused: "
@@ -391,6 +407,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     BROKER_EVENT_SET(c->address, addr);
     memcpy(c->serial, key, sizeof(key));
     memcpy(c->issuer, issuer, sizeof(issuer));
+    {
+        const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(cert);
+        if (aki != NULL && aki->length > 0 && (size_t)aki->length <= sizeof(c->akid)) {
+            memcpy(c->akid, aki->data, (size_t)aki->length);
+            c->akid_len = (size_t)aki->length;
+        }
+    }
     if (!is_service)
         note_twins(pl, c);
     client_put(pl, c);
@@ -595,7 +618,7 @@ static size_t mark_revoked(struct plugin *pl)
         for (struct client *c = pl->bucket[b]; c != NULL; c = c->next) {
             if (c->kick || !revset_is_revoked(pl->rev, c->issuer, c->serial))
                 continue;
-            c->kick = 1;
+            c->kick = KICK_REVOKED;
             pl->pending_kicks++;
             n++;
         }
@@ -827,6 +850,54 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
+/* A client certificate's issuer key is one of cas (none recorded: it passes). */
+static int client_issuer_ok(const struct client *c, STACK_OF(X509) * cas)
+{
+    for (int i = 0; c->akid_len > 0 && i < sk_X509_num(cas); i++) {
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(cas, i));
+        if (ski != NULL && (size_t)ski->length == c->akid_len &&
+            memcmp(ski->data, c->akid, c->akid_len) == 0)
+            return 1;
+    }
+    return c->akid_len == 0;
+}
+
+/*
+ * The issuing CAs to trust from now on (PROTO_TOPIC_CA_ISSUERS, or the copy kept in
+ * state_dir): each certified by a root of plugin_opt_ca_file. They verify CRLs, and a client
+ * whose certificate another CA key issued is refused, and disconnected when connected.
+ */
+static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int persist_it, char *why,
+                         size_t why_len)
+{
+    STACK_OF(X509) *cas = NULL;
+    size_t kicks = 0;
+
+    if (proto_issuers_verify(pem, len, pl->roots, &cas, why, why_len) != 0)
+        return -1;
+    if (pl->loader != NULL && crlload_set_cas(pl->loader, cas) != 0) {
+        sk_X509_pop_free(cas, X509_free);
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    sk_X509_pop_free(pl->cas, X509_free);
+    pl->cas = cas;
+    pl->check_issuer = 1;
+    for (size_t b = 0; b < pl->n_buckets; b++)
+        for (struct client *c = pl->bucket[b]; c != NULL; c = c->next)
+            if (!c->kick && !client_issuer_ok(c, cas)) {
+                c->kick = KICK_ISSUER;
+                pl->pending_kicks++;
+                kicks++;
+            }
+    if (persist_it)
+        persist(pl, "issuers.pem", pem, len);
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: trusting %d issuing CA key%s%s", sk_X509_num(cas),
+                         sk_X509_num(cas) == 1 ? "" : "s",
+                         kicks > 0 ? "; disconnecting the clients of a retired one" : "");
+    return 0;
+}
+
 static int on_message(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_message *ed = event_data;
@@ -863,6 +934,13 @@ static int on_message(int event, void *event_data, void *userdata)
         pl->quar = q;
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: %zu assets under quarantine",
                              quarantine_count(q));
+        goto out;
+    }
+    if (strcmp(ed->topic, PROTO_TOPIC_CA_ISSUERS) == 0) {
+        if (apply_issuers(pl, ed->payload, ed->payloadlen, 1, why, sizeof(why)) != 0) {
+            mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s ignored: %s", ed->topic, why);
+            rc = MOSQ_ERR_ACL_DENIED;
+        }
         goto out;
     }
     if (strcmp(ed->topic, PROTO_TOPIC_CRL_FULL) == 0)
@@ -905,8 +983,10 @@ static int on_tick(int event, void *event_data, void *userdata)
                 continue;
             mosquitto_log_printf(MOSQ_LOG_NOTICE,
                                  "mqpki: disconnecting %s (client %.100s, "
-                                 "certificate %s): certificate revoked",
-                                 c->asset, c->client_id, c->serial_hex);
+                                 "certificate %s): %s",
+                                 c->asset, c->client_id, c->serial_hex,
+                                 c->kick == KICK_ISSUER ? "its issuing CA is retired"
+                                                        : "certificate revoked");
             ids[n++] = strdup(c->client_id);
         }
     }
@@ -925,14 +1005,22 @@ out:
     return MOSQ_ERR_SUCCESS;
 }
 
-/* Loads the last good CRLs kept in state_dir, checked like fresh ones. */
+/* Loads the last good issuing CA list and CRLs kept in state_dir, checked like fresh ones. */
 static void load_state(struct plugin *pl)
 {
     static const char *const names[] = {"full.der", "delta.der"};
     char path[4096], why[WHY_MAX];
+    unsigned char *pem = NULL;
+    size_t pem_len = 0;
 
     if (pl->state_dir == NULL)
         return;
+    if (mqpki_path(path, sizeof(path), "%s/issuers.pem", pl->state_dir) == MQPKI_OK &&
+        mqpki_file_read(path, PROTO_ISSUERS_MAX, &pem, &pem_len) == MQPKI_OK &&
+        apply_issuers(pl, pem, pem_len, 0, why, sizeof(why)) != 0)
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: kept %s ignored: %s", path, why);
+    free(pem);
+    mqpki_err_clear();
     for (int i = 0; i < 2; i++) {
         unsigned char *der = NULL;
         size_t len = 0;
@@ -975,6 +1063,7 @@ static void plugin_free(struct plugin *pl)
     evring_free(pl->ev);
     quarantine_free(pl->quar);
     sk_X509_pop_free(pl->cas, X509_free);
+    sk_X509_pop_free(pl->roots, X509_free);
     revset_free(pl->rev);
     acl_free(pl->acl);
     free(pl->state_dir);
@@ -1100,6 +1189,7 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     }
     pl->stats_next = mqpki_now() + pl->stats_every;
     if (proto_crl_load_cas(ca_file, &pl->cas, why, sizeof(why)) != 0 ||
+        proto_ca_roots_load(ca_file, &pl->roots, why, sizeof(why)) != 0 ||
         acl_load(acl_file, &pl->acl, why, sizeof(why)) != 0) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
         goto out;
@@ -1109,6 +1199,11 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
                              mqpki_err_detail(MQPKI_ERR_IO));
         goto out;
     }
+    /* Issuing CAs named in the CA file: their clients' issuer keys are checked. */
+    for (int i = 0; i < sk_X509_num(pl->cas); i++)
+        if (X509_NAME_cmp(X509_get_subject_name(sk_X509_value(pl->cas, i)),
+                          X509_get_issuer_name(sk_X509_value(pl->cas, i))) != 0)
+            pl->check_issuer = 1;
     /* At start nobody waits on this thread yet: the kept CRLs load here, the worker after. */
     load_state(pl);
     if (crlload_start(pl->cas, &pl->loader) != 0) {

@@ -217,6 +217,16 @@ int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
                   const struct ca_crl_entry *entries, size_t n_entries, int64_t this_update,
                   int64_t next_update, unsigned char **der, size_t *der_len);
 
+/*
+ * The CRL der (ca_crl_encode's, signed by another key of this CA's name) signed by ca: the same
+ * TBSCertList (number, times, entries, extensions) but for the authorityKeyIdentifier, which
+ * names ca's key, signed by it. For an older issuing CA generation after a rollover: relying
+ * parties that want each certificate's CRL from its own issuing key get it. MQPKI_ERR_STATE
+ * when ca signs with another algorithm or has a key identifier of another length.
+ */
+int ca_crl_resign(struct ca *ca, const unsigned char *der, size_t der_len, unsigned char **out,
+                  size_t *out_len);
+
 /* PEM / DER encodings into a heap buffer the caller frees (OPENSSL_free is not needed: free). */
 int ca_cert_pem(X509 *cert, char **out, size_t *len);
 int ca_crl_pem(X509_CRL *crl, char **out, size_t *len);

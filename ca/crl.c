@@ -560,3 +560,154 @@ out:
     free(der);
     return rc;
 }
+
+/* One DER element at p (at most end): its tag, where its contents start and how long they are.
+ * Single-octet tags and definite lengths of up to four octets only: what CRLs use. */
+struct tlv {
+    unsigned char tag;
+    const unsigned char *start, *body;
+    size_t len; /* of the contents */
+};
+
+static int tlv_read(const unsigned char *p, const unsigned char *end, struct tlv *t)
+{
+    size_t len = 0, n;
+
+    if (end - p < 2 || (p[0] & 0x1f) == 0x1f)
+        return -1;
+    t->start = p;
+    t->tag = *p++;
+    if (*p < 0x80) {
+        len = *p++;
+    } else {
+        n = *p++ & 0x7f;
+        if (n == 0 || n > 4 || (size_t)(end - p) < n)
+            return -1;
+        while (n-- > 0)
+            len = len << 8 | *p++;
+    }
+    if ((size_t)(end - p) < len)
+        return -1;
+    t->body = p;
+    t->len = len;
+    return 0;
+}
+
+/* The keyid of the authorityKeyIdentifier among the CRL extensions in [p, end) (the contents of
+ * crlExtensions [0]): where its bytes are. */
+static int find_akid(const unsigned char *p, const unsigned char *end, unsigned char **keyid,
+                     size_t *len)
+{
+    static const unsigned char aki_oid[] = {0x06, 0x03, 0x55, 0x1d, 0x23};
+    struct tlv exts, ext, oid, val, seq, id;
+
+    if (tlv_read(p, end, &exts) != 0 || exts.tag != TAG_SEQUENCE)
+        return -1;
+    for (p = exts.body; p < exts.body + exts.len; p = ext.body + ext.len) {
+        if (tlv_read(p, exts.body + exts.len, &ext) != 0 || ext.tag != TAG_SEQUENCE ||
+            tlv_read(ext.body, ext.body + ext.len, &oid) != 0)
+            return -1;
+        if (oid.body + oid.len - oid.start != sizeof(aki_oid) ||
+            memcmp(oid.start, aki_oid, sizeof(aki_oid)) != 0)
+            continue;
+        /* extnID, [critical BOOLEAN,] extnValue OCTET STRING { SEQUENCE { [0] keyid, ... } } */
+        if (tlv_read(oid.body + oid.len, ext.body + ext.len, &val) != 0)
+            return -1;
+        if (val.tag == 0x01 && tlv_read(val.body + val.len, ext.body + ext.len, &val) != 0)
+            return -1;
+        if (val.tag != 0x04 || tlv_read(val.body, val.body + val.len, &seq) != 0 ||
+            seq.tag != TAG_SEQUENCE || tlv_read(seq.body, seq.body + seq.len, &id) != 0 ||
+            id.tag != 0x80)
+            return -1;
+        *keyid = (unsigned char *)id.body;
+        *len = id.len;
+        return 0;
+    }
+    return -1;
+}
+
+int ca_crl_resign(struct ca *ca, const unsigned char *der, size_t der_len, unsigned char **out,
+                  size_t *out_len)
+{
+    struct tlv whole, tbs, alg, field;
+    struct dbuf part = {0}, res = {0}, tail = {0};
+    const ASN1_OCTET_STRING *ski;
+    X509_ALGOR *own = NULL;
+    unsigned char *own_alg = NULL, *keyid, *sig = NULL;
+    const unsigned char *p;
+    size_t keyid_len, siglen = 0;
+    int own_len, rc = MQPKI_ERR_PARSE;
+
+    *out = NULL;
+    *out_len = 0;
+    if ((ski = X509_get0_subject_key_id(ca->issuing)) == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "the issuing CA has no key identifier");
+    if (tlv_read(der, der + der_len, &whole) != 0 || whole.tag != TAG_SEQUENCE ||
+        whole.body + whole.len != der + der_len ||
+        tlv_read(whole.body, whole.body + whole.len, &tbs) != 0 || tbs.tag != TAG_SEQUENCE ||
+        tlv_read(tbs.body + tbs.len, whole.body + whole.len, &alg) != 0 || alg.tag != TAG_SEQUENCE)
+        return mqpki_fail(rc, "CRL to sign again: not a CertificateList");
+    /* The signature algorithm stays: it is inside the signed part too. */
+    if ((rc = sig_alg(ca, &own)) != MQPKI_OK)
+        return rc;
+    own_len = i2d_X509_ALGOR(own, &own_alg);
+    if (own_len <= 0 || (size_t)own_len != (size_t)(alg.body + alg.len - alg.start) ||
+        memcmp(own_alg, alg.start, (size_t)own_len) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "CRL to sign again: made with another signature "
+                                         "algorithm than this issuing CA's");
+        goto out;
+    }
+    /* A copy of the TBS with the key identifier of this CA in the authorityKeyIdentifier:
+     * crlExtensions [0] is the last field of TBSCertList. */
+    dbuf_put(&part, tbs.start, (size_t)(tbs.body + tbs.len - tbs.start));
+    if (part.oom) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    rc = mqpki_fail(MQPKI_ERR_PARSE, "CRL to sign again: no authority key identifier");
+    for (p = part.p + (tbs.body - tbs.start); p < part.p + part.len; p = field.body + field.len) {
+        if (tlv_read(p, part.p + part.len, &field) != 0)
+            goto out;
+        if (field.tag != TAG_EXPLICIT_0)
+            continue;
+        if (find_akid(field.body, field.body + field.len, &keyid, &keyid_len) != 0)
+            goto out;
+        if (keyid_len != (size_t)ski->length) {
+            rc = mqpki_fail(MQPKI_ERR_STATE,
+                            "CRL to sign again: key identifiers of %zu and %d "
+                            "bytes",
+                            keyid_len, ski->length);
+            goto out;
+        }
+        memcpy(keyid, ski->data, keyid_len);
+        rc = MQPKI_OK;
+        break;
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    mqpki_err_clear();
+    if ((rc = sign_parts(ca, &part, 1, &sig, &siglen)) != MQPKI_OK)
+        goto out;
+    dbuf_put(&tail, alg.start, (size_t)(alg.body + alg.len - alg.start));
+    dbuf_hdr(&tail, TAG_BIT_STRING, siglen + 1);
+    dbuf_put(&tail, "", 1);
+    dbuf_put(&tail, sig, siglen);
+    dbuf_hdr(&res, TAG_SEQUENCE, part.len + tail.len);
+    dbuf_put(&res, part.p, part.len);
+    dbuf_put(&res, tail.p, tail.len);
+    if (res.oom || tail.oom) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    *out = res.p;
+    *out_len = res.len;
+    res.p = NULL;
+out:
+    free(part.p);
+    free(res.p);
+    free(tail.p);
+    free(sig);
+    OPENSSL_free(own_alg);
+    X509_ALGOR_free(own);
+    return rc;
+}

@@ -20,6 +20,10 @@ typedef int (*cli_fn)(struct cli *cli, int argc, char **argv);
 
 int cmd_init(struct cli *cli, int argc, char **argv);
 int cmd_ca_export(struct cli *cli, int argc, char **argv);
+/* cmd_issuers.c: the issuing CA's generations. */
+int cmd_ca_list(struct cli *cli, int argc, char **argv);
+int cmd_ca_rollover(struct cli *cli, int argc, char **argv);
+int cmd_ca_retire(struct cli *cli, int argc, char **argv);
 int cmd_crl(struct cli *cli, int argc, char **argv);
 int cmd_crl_publish(struct cli *cli, int argc, char **argv);
 int cmd_audit_verify(struct cli *cli, int argc, char **argv);

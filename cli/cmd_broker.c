@@ -725,10 +725,17 @@ out:
 
 /* ---- crl-sync ------------------------------------------------------------------------- */
 
+/* The CRLs held: [0] the current key's (PROTO_TOPIC_CRL_FULL, _DELTA), [G] older issuing CA
+ * generation G's copies of them (PROTO_TOPIC_CRL_GENERATION), each written to --out (full) or
+ * --delta-out (delta) together, so that a broker checking each certificate against a CRL of its
+ * own issuing key finds one for every generation. */
+#define SYNC_GENS 64
 struct sync {
-    STACK_OF(X509) * cas;
+    STACK_OF(X509) * cas;   /* CRL signers: --ca's issuing CAs, then PROTO_TOPIC_CA_ISSUERS' */
+    STACK_OF(X509) * roots; /* --ca's roots: what certifies a new issuing CA */
     const char *out, *delta_out, *exec;
-    int64_t held_full, held_delta;
+    int64_t held[SYNC_GENS + 1][2];
+    char *pem[SYNC_GENS + 1][2];
     int once, done, connected, failed;
 };
 
@@ -762,35 +769,72 @@ static void run_exec(const char *cmd)
     fflush(stdout);
 }
 
-/* Writes a verified CRL as PEM to the user's path (most brokers' crlfile wants PEM): a regular
- * file atomically, a FIFO or device in place (mqpki_file_write_user). */
-static int write_crl_pem(const char *path, X509_CRL *crl)
+/* A CRL as PEM (most brokers' crlfile wants PEM), heap. */
+static char *crl_pem(X509_CRL *crl)
 {
     BIO *bio = BIO_new(BIO_s_mem());
-    char *pem = NULL;
+    char *data = NULL, *pem = NULL;
     long len;
+
+    if (bio != NULL && PEM_write_bio_X509_CRL(bio, crl) == 1 &&
+        (len = BIO_get_mem_data(bio, &data)) > 0 && (pem = malloc((size_t)len + 1)) != NULL) {
+        memcpy(pem, data, (size_t)len);
+        pem[len] = '\0';
+    }
+    BIO_free(bio);
+    return pem;
+}
+
+/* Writes the held CRLs of one kind, the current key's first, to the user's path: a regular
+ * file atomically, a FIFO or device in place (mqpki_file_write_user). */
+static int write_held(struct sync *s, int delta)
+{
+    const char *path = delta ? s->delta_out : s->out;
+    size_t len = 0, n;
+    char *all = NULL, *grown;
     int rc;
 
-    if (bio == NULL || PEM_write_bio_X509_CRL(bio, crl) != 1 ||
-        (len = BIO_get_mem_data(bio, &pem)) <= 0) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot encode the CRL");
-        goto out;
+    for (int g = 0; g <= SYNC_GENS; g++) {
+        if (s->pem[g][delta] == NULL)
+            continue;
+        n = strlen(s->pem[g][delta]);
+        if ((grown = realloc(all, len + n + 1)) == NULL) {
+            free(all);
+            return mqpki_fail(MQPKI_ERR_NOMEM, "out of memory");
+        }
+        all = grown;
+        memcpy(all + len, s->pem[g][delta], n);
+        len += n;
     }
-    rc = mqpki_file_write_user(path, pem, (size_t)len, 0644);
-out:
-    BIO_free(bio);
+    if (all == NULL)
+        return MQPKI_OK;
+    rc = mqpki_file_write_user(path, all, len, 0644);
+    free(all);
     return rc;
 }
 
-static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta)
+/* A CRL from topic gen (0: the current key's), kind delta: verified, then held and written. */
+static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int gen)
 {
     struct proto_crl_info info;
     X509_CRL *crl = NULL;
-    char why[256];
-    const char *path = delta ? s->delta_out : s->out;
+    char why[256], *pem = NULL;
     enum proto_crl_order order;
     int rc;
 
+    if (gen > 0 && len == 0) {
+        /* A retired generation's CRLs, cleared from the broker: no longer written. */
+        if (s->pem[gen][delta] != NULL) {
+            free(s->pem[gen][delta]);
+            s->pem[gen][delta] = NULL;
+            s->held[gen][delta] = -1;
+            if (write_held(s, delta) != MQPKI_OK)
+                s->failed = 1;
+            printf("generation %d's %s CRL dropped: that issuing CA is retired\n", gen,
+                   delta ? "delta" : "full");
+        }
+        goto out;
+    }
     if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
         proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
         goto refused;
@@ -799,46 +843,112 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
                  delta ? "delta" : "full");
         goto refused;
     }
-    order = proto_crl_order(&info, s->held_full, s->held_delta, why, sizeof(why));
+    order = proto_crl_order(&info, s->held[gen][0], s->held[gen][1], why, sizeof(why));
     if (order == PROTO_CRL_REFUSE)
         goto refused;
+    if ((pem = crl_pem(crl)) == NULL) {
+        printf("CRL %lld not written: cannot encode it\n", (long long)info.number);
+        s->failed = 1;
+        goto out;
+    }
+    /* The same as held (a restart): kept for the next write, not written again. */
     if (order == PROTO_CRL_SAME) {
-        if (!delta)
+        if (s->pem[gen][delta] == NULL) {
+            s->pem[gen][delta] = pem;
+            pem = NULL;
+        }
+        if (!delta && gen == 0)
             s->done = 1;
         goto out;
     }
-    if ((rc = write_crl_pem(path, crl)) != MQPKI_OK) {
+    free(s->pem[gen][delta]);
+    s->pem[gen][delta] = pem;
+    pem = NULL;
+    if ((rc = write_held(s, delta)) != MQPKI_OK) {
         printf("CRL %lld not written: %s\n", (long long)info.number, mqpki_err_detail(rc));
         s->failed = 1;
         goto out;
     }
-    if (delta)
-        s->held_delta = info.number;
+    s->held[gen][delta] = info.number;
+    if (gen == 0)
+        printf("%s CRL %lld (%zu entries) verified and written to %s\n", delta ? "delta" : "full",
+               (long long)info.number, info.n_entries, delta ? s->delta_out : s->out);
     else
-        s->held_full = info.number;
-    printf("%s CRL %lld (%zu entries) verified and written to %s\n", delta ? "delta" : "full",
-           (long long)info.number, info.n_entries, path);
+        printf("%s CRL %lld signed by issuing CA generation %d verified and written to %s\n",
+               delta ? "delta" : "full", (long long)info.number, gen,
+               delta ? s->delta_out : s->out);
     fflush(stdout);
     if (s->exec != NULL)
         run_exec(s->exec);
-    if (!delta)
+    if (!delta && gen == 0)
         s->done = 1;
     goto out;
 refused:
     printf("%s ignored: %s\n", delta ? "delta CRL" : "CRL", why);
     fflush(stdout);
 out:
+    free(pem);
     X509_CRL_free(crl);
+}
+
+/* A new issuing CA list: the CRL signers from now on, each certified by a root of --ca. */
+static void sync_issuers(struct sync *s, const void *pem, size_t len)
+{
+    STACK_OF(X509) *cas = NULL;
+    char why[256];
+
+    if (proto_issuers_verify(pem, len, s->roots, &cas, why, sizeof(why)) != 0) {
+        printf("issuing CA list ignored: %s\n", why);
+        fflush(stdout);
+        return;
+    }
+    sk_X509_pop_free(s->cas, X509_free);
+    s->cas = cas;
+    printf("trusting %d issuing CA key%s for CRLs\n", sk_X509_num(cas),
+           sk_X509_num(cas) == 1 ? "" : "s");
+    /* A retired generation's CRLs leave the files (also when the feed's clearing of its topics
+     * went by while this was not connected). */
+    for (int g = 1; g <= SYNC_GENS; g++) {
+        for (int k = 0; k < 2; k++) {
+            BIO *bio;
+            X509_CRL *crl;
+            EVP_PKEY *key;
+            int keep;
+            if (s->pem[g][k] == NULL ||
+                (bio = BIO_new_mem_buf(s->pem[g][k], (int)strlen(s->pem[g][k]))) == NULL)
+                continue;
+            crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL);
+            keep = crl != NULL && proto_crl_issuer_key(crl, s->cas, &key, NULL, 0) == 0;
+            X509_CRL_free(crl);
+            BIO_free(bio);
+            if (keep)
+                continue;
+            free(s->pem[g][k]);
+            s->pem[g][k] = NULL;
+            s->held[g][k] = -1;
+            printf("generation %d's %s CRL dropped: that issuing CA is not trusted any more\n", g,
+                   k ? "delta" : "full");
+            if (write_held(s, k) != MQPKI_OK)
+                s->failed = 1;
+        }
+    }
+    fflush(stdout);
 }
 
 static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
 {
     struct sync *s = ud;
+    int gen, delta;
 
-    if (strcmp(msg->topic, PROTO_TOPIC_CRL_FULL) == 0)
-        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0);
+    if (strcmp(msg->topic, PROTO_TOPIC_CA_ISSUERS) == 0)
+        sync_issuers(s, msg->payload, (size_t)msg->payloadlen);
+    else if (strcmp(msg->topic, PROTO_TOPIC_CRL_FULL) == 0)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0, 0);
     else if (strcmp(msg->topic, PROTO_TOPIC_CRL_DELTA) == 0 && s->delta_out != NULL)
-        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1);
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1, 0);
+    else if (proto_topic_crl_generation_parse(msg->topic, &gen, &delta) == 0 && gen <= SYNC_GENS &&
+             (!delta || s->delta_out != NULL))
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, delta, gen);
 }
 
 static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
@@ -851,9 +961,14 @@ static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
         return;
     }
     s->connected = 1;
+    /* The issuing CAs first: a CRL of a new generation verifies once they are known. */
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CA_ISSUERS, 1);
     mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_FULL, 1);
-    if (s->delta_out != NULL)
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_GENERATION "+/full", 1);
+    if (s->delta_out != NULL) {
         mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_DELTA, 1);
+        mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_GENERATION "+/delta", 1);
+    }
 }
 
 /* mqtts://HOST[:PORT] or mqtts://[V6]:PORT into host and port. */
@@ -953,7 +1068,6 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
     int c, rc = MQPKI_OK, port, delay = 1, lib = 0;
 
     memset(&s, 0, sizeof(s));
-    s.held_full = s.held_delta = -1;
     while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'b': url = optarg; break;
@@ -982,7 +1096,11 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
                 "progress goes to stdout), then CMD runs (/bin/sh -c), e.g. a\n"
                 "reload. Connects with --cert/--key (default: the data directory's tls/mqpkid.*;\n"
                 "--ca defaults to ca/chain.pem). Runs until SIGINT/SIGTERM; --once stops after\n"
-                "the first good CRL (exit 1 if none arrives within --timeout).\n");
+                "the first good CRL (exit 1 if none arrives within --timeout).\n"
+                "After `mqpki ca rollover`, the issuing CAs come from the feed (each certified\n"
+                "by a root in --ca) and FILE holds the current key's CRL followed by each older\n"
+                "generation's copy signed by its own key, so that a broker checking every\n"
+                "certificate against a CRL of its own issuing key finds one.\n");
         default: rc = cli_usage_error(cli, "unknown option"); break;
         }
     }
@@ -1016,13 +1134,16 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
         rc = cli_usage_error(cli, "--cert, --key and --ca are required outside a data directory");
         goto out;
     }
-    if (proto_crl_load_cas(ca, &s.cas, why, sizeof(why)) != 0) {
+    if (proto_crl_load_cas(ca, &s.cas, why, sizeof(why)) != 0 ||
+        proto_ca_roots_load(ca, &s.roots, why, sizeof(why)) != 0) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "--ca: %s", why);
         goto out;
     }
-    s.held_full = held_number(&s, s.out);
+    for (int g = 0; g <= SYNC_GENS; g++)
+        s.held[g][0] = s.held[g][1] = -1;
+    s.held[0][0] = held_number(&s, s.out);
     if (s.delta_out != NULL)
-        s.held_delta = held_number(&s, s.delta_out);
+        s.held[0][1] = held_number(&s, s.delta_out);
     if (timeout == 0)
         timeout = s.once ? 30 : 0;
     if (client_id == NULL) {
@@ -1048,8 +1169,8 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
     }
     mosquitto_connect_callback_set(m, on_sync_connect);
     mosquitto_message_callback_set(m, on_sync_message);
-    if (s.held_full >= 0)
-        printf("following %s (holding CRL %lld in %s)\n", url, (long long)s.held_full, s.out);
+    if (s.held[0][0] >= 0)
+        printf("following %s (holding CRL %lld in %s)\n", url, (long long)s.held[0][0], s.out);
     else
         printf("following %s (no CRL held yet)\n", url);
     fflush(stdout);
@@ -1086,5 +1207,10 @@ out:
     if (lib)
         mosquitto_lib_cleanup();
     sk_X509_pop_free(s.cas, X509_free);
+    sk_X509_pop_free(s.roots, X509_free);
+    for (int g = 0; g <= SYNC_GENS; g++) {
+        free(s.pem[g][0]);
+        free(s.pem[g][1]);
+    }
     return rc;
 }

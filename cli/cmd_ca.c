@@ -115,8 +115,9 @@ int cmd_ca_export(struct cli *cli, int argc, char **argv)
         case 'o': out = optarg; break;
         case 'h':
             return cli_help("usage: mqpki ca export [--out FILE]\n\n"
-                            "Prints the CA chain, issuing CA then root CA, as PEM: the trust\n"
-                            "anchor to give devices, brokers and openssl verify -CAfile.\n"
+                            "Prints the CA chain as PEM: the issuing CA, every older generation\n"
+                            "still trusted after a rollover (mqpki ca list), then the root: the\n"
+                            "trust anchor to give devices, brokers and openssl verify -CAfile.\n"
                             "--out FILE: '-' is stdout; a regular file (also behind a link) is\n"
                             "replaced atomically, a device or FIFO written in place.\n");
         default: return cli_usage_error(cli, "unknown option");

@@ -84,7 +84,8 @@ static int issued_by(const char *pem, X509 *issuer)
 static int on_cert(const struct inventory_cert *c, void *ctx)
 {
     struct pick *p = ctx;
-    int want = p->all;
+    /* --issuer alone selects every device certificate that CA issued. */
+    int want = p->all || p->issuer != NULL;
 
     if (strcmp(c->profile, "device") != 0)
         return MQPKI_OK;
@@ -218,10 +219,11 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
             break;
         case 'h':
             return cli_help(
-                "usage: mqpki campaign renew --all | --issuer CA.pem | --asset ID ... | --tag K=V\n"
-                "                            [--rate N] [--silent-after 15m]\n\n"
+                "usage: mqpki campaign renew --all | --issuer CA.pem|GEN | --asset ID ... |\n"
+                "                            --tag K=V [--rate N] [--silent-after 15m]\n\n"
                 "Asks devices to renew now: records a campaign over every device asset with a\n"
-                "valid certificate (--all), those whose certificate CA.pem issued, the assets\n"
+                "valid certificate (--all), those whose certificate CA.pem (or issuing CA\n"
+                "generation GEN of mqpki ca list, after a rollover) issued, the assets\n"
                 "named, or those tagged K=V, then has the running mqpkid publish "
                 "{\"op\":\"renew\"}\n"
                 "on mqpki/v1/assets/ID/cmd through its feed, N per second (default 50). An\n"
@@ -237,7 +239,15 @@ int cmd_campaign_renew(struct cli *cli, int argc, char **argv)
         goto out;
     }
     if (issuer_file != NULL) {
-        FILE *f = fopen(issuer_file, "r");
+        char gen_file[PATH_MAX];
+        FILE *f;
+        /* A generation number (mqpki ca list) names ca/issuers/N.pem of the data directory. */
+        if (issuer_file[0] >= '1' && issuer_file[0] <= '9' &&
+            strspn(issuer_file, "0123456789") == strlen(issuer_file) && strlen(issuer_file) <= 3 &&
+            mqpki_path(gen_file, sizeof(gen_file), "%s/ca/issuers/%s.pem", cli->home,
+                       issuer_file) == MQPKI_OK)
+            issuer_file = gen_file;
+        f = fopen(issuer_file, "r");
         p.issuer = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
         if (f != NULL)
             fclose(f);

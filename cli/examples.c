@@ -13,6 +13,12 @@ static const struct {
      "  mqpki init --ca-name acme --hostname ca.example.com --url https://ca.example.com:8443\n"
      "  MQPKI_HOME=/var/lib/mqpki mqpki init --key ec-p384\n"},
     {"ca export", "  mqpki ca export --out chain.pem\n"},
+    {"ca list", "  mqpki ca list\n"
+                "  mqpki ca list --json | jq '.[] | select(.state == \"live\")'\n"},
+    {"ca rollover", "  mqpki ca rollover\n"
+                    "  mqpki ca rollover --days 1825 && mqpki campaign renew --issuer "
+                    "ca/issuers/1.pem --rate 20\n"},
+    {"ca retire", "  mqpki campaign finish --revoke-old && mqpki ca retire 1\n"},
     {"asset add",
      "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"
      "  mqpki asset add b1 --kind broker --tag site=north\n"},
@@ -78,13 +84,15 @@ static const struct {
     {"campaign status", "  mqpki campaign status\n"
                         "  mqpki campaign status --id 3 --json\n"},
     {"campaign finish", "  mqpki campaign finish --revoke-old\n"},
-    {"check", "  mqpki check\n"
-              "  mqpki check --json --expiry-days 14 | jq '.checks[] | select(.status == \"fail\")'\n"},
+    {"check",
+     "  mqpki check\n"
+     "  mqpki check --json --expiry-days 14 | jq '.checks[] | select(.status == \"fail\")'\n"},
     {"report csf", "  mqpki report csf\n"
                    "  mqpki report csf --format html --out csf-report.html\n"},
     {"operator add", "  mqpki operator add alice --out-dir ~/.mqpki\n"},
-    {"operator token", "  mqpki operator token alice --ttl 1h\n"
-                       "  mqpki operator token alice --login-url --url https://ca.example.com:8443\n"},
+    {"operator token",
+     "  mqpki operator token alice --ttl 1h\n"
+     "  mqpki operator token alice --login-url --url https://ca.example.com:8443\n"},
     {"crl-sync",
      "  mqpki crl-sync --broker mqtts://localhost:8883 --out /etc/mosquitto/crl.pem \\\n"
      "      --exec 'systemctl reload mosquitto'\n"},

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +116,75 @@ static void on_sign(struct control *c, int fd, const unsigned char *req, size_t 
         reply(fd, MQPKI_OK, sig, sig_len);
 }
 
+/* Has the main thread reload (as on SIGHUP: EST and HTTPS with the CA and chain of now) and
+ * waits until it did. */
+static int reload_and_wait(struct control *c)
+{
+    int before = __atomic_load_n(&c->ctx->reloads, __ATOMIC_ACQUIRE);
+
+    if (kill(getpid(), SIGHUP) != 0)
+        return mqpki_fail(MQPKI_ERR_INTERNAL, "cannot signal the reload");
+    for (int i = 0; i < 600; i++) {
+        if (__atomic_load_n(&c->ctx->reloads, __ATOMIC_ACQUIRE) != before)
+            return MQPKI_OK;
+        usleep(50 * 1000);
+    }
+    return mqpki_fail(MQPKI_ERR_INTERNAL, "mqpkid did not reload within 30 s");
+}
+
+static void issuers_ready(void *arg)
+{
+    struct control *c = arg;
+    int rc = feed_offer_issuers(c->ctx->feed);
+
+    if (rc != MQPKI_OK)
+        mqpki_log(MQPKI_LOG_ERROR, "feed: cannot send the issuing CAs: %s", mqpki_err_detail(rc));
+}
+
+/* op, 4-byte days: a new issuing CA generation, made here where the token is open. The
+ * brokers get the new chain before the new key signs a CRL; EST and HTTPS serve it after. */
+static void on_rollover(struct control *c, int fd, const unsigned char *req, size_t len)
+{
+    static pthread_mutex_t one = PTHREAD_MUTEX_INITIALIZER;
+    struct datadir_rollover r;
+    char text[128];
+    int rc, days;
+
+    if (len != 5) {
+        reply_error(fd, MQPKI_ERR_PARSE, "malformed rollover request");
+        return;
+    }
+    days = (int)((unsigned)req[1] << 24 | (unsigned)req[2] << 16 | (unsigned)req[3] << 8 | req[4]);
+    pthread_mutex_lock(&one);
+    rc = datadir_ca_rollover(c->ctx->dd, days, issuers_ready, c, &r);
+    if (rc == MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_INFO, "issuing CA rolled over: generation %d replaces %d", r.gen,
+                  r.previous);
+        rc = reload_and_wait(c);
+    }
+    pthread_mutex_unlock(&one);
+    if (rc != MQPKI_OK) {
+        reply_error(fd, rc, mqpki_err_detail(rc));
+        return;
+    }
+    snprintf(text, sizeof(text), "{\"gen\":%d,\"previous\":%d,\"resumed\":%s}", r.gen, r.previous,
+             r.resumed ? "true" : "false");
+    reply(fd, MQPKI_OK, text, strlen(text));
+}
+
+/* ca/chain.pem changed (a generation retired): the brokers and EST trust it as it is now. */
+static void on_issuers(struct control *c, int fd)
+{
+    int rc = feed_offer_issuers(c->ctx->feed);
+
+    if (rc == MQPKI_OK)
+        rc = reload_and_wait(c);
+    if (rc != MQPKI_OK)
+        reply_error(fd, rc, mqpki_err_detail(rc));
+    else
+        reply(fd, MQPKI_OK, NULL, 0);
+}
+
 /* op, asset id, NUL, JSON command: published on the asset's command topic. Only commands the
  * agent knows are relayed (the CLI composes them; nothing else may use mqpkid's identity). */
 static void on_command(struct control *c, int fd, const unsigned char *req, size_t len)
@@ -168,6 +238,8 @@ static void serve(struct control *c, int fd)
         reply(fd, MQPKI_OK, NULL, 0);
         break;
     case DATADIR_CTL_COMMAND: on_command(c, fd, req, len); break;
+    case DATADIR_CTL_ROLLOVER: on_rollover(c, fd, req, len); break;
+    case DATADIR_CTL_ISSUERS: on_issuers(c, fd); break;
     default: reply_error(fd, MQPKI_ERR_INVALID, "unknown request"); break;
     }
     free(req);

@@ -15,6 +15,7 @@ struct lifecycle_publication;
 struct publisher;
 struct control;
 struct est;
+struct est_config;
 struct lifecycle_committer;
 struct feed;
 struct detect;
@@ -34,7 +35,11 @@ struct daemon_ctx {
     struct retention *retention;           /* the daily tidy ([retention]) */
     struct detect *detect;                 /* detect -> respond (detect.c) */
     char db_path[4096];                    /* each server thread opens its own store connection */
+    int reloads; /* reloads done (SIGHUP, a rollover): the control socket waits for the next */
 };
+
+/* est_new over the current CA, trusting the older issuing CA generations not retired too. */
+int daemon_est_new(struct daemon_ctx *ctx, struct est_config *ec, struct est **out);
 
 /*
  * Starts the HTTPS server on listen ("ADDR:PORT", "[V6]:PORT"; port 0 picks a free one) with

@@ -54,6 +54,9 @@ struct link {
     int64_t sent[2];           /* highest full and delta CRL number sent on this connection */
     int64_t sent_cp;           /* highest audit checkpoint sent on this connection */
     uint64_t sent_quar;        /* quarantine list version sent on this connection */
+    uint64_t sent_iss;         /* issuers version sent on this connection */
+    /* Older issuing CA generations' CRL numbers sent on this connection (full, delta). */
+    int64_t sent_gen[DATADIR_ISSUERS_MAX + 1][2];
 };
 
 struct feed {
@@ -75,6 +78,9 @@ struct feed {
     char *quar_json; /* the newest quarantine list (NULL until detect offers one) */
     size_t quar_len;
     uint64_t quar_version;
+    char *iss_pem; /* the issuing CA generations to trust (ca/chain.pem), under sink_lock */
+    size_t iss_len;
+    uint64_t iss_version;
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -167,6 +173,93 @@ static void send_quarantine_locked(struct link *l)
     free(json);
 }
 
+/* Sends the trusted issuing CAs (retained) unless this connection got them. sent_lock held:
+ * they go before any CRL the newest of them signed. */
+static void send_issuers_locked(struct link *l)
+{
+    struct feed *f = l->f;
+    char *pem = NULL;
+    size_t len = 0;
+    uint64_t version = 0;
+    int rc;
+
+    pthread_mutex_lock(&f->sink_lock);
+    if (f->iss_pem != NULL && f->iss_version != l->sent_iss && (pem = malloc(f->iss_len)) != NULL) {
+        memcpy(pem, f->iss_pem, f->iss_len);
+        len = f->iss_len;
+        version = f->iss_version;
+    }
+    pthread_mutex_unlock(&f->sink_lock);
+    if (pem == NULL)
+        return;
+    rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_CA_ISSUERS, (int)len, pem, 1, true);
+    if (rc == MOSQ_ERR_SUCCESS)
+        l->sent_iss = version;
+    else if (rc != MOSQ_ERR_NO_CONN)
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish the issuing CAs: %s", l->name,
+                  mosquitto_strerror(rc));
+    free(pem);
+}
+
+/* Sends what crl/generation-G/ holds of each older live generation G (the same CRLs signed by
+ * its own key) unless this connection got it, full before delta; a retired generation's
+ * retained CRLs are cleared. sent_lock held. */
+static void send_generations_locked(struct link *l)
+{
+    struct datadir_issuers is;
+    char topic[PROTO_TOPIC_MAX], path[PATH_MAX];
+
+    if (datadir_issuers_read(l->f->home, &is) != MQPKI_OK) {
+        mqpki_err_clear();
+        return;
+    }
+    for (size_t i = 0; i < is.n; i++) {
+        const struct datadir_issuer *g = &is.v[i];
+        static const char *const names[2] = {"issuing.crl", "issuing-delta.crl"};
+        unsigned char *text = NULL;
+        size_t len = 0;
+        long long have[2] = {-1, -1};
+
+        if (g->current)
+            continue;
+        if (g->retired) {
+            /* Once per connection: nothing of it stays retained on the broker. */
+            for (int k = 0; k < 2; k++)
+                if (l->sent_gen[g->gen][k] != INT64_MIN &&
+                    proto_topic_crl_generation(g->gen, k, topic) == 0 &&
+                    mosquitto_publish(l->m, NULL, topic, 0, NULL, 1, true) == MOSQ_ERR_SUCCESS)
+                    l->sent_gen[g->gen][k] = INT64_MIN;
+            continue;
+        }
+        if (mqpki_path(path, sizeof(path), "%s/crl/generation-%d/exported", l->f->home, g->gen) ==
+                MQPKI_OK &&
+            mqpki_file_read(path, 64, &text, &len) == MQPKI_OK)
+            (void)sscanf((const char *)text, "%lld %lld", &have[0], &have[1]);
+        free(text);
+        for (int k = 0; k < 2; k++) {
+            unsigned char *der = NULL;
+            int rc;
+            if (have[k] < 0 || have[k] <= l->sent_gen[g->gen][k] ||
+                mqpki_path(path, sizeof(path), "%s/crl/generation-%d/%s", l->f->home, g->gen,
+                           names[k]) != MQPKI_OK ||
+                mqpki_file_read(path, PROTO_CRL_MAX_DER, &der, &len) != MQPKI_OK ||
+                proto_topic_crl_generation(g->gen, k, topic) != 0) {
+                free(der);
+                continue;
+            }
+            rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+            if (rc == MOSQ_ERR_SUCCESS)
+                l->sent_gen[g->gen][k] = have[k];
+            else if (rc != MOSQ_ERR_NO_CONN)
+                mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish %s: %s", l->name, topic,
+                          mosquitto_strerror(rc));
+            free(der);
+        }
+    }
+    mqpki_err_clear();
+    datadir_issuers_clear(&is);
+}
+
 /* Sends the newest full CRL and, when it extends it, the newest delta, read from the store.
  * sent_lock held, so that an offer of a newer delta cannot overtake the full CRL it extends. */
 static void send_latest_locked(struct link *l)
@@ -209,8 +302,13 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     l->sent[INV_CRL_FULL] = l->sent[INV_CRL_DELTA] = -1;
     l->sent_cp = -1;
     l->sent_quar = 0;
+    l->sent_iss = 0;
+    for (int g = 0; g <= DATADIR_ISSUERS_MAX; g++)
+        l->sent_gen[g][0] = l->sent_gen[g][1] = -1;
     atomic_store(&l->connected, 1);
+    send_issuers_locked(l);
     send_latest_locked(l);
+    send_generations_locked(l);
     send_checkpoint_locked(l);
     send_quarantine_locked(l);
     pthread_mutex_unlock(&l->sent_lock);
@@ -585,6 +683,9 @@ int feed_start(const char *home, const char *store, struct feed **out)
     }
     if ((rc = inventory_open(store, &f->inv)) != MQPKI_OK)
         goto out;
+    /* Before the first link: every broker gets the issuing CAs before a CRL. */
+    if ((rc = feed_offer_issuers(f)) != MQPKI_OK)
+        goto out;
     rescan(f);
     if (atomic_load(&f->n_links) == 0)
         mqpki_log(MQPKI_LOG_INFO, "feed: no bundled broker registered yet (mqpki broker init)");
@@ -692,6 +793,57 @@ void feed_offer_quarantine(struct feed *f, const char *json, size_t len)
     }
 }
 
+void feed_offer_generations(struct feed *f)
+{
+    if (f == NULL)
+        return;
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        pthread_mutex_lock(&l->sent_lock);
+        send_generations_locked(l);
+        pthread_mutex_unlock(&l->sent_lock);
+    }
+}
+
+int feed_offer_issuers(struct feed *f)
+{
+    char path[PATH_MAX];
+    unsigned char *pem = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (f == NULL)
+        return MQPKI_OK;
+    if (mqpki_path(path, sizeof(path), "%s/ca/chain.pem", f->home) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
+    if ((rc = mqpki_file_read(path, PROTO_ISSUERS_MAX, &pem, &len)) != MQPKI_OK)
+        return rc;
+    pthread_mutex_lock(&f->sink_lock);
+    if (f->iss_pem != NULL && f->iss_len == len && memcmp(f->iss_pem, pem, len) == 0) {
+        /* The same as sent: nothing to send again. */
+        pthread_mutex_unlock(&f->sink_lock);
+        free(pem);
+        return MQPKI_OK;
+    }
+    free(f->iss_pem);
+    f->iss_pem = (char *)pem;
+    f->iss_len = len;
+    f->iss_version++;
+    pthread_mutex_unlock(&f->sink_lock);
+    for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
+        struct link *l = &f->links[i];
+        if (!atomic_load(&l->connected))
+            continue;
+        pthread_mutex_lock(&l->sent_lock);
+        send_issuers_locked(l);
+        send_generations_locked(l);
+        pthread_mutex_unlock(&l->sent_lock);
+    }
+    return MQPKI_OK;
+}
+
 void feed_publish_alert(struct feed *f, const char *json, size_t len)
 {
     if (f == NULL || json == NULL || len == 0)
@@ -789,6 +941,7 @@ void feed_stop(struct feed *f)
     pthread_mutex_destroy(&f->sink_lock);
     free(f->cp_json);
     free(f->quar_json);
+    free(f->iss_pem);
     free(f->links);
     free(f);
 }

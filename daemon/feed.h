@@ -75,6 +75,17 @@ void feed_set_sink(struct feed *f, feed_event_fn fn, void *ctx);
  * json is copied. */
 void feed_offer_quarantine(struct feed *f, const char *json, size_t len);
 
+/* Reads ca/chain.pem (the issuing CA generations to trust, then the root) and, when it
+ * changed, publishes it retained with QoS 1 on PROTO_TOPIC_CA_ISSUERS to every connected broker,
+ * and to every broker that connects later before any CRL: a broker verifies the CRLs of a new
+ * issuing CA generation with it and refuses certificates of a retired one. */
+int feed_offer_issuers(struct feed *f);
+
+/* Publishes what crl/generation-G/ holds of each older live issuing CA generation G retained
+ * with QoS 1 on PROTO_TOPIC_CRL_GENERATION G /full and /delta to every connected broker not
+ * sent it yet (and to every broker that connects later), and clears a retired one's. */
+void feed_offer_generations(struct feed *f);
+
 /* Publishes an alert (JSON, QoS 1, not retained) on PROTO_TOPIC_ALERTS to every connected
  * broker. */
 void feed_publish_alert(struct feed *f, const char *json, size_t len);

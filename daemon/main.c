@@ -112,6 +112,27 @@ static int tls_tick(struct datadir *dd)
     return renewed;
 }
 
+int daemon_est_new(struct daemon_ctx *ctx, struct est_config *ec, struct est **out)
+{
+    struct datadir_issuers is;
+    X509 *also[EST_ALSO_TRUSTED_MAX];
+    size_t n = 0;
+    int rc;
+
+    if ((rc = datadir_issuers_read(datadir_home(ctx->dd), &is)) != MQPKI_OK)
+        return rc;
+    for (size_t i = 0; i < is.n; i++)
+        if (!is.v[i].current && !is.v[i].retired && n < EST_ALSO_TRUSTED_MAX)
+            also[n++] = is.v[i].cert;
+    ec->also_trusted = also;
+    ec->n_also_trusted = n;
+    rc = est_new(datadir_ca(ctx->dd), ctx->committer, ec, out);
+    ec->also_trusted = NULL;
+    ec->n_also_trusted = 0;
+    datadir_issuers_clear(&is);
+    return rc;
+}
+
 /* Quiesces the server, swaps configuration and certificates, and starts again on the same
  * socket: connections wait in the backlog meanwhile instead of being refused. */
 static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, unsigned threads)
@@ -127,7 +148,7 @@ static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, 
         return rc;
     }
     est_config_from(&cfg, &ec);
-    if ((rc = est_new(datadir_ca(ctx->dd), ctx->committer, &ec, &est)) != MQPKI_OK)
+    if ((rc = daemon_est_new(ctx, &ec, &est)) != MQPKI_OK)
         return rc;
     fd = http_stop(*h, 1);
     *h = NULL;
@@ -230,7 +251,7 @@ int main(int argc, char **argv)
              listen_arg != NULL ? listen_arg : datadir_config(ctx.dd)->listen);
     est_config_from(datadir_config(ctx.dd), &ec);
     if ((rc = lifecycle_committer_start(ctx.db_path, &ctx.committer)) != MQPKI_OK ||
-        (rc = est_new(datadir_ca(ctx.dd), ctx.committer, &ec, &ctx.est)) != MQPKI_OK)
+        (rc = daemon_est_new(&ctx, &ec, &ctx.est)) != MQPKI_OK)
         goto out;
     /* Listening comes first: an mqpkid that cannot serve never links to a broker (its feed's
      * session would throw the live daemon's off). */
@@ -278,10 +299,16 @@ int main(int argc, char **argv)
         if (sig == SIGHUP) {
             daemon_notify("RELOADING=1");
             feed_rescan(ctx.feed);
+            /* The issuing CA of ca/issuing.pem (a replica's ca/ updated after a rollover made
+             * elsewhere), and what a rollover made due: certificates of an older generation. */
+            if ((rc = datadir_ca_reload(ctx.dd)) != MQPKI_OK)
+                mqpki_log(MQPKI_LOG_ERROR, "issuing CA not reloaded: %s", mqpki_err_detail(rc));
+            (void)tls_tick(ctx.dd);
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;
                 goto out;
             }
+            __atomic_add_fetch(&ctx.reloads, 1, __ATOMIC_RELEASE);
             daemon_notify("READY=1");
             continue;
         }

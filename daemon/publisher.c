@@ -156,8 +156,12 @@ static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned c
 static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der, size_t len)
 {
     struct publisher *p = ctx;
+    int rc = datadir_crl_export(p->ctx->dd, c, der, len);
 
-    return datadir_crl_export(p->ctx->dd, c, der, len);
+    /* The older generations' copies of it, made by the export (datadir_crl_export). */
+    if (rc == MQPKI_OK)
+        feed_offer_generations(p->ctx->feed);
+    return rc;
 }
 
 /* A CRL signed by another process (a command run while this one was not reachable) reaches the
@@ -200,6 +204,9 @@ static void catch_up(struct publisher *p)
         }
         free(der);
     }
+    /* An older generation's copies behind crl/ (a process killed between the two) catch up. */
+    datadir_generations_sync(p->ctx->dd);
+    feed_offer_generations(p->ctx->feed);
     mqpki_err_clear();
 }
 

@@ -863,7 +863,7 @@ int datadir_restore(const char *file, const char *home, struct datadir_restore_r
      * what will be renamed into place. */
     if ((rc = datadir_open(stage, DATADIR_STORE | DATADIR_CA, &dd)) != MQPKI_OK)
         goto out;
-    if ((rc = ca_selftest(dd->ca)) != MQPKI_OK) {
+    if ((rc = ca_selftest(datadir_ca(dd))) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_HSM, "restored token: self-test (sign and verify with the "
                                        "issuing CA key) failed");
         goto out;

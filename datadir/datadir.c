@@ -104,7 +104,7 @@ static int softhsm_derive(const char *home)
     return hsm_softhsm_prepare(dir);
 }
 
-static int load_pem_cert(const char *home, const char *rel, X509 **out)
+int datadir_load_cert(const char *home, const char *rel, X509 **out)
 {
     char path[PATH_MAX];
     unsigned char *pem = NULL;
@@ -157,8 +157,13 @@ static int64_t elapsed_ms(const struct timespec *since)
 static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
 {
     struct timespec start;
+    char label[DATADIR_ISSUER_LABEL_MAX];
     pid_t holder = 0;
     int said = 0, rc;
+
+    if ((rc = datadir_issuer_current(dd->home, &dd->gen)) != MQPKI_OK)
+        return rc;
+    datadir_issuer_label(dd->gen, label);
 
     if (dd->daemon_mode)
         goto local;
@@ -167,8 +172,7 @@ static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
         if (daemon_alive(dd->home)) {
             dd->remote = 1;
             datadir_audit_open_remote(dd);
-            return datadir_remote_key(dd->home, DATADIR_ISSUING_KEY, X509_get0_pubkey(issuing),
-                                      key);
+            return datadir_remote_key(dd->home, label, X509_get0_pubkey(issuing), key);
         }
         rc = datadir_lock_take(dd->home, DATADIR_LOCK_TOKEN, 100, &dd->token_lock, &holder);
         if (rc == MQPKI_OK)
@@ -190,7 +194,7 @@ static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
 local:
     if (dd->hsm == NULL && (rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
         return rc;
-    if ((rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, key)) != MQPKI_OK)
+    if ((rc = hsm_key_load(dd->hsm, label, key)) != MQPKI_OK)
         return rc;
     /* Whoever holds the token signs the audit checkpoints (and makes the key if it is new). */
     datadir_audit_open_local(dd);
@@ -205,9 +209,9 @@ int datadir_ca_open(struct datadir *dd)
 
     if (dd->ca != NULL)
         return MQPKI_OK;
-    if ((rc = load_pem_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
+    if ((rc = datadir_load_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
         goto out;
-    if ((rc = load_pem_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
+    if ((rc = datadir_load_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
         goto out;
     if ((rc = open_key(dd, issuing, &key)) != MQPKI_OK)
         goto out;
@@ -228,7 +232,8 @@ out:
  */
 static void sweep_tmp(const char *home)
 {
-    static const char *const dirs[] = {"", "/secrets", "/ca", "/tls", "/crl", "/hsm"};
+    static const char *const dirs[] = {"",     "/secrets", "/ca", "/ca/issuers",
+                                       "/tls", "/crl",     "/hsm"};
     char path[PATH_MAX];
     struct dirent *e;
     DIR *d;
@@ -237,6 +242,11 @@ static void sweep_tmp(const char *home)
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
         if (mqpki_path(path, sizeof(path), "%s%s", home, dirs[i]) == MQPKI_OK &&
             mqpki_file_sweep_tmp(path, &n) == MQPKI_OK)
+            total += n;
+    /* Older issuing CA generations' CRL copies (datadir/issuers.c). */
+    for (int g = 1; g <= DATADIR_ISSUERS_MAX; g++)
+        if (mqpki_path(path, sizeof(path), "%s/crl/generation-%d", home, g) == MQPKI_OK &&
+            access(path, F_OK) == 0 && mqpki_file_sweep_tmp(path, &n) == MQPKI_OK)
             total += n;
     /* brokers/NAME/ and the plugin's brokers/NAME/state/. */
     if (mqpki_path(path, sizeof(path), "%s/brokers", home) == MQPKI_OK &&
@@ -361,8 +371,14 @@ void datadir_close(struct datadir *dd)
     if (dd == NULL)
         return;
     ca_free(dd->ca);
+    for (size_t i = 0; i < dd->n_old; i++)
+        ca_free(dd->old_ca[i]);
+    for (size_t i = 0; i <= DATADIR_ISSUERS_MAX; i++)
+        ca_free(dd->gen_ca[i]);
     /* Token keys go before the token session they sign through. */
     EVP_PKEY_free(dd->key);
+    for (size_t i = 0; i < dd->n_old; i++)
+        EVP_PKEY_free(dd->old_key[i]);
     EVP_PKEY_free(dd->audit_key);
     hsm_close(dd->hsm);
     /* After the token is closed: the next holder finds it consistent. */
@@ -393,14 +409,32 @@ struct lifecycle *datadir_lifecycle(struct datadir *dd)
     return dd->lc;
 }
 
+/* dd->ca and dd->key change under threads that read them (a rollover in mqpkid): atomic loads
+ * and stores, and what is replaced stays allocated until datadir_close. */
 struct ca *datadir_ca(struct datadir *dd)
 {
-    return dd->ca;
+    return __atomic_load_n(&dd->ca, __ATOMIC_ACQUIRE);
 }
 
 EVP_PKEY *datadir_ca_key(struct datadir *dd)
 {
-    return dd->key;
+    return __atomic_load_n(&dd->key, __ATOMIC_ACQUIRE);
+}
+
+void datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen)
+{
+    static pthread_mutex_t swap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+    pthread_mutex_lock(&swap_lock);
+    if (dd->n_old < DATADIR_ISSUERS_MAX) {
+        dd->old_ca[dd->n_old] = dd->ca;
+        dd->old_key[dd->n_old] = dd->key;
+        dd->n_old++;
+    }
+    __atomic_store_n(&dd->gen, gen, __ATOMIC_RELEASE);
+    __atomic_store_n(&dd->key, key, __ATOMIC_RELEASE);
+    __atomic_store_n(&dd->ca, ca, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&swap_lock);
 }
 
 int datadir_ca_remote(const struct datadir *dd)
@@ -494,6 +528,15 @@ int64_t datadir_crl_exported(struct datadir *dd, int kind)
     return n;
 }
 
+void datadir_generations_sync(struct datadir *dd)
+{
+    int fd = export_begin(dd);
+
+    if (fd >= 0)
+        datadir_generations_export(dd);
+    export_end(fd);
+}
+
 int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const unsigned char *der,
                        size_t len)
 {
@@ -524,6 +567,16 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
     if ((rc = datadir_path(dd, "crl/exported", path)) == MQPKI_OK)
         rc = mqpki_file_write_atomic(path, text, (size_t)n, 0644);
 out:
+    /* Also when this one was not newer: older generations catch up with what crl/ holds. */
+    if (fd >= 0 && (rc == MQPKI_OK || rc == MQPKI_ERR_BUSY)) {
+        char detail[400];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        datadir_generations_export(dd);
+        if (rc == MQPKI_OK)
+            mqpki_err_clear();
+        else
+            mqpki_fail(rc, "%s", detail);
+    }
     export_end(fd);
     return rc;
 }
@@ -596,7 +649,7 @@ int datadir_publish(struct datadir *dd, unsigned flags, struct datadir_publicati
         return mqpki_fail(MQPKI_ERR_STATE, "mqpkid stopped while this command used it; run the "
                                            "command again");
     }
-    rc = lifecycle_publish(dd->lc, dd->ca, &sink, dd->actor, PUBLISH_LOCK_MS, &pub);
+    rc = lifecycle_publish(dd->lc, datadir_ca(dd), &sink, dd->actor, PUBLISH_LOCK_MS, &pub);
     out->signed_count = pub.signed_count;
     out->full_number = pub.full_number;
     out->delta_number = pub.delta_number;

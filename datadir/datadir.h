@@ -210,23 +210,91 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
  */
 int64_t datadir_crl_exported(struct datadir *dd, int kind);
 
+/* Each export also writes the older live issuing CA generations' copies of what crl/ holds
+ * (crl/generation-G/, the same CRLs signed by generation G's key; datadir/issuers.c) where
+ * the keys are; this brings them up to crl/ alone (a process killed between the two). */
+void datadir_generations_sync(struct datadir *dd);
+
+/*
+ * The issuing CA's key generations (datadir/issuers.c, docs/operations.md "CA rollover"):
+ * generation 1 is the issuing CA `mqpki init` made; each `mqpki ca rollover` adds one with a new
+ * key in the token, the same name and the same root, and makes it current: it signs every new
+ * certificate and every CRL (which covers the certificates of all generations: one name). An
+ * older generation stays trusted until `mqpki ca retire`.
+ */
+#define DATADIR_ISSUERS_MAX 16
+struct datadir_issuer {
+    int gen;
+    int current; /* ca/issuing.pem */
+    int retired; /* ca/issuers/N.retired */
+    int unfiled; /* generation 1 before the first rollover: no ca/issuers/1.pem yet */
+    X509 *cert;
+};
+struct datadir_issuers {
+    struct datadir_issuer v[DATADIR_ISSUERS_MAX]; /* by generation, oldest first */
+    size_t n;
+    size_t current; /* index in v */
+};
+int datadir_issuers_read(const char *home, struct datadir_issuers *out);
+void datadir_issuers_clear(struct datadir_issuers *is);
+/* PEM of generation current_gen, then every other live (not retired) one, newest first, then
+ * root when not NULL: ca/chain.pem's content, /cacerts' and the brokers' trust. Heap. */
+int datadir_issuers_pem(const struct datadir_issuers *is, int current_gen, X509 *root, char **out,
+                        size_t *len);
+
+/*
+ * Rolls the issuing CA over to a new generation (crash-safe; a rerun finishes one cut short):
+ * a key generated in the token, certified by the root for days, the same subject; written to
+ * ca/issuers/N.pem, ca/chain.pem and ca/issuing.pem; ready (may be NULL) is called then, before
+ * this process's CA becomes the new one (datadir_ca): mqpkid sends the brokers the new chain
+ * there, before any CRL the new key signs. Needs the token open here (the CLI with no mqpkid, or
+ * mqpkid itself, which does it for `mqpki ca rollover` through DATADIR_CTL_ROLLOVER).
+ */
+struct datadir_rollover {
+    int gen;      /* the new current generation */
+    int previous; /* the one it replaced */
+    int resumed;  /* an interrupted rollover was finished */
+};
+int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
+                        struct datadir_rollover *out);
+
+/* Where the token is open here (mqpkid): when ca/issuing.pem is another generation than the
+ * CA in use (a replica's ca/ brought up to date by hand), opens that one and uses it from now
+ * on. mqpkid calls it on SIGHUP. */
+int datadir_ca_reload(struct datadir *dd);
+
+/* Valid (not revoked, not expired) certificates in the store issued by issuer (its key
+ * identifier); a scan of every valid certificate. */
+int datadir_ca_issued_live(struct datadir *dd, X509 *issuer, int64_t *live);
+
+/* Marks generation gen retired (ca/issuers/N.retired) and rewrites ca/chain.pem without it.
+ * Refused for the current generation (MQPKI_ERR_STATE), and while certificates of it are still
+ * valid (MQPKI_ERR_STATE, *live says how many). Needs the store. */
+int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live);
+
 /*
  * The control socket between mqpki and a running mqpkid (run/mqpkid.sock): a request is one
  * frame whose first byte is the operation; the reply's first byte is 0 or an mqpki error code
  * (then the detail). Only peers of mqpkid's own user (or root) are answered.
  */
 enum datadir_control_op {
-    DATADIR_CTL_PING = 'p',    /* is mqpkid serving this data directory? reply: its pid */
-    DATADIR_CTL_PUBLISH = 'P', /* + flags byte (1: send the CRLs to the brokers again); reply:
-                                  JSON {"signed", "full", "delta", "brokers", "linked"} */
-    DATADIR_CTL_SIGN = 'S',    /* + key label length byte, label, 4-byte mechanism, input: a
-                                  C_Sign with the issuing CA key or the audit key (PKCS#11
-                                  semantics); reply: signature */
-    DATADIR_CTL_RESCAN = 'R',  /* re-read brokers/: link new brokers, stop the links of removed
-                                  or decommissioned ones at once; reply: empty */
-    DATADIR_CTL_COMMAND = 'C', /* + asset id, NUL, a device command's JSON ({"op":"renew"}):
-                                  published on the asset's command topic; reply: the number
-                                  of brokers it went to, as text */
+    DATADIR_CTL_PING = 'p',     /* is mqpkid serving this data directory? reply: its pid */
+    DATADIR_CTL_PUBLISH = 'P',  /* + flags byte (1: send the CRLs to the brokers again); reply:
+                                   JSON {"signed", "full", "delta", "brokers", "linked"} */
+    DATADIR_CTL_SIGN = 'S',     /* + key label length byte, label, 4-byte mechanism, input: a
+                                   C_Sign with the issuing CA key or the audit key (PKCS#11
+                                   semantics); reply: signature */
+    DATADIR_CTL_RESCAN = 'R',   /* re-read brokers/: link new brokers, stop the links of removed
+                                   or decommissioned ones at once; reply: empty */
+    DATADIR_CTL_COMMAND = 'C',  /* + asset id, NUL, a device command's JSON ({"op":"renew"}):
+                                   published on the asset's command topic; reply: the number
+                                   of brokers it went to, as text */
+    DATADIR_CTL_ROLLOVER = 'O', /* + 4-byte validity in days: datadir_ca_rollover in mqpkid,
+                                   which then serves the new CA (EST, CRLs) and sends the
+                                   brokers the issuers; reply: JSON {"gen", "previous",
+                                   "resumed"} */
+    DATADIR_CTL_ISSUERS = 'I',  /* ca/chain.pem changed (a generation retired): sent to the
+                                   brokers again and trusted by EST; reply: empty */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).

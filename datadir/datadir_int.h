@@ -3,6 +3,7 @@
 #define MQPKI_DATADIR_INT_H
 
 #include "datadir.h"
+#include "hsm.h"
 #include "proto.h"
 
 /* Labels of the CA keys in the token. */
@@ -48,7 +49,36 @@ struct datadir {
     int daemon_lock;     /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
     int daemon_mode;     /* opened by mqpkid: the CA key is this process's own */
     int64_t exported[2]; /* what crl/ holds (crl/exported, read under the export lock) */
+    int gen;             /* the issuing CA generation of ca and key (datadir/issuers.c) */
+    /* What a rollover replaced: threads may still sign with them; freed at close. */
+    struct ca *old_ca[DATADIR_ISSUERS_MAX];
+    EVP_PKEY *old_key[DATADIR_ISSUERS_MAX];
+    size_t n_old;
+    /* Older live generations' CAs, by generation, opened for their CRLs (export lock held). */
+    struct ca *gen_ca[DATADIR_ISSUERS_MAX + 1];
 };
+
+/*
+ * Under the export lock, after crl/ got a CRL: each older live issuing CA generation G whose
+ * key this process holds gets the CRLs crl/ holds signed again by its own key
+ * (ca_crl_resign) in crl/generation-G/ (issuing.crl, issuing.pem, issuing-delta.crl and
+ * exported, as in crl/). Failures are logged: the current key's CRLs cover every generation.
+ */
+void datadir_generations_export(struct datadir *dd);
+
+/* The token label of issuing CA generation gen (datadir/issuers.c). */
+#define DATADIR_ISSUER_LABEL_MAX 64
+int datadir_issuer_label(int gen, char out[DATADIR_ISSUER_LABEL_MAX]);
+/* The generation of ca/issuing.pem. */
+int datadir_issuer_current(const char *home, int *gen);
+/* Makes ca (with its key, generation gen) the one datadir_ca() gives from now on; what it
+ * replaces stays valid until datadir_close, for threads still signing with it. Takes both. */
+void datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen);
+
+/* Loads the PEM certificate home/rel. */
+int datadir_load_cert(const char *home, const char *rel, X509 **out);
+/* "ec-p256", "ec-p384", "rsa-3072" -> the token's key type. */
+int datadir_key_type(const char *name, enum hsm_key_type *out);
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
 int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct hsm **out);

@@ -42,7 +42,7 @@ static int random_secret(char out[33])
     return MQPKI_OK;
 }
 
-static int key_type(const char *name, enum hsm_key_type *out)
+int datadir_key_type(const char *name, enum hsm_key_type *out)
 {
     if (strcmp(name, "ec-p256") == 0)
         *out = HSM_KEY_EC_P256;
@@ -221,7 +221,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     }
     if (opts->key_type != NULL)
         snprintf(dd->cfg.key_type, sizeof(dd->cfg.key_type), "%s", opts->key_type);
-    if ((rc = key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
+    if ((rc = datadir_key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
         goto out;
     if (opts->url != NULL) {
         if ((strncmp(opts->url, "https://", 8) != 0 && strncmp(opts->url, "http://", 7) != 0) ||

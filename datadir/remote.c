@@ -50,8 +50,13 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
 
     /* Only the issuing CA key and the audit key are ever open in mqpkid (never the root), and
      * each only for its own mechanism. */
-    if (strcmp(label, DATADIR_ISSUING_KEY) == 0)
-        key = dd->key;
+    char current[DATADIR_ISSUER_LABEL_MAX];
+
+    /* The issuing key of the current generation only: an older one signs nothing after a
+     * rollover (a command that read ca/issuing.pem before it fails and can be run again). */
+    datadir_issuer_label(__atomic_load_n(&dd->gen, __ATOMIC_ACQUIRE), current);
+    if (strcmp(label, current) == 0)
+        key = datadir_ca_key(dd);
     else if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
         key = dd->audit_key;
     if (key == NULL)

@@ -110,7 +110,7 @@ static int issue_pair(struct datadir *dd, const struct datadir_names *names, int
     req.n_dns = names->n_dns;
     req.ips = ips;
     req.n_ips = names->n_ips;
-    if ((rc = lifecycle_issue(dd->ca, dd->inv, &req, &cert)) != MQPKI_OK)
+    if ((rc = lifecycle_issue(datadir_ca(dd), dd->inv, &req, &cert)) != MQPKI_OK)
         goto out;
     if ((bio = BIO_new(BIO_s_mem())) == NULL ||
         PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1 ||
@@ -119,7 +119,7 @@ static int issue_pair(struct datadir *dd, const struct datadir_names *names, int
         goto out;
     }
     if ((rc = ca_cert_pem(cert, &cert_pem, &cert_len)) != MQPKI_OK ||
-        (rc = ca_cert_pem(ca_issuing_cert(dd->ca), &chain_pem, &chain_len)) != MQPKI_OK)
+        (rc = ca_cert_pem(ca_issuing_cert(datadir_ca(dd)), &chain_pem, &chain_len)) != MQPKI_OK)
         goto out;
     if ((both = malloc(cert_len + chain_len)) == NULL) {
         rc = MQPKI_ERR_NOMEM;
@@ -209,7 +209,10 @@ static int renew_pair(struct datadir *dd, int force, int *renewed, const struct 
         rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: unreadable validity", path);
         goto out;
     }
-    if (!force && mqpki_now() < nb + (na - nb) * 2 / 3)
+    /* Due two thirds into its lifetime, or at once when an older issuing CA generation issued
+     * it (after `mqpki ca rollover`, so that the old one can be retired). */
+    if (!force && mqpki_now() < nb + (na - nb) * 2 / 3 &&
+        X509_check_issued(ca_issuing_cert(datadir_ca(dd)), cert) == X509_V_OK)
         goto out;
     if ((rc = current_names(cert, &names)) != MQPKI_OK ||
         (rc = issue_pair(dd, &names, 1, pr)) != MQPKI_OK)

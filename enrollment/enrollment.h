@@ -28,6 +28,7 @@ struct est;
 /* A request body larger than this gets 413 before it is read. */
 #define EST_BODY_MAX (96 * 1024)
 
+#define EST_ALSO_TRUSTED_MAX 16
 struct est_config {
     int profile_days[CA_PROFILE_COUNT_]; /* default validity by profile ([ca] *_days) */
     int64_t reenroll_grace;              /* [enrollment] reenroll_grace (lifecycle.h) */
@@ -35,6 +36,11 @@ struct est_config {
     int window_seconds;         /*   before 429 with Retry-After */
     double requests_per_second; /* per client address (token bucket); 0 = unlimited */
     int burst;                  /*   bucket size */
+    /* Older issuing CA generations still trusted (datadir_issuers_read, not retired), borrowed
+     * during est_new: they verify re-enrollment certificates and go into /cacerts after the
+     * current issuing CA. */
+    X509 *const *also_trusted;
+    size_t n_also_trusted;
 };
 
 /*
@@ -50,6 +56,7 @@ struct est_peer {
     int64_t valid_from, valid_until; /* latest notBefore, earliest notAfter of the chain */
     char serial[PROTO_SERIAL_HEX_MAX + 1];
     char asset[PROTO_ASSET_ID_MAX + 1];
+    char key_fp[PROTO_FP_HEX_LEN + 1]; /* its key's fingerprint (ca_pubkey_fingerprint) */
 };
 
 struct est_request {

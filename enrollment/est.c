@@ -134,27 +134,40 @@ int est_new(struct ca *ca, struct lifecycle_committer *cm, const struct est_conf
             struct est **out)
 {
     struct est *est;
-    X509 *chain[2];
+    X509 *chain[2 + EST_ALSO_TRUSTED_MAX];
+    size_t n = 0;
     int rc;
 
     *out = NULL;
+    if (cfg->n_also_trusted > EST_ALSO_TRUSTED_MAX)
+        return mqpki_fail(MQPKI_ERR_INVALID, "%zu older issuing CAs: at most %d",
+                          cfg->n_also_trusted, EST_ALSO_TRUSTED_MAX);
     if ((est = calloc(1, sizeof(*est))) == NULL)
         return MQPKI_ERR_NOMEM;
     est->ca = ca;
     est->cm = cm;
     est->cfg = *cfg;
-    chain[0] = ca_issuing_cert(ca);
-    chain[1] = ca_root_cert(ca);
-    if ((rc = certs_only(chain, 2, &est->cacerts, &est->cacerts_len)) != MQPKI_OK ||
+    est->cfg.also_trusted = NULL;
+    est->cfg.n_also_trusted = 0;
+    /* The current issuing CA first, the older generations still trusted, the root last. */
+    chain[n++] = ca_issuing_cert(ca);
+    for (size_t i = 0; i < cfg->n_also_trusted; i++)
+        chain[n++] = cfg->also_trusted[i];
+    chain[n++] = ca_root_cert(ca);
+    if ((rc = certs_only(chain, n, &est->cacerts, &est->cacerts_len)) != MQPKI_OK ||
         (rc = make_csrattrs(&est->csrattrs, &est->csrattrs_len)) != MQPKI_OK) {
         rc = mqpki_fail(rc, "cannot encode the EST /cacerts or /csrattrs response");
         goto out;
     }
-    if ((est->trust = X509_STORE_new()) == NULL || X509_STORE_add_cert(est->trust, chain[0]) != 1 ||
-        X509_STORE_add_cert(est->trust, chain[1]) != 1) {
-        rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot build the client certificate trust store");
+    if ((est->trust = X509_STORE_new()) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "cannot build the client certificate trust store");
         goto out;
     }
+    for (size_t i = 0; i < n; i++)
+        if (X509_STORE_add_cert(est->trust, chain[i]) != 1) {
+            rc = mqpki_fail(MQPKI_ERR_CRYPTO, "cannot build the client certificate trust store");
+            goto out;
+        }
     if ((rc = ratelimit_new(cfg, &est->limits)) != MQPKI_OK)
         goto out;
     *out = est;
@@ -344,7 +357,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
     X509_STORE_CTX *ctx = NULL;
     struct est_peer *peer = req->peer;
     unsigned char hash[32];
-    char serial[PROTO_SERIAL_HEX_MAX + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], key_fp[PROTO_FP_HEX_LEN + 1];
     int64_t now = mqpki_now();
     int rc = MQPKI_ERR_AUTH;
 
@@ -363,6 +376,7 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         now <= peer->valid_until) {
         snprintf(serial, sizeof(serial), "%s", peer->serial);
         snprintf(asset, PROTO_ASSET_ID_MAX + 1, "%s", peer->asset);
+        snprintf(key_fp, sizeof(key_fp), "%s", peer->key_fp);
         goto lookup;
     }
     if (peer != NULL)
@@ -387,11 +401,21 @@ static int check_client_cert(struct est *est, struct inventory *inv, const struc
         mqpki_fail(rc, "re-enrollment: client certificate names no mqpki asset");
         goto out;
     }
-    if (peer != NULL)
+    /* The key it was issued for: one forged under a serial of ours carries another. */
+    if ((rc = ca_pubkey_fingerprint(X509_get0_pubkey(cert), key_fp)) != MQPKI_OK) {
+        rc =
+            mqpki_fail(MQPKI_ERR_AUTH, "re-enrollment: the client certificate's key is unreadable");
+        goto out;
+    }
+    if (peer != NULL) {
         peer_remember(peer, hash, ctx, serial, asset);
+        snprintf(peer->key_fp, sizeof(peer->key_fp), "%s", key_fp);
+    }
+    rc = MQPKI_ERR_AUTH;
 lookup:
     /* Checked again inside the transaction that records the new certificate. */
-    if ((rc = lifecycle_check_auth_cert(inv, serial, asset, est->cfg.reenroll_grace)) != MQPKI_OK)
+    if ((rc = lifecycle_check_auth_cert(inv, serial, asset, key_fp, est->cfg.reenroll_grace)) !=
+        MQPKI_OK)
         goto out;
     snprintf(serial_out, PROTO_SERIAL_HEX_MAX + 1, "%s", serial);
 out:

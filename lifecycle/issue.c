@@ -113,7 +113,7 @@ out:
 }
 
 int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset,
-                              int64_t grace)
+                              const char *key_fp, int64_t grace)
 {
     struct inventory_cert c;
     int rc = MQPKI_ERR_AUTH;
@@ -121,6 +121,14 @@ int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const c
     memset(&c, 0, sizeof(c));
     if (inventory_cert_get(inv, serial, 0, &c) != MQPKI_OK) {
         mqpki_fail(rc, "re-enrollment: certificate %s is not in the store", serial);
+        goto out;
+    }
+    if (key_fp != NULL && (strlen(key_fp) != strlen(c.key_fp) ||
+                           CRYPTO_memcmp(key_fp, c.key_fp, strlen(key_fp)) != 0)) {
+        mqpki_fail(rc,
+                   "re-enrollment: certificate %s presented with another key than the one "
+                   "certified (a forged certificate?)",
+                   serial);
         goto out;
     }
     if (strcmp(c.asset_id, asset) != 0 ||
@@ -150,7 +158,7 @@ int lifecycle_record(struct inventory *inv, const struct inventory_cert *rec,
     }
     /* A revocation or hold that committed while this request was being signed wins. */
     if (auth->auth_serial != NULL &&
-        (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id,
+        (rc = lifecycle_check_auth_cert(inv, auth->auth_serial, rec->asset_id, NULL,
                                         auth->reenroll_grace)) != MQPKI_OK)
         return rc;
     return inventory_cert_add(inv, rec, auth->supersede, auth->auth_serial, auth->actor);

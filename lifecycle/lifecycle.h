@@ -104,11 +104,13 @@ int lifecycle_record_refusal(struct inventory *inv, const char *asset, int token
  * asked for a renewal whose newest certificate (superseded_by) is still the asset's newest,
  * unused (it has not renewed itself, is not revoked, and no broker has seen it connect: the
  * device whose answers were lost retries);
- * MQPKI_ERR_AUTH with a detail otherwise. EST checks a re-enrollment's client certificate with
- * it; the recording transaction checks it again.
+ * MQPKI_ERR_AUTH with a detail otherwise. key_fp (may be NULL), the presented certificate's key
+ * fingerprint (ca_pubkey_fingerprint), must be the stored certificate's: a certificate forged
+ * with a stolen issuing CA key under a serial of ours carries another key. EST checks a
+ * re-enrollment's client certificate with it; the recording transaction checks it again.
  */
 int lifecycle_check_auth_cert(struct inventory *inv, const char *serial, const char *asset,
-                              int64_t grace);
+                              const char *key_fp, int64_t grace);
 
 /*
  * Brings every stored key fingerprint to the canonical rule (ca_pubkey_fingerprint), once per

@@ -82,6 +82,111 @@ out:
     return rc;
 }
 
+/* The CA certificates of a PEM bundle (at most 64), split into self-signed ones (roots) and the
+ * others; either out may be NULL. */
+static int pem_cas(BIO *bio, STACK_OF(X509) * *issuing, STACK_OF(X509) * *roots, char *why,
+                   size_t why_len)
+{
+    STACK_OF(X509) *iss = sk_X509_new_null(), *rts = sk_X509_new_null();
+    X509 *c;
+    int n = 0, rc = -1;
+
+    if (iss == NULL || rts == NULL)
+        goto nomem;
+    while (n++ < 64 && (c = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        STACK_OF(X509) *to = is_self_signed(c) ? rts : iss;
+        if (X509_check_ca(c) == 0) {
+            X509_free(c);
+            continue;
+        }
+        if (!sk_X509_push(to, c)) {
+            X509_free(c);
+            goto nomem;
+        }
+    }
+    if (issuing != NULL) {
+        *issuing = iss;
+        iss = NULL;
+    }
+    if (roots != NULL) {
+        *roots = rts;
+        rts = NULL;
+    }
+    rc = 0;
+    goto out;
+nomem:
+    proto_refuse(why, why_len, "out of memory");
+out:
+    sk_X509_pop_free(iss, X509_free);
+    sk_X509_pop_free(rts, X509_free);
+    return rc;
+}
+
+int proto_ca_roots_load(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len)
+{
+    BIO *bio = BIO_new_file(path, "r");
+    int rc;
+
+    *out = NULL;
+    if (bio == NULL)
+        return proto_refuse(why, why_len, "%s: cannot read the CA file", path);
+    rc = pem_cas(bio, NULL, out, why, why_len);
+    BIO_free(bio);
+    return rc;
+}
+
+int proto_issuers_verify(const void *pem, size_t len, STACK_OF(X509) * roots, STACK_OF(X509) * *out,
+                         char *why, size_t why_len)
+{
+    STACK_OF(X509) *all = NULL, *keep = NULL;
+    BIO *bio = NULL;
+    int rc = -1;
+
+    *out = NULL;
+    if (len == 0 || len > PROTO_ISSUERS_MAX)
+        return proto_refuse(why, why_len, "%zu bytes: not an issuing CA list", len);
+    if ((bio = BIO_new_mem_buf(pem, (int)len)) == NULL ||
+        pem_cas(bio, &all, NULL, why, why_len) != 0)
+        goto out;
+    if ((keep = sk_X509_new_null()) == NULL) {
+        proto_refuse(why, why_len, "out of memory");
+        goto out;
+    }
+    /* Only what a root we hold certified, allowed to sign CRLs: the list is a hint, the
+     * signatures are the trust. */
+    for (int i = 0; i < sk_X509_num(all); i++) {
+        X509 *c = sk_X509_value(all, i);
+        int ok = 0;
+        for (int r = 0; r < sk_X509_num(roots) && !ok; r++) {
+            X509 *root = sk_X509_value(roots, r);
+            ok = X509_check_issued(root, c) == X509_V_OK &&
+                 X509_verify(c, X509_get0_pubkey(root)) == 1;
+        }
+        if (ok && (X509_get_extension_flags(c) & EXFLAG_KUSAGE) &&
+            !(X509_get_key_usage(c) & KU_CRL_SIGN))
+            ok = 0;
+        if (!ok)
+            continue;
+        if (!X509_up_ref(c) || !sk_X509_push(keep, c)) {
+            X509_free(c);
+            proto_refuse(why, why_len, "out of memory");
+            goto out;
+        }
+    }
+    if (sk_X509_num(keep) == 0) {
+        proto_refuse(why, why_len, "no issuing CA in the list is certified by a trusted root");
+        goto out;
+    }
+    *out = keep;
+    keep = NULL;
+    rc = 0;
+out:
+    sk_X509_pop_free(all, X509_free);
+    sk_X509_pop_free(keep, X509_free);
+    BIO_free(bio);
+    return rc;
+}
+
 int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why, size_t why_len)
 {
     const unsigned char *p = der;
@@ -122,6 +227,21 @@ int proto_name_digest(const X509_NAME *name, unsigned char out[PROTO_ISSUER_LEN]
 
     if (X509_NAME_digest(name, EVP_sha256(), out, &n) != 1 || n != PROTO_ISSUER_LEN)
         return -1;
+    return 0;
+}
+
+int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas)
+{
+    const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(cert), *ski;
+
+    if (aki == NULL)
+        return 1;
+    for (int i = 0; i < sk_X509_num(cas); i++) {
+        X509 *ca = sk_X509_value(cas, i);
+        if (X509_NAME_cmp(X509_get_subject_name(ca), X509_get_issuer_name(cert)) == 0 &&
+            (ski = X509_get0_subject_key_id(ca)) != NULL && ASN1_OCTET_STRING_cmp(ski, aki) == 0)
+            return 1;
+    }
     return 0;
 }
 

@@ -27,6 +27,10 @@
 #define PROTO_TOPIC_CRL_FULL   "mqpki/v1/crl/full"
 #define PROTO_TOPIC_CRL_DELTA  "mqpki/v1/crl/delta"
 #define PROTO_TOPIC_CRL_ALL    "mqpki/v1/crl/#"
+/* An older issuing CA generation's CRLs after a rollover (the current key's CRLs, on the two
+ * topics above, cover every generation): + G + "/full" or "/delta", the same CRLs signed by
+ * generation G's own key, for relying parties that want them so (crl-sync). */
+#define PROTO_TOPIC_CRL_GENERATION "mqpki/v1/crl/generation/"
 #define PROTO_TOPIC_EVENTS     "mqpki/v1/events/" /* + BROKER */
 #define PROTO_TOPIC_EVENTS_ALL "mqpki/v1/events/+"
 #define PROTO_TOPIC_ASSETS     "mqpki/v1/assets/" /* + ID + PROTO_TOPIC_CMD_SUFFIX */
@@ -35,6 +39,11 @@
 /* The assets under quarantine (JSON {"assets":[...]}, retained, published by mqpkid). */
 #define PROTO_TOPIC_QUARANTINE  "mqpki/v1/quarantine"
 #define PROTO_QUARANTINE_SUFFIX "/quarantine" /* fleet/ID + this: a quarantined asset's topic */
+/* The issuing CA generations brokers trust (PEM: the current one, the other live ones, the
+ * root; retained, published by mqpkid, ca/chain.pem): each must chain to the broker's root. */
+#define PROTO_TOPIC_CA_ISSUERS "mqpki/v1/ca/issuers"
+#define PROTO_ISSUERS_MAX      (64 * 1024) /* its largest payload */
+#define PROTO_AKID_MAX         64          /* a key identifier mqpki compares */
 /* The newest signed checkpoint of the CA's audit log (JSON, retained): a copy of the anchor
  * that whoever can write the CA's store cannot take back (docs/security.md, "Audit"). */
 #define PROTO_TOPIC_AUDIT_CHECKPOINT "mqpki/v1/audit/checkpoint"
@@ -68,6 +77,9 @@ int proto_topic_is_control(const char *topic);
 /* "mqpki/v1/events/BROKER" and "mqpki/v1/assets/ID/cmd": 0, or -1 for an invalid id. */
 int proto_topic_events(const char *broker, char out[PROTO_TOPIC_MAX]);
 int proto_topic_asset_cmd(const char *asset, char out[PROTO_TOPIC_MAX]);
+/* PROTO_TOPIC_CRL_GENERATION G "/full" (delta 0) or "/delta"; and back (-1: not such a topic). */
+int proto_topic_crl_generation(int gen, int delta, char out[PROTO_TOPIC_MAX]);
+int proto_topic_crl_generation_parse(const char *topic, int *gen, int *delta);
 
 /* An ASN1_TIME as seconds since the epoch: 0, or -1 when unreadable. */
 int proto_asn1_time(const ASN1_TIME *t, int64_t *out);
@@ -110,6 +122,21 @@ struct proto_crl_info {
  * sk_X509_pop_free(.., X509_free).
  */
 int proto_crl_load_cas(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len);
+
+/* The self-signed CA certificates (the roots) of a PEM bundle; may be none. Caller frees. */
+int proto_ca_roots_load(const char *path, STACK_OF(X509) * *out, char *why, size_t why_len);
+
+/*
+ * The issuing CAs of a PROTO_TOPIC_CA_ISSUERS message (PEM, at most PROTO_ISSUERS_MAX bytes)
+ * that one of roots certified (name and signature) and that may sign CRLs: the CRL signers and
+ * the issuers of client certificates to trust from now on. -1 with why when none is left.
+ * Caller frees with sk_X509_pop_free(.., X509_free).
+ */
+int proto_issuers_verify(const void *pem, size_t len, STACK_OF(X509) * roots, STACK_OF(X509) * *out,
+                         char *why, size_t why_len);
+
+/* 1 when cert's authority key identifier names a CA of cas (or cert carries none). */
+int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas);
 
 /* Parses a DER CRL of at most PROTO_CRL_MAX_DER bytes, refusing trailing bytes. */
 int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why,

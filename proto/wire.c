@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -95,6 +96,39 @@ int proto_topic_asset_cmd(const char *asset, char out[PROTO_TOPIC_MAX])
     if (!proto_asset_id_valid(asset))
         return -1;
     snprintf(out, PROTO_TOPIC_MAX, "%s%s%s", PROTO_TOPIC_ASSETS, asset, PROTO_TOPIC_CMD_SUFFIX);
+    return 0;
+}
+
+int proto_topic_crl_generation(int gen, int delta, char out[PROTO_TOPIC_MAX])
+{
+    if (gen < 1 || gen > 999)
+        return -1;
+    snprintf(out, PROTO_TOPIC_MAX, "%s%d/%s", PROTO_TOPIC_CRL_GENERATION, gen,
+             delta ? "delta" : "full");
+    return 0;
+}
+
+int proto_topic_crl_generation_parse(const char *topic, int *gen, int *delta)
+{
+    const char *p;
+    char *end;
+    long g;
+
+    if (strncmp(topic, PROTO_TOPIC_CRL_GENERATION, sizeof(PROTO_TOPIC_CRL_GENERATION) - 1) != 0)
+        return -1;
+    p = topic + sizeof(PROTO_TOPIC_CRL_GENERATION) - 1;
+    if (*p < '1' || *p > '9')
+        return -1;
+    g = strtol(p, &end, 10);
+    if (g < 1 || g > 999 || *end != '/')
+        return -1;
+    if (strcmp(end + 1, "full") == 0)
+        *delta = 0;
+    else if (strcmp(end + 1, "delta") == 0)
+        *delta = 1;
+    else
+        return -1;
+    *gen = (int)g;
     return 0;
 }
 

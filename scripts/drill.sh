@@ -4,7 +4,9 @@
 # bundled broker; an online backup is taken; the CA host is lost (mqpkid, the broker and the
 # data directory gone); the backup is restored on another path, mqpkid and the broker start
 # from it, a campaign has every device renew and reconnect, and the certificates from before
-# the loss are revoked. It ends with the time each phase took.
+# the loss are revoked. Then the issuing CA's key is compromised: `mqpki ca rollover` makes a new
+# one, a campaign moves the devices onto it, the old key's certificates are revoked and it is
+# retired. It ends with the time each phase took.
 #
 # Environment (optional): MQPKI_BUILD (build directory, default build/), MQPKI_DRILL_DIR
 # (working directory, emptied first, default build/drill). Exit 0 only when every step passed.
@@ -35,7 +37,7 @@ die() { echo "drill: FAILED: $*" >&2; exit 1; }
 now() { date +%s%N; }
 PHASES=()
 phase_start() { PHASE=$1; T0=$(now); echo "== $PHASE"; }
-phase_end() { PHASES+=("$(awk -v p="$PHASE" -v a="$T0" -v b="$(now)" 'BEGIN { printf "%-34s %8.2f s", p, (b - a) / 1e9 }')"); }
+phase_end() { PHASES+=("$(awk -v p="$PHASE" -v a="$T0" -v b="$(now)" 'BEGIN { printf "%-38s %8.2f s", p, (b - a) / 1e9 }')"); }
 wait_until() { # SECONDS COMMAND...
   local limit=$(($1 * 10)) i=0; shift
   until "$@" 2>/dev/null; do i=$((i + 1)); [ "$i" -ge "$limit" ] && return 1; sleep 0.1; done
@@ -125,6 +127,38 @@ done < <(comm -12 "$DRILL/serials-before" <(mqpki cert list --json | jq -r \
 mqpki audit verify >/dev/null || die "audit verify"
 phase_end
 
+# The second story: the issuing CA's key is compromised. A new key takes over (same root, same
+# name), the devices move to it, and the old key is revoked out of the fleet and retired.
+akid_of() { openssl x509 -in "$1" -noout -ext authorityKeyIdentifier | sed -n 's/^ *\(keyid:\)\{0,1\}\([0-9A-F:]*\)$/\2/p'; }
+skid_of() { openssl x509 -in "$1" -noout -ext subjectKeyIdentifier | sed -n 's/^ *\([0-9A-F:]*\)$/\1/p'; }
+phase_start "issuing CA key compromised: rollover"
+mqpki ca rollover >/dev/null || die "ca rollover"
+wait_until 10 grep -q "trusting 2 issuing CA keys" "$DRILL/broker-b.log" ||
+  die "the broker did not learn the new issuing CA from the feed"
+mqpki ca list
+phase_end
+
+phase_start "campaign onto the new key"
+mqpki campaign renew --issuer 1 --rate 20 || die "campaign renew --issuer 1"
+wait_until 60 renewed || { mqpki campaign status; die "not every device renewed onto the new key"; }
+NEW=$(skid_of "$R/ca/issuers/2.pem")
+for d in "${ROLES[@]}"; do
+  [ "$(akid_of "$DRILL/dev/$d/cert.pem")" = "$NEW" ] || die "$d is not on the new key"
+  wait_until 30 connects "$d" "$DRILL/broker-b.log" 3 || die "$d does not reconnect"
+done
+phase_end
+
+phase_start "old key revoked out and retired"
+mqpki campaign finish --revoke-old || die "campaign finish"
+mqpki ca retire 1 || die "ca retire 1"
+wait_until 10 grep -q "trusting 1 issuing CA key" "$DRILL/broker-b.log" ||
+  die "the broker still trusts the compromised key"
+for d in "${ROLES[@]}"; do
+  mqpki-sensor "$DRILL/dev/$d" "mqtts://localhost:$BPORT" >/dev/null 2>&1 || die "$d cannot publish"
+done
+mqpki audit verify >/dev/null || die "audit verify"
+phase_end
+
 echo
-echo "drill passed: ${#ROLES[@]} devices back in service on the restored CA"
+echo "drill passed: ${#ROLES[@]} devices back in service on the restored CA, then on a new issuing CA key"
 printf '%s\n' "${PHASES[@]}"

@@ -819,6 +819,112 @@ static void test_load_cas(void **state)
     free_ca(&root);
 }
 
+/* A certificate for cn under issuer (a CA when ca), with SKI and AKI. */
+static X509 *make_issued(struct test_ca *issuer, EVP_PKEY *key, const char *cn, int ca, long serial)
+{
+    X509 *x = X509_new();
+    X509_NAME *name;
+
+    assert_non_null(x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(issuer->cert));
+    X509_set_pubkey(x, key);
+    add_ext(x, issuer->cert, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    if (ca)
+        add_ext(x, issuer->cert, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_ext(x, issuer->cert, NID_subject_key_identifier, "hash");
+    add_ext(x, issuer->cert, NID_authority_key_identifier, "keyid:always");
+    assert_true(X509_sign(x, issuer->key, EVP_sha256()) > 0);
+    return x;
+}
+
+static char *pem_of(X509 *const *certs, int n, size_t *len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data, *out;
+    long l;
+
+    for (int i = 0; i < n; i++)
+        assert_int_equal(PEM_write_bio_X509(b, certs[i]), 1);
+    l = BIO_get_mem_data(b, &data);
+    out = malloc((size_t)l);
+    memcpy(out, data, (size_t)l);
+    *len = (size_t)l;
+    BIO_free(b);
+    return out;
+}
+
+/*
+ * The issuing CA list of the feed (a rollover): only what a root held certified is taken; a
+ * client certificate's issuer key must be one of it (a retired generation's are refused).
+ */
+static void test_issuers_list(void **state)
+{
+    struct test_ca root, other, gen1, gen2;
+    STACK_OF(X509) *roots = sk_X509_new_null(), *cas = NULL;
+    X509 *foreign, *leaf1, *bundle[4];
+    EVP_PKEY *leaf_key = EVP_EC_gen("P-256");
+    char why[256], *pem;
+    size_t len;
+
+    (void)state;
+    make_ca(&root, "Root");
+    make_ca(&other, "Other root");
+    gen1.key = EVP_EC_gen("P-256");
+    gen2.key = EVP_EC_gen("P-256");
+    gen1.cert = make_issued(&root, gen1.key, "Issuing", 1, 2);
+    gen2.cert = make_issued(&root, gen2.key, "Issuing", 1, 3);
+    foreign = make_issued(&other, gen2.key, "Issuing", 1, 4);
+    leaf1 = make_issued(&gen1, leaf_key, "dev1", 0, 5);
+    assert_true(sk_X509_push(roots, root.cert));
+
+    bundle[0] = gen2.cert;
+    bundle[1] = foreign;
+    bundle[2] = gen1.cert;
+    bundle[3] = root.cert;
+    pem = pem_of(bundle, 4, &len);
+    assert_int_equal(proto_issuers_verify(pem, len, roots, &cas, why, sizeof(why)), 0);
+    assert_int_equal(sk_X509_num(cas), 2); /* gen2, gen1; not the foreign one, not the root */
+    assert_int_equal(X509_cmp(sk_X509_value(cas, 0), gen2.cert), 0);
+    assert_int_equal(X509_cmp(sk_X509_value(cas, 1), gen1.cert), 0);
+    assert_int_equal(proto_issuer_trusted(leaf1, cas), 1);
+    sk_X509_pop_free(cas, X509_free);
+    free(pem);
+
+    /* Generation 1 retired: its certificates are no longer trusted. */
+    pem = pem_of(bundle, 1, &len);
+    assert_int_equal(proto_issuers_verify(pem, len, roots, &cas, why, sizeof(why)), 0);
+    assert_int_equal(sk_X509_num(cas), 1);
+    assert_int_equal(proto_issuer_trusted(leaf1, cas), 0);
+    sk_X509_pop_free(cas, X509_free);
+    free(pem);
+
+    /* Nothing certified by a root held, garbage, too large: refused, nothing taken. */
+    pem = pem_of(&foreign, 1, &len);
+    assert_int_equal(proto_issuers_verify(pem, len, roots, &cas, why, sizeof(why)), -1);
+    assert_null(cas);
+    assert_non_null(strstr(why, "trusted root"));
+    free(pem);
+    assert_int_equal(proto_issuers_verify("junk", 4, roots, &cas, why, sizeof(why)), -1);
+    assert_int_equal(
+        proto_issuers_verify("x", PROTO_ISSUERS_MAX + 1, roots, &cas, why, sizeof(why)), -1);
+    assert_null(cas);
+
+    sk_X509_free(roots);
+    X509_free(foreign);
+    X509_free(leaf1);
+    EVP_PKEY_free(leaf_key);
+    free_ca(&root);
+    free_ca(&other);
+    free_ca(&gen1);
+    free_ca(&gen2);
+}
+
 /* The batches come from jansson's allocator, not cmocka's. */
 #undef free
 
@@ -911,8 +1017,9 @@ int main(void)
         cmocka_unit_test(test_delta_merge),     cmocka_unit_test(test_delta_ahead),
         cmocka_unit_test(test_topic_covers),    cmocka_unit_test(test_acl_rules),
         cmocka_unit_test(test_load_cas),        cmocka_unit_test(test_der_walker_hostile),
-        cmocka_unit_test(test_serial_key_der),  cmocka_unit_test(test_crlload),
-        cmocka_unit_test(test_event_ring),      cmocka_unit_test(test_quarantine_list),
+        cmocka_unit_test(test_issuers_list),    cmocka_unit_test(test_serial_key_der),
+        cmocka_unit_test(test_crlload),         cmocka_unit_test(test_event_ring),
+        cmocka_unit_test(test_quarantine_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

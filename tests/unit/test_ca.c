@@ -1281,6 +1281,77 @@ static void test_audit_cert(void **state)
     EVP_PKEY_free(audit);
 }
 
+/* A CRL of the current key, signed again by an older key of the same name (a rollover): the
+ * same TBS but the authority key identifier, verifying under the older issuing CA. */
+static void test_crl_resign(void **state)
+{
+    struct fixture *f = *state;
+    struct ca_crl_entry e[3] = {{"0A", 1700000000, CA_REASON_SUPERSEDED},
+                                {"0B", 1700000001, CA_REASON_KEY_COMPROMISE},
+                                {"0C", 1700000002, CA_REASON_HOLD}};
+    EVP_PKEY *new_key = EVP_EC_gen("P-256"), *p384 = EVP_EC_gen("P-384");
+    X509 *gen2 = NULL, *other = NULL;
+    struct ca *ca2 = NULL, *ca384 = NULL;
+    unsigned char *der = NULL, *again = NULL;
+    size_t len = 0, again_len = 0;
+    const unsigned char *p;
+    X509_CRL *a = NULL, *b = NULL;
+    AUTHORITY_KEYID *akid;
+
+    assert_non_null(new_key);
+    assert_int_equal(
+        ca_issuing_create(f->root, f->root_key, new_key, "mqpki test issuing", 1825, &gen2),
+        MQPKI_OK);
+    assert_int_equal(ca_open(gen2, new_key, f->root, BASE_URL, &ca2), MQPKI_OK);
+    for (int base = -1; base <= 4; base += 5) {
+        assert_int_equal(
+            ca_crl_encode(ca2, 7 + base + 1, base, e, 3, 1700000000, 1700086400, &der, &len),
+            MQPKI_OK);
+        assert_int_equal(ca_crl_resign(f->ca, der, len, &again, &again_len), MQPKI_OK);
+        p = der;
+        assert_non_null(a = d2i_X509_CRL(NULL, &p, (long)len));
+        p = again;
+        assert_non_null(b = d2i_X509_CRL(NULL, &p, (long)again_len));
+        assert_ptr_equal(p, again + again_len);
+        assert_int_equal(X509_CRL_verify(b, X509_get0_pubkey(f->issuing)), 1);
+        assert_int_not_equal(X509_CRL_verify(b, X509_get0_pubkey(gen2)), 1);
+        akid = X509_CRL_get_ext_d2i(b, NID_authority_key_identifier, NULL, NULL);
+        assert_non_null(akid);
+        assert_int_equal(ASN1_OCTET_STRING_cmp(akid->keyid, X509_get0_subject_key_id(f->issuing)),
+                         0);
+        AUTHORITY_KEYID_free(akid);
+        assert_int_equal(X509_CRL_cmp(a, b), 0);
+        assert_int_equal(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(b)), 3);
+        assert_int_equal(
+            ASN1_TIME_compare(X509_CRL_get0_lastUpdate(a), X509_CRL_get0_lastUpdate(b)), 0);
+        X509_CRL_free(a);
+        X509_CRL_free(b);
+        free(again);
+        again = NULL;
+        if (base >= 0)
+            break;
+        free(der);
+        der = NULL;
+    }
+    /* Another algorithm cannot sign the same TBS: refused, nothing made. */
+    assert_int_equal(
+        ca_issuing_create(f->root, f->root_key, p384, "mqpki test issuing", 1825, &other),
+        MQPKI_OK);
+    assert_int_equal(ca_open(other, p384, f->root, BASE_URL, &ca384), MQPKI_OK);
+    expect_detail(ca_crl_resign(ca384, der, len, &again, &again_len), MQPKI_ERR_STATE,
+                  "another signature algorithm");
+    assert_null(again);
+    /* Garbage is refused. */
+    assert_int_equal(ca_crl_resign(f->ca, der, len / 2, &again, &again_len), MQPKI_ERR_PARSE);
+    free(der);
+    ca_free(ca2);
+    ca_free(ca384);
+    X509_free(gen2);
+    X509_free(other);
+    EVP_PKEY_free(new_key);
+    EVP_PKEY_free(p384);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1294,7 +1365,7 @@ int main(void)
         cmocka_unit_test(test_delta_crl),      cmocka_unit_test(test_crl_scale),
         cmocka_unit_test(test_cert_pem),       cmocka_unit_test(test_threads),
         cmocka_unit_test(test_audit_cert),     cmocka_unit_test(test_spki_as_is),
-        cmocka_unit_test(test_csr_read),
+        cmocka_unit_test(test_csr_read),       cmocka_unit_test(test_crl_resign),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

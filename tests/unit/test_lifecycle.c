@@ -804,6 +804,40 @@ static void test_issue_whole_certificate(void **state)
     EVP_PKEY_free(key);
 }
 
+/* A re-enrollment certificate is ours by its serial and by the key it was issued for: one
+ * forged under the same serial (a stolen issuing CA key) carries another key and is refused. */
+static void test_auth_cert_key(void **state)
+{
+    struct fx *f = *state;
+    struct lifecycle_issue_req req;
+    EVP_PKEY *key = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    char serial[PROTO_SERIAL_HEX_MAX + 1], fp[PROTO_FP_HEX_LEN + 1];
+    X509 *cert = NULL;
+    unsigned char *csr;
+    size_t len;
+
+    csr = csr_der(key, &len);
+    add_asset(f, "renewer", INV_KIND_DEVICE);
+    memset(&req, 0, sizeof(req));
+    req.asset_id = "renewer";
+    req.profile = -1;
+    req.csr = csr;
+    req.csr_len = len;
+    req.actor = "cli";
+    assert_int_equal(lifecycle_issue(f->ca, f->inv, &req, &cert), MQPKI_OK);
+    assert_int_equal(ca_cert_serial_hex(cert, serial), MQPKI_OK);
+    assert_int_equal(ca_pubkey_fingerprint(key, fp), MQPKI_OK);
+    assert_int_equal(lifecycle_check_auth_cert(f->inv, serial, "renewer", fp, 0), MQPKI_OK);
+    assert_int_equal(lifecycle_check_auth_cert(f->inv, serial, "renewer", NULL, 0), MQPKI_OK);
+    assert_int_equal(ca_pubkey_fingerprint(other, fp), MQPKI_OK);
+    assert_int_equal(lifecycle_check_auth_cert(f->inv, serial, "renewer", fp, 0), MQPKI_ERR_AUTH);
+    assert_non_null(strstr(mqpki_err_detail(MQPKI_ERR_AUTH), "another key"));
+    X509_free(cert);
+    OPENSSL_free(csr);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(other);
+}
+
 /*
  * With a token, authentication comes before anything else: an unknown asset, a decommissioned
  * asset and a wrong token are the same refusal, counted and audited, whatever the profile or
@@ -1086,6 +1120,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_off_the_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_authenticates_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_issue_whole_certificate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_cert_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_retry_lost_answer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

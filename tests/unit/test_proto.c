@@ -126,6 +126,25 @@ static void test_topics(void **state)
     assert_int_equal(proto_topic_asset_cmd("meter", t), 0);
     assert_string_equal(t, "mqpki/v1/assets/meter/cmd");
     assert_int_equal(proto_topic_asset_cmd("a/#", t), -1);
+    {
+        int gen = 0, delta = -1;
+        assert_int_equal(proto_topic_crl_generation(2, 1, t), 0);
+        assert_string_equal(t, "mqpki/v1/crl/generation/2/delta");
+        assert_int_equal(proto_topic_crl_generation_parse(t, &gen, &delta), 0);
+        assert_int_equal(gen, 2);
+        assert_int_equal(delta, 1);
+        assert_int_equal(
+            proto_topic_crl_generation_parse("mqpki/v1/crl/generation/12/full", &gen, &delta), 0);
+        assert_int_equal(gen * 10 + delta, 120);
+        assert_int_equal(proto_topic_crl_generation(0, 0, t), -1);
+        assert_int_equal(
+            proto_topic_crl_generation_parse("mqpki/v1/crl/generation/0/full", &gen, &delta), -1);
+        assert_int_equal(
+            proto_topic_crl_generation_parse("mqpki/v1/crl/generation/2/fullx", &gen, &delta), -1);
+        assert_int_equal(
+            proto_topic_crl_generation_parse("mqpki/v1/crl/generation/2", &gen, &delta), -1);
+        assert_int_equal(proto_topic_crl_generation_parse("mqpki/v1/crl/full", &gen, &delta), -1);
+    }
     memset(id, 'x', PROTO_ASSET_ID_MAX);
     id[PROTO_ASSET_ID_MAX] = '\0';
     assert_int_equal(proto_topic_asset_cmd(id, t), 0);

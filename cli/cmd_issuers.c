@@ -1,0 +1,278 @@
+/* cli: the issuing CA's generations: ca list, ca rollover, ca retire (datadir/issuers.c). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509v3.h>
+
+#include "ca.h"
+#include "cli.h"
+#include "common.h"
+#include "datadir.h"
+#include "inventory.h"
+#include "lifecycle.h"
+
+#define ROLLOVER_DAYS_DEFAULT (10 * 365)
+
+/* One generation as `ca list --json` shows it. */
+static json_t *issuer_json(struct datadir *dd, const struct datadir_issuer *g, int count)
+{
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(g->cert);
+    char hex[2 * 64 + 1] = "", serial[PROTO_SERIAL_HEX_MAX + 1] = "";
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(g->cert), NULL);
+    char *s = bn != NULL ? BN_bn2hex(bn) : NULL;
+    int64_t nb = 0, na = 0, live = -1;
+    json_t *v;
+
+    if (ski != NULL && ski->length <= 64)
+        mqpki_hex(ski->data, (size_t)ski->length, hex);
+    if (s != NULL)
+        snprintf(serial, sizeof(serial), "%s", s);
+    OPENSSL_free(s);
+    BN_free(bn);
+    (void)proto_asn1_time(X509_get0_notBefore(g->cert), &nb);
+    (void)proto_asn1_time(X509_get0_notAfter(g->cert), &na);
+    if (count && datadir_ca_issued_live(dd, g->cert, &live) != MQPKI_OK) {
+        mqpki_err_clear();
+        live = -1;
+    }
+    v = json_pack("{s:i, s:s, s:s, s:s, s:o, s:o, s:o}", "generation", g->gen, "state",
+                  g->current   ? "current"
+                  : g->retired ? "retired"
+                               : "live",
+                  "key_id", hex, "serial", serial, "not_before", cli_json_time(nb), "not_after",
+                  cli_json_time(na), "valid_certificates",
+                  live >= 0 ? json_integer(live) : json_null());
+    return v;
+}
+
+int cmd_ca_list(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct datadir_issuers is;
+    struct datadir *dd = NULL;
+    json_t *arr = NULL;
+    int c, rc, json = 0;
+
+    memset(&is, 0, sizeof(is));
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'h':
+            return cli_help("usage: mqpki ca list [--json]\n\n"
+                            "The issuing CA's key generations (docs/operations.md, \"CA\n"
+                            "rollover\"): generation, state (current: signs certificates and\n"
+                            "CRLs; live: still trusted; retired), key identifier, validity and\n"
+                            "how many valid certificates in the store it issued.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_STORE, &dd)) != MQPKI_OK ||
+        (rc = datadir_issuers_read(cli->home, &is)) != MQPKI_OK)
+        goto out;
+    if ((arr = json_array()) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < is.n; i++)
+        json_array_append_new(arr, issuer_json(dd, &is.v[i], 1));
+    if (json) {
+        rc = cli_print_json(arr);
+        goto out;
+    }
+    printf("%-4s %-8s %-40s %-20s %s\n", "GEN", "STATE", "KEY ID", "NOT AFTER", "VALID CERTS");
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *g = json_array_get(arr, i);
+        json_t *live = json_object_get(g, "valid_certificates");
+        printf("%-4lld %-8s %-40.40s %-20s %s%lld\n",
+               (long long)json_integer_value(json_object_get(g, "generation")),
+               json_string_value(json_object_get(g, "state")),
+               json_string_value(json_object_get(g, "key_id")),
+               json_string_value(json_object_get(g, "not_after")), json_is_null(live) ? "?" : "",
+               json_is_null(live) ? 0LL : (long long)json_integer_value(live));
+    }
+out:
+    json_decref(arr);
+    datadir_issuers_clear(&is);
+    datadir_close(dd);
+    return rc;
+}
+
+/* The rollover done by the running mqpkid, which holds the token. */
+static int rollover_remote(const char *home, int days, struct datadir_rollover *r)
+{
+    unsigned char req[5], *reply = NULL;
+    size_t len = 0;
+    json_t *v = NULL;
+    int rc;
+
+    req[0] = DATADIR_CTL_ROLLOVER;
+    req[1] = (unsigned char)(days >> 24);
+    req[2] = (unsigned char)(days >> 16);
+    req[3] = (unsigned char)(days >> 8);
+    req[4] = (unsigned char)days;
+    if ((rc = datadir_control_call(home, req, sizeof(req), &reply, &len, 120000)) != MQPKI_OK)
+        return rc;
+    if ((v = json_loadb((const char *)reply + 1, len - 1, 0, NULL)) == NULL ||
+        json_unpack(v, "{s:i, s:i, s:b}", "gen", &r->gen, "previous", &r->previous, "resumed",
+                    &r->resumed) != 0)
+        rc = mqpki_fail(MQPKI_ERR_PARSE, "mqpkid's rollover reply does not parse");
+    json_decref(v);
+    free(reply);
+    return rc;
+}
+
+int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"days", required_argument, NULL, 'd'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    struct datadir_rollover r;
+    struct datadir_publication pub;
+    struct datadir *dd = NULL;
+    char detail[160], subject[32];
+    int64_t number = 0;
+    int c, rc, json = 0, days = ROLLOVER_DAYS_DEFAULT;
+
+    memset(&r, 0, sizeof(r));
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            if ((rc = cli_parse_int(cli, "--days", optarg, 1, 30 * 365, &days)) != MQPKI_OK)
+                return rc;
+            break;
+        case 'j': json = 1; break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki ca rollover [--days N] [--json]\n\n"
+                "Gives the issuing CA a new key: generated in the token, certified by the\n"
+                "root under the same name for N days (default 3650), written to\n"
+                "ca/issuers/GEN.pem, and made current. From then on it signs every new\n"
+                "certificate and every CRL; a CRL it signs covers the certificates of every\n"
+                "generation, so the old key signs nothing more. The old generation stays\n"
+                "trusted (ca/chain.pem, /cacerts, the brokers' feed) until `mqpki ca retire`.\n"
+                "A running mqpkid makes the key itself (it holds the token) and serves the new\n"
+                "CA at once; brokers learn it from the feed. Then move the fleet:\n"
+                "  mqpki campaign renew --issuer OLD   (the generation number)\n"
+                "A rollover cut short (a crash) is finished by running it again.\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if ((rc = cli_open(cli, DATADIR_STORE | DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    if (datadir_ca_remote(dd)) {
+        rc = rollover_remote(cli->home, days, &r);
+    } else if ((rc = datadir_ca_rollover(dd, days, NULL, NULL, &r)) == MQPKI_OK) {
+        /* What mqpkid does on its own when it runs: its TLS identity and the bundled brokers'
+         * certificates move to the new generation (each broker reloads its own). */
+        int renewed = 0;
+        if (datadir_tls_renew(dd, 0, &renewed) != MQPKI_OK)
+            fprintf(stderr, "mqpki ca rollover: mqpkid's TLS certificate: %s\n",
+                    mqpki_err_detail(MQPKI_ERR_IO));
+        (void)datadir_brokers_renew(dd);
+        mqpki_err_clear();
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    snprintf(subject, sizeof(subject), "issuing-ca-%d", r.gen);
+    snprintf(detail, sizeof(detail),
+             "{\"generation\":%d,\"previous\":%d,\"days\":%d,\"resumed\":%s}", r.gen, r.previous,
+             days, r.resumed ? "true" : "false");
+    if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.rollover", subject,
+                                     detail)) != MQPKI_OK)
+        goto out;
+    /* A full CRL by the new key at once: the deltas that follow extend a full CRL of their own
+     * key (OpenSSL, like RFC 5280 5.2.4, pairs a delta only with a base of the same key). */
+    if ((rc = lifecycle_crl_request(datadir_lifecycle(dd), INV_CRL_FULL, "rollover", "cli",
+                                    &number)) != MQPKI_OK ||
+        (rc = datadir_publish(dd, 0, &pub)) != MQPKI_OK)
+        goto out;
+    if (json) {
+        json_t *v =
+            json_pack("{s:i, s:i, s:b, s:s, s:I}", "generation", r.gen, "previous", r.previous,
+                      "resumed", r.resumed, "certificate", "", "crl", (json_int_t)pub.full_number);
+        char rel[64];
+        snprintf(rel, sizeof(rel), "ca/issuers/%d.pem", r.gen);
+        json_object_set_new(v, "certificate", json_string(rel));
+        rc = cli_print_json(v);
+        json_decref(v);
+    } else {
+        printf("issuing CA generation %d is current (ca/issuers/%d.pem)%s; full CRL %lld signed "
+               "by it; generation %d stays trusted until `mqpki ca retire %d`\n",
+               r.gen, r.gen, r.resumed ? ", an interrupted rollover finished" : "",
+               (long long)pub.full_number, r.previous, r.previous);
+        printf("next: mqpki campaign renew --issuer %d\n", r.previous);
+    }
+out:
+    datadir_close(dd);
+    return rc;
+}
+
+int cmd_ca_retire(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    const unsigned char req = DATADIR_CTL_ISSUERS;
+    unsigned char *reply = NULL;
+    size_t reply_len = 0;
+    struct datadir *dd = NULL;
+    char subject[32];
+    int64_t live = 0;
+    int c, rc, json = 0, gen = 0, told = 0;
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki ca retire GEN [--json]\n\n"
+                "Retires issuing CA generation GEN (mqpki ca list): it leaves ca/chain.pem\n"
+                "and /cacerts, and the brokers refuse every certificate it issued from the\n"
+                "moment the feed tells them. Refused for the current generation and while a\n"
+                "certificate of GEN is still valid (renew and revoke them first: campaign\n"
+                "renew --issuer GEN, then campaign finish --revoke-old).\n");
+        default: return cli_usage_error(cli, "unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        return cli_usage_error(cli, "give the generation to retire (mqpki ca list)");
+    if ((rc = cli_parse_int(cli, "GEN", argv[optind], 1, DATADIR_ISSUERS_MAX, &gen)) != MQPKI_OK)
+        return rc;
+    if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
+        goto out;
+    if ((rc = datadir_ca_retire(dd, gen, &live)) != MQPKI_OK)
+        goto out;
+    snprintf(subject, sizeof(subject), "issuing-ca-%d", gen);
+    if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.retire", subject, NULL)) !=
+        MQPKI_OK)
+        goto out;
+    /* A running mqpkid trusts the chain anew and tells the brokers. */
+    rc = datadir_control_call(cli->home, &req, 1, &reply, &reply_len, 30000);
+    told = rc == MQPKI_OK;
+    if (rc == MQPKI_ERR_NOT_FOUND)
+        rc = MQPKI_OK;
+    mqpki_err_clear();
+    if (rc != MQPKI_OK) {
+        fprintf(stderr, "mqpki ca retire: retired, but mqpkid did not take it: restart it\n");
+        rc = MQPKI_OK;
+    }
+    if (json) {
+        json_t *v = json_pack("{s:i, s:b}", "retired", gen, "mqpkid_told", told);
+        rc = cli_print_json(v);
+        json_decref(v);
+    } else {
+        printf("issuing CA generation %d retired%s\n", gen,
+               told ? "; mqpkid and the brokers no longer trust it" : "");
+    }
+out:
+    free(reply);
+    datadir_close(dd);
+    return rc;
+}
