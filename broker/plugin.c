@@ -62,6 +62,8 @@ struct plugin {
     STACK_OF(X509) * cas;   /* the issuing CAs trusted: CRL signers, client certificates' */
     STACK_OF(X509) * roots; /* the roots of plugin_opt_ca_file: what certifies a new issuing CA */
     int check_issuer;       /* cas names issuing CAs: a client's issuer key must be one of them */
+    unsigned char signer[PROTO_AKID_MAX]; /* key id of the full CRL in force (signer_len 0: none) */
+    size_t signer_len;
     struct revset *rev;
     struct acl *acl;
     char *state_dir;
@@ -639,9 +641,17 @@ static double mono_ms(void)
 #define CRL_ASYNC_MIN (256u * 1024u)
 
 /* Puts next in force: the held CRLs are replaced, clients they revoke are marked for the kick. */
-static void install(struct plugin *pl, struct revset *next, int delta, int64_t number,
+static void install(struct plugin *pl, struct revset *next, const struct proto_crl_info *info,
                     int persisted)
 {
+    int delta = info->base >= 0;
+    int64_t number = info->number;
+
+    /* The key that signed the full CRL in force: an issuing CA list without it is stale. */
+    if (!delta) {
+        memcpy(pl->signer, info->akid, info->akid_len);
+        pl->signer_len = info->akid_len;
+    }
     /* A delta the new full CRL no longer extends must not come back at restart. */
     if (!delta && persisted && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
         char path[4096];
@@ -803,7 +813,7 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
     part = NULL;
     if (persist_it)
         persist(pl, want_delta ? "delta.der" : "full.der", der, len);
-    install(pl, next, want_delta, info.number, persist_it);
+    install(pl, next, &info, persist_it);
     next = NULL;
     rc = 0;
     if (!want_delta)
@@ -842,7 +852,7 @@ static void apply_loaded(struct plugin *pl)
     } else {
         if (why[0] != '\0')
             mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s", why);
-        install(pl, next, 0, info.number, pl->state_dir != NULL && why[0] == '\0');
+        install(pl, next, &info, pl->state_dir != NULL && why[0] == '\0');
         mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: full CRL %lld swapped in (%.1f ms)",
                              (long long)info.number, mono_ms() - t0);
     }
@@ -850,7 +860,8 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
-/* A client certificate's issuer key is one of cas (none recorded: it passes). */
+/* A client certificate's issuer key is one of cas (one without a key identifier is not: the
+ * TLS chain was then built by name alone). */
 static int client_issuer_ok(const struct client *c, STACK_OF(X509) * cas)
 {
     for (int i = 0; c->akid_len > 0 && i < sk_X509_num(cas); i++) {
@@ -859,7 +870,7 @@ static int client_issuer_ok(const struct client *c, STACK_OF(X509) * cas)
             memcmp(ski->data, c->akid, c->akid_len) == 0)
             return 1;
     }
-    return c->akid_len == 0;
+    return 0;
 }
 
 /*
@@ -875,6 +886,23 @@ static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int per
 
     if (proto_issuers_verify(pem, len, pl->roots, &cas, why, why_len) != 0)
         return -1;
+    /* A list from before the rollover that made the key of the CRL in force (another replica's
+     * feed that was not brought up to date) would undo it: refused. */
+    if (pl->signer_len > 0) {
+        int found = 0;
+        for (int i = 0; i < sk_X509_num(cas) && !found; i++) {
+            const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(cas, i));
+            found = ski != NULL && (size_t)ski->length == pl->signer_len &&
+                    memcmp(ski->data, pl->signer, pl->signer_len) == 0;
+        }
+        if (!found) {
+            sk_X509_pop_free(cas, X509_free);
+            snprintf(why, why_len,
+                     "it leaves out the key that signed the CRL in force (a stale "
+                     "list: bring every replica's ca/ up to date)");
+            return -1;
+        }
+    }
     if (pl->loader != NULL && crlload_set_cas(pl->loader, cas) != 0) {
         sk_X509_pop_free(cas, X509_free);
         snprintf(why, why_len, "out of memory");

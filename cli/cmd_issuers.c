@@ -154,8 +154,9 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
                 "root under the same name for N days (default 3650), written to\n"
                 "ca/issuers/GEN.pem, and made current. From then on it signs every new\n"
                 "certificate and every CRL; a CRL it signs covers the certificates of every\n"
-                "generation, so the old key signs nothing more. The old generation stays\n"
-                "trusted (ca/chain.pem, /cacerts, the brokers' feed) until `mqpki ca retire`.\n"
+                "generation (the old key signs only copies of it, for brokers that want a CRL\n"
+                "of each certificate's own key). The old generation stays trusted\n"
+                "(ca/chain.pem, /cacerts, the brokers' feed) until `mqpki ca retire`.\n"
                 "A running mqpkid makes the key itself (it holds the token) and serves the new\n"
                 "CA at once; brokers learn it from the feed. Then move the fleet:\n"
                 "  mqpki campaign renew --issuer OLD   (the generation number)\n"
@@ -225,7 +226,7 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
     struct datadir *dd = NULL;
     char subject[32];
     int64_t live = 0;
-    int c, rc, json = 0, gen = 0, told = 0;
+    int c, rc, json = 0, gen = 0, told = 0, already = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -247,11 +248,11 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
         return rc;
     if ((rc = cli_open(cli, DATADIR_STORE | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
-    if ((rc = datadir_ca_retire(dd, gen, &live)) != MQPKI_OK)
+    if ((rc = datadir_ca_retire(dd, gen, &live, &already)) != MQPKI_OK)
         goto out;
     snprintf(subject, sizeof(subject), "issuing-ca-%d", gen);
-    if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.retire", subject, NULL)) !=
-        MQPKI_OK)
+    if (!already && (rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.retire", subject,
+                                                 NULL)) != MQPKI_OK)
         goto out;
     /* A running mqpkid trusts the chain anew and tells the brokers. */
     rc = datadir_control_call(cli->home, &req, 1, &reply, &reply_len, 30000);
@@ -260,16 +261,21 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
         rc = MQPKI_OK;
     mqpki_err_clear();
     if (rc != MQPKI_OK) {
-        fprintf(stderr, "mqpki ca retire: retired, but mqpkid did not take it: restart it\n");
+        fprintf(stderr,
+                "mqpki ca retire: retired, but mqpkid did not take it: run `mqpki ca "
+                "retire %d` again\n",
+                gen);
         rc = MQPKI_OK;
     }
     if (json) {
-        json_t *v = json_pack("{s:i, s:b}", "retired", gen, "mqpkid_told", told);
+        json_t *v =
+            json_pack("{s:i, s:b, s:b}", "retired", gen, "already", already, "mqpkid_told", told);
         rc = cli_print_json(v);
         json_decref(v);
     } else {
-        printf("issuing CA generation %d retired%s\n", gen,
-               told ? "; mqpkid and the brokers no longer trust it" : "");
+        printf("issuing CA generation %d %s%s\n", gen, already ? "was retired already" : "retired",
+               told ? "; mqpkid no longer trusts it and tells the brokers"
+                    : "; mqpkid does not run: the brokers learn it when it starts");
     }
 out:
     free(reply);

@@ -173,6 +173,8 @@ static void send_quarantine_locked(struct link *l)
     free(json);
 }
 
+static int issuers_refresh(struct feed *f);
+
 /* Sends the trusted issuing CAs (retained) unless this connection got them. sent_lock held:
  * they go before any CRL the newest of them signed. */
 static void send_issuers_locked(struct link *l)
@@ -306,6 +308,11 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     for (int g = 0; g <= DATADIR_ISSUERS_MAX; g++)
         l->sent_gen[g][0] = l->sent_gen[g][1] = -1;
     atomic_store(&l->connected, 1);
+    /* What ca/ says now (a replica's ca/ updated by hand), never an old copy. */
+    if ((rc = issuers_refresh(l->f)) != MQPKI_OK) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: ca/chain.pem: %s", mqpki_err_detail(rc));
+        mqpki_err_clear();
+    }
     send_issuers_locked(l);
     send_latest_locked(l);
     send_generations_locked(l);
@@ -807,15 +814,14 @@ void feed_offer_generations(struct feed *f)
     }
 }
 
-int feed_offer_issuers(struct feed *f)
+/* Reads ca/chain.pem into the list to send when it changed (sink_lock taken here). */
+static int issuers_refresh(struct feed *f)
 {
     char path[PATH_MAX];
     unsigned char *pem = NULL;
     size_t len = 0;
     int rc;
 
-    if (f == NULL)
-        return MQPKI_OK;
     if (mqpki_path(path, sizeof(path), "%s/ca/chain.pem", f->home) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", f->home);
     if ((rc = mqpki_file_read(path, PROTO_ISSUERS_MAX, &pem, &len)) != MQPKI_OK)
@@ -832,6 +838,17 @@ int feed_offer_issuers(struct feed *f)
     f->iss_len = len;
     f->iss_version++;
     pthread_mutex_unlock(&f->sink_lock);
+    return MQPKI_OK;
+}
+
+int feed_offer_issuers(struct feed *f)
+{
+    int rc;
+
+    if (f == NULL)
+        return MQPKI_OK;
+    if ((rc = issuers_refresh(f)) != MQPKI_OK)
+        return rc;
     for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
         struct link *l = &f->links[i];
         if (!atomic_load(&l->connected))

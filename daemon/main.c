@@ -303,6 +303,9 @@ int main(int argc, char **argv)
              * elsewhere), and what a rollover made due: certificates of an older generation. */
             if ((rc = datadir_ca_reload(ctx.dd)) != MQPKI_OK)
                 mqpki_log(MQPKI_LOG_ERROR, "issuing CA not reloaded: %s", mqpki_err_detail(rc));
+            if ((rc = feed_offer_issuers(ctx.feed)) != MQPKI_OK)
+                mqpki_log(MQPKI_LOG_ERROR, "feed: the issuing CAs not sent: %s",
+                          mqpki_err_detail(rc));
             (void)tls_tick(ctx.dd);
             if (restart(&ctx, &h, listen, threads) != MQPKI_OK && h == NULL) {
                 rc = MQPKI_ERR_IO;

@@ -22,6 +22,7 @@
 #include "ca.h"
 #include "common.h"
 #include "datadir.h"
+#include "enrollment.h"
 #include "inventory.h"
 #include "posture.h"
 #include "web.h"
@@ -40,23 +41,6 @@ int ui_handles(const char *url)
 
 /* ---- credentials ---- */
 
-static pthread_once_t trust_once = PTHREAD_ONCE_INIT;
-static X509_STORE *trust;
-static struct datadir *trust_dd;
-
-static void trust_make(void)
-{
-    struct ca *ca = datadir_ca(trust_dd);
-    X509_STORE *s = X509_STORE_new();
-
-    if (s == NULL || ca == NULL || X509_STORE_add_cert(s, ca_root_cert(ca)) != 1 ||
-        X509_STORE_add_cert(s, ca_issuing_cert(ca)) != 1) {
-        X509_STORE_free(s);
-        return;
-    }
-    trust = s;
-}
-
 enum { AUTH_OK = 0, AUTH_NONE = 401, AUTH_FORBIDDEN = 403 };
 
 /*
@@ -69,26 +53,26 @@ static int auth_cert(struct daemon_ctx *ctx, struct inventory *inv, const unsign
 {
     const unsigned char *p = der;
     X509 *cert = NULL;
-    X509_STORE_CTX *vc = NULL;
     struct inventory_cert rec;
     struct inventory_asset a;
-    char serial[PROTO_SERIAL_HEX_MAX + 1];
+    char serial[PROTO_SERIAL_HEX_MAX + 1], fp[PROTO_FP_HEX_LEN + 1];
     int res = AUTH_NONE;
 
     memset(&rec, 0, sizeof(rec));
     memset(&a, 0, sizeof(a));
-    trust_dd = ctx->dd;
-    pthread_once(&trust_once, trust_make);
-    if (trust == NULL || der == NULL || len == 0 || len > CLIENT_CERT_MAX)
+    if (der == NULL || len == 0 || len > CLIENT_CERT_MAX)
         goto out;
     if ((cert = d2i_X509(NULL, &p, (long)len)) == NULL || p != der + len)
         goto out;
-    if ((vc = X509_STORE_CTX_new()) == NULL || X509_STORE_CTX_init(vc, trust, cert, NULL) != 1 ||
-        X509_STORE_CTX_set_purpose(vc, X509_PURPOSE_SSL_CLIENT) != 1 || X509_verify_cert(vc) != 1)
+    /* The issuing CA generations EST trusts (the current one and the older live ones). */
+    if (est_client_cert_verify(ctx->est, cert) != MQPKI_OK)
         goto out;
-    if (!proto_cert_asset_id(cert, who) || proto_serial_hex(X509_get0_serialNumber(cert), serial))
+    if (!proto_cert_asset_id(cert, who) || proto_serial_hex(X509_get0_serialNumber(cert), serial) ||
+        ca_pubkey_fingerprint(X509_get0_pubkey(cert), fp) != MQPKI_OK)
         goto out;
+    /* Ours by serial and by the key it was issued for (not one forged under its serial). */
     if (inventory_cert_get(inv, serial, 0, &rec) != MQPKI_OK || strcmp(rec.asset_id, who) != 0 ||
+        strcmp(rec.key_fp, fp) != 0 ||
         (rec.state != INV_CERT_VALID && rec.state != INV_CERT_SUPERSEDED) ||
         inventory_asset_get(inv, who, &a) != MQPKI_OK)
         goto out;
@@ -98,9 +82,9 @@ static int auth_cert(struct daemon_ctx *ctx, struct inventory *inv, const unsign
               : AUTH_FORBIDDEN;
 out:
     ERR_clear_error();
+    mqpki_err_clear();
     inventory_cert_clear(&rec);
     inventory_asset_clear(&a);
-    X509_STORE_CTX_free(vc);
     X509_free(cert);
     if (res != AUTH_OK && res != AUTH_FORBIDDEN)
         who[0] = '\0';

@@ -154,16 +154,14 @@ static int64_t elapsed_ms(const struct timespec *since)
     return (int64_t)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
-static int open_key(struct datadir *dd, X509 *issuing, EVP_PKEY **key)
+static int open_key(struct datadir *dd, X509 *issuing, int gen, EVP_PKEY **key)
 {
     struct timespec start;
     char label[DATADIR_ISSUER_LABEL_MAX];
     pid_t holder = 0;
     int said = 0, rc;
 
-    if ((rc = datadir_issuer_current(dd->home, &dd->gen)) != MQPKI_OK)
-        return rc;
-    datadir_issuer_label(dd->gen, label);
+    datadir_issuer_label(gen, label);
 
     if (dd->daemon_mode)
         goto local;
@@ -205,19 +203,23 @@ int datadir_ca_open(struct datadir *dd)
 {
     X509 *root = NULL, *issuing = NULL;
     EVP_PKEY *key = NULL;
-    int rc;
+    struct ca *ca = NULL;
+    int rc, gen = 1;
 
-    if (dd->ca != NULL)
+    if (datadir_ca(dd) != NULL)
         return MQPKI_OK;
     if ((rc = datadir_load_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
         goto out;
-    if ((rc = datadir_load_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK)
+    /* The key is the one of the certificate read here (its generation), whatever a rollover
+     * elsewhere writes meanwhile. */
+    if ((rc = datadir_load_cert(dd->home, "ca/issuing.pem", &issuing)) != MQPKI_OK ||
+        (rc = datadir_issuer_gen_of(dd->home, issuing, &gen)) != MQPKI_OK)
         goto out;
-    if ((rc = open_key(dd, issuing, &key)) != MQPKI_OK)
+    if ((rc = open_key(dd, issuing, gen, &key)) != MQPKI_OK)
         goto out;
-    if ((rc = ca_open(issuing, key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
+    if ((rc = ca_open(issuing, key, root, dd->cfg.url, &ca)) != MQPKI_OK)
         goto out;
-    dd->key = key;
+    rc = datadir_ca_swap(dd, ca, key, gen);
     key = NULL;
 out:
     X509_free(root);
@@ -366,19 +368,25 @@ out:
     return rc;
 }
 
+static void signer_free(struct datadir_signer *s)
+{
+    if (s == NULL)
+        return;
+    ca_free(s->ca);
+    EVP_PKEY_free(s->key);
+    free(s);
+}
+
 void datadir_close(struct datadir *dd)
 {
     if (dd == NULL)
         return;
-    ca_free(dd->ca);
+    /* Token keys go before the token session they sign through. */
+    signer_free(dd->signer);
     for (size_t i = 0; i < dd->n_old; i++)
-        ca_free(dd->old_ca[i]);
+        signer_free(dd->old_signers[i]);
     for (size_t i = 0; i <= DATADIR_ISSUERS_MAX; i++)
         ca_free(dd->gen_ca[i]);
-    /* Token keys go before the token session they sign through. */
-    EVP_PKEY_free(dd->key);
-    for (size_t i = 0; i < dd->n_old; i++)
-        EVP_PKEY_free(dd->old_key[i]);
     EVP_PKEY_free(dd->audit_key);
     hsm_close(dd->hsm);
     /* After the token is closed: the next holder finds it consistent. */
@@ -409,32 +417,48 @@ struct lifecycle *datadir_lifecycle(struct datadir *dd)
     return dd->lc;
 }
 
-/* dd->ca and dd->key change under threads that read them (a rollover in mqpkid): atomic loads
- * and stores, and what is replaced stays allocated until datadir_close. */
+/* dd->signer changes under threads that read it (a rollover in mqpkid): one atomic pointer to
+ * a signer never changed once published, and what is replaced stays until datadir_close. */
+struct datadir_signer *datadir_signer(struct datadir *dd)
+{
+    return __atomic_load_n(&dd->signer, __ATOMIC_ACQUIRE);
+}
+
 struct ca *datadir_ca(struct datadir *dd)
 {
-    return __atomic_load_n(&dd->ca, __ATOMIC_ACQUIRE);
+    struct datadir_signer *s = datadir_signer(dd);
+
+    return s != NULL ? s->ca : NULL;
 }
 
 EVP_PKEY *datadir_ca_key(struct datadir *dd)
 {
-    return __atomic_load_n(&dd->key, __ATOMIC_ACQUIRE);
+    struct datadir_signer *s = datadir_signer(dd);
+
+    return s != NULL ? s->key : NULL;
 }
 
-void datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen)
+int datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen)
 {
     static pthread_mutex_t swap_lock = PTHREAD_MUTEX_INITIALIZER;
+    struct datadir_signer *s = calloc(1, sizeof(*s));
 
-    pthread_mutex_lock(&swap_lock);
-    if (dd->n_old < DATADIR_ISSUERS_MAX) {
-        dd->old_ca[dd->n_old] = dd->ca;
-        dd->old_key[dd->n_old] = dd->key;
-        dd->n_old++;
+    if (s == NULL) {
+        ca_free(ca);
+        EVP_PKEY_free(key);
+        return MQPKI_ERR_NOMEM;
     }
-    __atomic_store_n(&dd->gen, gen, __ATOMIC_RELEASE);
-    __atomic_store_n(&dd->key, key, __ATOMIC_RELEASE);
-    __atomic_store_n(&dd->ca, ca, __ATOMIC_RELEASE);
+    s->ca = ca;
+    s->key = key;
+    s->gen = gen;
+    pthread_mutex_lock(&swap_lock);
+    /* A reader may still hold the one replaced: kept (a process sees a handful of rollovers at
+     * most; past DATADIR_ISSUERS_MAX of them the oldest is left allocated, never freed). */
+    if (dd->signer != NULL && dd->n_old < DATADIR_ISSUERS_MAX)
+        dd->old_signers[dd->n_old++] = dd->signer;
+    __atomic_store_n(&dd->signer, s, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&swap_lock);
+    return MQPKI_OK;
 }
 
 int datadir_ca_remote(const struct datadir *dd)

@@ -269,8 +269,10 @@ int datadir_ca_issued_live(struct datadir *dd, X509 *issuer, int64_t *live);
 
 /* Marks generation gen retired (ca/issuers/N.retired) and rewrites ca/chain.pem without it.
  * Refused for the current generation (MQPKI_ERR_STATE), and while certificates of it are still
- * valid (MQPKI_ERR_STATE, *live says how many). Needs the store. */
-int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live);
+ * valid (MQPKI_ERR_STATE, *live says how many). One retired already (a run cut short): the
+ * chain is written again, *already 1. Serialised with rollovers (ca/.issuers-lock). Needs the
+ * store. */
+int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live, int *already);
 
 /*
  * The control socket between mqpki and a running mqpkid (run/mqpkid.sock): a request is one

@@ -3,7 +3,6 @@
 #define MQPKI_DATADIR_INT_H
 
 #include "datadir.h"
-#include "hsm.h"
 #include "proto.h"
 
 /* Labels of the CA keys in the token. */
@@ -34,14 +33,22 @@
 /* The asset id of mqpkid's own TLS and feed identity. */
 #define DATADIR_SERVICE_ASSET PROTO_SERVICE_ID
 
+/* The issuing CA in use: its CA, its key as opened here (token or remote, for
+ * datadir_key_sign) and its generation. Never changed once published: a rollover publishes a
+ * new one (datadir_ca_swap), so that a reader sees the three of one generation. */
+struct datadir_signer {
+    struct ca *ca;
+    EVP_PKEY *key;
+    int gen;
+};
+
 struct datadir {
     char home[PATH_MAX];
     struct datadir_config cfg;
     struct hsm *hsm;
     struct inventory *inv;
     struct lifecycle *lc;
-    struct ca *ca;
-    EVP_PKEY *key; /* the issuing CA key as opened here (token or remote), for datadir_key_sign */
+    struct datadir_signer *signer; /* atomic loads and stores (datadir_ca, datadir_ca_swap) */
     EVP_PKEY *audit_key; /* the audit key (token or remote) when there is one, else NULL */
     int remote;          /* 1 when the CA key signs through a running mqpkid */
     const char *actor;   /* who publishes, for the audit log ("cli", "init") */
@@ -49,10 +56,8 @@ struct datadir {
     int daemon_lock;     /* DATADIR_LOCK_DAEMON held by mqpkid (DATADIR_DAEMON), else -1 */
     int daemon_mode;     /* opened by mqpkid: the CA key is this process's own */
     int64_t exported[2]; /* what crl/ holds (crl/exported, read under the export lock) */
-    int gen;             /* the issuing CA generation of ca and key (datadir/issuers.c) */
     /* What a rollover replaced: threads may still sign with them; freed at close. */
-    struct ca *old_ca[DATADIR_ISSUERS_MAX];
-    EVP_PKEY *old_key[DATADIR_ISSUERS_MAX];
+    struct datadir_signer *old_signers[DATADIR_ISSUERS_MAX];
     size_t n_old;
     /* Older live generations' CAs, by generation, opened for their CRLs (export lock held). */
     struct ca *gen_ca[DATADIR_ISSUERS_MAX + 1];
@@ -69,16 +74,18 @@ void datadir_generations_export(struct datadir *dd);
 /* The token label of issuing CA generation gen (datadir/issuers.c). */
 #define DATADIR_ISSUER_LABEL_MAX 64
 int datadir_issuer_label(int gen, char out[DATADIR_ISSUER_LABEL_MAX]);
-/* The generation of ca/issuing.pem. */
-int datadir_issuer_current(const char *home, int *gen);
-/* Makes ca (with its key, generation gen) the one datadir_ca() gives from now on; what it
- * replaces stays valid until datadir_close, for threads still signing with it. Takes both. */
-void datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen);
+/* The generation whose certificate cert is (ca/issuers/, or 1 before any rollover);
+ * MQPKI_ERR_STATE when it is none of them (ca/ changed meanwhile). */
+int datadir_issuer_gen_of(const char *home, X509 *cert, int *gen);
+/* Makes ca (with its key, may be NULL, and generation gen) the one datadir_ca() gives from now
+ * on; what it replaces stays valid until datadir_close, for threads still signing with it.
+ * Takes both, also on failure (MQPKI_ERR_NOMEM: they are freed). */
+int datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen);
+/* The signer in use (atomic load), NULL before the CA is opened. */
+struct datadir_signer *datadir_signer(struct datadir *dd);
 
 /* Loads the PEM certificate home/rel. */
 int datadir_load_cert(const char *home, const char *rel, X509 **out);
-/* "ec-p256", "ec-p384", "rsa-3072" -> the token's key type. */
-int datadir_key_type(const char *name, enum hsm_key_type *out);
 
 /* Logs in to the configured token (embedded SoftHSM prepared when no module is set). */
 int datadir_hsm_open(const char *home, const struct datadir_config *cfg, struct hsm **out);

@@ -42,7 +42,7 @@ static int random_secret(char out[33])
     return MQPKI_OK;
 }
 
-int datadir_key_type(const char *name, enum hsm_key_type *out)
+static int key_type(const char *name, enum hsm_key_type *out)
 {
     if (strcmp(name, "ec-p256") == 0)
         *out = HSM_KEY_EC_P256;
@@ -221,7 +221,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     }
     if (opts->key_type != NULL)
         snprintf(dd->cfg.key_type, sizeof(dd->cfg.key_type), "%s", opts->key_type);
-    if ((rc = datadir_key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
+    if ((rc = key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
         goto out;
     if (opts->url != NULL) {
         if ((strncmp(opts->url, "https://", 8) != 0 && strncmp(opts->url, "http://", 7) != 0) ||
@@ -349,8 +349,12 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = datadir_audit_cert(home, &audit)) != MQPKI_OK ||
         (rc = ca_pubkey_fingerprint(X509_get0_pubkey(audit), dd->cfg.audit_key_fp)) != MQPKI_OK)
         goto out;
-    if ((rc = ca_open(issuing, issuing_key, root, dd->cfg.url, &dd->ca)) != MQPKI_OK)
-        goto out;
+    {
+        struct ca *ca = NULL;
+        if ((rc = ca_open(issuing, issuing_key, root, dd->cfg.url, &ca)) != MQPKI_OK ||
+            (rc = datadir_ca_swap(dd, ca, NULL, 1)) != MQPKI_OK)
+            goto out;
+    }
 
     say(progress, dd->cfg.store_url[0] != '\0' ? "creating the inventory store (PostgreSQL)"
                                                  : "creating the inventory store mqpki.db");

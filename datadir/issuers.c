@@ -7,10 +7,11 @@
  * generation: it signs every new certificate and every CRL. One name means one CRL: a CRL
  * signed by the current key covers the certificates of every generation (RFC 5280 6.3.3 (f):
  * a CRL issuer of the same name with another key, its own path validated), so an older
- * generation's key signs nothing once it is replaced, which is what a compromise of that key
- * asks for. A generation stays trusted (ca/chain.pem, /cacerts, the brokers' issuer list on
- * the feed) until `mqpki ca retire N` marks it retired (ca/issuers/N.retired), which it refuses
- * while a certificate of that generation is still valid.
+ * generation's key signs no certificate once it is replaced, only copies of the current key's
+ * CRLs for relying parties that want a CRL of each certificate's own key
+ * (datadir_generations_export). A generation stays trusted (ca/chain.pem, /cacerts, the brokers'
+ * issuer list on the feed) until `mqpki ca retire N` marks it retired (ca/issuers/N.retired), which
+ * it refuses while a certificate of that generation is still valid.
  *
  * Crash windows of a rollover, each finished by running it again: the key is made first (a
  * rerun finds it and uses it), its certificate goes to ca/issuers/N.pem, then ca/chain.pem,
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,7 +114,7 @@ out:
     return rc;
 }
 
-int datadir_issuer_current(const char *home, int *gen)
+int datadir_issuer_gen_of(const char *home, X509 *cert, int *gen)
 {
     struct datadir_issuers is;
     int rc;
@@ -120,9 +122,16 @@ int datadir_issuer_current(const char *home, int *gen)
     *gen = 1;
     if ((rc = datadir_issuers_read(home, &is)) != MQPKI_OK)
         return rc;
-    *gen = is.v[is.current].gen;
+    rc = mqpki_fail(MQPKI_ERR_STATE, "ca/issuing.pem changed while it was read (a rollover?): "
+                                     "run the command again");
+    for (size_t i = 0; i < is.n; i++)
+        if (X509_cmp(is.v[i].cert, cert) == 0) {
+            *gen = is.v[i].gen;
+            mqpki_err_clear();
+            rc = MQPKI_OK;
+        }
     datadir_issuers_clear(&is);
-    return MQPKI_OK;
+    return rc;
 }
 
 static int append_pem(char **all, size_t *len, X509 *cert)
@@ -238,20 +247,77 @@ static int subject_cn(X509 *cert, char *out, size_t size)
     return MQPKI_OK;
 }
 
+/* The key type of cert's key: a new generation has the current one's, so that it signs with
+ * the same algorithm and the older generations' CRL copies (ca_crl_resign) stay possible. */
+static int key_type_of(X509 *cert, enum hsm_key_type *type)
+{
+    EVP_PKEY *pub = X509_get0_pubkey(cert);
+    int bits = pub != NULL ? EVP_PKEY_get_bits(pub) : 0;
+
+    if (pub != NULL && EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC && (bits == 256 || bits == 384)) {
+        *type = bits == 256 ? HSM_KEY_EC_P256 : HSM_KEY_EC_P384;
+        return MQPKI_OK;
+    }
+    if (pub != NULL && EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA && bits == 3072) {
+        *type = HSM_KEY_RSA_3072;
+        return MQPKI_OK;
+    }
+    return mqpki_fail(MQPKI_ERR_STATE,
+                      "the issuing CA's key is of a type a rollover does not make");
+}
+
 /* The public keys of a and b are the same. */
 static int same_key(EVP_PKEY *a, EVP_PKEY *b)
 {
     return a != NULL && b != NULL && EVP_PKEY_eq(a, b) == 1;
 }
 
+static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
+                    struct datadir_rollover *out);
+
+/* One change of the generations at a time, across processes (a rollover in mqpkid, a retire
+ * by a command): an flock on ca/.issuers-lock; -1 when it cannot be had. */
+static int issuers_lock(const char *home)
+{
+    char path[PATH_MAX];
+    int fd;
+
+    if (mqpki_path(path, sizeof(path), "%s/ca/.issuers-lock", home) != MQPKI_OK)
+        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home), -1;
+    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+        mqpki_fail_errno(errno, path);
+        return -1;
+    }
+    while (flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            mqpki_fail_errno(errno, path);
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
 int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
                         struct datadir_rollover *out)
+{
+    int fd = issuers_lock(dd->home), rc;
+
+    if (fd < 0)
+        return MQPKI_ERR_IO;
+    rc = rollover(dd, days, ready, ctx, out);
+    close(fd);
+    return rc;
+}
+
+static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
+                    struct datadir_rollover *out)
 {
     struct datadir_issuers is;
     char label[DATADIR_ISSUER_LABEL_MAX], cn[128], rel[64];
     X509 *root = NULL, *cert = NULL;
     EVP_PKEY *key = NULL, *root_key = NULL;
-    enum hsm_key_type type;
+    enum hsm_key_type type = HSM_KEY_EC_P256;
     struct ca *ca = NULL;
     int rc, gen, prev, resumed = 0;
 
@@ -296,7 +362,7 @@ int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), 
             goto out;
         }
         datadir_issuer_label(gen, label);
-        if ((rc = datadir_key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
+        if ((rc = key_type_of(is.v[is.current].cert, &type)) != MQPKI_OK)
             goto out;
         /* A key left by a rollover that died before filing its certificate is used as it is. */
         rc = hsm_key_generate(dd->hsm, label, type);
@@ -326,9 +392,11 @@ int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), 
         goto out;
     if (ready != NULL)
         ready(ctx);
-    datadir_ca_swap(dd, ca, key, gen);
+    rc = datadir_ca_swap(dd, ca, key, gen);
     ca = NULL;
     key = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
     out->gen = gen;
     out->previous = prev;
     out->resumed = resumed;
@@ -383,17 +451,22 @@ int datadir_ca_issued_live(struct datadir *dd, X509 *issuer, int64_t *live)
     return rc;
 }
 
-int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live)
+int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live, int *already)
 {
     struct datadir_issuers is;
     X509 *root = NULL;
     char rel[64], stamp[32];
     size_t i;
-    int rc;
+    int rc, fd;
 
     *live = 0;
-    if ((rc = datadir_issuers_read(dd->home, &is)) != MQPKI_OK)
+    *already = 0;
+    if ((fd = issuers_lock(dd->home)) < 0)
+        return MQPKI_ERR_IO;
+    if ((rc = datadir_issuers_read(dd->home, &is)) != MQPKI_OK) {
+        close(fd);
         return rc;
+    }
     for (i = 0; i < is.n && is.v[i].gen != gen; i++)
         ;
     if (i == is.n) {
@@ -407,8 +480,13 @@ int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live)
                         gen);
         goto out;
     }
+    if ((rc = datadir_load_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
+        goto out;
+    /* Retired already (a run cut short after the mark, perhaps): the chain follows the marks
+     * again, and the caller tells mqpkid again. */
     if (is.v[i].retired) {
-        rc = mqpki_fail(MQPKI_ERR_EXISTS, "generation %d is retired already", gen);
+        *already = 1;
+        rc = write_chain(dd->home, &is, is.v[is.current].gen, root);
         goto out;
     }
     if ((rc = datadir_ca_issued_live(dd, is.v[i].cert, live)) != MQPKI_OK)
@@ -422,8 +500,6 @@ int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live)
                         gen);
         goto out;
     }
-    if ((rc = datadir_load_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
-        goto out;
     snprintf(rel, sizeof(rel), "ca/issuers/%d.retired", gen);
     snprintf(stamp, sizeof(stamp), "%lld\n", (long long)mqpki_now());
     if ((rc = write_rel(dd->home, rel, stamp, strlen(stamp))) != MQPKI_OK)
@@ -433,6 +509,7 @@ int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live)
 out:
     X509_free(root);
     datadir_issuers_clear(&is);
+    close(fd);
     return rc;
 }
 
@@ -568,7 +645,7 @@ int datadir_ca_reload(struct datadir *dd)
         return rc;
     if (X509_cmp(issuing, ca_issuing_cert(datadir_ca(dd))) == 0)
         goto out;
-    if ((rc = datadir_issuer_current(dd->home, &gen)) != MQPKI_OK ||
+    if ((rc = datadir_issuer_gen_of(dd->home, issuing, &gen)) != MQPKI_OK ||
         (rc = datadir_load_cert(dd->home, "ca/root.pem", &root)) != MQPKI_OK)
         goto out;
     datadir_issuer_label(gen, label);
@@ -577,9 +654,11 @@ int datadir_ca_reload(struct datadir *dd)
     if ((rc = ca_open(issuing, key, root, dd->cfg.url, &ca)) != MQPKI_OK ||
         (rc = ca_selftest(ca)) != MQPKI_OK)
         goto out;
-    datadir_ca_swap(dd, ca, key, gen);
+    rc = datadir_ca_swap(dd, ca, key, gen);
     ca = NULL;
     key = NULL;
+    if (rc != MQPKI_OK)
+        goto out;
     mqpki_log(MQPKI_LOG_INFO, "issuing CA generation %d (ca/issuing.pem) opened", gen);
 out:
     ca_free(ca);

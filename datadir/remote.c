@@ -42,22 +42,24 @@ out:
 int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
                      const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len)
 {
+    struct datadir_signer *signer = datadir_signer(dd);
     EVP_PKEY_CTX *ctx = NULL;
     EVP_PKEY *key = NULL;
     unsigned char der[DATADIR_SIGN_OUT_MAX];
+    char current[DATADIR_ISSUER_LABEL_MAX];
     size_t der_len = sizeof(der);
     int rc = MQPKI_ERR_CRYPTO, is_ec;
 
-    /* Only the issuing CA key and the audit key are ever open in mqpkid (never the root), and
-     * each only for its own mechanism. */
-    char current[DATADIR_ISSUER_LABEL_MAX];
-
-    /* The issuing key of the current generation only: an older one signs nothing after a
-     * rollover (a command that read ca/issuing.pem before it fails and can be run again). */
-    datadir_issuer_label(__atomic_load_n(&dd->gen, __ATOMIC_ACQUIRE), current);
-    if (strcmp(label, current) == 0)
-        key = datadir_ca_key(dd);
-    else if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
+    /* Only the issuing CA key and the audit key are ever served here (the root key signs in
+     * mqpkid only inside a rollover, never for a request), each for its own mechanism. The
+     * issuing key of the current generation only, read with its generation in one load:
+     * an older one signs nothing for a command after a rollover (a command that read
+     * ca/issuing.pem before it fails and can be run again). */
+    if (signer != NULL) {
+        datadir_issuer_label(signer->gen, current);
+        if (strcmp(label, current) == 0)
+            key = signer->key;
+    } else if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
         key = dd->audit_key;
     if (key == NULL)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no key '%.64s' here", label);

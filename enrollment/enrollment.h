@@ -83,6 +83,10 @@ struct est_response {
     const char *result;   /* for metrics: "ok", "bad_request", "unauthorized", ... */
 };
 
+/* MQPKI_OK when cert chains to a CA est trusts for client certificates (the current issuing
+ * CA, the older generations not retired, the root), for TLS client use; MQPKI_ERR_AUTH else. */
+int est_client_cert_verify(struct est *est, X509 *cert);
+
 /* Creates the EST handler over a CA (thread-safe signing), recording through committer cm
  * (NULL: each request commits on its own). Precomputes /cacerts and /csrattrs. */
 int est_new(struct ca *ca, struct lifecycle_committer *cm, const struct est_config *cfg,

@@ -177,6 +177,18 @@ out:
     return rc;
 }
 
+int est_client_cert_verify(struct est *est, X509 *cert)
+{
+    X509_STORE_CTX *vc = X509_STORE_CTX_new();
+    int rc = MQPKI_ERR_AUTH;
+
+    if (est != NULL && vc != NULL && X509_STORE_CTX_init(vc, est->trust, cert, NULL) == 1 &&
+        X509_STORE_CTX_set_purpose(vc, X509_PURPOSE_SSL_CLIENT) == 1 && X509_verify_cert(vc) == 1)
+        rc = MQPKI_OK;
+    X509_STORE_CTX_free(vc);
+    return rc;
+}
+
 void est_free(struct est *est)
 {
     if (est == NULL)

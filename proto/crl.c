@@ -234,8 +234,10 @@ int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas)
 {
     const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(cert), *ski;
 
+    /* Without a key identifier the chain was built by name alone: any key of the name, a
+     * retired one too, could have signed it. */
     if (aki == NULL)
-        return 1;
+        return 0;
     for (int i = 0; i < sk_X509_num(cas); i++) {
         X509 *ca = sk_X509_value(cas, i);
         if (X509_NAME_cmp(X509_get_subject_name(ca), X509_get_issuer_name(cert)) == 0 &&
@@ -329,6 +331,15 @@ int proto_crl_describe(X509_CRL *crl, struct proto_crl_info *info, char *why, si
 
     memset(info, 0, sizeof(*info));
     info->base = -1;
+    {
+        AUTHORITY_KEYID *akid = X509_CRL_get_ext_d2i(crl, NID_authority_key_identifier, NULL, NULL);
+        if (akid != NULL && akid->keyid != NULL && akid->keyid->length > 0 &&
+            (size_t)akid->keyid->length <= sizeof(info->akid)) {
+            memcpy(info->akid, akid->keyid->data, (size_t)akid->keyid->length);
+            info->akid_len = (size_t)akid->keyid->length;
+        }
+        AUTHORITY_KEYID_free(akid);
+    }
     if (X509_CRL_get_version(crl) != 1) {
         proto_refuse(why, why_len, "CRL is not v2 (RFC 5280 5.1.2.1)");
         goto out;

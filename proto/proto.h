@@ -113,6 +113,8 @@ struct proto_crl_info {
     int64_t next_update; /* 0 when absent */
     unsigned char issuer[PROTO_ISSUER_LEN];
     size_t n_entries;
+    unsigned char akid[PROTO_AKID_MAX]; /* authorityKeyIdentifier's keyid: the signing key */
+    size_t akid_len;                    /* 0 when absent (or longer than PROTO_AKID_MAX) */
 };
 
 /*
@@ -135,7 +137,7 @@ int proto_ca_roots_load(const char *path, STACK_OF(X509) * *out, char *why, size
 int proto_issuers_verify(const void *pem, size_t len, STACK_OF(X509) * roots, STACK_OF(X509) * *out,
                          char *why, size_t why_len);
 
-/* 1 when cert's authority key identifier names a CA of cas (or cert carries none). */
+/* 1 when cert's authority key identifier names a CA of cas; 0 otherwise, also without one. */
 int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas);
 
 /* Parses a DER CRL of at most PROTO_CRL_MAX_DER bytes, refusing trailing bytes. */

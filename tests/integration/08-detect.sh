@@ -190,12 +190,15 @@ assert "no silent alert for the connected bystander" bash -c "! mqpki alerts --j
   'any(.[]; .rule == \"silent\" and .asset == \"bystander\")' >/dev/null"
 check "disconnects are reported" has_event disconnect flapper
 
-# A broker that does not enforce the CRL (its plugin trusts only the root, not the issuing CA
-# that signs CRLs) lets a held certificate in: revoked_connected.
+# A broker that does not enforce the CRL (its plugin trusts another CA than ours, so that
+# neither our CRLs nor the issuing CA list of the feed verify) lets a held certificate in:
+# revoked_connected.
 P2=$(free_port)
 check "broker init b2" mqpki broker init b2 --port "$P2"
-awk '/BEGIN/{n++} n==2' "$T/chain.pem" >"$T/root.pem"
-sed -i "s|^plugin_opt_ca_file .*|plugin_opt_ca_file $T/root.pem|" "$H/brokers/b2/mosquitto.conf"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=another CA" \
+  -keyout "$T/other-ca.key" -out "$T/other-ca.pem" -days 2 \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+sed -i "s|^plugin_opt_ca_file .*|plugin_opt_ca_file $T/other-ca.pem|" "$H/brokers/b2/mosquitto.conf"
 mqpki broker run b2 >"$T/broker2.log" 2>&1 &
 PIDS+=($!)
 check "broker b2 listening" wait_for 10 listening "$P2"

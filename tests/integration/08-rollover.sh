@@ -161,13 +161,24 @@ synced_both() {
     [ "$(openssl crl -in "$T/synced.pem" -noout -crlnumber | cut -d= -f2)" = "$(crl_number "$T/full.pem")" ]
 }
 check "crl-sync writes both keys' CRLs of the newest number" wait_for 15 synced_both
+check "crl-sync --once from scratch waits for both keys' CRLs" mqpki crl-sync --once \
+  --broker "mqtts://localhost:$P" --out "$T/once.pem" --timeout 20s
+assert "the file it wrote holds both" test "$(crls_in "$T/once.pem")" = 2
+
+# A stale list (a replica not brought up to date) cannot undo the rollover.
+ones=$(grep -c 'trusting 1 issuing CA key' "$T/broker.log" || true)
+mosquitto_pub "${TLS[@]}" --cert "$MQPKI_HOME/tls/mqpkid.pem" --key "$MQPKI_HOME/tls/mqpkid.key" \
+  -i stale-replica -q 1 -r -t mqpki/v1/ca/issuers -f "$T/chain.pem" 2>/dev/null || true
+check "the broker refuses a list without the key of its CRL" wait_for 10 grep -q \
+  "leaves out the key that signed the CRL in force" "$T/broker.log"
+assert "and keeps trusting both keys" test "$(grep -c 'trusting 1 issuing CA key' "$T/broker.log")" = "$ones"
 assert "crl-sync learned generation 2 from the feed" contains "$T/sync.log" "trusting 2 issuing CA keys"
 cat "$T/chain.pem" "$T/synced.pem" >"$T/ext-broker.pem"
 assert "with crl-sync's file, openssl revokes a generation 1 certificate" bash -c \
   "openssl verify -crl_check -CAfile '$T/ext-broker.pem' '$T/dev1-old.pem' 2>&1 | grep -q 'certificate revoked'"
 
 check "ca retire 1" mqpki ca retire 1
-assert "mqpkid was told" contains "$T/out" "no longer trust it"
+assert "mqpkid was told" contains "$T/out" "no longer trusts it"
 check "ca export: generation 2 and the root" mqpki ca export --out "$T/chain3.pem"
 assert "two certificates left" test "$(grep -c 'BEGIN CERTIFICATE' "$T/chain3.pem")" = 2
 check "the broker trusts one issuing CA key now" wait_for 10 grep -q \

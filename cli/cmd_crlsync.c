@@ -1,0 +1,569 @@
+/*
+ * cli: crl-sync, the CRL feed for brokers other than the bundled one (docs/broker.md): it follows
+ * a bundled broker's retained CRL topics, verifies every CRL like the plugin does and writes
+ * the ones in force to a file such brokers read.
+ *
+ * After an issuing CA rollover (docs/operations.md) the CRLs in force are one per signing key:
+ * the current key's (mqpki/v1/crl/full, /delta) and each older live generation's copy of it
+ * (mqpki/v1/crl/generation/N/...). They are held by signer (authority key identifier), each
+ * against rollback on its own, and written together, the current key's first; a signer leaves
+ * the file when the issuing CA list (mqpki/v1/ca/issuers) no longer trusts it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "cli.h"
+#include "common.h"
+#include "proto.h"
+
+#define SYNC_SLOTS    16  /* signing keys held at once */
+#define SYNC_QUIET_MS 500 /* --once: the retained burst is over after this long without a CRL */
+
+/* The CRLs of one signing key: full [0] and delta [1], number and PEM. */
+struct sync_slot {
+    unsigned char akid[PROTO_AKID_MAX];
+    size_t akid_len;
+    int64_t held[2];
+    char *pem[2];
+};
+
+struct sync {
+    STACK_OF(X509) * cas;   /* CRL signers: --ca's issuing CAs, then PROTO_TOPIC_CA_ISSUERS' */
+    STACK_OF(X509) * roots; /* --ca's roots: what certifies a new issuing CA */
+    const char *out, *delta_out, *exec;
+    struct sync_slot slot[SYNC_SLOTS];
+    size_t n_slots;
+    size_t current;     /* the slot of the key on the main topics (written first) */
+    double last_msg_ms; /* when the last CRL came */
+    int once, done, connected, failed;
+};
+
+static volatile sig_atomic_t sync_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    sync_stop = 1;
+}
+
+static double mono_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6;
+}
+
+static void run_exec(const char *cmd)
+{
+    pid_t pid;
+    int status = 0;
+
+    fflush(NULL);
+    if ((pid = fork()) < 0) {
+        fprintf(stderr, "crl-sync: cannot run --exec: %s\n", strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        printf("  --exec done\n");
+    else
+        printf("  --exec failed (status %d)\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    fflush(stdout);
+}
+
+/* A CRL as PEM (most brokers' crlfile wants PEM), heap. */
+static char *crl_pem(X509_CRL *crl)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *data = NULL, *pem = NULL;
+    long len;
+
+    if (bio != NULL && PEM_write_bio_X509_CRL(bio, crl) == 1 &&
+        (len = BIO_get_mem_data(bio, &data)) > 0 && (pem = malloc((size_t)len + 1)) != NULL) {
+        memcpy(pem, data, (size_t)len);
+        pem[len] = '\0';
+    }
+    BIO_free(bio);
+    return pem;
+}
+
+/* The slot of the key that signed a CRL (info->akid), made when new; NULL when full. */
+static struct sync_slot *slot_for(struct sync *s, const struct proto_crl_info *info)
+{
+    struct sync_slot *sl;
+
+    for (size_t i = 0; i < s->n_slots; i++)
+        if (s->slot[i].akid_len == info->akid_len &&
+            memcmp(s->slot[i].akid, info->akid, info->akid_len) == 0)
+            return &s->slot[i];
+    if (s->n_slots == SYNC_SLOTS)
+        return NULL;
+    sl = &s->slot[s->n_slots++];
+    memset(sl, 0, sizeof(*sl));
+    memcpy(sl->akid, info->akid, info->akid_len);
+    sl->akid_len = info->akid_len;
+    sl->held[0] = sl->held[1] = -1;
+    return sl;
+}
+
+/* The held CRLs of one kind, the current key's first, to the user's path: a regular file
+ * atomically, a FIFO or device in place (mqpki_file_write_user). */
+static int write_held(struct sync *s, int delta)
+{
+    const char *path = delta ? s->delta_out : s->out;
+    size_t len = 0, n;
+    char *all = NULL, *grown;
+    int rc;
+
+    for (size_t k = 0; k < s->n_slots; k++) {
+        size_t i = k == 0 ? s->current : (k == s->current ? 0 : k);
+        if (s->slot[i].pem[delta] == NULL)
+            continue;
+        n = strlen(s->slot[i].pem[delta]);
+        if ((grown = realloc(all, len + n + 1)) == NULL) {
+            free(all);
+            return mqpki_fail(MQPKI_ERR_NOMEM, "out of memory");
+        }
+        all = grown;
+        memcpy(all + len, s->slot[i].pem[delta], n);
+        len += n;
+    }
+    if (all == NULL)
+        return MQPKI_OK;
+    rc = mqpki_file_write_user(path, all, len, 0644);
+    free(all);
+    return rc;
+}
+
+/* A CRL from the main topics (main 1) or an older generation's topic, kind delta: verified,
+ * then held by its signer and written with the others. */
+static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int main)
+{
+    struct proto_crl_info info;
+    struct sync_slot *sl;
+    X509_CRL *crl = NULL;
+    char why[256], *pem = NULL;
+    enum proto_crl_order order;
+    int rc;
+
+    /* A retired generation's topics cleared: its CRLs leave with the issuing CA list. */
+    if (len == 0)
+        goto out;
+    s->last_msg_ms = mono_ms();
+    if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
+        proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
+        goto refused;
+    if ((info.base >= 0) != delta) {
+        snprintf(why, sizeof(why), "a %s CRL on the %s topic", delta ? "full" : "delta",
+                 delta ? "delta" : "full");
+        goto refused;
+    }
+    if ((sl = slot_for(s, &info)) == NULL) {
+        snprintf(why, sizeof(why), "more than %d signing keys", SYNC_SLOTS);
+        goto refused;
+    }
+    order = proto_crl_order(&info, sl->held[0], sl->held[1], why, sizeof(why));
+    if (order == PROTO_CRL_REFUSE)
+        goto refused;
+    if (main)
+        s->current = (size_t)(sl - s->slot);
+    if (order == PROTO_CRL_SAME) {
+        if (!delta && main)
+            s->done = 1;
+        goto out;
+    }
+    if ((pem = crl_pem(crl)) == NULL) {
+        printf("CRL %lld not written: cannot encode it\n", (long long)info.number);
+        s->failed = 1;
+        goto out;
+    }
+    free(sl->pem[delta]);
+    sl->pem[delta] = pem;
+    pem = NULL;
+    sl->held[delta] = info.number;
+    if ((rc = write_held(s, delta)) != MQPKI_OK) {
+        printf("CRL %lld not written: %s\n", (long long)info.number, mqpki_err_detail(rc));
+        s->failed = 1;
+        goto out;
+    }
+    printf("%s CRL %lld (%zu entries%s) verified and written to %s\n", delta ? "delta" : "full",
+           (long long)info.number, info.n_entries,
+           main ? "" : ", an older issuing CA generation's copy", delta ? s->delta_out : s->out);
+    fflush(stdout);
+    if (s->exec != NULL)
+        run_exec(s->exec);
+    if (!delta && main)
+        s->done = 1;
+    goto out;
+refused:
+    printf("%s ignored: %s\n", delta ? "delta CRL" : "CRL", why);
+    fflush(stdout);
+out:
+    free(pem);
+    X509_CRL_free(crl);
+}
+
+/* Drops the CRLs of every signer cas does not trust (a retired generation), rewriting. */
+static void drop_untrusted(struct sync *s)
+{
+    for (size_t i = 0; i < s->n_slots; i++) {
+        for (int k = 0; k < 2; k++) {
+            BIO *bio;
+            X509_CRL *crl;
+            EVP_PKEY *key;
+            int keep;
+            if (s->slot[i].pem[k] == NULL ||
+                (bio = BIO_new_mem_buf(s->slot[i].pem[k], (int)strlen(s->slot[i].pem[k]))) == NULL)
+                continue;
+            crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL);
+            keep = crl != NULL && proto_crl_issuer_key(crl, s->cas, &key, NULL, 0) == 0;
+            X509_CRL_free(crl);
+            BIO_free(bio);
+            if (keep)
+                continue;
+            free(s->slot[i].pem[k]);
+            s->slot[i].pem[k] = NULL;
+            printf("%s CRL %lld dropped: its issuing CA key is not trusted any more\n",
+                   k ? "delta" : "full", (long long)s->slot[i].held[k]);
+            if (write_held(s, k) != MQPKI_OK)
+                s->failed = 1;
+        }
+    }
+    fflush(stdout);
+}
+
+/* A new issuing CA list: the CRL signers from now on, each certified by a root of --ca. */
+static void sync_issuers(struct sync *s, const void *pem, size_t len)
+{
+    STACK_OF(X509) *cas = NULL;
+    char why[256];
+
+    if (proto_issuers_verify(pem, len, s->roots, &cas, why, sizeof(why)) != 0) {
+        printf("issuing CA list ignored: %s\n", why);
+        fflush(stdout);
+        return;
+    }
+    sk_X509_pop_free(s->cas, X509_free);
+    s->cas = cas;
+    printf("trusting %d issuing CA key%s for CRLs\n", sk_X509_num(cas),
+           sk_X509_num(cas) == 1 ? "" : "s");
+    drop_untrusted(s);
+}
+
+static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
+{
+    struct sync *s = ud;
+    int gen, delta;
+
+    (void)m;
+    if (strcmp(msg->topic, PROTO_TOPIC_CA_ISSUERS) == 0)
+        sync_issuers(s, msg->payload, (size_t)msg->payloadlen);
+    else if (strcmp(msg->topic, PROTO_TOPIC_CRL_FULL) == 0)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0, 1);
+    else if (strcmp(msg->topic, PROTO_TOPIC_CRL_DELTA) == 0 && s->delta_out != NULL)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1, 1);
+    else if (proto_topic_crl_generation_parse(msg->topic, &gen, &delta) == 0 &&
+             (!delta || s->delta_out != NULL))
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, delta, 0);
+}
+
+static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
+{
+    struct sync *s = ud;
+
+    if (rc != 0) {
+        printf("broker refused the connection: %s\n", mosquitto_connack_string(rc));
+        fflush(stdout);
+        return;
+    }
+    s->connected = 1;
+    /* The issuing CAs first: a CRL of a new generation verifies once they are known. */
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CA_ISSUERS, 1);
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_FULL, 1);
+    mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_GENERATION "+/full", 1);
+    if (s->delta_out != NULL) {
+        mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_DELTA, 1);
+        mosquitto_subscribe(m, NULL, PROTO_TOPIC_CRL_GENERATION "+/delta", 1);
+    }
+}
+
+static int parse_broker_url(struct cli *cli, const char *url, char *host, size_t size, int *port)
+{
+    const char *p, *colon, *end;
+    size_t n;
+    int rc = MQPKI_OK;
+
+    *port = 8883;
+    if (strncmp(url, "mqtts://", 8) != 0) {
+        rc = cli_usage_error(cli, "--broker '%.80s': expected mqtts://HOST:PORT", url);
+        goto out;
+    }
+    p = url + 8;
+    if (*p == '[') {
+        end = strchr(p, ']');
+        if (end == NULL) {
+            rc = cli_usage_error(cli, "--broker: unterminated [address]");
+            goto out;
+        }
+        n = (size_t)(end - p - 1);
+        p++;
+        colon = end[1] == ':' ? end + 1 : NULL;
+    } else {
+        colon = strrchr(p, ':');
+        n = colon != NULL ? (size_t)(colon - p) : strlen(p);
+    }
+    if (n == 0 || n >= size) {
+        rc = cli_usage_error(cli, "--broker '%.80s': missing or overlong host", url);
+        goto out;
+    }
+    memcpy(host, p, n);
+    host[n] = '\0';
+    if (colon != NULL)
+        rc = cli_parse_int(cli, "--broker port", colon + 1, 1, 65535, port);
+out:
+    return rc;
+}
+
+/* Takes the CRLs an existing file (PEM, or one DER CRL) holds that verify, each under its
+ * signer; returns the first one's number (the current key's, as written), -1 when none. */
+static int64_t load_held(struct sync *s, const char *path, int delta)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    X509_CRL *crl = NULL;
+    struct proto_crl_info info;
+    struct sync_slot *sl;
+    int64_t first = -1;
+    BIO *bio = NULL;
+    char *pem;
+
+    if (mqpki_file_read(path, PROTO_CRL_MAX_DER, &buf, &len) != MQPKI_OK ||
+        (bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
+        goto out;
+    for (int n = 0; n < SYNC_SLOTS; n++) {
+        crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL);
+        if (crl == NULL && n == 0 && proto_crl_parse(buf, len, &crl, NULL, 0) != 0)
+            crl = NULL;
+        if (crl == NULL)
+            break;
+        if (proto_crl_verify(crl, s->cas, &info, NULL, 0) == 0 && (info.base >= 0) == delta &&
+            (sl = slot_for(s, &info)) != NULL && sl->pem[delta] == NULL &&
+            (pem = crl_pem(crl)) != NULL) {
+            sl->pem[delta] = pem;
+            sl->held[delta] = info.number;
+            if (first < 0 && !delta) {
+                first = info.number;
+                s->current = (size_t)(sl - s->slot);
+            }
+        }
+        X509_CRL_free(crl);
+        crl = NULL;
+    }
+out:
+    mqpki_err_clear();
+    BIO_free(bio);
+    X509_CRL_free(crl);
+    free(buf);
+    return first;
+}
+
+static int default_file(struct cli *cli, const char *rel, char out[PATH_MAX])
+{
+    struct stat st;
+
+    return mqpki_path(out, PATH_MAX, "%s/%s", cli->home, rel) == MQPKI_OK && stat(out, &st) == 0;
+}
+
+int cmd_crl_sync(struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"broker", required_argument, NULL, 'b'},
+        {"out", required_argument, NULL, 'o'},
+        {"delta-out", required_argument, NULL, 'd'},
+        {"exec", required_argument, NULL, 'e'},
+        {"cert", required_argument, NULL, 'c'},
+        {"key", required_argument, NULL, 'k'},
+        {"ca", required_argument, NULL, 'a'},
+        {"client-id", required_argument, NULL, 'i'},
+        {"once", no_argument, NULL, '1'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct sync s;
+    struct mosquitto *m = NULL;
+    struct sigaction sa;
+    const char *url = NULL, *cert = NULL, *key = NULL, *ca = NULL, *client_id = NULL;
+    char host[256], dcert[PATH_MAX], dkey[PATH_MAX], dca[PATH_MAX], why[256], idbuf[64];
+    int64_t timeout = 0, started, held;
+    int c, rc = MQPKI_OK, port, delay = 1, lib = 0;
+
+    memset(&s, 0, sizeof(s));
+    while (rc == MQPKI_OK && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': url = optarg; break;
+        case 'o': s.out = optarg; break;
+        case 'd': s.delta_out = optarg; break;
+        case 'e': s.exec = optarg; break;
+        case 'c': cert = optarg; break;
+        case 'k': key = optarg; break;
+        case 'a': ca = optarg; break;
+        case 'i': client_id = optarg; break;
+        case '1': s.once = 1; break;
+        case 't':
+            if ((timeout = mqpki_duration_parse(optarg)) <= 0)
+                rc = cli_usage_error(cli, "--timeout '%.20s': expected e.g. 30s", optarg);
+            break;
+        case 'h':
+            return cli_help(
+                "usage: mqpki crl-sync --broker mqtts://HOST:PORT --out FILE [--exec CMD]\n"
+                "                      [--delta-out FILE] [--cert FILE --key FILE] [--ca FILE]\n"
+                "                      [--client-id ID] [--once [--timeout 30s]]\n\n"
+                "Follows the CRL feed (" PROTO_TOPIC_CRL_FULL
+                ") of a bundled broker for another broker:\n"
+                "each CRL is verified against the issuing CA (--ca), refused when older than the\n"
+                "one held, written to FILE as PEM (a regular file, also behind a link, is\n"
+                "replaced atomically; a FIFO or device is written in place; '-' is refused:\n"
+                "progress goes to stdout), then CMD runs (/bin/sh -c), e.g. a\n"
+                "reload. Connects with --cert/--key (default: the data directory's tls/mqpkid.*;\n"
+                "--ca defaults to ca/chain.pem). Runs until SIGINT/SIGTERM; --once stops after\n"
+                "the first good CRL (exit 1 if none arrives within --timeout).\n"
+                "After `mqpki ca rollover`, the issuing CAs come from the feed (each certified\n"
+                "by a root in --ca) and FILE holds the current key's CRL followed by each older\n"
+                "generation's copy signed by its own key, so that a broker checking every\n"
+                "certificate against a CRL of its own issuing key finds one.\n");
+        default: rc = cli_usage_error(cli, "unknown option"); break;
+        }
+    }
+    if (rc != MQPKI_OK)
+        goto out;
+    if (optind != argc) {
+        rc = cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+        goto out;
+    }
+    if (url == NULL || s.out == NULL) {
+        rc = cli_usage_error(cli, "--broker and --out are required");
+        goto out;
+    }
+    /* stdout carries the progress lines; a CRL among them would serve no broker. */
+    if (strcmp(s.out, "-") == 0 || (s.delta_out != NULL && strcmp(s.delta_out, "-") == 0)) {
+        rc = cli_usage_error(cli, "--out and --delta-out need a file: stdout carries progress");
+        goto out;
+    }
+    if ((rc = mqpki_file_check_user(s.out)) != MQPKI_OK ||
+        (s.delta_out != NULL && (rc = mqpki_file_check_user(s.delta_out)) != MQPKI_OK))
+        goto out;
+    if ((rc = parse_broker_url(cli, url, host, sizeof(host), &port)) != MQPKI_OK)
+        goto out;
+    if (cert == NULL && default_file(cli, "tls/mqpkid.pem", dcert))
+        cert = dcert;
+    if (key == NULL && default_file(cli, "tls/mqpkid.key", dkey))
+        key = dkey;
+    if (ca == NULL && default_file(cli, "ca/chain.pem", dca))
+        ca = dca;
+    if (cert == NULL || key == NULL || ca == NULL) {
+        rc = cli_usage_error(cli, "--cert, --key and --ca are required outside a data directory");
+        goto out;
+    }
+    if (proto_crl_load_cas(ca, &s.cas, why, sizeof(why)) != 0 ||
+        proto_ca_roots_load(ca, &s.roots, why, sizeof(why)) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "--ca: %s", why);
+        goto out;
+    }
+    /* What the files hold: rollback is refused across restarts too, and the older
+     * generations' CRLs stay in FILE until newer ones come. */
+    held = load_held(&s, s.out, 0);
+    if (s.delta_out != NULL)
+        (void)load_held(&s, s.delta_out, 1);
+    if (timeout == 0)
+        timeout = s.once ? 30 : 0;
+    if (client_id == NULL) {
+        snprintf(idbuf, sizeof(idbuf), "mqpki-crl-sync-%ld", (long)getpid());
+        client_id = idbuf;
+    }
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    mosquitto_lib_init();
+    lib = 1;
+    if ((m = mosquitto_new(client_id, true, &s)) == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_NOMEM, "cannot create the MQTT client");
+        goto out;
+    }
+    if (mosquitto_tls_set(m, ca, NULL, cert, key, NULL) != MOSQ_ERR_SUCCESS ||
+        mosquitto_tls_opts_set(m, 1, "tlsv1.2", NULL) != MOSQ_ERR_SUCCESS) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "cannot use --cert %s / --key %s / --ca %s", cert, key,
+                        ca);
+        goto out;
+    }
+    mosquitto_connect_callback_set(m, on_sync_connect);
+    mosquitto_message_callback_set(m, on_sync_message);
+    if (held >= 0)
+        printf("following %s (holding CRL %lld in %s)\n", url, (long long)held, s.out);
+    else
+        printf("following %s (no CRL held yet)\n", url);
+    fflush(stdout);
+    started = mqpki_now();
+    rc = mosquitto_connect(m, host, port, 60);
+    /* --once: done once the current key's full CRL is held and the retained copies of the other
+     * keys, which follow it in the same burst, had a moment to arrive. */
+    while (!sync_stop && !(s.once && s.done && mono_ms() - s.last_msg_ms >= SYNC_QUIET_MS) &&
+           !s.failed) {
+        if (timeout > 0 && mqpki_now() - started >= timeout)
+            break;
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_loop(m, 200, 1);
+        if (rc != MOSQ_ERR_SUCCESS && !sync_stop) {
+            /* Back off up to a minute: a broker restart must not turn into a tight loop. */
+            if (s.connected || delay == 1)
+                printf("broker %s:%d unreachable (%s); retrying\n", host, port,
+                       rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+            fflush(stdout);
+            s.connected = 0;
+            sleep((unsigned)delay);
+            delay = delay < 60 ? delay * 2 : 60;
+            rc = mosquitto_reconnect(m);
+        } else if (s.connected) {
+            delay = 1;
+        }
+    }
+    rc = MQPKI_OK;
+    if (s.failed)
+        rc = mqpki_fail(MQPKI_ERR_IO, "cannot write %s", s.out);
+    else if (s.once && !s.done)
+        rc = mqpki_fail(MQPKI_ERR_STATE, "no valid CRL from %s within %llds", url,
+                        (long long)timeout);
+    mosquitto_disconnect(m);
+out:
+    mosquitto_destroy(m);
+    if (lib)
+        mosquitto_lib_cleanup();
+    sk_X509_pop_free(s.cas, X509_free);
+    sk_X509_pop_free(s.roots, X509_free);
+    for (size_t i = 0; i < s.n_slots; i++) {
+        free(s.slot[i].pem[0]);
+        free(s.slot[i].pem[1]);
+    }
+    return rc;
+}
