@@ -34,6 +34,7 @@
 #define DENY_TOPICS_MAX       64 /* distinct denied topics sent per client a second, at most */
 
 enum { KICK_REVOKED = 1, KICK_ISSUER = 2 };
+#define RETIRED_MAX 64 /* retired issuing CA keys remembered */
 
 /* A connected, authenticated client. Keyed by its context pointer: client ids are chosen by
  * clients and may be taken over, a context is not. */
@@ -59,11 +60,15 @@ struct client {
 
 struct plugin {
     mosquitto_plugin_id_t *id;
-    STACK_OF(X509) * cas;   /* the issuing CAs trusted: CRL signers, client certificates' */
-    STACK_OF(X509) * roots; /* the roots of plugin_opt_ca_file: what certifies a new issuing CA */
-    int check_issuer;       /* cas names issuing CAs: a client's issuer key must be one of them */
-    unsigned char signer[PROTO_AKID_MAX]; /* key id of the full CRL in force (signer_len 0: none) */
-    size_t signer_len;
+    STACK_OF(X509) * cas;     /* the issuing CAs trusted (the CA file's, then the feed's list) */
+    STACK_OF(X509) * crl_cas; /* what verifies the feed's CRLs: the newest of cas once a list
+                                 came (the current issuing CA generation), else cas */
+    STACK_OF(X509) * roots;   /* the roots of plugin_opt_ca_file: what certifies a new issuing CA */
+    int check_issuer;         /* issuing CAs known: a client certificate needs a key identifier */
+    /* Key identifiers of issuing CA generations a list retired: their certificates are refused
+     * (state/retired-keys). */
+    unsigned char retired[RETIRED_MAX][PROTO_AKID_MAX];
+    size_t retired_len[RETIRED_MAX], n_retired;
     struct revset *rev;
     struct acl *acl;
     char *state_dir;
@@ -327,6 +332,8 @@ static void note_twins(struct plugin *pl, const struct client *c)
     }
 }
 
+static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki);
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_basic_auth *ed = event_data;
@@ -358,9 +365,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     if (proto_name_digest(X509_get_issuer_name(cert), issuer) != 0)
         goto out;
     is_service = strcmp(asset, pl->service_id) == 0;
-    /* An issuing CA generation retired (or never announced): its certificates are refused even
-     * where Mosquitto's CA file still trusts it. */
-    if (pl->check_issuer && !proto_issuer_trusted(cert, pl->cas)) {
+    /* An issuing CA generation retired: its certificates are refused even where Mosquitto's CA
+     * file still trusts it (a generation this broker has not heard of yet passes: the root it
+     * trusts certified it). */
+    if (!issuer_ok(pl, X509_get0_authority_key_id(cert))) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "mqpki: %s (certificate %s) refused: its issuing CA is not trusted "
                              "any more (retired)",
@@ -647,11 +655,6 @@ static void install(struct plugin *pl, struct revset *next, const struct proto_c
     int delta = info->base >= 0;
     int64_t number = info->number;
 
-    /* The key that signed the full CRL in force: an issuing CA list without it is stale. */
-    if (!delta) {
-        memcpy(pl->signer, info->akid, info->akid_len);
-        pl->signer_len = info->akid_len;
-    }
     /* A delta the new full CRL no longer extends must not come back at restart. */
     if (!delta && persisted && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
         char path[4096];
@@ -731,7 +734,7 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
 
     memset(&d, 0, sizeof(d));
     if (proto_crl_der_split(der, len, &d, why, why_len) != 0 ||
-        proto_crl_der_check(&d, pl->cas, &key, &info, why, why_len) != 0)
+        proto_crl_der_check(&d, persist_it ? pl->crl_cas : pl->cas, &key, &info, why, why_len) != 0)
         goto out;
     if ((info.base >= 0) != want_delta) {
         snprintf(why, why_len, "CRL %lld: a %s CRL on the %s topic", (long long)info.number,
@@ -860,66 +863,194 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
-/* A client certificate's issuer key is one of cas (one without a key identifier is not: the
- * TLS chain was then built by name alone). */
-static int client_issuer_ok(const struct client *c, STACK_OF(X509) * cas)
+/* The issuing CA certificate of cas issued last (the current generation; the first of the
+ * list on a tie, where the feed puts the current one). */
+static X509 *newest_ca(STACK_OF(X509) * cas)
 {
-    for (int i = 0; c->akid_len > 0 && i < sk_X509_num(cas); i++) {
+    X509 *best = NULL;
+
+    for (int i = 0; i < sk_X509_num(cas); i++) {
+        X509 *c = sk_X509_value(cas, i);
+        if (best == NULL ||
+            ASN1_TIME_compare(X509_get0_notBefore(c), X509_get0_notBefore(best)) > 0)
+            best = c;
+    }
+    return best;
+}
+
+static int has_key(STACK_OF(X509) * cas, const ASN1_OCTET_STRING *id)
+{
+    for (int i = 0; id != NULL && i < sk_X509_num(cas); i++) {
         const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(cas, i));
-        if (ski != NULL && (size_t)ski->length == c->akid_len &&
-            memcmp(ski->data, c->akid, c->akid_len) == 0)
+        if (ski != NULL && ASN1_OCTET_STRING_cmp(ski, id) == 0)
             return 1;
     }
     return 0;
 }
 
+/* A certificate whose issuer key is aki may be let in: none once issuing CAs are checked (the TLS
+ * chain was then built by name alone), never a retired one. */
+static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki)
+{
+    if (!pl->check_issuer)
+        return 1;
+    if (aki == NULL || aki->length <= 0)
+        return 0;
+    for (size_t i = 0; i < pl->n_retired; i++)
+        if (pl->retired_len[i] == (size_t)aki->length &&
+            memcmp(pl->retired[i], aki->data, pl->retired_len[i]) == 0)
+            return 0;
+    return 1;
+}
+
+static int client_issuer_ok(const struct plugin *pl, const struct client *c)
+{
+    ASN1_OCTET_STRING id;
+
+    id.length = (int)c->akid_len;
+    id.data = (unsigned char *)c->akid;
+    id.type = V_ASN1_OCTET_STRING;
+    id.flags = 0;
+    return issuer_ok(pl, c->akid_len > 0 ? &id : NULL);
+}
+
+/* Remembers a retired key (once); 0, or -1 when the table is full. */
+static int retire_key(struct plugin *pl, const ASN1_OCTET_STRING *ski)
+{
+    if (ski == NULL || ski->length <= 0 || (size_t)ski->length > PROTO_AKID_MAX)
+        return 0;
+    for (size_t i = 0; i < pl->n_retired; i++)
+        if (pl->retired_len[i] == (size_t)ski->length &&
+            memcmp(pl->retired[i], ski->data, (size_t)ski->length) == 0)
+            return 0;
+    if (pl->n_retired == RETIRED_MAX)
+        return -1;
+    memcpy(pl->retired[pl->n_retired], ski->data, (size_t)ski->length);
+    pl->retired_len[pl->n_retired++] = (size_t)ski->length;
+    return 0;
+}
+
+/* state/retired-keys: one key identifier in hex a line. */
+static void persist_retired(struct plugin *pl)
+{
+    char *text = malloc(pl->n_retired * (2 * PROTO_AKID_MAX + 1) + 1);
+    size_t len = 0;
+
+    if (text == NULL)
+        return;
+    for (size_t i = 0; i < pl->n_retired; i++) {
+        mqpki_hex(pl->retired[i], pl->retired_len[i], text + len);
+        len += 2 * pl->retired_len[i];
+        text[len++] = '\n';
+    }
+    persist(pl, "retired-keys", text, len);
+    free(text);
+}
+
+static int unhex(const char *in, size_t n, unsigned char *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = in[2 * i + k];
+            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (d < 0)
+                return -1;
+            v = v * 16 + d;
+        }
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+static void load_retired(struct plugin *pl)
+{
+    char path[4096];
+    unsigned char *text = NULL, id[PROTO_AKID_MAX];
+    size_t len = 0, at = 0;
+
+    if (pl->state_dir == NULL ||
+        mqpki_path(path, sizeof(path), "%s/retired-keys", pl->state_dir) != MQPKI_OK ||
+        mqpki_file_read(path, RETIRED_MAX * (2 * PROTO_AKID_MAX + 1), &text, &len) != MQPKI_OK) {
+        mqpki_err_clear();
+        free(text);
+        return;
+    }
+    while (at < len) {
+        const char *line = (const char *)text + at;
+        size_t n = 0;
+        ASN1_OCTET_STRING ski;
+        while (at + n < len && text[at + n] != '\n')
+            n++;
+        at += n + 1;
+        if (n == 0 || n % 2 != 0 || n / 2 > sizeof(id) || unhex(line, n / 2, id) != 0)
+            continue;
+        ski.length = (int)(n / 2);
+        ski.data = id;
+        ski.type = V_ASN1_OCTET_STRING;
+        ski.flags = 0;
+        (void)retire_key(pl, &ski);
+    }
+    free(text);
+}
+
 /*
  * The issuing CAs to trust from now on (PROTO_TOPIC_CA_ISSUERS, or the copy kept in
- * state_dir): each certified by a root of plugin_opt_ca_file. They verify CRLs, and a client
- * whose certificate another CA key issued is refused, and disconnected when connected.
+ * state_dir): each certified by a root of plugin_opt_ca_file. The newest verifies the feed's
+ * CRLs; a key the list leaves out is retired: its certificates are refused, and disconnected
+ * when connected. Trust only moves forward: a list that leaves out the newest key trusted and
+ * brings none newer (a replica's stale ca/, a replay) is refused.
  */
 static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int persist_it, char *why,
                          size_t why_len)
 {
-    STACK_OF(X509) *cas = NULL;
+    STACK_OF(X509) *cas = NULL, *crl_cas = NULL;
+    X509 *newest, *held;
     size_t kicks = 0;
 
     if (proto_issuers_verify(pem, len, pl->roots, &cas, why, why_len) != 0)
         return -1;
-    /* A list from before the rollover that made the key of the CRL in force (another replica's
-     * feed that was not brought up to date) would undo it: refused. */
-    if (pl->signer_len > 0) {
-        int found = 0;
-        for (int i = 0; i < sk_X509_num(cas) && !found; i++) {
-            const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(cas, i));
-            found = ski != NULL && (size_t)ski->length == pl->signer_len &&
-                    memcmp(ski->data, pl->signer, pl->signer_len) == 0;
-        }
-        if (!found) {
-            sk_X509_pop_free(cas, X509_free);
-            snprintf(why, why_len,
-                     "it leaves out the key that signed the CRL in force (a stale "
-                     "list: bring every replica's ca/ up to date)");
-            return -1;
-        }
+    newest = newest_ca(cas);
+    held = pl->check_issuer ? newest_ca(pl->cas) : NULL;
+    if (held != NULL && !has_key(cas, X509_get0_subject_key_id(held)) &&
+        ASN1_TIME_compare(X509_get0_notBefore(newest), X509_get0_notBefore(held)) <= 0) {
+        sk_X509_pop_free(cas, X509_free);
+        snprintf(why, why_len,
+                 "it is older than the list in force: it leaves out the newest issuing CA key "
+                 "and brings none newer (a stale list: bring every replica's ca/ up to date)");
+        return -1;
     }
-    if (pl->loader != NULL && crlload_set_cas(pl->loader, cas) != 0) {
+    if ((crl_cas = sk_X509_new_null()) == NULL || !X509_up_ref(newest) ||
+        !sk_X509_push(crl_cas, newest) ||
+        (pl->loader != NULL && crlload_set_cas(pl->loader, crl_cas) != 0)) {
+        sk_X509_pop_free(crl_cas, X509_free);
         sk_X509_pop_free(cas, X509_free);
         snprintf(why, why_len, "out of memory");
         return -1;
     }
+    /* What this list leaves out of the issuing CAs trusted so far is retired for good. */
+    for (int i = 0; pl->check_issuer && i < sk_X509_num(pl->cas); i++) {
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(pl->cas, i));
+        if (!has_key(cas, ski) && retire_key(pl, ski) != 0)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: more than %d retired issuing CA keys",
+                                 RETIRED_MAX);
+    }
     sk_X509_pop_free(pl->cas, X509_free);
+    sk_X509_pop_free(pl->crl_cas, X509_free);
     pl->cas = cas;
+    pl->crl_cas = crl_cas;
     pl->check_issuer = 1;
     for (size_t b = 0; b < pl->n_buckets; b++)
         for (struct client *c = pl->bucket[b]; c != NULL; c = c->next)
-            if (!c->kick && !client_issuer_ok(c, cas)) {
+            if (!c->kick && !client_issuer_ok(pl, c)) {
                 c->kick = KICK_ISSUER;
                 pl->pending_kicks++;
                 kicks++;
             }
-    if (persist_it)
+    if (persist_it) {
         persist(pl, "issuers.pem", pem, len);
+        persist_retired(pl);
+    }
     mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: trusting %d issuing CA key%s%s", sk_X509_num(cas),
                          sk_X509_num(cas) == 1 ? "" : "s",
                          kicks > 0 ? "; disconnecting the clients of a retired one" : "");
@@ -1091,6 +1222,7 @@ static void plugin_free(struct plugin *pl)
     evring_free(pl->ev);
     quarantine_free(pl->quar);
     sk_X509_pop_free(pl->cas, X509_free);
+    sk_X509_pop_free(pl->crl_cas, X509_free);
     sk_X509_pop_free(pl->roots, X509_free);
     revset_free(pl->rev);
     acl_free(pl->acl);
@@ -1227,14 +1359,19 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
                              mqpki_err_detail(MQPKI_ERR_IO));
         goto out;
     }
-    /* Issuing CAs named in the CA file: their clients' issuer keys are checked. */
+    /* Issuing CAs named in the CA file: their clients' key identifiers are checked. */
     for (int i = 0; i < sk_X509_num(pl->cas); i++)
         if (X509_NAME_cmp(X509_get_subject_name(sk_X509_value(pl->cas, i)),
                           X509_get_issuer_name(sk_X509_value(pl->cas, i))) != 0)
             pl->check_issuer = 1;
+    if ((pl->crl_cas = X509_chain_up_ref(pl->cas)) == NULL) {
+        rc = MOSQ_ERR_NOMEM;
+        goto out;
+    }
+    load_retired(pl);
     /* At start nobody waits on this thread yet: the kept CRLs load here, the worker after. */
     load_state(pl);
-    if (crlload_start(pl->cas, &pl->loader) != 0) {
+    if (crlload_start(pl->crl_cas, &pl->loader) != 0) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot start the CRL loader thread");
         rc = MOSQ_ERR_NOMEM;
         goto out;

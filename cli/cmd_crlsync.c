@@ -147,9 +147,8 @@ static int write_held(struct sync *s, int delta)
         memcpy(all + len, s->slot[i].pem[delta], n);
         len += n;
     }
-    if (all == NULL)
-        return MQPKI_OK;
-    rc = mqpki_file_write_user(path, all, len, 0644);
+    /* Nothing left (every key dropped): an empty file, never CRLs of a key no longer trusted. */
+    rc = mqpki_file_write_user(path, all != NULL ? all : "", len, 0644);
     free(all);
     return rc;
 }
@@ -167,8 +166,7 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
 
     /* A retired generation's topics cleared: its CRLs leave with the issuing CA list. */
     if (len == 0)
-        goto out;
-    s->last_msg_ms = mono_ms();
+        return;
     if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
         proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
         goto refused;
@@ -186,7 +184,9 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
         goto refused;
     if (main)
         s->current = (size_t)(sl - s->slot);
-    if (order == PROTO_CRL_SAME) {
+    /* The same as held (a restart, a re-delivered retained copy): written only when the file
+     * lacks it (a key dropped and trusted again). */
+    if (order == PROTO_CRL_SAME && (sl->pem[delta] != NULL || !main)) {
         if (!delta && main)
             s->done = 1;
         goto out;
@@ -218,6 +218,8 @@ refused:
     printf("%s ignored: %s\n", delta ? "delta CRL" : "CRL", why);
     fflush(stdout);
 out:
+    /* After the work and --exec: --once waits for a quiet moment from here. */
+    s->last_msg_ms = mono_ms();
     free(pem);
     X509_CRL_free(crl);
 }
@@ -225,6 +227,8 @@ out:
 /* Drops the CRLs of every signer cas does not trust (a retired generation), rewriting. */
 static void drop_untrusted(struct sync *s)
 {
+    int dropped = 0;
+
     for (size_t i = 0; i < s->n_slots; i++) {
         for (int k = 0; k < 2; k++) {
             BIO *bio;
@@ -244,11 +248,15 @@ static void drop_untrusted(struct sync *s)
             s->slot[i].pem[k] = NULL;
             printf("%s CRL %lld dropped: its issuing CA key is not trusted any more\n",
                    k ? "delta" : "full", (long long)s->slot[i].held[k]);
-            if (write_held(s, k) != MQPKI_OK)
+            s->slot[i].held[k] = -1;
+            if ((k == 0 || s->delta_out != NULL) && write_held(s, k) != MQPKI_OK)
                 s->failed = 1;
+            dropped = 1;
         }
     }
     fflush(stdout);
+    if (dropped && s->exec != NULL && !s->failed)
+        run_exec(s->exec);
 }
 
 /* A new issuing CA list: the CRL signers from now on, each certified by a root of --ca. */
@@ -356,7 +364,8 @@ static int64_t load_held(struct sync *s, const char *path, int delta)
     BIO *bio = NULL;
     char *pem;
 
-    if (mqpki_file_read(path, PROTO_CRL_MAX_DER, &buf, &len) != MQPKI_OK ||
+    /* The current key's CRL and the older generations' copies of it. */
+    if (mqpki_file_read(path, 4 * (size_t)PROTO_CRL_MAX_DER, &buf, &len) != MQPKI_OK ||
         (bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
         goto out;
     for (int n = 0; n < SYNC_SLOTS; n++) {

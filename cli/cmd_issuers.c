@@ -226,7 +226,7 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
     struct datadir *dd = NULL;
     char subject[32];
     int64_t live = 0;
-    int c, rc, json = 0, gen = 0, told = 0, already = 0;
+    int c, rc, json = 0, gen = 0, told = 0, already = 0, running = 0;
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -251,22 +251,22 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
     if ((rc = datadir_ca_retire(dd, gen, &live, &already)) != MQPKI_OK)
         goto out;
     snprintf(subject, sizeof(subject), "issuing-ca-%d", gen);
-    if (!already && (rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.retire", subject,
-                                                 NULL)) != MQPKI_OK)
+    /* Also when a run cut short left the mark: the audit event is what it may not have written
+     * (a second event for one retirement says it was finished twice). */
+    if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.retire", subject,
+                                     already ? "{\"finished\":true}" : NULL)) != MQPKI_OK)
         goto out;
     /* A running mqpkid trusts the chain anew and tells the brokers. */
     rc = datadir_control_call(cli->home, &req, 1, &reply, &reply_len, 30000);
     told = rc == MQPKI_OK;
-    if (rc == MQPKI_ERR_NOT_FOUND)
-        rc = MQPKI_OK;
+    running = rc != MQPKI_ERR_NOT_FOUND;
     mqpki_err_clear();
-    if (rc != MQPKI_OK) {
+    if (!told && running)
         fprintf(stderr,
                 "mqpki ca retire: retired, but mqpkid did not take it: run `mqpki ca "
                 "retire %d` again\n",
                 gen);
-        rc = MQPKI_OK;
-    }
+    rc = MQPKI_OK;
     if (json) {
         json_t *v =
             json_pack("{s:i, s:b, s:b}", "retired", gen, "already", already, "mqpkid_told", told);
@@ -274,8 +274,9 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
         json_decref(v);
     } else {
         printf("issuing CA generation %d %s%s\n", gen, already ? "was retired already" : "retired",
-               told ? "; mqpkid no longer trusts it and tells the brokers"
-                    : "; mqpkid does not run: the brokers learn it when it starts");
+               told      ? "; mqpkid no longer trusts it and tells the brokers"
+               : running ? "; mqpkid did not take it yet"
+                         : "; mqpkid does not run: the brokers learn it when it starts");
     }
 out:
     free(reply);

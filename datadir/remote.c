@@ -59,7 +59,8 @@ int datadir_key_sign(struct datadir *dd, const char *label, unsigned long mech,
         datadir_issuer_label(signer->gen, current);
         if (strcmp(label, current) == 0)
             key = signer->key;
-    } else if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
+    }
+    if (strcmp(label, DATADIR_AUDIT_KEY) == 0)
         key = dd->audit_key;
     if (key == NULL)
         return mqpki_fail(MQPKI_ERR_NOT_FOUND, "no key '%.64s' here", label);

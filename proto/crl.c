@@ -230,23 +230,6 @@ int proto_name_digest(const X509_NAME *name, unsigned char out[PROTO_ISSUER_LEN]
     return 0;
 }
 
-int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas)
-{
-    const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(cert), *ski;
-
-    /* Without a key identifier the chain was built by name alone: any key of the name, a
-     * retired one too, could have signed it. */
-    if (aki == NULL)
-        return 0;
-    for (int i = 0; i < sk_X509_num(cas); i++) {
-        X509 *ca = sk_X509_value(cas, i);
-        if (X509_NAME_cmp(X509_get_subject_name(ca), X509_get_issuer_name(cert)) == 0 &&
-            (ski = X509_get0_subject_key_id(ca)) != NULL && ASN1_OCTET_STRING_cmp(ski, aki) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* The CA of cas that issued crl: same subject as the CRL issuer, and SKI = AKI when given. */
 static X509 *find_issuer(X509_CRL *crl, STACK_OF(X509) * cas)
 {

@@ -137,9 +137,6 @@ int proto_ca_roots_load(const char *path, STACK_OF(X509) * *out, char *why, size
 int proto_issuers_verify(const void *pem, size_t len, STACK_OF(X509) * roots, STACK_OF(X509) * *out,
                          char *why, size_t why_len);
 
-/* 1 when cert's authority key identifier names a CA of cas; 0 otherwise, also without one. */
-int proto_issuer_trusted(X509 *cert, STACK_OF(X509) * cas);
-
 /* Parses a DER CRL of at most PROTO_CRL_MAX_DER bytes, refusing trailing bytes. */
 int proto_crl_parse(const unsigned char *der, size_t len, X509_CRL **out, char *why,
                     size_t why_len);
