@@ -141,6 +141,7 @@ int crlload_start(STACK_OF(X509) * cas, struct crlload **out)
     }
     if (pthread_cond_init(&l->cond, NULL) != 0) {
         pthread_mutex_destroy(&l->lock);
+        sk_X509_pop_free(l->cas, X509_free);
         free(l);
         return -1;
     }

@@ -61,10 +61,13 @@ struct client {
 struct plugin {
     mosquitto_plugin_id_t *id;
     STACK_OF(X509) * cas;     /* the issuing CAs trusted (the CA file's, then the feed's list) */
-    STACK_OF(X509) * crl_cas; /* what verifies the feed's CRLs: the newest of cas once a list
-                                 came (the current issuing CA generation), else cas */
+    STACK_OF(X509) * crl_cas; /* the current generation alone (the list's first), once a list
+                                 came; else cas */
     STACK_OF(X509) * roots;   /* the roots of plugin_opt_ca_file: what certifies a new issuing CA */
-    int check_issuer;         /* issuing CAs known: a client certificate needs a key identifier */
+    int check_issuer;         /* issuing CAs known: a client's issuer key must be one of them */
+    int from_list;            /* cas came from a list (the feed's or state/issuers.pem) */
+    int current_crl;          /* a CRL of the current generation was taken: from then on the
+                                 feed's CRLs must be its (crl_cas), before that any of cas */
     /* Key identifiers of issuing CA generations a list retired: their certificates are refused
      * (state/retired-keys). */
     unsigned char retired[RETIRED_MAX][PROTO_AKID_MAX];
@@ -332,7 +335,7 @@ static void note_twins(struct plugin *pl, const struct client *c)
     }
 }
 
-static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki);
+static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki, int is_service);
 
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
@@ -368,7 +371,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     /* An issuing CA generation retired: its certificates are refused even where Mosquitto's CA
      * file still trusts it (a generation this broker has not heard of yet passes: the root it
      * trusts certified it). */
-    if (!issuer_ok(pl, X509_get0_authority_key_id(cert))) {
+    if (!issuer_ok(pl, X509_get0_authority_key_id(cert), is_service)) {
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "mqpki: %s (certificate %s) refused: its issuing CA is not trusted "
                              "any more (retired)",
@@ -615,7 +618,7 @@ static void persist(struct plugin *pl, const char *name, const void *der, size_t
         return;
     if (mqpki_path(path, sizeof(path), "%s/%s", pl->state_dir, name) != MQPKI_OK ||
         mqpki_file_write_atomic(path, der, len, 0600) != MQPKI_OK)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot keep the CRL in %s: %s", pl->state_dir,
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot keep %s in %s: %s", name, pl->state_dir,
                              mqpki_err_detail(MQPKI_ERR_IO));
 }
 
@@ -654,6 +657,16 @@ static void install(struct plugin *pl, struct revset *next, const struct proto_c
 {
     int delta = info->base >= 0;
     int64_t number = info->number;
+    const ASN1_OCTET_STRING *ski =
+        pl->from_list ? X509_get0_subject_key_id(sk_X509_value(pl->crl_cas, 0)) : NULL;
+
+    /* The first CRL the current generation signed: older keys' CRLs are refused from now on. */
+    if (ski != NULL && !pl->current_crl && (size_t)ski->length == info->akid_len &&
+        memcmp(ski->data, info->akid, info->akid_len) == 0) {
+        pl->current_crl = 1;
+        if (pl->loader != NULL)
+            (void)crlload_set_cas(pl->loader, pl->crl_cas);
+    }
 
     /* A delta the new full CRL no longer extends must not come back at restart. */
     if (!delta && persisted && revset_delta_number(next) < 0 && pl->state_dir != NULL) {
@@ -734,7 +747,8 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
 
     memset(&d, 0, sizeof(d));
     if (proto_crl_der_split(der, len, &d, why, why_len) != 0 ||
-        proto_crl_der_check(&d, persist_it ? pl->crl_cas : pl->cas, &key, &info, why, why_len) != 0)
+        proto_crl_der_check(&d, persist_it && pl->current_crl ? pl->crl_cas : pl->cas, &key, &info,
+                            why, why_len) != 0)
         goto out;
     if ((info.base >= 0) != want_delta) {
         snprintf(why, why_len, "CRL %lld: a %s CRL on the %s topic", (long long)info.number,
@@ -863,21 +877,6 @@ static void apply_loaded(struct plugin *pl)
     emit_crl_held(pl);
 }
 
-/* The issuing CA certificate of cas issued last (the current generation; the first of the
- * list on a tie, where the feed puts the current one). */
-static X509 *newest_ca(STACK_OF(X509) * cas)
-{
-    X509 *best = NULL;
-
-    for (int i = 0; i < sk_X509_num(cas); i++) {
-        X509 *c = sk_X509_value(cas, i);
-        if (best == NULL ||
-            ASN1_TIME_compare(X509_get0_notBefore(c), X509_get0_notBefore(best)) > 0)
-            best = c;
-    }
-    return best;
-}
-
 static int has_key(STACK_OF(X509) * cas, const ASN1_OCTET_STRING *id)
 {
     for (int i = 0; id != NULL && i < sk_X509_num(cas); i++) {
@@ -888,19 +887,28 @@ static int has_key(STACK_OF(X509) * cas, const ASN1_OCTET_STRING *id)
     return 0;
 }
 
-/* A certificate whose issuer key is aki may be let in: none once issuing CAs are checked (the TLS
- * chain was then built by name alone), never a retired one. */
-static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki)
+static int is_retired(const struct plugin *pl, const ASN1_OCTET_STRING *id)
+{
+    for (size_t i = 0; id != NULL && i < pl->n_retired; i++)
+        if (pl->retired_len[i] == (size_t)id->length &&
+            memcmp(pl->retired[i], id->data, pl->retired_len[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * A certificate whose issuer key is aki may be let in once issuing CAs are known: it has a key
+ * identifier (without one, the TLS chain was built by name alone), the key is not retired, and
+ * it is one of the issuing CAs trusted. The service identity may also come from a generation
+ * not heard of yet (the root in Mosquitto's CA file certified it): it brings the list.
+ */
+static int issuer_ok(const struct plugin *pl, const ASN1_OCTET_STRING *aki, int is_service)
 {
     if (!pl->check_issuer)
         return 1;
-    if (aki == NULL || aki->length <= 0)
+    if (aki == NULL || aki->length <= 0 || is_retired(pl, aki))
         return 0;
-    for (size_t i = 0; i < pl->n_retired; i++)
-        if (pl->retired_len[i] == (size_t)aki->length &&
-            memcmp(pl->retired[i], aki->data, pl->retired_len[i]) == 0)
-            return 0;
-    return 1;
+    return is_service || has_key(pl->cas, aki);
 }
 
 static int client_issuer_ok(const struct plugin *pl, const struct client *c)
@@ -911,7 +919,7 @@ static int client_issuer_ok(const struct plugin *pl, const struct client *c)
     id.data = (unsigned char *)c->akid;
     id.type = V_ASN1_OCTET_STRING;
     id.flags = 0;
-    return issuer_ok(pl, c->akid_len > 0 ? &id : NULL);
+    return issuer_ok(pl, c->akid_len > 0 ? &id : NULL, strcmp(c->asset, pl->service_id) == 0);
 }
 
 /* Remembers a retired key (once); 0, or -1 when the table is full. */
@@ -968,10 +976,16 @@ static void load_retired(struct plugin *pl)
     char path[4096];
     unsigned char *text = NULL, id[PROTO_AKID_MAX];
     size_t len = 0, at = 0;
+    int rc;
 
     if (pl->state_dir == NULL ||
-        mqpki_path(path, sizeof(path), "%s/retired-keys", pl->state_dir) != MQPKI_OK ||
-        mqpki_file_read(path, RETIRED_MAX * (2 * PROTO_AKID_MAX + 1), &text, &len) != MQPKI_OK) {
+        mqpki_path(path, sizeof(path), "%s/retired-keys", pl->state_dir) != MQPKI_OK)
+        return;
+    if ((rc = mqpki_file_read(path, RETIRED_MAX * (2 * PROTO_AKID_MAX + 2), &text, &len)) !=
+        MQPKI_OK) {
+        if (rc != MQPKI_ERR_NOT_FOUND)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: %s: %s: retired issuing CA keys not known",
+                                 path, mqpki_err_detail(rc));
         mqpki_err_clear();
         free(text);
         return;
@@ -983,8 +997,13 @@ static void load_retired(struct plugin *pl)
         while (at + n < len && text[at + n] != '\n')
             n++;
         at += n + 1;
-        if (n == 0 || n % 2 != 0 || n / 2 > sizeof(id) || unhex(line, n / 2, id) != 0)
+        if (n == 0)
             continue;
+        if (n % 2 != 0 || n / 2 > sizeof(id) || unhex(line, n / 2, id) != 0) {
+            mosquitto_log_printf(MOSQ_LOG_ERR,
+                                 "mqpki: %s: a line that is no key identifier ignored", path);
+            continue;
+        }
         ski.length = (int)(n / 2);
         ski.data = id;
         ski.type = V_ASN1_OCTET_STRING;
@@ -992,46 +1011,71 @@ static void load_retired(struct plugin *pl)
         (void)retire_key(pl, &ski);
     }
     free(text);
+    if (pl->n_retired > 0)
+        pl->check_issuer = 1;
 }
 
 /*
  * The issuing CAs to trust from now on (PROTO_TOPIC_CA_ISSUERS, or the copy kept in
- * state_dir): each certified by a root of plugin_opt_ca_file. The newest verifies the feed's
- * CRLs; a key the list leaves out is retired: its certificates are refused, and disconnected
- * when connected. Trust only moves forward: a list that leaves out the newest key trusted and
- * brings none newer (a replica's stale ca/, a replay) is refused.
+ * state_dir), current generation first: each certified by a root of plugin_opt_ca_file, none
+ * retired. The current one verifies the feed's CRLs once it has signed one. A trusted issuing
+ * CA of the same name the list leaves out is retired for good: its certificates are refused,
+ * and disconnected when connected. Trust only moves forward: a list whose current generation
+ * is retired, or is an older one than the current generation of the list in force (a
+ * replica's stale ca/, a replay), is refused.
  */
 static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int persist_it, char *why,
                          size_t why_len)
 {
-    STACK_OF(X509) *cas = NULL, *crl_cas = NULL;
-    X509 *newest, *held;
+    STACK_OF(X509) *all = NULL, *cas = NULL, *crl_cas = NULL;
+    const ASN1_OCTET_STRING *first, *held = NULL;
+    X509 *current = NULL;
     size_t kicks = 0;
+    int new_current;
 
-    if (proto_issuers_verify(pem, len, pl->roots, &cas, why, why_len) != 0)
+    if (proto_issuers_verify(pem, len, pl->roots, &all, why, why_len) != 0)
         return -1;
-    newest = newest_ca(cas);
-    held = pl->check_issuer ? newest_ca(pl->cas) : NULL;
-    if (held != NULL && !has_key(cas, X509_get0_subject_key_id(held)) &&
-        ASN1_TIME_compare(X509_get0_notBefore(newest), X509_get0_notBefore(held)) <= 0) {
-        sk_X509_pop_free(cas, X509_free);
+    /* A retired key never comes back. */
+    if ((cas = sk_X509_new_null()) == NULL || (crl_cas = sk_X509_new_null()) == NULL)
+        goto nomem;
+    for (int i = 0; i < sk_X509_num(all); i++) {
+        X509 *c = sk_X509_value(all, i);
+        if (is_retired(pl, X509_get0_subject_key_id(c)))
+            continue;
+        if (!X509_up_ref(c))
+            goto nomem;
+        if (!sk_X509_push(cas, c)) {
+            X509_free(c);
+            goto nomem;
+        }
+    }
+    first = X509_get0_subject_key_id(sk_X509_value(all, 0));
+    if (pl->from_list)
+        held = X509_get0_subject_key_id(sk_X509_value(pl->crl_cas, 0));
+    if (sk_X509_num(cas) == 0 || is_retired(pl, first) ||
+        (held != NULL && ASN1_OCTET_STRING_cmp(first, held) != 0 && has_key(pl->cas, first))) {
         snprintf(why, why_len,
-                 "it is older than the list in force: it leaves out the newest issuing CA key "
-                 "and brings none newer (a stale list: bring every replica's ca/ up to date)");
-        return -1;
+                 "it is older than the list in force: its current issuing CA is retired or an "
+                 "older one than the current (a stale list: bring every replica's ca/ up to "
+                 "date)");
+        goto refuse;
     }
-    if ((crl_cas = sk_X509_new_null()) == NULL || !X509_up_ref(newest) ||
-        !sk_X509_push(crl_cas, newest) ||
-        (pl->loader != NULL && crlload_set_cas(pl->loader, crl_cas) != 0)) {
-        sk_X509_pop_free(crl_cas, X509_free);
-        sk_X509_pop_free(cas, X509_free);
-        snprintf(why, why_len, "out of memory");
-        return -1;
+    current = sk_X509_value(cas, 0);
+    if (!X509_up_ref(current))
+        goto nomem;
+    if (!sk_X509_push(crl_cas, current)) {
+        X509_free(current);
+        goto nomem;
     }
-    /* What this list leaves out of the issuing CAs trusted so far is retired for good. */
-    for (int i = 0; pl->check_issuer && i < sk_X509_num(pl->cas); i++) {
-        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(pl->cas, i));
-        if (!has_key(cas, ski) && retire_key(pl, ski) != 0)
+    new_current = held == NULL || ASN1_OCTET_STRING_cmp(first, held) != 0;
+    /* Retired: what the list leaves out of the trusted issuing CAs of its name. */
+    for (int i = 0; i < sk_X509_num(pl->cas); i++) {
+        X509 *c = sk_X509_value(pl->cas, i);
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(c);
+        if (X509_NAME_cmp(X509_get_subject_name(c), X509_get_subject_name(current)) != 0 ||
+            has_key(cas, ski))
+            continue;
+        if (retire_key(pl, ski) != 0)
             mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: more than %d retired issuing CA keys",
                                  RETIRED_MAX);
     }
@@ -1039,7 +1083,15 @@ static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int per
     sk_X509_pop_free(pl->crl_cas, X509_free);
     pl->cas = cas;
     pl->crl_cas = crl_cas;
+    cas = crl_cas = NULL;
     pl->check_issuer = 1;
+    pl->from_list = 1;
+    /* Until the new current generation signs a CRL, those of the older ones still count. */
+    if (new_current)
+        pl->current_crl = 0;
+    if (pl->loader != NULL &&
+        crlload_set_cas(pl->loader, pl->current_crl ? pl->crl_cas : pl->cas) != 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: out of memory for the CRL loader's issuers");
     for (size_t b = 0; b < pl->n_buckets; b++)
         for (struct client *c = pl->bucket[b]; c != NULL; c = c->next)
             if (!c->kick && !client_issuer_ok(pl, c)) {
@@ -1047,14 +1099,23 @@ static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int per
                 pl->pending_kicks++;
                 kicks++;
             }
+    /* The retired keys first: a crash in between never forgets a retirement. */
     if (persist_it) {
-        persist(pl, "issuers.pem", pem, len);
         persist_retired(pl);
+        persist(pl, "issuers.pem", pem, len);
     }
-    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: trusting %d issuing CA key%s%s", sk_X509_num(cas),
-                         sk_X509_num(cas) == 1 ? "" : "s",
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "mqpki: trusting %d issuing CA key%s%s",
+                         sk_X509_num(pl->cas), sk_X509_num(pl->cas) == 1 ? "" : "s",
                          kicks > 0 ? "; disconnecting the clients of a retired one" : "");
+    sk_X509_pop_free(all, X509_free);
     return 0;
+nomem:
+    snprintf(why, why_len, "out of memory");
+refuse:
+    sk_X509_pop_free(all, X509_free);
+    sk_X509_pop_free(cas, X509_free);
+    sk_X509_pop_free(crl_cas, X509_free);
+    return -1;
 }
 
 static int on_message(int event, void *event_data, void *userdata)

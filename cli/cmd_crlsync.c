@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,10 +363,13 @@ static int64_t load_held(struct sync *s, const char *path, int delta)
     struct sync_slot *sl;
     int64_t first = -1;
     BIO *bio = NULL;
+    struct stat st;
     char *pem;
 
-    /* The current key's CRL and the older generations' copies of it. */
-    if (mqpki_file_read(path, 4 * (size_t)PROTO_CRL_MAX_DER, &buf, &len) != MQPKI_OK ||
+    /* The current key's CRL and the older generations' copies of it: as large as it is. */
+    if (stat(path, &st) != 0 || st.st_size <= 0 ||
+        (uint64_t)st.st_size > (uint64_t)SYNC_SLOTS * PROTO_CRL_MAX_DER * 2 ||
+        mqpki_file_read(path, (size_t)st.st_size, &buf, &len) != MQPKI_OK ||
         (bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
         goto out;
     for (int n = 0; n < SYNC_SLOTS; n++) {
