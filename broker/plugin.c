@@ -1052,6 +1052,10 @@ static int apply_issuers(struct plugin *pl, const void *pem, size_t len, int per
     first = X509_get0_subject_key_id(sk_X509_value(all, 0));
     if (pl->from_list)
         held = X509_get0_subject_key_id(sk_X509_value(pl->crl_cas, 0));
+    if (first == NULL) {
+        snprintf(why, why_len, "its current issuing CA has no key identifier");
+        goto refuse;
+    }
     if (sk_X509_num(cas) == 0 || is_retired(pl, first) ||
         (held != NULL && ASN1_OCTET_STRING_cmp(first, held) != 0 && has_key(pl->cas, first))) {
         snprintf(why, why_len,
@@ -1432,7 +1436,7 @@ EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userd
     load_retired(pl);
     /* At start nobody waits on this thread yet: the kept CRLs load here, the worker after. */
     load_state(pl);
-    if (crlload_start(pl->crl_cas, &pl->loader) != 0) {
+    if (crlload_start(pl->current_crl ? pl->crl_cas : pl->cas, &pl->loader) != 0) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "mqpki: cannot start the CRL loader thread");
         rc = MOSQ_ERR_NOMEM;
         goto out;
