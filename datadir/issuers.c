@@ -84,7 +84,7 @@ int datadir_issuers_read(const char *home, struct datadir_issuers *out)
     }
     if (!have_current) {
         /* Never rolled over (or only its first step done): ca/issuing.pem is generation 1. */
-        if (out->n > 0 && out->v[0].gen == 1) {
+        if ((out->n > 0 && out->v[0].gen == 1) || out->n == DATADIR_ISSUERS_MAX) {
             rc = mqpki_fail(MQPKI_ERR_TAMPERED,
                             "ca/issuing.pem is none of the generations in ca/issuers/");
             goto out;
