@@ -2,9 +2,11 @@
  * control: mqpkid's end of the local control socket (datadir.h, run/mqpkid.sock). A thread
  * accepts; each connection is served on a thread of its own (at most CONTROL_THREADS at once),
  * so that a publish waiting for a large CRL never holds up a command's signature: ping,
- * publish (the publisher runs a cycle at once and reports), rescan (the broker registry) and
- * sign (a C_Sign with the CA key this daemon alone holds). Only peers of the daemon's own user,
- * or root, are answered; every request is size-capped and time-boxed.
+ * publish (the publisher runs a cycle at once and reports), rescan (the broker registry),
+ * sign (a C_Sign with the CA key this daemon alone holds), command (a device command through
+ * the feed), rollover (a new issuing CA key, made where the token is open) and issuers (the
+ * chain changed: a generation retired). Only peers of the daemon's own user, or root, are
+ * answered; every request is size-capped and time-boxed.
  */
 #include <errno.h>
 #include <fcntl.h>
