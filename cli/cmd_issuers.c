@@ -81,7 +81,8 @@ int cmd_ca_list(struct cli *cli, int argc, char **argv)
     for (size_t i = 0; i < is.n; i++)
         json_array_append_new(arr, issuer_json(dd, &is.v[i], 1));
     if (json) {
-        rc = cli_print_json(arr);
+        rc = cli_print_json(arr); /* releases it */
+        arr = NULL;
         goto out;
     }
     printf("%-4s %-8s %-40s %-20s %s\n", "GEN", "STATE", "KEY ID", "NOT AFTER", "VALID CERTS");
@@ -202,8 +203,7 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
         char rel[64];
         snprintf(rel, sizeof(rel), "ca/issuers/%d.pem", r.gen);
         json_object_set_new(v, "certificate", json_string(rel));
-        rc = cli_print_json(v);
-        json_decref(v);
+        rc = cli_print_json(v); /* releases it */
     } else {
         printf("issuing CA generation %d is current (ca/issuers/%d.pem)%s; full CRL %lld signed "
                "by it; generation %d stays trusted until `mqpki ca retire %d`\n",
@@ -270,8 +270,7 @@ int cmd_ca_retire(struct cli *cli, int argc, char **argv)
     if (json) {
         json_t *v =
             json_pack("{s:i, s:b, s:b}", "retired", gen, "already", already, "mqpkid_told", told);
-        rc = cli_print_json(v);
-        json_decref(v);
+        rc = cli_print_json(v); /* releases it */
     } else {
         printf("issuing CA generation %d %s%s\n", gen, already ? "was retired already" : "retired",
                told      ? "; mqpkid no longer trusts it and tells the brokers"
