@@ -39,6 +39,14 @@
 _Static_assert(sizeof(((struct feed_broker *)0)->name) == PROTO_ASSET_ID_MAX + 1,
                "feed_broker.name holds an asset id");
 
+/* A retained message the feed holds for every link (under the feed's sink_lock): its payload
+ * (NULL until there is one) and a version that goes up with each new payload. */
+struct retained {
+    char *data;
+    size_t len;
+    uint64_t version;
+};
+
 struct link {
     struct feed *f;
     char name[PROTO_ASSET_ID_MAX + 1];
@@ -75,12 +83,8 @@ struct feed {
     pthread_mutex_t sink_lock; /* guards the event sink and the quarantine list below */
     feed_event_fn sink;
     void *sink_ctx;
-    char *quar_json; /* the newest quarantine list (NULL until detect offers one) */
-    size_t quar_len;
-    uint64_t quar_version;
-    char *iss_pem; /* the issuing CA generations to trust (ca/chain.pem), under sink_lock */
-    size_t iss_len;
-    uint64_t iss_version;
+    struct retained quar; /* the newest quarantine list (none until detect offers one) */
+    struct retained iss;  /* the issuing CA generations to trust (ca/chain.pem) */
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -145,62 +149,48 @@ static void send_checkpoint_locked(struct link *l)
     free(json);
 }
 
-/* Sends the newest quarantine list (retained) unless this connection got it. sent_lock held. */
-static void send_quarantine_locked(struct link *l)
+/* Sends r (retained) on topic unless this connection got its version (*sent). sent_lock
+ * held; r is read under the feed's sink_lock. */
+static void send_retained_locked(struct link *l, const char *topic, const struct retained *r,
+                                 uint64_t *sent, const char *what)
 {
     struct feed *f = l->f;
-    char *json = NULL;
+    char *data = NULL;
     size_t len = 0;
     uint64_t version = 0;
     int rc;
 
     pthread_mutex_lock(&f->sink_lock);
-    if (f->quar_json != NULL && f->quar_version != l->sent_quar &&
-        (json = malloc(f->quar_len)) != NULL) {
-        memcpy(json, f->quar_json, f->quar_len);
-        len = f->quar_len;
-        version = f->quar_version;
+    if (r->data != NULL && r->version != *sent && (data = malloc(r->len)) != NULL) {
+        memcpy(data, r->data, r->len);
+        len = r->len;
+        version = r->version;
     }
     pthread_mutex_unlock(&f->sink_lock);
-    if (json == NULL)
+    if (data == NULL)
         return;
-    rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_QUARANTINE, (int)len, json, 1, true);
+    rc = mosquitto_publish(l->m, NULL, topic, (int)len, data, 1, true);
     if (rc == MOSQ_ERR_SUCCESS)
-        l->sent_quar = version;
+        *sent = version;
     else if (rc != MOSQ_ERR_NO_CONN)
-        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish the quarantine list: %s",
-                  l->name, mosquitto_strerror(rc));
-    free(json);
+        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish %s: %s", l->name, what,
+                  mosquitto_strerror(rc));
+    free(data);
+}
+
+/* The newest quarantine list. */
+static void send_quarantine_locked(struct link *l)
+{
+    send_retained_locked(l, PROTO_TOPIC_QUARANTINE, &l->f->quar, &l->sent_quar,
+                         "the quarantine list");
 }
 
 static int issuers_refresh(struct feed *f);
 
-/* Sends the trusted issuing CAs (retained) unless this connection got them. sent_lock held:
- * they go before any CRL the newest of them signed. */
+/* The trusted issuing CAs: they go before any CRL the newest of them signed. */
 static void send_issuers_locked(struct link *l)
 {
-    struct feed *f = l->f;
-    char *pem = NULL;
-    size_t len = 0;
-    uint64_t version = 0;
-    int rc;
-
-    pthread_mutex_lock(&f->sink_lock);
-    if (f->iss_pem != NULL && f->iss_version != l->sent_iss && (pem = malloc(f->iss_len)) != NULL) {
-        memcpy(pem, f->iss_pem, f->iss_len);
-        len = f->iss_len;
-        version = f->iss_version;
-    }
-    pthread_mutex_unlock(&f->sink_lock);
-    if (pem == NULL)
-        return;
-    rc = mosquitto_publish(l->m, NULL, PROTO_TOPIC_CA_ISSUERS, (int)len, pem, 1, true);
-    if (rc == MOSQ_ERR_SUCCESS)
-        l->sent_iss = version;
-    else if (rc != MOSQ_ERR_NO_CONN)
-        mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: cannot publish the issuing CAs: %s", l->name,
-                  mosquitto_strerror(rc));
-    free(pem);
+    send_retained_locked(l, PROTO_TOPIC_CA_ISSUERS, &l->f->iss, &l->sent_iss, "the issuing CAs");
 }
 
 /* Sends what crl/generation-G/ holds of each older live generation G (the same CRLs signed by
@@ -211,6 +201,9 @@ static void send_generations_locked(struct link *l)
     struct datadir_issuers is;
     char topic[PROTO_TOPIC_MAX], path[PATH_MAX];
 
+    /* Never rolled over: no older generation (a lookup, not a read of ca/, per offer). */
+    if (!datadir_issuers_rolled(l->f->home))
+        return;
     if (datadir_issuers_read(l->f->home, &is) != MQPKI_OK) {
         mqpki_err_clear();
         return;
@@ -785,10 +778,10 @@ void feed_offer_quarantine(struct feed *f, const char *json, size_t len)
         return;
     memcpy(copy, json, len);
     pthread_mutex_lock(&f->sink_lock);
-    free(f->quar_json);
-    f->quar_json = copy;
-    f->quar_len = len;
-    f->quar_version++;
+    free(f->quar.data);
+    f->quar.data = copy;
+    f->quar.len = len;
+    f->quar.version++;
     pthread_mutex_unlock(&f->sink_lock);
     for (size_t i = 0; i < atomic_load(&f->n_links); i++) {
         struct link *l = &f->links[i];
@@ -827,16 +820,16 @@ static int issuers_refresh(struct feed *f)
     if ((rc = mqpki_file_read(path, PROTO_ISSUERS_MAX, &pem, &len)) != MQPKI_OK)
         return rc;
     pthread_mutex_lock(&f->sink_lock);
-    if (f->iss_pem != NULL && f->iss_len == len && memcmp(f->iss_pem, pem, len) == 0) {
+    if (f->iss.data != NULL && f->iss.len == len && memcmp(f->iss.data, pem, len) == 0) {
         /* The same as sent: nothing to send again. */
         pthread_mutex_unlock(&f->sink_lock);
         free(pem);
         return MQPKI_OK;
     }
-    free(f->iss_pem);
-    f->iss_pem = (char *)pem;
-    f->iss_len = len;
-    f->iss_version++;
+    free(f->iss.data);
+    f->iss.data = (char *)pem;
+    f->iss.len = len;
+    f->iss.version++;
     pthread_mutex_unlock(&f->sink_lock);
     return MQPKI_OK;
 }
@@ -957,8 +950,8 @@ void feed_stop(struct feed *f)
     pthread_mutex_destroy(&f->rescan_lock);
     pthread_mutex_destroy(&f->sink_lock);
     free(f->cp_json);
-    free(f->quar_json);
-    free(f->iss_pem);
+    free(f->quar.data);
+    free(f->iss.data);
     free(f->links);
     free(f);
 }

@@ -554,7 +554,12 @@ int64_t datadir_crl_exported(struct datadir *dd, int kind)
 
 void datadir_generations_sync(struct datadir *dd)
 {
-    int fd = export_begin(dd);
+    int fd;
+
+    /* Never rolled over (the usual case, every publication cycle): nothing to take a lock for. */
+    if (!datadir_issuers_rolled(dd->home))
+        return;
+    fd = export_begin(dd);
 
     if (fd >= 0)
         datadir_generations_export(dd);

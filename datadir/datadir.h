@@ -236,6 +236,8 @@ struct datadir_issuers {
     size_t current; /* index in v */
 };
 int datadir_issuers_read(const char *home, struct datadir_issuers *out);
+/* 1 once a rollover filed generations in ca/issuers/ (older generations may be live). */
+int datadir_issuers_rolled(const char *home);
 void datadir_issuers_clear(struct datadir_issuers *is);
 /* PEM of generation current_gen, then every other live (not retired) one, newest first, then
  * root when not NULL: ca/chain.pem's content, /cacerts' and the brokers' trust. Heap. */

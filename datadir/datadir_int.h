@@ -84,6 +84,10 @@ int datadir_ca_swap(struct datadir *dd, struct ca *ca, EVP_PKEY *key, int gen);
 /* The signer in use (atomic load), NULL before the CA is opened. */
 struct datadir_signer *datadir_signer(struct datadir *dd);
 
+/* Replaces home/rel atomically (mqpki_file_write_atomic) with mode. */
+int datadir_write_file(const char *home, const char *rel, const void *data, size_t len,
+                       unsigned mode);
+
 /* Loads the PEM certificate home/rel. */
 int datadir_load_cert(const char *home, const char *rel, X509 **out);
 

@@ -56,8 +56,8 @@ static int key_type(const char *name, enum hsm_key_type *out)
     return MQPKI_OK;
 }
 
-static int write_file(const char *home, const char *rel, const void *data, size_t len,
-                      unsigned mode)
+int datadir_write_file(const char *home, const char *rel, const void *data, size_t len,
+                       unsigned mode)
 {
     char path[PATH_MAX];
 
@@ -83,7 +83,7 @@ static int write_certs(const char *home, const char *rel, X509 *a, X509 *b)
     memcpy(all, pa, la);
     if (pb != NULL)
         memcpy(all + la, pb, lb);
-    rc = write_file(home, rel, all, la + lb, 0644);
+    rc = datadir_write_file(home, rel, all, la + lb, 0644);
 out:
     free(pa);
     free(pb);
@@ -165,7 +165,7 @@ static int write_config(const char *home, const struct datadir_config *c)
                  c->store_url[0] != '\0' ? c->store_url : "postgresql://HOST/DB (docs/ha.md)");
     if (n < 0 || (size_t)n >= sizeof(text))
         return mqpki_fail(MQPKI_ERR_INVALID, "configuration too long");
-    return write_file(home, "mqpki.conf", text, (size_t)n, 0600);
+    return datadir_write_file(home, "mqpki.conf", text, (size_t)n, 0600);
 }
 
 static int make_layout(const char *home)
@@ -293,8 +293,8 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     say(progress, "creating the token (SoftHSM) and its PIN in secrets/pin");
     if ((rc = random_secret(pin)) != MQPKI_OK || (rc = random_secret(so_pin)) != MQPKI_OK)
         goto out;
-    if ((rc = write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
-        (rc = write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) != MQPKI_OK)
+    if ((rc = datadir_write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
+        (rc = datadir_write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) != MQPKI_OK)
         goto out;
     if (mqpki_path(path, sizeof(path), "%s/hsm", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");

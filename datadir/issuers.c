@@ -50,6 +50,11 @@ static int exists(const char *home, const char *rel)
            access(path, F_OK) == 0;
 }
 
+int datadir_issuers_rolled(const char *home)
+{
+    return exists(home, "ca/issuers");
+}
+
 void datadir_issuers_clear(struct datadir_issuers *is)
 {
     for (size_t i = 0; i < is->n; i++)
@@ -154,15 +159,6 @@ static int append_pem(char **all, size_t *len, X509 *cert)
     return MQPKI_OK;
 }
 
-static int write_rel(const char *home, const char *rel, const void *data, size_t len)
-{
-    char path[PATH_MAX];
-
-    if (mqpki_path(path, sizeof(path), "%s/%s", home, rel) != MQPKI_OK)
-        return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", home);
-    return mqpki_file_write_atomic(path, data, len, 0644);
-}
-
 int datadir_issuers_pem(const struct datadir_issuers *is, int current_gen, X509 *root, char **out,
                         size_t *len)
 {
@@ -199,7 +195,7 @@ static int write_chain(const char *home, const struct datadir_issuers *is, int c
     int rc;
 
     if ((rc = datadir_issuers_pem(is, current_gen, root, &pem, &len)) == MQPKI_OK)
-        rc = write_rel(home, "ca/chain.pem", pem, len);
+        rc = datadir_write_file(home, "ca/chain.pem", pem, len, 0644);
     free(pem);
     return rc;
 }
@@ -211,7 +207,7 @@ static int write_cert(const char *home, const char *rel, X509 *cert)
     int rc;
 
     if ((rc = append_pem(&pem, &len, cert)) == MQPKI_OK)
-        rc = write_rel(home, rel, pem, len);
+        rc = datadir_write_file(home, rel, pem, len, 0644);
     free(pem);
     return rc;
 }
@@ -502,7 +498,7 @@ int datadir_ca_retire(struct datadir *dd, int gen, int64_t *live, int *already)
     }
     snprintf(rel, sizeof(rel), "ca/issuers/%d.retired", gen);
     snprintf(stamp, sizeof(stamp), "%lld\n", (long long)mqpki_now());
-    if ((rc = write_rel(dd->home, rel, stamp, strlen(stamp))) != MQPKI_OK)
+    if ((rc = datadir_write_file(dd->home, rel, stamp, strlen(stamp), 0644)) != MQPKI_OK)
         goto out;
     is.v[i].retired = 1;
     rc = write_chain(dd->home, &is, is.v[is.current].gen, root);
@@ -586,8 +582,11 @@ void datadir_generations_export(struct datadir *dd)
     struct datadir_issuers is;
     X509 *root = NULL;
 
-    /* Only where the keys are: mqpkid, or a command while mqpkid does not run. */
-    if (dd->hsm == NULL || datadir_issuers_read(dd->home, &is) != MQPKI_OK) {
+    /* Only where the keys are: mqpkid, or a command while mqpkid does not run; and only once a
+     * rollover made older generations (a lookup per export, not a read of ca/). */
+    if (dd->hsm == NULL || !datadir_issuers_rolled(dd->home))
+        return;
+    if (datadir_issuers_read(dd->home, &is) != MQPKI_OK) {
         mqpki_err_clear();
         return;
     }
