@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # 08-rollover-crash: `mqpki ca rollover` killed (SIGKILL, strace fault injection) at every file
-# replacement and at every fourth write (the token's key files among them). Each time, on a copy
-# of the same CA, a second run finishes what the first left (or makes the next generation when
-# the first had finished), and then the CA is whole: ca/issuing.pem is one of ca/issuers/, the
+# replacement and at every fourth write (the token's key files among them), and `mqpki ca
+# retire` at every file replacement. Each time, on a copy of the same CA, a second run finishes
+# what the first left (or makes the next generation when the first had finished), and then the
+# CA is whole: ca/issuing.pem is one of ca/issuers/, the
 # chain starts with it, its token key signs certificates that verify under the chain, a CRL is
 # signed and the first run never left two new generations.
 . "$(dirname "$0")/lib.sh"
@@ -63,5 +64,33 @@ for i in $(seq 1 "$RENAMES"); do kill_at rename "$i"; done
 for i in $(seq 1 4 "$WRITES"); do kill_at write "$i"; done
 assert "after each of $runs kills the next run leaves a whole CA" test "$bad" = 0
 assert "some second runs finished an interrupted rollover ($resumed)" test "$resumed" -gt 0
+
+# ca retire killed at each file replacement (the mark, then the chain): the next run finishes
+# it; generation 1 is retired and gone from the chain, generation 2 still signs.
+ROLLED=$T/rolled
+cp -a "$PRISTINE" "$ROLLED"
+mqpki --home "$ROLLED" ca rollover >/dev/null 2>&1
+cp -a "$ROLLED" "$T/count-retire"
+strace -f -qq -c -e trace=rename -o "$T/count-retire.txt" mqpki --home "$T/count-retire" ca retire 1 \
+  >/dev/null 2>&1
+RRENAMES=$(awk '$NF == "rename" { print $4 }' "$T/count-retire.txt")
+assert "a retire replaces files ($RRENAMES renames)" test "${RRENAMES:-0}" -ge 2
+bad=0
+for i in $(seq 1 "$RRENAMES"); do
+  h=$T/retire-$i
+  cp -a "$ROLLED" "$h"
+  strace -f -qq -o /dev/null -e trace=rename -e inject=rename:signal=KILL:when="$i" \
+    mqpki --home "$h" ca retire 1 >/dev/null 2>&1 || true
+  if ! mqpki --home "$h" ca retire 1 >/dev/null 2>"$T/retire.err"; then
+    echo "# kill at rename #$i: the second retire failed: $(cat "$T/retire.err")"
+    bad=$((bad + 1))
+  elif [ "$(mqpki --home "$h" ca list --json | jq -c '[.[] | .state]')" != '["retired","current"]' ] ||
+    [ "$(grep -c 'BEGIN CERTIFICATE' "$h/ca/chain.pem")" != 2 ] || ! whole "$h" >/dev/null 2>&1; then
+    echo "# kill at rename #$i: generation 1 not retired cleanly"
+    bad=$((bad + 1))
+  fi
+  rm -rf "$h"
+done
+assert "after each kill of ca retire the next run finishes it" test "$bad" = 0
 
 finish
