@@ -95,6 +95,13 @@ int ca_audit_cert_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *audit_key, co
                          int days, X509 **out);
 
 /*
+ * A PKCS#10 request for a CA key (a new issuing CA generation whose root is offline): subject
+ * copied from subject, the public key of key, signed by key (a token key: proof of
+ * possession). No extensions: the root decides them (ca_issuing_create). PEM, heap.
+ */
+int ca_ca_request(EVP_PKEY *key, const X509_NAME *subject, char **pem, size_t *len);
+
+/*
  * Opens an issuer: the issuing CA certificate and its (token) key, the root, and the base URL
  * for the CRL distribution point (URL/crl/issuing.crl; NULL for none). Takes its own
  * references; the caller keeps and frees its own. Checks that key matches issuing_cert.

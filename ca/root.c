@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "ca_int.h"
@@ -294,6 +295,43 @@ int ca_audit_cert_create(X509 *root, EVP_PKEY *root_key, EVP_PKEY *audit_key, co
                           "audit key certificate: root, root key and key needed");
     /* The root, not the issuing CA: whoever can only get leaves signed cannot make one. */
     return build_ca_cert(name, audit_key, root, root_key, days, NOT_A_CA, out);
+}
+
+int ca_ca_request(EVP_PKEY *key, const X509_NAME *subject, char **pem, size_t *len)
+{
+    const EVP_MD *md = ca_md_for_key(key);
+    X509_REQ *req = X509_REQ_new();
+    BIO *bio = NULL;
+    char *data = NULL;
+    long n;
+    int rc = MQPKI_OK;
+
+    *pem = NULL;
+    *len = 0;
+    if (req == NULL)
+        return MQPKI_ERR_NOMEM;
+    if (md == NULL) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "CA keys must be EC P-256, EC P-384 or RSA");
+        goto out;
+    }
+    if (!X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
+        !X509_REQ_set_subject_name(req, subject) || !X509_REQ_set_pubkey(req, key) ||
+        X509_REQ_sign(req, key, md) <= 0) {
+        rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "sign the CA request");
+        goto out;
+    }
+    if ((bio = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509_REQ(bio, req) ||
+        (n = BIO_get_mem_data(bio, &data)) <= 0 || (*pem = malloc((size_t)n + 1)) == NULL) {
+        rc = MQPKI_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(*pem, data, (size_t)n);
+    (*pem)[n] = '\0';
+    *len = (size_t)n;
+out:
+    BIO_free(bio);
+    X509_REQ_free(req);
+    return rc;
 }
 
 /* cRLDistributionPoints with one fullName URI. */

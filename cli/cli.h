@@ -24,6 +24,8 @@ int cmd_ca_export(struct cli *cli, int argc, char **argv);
 int cmd_ca_list(struct cli *cli, int argc, char **argv);
 int cmd_ca_rollover(struct cli *cli, int argc, char **argv);
 int cmd_ca_retire(struct cli *cli, int argc, char **argv);
+int cmd_root_init(struct cli *cli, int argc, char **argv);
+int cmd_root_sign(struct cli *cli, int argc, char **argv);
 int cmd_crl(struct cli *cli, int argc, char **argv);
 int cmd_crl_publish(struct cli *cli, int argc, char **argv);
 int cmd_audit_verify(struct cli *cli, int argc, char **argv);

@@ -50,9 +50,13 @@ static void warn_local_cdp(const char *home)
 int cmd_init(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"ca-name", required_argument, NULL, 'n'},  {"key", required_argument, NULL, 'k'},
-        {"hostname", required_argument, NULL, 'H'}, {"url", required_argument, NULL, 'u'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"ca-name", required_argument, NULL, 'n'},
+        {"key", required_argument, NULL, 'k'},
+        {"hostname", required_argument, NULL, 'H'},
+        {"url", required_argument, NULL, 'u'},
+        {"root-home", required_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     struct datadir_init_opts o;
     const char *hostnames[MAX_HOSTNAMES];
@@ -65,6 +69,7 @@ int cmd_init(struct cli *cli, int argc, char **argv)
         case 'n': o.ca_name = optarg; break;
         case 'k': o.key_type = optarg; break;
         case 'u': o.url = optarg; break;
+        case 'R': o.root_home = optarg; break;
         case 'H':
             if (o.n_hostnames == MAX_HOSTNAMES)
                 return cli_usage_error(cli, "at most %d --hostname", MAX_HOSTNAMES);
@@ -73,7 +78,8 @@ int cmd_init(struct cli *cli, int argc, char **argv)
         case 'h':
             return cli_help(
                 "usage: mqpki init [--ca-name NAME] [--key ec-p256|ec-p384|rsa-3072]\n"
-                "                  [--hostname NAME ...] [--url https://HOST:PORT]\n\n"
+                "                  [--hostname NAME ...] [--url https://HOST:PORT]\n"
+                "                  [--root-home DIR]\n\n"
                 "Creates a CA in the data directory: a SoftHSM token with a random PIN\n"
                 "(secrets/pin, 0600), root and issuing CA keys generated inside the token,\n"
                 "the inventory store, mqpkid's TLS certificate (localhost, 127.0.0.1, ::1,\n"
@@ -84,7 +90,12 @@ int cmd_init(struct cli *cli, int argc, char **argv)
                 "  --url URL        base of the CRL distribution point in every certificate,\n"
                 "                   URL/crl/issuing.crl (default https://localhost:8443; an\n"
                 "                   http:// URL points at mqpkid's [http] crl_listen). A\n"
-                "                   localhost URL gets a warning: no one else can fetch it.\n");
+                "                   localhost URL gets a warning: no one else can fetch it.\n"
+                "  --root-home DIR  keep the root offline: DIR is a root made by `mqpki root\n"
+                "                   init` (its own token); its key certifies the issuing CA\n"
+                "                   and audit keys now and never enters this CA's token.\n"
+                "                   Rollovers then take `ca rollover --csr-out` and `root\n"
+                "                   sign` (docs/operations.md, \"Key ceremony\").\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }

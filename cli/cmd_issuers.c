@@ -103,20 +103,28 @@ out:
     return rc;
 }
 
-/* The rollover done by the running mqpkid, which holds the token. */
-static int rollover_remote(const char *home, int days, struct datadir_rollover *r)
+/* The rollover done by the running mqpkid, which holds the token; cert (DER, may be NULL) is
+ * the new generation's certificate when the root is offline. */
+static int rollover_remote(const char *home, int days, const unsigned char *cert, size_t cert_len,
+                           struct datadir_rollover *r)
 {
-    unsigned char req[5], *reply = NULL;
+    unsigned char *req = malloc(5 + cert_len), *reply = NULL;
     size_t len = 0;
     json_t *v = NULL;
     int rc;
 
+    if (req == NULL)
+        return MQPKI_ERR_NOMEM;
     req[0] = DATADIR_CTL_ROLLOVER;
     req[1] = (unsigned char)(days >> 24);
     req[2] = (unsigned char)(days >> 16);
     req[3] = (unsigned char)(days >> 8);
     req[4] = (unsigned char)days;
-    if ((rc = datadir_control_call(home, req, sizeof(req), &reply, &len, 120000)) != MQPKI_OK)
+    if (cert_len > 0)
+        memcpy(req + 5, cert, cert_len);
+    rc = datadir_control_call(home, req, 5 + cert_len, &reply, &len, 120000);
+    free(req);
+    if (rc != MQPKI_OK)
         return rc;
     if ((v = json_loadb((const char *)reply + 1, len - 1, 0, NULL)) == NULL ||
         json_unpack(v, "{s:i, s:i, s:b}", "gen", &r->gen, "previous", &r->previous, "resumed",
@@ -127,15 +135,111 @@ static int rollover_remote(const char *home, int days, struct datadir_rollover *
     return rc;
 }
 
+/* `ca rollover --csr-out FILE`: the next generation's key and its request, for a root kept
+ * offline; made by mqpkid when it runs (it holds the token). */
+static int rollover_request(struct cli *cli, struct datadir *dd, const char *out, int json)
+{
+    unsigned char *reply = NULL;
+    char *pem = NULL, subject[32], fp[PROTO_FP_HEX_LEN + 1] = "";
+    size_t len = 0;
+    int rc, gen = 0;
+
+    if (datadir_ca_remote(dd)) {
+        const unsigned char op = DATADIR_CTL_ROLLOVER_REQUEST;
+        if ((rc = datadir_control_call(cli->home, &op, 1, &reply, &len, 120000)) != MQPKI_OK)
+            return rc;
+        if (len < 6) {
+            free(reply);
+            return mqpki_fail(MQPKI_ERR_PARSE, "mqpkid's request reply does not parse");
+        }
+        gen = (int)((unsigned)reply[1] << 24 | (unsigned)reply[2] << 16 | (unsigned)reply[3] << 8 |
+                    reply[4]);
+        if ((pem = malloc(len - 5)) == NULL) {
+            free(reply);
+            return MQPKI_ERR_NOMEM;
+        }
+        memcpy(pem, reply + 5, len - 5);
+        len -= 5;
+        free(reply);
+    } else if ((rc = datadir_ca_rollover_request(dd, &pem, &len, &gen)) != MQPKI_OK) {
+        return rc;
+    }
+    snprintf(subject, sizeof(subject), "issuing-ca-%d", gen);
+    if ((rc = cli_output(out, pem, len)) != MQPKI_OK ||
+        (rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.rollover.request", subject,
+                                     "{\"offline_root\":true}")) != MQPKI_OK)
+        goto out;
+    {
+        /* The key's fingerprint, for the officers to compare with what `mqpki root sign`
+         * shows before it signs. */
+        X509_REQ *req = NULL;
+        if (ca_csr_parse((const unsigned char *)pem, len, &req) != MQPKI_OK ||
+            ca_pubkey_fingerprint(X509_REQ_get0_pubkey(req), fp) != MQPKI_OK)
+            fp[0] = '\0';
+        X509_REQ_free(req);
+        mqpki_err_clear();
+    }
+    if (json)
+        rc = cli_print_json(json_pack("{s:i, s:s, s:s}", "generation", gen, "request",
+                                      cli_output_stdout(out) ? "-" : out, "key_sha256", fp));
+    else if (!cli_output_stdout(out))
+        printf("generation %d's key is in the token; its request is in %s\n"
+               "key SHA-256: %s\n"
+               "next, where the root is: mqpki root sign --root-home DIR --csr %s --out CERT\n"
+               "then here: mqpki ca rollover --cert CERT\n",
+               gen, out, fp, out);
+out:
+    free(pem);
+    return rc;
+}
+
+/* Reads the certificate of --cert (PEM or DER) as DER. */
+static int read_cert_der(const char *path, unsigned char **der, size_t *der_len)
+{
+    unsigned char *data = NULL, *p = NULL;
+    const unsigned char *q;
+    size_t len = 0;
+    X509 *x = NULL;
+    int rc, n;
+
+    *der = NULL;
+    if ((rc = mqpki_file_read(path, 64 * 1024, &data, &len)) != MQPKI_OK)
+        return rc;
+    q = data;
+    if (len > 0 && data[0] == 0x30) {
+        /* DER: one certificate and nothing after it. */
+        if ((x = d2i_X509(NULL, &q, (long)len)) != NULL && q != data + len) {
+            X509_free(x);
+            x = NULL;
+        }
+    } else if (ca_cert_from_pem((const char *)data, len, &x) != MQPKI_OK) {
+        x = NULL;
+    }
+    free(data);
+    if (x == NULL || (n = i2d_X509(x, &p)) <= 0) {
+        X509_free(x);
+        mqpki_err_clear();
+        return mqpki_fail(MQPKI_ERR_PARSE, "%s: not a certificate (PEM or DER)", path);
+    }
+    X509_free(x);
+    *der = p;
+    *der_len = (size_t)n;
+    return MQPKI_OK;
+}
+
 int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
 {
-    static const struct option opts[] = {{"days", required_argument, NULL, 'd'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"days", required_argument, NULL, 'd'}, {"csr-out", required_argument, NULL, 'r'},
+        {"cert", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
     struct datadir_rollover r;
     struct datadir_publication pub;
     struct datadir *dd = NULL;
+    const char *csr_out = NULL, *cert_file = NULL;
+    unsigned char *der = NULL;
+    size_t der_len = 0;
+    X509 *cert = NULL;
     char detail[160], subject[32];
     int64_t number = 0;
     int c, rc, json = 0, days = ROLLOVER_DAYS_DEFAULT;
@@ -147,10 +251,13 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
             if ((rc = cli_parse_int(cli, "--days", optarg, 1, 30 * 365, &days)) != MQPKI_OK)
                 return rc;
             break;
+        case 'r': csr_out = optarg; break;
+        case 'c': cert_file = optarg; break;
         case 'j': json = 1; break;
         case 'h':
             return cli_help(
-                "usage: mqpki ca rollover [--days N] [--json]\n\n"
+                "usage: mqpki ca rollover [--days N] [--json]\n"
+                "       mqpki ca rollover --csr-out FILE | --cert CERT   (root kept offline)\n\n"
                 "Gives the issuing CA a new key: generated in the token, certified by the\n"
                 "root under the same name for N days (default 3650), written to\n"
                 "ca/issuers/GEN.pem, and made current. From then on it signs every new\n"
@@ -161,17 +268,43 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
                 "A running mqpkid makes the key itself (it holds the token) and serves the new\n"
                 "CA at once; brokers learn it from the feed. Then move the fleet:\n"
                 "  mqpki campaign renew --issuer OLD   (the generation number)\n"
-                "A rollover cut short (a crash) is finished by running it again.\n");
+                "A rollover cut short (a crash) is finished by running it again.\n\n"
+                "When the root key is kept offline in a token of its own (mqpki init\n"
+                "--root-home; docs/operations.md, \"Key ceremony\"), a rollover takes three\n"
+                "steps:\n"
+                "  --csr-out FILE  make the new key in the token and write its request (PEM;\n"
+                "                  '-' is stdout); run again, it is the same key\n"
+                "  (where the root is) mqpki root sign --root-home DIR --csr FILE --out CERT\n"
+                "  --cert CERT     check the certificate (that key, the issuing CA's name,\n"
+                "                  signed by ca/root.pem, a CA) and roll over to it\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
+    if (csr_out != NULL && cert_file != NULL)
+        return cli_usage_error(cli, "--csr-out and --cert are two steps: one at a time");
+    if (csr_out != NULL && (rc = cli_output_check(csr_out)) != MQPKI_OK)
+        return rc;
+    if (cert_file != NULL) {
+        const unsigned char *p;
+        if ((rc = read_cert_der(cert_file, &der, &der_len)) != MQPKI_OK)
+            return rc;
+        p = der;
+        if ((cert = d2i_X509(NULL, &p, (long)der_len)) == NULL) {
+            rc = mqpki_fail(MQPKI_ERR_PARSE, "%s: not a certificate", cert_file);
+            goto out;
+        }
+    }
     if ((rc = cli_open(cli, DATADIR_STORE | DATADIR_CA | CLI_MUTATES, &dd)) != MQPKI_OK)
         goto out;
+    if (csr_out != NULL) {
+        rc = rollover_request(cli, dd, csr_out, json);
+        goto out;
+    }
     if (datadir_ca_remote(dd)) {
-        rc = rollover_remote(cli->home, days, &r);
-    } else if ((rc = datadir_ca_rollover(dd, days, NULL, NULL, &r)) == MQPKI_OK) {
+        rc = rollover_remote(cli->home, days, der, der_len, &r);
+    } else if ((rc = datadir_ca_rollover(dd, days, cert, NULL, NULL, &r)) == MQPKI_OK) {
         /* What mqpkid does on its own when it runs: its TLS identity and the bundled brokers'
          * certificates move to the new generation (each broker reloads its own). */
         int renewed = 0;
@@ -185,8 +318,9 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
         goto out;
     snprintf(subject, sizeof(subject), "issuing-ca-%d", r.gen);
     snprintf(detail, sizeof(detail),
-             "{\"generation\":%d,\"previous\":%d,\"days\":%d,\"resumed\":%s}", r.gen, r.previous,
-             days, r.resumed ? "true" : "false");
+             "{\"generation\":%d,\"previous\":%d,\"days\":%d,\"resumed\":%s,\"offline_root\":%s}",
+             r.gen, r.previous, days, r.resumed ? "true" : "false",
+             cert != NULL ? "true" : "false");
     if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.rollover", subject,
                                      detail)) != MQPKI_OK)
         goto out;
@@ -212,6 +346,8 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
         printf("next: mqpki campaign renew --issuer %d\n", r.previous);
     }
 out:
+    X509_free(cert);
+    OPENSSL_free(der);
     datadir_close(dd);
     return rc;
 }

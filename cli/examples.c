@@ -16,9 +16,17 @@ static const struct {
     {"ca list", "  mqpki ca list\n"
                 "  mqpki ca list --json | jq '.[] | select(.state == \"live\")'\n"},
     {"ca rollover", "  mqpki ca rollover\n"
+                    "  mqpki ca rollover --csr-out gen2.csr   # the root kept offline\n"
                     "  mqpki ca rollover --days 1825 && mqpki campaign renew --issuer "
                     "ca/issuers/1.pem --rate 20\n"},
     {"ca retire", "  mqpki campaign finish --revoke-old && mqpki ca retire 1\n"},
+    {"root init", "  mqpki root init --root-home /media/root-token --ca-name acme\n"
+                  "  mqpki --home /srv/mqpki init --root-home /media/root-token --ca-name acme\n"},
+    {"root sign",
+     "  mqpki ca rollover --csr-out /media/transfer/gen2.csr\n"
+     "  mqpki root sign --root-home /media/root-token --csr /media/transfer/gen2.csr \\\n"
+     "      --out /media/transfer/gen2.pem\n"
+     "  mqpki ca rollover --cert /media/transfer/gen2.pem\n"},
     {"asset add",
      "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"
      "  mqpki asset add b1 --kind broker --tag site=north\n"},

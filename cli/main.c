@@ -26,6 +26,8 @@ static const struct command commands[] = {
     {"ca", "list", cmd_ca_list, "the issuing CA's key generations"},
     {"ca", "rollover", cmd_ca_rollover, "a new issuing CA key under the same root and name"},
     {"ca", "retire", cmd_ca_retire, "stop trusting an old issuing CA generation"},
+    {"root", "init", cmd_root_init, "a root CA kept offline, in a token of its own"},
+    {"root", "sign", cmd_root_sign, "certify a new issuing CA generation with that root"},
     {"asset", "add", cmd_asset_add, "register an asset (device, broker, service)"},
     {"asset", "list", cmd_asset_list, "list assets, by state or kind"},
     {"asset", "show", cmd_asset_show, "one asset with its certificates and history"},

@@ -4,7 +4,8 @@
  * so that a publish waiting for a large CRL never holds up a command's signature: ping,
  * publish (the publisher runs a cycle at once and reports), rescan (the broker registry),
  * sign (a C_Sign with the CA key this daemon alone holds), command (a device command through
- * the feed), rollover (a new issuing CA key, made where the token is open) and issuers (the
+ * the feed), rollover (a new issuing CA key, made where the token is open; or its request,
+ * when the root is offline) and issuers (the
  * chain changed: a generation retired). Only peers of the daemon's own user, or root, are
  * answered; every request is size-capped and time-boxed.
  */
@@ -134,6 +135,9 @@ static int reload_and_wait(struct control *c)
     return mqpki_fail(MQPKI_ERR_INTERNAL, "mqpkid did not reload within 30 s");
 }
 
+/* One rollover (or request for one) at a time in this daemon. */
+static pthread_mutex_t rollover_one = PTHREAD_MUTEX_INITIALIZER;
+
 static void issuers_ready(void *arg)
 {
     struct control *c = arg;
@@ -143,28 +147,33 @@ static void issuers_ready(void *arg)
         mqpki_log(MQPKI_LOG_ERROR, "feed: cannot send the issuing CAs: %s", mqpki_err_detail(rc));
 }
 
-/* op, 4-byte days: a new issuing CA generation, made here where the token is open. The
- * brokers get the new chain before the new key signs a CRL; EST and HTTPS serve it after. */
+/* op, 4-byte days[, the new generation's certificate (DER) when the root is offline]: a new
+ * issuing CA generation, made here where the token is open. The brokers get the new chain
+ * before the new key signs a CRL; EST and HTTPS serve it after. */
 static void on_rollover(struct control *c, int fd, const unsigned char *req, size_t len)
 {
-    static pthread_mutex_t one = PTHREAD_MUTEX_INITIALIZER;
     struct datadir_rollover r;
+    const unsigned char *p = req + 5;
+    X509 *cert = NULL;
     char text[128];
     int rc, days;
 
-    if (len != 5) {
+    if (len < 5 ||
+        (len > 5 && ((cert = d2i_X509(NULL, &p, (long)(len - 5))) == NULL || p != req + len))) {
+        X509_free(cert);
         reply_error(fd, MQPKI_ERR_PARSE, "malformed rollover request");
         return;
     }
     days = (int)((unsigned)req[1] << 24 | (unsigned)req[2] << 16 | (unsigned)req[3] << 8 | req[4]);
-    pthread_mutex_lock(&one);
-    rc = datadir_ca_rollover(c->ctx->dd, days, issuers_ready, c, &r);
+    pthread_mutex_lock(&rollover_one);
+    rc = datadir_ca_rollover(c->ctx->dd, days, cert, issuers_ready, c, &r);
     if (rc == MQPKI_OK) {
         mqpki_log(MQPKI_LOG_INFO, "issuing CA rolled over: generation %d replaces %d", r.gen,
                   r.previous);
         rc = reload_and_wait(c);
     }
-    pthread_mutex_unlock(&one);
+    pthread_mutex_unlock(&rollover_one);
+    X509_free(cert);
     if (rc != MQPKI_OK) {
         reply_error(fd, rc, mqpki_err_detail(rc));
         return;
@@ -172,6 +181,34 @@ static void on_rollover(struct control *c, int fd, const unsigned char *req, siz
     snprintf(text, sizeof(text), "{\"gen\":%d,\"previous\":%d,\"resumed\":%s}", r.gen, r.previous,
              r.resumed ? "true" : "false");
     reply(fd, MQPKI_OK, text, strlen(text));
+}
+
+/* op: the request for the next generation's key (the root offline); reply: 4-byte
+ * generation, then the request's PEM. */
+static void on_rollover_request(struct control *c, int fd)
+{
+    unsigned char *body = NULL;
+    char *pem = NULL;
+    size_t len = 0;
+    int rc, gen = 0;
+
+    pthread_mutex_lock(&rollover_one);
+    rc = datadir_ca_rollover_request(c->ctx->dd, &pem, &len, &gen);
+    pthread_mutex_unlock(&rollover_one);
+    if (rc == MQPKI_OK && (body = malloc(len + 4)) == NULL)
+        rc = MQPKI_ERR_NOMEM;
+    if (rc != MQPKI_OK) {
+        reply_error(fd, rc, mqpki_err_detail(rc));
+    } else {
+        body[0] = (unsigned char)(gen >> 24);
+        body[1] = (unsigned char)(gen >> 16);
+        body[2] = (unsigned char)(gen >> 8);
+        body[3] = (unsigned char)gen;
+        memcpy(body + 4, pem, len);
+        reply(fd, MQPKI_OK, body, len + 4);
+    }
+    free(body);
+    free(pem);
 }
 
 /* ca/chain.pem changed (a generation retired): the brokers and EST trust it as it is now. */
@@ -241,6 +278,7 @@ static void serve(struct control *c, int fd)
         break;
     case DATADIR_CTL_COMMAND: on_command(c, fd, req, len); break;
     case DATADIR_CTL_ROLLOVER: on_rollover(c, fd, req, len); break;
+    case DATADIR_CTL_ROLLOVER_REQUEST: on_rollover_request(c, fd); break;
     case DATADIR_CTL_ISSUERS: on_issuers(c, fd); break;
     default: reply_error(fd, MQPKI_ERR_INVALID, "unknown request"); break;
     }

@@ -84,6 +84,9 @@ struct datadir_init_opts {
     const char *url;              /* NULL: https://localhost:8443 */
     const char *const *hostnames; /* extra names for mqpkid's TLS certificate */
     size_t n_hostnames;
+    const char *root_home; /* NULL: the root key is made in the CA's token; else the root of
+                              that root home (datadir_root_init) certifies the CA's keys and
+                              the CA's token never holds it */
 };
 
 /* What datadir_open opens besides the configuration: the store (and the lifecycle use cases
@@ -246,7 +249,8 @@ int datadir_issuers_pem(const struct datadir_issuers *is, int current_gen, X509 
 
 /*
  * Rolls the issuing CA over to a new generation (crash-safe; a rerun finishes one cut short):
- * a key generated in the token, certified by the root for days, the same subject; written to
+ * a key generated in the token, certified by the root for days, the same subject (or, with
+ * signed_cert not NULL, that certificate for the key datadir_ca_rollover_request made); written to
  * ca/issuers/N.pem, ca/chain.pem and ca/issuing.pem; ready (may be NULL) is called then, before
  * this process's CA becomes the new one (datadir_ca): mqpkid sends the brokers the new chain
  * there, before any CRL the new key signs. Needs the token open here (the CLI with no mqpkid, or
@@ -257,8 +261,15 @@ struct datadir_rollover {
     int previous; /* the one it replaced */
     int resumed;  /* an interrupted rollover was finished */
 };
-int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
-                        struct datadir_rollover *out);
+int datadir_ca_rollover(struct datadir *dd, int days, X509 *signed_cert, void (*ready)(void *ctx),
+                        void *ctx, struct datadir_rollover *out);
+
+/* The root kept offline (docs/operations.md, "Key ceremony"): makes the next generation's key
+ * in the token (once: a second call is for the same key) and returns a PKCS#10 request for it
+ * under the issuing CA's name (PEM, heap) for the root to sign. The certificate then goes to
+ * datadir_ca_rollover as signed_cert, which checks it (that key, that name, signed by
+ * ca/root.pem, a CA) instead of certifying the key with a root key in the token. */
+int datadir_ca_rollover_request(struct datadir *dd, char **pem, size_t *len, int *gen);
 
 /* Where the token is open here (mqpkid): when ca/issuing.pem is another generation than the
  * CA in use (a replica's ca/ brought up to date by hand), opens that one and uses it from now
@@ -268,6 +279,35 @@ int datadir_ca_reload(struct datadir *dd);
 /* Valid (not revoked, not expired) certificates in the store issued by issuer (its key
  * identifier); a scan of every valid certificate. */
 int datadir_ca_issued_live(struct datadir *dd, X509 *issuer, int64_t *live);
+
+/*
+ * The root kept offline, in a token of its own (datadir/offline_root.c, docs/operations.md,
+ * "Key ceremony"). A root home DIR holds that token (hsm/), its PIN (secrets/pin, 0600),
+ * root.pem and ceremony.log (a JSON line per signature of the root key).
+ */
+#define DATADIR_ROOT_TOKEN "mqpki-root"
+#define DATADIR_ROOT_DAYS  (20 * 365)
+struct datadir_root_opts {
+    const char *ca_name;  /* NULL: "mqpki"; the root is "NAME Root CA" */
+    const char *key_type; /* NULL: "ec-p256" */
+    int days;             /* 0: DATADIR_ROOT_DAYS */
+};
+/* Creates the root home DIR: token, PIN, root key in the token, self-signed root.pem (last).
+ * MQPKI_ERR_EXISTS when DIR holds one (or a set-up cut short). *root gets the certificate. */
+int datadir_root_init(const char *dir, const struct datadir_root_opts *opts,
+                      void (*progress)(const char *step), X509 **root);
+/* Certifies the public key pub under CN=cn for days with DIR's root key: an issuing CA
+ * (pathlen 0) or the audit key's certificate. Refused past the root's own end. Logged in
+ * ceremony.log before it is returned; days are cut to the root's own end. *root (may be NULL)
+ * gets root.pem. The caller has no other token open (SoftHSM reads its configuration once per
+ * initialisation). */
+enum datadir_root_kind { DATADIR_ROOT_ISSUING, DATADIR_ROOT_AUDIT };
+int datadir_root_certify(const char *dir, EVP_PKEY *pub, const char *cn,
+                         enum datadir_root_kind kind, int days, X509 **cert, X509 **root);
+/* Opens DIR's root token and checks its key against root.pem; closes it again. */
+int datadir_root_check(const char *dir);
+/* A plain public-key copy of key (a token key's public half, usable after the token closed). */
+int datadir_public_copy(EVP_PKEY *key, EVP_PKEY **out);
 
 /* Marks generation gen retired (ca/issuers/N.retired) and rewrites ca/chain.pem without it.
  * Refused for the current generation (MQPKI_ERR_STATE), and while certificates of it are still
@@ -293,12 +333,15 @@ enum datadir_control_op {
     DATADIR_CTL_COMMAND = 'C',  /* + asset id, NUL, a device command's JSON ({"op":"renew"}):
                                    published on the asset's command topic; reply: the number
                                    of brokers it went to, as text */
-    DATADIR_CTL_ROLLOVER = 'O', /* + 4-byte validity in days: datadir_ca_rollover in mqpkid,
-                                   which then serves the new CA (EST, CRLs) and sends the
-                                   brokers the issuers; reply: JSON {"gen", "previous",
-                                   "resumed"} */
-    DATADIR_CTL_ISSUERS = 'I',  /* ca/chain.pem changed (a generation retired): sent to the
-                                   brokers again and trusted by EST; reply: empty */
+    DATADIR_CTL_ROLLOVER = 'O', /* + 4-byte validity in days [+ the new generation's
+                                   certificate, DER, when the root is offline]:
+                                   datadir_ca_rollover in mqpkid, which then serves the new CA
+                                   (EST, CRLs) and sends the brokers the issuers; reply: JSON
+                                   {"gen", "previous", "resumed"} */
+    DATADIR_CTL_ROLLOVER_REQUEST = 'Q', /* datadir_ca_rollover_request in mqpkid; reply:
+                                           4-byte generation, the request's PEM */
+    DATADIR_CTL_ISSUERS = 'I',          /* ca/chain.pem changed (a generation retired): sent to the
+                                           brokers again and trusted by EST; reply: empty */
 };
 
 /* Sends a request to home's mqpkid and returns its reply body (status byte first, heap).

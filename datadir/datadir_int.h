@@ -3,6 +3,7 @@
 #define MQPKI_DATADIR_INT_H
 
 #include "datadir.h"
+#include "hsm.h"
 #include "proto.h"
 
 /* Labels of the CA keys in the token. */
@@ -87,6 +88,11 @@ struct datadir_signer *datadir_signer(struct datadir *dd);
 /* Replaces home/rel atomically (mqpki_file_write_atomic) with mode. */
 int datadir_write_file(const char *home, const char *rel, const void *data, size_t len,
                        unsigned mode);
+
+/* A random secret as 32 hex digits (128 bits): token PINs. */
+int datadir_random_secret(char out[33]);
+/* "ec-p256", "ec-p384", "rsa-3072" -> hsm_key_type; MQPKI_ERR_INVALID naming it otherwise. */
+int datadir_key_type(const char *name, enum hsm_key_type *out);
 
 /* Loads the PEM certificate home/rel. */
 int datadir_load_cert(const char *home, const char *rel, X509 **out);

@@ -21,7 +21,6 @@
 #include "inventory.h"
 #include "lifecycle.h"
 
-#define ROOT_DAYS    (20 * 365)
 #define ISSUING_DAYS (10 * 365)
 
 static void say(void (*progress)(const char *), const char *step)
@@ -31,7 +30,7 @@ static void say(void (*progress)(const char *), const char *step)
 }
 
 /* A random secret as 32 hex digits (128 bits). */
-static int random_secret(char out[33])
+int datadir_random_secret(char out[33])
 {
     unsigned char raw[16];
 
@@ -42,7 +41,7 @@ static int random_secret(char out[33])
     return MQPKI_OK;
 }
 
-static int key_type(const char *name, enum hsm_key_type *out)
+int datadir_key_type(const char *name, enum hsm_key_type *out)
 {
     if (strcmp(name, "ec-p256") == 0)
         *out = HSM_KEY_EC_P256;
@@ -187,11 +186,58 @@ static int make_layout(const char *home)
     return MQPKI_OK;
 }
 
+/*
+ * `mqpki init --root-home DIR`: the issuing CA and audit keys are made in the CA's token, their
+ * public halves taken out, the CA's token closed (SoftHSM reads one configuration per
+ * initialisation), both certified by DIR's root key in its own token, and the CA's token opened
+ * again. The root key is never in the CA's token.
+ */
+static int offline_root_certs(struct datadir *dd, const char *root_home, enum hsm_key_type type,
+                              void (*progress)(const char *), X509 **issuing, X509 **root,
+                              X509 **audit)
+{
+    EVP_PKEY *key = NULL, *issuing_pub = NULL, *audit_pub = NULL;
+    char name[160];
+    int rc;
+
+    say(progress, "generating the issuing CA and audit keys inside the token");
+    if ((rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK ||
+        (rc = hsm_key_generate(dd->hsm, DATADIR_AUDIT_KEY, type)) != MQPKI_OK ||
+        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &key)) != MQPKI_OK ||
+        (rc = datadir_public_copy(key, &issuing_pub)) != MQPKI_OK)
+        goto out;
+    EVP_PKEY_free(key);
+    key = NULL;
+    if ((rc = hsm_key_load(dd->hsm, DATADIR_AUDIT_KEY, &key)) != MQPKI_OK ||
+        (rc = datadir_public_copy(key, &audit_pub)) != MQPKI_OK)
+        goto out;
+    EVP_PKEY_free(key);
+    key = NULL;
+    hsm_close(dd->hsm);
+    dd->hsm = NULL;
+    say(progress, "certifying them with the root key of the root home (its own token)");
+    snprintf(name, sizeof(name), "%s Issuing CA", dd->cfg.ca_name);
+    if ((rc = datadir_root_certify(root_home, issuing_pub, name, DATADIR_ROOT_ISSUING, ISSUING_DAYS,
+                                   issuing, root)) != MQPKI_OK)
+        goto reopen;
+    snprintf(name, sizeof(name), "%s Audit Key", dd->cfg.ca_name);
+    rc = datadir_root_certify(root_home, audit_pub, name, DATADIR_ROOT_AUDIT, AUDIT_CERT_DAYS,
+                              audit, NULL);
+reopen:
+    if (rc == MQPKI_OK)
+        rc = datadir_hsm_open(dd->home, &dd->cfg, &dd->hsm);
+out:
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(issuing_pub);
+    EVP_PKEY_free(audit_pub);
+    return rc;
+}
+
 int datadir_init(const char *home, const struct datadir_init_opts *opts,
                  void (*progress)(const char *step))
 {
     struct datadir *dd = NULL;
-    char path[PATH_MAX], pin[33] = "", so_pin[33] = "";
+    char path[PATH_MAX], pin[HSM_PIN_MAX] = "", so_pin[33] = "";
     enum hsm_key_type type = HSM_KEY_EC_P256;
     EVP_PKEY *root_key = NULL, *issuing_key = NULL;
     X509 *root = NULL, *issuing = NULL, *audit = NULL;
@@ -221,7 +267,7 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     }
     if (opts->key_type != NULL)
         snprintf(dd->cfg.key_type, sizeof(dd->cfg.key_type), "%s", opts->key_type);
-    if ((rc = key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
+    if ((rc = datadir_key_type(dd->cfg.key_type, &type)) != MQPKI_OK)
         goto out;
     if (opts->url != NULL) {
         if ((strncmp(opts->url, "https://", 8) != 0 && strncmp(opts->url, "http://", 7) != 0) ||
@@ -255,6 +301,9 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
                         detail);
         goto out;
     }
+    /* The root home must open (its token, its PIN) before anything is made that needs it. */
+    if (opts->root_home != NULL && (rc = datadir_root_check(opts->root_home)) != MQPKI_OK)
+        goto out;
     /* mqpki.conf is written last: its presence means a complete CA. */
     if (mqpki_path(path, sizeof(path), "%s/mqpki.conf", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
@@ -290,10 +339,19 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = make_layout(home)) != MQPKI_OK)
         goto out;
 
-    say(progress, "creating the token (SoftHSM) and its PIN in secrets/pin");
-    if ((rc = random_secret(pin)) != MQPKI_OK || (rc = random_secret(so_pin)) != MQPKI_OK)
+    say(progress, "creating the token (SoftHSM) and its PIN (MQPKI_PIN, else secrets/pin)");
+    /* MQPKI_PIN set: it is the token's PIN, kept out of the data directory (every later open
+     * takes it from there too). Else a random one in secrets/pin. */
+    rc = hsm_pin_read(NULL, pin);
+    if (rc == MQPKI_ERR_NOT_FOUND) {
+        mqpki_err_clear();
+        if ((rc = datadir_random_secret(pin)) != MQPKI_OK ||
+            (rc = datadir_write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK)
+            goto out;
+    } else if (rc != MQPKI_OK) {
         goto out;
-    if ((rc = datadir_write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
+    }
+    if ((rc = datadir_random_secret(so_pin)) != MQPKI_OK ||
         (rc = datadir_write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) != MQPKI_OK)
         goto out;
     if (mqpki_path(path, sizeof(path), "%s/hsm", home) != MQPKI_OK) {
@@ -309,33 +367,41 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
     if ((rc = datadir_hsm_open(home, &dd->cfg, &dd->hsm)) != MQPKI_OK)
         goto out;
 
-    say(progress, "generating the root, issuing CA and audit keys inside the token");
-    if ((rc = hsm_key_generate(dd->hsm, DATADIR_ROOT_KEY, type)) != MQPKI_OK ||
-        (rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK ||
-        (rc = hsm_key_generate(dd->hsm, DATADIR_AUDIT_KEY, type)) != MQPKI_OK)
-        goto out;
-    if ((rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key)) != MQPKI_OK ||
-        (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK ||
-        (rc = hsm_key_load(dd->hsm, DATADIR_AUDIT_KEY, &dd->audit_key)) != MQPKI_OK)
-        goto out;
-    say(progress, "signing the root and issuing CA certificates");
-    {
-        char name[160];
-        snprintf(name, sizeof(name), "%s Root CA", dd->cfg.ca_name);
-        if ((rc = ca_root_create(root_key, name, ROOT_DAYS, &root)) != MQPKI_OK)
+    if (opts->root_home != NULL) {
+        if ((rc = offline_root_certs(dd, opts->root_home, type, progress, &issuing, &root,
+                                     &audit)) != MQPKI_OK ||
+            (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK ||
+            (rc = hsm_key_load(dd->hsm, DATADIR_AUDIT_KEY, &dd->audit_key)) != MQPKI_OK)
             goto out;
-        snprintf(name, sizeof(name), "%s Issuing CA", dd->cfg.ca_name);
-        rc = ca_issuing_create(root, root_key, issuing_key, name, ISSUING_DAYS, &issuing);
-        if (rc != MQPKI_OK)
+    } else {
+        say(progress, "generating the root, issuing CA and audit keys inside the token");
+        if ((rc = hsm_key_generate(dd->hsm, DATADIR_ROOT_KEY, type)) != MQPKI_OK ||
+            (rc = hsm_key_generate(dd->hsm, DATADIR_ISSUING_KEY, type)) != MQPKI_OK ||
+            (rc = hsm_key_generate(dd->hsm, DATADIR_AUDIT_KEY, type)) != MQPKI_OK)
             goto out;
-    }
-    {
-        /* The audit key's certificate binds it to the root (docs/security.md, "Audit"). */
-        char name[160];
-        snprintf(name, sizeof(name), "%s Audit Key", dd->cfg.ca_name);
-        if ((rc = ca_audit_cert_create(root, root_key, dd->audit_key, name, AUDIT_CERT_DAYS,
-                                       &audit)) != MQPKI_OK)
+        if ((rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key)) != MQPKI_OK ||
+            (rc = hsm_key_load(dd->hsm, DATADIR_ISSUING_KEY, &issuing_key)) != MQPKI_OK ||
+            (rc = hsm_key_load(dd->hsm, DATADIR_AUDIT_KEY, &dd->audit_key)) != MQPKI_OK)
             goto out;
+        say(progress, "signing the root and issuing CA certificates");
+        {
+            char name[160];
+            snprintf(name, sizeof(name), "%s Root CA", dd->cfg.ca_name);
+            if ((rc = ca_root_create(root_key, name, DATADIR_ROOT_DAYS, &root)) != MQPKI_OK)
+                goto out;
+            snprintf(name, sizeof(name), "%s Issuing CA", dd->cfg.ca_name);
+            rc = ca_issuing_create(root, root_key, issuing_key, name, ISSUING_DAYS, &issuing);
+            if (rc != MQPKI_OK)
+                goto out;
+        }
+        {
+            /* The audit key's certificate binds it to the root (docs/security.md, "Audit"). */
+            char name[160];
+            snprintf(name, sizeof(name), "%s Audit Key", dd->cfg.ca_name);
+            if ((rc = ca_audit_cert_create(root, root_key, dd->audit_key, name, AUDIT_CERT_DAYS,
+                                           &audit)) != MQPKI_OK)
+                goto out;
+        }
     }
     if ((rc = write_certs(home, "ca/root.pem", root, NULL)) != MQPKI_OK ||
         (rc = write_certs(home, "ca/issuing.pem", issuing, NULL)) != MQPKI_OK ||

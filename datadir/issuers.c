@@ -268,8 +268,8 @@ static int same_key(EVP_PKEY *a, EVP_PKEY *b)
     return a != NULL && b != NULL && EVP_PKEY_eq(a, b) == 1;
 }
 
-static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
-                    struct datadir_rollover *out);
+static int rollover(struct datadir *dd, int days, X509 *signed_cert, void (*ready)(void *ctx),
+                    void *ctx, struct datadir_rollover *out);
 
 /* One change of the generations at a time, across processes (a rollover in mqpkid, a retire
  * by a command): an flock on ca/.issuers-lock; -1 when it cannot be had. */
@@ -294,20 +294,115 @@ static int issuers_lock(const char *home)
     return fd;
 }
 
-int datadir_ca_rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
-                        struct datadir_rollover *out)
+int datadir_ca_rollover(struct datadir *dd, int days, X509 *signed_cert, void (*ready)(void *ctx),
+                        void *ctx, struct datadir_rollover *out)
 {
     int fd = issuers_lock(dd->home), rc;
 
     if (fd < 0)
         return MQPKI_ERR_IO;
-    rc = rollover(dd, days, ready, ctx, out);
+    rc = rollover(dd, days, signed_cert, ready, ctx, out);
     close(fd);
     return rc;
 }
 
-static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void *ctx,
-                    struct datadir_rollover *out)
+/*
+ * A certificate for generation gen's key made elsewhere (the root offline): it must be for
+ * key, under the current generation's name, signed by the root, a CA that may sign
+ * certificates and CRLs, valid now, with a key identifier of the current one's length (the
+ * older generations' CRL copies swap it in place, ca_crl_resign).
+ */
+static int external_check(X509 *cert, EVP_PKEY *key, X509 *root, X509 *current, int gen)
+{
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(cert),
+                            *cur_ski = X509_get0_subject_key_id(current);
+    uint32_t ku = X509_get_key_usage(cert);
+
+    if (!same_key(key, X509_get0_pubkey(cert)))
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "the certificate is not for generation %d's key (the one in the "
+                          "request `mqpki ca rollover --csr-out` wrote)",
+                          gen);
+    if (X509_NAME_cmp(X509_get_subject_name(cert), X509_get_subject_name(current)) != 0)
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "the certificate's subject is not the issuing CA's name");
+    if (X509_check_issued(root, cert) != X509_V_OK ||
+        X509_verify(cert, X509_get0_pubkey(root)) != 1)
+        return mqpki_fail(MQPKI_ERR_INVALID, "the certificate is not signed by this CA's root "
+                                             "(ca/root.pem)");
+    if (X509_check_ca(cert) != 1 || !(X509_get_extension_flags(cert) & EXFLAG_CA) ||
+        (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) != (KU_KEY_CERT_SIGN | KU_CRL_SIGN))
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "the certificate is not a CA that signs certificates and CRLs "
+                          "(basicConstraints CA:TRUE, keyUsage keyCertSign and cRLSign)");
+    if (ski == NULL || cur_ski == NULL || ski->length != cur_ski->length)
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "the certificate's subject key identifier is missing or not of the "
+                          "current one's length");
+    if (X509_cmp_current_time(X509_get0_notBefore(cert)) > 0 ||
+        X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0)
+        return mqpki_fail(MQPKI_ERR_INVALID, "the certificate is not valid now");
+    return MQPKI_OK;
+}
+
+static const char offline_hint[] =
+    "the root key is not in this CA's token (the root is kept offline): make the request with "
+    "`mqpki ca rollover --csr-out FILE`, have the root sign it (`mqpki root sign`), then "
+    "`mqpki ca rollover --cert CERT`";
+
+int datadir_ca_rollover_request(struct datadir *dd, char **pem, size_t *len, int *gen_out)
+{
+    struct datadir_issuers is;
+    char label[DATADIR_ISSUER_LABEL_MAX];
+    enum hsm_key_type type = HSM_KEY_EC_P256;
+    EVP_PKEY *key = NULL;
+    int fd, rc, gen;
+
+    *pem = NULL;
+    *len = 0;
+    memset(&is, 0, sizeof(is));
+    if (dd->hsm == NULL)
+        return mqpki_fail(MQPKI_ERR_STATE, "the CA token is not open in this process");
+    if ((fd = issuers_lock(dd->home)) < 0)
+        return MQPKI_ERR_IO;
+    if ((rc = datadir_issuers_read(dd->home, &is)) != MQPKI_OK)
+        goto out;
+    gen = is.v[is.n - 1].gen;
+    if (gen != is.v[is.current].gen && !is.v[is.n - 1].retired) {
+        rc = mqpki_fail(MQPKI_ERR_STATE,
+                        "a rollover to generation %d is half done: run `mqpki ca rollover` to "
+                        "finish it",
+                        gen);
+        goto out;
+    }
+    if (++gen > DATADIR_ISSUERS_MAX) {
+        rc = mqpki_fail(MQPKI_ERR_STATE, "%d issuing CA generations: no more rollovers",
+                        DATADIR_ISSUERS_MAX);
+        goto out;
+    }
+    datadir_issuer_label(gen, label);
+    /* The key waiting for its certificate, made once: a second request is for the same key. */
+    if ((rc = key_type_of(is.v[is.current].cert, &type)) != MQPKI_OK)
+        goto out;
+    rc = hsm_key_generate(dd->hsm, label, type);
+    if (rc == MQPKI_ERR_EXISTS) {
+        mqpki_err_clear();
+        rc = MQPKI_OK;
+    }
+    if (rc != MQPKI_OK || (rc = hsm_key_load(dd->hsm, label, &key)) != MQPKI_OK ||
+        (rc = ca_ca_request(key, X509_get_subject_name(is.v[is.current].cert), pem, len)) !=
+            MQPKI_OK)
+        goto out;
+    *gen_out = gen;
+out:
+    EVP_PKEY_free(key);
+    datadir_issuers_clear(&is);
+    close(fd);
+    return rc;
+}
+
+static int rollover(struct datadir *dd, int days, X509 *signed_cert, void (*ready)(void *ctx),
+                    void *ctx, struct datadir_rollover *out)
 {
     struct datadir_issuers is;
     char label[DATADIR_ISSUER_LABEL_MAX], cn[128], rel[64];
@@ -335,8 +430,25 @@ static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void
         (rc = write_cert(dd->home, "ca/issuers/1.pem", is.v[0].cert)) != MQPKI_OK)
         goto out;
     gen = is.v[is.n - 1].gen;
+    if (signed_cert != NULL && X509_cmp(signed_cert, is.v[is.current].cert) == 0) {
+        /* Run again after it finished: nothing to do. */
+        out->gen = prev;
+        for (size_t i = 0; i < is.n; i++)
+            if (is.v[i].gen < prev)
+                out->previous = is.v[i].gen;
+        out->resumed = 1;
+        rc = MQPKI_OK;
+        goto out;
+    }
     if (gen != prev && !is.v[is.n - 1].retired) {
         /* A rollover cut short after its certificate was filed: finish that one. */
+        if (signed_cert != NULL && X509_cmp(signed_cert, is.v[is.n - 1].cert) != 0) {
+            rc = mqpki_fail(MQPKI_ERR_STATE,
+                            "a rollover to generation %d with another certificate is half "
+                            "done: run `mqpki ca rollover` to finish it",
+                            gen);
+            goto out;
+        }
         resumed = 1;
         if (!X509_up_ref(is.v[is.n - 1].cert)) {
             rc = MQPKI_ERR_NOMEM;
@@ -358,20 +470,42 @@ static int rollover(struct datadir *dd, int days, void (*ready)(void *ctx), void
             goto out;
         }
         datadir_issuer_label(gen, label);
-        if ((rc = key_type_of(is.v[is.current].cert, &type)) != MQPKI_OK)
-            goto out;
-        /* A key left by a rollover that died before filing its certificate is used as it is. */
-        rc = hsm_key_generate(dd->hsm, label, type);
-        if (rc == MQPKI_ERR_EXISTS) {
-            mqpki_err_clear();
-            rc = MQPKI_OK;
+        if (signed_cert != NULL) {
+            /* Certified elsewhere (the root offline) for the key the request was made with. */
+            rc = hsm_key_load(dd->hsm, label, &key);
+            if (rc == MQPKI_ERR_NOT_FOUND)
+                rc = mqpki_fail(rc,
+                                "no key of generation %d waits for a certificate: make the "
+                                "request first (`mqpki ca rollover --csr-out FILE`)",
+                                gen);
+            if (rc != MQPKI_OK || (rc = external_check(signed_cert, key, root,
+                                                       is.v[is.current].cert, gen)) != MQPKI_OK)
+                goto out;
+            if (!X509_up_ref(signed_cert)) {
+                rc = MQPKI_ERR_NOMEM;
+                goto out;
+            }
+            cert = signed_cert;
+        } else {
+            /* The root key first: without it (kept offline) no key is made for nothing. */
+            rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key);
+            if (rc == MQPKI_ERR_NOT_FOUND)
+                rc = mqpki_fail(rc, "%s", offline_hint);
+            if (rc != MQPKI_OK || (rc = key_type_of(is.v[is.current].cert, &type)) != MQPKI_OK)
+                goto out;
+            /* A key left by a rollover that died before filing its certificate is used as it
+             * is. */
+            rc = hsm_key_generate(dd->hsm, label, type);
+            if (rc == MQPKI_ERR_EXISTS) {
+                mqpki_err_clear();
+                rc = MQPKI_OK;
+            }
+            if (rc != MQPKI_OK || (rc = hsm_key_load(dd->hsm, label, &key)) != MQPKI_OK)
+                goto out;
+            if ((rc = subject_cn(is.v[is.current].cert, cn, sizeof(cn))) != MQPKI_OK ||
+                (rc = ca_issuing_create(root, root_key, key, cn, days, &cert)) != MQPKI_OK)
+                goto out;
         }
-        if (rc != MQPKI_OK || (rc = hsm_key_load(dd->hsm, label, &key)) != MQPKI_OK ||
-            (rc = hsm_key_load(dd->hsm, DATADIR_ROOT_KEY, &root_key)) != MQPKI_OK)
-            goto out;
-        if ((rc = subject_cn(is.v[is.current].cert, cn, sizeof(cn))) != MQPKI_OK ||
-            (rc = ca_issuing_create(root, root_key, key, cn, days, &cert)) != MQPKI_OK)
-            goto out;
         snprintf(rel, sizeof(rel), "ca/issuers/%d.pem", gen);
         if ((rc = write_cert(dd->home, rel, cert)) != MQPKI_OK)
             goto out;

@@ -94,6 +94,13 @@ int hsm_key_load(struct hsm *hsm, const char *label, EVP_PKEY **out);
  */
 int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
 
+/* The same from pin_file alone, whatever the environment says. */
+int hsm_pin_read_file(const char *pin_file, char out[HSM_PIN_MAX]);
+
+/* The offline root token's PIN (datadir/offline_root.c): MQPKI_ROOT_PIN, taken out of the
+ * environment with MQPKI_PIN by hsm_pin_capture, else pin_file. */
+int hsm_root_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+
 /*
  * Takes MQPKI_PIN out of the environment: keeps a copy in this process's memory for every later
  * hsm_pin_read (a set but empty MQPKI_PIN forgets it: the PIN file is read), wipes the value
@@ -103,7 +110,8 @@ int hsm_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
  */
 void hsm_pin_capture(void);
 
-/* Wipes the copy kept by hsm_pin_capture; later reads use the PIN file. */
+/* Wipes the copies kept by hsm_pin_capture (MQPKI_PIN's and MQPKI_ROOT_PIN's); later reads
+ * use the PIN files. */
 void hsm_pin_forget(void);
 
 /* The p11/ handle under hsm (p11.h), for what hsm.h does not offer; owned by hsm. */
