@@ -153,6 +153,10 @@ void ca_csr_clear(struct ca_csr *c);
  */
 int ca_csr_check(X509_REQ *req);
 
+/* The same allow-list for a CA's key (a new issuing CA generation, `mqpki root sign`): EC P-256
+ * or P-384 on a named curve, or RSA of 3072 to 8192 bits. MQPKI_ERR_POLICY otherwise. */
+int ca_ca_key_check(EVP_PKEY *pkey);
+
 /* MQPKI_ERR_POLICY for an EC key encoded with explicit curve parameters (RFC 5480 2.1.1). */
 int ca_key_check_named(EVP_PKEY *pkey);
 

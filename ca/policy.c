@@ -271,6 +271,16 @@ static int key_allowed(EVP_PKEY *pkey)
     }
 }
 
+int ca_ca_key_check(EVP_PKEY *pkey)
+{
+    int rc = key_allowed(pkey);
+
+    if (rc == MQPKI_OK && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_RSA &&
+        EVP_PKEY_get_bits(pkey) < 3072)
+        rc = mqpki_fail(MQPKI_ERR_POLICY, "a CA key must be EC P-256, EC P-384 or RSA >= 3072");
+    return rc;
+}
+
 int ca_csr_check(X509_REQ *req)
 {
     EVP_PKEY *pkey;

@@ -127,8 +127,8 @@ static int rollover_remote(const char *home, int days, const unsigned char *cert
     if (rc != MQPKI_OK)
         return rc;
     if ((v = json_loadb((const char *)reply + 1, len - 1, 0, NULL)) == NULL ||
-        json_unpack(v, "{s:i, s:i, s:b}", "gen", &r->gen, "previous", &r->previous, "resumed",
-                    &r->resumed) != 0)
+        json_unpack(v, "{s:i, s:i, s:b, s?b}", "gen", &r->gen, "previous", &r->previous, "resumed",
+                    &r->resumed, "already", &r->already) != 0)
         rc = mqpki_fail(MQPKI_ERR_PARSE, "mqpkid's rollover reply does not parse");
     json_decref(v);
     free(reply);
@@ -185,9 +185,10 @@ static int rollover_request(struct cli *cli, struct datadir *dd, const char *out
     else if (!cli_output_stdout(out))
         printf("generation %d's key is in the token; its request is in %s\n"
                "key SHA-256: %s\n"
-               "next, where the root is: mqpki root sign --root-home DIR --csr %s --out CERT\n"
+               "next, where the root is: mqpki root sign --root-home DIR --csr %s \\\n"
+               "  --expect-key %s --out CERT\n"
                "then here: mqpki ca rollover --cert CERT\n",
-               gen, out, fp, out);
+               gen, out, fp, out, fp);
 out:
     free(pem);
     return rc;
@@ -242,7 +243,7 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
     X509 *cert = NULL;
     char detail[160], subject[32];
     int64_t number = 0;
-    int c, rc, json = 0, days = ROLLOVER_DAYS_DEFAULT;
+    int c, rc, json = 0, days = ROLLOVER_DAYS_DEFAULT, days_given = 0;
 
     memset(&r, 0, sizeof(r));
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -250,6 +251,7 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
         case 'd':
             if ((rc = cli_parse_int(cli, "--days", optarg, 1, 30 * 365, &days)) != MQPKI_OK)
                 return rc;
+            days_given = 1;
             break;
         case 'r': csr_out = optarg; break;
         case 'c': cert_file = optarg; break;
@@ -284,6 +286,10 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
     if (csr_out != NULL && cert_file != NULL)
         return cli_usage_error(cli, "--csr-out and --cert are two steps: one at a time");
+    if (days_given && (csr_out != NULL || cert_file != NULL))
+        return cli_usage_error(cli, "--days goes to `mqpki root sign` when the root is offline");
+    if (json && csr_out != NULL && cli_output_stdout(csr_out))
+        return cli_usage_error(cli, "--json and --csr-out - would share standard output");
     if (csr_out != NULL && (rc = cli_output_check(csr_out)) != MQPKI_OK)
         return rc;
     if (cert_file != NULL) {
@@ -304,7 +310,8 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
     }
     if (datadir_ca_remote(dd)) {
         rc = rollover_remote(cli->home, days, der, der_len, &r);
-    } else if ((rc = datadir_ca_rollover(dd, days, cert, NULL, NULL, &r)) == MQPKI_OK) {
+    } else if ((rc = datadir_ca_rollover(dd, days, cert, NULL, NULL, &r)) == MQPKI_OK &&
+               !r.already) {
         /* What mqpkid does on its own when it runs: its TLS identity and the bundled brokers'
          * certificates move to the new generation (each broker reloads its own). */
         int renewed = 0;
@@ -316,11 +323,27 @@ int cmd_ca_rollover(struct cli *cli, int argc, char **argv)
     }
     if (rc != MQPKI_OK)
         goto out;
+    if (r.already) {
+        /* This certificate is the current generation's: a rerun after it finished. */
+        if (json)
+            rc = cli_print_json(
+                json_pack("{s:i, s:b, s:b}", "generation", r.gen, "resumed", 0, "already", 1));
+        else
+            printf("issuing CA generation %d is current with this certificate already; nothing "
+                   "done\n",
+                   r.gen);
+        goto out;
+    }
     snprintf(subject, sizeof(subject), "issuing-ca-%d", r.gen);
-    snprintf(detail, sizeof(detail),
-             "{\"generation\":%d,\"previous\":%d,\"days\":%d,\"resumed\":%s,\"offline_root\":%s}",
-             r.gen, r.previous, days, r.resumed ? "true" : "false",
-             cert != NULL ? "true" : "false");
+    /* With the root offline the validity is the certificate's (root sign), not --days. */
+    if (cert != NULL)
+        snprintf(detail, sizeof(detail),
+                 "{\"generation\":%d,\"previous\":%d,\"resumed\":%s,\"offline_root\":true}", r.gen,
+                 r.previous, r.resumed ? "true" : "false");
+    else
+        snprintf(detail, sizeof(detail),
+                 "{\"generation\":%d,\"previous\":%d,\"days\":%d,\"resumed\":%s}", r.gen,
+                 r.previous, days, r.resumed ? "true" : "false");
     if ((rc = inventory_audit_append(datadir_inventory(dd), "cli", "ca.rollover", subject,
                                      detail)) != MQPKI_OK)
         goto out;

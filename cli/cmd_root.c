@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/x509v3.h>
 
@@ -117,10 +118,12 @@ int cmd_root_sign(struct cli *cli, int argc, char **argv)
                                          {"csr", required_argument, NULL, 'c'},
                                          {"out", required_argument, NULL, 'o'},
                                          {"days", required_argument, NULL, 'd'},
+                                         {"expect-key", required_argument, NULL, 'e'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *dir = NULL, *csr = NULL, *out = NULL;
+    const char *dir = NULL, *csr = NULL, *out = NULL, *expect = NULL;
+    char fp[PROTO_FP_HEX_LEN + 1] = "";
     unsigned char *data = NULL;
     char cn[128] = "", *pem = NULL;
     size_t len = 0;
@@ -134,6 +137,7 @@ int cmd_root_sign(struct cli *cli, int argc, char **argv)
         case 'R': dir = optarg; break;
         case 'c': csr = optarg; break;
         case 'o': out = optarg; break;
+        case 'e': expect = optarg; break;
         case 'd':
             if ((rc = cli_parse_int(cli, "--days", optarg, 1, 30 * 365, &days)) != MQPKI_OK)
                 return rc;
@@ -141,23 +145,26 @@ int cmd_root_sign(struct cli *cli, int argc, char **argv)
         case 'j': json = 1; break;
         case 'h':
             return cli_help(
-                "usage: mqpki root sign --root-home DIR --csr FILE --out CERT [--days N]\n"
-                "                       [--json]\n\n"
+                "usage: mqpki root sign --root-home DIR --csr FILE --expect-key SHA256\n"
+                "                       --out CERT [--days N] [--json]\n\n"
                 "Certifies a new issuing CA generation with the root key of DIR (mqpki root\n"
-                "init): FILE is the request `mqpki ca rollover --csr-out` wrote. Its signature\n"
-                "must verify; its common name becomes the subject; nothing else of it is\n"
-                "taken: the certificate is a CA of path length 0 that signs certificates and\n"
-                "CRLs, valid N days (default 3650, never past the root). Compare the key\n"
-                "SHA-256 shown with the one `ca rollover --csr-out` printed. The signature is\n"
-                "logged in DIR/ceremony.log. Take CERT back to the CA and run\n"
+                "init): FILE is the request `mqpki ca rollover --csr-out` wrote, SHA256 the\n"
+                "key SHA-256 that command printed, read out on the CA host: the key must be\n"
+                "that one (else nothing is signed, and the request's key is shown). The\n"
+                "request's signature must verify, its key be EC P-256, EC P-384 or RSA of\n"
+                "3072 bits or more, and its common name one this root certified an issuing\n"
+                "CA under before (ceremony.log). Nothing else of it is taken: the certificate\n"
+                "is a CA of path length 0 that signs certificates and CRLs, valid N days\n"
+                "(default 3650, never past the root). The signature is logged in\n"
+                "DIR/ceremony.log first. Take CERT back to the CA and run\n"
                 "  mqpki ca rollover --cert CERT\n");
         default: return cli_usage_error(cli, "unknown option");
         }
     }
     if (optind != argc)
         return cli_usage_error(cli, "unexpected argument '%s'", argv[optind]);
-    if (dir == NULL || csr == NULL || out == NULL)
-        return cli_usage_error(cli, "--root-home, --csr and --out are required");
+    if (dir == NULL || csr == NULL || out == NULL || expect == NULL)
+        return cli_usage_error(cli, "--root-home, --csr, --expect-key and --out are required");
     if ((rc = cli_output_check(out)) != MQPKI_OK)
         return rc;
     if ((rc = mqpki_file_read(csr, CA_CSR_MAX, &data, &len)) != MQPKI_OK)
@@ -168,17 +175,18 @@ int cmd_root_sign(struct cli *cli, int argc, char **argv)
         rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: the request's signature does not verify", csr);
         goto out;
     }
-    {
-        /* The kinds of key a CA of ours holds; nothing weaker gets the root's signature. */
-        int id = EVP_PKEY_get_base_id(pub), bits = EVP_PKEY_get_bits(pub);
-        if (!(id == EVP_PKEY_EC && (bits == 256 || bits == 384)) &&
-            !(id == EVP_PKEY_RSA && bits >= 3072)) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID,
-                            "%s: the request's key is not EC P-256, EC P-384 or RSA of 3072 "
-                            "bits or more",
-                            csr);
-            goto out;
-        }
+    /* The kinds of key a CA of ours holds; nothing weaker gets the root's signature. */
+    if ((rc = ca_ca_key_check(pub)) != MQPKI_OK)
+        goto out;
+    /* The key the CA host's token made, as its officers read it out: checked before signing. */
+    if ((rc = ca_pubkey_fingerprint(pub, fp)) != MQPKI_OK)
+        goto out;
+    if (strlen(expect) != PROTO_FP_HEX_LEN || strcasecmp(expect, fp) != 0) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID,
+                        "%s: the request's key SHA-256 is %s, not the expected one; nothing "
+                        "signed",
+                        csr, fp);
+        goto out;
     }
     if (X509_NAME_get_text_by_NID(X509_REQ_get_subject_name(req), NID_commonName, cn, sizeof(cn)) <=
             0 ||
@@ -187,7 +195,7 @@ int cmd_root_sign(struct cli *cli, int argc, char **argv)
                         "%s: the request's subject has no common name (the issuing CA's)", csr);
         goto out;
     }
-    if ((rc = datadir_root_certify(dir, pub, cn, DATADIR_ROOT_ISSUING, days, &cert, NULL)) !=
+    if ((rc = datadir_root_certify(dir, pub, cn, DATADIR_ROOT_ISSUING, days, 0, &cert, NULL)) !=
             MQPKI_OK ||
         (rc = ca_cert_pem(cert, &pem, &len)) != MQPKI_OK ||
         (rc = cli_output(out, pem, len)) != MQPKI_OK)

@@ -25,7 +25,7 @@ static const struct {
     {"root sign",
      "  mqpki ca rollover --csr-out /media/transfer/gen2.csr\n"
      "  mqpki root sign --root-home /media/root-token --csr /media/transfer/gen2.csr \\\n"
-     "      --out /media/transfer/gen2.pem\n"
+     "      --expect-key KEY_SHA256_FROM_ABOVE --out /media/transfer/gen2.pem\n"
      "  mqpki ca rollover --cert /media/transfer/gen2.pem\n"},
     {"asset add",
      "  mqpki asset add sensor-0001 --kind device --model TH-200 --location feeder-12\n"

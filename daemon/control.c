@@ -167,7 +167,7 @@ static void on_rollover(struct control *c, int fd, const unsigned char *req, siz
     days = (int)((unsigned)req[1] << 24 | (unsigned)req[2] << 16 | (unsigned)req[3] << 8 | req[4]);
     pthread_mutex_lock(&rollover_one);
     rc = datadir_ca_rollover(c->ctx->dd, days, cert, issuers_ready, c, &r);
-    if (rc == MQPKI_OK) {
+    if (rc == MQPKI_OK && !r.already) {
         mqpki_log(MQPKI_LOG_INFO, "issuing CA rolled over: generation %d replaces %d", r.gen,
                   r.previous);
         rc = reload_and_wait(c);
@@ -178,8 +178,8 @@ static void on_rollover(struct control *c, int fd, const unsigned char *req, siz
         reply_error(fd, rc, mqpki_err_detail(rc));
         return;
     }
-    snprintf(text, sizeof(text), "{\"gen\":%d,\"previous\":%d,\"resumed\":%s}", r.gen, r.previous,
-             r.resumed ? "true" : "false");
+    snprintf(text, sizeof(text), "{\"gen\":%d,\"previous\":%d,\"resumed\":%s,\"already\":%s}",
+             r.gen, r.previous, r.resumed ? "true" : "false", r.already ? "true" : "false");
     reply(fd, MQPKI_OK, text, strlen(text));
 }
 

@@ -188,6 +188,8 @@ int main(int argc, char **argv)
     /* Out of the environment before any thread starts (unsetenv is not thread-safe) and out of
      * /proc/PID/environ for mqpkid's whole life; the copy kept serves later token opens. */
     hsm_pin_capture();
+    /* The offline root's PIN is never mqpkid's to use: not kept either. */
+    hsm_root_pin_forget();
     memset(&ctx, 0, sizeof(ctx));
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {

@@ -260,6 +260,7 @@ struct datadir_rollover {
     int gen;      /* the new current generation */
     int previous; /* the one it replaced */
     int resumed;  /* an interrupted rollover was finished */
+    int already;  /* signed_cert is the current generation's already: nothing was done */
 };
 int datadir_ca_rollover(struct datadir *dd, int days, X509 *signed_cert, void (*ready)(void *ctx),
                         void *ctx, struct datadir_rollover *out);
@@ -302,8 +303,12 @@ int datadir_root_init(const char *dir, const struct datadir_root_opts *opts,
  * gets root.pem. The caller has no other token open (SoftHSM reads its configuration once per
  * initialisation). */
 enum datadir_root_kind { DATADIR_ROOT_ISSUING, DATADIR_ROOT_AUDIT };
+/* An issuing CA is certified only under a name this root certified before (ceremony.log),
+ * unless flags has DATADIR_ROOT_NEW_NAME (init --root-home: a new CA). */
+#define DATADIR_ROOT_NEW_NAME 1u
 int datadir_root_certify(const char *dir, EVP_PKEY *pub, const char *cn,
-                         enum datadir_root_kind kind, int days, X509 **cert, X509 **root);
+                         enum datadir_root_kind kind, int days, unsigned flags, X509 **cert,
+                         X509 **root);
 /* Opens DIR's root token and checks its key against root.pem; closes it again. */
 int datadir_root_check(const char *dir);
 /* A plain public-key copy of key (a token key's public half, usable after the token closed). */
@@ -337,7 +342,7 @@ enum datadir_control_op {
                                    certificate, DER, when the root is offline]:
                                    datadir_ca_rollover in mqpkid, which then serves the new CA
                                    (EST, CRLs) and sends the brokers the issuers; reply: JSON
-                                   {"gen", "previous", "resumed"} */
+                                   {"gen", "previous", "resumed", "already"} */
     DATADIR_CTL_ROLLOVER_REQUEST = 'Q', /* datadir_ca_rollover_request in mqpkid; reply:
                                            4-byte generation, the request's PEM */
     DATADIR_CTL_ISSUERS = 'I',          /* ca/chain.pem changed (a generation retired): sent to the

@@ -218,10 +218,10 @@ static int offline_root_certs(struct datadir *dd, const char *root_home, enum hs
     say(progress, "certifying them with the root key of the root home (its own token)");
     snprintf(name, sizeof(name), "%s Issuing CA", dd->cfg.ca_name);
     if ((rc = datadir_root_certify(root_home, issuing_pub, name, DATADIR_ROOT_ISSUING, ISSUING_DAYS,
-                                   issuing, root)) != MQPKI_OK)
+                                   DATADIR_ROOT_NEW_NAME, issuing, root)) != MQPKI_OK)
         goto reopen;
     snprintf(name, sizeof(name), "%s Audit Key", dd->cfg.ca_name);
-    rc = datadir_root_certify(root_home, audit_pub, name, DATADIR_ROOT_AUDIT, AUDIT_CERT_DAYS,
+    rc = datadir_root_certify(root_home, audit_pub, name, DATADIR_ROOT_AUDIT, AUDIT_CERT_DAYS, 0,
                               audit, NULL);
 reopen:
     if (rc == MQPKI_OK)
@@ -301,6 +301,13 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
                         detail);
         goto out;
     }
+    /* A PIN given in MQPKI_PIN must be one SoftHSM takes, before anything is made. */
+    if (hsm_pin_read(NULL, pin) == MQPKI_OK && (strlen(pin) < 4 || strlen(pin) > 255)) {
+        rc = mqpki_fail(MQPKI_ERR_INVALID, "MQPKI_PIN: 4 to 255 characters");
+        goto out;
+    }
+    mqpki_err_clear();
+    OPENSSL_cleanse(pin, sizeof(pin));
     /* The root home must open (its token, its PIN) before anything is made that needs it. */
     if (opts->root_home != NULL && (rc = datadir_root_check(opts->root_home)) != MQPKI_OK)
         goto out;
@@ -341,19 +348,20 @@ int datadir_init(const char *home, const struct datadir_init_opts *opts,
 
     say(progress, "creating the token (SoftHSM) and its PIN (MQPKI_PIN, else secrets/pin)");
     /* MQPKI_PIN set: it is the token's PIN, kept out of the data directory (every later open
-     * takes it from there too). Else a random one in secrets/pin. */
+     * takes it from there too), and so is the SO PIN, which could set a new one: it is not kept
+     * at all (the token is never initialised again). Else both random, in secrets/ (0600). */
     rc = hsm_pin_read(NULL, pin);
     if (rc == MQPKI_ERR_NOT_FOUND) {
         mqpki_err_clear();
         if ((rc = datadir_random_secret(pin)) != MQPKI_OK ||
-            (rc = datadir_write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK)
+            (rc = datadir_random_secret(so_pin)) != MQPKI_OK ||
+            (rc = datadir_write_file(home, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
+            (rc = datadir_write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) !=
+                MQPKI_OK)
             goto out;
-    } else if (rc != MQPKI_OK) {
+    } else if (rc != MQPKI_OK || (rc = datadir_random_secret(so_pin)) != MQPKI_OK) {
         goto out;
     }
-    if ((rc = datadir_random_secret(so_pin)) != MQPKI_OK ||
-        (rc = datadir_write_file(home, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) != MQPKI_OK)
-        goto out;
     if (mqpki_path(path, sizeof(path), "%s/hsm", home) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "data directory path too long");
         goto out;

@@ -436,7 +436,7 @@ static int rollover(struct datadir *dd, int days, X509 *signed_cert, void (*read
         for (size_t i = 0; i < is.n; i++)
             if (is.v[i].gen < prev)
                 out->previous = is.v[i].gen;
-        out->resumed = 1;
+        out->already = 1;
         rc = MQPKI_OK;
         goto out;
     }

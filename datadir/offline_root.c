@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/x509v3.h>
 
@@ -37,6 +38,9 @@
 #define ROOT_PEM     "root.pem"
 #define ROOT_LOG     "ceremony.log"
 #define ROOT_LOG_MAX 1024
+/* "NAME Issuing CA", the longest name a CA of NAME's gets, within ca_name_build's 64. */
+#define ROOT_NAME_MAX     (64 - (int)sizeof(" Issuing CA") + 1)
+#define ROOT_LOG_READ_MAX (16 * 1024 * 1024)
 
 struct root_home {
     int lock;
@@ -169,12 +173,53 @@ static int log_append(const char *dir, const char *op, X509 *cert)
         return mqpki_fail(MQPKI_ERR_INTERNAL, "ceremony log line too long");
     if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_LOG) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "path too long under %s", dir);
-    if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
+    if ((fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
         return mqpki_fail_errno(errno, path);
+    {
+        /* A line an earlier run left torn (a full disk, a crash) is ended first, so that this
+         * one stays a line of its own. */
+        struct stat st;
+        char last = '\n';
+        if (fstat(fd, &st) == 0 && st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) == 1 &&
+            last != '\n' && write(fd, "\n", 1) != 1) {
+            rc = mqpki_fail_errno(errno != 0 ? errno : EIO, path);
+            close(fd);
+            return rc;
+        }
+    }
+    errno = 0;
     if (write(fd, line, (size_t)n) != n || fsync(fd) != 0)
         rc = mqpki_fail_errno(errno != 0 ? errno : EIO, path);
     close(fd);
     return rc;
+}
+
+/* 1 when ceremony.log records an issuing CA of name cn certified by this root. */
+static int name_certified(const char *dir, const char *cn)
+{
+    char path[PATH_MAX];
+    unsigned char *data = NULL;
+    size_t len = 0;
+    int found = 0;
+
+    if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_LOG) != MQPKI_OK ||
+        mqpki_file_read(path, ROOT_LOG_READ_MAX, &data, &len) != MQPKI_OK) {
+        mqpki_err_clear();
+        return 0;
+    }
+    for (size_t i = 0; i < len && !found;) {
+        unsigned char *nl = memchr(data + i, '\n', len - i);
+        size_t end = nl != NULL ? (size_t)(nl - data) : len;
+        json_t *v = json_loadb((const char *)data + i, end - i, 0, NULL);
+        const char *op = json_string_value(json_object_get(v, "op")),
+                   *subject = json_string_value(json_object_get(v, "subject"));
+        found = op != NULL && subject != NULL && strcmp(op, "issuing.certify") == 0 &&
+                strcmp(subject, cn) == 0;
+        json_decref(v);
+        i = end + 1;
+    }
+    free(data);
+    return found;
 }
 
 int datadir_root_init(const char *dir, const struct datadir_root_opts *opts,
@@ -185,14 +230,21 @@ int datadir_root_init(const char *dir, const struct datadir_root_opts *opts,
     enum hsm_key_type type = HSM_KEY_EC_P256;
     struct root_home r;
     struct stat st;
-    int rc, days = opts->days > 0 ? opts->days : DATADIR_ROOT_DAYS;
+    int rc, from_env = 0, made = 0, days = opts->days > 0 ? opts->days : DATADIR_ROOT_DAYS;
 
     memset(&r, 0, sizeof(r));
     r.lock = -1;
     *root_out = NULL;
-    if (opts->ca_name != NULL && (opts->ca_name[0] == '\0' || strlen(opts->ca_name) > 127 ||
-                                  strpbrk(opts->ca_name, "\n\r") != NULL))
-        return mqpki_fail(MQPKI_ERR_INVALID, "--ca-name: 1 to 127 characters on one line");
+    if (opts->ca_name != NULL &&
+        (opts->ca_name[0] == '\0' || strlen(opts->ca_name) > ROOT_NAME_MAX ||
+         strpbrk(opts->ca_name, "\"\\") != NULL || strspn(opts->ca_name, " ") > 0))
+        return mqpki_fail(MQPKI_ERR_INVALID,
+                          "--ca-name: 1 to %d characters, no quote or backslash, not starting "
+                          "with a space",
+                          ROOT_NAME_MAX);
+    for (const char *c = opts->ca_name != NULL ? opts->ca_name : ""; *c != '\0'; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return mqpki_fail(MQPKI_ERR_INVALID, "--ca-name: no control characters");
     if ((rc = datadir_key_type(opts->key_type != NULL ? opts->key_type : "ec-p256", &type)) !=
         MQPKI_OK)
         return rc;
@@ -200,37 +252,54 @@ int datadir_root_init(const char *dir, const struct datadir_root_opts *opts,
         return mqpki_fail(MQPKI_ERR_INVALID, "root home path too long");
     if ((rc = hsm_softhsm_path_check(path)) != MQPKI_OK)
         return rc;
-    if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_PEM) == MQPKI_OK && stat(path, &st) == 0)
-        return mqpki_fail(MQPKI_ERR_EXISTS, "%s already holds a root (%s exists)", dir, ROOT_PEM);
-    if (mqpki_path(path, sizeof(path), "%s/hsm/tokens", dir) == MQPKI_OK && stat(path, &st) == 0)
-        return mqpki_fail(MQPKI_ERR_EXISTS,
-                          "%s holds an incomplete root home (no %s); remove it or pick another",
-                          dir, ROOT_PEM);
-    if (progress != NULL)
-        progress("creating the root home and its token (SoftHSM)");
+    /* The PIN the officers give must be one SoftHSM takes, before anything is made. */
+    rc = hsm_root_pin_read(NULL, pin);
+    if (rc == MQPKI_OK && (strlen(pin) < 4 || strlen(pin) > 255)) {
+        OPENSSL_cleanse(pin, sizeof(pin));
+        return mqpki_fail(MQPKI_ERR_INVALID, "MQPKI_ROOT_PIN: 4 to 255 characters");
+    }
+    if (rc != MQPKI_OK && rc != MQPKI_ERR_NOT_FOUND)
+        return rc;
+    from_env = rc == MQPKI_OK;
+    mqpki_err_clear();
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         if (mqpki_path(path, sizeof(path), "%s%s", dir, dirs[i]) != MQPKI_OK)
             return mqpki_fail(MQPKI_ERR_INVALID, "root home path too long");
         if ((rc = mqpki_mkdir_p(path, 0700)) != MQPKI_OK)
             return rc;
     }
-    if (chmod(dir, 0700) != 0)
-        return mqpki_fail_errno(errno, dir);
+    if (chmod(dir, 0700) != 0) {
+        rc = mqpki_fail_errno(errno, dir);
+        goto out;
+    }
+    /* Checked under the lock: two `root init` at once never both pass. */
     if ((rc = take_lock(dir, &r.lock)) != MQPKI_OK)
         goto out;
+    if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_PEM) == MQPKI_OK &&
+        stat(path, &st) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS, "%s already holds a root (%s exists)", dir, ROOT_PEM);
+        goto out;
+    }
+    if (mqpki_path(path, sizeof(path), "%s/hsm/tokens", dir) == MQPKI_OK && stat(path, &st) == 0) {
+        rc = mqpki_fail(MQPKI_ERR_EXISTS,
+                        "%s holds an incomplete root home (no %s); remove it or pick another", dir,
+                        ROOT_PEM);
+        goto out;
+    }
+    made = 1;
+    if (progress != NULL)
+        progress("creating the root home and its token (SoftHSM)");
     /* MQPKI_ROOT_PIN set: the officers hold the PIN, and neither it nor the SO PIN (which
      * could set a new one) is written; the token is never initialised again. Else random,
      * 0600 files. */
-    rc = hsm_root_pin_read(NULL, pin);
-    if (rc == MQPKI_ERR_NOT_FOUND) {
-        mqpki_err_clear();
+    if (!from_env) {
         if ((rc = datadir_random_secret(pin)) != MQPKI_OK ||
             (rc = datadir_random_secret(so_pin)) != MQPKI_OK ||
             (rc = datadir_write_file(dir, "secrets/pin", pin, strlen(pin), 0600)) != MQPKI_OK ||
             (rc = datadir_write_file(dir, "secrets/so-pin", so_pin, strlen(so_pin), 0600)) !=
                 MQPKI_OK)
             goto out;
-    } else if (rc != MQPKI_OK || (rc = datadir_random_secret(so_pin)) != MQPKI_OK) {
+    } else if ((rc = datadir_random_secret(so_pin)) != MQPKI_OK) {
         goto out;
     }
     if (mqpki_path(path, sizeof(path), "%s/hsm", dir) != MQPKI_OK ||
@@ -261,11 +330,17 @@ out:
     OPENSSL_cleanse(pin, sizeof(pin));
     OPENSSL_cleanse(so_pin, sizeof(so_pin));
     root_close(&r);
+    if (rc != MQPKI_OK && made) {
+        char detail[PATH_MAX + 256];
+        snprintf(detail, sizeof(detail), "%s", mqpki_err_detail(rc));
+        rc = mqpki_fail(rc, "%s; %s is incomplete: remove it and run again", detail, dir);
+    }
     return rc;
 }
 
 int datadir_root_certify(const char *dir, EVP_PKEY *pub, const char *cn,
-                         enum datadir_root_kind kind, int days, X509 **cert_out, X509 **root_out)
+                         enum datadir_root_kind kind, int days, unsigned flags, X509 **cert_out,
+                         X509 **root_out)
 {
     struct root_home r;
     X509 *cert = NULL;
@@ -277,6 +352,16 @@ int datadir_root_certify(const char *dir, EVP_PKEY *pub, const char *cn,
         *root_out = NULL;
     if ((rc = root_open(dir, &r)) != MQPKI_OK)
         return rc;
+    /* A new generation of a CA this root made (init --root-home), not a CA of another name:
+     * the name comes from a request the root has no other way to judge. */
+    if (kind == DATADIR_ROOT_ISSUING && !(flags & DATADIR_ROOT_NEW_NAME) &&
+        !name_certified(dir, cn)) {
+        rc = mqpki_fail(MQPKI_ERR_POLICY,
+                        "this root never certified an issuing CA named '%s' (%s/%s); a new CA "
+                        "under it is made with `mqpki init --root-home`",
+                        cn, dir, ROOT_LOG);
+        goto out;
+    }
     /* Nothing the root certifies outlives it: days are cut to the root's own end. */
     if (proto_asn1_time(X509_get0_notAfter(r.cert), &root_end) != MQPKI_OK ||
         root_end - mqpki_now() < 86400) {

@@ -100,6 +100,8 @@ int hsm_pin_read_file(const char *pin_file, char out[HSM_PIN_MAX]);
 /* The offline root token's PIN (datadir/offline_root.c): MQPKI_ROOT_PIN, taken out of the
  * environment with MQPKI_PIN by hsm_pin_capture, else pin_file. */
 int hsm_root_pin_read(const char *pin_file, char out[HSM_PIN_MAX]);
+/* Wipes the MQPKI_ROOT_PIN copy alone (mqpkid, which never opens the root's token). */
+void hsm_root_pin_forget(void);
 
 /*
  * Takes MQPKI_PIN out of the environment: keeps a copy in this process's memory for every later

@@ -44,6 +44,14 @@ void hsm_pin_forget(void)
     pthread_mutex_unlock(&env_lock);
 }
 
+void hsm_root_pin_forget(void)
+{
+    pthread_mutex_lock(&env_lock);
+    OPENSSL_cleanse(env_pin[PIN_ROOT], sizeof(env_pin[PIN_ROOT]));
+    env_state[PIN_ROOT] = ENV_NONE;
+    pthread_mutex_unlock(&env_lock);
+}
+
 static void forget_at_exit(void)
 {
     hsm_pin_forget();

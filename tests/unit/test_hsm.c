@@ -479,6 +479,35 @@ static void test_pin_capture_wipes(void **state)
     assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
 }
 
+/* MQPKI_ROOT_PIN, the offline root token's, is captured and wiped with MQPKI_PIN, and neither
+ * stands in for the other; mqpkid forgets the root's alone. */
+static void test_root_pin(void **state)
+{
+    static char entry[] = "MQPKI_ROOT_PIN=root-secret-5";
+    char pin[HSM_PIN_MAX];
+
+    assert_int_equal(putenv(entry), 0);
+    setenv("MQPKI_PIN", "ca-secret-6", 1);
+    hsm_pin_capture();
+    assert_null(getenv("MQPKI_ROOT_PIN"));
+    assert_null(getenv("MQPKI_PIN"));
+    assert_string_equal(entry, "MQPKI_ROOT_PIN=");
+    assert_int_equal(hsm_root_pin_read(NULL, pin), MQPKI_OK);
+    assert_string_equal(pin, "root-secret-5");
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_OK);
+    assert_string_equal(pin, "ca-secret-6");
+    hsm_root_pin_forget();
+    assert_int_equal(hsm_root_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_OK);
+    assert_string_equal(pin, "ca-secret-6");
+    hsm_pin_forget();
+    assert_int_equal(hsm_pin_read(NULL, pin), MQPKI_ERR_NOT_FOUND);
+    /* A file for the one, whatever the other says. */
+    setenv("MQPKI_PIN", "ca-secret-7", 1);
+    assert_int_equal(hsm_root_pin_read("/nonexistent/pin", pin), MQPKI_ERR_NOT_FOUND);
+    hsm_pin_forget();
+}
+
 /* softhsm2.conf has '#' comments and key = value lines: such paths are refused, before
  * anything is created. */
 static void test_softhsm_path_check(void **state)
@@ -603,6 +632,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_softhsm_guard, setup, teardown),
         cmocka_unit_test(test_pin_read),
         cmocka_unit_test(test_pin_capture_wipes),
+        cmocka_unit_test(test_root_pin),
         cmocka_unit_test(test_softhsm_path_check),
         cmocka_unit_test(test_close_null),
     };
