@@ -104,6 +104,13 @@ void crlload_stop(struct crlload *l);
  * crlload_pending. */
 int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,
                    const char *persist_path);
+/* A full CRL announced by notice n: fetched from n->url by the worker (the peer checked with
+ * the PEM certificates ca_pem), with retries; then as crlload_submit. 0, or -1 when out of
+ * memory. */
+int crlload_fetch(struct crlload *l, const struct proto_crl_notice *n, const char *ca_pem,
+                  size_t ca_pem_len, const char *persist_path);
+/* 1 with the newest failed fetch attempt not reported yet (for the log), 0 when none. */
+int crlload_note(struct crlload *l, char *out, size_t out_len);
 /* A table to free on the worker (revset_set_reaper's fn; ctx is the struct crlload). It is
  * freed at once when the worker cannot take it. */
 void crlload_reap(struct serialset *s, void *ctx);

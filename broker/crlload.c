@@ -3,23 +3,41 @@
  * (broker.h). Hashing the TBS of a million-entry CRL (~37 MB) and walking its entries take
  * tens to hundreds of milliseconds; on the broker's thread that would hold up every client.
  * The broker's thread only copies the payload in and, on a later tick, swaps the finished set
- * in (O(1)). Until then the CRL held before stays in force.
+ * in (O(1)). Until then the CRL held before stays in force. A full CRL announced by a notice
+ * (proto_crl_notice) never passes through the broker's thread at all: the worker fetches it
+ * from the notice's URL, retrying with backoff (0.5 s doubling to 30 s, for about five
+ * minutes) until it gets that CRL or a newer one, or a newer job replaces it.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker.h"
 #include "common.h"
 
-#define WHY_MAX 256
+#define WHY_MAX          256
+#define FETCH_TIMEOUT_MS 60000
+#define FETCH_BACKOFF_MS 500
+#define FETCH_WAIT_MAX   30000
+#define FETCH_ATTEMPTS   14 /* 0.5 + 1 + ... + 30 s: about five minutes */
 
 struct job {
-    unsigned char *der;
+    unsigned char *der; /* the CRL; for a fetch job, NULL until fetched */
     size_t len;
     int64_t number;
     char *persist_path;
+    int fetch;                      /* a notice: der comes from notice.url */
+    struct proto_crl_notice notice; /* fetch jobs */
+    char *ca_pem;                   /* fetch jobs: the certificates the peer is checked with */
+    size_t ca_pem_len;
 };
+
+static int job_present(const struct job *j)
+{
+    return j->der != NULL || j->fetch;
+}
 
 struct crlload {
     STACK_OF(X509) * cas; /* the trusted CRL signers (own references), under lock */
@@ -35,13 +53,31 @@ struct crlload {
     struct revpart *part;
     struct proto_crl_info info;
     char why[WHY_MAX];
+    char note[WHY_MAX]; /* a failed fetch attempt, for the broker's log (crlload_note) */
 };
 
 static void job_clear(struct job *j)
 {
     free(j->der);
     free(j->persist_path);
+    free(j->ca_pem);
     memset(j, 0, sizeof(*j));
+}
+
+/* A fetched CRL is the one the notice names (size and SHA-256), or a newer one the URL serves
+ * by now; an older one (the URL not updated yet) is retried. */
+static int notice_fits(const struct job *j, const struct proto_crl_info *info, char *why,
+                       size_t why_len)
+{
+    if (info->number > j->notice.number)
+        return 1;
+    if (info->number == j->notice.number && proto_crl_notice_matches(&j->notice, j->der, j->len))
+        return 1;
+    snprintf(why, why_len, "%.120s served CRL %lld%s, the notice names CRL %lld", j->notice.url,
+             (long long)info->number,
+             info->number == j->notice.number ? " with another size or SHA-256" : "",
+             (long long)j->notice.number);
+    return 0;
 }
 
 /* The worker's part of a job: everything but the swap. */
@@ -68,6 +104,7 @@ static struct revpart *load(struct crlload *l, const struct job *j, struct proto
         return NULL;
     }
     if (proto_crl_der_check(&d, cas, &key, info, why, why_len) == 0 &&
+        (!j->fetch || notice_fits(j, info, why, why_len)) &&
         proto_crl_der_verify_sig(&d, key, why, why_len) == 0 &&
         revpart_from_der(&d, info, &part, why, why_len) == 0 && j->persist_path != NULL &&
         mqpki_file_write_atomic(j->persist_path, j->der, j->len, 0600) != MQPKI_OK)
@@ -76,6 +113,33 @@ static struct revpart *load(struct crlload *l, const struct job *j, struct proto
     proto_crl_der_clear(&d);
     sk_X509_pop_free(cas, X509_free);
     return part;
+}
+
+/* Sleeps the attempt's backoff; 1 when a newer job or the stop came meanwhile. */
+static int wait_retry(struct crlload *l, int attempt)
+{
+    long ms = FETCH_BACKOFF_MS;
+    struct timespec until;
+    int done;
+
+    for (int i = 0; i < attempt && ms < FETCH_WAIT_MAX; i++)
+        ms *= 2;
+    if (ms > FETCH_WAIT_MAX)
+        ms = FETCH_WAIT_MAX;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&l->lock);
+    while (!l->stop && !job_present(&l->next) &&
+           pthread_cond_timedwait(&l->cond, &l->lock, &until) != ETIMEDOUT)
+        ;
+    done = l->stop || job_present(&l->next);
+    pthread_mutex_unlock(&l->lock);
+    return done;
 }
 
 static void *run(void *arg)
@@ -88,8 +152,9 @@ static void *run(void *arg)
         struct proto_crl_info info;
         struct revpart *part;
         char why[WHY_MAX] = "";
+        int fetch;
 
-        while (!l->stop && (l->next.der == NULL || l->have_result) && l->n_trash == 0)
+        while (!l->stop && (!job_present(&l->next) || l->have_result) && l->n_trash == 0)
             pthread_cond_wait(&l->cond, &l->lock);
         if (l->stop)
             break;
@@ -108,11 +173,37 @@ static void *run(void *arg)
         j = l->next;
         memset(&l->next, 0, sizeof(l->next));
         l->running = j.number;
+        fetch = j.fetch;
         pthread_mutex_unlock(&l->lock);
-        part = load(l, &j, &info, why, sizeof(why));
+        part = NULL;
+        for (int attempt = 0;; attempt++) {
+            int give_up;
+            if (j.fetch) {
+                free(j.der);
+                j.der = NULL;
+                if (proto_crl_fetch(j.notice.url, NULL, j.ca_pem, j.ca_pem_len, j.notice.size,
+                                    FETCH_TIMEOUT_MS, &j.der, &j.len, why, sizeof(why)) != 0)
+                    j.der = NULL;
+            }
+            if (j.der != NULL && (part = load(l, &j, &info, why, sizeof(why))) != NULL)
+                break;
+            if (!j.fetch || attempt + 1 >= FETCH_ATTEMPTS)
+                break;
+            pthread_mutex_lock(&l->lock);
+            snprintf(l->note, sizeof(l->note), "full CRL %lld, attempt %d: %s; retrying",
+                     (long long)j.number, attempt + 1, why);
+            pthread_mutex_unlock(&l->lock);
+            /* Wait, unless a newer job or the stop comes first. */
+            give_up = wait_retry(l, attempt);
+            if (give_up)
+                break;
+        }
         job_clear(&j);
         pthread_mutex_lock(&l->lock);
         l->running = -1;
+        /* A fetch replaced by a newer job before it got its CRL: no result for it. */
+        if (part == NULL && fetch && job_present(&l->next))
+            continue;
         l->part = part;
         l->info = info;
         snprintf(l->why, sizeof(l->why), "%s", why);
@@ -211,6 +302,44 @@ int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int6
     return 0;
 }
 
+int crlload_note(struct crlload *l, char *out, size_t out_len)
+{
+    int got;
+
+    pthread_mutex_lock(&l->lock);
+    got = l->note[0] != '\0';
+    if (got) {
+        snprintf(out, out_len, "%s", l->note);
+        l->note[0] = '\0';
+    }
+    pthread_mutex_unlock(&l->lock);
+    return got;
+}
+
+int crlload_fetch(struct crlload *l, const struct proto_crl_notice *n, const char *ca_pem,
+                  size_t ca_pem_len, const char *persist_path)
+{
+    struct job j = {0};
+
+    if ((j.ca_pem = malloc(ca_pem_len + 1)) == NULL ||
+        (persist_path != NULL && (j.persist_path = strdup(persist_path)) == NULL)) {
+        job_clear(&j);
+        return -1;
+    }
+    memcpy(j.ca_pem, ca_pem, ca_pem_len);
+    j.ca_pem[ca_pem_len] = '\0';
+    j.ca_pem_len = ca_pem_len;
+    j.fetch = 1;
+    j.notice = *n;
+    j.number = n->number;
+    pthread_mutex_lock(&l->lock);
+    job_clear(&l->next);
+    l->next = j;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
 void crlload_reap(struct serialset *s, void *ctx)
 {
     struct crlload *l = ctx;
@@ -247,7 +376,7 @@ int64_t crlload_pending(const struct crlload *l)
 
     pthread_mutex_lock(&m->lock);
     n = m->running;
-    if (m->next.der != NULL && m->next.number > n)
+    if (job_present(&m->next) && m->next.number > n)
         n = m->next.number;
     if (m->have_result && m->part != NULL && m->info.number > n)
         n = m->info.number;

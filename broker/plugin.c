@@ -80,6 +80,7 @@ struct plugin {
     char events_topic[PROTO_TOPIC_MAX];
     int fail_closed;
     struct crlload *loader;  /* large full CRLs, off this thread */
+    struct proto_crl_notice notice; /* the last notice handed to the loader */
     unsigned char *deferred; /* a delta CRL waiting for its base (loading, or not yet here) */
     size_t deferred_len;
     int64_t deferred_number;
@@ -725,6 +726,54 @@ static void retry_deferred(struct plugin *pl)
 }
 
 /*
+ * A full CRL announced by a notice (proto_crl_notice): newer than the one held or loading, it
+ * goes to the worker, which fetches it from the notice's URL (mqpkid's HTTPS, checked with
+ * the roots and issuing CAs this broker trusts) and loads it as any large full CRL; nothing of
+ * the CRL passes through this thread. 0 when taken (or not newer), -1 refused.
+ */
+static int apply_notice(struct plugin *pl, const unsigned char *payload, size_t len, int persist_it,
+                        char *why, size_t why_len)
+{
+    struct proto_crl_notice n;
+    int64_t held = revset_full_number(pl->rev), loading;
+    char path[4096], *pem = NULL;
+    size_t pem_len = 0;
+    int keep, rc;
+
+    if (proto_crl_notice_parse(payload, len, &n, why, why_len) != 0)
+        return -1;
+    if (pl->loader == NULL) {
+        snprintf(why, why_len, "CRL %lld: no worker to fetch it", (long long)n.number);
+        return -1;
+    }
+    loading = crlload_pending(pl->loader);
+    /* Held, or on its way already (a retained notice delivered again). Another notice of the
+     * number being fetched (another URL: a replica's) replaces that fetch. */
+    if (n.number <= held || n.number < loading ||
+        (n.number == loading && pl->notice.number == n.number &&
+         memcmp(&pl->notice, &n, sizeof(n)) == 0))
+        return 0;
+    if (proto_certs_pem(pl->roots, pl->cas, &pem, &pem_len) != 0) {
+        snprintf(why, why_len, "CRL %lld: out of memory", (long long)n.number);
+        return -1;
+    }
+    keep = persist_it && pl->state_dir != NULL &&
+           mqpki_path(path, sizeof(path), "%s/full.der", pl->state_dir) == MQPKI_OK;
+    rc = crlload_fetch(pl->loader, &n, pem, pem_len, keep ? path : NULL);
+    free(pem);
+    if (rc != 0) {
+        snprintf(why, why_len, "CRL %lld: out of memory", (long long)n.number);
+        return -1;
+    }
+    pl->notice = n;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "mqpki: full CRL %lld (%zu bytes) announced: fetching it from %.200s off "
+                         "the broker's thread",
+                         (long long)n.number, n.size, n.url);
+    return 0;
+}
+
+/*
  * Checks and applies one CRL. Returns 0 when accepted (or the one held, or handed to the
  * worker), -1 when refused (`why` says why). The CRL is read from its DER (proto_crl_der_*):
  * no X509_CRL of its entries is ever built. A large full CRL gets only the cheap checks here
@@ -746,6 +795,8 @@ static int apply_crl(struct plugin *pl, const unsigned char *der, size_t len, in
     int async = !want_delta && len >= CRL_ASYNC_MIN && pl->loader != NULL, rc = -1;
 
     memset(&d, 0, sizeof(d));
+    if (!want_delta && proto_crl_notice_is(der, len))
+        return apply_notice(pl, der, len, persist_it, why, why_len);
     if (proto_crl_der_split(der, len, &d, why, why_len) != 0 ||
         proto_crl_der_check(&d, persist_it && pl->current_crl ? pl->crl_cas : pl->cas, &key, &info,
                             why, why_len) != 0)
@@ -852,6 +903,9 @@ static void apply_loaded(struct plugin *pl)
     char why[WHY_MAX] = "";
     double t0;
 
+    if (pl->loader != NULL && crlload_note(pl->loader, why, sizeof(why)))
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "mqpki: %s", why);
+    why[0] = '\0';
     if (pl->loader == NULL || !crlload_take(pl->loader, &part, &info, why, sizeof(why)))
         return;
     t0 = mono_ms();

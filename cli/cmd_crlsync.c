@@ -156,6 +156,56 @@ static int write_held(struct sync *s, int delta)
 
 /* A CRL from the main topics (main 1) or an older generation's topic, kind delta: verified,
  * then held by its signer and written with the others. */
+static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int main);
+
+/* A full CRL announced by a notice: fetched from its URL (the peer checked with --ca's roots
+ * and the issuing CAs trusted now), a few times over about eight seconds while the URL serves
+ * an older one or fails, then taken as if it had come on the topic. */
+static void sync_notice(struct sync *s, const unsigned char *payload, size_t len, int main)
+{
+    struct proto_crl_notice n;
+    char why[256], *pem = NULL;
+    size_t pem_len = 0;
+
+    if (proto_crl_notice_parse(payload, len, &n, why, sizeof(why)) != 0 ||
+        proto_certs_pem(s->roots, s->cas, &pem, &pem_len) != 0) {
+        if (pem == NULL && why[0] == '\0')
+            snprintf(why, sizeof(why), "out of memory");
+        printf("CRL notice ignored: %s\n", why);
+        fflush(stdout);
+        return;
+    }
+    for (int attempt = 0; attempt < 5; attempt++) {
+        unsigned char *der = NULL;
+        size_t der_len = 0;
+        X509_CRL *crl = NULL;
+        struct proto_crl_info info;
+        int newer = 0;
+        if (attempt > 0)
+            usleep((useconds_t)(500000u << (attempt - 1)));
+        if (proto_crl_fetch(n.url, NULL, pem, pem_len, n.size, 60000, &der, &der_len, why,
+                            sizeof(why)) != 0)
+            continue;
+        /* The one announced, or a newer one the URL serves by now. */
+        newer = proto_crl_parse(der, der_len, &crl, why, sizeof(why)) == 0 &&
+                proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) == 0 &&
+                info.number > n.number;
+        X509_CRL_free(crl);
+        if (newer || proto_crl_notice_matches(&n, der, der_len)) {
+            sync_crl(s, der, der_len, 0, main);
+            free(der);
+            free(pem);
+            return;
+        }
+        snprintf(why, sizeof(why), "%.200s did not serve CRL %lld yet", n.url, (long long)n.number);
+        free(der);
+    }
+    printf("full CRL %lld not fetched: %s\n", (long long)n.number, why);
+    fflush(stdout);
+    s->last_msg_ms = mono_ms();
+    free(pem);
+}
+
 static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int main)
 {
     struct proto_crl_info info;
@@ -168,6 +218,10 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
     /* A retired generation's topics cleared: its CRLs leave with the issuing CA list. */
     if (len == 0)
         return;
+    if (!delta && proto_crl_notice_is(der, len)) {
+        sync_notice(s, der, len, main);
+        return;
+    }
     if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
         proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
         goto refused;

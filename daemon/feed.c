@@ -85,7 +85,35 @@ struct feed {
     void *sink_ctx;
     struct retained quar; /* the newest quarantine list (none until detect offers one) */
     struct retained iss;  /* the issuing CA generations to trust (ca/chain.pem) */
+    char crl_base[PROTO_URL_MAX + 1]; /* where brokers fetch a full CRL sent as a notice */
+    size_t inline_max;                /* full CRLs this large or larger go as notices; 0 never */
 };
+
+/*
+ * Publishes a full CRL on topic: itself, or, when it is large (f->inline_max), a notice naming
+ * where the brokers fetch it (path under f->crl_base): a 40 MB message would hold Mosquitto's
+ * one thread for hundreds of milliseconds. The notice is retained in the CRL's place.
+ */
+static int publish_full(struct link *l, const char *topic, const char *path, int64_t number,
+                        const unsigned char *der, size_t len)
+{
+    struct feed *f = l->f;
+    char url[PROTO_URL_MAX + 1], *notice = NULL;
+    size_t notice_len = 0;
+    int rc;
+
+    if (f->inline_max == 0 || len < f->inline_max || f->crl_base[0] == '\0')
+        return mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    if ((size_t)snprintf(url, sizeof(url), "%s%s", f->crl_base, path) >= sizeof(url) ||
+        proto_crl_notice_make(number, der, len, url, &notice, &notice_len) != 0) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s%s): sent whole",
+                  (long long)number, f->crl_base, path);
+        return mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    }
+    rc = mosquitto_publish(l->m, NULL, topic, (int)notice_len, notice, 1, true);
+    free(notice);
+    return rc;
+}
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
@@ -104,7 +132,8 @@ static void send_crl_locked(struct link *l, int kind, int64_t number, const unsi
 
     if (number <= l->sent[kind] || (kind == INV_CRL_DELTA && number <= l->sent[INV_CRL_FULL]))
         return;
-    rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    rc = kind == INV_CRL_FULL ? publish_full(l, topic, "/crl/issuing.crl", number, der, len)
+                              : mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
     if (rc == MOSQ_ERR_SUCCESS)
         l->sent[kind] = number;
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
@@ -242,7 +271,13 @@ static void send_generations_locked(struct link *l)
                 free(der);
                 continue;
             }
-            rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+            if (k == 0) {
+                char gpath[64];
+                snprintf(gpath, sizeof(gpath), "/crl/generation/%d/issuing.crl", g->gen);
+                rc = publish_full(l, topic, gpath, have[k], der, len);
+            } else {
+                rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+            }
             if (rc == MOSQ_ERR_SUCCESS)
                 l->sent_gen[g->gen][k] = have[k];
             else if (rc != MOSQ_ERR_NO_CONN)
@@ -655,7 +690,13 @@ static void rescan(struct feed *f)
     pthread_mutex_unlock(&f->rescan_lock);
 }
 
-int feed_start(const char *home, const char *store, struct feed **out)
+int feed_full_by_notice(const struct feed *f, size_t len)
+{
+    return f != NULL && f->inline_max > 0 && len >= f->inline_max && f->crl_base[0] != '\0';
+}
+
+int feed_start(const char *home, const char *store, const char *crl_base, size_t inline_max,
+               struct feed **out)
 {
     struct feed *f;
     int rc;
@@ -676,6 +717,10 @@ int feed_start(const char *home, const char *store, struct feed **out)
         snprintf(f->instance, sizeof(f->instance), "%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
     }
     snprintf(f->home, sizeof(f->home), "%s", home);
+    if (crl_base != NULL && crl_base[0] != '\0' && proto_crl_url_ok(crl_base)) {
+        snprintf(f->crl_base, sizeof(f->crl_base), "%s", crl_base);
+        f->inline_max = inline_max;
+    }
     pthread_once(&lib_once, lib_init);
     if ((f->links = calloc(FEED_MAX_BROKERS, sizeof(*f->links))) == NULL) {
         rc = MQPKI_ERR_NOMEM;

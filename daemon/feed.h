@@ -18,8 +18,16 @@ struct feed;
 
 /* Starts the feed for the data directory home: a thread per broker, its own connection to the
  * store at store (inventory_open's target). Brokers that are down are retried with backoff; a
- * broker coming back gets the newest CRLs. */
-int feed_start(const char *home, const char *store, struct feed **out);
+ * broker coming back gets the newest CRLs. A full CRL of inline_max bytes or more (0: none)
+ * goes as a notice (proto_crl_notice_make) naming crl_base "/crl/issuing.crl" (an older
+ * generation's: crl_base "/crl/generation/N/issuing.crl"), which the brokers fetch; crl_base
+ * NULL or "" sends every CRL whole. */
+int feed_start(const char *home, const char *store, const char *crl_base, size_t inline_max,
+               struct feed **out);
+
+/* 1 when a full CRL of len bytes goes to the brokers as a notice: offer it once crl/ serves
+ * it (the notice's URL), not before. */
+int feed_full_by_notice(const struct feed *f, size_t len);
 
 /* Links brokers registered meanwhile (`mqpki broker init`) and stops those removed (feed_rescan).
  * Call about every second. */

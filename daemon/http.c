@@ -241,6 +241,28 @@ static const struct {
 };
 #define N_CRL_FILES (sizeof(crl_files) / sizeof(crl_files[0]))
 
+/* The CRL file url names, or NULL: one of crl_files, or an older issuing CA generation's copy
+ * /crl/generation/N/issuing.crl (N 1..DATADIR_ISSUERS_MAX, digits only), as its notice names
+ * it (crl/generation-N/issuing.crl). file holds 64 bytes. */
+static const char *crl_file_of(const char *url, char file[64], const char **type)
+{
+    int gen = 0, n = 0;
+
+    for (size_t i = 0; i < N_CRL_FILES; i++)
+        if (strcmp(url, crl_files[i].url) == 0) {
+            *type = crl_files[i].type;
+            return crl_files[i].file;
+        }
+    if (strncmp(url, "/crl/generation/", 16) == 0 && url[16] >= '1' && url[16] <= '9' &&
+        sscanf(url + 16, "%3d/issuing.crl%n", &gen, &n) == 1 && n > 0 && url[16 + n] == '\0' &&
+        gen >= 1 && gen <= DATADIR_ISSUERS_MAX && strspn(url + 16, "0123456789") < 4) {
+        snprintf(file, 64, "crl/generation-%d/issuing.crl", gen);
+        *type = "application/pkix-crl";
+        return file;
+    }
+    return NULL;
+}
+
 /* The dashboard (ui.c): read-only pages, credentials checked there. */
 static enum MHD_Result serve_ui(struct http *h, struct MHD_Connection *c, const char *url)
 {
@@ -350,9 +372,12 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
         return send_text(c, 405, "method not allowed\n");
     if (ui_handles(url))
         return serve_ui(h, c, url);
-    for (size_t i = 0; i < N_CRL_FILES; i++)
-        if (strcmp(url, crl_files[i].url) == 0)
-            return serve_crl(ctx, c, crl_files[i].file, crl_files[i].type);
+    {
+        char buf[64];
+        const char *type = NULL, *file = crl_file_of(url, buf, &type);
+        if (file != NULL)
+            return serve_crl(ctx, c, file, type);
+    }
     /* Liveness: the process answers. A supervisor restarts on this one only. */
     if (strcmp(url, "/livez") == 0)
         return send_text(c, 200, "ok\n");
@@ -896,9 +921,12 @@ static enum MHD_Result on_crl_request(void *cls, struct MHD_Connection *c, const
     *upload_data_size = 0;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_text(c, 405, "method not allowed\n");
-    for (size_t i = 0; i < N_CRL_FILES; i++)
-        if (strcmp(url, crl_files[i].url) == 0)
-            return serve_crl(ch->ctx, c, crl_files[i].file, crl_files[i].type);
+    {
+        char buf[64];
+        const char *type = NULL, *file = crl_file_of(url, buf, &type);
+        if (file != NULL)
+            return serve_crl(ch->ctx, c, file, type);
+    }
     return send_text(c, 404, "not found\n");
 }
 

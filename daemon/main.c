@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,6 +163,41 @@ static int restart(struct daemon_ctx *ctx, struct http **h, const char *listen, 
     return MQPKI_OK;
 }
 
+/*
+ * Where brokers fetch a full CRL the feed announces by a notice: [feed] crl_url, else [ca] url
+ * when it is http:// (mqpkid's [http] crl_listen), else https:// with [ca] url's host (a name
+ * in mqpkid's certificate) and the port this mqpkid listens on.
+ */
+static void feed_crl_base(const struct datadir_config *cfg, int listen_fd,
+                          char out[PROTO_URL_MAX + 1])
+{
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof(sa);
+    const char *host = cfg->url + 8;
+    size_t host_len;
+    unsigned port = 0;
+
+    out[0] = '\0';
+    if (cfg->feed_crl_url[0] != '\0') {
+        snprintf(out, PROTO_URL_MAX + 1, "%s", cfg->feed_crl_url);
+    } else if (strncmp(cfg->url, "http://", 7) == 0) {
+        snprintf(out, PROTO_URL_MAX + 1, "%s", cfg->url);
+    } else if (strncmp(cfg->url, "https://", 8) == 0 &&
+               getsockname(listen_fd, (struct sockaddr *)&sa, &sl) == 0) {
+        port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                              : ((struct sockaddr_in *)&sa)->sin_port);
+        host_len = host[0] == '[' && strchr(host, ']') != NULL
+                       ? (size_t)(strchr(host, ']') - host) + 1
+                       : strcspn(host, ":/");
+        snprintf(out, PROTO_URL_MAX + 1, "https://%.*s:%u", (int)host_len, host, port);
+    }
+    /* No trailing slash: paths are appended. */
+    if (out[0] != '\0' && out[strlen(out) - 1] == '/')
+        out[strlen(out) - 1] = '\0';
+    if (!proto_crl_url_ok(out))
+        out[0] = '\0';
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -177,7 +215,7 @@ int main(int argc, char **argv)
     struct est_config ec;
     struct http *h = NULL;
     const char *home_arg = NULL, *listen_arg = NULL;
-    char home[4096], listen[160];
+    char home[4096], listen[160], base[PROTO_URL_MAX + 1];
     unsigned threads = DEFAULT_THREADS;
     sigset_t sigs;
     time_t last_tls_check = 0;
@@ -264,7 +302,9 @@ int main(int argc, char **argv)
         goto out;
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
-    if ((rc = feed_start(home, ctx.db_path, &ctx.feed)) != MQPKI_OK) {
+    feed_crl_base(datadir_config(ctx.dd), listen_fd, base);
+    if ((rc = feed_start(home, ctx.db_path, base, (size_t)datadir_config(ctx.dd)->feed_inline_max,
+                         &ctx.feed)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));
         goto out;
     }

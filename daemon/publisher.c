@@ -116,6 +116,21 @@ static void offered_set(struct publisher *p, int kind, int64_t number)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* The full CRL signer is at work and the brokers fetch full CRLs (notices): the base of a delta
+ * is offered by that signer once exported, and not read back from the store (40 MB, most of a
+ * second) ahead of the delta, which the brokers apply ahead of its base meanwhile. */
+static int base_coming(struct publisher *p)
+{
+    int busy;
+
+    if (!feed_full_by_notice(p->ctx->feed, SIZE_MAX))
+        return 0;
+    pthread_mutex_lock(&p->lock);
+    busy = p->full_busy;
+    pthread_mutex_unlock(&p->lock);
+    return busy;
+}
+
 /*
  * From the publisher's thread and the full CRL signer's, one at a time (feed_order). A broker
  * refuses a delta based on a full CRL it does not hold, and each link sends a number once: so
@@ -129,7 +144,7 @@ static void offer(struct publisher *p, const struct inventory_crl *c, const unsi
     if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
         return;
     pthread_mutex_lock(&p->feed_order);
-    if (c->kind == INV_CRL_DELTA && c->base > offered(p, INV_CRL_FULL)) {
+    if (c->kind == INV_CRL_DELTA && c->base > offered(p, INV_CRL_FULL) && !base_coming(p)) {
         unsigned char *base = NULL;
         size_t base_len = 0;
         if (inventory_crl_der(p->inv, c->base, &base, &base_len) == MQPKI_OK) {
@@ -147,16 +162,26 @@ static void offer(struct publisher *p, const struct inventory_crl *c, const unsi
     pthread_mutex_unlock(&p->feed_order);
 }
 
+/* A full CRL the brokers fetch (a notice names crl/'s URL): offered once crl/ holds it. */
+static int by_notice(struct publisher *p, const struct inventory_crl *c, size_t len)
+{
+    return c->kind == INV_CRL_FULL && feed_full_by_notice(p->ctx->feed, len);
+}
+
 static void on_signed(void *ctx, const struct inventory_crl *c, const unsigned char *der,
                       size_t len)
 {
-    offer(ctx, c, der, len);
+    if (!by_notice(ctx, c, len))
+        offer(ctx, c, der, len);
 }
 
 static int on_export(void *ctx, const struct inventory_crl *c, const unsigned char *der, size_t len)
 {
     struct publisher *p = ctx;
     int rc = datadir_crl_export(p->ctx->dd, c, der, len);
+
+    if (rc == MQPKI_OK && by_notice(p, c, len) && c->number > offered(p, INV_CRL_FULL))
+        offer(p, c, der, len);
 
     /* The older generations' copies of it, made by the export (datadir_crl_export). */
     if (rc == MQPKI_OK)
@@ -194,14 +219,15 @@ static void catch_up(struct publisher *p)
             free(der);
             continue;
         }
-        if (feed)
-            offer(p, &c, der, len);
+        /* The file first: a full CRL that goes as a notice names it. */
         if (export) {
             int erc = datadir_crl_export(p->ctx->dd, &c, der, len);
             if (erc != MQPKI_OK && erc != MQPKI_ERR_BUSY)
                 mqpki_log(MQPKI_LOG_ERROR, "CRL %lld: %s", (long long)c.number,
                           mqpki_err_detail(erc));
         }
+        if (feed)
+            offer(p, &c, der, len);
         free(der);
     }
     /* An older generation's copies behind crl/ (a process killed between the two) catch up. */

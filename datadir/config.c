@@ -173,6 +173,11 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         ok = set_int(&c->expired_cert_days, value, 1, 36500);
     else if (KEY("retention", "token_days"))
         ok = set_int(&c->token_days, value, 1, 3650);
+    else if (KEY("feed", "crl_inline_max"))
+        ok = set_int64(&c->feed_inline_max, value, 0, PROTO_CRL_MAX_DER);
+    else if (KEY("feed", "crl_url"))
+        ok = set_text(c->feed_crl_url, sizeof(c->feed_crl_url), value) &&
+             (value[0] == '\0' || proto_crl_url_ok(value));
     else if (KEY("http", "crl_listen"))
         ok = set_text(c->crl_listen, sizeof(c->crl_listen), value) &&
              (value[0] == '\0' || strchr(value, ':') != NULL);
@@ -234,6 +239,7 @@ void datadir_config_defaults(const char *home, struct datadir_config *c)
     c->crl_full_every = 6 * 3600;
     c->crl_full_after = 60;
     c->crl_delta_max = 10000;
+    c->feed_inline_max = 1024 * 1024;
     c->device_days = 90;
     c->broker_days = 90;
     snprintf(c->hsm_token, sizeof(c->hsm_token), "mqpki");

@@ -69,6 +69,9 @@ struct datadir_config {
     int expired_cert_days;                   /* [retention] expired_cert_days */
     int token_days;                          /* [retention] token_days */
     char crl_listen[128];                    /* [http] crl_listen: ADDR:PORT, "" off */
+    int64_t feed_inline_max; /* [feed] crl_inline_max: a full CRL this large or larger goes to
+                                the brokers as a notice they fetch (bytes; 0: never) */
+    char feed_crl_url[PROTO_URL_MAX + 1]; /* [feed] crl_url: where brokers fetch it, "" derived */
     char log_format[8];                      /* [log] format: text | json */
     char log_level[8];                       /* [log] level: error | warn | info | debug */
     char store_url[1024];                    /* [store] url: postgresql:// URL, "" embedded */

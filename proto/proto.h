@@ -168,6 +168,44 @@ struct proto_crl_der {
                        (its signature does not cover it; use proto_crl_der_verify_sig) */
 };
 
+/*
+ * The CRL notice (crlnotice.c): a full CRL of at least the feed's inline maximum goes to the
+ * brokers as {"crl_ref":1, "number", "size", "sha256", "url"} on its topic (retained), and is
+ * fetched from url off Mosquitto's thread. A payload whose first byte is '{' is a notice, one
+ * starting with 0x30 a CRL.
+ */
+#define PROTO_CRL_NOTICE_MAX 1024
+#define PROTO_URL_MAX        512
+struct proto_crl_notice {
+    int64_t number;
+    size_t size;
+    unsigned char sha256[32];
+    char url[PROTO_URL_MAX + 1];
+};
+int proto_crl_notice_is(const unsigned char *payload, size_t len);
+/* 1 when url is http:// or https://, at most PROTO_URL_MAX printable characters, no quote,
+ * backslash or space. */
+int proto_crl_url_ok(const char *url);
+/* The notice for the CRL der (its number) at url; heap. 0, or -1. */
+int proto_crl_notice_make(int64_t number, const unsigned char *der, size_t len, const char *url,
+                          char **out, size_t *out_len);
+/* Strict: exactly the five fields, version 1, each in range. 0, or -1 with why. */
+int proto_crl_notice_parse(const unsigned char *payload, size_t len, struct proto_crl_notice *n,
+                           char *why, size_t why_len);
+/* 1 when der has the notice's size and SHA-256. */
+int proto_crl_notice_matches(const struct proto_crl_notice *n, const unsigned char *der,
+                             size_t len);
+/* The certificates of a then b (either may be NULL) as PEM, for proto_crl_fetch's ca_pem. */
+int proto_certs_pem(STACK_OF(X509) * a, STACK_OF(X509) * b, char **out, size_t *out_len);
+/*
+ * GETs url (crlfetch.c, libcurl: http or https, no redirects, the peer verified against ca_pem
+ * (PEM certificates in memory) or else ca_file), at most expect bytes (0: PROTO_CRL_MAX_DER),
+ * within timeout_ms. *der is heap. 0, or -1 with why.
+ */
+int proto_crl_fetch(const char *url, const char *ca_file, const void *ca_pem, size_t ca_pem_len,
+                    size_t expect, long timeout_ms, unsigned char **der, size_t *len, char *why,
+                    size_t why_len);
+
 /* Splits der (at most PROTO_CRL_MAX_DER bytes, nothing after it) into its parts; der must
  * outlive *out. 0, or -1 with why (nothing to clear then). */
 int proto_crl_der_split(const unsigned char *der, size_t len, struct proto_crl_der *out, char *why,

@@ -138,6 +138,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (cas == NULL)
         setup();
+    /* The full CRL topic carries a CRL or a notice naming one (proto_crl_notice). */
+    if (proto_crl_notice_is(data, size)) {
+        struct proto_crl_notice n;
+        if (proto_crl_notice_parse(data, size, &n, why, sizeof(why)) == 0 &&
+            (!proto_crl_url_ok(n.url) || n.size == 0 || n.size > PROTO_CRL_MAX_DER || n.number < 0))
+            __builtin_trap();
+        return 0;
+    }
     if (proto_crl_parse(data, size, &crl, why, sizeof(why)) != 0)
         crl = NULL;
     der_path(data, size, crl);

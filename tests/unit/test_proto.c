@@ -4,6 +4,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -241,12 +243,82 @@ static void test_audit_tbs(void **state)
     EVP_PKEY_free(other);
 }
 
+/* The CRL notice: made and read back; every hostile variation refused. */
+static void test_crl_notice(void **state)
+{
+    static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x05};
+    struct proto_crl_notice n;
+    char *text = NULL, why[256], sha[65], buf[1400];
+    size_t len = 0;
+    static const char *const bad[] = {
+        "",
+        "{}",
+        "[1]",
+        "{\"crl_ref\":2,\"number\":1,\"size\":5,\"sha256\":\"%s\",\"url\":\"https://a/b\"}",
+        "{\"crl_ref\":1,\"number\":-1,\"size\":5,\"sha256\":\"%s\",\"url\":\"https://a/b\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":0,\"sha256\":\"%s\",\"url\":\"https://a/b\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":99999999999,\"sha256\":\"%s\",\"url\":\"https://a/"
+        "b\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":5,\"sha256\":\"%s\",\"url\":\"file:///etc/passwd\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":5,\"sha256\":\"%s\",\"url\":\"https://a/b c\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":5,\"sha256\":\"%s\",\"url\":\"https://a/b\",\"x\":1}",
+        "{\"crl_ref\":1,\"number\":1,\"number\":2,\"size\":5,\"sha256\":\"%s\",\"url\":\"https://"
+        "a\"}",
+        "{\"crl_ref\":1,\"number\":1,\"size\":5,\"sha256\":\"ABC%s\",\"url\":\"https://a/b\"}",
+        "{\"crl_ref\":1,\"number\":\"1\",\"size\":5,\"sha256\":\"%s\",\"url\":\"https://a/b\"}",
+    };
+
+    assert_int_equal(proto_crl_notice_make(7, der, sizeof(der),
+                                           "https://ca.example:8443/crl/issuing.crl", &text, &len),
+                     0);
+    assert_true(proto_crl_notice_is((const unsigned char *)text, len));
+    assert_false(proto_crl_notice_is(der, sizeof(der)));
+    assert_int_equal(proto_crl_notice_parse((const unsigned char *)text, len, &n, why, sizeof(why)),
+                     0);
+    assert_int_equal(n.number, 7);
+    assert_int_equal(n.size, sizeof(der));
+    assert_string_equal(n.url, "https://ca.example:8443/crl/issuing.crl");
+    assert_true(proto_crl_notice_matches(&n, der, sizeof(der)));
+    assert_false(proto_crl_notice_matches(&n, der, sizeof(der) - 1));
+    {
+        unsigned char other[sizeof(der)];
+        memcpy(other, der, sizeof(der));
+        other[4] = 6;
+        assert_false(proto_crl_notice_matches(&n, other, sizeof(other)));
+    }
+    /* The SHA-256 as the notice spells it, for the hostile variations below. */
+    {
+        const char *p = strstr(text, "\"sha256\":\"") + 10;
+        memcpy(sha, p, 64);
+        sha[64] = '\0';
+    }
+    free(text);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *at = strstr(bad[i], "%s");
+        if (at != NULL)
+            snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - bad[i]), bad[i], sha, at + 2);
+        else
+            snprintf(buf, sizeof(buf), "%s", bad[i]);
+        assert_int_equal(
+            proto_crl_notice_parse((const unsigned char *)buf, strlen(buf), &n, why, sizeof(why)),
+            -1);
+    }
+    memset(buf, ' ', sizeof(buf));
+    assert_int_equal(
+        proto_crl_notice_parse((const unsigned char *)buf, sizeof(buf), &n, why, sizeof(why)), -1);
+    assert_false(proto_crl_url_ok("https://a/\"b"));
+    assert_false(proto_crl_url_ok("ftp://a/b"));
+    assert_true(proto_crl_url_ok("http://127.0.0.1:80/crl/issuing.crl"));
+    assert_int_equal(proto_crl_notice_make(7, der, sizeof(der), "javascript:x", &text, &len), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_asset_ids), cmocka_unit_test(test_cert_asset_id),
-        cmocka_unit_test(test_topics),    cmocka_unit_test(test_serials),
-        cmocka_unit_test(test_time),      cmocka_unit_test(test_audit_tbs),
+        cmocka_unit_test(test_asset_ids),  cmocka_unit_test(test_cert_asset_id),
+        cmocka_unit_test(test_topics),     cmocka_unit_test(test_serials),
+        cmocka_unit_test(test_time),       cmocka_unit_test(test_audit_tbs),
+        cmocka_unit_test(test_crl_notice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
