@@ -5,11 +5,14 @@
  * The broker's thread only copies the payload in and, on a later tick, swaps the finished set
  * in (O(1)). Until then the CRL held before stays in force. A full CRL announced by a notice
  * (proto_crl_notice) never passes through the broker's thread at all: the worker fetches it
- * from the notice's URL, retrying with backoff (0.5 s doubling to 30 s, for about five
- * minutes) until it gets that CRL or a newer one, or a newer job replaces it.
+ * from the notice's URL, retrying with backoff (0.5 s doubling to 30 s, with jitter, then
+ * every 30 s) until it gets that CRL or a newer one, a newer job replaces it, or the plugin
+ * stops (which also stops a transfer in flight). The retained notice is the truth: a broker
+ * never settles for less than the CRL it announces.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,10 +21,9 @@
 #include "common.h"
 
 #define WHY_MAX          256
-#define FETCH_TIMEOUT_MS 60000
+#define FETCH_TIMEOUT_MS 300000 /* 40 MB over a slow link; the plugin's stop cuts it short */
 #define FETCH_BACKOFF_MS 500
 #define FETCH_WAIT_MAX   30000
-#define FETCH_ATTEMPTS   14 /* 0.5 + 1 + ... + 30 s: about five minutes */
 
 struct job {
     unsigned char *der; /* the CRL; for a fetch job, NULL until fetched */
@@ -115,8 +117,17 @@ static struct revpart *load(struct crlload *l, const struct job *j, struct proto
     return part;
 }
 
-/* Sleeps the attempt's backoff; 1 when a newer job or the stop came meanwhile. */
-static int wait_retry(struct crlload *l, int attempt)
+/* The fetch in flight stops when the plugin does. */
+static int stopping(void *ctx)
+{
+    struct crlload *l = ctx;
+
+    return __atomic_load_n(&l->stop, __ATOMIC_ACQUIRE);
+}
+
+/* Sleeps the attempt's backoff, with up to a quarter more at random so that brokers told at
+ * once do not come back at once; 1 when a newer job or the stop came meanwhile. */
+static int wait_retry(struct crlload *l, int attempt, unsigned *seed)
 {
     long ms = FETCH_BACKOFF_MS;
     struct timespec until;
@@ -126,6 +137,7 @@ static int wait_retry(struct crlload *l, int attempt)
         ms *= 2;
     if (ms > FETCH_WAIT_MAX)
         ms = FETCH_WAIT_MAX;
+    ms += (long)(rand_r(seed) % (unsigned)(ms / 4 + 1));
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += ms / 1000;
     until.tv_nsec += (ms % 1000) * 1000000L;
@@ -153,6 +165,7 @@ static void *run(void *arg)
         struct revpart *part;
         char why[WHY_MAX] = "";
         int fetch;
+        unsigned seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&j;
 
         while (!l->stop && (!job_present(&l->next) || l->have_result) && l->n_trash == 0)
             pthread_cond_wait(&l->cond, &l->lock);
@@ -178,31 +191,34 @@ static void *run(void *arg)
         part = NULL;
         for (int attempt = 0;; attempt++) {
             int give_up;
+            why[0] = '\0';
             if (j.fetch) {
                 free(j.der);
                 j.der = NULL;
-                if (proto_crl_fetch(j.notice.url, NULL, j.ca_pem, j.ca_pem_len, j.notice.size,
-                                    FETCH_TIMEOUT_MS, &j.der, &j.len, why, sizeof(why)) != 0)
+                /* Capped at the largest CRL, not the notice's size: the URL may serve a newer,
+                 * larger one by now. */
+                if (proto_crl_fetch(j.notice.url, NULL, j.ca_pem, j.ca_pem_len, 0, FETCH_TIMEOUT_MS,
+                                    stopping, l, &j.der, &j.len, why, sizeof(why)) != 0)
                     j.der = NULL;
             }
             if (j.der != NULL && (part = load(l, &j, &info, why, sizeof(why))) != NULL)
                 break;
-            if (!j.fetch || attempt + 1 >= FETCH_ATTEMPTS)
+            if (!j.fetch)
                 break;
             pthread_mutex_lock(&l->lock);
             snprintf(l->note, sizeof(l->note), "full CRL %lld, attempt %d: %s; retrying",
                      (long long)j.number, attempt + 1, why);
             pthread_mutex_unlock(&l->lock);
             /* Wait, unless a newer job or the stop comes first. */
-            give_up = wait_retry(l, attempt);
+            give_up = wait_retry(l, attempt, &seed);
             if (give_up)
                 break;
         }
         job_clear(&j);
         pthread_mutex_lock(&l->lock);
         l->running = -1;
-        /* A fetch replaced by a newer job before it got its CRL: no result for it. */
-        if (part == NULL && fetch && job_present(&l->next))
+        /* A fetch replaced by a newer job (or stopped) before it got its CRL: no result. */
+        if (part == NULL && fetch)
             continue;
         l->part = part;
         l->info = info;
@@ -252,7 +268,7 @@ void crlload_stop(struct crlload *l)
     if (l == NULL)
         return;
     pthread_mutex_lock(&l->lock);
-    l->stop = 1;
+    __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&l->cond);
     pthread_mutex_unlock(&l->lock);
     pthread_join(l->thread, NULL);

@@ -747,11 +747,18 @@ static int apply_notice(struct plugin *pl, const unsigned char *payload, size_t 
         return -1;
     }
     loading = crlload_pending(pl->loader);
-    /* Held, or on its way already (a retained notice delivered again). Another notice of the
-     * number being fetched (another URL: a replica's) replaces that fetch. */
-    if (n.number <= held || n.number < loading ||
-        (n.number == loading && pl->notice.number == n.number &&
-         memcmp(&pl->notice, &n, sizeof(n)) == 0))
+    if (n.number < held) {
+        snprintf(why, why_len, "CRL %lld refused: CRL number lower than held %lld (RFC 5280 5.2.3)",
+                 (long long)n.number, (long long)held);
+        return -1;
+    }
+    /* Held, older than the one being fetched (a replica's late notice), or the notice being
+     * fetched delivered again. Another notice of that number (a replica's URL) or a newer one
+     * replaces the fetch still running. */
+    if (n.number == held || n.number < loading ||
+        (loading > held && n.number == pl->notice.number && n.size == pl->notice.size &&
+         memcmp(n.sha256, pl->notice.sha256, sizeof(n.sha256)) == 0 &&
+         strcmp(n.url, pl->notice.url) == 0))
         return 0;
     if (proto_certs_pem(pl->roots, pl->cas, &pem, &pem_len) != 0) {
         snprintf(why, why_len, "CRL %lld: out of memory", (long long)n.number);

@@ -164,7 +164,7 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
 static void sync_notice(struct sync *s, const unsigned char *payload, size_t len, int main)
 {
     struct proto_crl_notice n;
-    char why[256], *pem = NULL;
+    char why[256] = "", *pem = NULL;
     size_t pem_len = 0;
 
     if (proto_crl_notice_parse(payload, len, &n, why, sizeof(why)) != 0 ||
@@ -183,7 +183,7 @@ static void sync_notice(struct sync *s, const unsigned char *payload, size_t len
         int newer = 0;
         if (attempt > 0)
             usleep((useconds_t)(500000u << (attempt - 1)));
-        if (proto_crl_fetch(n.url, NULL, pem, pem_len, n.size, 60000, &der, &der_len, why,
+        if (proto_crl_fetch(n.url, NULL, pem, pem_len, 0, 20000, NULL, NULL, &der, &der_len, why,
                             sizeof(why)) != 0)
             continue;
         /* The one announced, or a newer one the URL serves by now. */

@@ -94,22 +94,32 @@ struct feed {
  * where the brokers fetch it (path under f->crl_base): a 40 MB message would hold Mosquitto's
  * one thread for hundreds of milliseconds. The notice is retained in the CRL's place.
  */
+/* The notice for a full CRL that goes as one (heap, NULL: it goes whole). */
+static char *make_notice(struct feed *f, const char *path, int64_t number, const unsigned char *der,
+                         size_t len, size_t *notice_len)
+{
+    char url[PROTO_URL_MAX + 1], *notice = NULL;
+
+    if (!feed_full_by_notice(f, len))
+        return NULL;
+    if ((size_t)snprintf(url, sizeof(url), "%s%s", f->crl_base, path) >= sizeof(url) ||
+        proto_crl_notice_make(number, der, len, url, &notice, notice_len) != 0) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s%s): sent whole",
+                  (long long)number, f->crl_base, path);
+        return NULL;
+    }
+    return notice;
+}
+
 static int publish_full(struct link *l, const char *topic, const char *path, int64_t number,
                         const unsigned char *der, size_t len)
 {
-    struct feed *f = l->f;
-    char url[PROTO_URL_MAX + 1], *notice = NULL;
     size_t notice_len = 0;
+    char *notice = make_notice(l->f, path, number, der, len, &notice_len);
     int rc;
 
-    if (f->inline_max == 0 || len < f->inline_max || f->crl_base[0] == '\0')
+    if (notice == NULL)
         return mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
-    if ((size_t)snprintf(url, sizeof(url), "%s%s", f->crl_base, path) >= sizeof(url) ||
-        proto_crl_notice_make(number, der, len, url, &notice, &notice_len) != 0) {
-        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s%s): sent whole",
-                  (long long)number, f->crl_base, path);
-        return mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
-    }
     rc = mosquitto_publish(l->m, NULL, topic, (int)notice_len, notice, 1, true);
     free(notice);
     return rc;
@@ -125,15 +135,19 @@ static void lib_init(void)
 /* Sends one CRL (retained, QoS 1) on one link unless it already sent this number or a higher
  * one of the same kind on this connection, or (a delta) a full CRL as new. sent_lock held. */
 static void send_crl_locked(struct link *l, int kind, int64_t number, const unsigned char *der,
-                            size_t len)
+                            size_t len, const char *notice, size_t notice_len)
 {
     const char *topic = kind == INV_CRL_FULL ? TOPIC_FULL : TOPIC_DELTA;
     int rc;
 
     if (number <= l->sent[kind] || (kind == INV_CRL_DELTA && number <= l->sent[INV_CRL_FULL]))
         return;
-    rc = kind == INV_CRL_FULL ? publish_full(l, topic, "/crl/issuing.crl", number, der, len)
-                              : mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
+    if (notice != NULL)
+        rc = mosquitto_publish(l->m, NULL, topic, (int)notice_len, notice, 1, true);
+    else if (kind == INV_CRL_FULL)
+        rc = publish_full(l, topic, "/crl/issuing.crl", number, der, len);
+    else
+        rc = mosquitto_publish(l->m, NULL, topic, (int)len, der, 1, true);
     if (rc == MOSQ_ERR_SUCCESS)
         l->sent[kind] = number;
     if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
@@ -144,10 +158,11 @@ static void send_crl_locked(struct link *l, int kind, int64_t number, const unsi
                   (long long)number, topic, len);
 }
 
-static void send_crl(struct link *l, int kind, int64_t number, const unsigned char *der, size_t len)
+static void send_crl(struct link *l, int kind, int64_t number, const unsigned char *der, size_t len,
+                     const char *notice, size_t notice_len)
 {
     pthread_mutex_lock(&l->sent_lock);
-    send_crl_locked(l, kind, number, der, len);
+    send_crl_locked(l, kind, number, der, len, notice, notice_len);
     pthread_mutex_unlock(&l->sent_lock);
 }
 
@@ -307,10 +322,10 @@ static void send_latest_locked(struct link *l)
     pthread_mutex_unlock(&f->inv_lock);
     if (have[INV_CRL_FULL])
         send_crl_locked(l, INV_CRL_FULL, c[INV_CRL_FULL].number, der[INV_CRL_FULL],
-                        len[INV_CRL_FULL]);
+                        len[INV_CRL_FULL], NULL, 0);
     if (have[INV_CRL_DELTA])
         send_crl_locked(l, INV_CRL_DELTA, c[INV_CRL_DELTA].number, der[INV_CRL_DELTA],
-                        len[INV_CRL_DELTA]);
+                        len[INV_CRL_DELTA], NULL, 0);
     free(der[0]);
     free(der[1]);
 }
@@ -771,11 +786,18 @@ void feed_links(struct feed *f, int *total, int *connected)
 
 void feed_offer(struct feed *f, int kind, int64_t number, const unsigned char *der, size_t len)
 {
+    char *notice = NULL;
+    size_t notice_len = 0;
+
     if (f == NULL || (kind != INV_CRL_FULL && kind != INV_CRL_DELTA))
         return;
+    /* One notice (one SHA-256 of tens of MB) for every link. */
+    if (kind == INV_CRL_FULL)
+        notice = make_notice(f, "/crl/issuing.crl", number, der, len, &notice_len);
     for (size_t i = 0; i < atomic_load(&f->n_links); i++)
         if (atomic_load(&f->links[i].connected))
-            send_crl(&f->links[i], kind, number, der, len);
+            send_crl(&f->links[i], kind, number, der, len, notice, notice_len);
+    free(notice);
 }
 
 void feed_offer_checkpoint(struct feed *f, int64_t id, const char *json, size_t len)

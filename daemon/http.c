@@ -35,6 +35,7 @@
 #define TLS_PRIORITIES          "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 #define HEADER_DEADLINE         10 /* seconds for a whole request line and headers */
 #define BODY_DEADLINE           30 /* seconds for a body, and for sending a response */
+#define CRL_DEADLINE            300 /* seconds for sending a CRL: 40 MB to a broker far away */
 #define LINGER_SECONDS          3  /* an early refusal's socket drains the unread body this long */
 #define DRAIN_MAX               64 /* lingering sockets at once; beyond, a refused one closes */
 #define DRAIN_READS             4  /* reads of 16 KiB per lingering socket and reap (1 s) */
@@ -231,6 +232,8 @@ static enum MHD_Result serve_crl(struct daemon_ctx *ctx, struct MHD_Connection *
     return ret;
 }
 
+static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds);
+
 /* The CRL files served, over HTTPS and on the optional plain-HTTP listener. */
 static const struct {
     const char *url, *file, *type;
@@ -375,8 +378,10 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     {
         char buf[64];
         const char *type = NULL, *file = crl_file_of(url, buf, &type);
-        if (file != NULL)
+        if (file != NULL) {
+            conn_deadline(h, c, CRL_DEADLINE);
             return serve_crl(ctx, c, file, type);
+        }
     }
     /* Liveness: the process answers. A supervisor restarts on this one only. */
     if (strcmp(url, "/livez") == 0)
@@ -399,8 +404,6 @@ static enum MHD_Result dispatch(struct http *h, struct MHD_Connection *c, const 
     }
     return send_text(c, 404, "not found\n");
 }
-
-static void conn_deadline(struct http *h, struct MHD_Connection *c, int seconds);
 
 /* What the request's Content-Length and Transfer-Encoding headers say about its body. */
 struct framing {

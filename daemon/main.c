@@ -303,6 +303,19 @@ int main(int argc, char **argv)
     (void)tls_tick(ctx.dd);
     last_tls_check = time(NULL);
     feed_crl_base(datadir_config(ctx.dd), listen_fd, base);
+    if (datadir_config(ctx.dd)->feed_inline_max > 0) {
+        if (base[0] == '\0')
+            mqpki_log(MQPKI_LOG_WARN, "feed: no URL brokers could fetch large CRLs from ([feed] "
+                                      "crl_url, [ca] url): every CRL goes whole");
+        else if (strstr(base, "://localhost") != NULL || strstr(base, "://127.") != NULL ||
+                 strstr(base, "://[::1]") != NULL)
+            mqpki_log(MQPKI_LOG_INFO,
+                      "feed: brokers fetch large CRLs from %s, on this host only "
+                      "(brokers elsewhere: [feed] crl_url)",
+                      base);
+        else
+            mqpki_log(MQPKI_LOG_INFO, "feed: brokers fetch large CRLs from %s", base);
+    }
     if ((rc = feed_start(home, ctx.db_path, base, (size_t)datadir_config(ctx.dd)->feed_inline_max,
                          &ctx.feed)) != MQPKI_OK) {
         mqpki_log(MQPKI_LOG_ERROR, "CRL feed: %s", mqpki_err_detail(rc));

@@ -226,7 +226,9 @@ static void catch_up(struct publisher *p)
                 mqpki_log(MQPKI_LOG_ERROR, "CRL %lld: %s", (long long)c.number,
                           mqpki_err_detail(erc));
         }
-        if (feed)
+        /* A notice names crl/: offered once crl/ holds it (the next cycle retries). */
+        if (feed &&
+            !(by_notice(p, &c, len) && datadir_crl_exported(p->ctx->dd, INV_CRL_FULL) < c.number))
             offer(p, &c, der, len);
         free(der);
     }

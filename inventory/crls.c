@@ -344,6 +344,12 @@ static int der_put(struct inventory *inv, int64_t number, int64_t attempt, const
             rc = inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
         off += n;
         part++;
+        /* A gap between parts, long enough for a writer polling for the lock (a revocation,
+         * its delta CRL) to take its turn. */
+        if (own_tx && off < len) {
+            struct timespec gap = {0, 3 * 1000 * 1000};
+            nanosleep(&gap, NULL);
+        }
     }
     return rc;
 }

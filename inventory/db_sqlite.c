@@ -120,6 +120,25 @@ static void lite_close(struct db *db)
     free(l);
 }
 
+/*
+ * The wait for the store's one writer: a poll every millisecond, for up to 5 s. SQLite's own
+ * timeout backs off to 100 ms sleeps, so a writer holding the lock in short back-to-back
+ * transactions (a large CRL's parts, inventory/crls.c) starved a revocation waiting behind it
+ * for most of a second.
+ */
+#define BUSY_POLLS 5000
+
+static int busy_poll(void *ctx, int count)
+{
+    struct timespec ms = {0, 1000 * 1000};
+
+    (void)ctx;
+    if (count >= BUSY_POLLS)
+        return 0;
+    nanosleep(&ms, NULL);
+    return 1;
+}
+
 static int lite_open(const char *target, struct db **out, char *err, size_t err_size)
 {
     struct lite *l;
@@ -147,7 +166,7 @@ static int lite_open(const char *target, struct db **out, char *err, size_t err_
         goto out;
     }
     sqlite3_extended_result_codes(l->h, 1);
-    sqlite3_busy_timeout(l->h, 5000);
+    sqlite3_busy_handler(l->h, busy_poll, NULL);
     /* A new (empty) store reclaims space by incremental vacuum (inventory_vacuum); the mode
      * is set before anything is written, WAL's header included (an older store switches at
      * its first `mqpki tidy`). */

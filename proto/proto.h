@@ -198,13 +198,14 @@ int proto_crl_notice_matches(const struct proto_crl_notice *n, const unsigned ch
 /* The certificates of a then b (either may be NULL) as PEM, for proto_crl_fetch's ca_pem. */
 int proto_certs_pem(STACK_OF(X509) * a, STACK_OF(X509) * b, char **out, size_t *out_len);
 /*
- * GETs url (crlfetch.c, libcurl: http or https, no redirects, the peer verified against ca_pem
- * (PEM certificates in memory) or else ca_file), at most expect bytes (0: PROTO_CRL_MAX_DER),
- * within timeout_ms. *der is heap. 0, or -1 with why.
+ * GETs url (crlfetch.c, libcurl: http or https, no redirects, no proxy, the peer verified
+ * against ca_pem (PEM certificates in memory) or else ca_file, never the system's), at most
+ * expect bytes (0: PROTO_CRL_MAX_DER), within timeout_ms; cancel (may be NULL) returning
+ * nonzero stops it. *der is heap. 0, or -1 with why.
  */
 int proto_crl_fetch(const char *url, const char *ca_file, const void *ca_pem, size_t ca_pem_len,
-                    size_t expect, long timeout_ms, unsigned char **der, size_t *len, char *why,
-                    size_t why_len);
+                    size_t expect, long timeout_ms, int (*cancel)(void *ctx), void *cancel_ctx,
+                    unsigned char **der, size_t *len, char *why, size_t why_len);
 
 /* Splits der (at most PROTO_CRL_MAX_DER bytes, nothing after it) into its parts; der must
  * outlive *out. 0, or -1 with why (nothing to clear then). */

@@ -62,6 +62,16 @@ check "mqpkid's feed reconnects" wait_for 40 bash -c \
   "[ \$(grep -c 'feed: connected to broker b1' '$MQPKID_LOG') -ge 2 ]"
 assert "the restarted broker holds the CRL from state/" grep -Eq \
   "holding full CRL $((16#$N))" "$T/broker2.log"
+sleep 1
+assert "and takes the notice sent again as the one it holds (no fetch)" bash -c \
+  "! grep -q 'full CRL $((16#$N)) .*announced' '$T/broker2.log'"
+
+check "mqpkid serves no generation copy before a rollover" bash -c \
+  "[ \$(curl -s -o /dev/null -w '%{http_code}' --cacert '$T/chain.pem' \
+     '$MQPKID_URL/crl/generation/1/issuing.crl') = 404 ]"
+check "nor a path outside crl/" bash -c \
+  "[ \$(curl -s -o /dev/null -w '%{http_code}' --path-as-is --cacert '$T/chain.pem' \
+     '$MQPKID_URL/crl/generation/1/../../mqpki.conf') = 404 ]"
 
 # Hostile notices, as only the service identity could publish them.
 pub_notice() {
@@ -69,6 +79,9 @@ pub_notice() {
 }
 pub_notice '{"crl_ref":1,"number":"x"}'
 check "a malformed notice is refused" wait_for 10 grep -q "ignored: CRL notice" "$T/broker2.log"
+pub_notice "{\"crl_ref\":1,\"number\":1,\"size\":100,\"sha256\":\"$(printf '%064d' 0)\",\"url\":\"https://localhost:1/crl/issuing.crl\"}"
+check "a notice older than the CRL held is refused" wait_for 10 grep -q \
+  "CRL 1 refused: CRL number lower than held" "$T/broker2.log"
 NEXT=$(( 16#$N + 1 ))
 DEAD=$(free_port)
 pub_notice "{\"crl_ref\":1,\"number\":$NEXT,\"size\":100,\"sha256\":\"$(printf '%064d' 0)\",\"url\":\"https://localhost:$DEAD/crl/issuing.crl\"}"
@@ -88,7 +101,18 @@ check "a plain HTTP server is up" wait_for 10 listening "$HP"
 SIZE=$(stat -c %s "$T/other/crl/issuing.crl")
 SHA=$(sha256sum "$T/other/crl/issuing.crl" | cut -d' ' -f1)
 pub_notice "{\"crl_ref\":1,\"number\":$((NEXT + 5)),\"size\":$SIZE,\"sha256\":\"$SHA\",\"url\":\"http://127.0.0.1:$HP/crl/issuing.crl\"}"
-check "another CA's CRL behind a notice is refused" wait_for 10 grep -q \
-  "full CRL $((NEXT + 5)), attempt 1: .*unknown CA" "$T/broker2.log"
+check "another CA's CRL behind a notice is refused, and retried" wait_for 10 grep -q \
+  "full CRL $((NEXT + 5)), attempt 2: .*unknown CA" "$T/broker2.log"
 assert "the CRL in force stays" bash -c "! grep -Eq 'full CRL $((NEXT + 5)) (accepted|swapped in)' '$T/broker2.log'"
+
+# A URL that accepts and never answers: stopping the broker cuts the fetch short.
+SP=$(free_port)
+python3 -c "import socket,time;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',$SP));s.listen(5);time.sleep(120)" &
+PIDS+=("$!")
+check "a silent server is up" wait_for 10 listening "$SP"
+pub_notice "{\"crl_ref\":1,\"number\":$((NEXT + 9)),\"size\":$SIZE,\"sha256\":\"$SHA\",\"url\":\"http://127.0.0.1:$SP/crl/issuing.crl\"}"
+check "the broker fetches from it" wait_for 10 grep -q "full CRL $((NEXT + 9)) .*announced" "$T/broker2.log"
+sleep 1
+kill -TERM "$BROKER"
+check "the broker stops within 5 s, the fetch in flight cut short" wait_for 5 gone "$BROKER"
 finish
