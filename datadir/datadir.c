@@ -505,13 +505,13 @@ static void exported_load(struct datadir *dd)
     size_t len = 0;
     long long full = -1, delta = -1;
 
-    dd->exported[INV_CRL_FULL] = dd->exported[INV_CRL_DELTA] = -1;
-    if (datadir_path(dd, "crl/exported", path) == MQPKI_OK &&
-        mqpki_file_read(path, 64, &text, &len) == MQPKI_OK &&
-        sscanf((const char *)text, "%lld %lld", &full, &delta) == 2 && full >= -1 && delta >= -1) {
-        dd->exported[INV_CRL_FULL] = full;
-        dd->exported[INV_CRL_DELTA] = delta;
-    }
+    if (!(datadir_path(dd, "crl/exported", path) == MQPKI_OK &&
+          mqpki_file_read(path, 64, &text, &len) == MQPKI_OK &&
+          sscanf((const char *)text, "%lld %lld", &full, &delta) == 2 && full >= -1 && delta >= -1))
+        full = delta = -1;
+    /* Atomic: datadir_crl_exported reads them without the lock while a full CRL is written. */
+    __atomic_store_n(&dd->exported[INV_CRL_FULL], (int64_t)full, __ATOMIC_RELAXED);
+    __atomic_store_n(&dd->exported[INV_CRL_DELTA], (int64_t)delta, __ATOMIC_RELAXED);
     free(text);
     mqpki_err_clear();
 }
@@ -532,6 +532,30 @@ static int export_begin(struct datadir *dd)
     return fd;
 }
 
+/* export_begin without waiting: -2 when another thread or process is exporting (a full CRL of
+ * tens of MB takes a second); -1 when the lock file cannot be opened. */
+static int export_try_begin(struct datadir *dd)
+{
+    char path[PATH_MAX];
+    int fd = -1;
+
+    if (pthread_mutex_trylock(&export_lock) != 0)
+        return -2;
+    if (datadir_path(dd, "crl/.export-lock", path) == MQPKI_OK &&
+        (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) >= 0) {
+        int rc;
+        while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
+            ;
+        if (rc != 0) {
+            close(fd);
+            pthread_mutex_unlock(&export_lock);
+            return -2;
+        }
+    }
+    exported_load(dd);
+    return fd;
+}
+
 static void export_end(int fd)
 {
     if (fd >= 0)
@@ -545,8 +569,12 @@ int64_t datadir_crl_exported(struct datadir *dd, int kind)
 
     if (kind != INV_CRL_FULL && kind != INV_CRL_DELTA)
         return -1;
-    int fd = export_begin(dd);
+    /* While a full CRL is being written, what this process saw last (a lower number at worst:
+     * the caller's export, which checks again under the lock, finds it current). */
+    int fd = export_try_begin(dd);
 
+    if (fd == -2)
+        return __atomic_load_n(&dd->exported[kind], __ATOMIC_RELAXED);
     n = dd->exported[kind];
     export_end(fd);
     return n;
@@ -574,7 +602,15 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
 
     if (c->kind != INV_CRL_FULL && c->kind != INV_CRL_DELTA)
         return mqpki_fail(MQPKI_ERR_INVALID, "CRL %lld: no kind to export", (long long)c->number);
-    if ((fd = export_begin(dd)) < 0) {
+    /* A delta never waits for a full CRL being written (a second for tens of MB: the
+     * revocation that signed it would wait for its answer): it stays signed, and the writer of
+     * the full CRL, or the next publication cycle, exports it. */
+    fd = c->kind == INV_CRL_DELTA ? export_try_begin(dd) : export_begin(dd);
+    if (fd == -2)
+        return mqpki_fail(MQPKI_ERR_BUSY,
+                          "delta CRL %lld follows the full CRL being written to crl/",
+                          (long long)c->number);
+    if (fd < 0) {
         rc = mqpki_fail(errno == ENOSPC ? MQPKI_ERR_NOSPACE : MQPKI_ERR_IO,
                         "%s/crl/.export-lock: %s", dd->home, strerror(errno));
         goto out;
@@ -590,7 +626,7 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
     }
     if ((rc = crl_export(dd, c, der, len)) != MQPKI_OK)
         goto out;
-    dd->exported[c->kind] = c->number;
+    __atomic_store_n(&dd->exported[c->kind], c->number, __ATOMIC_RELAXED);
     n = snprintf(text, sizeof(text), "%lld %lld\n", (long long)dd->exported[INV_CRL_FULL],
                  (long long)dd->exported[INV_CRL_DELTA]);
     if ((rc = datadir_path(dd, "crl/exported", path)) == MQPKI_OK)
