@@ -109,6 +109,8 @@ int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int6
  * memory. */
 int crlload_fetch(struct crlload *l, const struct proto_crl_notice *n, const char *ca_pem,
                   size_t ca_pem_len, const char *persist_path);
+/* The full CRL number in force: a fetch retrying for that number or a lower one stops. */
+void crlload_held(struct crlload *l, int64_t number);
 /* 1 with the newest failed fetch attempt not reported yet (for the log), 0 when none. */
 int crlload_note(struct crlload *l, char *out, size_t out_len);
 /* A table to free on the worker (revset_set_reaper's fn; ctx is the struct crlload). It is

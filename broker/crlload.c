@@ -56,7 +56,24 @@ struct crlload {
     struct proto_crl_info info;
     char why[WHY_MAX];
     char note[WHY_MAX]; /* a failed fetch attempt, for the broker's log (crlload_note) */
+    int64_t held;       /* full CRL number in force (crlload_held; atomic): a fetch of that
+                           number or lower stops */
 };
+
+/* Frees the tables waiting in trash (lock held; dropped meanwhile). */
+static void empty_trash(struct crlload *l)
+{
+    struct serialset **t = l->trash;
+    size_t n = l->n_trash;
+
+    l->trash = NULL;
+    l->n_trash = l->cap_trash = 0;
+    pthread_mutex_unlock(&l->lock);
+    for (size_t i = 0; i < n; i++)
+        serialset_free(t[i]);
+    free(t);
+    pthread_mutex_lock(&l->lock);
+}
 
 static void job_clear(struct job *j)
 {
@@ -146,9 +163,15 @@ static int wait_retry(struct crlload *l, int attempt, unsigned *seed)
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&l->lock);
-    while (!l->stop && !job_present(&l->next) &&
-           pthread_cond_timedwait(&l->cond, &l->lock, &until) != ETIMEDOUT)
-        ;
+    /* The tables swaps release meanwhile are freed here too: a fetch may retry for long. */
+    while (!l->stop && !job_present(&l->next)) {
+        if (l->n_trash > 0) {
+            empty_trash(l);
+            continue;
+        }
+        if (pthread_cond_timedwait(&l->cond, &l->lock, &until) == ETIMEDOUT)
+            break;
+    }
     done = l->stop || job_present(&l->next);
     pthread_mutex_unlock(&l->lock);
     return done;
@@ -172,15 +195,7 @@ static void *run(void *arg)
         if (l->stop)
             break;
         if (l->n_trash > 0) {
-            struct serialset **t = l->trash;
-            size_t n = l->n_trash;
-            l->trash = NULL;
-            l->n_trash = l->cap_trash = 0;
-            pthread_mutex_unlock(&l->lock);
-            for (size_t i = 0; i < n; i++)
-                serialset_free(t[i]);
-            free(t);
-            pthread_mutex_lock(&l->lock);
+            empty_trash(l);
             continue;
         }
         j = l->next;
@@ -203,7 +218,8 @@ static void *run(void *arg)
             }
             if (j.der != NULL && (part = load(l, &j, &info, why, sizeof(why))) != NULL)
                 break;
-            if (!j.fetch)
+            /* Not for a number the broker holds by now (a CRL that came whole meanwhile). */
+            if (!j.fetch || __atomic_load_n(&l->held, __ATOMIC_ACQUIRE) >= j.number)
                 break;
             pthread_mutex_lock(&l->lock);
             snprintf(l->note, sizeof(l->note), "full CRL %lld, attempt %d: %s; retrying",
@@ -241,6 +257,7 @@ int crlload_start(STACK_OF(X509) * cas, struct crlload **out)
         return -1;
     }
     l->running = -1;
+    l->held = -1;
     if (pthread_mutex_init(&l->lock, NULL) != 0) {
         sk_X509_pop_free(l->cas, X509_free);
         free(l);
@@ -316,6 +333,11 @@ int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int6
     pthread_cond_broadcast(&l->cond);
     pthread_mutex_unlock(&l->lock);
     return 0;
+}
+
+void crlload_held(struct crlload *l, int64_t number)
+{
+    __atomic_store_n(&l->held, number, __ATOMIC_RELEASE);
 }
 
 int crlload_note(struct crlload *l, char *out, size_t out_len)

@@ -677,6 +677,8 @@ static void install(struct plugin *pl, struct revset *next, const struct proto_c
     }
     revset_free(pl->rev);
     pl->rev = next;
+    if (pl->loader != NULL)
+        crlload_held(pl->loader, revset_full_number(pl->rev));
     mosquitto_log_printf(MOSQ_LOG_NOTICE,
                          "mqpki: %s CRL %lld accepted: %zu serials revoked or "
                          "on hold; %zu connected clients to disconnect",
@@ -752,10 +754,14 @@ static int apply_notice(struct plugin *pl, const unsigned char *payload, size_t 
                  (long long)n.number, (long long)held);
         return -1;
     }
-    /* Held, older than the one being fetched (a replica's late notice), or the notice being
-     * fetched delivered again. Another notice of that number (a replica's URL) or a newer one
-     * replaces the fetch still running. */
-    if (n.number == held || n.number < loading ||
+    if (n.number < loading) {
+        snprintf(why, why_len, "CRL %lld: older than full CRL %lld being fetched",
+                 (long long)n.number, (long long)loading);
+        return -1;
+    }
+    /* Held, or the notice being fetched delivered again. Another notice of that number (a
+     * replica's URL) or a newer one replaces the fetch still running. */
+    if (n.number == held ||
         (loading > held && n.number == pl->notice.number && n.size == pl->notice.size &&
          memcmp(n.sha256, pl->notice.sha256, sizeof(n.sha256)) == 0 &&
          strcmp(n.url, pl->notice.url) == 0))

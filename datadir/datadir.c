@@ -546,7 +546,9 @@ static int export_try_begin(struct datadir *dd)
         int rc;
         while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
             ;
-        if (rc != 0) {
+        /* Busy only when someone holds it; a file system without flock goes on as
+         * export_begin does. */
+        if (rc != 0 && errno == EWOULDBLOCK) {
             close(fd);
             pthread_mutex_unlock(&export_lock);
             return -2;
@@ -587,8 +589,11 @@ void datadir_generations_sync(struct datadir *dd)
     /* Never rolled over (the usual case, every publication cycle): nothing to take a lock for. */
     if (!datadir_issuers_rolled(dd->home))
         return;
-    fd = export_begin(dd);
-
+    /* Never behind a full CRL being written (the next cycle catches up): a revocation waiting
+     * for this cycle's answer must not wait for tens of MB. */
+    fd = export_try_begin(dd);
+    if (fd == -2)
+        return;
     if (fd >= 0)
         datadir_generations_export(dd);
     export_end(fd);

@@ -212,7 +212,10 @@ int datadir_crl_export(struct datadir *dd, const struct inventory_crl *c, const 
  * held, and holds back a delta based on a full CRL newer than the one held (MQPKI_ERR_BUSY,
  * nothing written): beside an older full CRL it would replace the delta that extends that one,
  * and a reader would take neither. Whoever exports the base exports the delta next
- * (lifecycle/publish.c).
+ * (lifecycle/publish.c). A delta never waits for the lock: while another thread or process
+ * holds it (a full CRL of tens of MB being written) it is MQPKI_ERR_BUSY too, and exported by
+ * that writer or the next publication. datadir_crl_exported then answers what this process
+ * read last (never more than crl/ holds).
  */
 int64_t datadir_crl_exported(struct datadir *dd, int kind);
 

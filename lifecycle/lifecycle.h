@@ -218,8 +218,10 @@ struct lifecycle_sink {
                        size_t len);
     /* Export it (the crl/ files): the newest signed CRL of each kind, never a lower number than
      * exported before. An error leaves it signed; the next lifecycle_publish exports the newest
-     * signed CRL of its kind. MQPKI_ERR_BUSY for a delta: its base is not exported yet; it stays
-     * signed, without an error, for the exporter of the base (out->full_pending names it). */
+     * signed CRL of its kind. MQPKI_ERR_BUSY for a delta: its base is not exported yet, or a
+     * full CRL is being written to crl/ (a delta never waits for that); it stays signed,
+     * without an error, for the exporter of the base (out->full_pending names it) or the next
+     * publication. */
     int (*export_crl)(void *ctx, const struct inventory_crl *c, const unsigned char *der,
                       size_t len);
     void *ctx;
