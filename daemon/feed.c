@@ -89,11 +89,6 @@ struct feed {
     size_t inline_max;                /* full CRLs this large or larger go as notices; 0 never */
 };
 
-/*
- * Publishes a full CRL on topic: itself, or, when it is large (f->inline_max), a notice naming
- * where the brokers fetch it (path under f->crl_base): a 40 MB message would hold Mosquitto's
- * one thread for hundreds of milliseconds. The notice is retained in the CRL's place.
- */
 /* The notice for a full CRL that goes as one (heap, NULL: it goes whole). */
 static char *make_notice(struct feed *f, const char *path, int64_t number, const unsigned char *der,
                          size_t len, size_t *notice_len)
@@ -111,6 +106,11 @@ static char *make_notice(struct feed *f, const char *path, int64_t number, const
     return notice;
 }
 
+/*
+ * Publishes a full CRL on topic: itself, or, when it is large (f->inline_max), a notice naming
+ * where the brokers fetch it (path under f->crl_base): a 40 MB message would hold Mosquitto's
+ * one thread for hundreds of milliseconds. The notice is retained in the CRL's place.
+ */
 static int publish_full(struct link *l, const char *topic, const char *path, int64_t number,
                         const unsigned char *der, size_t len)
 {
