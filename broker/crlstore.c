@@ -15,12 +15,18 @@ struct revpart {
     int refs; /* the plugin runs on Mosquitto's one thread; plain counting is enough */
 };
 
+/* Deltas held ahead of their bases at most: a base unreachable through this many full CRLs
+ * in a row (a notice's URL down for hours) drops the oldest, logged by the caller. */
+#define AHEAD_MAX 16
+
 struct revset {
     struct revpart *full;  /* NULL: no CRL held */
     struct revpart *delta; /* NULL: no delta held */
-    /* Verified deltas whose base is not in force yet, their serials only: the newest, and one
-     * on an older base it replaced (whose revocations the newer delta need not list). */
-    struct revpart *ahead[2];
+    /* Verified deltas whose base is not in force yet, their serials only: the newest of each
+     * such base. A delta lists only what changed since its base, so one on a newer base does
+     * not list what one on an older base did: every base's newest is kept until a full CRL at
+     * or above that base is in force. */
+    struct revpart *ahead[AHEAD_MAX];
 };
 
 /* Who frees the table of a part nobody holds any more (revset_set_reaper); NULL: at once. */
@@ -180,7 +186,7 @@ int revset_with(const struct revset *cur, struct revpart *p, struct revset **out
     }
     /* A delta held ahead of its base stays until that base is in force (a full CRL numbered at
      * or above its base), or a newer delta comes. */
-    for (int i = 0, j = 0; cur != NULL && i < 2; i++) {
+    for (int i = 0, j = 0; cur != NULL && i < AHEAD_MAX; i++) {
         const struct revpart *a = cur->ahead[i];
         if (a != NULL && (p->base < 0 ? a->base > p->number : a->number > p->number))
             r->ahead[j++] = part_ref(cur->ahead[i]);
@@ -199,10 +205,25 @@ int revset_with_ahead(const struct revset *cur, struct revpart *p, struct revset
     r->full = part_ref(cur->full);
     r->delta = part_ref(cur->delta);
     r->ahead[0] = p;
-    if (cur->ahead[0] != NULL && cur->ahead[0]->base < p->base)
-        r->ahead[1] = part_ref(cur->ahead[0]);
-    else if (cur->ahead[1] != NULL && cur->ahead[1]->base < p->base)
-        r->ahead[1] = part_ref(cur->ahead[1]);
+    for (int i = 0, j = 1; i < AHEAD_MAX; i++) {
+        struct revpart *a = cur->ahead[i];
+        int low = 1;
+        /* A delta on the same base, older: p lists all it did. */
+        if (a == NULL || (a->base == p->base && a->number <= p->number))
+            continue;
+        if (j < AHEAD_MAX) {
+            r->ahead[j++] = part_ref(a);
+            continue;
+        }
+        /* Full: the one on the oldest base goes (a lower base than every kept one). */
+        for (int k = 1; k < AHEAD_MAX; k++)
+            if (r->ahead[k]->base < r->ahead[low]->base)
+                low = k;
+        if (a->base > r->ahead[low]->base) {
+            part_unref(r->ahead[low]);
+            r->ahead[low] = part_ref(a);
+        }
+    }
     *out = r;
     return 0;
 }
@@ -236,8 +257,8 @@ void revset_free(struct revset *r)
         return;
     part_unref(r->full);
     part_unref(r->delta);
-    part_unref(r->ahead[0]);
-    part_unref(r->ahead[1]);
+    for (int i = 0; i < AHEAD_MAX; i++)
+        part_unref(r->ahead[i]);
     free(r);
 }
 
@@ -291,7 +312,7 @@ int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_I
         goto out;
     /* Listed by a delta whose base is still loading: revoked now. What it takes off waits for
      * that base to be in force (a hold lifted late is harmless, a revocation lost is not). */
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < AHEAD_MAX; i++) {
         const struct revpart *a = r->ahead[i];
         if (a != NULL && memcmp(a->issuer, issuer, PROTO_ISSUER_LEN) == 0 &&
             serialset_has(a->listed, key)) {

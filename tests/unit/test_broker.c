@@ -460,6 +460,20 @@ static void test_delta_ahead(void **state)
     assert_true(revset_is_revoked(r, iss, k));
     key_of(5, k);
     assert_true(revset_is_revoked(r, iss, k));
+    /* A third base still unfetched (a notice's URL down): nothing any of them listed is lost. */
+    {
+        unsigned third_s[] = {7};
+        size_t lt;
+        unsigned char *third = make_crl(&ca, 17, 16, third_s, NULL, 1, &lt);
+        assert_int_equal(revset_with_ahead(r, part_of(cas, third, lt), &next), 0);
+        revset_free(r);
+        r = next;
+        for (unsigned s = 5; s <= 7; s++) {
+            key_of(s, k);
+            assert_true(revset_is_revoked(r, iss, k));
+        }
+        OPENSSL_free(third);
+    }
 
     /* Full CRL 11 in force (delta 12, based on 10, still extends it), then delta 13 whole;
      * delta 15 still waits for its base 14, and counts. */
