@@ -15,8 +15,8 @@ struct revpart {
     int refs; /* the plugin runs on Mosquitto's one thread; plain counting is enough */
 };
 
-/* Deltas held ahead of their bases at most: a base unreachable through this many full CRLs
- * in a row (a notice's URL down for hours) drops the oldest, logged by the caller. */
+/* Deltas held ahead of their bases at most: past this many full CRLs in a row not in force
+ * (a notice's URL down for hours, every failed fetch logged), the oldest base's delta goes. */
 #define AHEAD_MAX 16
 
 struct revset {
