@@ -314,6 +314,16 @@ int crlload_set_cas(struct crlload *l, STACK_OF(X509) * cas)
     return 0;
 }
 
+/* The waiting slot takes j (a job waiting there is replaced) and the worker is woken. */
+static void put_job(struct crlload *l, struct job *j)
+{
+    pthread_mutex_lock(&l->lock);
+    job_clear(&l->next);
+    l->next = *j;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+}
+
 int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int64_t number,
                    const char *persist_path)
 {
@@ -327,11 +337,7 @@ int crlload_submit(struct crlload *l, const unsigned char *der, size_t len, int6
     memcpy(j.der, der, len);
     j.len = len;
     j.number = number;
-    pthread_mutex_lock(&l->lock);
-    job_clear(&l->next);
-    l->next = j;
-    pthread_cond_broadcast(&l->cond);
-    pthread_mutex_unlock(&l->lock);
+    put_job(l, &j);
     return 0;
 }
 
@@ -370,11 +376,7 @@ int crlload_fetch(struct crlload *l, const struct proto_crl_notice *n, const cha
     j.fetch = 1;
     j.notice = *n;
     j.number = n->number;
-    pthread_mutex_lock(&l->lock);
-    job_clear(&l->next);
-    l->next = j;
-    pthread_cond_broadcast(&l->cond);
-    pthread_mutex_unlock(&l->lock);
+    put_job(l, &j);
     return 0;
 }
 

@@ -312,10 +312,10 @@ int revset_is_revoked(const struct revset *r, const unsigned char issuer[PROTO_I
         goto out;
     /* Listed by a delta whose base is still loading: revoked now. What it takes off waits for
      * that base to be in force (a hold lifted late is harmless, a revocation lost is not). */
-    for (int i = 0; i < AHEAD_MAX; i++) {
+    /* Packed from the first slot: the usual connect stops at ahead[0], empty. */
+    for (int i = 0; i < AHEAD_MAX && r->ahead[i] != NULL; i++) {
         const struct revpart *a = r->ahead[i];
-        if (a != NULL && memcmp(a->issuer, issuer, PROTO_ISSUER_LEN) == 0 &&
-            serialset_has(a->listed, key)) {
+        if (memcmp(a->issuer, issuer, PROTO_ISSUER_LEN) == 0 && serialset_has(a->listed, key)) {
             revoked = 1;
             goto out;
         }

@@ -130,18 +130,13 @@ fail:
  * the token's key object, which ca_pubkey_fingerprint cannot read). */
 static void cert_key_fp(X509 *cert, char out[PROTO_FP_HEX_LEN + 1])
 {
-    unsigned char *der = NULL;
-    const unsigned char *p;
     EVP_PKEY *pub = NULL;
-    int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
 
-    out[0] = '\0';
-    p = der;
-    if (len > 0 && (pub = d2i_PUBKEY(NULL, &p, len)) != NULL &&
+    if (datadir_public_copy(X509_get0_pubkey(cert), &pub) != MQPKI_OK ||
         ca_pubkey_fingerprint(pub, out) != MQPKI_OK)
         out[0] = '\0';
     EVP_PKEY_free(pub);
-    OPENSSL_free(der);
+    mqpki_err_clear();
 }
 
 /* Appends one line to ceremony.log and makes it durable. */
