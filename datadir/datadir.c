@@ -667,8 +667,22 @@ static int publish_by_daemon(struct datadir *dd, int resend, struct datadir_publ
     json_t *v = NULL;
     int rc;
 
-    if ((rc = datadir_control_call(dd->home, req, sizeof(req), &reply, &len, CONTROL_WAIT_MS)) !=
-        MQPKI_OK)
+    rc = datadir_control_call(dd->home, req, sizeof(req), &reply, &len, CONTROL_WAIT_MS);
+    /* mqpkid stopped (killed, crashed) while it had the request. A publication can be run again,
+     * so the caller finishes it: here, or through the mqpkid that starts next. */
+    if (rc == MQPKI_ERR_IO) {
+        char why[200];
+        snprintf(why, sizeof(why), "%s", mqpki_err_detail(rc));
+        if (!daemon_alive(dd->home)) {
+            mqpki_log(MQPKI_LOG_WARN,
+                      "mqpkid stopped before it answered (%s); this command "
+                      "finishes the publication",
+                      why);
+            return mqpki_fail(MQPKI_ERR_NOT_FOUND, "mqpkid stopped");
+        }
+        rc = mqpki_fail(MQPKI_ERR_IO, "%s", why);
+    }
+    if (rc != MQPKI_OK)
         goto out;
     v = json_loadb((const char *)reply + 1, len - 1, 0, &err);
     if (!json_is_object(v)) {

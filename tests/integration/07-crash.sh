@@ -2,8 +2,9 @@
 # 07-crash: kill -9 of mqpkid and of the bundled broker at random points during bursts of
 # enrollments and revocations (a bounded number of rounds). Afterwards the store passes
 # integrity_check and the audit chain verifies, every certificate a client received is in the
-# store, every revocation that returned 0 is recorded, and the restarted broker refuses every
-# revoked certificate.
+# store, every revocation the command reported is recorded, and the restarted broker refuses every
+# revoked certificate. A revocation whose mqpkid is killed before it answers is published by the
+# command itself.
 . "$(dirname "$0")/lib.sh"
 
 ROUNDS=${CRASH_ROUNDS:-5}
@@ -48,14 +49,17 @@ enroll_burst() {
   done
   wait
 }
-# revoke_burst: revokes up to 3 received certificates not revoked yet; records each success.
+# revoke_burst: revokes up to 3 received certificates not revoked yet; records each revocation
+# the command reported.
 revoke_burst() {
   local f name serial n=0
   for f in $(grep -l '^200$' "$T"/d*.code 2>/dev/null | shuf); do
     name=$(basename "$f" .code)
     [ -e "$T/$name.revoked" ] && continue
     serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
-    if mqpki revoke --serial "$serial" --reason key-compromise >/dev/null 2>&1; then
+    # A command that failed after "recorded" (its publication cut short) revoked it too.
+    if mqpki revoke --serial "$serial" --reason key-compromise >/dev/null 2>"$T/$name.rerr" ||
+      grep -q "recorded" "$T/$name.rerr"; then
       echo "$serial" >"$T/$name.revoked"
     fi
     n=$((n + 1)); [ "$n" -ge 3 ] && break
@@ -85,6 +89,25 @@ ok "$ROUNDS rounds of kill -9 in $(($(date +%s) - start)) s"
 # After the storm: both restart.
 kill -0 "$BROKER" 2>/dev/null || check "broker restarts" start_broker
 kill -0 "$MQPKID" 2>/dev/null || check "mqpkid restarts" start_daemon
+
+# mqpkid killed while a revocation waits for its answer: the command finishes the publication.
+for f in $(grep -l '^200$' "$T"/d*.code | shuf); do
+  name=$(basename "$f" .code)
+  [ -e "$T/$name.revoked" ] && continue
+  serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
+  kill -STOP "$MQPKID"
+  mqpki revoke --serial "$serial" --reason key-compromise >"$T/out" 2>"$T/err" &
+  rpid=$!
+  sleep 1
+  kill -9 "$MQPKID"; wait "$MQPKID" 2>/dev/null || true
+  rc=0; wait "$rpid" || rc=$?
+  [ "$rc" -eq 0 ] && echo "$serial" >"$T/$name.revoked"
+  assert "mqpkid killed during a revocation: the command publishes itself (exit $rc)" \
+    bash -c "[ $rc -eq 0 ] && grep -q 'finishes the publication' '$T/err' && \
+      grep -q 'published to crl/' '$T/out'"
+  check "mqpkid restarts after it" start_daemon
+  break
+done
 assert "store passes integrity_check" \
   test "$(sqlite3 "$H/mqpki.db" 'PRAGMA integrity_check')" = ok
 check "audit chain intact" mqpki audit verify
@@ -131,6 +154,14 @@ for f in $(grep -l '^200$' "$T"/d*.code | head -20); do
   name=$(basename "$f" .code)
   [ -e "$T/$name.revoked" ] && continue
   check "a valid certificate ($name) still connects" connects "$name"
+  if [ "$FAILED" -gt 0 ]; then
+    serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
+    echo "# in the store: $(jq -c --arg s "$serial" '.[] | select(.serial == $s)' "$T/certs.json")"
+    [ -s "$T/$name.rerr" ] && sed 's/^/# revoke said: /' "$T/$name.rerr"
+    mosquitto_pub "${TLS[@]}" --cert "$T/$name.pem" --key "$T/$name.key" -i "$name:probe" -q 1 \
+      -t "fleet/$name/t" -m x 2>&1 | sed 's/^/# mosquitto_pub: /' | head -3
+    grep -- "$name" "$T/broker.log" | tail -5 | sed 's/^/# broker: /'
+  fi
   break
 done
 finish
