@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char *const state_names[] = {"registered", "enrolled", "active",
                                           "suspended",  "revoked",  "decommissioned"};
@@ -297,10 +298,113 @@ out:
 }
 
 /*
- * One asset as a JSON object, encoded by the engine's JSON functions in the query itself: a
- * listing of a million assets then makes no per-asset allocation or encoding pass of its own.
- * Times as RFC 3339 UTC, null when never; empty optional texts as null.
+ * One asset as a JSON object per row, built from the row's columns into one buffer reused from
+ * row to row: a listing of a million assets makes no per-asset allocation. Times as RFC 3339 UTC
+ * (the date part formatted once per day), null when never; empty optional texts as null.
  */
+struct json_day {
+    int64_t day;   /* the day date[] was formatted for */
+    int ok;        /* date[] holds it; 0: a day gmtime_r cannot format */
+    char date[16]; /* "YYYY-MM-DDT" */
+};
+
+struct json_row {
+    char *p;
+    size_t len, cap;
+    int oom;
+    struct json_day days[3]; /* one per time column: each column's days change slowly */
+};
+
+static void jr_put(struct json_row *r, const char *s, size_t n)
+{
+    if (r->oom)
+        return;
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 1024;
+        char *p;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        if ((p = realloc(r->p, cap)) == NULL) {
+            r->oom = 1;
+            return;
+        }
+        r->p = p;
+        r->cap = cap;
+    }
+    memcpy(r->p + r->len, s, n);
+    r->len += n;
+    r->p[r->len] = '\0';
+}
+
+#define JR_LIT(r, lit) jr_put(r, lit, sizeof(lit) - 1)
+
+/* A text column as a JSON string; printable ASCII goes as it is, anything else through jansson's
+ * encoder (escapes, and UTF-8 checked: text that is not valid UTF-8 lists as null). */
+static void jr_text(struct json_row *r, struct db_stmt *st, int col, int empty_null)
+{
+    const unsigned char *s = (const unsigned char *)db_column_text(st, col);
+    size_t n = s != NULL ? db_column_bytes(st, col) : 0;
+    size_t i = 0;
+    json_t *j;
+
+    if (s == NULL || (n == 0 && empty_null)) {
+        JR_LIT(r, "null");
+        return;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\')
+        i++;
+    if (i == n) {
+        JR_LIT(r, "\"");
+        jr_put(r, (const char *)s, n);
+        JR_LIT(r, "\"");
+        return;
+    }
+    if ((j = json_stringn((const char *)s, n)) == NULL) {
+        JR_LIT(r, "null");
+        return;
+    }
+    n = json_dumpb(j, NULL, 0, JSON_ENCODE_ANY);
+    if (n > 0) {
+        char *buf = malloc(n);
+        if (buf == NULL)
+            r->oom = 1;
+        else if (json_dumpb(j, buf, n, JSON_ENCODE_ANY) == n)
+            jr_put(r, buf, n);
+        free(buf);
+    }
+    json_decref(j);
+}
+
+static void jr_time(struct json_row *r, int64_t t, struct json_day *d)
+{
+    int64_t day = t >= 0 ? t / 86400 : -((-t + 86399) / 86400), sec = t - day * 86400;
+    char hms[10] = {0, 0, ':', 0, 0, ':', 0, 0, 'Z', '"'};
+    int f[3] = {(int)(sec / 3600), (int)(sec / 60 % 60), (int)(sec % 60)};
+
+    if (t == 0) {
+        JR_LIT(r, "null");
+        return;
+    }
+    if (!d->ok || day != d->day) {
+        time_t tt = (time_t)(day * 86400);
+        struct tm tm;
+        d->day = day;
+        d->ok = gmtime_r(&tt, &tm) != NULL && tm.tm_year + 1900 >= 0 && tm.tm_year + 1900 <= 9999 &&
+                strftime(d->date, sizeof(d->date), "%Y-%m-%dT", &tm) == 11;
+    }
+    if (!d->ok) {
+        JR_LIT(r, "null");
+        return;
+    }
+    for (int i = 0; i < 3; i++) {
+        hms[3 * i] = (char)('0' + f[i] / 10);
+        hms[3 * i + 1] = (char)('0' + f[i] % 10);
+    }
+    JR_LIT(r, "\"");
+    jr_put(r, d->date, 11);
+    jr_put(r, hms, sizeof(hms));
+}
+
 /* pattern with every "{}" replaced by col. */
 static void subst(const char *pattern, const char *col, char *out, size_t size)
 {
@@ -318,21 +422,54 @@ static void subst(const char *pattern, const char *col, char *out, size_t size)
     out[o] = '\0';
 }
 
+/* INV_ASSET_COLS with tags as the engine's JSON value (compact, checked). */
 static void asset_json_cols(const struct db_dialect *d, char *out, size_t size)
 {
-    char t[4][320];
-    const char *cols[4] = {"created_at", "updated_at", "last_seen", NULL};
     char tags[64];
 
-    for (int i = 0; cols[i] != NULL; i++)
-        subst(d->rfc3339, cols[i], t[i], sizeof(t[i]));
     subst(d->json_text, "tags", tags, sizeof(tags));
     snprintf(out, size,
-             "%s('id', id, 'kind', kind, 'state', state, 'model', model, 'serial', hw_serial, "
-             "'firmware', firmware, 'location', location, 'tags', %s, 'created_at', %s, "
-             "'updated_at', %s, 'last_seen', %s, 'last_address', NULLIF(last_address, ''), "
-             "'last_broker', NULLIF(last_broker, ''))",
-             d->json_object, tags, t[0], t[1], t[2]);
+             "id, kind, state, model, hw_serial, firmware, location, %s, created_at, updated_at, "
+             "last_seen, last_address, last_broker",
+             tags);
+}
+
+/* The row of asset_json_cols as one JSON object, in r. */
+static void jr_asset(struct json_row *r, struct db_stmt *st)
+{
+    const char *tags = (const char *)db_column_text(st, 7);
+
+    r->len = 0;
+    JR_LIT(r, "{\"id\":");
+    jr_text(r, st, 0, 0);
+    JR_LIT(r, ",\"kind\":");
+    jr_text(r, st, 1, 0);
+    JR_LIT(r, ",\"state\":");
+    jr_text(r, st, 2, 0);
+    JR_LIT(r, ",\"model\":");
+    jr_text(r, st, 3, 0);
+    JR_LIT(r, ",\"serial\":");
+    jr_text(r, st, 4, 0);
+    JR_LIT(r, ",\"firmware\":");
+    jr_text(r, st, 5, 0);
+    JR_LIT(r, ",\"location\":");
+    jr_text(r, st, 6, 0);
+    JR_LIT(r, ",\"tags\":");
+    if (tags != NULL)
+        jr_put(r, tags, db_column_bytes(st, 7));
+    else
+        JR_LIT(r, "{}");
+    JR_LIT(r, ",\"created_at\":");
+    jr_time(r, db_column_int64(st, 8), &r->days[0]);
+    JR_LIT(r, ",\"updated_at\":");
+    jr_time(r, db_column_int64(st, 9), &r->days[1]);
+    JR_LIT(r, ",\"last_seen\":");
+    jr_time(r, db_column_int64(st, 10), &r->days[2]);
+    JR_LIT(r, ",\"last_address\":");
+    jr_text(r, st, 11, 1);
+    JR_LIT(r, ",\"last_broker\":");
+    jr_text(r, st, 12, 1);
+    JR_LIT(r, "}");
 }
 
 /* The shared filter of the listings: fixed fragments only, values bound as ?1 and ?2. */
@@ -367,18 +504,24 @@ fail:
 int inventory_asset_list_json(struct inventory *inv, int state, int kind, inventory_json_cb cb,
                               void *ctx)
 {
+    struct json_row r;
     struct db_stmt *st = NULL;
-    char cols[1536];
+    char cols[512];
     int rc, src;
 
+    memset(&r, 0, sizeof(r));
     if (inv == NULL || cb == NULL)
         return mqpki_fail(MQPKI_ERR_INVALID, "asset list: arguments missing");
     asset_json_cols(inv->ops->dialect, cols, sizeof(cols));
     if ((rc = list_prepare(inv, cols, state, kind, &st)) != MQPKI_OK)
         goto out;
     while ((src = db_step(st)) == DB_ROW) {
-        const char *json = (const char *)db_column_text(st, 0);
-        if (json != NULL && cb(json, (size_t)db_column_bytes(st, 0), ctx) != 0) {
+        jr_asset(&r, st);
+        if (r.oom) {
+            rc = MQPKI_ERR_NOMEM;
+            goto out;
+        }
+        if (cb(r.p, r.len, ctx) != 0) {
             src = DB_DONE;
             break;
         }
@@ -387,6 +530,7 @@ int inventory_asset_list_json(struct inventory *inv, int state, int kind, invent
         rc = inv_db_fail(inv, src, "asset list");
 out:
     db_finalize(st);
+    free(r.p);
     return rc;
 }
 

@@ -41,9 +41,7 @@ struct db_stmt;
  * What differs between the engines beyond the statement syntax. Each back end fills one.
  */
 struct db_dialect {
-    const char *name;            /* "sqlite" or "postgresql" */
-    const char *rfc3339;     /* a column of seconds ({}) as RFC 3339 text, NULL for 0 */
-    const char *json_object; /* the JSON object constructor: json_object / json_build_object */
+    const char *name;        /* "sqlite" or "postgresql" */
     const char *json_text;   /* a column holding JSON text ({}) as a JSON value */
 };
 

@@ -908,9 +908,6 @@ static int pg_wait(struct db *db, int timeout_ms)
 
 static const struct db_dialect pg_dialect = {
     .name = "postgresql",
-    .rfc3339 = "CASE WHEN {} = 0 THEN NULL ELSE to_char(to_timestamp({}) AT TIME ZONE 'UTC', "
-               "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END",
-    .json_object = "json_build_object",
     .json_text = "({})::json",
 };
 

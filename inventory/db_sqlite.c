@@ -458,9 +458,6 @@ static int lite_wait(struct db *db, int timeout_ms)
 
 static const struct db_dialect lite_dialect = {
     .name = "sqlite",
-    .rfc3339 = "CASE WHEN {} = 0 THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%SZ', {}, 'unixepoch') "
-               "END",
-    .json_object = "json_object",
     .json_text = "json({})",
 };
 

@@ -442,6 +442,7 @@ static void test_asset_list_json(void **state)
     snprintf(a.id, sizeof(a.id), "dev1");
     a.kind = INV_KIND_DEVICE;
     snprintf(a.model, sizeof(a.model), "quote \" and caf\xc3\xa9");
+    snprintf(a.location, sizeof(a.location), "tab\there\\back\x01slash");
     a.tags_json = (char *)"{\"zone\":\"z1\"}";
     assert_int_equal(inventory_asset_add(f->inv, &a, "cli"), MQPKI_OK);
     add_asset(f->inv, "brk1", INV_KIND_BROKER);
@@ -457,7 +458,18 @@ static void test_asset_list_json(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "model")), "quote \" and caf\xc3\xa9");
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "tags"), "zone")),
                         "z1");
+    assert_string_equal(json_string_value(json_object_get(o, "location")),
+                        "tab\there\\back\x01slash");
+    assert_string_equal(json_string_value(json_object_get(o, "serial")), "");
     assert_string_equal(json_string_value(json_object_get(o, "last_seen")), "2026-11-25T01:26:40Z");
+    assert_string_equal(json_string_value(json_object_get(o, "last_broker")), "b1");
+    /* One second before midnight, the day already formatted. */
+    assert_int_equal(inventory_asset_seen(f->inv, "dev1", 1795651199, "10.0.0.7", "b1"), MQPKI_OK);
+    json_array_clear(arr);
+    assert_int_equal(inventory_asset_list_json(f->inv, -1, INV_KIND_DEVICE, collect_json, arr),
+                     MQPKI_OK);
+    o = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "last_seen")), "2026-11-25T23:59:59Z");
     assert_string_equal(json_string_value(json_object_get(o, "last_address")), "10.0.0.7");
     json_array_clear(arr);
     assert_int_equal(inventory_asset_list_json(f->inv, INV_STATE_REGISTERED, -1, collect_json, arr),
