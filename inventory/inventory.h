@@ -138,6 +138,9 @@ void inventory_rollback(struct inventory *inv);
  * a batch sharing one commit): savepoint_end with keep 0 undoes the group only. */
 int inventory_savepoint(struct inventory *inv);
 int inventory_savepoint_end(struct inventory *inv, int keep);
+/* This connection writes many savepoints per transaction (the group commit): their undo data
+ * stays in memory where the engine allows it. */
+int inventory_group_writer(struct inventory *inv);
 
 /* Assets. actor names who acts ("cli:root", "est:10.0.0.5", "daemon") for the audit log. */
 int inventory_asset_add(struct inventory *inv, const struct inventory_asset *a, const char *actor);

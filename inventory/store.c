@@ -632,6 +632,17 @@ int inventory_savepoint(struct inventory *inv)
     return inv_exec(inv, "SAVEPOINT inv_group");
 }
 
+int inventory_group_writer(struct inventory *inv)
+{
+    if (inv == NULL)
+        return mqpki_fail(MQPKI_ERR_INVALID, "inventory_group_writer: no store");
+    /* SQLite keeps each savepoint's undo pages in a temporary file by default: a pwrite per page
+     * changed, some 28 per issuance. A batch's are bounded by the batch (BATCH_MAX records). */
+    if (inv->ops == &db_sqlite_ops)
+        return inv_exec(inv, "PRAGMA temp_store=MEMORY");
+    return MQPKI_OK;
+}
+
 int inventory_savepoint_end(struct inventory *inv, int keep)
 {
     if (inv == NULL || !inv->in_tx)

@@ -128,7 +128,8 @@ int lifecycle_committer_start(const char *db_path, struct lifecycle_committer **
     pthread_mutex_init(&cm->lock, NULL);
     pthread_cond_init(&cm->work, NULL);
     pthread_cond_init(&cm->done, NULL);
-    if ((rc = inventory_open(db_path, &cm->inv)) != MQPKI_OK)
+    if ((rc = inventory_open(db_path, &cm->inv)) != MQPKI_OK ||
+        (rc = inventory_group_writer(cm->inv)) != MQPKI_OK)
         goto out;
     if (pthread_create(&cm->thread, NULL, run, cm) != 0) {
         rc = mqpki_fail(MQPKI_ERR_INTERNAL, "cannot start the committer thread");
