@@ -384,7 +384,72 @@ static void to_sink(struct link *l, json_t *ev, int64_t dropped)
     pthread_mutex_unlock(&f->sink_lock);
 }
 
-static void on_event(struct link *l, json_t *v);
+/*
+ * The store writes of one message from a broker (a batch of connects: last seen, certificate in
+ * use) share one transaction and one durable commit, each event's writes a savepoint in it. The
+ * transaction opens with the first event that writes; seen_done commits it.
+ */
+struct seen_tx {
+    int held;   /* inv_lock taken */
+    int open;   /* the transaction is open */
+    int failed; /* it failed: the rest of the message writes nothing */
+    int events; /* events with writes in it */
+};
+
+static int seen_begin(struct link *l, struct seen_tx *t)
+{
+    int rc;
+
+    if (!t->held) {
+        pthread_mutex_lock(&l->f->inv_lock);
+        t->held = 1;
+    }
+    if (t->failed)
+        return MQPKI_ERR_STORE;
+    if (!t->open && (rc = inventory_begin(l->f->inv)) != MQPKI_OK) {
+        t->failed = 1;
+        return rc;
+    }
+    t->open = 1;
+    if ((rc = inventory_savepoint(l->f->inv)) != MQPKI_OK)
+        t->failed = 1;
+    return rc;
+}
+
+/* Ends one event's savepoint: kept when rc is MQPKI_OK, else undone alone. */
+static int seen_end(struct link *l, struct seen_tx *t, int rc)
+{
+    int src = inventory_savepoint_end(l->f->inv, rc == MQPKI_OK);
+
+    if (src != MQPKI_OK) {
+        t->failed = 1;
+        return src;
+    }
+    t->events += rc == MQPKI_OK;
+    return rc;
+}
+
+static void seen_done(struct link *l, struct seen_tx *t)
+{
+    int rc = MQPKI_OK;
+
+    if (t->open && !t->failed)
+        rc = inventory_commit(l->f->inv);
+    else if (t->open)
+        rc = mqpki_fail(MQPKI_ERR_STORE, "the transaction failed");
+    if (rc != MQPKI_OK) {
+        inventory_rollback(l->f->inv);
+        mqpki_log(MQPKI_LOG_WARN,
+                  "feed: broker %s: %d events' records (last seen, CRL held) "
+                  "not stored: %s",
+                  l->name, t->events, mqpki_err_detail(rc));
+    }
+    if (t->held)
+        pthread_mutex_unlock(&l->f->inv_lock);
+    memset(t, 0, sizeof(*t));
+}
+
+static void on_event(struct link *l, json_t *v, struct seen_tx *t);
 
 /* A security event, or a batch of them, from the broker plugin. */
 static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
@@ -393,6 +458,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     json_error_t err;
     json_t *v = NULL, *list, *d, *seq;
     const char *type, *boot;
+    struct seen_tx t = {0};
     int64_t dropped;
 
     if (strncmp(msg->topic, PROTO_TOPIC_EVENTS, strlen(PROTO_TOPIC_EVENTS)) != 0)
@@ -410,7 +476,7 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
     type = json_string_value(json_object_get(v, "type"));
     if (type == NULL || strcmp(type, "batch") != 0) {
         json_object_del(v, "eid"); /* only a batch names its events */
-        on_event(l, v);
+        on_event(l, v, &t);
         goto out;
     }
     list = json_object_get(v, "events");
@@ -443,14 +509,15 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
                      i);
             json_object_set_new(ev, "eid", json_string(eid));
         }
-        on_event(l, ev);
+        on_event(l, ev, &t);
     }
 out:
+    seen_done(l, &t);
     json_decref(v);
 }
 
 /* One event: connects update the asset's last-seen record; every event goes to the sink. */
-static void on_event(struct link *l, json_t *v)
+static void on_event(struct link *l, json_t *v, struct seen_tx *t)
 {
     const char *type, *asset, *address, *serial;
     int rc;
@@ -465,10 +532,10 @@ static void on_event(struct link *l, json_t *v)
         json_t *full = json_object_get(v, "full"), *delta = json_object_get(v, "delta");
         if (!json_is_integer(full) || !json_is_integer(delta))
             goto out;
-        pthread_mutex_lock(&l->f->inv_lock);
-        rc = inventory_broker_crl_set(l->f->inv, l->name, json_integer_value(full),
-                                      json_integer_value(delta), mqpki_now());
-        pthread_mutex_unlock(&l->f->inv_lock);
+        if ((rc = seen_begin(l, t)) == MQPKI_OK)
+            rc = seen_end(l, t,
+                          inventory_broker_crl_set(l->f->inv, l->name, json_integer_value(full),
+                                                   json_integer_value(delta), mqpki_now()));
         if (rc != MQPKI_OK)
             mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: CRL report: %s", l->name,
                       mqpki_err_detail(rc));
@@ -487,19 +554,14 @@ static void on_event(struct link *l, json_t *v)
     if (address != NULL && strlen(address) >= INV_TEXT_MAX)
         address = NULL;
     serial = json_string_value(json_object_get(v, "serial"));
-    pthread_mutex_lock(&l->f->inv_lock);
-    /* One commit for both: the asset seen, and the certificate in use (once seen, the one it
-     * superseded can no longer renew). */
-    if ((rc = inventory_begin(l->f->inv)) == MQPKI_OK) {
+    /* Together: the asset seen, and the certificate in use (once seen, the one it superseded
+     * can no longer renew). */
+    if ((rc = seen_begin(l, t)) == MQPKI_OK) {
         rc = inventory_asset_seen(l->f->inv, asset, mqpki_now(), address ? address : "", l->name);
         if (rc == MQPKI_OK && serial != NULL)
             rc = inventory_cert_seen(l->f->inv, serial, asset, mqpki_now());
-        if (rc == MQPKI_OK)
-            rc = inventory_commit(l->f->inv);
-        else
-            inventory_rollback(l->f->inv);
+        rc = seen_end(l, t, rc);
     }
-    pthread_mutex_unlock(&l->f->inv_lock);
     if (rc != MQPKI_OK)
         mqpki_log(MQPKI_LOG_WARN, "feed: broker %s: asset %s seen: %s", l->name, asset,
                   mqpki_err_detail(rc));

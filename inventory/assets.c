@@ -722,11 +722,13 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
     if (rc != MQPKI_OK)
         goto out;
     /* Sightings are telemetry, not audited one by one; a state change they cause is. Reports
-     * may arrive out of order: keep the newest. */
+     * may arrive out of order: keep the newest. A sighting that changes nothing writes nothing
+     * (a device reconnecting within the second, the same address and broker). */
     if (when >= last_seen) {
         rc = inv_prepare(inv,
                          "UPDATE assets SET last_seen = ?2, last_address = ?3, last_broker = ?4 "
-                         "WHERE id = ?1",
+                         "WHERE id = ?1 AND (last_seen <> ?2 OR last_address <> ?3 OR "
+                         "last_broker <> ?4)",
                          &st);
         if (rc != MQPKI_OK)
             goto out;
