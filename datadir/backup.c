@@ -33,6 +33,8 @@
 
 #define MANIFEST_NAME  "MANIFEST"
 #define MANIFEST_MAGIC "mqpki-backup 1\n"
+/* The header line of a directory that kept no PIN file (its PIN only in MQPKI_PIN). */
+#define MANIFEST_PIN_ENV "# token PIN: MQPKI_PIN only, no file"
 #define MANIFEST_MAX   (4u * 1024 * 1024)
 #define ENTRIES_MAX    100000
 #define ENTRY_MAX      ((int64_t)16 * 1024 * 1024)        /* any file but the store */
@@ -253,7 +255,7 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
 {
     struct writer w = {0};
     struct archive_entry *e = NULL;
-    char tmp[PATH_MAX], db[PATH_MAX], dir[PATH_MAX], stamp[32], *head = NULL;
+    char tmp[PATH_MAX], db[PATH_MAX], dir[PATH_MAX], pin_path[PATH_MAX], stamp[32], *head = NULL;
     const char *home = dd->home;
     int fd = -1, rc = MQPKI_OK, made_tmp = 0;
 
@@ -286,10 +288,15 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         goto out;
     }
     rfc3339_now(stamp);
-    if (asprintf(&head, MANIFEST_MAGIC "# created %s from %s\n%s", stamp, home,
+    /* A directory whose PIN comes only from MQPKI_PIN: its restore writes no PIN file either. */
+    if (mqpki_path(pin_path, sizeof(pin_path), "%s/secrets/pin", home) != MQPKI_OK ||
+        access(pin_path, F_OK) == 0)
+        pin_path[0] = '\0';
+    if (asprintf(&head, MANIFEST_MAGIC "# created %s from %s\n%s%s", stamp, home,
                  inventory_is_remote(dd->inv)
                      ? "# store: PostgreSQL, not in this archive (the server's own backup)\n"
-                     : "") < 0) {
+                     : "",
+                 pin_path[0] != '\0' ? MANIFEST_PIN_ENV "\n" : "") < 0) {
         head = NULL;
         rc = MQPKI_ERR_NOMEM;
         goto out;
@@ -468,7 +475,7 @@ out:
 }
 
 /* Checks the manifest text against what was extracted: every file listed once, with its sum. */
-static int manifest_check(const char *text, size_t len, struct got *got, size_t n_got)
+static int manifest_check(const char *text, size_t len, struct got *got, size_t n_got, int *pin_env)
 {
     const char *p = text, *end = text + len;
     size_t listed = 0;
@@ -491,6 +498,8 @@ static int manifest_check(const char *text, size_t len, struct got *got, size_t 
         memcpy(line, p, ll);
         line[ll] = '\0';
         p = nl + 1;
+        if (strcmp(line, MANIFEST_PIN_ENV) == 0)
+            *pin_env = 1;
         if (line[0] == '#' || strncmp(line, "mqpki-backup ", 13) == 0)
             continue;
         if (ll < SHA256_HEX + 3 || line[SHA256_HEX] != ' ' || line[SHA256_HEX + 1] != ' ')
@@ -531,7 +540,7 @@ static int manifest_check(const char *text, size_t len, struct got *got, size_t 
 
 /* Reads the archive into root (a new, empty directory), checking names, kinds, sizes and the
  * manifest. *n: files extracted. */
-static int unpack(const char *file, const char *root, size_t *n)
+static int unpack(const char *file, const char *root, size_t *n, int *pin_env)
 {
     struct archive *a = NULL;
     struct archive_entry *e;
@@ -617,7 +626,7 @@ static int unpack(const char *file, const char *root, size_t *n)
         rc = mqpki_fail(MQPKI_ERR_PARSE, "backup: no manifest (truncated archive?)");
         goto out;
     }
-    if ((rc = manifest_check(manifest, manifest_len, got, n_got)) != MQPKI_OK)
+    if ((rc = manifest_check(manifest, manifest_len, got, n_got, pin_env)) != MQPKI_OK)
         goto out;
     *n = n_got;
 out:
@@ -808,7 +817,7 @@ int datadir_restore(const char *file, const char *home, struct datadir_restore_r
     struct stat st;
     int64_t high = 0, files_high;
     size_t n = 0;
-    int rc, staged = 0;
+    int rc, staged = 0, pin_env = 0;
 
     memset(pin, 0, sizeof(pin));
     if (rep != NULL)
@@ -828,17 +837,25 @@ int datadir_restore(const char *file, const char *home, struct datadir_restore_r
         goto out;
     }
     staged = 1;
-    if ((rc = unpack(file, stage, &n)) != MQPKI_OK)
+    if ((rc = unpack(file, stage, &n, &pin_env)) != MQPKI_OK)
         goto out;
     if ((rc = make_dirs(stage)) != MQPKI_OK || (rc = tokens_from_good(stage)) != MQPKI_OK)
         goto out;
     /* Without its PIN (left out unless --include-secrets) the token needs MQPKI_PIN: it
-     * becomes secrets/pin when mqpki.conf keeps the PIN there. */
+     * becomes secrets/pin when mqpki.conf keeps the PIN there and the backed-up directory had
+     * that file (a directory run on MQPKI_PIN alone is restored as one). */
     if (mqpki_path(path, sizeof(path), "%s/secrets/pin", stage) != MQPKI_OK) {
         rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", stage);
         goto out;
     }
-    if (stat(path, &st) != 0) {
+    if (stat(path, &st) != 0 && pin_env) {
+        /* The self-test below needs the PIN: MQPKI_PIN's, written nowhere. */
+        if (hsm_pin_read(path, pin) != MQPKI_OK) {
+            rc = mqpki_fail(MQPKI_ERR_INVALID, "the backed-up directory kept its token PIN only "
+                                               "in MQPKI_PIN: set it for the restore");
+            goto out;
+        }
+    } else if (stat(path, &st) != 0) {
         struct datadir_config cfg;
         char want[PATH_MAX];
         if ((rc = datadir_config_load(stage, &cfg)) != MQPKI_OK)

@@ -86,6 +86,20 @@ check "restore of it without MQPKI_PIN" mqpki restore "$T/with-pin.tar" --home "
 expect_fail 1 "restore refuses a non-empty directory" mqpki restore "$T/with-pin.tar" \
   --home "$T/with-pin"
 
+# A directory run on MQPKI_PIN alone (no secrets/pin) is restored as one: no PIN file appears.
+E=$T/env-only
+PIN_E=env-only-pin-1234
+check "init with MQPKI_PIN only" env MQPKI_PIN=$PIN_E mqpki --home "$E" init
+check "backup of it" env MQPKI_PIN=$PIN_E mqpki --home "$E" backup --out "$T/env-only.tar"
+expect_fail 1 "its restore without MQPKI_PIN says to set it" mqpki restore "$T/env-only.tar" \
+  --home "$T/env-restored"
+assert "... naming MQPKI_PIN: $(cat "$T/err")" grep -q MQPKI_PIN "$T/err"
+check "its restore with MQPKI_PIN" env MQPKI_PIN=$PIN_E mqpki restore "$T/env-only.tar" \
+  --home "$T/env-restored"
+assert "... writes no PIN file" test ! -e "$T/env-restored/secrets/pin"
+check "... and the restored CA signs with MQPKI_PIN" env MQPKI_PIN=$PIN_E \
+  mqpki --home "$T/env-restored" crl publish
+
 # Hostile archives: a byte changed, a name escaping the directory, a truncated file.
 python3 - "$T/backup.tar" "$T" <<'EOF'
 import io, sys, tarfile
