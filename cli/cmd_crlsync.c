@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdint.h>
@@ -158,14 +159,130 @@ static int write_held(struct sync *s, int delta)
  * then held by its signer and written with the others. */
 static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int main);
 
-/* A full CRL announced by a notice: fetched from its URL (the peer checked with --ca's roots
- * and the issuing CAs trusted now), a few times over about eight seconds while the URL serves
- * an older one or fails, then taken as if it had come on the topic. */
+/*
+ * Full CRLs announced by a notice are fetched from their URL on a thread of their own (the peer
+ * checked with --ca's roots and the issuing CAs trusted when the notice came), so that deltas
+ * (revocations) and the MQTT keepalive never wait for a transfer. One want per URL (each topic
+ * has its own): a newer notice replaces the one pending and cuts its fetch short. A failed or
+ * stale fetch is tried again with backoff (0.5 s doubling to 30 s) for as long as the notice is
+ * the newest; the main loop takes what was fetched and checks it like a CRL from the topic.
+ */
+#define WANT_MAX    SYNC_SLOTS
+#define FETCH_MS    300000 /* one transfer's deadline (a 40 MB CRL over a slow link) */
+#define BACKOFF_MAX 30000
+
+struct want {
+    int used, main, attempt;
+    struct proto_crl_notice n;
+    char *ca_pem;
+    size_t ca_pem_len;
+    uint64_t gen;      /* bumped by every notice for this URL */
+    double not_before; /* mono_ms of the next attempt */
+};
+
+struct fetcher {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    int started, stop;
+    struct want w[WANT_MAX];
+    int busy;          /* the index being fetched, or -1 */
+    uint64_t busy_gen; /* its gen when the fetch began */
+    /* A finished fetch for the main loop: the want's index and gen, and the bytes. */
+    int ready, ready_idx;
+    uint64_t ready_gen;
+    unsigned char *der;
+    size_t der_len;
+    char why[256];
+};
+
+static struct fetcher fetcher = {
+    .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .busy = -1};
+
+static int fetch_cancelled(void *ctx)
+{
+    struct fetcher *f = ctx;
+    int stop;
+
+    pthread_mutex_lock(&f->lock);
+    stop = f->stop || (f->busy >= 0 && f->w[f->busy].gen != f->busy_gen);
+    pthread_mutex_unlock(&f->lock);
+    return stop;
+}
+
+static void *fetch_thread(void *arg)
+{
+    struct fetcher *f = arg;
+
+    pthread_mutex_lock(&f->lock);
+    while (!f->stop) {
+        struct proto_crl_notice n;
+        char *pem = NULL, why[256] = "";
+        unsigned char *der = NULL;
+        size_t pem_len = 0, der_len = 0;
+        double now = mono_ms(), next = 0;
+        int pick = -1, rc;
+
+        if (!f->ready)
+            for (int i = 0; i < WANT_MAX; i++)
+                if (f->w[i].used && (pick < 0 || f->w[i].not_before < f->w[pick].not_before))
+                    pick = i;
+        if (pick >= 0 && f->w[pick].not_before > now)
+            next = f->w[pick].not_before;
+        if (pick < 0 || next > 0) {
+            struct timespec until;
+            double wait_ms = next > 0 ? next - now : 1000;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += (time_t)(wait_ms / 1000);
+            until.tv_nsec += (long)((int64_t)wait_ms % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&f->cond, &f->lock, &until);
+            continue;
+        }
+        n = f->w[pick].n;
+        if ((pem = malloc(f->w[pick].ca_pem_len + 1)) != NULL) {
+            memcpy(pem, f->w[pick].ca_pem, f->w[pick].ca_pem_len + 1);
+            pem_len = f->w[pick].ca_pem_len;
+        }
+        f->busy = pick;
+        f->busy_gen = f->w[pick].gen;
+        pthread_mutex_unlock(&f->lock);
+        rc = pem == NULL ? -1
+                         : proto_crl_fetch(n.url, NULL, pem, pem_len, 0, FETCH_MS, fetch_cancelled,
+                                           f, &der, &der_len, why, sizeof(why));
+        if (pem == NULL)
+            snprintf(why, sizeof(why), "out of memory");
+        free(pem);
+        pthread_mutex_lock(&f->lock);
+        f->busy = -1;
+        if (f->stop || !f->w[pick].used || f->w[pick].gen != f->busy_gen) {
+            free(der); /* a newer notice came meanwhile: its own fetch follows */
+            continue;
+        }
+        f->ready = 1;
+        f->ready_idx = pick;
+        f->ready_gen = f->busy_gen;
+        f->der = rc == 0 ? der : NULL;
+        f->der_len = rc == 0 ? der_len : 0;
+        if (rc != 0)
+            free(der);
+        snprintf(f->why, sizeof(f->why), "%s", rc == 0 ? "" : why);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
+}
+
+/* Queues a notice's fetch (replacing an older one for the same URL). */
 static void sync_notice(struct sync *s, const unsigned char *payload, size_t len, int main)
 {
+    struct fetcher *f = &fetcher;
     struct proto_crl_notice n;
     char why[256] = "", *pem = NULL;
     size_t pem_len = 0;
+    int slot = -1;
 
     if (proto_crl_notice_parse(payload, len, &n, why, sizeof(why)) != 0 ||
         proto_certs_pem(s->roots, s->cas, &pem, &pem_len) != 0) {
@@ -173,37 +290,134 @@ static void sync_notice(struct sync *s, const unsigned char *payload, size_t len
             snprintf(why, sizeof(why), "out of memory");
         printf("CRL notice ignored: %s\n", why);
         fflush(stdout);
+        free(pem);
         return;
     }
-    for (int attempt = 0; attempt < 5; attempt++) {
-        unsigned char *der = NULL;
-        size_t der_len = 0;
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < WANT_MAX && slot < 0; i++)
+        if (f->w[i].used && strcmp(f->w[i].n.url, n.url) == 0)
+            slot = i;
+    if (slot >= 0 && f->w[slot].n.number > n.number) {
+        pthread_mutex_unlock(&f->lock);
+        free(pem);
+        return; /* an older notice than the one pending (a retained copy) */
+    }
+    for (int i = 0; i < WANT_MAX && slot < 0; i++)
+        if (!f->w[i].used)
+            slot = i;
+    if (slot < 0) {
+        pthread_mutex_unlock(&f->lock);
+        printf("CRL notice %lld ignored: more than %d fetches pending\n", (long long)n.number,
+               WANT_MAX);
+        fflush(stdout);
+        free(pem);
+        return;
+    }
+    free(f->w[slot].ca_pem);
+    f->w[slot].used = 1;
+    f->w[slot].main = main;
+    f->w[slot].attempt = 0;
+    f->w[slot].n = n;
+    f->w[slot].ca_pem = pem;
+    f->w[slot].ca_pem_len = pem_len;
+    f->w[slot].gen++;
+    f->w[slot].not_before = 0;
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    printf("full CRL %lld announced: fetching %s\n", (long long)n.number, n.url);
+    fflush(stdout);
+}
+
+/* The main loop's side: a finished fetch taken, checked and written, or tried again later. */
+static void sync_fetched(struct sync *s)
+{
+    struct fetcher *f = &fetcher;
+    struct proto_crl_notice n;
+    unsigned char *der;
+    size_t der_len;
+    char why[256];
+    int idx, main, newer = 0, attempt;
+
+    pthread_mutex_lock(&f->lock);
+    if (!f->ready) {
+        pthread_mutex_unlock(&f->lock);
+        return;
+    }
+    f->ready = 0;
+    idx = f->ready_idx;
+    der = f->der;
+    der_len = f->der_len;
+    f->der = NULL;
+    snprintf(why, sizeof(why), "%s", f->why);
+    if (!f->w[idx].used || f->w[idx].gen != f->ready_gen) {
+        pthread_mutex_unlock(&f->lock);
+        free(der);
+        return;
+    }
+    n = f->w[idx].n;
+    main = f->w[idx].main;
+    attempt = ++f->w[idx].attempt;
+    pthread_mutex_unlock(&f->lock);
+    if (der != NULL) {
+        /* The one announced, or a newer one the URL serves by now. */
         X509_CRL *crl = NULL;
         struct proto_crl_info info;
-        int newer = 0;
-        if (attempt > 0)
-            usleep((useconds_t)(500000u << (attempt - 1)));
-        if (proto_crl_fetch(n.url, NULL, pem, pem_len, 0, 20000, NULL, NULL, &der, &der_len, why,
-                            sizeof(why)) != 0)
-            continue;
-        /* The one announced, or a newer one the URL serves by now. */
         newer = proto_crl_parse(der, der_len, &crl, why, sizeof(why)) == 0 &&
                 proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) == 0 &&
                 info.number > n.number;
         X509_CRL_free(crl);
         if (newer || proto_crl_notice_matches(&n, der, der_len)) {
+            pthread_mutex_lock(&f->lock);
+            if (f->w[idx].gen == f->ready_gen) {
+                free(f->w[idx].ca_pem);
+                f->w[idx].ca_pem = NULL;
+                f->w[idx].used = 0;
+            }
+            pthread_mutex_unlock(&f->lock);
             sync_crl(s, der, der_len, 0, main);
             free(der);
-            free(pem);
             return;
         }
         snprintf(why, sizeof(why), "%.200s did not serve CRL %lld yet", n.url, (long long)n.number);
         free(der);
     }
-    printf("full CRL %lld not fetched: %s\n", (long long)n.number, why);
+    printf("full CRL %lld, attempt %d: %s; trying again\n", (long long)n.number, attempt, why);
     fflush(stdout);
     s->last_msg_ms = mono_ms();
-    free(pem);
+    pthread_mutex_lock(&f->lock);
+    if (f->w[idx].gen == f->ready_gen) {
+        double backoff = 500.0 * (double)(1 << (attempt < 7 ? attempt - 1 : 6));
+        f->w[idx].not_before = mono_ms() + (backoff < BACKOFF_MAX ? backoff : BACKOFF_MAX) *
+                                               (0.75 + 0.5 * (double)(rand() % 1000) / 1000.0);
+        pthread_cond_signal(&f->cond);
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+static int fetcher_start(void)
+{
+    fetcher.busy = -1;
+    if (pthread_create(&fetcher.thread, NULL, fetch_thread, &fetcher) != 0)
+        return mqpki_fail(MQPKI_ERR_INTERNAL, "cannot start the CRL fetch thread");
+    fetcher.started = 1;
+    return MQPKI_OK;
+}
+
+static void fetcher_stop(void)
+{
+    if (fetcher.started) {
+        pthread_mutex_lock(&fetcher.lock);
+        fetcher.stop = 1;
+        pthread_cond_signal(&fetcher.cond);
+        pthread_mutex_unlock(&fetcher.lock);
+        pthread_join(fetcher.thread, NULL);
+        fetcher.started = 0;
+    }
+    for (int i = 0; i < WANT_MAX; i++)
+        free(fetcher.w[i].ca_pem);
+    free(fetcher.der);
+    memset(fetcher.w, 0, sizeof(fetcher.w));
+    fetcher.der = NULL;
 }
 
 static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int delta, int main)
@@ -591,6 +805,8 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
     else
         printf("following %s (no CRL held yet)\n", url);
     fflush(stdout);
+    if ((rc = fetcher_start()) != MQPKI_OK)
+        goto out;
     started = mqpki_now();
     rc = mosquitto_connect(m, host, port, 60);
     /* --once: done once the current key's full CRL is held and the retained copies of the other
@@ -601,6 +817,7 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
             break;
         if (rc == MOSQ_ERR_SUCCESS)
             rc = mosquitto_loop(m, 200, 1);
+        sync_fetched(&s);
         if (rc != MOSQ_ERR_SUCCESS && !sync_stop) {
             /* Back off up to a minute: a broker restart must not turn into a tight loop. */
             if (s.connected || delay == 1)
@@ -623,6 +840,7 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
                         (long long)timeout);
     mosquitto_disconnect(m);
 out:
+    fetcher_stop();
     mosquitto_destroy(m);
     if (lib)
         mosquitto_lib_cleanup();

@@ -7,7 +7,7 @@
 # broker restarted finds its CRL in state/ and takes the notice as the one it holds. Hostile
 # notices (published with mqpkid's identity): malformed, pointing at nothing, at a server with
 # another CA's CRL: refused or retried, the CRL in force stays; a real notice replaces a bad
-# fetch of the same number.
+# fetch of the same number. crl-sync fetches notices off its MQTT loop: deltas keep coming.
 . "$(dirname "$0")/lib.sh"
 
 P=$(free_port)
@@ -112,6 +112,27 @@ PIDS+=("$!")
 check "a silent server is up" wait_for 10 listening "$SP"
 pub_notice "{\"crl_ref\":1,\"number\":$((NEXT + 9)),\"size\":$SIZE,\"sha256\":\"$SHA\",\"url\":\"http://127.0.0.1:$SP/crl/issuing.crl\"}"
 check "the broker fetches from it" wait_for 10 grep -q "full CRL $((NEXT + 9)) .*announced" "$T/broker2.log"
+
+# crl-sync fetches on a thread of its own: a fetch hanging on that server holds no revocation
+# back, and stopping crl-sync cuts it short. It starts from the full CRL in force.
+cp "$MQPKI_HOME/crl/issuing.pem" "$T/sync2.pem"
+mqpki crl-sync --broker "mqtts://localhost:$P" --out "$T/sync2.pem" \
+  --delta-out "$T/sync2-delta.pem" >"$T/sync2.log" 2>&1 &
+SYNC=$!
+PIDS+=("$SYNC")
+check "crl-sync fetches the notice from the silent server" wait_for 10 grep -q \
+  "full CRL $((NEXT + 9)) announced" "$T/sync2.log"
+mqpki asset add dev2 --kind device >/dev/null
+make_csr dev2
+mqpki issue --asset dev2 --csr "$T/dev2.csr" --out "$T/dev2.pem" >/dev/null
+check "revoke dev2 meanwhile" mqpki revoke --asset dev2 --reason key-compromise
+check "its delta CRL reaches crl-sync's file while the fetch hangs" wait_for 10 grep -q \
+  "delta CRL .* verified and written to $T/sync2-delta.pem" "$T/sync2.log"
+assert "... listing dev2's certificate" bash -c "openssl crl -in '$T/sync2-delta.pem' -noout \
+  -text | grep -qi \"$(openssl x509 -in "$T/dev2.pem" -noout -serial | cut -d= -f2)\""
+kill -TERM "$SYNC"
+check "crl-sync stops within 5 s, its fetch in flight cut short" wait_for 5 gone "$SYNC"
+
 sleep 1
 kill -TERM "$BROKER"
 check "the broker stops within 5 s, the fetch in flight cut short" wait_for 5 gone "$BROKER"
