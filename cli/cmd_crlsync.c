@@ -162,10 +162,12 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
 /*
  * Full CRLs announced by a notice are fetched from their URL on a thread of their own (the peer
  * checked with --ca's roots and the issuing CAs trusted when the notice came), so that deltas
- * (revocations) and the MQTT keepalive never wait for a transfer. One want per URL (each topic
- * has its own): a newer notice replaces the one pending and cuts its fetch short. A failed or
- * stale fetch is tried again with backoff (0.5 s doubling to 30 s) for as long as the notice is
- * the newest; the main loop takes what was fetched and checks it like a CRL from the topic.
+ * (revocations) and the MQTT keepalive never wait for a transfer. One want per full CRL topic:
+ * a newer notice replaces the one pending and cuts its fetch short, and anything else on the
+ * topic (a CRL inline, the topic cleared at a retirement) drops it. A failed or stale fetch is
+ * tried again with backoff (0.5 s doubling to 30 s) for as long as the notice is the newest; a
+ * server that stops sending is cut after 30 s (proto_crl_fetch). The main loop takes what was
+ * fetched and checks it like a CRL from the topic; --once waits for every want.
  */
 #define WANT_MAX    SYNC_SLOTS
 #define FETCH_MS    300000 /* one transfer's deadline (a 40 MB CRL over a slow link) */
@@ -173,6 +175,7 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
 
 struct want {
     int used, main, attempt;
+    char topic[128];
     struct proto_crl_notice n;
     char *ca_pem;
     size_t ca_pem_len;
@@ -196,8 +199,8 @@ struct fetcher {
     char why[256];
 };
 
-static struct fetcher fetcher = {
-    .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .busy = -1};
+/* cond is set up by fetcher_start, on the monotonic clock. */
+static struct fetcher fetcher = {.lock = PTHREAD_MUTEX_INITIALIZER, .busy = -1};
 
 static int fetch_cancelled(void *ctx)
 {
@@ -232,7 +235,7 @@ static void *fetch_thread(void *arg)
         if (pick < 0 || next > 0) {
             struct timespec until;
             double wait_ms = next > 0 ? next - now : 1000;
-            clock_gettime(CLOCK_REALTIME, &until);
+            clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_sec += (time_t)(wait_ms / 1000);
             until.tv_nsec += (long)((int64_t)wait_ms % 1000) * 1000000L;
             if (until.tv_nsec >= 1000000000L) {
@@ -275,8 +278,9 @@ static void *fetch_thread(void *arg)
     return NULL;
 }
 
-/* Queues a notice's fetch (replacing an older one for the same URL). */
-static void sync_notice(struct sync *s, const unsigned char *payload, size_t len, int main)
+/* Queues a notice's fetch (replacing an older one for the same topic). */
+static void sync_notice(struct sync *s, const char *topic, const unsigned char *payload, size_t len,
+                        int main)
 {
     struct fetcher *f = &fetcher;
     struct proto_crl_notice n;
@@ -295,12 +299,17 @@ static void sync_notice(struct sync *s, const unsigned char *payload, size_t len
     }
     pthread_mutex_lock(&f->lock);
     for (int i = 0; i < WANT_MAX && slot < 0; i++)
-        if (f->w[i].used && strcmp(f->w[i].n.url, n.url) == 0)
+        if (f->w[i].used && strcmp(f->w[i].topic, topic) == 0)
             slot = i;
-    if (slot >= 0 && f->w[slot].n.number > n.number) {
+    /* An older notice than the one pending, or the same one again (the retained copy at each
+     * reconnect): the fetch under way goes on. */
+    if (slot >= 0 && (f->w[slot].n.number > n.number ||
+                      (f->w[slot].n.number == n.number &&
+                       memcmp(f->w[slot].n.sha256, n.sha256, sizeof(n.sha256)) == 0 &&
+                       strcmp(f->w[slot].n.url, n.url) == 0))) {
         pthread_mutex_unlock(&f->lock);
         free(pem);
-        return; /* an older notice than the one pending (a retained copy) */
+        return;
     }
     for (int i = 0; i < WANT_MAX && slot < 0; i++)
         if (!f->w[i].used)
@@ -315,6 +324,7 @@ static void sync_notice(struct sync *s, const unsigned char *payload, size_t len
     }
     free(f->w[slot].ca_pem);
     f->w[slot].used = 1;
+    snprintf(f->w[slot].topic, sizeof(f->w[slot].topic), "%s", topic);
     f->w[slot].main = main;
     f->w[slot].attempt = 0;
     f->w[slot].n = n;
@@ -344,6 +354,7 @@ static void sync_fetched(struct sync *s)
         return;
     }
     f->ready = 0;
+    pthread_cond_signal(&f->cond); /* the thread may take the next want */
     idx = f->ready_idx;
     der = f->der;
     der_len = f->der_len;
@@ -394,8 +405,43 @@ static void sync_fetched(struct sync *s)
     pthread_mutex_unlock(&f->lock);
 }
 
+/* Anything but a notice on a full CRL topic (a CRL inline, the topic cleared) replaces the
+ * notice there: its fetch is dropped, and one under way cut short. */
+static void fetch_forget(const char *topic)
+{
+    pthread_mutex_lock(&fetcher.lock);
+    for (int i = 0; i < WANT_MAX; i++)
+        if (fetcher.w[i].used && strcmp(fetcher.w[i].topic, topic) == 0) {
+            free(fetcher.w[i].ca_pem);
+            fetcher.w[i].ca_pem = NULL;
+            fetcher.w[i].used = 0;
+            fetcher.w[i].gen++;
+        }
+    pthread_mutex_unlock(&fetcher.lock);
+}
+
+/* Fetches queued, under way or fetched and not taken yet. */
+static int fetch_pending(void)
+{
+    int n = 0;
+
+    pthread_mutex_lock(&fetcher.lock);
+    for (int i = 0; i < WANT_MAX; i++)
+        n += fetcher.w[i].used;
+    n += fetcher.ready;
+    pthread_mutex_unlock(&fetcher.lock);
+    return n;
+}
+
 static int fetcher_start(void)
 {
+    pthread_condattr_t ca;
+
+    /* Waits measured on the monotonic clock: a step of the wall clock moves no retry. */
+    if (pthread_condattr_init(&ca) != 0 || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&fetcher.cond, &ca) != 0)
+        return mqpki_fail(MQPKI_ERR_INTERNAL, "cannot set up the CRL fetch thread");
+    pthread_condattr_destroy(&ca);
     fetcher.busy = -1;
     if (pthread_create(&fetcher.thread, NULL, fetch_thread, &fetcher) != 0)
         return mqpki_fail(MQPKI_ERR_INTERNAL, "cannot start the CRL fetch thread");
@@ -432,10 +478,6 @@ static void sync_crl(struct sync *s, const unsigned char *der, size_t len, int d
     /* A retired generation's topics cleared: its CRLs leave with the issuing CA list. */
     if (len == 0)
         return;
-    if (!delta && proto_crl_notice_is(der, len)) {
-        sync_notice(s, der, len, main);
-        return;
-    }
     if (proto_crl_parse(der, len, &crl, why, sizeof(why)) != 0 ||
         proto_crl_verify(crl, s->cas, &info, why, sizeof(why)) != 0)
         goto refused;
@@ -546,6 +588,18 @@ static void sync_issuers(struct sync *s, const void *pem, size_t len)
     drop_untrusted(s);
 }
 
+/* A full CRL topic's message: a notice to fetch, or a CRL inline (or the topic cleared) that
+ * replaces any notice there. */
+static void sync_full(struct sync *s, const char *topic, const void *payload, size_t len, int main)
+{
+    if (len > 0 && proto_crl_notice_is(payload, len)) {
+        sync_notice(s, topic, payload, len, main);
+        return;
+    }
+    fetch_forget(topic);
+    sync_crl(s, payload, len, 0, main);
+}
+
 static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
 {
     struct sync *s = ud;
@@ -555,12 +609,14 @@ static void on_sync_message(struct mosquitto *m, void *ud, const struct mosquitt
     if (strcmp(msg->topic, PROTO_TOPIC_CA_ISSUERS) == 0)
         sync_issuers(s, msg->payload, (size_t)msg->payloadlen);
     else if (strcmp(msg->topic, PROTO_TOPIC_CRL_FULL) == 0)
-        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 0, 1);
+        sync_full(s, msg->topic, msg->payload, (size_t)msg->payloadlen, 1);
     else if (strcmp(msg->topic, PROTO_TOPIC_CRL_DELTA) == 0 && s->delta_out != NULL)
         sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1, 1);
+    else if (proto_topic_crl_generation_parse(msg->topic, &gen, &delta) == 0 && !delta)
+        sync_full(s, msg->topic, msg->payload, (size_t)msg->payloadlen, 0);
     else if (proto_topic_crl_generation_parse(msg->topic, &gen, &delta) == 0 &&
-             (!delta || s->delta_out != NULL))
-        sync_crl(s, msg->payload, (size_t)msg->payloadlen, delta, 0);
+             s->delta_out != NULL)
+        sync_crl(s, msg->payload, (size_t)msg->payloadlen, 1, 0);
 }
 
 static void on_sync_connect(struct mosquitto *m, void *ud, int rc)
@@ -811,7 +867,8 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
     rc = mosquitto_connect(m, host, port, 60);
     /* --once: done once the current key's full CRL is held and the retained copies of the other
      * keys, which follow it in the same burst, had a moment to arrive. */
-    while (!sync_stop && !(s.once && s.done && mono_ms() - s.last_msg_ms >= SYNC_QUIET_MS) &&
+    while (!sync_stop &&
+           !(s.once && s.done && mono_ms() - s.last_msg_ms >= SYNC_QUIET_MS && !fetch_pending()) &&
            !s.failed) {
         if (timeout > 0 && mqpki_now() - started >= timeout)
             break;
@@ -838,6 +895,9 @@ int cmd_crl_sync(struct cli *cli, int argc, char **argv)
     else if (s.once && !s.done)
         rc = mqpki_fail(MQPKI_ERR_STATE, "no valid CRL from %s within %llds", url,
                         (long long)timeout);
+    else if (s.once && !sync_stop && fetch_pending())
+        rc = mqpki_fail(MQPKI_ERR_STATE, "%d announced full CRL%s not fetched within %llds",
+                        fetch_pending(), fetch_pending() == 1 ? "" : "s", (long long)timeout);
     mosquitto_disconnect(m);
 out:
     fetcher_stop();

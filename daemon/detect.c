@@ -758,7 +758,7 @@ static void *detect_thread(void *arg)
         size_t n = 0;
         uint64_t dropped;
         pthread_mutex_lock(&d->lock);
-        clock_gettime(CLOCK_REALTIME, &until);
+        clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += 1;
         while (!d->stop && d->q_n == 0 &&
                pthread_cond_timedwait(&d->cond, &d->lock, &until) != ETIMEDOUT)
@@ -767,7 +767,7 @@ static void *detect_thread(void *arg)
          * cost more than the events (one per connect at a few hundred connects a second). The
          * first event waits GATHER_MS for more, so a burst shares one commit. */
         if (!d->stop && d->q_n > 0 && d->q_n < BATCH_MAX) {
-            clock_gettime(CLOCK_REALTIME, &until);
+            clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_nsec += GATHER_MS * 1000000L;
             if (until.tv_nsec >= 1000000000L) {
                 until.tv_sec++;
@@ -848,7 +848,14 @@ int detect_start(struct daemon_ctx *ctx, struct detect **out)
     d->cfg = *datadir_config(ctx->dd);
     d->started_at = mqpki_now();
     pthread_mutex_init(&d->lock, NULL);
-    pthread_cond_init(&d->cond, NULL);
+    {
+        /* Waits on the monotonic clock: a step of the wall clock never stalls the events. */
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&d->cond, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     datadir_lifecycle_config(&d->cfg, &lcfg);
     if ((rc = inventory_open(ctx->db_path, &d->inv)) != MQPKI_OK ||
         (rc = lifecycle_new(d->inv, &lcfg, &d->lc)) != MQPKI_OK)

@@ -405,7 +405,7 @@ static int seen_begin(struct link *l, struct seen_tx *t)
         t->held = 1;
     }
     if (t->failed)
-        return MQPKI_ERR_STORE;
+        return mqpki_fail(MQPKI_ERR_STORE, "the message's transaction failed before");
     if (!t->open && (rc = inventory_begin(l->f->inv)) != MQPKI_OK) {
         t->failed = 1;
         return rc;

@@ -288,10 +288,14 @@ int datadir_backup(struct datadir *dd, const char *out_path, unsigned flags,
         goto out;
     }
     rfc3339_now(stamp);
-    /* A directory whose PIN comes only from MQPKI_PIN: its restore writes no PIN file either. */
-    if (mqpki_path(pin_path, sizeof(pin_path), "%s/secrets/pin", home) != MQPKI_OK ||
-        access(pin_path, F_OK) == 0)
-        pin_path[0] = '\0';
+    /* The PIN file mqpki.conf names is the default one and is not there: the directory runs on
+     * MQPKI_PIN alone (it has no other way to its PIN), and its restore writes no PIN file. */
+    {
+        struct stat pst;
+        if (mqpki_path(pin_path, sizeof(pin_path), "%s/secrets/pin", home) != MQPKI_OK ||
+            strcmp(dd->cfg.pin_file, pin_path) != 0 || stat(pin_path, &pst) == 0 || errno != ENOENT)
+            pin_path[0] = '\0';
+    }
     if (asprintf(&head, MANIFEST_MAGIC "# created %s from %s\n%s%s", stamp, home,
                  inventory_is_remote(dd->inv)
                      ? "# store: PostgreSQL, not in this archive (the server's own backup)\n"
@@ -848,20 +852,22 @@ int datadir_restore(const char *file, const char *home, struct datadir_restore_r
         rc = mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", stage);
         goto out;
     }
-    if (stat(path, &st) != 0 && pin_env) {
-        /* The self-test below needs the PIN: MQPKI_PIN's, written nowhere. */
-        if (hsm_pin_read(path, pin) != MQPKI_OK) {
-            rc = mqpki_fail(MQPKI_ERR_INVALID, "the backed-up directory kept its token PIN only "
-                                               "in MQPKI_PIN: set it for the restore");
-            goto out;
-        }
-    } else if (stat(path, &st) != 0) {
+    if (stat(path, &st) != 0) {
         struct datadir_config cfg;
         char want[PATH_MAX];
+        int kept_here;
         if ((rc = datadir_config_load(stage, &cfg)) != MQPKI_OK)
             goto out;
-        if (mqpki_path(want, sizeof(want), "%s/secrets/pin", stage) == MQPKI_OK &&
-            strcmp(cfg.pin_file, want) == 0) {
+        kept_here = mqpki_path(want, sizeof(want), "%s/secrets/pin", stage) == MQPKI_OK &&
+                    strcmp(cfg.pin_file, want) == 0;
+        if (kept_here && pin_env) {
+            /* The self-test below needs the PIN: MQPKI_PIN's, written nowhere. */
+            if ((rc = hsm_pin_read(path, pin)) != MQPKI_OK) {
+                rc = mqpki_fail(MQPKI_ERR_INVALID, "the backed-up directory kept its token PIN "
+                                                   "only in MQPKI_PIN: set it for the restore");
+                goto out;
+            }
+        } else if (kept_here) {
             if ((rc = hsm_pin_read(path, pin)) != MQPKI_OK) {
                 rc = mqpki_fail(MQPKI_ERR_INVALID,
                                 "the backup holds no token PIN: set MQPKI_PIN for the restore");

@@ -377,14 +377,17 @@ static void jr_text(struct json_row *r, struct db_stmt *st, int col, int empty_n
 
 static void jr_time(struct json_row *r, int64_t t, struct json_day *d)
 {
-    int64_t day = t >= 0 ? t / 86400 : -((-t + 86399) / 86400), sec = t - day * 86400;
+    int64_t day, sec;
     char hms[10] = {0, 0, ':', 0, 0, ':', 0, 0, 'Z', '"'};
-    int f[3] = {(int)(sec / 3600), (int)(sec / 60 % 60), (int)(sec % 60)};
+    int f[3];
 
-    if (t == 0) {
+    /* Never, or outside years 0001-9999 (what RFC 3339 can write). */
+    if (t == 0 || t < INT64_C(-62135596800) || t > INT64_C(253402300799)) {
         JR_LIT(r, "null");
         return;
     }
+    day = t / 86400 - (t % 86400 < 0);
+    sec = t - day * 86400;
     if (!d->ok || day != d->day) {
         time_t tt = (time_t)(day * 86400);
         struct tm tm;
@@ -396,6 +399,9 @@ static void jr_time(struct json_row *r, int64_t t, struct json_day *d)
         JR_LIT(r, "null");
         return;
     }
+    f[0] = (int)(sec / 3600);
+    f[1] = (int)(sec / 60 % 60);
+    f[2] = (int)(sec % 60);
     for (int i = 0; i < 3; i++) {
         hms[3 * i] = (char)('0' + f[i] / 10);
         hms[3 * i + 1] = (char)('0' + f[i] % 10);
@@ -422,7 +428,8 @@ static void subst(const char *pattern, const char *col, char *out, size_t size)
     out[o] = '\0';
 }
 
-/* INV_ASSET_COLS with tags as the engine's JSON value (compact, checked). */
+/* INV_ASSET_COLS with tags as the engine's JSON value (SQLite: checked and compact; PostgreSQL:
+ * checked, the text as stored). */
 static void asset_json_cols(const struct db_dialect *d, char *out, size_t size)
 {
     char tags[64];

@@ -12,6 +12,8 @@
 
 #include "proto.h"
 
+#define STALL_S 30 /* seconds without a byte before a transfer is given up */
+
 struct sink {
     unsigned char *buf;
     size_t len, cap, max;
@@ -96,6 +98,9 @@ int proto_crl_fetch(const char *url, const char *ca_file, const void *ca_pem, si
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 5000 ? timeout_ms : 5000L);
+    /* A server that stops sending is cut after STALL_S, a slow transfer of a large CRL not. */
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)STALL_S);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s.max);
