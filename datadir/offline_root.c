@@ -63,12 +63,22 @@ static void root_close(struct root_home *r)
 
 static int take_lock(const char *dir, int *fd)
 {
+    static const char *const subdirs[] = {"", "/secrets"};
+    char path[PATH_MAX];
     pid_t holder = 0;
     int rc = datadir_lock_take(dir, DATADIR_LOCK_TOKEN, 0, fd, &holder);
 
     if (rc == MQPKI_ERR_BUSY)
         rc = mqpki_fail(rc, "the root token in %s is in use by process %ld", dir, (long)holder);
-    return rc;
+    if (rc != MQPKI_OK)
+        return rc;
+    /* What a killed root init left half-written (a PIN for a token never made): the medium
+     * keeps nothing it does not need. */
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++)
+        if (mqpki_path(path, sizeof(path), "%s%s", dir, subdirs[i]) == MQPKI_OK)
+            (void)mqpki_file_sweep_tmp(path, NULL);
+    mqpki_err_clear();
+    return MQPKI_OK;
 }
 
 static int open_token(const char *dir, struct hsm **out)
