@@ -11,8 +11,8 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -179,7 +179,7 @@ struct want {
     struct proto_crl_notice n;
     char *ca_pem;
     size_t ca_pem_len;
-    uint64_t gen;      /* bumped by every notice for this URL */
+    uint64_t gen;      /* bumped by every notice taken for this topic, and when it is dropped */
     double not_before; /* mono_ms of the next attempt */
 };
 
