@@ -59,7 +59,7 @@ revoke_burst() {
     serial=$(openssl x509 -in "$T/$name.pem" -noout -serial | cut -d= -f2)
     # A command that failed after "recorded" (its publication cut short) revoked it too.
     if mqpki revoke --serial "$serial" --reason key-compromise >/dev/null 2>"$T/$name.rerr" ||
-      grep -q "recorded" "$T/$name.rerr"; then
+      grep -q "and recorded, but" "$T/$name.rerr"; then
       echo "$serial" >"$T/$name.revoked"
     fi
     n=$((n + 1)); [ "$n" -ge 3 ] && break
