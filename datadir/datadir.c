@@ -130,10 +130,36 @@ void datadir_lifecycle_config(const struct datadir_config *cfg, struct lifecycle
     lc->crl_delta_max = cfg->crl_delta_max;
 }
 
-/* 1 when the mqpkid that last held the daemon lock is gone: the pid it wrote there no longer
- * runs (a pid reused meanwhile reads as alive, the safe side). Never takes the lock, so a
- * mqpkid starting at that moment is not turned away. */
-static int daemon_gone(const char *home)
+/* 1 when process pid no longer runs: gone, or exited and not reaped yet (a zombie). */
+static int pid_gone(long pid)
+{
+    char path[64], text[256], *paren;
+    ssize_t n;
+    int fd;
+
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return errno == ENOENT;
+    n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    /* "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the state follows the last. */
+    if ((paren = strrchr(text, ')')) == NULL || paren[1] != ' ')
+        return 0;
+    return paren[2] == 'Z' || paren[2] == 'X';
+}
+
+/*
+ * 1 when the mqpkid that last held the daemon lock is gone: the pid it wrote there no longer
+ * runs (a pid reused meanwhile reads as alive, the safe side). A mqpkid killed closes its sockets
+ * a moment before it is a zombie: it is watched for up to wait_ms. Never takes the lock, so a
+ * mqpkid starting at that moment is not turned away.
+ */
+static int daemon_gone(const char *home, int wait_ms)
 {
     char path[PATH_MAX], text[32];
     ssize_t n;
@@ -149,8 +175,16 @@ static int daemon_gone(const char *home)
     if (n <= 0)
         return 0;
     text[n] = '\0';
-    pid = strtol(text, NULL, 10);
-    return pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    if ((pid = strtol(text, NULL, 10)) <= 0)
+        return 0;
+    for (int waited = 0;; waited += 20) {
+        struct timespec ms20 = {0, 20 * 1000 * 1000};
+        if (pid_gone(pid))
+            return 1;
+        if (waited >= wait_ms)
+            return 0;
+        nanosleep(&ms20, NULL);
+    }
 }
 
 /* 1 when a mqpkid answers on this data directory's control socket. */
@@ -695,7 +729,7 @@ static int publish_by_daemon(struct datadir *dd, int resend, struct datadir_publ
     /* mqpkid died (killed, crashed) while it had the request. A publication can be run again,
      * so a command holding no signer of mqpkid's finishes it: here, or through the mqpkid that
      * starts meanwhile. A mqpkid that is alive but slow is not second-guessed. */
-    if (rc == MQPKI_ERR_IO && !dd->remote && daemon_gone(dd->home)) {
+    if (rc == MQPKI_ERR_IO && !dd->remote && daemon_gone(dd->home, DAEMON_EXIT_MS)) {
         char why[200];
         snprintf(why, sizeof(why), "%s", mqpki_err_detail(rc));
         mqpki_log(MQPKI_LOG_WARN,

@@ -18,6 +18,8 @@
 #define AUDIT_CERT_DAYS (20 * 365)
 /* How long a publisher waits for another one to finish (a million-entry CRL takes seconds). */
 #define PUBLISH_LOCK_MS 60000
+/* How long a command that lost mqpkid mid-request watches it finish exiting (datadir.c). */
+#define DAEMON_EXIT_MS 2000
 /* How long a command waits for the CA token or the daemon's answer. */
 #define TOKEN_WAIT_MS 30000
 /* Attempts to open the CA token before a failure is final (100, 200, ... ms apart). */
