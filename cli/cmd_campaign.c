@@ -434,26 +434,44 @@ out:
 }
 
 struct finish {
-    struct lifecycle *lc;
+    char (*serials)[PROTO_SERIAL_HEX_MAX + 1]; /* the old certificates, taken first */
+    size_t n, cap;
     int revoked, already, rc;
 };
 
+/* Collects: revoking here, inside the listing's read, would meet every commit mqpkid made
+ * meanwhile as a stale snapshot (SQLite's BUSY_SNAPSHOT, "store busy"). */
 static int on_finish(const struct inventory_campaign_asset *a, void *ctx)
 {
     struct finish *f = ctx;
-    struct lifecycle_change ch;
 
-    memset(&ch, 0, sizeof(ch));
-    if (lifecycle_revoke(f->lc, a->old_serial, CA_REASON_SUPERSEDED, "cli", &ch) != MQPKI_OK) {
-        f->rc = MQPKI_ERR_STATE;
-        mqpki_log(MQPKI_LOG_WARN, "campaign: %s: %s", a->old_serial,
-                  mqpki_err_detail(MQPKI_ERR_STATE));
-        mqpki_err_clear();
-        return MQPKI_OK;
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 64;
+        void *p = realloc(f->serials, cap * sizeof(*f->serials));
+        if (p == NULL)
+            return MQPKI_ERR_NOMEM;
+        f->serials = p;
+        f->cap = cap;
     }
-    f->revoked += ch.changed;
-    f->already += ch.already;
+    snprintf(f->serials[f->n++], sizeof(f->serials[0]), "%s", a->old_serial);
     return MQPKI_OK;
+}
+
+static void revoke_old(struct lifecycle *lc, struct finish *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        struct lifecycle_change ch;
+        memset(&ch, 0, sizeof(ch));
+        if (lifecycle_revoke(lc, f->serials[i], CA_REASON_SUPERSEDED, "cli", &ch) != MQPKI_OK) {
+            f->rc = MQPKI_ERR_STATE;
+            mqpki_log(MQPKI_LOG_WARN, "campaign: %s: %s", f->serials[i],
+                      mqpki_err_detail(MQPKI_ERR_STATE));
+            mqpki_err_clear();
+            continue;
+        }
+        f->revoked += ch.changed;
+        f->already += ch.already;
+    }
 }
 
 int cmd_campaign_finish(struct cli *cli, int argc, char **argv)
@@ -481,10 +499,10 @@ int cmd_campaign_finish(struct cli *cli, int argc, char **argv)
         goto out;
     if ((rc = inventory_campaign_refresh(datadir_inventory(dd), id)) != MQPKI_OK)
         goto out;
-    f.lc = datadir_lifecycle(dd);
     if ((rc = inventory_campaign_get(datadir_inventory(dd), id, &cp, revoke ? on_finish : NULL,
                                      &f)) != MQPKI_OK)
         goto out;
+    revoke_old(datadir_lifecycle(dd), &f);
     if (revoke && f.revoked > 0 && (rc = datadir_publish(dd, 0, NULL)) != MQPKI_OK)
         goto out;
     if ((rc = inventory_campaign_finish(datadir_inventory(dd), id)) != MQPKI_OK)
@@ -499,6 +517,7 @@ int cmd_campaign_finish(struct cli *cli, int argc, char **argv)
     if (f.rc != MQPKI_OK)
         rc = mqpki_fail(f.rc, "some old certificates could not be revoked (see the log)");
 out:
+    free(f.serials);
     datadir_close(dd);
     return rc;
 }
