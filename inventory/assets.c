@@ -441,41 +441,47 @@ static void asset_json_cols(const struct db_dialect *d, char *out, size_t size)
              tags);
 }
 
-/* The row of asset_json_cols as one JSON object, in r. */
+/* The row of asset_json_cols as one JSON object, in r: each key, its column, and how it is
+ * written. */
 static void jr_asset(struct json_row *r, struct db_stmt *st)
 {
-    const char *tags = (const char *)db_column_text(st, 7);
+    enum { TEXT, TEXT_OR_NULL, JSON, TIME };
+    static const struct {
+        const char *key;
+        int how;
+    } cols[] = {{"id", TEXT},
+                {"kind", TEXT},
+                {"state", TEXT},
+                {"model", TEXT},
+                {"serial", TEXT},
+                {"firmware", TEXT},
+                {"location", TEXT},
+                {"tags", JSON},
+                {"created_at", TIME},
+                {"updated_at", TIME},
+                {"last_seen", TIME},
+                {"last_address", TEXT_OR_NULL},
+                {"last_broker", TEXT_OR_NULL}};
+    int times = 0;
 
     r->len = 0;
-    JR_LIT(r, "{\"id\":");
-    jr_text(r, st, 0, 0);
-    JR_LIT(r, ",\"kind\":");
-    jr_text(r, st, 1, 0);
-    JR_LIT(r, ",\"state\":");
-    jr_text(r, st, 2, 0);
-    JR_LIT(r, ",\"model\":");
-    jr_text(r, st, 3, 0);
-    JR_LIT(r, ",\"serial\":");
-    jr_text(r, st, 4, 0);
-    JR_LIT(r, ",\"firmware\":");
-    jr_text(r, st, 5, 0);
-    JR_LIT(r, ",\"location\":");
-    jr_text(r, st, 6, 0);
-    JR_LIT(r, ",\"tags\":");
-    if (tags != NULL)
-        jr_put(r, tags, db_column_bytes(st, 7));
-    else
-        JR_LIT(r, "{}");
-    JR_LIT(r, ",\"created_at\":");
-    jr_time(r, db_column_int64(st, 8), &r->days[0]);
-    JR_LIT(r, ",\"updated_at\":");
-    jr_time(r, db_column_int64(st, 9), &r->days[1]);
-    JR_LIT(r, ",\"last_seen\":");
-    jr_time(r, db_column_int64(st, 10), &r->days[2]);
-    JR_LIT(r, ",\"last_address\":");
-    jr_text(r, st, 11, 1);
-    JR_LIT(r, ",\"last_broker\":");
-    jr_text(r, st, 12, 1);
+    for (int c = 0; c < (int)(sizeof(cols) / sizeof(cols[0])); c++) {
+        const char *tags;
+        jr_put(r, c == 0 ? "{\"" : ",\"", 2);
+        jr_put(r, cols[c].key, strlen(cols[c].key));
+        JR_LIT(r, "\":");
+        switch (cols[c].how) {
+        case TEXT:
+        case TEXT_OR_NULL: jr_text(r, st, c, cols[c].how == TEXT_OR_NULL); break;
+        case JSON:
+            if ((tags = (const char *)db_column_text(st, c)) != NULL)
+                jr_put(r, tags, db_column_bytes(st, c));
+            else
+                JR_LIT(r, "{}");
+            break;
+        default: jr_time(r, db_column_int64(st, c), &r->days[times++]); break;
+        }
+    }
     JR_LIT(r, "}");
 }
 
