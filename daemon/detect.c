@@ -47,6 +47,7 @@
 #define PRESENCE_MAX      100000
 #define HOOKS_MAX         8 /* hook commands running at once */
 #define PRUNE_EVERY       30
+#define QUAR_SYNC_MS      1000 /* how often the quarantine list is compared with the store */
 
 struct item {
     char broker[PROTO_ASSET_ID_MAX + 1];
@@ -96,6 +97,7 @@ struct detect {
     struct presence *pres[TRACK_BUCKETS];
     size_t n_pres;
     int64_t started_at, next_prune, next_silent;
+    int64_t next_quar_ms; /* monotonic: the next look for quarantines set or lifted elsewhere */
     char *quar_json; /* the list last offered to the feed */
     /* The event being looked at, as replicas all name it (BROKER/EID, silent-LAST_SEEN; "" for
      * an event without an id): with the rule and key, the cause of an alert it fires. */
@@ -725,11 +727,24 @@ static void work(struct detect *d, struct item *batch, size_t n)
     }
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void periodic(struct detect *d)
 {
     int64_t now = mqpki_now(), deleted = 0;
 
-    sync_quarantine(d);
+    /* A quarantine this thread sets is offered at once (fire()); one another replica or the
+     * CLI set or lifted is found here, at most a second later, not after every batch. */
+    if (mono_ms() >= d->next_quar_ms) {
+        d->next_quar_ms = mono_ms() + QUAR_SYNC_MS;
+        sync_quarantine(d);
+    }
     hooks_reap(d);
     if (now >= d->next_prune) {
         d->next_prune = now + PRUNE_EVERY;

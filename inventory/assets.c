@@ -738,12 +738,7 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
      * may arrive out of order: keep the newest. A sighting that changes nothing writes nothing
      * (a device reconnecting within the second, the same address and broker). */
     if (when >= last_seen) {
-        rc = inv_prepare(inv,
-                         "UPDATE assets SET last_seen = ?2, last_address = ?3, last_broker = ?4 "
-                         "WHERE id = ?1 AND (last_seen <> ?2 OR last_address <> ?3 OR "
-                         "last_broker <> ?4)",
-                         &st);
-        if (rc != MQPKI_OK)
+        if ((rc = inv_stmt(inv, SQL_ASSET_SEEN, &st)) != MQPKI_OK)
             goto out;
         if ((rc = inv_bind_text(inv, st, 1, id)) != MQPKI_OK ||
             (rc = inv_bind_text(inv, st, 3, address != NULL ? address : "")) != MQPKI_OK ||
@@ -770,7 +765,7 @@ int inventory_asset_seen(struct inventory *inv, const char *id, int64_t when, co
                                 "seen by broker");
     }
 out:
-    db_finalize(st);
+    inv_stmt_done(st);
     return inv_tx_end(inv, &tx, rc == MQPKI_OK, rc);
 }
 

@@ -59,11 +59,7 @@ int inventory_events_add(struct inventory *inv, const struct inventory_broker_ev
     if ((rc = inv_check_text(e->eid, sizeof(e->eid), "event id")) != MQPKI_OK)
         return rc;
     /* An event another replica stored already (same broker and id) is not stored again. */
-    if ((rc = inv_prepare(inv,
-                          "INSERT INTO events(time, broker, type, asset, address, detail, eid) "
-                          "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "
-                          "ON CONFLICT (broker, eid) WHERE eid IS NOT NULL DO NOTHING RETURNING id",
-                          &st)) != MQPKI_OK)
+    if ((rc = inv_stmt(inv, SQL_EVENT_ADD, &st)) != MQPKI_OK)
         return rc;
     db_bind_int64(st, 1, e->time);
     if ((rc = inv_bind_text(inv, st, 2, e->broker)) != MQPKI_OK ||
@@ -76,7 +72,7 @@ int inventory_events_add(struct inventory *inv, const struct inventory_broker_ev
     if ((rc = step_id_or_none(inv, st, "event add", &new_id)) == MQPKI_OK && id != NULL)
         *id = new_id;
 out:
-    db_finalize(st);
+    inv_stmt_done(st);
     return rc;
 }
 

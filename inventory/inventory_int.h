@@ -62,12 +62,18 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CERT_RENEWED_AGAIN, "UPDATE certs SET superseded_by = ?2 WHERE serial = ?1 "             \
                               "AND asset_id = ?3 AND state = 'superseded'")                        \
     X(SQL_CERT_KEY_FP, "UPDATE certs SET key_fp = ?2 WHERE serial = ?1")                           \
+    X(SQL_ASSET_SEEN,                                                                              \
+      "UPDATE assets SET last_seen = ?2, last_address = ?3, last_broker = ?4 "                     \
+      "WHERE id = ?1 AND (last_seen <> ?2 OR last_address <> ?3 OR last_broker <> ?4)")            \
+    X(SQL_EVENT_ADD, "INSERT INTO events(time, broker, type, asset, address, detail, eid) "        \
+                     "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "                                         \
+                     "ON CONFLICT (broker, eid) WHERE eid IS NOT NULL DO NOTHING RETURNING id")    \
     X(SQL_CERT_SEEN, "UPDATE certs SET seen_at = ?3 WHERE serial = ?1 AND asset_id = ?2 "          \
                      "AND seen_at IS NULL")                                                        \
     X(SQL_CERT_INSERT,                                                                             \
       "INSERT INTO certs(serial, asset_id, profile, not_before, not_after, state, key_fp, "        \
       "pem, issued_seq) VALUES(?1, ?2, ?3, ?4, ?5, 'valid', ?6, ?7, "                              \
-      "(SELECT COALESCE(MAX(issued_seq), 0) + 1 FROM certs))")                                       \
+      "(SELECT COALESCE(MAX(issued_seq), 0) + 1 FROM certs))")                                     \
     X(SQL_CERT_COUNT_LIVE,                                                                         \
       "SELECT COUNT(*) FROM certs WHERE asset_id = ?1 AND state IN ('valid', 'superseded') "       \
       "AND not_after >= ?2")                                                                       \
@@ -80,12 +86,13 @@ _Static_assert(INV_HASH_LEN == PROTO_AUDIT_HASH_LEN, "a checkpoint signs an audi
     X(SQL_CERT_UNHOLD, "UPDATE certs SET state = 'valid', revoked_at = NULL, reason = NULL, "      \
                        "rev_seq = ?2, rev_time = ?3 WHERE serial = ?1")                            \
     X(SQL_TOKEN_INSERT, "INSERT INTO tokens(asset_id, salt, hash, created_at, expires_at) "        \
-                        "VALUES(?1, ?2, ?3, ?4, ?5) RETURNING id")                                              \
+                        "VALUES(?1, ?2, ?3, ?4, ?5) RETURNING id")                                 \
     X(SQL_TOKEN_LIVE, "SELECT id, salt, hash FROM tokens WHERE asset_id = ?1 AND used_at IS NULL " \
                       "AND revoked_at IS NULL AND expires_at > ?2 ORDER BY id")                    \
-    /* Consumes a token in one conditional statement: exactly one transaction wins it. */      \
-    X(SQL_TOKEN_USE, "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1 " \
-                     "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?2 RETURNING id") \
+    /* Consumes a token in one conditional statement: exactly one transaction wins it. */          \
+    X(SQL_TOKEN_USE,                                                                               \
+      "UPDATE tokens SET used_at = ?2, csr_sha256 = ?3, serial = ?4 WHERE id = ?1 "                \
+      "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?2 RETURNING id")               \
     /* Tokens that enrolled a certificate since ?2: a lost answer's retry may get it again. */     \
     X(SQL_TOKEN_USED_SINCE,                                                                        \
       "SELECT id, salt, hash, csr_sha256, serial FROM tokens WHERE asset_id = ?1 "                 \
