@@ -36,49 +36,8 @@ struct rec {
     unsigned char reason;
 };
 
-/* A growing output buffer; any allocation failure sticks in oom and is checked at the end. */
-struct dbuf {
-    unsigned char *p;
-    size_t len, cap;
-    int oom;
-};
-
-static int dbuf_reserve(struct dbuf *b, size_t n)
-{
-    size_t cap;
-    unsigned char *p;
-
-    if (b->oom)
-        return 0;
-    if (b->cap - b->len >= n)
-        return 1;
-    cap = b->cap > 0 ? b->cap : 256;
-    while (cap - b->len < n)
-        cap *= 2;
-    p = realloc(b->p, cap);
-    if (p == NULL) {
-        b->oom = 1;
-        return 0;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 1;
-}
-
-static void dbuf_put(struct dbuf *b, const void *data, size_t n)
-{
-    /* An empty part (no revoked entries yet) may have no buffer at all: memcpy(.., NULL, 0) is
-     * undefined behaviour (C11 7.24.1). */
-    if (n == 0)
-        return;
-    if (dbuf_reserve(b, n)) {
-        memcpy(b->p + b->len, data, n);
-        b->len += n;
-    }
-}
-
 /* Tag and DER definite length (short form below 128, else 0x80 | number of octets). */
-static void dbuf_hdr(struct dbuf *b, unsigned char tag, size_t len)
+static void der_hdr(struct mqpki_buf *b, unsigned char tag, size_t len)
 {
     unsigned char h[10];
     size_t n = 0, i;
@@ -95,11 +54,11 @@ static void dbuf_hdr(struct dbuf *b, unsigned char tag, size_t len)
         for (i = octets; i > 0; i--)
             h[n++] = (unsigned char)(len >> (8 * (i - 1)));
     }
-    dbuf_put(b, h, n);
+    mqpki_buf_put(b, h, n);
 }
 
 /* Appends val encoded by OpenSSL as item it. */
-static void dbuf_item(struct dbuf *b, const void *val, const ASN1_ITEM *it)
+static void der_item(struct mqpki_buf *b, const void *val, const ASN1_ITEM *it)
 {
     int n = ASN1_item_i2d((const ASN1_VALUE *)val, NULL, it);
     unsigned char *q;
@@ -108,10 +67,11 @@ static void dbuf_item(struct dbuf *b, const void *val, const ASN1_ITEM *it)
         b->oom = 1;
         return;
     }
-    if (dbuf_reserve(b, (size_t)n)) {
+    if (mqpki_buf_reserve(b, (size_t)n)) {
         q = b->p + b->len;
         ASN1_item_i2d((const ASN1_VALUE *)val, &q, it);
         b->len += (size_t)n;
+        b->p[b->len] = '\0';
     }
 }
 
@@ -286,12 +246,12 @@ out:
 
 /* revokedCertificates content: one SEQUENCE { serial, revocationDate, [entry exts] } each. */
 static int encode_entries(const struct rec *recs, size_t n, const struct reason_der *reasons,
-                          struct dbuf *out)
+                          struct mqpki_buf *out)
 {
     unsigned char tder[17];
     size_t i;
 
-    if (!dbuf_reserve(out, n * 48))
+    if (!mqpki_buf_reserve(out, n * 48))
         return MQPKI_ERR_NOMEM;
     for (i = 0; i < n; i++) {
         const struct reason_der *r = &reasons[recs[i].reason];
@@ -299,12 +259,12 @@ static int encode_entries(const struct rec *recs, size_t n, const struct reason_
         /* RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present. */
         size_t body = recs[i].serial_len + tlen + (r->len > 0 ? 2 + r->len : 0);
 
-        dbuf_hdr(out, TAG_SEQUENCE, body);
-        dbuf_put(out, recs[i].serial, recs[i].serial_len);
-        dbuf_put(out, tder, tlen);
+        der_hdr(out, TAG_SEQUENCE, body);
+        mqpki_buf_put(out, recs[i].serial, recs[i].serial_len);
+        mqpki_buf_put(out, tder, tlen);
         if (r->len > 0) {
-            dbuf_hdr(out, TAG_SEQUENCE, r->len);
-            dbuf_put(out, r->der, r->len);
+            der_hdr(out, TAG_SEQUENCE, r->len);
+            mqpki_buf_put(out, r->der, r->len);
         }
     }
     return out->oom ? MQPKI_ERR_NOMEM : MQPKI_OK;
@@ -368,8 +328,8 @@ static int sig_alg(struct ca *ca, X509_ALGOR **out)
 }
 
 /* Signs the parts of the TBSCertList as one byte string with the CA key. */
-static int sign_parts(struct ca *ca, const struct dbuf *parts, size_t nparts, unsigned char **sig,
-                      size_t *siglen)
+static int sign_parts(struct ca *ca, const struct mqpki_buf *parts, size_t nparts,
+                      unsigned char **sig, size_t *siglen)
 {
     EVP_MD_CTX *mctx = EVP_MD_CTX_new();
     size_t i;
@@ -428,14 +388,14 @@ int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
     static const unsigned char version_v2[] = {0x02, 0x01, 0x01}; /* INTEGER 1: v2 */
     struct reason_der reasons[REASON_COUNT];
     /* TBSCertList = head (SEQUENCE header + fields) || revoked entries || crlExtensions. */
-    struct dbuf tbs[3] = {{0}}, whole = {0}, revoked_hdr = {0};
+    struct mqpki_buf tbs[3] = {{0}}, whole = {0}, revoked_hdr = {0};
     struct rec *recs = NULL;
     STACK_OF(X509_EXTENSION) *exts = NULL;
     X509_ALGOR *alg = NULL;
     ASN1_TIME *tm = NULL;
     unsigned char *sig = NULL;
     size_t siglen = 0, tbs_len, exts_len;
-    struct dbuf fields = {0};
+    struct mqpki_buf fields = {0};
     int i, rc;
 
     if (der == NULL || der_len == NULL)
@@ -461,25 +421,25 @@ int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
     recs = NULL;
 
     /* version, signature, issuer, thisUpdate, nextUpdate (RFC 5280 5.1). */
-    dbuf_put(&fields, version_v2, sizeof(version_v2));
-    dbuf_item(&fields, alg, ASN1_ITEM_rptr(X509_ALGOR));
-    dbuf_item(&fields, ca->issuer_name, ASN1_ITEM_rptr(X509_NAME));
+    mqpki_buf_put(&fields, version_v2, sizeof(version_v2));
+    der_item(&fields, alg, ASN1_ITEM_rptr(X509_ALGOR));
+    der_item(&fields, ca->issuer_name, ASN1_ITEM_rptr(X509_NAME));
     if (ASN1_TIME_set(tm, (time_t)this_update) == NULL)
         fields.oom = 1;
-    dbuf_item(&fields, tm, ASN1_ITEM_rptr(ASN1_TIME));
+    der_item(&fields, tm, ASN1_ITEM_rptr(ASN1_TIME));
     if (ASN1_TIME_set(tm, (time_t)next_update) == NULL)
         fields.oom = 1;
-    dbuf_item(&fields, tm, ASN1_ITEM_rptr(ASN1_TIME));
+    der_item(&fields, tm, ASN1_ITEM_rptr(ASN1_TIME));
     /* An empty list MUST be absent, not an empty SEQUENCE (RFC 5280 5.1.2.6). */
     if (n_entries > 0)
-        dbuf_hdr(&revoked_hdr, TAG_SEQUENCE, tbs[1].len);
+        der_hdr(&revoked_hdr, TAG_SEQUENCE, tbs[1].len);
     exts_len = (size_t)i2d_X509_EXTENSIONS(exts, NULL);
-    dbuf_hdr(&tbs[2], TAG_EXPLICIT_0, exts_len);
-    dbuf_item(&tbs[2], exts, ASN1_ITEM_rptr(X509_EXTENSIONS));
+    der_hdr(&tbs[2], TAG_EXPLICIT_0, exts_len);
+    der_item(&tbs[2], exts, ASN1_ITEM_rptr(X509_EXTENSIONS));
     tbs_len = fields.len + revoked_hdr.len + tbs[1].len + tbs[2].len;
-    dbuf_hdr(&tbs[0], TAG_SEQUENCE, tbs_len);
-    dbuf_put(&tbs[0], fields.p, fields.len);
-    dbuf_put(&tbs[0], revoked_hdr.p, revoked_hdr.len);
+    der_hdr(&tbs[0], TAG_SEQUENCE, tbs_len);
+    mqpki_buf_put(&tbs[0], fields.p, fields.len);
+    mqpki_buf_put(&tbs[0], revoked_hdr.p, revoked_hdr.len);
     if (fields.oom || revoked_hdr.oom || tbs[0].oom || tbs[2].oom) {
         rc = ca_ossl_fail(MQPKI_ERR_CRYPTO, "encode TBSCertList");
         goto out;
@@ -490,17 +450,17 @@ int ca_crl_encode(struct ca *ca, int64_t crl_number, int64_t base_crl_number,
     /* CertificateList = SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue }. */
     tbs_len = tbs[0].len + tbs[1].len + tbs[2].len;
     {
-        struct dbuf tail = {0};
+        struct mqpki_buf tail = {0};
 
-        dbuf_item(&tail, alg, ASN1_ITEM_rptr(X509_ALGOR));
-        dbuf_hdr(&tail, TAG_BIT_STRING, siglen + 1);
-        dbuf_put(&tail, "", 1); /* no unused bits */
-        dbuf_put(&tail, sig, siglen);
-        if (dbuf_reserve(&whole, tbs_len + tail.len + 16)) {
-            dbuf_hdr(&whole, TAG_SEQUENCE, tbs_len + tail.len);
+        der_item(&tail, alg, ASN1_ITEM_rptr(X509_ALGOR));
+        der_hdr(&tail, TAG_BIT_STRING, siglen + 1);
+        mqpki_buf_put(&tail, "", 1); /* no unused bits */
+        mqpki_buf_put(&tail, sig, siglen);
+        if (mqpki_buf_reserve(&whole, tbs_len + tail.len + 16)) {
+            der_hdr(&whole, TAG_SEQUENCE, tbs_len + tail.len);
             for (i = 0; i < 3; i++)
-                dbuf_put(&whole, tbs[i].p, tbs[i].len);
-            dbuf_put(&whole, tail.p, tail.len);
+                mqpki_buf_put(&whole, tbs[i].p, tbs[i].len);
+            mqpki_buf_put(&whole, tail.p, tail.len);
         }
         if (tail.oom)
             whole.oom = 1;
@@ -630,7 +590,7 @@ int ca_crl_resign(struct ca *ca, const unsigned char *der, size_t der_len, unsig
                   size_t *out_len)
 {
     struct tlv whole, tbs, alg, field;
-    struct dbuf part = {0}, res = {0}, tail = {0};
+    struct mqpki_buf part = {0}, res = {0}, tail = {0};
     const ASN1_OCTET_STRING *ski;
     X509_ALGOR *own = NULL;
     unsigned char *own_alg = NULL, *keyid, *sig = NULL;
@@ -659,7 +619,7 @@ int ca_crl_resign(struct ca *ca, const unsigned char *der, size_t der_len, unsig
     }
     /* A copy of the TBS with the key identifier of this CA in the authorityKeyIdentifier:
      * crlExtensions [0] is the last field of TBSCertList. */
-    dbuf_put(&part, tbs.start, (size_t)(tbs.body + tbs.len - tbs.start));
+    mqpki_buf_put(&part, tbs.start, (size_t)(tbs.body + tbs.len - tbs.start));
     if (part.oom) {
         rc = MQPKI_ERR_NOMEM;
         goto out;
@@ -688,13 +648,13 @@ int ca_crl_resign(struct ca *ca, const unsigned char *der, size_t der_len, unsig
     mqpki_err_clear();
     if ((rc = sign_parts(ca, &part, 1, &sig, &siglen)) != MQPKI_OK)
         goto out;
-    dbuf_put(&tail, alg.start, (size_t)(alg.body + alg.len - alg.start));
-    dbuf_hdr(&tail, TAG_BIT_STRING, siglen + 1);
-    dbuf_put(&tail, "", 1);
-    dbuf_put(&tail, sig, siglen);
-    dbuf_hdr(&res, TAG_SEQUENCE, part.len + tail.len);
-    dbuf_put(&res, part.p, part.len);
-    dbuf_put(&res, tail.p, tail.len);
+    mqpki_buf_put(&tail, alg.start, (size_t)(alg.body + alg.len - alg.start));
+    der_hdr(&tail, TAG_BIT_STRING, siglen + 1);
+    mqpki_buf_put(&tail, "", 1);
+    mqpki_buf_put(&tail, sig, siglen);
+    der_hdr(&res, TAG_SEQUENCE, part.len + tail.len);
+    mqpki_buf_put(&res, part.p, part.len);
+    mqpki_buf_put(&res, tail.p, tail.len);
     if (res.oom || tail.oom) {
         rc = MQPKI_ERR_NOMEM;
         goto out;

@@ -605,3 +605,68 @@ int64_t mqpki_duration_parse(const char *s)
         return -1;
     return (int64_t)v * unit;
 }
+
+int mqpki_buf_reserve(struct mqpki_buf *b, size_t n)
+{
+    size_t cap;
+    unsigned char *p;
+
+    if (b->oom)
+        return 0;
+    if (n < b->cap - b->len) /* n bytes and the NUL */
+        return 1;
+    if (n > SIZE_MAX / 2 - b->len - 1) {
+        b->oom = 1;
+        return 0;
+    }
+    cap = b->cap > 0 ? b->cap : 256;
+    while (cap - b->len <= n)
+        cap *= 2;
+    if ((p = realloc(b->p, cap)) == NULL) {
+        b->oom = 1;
+        return 0;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 1;
+}
+
+void mqpki_buf_put(struct mqpki_buf *b, const void *data, size_t n)
+{
+    if (!mqpki_buf_reserve(b, n))
+        return;
+    /* memcpy(.., NULL, 0) is undefined behaviour (C11 7.24.1): an empty part may have no
+     * buffer at all. */
+    if (n > 0)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void mqpki_buf_str(struct mqpki_buf *b, const char *s)
+{
+    mqpki_buf_put(b, s, strlen(s));
+}
+
+void mqpki_buf_printf(struct mqpki_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (!mqpki_buf_reserve(b, 0))
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf((char *)b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n >= b->cap - b->len && mqpki_buf_reserve(b, (size_t)n)) {
+        va_start(ap, fmt);
+        n = vsnprintf((char *)b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+    }
+    if (n < 0)
+        b->oom = 1;
+    else if (!b->oom)
+        b->len += (size_t)n;
+    if (!b->oom)
+        b->p[b->len] = '\0';
+}

@@ -156,4 +156,22 @@ void mqpki_time_str(int64_t t, char out[32]);
 /* Parses a duration such as "90s", "15m", "24h", "7d" into seconds; -1 when malformed. */
 int64_t mqpki_duration_parse(const char *s);
 
+/*
+ * A growing byte buffer (DER, JSON, HTML, metrics), zero-initialized when empty, its bytes kept
+ * followed by a NUL so that text can be used as a string. Running out of memory sets oom: later
+ * calls then do nothing, and the writer checks oom once at the end. The caller frees p.
+ */
+struct mqpki_buf {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+};
+
+/* 1 when n more bytes (and the NUL) fit, growing the buffer if needed; 0 once oom. */
+int mqpki_buf_reserve(struct mqpki_buf *b, size_t n);
+void mqpki_buf_put(struct mqpki_buf *b, const void *data, size_t n);
+void mqpki_buf_str(struct mqpki_buf *b, const char *s);
+void mqpki_buf_printf(struct mqpki_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 #endif

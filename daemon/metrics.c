@@ -51,43 +51,6 @@ void metrics_enrollment(const char *result, double seconds)
     pthread_mutex_unlock(&sum_lock);
 }
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (b->p == NULL)
-        return;
-    for (;;) {
-        va_start(ap, fmt);
-        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            free(b->p);
-            b->p = NULL;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        char *p = realloc(b->p, b->cap * 2 + (size_t)n);
-        if (p == NULL) {
-            free(b->p);
-            b->p = NULL;
-            return;
-        }
-        b->p = p;
-        b->cap = b->cap * 2 + (size_t)n;
-    }
-}
-
 /* The newest full and delta CRL numbers, the full CRL's age and the publications still open,
  * from the store (the one truth about CRLs). */
 struct crl_facts {
@@ -116,7 +79,7 @@ static void crl_facts(struct inventory *inv, struct crl_facts *f)
 #define METRICS_BROKERS_MAX 256
 
 struct broker_rows {
-    struct buf *b;
+    struct mqpki_buf *b;
     const struct feed_broker *linked;
     size_t n;
 };
@@ -129,17 +92,17 @@ static int broker_crl_row(const char *broker, int64_t full, int64_t delta, int64
     (void)at;
     for (size_t i = 0; i < r->n; i++)
         if (strcmp(r->linked[i].name, broker) == 0) {
-            put(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"full\"} %lld\n", broker,
-                (long long)full);
-            put(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"delta\"} %lld\n", broker,
-                (long long)delta);
+            mqpki_buf_printf(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"full\"} %lld\n",
+                             broker, (long long)full);
+            mqpki_buf_printf(r->b, "mqpki_broker_crl_number{broker=\"%s\",kind=\"delta\"} %lld\n",
+                             broker, (long long)delta);
         }
     return 0;
 }
 
 /* The CA certificates' and the live leaf certificates' expiry, the assets by state, the
  * brokers' feed links and what each broker acknowledged: the operator's day-two view. */
-static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct buf *b)
+static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct mqpki_buf *b)
 {
     static struct feed_broker linked[METRICS_BROKERS_MAX];
     static pthread_mutex_t linked_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -152,18 +115,21 @@ static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct b
     struct broker_rows rows;
     size_t n;
 
-    put(b, "# HELP mqpki_build_info The running mqpkid's version.\n"
-           "# TYPE mqpki_build_info gauge\n"
-           "mqpki_build_info{version=\"%s\"} 1\n",
-        MQPKI_VERSION);
-    put(b, "# HELP mqpki_ca_not_after_timestamp_seconds Expiry (notAfter) of each CA certificate.\n"
+    mqpki_buf_printf(b,
+                     "# HELP mqpki_build_info The running mqpkid's version.\n"
+                     "# TYPE mqpki_build_info gauge\n"
+                     "mqpki_build_info{version=\"%s\"} 1\n",
+                     MQPKI_VERSION);
+    mqpki_buf_printf(
+        b, "# HELP mqpki_ca_not_after_timestamp_seconds Expiry (notAfter) of each CA certificate.\n"
            "# TYPE mqpki_ca_not_after_timestamp_seconds gauge\n");
     for (int i = 0; i < 2; i++)
         if (certs[i] != NULL && proto_asn1_time(X509_get0_notAfter(certs[i]), &t) == 0)
-            put(b, "mqpki_ca_not_after_timestamp_seconds{ca=\"%s\"} %lld\n", ca_names[i],
-                (long long)t);
+            mqpki_buf_printf(b, "mqpki_ca_not_after_timestamp_seconds{ca=\"%s\"} %lld\n",
+                             ca_names[i], (long long)t);
     if (inv != NULL && inventory_cert_expiry(inv, mqpki_now(), &ex) == MQPKI_OK) {
-        put(b,
+        mqpki_buf_printf(
+            b,
             "# HELP mqpki_leaf_not_after_earliest_timestamp_seconds Earliest notAfter of the valid "
             "certificates issued by each CA (0 when none).\n"
             "# TYPE mqpki_leaf_not_after_earliest_timestamp_seconds gauge\n"
@@ -176,20 +142,24 @@ static void render_fleet(struct daemon_ctx *ctx, struct inventory *inv, struct b
     }
     mqpki_err_clear();
     if (inv != NULL && inventory_asset_count_by_state(inv, counts) == MQPKI_OK) {
-        put(b, "# HELP mqpki_assets Assets by lifecycle state.\n# TYPE mqpki_assets gauge\n");
+        mqpki_buf_printf(
+            b, "# HELP mqpki_assets Assets by lifecycle state.\n# TYPE mqpki_assets gauge\n");
         for (int s = 0; s < INV_STATE_COUNT_; s++)
-            put(b, "mqpki_assets{state=\"%s\"} %lld\n", inventory_state_name(s),
-                (long long)counts[s]);
+            mqpki_buf_printf(b, "mqpki_assets{state=\"%s\"} %lld\n", inventory_state_name(s),
+                             (long long)counts[s]);
     }
     mqpki_err_clear();
     /* One scrape at a time fills the table (256 brokers do not fit a worker's stack kindly). */
     pthread_mutex_lock(&linked_lock);
     n = feed_brokers(ctx->feed, linked, METRICS_BROKERS_MAX);
-    put(b, "# HELP mqpki_broker_link_up 1 while mqpkid's CRL feed is connected to the broker.\n"
+    mqpki_buf_printf(
+        b, "# HELP mqpki_broker_link_up 1 while mqpkid's CRL feed is connected to the broker.\n"
            "# TYPE mqpki_broker_link_up gauge\n");
     for (size_t i = 0; i < n; i++)
-        put(b, "mqpki_broker_link_up{broker=\"%s\"} %d\n", linked[i].name, linked[i].connected);
-    put(b, "# HELP mqpki_broker_crl_number CRL numbers the broker's plugin acknowledged holding "
+        mqpki_buf_printf(b, "mqpki_broker_link_up{broker=\"%s\"} %d\n", linked[i].name,
+                         linked[i].connected);
+    mqpki_buf_printf(
+        b, "# HELP mqpki_broker_crl_number CRL numbers the broker's plugin acknowledged holding "
            "(-1: none).\n# TYPE mqpki_broker_crl_number gauge\n");
     rows.b = b;
     rows.linked = linked;
@@ -222,7 +192,7 @@ void metrics_detect_alert(const char *rule)
 
 char *metrics_render(struct daemon_ctx *ctx, size_t *len)
 {
-    struct buf b = {malloc(4096), 0, 4096};
+    struct mqpki_buf b = {0};
     struct inventory *inv = http_thread_inventory(ctx);
     struct crl_facts crl;
     int64_t revoked = -1;
@@ -235,31 +205,35 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
     sum = latency_sum;
     pthread_mutex_unlock(&sum_lock);
 
-    put(&b,
-        "# HELP mqpki_http_requests_total HTTP requests served.\n"
-        "# TYPE mqpki_http_requests_total counter\n"
-        "mqpki_http_requests_total %llu\n",
-        (unsigned long long)atomic_load(&requests));
-    put(&b, "# HELP mqpki_enrollments_total EST enrollments and re-enrollments by result.\n"
+    mqpki_buf_printf(&b,
+                     "# HELP mqpki_http_requests_total HTTP requests served.\n"
+                     "# TYPE mqpki_http_requests_total counter\n"
+                     "mqpki_http_requests_total %llu\n",
+                     (unsigned long long)atomic_load(&requests));
+    mqpki_buf_printf(
+        &b, "# HELP mqpki_enrollments_total EST enrollments and re-enrollments by result.\n"
             "# TYPE mqpki_enrollments_total counter\n");
     for (size_t i = 0; i < N_RESULTS; i++)
-        put(&b, "mqpki_enrollments_total{result=\"%s\"} %llu\n", results[i],
-            (unsigned long long)atomic_load(&enrollments[i]));
-    put(&b, "# HELP mqpki_enrollment_seconds Time from request to response of EST enrollments.\n"
+        mqpki_buf_printf(&b, "mqpki_enrollments_total{result=\"%s\"} %llu\n", results[i],
+                         (unsigned long long)atomic_load(&enrollments[i]));
+    mqpki_buf_printf(
+        &b, "# HELP mqpki_enrollment_seconds Time from request to response of EST enrollments.\n"
             "# TYPE mqpki_enrollment_seconds histogram\n");
     for (size_t i = 0; i < N_BUCKETS; i++)
-        put(&b, "mqpki_enrollment_seconds_bucket{le=\"%g\"} %llu\n", buckets[i],
-            (unsigned long long)atomic_load(&latency_le[i]));
-    put(&b, "mqpki_enrollment_seconds_bucket{le=\"+Inf\"} %llu\n",
-        (unsigned long long)atomic_load(&latency_count));
-    put(&b, "mqpki_enrollment_seconds_sum %.6f\nmqpki_enrollment_seconds_count %llu\n", sum,
-        (unsigned long long)atomic_load(&latency_count));
-    put(&b,
+        mqpki_buf_printf(&b, "mqpki_enrollment_seconds_bucket{le=\"%g\"} %llu\n", buckets[i],
+                         (unsigned long long)atomic_load(&latency_le[i]));
+    mqpki_buf_printf(&b, "mqpki_enrollment_seconds_bucket{le=\"+Inf\"} %llu\n",
+                     (unsigned long long)atomic_load(&latency_count));
+    mqpki_buf_printf(&b, "mqpki_enrollment_seconds_sum %.6f\nmqpki_enrollment_seconds_count %llu\n",
+                     sum, (unsigned long long)atomic_load(&latency_count));
+    mqpki_buf_printf(
+        &b,
         "# HELP mqpki_certificates_revoked Revoked or held certificates in the store.\n"
         "# TYPE mqpki_certificates_revoked gauge\n"
         "mqpki_certificates_revoked %lld\n",
         (long long)revoked);
-    put(&b,
+    mqpki_buf_printf(
+        &b,
         "# HELP mqpki_crl_number Number of the newest full CRL.\n"
         "# TYPE mqpki_crl_number gauge\nmqpki_crl_number %lld\n"
         "# HELP mqpki_crl_delta_number Number of the newest delta CRL.\n"
@@ -270,7 +244,8 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         "# TYPE mqpki_crl_publications_open gauge\nmqpki_crl_publications_open %lld\n",
         crl.full, crl.delta, crl.age, crl.open);
     render_fleet(ctx, inv, &b);
-    put(&b,
+    mqpki_buf_printf(
+        &b,
         "# HELP mqpki_detect_events_total Broker security events received.\n"
         "# TYPE mqpki_detect_events_total counter\nmqpki_detect_events_total %llu\n"
         "# HELP mqpki_detect_events_dropped_total Events dropped (broker ring or mqpkid queue "
@@ -282,12 +257,15 @@ char *metrics_render(struct daemon_ctx *ctx, size_t *len)
         (unsigned long long)atomic_load(&detect_events),
         (unsigned long long)atomic_load(&detect_dropped));
     for (int i = 0; i < DETECT_COUNT_; i++)
-        put(&b, "mqpki_detect_alerts_total{rule=\"%s\"} %llu\n", datadir_detector_name(i),
-            (unsigned long long)atomic_load(&detect_alerts[i]));
-    if (b.p == NULL)
+        mqpki_buf_printf(&b, "mqpki_detect_alerts_total{rule=\"%s\"} %llu\n",
+                         datadir_detector_name(i),
+                         (unsigned long long)atomic_load(&detect_alerts[i]));
+    if (b.oom) {
+        free(b.p);
         return NULL;
+    }
     *len = b.len;
-    return b.p;
+    return (char *)b.p;
 }
 
 char *health_render(struct daemon_ctx *ctx, int *ready, size_t *len)

@@ -121,45 +121,44 @@ static const struct {
     {"/ui/alerts", "Alerts"}, {"/ui/csf", "CSF posture"},
 };
 
-static void page_begin(struct posture_buf *b, const char *title, const char *active,
-                       const char *who)
+static void page_begin(struct mqpki_buf *b, const char *title, const char *active, const char *who)
 {
-    posture_buf_add(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-                       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-                       "<title>mqpki: ");
+    mqpki_buf_str(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+                     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                     "<title>mqpki: ");
     posture_buf_html(b, title);
-    posture_buf_add(b, "</title>\n<link rel=\"stylesheet\" href=\"/ui/static/style.css\">\n"
-                       "</head><body>\n<header><b>mqpki</b>");
+    mqpki_buf_str(b, "</title>\n<link rel=\"stylesheet\" href=\"/ui/static/style.css\">\n"
+                     "</head><body>\n<header><b>mqpki</b>");
     for (size_t i = 0; i < sizeof(nav) / sizeof(nav[0]); i++) {
-        posture_buf_addf(b, "<a href=\"%s\"%s>%s</a>", nav[i].path,
+        mqpki_buf_printf(b, "<a href=\"%s\"%s>%s</a>", nav[i].path,
                          strcmp(nav[i].path, active) == 0 ? " class=\"on\"" : "", nav[i].title);
     }
-    posture_buf_add(b, "<span class=\"muted\" style=\"margin-left:auto\">operator ");
+    mqpki_buf_str(b, "<span class=\"muted\" style=\"margin-left:auto\">operator ");
     posture_buf_html(b, who);
-    posture_buf_add(b, "</span></header>\n<main>\n");
+    mqpki_buf_str(b, "</span></header>\n<main>\n");
 }
 
-static void page_end(struct posture_buf *b)
+static void page_end(struct mqpki_buf *b)
 {
-    posture_buf_add(b, "</main></body></html>\n");
+    mqpki_buf_str(b, "</main></body></html>\n");
 }
 
-static void time_cell(struct posture_buf *b, int64_t t)
+static void time_cell(struct mqpki_buf *b, int64_t t)
 {
     char s[32];
 
     if (t <= 0) {
-        posture_buf_add(b, "<td class=\"muted\">never</td>");
+        mqpki_buf_str(b, "<td class=\"muted\">never</td>");
         return;
     }
     mqpki_time_str(t, s);
-    posture_buf_addf(b, "<td>%s</td>", s);
+    mqpki_buf_printf(b, "<td>%s</td>", s);
 }
 
 /* ---- overview ---- */
 
 /* A bar chart as inline SVG: n bars of values v, labels under every `every`-th bar. */
-static void svg_bars(struct posture_buf *b, const char *id, const char *title, const int64_t *v,
+static void svg_bars(struct mqpki_buf *b, const char *id, const char *title, const int64_t *v,
                      const int64_t *v2, int n, const char *const *labels, int every)
 {
     const int w = 720, h = 180, top = 10, bottom = 30, left = 40;
@@ -172,33 +171,33 @@ static void svg_bars(struct posture_buf *b, const char *id, const char *title, c
         if (v2 != NULL && v2[i] > max)
             max = v2[i];
     }
-    posture_buf_addf(b,
+    mqpki_buf_printf(b,
                      "<svg id=\"%s\" role=\"img\" viewBox=\"0 0 %d %d\" width=\"%d\" height=\"%d\">"
                      "<title>",
                      id, w, h, w, h);
     posture_buf_html(b, title);
-    posture_buf_addf(b, "</title><text x=\"4\" y=\"%d\">%lld</text><text x=\"4\" y=\"%d\">0</text>",
+    mqpki_buf_printf(b, "</title><text x=\"4\" y=\"%d\">%lld</text><text x=\"4\" y=\"%d\">0</text>",
                      top + 10, (long long)max, h - bottom);
     for (int i = 0; i < n; i++) {
         int x = left + i * bw, bh = (int)((h - top - bottom) * v[i] / max);
         int half = v2 != NULL ? (bw - 4) / 2 : bw - 4;
-        posture_buf_addf(b,
+        mqpki_buf_printf(b,
                          "<rect class=\"bar\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\">"
                          "<title>%s: %lld</title></rect>",
                          x + 2, h - bottom - bh, half, bh, labels[i], (long long)v[i]);
         if (v2 != NULL) {
             int bh2 = (int)((h - top - bottom) * v2[i] / max);
-            posture_buf_addf(b,
+            mqpki_buf_printf(b,
                              "<rect class=\"bar-revoked\" x=\"%d\" y=\"%d\" width=\"%d\" "
                              "height=\"%d\"><title>%s: %lld revoked</title></rect>",
                              x + 2 + half, h - bottom - bh2, half, bh2, labels[i],
                              (long long)v2[i]);
         }
         if (i % every == 0)
-            posture_buf_addf(b, "<text x=\"%d\" y=\"%d\">%s</text>", x + 2, h - bottom + 14,
+            mqpki_buf_printf(b, "<text x=\"%d\" y=\"%d\">%s</text>", x + 2, h - bottom + 14,
                              labels[i]);
     }
-    posture_buf_add(b, "</svg>\n");
+    mqpki_buf_str(b, "</svg>\n");
 }
 
 struct days {
@@ -218,7 +217,7 @@ static int day_cb(int64_t day, int64_t issued, int64_t revoked, void *ctx)
     return 0;
 }
 
-static int page_overview(struct inventory *inv, struct posture_buf *b, const char *who)
+static int page_overview(struct inventory *inv, struct mqpki_buf *b, const char *who)
 {
     struct inventory_posture p;
     int64_t now = mqpki_now(), buckets[EXPIRY_BUCKETS];
@@ -236,41 +235,41 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
         MQPKI_OK)
         return rc;
     page_begin(b, "Fleet overview", "/ui/", who);
-    posture_buf_add(b, "<h1>Fleet overview</h1>\n<div class=\"cards\">");
-    posture_buf_addf(b,
+    mqpki_buf_str(b, "<h1>Fleet overview</h1>\n<div class=\"cards\">");
+    mqpki_buf_printf(b,
                      "<div class=\"card\"><div class=\"n\" id=\"assets-total\">%lld</div>"
                      "assets</div>",
                      (long long)p.assets);
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>valid certificates</div>",
+    mqpki_buf_printf(b, "<div class=\"card\"><div class=\"n\">%lld</div>valid certificates</div>",
                      (long long)p.certs_valid);
-    posture_buf_addf(b,
+    mqpki_buf_printf(b,
                      "<div class=\"card\"><div class=\"n\">%lld</div>revoked or on hold"
                      "</div>",
                      (long long)p.certs_revoked);
-    posture_buf_addf(b, "<div class=\"card\"><div class=\"n\">%lld</div>expired</div></div>",
+    mqpki_buf_printf(b, "<div class=\"card\"><div class=\"n\">%lld</div>expired</div></div>",
                      (long long)p.certs_expired);
-    posture_buf_add(b, "<h2>Assets by lifecycle state</h2>\n<table id=\"by-state\"><tr>");
+    mqpki_buf_str(b, "<h2>Assets by lifecycle state</h2>\n<table id=\"by-state\"><tr>");
     for (int s = 0; s <= INV_STATE_DECOMMISSIONED; s++)
-        posture_buf_addf(b, "<th><a href=\"/ui/assets?state=%s\">%s</a></th>",
+        mqpki_buf_printf(b, "<th><a href=\"/ui/assets?state=%s\">%s</a></th>",
                          inventory_state_name(s), inventory_state_name(s));
-    posture_buf_add(b, "</tr><tr>");
+    mqpki_buf_str(b, "</tr><tr>");
     for (int s = 0; s <= INV_STATE_DECOMMISSIONED; s++)
-        posture_buf_addf(b, "<td data-state=\"%s\">%lld</td>", inventory_state_name(s),
+        mqpki_buf_printf(b, "<td data-state=\"%s\">%lld</td>", inventory_state_name(s),
                          (long long)p.by_state[s]);
-    posture_buf_add(b, "</tr></table>\n<h2>Assets by kind</h2>\n<table id=\"by-kind\"><tr>");
+    mqpki_buf_str(b, "</tr></table>\n<h2>Assets by kind</h2>\n<table id=\"by-kind\"><tr>");
     for (int k = 0; k <= INV_KIND_OPERATOR; k++)
-        posture_buf_addf(b, "<th>%s</th>", inventory_kind_name(k));
-    posture_buf_add(b, "</tr><tr>");
+        mqpki_buf_printf(b, "<th>%s</th>", inventory_kind_name(k));
+    mqpki_buf_str(b, "</tr><tr>");
     for (int k = 0; k <= INV_KIND_OPERATOR; k++)
-        posture_buf_addf(b, "<td>%lld</td>", (long long)p.by_kind[k]);
-    posture_buf_add(b, "</tr></table>\n<h2>Certificate expiry, by week from today</h2>\n");
+        mqpki_buf_printf(b, "<td>%lld</td>", (long long)p.by_kind[k]);
+    mqpki_buf_str(b, "</tr></table>\n<h2>Certificate expiry, by week from today</h2>\n");
     for (int i = 0; i < EXPIRY_BUCKETS; i++) {
         snprintf(labels[i], sizeof(labels[i]), i == EXPIRY_BUCKETS - 1 ? "w%d+" : "w%d", i + 1);
         lp[i] = labels[i];
     }
     svg_bars(b, "expiry-chart", "Live certificates expiring per week", buckets, NULL,
              EXPIRY_BUCKETS, lp, 1);
-    posture_buf_addf(b,
+    mqpki_buf_printf(b,
                      "<h2>Certificates issued (blue) and revoked (red) per day, last %d "
                      "days</h2>\n",
                      DAYS_SHOWN);
@@ -290,7 +289,7 @@ static int page_overview(struct inventory *inv, struct posture_buf *b, const cha
 /* ---- assets ---- */
 
 struct page_ctx {
-    struct posture_buf *b;
+    struct mqpki_buf *b;
     int n;
     char last[PROTO_ASSET_ID_MAX + 1];
 };
@@ -300,19 +299,19 @@ static int asset_row(const struct inventory_asset *a, void *ctx)
     struct page_ctx *p = ctx;
     const char *state = inventory_state_name(a->state);
 
-    posture_buf_addf(p->b,
+    mqpki_buf_printf(p->b,
                      "<tr class=\"asset\" data-state=\"%s\"><td><a href=\"/ui/asset?id=", state);
     posture_buf_html(p->b, a->id);
-    posture_buf_add(p->b, "\">");
+    mqpki_buf_str(p->b, "\">");
     posture_buf_html(p->b, a->id);
-    posture_buf_addf(p->b, "</a></td><td>%s</td><td><span class=\"st state-%s\">%s</span></td><td>",
+    mqpki_buf_printf(p->b, "</a></td><td>%s</td><td><span class=\"st state-%s\">%s</span></td><td>",
                      inventory_kind_name(a->kind), state, state);
     posture_buf_html(p->b, a->model);
-    posture_buf_add(p->b, "</td><td>");
+    mqpki_buf_str(p->b, "</td><td>");
     posture_buf_html(p->b, a->location);
-    posture_buf_add(p->b, "</td>");
+    mqpki_buf_str(p->b, "</td>");
     time_cell(p->b, a->last_seen);
-    posture_buf_add(p->b, "</tr>\n");
+    mqpki_buf_str(p->b, "</tr>\n");
     snprintf(p->last, sizeof(p->last), "%s", a->id);
     p->n++;
     return 0;
@@ -330,7 +329,7 @@ static int id_text_ok(const char *s)
     return 1;
 }
 
-static int page_assets(struct inventory *inv, const struct ui_request *rq, struct posture_buf *b,
+static int page_assets(struct inventory *inv, const struct ui_request *rq, struct mqpki_buf *b,
                        const char *who)
 {
     const char *q = rq->arg_q != NULL ? rq->arg_q : "", *after = rq->arg_after;
@@ -342,27 +341,27 @@ static int page_assets(struct inventory *inv, const struct ui_request *rq, struc
     if (!id_text_ok(q) || (after != NULL && !id_text_ok(after)) || (sname[0] != '\0' && state < 0))
         return mqpki_fail(MQPKI_ERR_INVALID, "bad query");
     page_begin(b, "Assets", "/ui/assets", who);
-    posture_buf_add(b, "<h1>Assets</h1>\n<form method=\"get\" action=\"/ui/assets\">"
-                       "<input name=\"q\" placeholder=\"id starts with\" value=\"");
+    mqpki_buf_str(b, "<h1>Assets</h1>\n<form method=\"get\" action=\"/ui/assets\">"
+                     "<input name=\"q\" placeholder=\"id starts with\" value=\"");
     posture_buf_html(b, q);
-    posture_buf_add(b, "\"> <select name=\"state\"><option value=\"\">any state</option>");
+    mqpki_buf_str(b, "\"> <select name=\"state\"><option value=\"\">any state</option>");
     for (int s = 0; s <= INV_STATE_DECOMMISSIONED; s++)
-        posture_buf_addf(b, "<option%s>%s</option>", s == state ? " selected" : "",
+        mqpki_buf_printf(b, "<option%s>%s</option>", s == state ? " selected" : "",
                          inventory_state_name(s));
-    posture_buf_add(b, "</select> <button>Search</button></form>\n<table id=\"assets\"><tr>"
-                       "<th>ID</th><th>Kind</th><th>State</th><th>Model</th><th>Location</th>"
-                       "<th>Last seen</th></tr>\n");
+    mqpki_buf_str(b, "</select> <button>Search</button></form>\n<table id=\"assets\"><tr>"
+                     "<th>ID</th><th>Kind</th><th>State</th><th>Model</th><th>Location</th>"
+                     "<th>Last seen</th></tr>\n");
     if ((rc = inventory_asset_page(inv, state, q, after, PAGE_SIZE, asset_row, &p)) != MQPKI_OK)
         return rc;
-    posture_buf_add(b, "</table>\n");
+    mqpki_buf_str(b, "</table>\n");
     if (p.n == 0)
-        posture_buf_add(b, "<p class=\"muted\">No asset matches.</p>\n");
+        mqpki_buf_str(b, "<p class=\"muted\">No asset matches.</p>\n");
     if (p.n == PAGE_SIZE) {
-        posture_buf_add(b, "<p><a id=\"next\" href=\"/ui/assets?q=");
+        mqpki_buf_str(b, "<p><a id=\"next\" href=\"/ui/assets?q=");
         posture_buf_html(b, q);
-        posture_buf_addf(b, "&amp;state=%s&amp;after=", state >= 0 ? sname : "");
+        mqpki_buf_printf(b, "&amp;state=%s&amp;after=", state >= 0 ? sname : "");
         posture_buf_html(b, p.last);
-        posture_buf_add(b, "\">Next page</a></p>\n");
+        mqpki_buf_str(b, "\">Next page</a></p>\n");
     }
     page_end(b);
     return MQPKI_OK;
@@ -370,10 +369,10 @@ static int page_assets(struct inventory *inv, const struct ui_request *rq, struc
 
 static int cert_row(const struct inventory_cert *c, void *ctx)
 {
-    struct posture_buf *b = ctx;
+    struct mqpki_buf *b = ctx;
     const char *st = inventory_cert_state_name(c->state);
 
-    posture_buf_addf(b,
+    mqpki_buf_printf(b,
                      "<tr><td><code>%s</code></td><td>%s</td>"
                      "<td><span class=\"st cert-%s\">%s</span></td>",
                      c->serial, c->profile, st, st);
@@ -382,29 +381,29 @@ static int cert_row(const struct inventory_cert *c, void *ctx)
     if (c->revoked_at > 0)
         time_cell(b, c->revoked_at);
     else
-        posture_buf_add(b, "<td></td>");
+        mqpki_buf_str(b, "<td></td>");
     time_cell(b, c->seen_at);
-    posture_buf_add(b, "</tr>\n");
+    mqpki_buf_str(b, "</tr>\n");
     return 0;
 }
 
 static int event_row(const struct inventory_event *e, void *ctx)
 {
-    struct posture_buf *b = ctx;
+    struct mqpki_buf *b = ctx;
 
-    posture_buf_add(b, "<tr>");
+    mqpki_buf_str(b, "<tr>");
     time_cell(b, e->time);
-    posture_buf_add(b, "<td>");
+    mqpki_buf_str(b, "<td>");
     posture_buf_html(b, e->action);
-    posture_buf_add(b, "</td><td>");
+    mqpki_buf_str(b, "</td><td>");
     posture_buf_html(b, e->actor);
-    posture_buf_add(b, "</td><td><code>");
+    mqpki_buf_str(b, "</td><td><code>");
     posture_buf_html(b, e->detail);
-    posture_buf_add(b, "</code></td></tr>\n");
+    mqpki_buf_str(b, "</code></td></tr>\n");
     return 0;
 }
 
-static int page_asset(struct inventory *inv, const struct ui_request *rq, struct posture_buf *b,
+static int page_asset(struct inventory *inv, const struct ui_request *rq, struct mqpki_buf *b,
                       const char *who)
 {
     struct inventory_asset a;
@@ -418,9 +417,9 @@ static int page_asset(struct inventory *inv, const struct ui_request *rq, struct
         return rc;
     st = inventory_state_name(a.state);
     page_begin(b, a.id, "/ui/assets", who);
-    posture_buf_add(b, "<h1>Asset ");
+    mqpki_buf_str(b, "<h1>Asset ");
     posture_buf_html(b, a.id);
-    posture_buf_addf(b,
+    mqpki_buf_printf(b,
                      " <span id=\"asset-state\" class=\"st state-%s\">%s</span></h1>\n"
                      "<table id=\"asset\"><tr><th>Kind</th><td>%s</td></tr>",
                      st, st, inventory_kind_name(a.kind));
@@ -429,25 +428,25 @@ static int page_asset(struct inventory *inv, const struct ui_request *rq, struct
     const char *vals[] = {a.model,     a.hw_serial,    a.firmware,   a.location,
                           a.tags_json, a.last_address, a.last_broker};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        posture_buf_addf(b, "<tr><th>%s</th><td>", names[i]);
+        mqpki_buf_printf(b, "<tr><th>%s</th><td>", names[i]);
         posture_buf_html(b, vals[i]);
-        posture_buf_add(b, "</td></tr>");
+        mqpki_buf_str(b, "</td></tr>");
     }
-    posture_buf_add(b, "<tr><th>Last seen</th>");
+    mqpki_buf_str(b, "<tr><th>Last seen</th>");
     time_cell(b, a.last_seen);
-    posture_buf_add(b, "</tr><tr><th>Registered</th>");
+    mqpki_buf_str(b, "</tr><tr><th>Registered</th>");
     time_cell(b, a.created_at);
-    posture_buf_add(b, "</tr></table>\n<h2>Certificates</h2>\n<table id=\"certs\"><tr>"
-                       "<th>Serial</th><th>Profile</th><th>State</th><th>Not before</th>"
-                       "<th>Not after</th><th>Revoked</th><th>First seen</th></tr>\n");
+    mqpki_buf_str(b, "</tr></table>\n<h2>Certificates</h2>\n<table id=\"certs\"><tr>"
+                     "<th>Serial</th><th>Profile</th><th>State</th><th>Not before</th>"
+                     "<th>Not after</th><th>Revoked</th><th>First seen</th></tr>\n");
     if ((rc = inventory_cert_list(inv, a.id, -1, 0, cert_row, b)) != MQPKI_OK)
         goto out;
-    posture_buf_add(b, "</table>\n<h2>History</h2>\n<table id=\"history\"><tr><th>Time</th>"
-                       "<th>Action</th><th>Actor</th><th>Detail</th></tr>\n");
+    mqpki_buf_str(b, "</table>\n<h2>History</h2>\n<table id=\"history\"><tr><th>Time</th>"
+                     "<th>Action</th><th>Actor</th><th>Detail</th></tr>\n");
     if ((rc = inventory_asset_history(inv, a.id, event_row, b)) != MQPKI_OK)
         goto out;
-    posture_buf_add(b, "</table>\n<h2>Events</h2>\n<p class=\"muted\">Detection not available in "
-                       "this build: broker events are not stored yet.</p>\n");
+    mqpki_buf_str(b, "</table>\n<h2>Events</h2>\n<p class=\"muted\">Detection not available in "
+                     "this build: broker events are not stored yet.</p>\n");
     page_end(b);
 out:
     inventory_asset_clear(&a);
@@ -464,7 +463,7 @@ static int posture_facts(struct daemon_ctx *ctx, struct inventory *inv, json_t *
     return posture_check(ctx->dd, inv, o, res, NULL);
 }
 
-static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct posture_buf *b,
+static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct mqpki_buf *b,
                         const char *who)
 {
     struct posture_opts o;
@@ -477,10 +476,10 @@ static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct po
         return rc;
     facts = json_object_get(res, "facts");
     page_begin(b, "Brokers", "/ui/brokers", who);
-    posture_buf_add(b, "<h1>Brokers</h1>\n<h2>Bundled brokers</h2>\n<table id=\"brokers\"><tr>"
-                       "<th>Broker</th><th>Plugin</th><th>fail_closed</th><th>Client "
-                       "certificates</th><th>CRL held</th><th>its nextUpdate</th>"
-                       "<th>Feed link (last report)</th></tr>\n");
+    mqpki_buf_str(b, "<h1>Brokers</h1>\n<h2>Bundled brokers</h2>\n<table id=\"brokers\"><tr>"
+                     "<th>Broker</th><th>Plugin</th><th>fail_closed</th><th>Client "
+                     "certificates</th><th>CRL held</th><th>its nextUpdate</th>"
+                     "<th>Feed link (last report)</th></tr>\n");
     json_array_foreach(json_object_get(facts, "brokers"), i, v)
     {
         const char *name = json_string_value(json_object_get(v, "name"));
@@ -490,33 +489,33 @@ static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct po
             if (strcmp(json_string_value(json_object_get(r, "broker")), name) == 0)
                 reported = json_string_value(json_object_get(r, "reported_at"));
         }
-        posture_buf_add(b, "<tr><td>");
+        mqpki_buf_str(b, "<tr><td>");
         posture_buf_html(b, name);
-        posture_buf_addf(b, "</td><td>%s</td><td>%s</td><td>%s</td><td>%lld</td><td>",
+        mqpki_buf_printf(b, "</td><td>%s</td><td>%s</td><td>%s</td><td>%lld</td><td>",
                          json_is_true(json_object_get(v, "plugin")) ? "yes" : "NO",
                          json_is_true(json_object_get(v, "fail_closed")) ? "on" : "off",
                          json_is_true(json_object_get(v, "require_certificate")) ? "required"
                                                                                  : "NOT required",
                          (long long)json_integer_value(json_object_get(v, "crl_number")));
         posture_buf_html(b, json_string_value(json_object_get(v, "crl_next_update")));
-        posture_buf_add(b, "</td><td>");
+        mqpki_buf_str(b, "</td><td>");
         posture_buf_html(b, reported);
-        posture_buf_add(b, "</td></tr>\n");
+        mqpki_buf_str(b, "</td></tr>\n");
     }
-    posture_buf_add(b, "</table>\n<h2>CRL numbers reported over the feed</h2>\n"
-                       "<table id=\"reports\"><tr><th>Broker</th><th>Full CRL</th><th>Delta CRL"
-                       "</th><th>Reported</th></tr>\n");
+    mqpki_buf_str(b, "</table>\n<h2>CRL numbers reported over the feed</h2>\n"
+                     "<table id=\"reports\"><tr><th>Broker</th><th>Full CRL</th><th>Delta CRL"
+                     "</th><th>Reported</th></tr>\n");
     json_array_foreach(json_object_get(facts, "broker_reports"), i, r)
     {
-        posture_buf_add(b, "<tr><td>");
+        mqpki_buf_str(b, "<tr><td>");
         posture_buf_html(b, json_string_value(json_object_get(r, "broker")));
-        posture_buf_addf(b, "</td><td>%lld</td><td>%lld</td><td>",
+        mqpki_buf_printf(b, "</td><td>%lld</td><td>%lld</td><td>",
                          (long long)json_integer_value(json_object_get(r, "full")),
                          (long long)json_integer_value(json_object_get(r, "delta")));
         posture_buf_html(b, json_string_value(json_object_get(r, "reported_at")));
-        posture_buf_add(b, "</td></tr>\n");
+        mqpki_buf_str(b, "</td></tr>\n");
     }
-    posture_buf_add(b, "</table>\n");
+    mqpki_buf_str(b, "</table>\n");
     page_end(b);
     json_decref(res);
     return MQPKI_OK;
@@ -524,16 +523,16 @@ static int page_brokers(struct daemon_ctx *ctx, struct inventory *inv, struct po
 
 /* Alerts and events: a marked place until detection (broker events, detectors, alerts) is in
  * the store. TODO(detection): list alerts and recent events here from their tables. */
-static int page_alerts(struct posture_buf *b, const char *who)
+static int page_alerts(struct mqpki_buf *b, const char *who)
 {
     page_begin(b, "Alerts", "/ui/alerts", who);
-    posture_buf_add(b, "<h1>Alerts and events</h1>\n<p id=\"alerts-unavailable\">Detection not "
-                       "available in this build.</p>\n");
+    mqpki_buf_str(b, "<h1>Alerts and events</h1>\n<p id=\"alerts-unavailable\">Detection not "
+                     "available in this build.</p>\n");
     page_end(b);
     return MQPKI_OK;
 }
 
-static int page_csf(struct daemon_ctx *ctx, struct inventory *inv, struct posture_buf *b,
+static int page_csf(struct daemon_ctx *ctx, struct inventory *inv, struct mqpki_buf *b,
                     const char *who)
 {
     struct posture_opts o;
@@ -545,9 +544,9 @@ static int page_csf(struct daemon_ctx *ctx, struct inventory *inv, struct postur
         goto out;
     page_begin(b, "CSF posture", "/ui/csf", who);
     posture_csf_html_section(b, report);
-    posture_buf_add(b, "<p class=\"muted\">This page skips the checks that read every "
-                       "certificate or audit event; <code>mqpki report csf</code> runs them "
-                       "all.</p>\n");
+    mqpki_buf_str(b, "<p class=\"muted\">This page skips the checks that read every "
+                     "certificate or audit event; <code>mqpki report csf</code> runs them "
+                     "all.</p>\n");
     page_end(b);
 out:
     json_decref(report);
@@ -601,7 +600,7 @@ static void login(struct inventory *inv, const struct ui_request *rq, struct ui_
 void ui_handle(struct daemon_ctx *ctx, struct inventory *inv, const struct ui_request *rq,
                struct ui_response *out)
 {
-    struct posture_buf b = {0};
+    struct mqpki_buf b = {0};
     char who[PROTO_ASSET_ID_MAX + 1];
     const char *url = rq->url;
     int res, rc = MQPKI_ERR_NOT_FOUND;
@@ -655,11 +654,11 @@ void ui_handle(struct daemon_ctx *ctx, struct inventory *inv, const struct ui_re
         rc = page_alerts(&b, who);
     else if (strcmp(url, "/ui/csf") == 0)
         rc = page_csf(ctx, inv, &b, who);
-    if (rc == MQPKI_OK && !b.failed && b.p != NULL) {
+    if (rc == MQPKI_OK && !b.oom && b.p != NULL) {
         out->status = 200;
         out->content_type = "text/html; charset=utf-8";
-        out->body = b.p;
-        out->len = b.n;
+        out->body = (char *)b.p;
+        out->len = b.len;
         return;
     }
     free(b.p);

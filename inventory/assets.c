@@ -309,31 +309,13 @@ struct json_day {
 };
 
 struct json_row {
-    char *p;
-    size_t len, cap;
-    int oom;
+    struct mqpki_buf b;
     struct json_day days[3]; /* one per time column: each column's days change slowly */
 };
 
 static void jr_put(struct json_row *r, const char *s, size_t n)
 {
-    if (r->oom)
-        return;
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 1024;
-        char *p;
-        while (cap < r->len + n + 1)
-            cap *= 2;
-        if ((p = realloc(r->p, cap)) == NULL) {
-            r->oom = 1;
-            return;
-        }
-        r->p = p;
-        r->cap = cap;
-    }
-    memcpy(r->p + r->len, s, n);
-    r->len += n;
-    r->p[r->len] = '\0';
+    mqpki_buf_put(&r->b, s, n);
 }
 
 #define JR_LIT(r, lit) jr_put(r, lit, sizeof(lit) - 1)
@@ -367,7 +349,7 @@ static void jr_text(struct json_row *r, struct db_stmt *st, int col, int empty_n
     if (n > 0) {
         char *buf = malloc(n);
         if (buf == NULL)
-            r->oom = 1;
+            r->b.oom = 1;
         else if (json_dumpb(j, buf, n, JSON_ENCODE_ANY) == n)
             jr_put(r, buf, n);
         free(buf);
@@ -464,7 +446,7 @@ static void jr_asset(struct json_row *r, struct db_stmt *st)
                 {"last_broker", TEXT_OR_NULL}};
     int times = 0;
 
-    r->len = 0;
+    r->b.len = 0;
     for (int c = 0; c < (int)(sizeof(cols) / sizeof(cols[0])); c++) {
         const char *tags;
         jr_put(r, c == 0 ? "{\"" : ",\"", 2);
@@ -530,11 +512,11 @@ int inventory_asset_list_json(struct inventory *inv, int state, int kind, invent
         goto out;
     while ((src = db_step(st)) == DB_ROW) {
         jr_asset(&r, st);
-        if (r.oom) {
+        if (r.b.oom) {
             rc = MQPKI_ERR_NOMEM;
             goto out;
         }
-        if (cb(r.p, r.len, ctx) != 0) {
+        if (cb((const char *)r.b.p, r.b.len, ctx) != 0) {
             src = DB_DONE;
             break;
         }
@@ -543,7 +525,7 @@ int inventory_asset_list_json(struct inventory *inv, int state, int kind, invent
         rc = inv_db_fail(inv, src, "asset list");
 out:
     db_finalize(st);
-    free(r.p);
+    free(r.b.p);
     return rc;
 }
 

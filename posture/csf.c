@@ -438,68 +438,27 @@ int posture_csf(const json_t *checks, const struct posture_opts *o, json_t **out
 
 /* ---- rendering ---- */
 
-void posture_buf_add(struct posture_buf *b, const char *s)
+void posture_buf_html(struct mqpki_buf *b, const char *s)
 {
-    size_t l = strlen(s);
-
-    if (b->failed)
-        return;
-    if (b->n + l + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        char *p;
-        while (cap < b->n + l + 1)
-            cap *= 2;
-        if ((p = realloc(b->p, cap)) == NULL) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, l + 1);
-    b->n += l;
-}
-
-void posture_buf_addf(struct posture_buf *b, const char *fmt, ...)
-{
-    char *s = NULL;
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        b->failed = 1;
-        return;
-    }
-    posture_buf_add(b, s);
-    free(s);
-}
-
-void posture_buf_html(struct posture_buf *b, const char *s)
-{
-    char one[2] = {0, 0};
-
     for (; s != NULL && *s != '\0'; s++) {
         switch (*s) {
-        case '&': posture_buf_add(b, "&amp;"); break;
-        case '<': posture_buf_add(b, "&lt;"); break;
-        case '>': posture_buf_add(b, "&gt;"); break;
-        case '"': posture_buf_add(b, "&quot;"); break;
-        case '\'': posture_buf_add(b, "&#39;"); break;
-        default: one[0] = *s; posture_buf_add(b, one);
+        case '&': mqpki_buf_str(b, "&amp;"); break;
+        case '<': mqpki_buf_str(b, "&lt;"); break;
+        case '>': mqpki_buf_str(b, "&gt;"); break;
+        case '"': mqpki_buf_str(b, "&quot;"); break;
+        case '\'': mqpki_buf_str(b, "&#39;"); break;
+        default: mqpki_buf_put(b, s, 1);
         }
     }
 }
 
-static char *buf_done(struct posture_buf *b)
+static char *buf_done(struct mqpki_buf *b)
 {
-    if (b->failed || b->p == NULL) {
+    if (b->oom || b->p == NULL) {
         free(b->p);
         return NULL;
     }
-    return b->p;
+    return (char *)b->p;
 }
 
 static const char *jstr(const json_t *o, const char *k)
@@ -513,7 +472,7 @@ static int jint(const json_t *o, const char *k)
     return (int)json_integer_value(json_object_get(o, k));
 }
 
-static void oasis_ids(struct posture_buf *b, const json_t *sub, int html)
+static void oasis_ids(struct mqpki_buf *b, const json_t *sub, int html)
 {
     const json_t *v;
     size_t i;
@@ -521,17 +480,17 @@ static void oasis_ids(struct posture_buf *b, const json_t *sub, int html)
     json_array_foreach(json_object_get(sub, "oasis"), i, v)
     {
         if (i > 0)
-            posture_buf_add(b, ", ");
+            mqpki_buf_str(b, ", ");
         if (html)
             posture_buf_html(b, json_string_value(v));
         else
-            posture_buf_add(b, json_string_value(v));
+            mqpki_buf_str(b, json_string_value(v));
     }
 }
 
-static void function_line(struct posture_buf *b, const json_t *f)
+static void function_line(struct mqpki_buf *b, const json_t *f)
 {
-    posture_buf_addf(b, "%s (%s): tier %d %s, target %d; %d met, %d partial, %d not met",
+    mqpki_buf_printf(b, "%s (%s): tier %d %s, target %d; %d met, %d partial, %d not met",
                      jstr(f, "name"), jstr(f, "id"), jint(f, "tier"), jstr(f, "tier_name"),
                      jint(f, "target_tier"), jint(f, "met"), jint(f, "partial"),
                      jint(f, "not_met"));
@@ -539,40 +498,40 @@ static void function_line(struct posture_buf *b, const json_t *f)
 
 char *posture_csf_summary(const json_t *report)
 {
-    struct posture_buf b = {0};
+    struct mqpki_buf b = {0};
     const json_t *f;
     size_t i;
 
     json_array_foreach(json_object_get(report, "functions"), i, f)
     {
         function_line(&b, f);
-        posture_buf_add(&b, "\n");
+        mqpki_buf_str(&b, "\n");
     }
     return buf_done(&b);
 }
 
 char *posture_csf_text(const json_t *report)
 {
-    struct posture_buf b = {0};
+    struct mqpki_buf b = {0};
     const json_t *f, *s;
     size_t i, j;
 
-    posture_buf_addf(&b, "%s posture at %s (ids also as in the OASIS note: %s)\n",
+    mqpki_buf_printf(&b, "%s posture at %s (ids also as in the OASIS note: %s)\n",
                      jstr(report, "framework"), jstr(report, "time"), jstr(report, "oasis_note"));
-    posture_buf_addf(&b, "target profile: %s\n", jstr(report, "target_profile"));
+    mqpki_buf_printf(&b, "target profile: %s\n", jstr(report, "target_profile"));
     json_array_foreach(json_object_get(report, "functions"), i, f)
     {
-        posture_buf_add(&b, "\n");
+        mqpki_buf_str(&b, "\n");
         function_line(&b, f);
-        posture_buf_add(&b, "\n");
+        mqpki_buf_str(&b, "\n");
         json_array_foreach(json_object_get(report, "subcategories"), j, s)
         {
             if (strcmp(jstr(s, "function"), jstr(f, "id")) != 0)
                 continue;
-            posture_buf_addf(&b, "  %-9s %-8s %s [OASIS: ", jstr(s, "id"), jstr(s, "state"),
+            mqpki_buf_printf(&b, "  %-9s %-8s %s [OASIS: ", jstr(s, "id"), jstr(s, "state"),
                              jstr(s, "title"));
             oasis_ids(&b, s, 0);
-            posture_buf_addf(&b, "]\n            %s\n", jstr(s, "evidence"));
+            mqpki_buf_printf(&b, "]\n            %s\n", jstr(s, "evidence"));
         }
     }
     return buf_done(&b);
@@ -596,81 +555,81 @@ static const char html_head[] =
     ".tiers td,.tiers th{text-align:center}.tiers td:first-child{text-align:left}\n"
     "code{font-size:.95em}td code{white-space:nowrap}\n</style></head><body>\n";
 
-void posture_csf_html_section(struct posture_buf *bp, const json_t *report)
+void posture_csf_html_section(struct mqpki_buf *bp, const json_t *report)
 {
 #define b (*bp)
     const json_t *f, *s;
     size_t i, j;
 
-    posture_buf_add(&b, "<h1>NIST Cybersecurity Framework posture</h1>\n<p class=\"muted\">");
+    mqpki_buf_str(&b, "<h1>NIST Cybersecurity Framework posture</h1>\n<p class=\"muted\">");
     posture_buf_html(&b, jstr(report, "framework"));
-    posture_buf_add(&b, " at ");
+    mqpki_buf_str(&b, " at ");
     posture_buf_html(&b, jstr(report, "time"));
-    posture_buf_add(&b, "; identifiers also as in the OASIS note <em>");
+    mqpki_buf_str(&b, "; identifiers also as in the OASIS note <em>");
     posture_buf_html(&b, jstr(report, "oasis_note"));
-    posture_buf_add(&b, "</em>. Target profile: ");
+    mqpki_buf_str(&b, "</em>. Target profile: ");
     posture_buf_html(&b, jstr(report, "target_profile"));
-    posture_buf_add(&b, ".</p>\n<table class=\"tiers\" id=\"functions\"><tr><th>Function</th>"
-                        "<th>Current tier</th><th>Target tier</th><th>Met</th><th>Partial</th>"
-                        "<th>Not met</th></tr>\n");
+    mqpki_buf_str(&b, ".</p>\n<table class=\"tiers\" id=\"functions\"><tr><th>Function</th>"
+                      "<th>Current tier</th><th>Target tier</th><th>Met</th><th>Partial</th>"
+                      "<th>Not met</th></tr>\n");
     json_array_foreach(json_object_get(report, "functions"), i, f)
     {
-        posture_buf_add(&b, "<tr data-function=\"");
+        mqpki_buf_str(&b, "<tr data-function=\"");
         posture_buf_html(&b, jstr(f, "id"));
-        posture_buf_add(&b, "\"><td>");
+        mqpki_buf_str(&b, "\"><td>");
         posture_buf_html(&b, jstr(f, "name"));
-        posture_buf_addf(&b, " (%s)</td><td>%d ", jstr(f, "id"), jint(f, "tier"));
+        mqpki_buf_printf(&b, " (%s)</td><td>%d ", jstr(f, "id"), jint(f, "tier"));
         posture_buf_html(&b, jstr(f, "tier_name"));
-        posture_buf_addf(&b, "</td><td>%d ", jint(f, "target_tier"));
+        mqpki_buf_printf(&b, "</td><td>%d ", jint(f, "target_tier"));
         posture_buf_html(&b, jstr(f, "target_tier_name"));
-        posture_buf_addf(&b, "</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", jint(f, "met"),
+        mqpki_buf_printf(&b, "</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", jint(f, "met"),
                          jint(f, "partial"), jint(f, "not_met"));
     }
-    posture_buf_add(&b, "</table>\n");
+    mqpki_buf_str(&b, "</table>\n");
     json_array_foreach(json_object_get(report, "functions"), i, f)
     {
-        posture_buf_add(&b, "<h2>");
+        mqpki_buf_str(&b, "<h2>");
         posture_buf_html(&b, jstr(f, "name"));
-        posture_buf_add(&b, "</h2>\n<table><tr><th>CSF 2.0</th><th>OASIS note</th>"
-                            "<th>Subcategory</th><th>Current</th><th>Target</th>"
-                            "<th>Evidence</th></tr>\n");
+        mqpki_buf_str(&b, "</h2>\n<table><tr><th>CSF 2.0</th><th>OASIS note</th>"
+                          "<th>Subcategory</th><th>Current</th><th>Target</th>"
+                          "<th>Evidence</th></tr>\n");
         json_array_foreach(json_object_get(report, "subcategories"), j, s)
         {
             const char *st = jstr(s, "state");
             if (strcmp(jstr(s, "function"), jstr(f, "id")) != 0)
                 continue;
-            posture_buf_add(&b, "<tr class=\"sub\" data-id=\"");
+            mqpki_buf_str(&b, "<tr class=\"sub\" data-id=\"");
             posture_buf_html(&b, jstr(s, "id"));
-            posture_buf_add(&b, "\"><td><code>");
+            mqpki_buf_str(&b, "\"><td><code>");
             posture_buf_html(&b, jstr(s, "id"));
-            posture_buf_add(&b, "</code></td><td><code>");
+            mqpki_buf_str(&b, "</code></td><td><code>");
             oasis_ids(&b, s, 1);
-            posture_buf_add(&b, "</code></td><td>");
+            mqpki_buf_str(&b, "</code></td><td>");
             posture_buf_html(&b, jstr(s, "title"));
-            posture_buf_addf(&b, "</td><td><span class=\"st %s\">",
+            mqpki_buf_printf(&b, "</td><td><span class=\"st %s\">",
                              strcmp(st, "met") == 0       ? "met"
                              : strcmp(st, "partial") == 0 ? "partial"
                                                           : "not-met");
             posture_buf_html(&b, st);
-            posture_buf_add(&b, "</span></td><td>");
+            mqpki_buf_str(&b, "</span></td><td>");
             posture_buf_html(&b, jstr(s, "target"));
-            posture_buf_add(&b, "</td><td>");
+            mqpki_buf_str(&b, "</td><td>");
             posture_buf_html(&b, jstr(s, "evidence"));
-            posture_buf_add(&b, "</td></tr>\n");
+            mqpki_buf_str(&b, "</td></tr>\n");
         }
-        posture_buf_add(&b, "</table>\n");
+        mqpki_buf_str(&b, "</table>\n");
     }
-    posture_buf_add(&b, "<p class=\"muted\">From live data; docs/csf.md maps every subcategory "
-                        "and what stays the operator's job.</p>\n");
+    mqpki_buf_str(&b, "<p class=\"muted\">From live data; docs/csf.md maps every subcategory "
+                      "and what stays the operator's job.</p>\n");
 #undef b
 }
 
 char *posture_csf_html(const json_t *report)
 {
-    struct posture_buf b = {0};
+    struct mqpki_buf b = {0};
 
-    posture_buf_add(&b, html_head);
+    mqpki_buf_str(&b, html_head);
     posture_csf_html_section(&b, report);
-    posture_buf_add(&b, "</body></html>\n");
+    mqpki_buf_str(&b, "</body></html>\n");
     return buf_done(&b);
 }

@@ -64,22 +64,13 @@ char *posture_csf_text(const json_t *report);
 char *posture_csf_html(const json_t *report);
 
 /* The report's HTML without the page around it (the dashboard's posture page). */
-struct posture_buf;
-void posture_csf_html_section(struct posture_buf *b, const json_t *report);
+struct mqpki_buf;
+void posture_csf_html_section(struct mqpki_buf *b, const json_t *report);
 
 /* One line per function: "Identify (ID): tier 2 of target 3; 3 met, 1 partial, 0 not met". */
 char *posture_csf_summary(const json_t *report);
 
-/* A growing text buffer: add appends, addf formats, html appends with HTML escaping
- * (& < > " '). Out of memory sets failed and later calls do nothing; the caller frees p. */
-struct posture_buf {
-    char *p;
-    size_t n, cap;
-    int failed;
-};
-void posture_buf_add(struct posture_buf *b, const char *s);
-void posture_buf_addf(struct posture_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void posture_buf_html(struct posture_buf *b, const char *s);
+/* Appends s to b with HTML escaping (& < > " '). */
+void posture_buf_html(struct mqpki_buf *b, const char *s);
 
 #endif

@@ -276,6 +276,38 @@ static void test_format(void **state)
     assert_string_equal(t, "1970-01-01T00:00:00Z");
 }
 
+/* The growing buffer: bytes and a NUL after them, growth past its first size, a sticky oom. */
+static void test_buf(void **state)
+{
+    struct mqpki_buf b = {0};
+    char big[1000];
+
+    (void)state;
+    mqpki_buf_put(&b, NULL, 0); /* an empty part, as a CRL without entries gives */
+    assert_int_equal(b.len, 0);
+    assert_non_null(b.p);
+    assert_string_equal((char *)b.p, "");
+    mqpki_buf_str(&b, "a<b");
+    mqpki_buf_put(&b, "\0x", 2);
+    assert_int_equal(b.len, 5);
+    assert_memory_equal(b.p, "a<b\0x", 6);
+    memset(big, 'z', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    b.len = 0;
+    mqpki_buf_printf(&b, "%d:%s;", 42, big);
+    assert_int_equal(b.len, 3 + sizeof(big) - 1 + 1);
+    assert_true(b.cap > b.len);
+    assert_int_equal(b.p[b.len], '\0');
+    assert_memory_equal(b.p, "42:zz", 5);
+    assert_int_equal(b.p[b.len - 1], ';');
+    assert_int_equal(mqpki_buf_reserve(&b, SIZE_MAX - 8), 0);
+    assert_true(b.oom);
+    mqpki_buf_str(&b, "more");
+    mqpki_buf_printf(&b, "%s", "more");
+    assert_int_equal(b.len, 3 + sizeof(big) - 1 + 1);
+    free(b.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -283,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_files),      cmocka_unit_test(test_read_not_regular),
         cmocka_unit_test(test_write_user), cmocka_unit_test(test_sweep_tmp),
         cmocka_unit_test(test_fail_errno), cmocka_unit_test(test_format),
+        cmocka_unit_test(test_buf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
