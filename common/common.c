@@ -667,6 +667,5 @@ void mqpki_buf_printf(struct mqpki_buf *b, const char *fmt, ...)
         b->oom = 1;
     else if (!b->oom)
         b->len += (size_t)n;
-    if (!b->oom)
-        b->p[b->len] = '\0';
+    b->p[b->len] = '\0'; /* also after a failed second try wrote part of the text */
 }

@@ -772,9 +772,13 @@ static void *detect_thread(void *arg)
         struct timespec until;
         size_t n = 0;
         uint64_t dropped;
+        /* Idle: wake for the next look at the quarantine list, at least once a second. */
+        int64_t wake = mono_ms() + 1000;
+        if (d->next_quar_ms < wake)
+            wake = d->next_quar_ms;
+        until.tv_sec = (time_t)(wake / 1000);
+        until.tv_nsec = (long)(wake % 1000) * 1000000L;
         pthread_mutex_lock(&d->lock);
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += 1;
         while (!d->stop && d->q_n == 0 &&
                pthread_cond_timedwait(&d->cond, &d->lock, &until) != ETIMEDOUT)
             ;
