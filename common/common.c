@@ -631,18 +631,6 @@ int mqpki_buf_reserve(struct mqpki_buf *b, size_t n)
     return 1;
 }
 
-void mqpki_buf_put(struct mqpki_buf *b, const void *data, size_t n)
-{
-    if (!mqpki_buf_reserve(b, n))
-        return;
-    /* memcpy(.., NULL, 0) is undefined behaviour (C11 7.24.1): an empty part may have no
-     * buffer at all. */
-    if (n > 0)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
 void mqpki_buf_str(struct mqpki_buf *b, const char *s)
 {
     mqpki_buf_put(b, s, strlen(s));
