@@ -174,6 +174,17 @@ res["ratios"] = {
     "mqpki_c16_vs_openssl_verify": ratio("issuance.mqpki.c16.per_s",
                                          "limit.openssl_verify_per_s"),
 }
+# The issuance target's CPU budget: at 1.1 x cfssl's c16 rate, the machine's cores give mqpkid
+# and the load generator together this much CPU per certificate; the CSR check and the token
+# signature alone (the limits above) take crypto_ms of it.
+cf, sg, vf = (get("issuance.cfssl.c16.per_s"), get("limit.softhsm_sign_per_s"),
+              get("limit.openssl_verify_per_s"))
+cores = (res.get("machine") or {}).get("cores")
+res["budget"] = {
+    "target_per_s": round(1.1 * cf) if cf else None,
+    "cpu_ms_per_cert": round(1000.0 * cores / (1.1 * cf), 3) if cf and cores else None,
+    "crypto_ms_per_cert": round(1000.0 / sg + 1000.0 / vf, 3) if sg and vf else None,
+}
 json.dump(res, open(out_json, "w"), indent=2, sort_keys=True)
 
 
