@@ -269,6 +269,21 @@ static int rename_noreplace(const char *from, const char *to)
     return 0;
 }
 
+static int sweep_tmp(const char *dir, const char *name, int *removed);
+
+/* The temporary copies of path that killed writers left (path.tmp.PID of a PID no longer
+ * running): also in a directory that is not ours, such as a command's --out, where nothing
+ * else would ever remove them. */
+static void sweep_own_tmp(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+
+    /* Best effort, and silent: the write itself says what fails. */
+    if (mqpki_path_dir(path, dir, sizeof(dir)) == MQPKI_OK)
+        (void)sweep_tmp(dir, slash != NULL ? slash + 1 : path, NULL);
+}
+
 /* Writes path.tmp.PID, fsyncs it, renames it over path as rule allows, fsyncs the directory. */
 static int write_replace(const char *path, const void *data, size_t len, unsigned mode,
                          enum replace_rule rule, const struct stat *was)
@@ -282,6 +297,7 @@ static int write_replace(const char *path, const void *data, size_t len, unsigne
     if (mqpki_path(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) != MQPKI_OK)
         return mqpki_fail(MQPKI_ERR_INVALID, "%s: path too long", path);
     (void)unlink(tmp); /* a leftover of a crashed run of the same pid */
+    sweep_own_tmp(path);
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
         return mqpki_fail_errno(errno, tmp);
@@ -477,7 +493,8 @@ int mqpki_file_check_user(const char *path)
     return MQPKI_OK;
 }
 
-int mqpki_file_sweep_tmp(const char *dir, int *removed)
+/* mqpki_file_sweep_tmp, or with name only the leftovers of NAME itself. */
+static int sweep_tmp(const char *dir, const char *name, int *removed)
 {
     DIR *d;
     struct dirent *e;
@@ -489,6 +506,8 @@ int mqpki_file_sweep_tmp(const char *dir, int *removed)
     if ((d = opendir(dir)) == NULL) {
         if (errno == ENOENT)
             return MQPKI_OK;
+        if (name != NULL)
+            return MQPKI_ERR_IO; /* sweep_own_tmp records nothing */
         return mqpki_fail(MQPKI_ERR_IO, "%s: %s", dir, strerror(errno));
     }
     while ((e = readdir(d)) != NULL) {
@@ -500,6 +519,9 @@ int mqpki_file_sweep_tmp(const char *dir, int *removed)
         while ((p = strstr(p, ".tmp.")) != NULL)
             tmp = p++;
         if (tmp == NULL || tmp == e->d_name)
+            continue;
+        if (name != NULL && ((size_t)(tmp - e->d_name) != strlen(name) ||
+                             memcmp(e->d_name, name, strlen(name)) != 0))
             continue;
         digits = tmp + 5;
         if (digits[0] == '\0' || strspn(digits, "0123456789") != strlen(digits) ||
@@ -518,6 +540,11 @@ int mqpki_file_sweep_tmp(const char *dir, int *removed)
     if (removed != NULL)
         *removed = n;
     return MQPKI_OK;
+}
+
+int mqpki_file_sweep_tmp(const char *dir, int *removed)
+{
+    return sweep_tmp(dir, NULL, removed);
 }
 
 int mqpki_mkdir_p(const char *path, unsigned mode)

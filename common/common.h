@@ -125,6 +125,7 @@ int mqpki_file_check_user(const char *path);
  * Removes the temporary files (NAME.tmp.PID, regular files) that mqpki_file_write_atomic left
  * in dir when its process was killed: only those whose PID is no running process. *removed
  * (may be NULL) gets how many. A missing dir is not an error; failures to remove are skipped.
+ * Every atomic write of a file also removes such leftovers of that one file's name.
  */
 int mqpki_file_sweep_tmp(const char *dir, int *removed);
 

@@ -237,6 +237,34 @@ static void test_sweep_tmp(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* An atomic write removes its own name's leftovers of killed writers, and nothing else. */
+static void test_write_sweeps_own_tmp(void **state)
+{
+    const char *const stale[] = {"x.pem.tmp.999999997", "y.pem.tmp.999999996",
+                                 "xx.pem.tmp.999999995", "x.pem.tmp.1.tmp.999999994"};
+    char dir[] = "/tmp/mqpki-test-own.XXXXXX", path[256];
+    struct stat st;
+    int fd;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    for (size_t i = 0; i < sizeof(stale) / sizeof(stale[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, stale[i]);
+        assert_true((fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) >= 0);
+        close(fd);
+    }
+    snprintf(path, sizeof(path), "%s/x.pem", dir);
+    assert_int_equal(mqpki_file_write_atomic(path, "x", 1, 0600), MQPKI_OK);
+    for (size_t i = 0; i < sizeof(stale) / sizeof(stale[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, stale[i]);
+        assert_int_equal(stat(path, &st) == 0, i != 0); /* only x.pem's own is gone */
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/x.pem", dir);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 static void test_fail_errno(void **state)
 {
     char dir[64];
@@ -315,7 +343,7 @@ int main(void)
         cmocka_unit_test(test_files),      cmocka_unit_test(test_read_not_regular),
         cmocka_unit_test(test_write_user), cmocka_unit_test(test_sweep_tmp),
         cmocka_unit_test(test_fail_errno), cmocka_unit_test(test_format),
-        cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_buf),        cmocka_unit_test(test_write_sweeps_own_tmp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
