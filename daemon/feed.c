@@ -35,6 +35,7 @@
 #define TOPIC_FULL       PROTO_TOPIC_CRL_FULL
 #define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
 #define BACKOFF_MAX_MS   30000
+#define NOTICE_TAIL      128 /* DER bytes at the end of a CRL: its signature, a notice key */
 
 _Static_assert(sizeof(((struct feed_broker *)0)->name) == PROTO_ASSET_ID_MAX + 1,
                "feed_broker.name holds an asset id");
@@ -87,6 +88,16 @@ struct feed {
     struct retained iss;  /* the issuing CA generations to trust (ca/chain.pem) */
     char crl_base[PROTO_URL_MAX + 1]; /* where brokers fetch a full CRL sent as a notice */
     size_t inline_max;                /* full CRLs this large or larger go as notices; 0 never */
+    /* The last notice made: each link's catch-up after a (re)connect sends the newest full CRL,
+     * and its notice is the SHA-256 of tens of MB. Keyed by the URL, the number, the size and
+     * the DER's last bytes (the signature: a CRL signed again differs there). */
+    pthread_mutex_t notice_lock;
+    char notice_url[PROTO_URL_MAX + 1];
+    int64_t notice_number;
+    size_t notice_der_len;
+    unsigned char notice_tail[NOTICE_TAIL];
+    char *notice;
+    size_t notice_len;
 };
 
 /* The notice for a full CRL that goes as one (heap, NULL: it goes whole). */
@@ -94,15 +105,42 @@ static char *make_notice(struct feed *f, const char *path, int64_t number, const
                          size_t len, size_t *notice_len)
 {
     char url[PROTO_URL_MAX + 1], *notice = NULL;
+    size_t tail = len < NOTICE_TAIL ? len : NOTICE_TAIL;
 
     if (!feed_full_by_notice(f, len))
         return NULL;
-    if ((size_t)snprintf(url, sizeof(url), "%s%s", f->crl_base, path) >= sizeof(url) ||
-        proto_crl_notice_make(number, der, len, url, &notice, notice_len) != 0) {
-        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s%s): sent whole",
+    if ((size_t)snprintf(url, sizeof(url), "%s%s", f->crl_base, path) >= sizeof(url)) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s%s too long): sent whole",
                   (long long)number, f->crl_base, path);
         return NULL;
     }
+    pthread_mutex_lock(&f->notice_lock);
+    if (f->notice != NULL && f->notice_number == number && f->notice_der_len == len &&
+        strcmp(f->notice_url, url) == 0 && memcmp(f->notice_tail, der + len - tail, tail) == 0 &&
+        (notice = malloc(f->notice_len)) != NULL) {
+        memcpy(notice, f->notice, f->notice_len);
+        *notice_len = f->notice_len;
+    }
+    pthread_mutex_unlock(&f->notice_lock);
+    if (notice != NULL)
+        return notice;
+    if (proto_crl_notice_make(number, der, len, url, &notice, notice_len) != 0) {
+        mqpki_log(MQPKI_LOG_WARN, "feed: no notice for CRL %lld (URL %s): sent whole",
+                  (long long)number, url);
+        return NULL;
+    }
+    pthread_mutex_lock(&f->notice_lock);
+    free(f->notice);
+    if ((f->notice = malloc(*notice_len)) != NULL) {
+        memcpy(f->notice, notice, *notice_len);
+        f->notice_len = *notice_len;
+        f->notice_number = number;
+        f->notice_der_len = len;
+        memcpy(f->notice_url, url, strlen(url) + 1);
+        memset(f->notice_tail, 0, sizeof(f->notice_tail));
+        memcpy(f->notice_tail, der + len - tail, tail);
+    }
+    pthread_mutex_unlock(&f->notice_lock);
     return notice;
 }
 
@@ -785,6 +823,7 @@ int feed_start(const char *home, const char *store, const char *crl_base, size_t
     pthread_mutex_init(&f->cp_lock, NULL);
     pthread_mutex_init(&f->sink_lock, NULL);
     pthread_mutex_init(&f->rescan_lock, NULL);
+    pthread_mutex_init(&f->notice_lock, NULL);
     {
         unsigned char r[4];
         if (RAND_bytes(r, sizeof(r)) != 1) {
@@ -1078,6 +1117,8 @@ void feed_stop(struct feed *f)
     pthread_mutex_destroy(&f->cp_lock);
     pthread_mutex_destroy(&f->rescan_lock);
     pthread_mutex_destroy(&f->sink_lock);
+    pthread_mutex_destroy(&f->notice_lock);
+    free(f->notice);
     free(f->cp_json);
     free(f->quar.data);
     free(f->iss.data);
