@@ -39,8 +39,7 @@
 #define ROOT_LOG     "ceremony.log"
 #define ROOT_LOG_MAX 1024
 /* "NAME Issuing CA", the longest name a CA of NAME's gets, within ca_name_build's 64. */
-#define ROOT_NAME_MAX     (64 - (int)sizeof(" Issuing CA") + 1)
-#define ROOT_LOG_READ_MAX (16 * 1024 * 1024)
+#define ROOT_NAME_MAX (64 - (int)sizeof(" Issuing CA") + 1)
 
 struct root_home {
     int lock;
@@ -199,31 +198,41 @@ static int log_append(const char *dir, const char *op, X509 *cert)
     return rc;
 }
 
-/* 1 when ceremony.log records an issuing CA of name cn certified by this root. */
+/* 1 when ceremony.log records an issuing CA of name cn certified by this root. Read a line at a
+ * time: the log of a root's whole life, however long, in a fixed buffer. A line longer than
+ * root_log ever writes (ROOT_LOG_MAX) is not one of ours and is skipped. */
 static int name_certified(const char *dir, const char *cn)
 {
-    char path[PATH_MAX];
-    unsigned char *data = NULL;
-    size_t len = 0;
-    int found = 0;
+    char path[PATH_MAX], line[4 * ROOT_LOG_MAX];
+    struct stat st;
+    FILE *f = NULL;
+    int fd, found = 0, skipping = 0;
 
     if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_LOG) != MQPKI_OK ||
-        mqpki_file_read(path, ROOT_LOG_READ_MAX, &data, &len) != MQPKI_OK) {
+        (fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
         mqpki_err_clear();
         return 0;
     }
-    for (size_t i = 0; i < len && !found;) {
-        unsigned char *nl = memchr(data + i, '\n', len - i);
-        size_t end = nl != NULL ? (size_t)(nl - data) : len;
-        json_t *v = json_loadb((const char *)data + i, end - i, 0, NULL);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (f = fdopen(fd, "r")) == NULL) {
+        close(fd);
+        return 0;
+    }
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        size_t n = strlen(line);
+        int whole = n > 0 && line[n - 1] == '\n';
+        json_t *v;
+        if (skipping || (!whole && !feof(f))) {
+            skipping = !whole; /* the rest of an overlong line */
+            continue;
+        }
+        v = json_loadb(line, whole ? n - 1 : n, 0, NULL);
         const char *op = json_string_value(json_object_get(v, "op")),
                    *subject = json_string_value(json_object_get(v, "subject"));
         found = op != NULL && subject != NULL && strcmp(op, "issuing.certify") == 0 &&
                 strcmp(subject, cn) == 0;
         json_decref(v);
-        i = end + 1;
     }
-    free(data);
+    fclose(f);
     return found;
 }
 

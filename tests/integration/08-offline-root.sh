@@ -84,6 +84,14 @@ expect_fail 1 "a root signs no name it never certified" mqpki root sign --root-h
   --csr "$T/g2.csr" --expect-key "$FP2" --out "$T/other.pem"
 check "another CA of the same name under the other root" \
   mqpki --home "$T/other-ca" init --root-home "$T/other" --ca-name Grid
+# A root's log after a long life: its record behind 17 MB of other lines, one of them longer
+# than any line the root writes (read whole before, a log over 16 MiB refused every name).
+{
+  awk 'BEGIN { for (i = 0; i < 400000; i++) print "{\"op\":\"padding\",\"subject\":\"Grid Issuing CA\"}" }'
+  printf '%5000s\n' "" | tr ' ' a
+  cat "$T/other/ceremony.log"
+} >"$T/log.new"
+mv "$T/log.new" "$T/other/ceremony.log"
 check "the other root signs the request now" mqpki root sign --root-home "$T/other" \
   --csr "$T/g2.csr" --expect-key "$FP2" --out "$T/other.pem"
 expect_fail 1 "a certificate by another root is refused" mqpki ca rollover --cert "$T/other.pem"
