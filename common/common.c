@@ -269,6 +269,8 @@ static int rename_noreplace(const char *from, const char *to)
     return 0;
 }
 
+#define PID_LIMIT 4194304L /* the kernel's PID_MAX_LIMIT: no PID is larger */
+
 static int sweep_tmp(const char *dir, const char *name, int *removed);
 
 /* The temporary copies of path that killed writers left (path.tmp.PID of a PID no longer
@@ -528,10 +530,15 @@ static int sweep_tmp(const char *dir, const char *name, int *removed)
             strlen(digits) > 9)
             continue;
         pid = strtol(digits, &end, 10);
+        /* Beside a file of the user's own (name): only what a process could have written (a
+         * PID the kernel can give, 2^22 at most), and as this user: not "x.tmp.20241202". */
+        if (name != NULL && pid > PID_LIMIT)
+            continue;
         /* Alive, or a process of another user (EPERM): its write may still be under way. */
         if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+            (name != NULL && st.st_uid != geteuid()))
             continue;
         if (unlinkat(dirfd(d), e->d_name, 0) == 0)
             n++;

@@ -36,6 +36,7 @@
 #define TOPIC_DELTA      PROTO_TOPIC_CRL_DELTA
 #define BACKOFF_MAX_MS   30000
 #define NOTICE_TAIL      128 /* DER bytes at the end of a CRL: its signature, a notice key */
+#define NOTICE_SLOTS     (DATADIR_ISSUERS_MAX + 1) /* the newest CRL's and each generation's */
 
 _Static_assert(sizeof(((struct feed_broker *)0)->name) == PROTO_ASSET_ID_MAX + 1,
                "feed_broker.name holds an asset id");
@@ -68,6 +69,17 @@ struct link {
     int64_t sent_gen[DATADIR_ISSUERS_MAX + 1][2];
 };
 
+/* A notice made, keyed by the URL, the number, the size and the DER's last bytes (its
+ * signature: a CRL signed again differs there). */
+struct notice_slot {
+    char url[PROTO_URL_MAX + 1];
+    int64_t number;
+    size_t der_len;
+    unsigned char tail[NOTICE_TAIL];
+    char *notice;
+    size_t len;
+};
+
 struct feed {
     char home[PATH_MAX];
     struct inventory *inv;
@@ -88,16 +100,12 @@ struct feed {
     struct retained iss;  /* the issuing CA generations to trust (ca/chain.pem) */
     char crl_base[PROTO_URL_MAX + 1]; /* where brokers fetch a full CRL sent as a notice */
     size_t inline_max;                /* full CRLs this large or larger go as notices; 0 never */
-    /* The last notice made: each link's catch-up after a (re)connect sends the newest full CRL,
-     * and its notice is the SHA-256 of tens of MB. Keyed by the URL, the number, the size and
-     * the DER's last bytes (the signature: a CRL signed again differs there). */
+    /* The last notice made per URL (the newest full CRL, and each older generation's while it
+     * lives): each link's catch-up after a (re)connect sends them, and a notice is the SHA-256
+     * of tens of MB. */
     pthread_mutex_t notice_lock;
-    char notice_url[PROTO_URL_MAX + 1];
-    int64_t notice_number;
-    size_t notice_der_len;
-    unsigned char notice_tail[NOTICE_TAIL];
-    char *notice;
-    size_t notice_len;
+    struct notice_slot notices[NOTICE_SLOTS];
+    unsigned notice_next; /* the slot a new URL takes when none is free */
 };
 
 /* The notice for a full CRL that goes as one (heap, NULL: it goes whole). */
@@ -115,11 +123,14 @@ static char *make_notice(struct feed *f, const char *path, int64_t number, const
         return NULL;
     }
     pthread_mutex_lock(&f->notice_lock);
-    if (f->notice != NULL && f->notice_number == number && f->notice_der_len == len &&
-        strcmp(f->notice_url, url) == 0 && memcmp(f->notice_tail, der + len - tail, tail) == 0 &&
-        (notice = malloc(f->notice_len)) != NULL) {
-        memcpy(notice, f->notice, f->notice_len);
-        *notice_len = f->notice_len;
+    for (size_t i = 0; i < NOTICE_SLOTS && notice == NULL; i++) {
+        const struct notice_slot *c = &f->notices[i];
+        if (c->notice != NULL && c->number == number && c->der_len == len &&
+            strcmp(c->url, url) == 0 && memcmp(c->tail, der + len - tail, tail) == 0 &&
+            (notice = malloc(c->len)) != NULL) {
+            memcpy(notice, c->notice, c->len);
+            *notice_len = c->len;
+        }
     }
     pthread_mutex_unlock(&f->notice_lock);
     if (notice != NULL)
@@ -130,15 +141,27 @@ static char *make_notice(struct feed *f, const char *path, int64_t number, const
         return NULL;
     }
     pthread_mutex_lock(&f->notice_lock);
-    free(f->notice);
-    if ((f->notice = malloc(*notice_len)) != NULL) {
-        memcpy(f->notice, notice, *notice_len);
-        f->notice_len = *notice_len;
-        f->notice_number = number;
-        f->notice_der_len = len;
-        memcpy(f->notice_url, url, strlen(url) + 1);
-        memset(f->notice_tail, 0, sizeof(f->notice_tail));
-        memcpy(f->notice_tail, der + len - tail, tail);
+    {
+        struct notice_slot *c = NULL;
+        /* The URL's own slot (its older CRL), else a free one, else the next in turn. */
+        for (size_t i = 0; i < NOTICE_SLOTS && c == NULL; i++)
+            if (f->notices[i].notice != NULL && strcmp(f->notices[i].url, url) == 0)
+                c = &f->notices[i];
+        for (size_t i = 0; i < NOTICE_SLOTS && c == NULL; i++)
+            if (f->notices[i].notice == NULL)
+                c = &f->notices[i];
+        if (c == NULL)
+            c = &f->notices[f->notice_next++ % NOTICE_SLOTS];
+        free(c->notice);
+        memset(c, 0, sizeof(*c));
+        if ((c->notice = malloc(*notice_len)) != NULL) {
+            memcpy(c->notice, notice, *notice_len);
+            c->len = *notice_len;
+            c->number = number;
+            c->der_len = len;
+            memcpy(c->url, url, strlen(url) + 1);
+            memcpy(c->tail, der + len - tail, tail);
+        }
     }
     pthread_mutex_unlock(&f->notice_lock);
     return notice;
@@ -1118,7 +1141,8 @@ void feed_stop(struct feed *f)
     pthread_mutex_destroy(&f->rescan_lock);
     pthread_mutex_destroy(&f->sink_lock);
     pthread_mutex_destroy(&f->notice_lock);
-    free(f->notice);
+    for (size_t i = 0; i < NOTICE_SLOTS; i++)
+        free(f->notices[i].notice);
     free(f->cp_json);
     free(f->quar.data);
     free(f->iss.data);

@@ -200,7 +200,8 @@ static int log_append(const char *dir, const char *op, X509 *cert)
 
 /* 1 when ceremony.log records an issuing CA of name cn certified by this root. Read a line at a
  * time: the log of a root's whole life, however long, in a fixed buffer. A line longer than
- * root_log ever writes (ROOT_LOG_MAX) is not one of ours and is skipped. */
+ * root_log ever writes (ROOT_LOG_MAX) is not one of ours and is skipped, as is a damaged one
+ * (a NUL byte from a torn write: log_append ends it with a newline before the next line). */
 static int name_certified(const char *dir, const char *cn)
 {
     char path[PATH_MAX], line[4 * ROOT_LOG_MAX];
@@ -209,23 +210,27 @@ static int name_certified(const char *dir, const char *cn)
     int fd, found = 0, skipping = 0;
 
     if (mqpki_path(path, sizeof(path), "%s/%s", dir, ROOT_LOG) != MQPKI_OK ||
-        (fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0) {
-        mqpki_err_clear();
+        (fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0)
         return 0;
-    }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (f = fdopen(fd, "r")) == NULL) {
         close(fd);
         return 0;
     }
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        size_t n = strlen(line);
-        int whole = n > 0 && line[n - 1] == '\n';
+    for (;;) {
+        const char *nl;
+        size_t n;
         json_t *v;
-        if (skipping || (!whole && !feof(f))) {
-            skipping = !whole; /* the rest of an overlong line */
+        /* The newline found by memchr, not strlen: a NUL inside the line would hide it. */
+        memset(line, 'x', sizeof(line));
+        if (found || fgets(line, sizeof(line), f) == NULL)
+            break;
+        nl = memchr(line, '\n', sizeof(line) - 1);
+        if (skipping || (nl == NULL && !feof(f))) {
+            skipping = nl == NULL; /* the rest of an overlong line */
             continue;
         }
-        v = json_loadb(line, whole ? n - 1 : n, 0, NULL);
+        n = nl != NULL ? (size_t)(nl - line) : strlen(line);
+        v = json_loadb(line, n, 0, NULL); /* a NUL in the text: refused, the line skipped */
         const char *op = json_string_value(json_object_get(v, "op")),
                    *subject = json_string_value(json_object_get(v, "subject"));
         found = op != NULL && subject != NULL && strcmp(op, "issuing.certify") == 0 &&

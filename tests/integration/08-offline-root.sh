@@ -84,12 +84,15 @@ expect_fail 1 "a root signs no name it never certified" mqpki root sign --root-h
   --csr "$T/g2.csr" --expect-key "$FP2" --out "$T/other.pem"
 check "another CA of the same name under the other root" \
   mqpki --home "$T/other-ca" init --root-home "$T/other" --ca-name Grid
-# A root's log after a long life: its record behind 17 MB of other lines, one of them longer
-# than any line the root writes (read whole before, a log over 16 MiB refused every name).
+# A root's log after a long life: its record behind 17 MB of other lines, right after one
+# longer than any line the root writes and one a torn write left with NUL bytes (read whole
+# before, a log over 16 MiB refused every name).
 {
+  head -1 "$T/other/ceremony.log"
   awk 'BEGIN { for (i = 0; i < 400000; i++) print "{\"op\":\"padding\",\"subject\":\"Grid Issuing CA\"}" }'
   printf '%5000s\n' "" | tr ' ' a
-  cat "$T/other/ceremony.log"
+  printf '{"op":"iss\0\0\n'
+  tail -n +2 "$T/other/ceremony.log"
 } >"$T/log.new"
 mv "$T/log.new" "$T/other/ceremony.log"
 check "the other root signs the request now" mqpki root sign --root-home "$T/other" \

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -240,13 +241,21 @@ static void test_sweep_tmp(void **state)
 /* An atomic write removes its own name's leftovers of killed writers, and nothing else. */
 static void test_write_sweeps_own_tmp(void **state)
 {
-    const char *const stale[] = {"x.pem.tmp.999999997", "y.pem.tmp.999999996",
-                                 "xx.pem.tmp.999999995", "x.pem.tmp.1.tmp.999999994"};
-    char dir[] = "/tmp/mqpki-test-own.XXXXXX", path[256];
+    const char *const pre[] = {"x.pem.tmp.", "y.pem.tmp.", "xx.pem.tmp.", "x.pem.tmp.1.tmp."};
+    char dir[] = "/tmp/mqpki-test-own.XXXXXX", path[512], stale[5][64];
     struct stat st;
+    pid_t dead = fork();
     int fd;
 
     (void)state;
+    /* A PID that ran and is gone (a date-like number above any PID is never ours). */
+    if (dead == 0)
+        _exit(0);
+    assert_true(dead > 0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++)
+        snprintf(stale[i], sizeof(stale[i]), "%s%ld", pre[i], (long)dead);
+    snprintf(stale[4], sizeof(stale[4]), "x.pem.tmp.999999999");
     assert_non_null(mkdtemp(dir));
     for (size_t i = 0; i < sizeof(stale) / sizeof(stale[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, stale[i]);
